@@ -1,0 +1,43 @@
+"""In-process tokenizers for tiny models and synthetic tasks.
+
+No tokenizer hub is reachable on the machines this project is built on, and the synthetic tasks are written as
+whitespace-separated symbols, so a word-level tokenizer built in process is exact, small and fast. The result is
+an ordinary `PreTrainedTokenizerFast`: it saves and loads with `save_pretrained`/`from_pretrained` like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+DIGITS = [str(d) for d in range(10)]
+SYMBOLS = ["+", "-", "*", "/", "=", "(", ")", "<<", ">>", "||", "####", "%", ",", ".", "?", ":"]
+
+
+def build_word_tokenizer(words: Iterable[str] = (), *, model_max_length: int = 1024) -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer whose vocabulary is specials + digits + symbols + `words`.
+
+    Decoding joins tokens with single spaces, so any text written as space-separated vocabulary words round-trips.
+    """
+    vocab: dict[str, int] = {}
+    for w in [PAD, UNK, BOS, EOS, *DIGITS, *SYMBOLS, *words]:
+        if w and w not in vocab:
+            if any(ch.isspace() for ch in w):
+                raise ValueError(f"tokenizer word {w!r} contains whitespace; words must be single symbols")
+            vocab[w] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="\x00", cleanup=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        unk_token=UNK,
+        bos_token=BOS,
+        eos_token=EOS,
+        model_max_length=model_max_length,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
