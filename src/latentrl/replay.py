@@ -1,0 +1,84 @@
+"""The replay scorer: one teacher-forced forward over prompt + stored completion inputs.
+
+Latent inputs are rebuilt from their stored payloads by the thought operator with the *current* parameters, so
+one parallel forward gives every position's log-prob (token log-prob for discrete positions, the operator's
+density or surrogate for latent ones) with gradients. Under the rollout's parameters it must equal what the
+rollout saw — `tests/test_replay.py` checks exactly that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from latentrl.model import LatentModel
+from latentrl.rollout import Rollout
+from latentrl.thoughts.base import ThoughtOperator
+
+
+@dataclass
+class ReplayOutput:
+    logprobs: torch.Tensor  # (B, C) per completion position
+    entropy: torch.Tensor | None  # (B, C) entropy of the token distribution at the loss temperature
+    hidden: torch.Tensor | None  # (B, C, H) last hidden state output at each completion position (value heads)
+
+
+def completion_embeds(model: LatentModel, operator: ThoughtOperator | None, rollout: Rollout) -> torch.Tensor:
+    """(B, C, H) input embeddings of the completion: token embeddings, latent positions rebuilt by the operator."""
+    embeds = model.embed(rollout.completion_ids)
+    if operator is not None and bool(rollout.latent_mask.any()):
+        lat = rollout.latent_mask
+        rebuilt = operator.rebuild(
+            model, rollout.completion_ids[lat], {k: v[lat] for k, v in rollout.payload.items()}
+        )
+        embeds = embeds.masked_scatter(lat[..., None], rebuilt.to(embeds.dtype))
+    return embeds
+
+
+def replay(
+    model: LatentModel,
+    operator: ThoughtOperator | None,
+    rollout: Rollout,
+    *,
+    temperature: float = 1.0,
+    compute_entropy: bool = True,
+    return_hidden: bool = False,
+    logits_chunk_size: int = 1024,
+) -> ReplayOutput:
+    """Per-position log-probs of a stored rollout under the model's current parameters.
+
+    Logits are materialised for completion positions only, `logits_chunk_size` positions at a time, so a
+    150k-token vocabulary never needs a full B×T×V float32 tensor beyond one chunk's worth in the forward.
+    """
+    B, P = rollout.prompt_ids.shape
+    C = rollout.completion_ids.shape[1]
+    embeds = torch.cat([model.embed(rollout.prompt_ids), completion_embeds(model, operator, rollout)], dim=1)
+    mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1).long()
+    position = (mask.cumsum(-1) - 1).clamp_min(0)
+    _, hidden, _ = model.forward_embeds(embeds, attention_mask=mask, position_ids=position, compute_logits=False)
+    # hidden at input index P-1+j produces the logits that score completion position j
+    h = hidden[:, P - 1 : P - 1 + C]
+    temp = temperature if temperature > 0 else 1.0
+
+    flat_h = h.reshape(B * C, -1)
+    ids = rollout.completion_ids.reshape(-1)
+    lat = rollout.latent_mask.reshape(-1)
+    lp_parts, ent_parts = [], []
+    for start in range(0, B * C, max(1, logits_chunk_size)):
+        sl = slice(start, start + logits_chunk_size)
+        logits = model.lm_head(flat_h[sl]).float()
+        logp = (logits / temp).log_softmax(-1)
+        lp = logp.gather(-1, ids[sl, None]).squeeze(-1)
+        if operator is not None and bool(lat[sl].any()):
+            sub = lat[sl]
+            op_lp = operator.log_prob(
+                logits[sub], ids[sl][sub], {k: v.reshape(B * C, *v.shape[2:])[sl][sub] for k, v in rollout.payload.items()}
+            )
+            lp = lp.masked_scatter(sub, op_lp.float())
+        lp_parts.append(lp)
+        if compute_entropy:
+            ent_parts.append(-(logp.exp() * logp).sum(-1))
+    logprobs = torch.cat(lp_parts).view(B, C) if lp_parts else h.new_zeros((B, C), dtype=torch.float32)
+    entropy = (torch.cat(ent_parts).view(B, C) if ent_parts else torch.zeros_like(logprobs)) if compute_entropy else None
+    return ReplayOutput(logprobs=logprobs, entropy=entropy, hidden=hidden[:, P : P + C] if return_hidden else None)

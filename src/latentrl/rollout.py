@@ -1,0 +1,288 @@
+"""The rollout engine: batched, KV-cached decoding that mixes latent and discrete positions.
+
+One loop serves every method. Each step runs one forward of one new position per row over the KV cache, then
+forms that row's next input either as a token (sampled from the logits) or as a latent thought (from the
+ThoughtOperator). Which one is decided per row by a `ThinkingSchedule` evaluated on tensors — no text is decoded
+while generating. Everything needed to replay the completion exactly is stored in a typed `Rollout`.
+
+Conventions (shared with `replay.py`): completion position j holds recorded id `completion_ids[:, j]` and is fed
+to the model as input embedding e_j; its log-prob comes from the logits of the position before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+from transformers import DynamicCache
+
+from latentrl.model import LatentModel
+from latentrl.sampling import sample_tokens, token_logprobs
+from latentrl.thoughts.base import Payload, ThoughtOperator
+
+
+@dataclass
+class ThinkingSchedule:
+    """Per-row rules that switch a completion from latent to discrete positions.
+
+    The completion starts latent when an operator is given and any rule is set (and the fixed count is not 0).
+    The first rule that fires ends the latent span; it never restarts.
+    """
+
+    num_latent_steps: int | torch.Tensor | None = None
+    """Fixed count of latent positions at the start of the completion (Coconut, LEPO); an int or a (B,) tensor."""
+    max_latent_steps: int | None = None
+    """Cap on latent positions when the span ends by token or delimiter."""
+    end_token_id: int | None = None
+    """Latent-GRPO: the span ends when the unperturbed top-1 token is this id; that position is emitted as it."""
+    delimiter_ids: Sequence[int] | None = None
+    """HRPO: the span ends once the recorded ids end with this id sequence (e.g. the ids of `####`)."""
+    after_latent_ids: Sequence[int] = ()
+    """Tokens forced right after the latent span (Coconut's `<|end-latent|>`); excluded from the policy loss."""
+
+    def has_latent(self) -> bool:
+        if self.num_latent_steps is not None:
+            n = self.num_latent_steps
+            return bool((n > 0).any()) if torch.is_tensor(n) else n > 0
+        return self.end_token_id is not None or self.delimiter_ids is not None or self.max_latent_steps is not None
+
+
+@dataclass
+class SamplingParams:
+    """How discrete positions are drawn. temperature 0 = greedy."""
+
+    max_new_positions: int = 64
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    stop_token_ids: Sequence[int] | None = None  # default: the tokenizer's eos
+
+
+@dataclass
+class Rollout:
+    """A batch of completions and everything needed to replay them. Shapes: B rows, P prompt, C completion."""
+
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor  # (B, P) bool
+    completion_ids: torch.Tensor  # (B, C) recorded ids, pad after the end
+    completion_mask: torch.Tensor  # (B, C) bool: position was generated (up to and including the stop token)
+    latent_mask: torch.Tensor  # (B, C) bool: input formed by the thought operator
+    forced_mask: torch.Tensor  # (B, C) bool: token forced by the schedule (not sampled)
+    logprobs: torch.Tensor  # (B, C) float32: log-prob under the sampling policy (0 at deterministic latents)
+    truncated: torch.Tensor  # (B,) bool: no stop token within max_new_positions
+    payload: Payload = field(default_factory=dict)  # name -> (B, C, ...)
+
+    @property
+    def batch_size(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(-1)
+
+    @property
+    def num_latent(self) -> torch.Tensor:
+        return (self.latent_mask & self.completion_mask).sum(-1)
+
+    def policy_mask(self, operator: ThoughtOperator | None) -> torch.Tensor:
+        """Positions that carry a log-prob for the policy loss: sampled tokens, and stochastic latents."""
+        mask = self.completion_mask & ~self.forced_mask
+        if operator is None or not operator.stochastic:
+            mask = mask & ~self.latent_mask
+        return mask
+
+    def select(self, index: torch.Tensor) -> "Rollout":
+        """Rows `index` of this batch (used by dynamic sampling and micro-batching)."""
+        kw = {f.name: getattr(self, f.name)[index] for f in fields(self) if f.name != "payload"}
+        return Rollout(**kw, payload={k: v[index] for k, v in self.payload.items()})
+
+    def to(self, device: torch.device | str) -> "Rollout":
+        kw = {f.name: getattr(self, f.name).to(device) for f in fields(self) if f.name != "payload"}
+        return Rollout(**kw, payload={k: v.to(device) for k, v in self.payload.items()})
+
+    @staticmethod
+    def concat(parts: Sequence["Rollout"], pad_id: int) -> "Rollout":
+        """Stack rollouts of different prompt/completion lengths (prompts left-padded, completions right-padded)."""
+        P = max(r.prompt_ids.shape[1] for r in parts)
+        C = max(r.completion_ids.shape[1] for r in parts)
+
+        def pad(t: torch.Tensor, width: int, left: bool, value) -> torch.Tensor:
+            extra = width - t.shape[1]
+            if extra == 0:
+                return t
+            filler = torch.full((t.shape[0], extra, *t.shape[2:]), value, dtype=t.dtype, device=t.device)
+            return torch.cat([filler, t] if left else [t, filler], dim=1)
+
+        out = {
+            "prompt_ids": torch.cat([pad(r.prompt_ids, P, True, pad_id) for r in parts]),
+            "prompt_mask": torch.cat([pad(r.prompt_mask, P, True, False) for r in parts]),
+            "truncated": torch.cat([r.truncated for r in parts]),
+        }
+        for name, value in (("completion_ids", pad_id), ("completion_mask", False), ("latent_mask", False),
+                            ("forced_mask", False), ("logprobs", 0.0)):
+            out[name] = torch.cat([pad(getattr(r, name), C, False, value) for r in parts])
+        payload = {k: torch.cat([pad(r.payload[k], C, False, 0) for r in parts]) for k in parts[0].payload}
+        return Rollout(**out, payload=payload)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into (ids, mask)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for i, s in enumerate(sequences):
+        if len(s):
+            ids[i, width - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s):] = True
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def generate_rollout(
+    model: LatentModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    sampling: SamplingParams,
+    operator: ThoughtOperator | None = None,
+    schedule: ThinkingSchedule | None = None,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Decode a batch: latent positions while the schedule says so, sampled tokens after, per-row stop."""
+    device = model.device
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device).bool()
+    B, P = prompt_ids.shape
+    C = sampling.max_new_positions
+    schedule = schedule or ThinkingSchedule()
+    use_latent = operator is not None and schedule.has_latent()
+    stop_ids = torch.as_tensor(
+        list(sampling.stop_token_ids) if sampling.stop_token_ids is not None else [model.tokenizer.eos_token_id],
+        device=device,
+    )
+    pad_id = model.tokenizer.pad_token_id
+
+    # ---- buffers
+    completion_ids = torch.full((B, C), pad_id, dtype=torch.long, device=device)
+    completion_mask = torch.zeros((B, C), dtype=torch.bool, device=device)
+    latent_mask = torch.zeros_like(completion_mask)
+    forced_mask = torch.zeros_like(completion_mask)
+    logprobs = torch.zeros((B, C), dtype=torch.float32, device=device)
+    payload: Payload = {}
+    if use_latent:
+        for name, spec in operator.payload_spec(model).items():
+            payload[name] = torch.zeros((B, C, *spec.shape), dtype=spec.dtype, device=device)
+
+    # ---- per-row schedule state
+    latent_active = torch.full((B,), use_latent, dtype=torch.bool, device=device)
+    if use_latent and schedule.num_latent_steps is not None:
+        n_latent = torch.as_tensor(schedule.num_latent_steps, device=device).expand(B).clone()
+        latent_active &= n_latent > 0
+    else:
+        n_latent = None
+    latent_count = torch.zeros(B, dtype=torch.long, device=device)
+    after = torch.as_tensor(list(schedule.after_latent_ids), dtype=torch.long, device=device)
+    forced_pos = torch.full((B,), len(after) if use_latent else 0, dtype=torch.long, device=device)
+    if use_latent and len(after):
+        forced_pos[~latent_active] = 0  # rows with zero latents still get the closing tokens
+    delim = torch.as_tensor(list(schedule.delimiter_ids or []), dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+
+    # ---- prefill
+    attn = torch.zeros((B, P + C), dtype=torch.long, device=device)
+    attn[:, :P] = prompt_mask.long()
+    position = prompt_mask.long().cumsum(-1) - 1
+    cache = DynamicCache()
+    logits, hidden, cache = model.forward_embeds(
+        model.embed(prompt_ids), attention_mask=attn[:, :P], position_ids=position.clamp_min(0),
+        past_key_values=cache, use_cache=True,
+    )
+    last_logits, last_hidden = logits[:, -1].float(), hidden[:, -1]
+    next_pos = position[:, -1] + 1
+
+    for t in range(C):
+        # 1. discrete candidates: sampled tokens, forced tokens where the schedule forces them
+        ids, lp = sample_tokens(last_logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
+        is_forced = forced_pos < len(after)
+        if len(after):
+            ids = torch.where(is_forced, after[forced_pos.clamp_max(len(after) - 1)], ids)
+            lp = torch.where(is_forced, token_logprobs(last_logits, ids, sampling.temperature), lp)
+        # 2. latent candidates for rows still thinking
+        if use_latent and bool(latent_active.any()):
+            if schedule.end_token_id is not None:  # Latent-GRPO: unperturbed top-1 is end-of-thinking
+                hit_end = latent_active & (last_logits.argmax(-1) == schedule.end_token_id)
+                end_ids = torch.full_like(ids, schedule.end_token_id)
+                ids = torch.where(hit_end, end_ids, ids)
+                lp = torch.where(hit_end, token_logprobs(last_logits, end_ids, sampling.temperature), lp)
+                latent_active = latent_active & ~hit_end
+            step = operator.step(model, last_logits, last_hidden, generator=generator)
+            lat = latent_active
+            ids = torch.where(lat, step.token_ids, ids)
+            if step.logprob is not None:
+                lp = torch.where(lat, step.logprob.float(), lp)
+            else:
+                lp = torch.where(lat, torch.zeros_like(lp), lp)
+            for name, value in step.payload.items():
+                payload[name][:, t] = torch.where(lat.view(-1, *[1] * (value.dim() - 1)), value, payload[name][:, t])
+            embeds = torch.where(lat[:, None], step.embeds.to(last_hidden.dtype), model.embed(ids))
+            latent_mask[:, t] = lat
+            latent_count += lat.long()
+        else:
+            lat = None
+            embeds = model.embed(ids)
+        # 3. record
+        alive = ~finished
+        completion_ids[:, t] = torch.where(alive, ids, completion_ids[:, t])
+        completion_mask[:, t] = alive
+        latent_mask[:, t] &= alive
+        forced_mask[:, t] = is_forced & alive & (~lat if lat is not None else True)
+        logprobs[:, t] = torch.where(alive, lp, logprobs[:, t])
+        # 4. schedule transitions for the next position
+        if len(after):
+            forced_pos = forced_pos + (is_forced & (~lat if lat is not None else True)).long()
+        if use_latent:
+            ended = torch.zeros_like(latent_active)
+            if n_latent is not None:
+                ended |= latent_active & (latent_count >= n_latent)
+            if schedule.max_latent_steps is not None:
+                ended |= latent_active & (latent_count >= schedule.max_latent_steps)
+            if len(delim) and t + 1 >= len(delim):
+                ended |= latent_active & (completion_ids[:, t + 1 - len(delim): t + 1] == delim).all(-1)
+            if len(after):
+                forced_pos = torch.where(ended, torch.zeros_like(forced_pos), forced_pos)
+            latent_active = latent_active & ~ended
+        discrete_here = ~latent_mask[:, t] & ~forced_mask[:, t]
+        finished = finished | (alive & discrete_here & torch.isin(ids, stop_ids))
+        if bool(finished.all()) or t == C - 1:
+            C_used = t + 1
+            break
+        # 5. one forward for the new position of every row
+        attn[:, P + t] = 1
+        logits, hidden, cache = model.forward_embeds(
+            embeds[:, None], attention_mask=attn[:, : P + t + 1], position_ids=next_pos[:, None],
+            past_key_values=cache, use_cache=True,
+        )
+        last_logits, last_hidden = logits[:, -1].float(), hidden[:, -1]
+        next_pos = next_pos + 1
+    else:  # C == 0
+        C_used = 0
+
+    return Rollout(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=completion_ids[:, :C_used],
+        completion_mask=completion_mask[:, :C_used],
+        latent_mask=latent_mask[:, :C_used],
+        forced_mask=forced_mask[:, :C_used],
+        logprobs=logprobs[:, :C_used],
+        truncated=~finished,
+        payload={k: v[:, :C_used] for k, v in payload.items()},
+    )
+
+
+def decode_completions(model: LatentModel, rollout: Rollout, skip_latent: bool = True) -> list[str]:
+    """Completion texts for rewards: discrete ids only by default (latent positions are not words)."""
+    texts = []
+    for ids, mask, lat in zip(rollout.completion_ids, rollout.completion_mask, rollout.latent_mask):
+        keep = mask & ~lat if skip_latent else mask
+        texts.append(model.tokenizer.decode(ids[keep].tolist(), skip_special_tokens=True))
+    return texts

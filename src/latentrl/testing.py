@@ -1,0 +1,44 @@
+"""Tiny random-weight models for tests and benchmarks (no model hub is needed).
+
+Shapes, not weights, decide speed, and random weights are enough to check that rollouts, replays and losses
+agree; the same builders are what TRL's test-suite style looks like for HF models.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
+
+from latentrl.model import LatentModel
+from latentrl.tokenizer import build_word_tokenizer
+
+ARCHITECTURES = ("qwen2", "llama", "gpt2")
+
+
+def tiny_config(arch: str, vocab_size: int, hidden: int = 32, layers: int = 2, heads: int = 4, max_positions: int = 512):
+    if arch == "qwen2":
+        return Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                           num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+                           max_position_embeddings=max_positions, tie_word_embeddings=True)
+    if arch == "llama":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                           num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions,
+                           tie_word_embeddings=False)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions)
+    raise ValueError(f"unknown architecture {arch!r}; allowed: {ARCHITECTURES}")
+
+
+def tiny_latent_model(arch: str = "qwen2", words: list[str] | None = None, seed: int = 0, add_latent_tokens: bool = True,
+                      **shape) -> LatentModel:
+    """A random-weight HF causal LM with an in-process word tokenizer (and Coconut latent tokens)."""
+    tok = build_word_tokenizer(words or [])
+    torch.manual_seed(seed)
+    cfg = tiny_config(arch, vocab_size=len(tok) + 3, **shape)
+    cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.eval()
+    lm = LatentModel(model, tok)
+    if add_latent_tokens:
+        lm.add_latent_tokens(init_from="<<")
+    return lm

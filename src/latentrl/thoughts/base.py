@@ -1,0 +1,79 @@
+"""The ThoughtOperator interface: how one latent step is formed, stored, rebuilt and scored.
+
+Every latent-reasoning RL method is the same loop; methods differ only in how a latent input is formed from the
+previous position's output and what its log-prob is. An operator therefore has three jobs:
+
+* `step`     — at rollout time, from the previous position's logits and last hidden state, form the next input
+               embedding, the token id to record, and a *payload*: exactly what is needed to rebuild that input.
+* `rebuild`  — at training time, rebuild the inputs of many stored latent positions in one batched call, with
+               the *current* parameters (so gradients reach e.g. the embedding matrix or HRPO's gate).
+* `log_prob` — the per-position log-prob (or method surrogate) of a stored step under the current logits.
+
+Deterministic operators (Coconut hidden states, soft mixtures) set `stochastic = False`: their positions carry no
+log-prob and are left out of the policy loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from latentrl.model import LatentModel
+
+Payload = dict[str, torch.Tensor]
+
+
+@dataclass
+class ThoughtStep:
+    """One latent step for a batch of B rows."""
+
+    embeds: torch.Tensor  # (B, H) input embedding of the new position
+    token_ids: torch.Tensor  # (B,) id recorded at the position (for decoding, end-of-thinking checks)
+    payload: Payload  # name -> (B, ...) tensors; rebuild(payload) must reproduce `embeds`
+    logprob: torch.Tensor | None  # (B,) log-prob / surrogate under the sampling policy; None if deterministic
+
+
+@dataclass(frozen=True)
+class PayloadSpec:
+    """Shape (after the batch and position dims) and dtype of one payload entry, for preallocation."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+class ThoughtOperator(nn.Module):
+    """Base class. Subclasses are small: one file each under `latentrl/thoughts/`."""
+
+    name: ClassVar[str] = "base"
+    stochastic: ClassVar[bool] = False
+
+    def payload_spec(self, model: "LatentModel") -> dict[str, PayloadSpec]:
+        raise NotImplementedError
+
+    def step(
+        self,
+        model: "LatentModel",
+        logits: torch.Tensor,
+        hidden: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> ThoughtStep:
+        raise NotImplementedError
+
+    def rebuild(self, model: "LatentModel", token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
+        """(N, H) input embeddings for N stored latent positions (flattened), differentiable in current params."""
+        raise NotImplementedError
+
+    def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
+        """(N,) log-prob or surrogate of N stored latent steps given the logits that produced them."""
+        if not self.stochastic:
+            return torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
+        raise NotImplementedError
+
+    def set_eval_mode(self, deterministic: bool) -> None:
+        """Stochastic operators switch their noise off for evaluation (e.g. Latent-GRPO's noise-free top-K)."""
+        self.deterministic = deterministic
