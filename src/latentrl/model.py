@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from latentrl.tokenizer import load_tokenizer
 
 SIDE_MODULES_FILE = "latentrl_side_modules.safetensors"
 LATENT_META_FILE = "latentrl_latent_tokens.json"
@@ -84,7 +86,7 @@ class LatentModel(nn.Module):
             model_kwargs["torch_dtype"] = torch_dtype
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **model_kwargs)
         if tokenizer is None or isinstance(tokenizer, str):
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer or name_or_path)
+            tokenizer = load_tokenizer(tokenizer or name_or_path)
         lm = cls(model, tokenizer)
         meta = path / LATENT_META_FILE
         if meta.exists():

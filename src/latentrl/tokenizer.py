@@ -7,10 +7,12 @@ an ordinary `PreTrainedTokenizerFast`: it saves and loads with `save_pretrained`
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 DIGITS = [str(d) for d in range(10)]
@@ -41,3 +43,17 @@ def build_word_tokenizer(words: Iterable[str] = (), *, model_max_length: int = 1
         padding_side="left",
         clean_up_tokenization_spaces=False,
     )
+
+
+def load_tokenizer(name_or_path) -> PreTrainedTokenizerBase:
+    """`AutoTokenizer.from_pretrained`, except that a generic fast tokenizer stays exactly as saved.
+
+    transformers 5 picks the tokenizer class from the *model* config (e.g. Qwen2Tokenizer) and rebuilds its
+    pre-tokenizer, which would silently change how our word-level vocabularies split text.
+    """
+    cfg = Path(name_or_path) / "tokenizer_config.json"
+    if cfg.exists():
+        cls = json.loads(cfg.read_text()).get("tokenizer_class")
+        if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+            return PreTrainedTokenizerFast.from_pretrained(name_or_path)
+    return AutoTokenizer.from_pretrained(name_or_path)

@@ -1,0 +1,45 @@
+import pytest
+import torch
+from torch import nn
+
+from latentrl.model import LatentModel
+
+
+def test_latent_tokens_added_and_initialised_from_init_token(tiny):
+    ids = tiny.latent_ids
+    assert len({ids.start, ids.latent, ids.end}) == 3
+    src = tiny.tokenizer.convert_tokens_to_ids("<<")
+    E = tiny.embedding_matrix
+    for i in (ids.start, ids.latent, ids.end):
+        assert torch.equal(E[i], E[src])
+    assert tiny.tokenizer.decode([ids.latent]) == "<|latent|>"
+    assert E.shape[0] >= len(tiny.tokenizer)
+
+
+def test_forward_embeds_matches_hf_forward(tiny, prompts):
+    ids, mask = prompts
+    pos = (mask.long().cumsum(-1) - 1).clamp_min(0)
+    logits, hidden, _ = tiny.forward_embeds(tiny.embed(ids), attention_mask=mask.long(), position_ids=pos)
+    ref = tiny.model(input_ids=ids, attention_mask=mask.long(), position_ids=pos).logits
+    assert torch.allclose(logits[mask], ref[mask], atol=1e-5)
+    assert hidden.shape == (*ids.shape, tiny.hidden_size)
+
+
+def test_save_and_load_round_trip(tiny, tmp_path):
+    tiny.attach_side_module("probe", nn.Linear(tiny.hidden_size, 2))
+    tiny.save_pretrained(tmp_path / "ckpt")
+    back = LatentModel.from_pretrained(tmp_path / "ckpt")
+    assert back.latent_ids == tiny.latent_ids
+    for (n, p), (_, q) in zip(tiny.model.state_dict().items(), back.model.state_dict().items()):
+        assert torch.equal(p, q), n
+    probe = back.attach_side_module("probe", nn.Linear(back.hidden_size, 2))
+    assert torch.equal(probe.weight, tiny.side_modules["probe"].weight)
+    assert back.tokenizer("1 2 ||")["input_ids"] == tiny.tokenizer("1 2 ||")["input_ids"]
+
+
+def test_missing_or_bad_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        LatentModel.from_pretrained(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        LatentModel.from_pretrained(str(tmp_path / "empty"))
