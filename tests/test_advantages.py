@@ -48,7 +48,8 @@ def test_group_scale():
 
 def test_batch_scale_uses_group_mean_and_batch_std():
     adv, _ = group_advantages(_r(), 4, scale_rewards="batch")
-    exp = [(r - MEAN_A) / (STD_BATCH + EPS) for r in REWARDS[:4]] + [(r - MEAN_B) / (STD_BATCH + EPS) for r in REWARDS[4:]]
+    exp = [(r - MEAN_A) / (STD_BATCH + EPS) for r in REWARDS[:4]]
+    exp += [(r - MEAN_B) / (STD_BATCH + EPS) for r in REWARDS[4:]]
     _close(adv, exp)
 
 
@@ -116,7 +117,8 @@ def test_invalid_rows_excluded_from_stats():
 
 
 def test_invalid_excluded_batch_scale():
-    adv, _ = group_advantages(_r(), 4, scale_rewards="batch", valid=torch.tensor(VALID), exclude_invalid_from_stats=True)
+    valid = torch.tensor(VALID)
+    adv, _ = group_advantages(_r(), 4, scale_rewards="batch", valid=valid, exclude_invalid_from_stats=True)
     # batch std over the counted rows [1, 0, 1 | 2]: mean 1, squared deviations 0 + 1 + 0 + 1, var 2/3
     sb = math.sqrt(2 / 3)
     m = 2 / 3

@@ -439,6 +439,9 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(e, "problem", None) or str(e)
+            ctx, ctx_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+            if ctx and ctx_mark is not None and (mark is None or ctx_mark.line != mark.line):
+                problem += f" ({ctx} started at line {ctx_mark.line + 1})"
             raise ConfigError(f"Invalid YAML in {p}{where}: {problem}") from None
         if loaded is None:
             loaded = {}

@@ -111,6 +111,14 @@ class LatentModel(nn.Module):
             state = {k: v.detach().contiguous().cpu() for k, v in self.side_modules.state_dict().items()}
             save_file(state, str(out / SIDE_MODULES_FILE))
 
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Load LM and side-module weights saved by `save_pretrained` into this (already built) model."""
+        fresh = AutoModelForCausalLM.from_pretrained(path, dtype=self.model.dtype)
+        self.model.load_state_dict(fresh.state_dict())
+        side = Path(path) / SIDE_MODULES_FILE
+        if side.exists() and len(self.side_modules):
+            self.side_modules.load_state_dict(load_file(str(side)))
+
     def attach_side_module(self, name: str, module: nn.Module) -> nn.Module:
         """Register a method's trainable module (gate, value head); loads saved weights if the checkpoint had them."""
         module = module.to(device=self.device)

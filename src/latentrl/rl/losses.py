@@ -126,7 +126,9 @@ def _token_advantages(advantages: Tensor, logprobs: Tensor) -> Tensor:
     """``(B,)`` -> ``(B, 1)`` so it broadcasts over positions; ``(B, T)`` unchanged."""
     if advantages.dim() == 1:
         if advantages.shape[0] != logprobs.shape[0]:
-            raise ValueError(f"advantages (B,) must match logprobs batch {logprobs.shape[0]}, got {advantages.shape[0]}")
+            raise ValueError(
+                f"advantages (B,) must match the logprobs batch {logprobs.shape[0]}, got {advantages.shape[0]}"
+            )
         return advantages.unsqueeze(-1)
     if advantages.shape != logprobs.shape:
         raise ValueError(f"advantages must be (B,) or (B, T)={tuple(logprobs.shape)}, got {tuple(advantages.shape)}")

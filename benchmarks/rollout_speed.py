@@ -1,0 +1,394 @@
+"""Rollout throughput: HF `model.generate` vs. our discrete and latent `generate_rollout`, on one model and batch.
+
+Four modes are measured, each in a fresh subprocess (so peak memory of one mode does not leak into another):
+
+* ``generate``      HF ``model.generate``: sampling at T=1 (no top-k/top-p), KV cache, eos disabled so every row
+                    produces exactly ``--new`` tokens.
+* ``discrete``      ``generate_rollout`` without an operator, same sampling, stop ids that never fire.
+* ``soft_mixture``  ``generate_rollout`` with the ``soft_mixture`` operator and ``ThinkingSchedule(num_latent_steps=N)``:
+                    every one of the N positions is latent.  This is the headline latent figure (``latent_pos_s``).
+* ``hidden_state``  the same with the ``hidden_state`` (Coconut) operator.
+
+Each mode: build the same random-weight model (same seed, same prompts), ``--warmup`` untimed runs, ``--repeats``
+timed runs; the median time gives tokens (positions) per second = batch * new / median.  Peak memory is
+``ru_maxrss`` of the subprocess (model build included; the table also shows resident memory before the first run).
+
+The last line printed is one JSON object (see benchmarks/README.md).  Examples::
+
+    python benchmarks/rollout_speed.py                         # tiny Qwen2 on CPU, batch 32, 64 new positions
+    python benchmarks/rollout_speed.py --preset qwen2.5-0.5b --device cuda --dtype bfloat16 --batch 64 --new 256
+    python benchmarks/rollout_speed.py --mode soft_mixture --profile cprofile   # one mode in-process, profiled
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+MODES = ("generate", "discrete", "soft_mixture", "hidden_state")
+RESULT_TAG = "@@ROLLOUT_SPEED_RESULT "
+
+PRESETS = {
+    # Qwen2.5-0.5B shapes (random weights, config built in code, nothing downloaded).
+    "qwen2.5-0.5b": dict(arch="qwen2", hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864,
+                         vocab_size=151936, rope_theta=1_000_000.0, max_positions=32768),
+}
+DEFAULTS = dict(arch="qwen2", hidden=128, layers=2, heads=4, kv_heads=None, intermediate=512, vocab_size=64,
+                rope_theta=10_000.0, max_positions=2048)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Tokens/s and peak memory of HF generate vs. latentrl generate_rollout (discrete and latent).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="model shape preset (explicit shape options below override it)")
+    p.add_argument("--arch", choices=("qwen2", "llama", "gpt2"), default=None, help="default: qwen2")
+    p.add_argument("--hidden", type=int, default=None, help="hidden size (default 128)")
+    p.add_argument("--layers", type=int, default=None, help="decoder layers (default 2)")
+    p.add_argument("--heads", type=int, default=None, help="attention heads (default 4)")
+    p.add_argument("--kv-heads", type=int, default=None, help="KV heads (default: heads/2 for qwen2, heads for llama)")
+    p.add_argument("--intermediate", type=int, default=None, help="MLP size (default 4*hidden)")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="model vocab (default 64: a word tokenizer of 61 words + 3 latent tokens); a larger vocab "
+                        "keeps the small tokenizer and samples prompt ids over the whole vocab")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--prompt-len", type=int, default=16, help="longest prompt; rows are 75-100%% of it, left-padded")
+    p.add_argument("--new", type=int, default=64, help="new positions per row (tokens or latent positions)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per mode (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per mode before timing")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="passes over all modes (fresh subprocesses each); the median is over all rounds' runs - "
+                        "use >1 on a busy machine so every mode sees the same background load")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--attn", default=None, help="attn_implementation (sdpa, eager, ...; default: transformers' choice)")
+    p.add_argument("--soft-top-k", type=int, default=10, help="top_k of the soft_mixture operator")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {MODES}")
+    p.add_argument("--mode", choices=MODES, default=None,
+                   help="run ONE mode in this process (no subprocess, no table); prints its result JSON. "
+                        "Use with --profile or under `python -m cProfile`.")
+    p.add_argument("--profile", choices=("cprofile", "torch"), default=None,
+                   help="with --mode: profile the timed runs and print the top entries")
+    p.add_argument("--profile-top", type=int, default=40, help="rows of profile output")
+    args = p.parse_args(argv)
+    resolve_shape(args)
+    if args.profile and not args.mode:
+        p.error("--profile needs --mode MODE")
+    return args
+
+
+def resolve_shape(args: argparse.Namespace) -> None:
+    base = dict(DEFAULTS)
+    if args.preset:
+        base.update(PRESETS[args.preset])
+    elif args.intermediate is None and args.hidden is not None:
+        base["intermediate"] = 4 * args.hidden
+    for key in ("arch", "hidden", "layers", "heads", "kv_heads", "intermediate", "vocab_size"):
+        if getattr(args, key) is None:
+            setattr(args, key, base[key])
+    if args.kv_heads is None:
+        args.kv_heads = max(1, args.heads // 2) if args.arch == "qwen2" else args.heads
+    args.rope_theta, args.max_positions = base["rope_theta"], max(base["max_positions"], args.prompt_len + args.new + 8)
+
+
+def config_dict(args: argparse.Namespace) -> dict:
+    keys = ("preset", "arch", "hidden", "layers", "heads", "kv_heads", "intermediate", "vocab_size", "batch",
+            "prompt_len", "new", "repeats", "warmup", "rounds", "threads", "device", "dtype", "attn", "soft_top_k",
+            "seed")
+    return {k: getattr(args, k) for k in keys}
+
+
+# ---------------------------------------------------------------------------------------------------- model & data
+def build(args: argparse.Namespace):
+    """(LatentModel, prompt_ids, prompt_mask) - deterministic in --seed, identical in every mode's subprocess."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
+
+    from latentrl.model import LatentModel
+    from latentrl.rollout import left_pad
+    from latentrl.tokenizer import DIGITS, SYMBOLS, build_word_tokenizer
+
+    n_fixed = 4 + len(DIGITS) + len(SYMBOLS)  # pad/unk/bos/eos + digits + symbols
+    n_words = max(0, min(args.vocab_size, 64) - 3 - n_fixed)
+    tok = build_word_tokenizer([f"w{i}" for i in range(n_words)])
+    vocab = max(args.vocab_size, len(tok) + 3)
+    common = dict(vocab_size=vocab, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id)
+    if args.arch == "qwen2":
+        cfg = Qwen2Config(hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers,
+                          num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+                          max_position_embeddings=args.max_positions, rope_theta=args.rope_theta,
+                          tie_word_embeddings=True, **common)
+    elif args.arch == "llama":
+        cfg = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers,
+                          num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+                          max_position_embeddings=args.max_positions, rope_theta=args.rope_theta,
+                          tie_word_embeddings=False, **common)
+    else:
+        cfg = GPT2Config(n_embd=args.hidden, n_layer=args.layers, n_head=args.heads, n_inner=args.intermediate,
+                         n_positions=args.max_positions, **common)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(args.seed)
+    kw = {"attn_implementation": args.attn} if args.attn else {}
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, **kw)
+    model.to(args.device).eval()
+    lm = LatentModel(model, tok)
+    lm.add_latent_tokens(init_from="<<")  # ids inside the model vocab: no resize
+
+    g = torch.Generator().manual_seed(args.seed + 1)
+    lo, hi = 4, vocab  # skip pad/unk/bos/eos
+    lengths = torch.randint(max(1, (3 * args.prompt_len) // 4), args.prompt_len + 1, (args.batch,), generator=g)
+    lengths[0] = args.prompt_len
+    prompts = [torch.randint(lo, hi, (int(n),), generator=g).tolist() for n in lengths]
+    ids, mask = left_pad(prompts, tok.pad_token_id, device=args.device)
+    return lm, ids, mask
+
+
+def make_runner(args: argparse.Namespace, mode: str, lm, ids, mask):
+    """A zero-argument callable that does one full batch decode of mode `mode` and checks its length."""
+    import torch
+    from transformers import GenerationConfig
+
+    from latentrl.rollout import SamplingParams, ThinkingSchedule, generate_rollout
+    from latentrl.thoughts import build_thought_operator
+
+    B, N = args.batch, args.new
+    gen = torch.Generator(device=lm.device).manual_seed(args.seed + 2)
+
+    if mode == "generate":
+        model = lm.model
+        model.generation_config.eos_token_id = None  # every row runs the full N tokens
+        gcfg = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=N,
+                                min_new_tokens=0, use_cache=True, eos_token_id=None,
+                                pad_token_id=lm.tokenizer.pad_token_id, bos_token_id=lm.tokenizer.bos_token_id)
+
+        def run():
+            torch.manual_seed(args.seed + 2)
+            out = model.generate(input_ids=ids, attention_mask=mask.long(), generation_config=gcfg)
+            if out.shape != (B, ids.shape[1] + N):
+                raise RuntimeError(f"generate produced {tuple(out.shape)}, expected {(B, ids.shape[1] + N)}")
+        return run
+
+    sampling = SamplingParams(max_new_positions=N, temperature=1.0, stop_token_ids=[-1])  # -1: never sampled
+    if mode == "discrete":
+        operator, schedule = None, None
+    else:
+        kw = {"top_k": args.soft_top_k} if mode == "soft_mixture" else {}
+        operator = build_thought_operator(mode, **kw)
+        schedule = ThinkingSchedule(num_latent_steps=N)
+
+    def run():
+        r = generate_rollout(lm, ids, mask, sampling, operator=operator, schedule=schedule, generator=gen)
+        if r.completion_ids.shape != (B, N) or not bool(r.completion_mask.all()):
+            raise RuntimeError(f"{mode}: rollout produced {tuple(r.completion_ids.shape)} / incomplete rows")
+        if operator is not None and not bool(r.latent_mask.all()):
+            raise RuntimeError(f"{mode}: not every position was latent")
+    return run
+
+
+def current_rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 2**20 if sys.platform == "darwin" else kb / 2**10  # bytes on macOS, KiB on Linux
+
+
+def run_mode(args: argparse.Namespace, mode: str) -> dict:
+    """Build, warm up, time; returns the result dict of one mode (run in its own process by `main`)."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = str(args.device).startswith("cuda")
+    lm, ids, mask = build(args)
+    run = make_runner(args, mode, lm, ids, mask)
+    if cuda:
+        torch.cuda.synchronize()
+    rss_before = current_rss_mb()
+    for _ in range(args.warmup):
+        run()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+    profiler = None
+    if args.profile == "cprofile":
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
+    elif args.profile == "torch":
+        from torch.profiler import ProfilerActivity, profile
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        profiler = profile(activities=acts, record_shapes=False)
+        profiler.__enter__()
+
+    times = []
+    for _ in range(args.repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+
+    if args.profile == "cprofile":
+        import pstats
+        profiler.disable()
+        for key in ("cumulative", "tottime"):
+            print(f"\n==== cProfile of {args.repeats} timed run(s), mode={mode}, sorted by {key} ====")
+            pstats.Stats(profiler).sort_stats(key).print_stats(args.profile_top)
+    elif args.profile == "torch":
+        profiler.__exit__(None, None, None)
+        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        print(f"\n==== torch.profiler of {args.repeats} timed run(s), mode={mode} ====")
+        print(profiler.key_averages().table(sort_by=key, row_limit=args.profile_top))
+
+    out = {
+        "mode": mode,
+        "times_s": times,
+        "positions": args.batch * args.new,
+        "rss_before_mb": round(rss_before, 1),
+        "peak_mb": round(peak_rss_mb(), 1),
+        "threads": torch.get_num_threads(),
+    }
+    if cuda:
+        out["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+def worker_argv(args: argparse.Namespace, mode: str) -> list[str]:
+    argv = [sys.executable, os.path.abspath(__file__), "--mode", mode]
+    for key, val in config_dict(args).items():
+        if key in ("rounds",) or val is None:
+            continue
+        argv += [f"--{key.replace('_', '-')}", str(val)]
+    return argv
+
+
+def run_subprocess(args: argparse.Namespace, mode: str) -> dict:
+    proc = subprocess.run(worker_argv(args, mode), capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"mode {mode!r} failed (exit {proc.returncode})")
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    sys.stderr.write(proc.stdout + proc.stderr)
+    raise SystemExit(f"mode {mode!r} printed no result")
+
+
+def summarize(args: argparse.Namespace, results: dict[str, list[dict]]) -> dict:
+    rows = {}
+    for mode, parts in results.items():
+        times = [t for p in parts for t in p["times_s"]]
+        med = statistics.median(times)
+        rows[mode] = {
+            "median_s": med,
+            "min_s": min(times),
+            "max_s": max(times),
+            "runs": len(times),
+            "per_s": parts[0]["positions"] / med,
+            "ms_per_step": 1e3 * med / args.new,
+            "rss_before_mb": max(p["rss_before_mb"] for p in parts),
+            "peak_mb": max(p["peak_mb"] for p in parts),
+            "gpu_peak_mb": max((p.get("gpu_peak_mb", 0.0) for p in parts), default=0.0),
+            "threads": parts[0]["threads"],
+        }
+    return rows
+
+
+def print_table(args: argparse.Namespace, rows: dict) -> None:
+    cfg = config_dict(args)
+    print(f"rollout_speed: arch={cfg['arch']} hidden={cfg['hidden']} layers={cfg['layers']} heads={cfg['heads']}/"
+          f"{cfg['kv_heads']}kv mlp={cfg['intermediate']} vocab={cfg['vocab_size']} | batch={cfg['batch']} "
+          f"prompt<={cfg['prompt_len']} new={cfg['new']} | {cfg['device']} {cfg['dtype']} "
+          f"threads={next(iter(rows.values()))['threads']} | {cfg['warmup']} warmup + {cfg['repeats']} runs"
+          f" x {cfg['rounds']} round(s)")
+    gen = rows.get("generate")
+    unit = {"generate": "tok/s", "discrete": "tok/s", "soft_mixture": "pos/s", "hidden_state": "pos/s"}
+    gpu = any(r["gpu_peak_mb"] for r in rows.values())
+    head = f"{'mode':<14}{'median s':>10}{'min s':>9}{'max s':>9}{'ms/step':>9}{'per s':>12}{'':>6}{'vs gen':>8}" \
+           f"{'rss0 MB':>9}{'peak MB':>9}" + (f"{'gpu MB':>9}" if gpu else "")
+    print(head)
+    print("-" * len(head))
+    for mode, r in rows.items():
+        ratio = f"{r['per_s'] / gen['per_s']:.2f}x" if gen else "-"
+        print(f"{mode:<14}{r['median_s']:>10.3f}{r['min_s']:>9.3f}{r['max_s']:>9.3f}{r['ms_per_step']:>9.2f}"
+              f"{r['per_s']:>12.0f}{unit[mode]:>6}{ratio:>8}{r['rss_before_mb']:>9.0f}{r['peak_mb']:>9.0f}"
+              + (f"{r['gpu_peak_mb']:>9.0f}" if gpu else ""))
+
+
+def final_json(args: argparse.Namespace, rows: dict) -> dict:
+    def get(mode, key):
+        return round(rows[mode][key], 3) if mode in rows else None
+
+    def ratio(mode):
+        if mode in rows and "generate" in rows:
+            return round(rows[mode]["per_s"] / rows["generate"]["per_s"], 3)
+        return None
+
+    cfg = config_dict(args)
+    cfg["threads"] = next(iter(rows.values()))["threads"]
+    out = {
+        "generate_tok_s": get("generate", "per_s"),
+        "discrete_tok_s": get("discrete", "per_s"),
+        "latent_pos_s": get("soft_mixture", "per_s"),
+        "hidden_state_pos_s": get("hidden_state", "per_s"),
+        "discrete_vs_generate": ratio("discrete"),
+        "latent_vs_generate": ratio("soft_mixture"),
+        "hidden_state_vs_generate": ratio("hidden_state"),
+        "generate_peak_mb": get("generate", "peak_mb"),
+        "discrete_peak_mb": get("discrete", "peak_mb"),
+        "latent_peak_mb": get("soft_mixture", "peak_mb"),
+        "hidden_state_peak_mb": get("hidden_state", "peak_mb"),
+    }
+    if str(args.device).startswith("cuda"):
+        for mode, key in (("generate", "generate"), ("discrete", "discrete"), ("soft_mixture", "latent"),
+                          ("hidden_state", "hidden_state")):
+            out[f"{key}_gpu_peak_mb"] = get(mode, "gpu_peak_mb")
+    out["config"] = cfg
+    return out
+
+
+def main(argv=None) -> dict | None:
+    args = parse_args(argv)
+    if args.mode:
+        res = run_mode(args, args.mode)
+        print(RESULT_TAG + json.dumps(res))
+        return None
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise SystemExit(f"unknown mode(s) {bad}; allowed: {MODES}")
+    results: dict[str, list[dict]] = {m: [] for m in modes}
+    for r in range(args.rounds):
+        for mode in modes:
+            print(f"[round {r + 1}/{args.rounds}] {mode} ...", file=sys.stderr, flush=True)
+            results[mode].append(run_subprocess(args, mode))
+    rows = summarize(args, results)
+    print_table(args, rows)
+    out = final_json(args, rows)
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

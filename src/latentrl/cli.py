@@ -1,0 +1,83 @@
+"""`latentrl` command line: train, eval, demo, bench, pretrain.
+
+Every sub-command prints a one-line, actionable message for user errors (bad config, missing file, bad data)
+instead of a traceback; `LATENTRL_DEBUG=1` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from latentrl.config import ConfigError, GRPOConfig, config_help, load_config
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {}
+
+
+def command(name: str, help: str):
+    def deco(fn):
+        COMMANDS[name] = (fn, help)
+        return fn
+
+    return deco
+
+
+def build_model_for(cfg: GRPOConfig):
+    from latentrl.model import LatentModel
+
+    needs_latent_tokens = cfg.latent.operator == "hidden_state" or any("latent" in t for t in cfg.latent.after_latent_tokens)
+    return LatentModel.from_pretrained(cfg.model_name_or_path, add_latent_tokens=needs_latent_tokens)
+
+
+def load_train_data(cfg: GRPOConfig):
+    from latentrl.data import load_examples
+
+    return load_examples(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed)
+
+
+@command("train", "RL-train a model with a method preset: latentrl train --config FILE [key=value ...]")
+def cmd_train(ns: argparse.Namespace) -> int:
+    from latentrl.rl.trainer import GRPOTrainer
+
+    if ns.help_config:
+        print(config_help(GRPOConfig))
+        return 0
+    cfg = load_config(GRPOConfig, ns.config, ns.overrides)
+    if ns.resume:
+        cfg.resume_from_checkpoint = "latest"
+    model = build_model_for(cfg)
+    trainer = GRPOTrainer(cfg, model, load_train_data(cfg))
+    trainer.train()
+    print(f"done: {trainer.global_step} steps; checkpoints and logs in {cfg.output_dir}")
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    p.add_argument("--help-config", action="store_true", help="list every config field with its default and help")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nested fields (latent.top_k=5)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="latentrl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (fn, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        ARG_BUILDERS.get(name, _add_train_args)(p)
+    ns = parser.parse_args(argv)
+    try:
+        return COMMANDS[ns.command][0](ns)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+        if os.environ.get("LATENTRL_DEBUG"):
+            raise
+        print(f"latentrl {ns.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+ARG_BUILDERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {"train": _add_train_args}
+
+if __name__ == "__main__":
+    sys.exit(main())

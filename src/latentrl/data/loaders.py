@@ -1,0 +1,339 @@
+"""Readers that turn real data files (and synthetic task names) into `Example`s.
+
+Formats:
+- iCoT text (`.txt`), used by GSM8k-Aug and iCoT multiplication: one `question||steps #### answer` per line.
+- Coconut JSON (`.json`), used by ProsQA and ProntoQA: a list of `{"question", "steps", "answer", ...}` objects.
+- Tables (`.jsonl`, `.parquet`, `.csv`) and hub datasets, with configurable column names; GSM8K-style answers
+  (`reasoning ... #### 42`) are split into steps and final answer.
+
+Malformed rows raise `DataFormatError` naming the file and the line (or item) so a bad row in a 100k-line file
+can be found; missing files raise `FileNotFoundError` with the path.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+from collections.abc import Iterable, Mapping
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+from latentrl.data.schema import ANSWER_MARK, PROMPT_END, DataFormatError, Example
+from latentrl.data.tasks import TASKS, make_examples, train_eval_split
+
+PathLikeStr = str | PathLike[str]
+
+# ---------------------------------------------------------------------------------------------------------------
+# iCoT text format
+# ---------------------------------------------------------------------------------------------------------------
+
+_EQUATION = re.compile(r"<<.*?>>")
+_MULT_TOKENS = frozenset("0123456789") | {"+", "(", ")"}
+
+
+def split_icot_steps(reasoning: str) -> list[str]:
+    """Split the reasoning part of an iCoT line into steps, so that `" ".join(steps)` gives it back.
+
+    Rule (whitespace is normalised to single spaces first):
+    1. If the reasoning is nothing but `<<...>>` equations (GSM8k-Aug, `chain_sum`), each equation is a step.
+    2. Else, if it is only digits, `+`, `(` and `)` (iCoT multiplication), a new step starts at every `+`
+       token: the first partial product, then `+ partial ( running sum )` per further digit of the multiplier,
+       i.e. one step per partial product, as iCoT removes them.
+    3. Anything else is a single step.
+    """
+    text = " ".join(reasoning.split())
+    if not text:
+        return []
+    equations = _EQUATION.findall(text)
+    if equations and " ".join(equations) == text:
+        return equations
+    tokens = text.split(" ")
+    if not set(tokens) <= _MULT_TOKENS:
+        return [text]
+    steps: list[list[str]] = [[]]
+    for tok in tokens:
+        if tok == "+" and steps[-1]:
+            steps.append([])
+        steps[-1].append(tok)
+    return [" ".join(step) for step in steps]
+
+
+def parse_icot_line(line: str, path: PathLikeStr = "<string>", lineno: int = 1) -> Example:
+    """One `question||steps #### answer` line as an Example; `path`/`lineno` only label errors and meta."""
+    question, sep, rest = line.partition(PROMPT_END)
+    if not sep:
+        raise DataFormatError(path, f"missing '{PROMPT_END}' between question and reasoning", line=lineno)
+    if not question.strip():
+        raise DataFormatError(path, f"empty question before '{PROMPT_END}'", line=lineno)
+    marks = rest.count(ANSWER_MARK)
+    if marks != 1:
+        what = "missing" if marks == 0 else f"found {marks} times"
+        raise DataFormatError(path, f"'{ANSWER_MARK}' before the answer is {what}; expected exactly once", line=lineno)
+    reasoning, _, answer = rest.partition(ANSWER_MARK)
+    if not answer.strip():
+        raise DataFormatError(path, f"empty answer after '{ANSWER_MARK}'", line=lineno)
+    meta = {"source": str(path), "line": lineno}
+    return Example(question.strip(), split_icot_steps(reasoning), " ".join(answer.split()), meta)
+
+
+def load_icot(path: PathLikeStr) -> list[Example]:
+    """All examples of an iCoT-format text file (GSM8k-Aug, iCoT multiplication); blank lines are skipped."""
+    file = _existing_file(path)
+    examples = []
+    with file.open(encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.rstrip("\r\n")
+            if line.strip():
+                examples.append(parse_icot_line(line, file, lineno))
+    return examples
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rows (JSON objects, table rows, hub rows) -> Example
+# ---------------------------------------------------------------------------------------------------------------
+
+_END_PUNCT = re.compile(r"(?<=\S)([.?!,;:])(?=\s|$)")
+
+
+def _space_punctuation(text: str) -> str:
+    """`"Every X is a Y."` -> `"Every X is a Y ."`: the word-tokenizer form used by the synthetic tasks."""
+    return _END_PUNCT.sub(r" \1", text)
+
+
+def _scalar_text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)):
+        return str(value)
+    return None
+
+
+def _row_to_example(
+    row: Mapping[str, Any],
+    path: PathLikeStr,
+    where: dict[str, int],
+    *,
+    question_field: str = "question",
+    answer_field: str = "answer",
+    steps_field: str | None = None,
+    require_steps: bool = False,
+    spaced_punctuation: bool = False,
+) -> Example:
+    """One row as an Example. `where` is `{"line": n}` or `{"item": i}` for error messages."""
+    if not isinstance(row, Mapping):
+        raise DataFormatError(path, f"expected an object, got {type(row).__name__}", **where)
+    for name in (question_field, answer_field) + ((steps_field or "steps",) if require_steps else ()):
+        if name not in row:
+            raise DataFormatError(path, f"missing field {name!r} (fields: {', '.join(map(str, row))})", **where)
+    question = row[question_field]
+    if not isinstance(question, str) or not question.strip():
+        raise DataFormatError(path, f"field {question_field!r} must be a non-empty string, got {question!r}", **where)
+    answer = _scalar_text(row[answer_field])
+    if answer is None or not answer.strip():
+        raise DataFormatError(path, f"field {answer_field!r} must be a non-empty answer, got {row[answer_field]!r}",
+                              **where)
+    steps: list[str] = []
+    if ANSWER_MARK in answer:  # GSM8K style: "reasoning lines\n#### 42"
+        reasoning, _, answer = answer.rpartition(ANSWER_MARK)
+        steps = [s.strip() for s in reasoning.splitlines() if s.strip()]
+        if not answer.strip():
+            raise DataFormatError(path, f"field {answer_field!r} has nothing after '{ANSWER_MARK}'", **where)
+    key = steps_field or "steps"
+    if key in row and row[key] is not None:
+        raw = row[key]
+        if isinstance(raw, str):
+            steps = [s.strip() for s in raw.splitlines() if s.strip()]
+        elif isinstance(raw, (list, tuple)) and all(isinstance(s, str) for s in raw):
+            steps = [s.strip() for s in raw]
+        else:
+            raise DataFormatError(path, f"field {key!r} must be a list of strings or a string, got {raw!r}", **where)
+    elif steps_field is not None:
+        raise DataFormatError(path, f"missing field {steps_field!r}", **where)
+    question, answer = question.strip(), " ".join(answer.split())
+    if spaced_punctuation:
+        question, answer = _space_punctuation(question), _space_punctuation(answer)
+        steps = [_space_punctuation(s) for s in steps]
+    used = {question_field, answer_field, key}
+    meta = {k: v for k, v in row.items() if k not in used}
+    meta.update(source=str(path), **where)
+    return Example(question, steps, answer, meta)
+
+
+def _rows_to_examples(rows: Iterable[Mapping[str, Any]], path: PathLikeStr, **fields: Any) -> list[Example]:
+    return [_row_to_example(row, path, {"item": i}, **fields) for i, row in enumerate(rows)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JSON (Coconut's ProsQA / ProntoQA) and JSON lines
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _load_json_list(path: PathLikeStr, **fields: Any) -> list[Example]:
+    file = _existing_file(path)
+    text = file.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # a JSON-lines file named .json, as `datasets` often writes them
+            return _parse_jsonl(file, text, **fields)
+        raise DataFormatError(file, f"invalid JSON: {e.msg} (column {e.colno})", line=e.lineno) from e
+    if not isinstance(data, list):
+        raise DataFormatError(file, f"expected a JSON list of objects with question/steps/answer, got "
+                                    f"{type(data).__name__}")
+    return _rows_to_examples(data, file, **fields)
+
+
+def load_prosqa(path: PathLikeStr, *, spaced_punctuation: bool = False) -> list[Example]:
+    """Coconut's ProsQA JSON: graph fields (`idx_to_symbol`, `edges`, `root`, `target`, `neg_target`) go to meta.
+
+    `spaced_punctuation=True` writes `lempus.` as `lempus .`, the form of the `prosqa_like` task, so a model
+    trained on generated data can be evaluated on the real file with the same word tokenizer.
+    """
+    return _load_json_list(path, require_steps=True, spaced_punctuation=spaced_punctuation)
+
+
+def load_prontoqa(path: PathLikeStr, *, spaced_punctuation: bool = False) -> list[Example]:
+    """Coconut's preprocessed ProntoQA JSON (same question/steps/answer schema as ProsQA; answer True/False)."""
+    return _load_json_list(path, require_steps=True, spaced_punctuation=spaced_punctuation)
+
+
+def _parse_jsonl(file: Path, text: str, **fields: Any) -> list[Example]:
+    examples = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(file, f"invalid JSON: {e.msg} (column {e.colno})", line=lineno) from e
+        examples.append(_row_to_example(row, file, {"line": lineno}, **fields))
+    return examples
+
+
+def load_jsonl(path: PathLikeStr, **fields: Any) -> list[Example]:
+    """JSON lines, one object per line. Parsed here rather than by `datasets` so errors name the exact line."""
+    file = _existing_file(path)
+    return _parse_jsonl(file, file.read_text(encoding="utf-8"), **fields)
+
+
+def load_table(path: PathLikeStr, **fields: Any) -> list[Example]:
+    """A `.parquet` or `.csv` file read through `datasets`; errors name the 0-based row index."""
+    import datasets
+
+    file = _existing_file(path)
+    builder = {".parquet": "parquet", ".csv": "csv"}[file.suffix.lower()]
+    try:
+        table = datasets.load_dataset(builder, data_files=str(file), split="train")
+    except Exception as e:  # datasets wraps parser errors in several exception types
+        raise DataFormatError(file, f"datasets could not read it as {builder}: {e}") from e
+    return _rows_to_examples(table, file, **fields)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One entry point
+# ---------------------------------------------------------------------------------------------------------------
+
+_FIELD_KEYS = ("question_field", "answer_field", "steps_field", "spaced_punctuation")
+_EVAL_SPLITS = ("eval", "validation", "valid", "test")
+_FILE_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet", ".csv")
+
+
+def load_examples(source: str, split: str | None = None, **kw: Any) -> list[Example]:
+    """Examples from a synthetic task name, a local file or directory, or a hub dataset id.
+
+    - Task name (`icot_mult`, `chain_sum`, `prosqa_like`): `n=` examples from `seed=` (default 0) with difficulty
+      knobs as keywords. With `split="train"`, `n_train=` (or `n=`) examples disjoint from the eval split of
+      `n_eval=` examples; with `split="eval"` (or validation/valid/test) those `n_eval=` (or `n=`) examples.
+    - File: `.txt` iCoT lines, `.json` Coconut list, `.jsonl`/`.parquet`/`.csv` rows with `question_field`,
+      `answer_field`, `steps_field` (defaults question/answer/steps). A directory with `split` given is searched
+      for `{split}.{txt,json,jsonl,parquet,csv}`, else handed to `datasets.load_dataset`.
+    - Anything else: `datasets.load_dataset(source, config_name, split=split or "train")` with the same columns.
+    """
+    if source in TASKS:
+        return _load_synthetic(source, split, **kw)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if split is not None:
+            for suffix in _FILE_SUFFIXES:
+                if (path / f"{split}{suffix}").is_file():
+                    return _load_file(path / f"{split}{suffix}", **kw)
+        return _load_with_datasets(str(path), split, **kw)
+    if path.suffix.lower() in _FILE_SUFFIXES or path.exists():
+        return _load_file(path, **kw)
+    return _load_with_datasets(source, split, **kw)
+
+
+def _load_synthetic(
+    task: str,
+    split: str | None,
+    *,
+    n: int | None = None,
+    n_train: int | None = None,
+    n_eval: int | None = None,
+    seed: int = 0,
+    **knobs: Any,
+) -> list[Example]:
+    if split is None:
+        if n is None:
+            raise ValueError(f"load_examples({task!r}) needs n= (number of examples)")
+        return make_examples(task, n, seed, **knobs)
+    if split == "train":
+        count = n_train if n_train is not None else n
+        if count is None or n_eval is None:
+            raise ValueError(f"load_examples({task!r}, 'train') needs n_train= (or n=) and n_eval= so that the "
+                             "train split can exclude the eval questions")
+        return train_eval_split(task, count, n_eval, seed, **knobs)[0]
+    if split in _EVAL_SPLITS:
+        count = n_eval if n_eval is not None else n
+        if count is None:
+            raise ValueError(f"load_examples({task!r}, {split!r}) needs n_eval= (or n=)")
+        return make_examples(task, count, seed, **knobs)
+    raise ValueError(f"unknown split {split!r} for synthetic task {task!r}; use None, 'train' or one of {_EVAL_SPLITS}")
+
+
+def _field_kw(kw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    unknown = sorted(set(kw) - set(_FIELD_KEYS))
+    if unknown:
+        raise TypeError(f"unexpected options {unknown} for {source}; allowed: {', '.join(_FIELD_KEYS)}")
+    return dict(kw)
+
+
+def _load_file(path: Path, **kw: Any) -> list[Example]:
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        if kw:
+            raise TypeError(f"iCoT text files take no options, got {sorted(kw)}")
+        return load_icot(path)
+    fields = _field_kw(kw, str(path))
+    if suffix == ".json":
+        return _load_json_list(path, **fields)
+    if suffix == ".jsonl":
+        return load_jsonl(path, **fields)
+    if suffix in (".parquet", ".csv"):
+        return load_table(path, **fields)
+    _existing_file(path)
+    raise ValueError(f"don't know how to read {path}: expected one of {', '.join(_FILE_SUFFIXES)}")
+
+
+def _load_with_datasets(source: str, split: str | None, *, config_name: str | None = None, **kw: Any) -> list[Example]:
+    """A hub dataset id, or a local directory `datasets` can read."""
+    import datasets
+
+    fields = _field_kw(kw, source)
+    try:
+        table = datasets.load_dataset(source, config_name, split=split or "train")
+    except Exception as e:
+        raise ValueError(
+            f"could not load {source!r}: it is not a synthetic task ({', '.join(sorted(TASKS))}), not an existing "
+            f"file, and datasets.load_dataset failed: {type(e).__name__}: {e}"
+        ) from e
+    return _rows_to_examples(table, source, **fields)
+
+
+def _existing_file(path: PathLikeStr) -> Path:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(errno.ENOENT, "data file not found", str(file))
+    return file

@@ -1,0 +1,130 @@
+"""Evaluation: Pass@1 (greedy), Pass@k (sampled), reasoning positions per answer, wall time.
+
+Works on any model the library loads, with or without a thought operator. Reasoning positions are the completion
+positions before the answer delimiter (`####`): latent thoughts and reasoning tokens alike, so CoT and latent
+methods are compared on the same axis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from latentrl.model import LatentModel
+from latentrl.rewards import correctness_reward
+from latentrl.rollout import Rollout, SamplingParams, ThinkingSchedule, decode_completions, generate_rollout, left_pad
+from latentrl.thoughts import ThoughtOperator
+
+
+@dataclass
+class EvalResult:
+    pass_at_1: float
+    pass_at_k: float | None
+    k: int
+    mean_reasoning_positions: float
+    mean_latent_positions: float
+    n: int
+    wall_s: float
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reasoning_positions(rollout: Rollout, delimiter_ids: Sequence[int] | None) -> torch.Tensor:
+    """(B,) positions before the first occurrence of the delimiter (all generated positions if it never appears)."""
+    lengths = rollout.lengths.clone()
+    if not delimiter_ids:
+        return lengths
+    ids, d = rollout.completion_ids, torch.as_tensor(list(delimiter_ids), device=rollout.completion_ids.device)
+    C, L = ids.shape[1], len(d)
+    if C < L:
+        return lengths
+    windows = ids.unfold(1, L, 1)  # (B, C-L+1, L)
+    hit = (windows == d).all(-1) & rollout.completion_mask[:, : C - L + 1]
+    first = torch.where(hit.any(-1), hit.float().argmax(-1), lengths)
+    return torch.minimum(first, lengths)
+
+
+def _rows(data: Sequence[Any]) -> list[dict[str, Any]]:
+    from latentrl.rl.trainer import as_rows
+
+    return as_rows(data)
+
+
+@torch.no_grad()
+def evaluate(
+    model: LatentModel,
+    data: Sequence[Any],
+    *,
+    operator: ThoughtOperator | None = None,
+    schedule: ThinkingSchedule | None = None,
+    max_new_positions: int = 64,
+    batch_size: int = 64,
+    k: int = 0,
+    temperature: float = 1.0,
+    reward_func: Callable[..., list[float | None]] = correctness_reward,
+    delimiter: str = "####",
+    seed: int = 0,
+    num_samples_to_keep: int = 3,
+) -> EvalResult:
+    """Greedy Pass@1 (operator noise off) and, if k > 0, Pass@k from k sampled completions (noise on)."""
+    rows = _rows(data)
+    tok = model.tokenizer
+    delim = tok(delimiter, add_special_tokens=False)["input_ids"] if delimiter else None
+    gen = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+
+    def run(batch_rows: list[dict[str, Any]], sampling: SamplingParams, deterministic: bool):
+        if operator is not None:
+            operator.set_eval_mode(deterministic)
+        ids, mask = left_pad([tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in batch_rows],
+                             tok.pad_token_id, device=model.device)
+        ro = generate_rollout(model, ids, mask, sampling, operator, schedule, gen)
+        texts = decode_completions(model, ro)
+        cols = {c: [r.get(c) for r in batch_rows] for c in batch_rows[0] if c != "prompt"}
+        scores = reward_func([r["prompt"] for r in batch_rows], texts, **cols)
+        return ro, texts, [float(s or 0.0) for s in scores]
+
+    correct, positions, latents, samples = [], [], [], []
+    greedy = SamplingParams(max_new_positions=max_new_positions, temperature=0.0)
+    for s in range(0, len(rows), batch_size):
+        part = rows[s : s + batch_size]
+        ro, texts, scores = run(part, greedy, deterministic=True)
+        correct += scores
+        positions += reasoning_positions(ro, delim).tolist()
+        latents += ro.num_latent.tolist()
+        for r, t, sc in zip(part, texts, scores):
+            if len(samples) < num_samples_to_keep:
+                samples.append({"prompt": r["prompt"], "completion": t, "answer": r.get("answer"), "correct": sc})
+
+    pass_k = None
+    if k > 0:
+        sampled = SamplingParams(max_new_positions=max_new_positions, temperature=temperature)
+        hits = []
+        per_batch = max(1, batch_size // k)
+        for s in range(0, len(rows), per_batch):
+            part = rows[s : s + per_batch]
+            _, _, scores = run([r for r in part for _ in range(k)], sampled, deterministic=False)
+            hits += [max(scores[i * k : (i + 1) * k]) > 0 for i in range(len(part))]
+        pass_k = sum(hits) / len(hits)
+    if operator is not None:
+        operator.set_eval_mode(False)
+    model.train(was_training)
+    n = len(rows)
+    return EvalResult(
+        pass_at_1=sum(c > 0 for c in correct) / n,
+        pass_at_k=pass_k,
+        k=k,
+        mean_reasoning_positions=sum(positions) / n,
+        mean_latent_positions=sum(latents) / n,
+        n=n,
+        wall_s=time.perf_counter() - t0,
+        samples=samples,
+    )

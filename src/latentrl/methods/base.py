@@ -1,0 +1,106 @@
+"""Method presets: a method = thought operator + rollout schedule + advantage hooks + loss options + extra objective.
+
+The trainer runs the same loop for every method and asks the method only for these pieces. A new method is one
+subclass (usually a few lines) registered with `@register_method`; `latentrl bench` picks it up automatically.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from latentrl.rollout import ThinkingSchedule
+from latentrl.thoughts import ThoughtOperator, build_thought_operator
+
+if TYPE_CHECKING:
+    from latentrl.config import GRPOConfig, LatentConfig
+    from latentrl.model import LatentModel
+    from latentrl.replay import ReplayOutput
+    from latentrl.rl.trainer import StepBatch
+
+
+def text_ids(model: "LatentModel", text: str | None) -> list[int] | None:
+    """Token ids of a piece of text (no special tokens added), or None."""
+    if not text:
+        return None
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"{text!r} tokenizes to no ids")
+    unk = model.tokenizer.unk_token_id
+    if unk is not None and unk in ids and text != model.tokenizer.unk_token:
+        raise ValueError(f"{text!r} contains tokens unknown to the tokenizer (ids {ids})")
+    return ids
+
+
+class Method:
+    """Base preset: plain GRPO on whatever `config.latent` describes. Subclasses override the hooks they need."""
+
+    name: ClassVar[str] = "base"
+    description: ClassVar[str] = ""
+    #: what the method starts from in the benchmark suite ("cot_sft", "coconut_sft", ...)
+    init: ClassVar[str] = "cot_sft"
+    #: config values the preset sets unless the user overrides them
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def build_operator(self, latent: "LatentConfig", model: "LatentModel") -> ThoughtOperator | None:
+        if latent.operator == "none":
+            return None
+        return build_thought_operator(latent.operator, **operator_kwargs(latent, model))
+
+    def build_schedule(self, latent: "LatentConfig", model: "LatentModel") -> ThinkingSchedule | None:
+        if latent.operator == "none":
+            return None
+        end = text_ids(model, latent.end_of_thinking_token)
+        after = [i for t in latent.after_latent_tokens for i in (text_ids(model, t) or [])]
+        return ThinkingSchedule(
+            num_latent_steps=latent.num_latent_steps,
+            max_latent_steps=latent.max_latent_steps,
+            end_token_id=end[0] if end else None,
+            delimiter_ids=text_ids(model, latent.answer_delimiter),
+            after_latent_ids=after,
+        )
+
+    def setup(self, trainer: Any) -> None:
+        """Attach side modules (gates, value heads) before the optimizer is built."""
+
+    def param_groups(self, trainer: Any) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; default: every trainable parameter at the configured learning rate."""
+        params = [p for p in trainer.model.parameters() if p.requires_grad]
+        return [{"params": params, "lr": trainer.args.learning_rate}]
+
+    def token_advantages(self, trainer: Any, batch: "StepBatch") -> torch.Tensor:
+        """(N, C) per-position advantages; default: each sequence's advantage at every position."""
+        return batch.advantages[:, None].expand_as(batch.rollout.logprobs).clone()
+
+    def policy_kind_masks(self, trainer: Any, batch: "StepBatch", policy_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Which surrogate each position uses (see `rl.losses.mixed_policy_loss`)."""
+        return {trainer.args.policy_loss: policy_mask}
+
+    def extra_loss(self, trainer: Any, micro: "StepBatch", out: "ReplayOutput") -> tuple[torch.Tensor, dict[str, float]] | None:
+        """An additional objective added to the policy loss (value head BCE, contrastive term...)."""
+        return None
+
+
+def operator_kwargs(latent: "LatentConfig", model: "LatentModel") -> dict[str, Any]:
+    """Constructor arguments of each built-in operator, read from the latent config."""
+    name = latent.operator
+    if name == "hidden_state":
+        return {"latent_token_id": model.latent_ids.latent if model.latent_ids else None}
+    if name == "soft_mixture":
+        return {"top_k": latent.top_k, "temperature": latent.latent_temperature}
+    return {"config": latent}
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; allowed: {sorted(METHODS)}")
+    return METHODS[name]()

@@ -1,0 +1,308 @@
+"""Answer extraction and reward functions with TRL's signature, and the batch scorer that combines them.
+
+A reward function is `f(prompts, completions, **columns) -> list[float | None]`, exactly as TRL's GRPOTrainer
+calls it: `columns` are the dataset's columns for the batch (here usually `answer=[...]`), and `None` means "does
+not apply to this row". So any TRL reward function works here and ours work in TRL. Completions follow the
+data format (`steps #### answer`); the answer is what follows the last `####`, or a `\\boxed{...}` as fallback
+for models trained on MATH-style text.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+RewardFunc = Callable[..., list[float | None]]
+
+ANSWER_MARK = "####"
+# End-of-text markers a decoded completion may still contain; the answer stops at the first one.
+_END_MARKERS = re.compile(r"<eos>|<pad>|</s>|<\|[A-Za-z0-9_]+\|>")
+_BOXED = "\\boxed{"
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_DIGIT_SEQUENCE = re.compile(r"\d(?: \d)+")  # iCoT answers: one digit per word
+
+# ---------------------------------------------------------------------------------------------------------------
+# Extraction and normalisation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _completion_text(completion: Any) -> str:
+    """Plain text of a completion; conversational completions (lists of messages) give the last content."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], Mapping):
+        return str(completion[-1].get("content", ""))
+    return "" if completion is None else str(completion)
+
+
+def _marked_answer(text: str) -> str | None:
+    """The text after the last `####`, up to an end marker or the end of its line; None if absent or empty."""
+    pos = text.rfind(ANSWER_MARK)
+    if pos < 0:
+        return None
+    after = text[pos + len(ANSWER_MARK) :]
+    end = _END_MARKERS.search(after)
+    if end:
+        after = after[: end.start()]
+    after = after.lstrip()
+    after = after.split("\n", 1)[0]
+    answer = " ".join(after.split())
+    return answer or None
+
+
+def _brace_end(text: str, open_at: int) -> int:
+    """Index just past the `}` that closes the `{` at `open_at`, or -1 if it never closes."""
+    depth = 0
+    for i in range(open_at, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return i + 1
+    return -1
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` with balanced braces; None if there is none (or it never closes)."""
+    start = text.rfind(_BOXED)
+    while start >= 0:
+        end = _brace_end(text, start + len(_BOXED) - 1)
+        if end > 0:
+            return " ".join(text[start + len(_BOXED) : end - 1].split()) or None
+        start = text.rfind(_BOXED, 0, start)
+    return None
+
+
+def extract_answer(text: str | None) -> str | None:
+    """The final answer in `text`: after the last `####`, else the last `\\boxed{}`; None if neither."""
+    if text is None:
+        return None
+    text = _completion_text(text)
+    return _marked_answer(text) or _last_boxed(text)
+
+
+def normalize_answer(s: str) -> str:
+    """Canonical answer text: collapse whitespace, unwrap `\\boxed{}`/`$...$`, drop a trailing `.` and
+    thousands separators. iCoT digit sequences (`5 5 6 0`) keep their spaces, so they compare digit by digit."""
+    s = " ".join(str(s).split())
+    while True:
+        before = s
+        if s.startswith(_BOXED) and _brace_end(s, len(_BOXED) - 1) == len(s):
+            s = s[len(_BOXED) : -1].strip()
+        if len(s) >= 2 and s[0] == "$" and s[-1] == "$":
+            s = s[1:-1].strip()
+        s = s.rstrip(".").rstrip()
+        if s == before:
+            return _THOUSANDS.sub("", s)
+
+
+def _as_number(s: str) -> float | None:
+    """`s` as a number when the whole answer is one (leading `$` and trailing `%` allowed), else None."""
+    s = s.strip()
+    s = s[1:] if s.startswith("$") else s
+    s = s[:-1] if s.endswith("%") else s
+    if not _NUMBER.fullmatch(s):
+        return None
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+
+def answers_match(predicted: str | None, gold: str | None) -> bool:
+    """Exact match after normalisation, or numeric equality when both are plain numbers (`42.0` == `42`)."""
+    if predicted is None or gold is None:
+        return False
+    p, g = normalize_answer(predicted), normalize_answer(gold)
+    if p == g:
+        return True
+    if _DIGIT_SEQUENCE.fullmatch(p) or _DIGIT_SEQUENCE.fullmatch(g):
+        return False  # digit-by-digit answers only match exactly
+    pn, gn = _as_number(p), _as_number(g)
+    return pn is not None and gn is not None and math.isclose(pn, gn, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def _gold_text(gold: Any) -> str | None:
+    """A gold answer column value; GSM8K-style gold (`reasoning #### 42`) gives `42`."""
+    if gold is None:
+        return None
+    gold = str(gold)
+    return (_marked_answer(gold) or gold) if ANSWER_MARK in gold else gold
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reward functions (TRL signature)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def correctness_reward(prompts: list[Any], completions: list[Any], answer: list[Any], **kwargs: Any) -> list[float | None]:
+    """1.0 if the extracted answer equals the gold `answer` column (after normalisation), else 0.0."""
+    return [float(answers_match(extract_answer(c), _gold_text(g))) for c, g in zip(completions, answer, strict=True)]
+
+
+def format_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
+    """1.0 iff the completion has exactly one `####` followed by a non-empty answer."""
+    out: list[float | None] = []
+    for c in completions:
+        text = _completion_text(c)
+        out.append(float(text.count(ANSWER_MARK) == 1 and _marked_answer(text) is not None))
+    return out
+
+
+def hrpo_reward(prompts: list[Any], completions: list[Any], answer: list[Any], **kwargs: Any) -> list[float | None]:
+    """HRPO's outcome reward: 1.0 iff `####` appears exactly once and the answer after it is correct."""
+    out: list[float | None] = []
+    for c, g in zip(completions, answer, strict=True):
+        text = _completion_text(c)
+        ok = text.count(ANSWER_MARK) == 1 and answers_match(_marked_answer(text), _gold_text(g))
+        out.append(float(ok))
+    return out
+
+
+def _math_parse(text: str) -> list[Any]:
+    """`math_verify.parse` that never raises; bare LaTeX is retried inside `$...$`. Its signal-based timeout only
+    works in the main thread, so other threads parse without one."""
+    from math_verify import parse
+
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    try:
+        parsed = parse(text, parsing_timeout=timeout)
+        if not parsed and "$" not in text:
+            parsed = parse(f"${text}$", parsing_timeout=timeout)
+        return list(parsed)
+    except Exception:
+        return []
+
+
+def _math_equal(predicted: str | None, gold: str | None) -> bool:
+    from math_verify import verify
+
+    if predicted is None or gold is None:
+        return False
+    if _DIGIT_SEQUENCE.fullmatch(normalize_answer(gold)):
+        return answers_match(predicted, gold)  # math_verify would read `5 5 6 0` as the number 0
+    gold_parsed = _math_parse(gold)
+    if not gold_parsed:  # not mathematics (e.g. "Tom is a lempus ."): exact match
+        return answers_match(predicted, gold)
+    pred_parsed = _math_parse(predicted)
+    if not pred_parsed:
+        return False
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    try:
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
+    except Exception:
+        return False
+
+
+def math_verify_reward(prompts: list[Any], completions: list[Any], answer: list[Any], **kwargs: Any) -> list[float | None]:
+    """1.0 if `math_verify` finds the extracted answer (`####` or `\\boxed{}`) equivalent to the gold; garbage
+    gives 0.0, never an exception."""
+    return [float(_math_equal(extract_answer(c), _gold_text(g))) for c, g in zip(completions, answer, strict=True)]
+
+
+REWARD_FUNCS: dict[str, RewardFunc] = {
+    "correctness": correctness_reward,
+    "format": format_reward,
+    "hrpo": hrpo_reward,
+    "math_verify": math_verify_reward,
+}
+
+
+def get_reward_funcs(names: Sequence[str]) -> list[RewardFunc]:
+    """The registered reward functions called `names`, in order."""
+    if isinstance(names, str):
+        names = [names]
+    unknown = [n for n in names if n not in REWARD_FUNCS]
+    if unknown:
+        raise ValueError(f"unknown reward function(s) {unknown}; known: {', '.join(sorted(REWARD_FUNCS))}")
+    return [REWARD_FUNCS[n] for n in names]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batch scoring
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class RewardFunctionError(RuntimeError):
+    """A reward function raised, or returned something that is not one number-or-None per completion."""
+
+
+def reward_func_name(func: Callable[..., Any]) -> str:
+    """The name used in errors and metrics: `__name__`, else the wrapped function's (partials), else the type."""
+    name = getattr(func, "__name__", None) or getattr(getattr(func, "func", None), "__name__", None)
+    return name or type(func).__name__
+
+
+def _as_reward(value: Any) -> float:
+    """A returned value as a float (None -> NaN, as TRL does); raises TypeError for anything else."""
+    if value is None:
+        return math.nan
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        return float(value.item())
+    if isinstance(value, numbers.Real):  # bool, int, float and numpy scalars
+        return float(value)
+    raise TypeError(f"{value!r} ({type(value).__name__}) is not a number or None")
+
+
+def compute_rewards(
+    funcs: Sequence[RewardFunc],
+    prompts: list[Any],
+    completions: list[Any],
+    columns: Mapping[str, list[Any]] | None = None,
+    weights: Sequence[float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score a batch: `(per_func (N, F) float32, NaN where a function returned None; total (N,))`.
+
+    `total = nansum(weights * per_func)` over functions, as in TRL. Errors name the offending function. A row
+    where every function returned None has no reward at all, which would silently become 0 in TRL; here it
+    raises, naming the functions.
+    """
+    columns = dict(columns or {})
+    n, n_funcs = len(prompts), len(funcs)
+    if len(completions) != n:
+        raise ValueError(f"{len(completions)} completions for {n} prompts")
+    for key, values in columns.items():
+        if len(values) != n:
+            raise ValueError(f"column {key!r} has {len(values)} values for {n} completions")
+    if n_funcs == 0:
+        raise ValueError("compute_rewards needs at least one reward function")
+    w = torch.ones(n_funcs) if weights is None else torch.as_tensor(list(weights), dtype=torch.float32)
+    if w.shape != (n_funcs,):
+        raise ValueError(f"{w.numel()} weights for {n_funcs} reward functions")
+
+    per_func = torch.empty(n, n_funcs, dtype=torch.float32)
+    for j, func in enumerate(funcs):
+        name = reward_func_name(func)
+        try:
+            out = func(prompts=prompts, completions=completions, **columns)
+        except Exception as e:
+            raise RewardFunctionError(f"reward function {name!r} raised {type(e).__name__}: {e}") from e
+        if isinstance(out, torch.Tensor):
+            out = out.tolist()
+        if isinstance(out, (str, bytes)) or not isinstance(out, Sequence):
+            raise RewardFunctionError(
+                f"reward function {name!r} must return a list of {n} floats or None, got {type(out).__name__}"
+            )
+        if len(out) != n:
+            raise RewardFunctionError(f"reward function {name!r} returned {len(out)} rewards for {n} completions")
+        for i, value in enumerate(out):
+            try:
+                per_func[i, j] = _as_reward(value)
+            except TypeError as e:
+                raise RewardFunctionError(f"reward function {name!r} returned a bad reward at index {i}: {e}") from e
+
+    none_rows = torch.isnan(per_func).all(dim=1).nonzero().flatten().tolist()
+    if none_rows:
+        names = ", ".join(reward_func_name(f) for f in funcs)
+        shown = none_rows[:10] + (["..."] if len(none_rows) > 10 else [])
+        raise RewardFunctionError(
+            f"every reward function ({names}) returned None for {len(none_rows)} completion(s) at indices {shown}; "
+            "at least one must score each completion"
+        )
+    total = torch.nansum(per_func * w.unsqueeze(0), dim=1)
+    return per_func, total

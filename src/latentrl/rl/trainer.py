@@ -1,0 +1,383 @@
+"""The RL trainer: one loop for GRPO and every latent method.
+
+    prompts ─▶ rollout (operator + schedule) ─▶ rewards ─▶ advantages (+ method hooks)
+            ─▶ [num_iterations × micro-batches] replay ─▶ policy loss + KL + method objective ─▶ optimizer step
+
+TRL's `GRPOTrainer` semantics and names (`num_generations`, `beta`, `epsilon`, `loss_type`, `scale_rewards`, ...).
+Batch bookkeeping: one optimizer step consumes `per_device_train_batch_size * gradient_accumulation_steps`
+completions = that many / `num_generations` prompts, generated together so groups are whole.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import get_scheduler
+
+from latentrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from latentrl.config import ConfigError, GRPOConfig, config_to_dict
+from latentrl.data.schema import Example, to_record
+from latentrl.logger import MetricsLogger, progress
+from latentrl.methods import Method, get_method
+from latentrl.model import LatentModel
+from latentrl.replay import ReplayOutput, replay
+from latentrl.rewards import compute_rewards, get_reward_funcs
+from latentrl.rl.advantages import group_advantages, zero_std_groups
+from latentrl.rl.losses import CLIP_METRICS, aggregate_loss, kl_penalty, masked_mean, mixed_policy_loss
+from latentrl.rollout import Rollout, SamplingParams, decode_completions, generate_rollout, left_pad
+
+RewardFunc = Callable[..., list[float | None]]
+
+
+class TrainingDivergedError(RuntimeError):
+    """Raised when the loss or gradients become non-finite; the last checkpoint is left untouched."""
+
+
+@dataclass
+class StepBatch:
+    """Everything one optimizer step trains on (or a micro-batch slice of it)."""
+
+    rollout: Rollout
+    rows: list[dict[str, Any]]  # dataset rows, one per completion
+    completions: list[str]
+    rewards: torch.Tensor  # (N,)
+    advantages: torch.Tensor  # (N,)
+    token_advantages: torch.Tensor | None = None  # (N, C)
+    old_logprobs: torch.Tensor | None = None  # (N, C)
+    ref_logprobs: torch.Tensor | None = None  # (N, C)
+
+    def select(self, index: torch.Tensor) -> "StepBatch":
+        idx = index.tolist()
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return StepBatch(self.rollout.select(index), [self.rows[i] for i in idx], [self.completions[i] for i in idx],
+                         self.rewards[index], self.advantages[index], pick(self.token_advantages),
+                         pick(self.old_logprobs), pick(self.ref_logprobs))
+
+
+def as_rows(data: Sequence[Example | dict[str, Any]]) -> list[dict[str, Any]]:
+    """Accept `Example`s or TRL-style dict rows (with a `prompt` column)."""
+    rows = []
+    for i, item in enumerate(data):
+        row = to_record(item) if isinstance(item, Example) else dict(item)
+        if "prompt" not in row:
+            raise ValueError(f"dataset row {i} has no 'prompt' column (columns: {sorted(row)})")
+        rows.append(row)
+    if not rows:
+        raise ValueError("the training dataset is empty")
+    return rows
+
+
+def disable_dropout(module: nn.Module) -> None:
+    """GRPO log-prob ratios assume the same function at rollout and update time (TRL's `disable_dropout`)."""
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+
+
+class GRPOTrainer:
+    """GRPO-family trainer over a `LatentModel`; the `method` decides how latent positions are formed and scored."""
+
+    def __init__(
+        self,
+        args: GRPOConfig,
+        model: LatentModel,
+        train_dataset: Sequence[Example | dict[str, Any]],
+        reward_funcs: Sequence[RewardFunc | str] | None = None,
+        method: Method | str | None = None,
+        ref_model: LatentModel | None = None,
+    ):
+        self.args = args
+        self.model = model
+        self.method = get_method(method or args.method) if not isinstance(method, Method) else method
+        self.rows = as_rows(train_dataset)
+        funcs = list(reward_funcs) if reward_funcs is not None else list(args.reward_funcs)
+        named = get_reward_funcs([f for f in funcs if isinstance(f, str)])
+        it = iter(named)
+        self.reward_funcs = [next(it) if isinstance(f, str) else f for f in funcs]
+        if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
+            raise ConfigError(f"reward_weights has {len(args.reward_weights)} entries but there are "
+                              f"{len(self.reward_funcs)} reward functions")
+        self.G = args.num_generations
+        self.step_completions = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        if self.step_completions % self.G:
+            raise ConfigError("per_device_train_batch_size * gradient_accumulation_steps "
+                              f"({self.step_completions}) must be divisible by num_generations ({self.G})")
+        self.prompts_per_step = self.step_completions // self.G
+
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        self.rollout_generator = torch.Generator(device="cpu").manual_seed(args.seed)
+        disable_dropout(model.model)
+        self.method.setup(self)
+        self.operator = self.method.build_operator(args.latent, model)
+        self.schedule = self.method.build_schedule(args.latent, model)
+        if self.operator is not None:
+            self.operator.to(model.device)
+        self.ref_model = ref_model
+        if args.beta > 0 and self.ref_model is None:
+            self.ref_model = copy.deepcopy(model)
+            for p in self.ref_model.parameters():
+                p.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            self.method.param_groups(self), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon, weight_decay=args.weight_decay,
+        )
+        self.scheduler = get_scheduler(
+            args.lr_scheduler_type, self.optimizer, num_warmup_steps=int(args.warmup_ratio * args.max_steps),
+            num_training_steps=max(1, args.max_steps),
+        )
+        self.sampling = SamplingParams(
+            max_new_positions=args.max_completion_length, temperature=args.temperature,
+            top_k=args.top_k or None, top_p=args.top_p if args.top_p < 1.0 else None,
+        )
+        self.loss_temperature = args.loss_temperature if args.loss_temperature is not None else args.temperature
+        self.global_step = 0
+        self.data_epoch, self.data_cursor = 0, 0
+        self._order = self._epoch_order(0)
+        self.output_dir = Path(args.output_dir)
+
+    # ------------------------------------------------------------------ data order (resumable)
+    def _epoch_order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.rows)))
+        random.Random(self.args.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def _next_prompts(self, n: int) -> list[dict[str, Any]]:
+        out = []
+        while len(out) < n:
+            if self.data_cursor >= len(self._order):
+                self.data_epoch += 1
+                self.data_cursor = 0
+                self._order = self._epoch_order(self.data_epoch)
+            out.append(self.rows[self._order[self.data_cursor]])
+            self.data_cursor += 1
+        return out
+
+    # ------------------------------------------------------------------ generation and scoring
+    def _tokenize_prompts(self, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.model.tokenizer
+        ids = [tok(r["prompt"], add_special_tokens=False)["input_ids"][-self.args.max_prompt_length:] for r in rows]
+        return left_pad(ids, tok.pad_token_id, device=self.model.device)
+
+    @torch.no_grad()
+    def generate_and_score(self, prompt_rows: list[dict[str, Any]]) -> StepBatch:
+        """G completions per prompt, rewards, group advantages (TRL's `_generate_and_score_completions`)."""
+        rows = [r for r in prompt_rows for _ in range(self.G)]
+        ids, mask = self._tokenize_prompts(rows)
+        self.model.eval()
+        rollout = generate_rollout(self.model, ids, mask, self.sampling, self.operator, self.schedule,
+                                   self.rollout_generator)
+        completions = decode_completions(self.model, rollout)
+        columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
+        per_func, rewards = compute_rewards(self.reward_funcs, [r["prompt"] for r in rows], completions, columns,
+                                            self.args.reward_weights)
+        valid = ~rollout.truncated if self.args.mask_truncated_completions else None
+        advantages, _ = group_advantages(rewards, self.G, self.args.scale_rewards, valid=valid)
+        batch = StepBatch(rollout, rows, completions, rewards, advantages)
+        batch.per_func_rewards = per_func
+        return batch
+
+    def _collect_step_batch(self) -> tuple[StepBatch, dict[str, float]]:
+        """One step's batch; with dynamic sampling, zero-std groups are dropped and refilled (DAPO)."""
+        batch = self.generate_and_score(self._next_prompts(self.prompts_per_step))
+        stats = self._reward_metrics(batch)
+        if not self.args.dynamic_sampling:
+            return batch, stats
+        kept = [batch.select(self._informative_rows(batch))]
+        have = kept[0].rewards.numel() // self.G
+        for _ in range(self.args.max_resample_rounds):
+            if have >= self.prompts_per_step:
+                break
+            more = self.generate_and_score(self._next_prompts(self.prompts_per_step - have))
+            kept.append(more.select(self._informative_rows(more)))
+            have += kept[-1].rewards.numel() // self.G
+        stats["dynamic_sampling/kept_groups"] = float(have)
+        merged = self._merge(kept)
+        if merged.rewards.numel() == 0:  # nothing informative: train on the original batch (zero advantages)
+            return batch, stats
+        keep = torch.arange(min(have, self.prompts_per_step) * self.G)
+        return merged.select(keep), stats
+
+    def _informative_rows(self, batch: StepBatch) -> torch.Tensor:
+        zero = zero_std_groups(batch.rewards, self.G)
+        return (~zero).repeat_interleave(self.G).nonzero().squeeze(-1)
+
+    def _merge(self, parts: list[StepBatch]) -> StepBatch:
+        parts = [p for p in parts if p.rewards.numel()]
+        if not parts:
+            return StepBatch(None, [], [], torch.zeros(0), torch.zeros(0))  # type: ignore[arg-type]
+        return StepBatch(
+            Rollout.concat([p.rollout for p in parts], self.model.tokenizer.pad_token_id),
+            [r for p in parts for r in p.rows], [c for p in parts for c in p.completions],
+            torch.cat([p.rewards for p in parts]), torch.cat([p.advantages for p in parts]),
+        )
+
+    def _reward_metrics(self, batch: StepBatch) -> dict[str, float]:
+        r = batch.rewards.view(-1, self.G)
+        ro = batch.rollout
+        m = {
+            "reward": batch.rewards.nanmean().item(),
+            "reward_std": r.std(dim=1).nanmean().item() if self.G > 1 else 0.0,
+            "frac_reward_zero_std": zero_std_groups(batch.rewards, self.G).float().mean().item(),
+            "completions/mean_length": ro.lengths.float().mean().item(),
+            "completions/min_length": ro.lengths.min().item(),
+            "completions/max_length": ro.lengths.max().item(),
+            "completions/clipped_ratio": ro.truncated.float().mean().item(),
+            "completions/mean_latent": ro.num_latent.float().mean().item(),
+        }
+        for j, f in enumerate(self.reward_funcs):
+            m[f"rewards/{getattr(f, '__name__', f'func{j}')}/mean"] = batch.per_func_rewards[:, j].nanmean().item()
+        return m
+
+    # ------------------------------------------------------------------ loss
+    def _prepare_for_update(self, batch: StepBatch) -> None:
+        """Old and reference log-probs (no grad) and per-position advantages, once per rollout batch."""
+        with torch.no_grad():
+            if self.args.num_iterations == 1 and self.loss_temperature == self.args.temperature:
+                batch.old_logprobs = batch.rollout.logprobs  # on-policy: the rollout's own log-probs (TRL)
+            else:
+                batch.old_logprobs = self._replay_in_chunks(self.model, batch.rollout)
+            if self.ref_model is not None:
+                batch.ref_logprobs = self._replay_in_chunks(self.ref_model, batch.rollout)
+        batch.token_advantages = self.method.token_advantages(self, batch)
+
+    def _replay_in_chunks(self, model: LatentModel, rollout: Rollout) -> torch.Tensor:
+        out = []
+        n = self.args.per_device_train_batch_size
+        for s in range(0, rollout.batch_size, n):
+            part = rollout.select(torch.arange(s, min(s + n, rollout.batch_size)))
+            out.append(replay(model, self.operator, part, temperature=self.loss_temperature, compute_entropy=False).logprobs)
+        return torch.cat(out)
+
+    def loss_mask(self, micro: StepBatch) -> torch.Tensor:
+        mask = micro.rollout.policy_mask(self.operator)
+        if self.args.mask_truncated_completions:
+            mask = mask & ~micro.rollout.truncated[:, None]
+        return mask
+
+    def compute_loss(self, micro: StepBatch, num_sequences: int, num_tokens: float, num_micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of one micro-batch, normalised so that summing micro-batch losses gives the full-batch loss."""
+        a = self.args
+        out = replay(self.model, self.operator, micro.rollout, temperature=self.loss_temperature)
+        mask = self.loss_mask(micro)
+        kinds = self.method.policy_kind_masks(self, micro, mask)
+        per_token, ind = mixed_policy_loss(out.logprobs, micro.old_logprobs, micro.token_advantages, kinds,
+                                           epsilon_low=a.epsilon, epsilon_high=a.epsilon_high, dual_clip=a.dual_clip)
+        metrics: dict[str, torch.Tensor] = {k: masked_mean(v.float(), mask).detach() for k, v in ind.items()}
+        if a.beta > 0:
+            kl = kl_penalty(out.logprobs, micro.ref_logprobs, a.kl_estimator)
+            per_token = per_token + a.beta * kl
+            metrics["kl"] = masked_mean(kl, mask).detach()
+        loss = aggregate_loss(per_token, mask, a.loss_type, max_completion_length=a.max_completion_length,
+                              num_sequences=num_sequences, num_tokens=num_tokens)
+        extra = self.method.extra_loss(self, micro, out)
+        if extra is not None:
+            extra_loss, extra_metrics = extra
+            loss = loss + extra_loss * micro.rollout.batch_size / num_sequences
+            metrics.update({k: torch.as_tensor(v) for k, v in extra_metrics.items()})
+        metrics["entropy"] = masked_mean(out.entropy, micro.rollout.completion_mask & ~micro.rollout.latent_mask).detach()
+        return loss, metrics
+
+    # ------------------------------------------------------------------ the loop
+    def train_step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        batch, metrics = self._collect_step_batch()
+        t_gen = time.perf_counter() - t0
+        self._prepare_for_update(batch)
+        n = batch.rewards.numel()
+        mb = self.args.per_device_train_batch_size
+        micro_idx = [torch.arange(s, min(s + mb, n)) for s in range(0, n, mb)]
+        full_mask = self.loss_mask(batch)
+        num_tokens = float(full_mask.sum().clamp_min(1))
+        self.model.train()
+        sums: dict[str, float] = {}
+        for _ in range(self.args.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for idx in micro_idx:
+                micro = batch.select(idx)
+                loss, m = self.compute_loss(micro, num_sequences=n, num_tokens=num_tokens, num_micro=len(micro_idx))
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"non-finite loss ({loss.item()}) at step {self.global_step + 1}; the last checkpoint in "
+                        f"{self.output_dir} is intact — lower the learning rate or check the rewards")
+                loss.backward()
+                total += loss.item()
+                w = len(idx) / n
+                for k, v in m.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * w / self.args.num_iterations
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                raise TrainingDivergedError(f"non-finite gradient norm at step {self.global_step + 1}; the last "
+                                            f"checkpoint in {self.output_dir} is intact")
+            self.optimizer.step()
+        self.scheduler.step()
+        self.global_step += 1
+        metrics.update(sums)
+        metrics.update({"loss": total, "grad_norm": float(grad_norm), "learning_rate": self.scheduler.get_last_lr()[0],
+                        "time/generation_s": t_gen, "time/step_s": time.perf_counter() - t0})
+        if self.operator is not None and bool(batch.rollout.latent_mask.any()):
+            metrics["latent/norm_mean"] = self._latent_norm(batch.rollout)
+        return metrics
+
+    @torch.no_grad()
+    def _latent_norm(self, rollout: Rollout) -> float:
+        from latentrl.replay import completion_embeds
+
+        emb = completion_embeds(self.model, self.operator, rollout)
+        return emb[rollout.latent_mask & rollout.completion_mask].norm(dim=-1).mean().item()
+
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> list[dict[str, float]]:
+        """Run `max_steps` optimizer steps; resume from a checkpoint (`True` = the latest in output_dir)."""
+        a = self.args
+        resume = resume_from_checkpoint if resume_from_checkpoint is not None else a.resume_from_checkpoint
+        start_step = 0
+        if resume:
+            path = latest_checkpoint(self.output_dir) if resume is True or resume == "latest" else Path(resume)
+            if path is None:
+                raise FileNotFoundError(f"--resume: no complete checkpoint in {self.output_dir}")
+            start_step = self._load(path)
+        logger = MetricsLogger(self.output_dir, a.report_to, config_to_dict(a), resume_step=start_step if resume else None)
+        history = []
+        try:
+            with progress(a.max_steps - start_step, f"{self.method.name}") as bar:
+                while self.global_step < a.max_steps:
+                    metrics = self.train_step()
+                    history.append(metrics)
+                    if self.global_step % a.logging_steps == 0 or self.global_step == a.max_steps:
+                        logger.log(self.global_step, metrics)
+                    if (a.save_steps and self.global_step % a.save_steps == 0) or self.global_step == a.max_steps:
+                        self.save()
+                    bar.update(1)
+        finally:
+            logger.close()
+        return history
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.output_dir, self.global_step, save_model=self.model.save_pretrained, optimizer=self.optimizer,
+            scheduler=self.scheduler, total_limit=self.args.save_total_limit,
+            extra_state={"data_epoch": self.data_epoch, "data_cursor": self.data_cursor,
+                         "generators": {"rollout": self.rollout_generator}},
+        )
+
+    def _load(self, path: Path) -> int:
+        self.model.load_weights(path)
+        state = load_checkpoint(path, optimizer=self.optimizer, scheduler=self.scheduler,
+                                generators={"rollout": self.rollout_generator})
+        self.global_step = int(state["step"])
+        self.data_epoch, self.data_cursor = int(state["data_epoch"]), int(state["data_cursor"])
+        self._order = self._epoch_order(self.data_epoch)
+        return self.global_step

@@ -1,0 +1,417 @@
+"""Data: schema formats, synthetic tasks (exact iCoT regeneration, determinism, tokenizer round-trip), loaders."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from latentrl.data import (
+    TASKS,
+    DataFormatError,
+    Example,
+    format_cot,
+    format_icot_line,
+    format_no_cot,
+    format_prompt,
+    icot_mult_example,
+    icot_mult_factors,
+    load_examples,
+    load_icot,
+    load_prontoqa,
+    load_prosqa,
+    make_examples,
+    split_icot_steps,
+    task_vocabulary,
+    to_record,
+    train_eval_split,
+)
+from latentrl.tokenizer import build_word_tokenizer
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_file(relative: str) -> Path:
+    path = SHARED_DATA / relative
+    if not path.is_file():
+        pytest.skip(f"real data file {path} not present (CI checks out shared/ beside the repo)")
+    return path
+
+
+# --- schema ------------------------------------------------------------------------------------------------------
+
+
+def test_formats_mirror_the_icot_line():
+    ex = Example("1 2 * 3 4", ["3 6 0", "+ 0 4 8 0"], "3 0 9 0")
+    assert format_prompt(ex) == "1 2 * 3 4 ||"
+    assert format_cot(ex) == " 3 6 0 + 0 4 8 0 #### 3 0 9 0"
+    assert format_no_cot(ex) == " #### 3 0 9 0"
+    assert format_icot_line(ex) == "1 2 * 3 4||3 6 0 + 0 4 8 0 #### 3 0 9 0"
+    record = to_record(ex)
+    assert record["prompt"] + record["completion"] == "1 2 * 3 4 || 3 6 0 + 0 4 8 0 #### 3 0 9 0"
+    assert record["answer"] == "3 0 9 0"
+
+
+def test_meta_is_not_part_of_equality():
+    assert Example("q", ["s"], "a", {"source": "x"}) == Example("q", ["s"], "a")
+    assert Example("q", ["s"], "a") != Example("q", ["s"], "b")
+
+
+# --- icot_mult: exact regeneration of the real files -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("relative, digits", [("icot_mult_4x4/valid.txt", 4), ("icot_mult_5x5/valid.txt", 5)])
+def test_icot_mult_regenerates_every_real_line(relative, digits):
+    path = shared_file(relative)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1000
+    for line in lines:
+        a, b = icot_mult_factors(line.split("||")[0])
+        assert len(str(a)) == len(str(b)) == digits
+        assert format_icot_line(icot_mult_example(a, b)) == line
+
+
+@pytest.mark.parametrize("relative", ["icot_mult_4x4/valid.txt", "icot_mult_5x5/valid.txt"])
+def test_load_icot_equals_generated_examples(relative):
+    path = shared_file(relative)
+    loaded = load_icot(path)
+    generated = [icot_mult_example(*icot_mult_factors(ex.question)) for ex in loaded]
+    assert loaded == generated
+    assert loaded[0].meta == {"source": str(path), "line": 1}
+    assert all(len(ex.steps) == int(relative[10]) for ex in loaded)  # one step per multiplier digit
+
+
+def test_icot_mult_hand_checked_example():
+    ex = icot_mult_example(2365, 4347)  # first line of the real 4x4 file
+    assert ex.question == "5 6 3 2 * 7 4 3 4"
+    assert ex.steps == ["5 5 5 6 1", "+ 0 0 6 4 9 0 ( 5 5 1 1 1 1 )", "+ 0 0 5 9 0 7 0 ( 5 5 6 0 2 8 0 )",
+                        "+ 0 0 0 0 6 4 9 0"]
+    assert ex.answer == "5 5 6 0 8 2 0 1"
+    assert int("".join(reversed(ex.answer.split()))) == 2365 * 4347
+
+
+def test_icot_mult_digits_knob_and_products():
+    for digits, digits_b in [(1, None), (3, None), (4, 2), (6, 6)]:
+        for ex in make_examples("icot_mult", 20, seed=digits, digits=digits, digits_b=digits_b):
+            a, b = icot_mult_factors(ex.question)
+            assert len(str(a)) == digits and len(str(b)) == (digits_b or digits)
+            assert int("".join(reversed(ex.answer.split()))) == a * b
+            assert len(ex.steps) == len(str(b))
+
+
+# --- loaders on the real files -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("relative", ["gsm8k_aug/valid.txt", "icot_mult_4x4/valid.txt", "icot_mult_5x5/valid.txt"])
+def test_icot_lines_round_trip(relative):
+    path = shared_file(relative)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    examples = load_icot(path)
+    assert len(examples) == len(lines)
+    for ex, line in zip(examples, lines):
+        assert format_icot_line(ex) == line
+        assert format_prompt(ex)[:-3] + "||" + format_cot(ex)[1:] == line
+
+
+def test_gsm8k_aug_steps_are_the_equations():
+    examples = load_icot(shared_file("gsm8k_aug/valid.txt"))
+    assert examples[0].steps == ["<<4-2=2>>", "<<2/.5=4>>", "<<12/4=3>>", "<<100*3=300>>"]
+    assert examples[0].answer == "300"
+    assert examples[0].question.endswith("How much does he pay per year?")
+    assert all(s.startswith("<<") and s.endswith(">>") for ex in examples for s in ex.steps)
+    assert sum(not ex.steps for ex in examples) == 6  # six lines of the file have no equations
+
+
+def test_load_real_prosqa():
+    path = shared_file("prosqa/valid.json")
+    examples = load_prosqa(path)
+    assert len(examples) == 300
+    first = examples[0]
+    assert first.steps == ["Tom is a terpus.", "Every terpus is a brimpus.", "Every brimpus is a lempus."]
+    assert first.answer == "Tom is a lempus."
+    assert first.question.endswith("Is Tom a lempus or scrompus?")
+    assert first.meta["idx_to_symbol"][first.meta["target"]] == "lempus"
+    assert first.meta["root"] == 1 and first.meta["item"] == 0
+    assert load_examples(str(path)) == examples
+
+
+def test_real_prosqa_spaced_fits_prosqa_like_vocabulary():
+    tok = build_word_tokenizer(task_vocabulary("prosqa_like"))
+    examples = load_prosqa(shared_file("prosqa/valid.json"), spaced_punctuation=True)
+    assert examples[0].answer == "Tom is a lempus ."
+    for ex in examples:
+        text = format_prompt(ex) + format_cot(ex)
+        assert tok.unk_token_id not in tok(text)["input_ids"]
+
+
+def test_load_examples_directory_with_split():
+    shared_file("icot_mult_4x4/valid.txt")
+    examples = load_examples(str(SHARED_DATA / "icot_mult_4x4"), split="valid")
+    assert len(examples) == 1000 and examples[0].answer == "5 5 6 0 8 2 0 1"
+
+
+# --- loaders on fixtures -----------------------------------------------------------------------------------------
+
+
+def test_load_icot_fixture_with_blank_line_and_empty_reasoning():
+    path = FIXTURES / "icot_small.txt"
+    examples = load_icot(path)
+    assert [ex.answer for ex in examples] == ["5", "36", "2400", "3 0 9 0"]
+    assert examples[0].steps == ["<<3+4=7>>", "<<7-2=5>>"]
+    assert examples[2].steps == []
+    assert examples[3] == icot_mult_example(21, 43)
+    assert examples[3].meta["line"] == 5  # the blank line 4 is skipped but still counted
+    assert load_examples(str(path)) == examples
+
+
+def test_load_icot_malformed_names_file_and_line():
+    with pytest.raises(DataFormatError, match=r"icot_malformed\.txt, line 3: '####'"):
+        load_icot(FIXTURES / "icot_malformed.txt")
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("no separator #### 3", "missing '||'"),
+        ("|| <<1+1=2>> #### 2", "empty question"),
+        ("q||<<1+1=2>> #### ", "empty answer"),
+        ("q||a #### b #### c", "found 2 times"),
+    ],
+)
+def test_icot_line_problems_are_reported(tmp_path, line, problem):
+    path = tmp_path / "bad.txt"
+    path.write_text("q||<<1+1=2>> #### 2\n" + line + "\n")
+    with pytest.raises(DataFormatError) as info:
+        load_icot(path)
+    assert str(path) in str(info.value) and "line 2" in str(info.value) and problem in str(info.value)
+    assert info.value.line == 2
+
+
+def test_split_icot_steps_rules():
+    assert split_icot_steps(" <<1+2=3>>   <<3*2=6>> ") == ["<<1+2=3>>", "<<3*2=6>>"]
+    assert split_icot_steps("1 2 + 0 3 4 ( 1 5 4 ) + 0 0 1") == ["1 2", "+ 0 3 4 ( 1 5 4 )", "+ 0 0 1"]
+    assert split_icot_steps("He has 3 + 4 apples.") == ["He has 3 + 4 apples."]
+    assert split_icot_steps("   ") == []
+
+
+def test_load_prosqa_fixture_and_spacing():
+    examples = load_prosqa(FIXTURES / "prosqa_small.json")
+    assert len(examples) == 2
+    assert examples[0].steps[-1] == "Every yumpus is a rompus."
+    assert examples[0].meta["edges"][0] == [2, 3] and examples[0].meta["neg_target"] == 6
+    spaced = load_prosqa(FIXTURES / "prosqa_small.json", spaced_punctuation=True)
+    assert spaced[1].question.endswith("Is Sam a gorpus or jompus ?")
+    assert spaced[1].steps == ["Sam is a lempus .", "Every lempus is a gorpus ."]
+    assert spaced[1].answer == "Sam is a gorpus ."
+
+
+def test_load_prosqa_malformed_names_file_and_item():
+    with pytest.raises(DataFormatError, match=r"prosqa_malformed\.json, item 1 \(0-based\): missing field 'answer'"):
+        load_prosqa(FIXTURES / "prosqa_malformed.json")
+
+
+def test_load_prosqa_rejects_non_list_and_bad_json(tmp_path):
+    not_list = tmp_path / "obj.json"
+    not_list.write_text(json.dumps({"question": "q", "steps": [], "answer": "a"}))
+    with pytest.raises(DataFormatError, match="expected a JSON list"):
+        load_prosqa(not_list)
+    broken = tmp_path / "broken.json"
+    broken.write_text('[\n  {"question": "q",\n   "steps": [}\n]')
+    with pytest.raises(DataFormatError, match=r"broken\.json, line 3: invalid JSON"):
+        load_prosqa(broken)
+    bad_steps = tmp_path / "steps.json"
+    bad_steps.write_text(json.dumps([{"question": "q", "steps": [1, 2], "answer": "a"}]))
+    with pytest.raises(DataFormatError, match=r"item 0 .*'steps' must be a list of strings"):
+        load_prosqa(bad_steps)
+
+
+def test_load_prontoqa_fixture():
+    examples = load_prontoqa(FIXTURES / "prontoqa_small.json")
+    assert [ex.answer for ex in examples] == ["True", "False", "True"]
+    assert examples[1].question.endswith("True or false: Polly is sour.")
+    assert examples[0].steps[0] == "Max is a jompus. Jompuses are zumpuses."
+    assert format_cot(examples[2]) == " Sally is a numpus. Every numpus is red. Sally is red. #### True"
+
+
+def test_load_jsonl_gsm8k_style_answers():
+    examples = load_examples(str(FIXTURES / "gsm8k_small.jsonl"))
+    assert [ex.answer for ex in examples] == ["60", "1,200", "10"]
+    assert examples[0].steps == ["She reads 12 * 5 = <<12*5=60>>60 pages."]
+    assert examples[2].meta["line"] == 4  # blank line 3 skipped
+
+
+def test_load_jsonl_malformed_names_file_and_line():
+    with pytest.raises(DataFormatError, match=r"gsm8k_malformed\.jsonl, line 2: invalid JSON"):
+        load_examples(str(FIXTURES / "gsm8k_malformed.jsonl"))
+
+
+def test_load_csv_with_column_mapping():
+    path = FIXTURES / "qa_small.csv"
+    examples = load_examples(str(path), question_field="problem", answer_field="solution", steps_field="reasoning")
+    assert examples == [Example("What is 2 plus 3?", ["2 + 3 = 5"], "5"), Example("What is 4 times 6?", ["4 * 6 = 24"], "24")]
+    with pytest.raises(DataFormatError, match=r"qa_small\.csv, item 0 \(0-based\): missing field 'question'"):
+        load_examples(str(path))
+
+
+def test_load_parquet_and_datasets_directory(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = {"question": ["How many legs do 2 cats have?", "What is 9 minus 4?"],
+            "answer": ["Each cat has 4 legs.\n2 * 4 = 8\n#### 8", "#### 5"]}
+    parquet = tmp_path / "train.parquet"
+    datasets.Dataset.from_dict(rows).to_parquet(str(parquet))
+    examples = load_examples(str(parquet))
+    assert examples[0] == Example("How many legs do 2 cats have?", ["Each cat has 4 legs.", "2 * 4 = 8"], "8")
+    assert examples[1] == Example("What is 9 minus 4?", [], "5")
+    # a directory without {split}.<ext> goes through datasets.load_dataset, as a hub id would
+    assert load_examples(str(tmp_path)) == examples
+    assert load_examples(str(tmp_path), split="train") == examples
+
+
+def test_missing_files_raise_file_not_found(tmp_path):
+    for name in ("nope.txt", "nope.json", "nope.jsonl", "nope.csv", "nope.parquet"):
+        with pytest.raises(FileNotFoundError, match="nope"):
+            load_examples(str(tmp_path / name))
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        load_prosqa(tmp_path / "missing.json")
+
+
+def test_unknown_source_lists_tasks():
+    with pytest.raises(ValueError, match="chain_sum"):
+        load_examples("no_such_task_or_dataset_xyz")
+
+
+# --- synthetic tasks ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_generators_are_deterministic_and_leave_global_rng_alone(task):
+    random.seed(123)
+    state = random.getstate()
+    first = make_examples(task, 30, seed=7)
+    assert random.getstate() == state
+    assert make_examples(task, 30, seed=7) == first
+    assert make_examples(task, 30, seed=8) != first
+    assert [ex.meta for ex in make_examples(task, 5, seed=7)] == [ex.meta for ex in first[:5]]
+
+
+@pytest.mark.parametrize(
+    "task, knobs",
+    [
+        ("icot_mult", {}), ("icot_mult", {"digits": 5}), ("icot_mult", {"digits": 3, "digits_b": 6}),
+        ("chain_sum", {}), ("chain_sum", {"modulus": 23, "ops": "+-*"}), ("chain_sum", {"length": 3, "ops": "-"}),
+        ("prosqa_like", {}), ("prosqa_like", {"nodes": 20, "path_length": 6}),
+    ],
+)  # fmt: skip
+def test_task_text_round_trips_through_word_tokenizer(task, knobs):
+    tok = build_word_tokenizer(task_vocabulary(task))
+    for ex in make_examples(task, 50, seed=1, **knobs):
+        text = format_prompt(ex) + format_cot(ex)
+        ids = tok(text)["input_ids"]
+        assert tok.unk_token_id not in ids
+        assert tok.decode(ids) == " ".join(text.split())
+
+
+def test_chain_sum_steps_are_the_running_values():
+    for ex in make_examples("chain_sum", 50, seed=3):
+        digits = [int(d) for d in ex.question.split()]
+        assert len(digits) == 8 and len(ex.steps) == 7
+        running = digits[0]
+        for step, d in zip(ex.steps, digits[1:]):
+            assert step == f"<< {running} + {d} = {(running + d) % 10} >>"
+            running = (running + d) % 10
+        assert ex.answer == str(running)
+    # other op sets write the operators into the question and evaluate left to right
+    ex = make_examples("chain_sum", 1, seed=0, length=5, modulus=23, ops="+-*")[0]
+    tokens = ex.question.split()
+    value = int(tokens[0])
+    for op, x in zip(tokens[1::2], tokens[2::2]):
+        value = {"+": value + int(x), "-": value - int(x), "*": value * int(x)}[op] % 23
+    assert ex.answer == " ".join(str(value))
+
+
+def test_chain_sum_in_icot_format_round_trips(tmp_path):
+    examples = make_examples("chain_sum", 20, seed=0, ops="+-")
+    path = tmp_path / "chain.txt"
+    path.write_text("\n".join(format_icot_line(ex) for ex in examples) + "\n")
+    assert load_icot(path) == examples
+
+
+def _reachable(edges: list[list[int]], start: int) -> set[int]:
+    seen, todo = {start}, [start]
+    while todo:
+        u = todo.pop()
+        for a, b in edges:
+            if a == u and b not in seen:
+                seen.add(b)
+                todo.append(b)
+    return seen
+
+
+def test_prosqa_like_graphs_are_valid(tmp_path):
+    examples = make_examples("prosqa_like", 100, seed=5, nodes=12, path_length=4)
+    for ex in examples:
+        m = ex.meta
+        symbols, root = m["idx_to_symbol"], m["root"]
+        reach = _reachable(m["edges"], root)
+        assert m["target"] in reach and m["neg_target"] not in reach
+        assert len(ex.steps) == 4 and ex.steps[0].startswith(f"{symbols[root]} is a ")
+        assert ex.answer == f"{symbols[root]} is a {symbols[m['target']]} ."
+        facts = ex.question.split(" Is ")[0]
+        assert all(step in facts for step in ex.steps)
+        assert ex.question.endswith("?") and symbols[m["neg_target"]] in ex.question.split(" Is ")[-1]
+    # the generated examples are in ProsQA's JSON schema and load back unchanged
+    path = tmp_path / "gen.json"
+    rows = [{"question": ex.question, "steps": ex.steps, "answer": ex.answer,
+             **{k: v for k, v in ex.meta.items() if k != "task"}} for ex in examples]  # fmt: skip
+    path.write_text(json.dumps(rows))
+    loaded = load_prosqa(path)
+    assert loaded == examples and loaded[3].meta["edges"] == examples[3].meta["edges"]
+
+
+def test_vocabularies():
+    assert task_vocabulary("icot_mult") == [] and task_vocabulary("chain_sum") == []
+    vocab = task_vocabulary("prosqa_like")
+    assert {"Every", "is", "a", "Is", "or", "Tom", "lempus"} <= set(vocab)
+    assert len(vocab) == len(set(vocab))
+
+
+def test_bad_task_and_knobs_list_the_allowed_ones():
+    with pytest.raises(ValueError, match="icot_mult.*prosqa_like"):
+        make_examples("nope", 1, 0)
+    with pytest.raises(ValueError, match=r"no knob 'size'.*digits \(default 4\)"):
+        make_examples("icot_mult", 1, 0, size=3)
+    with pytest.raises(ValueError, match="length must be an int >= 2"):
+        make_examples("chain_sum", 1, 0, length=1)
+    with pytest.raises(ValueError, match="ops must be"):
+        make_examples("chain_sum", 1, 0, ops="+/")
+    with pytest.raises(ValueError, match=r"nodes must be an int in \[6, 38\]"):
+        make_examples("prosqa_like", 0, 0, nodes=5, path_length=3)
+    with pytest.raises(ValueError, match="task_vocabulary|unknown task"):
+        task_vocabulary("nope")
+
+
+def test_train_eval_split_is_disjoint_and_matches_make_examples():
+    train, evals = train_eval_split("chain_sum", 2000, 200, seed=0, length=3)
+    assert len(train) == 2000 and len(evals) == 200
+    assert not {ex.question for ex in train} & {ex.question for ex in evals}
+    assert evals == make_examples("chain_sum", 200, 0, length=3)
+    assert train_eval_split("chain_sum", 2000, 200, seed=0, length=3) == (train, evals)
+    excluded = {ex.question for ex in make_examples("chain_sum", 300, seed=99, length=3)}
+    train2, _ = train_eval_split("chain_sum", 500, 10, seed=0, exclude=excluded, length=3)
+    assert not {ex.question for ex in train2} & excluded
+    with pytest.raises(ValueError, match="question space is too small"):
+        train_eval_split("chain_sum", 10, 1000, seed=0, length=2)  # only 100 questions exist
+
+
+def test_load_examples_synthetic_splits():
+    kw = {"n_train": 300, "n_eval": 50, "seed": 4, "length": 4}
+    train = load_examples("chain_sum", "train", **kw)
+    evals = load_examples("chain_sum", "eval", **kw)
+    assert len(train) == 300 and len(evals) == 50
+    assert not {ex.question for ex in train} & {ex.question for ex in evals}
+    assert load_examples("icot_mult", n=3, seed=1) == make_examples("icot_mult", 3, 1)
+    with pytest.raises(ValueError, match="n_eval"):
+        load_examples("chain_sum", "train", n=10)
