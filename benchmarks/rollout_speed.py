@@ -1,6 +1,6 @@
 """Rollout throughput: HF `model.generate` vs. our discrete and latent `generate_rollout`, on one model and batch.
 
-Four modes are measured, each in a fresh subprocess (so peak memory of one mode does not leak into another):
+Four modes are measured on the same random-weight model, batch and prompts:
 
 * ``generate``      HF ``model.generate``: sampling at T=1 (no top-k/top-p), KV cache, eos disabled so every row
                     produces exactly ``--new`` tokens.
@@ -9,9 +9,12 @@ Four modes are measured, each in a fresh subprocess (so peak memory of one mode 
                     every one of the N positions is latent.  This is the headline latent figure (``latent_pos_s``).
 * ``hidden_state``  the same with the ``hidden_state`` (Coconut) operator.
 
-Each mode: build the same random-weight model (same seed, same prompts), ``--warmup`` untimed runs, ``--repeats``
-timed runs; the median time gives tokens (positions) per second = batch * new / median.  Peak memory is
-``ru_maxrss`` of the subprocess (model build included; the table also shows resident memory before the first run).
+Timing (default ``--timing interleaved``): one process builds the model, warms every mode up (``--warmup`` runs), then
+times ``--repeats`` rounds of all modes round-robin, so background load on a shared machine hits all modes alike.
+Throughput = batch * new / median time (prefill included, as in a real rollout).  Peak memory: each mode runs once
+more (1 warmup + 1 run) in a FRESH subprocess whose ``ru_maxrss`` is reported, so modes do not contaminate each
+other (model build and imports included; the table also shows resident memory before the first run, ``rss0``).
+``--timing subprocess`` times each mode inside its own memory subprocess instead.
 
 The last line printed is one JSON object (see benchmarks/README.md).  Examples::
 
@@ -64,9 +67,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--new", type=int, default=64, help="new positions per row (tokens or latent positions)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per mode (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per mode before timing")
+    p.add_argument("--timing", choices=("interleaved", "subprocess"), default="interleaved",
+                   help="interleaved: time all modes round-robin in one process on one model (robust to background "
+                        "load; memory still measured per mode in fresh subprocesses); subprocess: time each mode "
+                        "inside its own memory subprocess")
     p.add_argument("--rounds", type=int, default=1,
-                   help="passes over all modes (fresh subprocesses each); the median is over all rounds' runs - "
-                        "use >1 on a busy machine so every mode sees the same background load")
+                   help="with --timing subprocess: passes over all modes (fresh subprocesses each), median over all")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
@@ -103,7 +109,7 @@ def resolve_shape(args: argparse.Namespace) -> None:
 
 def config_dict(args: argparse.Namespace) -> dict:
     keys = ("preset", "arch", "hidden", "layers", "heads", "kv_heads", "intermediate", "vocab_size", "batch",
-            "prompt_len", "new", "repeats", "warmup", "rounds", "threads", "device", "dtype", "attn", "soft_top_k",
+            "prompt_len", "new", "repeats", "warmup", "timing", "rounds", "threads", "device", "dtype", "attn", "soft_top_k",
             "seed")
     return {k: getattr(args, k) for k in keys}
 
@@ -209,8 +215,26 @@ def peak_rss_mb() -> float:
     return kb / 2**20 if sys.platform == "darwin" else kb / 2**10  # bytes on macOS, KiB on Linux
 
 
+def _sync(args) -> None:
+    import torch
+
+    if str(args.device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(args, run) -> float:
+    _sync(args)
+    t0 = time.perf_counter()
+    run()
+    _sync(args)
+    return time.perf_counter() - t0
+
+
 def run_mode(args: argparse.Namespace, mode: str) -> dict:
-    """Build, warm up, time; returns the result dict of one mode (run in its own process by `main`)."""
+    """One mode in this process: build, warm up, time `--repeats` runs, report peak memory.
+
+    This is what each fresh subprocess of the driver runs (memory, and timing with `--timing subprocess`).
+    """
     import torch
 
     if args.threads:
@@ -218,8 +242,7 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
     cuda = str(args.device).startswith("cuda")
     lm, ids, mask = build(args)
     run = make_runner(args, mode, lm, ids, mask)
-    if cuda:
-        torch.cuda.synchronize()
+    _sync(args)
     rss_before = current_rss_mb()
     for _ in range(args.warmup):
         run()
@@ -238,15 +261,7 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
         profiler = profile(activities=acts, record_shapes=False)
         profiler.__enter__()
 
-    times = []
-    for _ in range(args.repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        run()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    times = [_timed(args, run) for _ in range(args.repeats)]
 
     if args.profile == "cprofile":
         import pstats
@@ -273,18 +288,41 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
     return out
 
 
+def time_interleaved(args: argparse.Namespace, modes: list[str]) -> dict[str, list[float]]:
+    """Time all modes in THIS process on one model, round-robin (A B C D A B C D ...), after warming each up.
+
+    On a shared machine the background load then hits every mode alike, so the ratios stay meaningful even
+    when the absolute numbers move.
+    """
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm, ids, mask = build(args)
+    runners = {m: make_runner(args, m, lm, ids, mask) for m in modes}
+    for m in modes:
+        for _ in range(args.warmup):
+            runners[m]()
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for i in range(args.repeats):
+        order = modes if i % 2 == 0 else modes[::-1]  # alternate the order: no mode always runs first
+        for m in order:
+            times[m].append(_timed(args, runners[m]))
+    return times
+
+
 # ---------------------------------------------------------------------------------------------------- driver
-def worker_argv(args: argparse.Namespace, mode: str) -> list[str]:
+def worker_argv(args: argparse.Namespace, mode: str, **override) -> list[str]:
     argv = [sys.executable, os.path.abspath(__file__), "--mode", mode]
-    for key, val in config_dict(args).items():
-        if key in ("rounds",) or val is None:
+    for key, val in {**config_dict(args), **override}.items():
+        if key in ("rounds", "timing") or val is None:
             continue
         argv += [f"--{key.replace('_', '-')}", str(val)]
     return argv
 
 
-def run_subprocess(args: argparse.Namespace, mode: str) -> dict:
-    proc = subprocess.run(worker_argv(args, mode), capture_output=True, text=True)
+def run_subprocess(args: argparse.Namespace, mode: str, **override) -> dict:
+    proc = subprocess.run(worker_argv(args, mode, **override), capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"mode {mode!r} failed (exit {proc.returncode})")
@@ -295,17 +333,17 @@ def run_subprocess(args: argparse.Namespace, mode: str) -> dict:
     raise SystemExit(f"mode {mode!r} printed no result")
 
 
-def summarize(args: argparse.Namespace, results: dict[str, list[dict]]) -> dict:
+def summarize(args: argparse.Namespace, times: dict[str, list[float]], mem: dict[str, list[dict]]) -> dict:
     rows = {}
-    for mode, parts in results.items():
-        times = [t for p in parts for t in p["times_s"]]
-        med = statistics.median(times)
+    for mode, ts in times.items():
+        med = statistics.median(ts)
+        parts = mem[mode]
         rows[mode] = {
             "median_s": med,
-            "min_s": min(times),
-            "max_s": max(times),
-            "runs": len(times),
-            "per_s": parts[0]["positions"] / med,
+            "min_s": min(ts),
+            "max_s": max(ts),
+            "runs": len(ts),
+            "per_s": args.batch * args.new / med,
             "ms_per_step": 1e3 * med / args.new,
             "rss_before_mb": max(p["rss_before_mb"] for p in parts),
             "peak_mb": max(p["peak_mb"] for p in parts),
@@ -321,7 +359,7 @@ def print_table(args: argparse.Namespace, rows: dict) -> None:
           f"{cfg['kv_heads']}kv mlp={cfg['intermediate']} vocab={cfg['vocab_size']} | batch={cfg['batch']} "
           f"prompt<={cfg['prompt_len']} new={cfg['new']} | {cfg['device']} {cfg['dtype']} "
           f"threads={next(iter(rows.values()))['threads']} | {cfg['warmup']} warmup + {cfg['repeats']} runs"
-          f" x {cfg['rounds']} round(s)")
+          f" ({cfg['timing']}" + (f", {cfg['rounds']} rounds)" if cfg['timing'] == "subprocess" else ")"))
     gen = rows.get("generate")
     unit = {"generate": "tok/s", "discrete": "tok/s", "soft_mixture": "pos/s", "hidden_state": "pos/s"}
     gpu = any(r["gpu_peak_mb"] for r in rows.values())
@@ -378,12 +416,22 @@ def main(argv=None) -> dict | None:
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise SystemExit(f"unknown mode(s) {bad}; allowed: {MODES}")
-    results: dict[str, list[dict]] = {m: [] for m in modes}
-    for r in range(args.rounds):
-        for mode in modes:
-            print(f"[round {r + 1}/{args.rounds}] {mode} ...", file=sys.stderr, flush=True)
-            results[mode].append(run_subprocess(args, mode))
-    rows = summarize(args, results)
+    mem: dict[str, list[dict]] = {m: [] for m in modes}
+    if args.timing == "subprocess":
+        times: dict[str, list[float]] = {m: [] for m in modes}
+        for r in range(args.rounds):
+            for mode in modes:
+                print(f"[round {r + 1}/{args.rounds}] {mode} ...", file=sys.stderr, flush=True)
+                res = run_subprocess(args, mode)
+                mem[mode].append(res)
+                times[mode] += res["times_s"]
+    else:
+        for mode in modes:  # peak memory: one warmup + one run, each mode in a fresh process
+            print(f"[memory] {mode} ...", file=sys.stderr, flush=True)
+            mem[mode].append(run_subprocess(args, mode, warmup=1, repeats=1))
+        print(f"[timing] {', '.join(modes)} interleaved ...", file=sys.stderr, flush=True)
+        times = time_interleaved(args, modes)
+    rows = summarize(args, times, mem)
     print_table(args, rows)
     out = final_json(args, rows)
     print(json.dumps(out))

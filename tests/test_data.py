@@ -251,7 +251,10 @@ def test_load_jsonl_malformed_names_file_and_line():
 def test_load_csv_with_column_mapping():
     path = FIXTURES / "qa_small.csv"
     examples = load_examples(str(path), question_field="problem", answer_field="solution", steps_field="reasoning")
-    assert examples == [Example("What is 2 plus 3?", ["2 + 3 = 5"], "5"), Example("What is 4 times 6?", ["4 * 6 = 24"], "24")]
+    assert examples == [
+        Example("What is 2 plus 3?", ["2 + 3 = 5"], "5"),
+        Example("What is 4 times 6?", ["4 * 6 = 24"], "24"),
+    ]
     with pytest.raises(DataFormatError, match=r"qa_small\.csv, item 0 \(0-based\): missing field 'question'"):
         load_examples(str(path))
 
@@ -278,9 +281,23 @@ def test_missing_files_raise_file_not_found(tmp_path):
         load_prosqa(tmp_path / "missing.json")
 
 
-def test_unknown_source_lists_tasks():
-    with pytest.raises(ValueError, match="chain_sum"):
+def test_hub_ids_go_to_datasets_and_failures_list_tasks(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None):  # no hub here: record the call, answer like a hub would
+        calls.append((path, name, split))
+        if path == "someone/tiny-gsm":
+            return datasets.Dataset.from_dict({"question": ["What is 1 + 1?"], "answer": ["1 + 1 = 2\n#### 2"]})
+        raise ConnectionError(f"Couldn't reach {path!r} on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert load_examples("someone/tiny-gsm", "test", config_name="main") == [
+        Example("What is 1 + 1?", ["1 + 1 = 2"], "2")
+    ]
+    with pytest.raises(ValueError, match=r"not a synthetic task \(chain_sum, icot_mult, prosqa_like\).*Connection"):
         load_examples("no_such_task_or_dataset_xyz")
+    assert calls == [("someone/tiny-gsm", "main", "test"), ("no_such_task_or_dataset_xyz", None, "train")]
 
 
 # --- synthetic tasks ---------------------------------------------------------------------------------------------

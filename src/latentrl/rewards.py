@@ -140,7 +140,9 @@ def _gold_text(gold: Any) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def correctness_reward(prompts: list[Any], completions: list[Any], answer: list[Any], **kwargs: Any) -> list[float | None]:
+def correctness_reward(
+    prompts: list[Any], completions: list[Any], answer: list[Any], **kwargs: Any
+) -> list[float | None]:
     """1.0 if the extracted answer equals the gold `answer` column (after normalisation), else 0.0."""
     return [float(answers_match(extract_answer(c), _gold_text(g))) for c, g in zip(completions, answer, strict=True)]
 
@@ -154,7 +156,9 @@ def format_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> 
     return out
 
 
-def hrpo_reward(prompts: list[Any], completions: list[Any], answer: list[Any], **kwargs: Any) -> list[float | None]:
+def hrpo_reward(
+    prompts: list[Any], completions: list[Any], answer: list[Any], **kwargs: Any
+) -> list[float | None]:
     """HRPO's outcome reward: 1.0 iff `####` appears exactly once and the answer after it is correct."""
     out: list[float | None] = []
     for c, g in zip(completions, answer, strict=True):
@@ -165,14 +169,15 @@ def hrpo_reward(prompts: list[Any], completions: list[Any], answer: list[Any], *
 
 
 def _math_parse(text: str) -> list[Any]:
-    """`math_verify.parse` that never raises; bare LaTeX is retried inside `$...$`. Its signal-based timeout only
-    works in the main thread, so other threads parse without one."""
+    """`math_verify.parse` that never raises. Bare LaTeX (with `\\`, `^`, `_` or `{`) is retried inside `$...$`;
+    plain words are not, as math mode would read "True" as a product of symbols. The parser's signal-based
+    timeout only works in the main thread, so other threads parse without one."""
     from math_verify import parse
 
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
     try:
         parsed = parse(text, parsing_timeout=timeout)
-        if not parsed and "$" not in text:
+        if not parsed and "$" not in text and any(ch in text for ch in "\\^_{"):
             parsed = parse(f"${text}$", parsing_timeout=timeout)
         return list(parsed)
     except Exception:
@@ -199,7 +204,9 @@ def _math_equal(predicted: str | None, gold: str | None) -> bool:
         return False
 
 
-def math_verify_reward(prompts: list[Any], completions: list[Any], answer: list[Any], **kwargs: Any) -> list[float | None]:
+def math_verify_reward(
+    prompts: list[Any], completions: list[Any], answer: list[Any], **kwargs: Any
+) -> list[float | None]:
     """1.0 if `math_verify` finds the extracted answer (`####` or `\\boxed{}`) equivalent to the gold; garbage
     gives 0.0, never an exception."""
     return [float(_math_equal(extract_answer(c), _gold_text(g))) for c, g in zip(completions, answer, strict=True)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from os import PathLike
@@ -103,8 +104,11 @@ def _space_punctuation(text: str) -> str:
 
 
 def _scalar_text(value: Any) -> str | None:
+    """An answer cell as text; None for anything else, including the NaN a CSV reader gives an empty cell."""
     if isinstance(value, str):
         return value
+    if isinstance(value, float) and value != value:
+        return None
     if isinstance(value, (bool, int, float)):
         return str(value)
     return None
@@ -240,7 +244,7 @@ _EVAL_SPLITS = ("eval", "validation", "valid", "test")
 _FILE_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet", ".csv")
 
 
-def load_examples(source: str, split: str | None = None, **kw: Any) -> list[Example]:
+def load_examples(source: PathLikeStr, split: str | None = None, **kw: Any) -> list[Example]:
     """Examples from a synthetic task name, a local file or directory, or a hub dataset id.
 
     - Task name (`icot_mult`, `chain_sum`, `prosqa_like`): `n=` examples from `seed=` (default 0) with difficulty
@@ -251,6 +255,7 @@ def load_examples(source: str, split: str | None = None, **kw: Any) -> list[Exam
       for `{split}.{txt,json,jsonl,parquet,csv}`, else handed to `datasets.load_dataset`.
     - Anything else: `datasets.load_dataset(source, config_name, split=split or "train")` with the same columns.
     """
+    source = os.fspath(source)
     if source in TASKS:
         return _load_synthetic(source, split, **kw)
     path = Path(source).expanduser()

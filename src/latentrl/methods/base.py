@@ -42,6 +42,8 @@ class Method:
     init: ClassVar[str] = "cot_sft"
     #: config values the preset sets unless the user overrides them
     defaults: ClassVar[dict[str, Any]] = {}
+    #: ask the replay scorer for last hidden states (value heads, contrastive terms)
+    needs_hidden: ClassVar[bool] = False
 
     def build_operator(self, latent: "LatentConfig", model: "LatentModel") -> ThoughtOperator | None:
         if latent.operator == "none":
@@ -69,12 +71,29 @@ class Method:
         params = [p for p in trainer.model.parameters() if p.requires_grad]
         return [{"params": params, "lr": trainer.args.learning_rate}]
 
+    def compute_advantages(self, trainer: Any, batch: "StepBatch") -> torch.Tensor:
+        """(N,) sequence advantages from `batch.rewards`; default: TRL's group-relative advantages."""
+        from latentrl.rl.advantages import group_advantages
+
+        a = trainer.args
+        valid = ~batch.rollout.truncated if a.mask_truncated_completions else None
+        adv, _ = group_advantages(batch.rewards, a.num_generations, a.scale_rewards, valid=valid)
+        return adv
+
+    def reference_logprobs(self, trainer: Any, batch: "StepBatch") -> torch.Tensor:
+        """(N, C) log-probs of the reference model for the KL term; default: replay with the same operator."""
+        return trainer.replay_in_chunks(trainer.ref_model, batch.rollout)
+
+    def rollout_metrics(self, trainer: Any, batch: "StepBatch") -> dict[str, float]:
+        """Method-specific metrics of a rollout batch (e.g. HRPO's gate statistics)."""
+        return {}
+
     def token_advantages(self, trainer: Any, batch: "StepBatch") -> torch.Tensor:
         """(N, C) per-position advantages; default: each sequence's advantage at every position."""
         return batch.advantages[:, None].expand_as(batch.rollout.logprobs).clone()
 
     def policy_kind_masks(self, trainer: Any, batch: "StepBatch", policy_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Which surrogate each position uses (see `rl.losses.mixed_policy_loss`)."""
+        """Which surrogate each position uses (see `rl.losses.mixed_policy_loss`); {} = no policy-gradient term."""
         return {trainer.args.policy_loss: policy_mask}
 
     def extra_loss(self, trainer: Any, micro: "StepBatch", out: "ReplayOutput") -> tuple[torch.Tensor, dict[str, float]] | None:

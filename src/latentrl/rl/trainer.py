@@ -32,7 +32,7 @@ from latentrl.methods import Method, get_method
 from latentrl.model import LatentModel
 from latentrl.replay import ReplayOutput, replay
 from latentrl.rewards import compute_rewards, get_reward_funcs
-from latentrl.rl.advantages import group_advantages, zero_std_groups
+from latentrl.rl.advantages import zero_std_groups
 from latentrl.rl.losses import CLIP_METRICS, aggregate_loss, kl_penalty, masked_mean, mixed_policy_loss
 from latentrl.rollout import Rollout, SamplingParams, decode_completions, generate_rollout, left_pad
 
@@ -182,9 +182,8 @@ class GRPOTrainer:
         columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
         per_func, rewards = compute_rewards(self.reward_funcs, [r["prompt"] for r in rows], completions, columns,
                                             self.args.reward_weights)
-        valid = ~rollout.truncated if self.args.mask_truncated_completions else None
-        advantages, _ = group_advantages(rewards, self.G, self.args.scale_rewards, valid=valid)
-        batch = StepBatch(rollout, rows, completions, rewards, advantages)
+        batch = StepBatch(rollout, rows, completions, rewards, torch.zeros_like(rewards))
+        batch.advantages = self.method.compute_advantages(self, batch)
         batch.per_func_rewards = per_func
         return batch
 
@@ -247,12 +246,13 @@ class GRPOTrainer:
             if self.args.num_iterations == 1 and self.loss_temperature == self.args.temperature:
                 batch.old_logprobs = batch.rollout.logprobs  # on-policy: the rollout's own log-probs (TRL)
             else:
-                batch.old_logprobs = self._replay_in_chunks(self.model, batch.rollout)
-            if self.ref_model is not None:
-                batch.ref_logprobs = self._replay_in_chunks(self.ref_model, batch.rollout)
+                batch.old_logprobs = self.replay_in_chunks(self.model, batch.rollout)
+            if self.ref_model is not None and self.args.beta > 0:
+                batch.ref_logprobs = self.method.reference_logprobs(self, batch)
         batch.token_advantages = self.method.token_advantages(self, batch)
 
-    def _replay_in_chunks(self, model: LatentModel, rollout: Rollout) -> torch.Tensor:
+    def replay_in_chunks(self, model: LatentModel, rollout: Rollout) -> torch.Tensor:
+        """No-grad per-position log-probs of a whole rollout batch, micro-batch by micro-batch."""
         out = []
         n = self.args.per_device_train_batch_size
         for s in range(0, rollout.batch_size, n):
@@ -269,11 +269,16 @@ class GRPOTrainer:
     def compute_loss(self, micro: StepBatch, num_sequences: int, num_tokens: float, num_micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one micro-batch, normalised so that summing micro-batch losses gives the full-batch loss."""
         a = self.args
-        out = replay(self.model, self.operator, micro.rollout, temperature=self.loss_temperature)
+        out = replay(self.model, self.operator, micro.rollout, temperature=self.loss_temperature,
+                     return_hidden=self.method.needs_hidden)
         mask = self.loss_mask(micro)
         kinds = self.method.policy_kind_masks(self, micro, mask)
-        per_token, ind = mixed_policy_loss(out.logprobs, micro.old_logprobs, micro.token_advantages, kinds,
-                                           epsilon_low=a.epsilon, epsilon_high=a.epsilon_high, dual_clip=a.dual_clip)
+        if kinds:
+            per_token, ind = mixed_policy_loss(out.logprobs, micro.old_logprobs, micro.token_advantages, kinds,
+                                               epsilon_low=a.epsilon, epsilon_high=a.epsilon_high,
+                                               dual_clip=a.dual_clip)
+        else:  # the method's own objective replaces the policy gradient (e.g. value-head Latent RL)
+            per_token, ind = out.logprobs * 0.0, {}
         metrics: dict[str, torch.Tensor] = {k: masked_mean(v.float(), mask).detach() for k, v in ind.items()}
         if a.beta > 0:
             kl = kl_penalty(out.logprobs, micro.ref_logprobs, a.kl_estimator)
@@ -294,6 +299,7 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         batch, metrics = self._collect_step_batch()
         t_gen = time.perf_counter() - t0
+        metrics.update(self.method.rollout_metrics(self, batch))
         self._prepare_for_update(batch)
         n = batch.rewards.numel()
         mb = self.args.per_device_train_batch_size

@@ -1,0 +1,377 @@
+"""Supervised fine-tuning on `prompt + completion` with the loss on the completion tokens only (CoT and no-CoT).
+
+Text layout (the one every trainer shares, `latentrl.data.schema`): prompt = `format_prompt(ex)` (`question ||`),
+target = `format_cot(ex)` (`steps #### answer`) in ``mode="cot"`` or `format_no_cot(ex)` (`#### answer`) in
+``mode="no_cot"``, followed by the tokenizer's eos token so a model learns to stop. Batches are right-padded;
+labels are -100 on prompt and padding positions, so only target tokens (eos included) carry loss.
+
+The loss is the mean token cross-entropy over all target tokens of the batch (every target token weighs the
+same, as in HF's causal-LM loss). Training is seeded and deterministic: the same config, the same initial weights
+and the same data give the same weights, bit for bit, on the same machine.
+
+    cfg = CoTSFTConfig(mode="cot", max_steps=600, learning_rate=1e-3)
+    history = train_sft(cfg, model, train_examples, eval_examples)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentrl.config import BaseConfig, ConfigError, cfg_field, config_to_dict
+from latentrl.data.schema import Example, format_cot, format_no_cot, format_prompt
+from latentrl.model import LatentModel
+
+__all__ = [
+    "IGNORE_INDEX",
+    "CoTSFTConfig",
+    "SFTHistory",
+    "build_sft_batch",
+    "encode_examples",
+    "lr_lambda",
+    "masked_lm_loss",
+    "sft_target",
+    "train_sft",
+]
+
+IGNORE_INDEX = -100
+SFT_MODES = ("cot", "no_cot")
+
+
+@dataclasses.dataclass(kw_only=True)
+class CoTSFTConfig(BaseConfig):
+    """Options of supervised fine-tuning on prompt + (chain of thought) + answer, loss on the target only."""
+
+    mode: str = cfg_field(
+        "cot",
+        "Target text: cot = steps, then '#### answer' (format_cot); no_cot = only '#### answer' (format_no_cot).",
+        choices=SFT_MODES,
+    )
+    max_steps: int = cfg_field(600, "Number of optimizer steps.", min=0)
+    per_device_train_batch_size: int = cfg_field(128, "Examples per optimizer step.", min=1)
+    learning_rate: float = cfg_field(1e-3, "Peak AdamW learning rate.", min=0.0, min_exclusive=True)
+    weight_decay: float = cfg_field(0.0, "AdamW weight decay (decoupled).", min=0.0)
+    adam_beta1: float = cfg_field(0.9, "AdamW beta1.", min=0.0, max=1.0, max_exclusive=True)
+    adam_beta2: float = cfg_field(0.999, "AdamW beta2.", min=0.0, max=1.0, max_exclusive=True)
+    adam_epsilon: float = cfg_field(1e-8, "AdamW epsilon.", min=0.0, min_exclusive=True)
+    max_grad_norm: float = cfg_field(1.0, "Clip gradients to this global norm; 0 disables clipping.", min=0.0)
+    lr_scheduler_type: str = cfg_field(
+        "constant_with_warmup",
+        "Learning-rate schedule after warmup (HF names): constant_with_warmup / constant keep the peak rate, so a "
+        "run of N steps is exactly the first N steps of a longer run; cosine and linear decay to 0 at max_steps.",
+        choices=("constant", "constant_with_warmup", "cosine", "linear"),
+    )
+    warmup_steps: int = cfg_field(
+        50, "Linear warmup from 0 to learning_rate over this many steps (ignored by 'constant').", min=0
+    )
+    max_length: int = cfg_field(
+        512, "Examples longer than this many tokens (prompt + target + eos) are an error, never silently cut.", min=2
+    )
+    seed: int = cfg_field(0, "Seed of the data order (and of torch's global RNG, e.g. for dropout).")
+    logging_steps: int = cfg_field(10, "Log training loss/accuracy every this many steps.", min=1)
+    eval_steps: int = cfg_field(
+        100, "Greedy-decode the eval set every this many steps (and after the last step); 0 = only at the end.", min=0
+    )
+    eval_batch_size: int = cfg_field(128, "Prompts per batch when decoding the eval set.", min=1)
+    max_new_positions: int | None = cfg_field(
+        None,
+        "Decoding budget of each eval completion; null = longest target (eos included) in train/eval data + 8.",
+        min=1,
+    )
+    output_dir: str | None = cfg_field(
+        None, "Write metrics.jsonl (and TensorBoard logs, see report_to) here; null keeps metrics in memory only."
+    )
+    report_to: list[str] = cfg_field(
+        ["jsonl"],
+        "Metric sinks when output_dir is set: jsonl (output_dir/metrics.jsonl), tensorboard (output_dir/tb).",
+        choices=("jsonl", "tensorboard", "none"),
+    )
+    disable_tqdm: bool | None = cfg_field(
+        None, "Hide the progress bar; null = hide it when stderr is not a terminal or $CI is set."
+    )
+
+    def validate(self) -> None:
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise ConfigError(f"report_to={self.report_to}: 'none' cannot be combined with other sinks")
+
+
+@dataclasses.dataclass
+class SFTHistory:
+    """What `train_sft` returns: every logged record, the eval records, the final eval and the wall time."""
+
+    train: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    eval: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    final_eval: dict[str, Any] | None = None
+    steps: int = 0
+    wall_s: float = 0.0
+    train_wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data -> tensors
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def sft_target(ex: Example, mode: str) -> str:
+    """The completion text trained on in `mode` (without the eos token)."""
+    if mode == "cot":
+        return format_cot(ex)
+    if mode == "no_cot":
+        return format_no_cot(ex)
+    raise ValueError(f"unknown SFT mode {mode!r}; allowed: {', '.join(SFT_MODES)}")
+
+
+def encode_examples(
+    tokenizer, examples: Sequence[Example], mode: str, max_length: int | None = None
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, target ids + eos) per example, tokenized separately so the boundary is exact."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("SFT needs a tokenizer with an eos token (the model must learn to stop)")
+    prompts = [format_prompt(ex) for ex in examples]
+    targets = [sft_target(ex, mode) for ex in examples]
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+    t_ids = tokenizer(targets, add_special_tokens=False)["input_ids"] if targets else []
+    out = []
+    unk = tokenizer.unk_token_id
+    for i, (p, t) in enumerate(zip(p_ids, t_ids)):
+        t = list(t) + [tokenizer.eos_token_id]
+        if max_length is not None and len(p) + len(t) > max_length:
+            raise ValueError(
+                f"example {i} has {len(p) + len(t)} tokens (prompt {len(p)} + target {len(t)}), more than "
+                f"max_length={max_length}; raise max_length"
+            )
+        if unk is not None and (unk in p or unk in t):
+            raise ValueError(
+                f"example {i} has words the tokenizer does not know (mapped to {tokenizer.unk_token!r}): "
+                f"{prompts[i] + targets[i]!r}"
+            )
+        out.append((list(p), t))
+    return out
+
+
+def build_sft_batch(
+    encoded: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids`, `attention_mask` and `labels` (-100 on prompt and padding positions)."""
+    width = max(len(p) + len(t) for p, t in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (p, t) in enumerate(encoded):
+        n = len(p) + len(t)
+        ids[i, :n] = torch.as_tensor(list(p) + list(t))
+        mask[i, :n] = 1
+        labels[i, len(p) : n] = torch.as_tensor(list(t))
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean next-token cross-entropy over positions whose label is not -100.
+
+    `logits[:, j]` predicts `labels[:, j + 1]` (labels are aligned with input ids, as in HF). Returns the loss and
+    detached stats: `num_tokens`, `token_accuracy` (argmax == label over target tokens) and `sequence_accuracy`
+    (every target token of a row right under teacher forcing).
+    """
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE_INDEX
+    n = mask.sum()
+    if int(n) == 0:
+        raise ValueError("no target tokens in the batch (all labels are -100)")
+    loss = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    ) / n
+    with torch.no_grad():
+        right = (shift_logits.argmax(-1) == shift_labels) & mask
+        rows = mask.any(-1)
+        seq_ok = (right | ~mask).all(-1) & rows
+        stats = {
+            "num_tokens": n.detach(),
+            "token_accuracy": right.sum().float() / n,
+            "sequence_accuracy": seq_ok.sum().float() / rows.sum().clamp_min(1),
+        }
+    return loss, stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Schedule
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def lr_lambda(kind: str, warmup_steps: int, max_steps: int):
+    """The multiplier of the peak learning rate at each step (HF schedule semantics)."""
+
+    def f(step: int) -> float:
+        if kind == "constant":
+            return 1.0
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if kind == "constant_with_warmup":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+        progress = min(max(progress, 0.0), 1.0)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if kind == "linear":
+            return 1.0 - progress
+        raise ValueError(f"unknown lr_scheduler_type {kind!r}")
+
+    return f
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _default_budget(encoded_sets: Sequence[Sequence[tuple[list[int], list[int]]]]) -> int:
+    longest = max((len(t) for enc in encoded_sets for _, t in enc), default=1)
+    return longest + 8
+
+
+def _run_eval(model: LatentModel, examples: Sequence[Example], budget: int, cfg: CoTSFTConfig) -> dict[str, Any]:
+    from latentrl.eval import evaluate
+
+    res = evaluate(model, list(examples), max_new_positions=budget, batch_size=cfg.eval_batch_size, k=0)
+    return {
+        "pass_at_1": res.pass_at_1,
+        "mean_reasoning_positions": res.mean_reasoning_positions,
+        "n": res.n,
+        "wall_s": res.wall_s,
+        "samples": res.samples,
+    }
+
+
+def train_sft(
+    config: CoTSFTConfig,
+    model: LatentModel,
+    train_examples: Sequence[Example],
+    eval_examples: Sequence[Example] = (),
+) -> SFTHistory:
+    """Fine-tune `model` in place on `train_examples`; greedy Pass@1 on `eval_examples` every `eval_steps`.
+
+    The data order is a fresh seeded permutation per pass over the training set. Metrics (loss, token and
+    teacher-forced sequence accuracy, learning rate, gradient norm, eval Pass@1 and reasoning positions) go to
+    `config.output_dir/metrics.jsonl` when an output dir is set, and always into the returned `SFTHistory`.
+    """
+    from latentrl.logger import MetricsLogger, progress
+
+    if not train_examples:
+        raise ValueError("train_sft needs at least one training example")
+    t_start = time.perf_counter()
+    cfg = config
+    tok = model.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    encoded = encode_examples(tok, train_examples, cfg.mode, cfg.max_length)
+    eval_examples = list(eval_examples)
+    budget = cfg.max_new_positions or _default_budget(
+        [encoded, encode_examples(tok, eval_examples, cfg.mode)] if eval_examples else [encoded]
+    )
+
+    torch.manual_seed(cfg.seed)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    device = model.device
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.lr_scheduler_type, cfg.warmup_steps, cfg.max_steps)
+    )
+
+    history = SFTHistory()
+    sinks = [s for s in cfg.report_to if s != "none"] if cfg.output_dir else []
+    logger = MetricsLogger(cfg.output_dir, sinks, run_config=config_to_dict(cfg)) if sinks else None
+
+    def log(step: int, record: dict[str, Any], into: list[dict[str, Any]]) -> None:
+        into.append({"step": step, **record})
+        if logger is not None:
+            logger.log(step, record)
+
+    def do_eval(step: int) -> dict[str, Any] | None:
+        if not eval_examples:
+            return None
+        ev = _run_eval(model, eval_examples, budget, cfg)
+        log(step, {"eval/pass_at_1": ev["pass_at_1"],
+                   "eval/mean_reasoning_positions": ev["mean_reasoning_positions"],
+                   "eval/wall_s": ev["wall_s"]}, history.eval)
+        return ev
+
+    perm: list[int] = []
+    cursor = 0
+    window: dict[str, float] = {"loss": 0.0, "token_accuracy": 0.0, "sequence_accuracy": 0.0, "n": 0}
+    bar = progress(cfg.max_steps, f"sft[{cfg.mode}]", disable=cfg.disable_tqdm)
+    train_time = 0.0
+    try:
+        model.train()
+        for step in range(1, cfg.max_steps + 1):
+            t0 = time.perf_counter()
+            idx = []
+            while len(idx) < cfg.per_device_train_batch_size:
+                if cursor >= len(perm):
+                    perm = torch.randperm(len(encoded), generator=order_gen).tolist()
+                    cursor = 0
+                take = min(cfg.per_device_train_batch_size - len(idx), len(perm) - cursor)
+                idx += perm[cursor : cursor + take]
+                cursor += take
+            batch = {k: v.to(device) for k, v in build_sft_batch([encoded[i] for i in idx], pad_id).items()}
+            out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            loss, stats = masked_lm_loss(out.logits, batch["labels"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm > 0:
+                grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            else:
+                grad_norm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            train_time += time.perf_counter() - t0
+
+            window["loss"] += float(loss)
+            window["token_accuracy"] += float(stats["token_accuracy"])
+            window["sequence_accuracy"] += float(stats["sequence_accuracy"])
+            window["n"] += 1
+            if step % cfg.logging_steps == 0 or step == cfg.max_steps:
+                n = window["n"]
+                record = {
+                    "loss": window["loss"] / n,
+                    "token_accuracy": window["token_accuracy"] / n,
+                    "sequence_accuracy": window["sequence_accuracy"] / n,
+                    "learning_rate": lr,
+                    "grad_norm": grad_norm,
+                    "train_wall_s": train_time,
+                }
+                log(step, record, history.train)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['token_accuracy']:.3f}")
+                window = {k: 0.0 for k in window}
+                window["n"] = 0
+            if cfg.eval_steps and step % cfg.eval_steps == 0 and step != cfg.max_steps:
+                do_eval(step)
+                model.train()
+            bar.update(1)
+        history.steps = cfg.max_steps
+        history.train_wall_s = train_time
+        final = do_eval(cfg.max_steps)
+        history.final_eval = final
+    finally:
+        bar.close()
+        model.eval()
+        if logger is not None:
+            logger.close()
+    history.wall_s = time.perf_counter() - t_start
+    return history

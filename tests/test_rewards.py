@@ -1,0 +1,224 @@
+"""Rewards: answer extraction, normalisation, TRL-signature reward functions and the batch scorer."""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from latentrl.data import format_cot, make_examples
+from latentrl.rewards import (
+    REWARD_FUNCS,
+    RewardFunctionError,
+    answers_match,
+    compute_rewards,
+    correctness_reward,
+    extract_answer,
+    format_reward,
+    get_reward_funcs,
+    hrpo_reward,
+    math_verify_reward,
+    normalize_answer,
+)
+
+# --- extraction ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (" << 3 + 5 = 8 >> #### 8", "8"),
+        (" 1 2 #### 5 5   6 0 ", "5 5 6 0"),
+        ("#### 1 #### 2", "2"),  # the LAST marker wins
+        ("#### 42 <eos> #### 7 <pad> <pad>", "7"),
+        ("#### 42<eos><pad><pad>", "42"),
+        ("#### 42<|im_end|>", "42"),
+        ("#### 18\nQuestion: next problem", "18"),  # the answer is the rest of its line
+        ("#### 18\nQuestion: next #### ", None),  # only the LAST marker counts, and it has no answer
+        ("so the answer is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
+        ("\\boxed{1} then \\boxed{x^{2}+1}", "x^{2}+1"),  # last boxed, balanced braces
+        ("\\boxed{3} and \\boxed{unclosed", "3"),
+        ("#### \\boxed{7}", "\\boxed{7}"),
+        ("no answer here", None),
+        ("####", None),
+        ("#### <eos>", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_extract_answer_from_conversational_completion():
+    assert extract_answer([{"role": "assistant", "content": "<< 1 + 1 = 2 >> #### 2"}]) == "2"
+
+
+@pytest.mark.parametrize(
+    "raw, normal",
+    [
+        ("  Tom  is a lempus . ", "Tom is a lempus"),
+        ("1,234,567", "1234567"),
+        ("$\\boxed{12}$", "12"),
+        ("\\boxed{ 3.5 }.", "3.5"),
+        ("5 5 6 0", "5 5 6 0"),
+        ("(1, 2)", "(1, 2)"),
+    ],
+)
+def test_normalize_answer(raw, normal):
+    assert normalize_answer(raw) == normal
+
+
+def test_answers_match_rules():
+    assert answers_match("42.0", "42") and answers_match("1,000", "1000") and answers_match("$18", "18")
+    assert answers_match("Tom is a lempus", "Tom is a lempus .")
+    assert not answers_match("43", "42") and not answers_match(None, "42")
+    assert answers_match("5 5 6 0", "5  5 6 0")
+    assert not answers_match("5 5 6 0 0", "5 5 6 0")  # iCoT digit sequences: exact, no numeric reading
+    assert not answers_match("0 5", "5")
+
+
+# --- reward functions ----------------------------------------------------------------------------------------------
+
+
+def test_correctness_reward():
+    completions = [" << 3 + 5 = 8 >> #### 8", " #### 9", "\\boxed{8}", "garbage", " #### 8 #### 8"]
+    assert correctness_reward(["p"] * 5, completions, answer=["8"] * 5) == [1.0, 0.0, 1.0, 0.0, 1.0]
+    # GSM8K-style gold answers are reduced to their final answer
+    assert correctness_reward(["p"], ["#### 72"], answer=["48 + 24 = 72\n#### 72"]) == [1.0]
+
+
+def test_correctness_on_generated_completions():
+    for task in ("icot_mult", "chain_sum", "prosqa_like"):
+        examples = make_examples(task, 10, seed=2)
+        completions = [format_cot(ex) + " <eos>" for ex in examples]
+        answers = [ex.answer for ex in examples]
+        assert correctness_reward([""] * 10, completions, answer=answers) == [1.0] * 10
+        assert correctness_reward([""] * 10, completions[1:] + completions[:1], answer=answers).count(1.0) < 10
+
+
+def test_format_reward():
+    completions = [" a #### 5", " a #### ", " #### 1 #### 1", "\\boxed{5}", " #### 5 <eos>", ""]
+    assert format_reward([""] * 6, completions) == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def test_hrpo_reward_needs_exactly_one_marker_and_a_correct_answer():
+    completions = [" #### 8", " #### 8 #### 8", " #### 7", "\\boxed{8}", " x #### 8.0"]
+    assert hrpo_reward([""] * 5, completions, answer=["8"] * 5) == [1.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_math_verify_reward():
+    completions = [
+        "so \\boxed{\\frac{1}{2}}",
+        " #### 0.5",
+        " #### 1/2",
+        " #### 0.6",
+        "}}}{{\\boxed{ $$ \\frac{",  # garbage must give 0.0, not an exception
+        "",
+    ]
+    assert math_verify_reward([""] * 6, completions, answer=["\\frac{1}{2}"] * 6) == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    assert math_verify_reward([""], [" #### 1,000"], answer=["1000"]) == [1.0]
+    # iCoT digit sequences and non-math answers fall back to exact matching
+    assert math_verify_reward([""] * 2, [" #### 5 5 6 0", " #### 9 9 6 0"], answer=["5 5 6 0"] * 2) == [1.0, 0.0]
+    assert math_verify_reward([""], [" #### Tom is a lempus ."], answer=["Tom is a lempus."]) == [1.0]
+
+
+def test_math_verify_reward_works_off_the_main_thread():
+    result = []
+    thread = threading.Thread(
+        target=lambda: result.append(math_verify_reward([""], ["\\boxed{\\frac{2}{4}}"], answer=["0.5"]))
+    )
+    thread.start()
+    thread.join()
+    assert result == [[1.0]]
+
+
+def test_registry():
+    assert set(REWARD_FUNCS) == {"correctness", "format", "hrpo", "math_verify"}
+    assert get_reward_funcs(["hrpo", "format"]) == [hrpo_reward, format_reward]
+    with pytest.raises(ValueError, match="unknown reward.*'nope'.*correctness, format, hrpo, math_verify"):
+        get_reward_funcs(["format", "nope"])
+
+
+# --- compute_rewards -------------------------------------------------------------------------------------------------
+
+PROMPTS = ["a ||", "b ||", "c ||"]
+COMPLETIONS = [" #### 1", " #### 2", " x"]
+COLUMNS = {"answer": ["1", "3", "5"]}
+
+
+def test_compute_rewards_weights_and_shapes():
+    per_func, total = compute_rewards(
+        [correctness_reward, format_reward], PROMPTS, COMPLETIONS, COLUMNS, weights=[2.0, 0.5]
+    )
+    assert per_func.dtype == torch.float32 and per_func.shape == (3, 2)
+    assert per_func.tolist() == [[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]]
+    assert total.tolist() == [2.5, 0.5, 0.0]
+    _, unweighted = compute_rewards([correctness_reward, format_reward], PROMPTS, COMPLETIONS, COLUMNS)
+    assert unweighted.tolist() == [2.0, 1.0, 0.0]
+
+
+def test_compute_rewards_none_is_nan_and_skipped_in_total():
+    def only_first(prompts, completions, **kw):
+        return [0.25, None, np.float32(0.5)]
+
+    per_func, total = compute_rewards([only_first, format_reward], PROMPTS, COMPLETIONS, COLUMNS, [1.0, 1.0])
+    assert math.isnan(per_func[1, 0]) and per_func[2, 0].item() == 0.5
+    assert total.tolist() == [1.25, 1.0, 0.5]
+
+
+def test_compute_rewards_all_none_row_raises_with_names():
+    def sometimes_none(prompts, completions, **kw):
+        return [1.0, None, 1.0]
+
+    def never_scores(prompts, completions, **kw):
+        return [None] * len(completions)
+
+    with pytest.raises(RewardFunctionError, match=r"sometimes_none, never_scores.*indices \[1\]"):
+        compute_rewards([sometimes_none, never_scores], PROMPTS, COMPLETIONS, COLUMNS)
+
+
+def test_compute_rewards_wraps_raising_function():
+    def exploding_reward(prompts, completions, **kw):
+        raise KeyError("answer_column")
+
+    with pytest.raises(RewardFunctionError, match=r"'exploding_reward' raised KeyError: 'answer_column'") as info:
+        compute_rewards([format_reward, exploding_reward], PROMPTS, COMPLETIONS, COLUMNS)
+    assert isinstance(info.value.__cause__, KeyError)
+    # a missing dataset column shows up the same way, naming the function
+    with pytest.raises(RewardFunctionError, match=r"'correctness_reward' raised TypeError.*answer"):
+        compute_rewards([correctness_reward], PROMPTS, COMPLETIONS, {})
+
+
+def test_compute_rewards_rejects_bad_return_values():
+    def too_short(prompts, completions, **kw):
+        return [1.0]
+
+    def wordy(prompts, completions, **kw):
+        return [1.0, "yes", 0.0]
+
+    def not_a_list(prompts, completions, **kw):
+        return 1.0
+
+    with pytest.raises(RewardFunctionError, match=r"'too_short' returned 1 rewards for 3 completions"):
+        compute_rewards([too_short], PROMPTS, COMPLETIONS, COLUMNS)
+    with pytest.raises(RewardFunctionError, match=r"'wordy' returned a bad reward at index 1: 'yes'"):
+        compute_rewards([wordy], PROMPTS, COMPLETIONS, COLUMNS)
+    with pytest.raises(RewardFunctionError, match=r"'not_a_list' must return a list"):
+        compute_rewards([not_a_list], PROMPTS, COMPLETIONS, COLUMNS)
+    partial = functools.partial(wordy)
+    with pytest.raises(RewardFunctionError, match="'wordy'"):
+        compute_rewards([partial], PROMPTS, COMPLETIONS, COLUMNS)
+
+
+def test_compute_rewards_checks_batch_shapes():
+    with pytest.raises(ValueError, match="2 weights for 1 reward functions"):
+        compute_rewards([format_reward], PROMPTS, COMPLETIONS, COLUMNS, weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="column 'answer' has 2 values for 3 completions"):
+        compute_rewards([format_reward], PROMPTS, COMPLETIONS, {"answer": ["1", "2"]})
+    with pytest.raises(ValueError, match="2 completions for 3 prompts"):
+        compute_rewards([format_reward], PROMPTS, COMPLETIONS[:2], COLUMNS)

@@ -1,0 +1,155 @@
+"""The GRPO trainer: gradient accumulation invariance, exact resume after SIGKILL, clear errors, dynamic sampling."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from latentrl.config import GRPOConfig, LatentConfig
+from latentrl.data import make_examples, task_vocabulary
+from latentrl.model import LatentModel
+from latentrl.rewards import RewardFunctionError
+from latentrl.rl.trainer import GRPOTrainer, TrainingDivergedError
+from latentrl.testing import tiny_latent_model
+
+
+def varied_reward(prompts, completions, **kw):
+    """A deterministic reward that varies across completions, so advantages (and gradients) are non-zero."""
+    return [float(len(c.split()) % 3) for c in completions]
+
+
+def examples(n=16):
+    return make_examples("chain_sum", n, seed=0, length=3)
+
+
+def model(seed=0):
+    return tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=seed, hidden=32)
+
+
+def config(tmp_path, **kw):
+    base = dict(model_name_or_path="tiny", output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=8,
+                num_generations=4, max_completion_length=8, learning_rate=1e-2, save_steps=0, report_to=["none"])
+    base.update(kw)
+    return GRPOConfig(**base)
+
+
+def params(lm):
+    return torch.cat([p.detach().flatten() for p in lm.model.parameters()])
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_gradient_accumulation_does_not_change_the_update(tmp_path, loss_type):
+    runs = []
+    for mb, ga in [(8, 1), (4, 2), (2, 4)]:
+        lm = model()
+        cfg = config(tmp_path / f"{mb}", per_device_train_batch_size=mb, gradient_accumulation_steps=ga,
+                     loss_type=loss_type, beta=0.05, max_grad_norm=1e9)
+        t = GRPOTrainer(cfg, lm, examples(), reward_funcs=[varied_reward])
+        m = t.train_step()
+        runs.append((params(lm), m))
+    base, m0 = runs[0]
+    assert m0["grad_norm"] > 0
+    for p, m in runs[1:]:
+        torch.testing.assert_close(p, base, atol=1e-6, rtol=1e-5)
+        assert m["loss"] == pytest.approx(m0["loss"], rel=1e-4, abs=1e-6)
+        assert m["grad_norm"] == pytest.approx(m0["grad_norm"], rel=1e-4)
+
+
+def test_raising_reward_function_is_named_in_the_error(tmp_path):
+    def broken_reward(prompts, completions, **kw):
+        raise KeyError("no such column")
+
+    t = GRPOTrainer(config(tmp_path), model(), examples(), reward_funcs=[broken_reward])
+    with pytest.raises(RewardFunctionError, match="broken_reward"):
+        t.train_step()
+
+
+def test_nan_loss_raises_and_keeps_checkpoints(tmp_path):
+    t = GRPOTrainer(config(tmp_path, max_steps=2, save_steps=1), model(), examples(), reward_funcs=[varied_reward])
+    t.train()
+    before = sorted(os.listdir(tmp_path))
+    with torch.no_grad():
+        t.model.model.get_input_embeddings().weight.fill_(float("nan"))
+    t.args.max_steps = 3
+    with pytest.raises((TrainingDivergedError, RuntimeError)):
+        t.train_step()
+    assert sorted(os.listdir(tmp_path)) == before and "checkpoint-2" in before
+
+
+def test_dynamic_sampling_drops_zero_std_groups(tmp_path):
+    def first_group_constant(prompts, completions, **kw):
+        return [1.0 if p == prompts[0] else float(len(c.split()) % 2) for p, c in zip(prompts, completions)]
+
+    t = GRPOTrainer(config(tmp_path, dynamic_sampling=True, max_resample_rounds=2), model(), examples(),
+                    reward_funcs=[first_group_constant])
+    batch, stats = t._collect_step_batch()
+    r = batch.rewards.view(-1, 4)
+    assert (r.std(dim=1) > 0).all(), "no zero-std group may survive dynamic sampling"
+    assert stats["frac_reward_zero_std"] >= 0.5  # the first generated batch had the constant group
+
+
+def test_unknown_method_and_bad_batch_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown method"):
+        GRPOTrainer(config(tmp_path, method="nope"), model(), examples())
+    with pytest.raises(ValueError, match="divisible by num_generations"):
+        GRPOTrainer(config(tmp_path, per_device_train_batch_size=6, num_generations=4), model(), examples())
+
+
+def test_latent_operator_runs_through_the_trainer(tmp_path):
+    lm = model()
+    cfg = config(tmp_path, method="grpo", latent=LatentConfig(operator="none"))
+    assert GRPOTrainer(cfg, lm, examples(), reward_funcs=[varied_reward]).train_step()["grad_norm"] > 0
+
+
+SCRIPT = textwrap.dedent('''
+    import os, signal, sys
+    from latentrl.config import GRPOConfig
+    from latentrl.data import make_examples
+    from latentrl.model import LatentModel
+    from latentrl.rl.trainer import GRPOTrainer
+
+    init, out, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    calls = {"n": 0}
+
+    def varied_reward(prompts, completions, **kw):
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # die mid-step, after earlier checkpoints were written
+        return [float(len(c.split()) % 3) for c in completions]
+
+    cfg = GRPOConfig(model_name_or_path=init, output_dir=out, max_steps=4, per_device_train_batch_size=4,
+                     gradient_accumulation_steps=2, num_generations=4, max_completion_length=8, learning_rate=1e-2,
+                     save_steps=1, save_total_limit=2, beta=0.02, report_to=["jsonl"],
+                     resume_from_checkpoint="latest" if os.path.isdir(out) and os.listdir(out) else None)
+    GRPOTrainer(cfg, LatentModel.from_pretrained(init), make_examples("chain_sum", 12, seed=0, length=3),
+                reward_funcs=[varied_reward]).train()
+''')
+
+
+def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):
+    init = tmp_path / "init"
+    model().save_pretrained(init)
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "CI": "1"}
+
+    def run(out, kill_at):
+        return subprocess.run([sys.executable, str(script), str(init), str(out), str(kill_at)], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    straight = run(tmp_path / "straight", 0)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    crashed = run(tmp_path / "crashed", 3)  # killed inside step 3's reward computation
+    assert crashed.returncode == -9
+    assert sorted(p for p in os.listdir(tmp_path / "crashed") if p.startswith("checkpoint")) == ["checkpoint-1", "checkpoint-2"]
+    resumed = run(tmp_path / "crashed", 0)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = LatentModel.from_pretrained(tmp_path / "straight" / "checkpoint-4")
+    b = LatentModel.from_pretrained(tmp_path / "crashed" / "checkpoint-4")
+    assert torch.equal(params(a), params(b))
+    assert not torch.equal(params(a), params(LatentModel.from_pretrained(init)))
+    steps = [l for l in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    assert len(steps) == 4
