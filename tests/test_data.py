@@ -430,5 +430,15 @@ def test_load_examples_synthetic_splits():
     assert len(train) == 300 and len(evals) == 50
     assert not {ex.question for ex in train} & {ex.question for ex in evals}
     assert load_examples("icot_mult", n=3, seed=1) == make_examples("icot_mult", 3, 1)
-    with pytest.raises(ValueError, match="n_eval"):
-        load_examples("chain_sum", "train", n=10)
+    # without n_eval the train split leaves out the first 500 draws, the default eval split
+    default_train = load_examples("chain_sum", "train", n=200, seed=4, length=4)
+    default_eval = load_examples("chain_sum", "eval", n=500, seed=4, length=4)
+    assert not {ex.question for ex in default_train} & {ex.question for ex in default_eval}
+    with pytest.raises(ValueError, match="n_train"):
+        load_examples("chain_sum", "train", n_eval=10)
+
+
+def test_load_examples_n_and_seed_work_for_files_too():
+    path = str(FIXTURES / "icot_small.txt")
+    assert load_examples(path, split="train", n=2, seed=3) == load_icot(path)[:2]
+    assert len(load_examples(str(FIXTURES / "prosqa_small.json"), n=10)) == 2

@@ -71,6 +71,7 @@ def evaluate(
     delimiter: str = "####",
     seed: int = 0,
     num_samples_to_keep: int = 3,
+    prompt_text: Callable[[dict[str, Any]], str] = lambda row: row["prompt"],
 ) -> EvalResult:
     """Greedy Pass@1 (operator noise off) and, if k > 0, Pass@k from k sampled completions (noise on)."""
     rows = _rows(data)
@@ -84,7 +85,7 @@ def evaluate(
     def run(batch_rows: list[dict[str, Any]], sampling: SamplingParams, deterministic: bool):
         if operator is not None:
             operator.set_eval_mode(deterministic)
-        ids, mask = left_pad([tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in batch_rows],
+        ids, mask = left_pad([tok(prompt_text(r), add_special_tokens=False)["input_ids"] for r in batch_rows],
                              tok.pad_token_id, device=model.device)
         ro = generate_rollout(model, ids, mask, sampling, operator, schedule, gen)
         texts = decode_completions(model, ro)

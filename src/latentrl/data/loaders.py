@@ -240,6 +240,7 @@ def load_table(path: PathLikeStr, **fields: Any) -> list[Example]:
 # ---------------------------------------------------------------------------------------------------------------
 
 _FIELD_KEYS = ("question_field", "answer_field", "steps_field", "spaced_punctuation")
+DEFAULT_N_EVAL = 500  # eval questions a synthetic train split leaves out when n_eval is not given
 _EVAL_SPLITS = ("eval", "validation", "valid", "test")
 _FILE_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet", ".csv")
 
@@ -248,26 +249,34 @@ def load_examples(source: PathLikeStr, split: str | None = None, **kw: Any) -> l
     """Examples from a synthetic task name, a local file or directory, or a hub dataset id.
 
     - Task name (`icot_mult`, `chain_sum`, `prosqa_like`): `n=` examples from `seed=` (default 0) with difficulty
-      knobs as keywords. With `split="train"`, `n_train=` (or `n=`) examples disjoint from the eval split of
-      `n_eval=` examples; with `split="eval"` (or validation/valid/test) those `n_eval=` (or `n=`) examples.
+      knobs as keywords. The eval split (`split="eval"`, or validation/valid/test) is the first `n_eval=` (or `n=`)
+      draws of the seed; the train split (`split="train"`) is `n_train=` (or `n=`) further draws whose questions
+      are not among the first `n_eval` (default 500), so train and eval never share a question.
     - File: `.txt` iCoT lines, `.json` Coconut list, `.jsonl`/`.parquet`/`.csv` rows with `question_field`,
       `answer_field`, `steps_field` (defaults question/answer/steps). A directory with `split` given is searched
       for `{split}.{txt,json,jsonl,parquet,csv}`, else handed to `datasets.load_dataset`.
     - Anything else: `datasets.load_dataset(source, config_name, split=split or "train")` with the same columns.
+
+    For files and hub datasets `n=` keeps the first `n` examples and `seed=` is ignored (rows are read in order),
+    so one call works for every kind of source.
     """
     source = os.fspath(source)
     if source in TASKS:
         return _load_synthetic(source, split, **kw)
+    n = kw.pop("n", None)
+    kw.pop("seed", None)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ValueError(f"n must be a non-negative int or None, got {n!r}")
     path = Path(source).expanduser()
     if path.is_dir():
-        if split is not None:
-            for suffix in _FILE_SUFFIXES:
-                if (path / f"{split}{suffix}").is_file():
-                    return _load_file(path / f"{split}{suffix}", **kw)
-        return _load_with_datasets(str(path), split, **kw)
-    if path.suffix.lower() in _FILE_SUFFIXES or path.exists():
-        return _load_file(path, **kw)
-    return _load_with_datasets(source, split, **kw)
+        candidates = [path / f"{split}{suffix}" for suffix in _FILE_SUFFIXES] if split else []
+        file = next((c for c in candidates if c.is_file()), None)
+        examples = _load_file(file, **kw) if file else _load_with_datasets(str(path), split, **kw)
+    elif path.suffix.lower() in _FILE_SUFFIXES or path.exists():
+        examples = _load_file(path, **kw)
+    else:
+        examples = _load_with_datasets(source, split, **kw)
+    return examples if n is None else examples[:n]
 
 
 def _load_synthetic(
@@ -286,10 +295,10 @@ def _load_synthetic(
         return make_examples(task, n, seed, **knobs)
     if split == "train":
         count = n_train if n_train is not None else n
-        if count is None or n_eval is None:
-            raise ValueError(f"load_examples({task!r}, 'train') needs n_train= (or n=) and n_eval= so that the "
-                             "train split can exclude the eval questions")
-        return train_eval_split(task, count, n_eval, seed, **knobs)[0]
+        if count is None:
+            raise ValueError(f"load_examples({task!r}, 'train') needs n_train= (or n=)")
+        n_excluded = DEFAULT_N_EVAL if n_eval is None else n_eval
+        return train_eval_split(task, count, n_excluded, seed, **knobs)[0]
     if split in _EVAL_SPLITS:
         count = n_eval if n_eval is not None else n
         if count is None:

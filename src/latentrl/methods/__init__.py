@@ -1,6 +1,13 @@
-"""Method presets. Importing this package registers every built-in method."""
+"""Method presets. Every module in this package is imported here, so a new method file that decorates its class
+with `@register_method` joins the registry (and `latentrl bench`) without editing this file."""
+
+import importlib
+import pkgutil
 
 from latentrl.methods.base import METHODS, Method, get_method, register_method
-from latentrl.methods import grpo  # noqa: F401  (registers)
+
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name != "base":
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = ["METHODS", "Method", "get_method", "register_method"]

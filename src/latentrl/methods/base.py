@@ -63,6 +63,10 @@ class Method:
             after_latent_ids=after,
         )
 
+    def prompt_text(self, row: dict[str, Any]) -> str:
+        """The prompt string fed to the model for a dataset row (Coconut appends `<|start-latent|>`)."""
+        return row["prompt"]
+
     def setup(self, trainer: Any) -> None:
         """Attach side modules (gates, value heads) before the optimizer is built."""
 

@@ -167,7 +167,7 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ generation and scoring
     def _tokenize_prompts(self, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.model.tokenizer
-        ids = [tok(r["prompt"], add_special_tokens=False)["input_ids"][-self.args.max_prompt_length:] for r in rows]
+        ids = [tok(self.method.prompt_text(r), add_special_tokens=False)["input_ids"][-self.args.max_prompt_length:] for r in rows]
         return left_pad(ids, tok.pad_token_id, device=self.model.device)
 
     @torch.no_grad()

@@ -342,7 +342,7 @@ def train_sft(
             scheduler.step()
             train_time += time.perf_counter() - t0
 
-            window["loss"] += float(loss)
+            window["loss"] += float(loss.detach())
             window["token_accuracy"] += float(stats["token_accuracy"])
             window["sequence_accuracy"] += float(stats["sequence_accuracy"])
             window["n"] += 1

@@ -1,21 +1,29 @@
-"""Thought operators: one file per way of forming a latent step. `build_thought_operator` is the registry."""
+"""Thought operators: one file per way of forming a latent step. `build_thought_operator` is the registry.
+
+Every module in this package is imported on first use, so a new operator file that decorates its class with
+`@register_thought_operator` joins the registry without editing this file.
+"""
 
 from __future__ import annotations
 
-from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
-from latentrl.thoughts.hidden_state import HiddenStateThought
-from latentrl.thoughts.soft_mixture import SoftMixtureThought
+import importlib
+import pkgutil
 
-THOUGHT_OPERATORS: dict[str, type[ThoughtOperator]] = {
-    HiddenStateThought.name: HiddenStateThought,
-    SoftMixtureThought.name: SoftMixtureThought,
-}
+from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
+
+THOUGHT_OPERATORS: dict[str, type[ThoughtOperator]] = {}
 
 
 def register_thought_operator(cls: type[ThoughtOperator]) -> type[ThoughtOperator]:
-    """Class decorator: methods added later join the registry by name."""
+    """Class decorator: add an operator to the registry under `cls.name`."""
     THOUGHT_OPERATORS[cls.name] = cls
     return cls
+
+
+def _import_all() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
 
 
 def build_thought_operator(name: str, **kwargs) -> ThoughtOperator:
@@ -24,7 +32,9 @@ def build_thought_operator(name: str, **kwargs) -> ThoughtOperator:
     return THOUGHT_OPERATORS[name](**kwargs)
 
 
+_import_all()
+
 __all__ = [
-    "Payload", "PayloadSpec", "ThoughtOperator", "ThoughtStep", "HiddenStateThought", "SoftMixtureThought",
-    "THOUGHT_OPERATORS", "register_thought_operator", "build_thought_operator",
+    "Payload", "PayloadSpec", "ThoughtOperator", "ThoughtStep", "THOUGHT_OPERATORS", "register_thought_operator",
+    "build_thought_operator",
 ]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import torch
 
+from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
 
+@register_thought_operator
 class HiddenStateThought(ThoughtOperator):
     name = "hidden_state"
     stochastic = False

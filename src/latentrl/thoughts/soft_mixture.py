@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
 
+@register_thought_operator
 class SoftMixtureThought(ThoughtOperator):
     name = "soft_mixture"
     stochastic = False

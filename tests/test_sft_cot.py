@@ -1,0 +1,173 @@
+"""CoT / no-CoT SFT: loss masking, hand-computed CE, learning on a tiny set, determinism, config checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from latentrl.config import ConfigError, load_config
+from latentrl.data import Example, format_cot, format_no_cot, format_prompt, make_examples
+from latentrl.logger import read_metrics
+from latentrl.sft.cot import (
+    IGNORE_INDEX,
+    CoTSFTConfig,
+    build_sft_batch,
+    encode_examples,
+    lr_lambda,
+    masked_lm_loss,
+    train_sft,
+)
+from latentrl.testing import tiny_latent_model
+
+EXAMPLES = [Example("3 5 2", ["<< 3 + 5 = 8 >>", "<< 8 + 2 = 0 >>"], "0"), Example("7 1", ["<< 7 + 1 = 8 >>"], "8")]
+
+
+def tiny_sum_data(n=8, seed=0):
+    return make_examples("chain_sum", n, seed, length=3)
+
+
+def quiet(**kw):
+    kw.setdefault("disable_tqdm", True)
+    kw.setdefault("eval_steps", 0)
+    kw.setdefault("logging_steps", 1)
+    return CoTSFTConfig(**kw)
+
+
+# ------------------------------------------------------------------------------------------------ batches & loss
+@pytest.mark.parametrize("mode", ["cot", "no_cot"])
+def test_batch_labels_cover_exactly_the_target_and_eos(mode):
+    lm = tiny_latent_model("qwen2")
+    tok = lm.tokenizer
+    enc = encode_examples(tok, EXAMPLES, mode)
+    batch = build_sft_batch(enc, tok.pad_token_id)
+    fmt = format_cot if mode == "cot" else format_no_cot
+    for i, ex in enumerate(EXAMPLES):
+        p = tok(format_prompt(ex), add_special_tokens=False)["input_ids"]
+        t = tok(fmt(ex), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        n = len(p) + len(t)
+        assert batch["input_ids"][i, :n].tolist() == p + t  # right-padded: text starts at position 0
+        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (batch["input_ids"].shape[1] - n)
+        labels = batch["labels"][i].tolist()
+        assert labels[: len(p)] == [IGNORE_INDEX] * len(p)
+        assert labels[len(p) : n] == t
+        assert set(labels[n:]) <= {IGNORE_INDEX}
+        assert tok.decode(t[:-1]).split() == fmt(ex).split()
+
+
+def test_masked_loss_equals_hand_computed_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5)
+    labels = torch.tensor([[-100, -100, 3, 1], [-100, 2, -100, -100]])
+    loss, stats = masked_lm_loss(logits, labels)
+    # logits[:, j] predicts labels[:, j + 1]; the target tokens are (row 0, 2), (row 0, 3), (row 1, 1)
+    terms = []
+    for b, j in [(0, 2), (0, 3), (1, 1)]:
+        row = logits[b, j - 1]
+        terms.append(-(row[labels[b, j]] - math.log(sum(math.exp(v) for v in row.tolist()))))
+    assert loss.item() == pytest.approx(sum(terms) / 3, rel=1e-6)
+    assert stats["num_tokens"].item() == 3
+
+
+def test_loss_ignores_prompt_positions():
+    lm = tiny_latent_model("qwen2", seed=1)
+    tok = lm.tokenizer
+    batch = build_sft_batch(encode_examples(tok, EXAMPLES, "cot"), tok.pad_token_id)
+    logits = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.detach()
+    logits.requires_grad_(True)
+    loss, _ = masked_lm_loss(logits, batch["labels"])
+    loss.backward()
+    # position j's logits are scored only if labels[j + 1] is a target token
+    scored = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    scored[:, :-1] = batch["labels"][:, 1:] != IGNORE_INDEX
+    grad_norm = logits.grad.abs().sum(-1)
+    assert (grad_norm[~scored] == 0).all()
+    assert (grad_norm[scored] > 0).all()
+    # changing what the model predicts at prompt/padding positions does not change the loss
+    noisy = logits.detach().clone()
+    noisy[~scored] += 10 * torch.randn_like(noisy[~scored])
+    assert masked_lm_loss(noisy, batch["labels"])[0].item() == pytest.approx(loss.item(), abs=1e-6)
+    # and the loss equals HF's built-in loss with the prompt labels set to -100
+    hf = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    assert hf.item() == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_encode_rejects_unknown_words_and_long_examples():
+    lm = tiny_latent_model("qwen2")
+    with pytest.raises(ValueError, match="does not know"):
+        encode_examples(lm.tokenizer, [Example("zebra 1", [], "1")], "cot")
+    with pytest.raises(ValueError, match="max_length"):
+        encode_examples(lm.tokenizer, EXAMPLES, "cot", max_length=5)
+    with pytest.raises(ValueError, match="unknown SFT mode"):
+        encode_examples(lm.tokenizer, EXAMPLES, "latent")
+
+
+def test_lr_schedules():
+    warm = lr_lambda("constant_with_warmup", 4, 20)
+    assert [warm(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cos = lr_lambda("cosine", 0, 10)
+    assert cos(0) == 1.0 and cos(5) == pytest.approx(0.5) and cos(10) == pytest.approx(0.0)
+    assert lr_lambda("constant", 4, 20)(0) == 1.0
+    assert lr_lambda("linear", 0, 10)(5) == pytest.approx(0.5)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="mode"):
+        CoTSFTConfig(mode="latent")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        CoTSFTConfig(learning_rate=0)
+    cfg = load_config(CoTSFTConfig, None, ["mode=no_cot", "max_steps=7", "lr_scheduler_type=cosine"])
+    assert (cfg.mode, cfg.max_steps, cfg.lr_scheduler_type) == ("no_cot", 7, "cosine")
+
+
+# ------------------------------------------------------------------------------------------------ training
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_sft_overfits_a_tiny_set(arch, tmp_path):
+    torch.set_num_threads(1)
+    data = tiny_sum_data(8)
+    lm = tiny_latent_model(arch, seed=0)
+    cfg = quiet(max_steps=80, per_device_train_batch_size=8, learning_rate=3e-3, warmup_steps=5, eval_steps=40,
+                output_dir=str(tmp_path), logging_steps=10)
+    hist = train_sft(cfg, lm, data, data[:4])
+    first, last = hist.train[0]["loss"], hist.train[-1]["loss"]
+    assert last < 0.25 * first
+    assert hist.train[-1]["token_accuracy"] > 0.9
+    assert [r["step"] for r in hist.eval] == [40, 80]
+    assert hist.final_eval is not None and hist.final_eval["n"] == 4
+    assert hist.final_eval["pass_at_1"] >= 0.75  # memorised: greedy decoding reproduces the chains
+    # metrics.jsonl holds the same records
+    recs = read_metrics(tmp_path)
+    assert [r["step"] for r in recs if "loss" in r] == [r["step"] for r in hist.train]
+    assert not lm.training  # handed back in eval mode
+
+
+def test_sft_is_deterministic_by_seed():
+    torch.set_num_threads(1)
+    data = tiny_sum_data(16)
+
+    def run(seed):
+        lm = tiny_latent_model("qwen2", seed=0)
+        hist = train_sft(quiet(max_steps=6, per_device_train_batch_size=4, seed=seed), lm, data)
+        return [r["loss"] for r in hist.train], {k: v.clone() for k, v in lm.model.state_dict().items()}
+
+    losses_a, weights_a = run(0)
+    losses_b, weights_b = run(0)
+    losses_c, _ = run(1)
+    assert losses_a == losses_b
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert losses_a != losses_c  # another seed, another data order
+
+
+def test_no_cot_mode_trains_on_the_answer_only():
+    torch.set_num_threads(1)
+    data = tiny_sum_data(8)
+    lm = tiny_latent_model("qwen2", seed=0)
+    tok = lm.tokenizer
+    hist = train_sft(quiet(mode="no_cot", max_steps=2, per_device_train_batch_size=8), lm, data, data[:2])
+    assert len(hist.train) == 2
+    enc = encode_examples(tok, data, "no_cot")
+    for (_, t), ex in zip(enc, data):
+        assert tok.decode(t, skip_special_tokens=True).split() == ["####", *ex.answer.split()]
+    # the no-CoT eval budget is the short target, not a CoT-sized one
+    assert hist.final_eval["mean_reasoning_positions"] <= max(len(t) for _, t in enc) + 8
