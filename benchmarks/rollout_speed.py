@@ -83,8 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mode", choices=MODES, default=None,
                    help="run ONE mode in this process (no subprocess, no table); prints its result JSON. "
                         "Use with --profile or under `python -m cProfile`.")
-    p.add_argument("--profile", choices=("cprofile", "torch"), default=None,
-                   help="with --mode: profile the timed runs and print the top entries")
+    p.add_argument("--profile", choices=("breakdown", "cprofile", "torch"), default=None,
+                   help="with --mode: profile the timed runs. breakdown: wall time per decode step split into model "
+                        "forward (HF mask creation, rotary, LM head, rest) / sampling / thought operator / loop "
+                        "bookkeeping; cprofile, torch: the top entries of those profilers")
     p.add_argument("--profile-top", type=int, default=40, help="rows of profile output")
     args = p.parse_args(argv)
     resolve_shape(args)
@@ -199,6 +201,7 @@ def make_runner(args: argparse.Namespace, mode: str, lm, ids, mask):
             raise RuntimeError(f"{mode}: rollout produced {tuple(r.completion_ids.shape)} / incomplete rows")
         if operator is not None and not bool(r.latent_mask.all()):
             raise RuntimeError(f"{mode}: not every position was latent")
+    run.operator = operator
     return run
 
 
@@ -230,6 +233,98 @@ def _timed(args, run) -> float:
     return time.perf_counter() - t0
 
 
+class Breakdown:
+    """Wall-clock attribution of one decode loop by wrapping its pieces (no source edits; timing wrappers only).
+
+    forward      = LatentModel.forward_embeds (rollout) or the HF CausalLM forward (generate); inside it:
+      mask       = transformers' create_causal_mask (2D padding mask -> 4D mask, every step)
+      rotary     = the backbone's rotary embedding module (cos/sin for the new positions)
+      lm_head    = the LM head (rollout only: generate's head is inside the CausalLM forward)
+    sampling     = latentrl.sampling.sample_tokens (rollout); for generate, everything outside forward
+    operator     = ThoughtOperator.step
+    bookkeeping  = the rest of generate_rollout (buffers, schedule, masks, where/cat, .any()/.all() checks)
+    """
+
+    def __init__(self, args, mode, lm, operator):
+        import importlib
+
+        self.args, self.mode, self.t = args, mode, {}
+        self.cuda = str(args.device).startswith("cuda")
+        self._undo = []
+        backbone = lm.backbone()
+        mod = importlib.import_module(type(backbone).__module__)
+        if hasattr(mod, "create_causal_mask"):
+            self._patch(mod, "create_causal_mask", "mask")
+        if hasattr(backbone, "rotary_emb"):
+            self._patch(backbone.rotary_emb, "forward", "rotary")
+        if mode == "generate":
+            self._patch(lm.model, "forward", "forward")
+        else:
+            import latentrl.rollout as rollout_mod
+
+            self._patch(lm, "forward_embeds", "forward")
+            self._patch(lm, "lm_head", "lm_head")
+            self._patch(rollout_mod, "sample_tokens", "sampling")
+            if operator is not None:
+                self._patch(operator, "step", "operator")
+
+    def _patch(self, obj, name, key):
+        orig = getattr(obj, name)
+        had_own = name in vars(obj)
+        clock = self._clock
+
+        def wrapper(*a, **kw):
+            t0 = clock()
+            try:
+                return orig(*a, **kw)
+            finally:
+                self.t[key] = self.t.get(key, 0.0) + clock() - t0
+
+        setattr(obj, name, wrapper)
+        self._undo.append((obj, name, orig, had_own))
+
+    def _clock(self):
+        if self.cuda:
+            import torch
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def reset(self):
+        self.t = {}
+
+    def restore(self):
+        for obj, name, orig, had_own in reversed(self._undo):
+            if had_own:
+                setattr(obj, name, orig)
+            else:
+                delattr(obj, name)
+
+    def report(self, total_s: float, runs: int) -> dict:
+        steps = runs * self.args.new  # forwards = prefill + (new - 1) decode steps per run
+        t = dict(self.t)
+        fwd = t.get("forward", 0.0)
+        parts = {
+            "forward: mask creation": t.get("mask", 0.0),
+            "forward: rotary": t.get("rotary", 0.0),
+            "forward: lm_head": t.get("lm_head", 0.0),
+            "forward: rest (layers)": fwd - t.get("mask", 0.0) - t.get("rotary", 0.0) - t.get("lm_head", 0.0),
+        }
+        if self.mode == "generate":
+            parts["generate loop (sampling, processors, kwargs)"] = total_s - fwd
+        else:
+            parts["sampling (sample_tokens)"] = t.get("sampling", 0.0)
+            parts["operator.step"] = t.get("operator", 0.0)
+            parts["bookkeeping (rest of generate_rollout)"] = (
+                total_s - fwd - t.get("sampling", 0.0) - t.get("operator", 0.0))
+        print(f"\n==== breakdown of {runs} timed run(s), mode={self.mode}: "
+              f"{1e3 * total_s / steps:.3f} ms per position ====")
+        print(f"{'part':<48}{'ms/step':>10}{'share':>8}")
+        print(f"{'forward (total)':<48}{1e3 * fwd / steps:>10.3f}{100 * fwd / total_s:>7.1f}%")
+        for name, v in parts.items():
+            print(f"{name:<48}{1e3 * v / steps:>10.3f}{100 * v / total_s:>7.1f}%")
+        return {k: round(1e3 * v / steps, 4) for k, v in {"forward": fwd, **parts}.items()}
+
+
 def run_mode(args: argparse.Namespace, mode: str) -> dict:
     """One mode in this process: build, warm up, time `--repeats` runs, report peak memory.
 
@@ -242,6 +337,9 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
     cuda = str(args.device).startswith("cuda")
     lm, ids, mask = build(args)
     run = make_runner(args, mode, lm, ids, mask)
+    breakdown = None
+    if args.profile == "breakdown":
+        breakdown = Breakdown(args, mode, lm, getattr(run, "operator", None))
     _sync(args)
     rss_before = current_rss_mb()
     for _ in range(args.warmup):
@@ -251,6 +349,8 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
 
     profiler = None
+    if breakdown is not None:
+        breakdown.reset()
     if args.profile == "cprofile":
         import cProfile
         profiler = cProfile.Profile()
@@ -263,6 +363,9 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
 
     times = [_timed(args, run) for _ in range(args.repeats)]
 
+    if breakdown is not None:
+        breakdown.report(sum(times), len(times))
+        breakdown.restore()
     if args.profile == "cprofile":
         import pstats
         profiler.disable()

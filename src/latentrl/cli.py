@@ -54,6 +54,46 @@ def cmd_train(ns: argparse.Namespace) -> int:
     return 0
 
 
+@command("demo", "the embedded default: RL on the shipped small model, before/after table, curves (minutes, CPU)")
+def cmd_demo(ns: argparse.Namespace) -> int:
+    from latentrl.demo import run_demo
+
+    run_demo(method=ns.method, steps=ns.steps, num_eval=ns.num_eval, out_dir=ns.out, seed=ns.seed, overrides=ns.overrides)
+    return 0
+
+
+def _add_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", default="grpo", help="registered method to run (default: grpo)")
+    p.add_argument("--steps", type=int, default=30, help="RL optimizer steps (default: 30)")
+    p.add_argument("--num-eval", type=int, default=200, help="evaluation problems from the real iCoT 4x4 file")
+    p.add_argument("--out", default=None, help="run folder (default: runs/demo-<method>-<time>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+
+
+@command("bench", "every registered method on the CPU suite, same budget and seed: results.json/.md + plot")
+def cmd_bench(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from latentrl.bench import run_bench
+
+    rows = run_bench(Path(ns.out), quick=ns.quick, methods=ns.methods.split(",") if ns.methods else None,
+                     tasks=ns.tasks.split(",") if ns.tasks else None, seed=ns.seed, k=ns.k, num_eval=ns.num_eval)
+    print((Path(ns.out) / "results.md").read_text())
+    print(f"{len(rows)} rows written to {ns.out}/results.json")
+    return 0
+
+
+def _add_bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder for results.json, results.md and plots")
+    p.add_argument("--quick", action="store_true", help="short runs and 100 eval problems (< 15 min on 2 cores)")
+    p.add_argument("--methods", default=None, help="comma-separated subset of registered methods")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of suite tasks")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=4, help="k of Pass@k")
+    p.add_argument("--num-eval", type=int, default=None, help="evaluation problems (default 100 quick / 1000 full)")
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
@@ -77,7 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-ARG_BUILDERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {"train": _add_train_args}
+ARG_BUILDERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "train": _add_train_args, "demo": _add_demo_args, "bench": _add_bench_args,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

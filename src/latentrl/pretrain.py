@@ -111,8 +111,15 @@ class PretrainConfig(BaseConfig):
         None, "Use only the first this-many problems of the real file; null = all of them.", min=1
     )
     real_eval_slice: int = cfg_field(
-        50, "Also record Pass@1 on the first this-many real problems (what the shipped-checkpoint test re-checks).",
+        50,
+        "Also record Pass@1 on the first this-many real and held-out generated problems (what the shipped-checkpoint "
+        "test re-checks); 0 skips it.",
         min=0,
+    )
+    extra_evals: dict[str, dict[str, Any]] = cfg_field(
+        {},
+        "More generated eval splits, by name: difficulty knobs overriding `difficulty` (e.g. {long: {length: 12}} "
+        "for longer chains than trained on); each gives eval_<name> with num_eval_examples problems.",
     )
     num_threads: int | None = cfg_field(
         1,
@@ -320,7 +327,7 @@ def plot_comparison(run_dirs: dict[str, Path], out_png: Path, title: str) -> Pat
 def pretrain(config: PretrainConfig, *, command: str | None = None) -> dict[str, Any]:
     """Train and evaluate the base models of `config`; returns (and writes) the results dict."""
     from latentrl.checkpoint import atomic_write_json
-    from latentrl.data import load_icot, train_eval_split
+    from latentrl.data import load_icot, make_examples, train_eval_split
     from latentrl.logger import plot_metrics
 
     cfg = config
@@ -337,6 +344,10 @@ def pretrain(config: PretrainConfig, *, command: str | None = None) -> dict[str,
         exclude=[ex.question for ex in real], **cfg.difficulty,
     )
     during = held_out[: cfg.num_eval_during_training]
+    extra = {
+        name: make_examples(cfg.task, cfg.num_eval_examples, cfg.seed + 1, **{**cfg.difficulty, **knobs})
+        for name, knobs in cfg.extra_evals.items()
+    }
 
     results: dict[str, Any] = {
         "task": cfg.task,
@@ -364,6 +375,7 @@ def pretrain(config: PretrainConfig, *, command: str | None = None) -> dict[str,
             (run_dir / "metrics.jsonl").unlink()  # a fresh run, not an append to an old one
         model = build_base_model(cfg)
         budget = sft_cfg.max_new_positions or _budget(model, list(train[:2000]) + list(held_out) + list(real), mode)
+        budget_extra = {name: _budget(model, exs, mode) for name, exs in extra.items()}
         sft_cfg = dataclasses.replace(sft_cfg, max_new_positions=budget)
         history: SFTHistory = train_sft(sft_cfg, model, train, during)
 
@@ -379,14 +391,18 @@ def pretrain(config: PretrainConfig, *, command: str | None = None) -> dict[str,
             "final_token_accuracy": history.train[-1]["token_accuracy"] if history.train else None,
             "max_new_positions": budget,
         }
-        if held_out:
-            entry["eval_generated"] = _eval(model, held_out, budget, sft_cfg.eval_batch_size)
-        if real:
-            entry["eval_real"] = _eval(model, real, budget, sft_cfg.eval_batch_size)
+        bs = sft_cfg.eval_batch_size
+        for split, exs in (("generated", held_out), ("real", real)):
+            if not exs:
+                continue
+            entry[f"eval_{split}"] = _eval(model, exs, budget, bs)
             if cfg.real_eval_slice:
-                sl = _eval(model, real[: cfg.real_eval_slice], budget, sft_cfg.eval_batch_size)
+                sl = _eval(model, exs[: cfg.real_eval_slice], budget, bs)
                 sl.pop("samples")
-                entry["eval_real_slice"] = sl
+                entry[f"eval_{split}_slice"] = sl
+        for name, exs in extra.items():
+            entry[f"eval_{name}"] = {"difficulty": {**cfg.difficulty, **cfg.extra_evals[name]},
+                                     **_eval(model, exs, budget_extra[name], bs)}
         entry["wall_s"] = round(history.wall_s, 1)
 
         model.save_pretrained(run_dir)
@@ -396,7 +412,7 @@ def pretrain(config: PretrainConfig, *, command: str | None = None) -> dict[str,
             "command": command,
         }
         atomic_write_json(run_dir / TRAINING_ARGS_FILE, args)
-        atomic_write_json(run_dir / RESULTS_FILE, {"task": cfg.task, "difficulty": dict(cfg.difficulty),
+        atomic_write_json(run_dir / RESULTS_FILE, {"task": cfg.task, "difficulty": dict(cfg.difficulty), "seed": cfg.seed,
                                                   "real_eval_file": results["real_eval_file"], **entry})
         keys = ["loss", "token_accuracy", "eval/pass_at_1", "eval/mean_reasoning_positions"]
         plot_metrics(run_dir / "metrics.jsonl", run_dir / CURVES_FILE, keys,
@@ -407,8 +423,8 @@ def pretrain(config: PretrainConfig, *, command: str | None = None) -> dict[str,
 
     models = results["models"]
     if "cot" in models and "no_cot" in models:
-        for split in ("eval_generated", "eval_real"):
-            if split in models["cot"]:
+        for split in [k for k in models["cot"] if k.startswith("eval_") and not k.endswith("_slice")]:
+            if split in models["no_cot"]:
                 results[f"cot_minus_no_cot_{split}"] = (
                     models["cot"][split]["pass_at_1"] - models["no_cot"][split]["pass_at_1"]
                 )
@@ -431,10 +447,9 @@ def _summary(results: dict[str, Any]) -> str:
     lines = [f"{results['name']} ({results['task']} {results['difficulty']}), {results['wall_s']} s"]
     for mode, e in results["models"].items():
         parts = [f"{mode:>6}: {e['steps']} steps, train {e['train_wall_s']} s"]
-        for split in ("eval_generated", "eval_real"):
-            if split in e:
-                parts.append(f"{split.removeprefix('eval_')} Pass@1 {e[split]['pass_at_1']:.3f} "
-                             f"(n={e[split]['n']}, {e[split]['mean_reasoning_positions']:.1f} reasoning positions)")
+        for split in [k for k in e if k.startswith("eval_") and not k.endswith("_slice")]:
+            parts.append(f"{split.removeprefix('eval_')} Pass@1 {e[split]['pass_at_1']:.3f} "
+                         f"(n={e[split]['n']}, {e[split]['mean_reasoning_positions']:.1f} reasoning positions)")
         lines.append(", ".join(parts))
     return "\n".join(lines)
 

@@ -1,0 +1,39 @@
+"""Checkpoints shipped with latentrl: small from-scratch base models, so demos and benchmarks start in seconds.
+
+Each folder under `models/` is a `save_pretrained` folder (model, word tokenizer, Coconut latent tokens) with the
+`training_args.json` and `results.json` of the `latentrl pretrain` run that produced it (the exact command is in
+both). `<task>-cot` is the chain-of-thought SFT model (the RL starting point), `<task>-nocot` the no-CoT baseline.
+
+    from latentrl.assets import model_path
+    model = LatentModel.from_pretrained(model_path("icot_mult_4x4-cot"))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["MODELS_DIR", "DEFAULT_MODEL", "available_models", "model_path"]
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_MODEL = "icot_mult_4x4-cot"
+"""The RL starting point of the CPU demo and benchmark (see docs/benchmarks.md, "Base models")."""
+
+
+def available_models() -> list[str]:
+    """Names of the shipped checkpoints (folders with a config.json), sorted."""
+    if not MODELS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def model_path(name: str = DEFAULT_MODEL) -> Path:
+    """The folder of the shipped checkpoint `name`, for `LatentModel.from_pretrained`.
+
+    Raises FileNotFoundError naming the available checkpoints when there is no such model.
+    """
+    path = MODELS_DIR / name
+    if not (path / "config.json").is_file():
+        names = available_models()
+        listing = ", ".join(names) if names else "none (the package was installed without its assets)"
+        raise FileNotFoundError(f"no shipped model {name!r} in {MODELS_DIR}; available models: {listing}")
+    return path

@@ -1,0 +1,186 @@
+"""HRPO — hybrid latent reasoning via RL with a learnable gate (Yue et al. 2025, arXiv 2505.18454).
+
+Until the answer delimiter (`####`) appears in a row's completion, every position is a sampled token whose input
+embedding is the gated mix of its embedding and the projected hidden state (`thoughts/hrpo_gate.py`); prompt and
+answer positions are plain token embeddings. The gate is a side module of the model (saved with checkpoints) with
+its own learning rates. The loss is the ordinary GRPO family one: the authors' on-policy REINFORCE
+(`policy_loss=reinforce`, `loss_type=grpo`, one update per batch) or our clipped surrogate, plus a k3 KL to the base
+model run on plain token ids. Ablations from the paper: `hrpo_raw_hidden` and `hrpo_no_gate`. See
+docs/methods/hrpo.md.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, ClassVar
+
+import torch
+
+from latentrl.config import ConfigError
+from latentrl.methods.base import Method, register_method, text_ids
+from latentrl.replay import replay
+from latentrl.rollout import Rollout, ThinkingSchedule, decode_completions
+from latentrl.thoughts.hrpo_gate import GATE_NAME, HRPOGate, HRPOGateThought, ensure_gate
+
+DEFAULT_DELIMITER = "####"
+#: learning rates of the gate when `GRPOConfig` has no field for them (the paper's values)
+DEFAULT_GATE_LR = 1e-4
+DEFAULT_LAMBDA_LR = 1e-3
+
+
+def contains_ids(ids: torch.Tensor, mask: torch.Tensor, seq: list[int] | None) -> torch.Tensor:
+    """(B,) bool: the id sequence `seq` occurs within the generated positions of each row."""
+    B, C = ids.shape
+    if not seq or C < len(seq):
+        return torch.zeros(B, dtype=torch.bool, device=ids.device)
+    d = torch.as_tensor(seq, device=ids.device)
+    windows = ids.unfold(1, len(seq), 1)  # (B, C-L+1, L)
+    valid = mask.unfold(1, len(seq), 1).all(-1)
+    return ((windows == d).all(-1) & valid).any(-1)
+
+
+@register_method
+class HRPO(Method):
+    name = "hrpo"
+    description = "HRPO: gated hybrid of sampled-token embeddings and projected hidden states until '####' (Yue et al. 2025)"
+    init = "cot_sft"
+    #: operator mode (see `thoughts/hrpo_gate.py`); the ablations below change only this
+    mode: ClassVar[str] = "gate"
+    defaults: ClassVar[dict[str, Any]] = {
+        "latent.operator": "hrpo_gate", "latent.answer_delimiter": DEFAULT_DELIMITER, "temperature": 0.5,
+        "latent.latent_temperature": 0.5, "beta": 0.005, "policy_loss": "reinforce", "loss_type": "grpo",
+        "num_iterations": 1, "weight_decay": 0.1, "max_grad_norm": 0.1, "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.1,
+    }
+
+    def __init__(self) -> None:
+        self.args: Any = None  # the trainer's GRPOConfig, set by `setup`
+
+    # ------------------------------------------------------------------ model pieces
+    def setup(self, trainer: Any) -> None:
+        self.args = a = trainer.args
+        lat = a.latent
+        if lat.operator not in ("none", "hrpo_gate"):
+            raise ConfigError(f"method {self.name!r} uses the hrpo_gate operator; set latent.operator=hrpo_gate "
+                              f"(or leave it 'none'), got {lat.operator!r}")
+        if lat.num_latent_steps is not None or lat.end_of_thinking_token or lat.after_latent_tokens:
+            raise ConfigError(f"method {self.name!r}: the hybrid span ends at latent.answer_delimiter; "
+                              "latent.num_latent_steps, latent.end_of_thinking_token and latent.after_latent_tokens "
+                              "must be unset")
+        if lat.latent_temperature != a.temperature:
+            warnings.warn(f"{self.name}: hybrid (thinking) tokens are sampled at latent.latent_temperature="
+                          f"{lat.latent_temperature} but answer tokens at temperature={a.temperature}; HRPO uses one "
+                          "temperature (0.5) for both", stacklevel=2)
+        if lat.max_latent_steps < a.max_completion_length:
+            warnings.warn(f"{self.name}: latent.max_latent_steps={lat.max_latent_steps} < max_completion_length="
+                          f"{a.max_completion_length}: hybrid inputs stop after {lat.max_latent_steps} positions even "
+                          "before the answer delimiter (HRPO has no such cap)", stacklevel=2)
+        if self.mode == "gate":
+            ensure_gate(trainer.model, lat.gate_c, lat.gate_r_min, lat.gate_r_max)
+
+    def loss_temperature(self, latent) -> float:
+        a = self.args
+        if a is None:  # built without a trainer: score where we sample
+            return latent.latent_temperature
+        return a.loss_temperature if a.loss_temperature is not None else a.temperature
+
+    def build_operator(self, latent, model) -> HRPOGateThought:
+        a = self.args
+        return HRPOGateThought(
+            latent, mode=self.mode, temperature=latent.latent_temperature,
+            logprob_temperature=self.loss_temperature(latent),
+            top_k=(a.top_k or None) if a is not None else None,
+            top_p=(a.top_p if a.top_p < 1.0 else None) if a is not None else None,
+        )
+
+    def build_schedule(self, latent, model) -> ThinkingSchedule:
+        return ThinkingSchedule(
+            delimiter_ids=text_ids(model, latent.answer_delimiter or DEFAULT_DELIMITER),
+            max_latent_steps=latent.max_latent_steps,
+        )
+
+    def param_groups(self, trainer: Any) -> list[dict[str, Any]]:
+        """LM at `learning_rate`; gate linears at `gate_learning_rate` (1e-4); Lambda at `lambda_learning_rate`
+        (1e-3). Weight decay applies to every group, as in the authors' optimizer patch."""
+        a = trainer.args
+        gate = trainer.model.side_modules[GATE_NAME] if GATE_NAME in trainer.model.side_modules else None
+        gate_ids = {id(p) for p in gate.parameters()} if gate is not None else set()
+        lm = [p for p in trainer.model.parameters() if p.requires_grad and id(p) not in gate_ids]
+        groups = [{"params": lm, "lr": a.learning_rate}]
+        if gate is not None:
+            linears = [p for p in (*gate.gate_r.parameters(), *gate.gate_i.parameters()) if p.requires_grad]
+            groups.append({"params": linears, "lr": float(getattr(a, "gate_learning_rate", DEFAULT_GATE_LR))})
+            if gate.Lambda.requires_grad:
+                groups.append({"params": [gate.Lambda], "lr": float(getattr(a, "lambda_learning_rate", DEFAULT_LAMBDA_LR))})
+        return [g for g in groups if g["params"]]
+
+    # ------------------------------------------------------------------ rollouts, rewards, KL
+    def compute_advantages(self, trainer: Any, batch) -> torch.Tensor:
+        rescore_with_hybrid_tokens(trainer, batch)
+        return super().compute_advantages(trainer, batch)
+
+    def reference_logprobs(self, trainer: Any, batch) -> torch.Tensor:
+        """KL reference: the base model on the plain token ids (no operator, no gate), at the loss temperature."""
+        ro: Rollout = batch.rollout
+        n = trainer.args.per_device_train_batch_size
+        out = []
+        for s in range(0, ro.batch_size, n):
+            part = ro.select(torch.arange(s, min(s + n, ro.batch_size), device=ro.completion_ids.device))
+            out.append(replay(trainer.ref_model, None, part, temperature=trainer.loss_temperature,
+                              compute_entropy=False).logprobs)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def rollout_metrics(self, trainer: Any, batch) -> dict[str, float]:
+        ro: Rollout = batch.rollout
+        done = ro.completion_mask
+        lat = ro.latent_mask & done
+        delim = text_ids(trainer.model, trainer.args.latent.answer_delimiter or DEFAULT_DELIMITER)
+        m = {
+            "hrpo/thinking_ratio": (lat.sum() / done.sum().clamp_min(1)).item(),
+            "hrpo/delimiter_frac": contains_ids(ro.completion_ids, done, delim).float().mean().item(),
+        }
+        if self.mode == "gate" and bool(lat.any()):
+            m.update(gate_metrics(trainer.model.side_modules[GATE_NAME], trainer.model.embed(ro.completion_ids[lat])))
+        return m
+
+
+def gate_metrics(gate: HRPOGate, token_embeds: torch.Tensor) -> dict[str, float]:
+    """Mean a (`embeds_ratio`, weight of the token embedding) and mean sqrt(1 - a^2) (`hidden_ratio`, weight of
+    the hidden state) over the given thinking positions and all dimensions."""
+    a = gate.decay(token_embeds)
+    return {"embeds_ratio": a.mean().item(), "hidden_ratio": torch.sqrt(1.0 - a.pow(2) + 1e-8).mean().item()}
+
+
+def rescore_with_hybrid_tokens(trainer: Any, batch) -> None:
+    """Re-score a batch whose completion texts left out the hybrid positions.
+
+    HRPO's thinking positions are real sampled words (the `####` itself is one), but the trainer decodes with
+    `skip_latent=True`. Until it asks the operator (`emits_tokens`), re-decode with every position and recompute
+    the rewards here; a no-op once the trainer decodes hybrid tokens itself. (`per_func_rewards` is assigned by the
+    trainer after this hook, so `rewards/<func>/mean` still shows the first scoring; `reward` is right.)
+    """
+    from latentrl.rewards import compute_rewards
+
+    texts = decode_completions(trainer.model, batch.rollout, skip_latent=False)
+    if texts == batch.completions:
+        return
+    rows = batch.rows
+    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
+    _, rewards = compute_rewards(trainer.reward_funcs, [r["prompt"] for r in rows], texts, columns,
+                                 trainer.args.reward_weights)
+    batch.completions, batch.rewards = texts, rewards.to(batch.rewards.device)
+
+
+@register_method
+class HRPORawHidden(HRPO):
+    name = "hrpo_raw_hidden"
+    description = "HRPO ablation: the raw last hidden state is the next input while thinking (paper: reward -> 0)"
+    mode = "raw_hidden"
+
+
+@register_method
+class HRPONoGate(HRPO):
+    name = "hrpo_no_gate"
+    description = "HRPO ablation: the projected state E^T p/||p|| alone is the next input while thinking (no gate)"
+    mode = "interpolation"

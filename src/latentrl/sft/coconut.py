@@ -1,0 +1,817 @@
+"""Coconut: curriculum SFT of continuous thoughts (Hao et al. 2024, arXiv 2412.06769), and LatR's no-BPTT variant.
+
+A *continuous thought* is the last-layer hidden state (post final norm) of the previous position, fed back as the
+next input embedding. Training follows a curriculum over the reasoning steps of each example:
+
+    stage 0   question || <|start-latent|> <|end-latent|> s1 s2 s3 #### answer <eos>
+    stage k   question || <|start-latent|> [k*c x <|latent|>] <|end-latent|> s(k+1) ... #### answer <eos>
+    stage > max_latent_stage: every language step is dropped (max_latent_stage*c thoughts with pad_latent_to_max)
+
+The loss is the mean next-token cross-entropy over the remaining steps, the answer and eos (question, thoughts and
+both markers are masked), as in the authors' `dataset.py`. Stage 0 keeps the two (empty) markers, as the reference
+code does, so a stage-0 model is already prompted the way later stages are.
+
+**KV-cached multi-pass forward** (`coconut_forward`). With n thoughts the sequence needs n+1 sequential forwards:
+the first runs the prefix up to the first thought, each of the next n-1 runs a single column (whose input is the
+hidden state just produced), the last runs the rest. Every pass reuses the KV cache of the earlier ones and keeps
+the autograd graph, so gradients flow through every thought (back-propagation through time, BPTT).
+
+Batching different thought counts: rows are **left-padded so the first thought of every row sits in the same
+column** `latent_start` (position ids restart at 0 after the padding, which is masked). Row i's thoughts then fill
+columns `latent_start .. latent_start + n_i - 1`; pass p fills column `latent_start + p` for the rows that still
+have a thought there and is an ordinary token column for the others. Right padding completes the batch. This is
+the scheme of the authors' collator, with the KV cache kept across passes (the reference truncates and recomputes).
+
+**No-BPTT variant** (`bptt: false`; Özeren & Aßenmacher's LatR, arXiv 2512.11816): the thoughts are computed with
+the same KV-cached passes under `torch.no_grad()`, inserted as constants, and one ordinary full forward gives the
+cross-entropy. The gradient then reaches the model only through how it reads the (fixed) thoughts.
+
+    cfg = CoconutConfig(c_thought=1, max_latent_stage=4, epochs_per_stage=1, num_epochs=5, start_stage=1)
+    history = train_coconut(cfg, model, train_examples, eval_examples)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache
+
+from latentrl.config import BaseConfig, ConfigError, cfg_field, config_to_dict
+from latentrl.data.schema import ANSWER_MARK, Example, format_prompt
+from latentrl.model import LatentModel, LatentTokens
+
+__all__ = [
+    "IGNORE_INDEX",
+    "CoconutBatch",
+    "CoconutConfig",
+    "CoconutHistory",
+    "CoconutOutput",
+    "CoconutSample",
+    "TokenizedExample",
+    "build_stage_sample",
+    "coconut_eval_thoughts",
+    "coconut_evaluate",
+    "coconut_forward",
+    "coconut_generate",
+    "coconut_prompt_text",
+    "coconut_rollout",
+    "coconut_schedule",
+    "collate_coconut",
+    "stage_of_epoch",
+    "stage_samples",
+    "tokenize_example",
+    "train_coconut",
+]
+
+IGNORE_INDEX = -100
+RESET_CHOICES = ("stage", "epoch", "never")
+EVAL_CHOICES = ("stage", "epoch", "no")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(kw_only=True)
+class CoconutConfig(BaseConfig):
+    """Options of Coconut curriculum SFT (Hao et al. 2024) and its no-BPTT variant (Özeren & Aßenmacher's LatR)."""
+
+    # --- curriculum ---------------------------------------------------------------------------------------------
+    c_thought: int = cfg_field(
+        1, "Continuous thoughts per replaced language step, c (paper: 1 for ProsQA/ProntoQA, 2 for GSM8k-Aug).", min=1
+    )
+    max_latent_stage: int = cfg_field(
+        6,
+        "Last stage that still replaces steps one by one; later stages drop every language step (paper: 6 for "
+        "ProsQA/ProntoQA, 3 for GSM8k-Aug).",
+        min=0,
+    )
+    epochs_per_stage: int = cfg_field(
+        5, "Epochs spent in each stage; stage = epoch // epochs_per_stage (paper: 5 ProsQA/ProntoQA, 3 GSM8k).", min=1
+    )
+    num_epochs: int = cfg_field(
+        50,
+        "Total epochs counted from epoch 0, skipped ones included (paper: 50 ProsQA/ProntoQA, 25 GSM8k). Epochs past "
+        "the last stage train with every step dropped.",
+        min=1,
+    )
+    start_stage: int = cfg_field(
+        0,
+        "First stage trained; training starts at epoch start_stage * epochs_per_stage (the authors' `resume`: GSM8k "
+        "starts at stage 1 from a CoT-SFT checkpoint; LatR starts at stage 2 = 4 thoughts with c=2).",
+        min=0,
+    )
+    pad_latent_to_max: bool = cfg_field(
+        True,
+        "Past max_latent_stage, use max_latent_stage*c thoughts even for examples with fewer steps (paper configs: "
+        "true); false: min(#steps, max_latent_stage)*c, and evaluation then uses each example's own step count.",
+    )
+    uniform_prob: float = cfg_field(
+        0.0,
+        "Probability that a training example is built at a stage drawn uniformly from 0..#steps instead of the "
+        "scheduled one (paper: 0.0; mixes earlier stages in to avoid forgetting). Seeded per epoch.",
+        min=0.0,
+        max=1.0,
+    )
+    bptt: bool = cfg_field(
+        True,
+        "Back-propagate through the chain of thoughts (Coconut). false: thoughts computed without grad, then one "
+        "full forward for the cross-entropy (Özeren & Aßenmacher's LatR).",
+    )
+
+    # --- optimisation -------------------------------------------------------------------------------------------
+    learning_rate: float = cfg_field(1e-4, "AdamW learning rate, constant (paper: 1e-4).", min=0.0, min_exclusive=True)
+    weight_decay: float = cfg_field(0.01, "AdamW weight decay on every parameter (paper: 0.01).", min=0.0)
+    adam_beta1: float = cfg_field(0.9, "AdamW beta1.", min=0.0, max=1.0, max_exclusive=True)
+    adam_beta2: float = cfg_field(0.999, "AdamW beta2.", min=0.0, max=1.0, max_exclusive=True)
+    adam_epsilon: float = cfg_field(1e-8, "AdamW epsilon.", min=0.0, min_exclusive=True)
+    reset_optimizer: str = cfg_field(
+        "stage",
+        "When the AdamW state is re-created: stage = at every curriculum stage (the paper); epoch = at every epoch "
+        "(what the authors' run.py does); never.",
+        choices=RESET_CHOICES,
+    )
+    per_device_train_batch_size: int = cfg_field(
+        32, "Examples per micro-batch (paper: 32 per GPU on 4 GPUs = 128 per step).", min=1
+    )
+    gradient_accumulation_steps: int = cfg_field(
+        1,
+        "Micro-batches per optimizer step. The loss is the token mean over the whole step, so this never changes "
+        "the update.",
+        min=1,
+    )
+    max_grad_norm: float = cfg_field(0.0, "Clip gradients to this global norm; 0 disables clipping (paper: none).",
+                                     min=0.0)
+    max_steps: int | None = cfg_field(
+        None, "Stop after this many optimizer steps in total (a time box); null: run every epoch.", min=0
+    )
+    max_length: int = cfg_field(
+        512, "Training sequences longer than this many tokens (thoughts included) are an error, never cut.", min=2
+    )
+    seed: int = cfg_field(0, "Seed of the data order, of uniform_prob's stage draws and of torch's global RNG.")
+
+    # --- data (read by callers that load data: `latentrl bench`, scripts) ----------------------------------------
+    num_train_examples: int = cfg_field(
+        2000, "Training examples the caller loads (train_coconut trains on whatever it is given).", min=1
+    )
+    num_eval_examples: int = cfg_field(200, "Evaluation examples the caller loads.", min=0)
+
+    # --- logging / evaluation -----------------------------------------------------------------------------------
+    logging_steps: int = cfg_field(10, "Log training loss / accuracy every this many optimizer steps.", min=1)
+    eval_strategy: str = cfg_field(
+        "stage",
+        "Greedy Pass@1 on the eval set (with that stage's thought count) after every stage, every epoch, or never "
+        "(no); the final evaluation always runs when eval data is given.",
+        choices=EVAL_CHOICES,
+    )
+    eval_batch_size: int = cfg_field(64, "Prompts per batch when decoding the eval set.", min=1)
+    max_new_positions: int | None = cfg_field(
+        None,
+        "Decoding budget of each eval completion (thoughts and markers included); null = longest target + 8.",
+        min=1,
+    )
+    output_dir: str | None = cfg_field(
+        None, "Write metrics.jsonl (and TensorBoard logs, see report_to) here; null keeps metrics in memory only."
+    )
+    report_to: list[str] = cfg_field(
+        ["jsonl"],
+        "Metric sinks when output_dir is set: jsonl (output_dir/metrics.jsonl), tensorboard (output_dir/tb).",
+        choices=("jsonl", "tensorboard", "none"),
+    )
+    disable_tqdm: bool | None = cfg_field(
+        None, "Hide the progress bar; null = hide it when stderr is not a terminal or $CI is set."
+    )
+
+    def validate(self) -> None:
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise ConfigError(f"report_to={self.report_to}: 'none' cannot be combined with other sinks")
+        if self.start_stage * self.epochs_per_stage >= self.num_epochs:
+            raise ConfigError(
+                f"start_stage ({self.start_stage}) * epochs_per_stage ({self.epochs_per_stage}) = "
+                f"{self.start_stage * self.epochs_per_stage} leaves no epoch to train: num_epochs is {self.num_epochs}"
+            )
+
+    @property
+    def start_epoch(self) -> int:
+        return self.start_stage * self.epochs_per_stage
+
+
+def stage_of_epoch(cfg: CoconutConfig, epoch: int) -> int:
+    """The scheduled curriculum stage of `epoch` (0-based): `epoch // epochs_per_stage`."""
+    return epoch // cfg.epochs_per_stage
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data: tokenized examples and per-stage samples
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TokenizedExample:
+    """One example cut at its step boundaries: prompt ids, ids of each step (with its leading space), answer ids.
+
+    `prompt + sum(steps) + answer` is the token sequence of `format_prompt(ex) + format_cot(ex) + eos` (each step is
+    tokenized as `" " + step`, the answer part as `" #### answer"`, then eos), so stage 0 is the CoT-SFT target.
+    """
+
+    prompt: list[int]
+    steps: list[list[int]]
+    answer: list[int]  # ' #### answer' ids + eos
+
+
+@dataclasses.dataclass
+class CoconutSample:
+    """One training sequence of a stage: input ids, labels (-100 = no loss), where its thoughts are."""
+
+    input_ids: list[int]
+    labels: list[int]
+    latent_start: int  # index of the first thought (= the position right after <|start-latent|>)
+    num_latent: int
+    stage: int  # the stage it was built at (differs from the scheduled one when uniform_prob drew another)
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def tokenize_example(tokenizer, ex: Example) -> TokenizedExample:
+    """Tokenize an example at its step boundaries (see `TokenizedExample`)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("Coconut SFT needs a tokenizer with an eos token (the model must learn to stop)")
+    steps = [_ids(tokenizer, " " + s) for s in ex.steps]
+    answer = _ids(tokenizer, f" {ANSWER_MARK} {ex.answer}") + [tokenizer.eos_token_id]
+    tok = TokenizedExample(_ids(tokenizer, format_prompt(ex)), steps, answer)
+    unk = tokenizer.unk_token_id
+    if unk is not None and (unk in tok.prompt or unk in tok.answer or any(unk in s for s in steps)):
+        raise ValueError(f"example has words the tokenizer does not know ({tokenizer.unk_token!r}): {ex!r}")
+    return tok
+
+
+def _latent_ids(model_or_ids) -> tuple[int, int, int]:
+    ids = getattr(model_or_ids, "latent_ids", model_or_ids)
+    if ids is None:
+        raise ValueError("the model has no Coconut latent tokens; call model.add_latent_tokens() (or load a "
+                         "checkpoint saved with them) before Coconut training or generation")
+    return ids.start, ids.latent, ids.end
+
+
+def build_stage_sample(
+    tok: TokenizedExample,
+    stage: int,
+    cfg: CoconutConfig,
+    latent_ids,
+    rng: random.Random | None = None,
+) -> CoconutSample:
+    """The training sequence of one example at curriculum `stage` (the authors' `get_cot_latent_dataset` rule).
+
+    With probability `uniform_prob` (drawn from `rng`) the stage is replaced by one drawn uniformly from
+    0..#steps. A stage k <= max_latent_stage skips the first k steps and puts k*c thoughts in their place (k may
+    exceed #steps: then every step is skipped and there are still k*c thoughts, as in the reference code); a stage
+    past max_latent_stage skips all steps and uses max_latent_stage*c thoughts (pad_latent_to_max) or
+    min(#steps, max_latent_stage)*c.
+    """
+    start_id, latent_id, end_id = _latent_ids(latent_ids)
+    if cfg.uniform_prob > 0:
+        if rng is None:
+            raise ValueError("uniform_prob > 0 needs a seeded random.Random")
+        if rng.random() < cfg.uniform_prob:
+            stage = rng.randrange(len(tok.steps) + 1)
+    if stage > cfg.max_latent_stage:
+        n_skip = len(tok.steps)
+        n_latent = cfg.max_latent_stage if cfg.pad_latent_to_max else min(len(tok.steps), cfg.max_latent_stage)
+    else:
+        n_skip, n_latent = stage, stage
+    n_latent *= cfg.c_thought
+    head = tok.prompt + [start_id] + [latent_id] * n_latent + [end_id]
+    tail = [t for step in tok.steps[n_skip:] for t in step] + tok.answer
+    return CoconutSample(
+        input_ids=head + tail,
+        labels=[IGNORE_INDEX] * len(head) + tail,
+        latent_start=len(tok.prompt) + 1,
+        num_latent=n_latent,
+        stage=stage,
+    )
+
+
+def stage_samples(
+    tokenized: Sequence[TokenizedExample], stage: int, cfg: CoconutConfig, latent_ids, epoch: int = 0
+) -> list[CoconutSample]:
+    """Every example at `stage`; the uniform_prob draws are seeded by (seed, epoch), so runs are reproducible."""
+    rng = random.Random(cfg.seed * 1_000_003 + epoch)
+    return [build_stage_sample(t, stage, cfg, latent_ids, rng) for t in tokenized]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batches and the multi-pass forward
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CoconutBatch:
+    """Rows aligned so that every row's first thought is in column `latent_start` (left padding), right-padded."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T) long
+    position_ids: torch.Tensor  # (B, T): 0.. from each row's first real token (0 on left padding)
+    labels: torch.Tensor  # (B, T), -100 where no loss
+    latent_start: int
+    num_latent: torch.Tensor  # (B,) thoughts per row, in columns latent_start .. latent_start + n - 1
+
+    def to(self, device) -> "CoconutBatch":
+        return dataclasses.replace(
+            self, input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device),
+            position_ids=self.position_ids.to(device), labels=self.labels.to(device),
+            num_latent=self.num_latent.to(device),
+        )
+
+    @property
+    def latent_mask(self) -> torch.Tensor:
+        """(B, T) bool: the thought positions."""
+        cols = torch.arange(self.input_ids.shape[1], device=self.input_ids.device)
+        rel = cols[None, :] - self.latent_start
+        return (rel >= 0) & (rel < self.num_latent[:, None])
+
+
+def collate_coconut(samples: Sequence[CoconutSample], pad_id: int) -> CoconutBatch:
+    """Left-pad each row by `max(latent_start) - latent_start` so the thoughts line up, then right-pad."""
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    start = max(s.latent_start for s in samples)
+    width = max(start - s.latent_start + len(s.input_ids) for s in samples)
+    B = len(samples)
+    ids = torch.full((B, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, width), dtype=torch.long)
+    pos = torch.zeros((B, width), dtype=torch.long)
+    labels = torch.full((B, width), IGNORE_INDEX, dtype=torch.long)
+    for i, s in enumerate(samples):
+        off, n = start - s.latent_start, len(s.input_ids)
+        ids[i, off : off + n] = torch.as_tensor(s.input_ids)
+        mask[i, off : off + n] = 1
+        pos[i, off : off + n] = torch.arange(n)
+        labels[i, off : off + n] = torch.as_tensor(s.labels)
+    num = torch.as_tensor([s.num_latent for s in samples], dtype=torch.long)
+    return CoconutBatch(ids, mask, pos, labels, start, num)
+
+
+@dataclasses.dataclass
+class CoconutOutput:
+    loss: torch.Tensor  # summed CE / normalizer
+    num_tokens: int
+    token_accuracy: float
+    num_forwards: int
+    thought_norm: float  # mean L2 norm of the thoughts (0 without thoughts)
+    hidden: torch.Tensor | None = None  # (B, T, H) last hidden states, if asked for
+
+
+def _thought_passes(
+    model: LatentModel,
+    embeds: torch.Tensor,
+    batch: CoconutBatch,
+    *,
+    run_tail: bool,
+) -> tuple[list[torch.Tensor], torch.Tensor, int]:
+    """The KV-cached passes. Returns (hidden chunks covering the columns run, thoughts (B, n_max, H), #forwards).
+
+    Thought p of a row (0-based) is the hidden state the model produced at column latent_start + p - 1. Rows with
+    fewer thoughts get their token embedding in those columns. With `run_tail` the last pass runs every remaining
+    column (the chunks then cover [0, T)); otherwise it stops once the last thought is formed.
+    """
+    L0 = batch.latent_start
+    n = batch.num_latent
+    n_max = int(n.max()) if n.numel() else 0
+    attn, pos = batch.attention_mask, batch.position_ids
+    chunks: list[torch.Tensor] = []
+    thoughts: list[torch.Tensor] = []
+    if n_max == 0:
+        if run_tail:
+            _, h, _ = model.forward_embeds(embeds, attention_mask=attn, position_ids=pos, compute_logits=False)
+            chunks.append(h)
+        return chunks, embeds.new_zeros((embeds.shape[0], 0, embeds.shape[2])), int(run_tail)
+    cache = DynamicCache()
+    _, h, cache = model.forward_embeds(embeds[:, :L0], attention_mask=attn[:, :L0], position_ids=pos[:, :L0],
+                                       past_key_values=cache, use_cache=True, compute_logits=False)
+    forwards = 1
+    chunks.append(h)
+    col = L0
+    # the input of column `col`: a thought for rows that have one there, else the token embedding
+    pending = torch.where((n > 0)[:, None], h[:, -1].to(embeds.dtype), embeds[:, col])
+    thoughts.append(pending)
+    for p in range(1, n_max):
+        _, h, cache = model.forward_embeds(pending[:, None], attention_mask=attn[:, : col + 1],
+                                           position_ids=pos[:, col : col + 1], past_key_values=cache,
+                                           use_cache=True, compute_logits=False)
+        forwards += 1
+        chunks.append(h)
+        col += 1
+        pending = torch.where((n > p)[:, None], h[:, -1].to(embeds.dtype), embeds[:, col])
+        thoughts.append(pending)
+    if run_tail:
+        tail = torch.cat([pending[:, None], embeds[:, col + 1 :]], dim=1)
+        _, h, _ = model.forward_embeds(tail, attention_mask=attn, position_ids=pos[:, col:], past_key_values=cache,
+                                       use_cache=True, compute_logits=False)
+        forwards += 1
+        chunks.append(h)
+    return chunks, torch.stack(thoughts, dim=1), forwards
+
+
+def _insert_thoughts(embeds: torch.Tensor, thoughts: torch.Tensor, latent_start: int) -> torch.Tensor:
+    """`embeds` with columns latent_start .. latent_start + n_max - 1 replaced by `thoughts` (no in-place write)."""
+    n_max = thoughts.shape[1]
+    if n_max == 0:
+        return embeds
+    return torch.cat([embeds[:, :latent_start], thoughts.to(embeds.dtype), embeds[:, latent_start + n_max :]], dim=1)
+
+
+def coconut_forward(
+    model: LatentModel,
+    batch: CoconutBatch,
+    *,
+    bptt: bool = True,
+    normalizer: float | None = None,
+    return_hidden: bool = False,
+) -> CoconutOutput:
+    """Cross-entropy of a Coconut batch, with thoughts formed by the KV-cached multi-pass forward.
+
+    `bptt=True`: n_max + 1 forwards, the graph kept through every thought. `bptt=False` (LatR): n_max forwards under
+    no_grad to form the thoughts, then one full forward over the sequence with the thoughts as constants.
+    The loss is the *sum* of token cross-entropies divided by `normalizer` (default: this batch's label count), so
+    gradient accumulation can divide by the label count of the whole optimizer step.
+    """
+    batch = batch.to(model.device)
+    embeds = model.embed(batch.input_ids)
+    if bptt:
+        chunks, thoughts, forwards = _thought_passes(model, embeds, batch, run_tail=True)
+        hidden = torch.cat(chunks, dim=1)
+    else:
+        with torch.no_grad():
+            _, thoughts, forwards = _thought_passes(model, embeds.detach(), batch, run_tail=False)
+        # rows without a thought in a column carry the token embedding there: take it from the live embeddings
+        n_max = thoughts.shape[1]
+        if n_max:
+            live = embeds[:, batch.latent_start : batch.latent_start + n_max]
+            has = batch.latent_mask[:, batch.latent_start : batch.latent_start + n_max]
+            thoughts = torch.where(has[..., None], thoughts.detach().to(live.dtype), live)
+        full = _insert_thoughts(embeds, thoughts, batch.latent_start)
+        _, hidden, _ = model.forward_embeds(full, attention_mask=batch.attention_mask,
+                                            position_ids=batch.position_ids, compute_logits=False)
+        forwards += 1
+    # logits only where a label follows: hidden at t predicts labels[t + 1]
+    target = batch.labels[:, 1:]
+    sel = target != IGNORE_INDEX
+    count = int(sel.sum())
+    if count == 0:
+        raise ValueError("no target tokens in the batch (all labels are -100)")
+    logits = model.lm_head(hidden[:, :-1][sel]).float()
+    gold = target[sel]
+    loss_sum = F.cross_entropy(logits, gold, reduction="sum")
+    loss = loss_sum / (normalizer if normalizer is not None else count)
+    with torch.no_grad():
+        acc = float((logits.argmax(-1) == gold).float().mean())
+        lat = batch.latent_mask[:, batch.latent_start : batch.latent_start + thoughts.shape[1]]
+        norm = float(thoughts[lat].float().norm(dim=-1).mean()) if bool(lat.any()) else 0.0
+    return CoconutOutput(loss, count, acc, forwards, norm, hidden if return_hidden else None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation and evaluation (through the shared rollout engine)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def coconut_prompt_text(row: dict[str, Any] | Example, start_token: str = LatentTokens.start) -> str:
+    """The prompt of a row with `<|start-latent|>` appended (no space: the special token splits the text itself)."""
+    prompt = format_prompt(row) if isinstance(row, Example) else row["prompt"]
+    return prompt + start_token
+
+
+def coconut_schedule(model: LatentModel, num_thoughts: int | torch.Tensor):
+    """A fixed number of thoughts (an int or a per-row tensor), then `<|end-latent|>` forced."""
+    from latentrl.rollout import ThinkingSchedule
+
+    _, _, end_id = _latent_ids(model)
+    return ThinkingSchedule(num_latent_steps=num_thoughts, after_latent_ids=[end_id])
+
+
+def coconut_operator(model: LatentModel):
+    from latentrl.thoughts.hidden_state import HiddenStateThought
+
+    _, latent_id, _ = _latent_ids(model)
+    return HiddenStateThought(latent_token_id=latent_id)
+
+
+def coconut_rollout(
+    model: LatentModel,
+    data: Sequence[Example | dict[str, Any]],
+    num_thoughts: int | Sequence[int] | torch.Tensor,
+    *,
+    max_new_positions: int = 64,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+):
+    """One batched rollout: prompt + `<|start-latent|>`, `num_thoughts` thoughts, `<|end-latent|>`, then tokens."""
+    from latentrl.rollout import SamplingParams, generate_rollout, left_pad
+
+    tok = model.tokenizer
+    start = model.latent_tokens.start if model.latent_tokens is not None else LatentTokens.start
+    ids, mask = left_pad([_ids(tok, coconut_prompt_text(r, start)) for r in data], tok.pad_token_id,
+                         device=model.device)
+    if isinstance(num_thoughts, int):
+        n: int | torch.Tensor = num_thoughts
+    else:
+        n = torch.as_tensor(num_thoughts if torch.is_tensor(num_thoughts) else list(num_thoughts), dtype=torch.long)
+        if n.shape != (len(data),):
+            raise ValueError(f"num_thoughts has shape {tuple(n.shape)} for {len(data)} prompts")
+        n = n.to(model.device)
+    sampling = SamplingParams(max_new_positions=max_new_positions, temperature=temperature)
+    was_training = model.training
+    model.eval()
+    try:
+        return generate_rollout(model, ids, mask, sampling, coconut_operator(model), coconut_schedule(model, n),
+                                generator)
+    finally:
+        model.train(was_training)
+
+
+def coconut_generate(
+    model: LatentModel,
+    data: Sequence[Example | dict[str, Any]],
+    num_thoughts: int | Sequence[int],
+    *,
+    max_new_positions: int = 64,
+    temperature: float = 0.0,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> list[str]:
+    """Decoded completions (latent positions and special tokens left out), `batch_size` prompts at a time.
+
+    Greedy by default; batched generation gives the same text as one prompt at a time (tested).
+    """
+    from latentrl.rollout import decode_completions
+
+    per_row = None if isinstance(num_thoughts, int) else list(num_thoughts)
+    if per_row is not None and len(per_row) != len(data):
+        raise ValueError(f"num_thoughts has {len(per_row)} entries for {len(data)} prompts")
+    gen = torch.Generator().manual_seed(seed)
+    texts: list[str] = []
+    for s in range(0, len(data), batch_size):
+        n = num_thoughts if per_row is None else per_row[s : s + batch_size]
+        ro = coconut_rollout(model, data[s : s + batch_size], n, max_new_positions=max_new_positions,
+                             temperature=temperature, generator=gen)
+        texts += decode_completions(model, ro)
+    return texts
+
+
+def coconut_eval_thoughts(cfg: CoconutConfig, stage: int, num_steps: int | None = None) -> int:
+    """Thoughts used when evaluating a stage-`stage` model (the authors' `get_question_latent_dataset`)."""
+    k = min(stage, cfg.max_latent_stage)
+    if not cfg.pad_latent_to_max and num_steps is not None:
+        k = min(k, num_steps)
+    return k * cfg.c_thought
+
+
+def coconut_evaluate(
+    model: LatentModel,
+    examples: Sequence[Example],
+    cfg: CoconutConfig,
+    stage: int,
+    *,
+    max_new_positions: int,
+    k: int = 0,
+) -> dict[str, Any]:
+    """Greedy Pass@1 (and reasoning positions) with the thought count of `stage`, through `latentrl.eval.evaluate`.
+
+    With pad_latent_to_max=false each example uses its own step count, so examples are evaluated in groups of
+    equal thought count and the results merged.
+    """
+    from latentrl.eval import evaluate
+
+    groups: dict[int, list[Example]] = {}
+    for ex in examples:
+        groups.setdefault(coconut_eval_thoughts(cfg, stage, len(ex.steps)), []).append(ex)
+    start = model.latent_tokens.start if model.latent_tokens is not None else LatentTokens.start
+    prompt_text: Callable[[dict[str, Any]], str] = lambda row: coconut_prompt_text(row, start)  # noqa: E731
+    n_total, acc, pos, lat, wall, samples = 0, 0.0, 0.0, 0.0, 0.0, []
+    for n_thoughts, group in sorted(groups.items()):
+        res = evaluate(model, list(group), operator=coconut_operator(model), schedule=coconut_schedule(model, n_thoughts),
+                       max_new_positions=max_new_positions, batch_size=cfg.eval_batch_size, k=k, seed=cfg.seed,
+                       prompt_text=prompt_text)
+        n_total += res.n
+        acc += res.pass_at_1 * res.n
+        pos += res.mean_reasoning_positions * res.n
+        lat += res.mean_latent_positions * res.n
+        wall += res.wall_s
+        samples += res.samples
+    n_total = max(n_total, 1)
+    return {
+        "pass_at_1": acc / n_total,
+        "mean_reasoning_positions": pos / n_total,
+        "mean_latent_positions": lat / n_total,
+        "n": len(examples),
+        "wall_s": wall,
+        "samples": samples[:3],
+        "num_thoughts": sorted(groups),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CoconutHistory:
+    """What `train_coconut` returns: logged training records, eval records (one per stage/epoch), the final eval."""
+
+    train: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    eval: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    final_eval: dict[str, Any] | None = None
+    stages: list[int] = dataclasses.field(default_factory=list)  # scheduled stage of each trained epoch
+    optimizer_resets: list[int] = dataclasses.field(default_factory=list)  # global step at which AdamW was re-made
+    steps: int = 0
+    wall_s: float = 0.0
+    train_wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _make_optimizer(model: nn.Module, cfg: CoconutConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+
+
+def _eval_budget(cfg: CoconutConfig, tokenized: Sequence[TokenizedExample]) -> int:
+    """Thoughts + end marker + the longest remaining target of any stage (stage 0 = all steps) + 8."""
+    longest = max((sum(len(s) for s in t.steps) + len(t.answer) for t in tokenized), default=1)
+    most = max(cfg.max_latent_stage, 0) * cfg.c_thought
+    return most + 1 + longest + 8
+
+
+def train_coconut(
+    config: CoconutConfig,
+    model: LatentModel,
+    train_examples: Sequence[Example],
+    eval_examples: Sequence[Example] = (),
+) -> CoconutHistory:
+    """Coconut curriculum SFT of `model` in place; greedy Pass@1 on `eval_examples` per stage (or epoch).
+
+    Epochs run from `start_epoch` to `num_epochs - 1`; epoch e trains stage `e // epochs_per_stage`, rebuilding the
+    stage data (and its uniform_prob draws) and reshuffling each epoch. AdamW is re-created per `reset_optimizer`.
+    Metrics (loss, token accuracy, thought norm, forwards per step, stage, eval Pass@1 / eval loss) go to
+    `output_dir/metrics.jsonl` when set, and always into the returned history.
+    """
+    from latentrl.logger import MetricsLogger, progress
+
+    if not train_examples:
+        raise ValueError("train_coconut needs at least one training example")
+    cfg = config
+    t_start = time.perf_counter()
+    tok = model.tokenizer
+    latent_ids = model.latent_ids
+    _latent_ids(latent_ids)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    train_tok = [tokenize_example(tok, ex) for ex in train_examples]
+    eval_examples = list(eval_examples)
+    eval_tok = [tokenize_example(tok, ex) for ex in eval_examples]
+    budget = cfg.max_new_positions or _eval_budget(cfg, train_tok + eval_tok)
+
+    torch.manual_seed(cfg.seed)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    step_size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    epochs = list(range(cfg.start_epoch, cfg.num_epochs))
+    steps_per_epoch = math.ceil(len(train_tok) / step_size)
+    total_steps = len(epochs) * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    history = CoconutHistory()
+    sinks = [s for s in cfg.report_to if s != "none"] if cfg.output_dir else []
+    logger = MetricsLogger(cfg.output_dir, sinks, run_config=config_to_dict(cfg)) if sinks else None
+
+    def log(step: int, record: dict[str, Any], into: list[dict[str, Any]]) -> None:
+        into.append({"step": step, **record})
+        if logger is not None:
+            logger.log(step, record)
+
+    def do_eval(step: int, stage: int, epoch: int) -> dict[str, Any] | None:
+        if not eval_examples:
+            return None
+        ev = coconut_evaluate(model, eval_examples, cfg, stage, max_new_positions=budget)
+        ev_loss = _eval_loss(model, eval_tok, stage, cfg, latent_ids, pad_id)
+        log(step, {"eval/pass_at_1": ev["pass_at_1"], "eval/mean_reasoning_positions": ev["mean_reasoning_positions"],
+                   "eval/mean_latent_positions": ev["mean_latent_positions"], "eval/loss": ev_loss,
+                   "eval/wall_s": ev["wall_s"], "stage": stage, "epoch": epoch}, history.eval)
+        model.train()
+        return ev
+
+    optimizer = None
+    params = [p for p in model.parameters() if p.requires_grad]
+    step = 0
+    train_time = 0.0
+    window: dict[str, float] = {"loss": 0.0, "token_accuracy": 0.0, "thought_norm": 0.0, "forwards": 0.0, "n": 0}
+    bar = progress(total_steps, "coconut" + ("" if cfg.bptt else "[no-bptt]"), disable=cfg.disable_tqdm)
+    last_stage, last_epoch = cfg.start_stage, cfg.start_epoch
+    try:
+        model.train()
+        for epoch in epochs:
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+            stage = stage_of_epoch(cfg, epoch)
+            new_stage = not history.stages or stage != history.stages[-1]
+            history.stages.append(stage)
+            last_stage, last_epoch = stage, epoch
+            if optimizer is None or (cfg.reset_optimizer == "epoch") or (cfg.reset_optimizer == "stage" and new_stage):
+                optimizer = _make_optimizer(model, cfg)
+                history.optimizer_resets.append(step)
+            samples = stage_samples(train_tok, stage, cfg, latent_ids, epoch)
+            too_long = [i for i, s in enumerate(samples) if len(s.input_ids) > cfg.max_length]
+            if too_long:
+                i = too_long[0]
+                raise ValueError(f"training example {i} has {len(samples[i].input_ids)} tokens at stage {stage}, more "
+                                 f"than max_length={cfg.max_length}; raise max_length")
+            perm = torch.randperm(len(samples), generator=order_gen).tolist()
+            for s0 in range(0, len(perm), step_size):
+                if cfg.max_steps is not None and step >= cfg.max_steps:
+                    break
+                t0 = time.perf_counter()
+                idx = perm[s0 : s0 + step_size]
+                micro = [idx[m : m + cfg.per_device_train_batch_size]
+                         for m in range(0, len(idx), cfg.per_device_train_batch_size)]
+                batches = [collate_coconut([samples[i] for i in mb], pad_id) for mb in micro]
+                n_tokens = float(sum(int((b.labels[:, 1:] != IGNORE_INDEX).sum()) for b in batches))
+                optimizer.zero_grad(set_to_none=True)
+                loss_total, acc_total, norm_total, fwd_total = 0.0, 0.0, 0.0, 0
+                for b in batches:
+                    out = coconut_forward(model, b, bptt=cfg.bptt, normalizer=n_tokens)
+                    out.loss.backward()
+                    loss_total += float(out.loss.detach())
+                    acc_total += out.token_accuracy * out.num_tokens / n_tokens
+                    norm_total += out.thought_norm / len(batches)
+                    fwd_total += out.num_forwards
+                if cfg.max_grad_norm > 0:
+                    grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                else:
+                    grad_norm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params
+                                                     if p.grad is not None)))
+                optimizer.step()
+                step += 1
+                train_time += time.perf_counter() - t0
+                for key, val in (("loss", loss_total), ("token_accuracy", acc_total), ("thought_norm", norm_total),
+                                 ("forwards", fwd_total)):
+                    window[key] += val
+                window["n"] += 1
+                if step % cfg.logging_steps == 0 or step == total_steps:
+                    n = window["n"]
+                    record = {"loss": window["loss"] / n, "token_accuracy": window["token_accuracy"] / n,
+                              "latent/norm_mean": window["thought_norm"] / n, "forwards_per_step": window["forwards"] / n,
+                              "stage": stage, "epoch": epoch, "learning_rate": cfg.learning_rate,
+                              "grad_norm": grad_norm, "train_wall_s": train_time}
+                    log(step, record, history.train)
+                    bar.set_postfix(stage=stage, loss=f"{record['loss']:.3f}")
+                    window = {k: 0.0 for k in window}
+                    window["n"] = 0
+                bar.update(1)
+            last_epoch_of_stage = epoch == epochs[-1] or stage_of_epoch(cfg, epoch + 1) != stage
+            stopping = cfg.max_steps is not None and step >= cfg.max_steps
+            if not stopping and (cfg.eval_strategy == "epoch" or (cfg.eval_strategy == "stage" and last_epoch_of_stage)):
+                if epoch != epochs[-1]:  # the final evaluation below covers the last epoch
+                    do_eval(step, stage, epoch)
+        history.steps = step
+        history.train_wall_s = train_time
+        history.final_eval = do_eval(step, last_stage, last_epoch)
+    finally:
+        bar.close()
+        model.eval()
+        if logger is not None:
+            logger.close()
+    history.wall_s = time.perf_counter() - t_start
+    return history
+
+
+@torch.no_grad()
+def _eval_loss(model: LatentModel, tokenized: Sequence[TokenizedExample], stage: int, cfg: CoconutConfig,
+               latent_ids, pad_id: int) -> float:
+    """Token-mean cross-entropy of the eval set at `stage` (no uniform_prob mixing)."""
+    if not tokenized:
+        return float("nan")
+    plain = dataclasses.replace(cfg, uniform_prob=0.0)
+    samples = [build_stage_sample(t, stage, plain, latent_ids) for t in tokenized]
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for s in range(0, len(samples), cfg.eval_batch_size):
+        b = collate_coconut(samples[s : s + cfg.eval_batch_size], pad_id)
+        out = coconut_forward(model, b, bptt=True, normalizer=1.0)
+        total += float(out.loss)
+        count += out.num_tokens
+    model.train(was)
+    return total / max(count, 1)

@@ -1,0 +1,147 @@
+"""LEPO's thought: a Gumbel-softmax sample over the filtered next-token distribution, fed in as Σ_v z_v E[v].
+
+Zhou et al. 2026, "LEPO" (arXiv 2604.17892); authors' code github.com/YuyanZhou/lepo
+(`src/models/latent_qwen2.py::_sample`, `src/trainers/lepo_trainer.py::_compute_loss`,
+`src/utils/functions.py::CE_loss_from_model`).
+
+One latent step, from the logits of the previous position::
+
+    f = filter(logits / T, top_k, top_p)        T = latent_temperature (1.0), top_k 30, top_p 0.95; -inf elsewhere
+    z = softmax((f + G) / τ),  G ~ Gumbel(0, 1)  τ = gumbel_tau (0.3 for Qwen2.5-3B, 0.5 for 7B / LLaMA)
+    e = z · E
+
+z is non-zero on at most top_k tokens (the filter keeps exactly the top_k ids, then the nucleus), so the payload —
+the top_k entries of z, (`ids`, `weights`) — rebuilds the input exactly. The recorded token is argmax z by default
+(`record="argmax"`); the authors' default (`do_latent_sample=False`) records the *unperturbed* argmax of the
+filtered logits (`record="unperturbed"`). Latent positions are skipped when decoding completions for rewards, so the
+choice only matters for display.
+
+Per-position log-prob: the negative soft cross-entropy against the stored weights,
+
+    log p = Σ_k z_k log π_θ(i_k),   π_θ = softmax(logits_θ / T),
+
+which for a one-hot z is the ordinary token log-prob. LEPO's loss at latent positions is -A · log p with no
+importance ratio (`rl.losses.no_ratio_policy_loss`). The authors compute the CE at T = 1 whatever the sampling
+temperature; we use the latent temperature (equal at their T = 1.0).
+
+Deterministic mode (`set_eval_mode(True)` without `eval_noise`): z = softmax(f / τ), no noise.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from latentrl.sampling import filter_logits
+from latentrl.thoughts import register_thought_operator
+from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
+from latentrl.thoughts.gumbel_topk import _latent_config, draw_gumbel
+
+if TYPE_CHECKING:
+    from latentrl.config import LatentConfig
+
+__all__ = ["GumbelSoftmaxThought", "filter_exact_top_k", "soft_cross_entropy_logprob"]
+
+RECORD_CHOICES = ("argmax", "unperturbed")
+
+
+def filter_exact_top_k(logits: torch.Tensor, top_k: int, top_p: float | None) -> torch.Tensor:
+    """-inf outside the top-k ids (exactly k, ties broken by `torch.topk`) and then outside the top-p nucleus.
+
+    Unlike a threshold on the k-th value, ties can never let more than k tokens through, so a payload of k
+    entries always holds the whole mixture.
+    """
+    k = min(top_k, logits.shape[-1])
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, torch.topk(logits, k, dim=-1).indices, True)
+    out = logits.masked_fill(~keep, float("-inf"))
+    return filter_logits(out, None, top_p if top_p is not None and top_p < 1.0 else None)
+
+
+def soft_cross_entropy_logprob(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+                               temperature: float = 1.0) -> torch.Tensor:
+    """(N,) Σ_k w_k log softmax(logits / T)[ids_k] — minus the soft cross-entropy of the weights."""
+    lp = (logits.float() / temperature).log_softmax(-1).gather(-1, ids)
+    return (weights.float() * lp).sum(-1)
+
+
+@register_thought_operator
+class GumbelSoftmaxThought(ThoughtOperator):
+    """LEPO's stochastic embedding mixture (see the module docstring for the equations)."""
+
+    name = "gumbel_softmax"
+    stochastic = True
+
+    def __init__(
+        self,
+        config: "LatentConfig | None" = None,
+        *,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
+        tau: float | None = None,
+        eval_noise: bool | None = None,
+        record: str = "argmax",
+        detach_embeddings: bool = False,
+    ):
+        """Values come from `config` (a `LatentConfig`: top_k, top_p, latent_temperature, gumbel_tau, eval_noise)
+        unless given here."""
+        super().__init__()
+        cfg = _latent_config(config)
+        pick = lambda v, d: d if v is None else v  # noqa: E731
+        self.top_k = int(pick(top_k, cfg.top_k))
+        self.top_p = float(pick(top_p, cfg.top_p))
+        self.temperature = float(pick(temperature, cfg.latent_temperature))
+        self.tau = float(pick(tau, cfg.gumbel_tau))
+        self.eval_noise = bool(pick(eval_noise, cfg.eval_noise))
+        if self.top_k < 1:
+            raise ValueError(f"gumbel_softmax top_k must be >= 1, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"gumbel_softmax top_p must be in (0, 1], got {self.top_p}")
+        if self.temperature <= 0 or self.tau <= 0:
+            raise ValueError(f"gumbel_softmax temperature and tau must be > 0, got {self.temperature}, {self.tau}")
+        if record not in RECORD_CHOICES:
+            raise ValueError(f"gumbel_softmax record must be one of {RECORD_CHOICES}, got {record!r}")
+        self.record = record
+        self.detach_embeddings = detach_embeddings
+        self.deterministic = False
+
+    def payload_spec(self, model) -> dict[str, PayloadSpec]:
+        k = min(self.top_k, model.vocab_size)
+        return {"ids": PayloadSpec((k,), torch.long), "weights": PayloadSpec((k,), torch.float32)}
+
+    def set_eval_mode(self, deterministic: bool) -> None:
+        """Noise off for evaluation unless `eval_noise`."""
+        self.deterministic = bool(deterministic) and not self.eval_noise
+
+    def mixture(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, V) the full Gumbel-softmax sample z (noise-free softmax(f / τ) in deterministic mode)."""
+        f = filter_exact_top_k(logits.float() / self.temperature, self.top_k, self.top_p)
+        if not self.deterministic:
+            f = f + draw_gumbel(f.shape, generator, f.device)
+        return (f / self.tau).softmax(-1)
+
+    def step(self, model, logits, hidden, *, generator=None) -> ThoughtStep:
+        z = self.mixture(logits, generator)
+        k = min(self.top_k, z.shape[-1])
+        top = torch.topk(z, k, dim=-1)
+        payload = {"ids": top.indices, "weights": top.values}
+        token = top.indices[:, 0] if self.record == "argmax" else logits.argmax(-1)
+        return ThoughtStep(
+            embeds=self.rebuild(model, token, payload),
+            token_ids=token,
+            payload=payload,
+            logprob=self.log_prob(logits, token, payload),
+        )
+
+    def rebuild(self, model, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
+        emb = model.embed(payload["ids"])  # (N, K, H)
+        if self.detach_embeddings:
+            emb = emb.detach()
+        return torch.einsum("nk,nkh->nh", payload["weights"].to(emb.dtype), emb)
+
+    def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
+        return soft_cross_entropy_logprob(logits, payload["ids"], payload["weights"], self.temperature)
+
+    def extra_repr(self) -> str:
+        return f"top_k={self.top_k}, top_p={self.top_p}, T={self.temperature}, tau={self.tau}, record={self.record}"

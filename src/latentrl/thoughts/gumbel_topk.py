@@ -1,0 +1,186 @@
+"""Latent-GRPO's thought: a Gumbel-perturbed top-K superposition of token embeddings (one-sided noise).
+
+Deng et al. 2026, "Latent-GRPO" (arXiv 2604.27998); authors' code github.com/DJC-GO-SOLO/Latent-GRPO (SGLang
+`sampler.py` for the rollout, verl `torch_functional.py::logprobs_from_logits_topk_gumbel` for the loss).
+
+One latent step, from the logits of the previous position (T = `latent_temperature`, 1.0 in the paper)::
+
+    lp   = log_softmax(logits / T)                          full-vocabulary log-probs
+    mask = top-p(lp, p) ∪ top-K(lp)                          nucleus that always keeps >= K tokens
+    G    = clamp(Gumbel(0, 1), c_min, c_max)                 c_min = -1.5, c_max = 3.0
+    G    = G - c_min            (one-sided: G >= 0)          then G *= noise_scale (1.0)
+    g    = lp + G  on the mask, -inf elsewhere
+    (i_1..i_K, g_1..g_K) = top-K of g
+    e    = Σ_k softmax(g / τ_g)_k · E[i_k]                   τ_g = gumbel_tau (1.0)
+
+Stored payload: `ids` (K,) and `scores` (K,) = the perturbed scores g. `rebuild` recomputes the weights from the
+stored scores, so the input is reproduced exactly and (unless `detach_embeddings`) gradients reach E.
+
+Per-position log-prob (a surrogate, exactly the authors' form): the mean Gumbel(0, 1) log-density of the noise the
+*current* policy implies for the stored scores,
+
+    ε_k = g_k - log_softmax(logits_θ / T)[i_k],     log p = (1/K) Σ_k [ -ε_k - exp(-ε_k) ].
+
+Under the rollout's parameters ε_k is exactly the noise that was drawn. With one-sided noise that is the *shifted*
+value G - c_min >= 0, and the authors evaluate the standard Gumbel density at that shifted value (not at the
+pre-shift draw, and not the density of the clamped / shifted distribution): a surrogate, not a likelihood. Its
+gradient w.r.t. lp_θ[i_k] is (1 - exp(-ε_k)) / K >= 0 for ε_k >= 0, so a positive advantage raises every selected
+token ("exploration-optimization alignment"). Not implemented from the authors' code: their straight-through
+"flip" of the gradient at entries with A <= 0 and ε < 0; it never fires on-policy with one-sided noise (ε >= 0 at
+the first update) — see docs/methods/latent_grpo.md.
+
+The id recorded at a latent position is, by default, the *unperturbed* top-1 (`record="unperturbed"`); the authors
+record the perturbed top-1 (`record="perturbed"`). It only matters for displaying latent positions: the end-of-
+thinking rule of the rollout engine looks at the unperturbed top-1 itself, and the replay never reads the id.
+
+Deterministic mode (`set_eval_mode(True)` without `eval_noise`): no noise, i.e. the plain top-K superposition
+e = Σ_k softmax(lp_topk / τ_g)_k E[i_k] (the authors' noise-free evaluation); its ε is 0, so log p = -1.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from latentrl.sampling import filter_logits, gumbel_noise
+from latentrl.thoughts import register_thought_operator
+from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
+
+if TYPE_CHECKING:
+    from latentrl.config import LatentConfig
+
+__all__ = ["GumbelTopKThought", "gumbel_log_density", "draw_gumbel"]
+
+RECORD_CHOICES = ("unperturbed", "perturbed")
+
+
+def gumbel_log_density(x: torch.Tensor) -> torch.Tensor:
+    """log of the standard Gumbel(0, 1) density, -x - exp(-x)."""
+    return -x - torch.exp(-x)
+
+
+def draw_gumbel(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Standard Gumbel noise drawn with `generator` (on the generator's device), returned on `device`."""
+    gen_device = generator.device if generator is not None else torch.device(device)
+    return gumbel_noise(shape, generator, gen_device).to(device)
+
+
+def _latent_config(config: "LatentConfig | None") -> "LatentConfig":
+    if config is not None:
+        return config
+    from latentrl.config import LatentConfig
+
+    return LatentConfig()
+
+
+@register_thought_operator
+class GumbelTopKThought(ThoughtOperator):
+    """Latent-GRPO's stochastic top-K superposition (see the module docstring for the equations)."""
+
+    name = "gumbel_topk"
+    stochastic = True
+
+    def __init__(
+        self,
+        config: "LatentConfig | None" = None,
+        *,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
+        tau: float | None = None,
+        one_sided: bool | None = None,
+        clamp_min: float | None = None,
+        clamp_max: float | None = None,
+        noise_scale: float | None = None,
+        eval_noise: bool | None = None,
+        record: str = "unperturbed",
+        detach_embeddings: bool = False,
+    ):
+        """Values come from `config` (a `LatentConfig`: top_k, top_p, latent_temperature, gumbel_tau,
+        one_sided_noise, noise_clamp_min/max, eval_noise; `noise_scale` if the config has it) unless given here."""
+        super().__init__()
+        cfg = _latent_config(config)
+        pick = lambda v, d: d if v is None else v  # noqa: E731
+        self.top_k = int(pick(top_k, cfg.top_k))
+        self.top_p = float(pick(top_p, cfg.top_p))
+        self.temperature = float(pick(temperature, cfg.latent_temperature))
+        self.tau = float(pick(tau, cfg.gumbel_tau))
+        self.one_sided = bool(pick(one_sided, cfg.one_sided_noise))
+        self.clamp_min = float(pick(clamp_min, cfg.noise_clamp_min))
+        self.clamp_max = float(pick(clamp_max, cfg.noise_clamp_max))
+        self.noise_scale = float(pick(noise_scale, getattr(cfg, "noise_scale", 1.0)))
+        self.eval_noise = bool(pick(eval_noise, cfg.eval_noise))
+        if self.top_k < 1:
+            raise ValueError(f"gumbel_topk top_k must be >= 1, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"gumbel_topk top_p must be in (0, 1], got {self.top_p}")
+        if self.temperature <= 0 or self.tau <= 0:
+            raise ValueError(f"gumbel_topk temperature and tau must be > 0, got {self.temperature}, {self.tau}")
+        if not self.clamp_min < self.clamp_max:
+            raise ValueError(f"gumbel_topk needs clamp_min < clamp_max, got {self.clamp_min}, {self.clamp_max}")
+        if self.noise_scale < 0:
+            raise ValueError(f"gumbel_topk noise_scale must be >= 0, got {self.noise_scale}")
+        if record not in RECORD_CHOICES:
+            raise ValueError(f"gumbel_topk record must be one of {RECORD_CHOICES}, got {record!r}")
+        self.record = record
+        self.detach_embeddings = detach_embeddings
+        self.deterministic = False
+
+    # ------------------------------------------------------------------ interface
+    def payload_spec(self, model) -> dict[str, PayloadSpec]:
+        k = min(self.top_k, model.vocab_size)
+        return {"ids": PayloadSpec((k,), torch.long), "scores": PayloadSpec((k,), torch.float32)}
+
+    def set_eval_mode(self, deterministic: bool) -> None:
+        """Noise off for evaluation unless `eval_noise` (Latent-GRPO: Pass@1 noise-free, Pass@k noisy)."""
+        self.deterministic = bool(deterministic) and not self.eval_noise
+
+    def noise(self, shape, generator: torch.Generator | None, device) -> torch.Tensor:
+        """The noise added to the log-probs: clamped Gumbel, shifted to >= 0 when one-sided, times noise_scale."""
+        g = draw_gumbel(shape, generator, device).clamp(self.clamp_min, self.clamp_max)
+        if self.one_sided:
+            g = g - self.clamp_min
+        return g * self.noise_scale
+
+    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary log-probs at the latent temperature (the authors' global log-softmax, T = 1)."""
+        return (logits.float() / self.temperature).log_softmax(-1)
+
+    def step(self, model, logits, hidden, *, generator=None) -> ThoughtStep:
+        lp = self.log_probs(logits)
+        k = min(self.top_k, lp.shape[-1])
+        if self.deterministic:
+            scores = lp  # the top-K of lp always lie inside the nucleus mask
+        else:
+            masked = filter_logits(lp, None, self.top_p, min_keep=k)
+            scores = masked + self.noise(lp.shape, generator, lp.device)
+        top = torch.topk(scores, k, dim=-1)
+        payload = {"ids": top.indices, "scores": top.values.float()}
+        token = lp.argmax(-1) if self.record == "unperturbed" else top.indices[:, 0]
+        return ThoughtStep(
+            embeds=self.rebuild(model, token, payload),
+            token_ids=token,
+            payload=payload,
+            logprob=self.log_prob(logits, token, payload),
+        )
+
+    def weights(self, payload: Payload) -> torch.Tensor:
+        """(N, K) mixture weights softmax(g / τ_g) from the stored scores."""
+        return (payload["scores"].float() / self.tau).softmax(-1)
+
+    def rebuild(self, model, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
+        emb = model.embed(payload["ids"])  # (N, K, H)
+        if self.detach_embeddings:
+            emb = emb.detach()
+        return torch.einsum("nk,nkh->nh", self.weights(payload).to(emb.dtype), emb)
+
+    def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
+        eps = payload["scores"].float() - self.log_probs(logits).gather(-1, payload["ids"])
+        return gumbel_log_density(eps).mean(-1)
+
+    def extra_repr(self) -> str:
+        return (f"top_k={self.top_k}, top_p={self.top_p}, T={self.temperature}, tau={self.tau}, "
+                f"one_sided={self.one_sided}, clamp=[{self.clamp_min}, {self.clamp_max}], "
+                f"noise_scale={self.noise_scale}, record={self.record}")
+
