@@ -73,7 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "inside its own memory subprocess")
     p.add_argument("--rounds", type=int, default=1,
                    help="with --timing subprocess: passes over all modes (fresh subprocesses each), median over all")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads. Default on cpu: 1 - the default shapes gain nothing from intra-op "
+                        "threads, and OpenMP spin-waiting makes multi-thread timings collapse when other processes "
+                        "share the cores. 0 = torch's own default")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--attn", default=None, help="attn_implementation (sdpa, eager, ...; default: transformers' choice)")
@@ -106,6 +109,8 @@ def resolve_shape(args: argparse.Namespace) -> None:
             setattr(args, key, base[key])
     if args.kv_heads is None:
         args.kv_heads = max(1, args.heads // 2) if args.arch == "qwen2" else args.heads
+    if args.threads is None and not str(args.device).startswith("cuda"):
+        args.threads = 1
     args.rope_theta, args.max_positions = base["rope_theta"], max(base["max_positions"], args.prompt_len + args.new + 8)
 
 
@@ -225,12 +230,17 @@ def _sync(args) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(args, run) -> float:
+def _timed(args, run) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one run.
+
+    CPU time (all threads of this process) is not inflated by time spent descheduled, so on a loaded machine it is
+    the steadier figure; with several threads it also counts OpenMP spin-waiting.
+    """
     _sync(args)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     run()
     _sync(args)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 class Breakdown:
@@ -364,7 +374,7 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
     times = [_timed(args, run) for _ in range(args.repeats)]
 
     if breakdown is not None:
-        breakdown.report(sum(times), len(times))
+        breakdown.report(sum(w for w, _ in times), len(times))
         breakdown.restore()
     if args.profile == "cprofile":
         import pstats
@@ -391,7 +401,7 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
     return out
 
 
-def time_interleaved(args: argparse.Namespace, modes: list[str]) -> dict[str, list[float]]:
+def time_interleaved(args: argparse.Namespace, modes: list[str]) -> dict[str, list[tuple[float, float]]]:
     """Time all modes in THIS process on one model, round-robin (A B C D A B C D ...), after warming each up.
 
     On a shared machine the background load then hits every mode alike, so the ratios stay meaningful even
@@ -406,7 +416,7 @@ def time_interleaved(args: argparse.Namespace, modes: list[str]) -> dict[str, li
     for m in modes:
         for _ in range(args.warmup):
             runners[m]()
-    times: dict[str, list[float]] = {m: [] for m in modes}
+    times: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     for i in range(args.repeats):
         order = modes if i % 2 == 0 else modes[::-1]  # alternate the order: no mode always runs first
         for m in order:
@@ -436,10 +446,12 @@ def run_subprocess(args: argparse.Namespace, mode: str, **override) -> dict:
     raise SystemExit(f"mode {mode!r} printed no result")
 
 
-def summarize(args: argparse.Namespace, times: dict[str, list[float]], mem: dict[str, list[dict]]) -> dict:
+def summarize(args: argparse.Namespace, times: dict[str, list[tuple[float, float]]], mem: dict[str, list[dict]]) -> dict:
     rows = {}
-    for mode, ts in times.items():
+    for mode, pairs in times.items():
+        ts = [w for w, _ in pairs]
         med = statistics.median(ts)
+        cpu = statistics.median(c for _, c in pairs)
         parts = mem[mode]
         rows[mode] = {
             "median_s": med,
@@ -448,6 +460,9 @@ def summarize(args: argparse.Namespace, times: dict[str, list[float]], mem: dict
             "runs": len(ts),
             "per_s": args.batch * args.new / med,
             "ms_per_step": 1e3 * med / args.new,
+            "cpu_s": cpu,
+            "cpu_per_s": args.batch * args.new / cpu,
+            "cpu_ms_per_step": 1e3 * cpu / args.new,
             "rss_before_mb": max(p["rss_before_mb"] for p in parts),
             "peak_mb": max(p["peak_mb"] for p in parts),
             "gpu_peak_mb": max((p.get("gpu_peak_mb", 0.0) for p in parts), default=0.0),
@@ -456,34 +471,39 @@ def summarize(args: argparse.Namespace, times: dict[str, list[float]], mem: dict
     return rows
 
 
-def print_table(args: argparse.Namespace, rows: dict) -> None:
+def print_table(args: argparse.Namespace, rows: dict, loadavg: list[float]) -> None:
     cfg = config_dict(args)
     print(f"rollout_speed: arch={cfg['arch']} hidden={cfg['hidden']} layers={cfg['layers']} heads={cfg['heads']}/"
           f"{cfg['kv_heads']}kv mlp={cfg['intermediate']} vocab={cfg['vocab_size']} | batch={cfg['batch']} "
           f"prompt<={cfg['prompt_len']} new={cfg['new']} | {cfg['device']} {cfg['dtype']} "
           f"threads={next(iter(rows.values()))['threads']} | {cfg['warmup']} warmup + {cfg['repeats']} runs"
-          f" ({cfg['timing']}" + (f", {cfg['rounds']} rounds)" if cfg['timing'] == "subprocess" else ")"))
+          f" ({cfg['timing']}" + (f", {cfg['rounds']} rounds)" if cfg['timing'] == "subprocess" else ")")
+          + f" | load avg {loadavg[0]:.1f} -> {loadavg[1]:.1f} on {os.cpu_count()} cpus")
     gen = rows.get("generate")
     unit = {"generate": "tok/s", "discrete": "tok/s", "soft_mixture": "pos/s", "hidden_state": "pos/s"}
     gpu = any(r["gpu_peak_mb"] for r in rows.values())
-    head = f"{'mode':<14}{'median s':>10}{'min s':>9}{'max s':>9}{'ms/step':>9}{'per s':>12}{'':>6}{'vs gen':>8}" \
-           f"{'rss0 MB':>9}{'peak MB':>9}" + (f"{'gpu MB':>9}" if gpu else "")
+    cpu_cols = not gpu
+    head = (f"{'mode':<14}{'median s':>9}{'min s':>8}{'max s':>8}{'ms/step':>9}{'per s':>9}{'':>6}{'vs gen':>8}"
+            + (f"{'cpu ms/st':>10}{'cpu vs gen':>11}" if cpu_cols else "")
+            + f"{'rss0 MB':>9}{'peak MB':>9}" + (f"{'gpu MB':>9}" if gpu else ""))
     print(head)
     print("-" * len(head))
     for mode, r in rows.items():
         ratio = f"{r['per_s'] / gen['per_s']:.2f}x" if gen else "-"
-        print(f"{mode:<14}{r['median_s']:>10.3f}{r['min_s']:>9.3f}{r['max_s']:>9.3f}{r['ms_per_step']:>9.2f}"
-              f"{r['per_s']:>12.0f}{unit[mode]:>6}{ratio:>8}{r['rss_before_mb']:>9.0f}{r['peak_mb']:>9.0f}"
-              + (f"{r['gpu_peak_mb']:>9.0f}" if gpu else ""))
+        cratio = f"{r['cpu_per_s'] / gen['cpu_per_s']:.2f}x" if gen else "-"
+        print(f"{mode:<14}{r['median_s']:>9.3f}{r['min_s']:>8.3f}{r['max_s']:>8.3f}{r['ms_per_step']:>9.2f}"
+              f"{r['per_s']:>9.0f}{unit[mode]:>6}{ratio:>8}"
+              + (f"{r['cpu_ms_per_step']:>10.2f}{cratio:>11}" if cpu_cols else "")
+              + f"{r['rss_before_mb']:>9.0f}{r['peak_mb']:>9.0f}" + (f"{r['gpu_peak_mb']:>9.0f}" if gpu else ""))
 
 
-def final_json(args: argparse.Namespace, rows: dict) -> dict:
+def final_json(args: argparse.Namespace, rows: dict, loadavg: list[float]) -> dict:
     def get(mode, key):
         return round(rows[mode][key], 3) if mode in rows else None
 
-    def ratio(mode):
+    def ratio(mode, key="per_s"):
         if mode in rows and "generate" in rows:
-            return round(rows[mode]["per_s"] / rows["generate"]["per_s"], 3)
+            return round(rows[mode][key] / rows["generate"][key], 3)
         return None
 
     cfg = config_dict(args)
@@ -505,6 +525,12 @@ def final_json(args: argparse.Namespace, rows: dict) -> dict:
         for mode, key in (("generate", "generate"), ("discrete", "discrete"), ("soft_mixture", "latent"),
                           ("hidden_state", "hidden_state")):
             out[f"{key}_gpu_peak_mb"] = get(mode, "gpu_peak_mb")
+    else:  # the same ratios from process CPU time (steadier than wall time on a loaded machine)
+        out["discrete_vs_generate_cpu"] = ratio("discrete", "cpu_per_s")
+        out["latent_vs_generate_cpu"] = ratio("soft_mixture", "cpu_per_s")
+        out["hidden_state_vs_generate_cpu"] = ratio("hidden_state", "cpu_per_s")
+    out["ms_per_step"] = {m: round(r["ms_per_step"], 3) for m, r in rows.items()}
+    out["loadavg"] = [round(x, 2) for x in loadavg]
     out["config"] = cfg
     return out
 
@@ -519,15 +545,16 @@ def main(argv=None) -> dict | None:
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise SystemExit(f"unknown mode(s) {bad}; allowed: {MODES}")
+    load0 = os.getloadavg()[0]
     mem: dict[str, list[dict]] = {m: [] for m in modes}
     if args.timing == "subprocess":
-        times: dict[str, list[float]] = {m: [] for m in modes}
+        times: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
         for r in range(args.rounds):
             for mode in modes:
                 print(f"[round {r + 1}/{args.rounds}] {mode} ...", file=sys.stderr, flush=True)
                 res = run_subprocess(args, mode)
                 mem[mode].append(res)
-                times[mode] += res["times_s"]
+                times[mode] += [tuple(x) for x in res["times_s"]]
     else:
         for mode in modes:  # peak memory: one warmup + one run, each mode in a fresh process
             print(f"[memory] {mode} ...", file=sys.stderr, flush=True)
@@ -535,8 +562,9 @@ def main(argv=None) -> dict | None:
         print(f"[timing] {', '.join(modes)} interleaved ...", file=sys.stderr, flush=True)
         times = time_interleaved(args, modes)
     rows = summarize(args, times, mem)
-    print_table(args, rows)
-    out = final_json(args, rows)
+    loadavg = [load0, os.getloadavg()[0]]
+    print_table(args, rows, loadavg)
+    out = final_json(args, rows, loadavg)
     print(json.dumps(out))
     return out
 

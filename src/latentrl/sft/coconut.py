@@ -159,7 +159,14 @@ class CoconutConfig(BaseConfig):
     )
     seed: int = cfg_field(0, "Seed of the data order, of uniform_prob's stage draws and of torch's global RNG.")
 
-    # --- data (read by callers that load data: `latentrl bench`, scripts) ----------------------------------------
+    # --- model and data (read by callers that load them: `latentrl bench`, scripts) ------------------------------
+    model_name_or_path: str | None = cfg_field(
+        None, "Checkpoint the caller loads and trains (e.g. a CoT-SFT model for GSM8k); train_coconut takes a model."
+    )
+    dataset: str | None = cfg_field(
+        None, "Training data the caller loads (task name or file; `latentrl.data.load_examples`)."
+    )
+    eval_dataset: str | None = cfg_field(None, "Evaluation data the caller loads (task name or file).")
     num_train_examples: int = cfg_field(
         2000, "Training examples the caller loads (train_coconut trains on whatever it is given).", min=1
     )

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from latentrl.sampling import filter_logits, gumbel_noise
+from latentrl.sampling import filter_logits
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
@@ -61,9 +61,14 @@ def gumbel_log_density(x: torch.Tensor) -> torch.Tensor:
 
 
 def draw_gumbel(shape, generator: torch.Generator | None, device) -> torch.Tensor:
-    """Standard Gumbel noise drawn with `generator` (on the generator's device), returned on `device`."""
+    """Standard Gumbel(0, 1) noise -log(-log U) drawn with `generator` (on the generator's device), on `device`.
+
+    (Written out here rather than calling `latentrl.sampling.gumbel_noise`, whose clamp is misplaced and returns
+    NaN; see the issue-6 report.)
+    """
     gen_device = generator.device if generator is not None else torch.device(device)
-    return gumbel_noise(shape, generator, gen_device).to(device)
+    u = torch.rand(shape, generator=generator, device=gen_device, dtype=torch.float32)
+    return (-torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))).to(device)
 
 
 def _latent_config(config: "LatentConfig | None") -> "LatentConfig":

@@ -1,0 +1,375 @@
+"""Superposition SFT: a small latent-SFT stage that teaches a CoT model to think in top-K vocabulary superpositions.
+
+Latent-GRPO (Deng et al. 2026) must start from a latent-SFT model; its authors use Latent-SFT (Deng et al. 2025,
+arXiv 2510.15522; code github.com/DJC-GO-SOLO/Latent-SFT). Latent-SFT has two stages:
+
+1. a trained *Latent Token Encoder* reads the explicit chain of thought and emits a short sequence of latent
+   tokens, each a probability vector q_j over the vocabulary (the input fed to the LLM is q_j · E);
+2. the encoder is discarded and the LLM is trained, teacher-forced on ``prompt, q_1·E .. q_m·E, </think>, answer``,
+   with ``CE(answer) + KL(q_j || p_θ(· | prefix))`` at the latent positions, so that it generates these latent
+   tokens itself (`LatentSFTStage2SoftEmbedding` in `src/modeling/modeling_latent.py`).
+
+This module is a faithful *small* version of stage 2 with a fixed, training-free stage 1: the chain of thought is
+cut into chunks of `tokens_per_latent` tokens and latent j is the superposition of the tokens of chunk j,
+q_j(v) = count of v in chunk j / chunk length (at most `top_k` tokens, the RL operator's K). The model then learns
+
+    loss = ce_weight · CE(end-of-thinking + answer + eos) + kl_weight · mean_j KL(q_j || softmax(logits_{j-1}))
+
+with the latent inputs Σ_v q_j(v) E[v] (teacher forcing, one parallel forward per batch). At RL time the
+`gumbel_topk` operator feeds back the model's own top-K superposition softmax(top-K logits) · E, which is what
+stage 2 trains the model to produce; the latent span ends when the top-1 prediction is the end-of-thinking token,
+exactly what the CE term trains after the last latent. Compression: m = ceil(len(CoT) / tokens_per_latent)
+latents instead of len(CoT) tokens (Latent-SFT reports up to 4x).
+
+Deliberate differences from the authors' Latent-SFT: no learned encoder (chunk superpositions instead); gradients
+are not stopped at the input embeddings (the authors detach all input embeddings); the KL is a token mean over all
+latent positions of the batch (theirs: per-example mean, then batch mean). The alternative starting point is
+Coconut curriculum SFT (`latentrl.sft.coconut`), whose latents are hidden states rather than vocabulary
+superpositions — the wrong input space for `gumbel_topk`, which is why Latent-GRPO's presets use this stage.
+
+    cfg = SuperpositionSFTConfig(max_steps=300, tokens_per_latent=2, top_k=10)
+    history = train_superposition_sft(cfg, model, train_examples, eval_examples)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentrl.config import BaseConfig, ConfigError, cfg_field, config_to_dict
+from latentrl.data.schema import Example, format_no_cot, format_prompt
+from latentrl.model import LatentModel
+from latentrl.sft.cot import IGNORE_INDEX, SFTHistory, lr_lambda, masked_lm_loss
+
+__all__ = [
+    "SuperpositionSFTConfig",
+    "SuperpositionExample",
+    "build_superposition_batch",
+    "build_superposition_init",
+    "chunk_superpositions",
+    "encode_superposition_examples",
+    "superposition_loss",
+    "train_superposition_sft",
+]
+
+
+@dataclasses.dataclass(kw_only=True)
+class SuperpositionSFTConfig(BaseConfig):
+    """Options of superposition SFT (a small Latent-SFT stage 2 with chunk-superposition targets)."""
+
+    tokens_per_latent: int = cfg_field(
+        2, "Chain-of-thought tokens compressed into one latent superposition (compression factor c).", min=1
+    )
+    top_k: int = cfg_field(
+        10, "Tokens kept per latent target (use the RL operator's K; Latent-GRPO: 10). Chunks with more distinct "
+        "tokens keep the top_k most frequent (first occurrence breaks ties), renormalised.", min=1
+    )
+    end_of_thinking: str | None = cfg_field(
+        None,
+        "Text placed after the latents, before the answer (the authors' '</think>'); null: the answer mark '####' "
+        "that starts the answer text ends thinking (the CPU suite's latent.end_of_thinking_token).",
+    )
+    ce_weight: float = cfg_field(1.0, "Weight of the cross-entropy on end-of-thinking + answer + eos.", min=0.0)
+    kl_weight: float = cfg_field(1.0, "Weight of KL(q_j || p_theta) at the latent positions.", min=0.0)
+    max_steps: int = cfg_field(300, "Number of optimizer steps.", min=0)
+    per_device_train_batch_size: int = cfg_field(32, "Examples per optimizer step.", min=1)
+    learning_rate: float = cfg_field(3e-4, "Peak AdamW learning rate.", min=0.0, min_exclusive=True)
+    weight_decay: float = cfg_field(0.0, "AdamW weight decay.", min=0.0)
+    max_grad_norm: float = cfg_field(1.0, "Clip gradients to this global norm; 0 disables clipping.", min=0.0)
+    lr_scheduler_type: str = cfg_field(
+        "constant_with_warmup", "Learning-rate schedule (HF names).",
+        choices=("constant", "constant_with_warmup", "cosine", "linear"),
+    )
+    warmup_steps: int = cfg_field(20, "Linear warmup steps (ignored by 'constant').", min=0)
+    max_length: int = cfg_field(512, "Examples longer than this many positions are an error, never cut.", min=2)
+    max_latent_steps: int = cfg_field(64, "Cap on latent steps when decoding the eval set.", min=1)
+    eval_batch_size: int = cfg_field(64, "Prompts per batch when decoding the eval set.", min=1)
+    seed: int = cfg_field(0, "Seed of the data order (and torch's global RNG).")
+    logging_steps: int = cfg_field(10, "Record training metrics every this many steps.", min=1)
+    disable_tqdm: bool | None = cfg_field(None, "Hide the progress bar; null = hide it when not a terminal.")
+
+    def validate(self) -> None:
+        if self.tokens_per_latent > self.top_k:
+            raise ConfigError(f"tokens_per_latent ({self.tokens_per_latent}) must be <= top_k ({self.top_k}): a "
+                              "latent target must fit in the operator's top-K")
+        if self.ce_weight == 0 and self.kl_weight == 0:
+            raise ConfigError("ce_weight and kl_weight cannot both be 0")
+
+
+@dataclasses.dataclass
+class SuperpositionExample:
+    """One encoded example: prompt ids, latent targets (m, K) ids / weights, answer ids (incl. eos)."""
+
+    prompt: list[int]
+    latent_ids: torch.Tensor  # (m, K) long
+    latent_weights: torch.Tensor  # (m, K) float, rows sum to 1
+    answer: list[int]
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + self.latent_ids.shape[0] + len(self.answer)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data -> tensors
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def chunk_superpositions(cot_ids: Sequence[int], tokens_per_latent: int, top_k: int,
+                         pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m, top_k) ids and weights of the chunk superpositions of a chain of thought, m = ceil(len / c).
+
+    Latent j superposes the tokens of chunk j with weights proportional to their counts; padding entries have
+    weight 0 (and id `pad_id`).
+    """
+    if tokens_per_latent < 1 or top_k < 1:
+        raise ValueError("tokens_per_latent and top_k must be >= 1")
+    m = math.ceil(len(cot_ids) / tokens_per_latent)
+    ids = torch.full((m, top_k), pad_id, dtype=torch.long)
+    weights = torch.zeros((m, top_k), dtype=torch.float32)
+    for j in range(m):
+        chunk = list(cot_ids[j * tokens_per_latent : (j + 1) * tokens_per_latent])
+        counts = Counter(chunk)
+        order = sorted(counts, key=lambda t: (-counts[t], chunk.index(t)))[:top_k]
+        total = sum(counts[t] for t in order)
+        for k, t in enumerate(order):
+            ids[j, k] = t
+            weights[j, k] = counts[t] / total
+    return ids, weights
+
+
+def _answer_text(ex: Example, end_of_thinking: str | None) -> str:
+    return (end_of_thinking or "") + format_no_cot(ex)
+
+
+def encode_superposition_examples(tokenizer, examples: Sequence[Example], cfg: SuperpositionSFTConfig) -> list[SuperpositionExample]:
+    """Tokenize prompt, chain of thought (turned into chunk superpositions) and answer (+ eos) separately."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("superposition SFT needs a tokenizer with an eos token")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = []
+    for i, ex in enumerate(examples):
+        p = tokenizer(format_prompt(ex), add_special_tokens=False)["input_ids"]
+        cot = tokenizer(" " + " ".join(ex.steps), add_special_tokens=False)["input_ids"] if ex.steps else []
+        a = tokenizer(_answer_text(ex, cfg.end_of_thinking), add_special_tokens=False)["input_ids"]
+        a = list(a) + [tokenizer.eos_token_id]
+        ids, w = chunk_superpositions(cot, cfg.tokens_per_latent, cfg.top_k, pad)
+        enc = SuperpositionExample(list(p), ids, w, a)
+        if enc.length > cfg.max_length:
+            raise ValueError(f"example {i} needs {enc.length} positions (prompt {len(p)} + latents {ids.shape[0]} + "
+                             f"answer {len(a)}), more than max_length={cfg.max_length}")
+        unk = tokenizer.unk_token_id
+        if unk is not None and (unk in p or unk in cot or unk in a):
+            raise ValueError(f"example {i} has words the tokenizer does not know: {ex.question!r}")
+        out.append(enc)
+    return out
+
+
+def build_superposition_batch(encoded: Sequence[SuperpositionExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors: `input_ids` (pad at latent positions), `attention_mask`, `latent_mask`, `latent_ids`
+    and `latent_weights` (B, T, K), and `labels` (-100 except end-of-thinking + answer + eos)."""
+    B = len(encoded)
+    K = encoded[0].latent_ids.shape[1]
+    T = max(e.length for e in encoded)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    lat = torch.zeros((B, T), dtype=torch.bool)
+    lat_ids = torch.full((B, T, K), pad_id, dtype=torch.long)
+    lat_w = torch.zeros((B, T, K), dtype=torch.float32)
+    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    for b, e in enumerate(encoded):
+        P, m, A = len(e.prompt), e.latent_ids.shape[0], len(e.answer)
+        ids[b, :P] = torch.as_tensor(e.prompt)
+        lat[b, P : P + m] = True
+        lat_ids[b, P : P + m] = e.latent_ids
+        lat_w[b, P : P + m] = e.latent_weights
+        ids[b, P + m : P + m + A] = torch.as_tensor(e.answer)
+        labels[b, P + m : P + m + A] = torch.as_tensor(e.answer)
+        mask[b, : P + m + A] = 1
+    return {"input_ids": ids, "attention_mask": mask, "latent_mask": lat, "latent_ids": lat_ids,
+            "latent_weights": lat_w, "labels": labels}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def superposition_loss(model: LatentModel, batch: dict[str, torch.Tensor], cfg: SuperpositionSFTConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """One teacher-forced forward: CE on the answer tokens + KL(q_j || p) at the latent positions."""
+    emb = model.embed(batch["input_ids"])
+    mix = torch.einsum("btk,btkh->bth", batch["latent_weights"].to(emb.dtype), model.embed(batch["latent_ids"]))
+    lat = batch["latent_mask"]
+    emb = torch.where(lat[..., None], mix, emb)
+    mask = batch["attention_mask"]
+    position = (mask.cumsum(-1) - 1).clamp_min(0)
+    logits, _, _ = model.forward_embeds(emb, attention_mask=mask, position_ids=position)
+    ce, ce_stats = masked_lm_loss(logits, batch["labels"])
+
+    # logits at t-1 predict latent t
+    target = lat[:, 1:]
+    stats = {"ce": float(ce.detach()), "token_accuracy": float(ce_stats["token_accuracy"])}
+    if bool(target.any()):
+        logp = logits[:, :-1][target].float().log_softmax(-1)  # (N, V)
+        q = batch["latent_weights"][:, 1:][target].float()  # (N, K)
+        qi = batch["latent_ids"][:, 1:][target]
+        kl = (q * (q.clamp_min(1e-12).log() - logp.gather(-1, qi))).sum(-1).mean()
+        with torch.no_grad():
+            top1 = (logp.argmax(-1) == qi[:, 0]).float().mean()
+            mass = logp.exp().gather(-1, qi).masked_fill(q == 0, 0.0).sum(-1).mean()
+        stats.update({"kl": float(kl.detach()), "latent_top1_accuracy": float(top1), "latent_target_mass": float(mass)})
+    else:
+        kl = logits.new_zeros(())
+        stats["kl"] = 0.0
+    loss = cfg.ce_weight * ce + cfg.kl_weight * kl
+    stats["loss"] = float(loss.detach())
+    return loss, stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def latent_eval_setup(model: LatentModel, cfg: SuperpositionSFTConfig):
+    """The deterministic top-K superposition operator and end-of-thinking schedule used to evaluate (and RL-train)
+    the result: what Latent-GRPO's rollouts do with the noise off."""
+    from latentrl.config import LatentConfig
+    from latentrl.rollout import ThinkingSchedule
+    from latentrl.thoughts import build_thought_operator
+
+    end_text = cfg.end_of_thinking or "####"
+    end = model.tokenizer(end_text, add_special_tokens=False)["input_ids"]
+    if not end:
+        raise ValueError(f"end-of-thinking text {end_text!r} tokenizes to nothing")
+    op = build_thought_operator("gumbel_topk", config=LatentConfig(top_k=cfg.top_k))
+    op.set_eval_mode(True)
+    return op, ThinkingSchedule(end_token_id=end[0], max_latent_steps=cfg.max_latent_steps)
+
+
+def train_superposition_sft(
+    config: SuperpositionSFTConfig,
+    model: LatentModel,
+    train_examples: Sequence[Example],
+    eval_examples: Sequence[Example] = (),
+) -> SFTHistory:
+    """Fine-tune `model` in place; greedy Pass@1 with deterministic top-K latents on `eval_examples` at the end."""
+    from latentrl.logger import progress
+
+    if not train_examples:
+        raise ValueError("train_superposition_sft needs at least one training example")
+    t_start = time.perf_counter()
+    cfg = config
+    tok = model.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    encoded = encode_superposition_examples(tok, train_examples, cfg)
+
+    torch.manual_seed(cfg.seed)
+    order = torch.Generator().manual_seed(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_scheduler_type, cfg.warmup_steps,
+                                                                       cfg.max_steps))
+    history = SFTHistory()
+    perm: list[int] = []
+    cursor = 0
+    window: dict[str, float] = {}
+    n_window = 0
+    train_time = 0.0
+    bar = progress(cfg.max_steps, "sft[superposition]", disable=cfg.disable_tqdm)
+    try:
+        model.train()
+        for step in range(1, cfg.max_steps + 1):
+            t0 = time.perf_counter()
+            idx: list[int] = []
+            while len(idx) < cfg.per_device_train_batch_size:
+                if cursor >= len(perm):
+                    perm, cursor = torch.randperm(len(encoded), generator=order).tolist(), 0
+                take = min(cfg.per_device_train_batch_size - len(idx), len(perm) - cursor)
+                idx += perm[cursor : cursor + take]
+                cursor += take
+            batch = {k: v.to(model.device) for k, v in build_superposition_batch([encoded[i] for i in idx], pad_id).items()}
+            loss, stats = superposition_loss(model, batch, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")))
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            train_time += time.perf_counter() - t0
+            for k, v in stats.items():
+                window[k] = window.get(k, 0.0) + v
+            n_window += 1
+            if step % cfg.logging_steps == 0 or step == cfg.max_steps:
+                record = {k: v / n_window for k, v in window.items()}
+                record.update({"step": step, "learning_rate": lr, "grad_norm": grad_norm, "train_wall_s": train_time})
+                history.train.append(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", kl=f"{record.get('kl', 0.0):.3f}")
+                window, n_window = {}, 0
+            bar.update(1)
+        history.steps = cfg.max_steps
+        history.train_wall_s = train_time
+        if eval_examples:
+            history.final_eval = evaluate_superposition(model, eval_examples, cfg)
+            history.eval.append({"step": cfg.max_steps, **{k: v for k, v in history.final_eval.items()
+                                                          if k != "samples"}})
+    finally:
+        bar.close()
+        model.eval()
+    history.wall_s = time.perf_counter() - t_start
+    return history
+
+
+def evaluate_superposition(model: LatentModel, examples: Sequence[Example], cfg: SuperpositionSFTConfig,
+                           max_new_positions: int | None = None) -> dict[str, Any]:
+    """Greedy Pass@1 with deterministic top-K superposition latents until the end-of-thinking token."""
+    from latentrl.eval import evaluate
+
+    op, schedule = latent_eval_setup(model, cfg)
+    budget = max_new_positions or (cfg.max_latent_steps + 32)
+    res = evaluate(model, list(examples), operator=op, schedule=schedule, max_new_positions=budget,
+                   batch_size=cfg.eval_batch_size, k=0)
+    return {"pass_at_1": res.pass_at_1, "mean_reasoning_positions": res.mean_reasoning_positions,
+            "mean_latent_positions": res.mean_latent_positions, "n": res.n, "wall_s": res.wall_s,
+            "samples": res.samples}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `latentrl bench` starting checkpoint
+# ---------------------------------------------------------------------------------------------------------------
+
+BENCH_TRAIN_EXAMPLES = 2000
+BENCH_STEPS, BENCH_QUICK_STEPS = 300, 60
+
+
+def build_superposition_init(task: Any, cache: Path | str, quick: bool) -> Path:
+    """The `superposition_sft` starting checkpoint of a CPU-suite task: the task's shipped CoT model after
+    superposition SFT on the task's training data. Cached under `cache` (built once)."""
+    from latentrl.assets import model_path
+    from latentrl.checkpoint import atomic_write_json
+    from latentrl.data import load_examples
+
+    out = Path(cache) / ("superposition_sft-quick" if quick else "superposition_sft")
+    if (out / "config.json").is_file():
+        return out
+    model = LatentModel.from_pretrained(model_path(task.cot_model))
+    train = load_examples(task.dataset, split="train", n=BENCH_TRAIN_EXAMPLES, seed=0, **task.dataset_kwargs)
+    cfg = SuperpositionSFTConfig(max_steps=BENCH_QUICK_STEPS if quick else BENCH_STEPS, disable_tqdm=True)
+    history = train_superposition_sft(cfg, model, train)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    atomic_write_json(tmp / "superposition_sft.json", {"config": config_to_dict(cfg), "train": history.train[-1:],
+                                                        "source": str(model_path(task.cot_model))})
+    if out.exists():  # a concurrent build finished first
+        return out
+    tmp.rename(out)
+    return out
+

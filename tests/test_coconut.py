@@ -1,0 +1,444 @@
+"""Coconut curriculum SFT: the KV-cached multi-pass forward against a naive full recompute (loss and gradients),
+the no-BPTT (LatR) variant, curriculum data per stage, stage schedule and optimizer resets, uniform_prob mixing,
+batched generation, presets, and the loaders Coconut reads (ProsQA, ProntoQA, GSM8k-Aug)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latentrl.config import ConfigError, load_config
+from latentrl.data import DataFormatError, Example, format_cot, format_prompt, load_icot, load_prontoqa, load_prosqa
+from latentrl.sft.coconut import (
+    IGNORE_INDEX,
+    CoconutConfig,
+    build_stage_sample,
+    coconut_eval_thoughts,
+    coconut_forward,
+    coconut_generate,
+    coconut_prompt_text,
+    coconut_rollout,
+    collate_coconut,
+    stage_of_epoch,
+    stage_samples,
+    tokenize_example,
+    train_coconut,
+)
+from latentrl.testing import tiny_latent_model
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SHARED_DATA = REPO.parent / "shared" / "data"
+WORDS = ["Tom", "is", "a", "cat", "dog"]
+
+# three rows with different prompt lengths and, at the stages below, 2, 0 and 3 thoughts
+EXAMPLES = [
+    Example("1 2 3", ["4 5", "6", "7 8 9"], "3"),
+    Example("Tom is a cat", ["1", "2"], "5"),
+    Example("9", ["1 1", "2 2", "3 3"], "7 7"),
+]
+STAGES = [2, 0, 3]
+
+
+def shared_file(relative: str) -> Path:
+    path = SHARED_DATA / relative
+    if not path.is_file():
+        pytest.skip(f"real data file {path} not present")
+    return path
+
+
+def model(arch="qwen2", seed=0, **shape):
+    lm = tiny_latent_model(arch, WORDS, seed=seed, **shape)
+    lm.model.eval()  # no dropout: both computations must be the same function
+    return lm
+
+
+def cfg(**kw):
+    kw.setdefault("max_latent_stage", 3)
+    kw.setdefault("num_epochs", 10)
+    kw.setdefault("disable_tqdm", True)
+    return CoconutConfig(**kw)
+
+
+def batch_samples(lm, c=1):
+    c_ = cfg(c_thought=c)
+    toks = [tokenize_example(lm.tokenizer, ex) for ex in EXAMPLES]
+    return [build_stage_sample(t, s, c_, lm.latent_ids) for t, s in zip(toks, STAGES)]
+
+
+def grads(lm):
+    return {n: p.grad.detach().clone() for n, p in lm.named_parameters() if p.grad is not None}
+
+
+def naive_loss(lm, samples, detach_thoughts=False):
+    """Row by row, no padding, no cache: each thought is the last hidden state of a full forward over everything
+    before it; then one full forward over the whole sequence. Token-mean CE over the batch."""
+    total, count = 0.0, 0
+    for s in samples:
+        ids = torch.tensor([s.input_ids])
+        emb = lm.embed(ids)[0]
+        cols = [emb[i] for i in range(ids.shape[1])]
+        for c in range(s.latent_start, s.latent_start + s.num_latent):
+            _, h, _ = lm.forward_embeds(torch.stack(cols[:c])[None])
+            cols[c] = h[0, -1].detach() if detach_thoughts else h[0, -1]
+        logits, _, _ = lm.forward_embeds(torch.stack(cols)[None])
+        labels = torch.tensor(s.labels[1:])
+        sel = labels != IGNORE_INDEX
+        total = total + F.cross_entropy(logits[0, :-1][sel].float(), labels[sel], reduction="sum")
+        count += int(sel.sum())
+    return total / count
+
+
+# ------------------------------------------------------------------------------------------- the multi-pass forward
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+@pytest.mark.parametrize("c", [1, 2])
+def test_kv_cached_multipass_equals_naive_recompute(arch, c):
+    lm = model(arch)
+    samples = batch_samples(lm, c)
+    assert [s.num_latent for s in samples] == [2 * c, 0, 3 * c]
+    out = coconut_forward(lm, collate_coconut(samples, lm.tokenizer.pad_token_id), bptt=True)
+    assert out.num_forwards == 3 * c + 1  # n_max + 1 sequential forwards
+    out.loss.backward()
+    g_kv = grads(lm)
+    lm.zero_grad(set_to_none=True)
+    ref = naive_loss(lm, samples)
+    ref.backward()
+    g_ref = grads(lm)
+    torch.testing.assert_close(out.loss.detach(), ref.detach(), atol=1e-5, rtol=1e-5)
+    assert set(g_kv) == set(g_ref) and len(g_kv) > 0
+    for name in g_ref:
+        torch.testing.assert_close(g_kv[name], g_ref[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_no_bptt_gradient_does_not_flow_into_the_thoughts(arch):
+    lm = model(arch)
+    samples = batch_samples(lm)
+    b = collate_coconut(samples, lm.tokenizer.pad_token_id)
+    out = coconut_forward(lm, b, bptt=False)
+    assert out.num_forwards == 3 + 1  # 3 no-grad passes form the thoughts, 1 full forward for the CE
+    out.loss.backward()
+    g_nobptt = grads(lm)
+    lm.zero_grad(set_to_none=True)
+    ref = naive_loss(lm, samples, detach_thoughts=True)
+    ref.backward()
+    g_ref = grads(lm)
+    torch.testing.assert_close(out.loss.detach(), ref.detach(), atol=1e-5, rtol=1e-5)
+    for name in g_ref:
+        torch.testing.assert_close(g_nobptt[name], g_ref[name], atol=1e-5, rtol=1e-4, msg=name)
+    # the same loss value as BPTT, but a different gradient: BPTT also differentiates through the thoughts
+    lm.zero_grad(set_to_none=True)
+    out_bptt = coconut_forward(lm, b, bptt=True)
+    out_bptt.loss.backward()
+    torch.testing.assert_close(out_bptt.loss.detach(), out.loss.detach(), atol=1e-5, rtol=1e-5)
+    diff = max(float((grads(lm)[n] - g_nobptt[n]).abs().max()) for n in g_nobptt)
+    assert diff > 1e-6
+
+
+def test_forward_without_thoughts_is_the_plain_causal_lm_loss():
+    lm = model()
+    c_ = cfg()
+    toks = [tokenize_example(lm.tokenizer, ex) for ex in EXAMPLES]
+    samples = [build_stage_sample(t, 0, c_, lm.latent_ids) for t in toks]
+    out = coconut_forward(lm, collate_coconut(samples, lm.tokenizer.pad_token_id))
+    assert out.num_forwards == 1
+    torch.testing.assert_close(out.loss, naive_loss(lm, samples), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- curriculum data
+def test_stage_samples_exact_tokens_and_loss_masks():
+    lm = model()
+    tok = lm.tokenizer
+    S, L, E = lm.latent_ids.start, lm.latent_ids.latent, lm.latent_ids.end
+    ex = Example("Tom is a cat", ["1 2", "3", "4 5 6"], "7")
+    t = tokenize_example(tok, ex)
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    q = ids("Tom is a cat ||")
+    s1, s2, s3 = ids("1 2"), ids("3"), ids("4 5 6")
+    ans = ids("#### 7") + [tok.eos_token_id]
+    assert (t.prompt, t.steps, t.answer) == (q, [s1, s2, s3], ans)
+
+    def check(sample, n_latent, kept):
+        head = q + [S] + [L] * n_latent + [E]
+        assert sample.input_ids == head + kept + ans
+        assert sample.labels == [IGNORE_INDEX] * len(head) + kept + ans
+        assert sample.num_latent == n_latent and sample.latent_start == len(q) + 1
+
+    c1 = cfg(c_thought=1, max_latent_stage=2)
+    check(build_stage_sample(t, 0, c1, lm.latent_ids), 0, s1 + s2 + s3)  # stage 0 = full CoT (empty markers)
+    check(build_stage_sample(t, 1, c1, lm.latent_ids), 1, s2 + s3)
+    check(build_stage_sample(t, 2, c1, lm.latent_ids), 2, s3)
+    check(build_stage_sample(t, 3, c1, lm.latent_ids), 2, [])  # past max_latent_stage: every step dropped
+    c2 = cfg(c_thought=2, max_latent_stage=2)
+    check(build_stage_sample(t, 1, c2, lm.latent_ids), 2, s2 + s3)  # c thoughts per replaced step
+    check(build_stage_sample(t, 9, c2, lm.latent_ids), 4, [])
+    # a short example past the last stage: padded to max_latent_stage*c, or its own step count
+    short = tokenize_example(tok, Example("Tom is a cat", ["1 2"], "7"))
+    pad = cfg(c_thought=2, max_latent_stage=3, pad_latent_to_max=True)
+    nopad = cfg(c_thought=2, max_latent_stage=3, pad_latent_to_max=False)
+    assert build_stage_sample(short, 4, pad, lm.latent_ids).num_latent == 6
+    assert build_stage_sample(short, 4, nopad, lm.latent_ids).num_latent == 2
+    # a stage within max_latent_stage but beyond the example's steps keeps k*c thoughts (reference behaviour)
+    assert build_stage_sample(short, 3, nopad, lm.latent_ids).num_latent == 6
+    assert coconut_eval_thoughts(pad, 5) == 6 and coconut_eval_thoughts(nopad, 5, num_steps=1) == 2
+    assert coconut_eval_thoughts(c1, 1) == 1
+
+
+def test_stage_zero_is_the_cot_sft_sequence_and_prompt_hook_tokenizes_to_start():
+    lm = model()
+    tok = lm.tokenizer
+    for ex in EXAMPLES:
+        s = build_stage_sample(tokenize_example(tok, ex), 0, cfg(), lm.latent_ids)
+        prompt = tok(format_prompt(ex), add_special_tokens=False)["input_ids"]
+        cot = tok(format_cot(ex), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert s.input_ids == prompt + [lm.latent_ids.start, lm.latent_ids.end] + cot
+        hooked = tok(coconut_prompt_text(ex), add_special_tokens=False)["input_ids"]
+        assert hooked == prompt + [lm.latent_ids.start]
+        assert coconut_prompt_text({"prompt": format_prompt(ex)}) == coconut_prompt_text(ex)
+
+
+def test_collate_aligns_the_first_thought_of_every_row():
+    lm = model()
+    samples = batch_samples(lm)
+    b = collate_coconut(samples, lm.tokenizer.pad_token_id)
+    L = lm.latent_ids.latent
+    for i, s in enumerate(samples):
+        row = b.input_ids[i]
+        real = b.attention_mask[i].bool()
+        assert row[real].tolist() == s.input_ids
+        assert b.position_ids[i][real].tolist() == list(range(len(s.input_ids)))
+        lat_cols = (row == L).nonzero().flatten().tolist()
+        assert lat_cols == list(range(b.latent_start, b.latent_start + s.num_latent))
+        assert b.labels[i][real].tolist() == s.labels
+        assert (b.labels[i][~real] == IGNORE_INDEX).all()
+    assert (b.latent_mask == (b.input_ids == L)).all()
+
+
+def test_uniform_prob_mixing_is_seeded():
+    lm = model()
+    toks = [tokenize_example(lm.tokenizer, ex) for ex in EXAMPLES] * 40
+    mixed = cfg(uniform_prob=0.5, seed=3)
+    a = [s.stage for s in stage_samples(toks, 2, mixed, lm.latent_ids, epoch=1)]
+    b = [s.stage for s in stage_samples(toks, 2, mixed, lm.latent_ids, epoch=1)]
+    c = [s.stage for s in stage_samples(toks, 2, mixed, lm.latent_ids, epoch=2)]
+    assert a == b and a != c
+    changed = sum(st != 2 for st in a) / len(a)
+    assert 0.15 < changed < 0.6  # half are redrawn, and a redraw lands on 2 again with prob 1/3 or 1/4
+    assert set(a) <= {0, 1, 2, 3}
+    # the draws follow the reference rule: with prob p a uniform stage in 0..#steps
+    rng = random.Random(3 * 1_000_003 + 1)
+    expect = [rng.randrange(len(t.steps) + 1) if rng.random() < 0.5 else 2 for t in toks]
+    assert a == expect
+    plain = [s.stage for s in stage_samples(toks, 2, cfg(), lm.latent_ids, epoch=1)]
+    assert plain == [2] * len(toks)
+
+
+# ------------------------------------------------------------------------------------------- schedule and training
+def tiny_train_data(n=8):
+    return [Example(f"{i} {i + 1}", [f"{i + 1}", f"{i + 2} {i}"], f"{(i * 3) % 10}") for i in range(n)]
+
+
+@pytest.mark.parametrize("reset, expected_resets", [("stage", [0, 4, 8]), ("epoch", [0, 2, 4, 6, 8, 10]),
+                                                    ("never", [0])])
+def test_stage_schedule_and_optimizer_reset(reset, expected_resets, monkeypatch):
+    import latentrl.sft.coconut as coconut
+
+    made = []
+    real = coconut._make_optimizer
+    monkeypatch.setattr(coconut, "_make_optimizer", lambda m, c: made.append(1) or real(m, c))
+    lm = model()
+    c_ = cfg(max_latent_stage=2, epochs_per_stage=2, num_epochs=8, start_stage=1, reset_optimizer=reset,
+             per_device_train_batch_size=4, eval_strategy="no", learning_rate=1e-3, logging_steps=1)
+    assert c_.start_epoch == 2 and [stage_of_epoch(c_, e) for e in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    hist = train_coconut(c_, lm, tiny_train_data(8))
+    assert hist.stages == [1, 1, 2, 2, 3, 3]  # epochs 2..7; stage 3 > max_latent_stage drops every step
+    assert hist.steps == 12  # 6 epochs x 2 steps of 4 examples
+    assert hist.optimizer_resets == expected_resets and len(made) == len(expected_resets)
+    assert [r["stage"] for r in hist.train] == [1] * 4 + [2] * 4 + [3] * 4
+    assert all(r["forwards_per_step"] == r["stage"] + 1 if r["stage"] <= 2 else 3 for r in hist.train)
+
+
+def test_optimizer_state_is_fresh_after_a_stage_reset(monkeypatch):
+    import latentrl.sft.coconut as coconut
+
+    seen = []
+    real = coconut._make_optimizer
+
+    def spy(m, c):
+        opt = real(m, c)
+        seen.append(opt)
+        return opt
+
+    monkeypatch.setattr(coconut, "_make_optimizer", spy)
+    c_ = cfg(max_latent_stage=1, epochs_per_stage=1, num_epochs=2, per_device_train_batch_size=8,
+             eval_strategy="no")
+    train_coconut(c_, model(), tiny_train_data(8))
+    assert len(seen) == 2 and seen[0] is not seen[1]
+    assert all(st["step"] == 1 for st in seen[1].state.values())  # one step since the reset, not two
+
+
+def test_gradient_accumulation_and_bptt_choice(monkeypatch):
+    """per_device 2 x GA 2 gives the same weights as per_device 4 (token mean over the whole step)."""
+    params = []
+    for mb, ga in [(4, 1), (2, 2)]:
+        lm = model(seed=1)
+        c_ = cfg(max_latent_stage=2, epochs_per_stage=1, num_epochs=3, start_stage=1, eval_strategy="no",
+                 per_device_train_batch_size=mb, gradient_accumulation_steps=ga, learning_rate=1e-3)
+        train_coconut(c_, lm, tiny_train_data(4))
+        params.append(torch.cat([p.detach().flatten() for p in lm.parameters()]))
+    torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
+    lm = model(seed=1)
+    c_ = cfg(max_latent_stage=2, epochs_per_stage=1, num_epochs=3, start_stage=1, eval_strategy="no",
+             per_device_train_batch_size=4, learning_rate=1e-3, bptt=False)
+    train_coconut(c_, lm, tiny_train_data(4))
+    assert not torch.allclose(torch.cat([p.detach().flatten() for p in lm.parameters()]), params[0])
+
+
+def test_train_coconut_learns_logs_and_evaluates_per_stage(tmp_path):
+    from latentrl.logger import read_metrics
+
+    lm = model()
+    data = tiny_train_data(4)
+    c_ = cfg(max_latent_stage=1, epochs_per_stage=3, num_epochs=6, per_device_train_batch_size=4, learning_rate=3e-3,
+             logging_steps=1, output_dir=str(tmp_path), eval_batch_size=4)
+    hist = train_coconut(c_, lm, data, data[:2])
+    losses = [r["loss"] for r in hist.train]
+    assert losses[2] < losses[0] and losses[5] < losses[3]
+    assert [(r["stage"], r["epoch"]) for r in hist.eval] == [(0, 2), (1, 5)]  # after each stage; the last = final
+    assert hist.final_eval is not None and hist.final_eval["num_thoughts"] == [1]
+    assert hist.final_eval["mean_latent_positions"] == 1.0
+    logged = read_metrics(tmp_path)
+    assert any("eval/pass_at_1" in r for r in logged) and any("eval/loss" in r for r in logged)
+
+
+def test_config_errors_name_the_fields():
+    with pytest.raises(ConfigError, match="start_stage"):
+        CoconutConfig(start_stage=5, epochs_per_stage=2, num_epochs=10)
+    with pytest.raises(ConfigError, match="reset_optimizer"):
+        CoconutConfig(reset_optimizer="sometimes")
+    with pytest.raises(ConfigError, match="uniform_prob"):
+        CoconutConfig(uniform_prob=1.5)
+
+
+def test_model_without_latent_tokens_is_a_clear_error():
+    lm = tiny_latent_model("qwen2", WORDS, add_latent_tokens=False)
+    with pytest.raises(ValueError, match="latent tokens"):
+        train_coconut(cfg(), lm, tiny_train_data(2))
+
+
+# ------------------------------------------------------------------------------------------- generation
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_batched_generation_equals_one_prompt_at_a_time(arch):
+    lm = model(arch, seed=2)
+    data = EXAMPLES + [Example("Tom is a dog", ["1"], "2")]
+    n = [3, 0, 2, 1]
+    ro = coconut_rollout(lm, data, n, max_new_positions=10)
+    assert ro.num_latent.tolist() == n
+    end = lm.latent_ids.end
+    for i in range(len(data)):
+        single = coconut_rollout(lm, data[i : i + 1], n[i], max_new_positions=10)
+        C = int(single.lengths[0])
+        assert ro.completion_ids[i, :C].tolist() == single.completion_ids[0, :C].tolist()
+        assert int(ro.lengths[i]) == C
+        assert ro.completion_ids[i, n[i]] == end and ro.forced_mask[i, n[i]]  # <|end-latent|> forced after them
+    batched = coconut_generate(lm, data, n, max_new_positions=10, batch_size=4)
+    one_by_one = [coconut_generate(lm, [ex], [k], max_new_positions=10)[0] for ex, k in zip(data, n)]
+    assert batched == one_by_one
+    assert coconut_generate(lm, data, 2, max_new_positions=10, batch_size=3) == [
+        coconut_generate(lm, [ex], 2, max_new_positions=10)[0] for ex in data
+    ]
+
+
+def test_generation_through_evaluate_matches_coconut_generate():
+    from latentrl.eval import evaluate
+    from latentrl.sft.coconut import coconut_operator, coconut_schedule
+
+    lm = model(seed=2)
+    res = evaluate(lm, EXAMPLES, operator=coconut_operator(lm), schedule=coconut_schedule(lm, 2),
+                   max_new_positions=10, num_samples_to_keep=3, prompt_text=coconut_prompt_text)
+    texts = coconut_generate(lm, EXAMPLES, 2, max_new_positions=10)
+    assert [s["completion"] for s in res.samples] == texts
+    assert res.mean_latent_positions == 2.0
+
+
+# ------------------------------------------------------------------------------------------- presets
+def test_presets_load():
+    paper = load_config(CoconutConfig, REPO / "configs" / "coconut_gpt2_gsm8k.yaml")
+    assert (paper.c_thought, paper.max_latent_stage, paper.epochs_per_stage, paper.num_epochs) == (2, 3, 3, 25)
+    assert paper.start_epoch == 3 and paper.learning_rate == 1e-4 and paper.bptt
+    assert paper.per_device_train_batch_size * paper.gradient_accumulation_steps == 128
+    cpu = load_config(CoconutConfig, REPO / "configs" / "cpu" / "coconut_sft.yaml", ["seed=3"])
+    assert cpu.seed == 3 and cpu.max_latent_stage * cpu.c_thought == 4
+
+
+# ------------------------------------------------------------------------------------------- the loaders Coconut reads
+class _Ids:
+    def __init__(self, tok):
+        self.start, self.latent, self.end = tok.convert_tokens_to_ids(["<|start-latent|>", "<|latent|>",
+                                                                        "<|end-latent|>"])
+
+
+def word_tokenizer_for(examples):
+    """A word tokenizer covering `examples` and the latent tokens (whitespace-separated words, so exact)."""
+    from latentrl.tokenizer import build_word_tokenizer
+
+    words = sorted({w for ex in examples for w in (format_prompt(ex) + format_cot(ex)).split()})
+    tok = build_word_tokenizer(words + ["<|start-latent|>", "<|latent|>", "<|end-latent|>"])
+    return tok, _Ids(tok)
+
+
+def check_curriculum(examples, c, max_stage):
+    """Every example at every stage: thoughts = c*min(k, max) and the target = the steps left + answer."""
+    tok, ids = word_tokenizer_for(examples)
+    conf = cfg(c_thought=c, max_latent_stage=max_stage)
+    for ex in examples:
+        t = tokenize_example(tok, ex)
+        assert [tok.decode(s) for s in t.steps] == [" ".join(s.split()) for s in ex.steps]
+        for stage in range(max_stage + 2):
+            s = build_stage_sample(t, stage, conf, ids)
+            assert s.num_latent == c * min(stage, max_stage)
+            kept = ex.steps[min(stage, len(ex.steps)) if stage <= max_stage else len(ex.steps):]
+            target = [i for i, lab in zip(s.input_ids, s.labels) if lab != IGNORE_INDEX]
+            assert target[-1] == tok.eos_token_id
+            assert tok.decode(target[:-1]).split() == " ".join(kept + ["####", ex.answer]).split()
+            assert s.input_ids[: len(t.prompt)] == tok(format_prompt(ex), add_special_tokens=False)["input_ids"]
+
+
+def test_real_prosqa_builds_every_stage():
+    examples = load_prosqa(shared_file("prosqa/valid.json"))
+    assert len(examples) == 300
+    assert max(len(ex.steps) for ex in examples) <= 6  # c=1 and max_latent_stage=6 (paper) cover every chain
+    check_curriculum(examples[:50], c=1, max_stage=6)
+
+
+def test_prontoqa_fixture_curriculum_and_malformed_rows_name_file_and_item(tmp_path):
+    examples = load_prontoqa(FIXTURES / "prontoqa_small.json")
+    assert [len(ex.steps) for ex in examples] == [3, 3, 2]
+    check_curriculum(examples, c=1, max_stage=6)
+    rows = json.loads((FIXTURES / "prontoqa_small.json").read_text())
+    del rows[1]["steps"]
+    bad = tmp_path / "prontoqa_bad.json"
+    bad.write_text(json.dumps(rows))
+    with pytest.raises(DataFormatError, match=r"prontoqa_bad\.json, item 1 \(0-based\): missing field 'steps'"):
+        load_prontoqa(bad)
+    rows[1]["steps"] = 7
+    bad.write_text(json.dumps(rows))
+    with pytest.raises(DataFormatError, match=r"prontoqa_bad\.json, item 1 .*'steps' must be a list of strings"):
+        load_prontoqa(bad)
+
+
+def test_real_gsm8k_aug_curriculum_and_malformed_line(tmp_path):
+    path = shared_file("gsm8k_aug/valid.txt")
+    examples = load_icot(path)
+    assert len(examples) == 500
+    check_curriculum(examples[:50], c=2, max_stage=3)  # the paper's GSM8k setting
+    lines = path.read_text(encoding="utf-8").splitlines()
+    broken = tmp_path / "gsm_bad.txt"
+    broken.write_text("\n".join(lines[:3] + [lines[3].replace("####", "")] + lines[4:6]) + "\n")
+    with pytest.raises(DataFormatError, match=r"gsm_bad\.txt, line 4: '####'"):
+        load_icot(broken)
