@@ -356,3 +356,17 @@ def test_cpu_presets_load_and_name_their_method(name):
     assert cfg.method == name and get_method(name).name == name
     assert cfg.latent.operator == "hrpo_gate" and cfg.latent.answer_delimiter == "####"
     assert cfg.latent.max_latent_steps >= cfg.max_completion_length and cfg.max_steps <= 60
+
+
+@pytest.mark.xfail(strict=True, reason="rollout engine: stop tokens end a row only at discrete positions; HRPO's "
+                   "hybrid positions are real tokens (operator.emits_tokens) and should stop it too — remove this "
+                   "marker when generate_rollout honours emits_tokens")
+def test_a_stop_token_sampled_while_thinking_ends_the_row():
+    lm = tiny()
+    op = build_thought_operator("hrpo_gate")
+    ids, mask = make_prompts(lm)
+    free = generate_rollout(lm, ids, mask, sampling(8), op, ThinkingSchedule(delimiter_ids=NEVER), gen(5))
+    stop = int(free.completion_ids[0, 1])
+    r = generate_rollout(lm, ids, mask, SamplingParams(max_new_positions=8, stop_token_ids=[stop]), op,
+                         ThinkingSchedule(delimiter_ids=NEVER), gen(5))
+    assert not r.truncated[0] and int(r.lengths[0]) <= 2

@@ -59,7 +59,7 @@ class ModelShape(BaseConfig):
     num_hidden_layers: int = cfg_field(2, "Number of transformer blocks.", min=1)
     num_attention_heads: int = cfg_field(4, "Attention heads per block (must divide hidden_size).", min=1)
     num_key_value_heads: int = cfg_field(4, "Key/value heads (grouped-query attention; must divide the heads).", min=1)
-    intermediate_size: int = cfg_field(256, "Width of the MLP's hidden layer.", min=1)
+    intermediate_size: int = cfg_field(512, "Width of the MLP's hidden layer.", min=1)
     max_position_embeddings: int = cfg_field(256, "Longest sequence (prompt + completion) the model is built for.", min=8)
     rope_theta: float = cfg_field(10000.0, "RoPE base frequency.", min=0.0, min_exclusive=True)
     tie_word_embeddings: bool = cfg_field(True, "Share the input embedding and LM head matrices (halves the vocab rows).")

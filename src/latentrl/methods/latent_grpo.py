@@ -83,9 +83,10 @@ class LatentGRPO(Method):
         "latent.operator": "gumbel_topk", "latent.top_k": 10, "latent.top_p": 0.95, "latent.gumbel_tau": 1.0,
         "latent.one_sided_noise": True, "latent.noise_clamp_min": -1.5, "latent.noise_clamp_max": 3.0,
         "latent.latent_temperature": 1.0, "epsilon": 0.2, "dual_clip": 3.0, "loss_type": "dapo",
-        "dynamic_sampling": True, "learning_rate": 1e-6, "num_generations": 8,
-        **{f.name: f.default for f in dataclasses.fields(LatentGRPOOptions)},
+        "dynamic_sampling": True, "learning_rate": 1e-6, "num_generations": 8, "temperature": 0.6, "top_k": 30,
+        "top_p": 0.95, "weight_decay": 0.01,
     }
+    # (the method's own switches, `LatentGRPOOptions`, are read from the trainer config by name when it has them)
     operator_name: ClassVar[str] = "gumbel_topk"
 
     def __init__(self) -> None:
@@ -130,8 +131,9 @@ class LatentGRPO(Method):
         valid = None
         if o.invalid_sample_masking or a.mask_truncated_completions:
             valid = ~batch.rollout.truncated.to(batch.rewards.device)
+        exclude = o.exclude_invalid_from_stats and valid is not None
         adv, _ = group_advantages(batch.rewards, a.num_generations, a.scale_rewards, eps=o.advantage_epsilon,
-                                  valid=valid, exclude_invalid_from_stats=o.exclude_invalid_from_stats and valid is not None)
+                                  valid=valid, exclude_invalid_from_stats=exclude)
         return adv
 
     def token_advantages(self, trainer: Any, batch) -> torch.Tensor:

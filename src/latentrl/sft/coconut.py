@@ -61,6 +61,7 @@ __all__ = [
     "coconut_evaluate",
     "coconut_forward",
     "coconut_generate",
+    "coconut_operator",
     "coconut_prompt_text",
     "coconut_rollout",
     "coconut_schedule",

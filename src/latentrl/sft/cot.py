@@ -79,6 +79,12 @@ class CoTSFTConfig(BaseConfig):
     eval_steps: int = cfg_field(
         100, "Greedy-decode the eval set every this many steps (and after the last step); 0 = only at the end.", min=0
     )
+    save_steps: int = cfg_field(
+        0,
+        "Every this many steps save a save_pretrained copy of the model to output_dir/step-{step} (with a constant "
+        "schedule, step-N equals the final model of a max_steps=N run); 0 = no intermediate copies.",
+        min=0,
+    )
     eval_batch_size: int = cfg_field(128, "Prompts per batch when decoding the eval set.", min=1)
     max_new_positions: int | None = cfg_field(
         None,
@@ -269,6 +275,8 @@ def train_sft(
 
     if not train_examples:
         raise ValueError("train_sft needs at least one training example")
+    if config.save_steps and not config.output_dir:
+        raise ConfigError(f"save_steps={config.save_steps} needs an output_dir to save the copies into")
     t_start = time.perf_counter()
     cfg = config
     tok = model.tokenizer
@@ -363,6 +371,8 @@ def train_sft(
             if cfg.eval_steps and step % cfg.eval_steps == 0 and step != cfg.max_steps:
                 do_eval(step)
                 model.train()
+            if cfg.save_steps and cfg.output_dir and step % cfg.save_steps == 0 and step != cfg.max_steps:
+                model.save_pretrained(f"{cfg.output_dir}/step-{step}")
             bar.update(1)
         history.steps = cfg.max_steps
         history.train_wall_s = train_time

@@ -150,7 +150,9 @@ def _answer_text(ex: Example, end_of_thinking: str | None) -> str:
     return (end_of_thinking or "") + format_no_cot(ex)
 
 
-def encode_superposition_examples(tokenizer, examples: Sequence[Example], cfg: SuperpositionSFTConfig) -> list[SuperpositionExample]:
+def encode_superposition_examples(
+    tokenizer, examples: Sequence[Example], cfg: SuperpositionSFTConfig
+) -> list[SuperpositionExample]:
     """Tokenize prompt, chain of thought (turned into chunk superpositions) and answer (+ eos) separately."""
     if tokenizer.eos_token_id is None:
         raise ValueError("superposition SFT needs a tokenizer with an eos token")
@@ -203,7 +205,9 @@ def build_superposition_batch(encoded: Sequence[SuperpositionExample], pad_id: i
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def superposition_loss(model: LatentModel, batch: dict[str, torch.Tensor], cfg: SuperpositionSFTConfig) -> tuple[torch.Tensor, dict[str, float]]:
+def superposition_loss(
+    model: LatentModel, batch: dict[str, torch.Tensor], cfg: SuperpositionSFTConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
     """One teacher-forced forward: CE on the answer tokens + KL(q_j || p) at the latent positions."""
     emb = model.embed(batch["input_ids"])
     mix = torch.einsum("btk,btkh->bth", batch["latent_weights"].to(emb.dtype), model.embed(batch["latent_ids"]))
@@ -296,11 +300,13 @@ def train_superposition_sft(
                 take = min(cfg.per_device_train_batch_size - len(idx), len(perm) - cursor)
                 idx += perm[cursor : cursor + take]
                 cursor += take
-            batch = {k: v.to(model.device) for k, v in build_superposition_batch([encoded[i] for i in idx], pad_id).items()}
+            cpu_batch = build_superposition_batch([encoded[i] for i in idx], pad_id)
+            batch = {k: v.to(model.device) for k, v in cpu_batch.items()}
             loss, stats = superposition_loss(model, batch, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")))
+            clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+            grad_norm = float(nn.utils.clip_grad_norm_(params, clip))
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()

@@ -87,16 +87,16 @@ class HRPOGate(nn.Module):
         self.Lambda.copy_(torch.log(torch.expm1(target)))  # inverse softplus
 
     def decay(self, token_embeds: torch.Tensor) -> torch.Tensor:
-        """a = exp(-c softplus(Lambda) r(e^)), same shape as `token_embeds`, float32."""
-        r = torch.sigmoid(self.gate_r(token_embeds.float()))
+        """a = exp(-c softplus(Lambda) r(e^)), same shape as `token_embeds`, in the gate's dtype."""
+        r = torch.sigmoid(self.gate_r(token_embeds.to(self.Lambda.dtype)))
         return torch.exp(-self.c * nn.functional.softplus(self.Lambda) * r)
 
     def forward(self, token_embeds: torch.Tensor, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hybrid input, a), both float32: a * e^ + sqrt(1 - a^2 + 1e-8) * (i * h)."""
-        e = token_embeds.float()
+        """(hybrid input, a) in the gate's dtype (float32 unless cast): a * e^ + sqrt(1 - a^2 + 1e-8) * (i * h)."""
+        e = token_embeds.to(self.Lambda.dtype)
         a = self.decay(e)
         i = torch.sigmoid(self.gate_i(e))
-        return a * e + torch.sqrt(1.0 - a.pow(2) + EPS) * (i * projected.float()), a
+        return a * e + torch.sqrt(1.0 - a.pow(2) + EPS) * (i * projected.to(e.dtype)), a
 
 
 def gate_init_std(model: "LatentModel") -> float:

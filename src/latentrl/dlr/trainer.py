@@ -1,0 +1,238 @@
+"""`DLRTrainer`: the DeepLatent Reasoning loop on top of `GRPOTrainer` (our reading of arXiv 2601.17275).
+
+    prompts ─▶ rollout engine: frozen main model prefill ─▶ assistant samples K chains z ~ N(mu_phi(h), sigma^2)
+            ─▶ L latent prefix positions W z + b ─▶ main model decodes the answer (one pass, KV cache)
+            ─▶ dual reward (correctness + format, weighted) ─▶ group advantages + high-value filter
+            ─▶ [num_iterations ×] contrastive + policy-gradient (+ entropy, + decoding NLL) on the ASSISTANT only
+
+The main model is frozen (`requires_grad_(False)`, never in the optimizer): the update needs no main-model forward
+at all unless `nll_coef > 0`, because the stored prompt feature h and chain z determine the assistant's
+log-density. Data order, rewards, dynamic sampling, logging, checkpoints and resume are GRPOTrainer's.
+Evaluation: `latentrl.eval.evaluate(model, ..., operator=trainer.operator, schedule=trainer.schedule,
+prompt_text=trainer.method.prompt_text)` works as for every method (greedy Pass@1 decodes the mean chain mu;
+Pass@k samples chains); `trainer.evaluate_examples(...)` is the same call with the trainer's settings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from latentrl.config import GRPOConfig
+from latentrl.data.schema import Example
+from latentrl.dlr.assistant import ASSISTANT, LatentAssistant, gaussian_entropy
+from latentrl.dlr.config import DLRConfig, resolve_dlr_config
+from latentrl.dlr.losses import (
+    anchor_info_nce, filter_high_value, forward_flops, group_info_nce, matmul_params, policy_gradient_loss,
+)
+from latentrl.model import LatentModel
+from latentrl.rl.trainer import GRPOTrainer, StepBatch, TrainingDivergedError
+
+__all__ = ["DLRTrainer", "DLRChains"]
+
+
+class DLRChains:
+    """The latent chains of a rollout batch, read back from the operator's payload."""
+
+    def __init__(self, batch: StepBatch, L: int):
+        ro = batch.rollout
+        if ro.completion_ids.shape[1] < L or not bool(ro.latent_mask[:, :L].all()):
+            raise RuntimeError(f"DLR rollouts must start with exactly {L} latent positions")
+        self.z = ro.payload["z"][:, :L].float()  # (N, L, d_z)
+        self.h = ro.payload["prompt_hidden"][:, 0].float()  # (N, H)
+        self.old_logprob = ro.logprobs[:, :L].sum(-1)  # (N,) log pi_old(z | h)
+
+
+class DLRTrainer(GRPOTrainer):
+    """GRPOTrainer with DLR's update. `trainer = DLRTrainer(cfg, model, train_examples)`; `trainer.train()`."""
+
+    def __init__(
+        self,
+        args: GRPOConfig,
+        model: LatentModel,
+        train_dataset: Sequence[Example | dict[str, Any]],
+        reward_funcs=None,
+        method=None,
+        ref_model: LatentModel | None = None,
+        dlr: DLRConfig | Mapping[str, Any] | None = None,
+    ):
+        self.dlr = resolve_dlr_config(args, dlr)
+        self._main_tokens = 0
+        self._main_params = matmul_params(model)
+        super().__init__(args, model, train_dataset, reward_funcs, method or "dlr", ref_model)
+        if self.dlr.decode_temperature is not None:  # answer decoding of training rollouts (0 = greedy)
+            self.sampling.temperature = self.dlr.decode_temperature
+
+    @property
+    def assistant(self) -> LatentAssistant:
+        return self.model.side_modules[ASSISTANT]
+
+    # ------------------------------------------------------------------ rollouts
+    @torch.no_grad()
+    def generate_and_score(self, prompt_rows: list[dict[str, Any]]) -> StepBatch:
+        self.operator.reset()
+        batch = super().generate_and_score(prompt_rows)
+        ro = batch.rollout
+        # main-model positions computed by the engine: the padded prefill, then one per decoding step but the last
+        self._main_tokens += ro.batch_size * (ro.prompt_ids.shape[1] + max(ro.completion_ids.shape[1] - 1, 0))
+        return batch
+
+    # ------------------------------------------------------------------ the objective
+    def dlr_loss(self, batch: StepBatch, chains: DLRChains, keep: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Contrastive + policy-gradient + entropy terms (everything but the decoding NLL), over the whole batch."""
+        c, a = self.dlr, self.args
+        G, L, d = self.G, c.num_latent_steps, c.latent_dim
+        N = chains.z.shape[0]
+        mu, log_std = self.assistant(chains.h)  # (N, L, d), (L, d)
+        loss = mu.sum() * 0.0
+        m: dict[str, float] = {}
+        # contrastive: anchor = the group's mean chain (all rows of a group share the prompt, so the same mu)
+        if c.contrastive_coef > 0:
+            anchors = mu.view(-1, G, L * d)[:, 0]
+            samples = chains.z.view(-1, G, L * d)
+            pos = keep.view(-1, G)
+            nce, n_groups = group_info_nce(anchors, samples, pos, c.contrastive_temperature, c.contrastive_similarity)
+            m["dlr/contrastive_groups"] = float(n_groups)
+            m["dlr/contrastive_loss"] = nce.item()
+            term = nce
+            if c.bidirectional:
+                nce2, _ = anchor_info_nce(anchors, samples, pos, c.contrastive_temperature, c.contrastive_similarity)
+                m["dlr/contrastive_anchor_loss"] = nce2.item()
+                term = term + nce2
+            loss = loss + c.contrastive_coef * term
+        # policy gradient on the sampled chains' log-density
+        if c.pg_coef > 0:
+            from latentrl.dlr.assistant import gaussian_log_prob
+
+            lp = gaussian_log_prob(chains.z, mu, log_std).sum(-1)  # (N,)
+            adv = batch.advantages.to(lp.device).float()
+            per, clipped = policy_gradient_loss(lp, chains.old_logprob.to(lp.device), adv, a.policy_loss, a.epsilon,
+                                                a.epsilon_high if a.epsilon_high is not None else a.epsilon, L * d)
+            rows = keep if c.pg_filtered_only else torch.ones_like(keep)
+            pg = (per * rows).sum() / rows.sum().clamp_min(1)
+            loss = loss + c.pg_coef * pg
+            m["dlr/pg_loss"] = pg.item()
+            m["dlr/logprob_per_dim"] = lp.mean().item() / (L * d)
+            m["clip_ratio/region_mean"] = float(clipped.float().mean())
+        if c.entropy_coef > 0:
+            ent = gaussian_entropy(log_std).mean()
+            loss = loss - c.entropy_coef * ent
+        m["dlr/std_mean"] = log_std.exp().mean().item()
+        m["dlr/mu_rms"] = mu.pow(2).mean().sqrt().item()
+        m["dlr/entropy_per_dim"] = gaussian_entropy(log_std).mean().item()
+        return loss, m
+
+    def nll_backward(self, batch: StepBatch, keep: torch.Tensor, chains: DLRChains, weight: float) -> float:
+        """Decoding-likelihood term, backpropagated micro-batch by micro-batch; returns its value.
+
+        For each kept row: the frozen main model reads [prompt, W mu_phi(h) + b, answer tokens] (the MEAN chain, not
+        the sample) and the loss is the mean NLL of the row's decoded answer tokens (at T = 1). Gradients reach mu
+        and W through the frozen main model's activations; its parameters have requires_grad False.
+        """
+        idx = keep.nonzero().squeeze(-1)
+        if idx.numel() == 0:
+            return 0.0
+        L = self.dlr.num_latent_steps
+        ro = batch.rollout.select(idx)
+        h = chains.h[idx]
+        total, n = 0.0, idx.numel()
+        mb = self.args.per_device_train_batch_size
+        for s in range(0, n, mb):
+            part = ro.select(torch.arange(s, min(s + mb, n)))
+            mu, _ = self.assistant(h[s : s + mb])
+            nll = self._answer_nll(part, self.assistant.project(mu))
+            (weight * nll * part.batch_size / n).backward()
+            total += float(nll) * part.batch_size / n
+        return total
+
+    def _answer_nll(self, ro, latents: torch.Tensor) -> torch.Tensor:
+        """Mean over rows of the mean token NLL of the discrete completion positions after the L latents."""
+        model, L = self.model, self.dlr.num_latent_steps
+        B, P = ro.prompt_ids.shape
+        C = ro.completion_ids.shape[1]
+        emb = model.embed(ro.prompt_ids)
+        embeds = torch.cat([emb, latents.to(emb.dtype), model.embed(ro.completion_ids[:, L:])], dim=1)
+        mask = torch.cat([ro.prompt_mask, ro.completion_mask], dim=1).long()
+        position = (mask.cumsum(-1) - 1).clamp_min(0)
+        _, hidden, _ = model.forward_embeds(embeds, attention_mask=mask, position_ids=position, compute_logits=False)
+        self._main_tokens += B * (P + C)
+        h = hidden[:, P + L - 1 : P + C - 1]  # predicts completion positions L .. C-1
+        logp = model.lm_head(h).float().log_softmax(-1)
+        tgt = ro.completion_ids[:, L:]
+        lp = logp.gather(-1, tgt[..., None]).squeeze(-1)
+        tok = (ro.completion_mask[:, L:] & ~ro.latent_mask[:, L:]).float()
+        per_row = -(lp * tok).sum(-1) / tok.sum(-1).clamp_min(1)
+        return per_row.mean()
+
+    # ------------------------------------------------------------------ the loop
+    def train_step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        self._main_tokens = 0
+        self.assistant.flops = 0
+        batch, metrics = self._collect_step_batch()
+        t_gen = time.perf_counter() - t0
+        metrics.update(self.method.rollout_metrics(self, batch))
+        c = self.dlr
+        chains = DLRChains(batch, c.num_latent_steps)
+        keep = filter_high_value(batch.rewards, self.G, c.filter_top_fraction, c.filter_min_reward)
+        if self.args.mask_truncated_completions:
+            keep &= ~batch.rollout.truncated.to(keep.device)
+        keep = keep.to(chains.z.device)
+        self.assistant.train()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        sums: dict[str, float] = {}
+        total = 0.0
+        for _ in range(self.args.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, m = self.dlr_loss(batch, chains, keep)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(f"non-finite DLR loss ({loss.item()}) at step {self.global_step + 1}; the "
+                                            f"last checkpoint in {self.output_dir} is intact")
+            if loss.requires_grad:
+                loss.backward()
+            total = loss.item()
+            if c.nll_coef > 0:
+                nll = self.nll_backward(batch, keep, chains, c.nll_coef)
+                m["dlr/nll"] = nll
+                total += c.nll_coef * nll
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + v / self.args.num_iterations
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm if self.args.max_grad_norm > 0
+                                                       else float("inf"))
+            if not torch.isfinite(grad_norm):
+                raise TrainingDivergedError(f"non-finite gradient norm at step {self.global_step + 1}; the last "
+                                            f"checkpoint in {self.output_dir} is intact")
+            self.optimizer.step()
+        self.scheduler.step()
+        self.global_step += 1
+        metrics.update(sums)
+        with torch.no_grad():
+            latent_norm = self.assistant.project(chains.z).norm(dim=-1).mean().item()
+        G = self.G
+        metrics.update({
+            "loss": total, "grad_norm": float(grad_norm), "learning_rate": self.scheduler.get_last_lr()[0],
+            "time/generation_s": t_gen, "time/step_s": time.perf_counter() - t0,
+            "latent/norm_mean": latent_norm,
+            "dlr/kept_frac": float(keep.float().mean()),
+            "dlr/kept_reward": float(batch.rewards[keep.cpu()].mean()) if bool(keep.any()) else float("nan"),
+            "dlr/groups_with_kept": float(keep.view(-1, G).any(1).float().mean()),
+            "compute/main_tokens": float(self._main_tokens),
+            "compute/main_flops": forward_flops(self._main_params, self._main_tokens),
+            "compute/assistant_flops": float(self.assistant.flops),
+        })
+        return metrics
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate_examples(self, examples: Sequence[Any], k: int = 0, max_new_positions: int | None = None, **kwargs: Any):
+        """`latentrl.eval.evaluate` with this trainer's operator, schedule and prompt format -> `EvalResult`.
+        Greedy Pass@1 decodes the mean chain mu; Pass@k (k > 0) decodes k sampled chains at `temperature`."""
+        from latentrl.eval import evaluate
+
+        kwargs.setdefault("seed", self.args.seed)
+        kwargs.setdefault("temperature", self.args.temperature)
+        return evaluate(self.model, examples, operator=self.operator, schedule=self.schedule,
+                        max_new_positions=max_new_positions or self.args.max_completion_length, k=k,
+                        prompt_text=self.method.prompt_text, **kwargs)

@@ -1,0 +1,89 @@
+"""DLR — DeepLatent Reasoning (arXiv 2601.17275): latent-space contrastive RL with a frozen main model.
+
+No public code or method body exists; this is **our reading of the abstract** (docs/methods/dlr.md separates
+what is from the paper from what is ours). From the abstract: a lightweight assistant samples K reasoning-chain
+encodings in latent space; a dual reward (correctness + format) filters them; only high-value trajectories drive
+the update; a frozen main model decodes each chain in a single pass; a contrastive objective gives directed
+exploration; frozen main parameters rule out catastrophic forgetting. Ours: the assistant is a Gaussian policy
+(an MLP over the main model's last prompt hidden state -> L x d_z means, learned sigma, linear projection into the
+main embedding space); the contrastive term is InfoNCE (anchor = mean chain, positives = kept samples, negatives
+= the rest; plus the prompt-level direction), next to a group-relative policy-gradient term on the chain's exact
+Gaussian log-density.
+
+The method needs its own update (`latentrl.dlr.DLRTrainer`, a GRPOTrainer subclass): build it with
+`method.trainer_class(cfg, model, examples)`. Plain `GRPOTrainer` refuses method "dlr" with a clear error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from latentrl.config import ConfigError
+from latentrl.dlr.assistant import ASSISTANT, build_assistant
+from latentrl.dlr.config import DLRConfig
+from latentrl.dlr.operator import AssistantThoughtOperator
+from latentrl.methods.base import Method, register_method
+from latentrl.rollout import ThinkingSchedule
+
+
+@register_method
+class DLR(Method):
+    name = "dlr"
+    description = ("DeepLatent Reasoning (our reading of arXiv 2601.17275): a small Gaussian assistant samples K latent "
+                   "chains, a frozen main model decodes them; dual reward, high-value filter, InfoNCE + policy gradient")
+    init = "cot_sft"
+    defaults = {"reward_funcs": ["correctness", "format"], "reward_weights": [1.0, 0.1], "beta": 0.0}
+
+    def __init__(self, config: DLRConfig | None = None):
+        self.config = config
+        """DLR options; set by `setup` from the trainer (`DLRTrainer.dlr`) when not given."""
+
+    @property
+    def trainer_class(self) -> type:
+        """The trainer that runs this method: `latentrl.dlr.DLRTrainer`."""
+        from latentrl.dlr.trainer import DLRTrainer
+
+        return DLRTrainer
+
+    def setup(self, trainer: Any) -> None:
+        from latentrl.dlr.trainer import DLRTrainer
+
+        if not isinstance(trainer, DLRTrainer):
+            raise ConfigError("method 'dlr' has its own update loop: build the trainer with "
+                              "latentrl.dlr.DLRTrainer(cfg, model, data) (or get_method('dlr').trainer_class), "
+                              f"not {type(trainer).__name__}")
+        self.config = trainer.dlr
+        a, c = trainer.args, self.config
+        if a.beta > 0:
+            raise ConfigError(f"method 'dlr' keeps the main model frozen, so there is no KL term: set beta=0 "
+                              f"(got {a.beta})")
+        if a.latent.operator != "none":
+            raise ConfigError(f"method 'dlr' forms its latents with the assistant: leave latent.operator=none (got "
+                              f"{a.latent.operator!r}) and set the chain length with dlr.num_latent_steps")
+        if a.max_completion_length <= c.num_latent_steps:
+            raise ConfigError(f"max_completion_length ({a.max_completion_length}) must exceed dlr.num_latent_steps "
+                              f"({c.num_latent_steps}): the answer is decoded after the latent chain")
+        model = trainer.model
+        model.model.requires_grad_(False)  # frozen main model: never trained, never in the optimizer
+        if ASSISTANT not in model.side_modules:
+            model.attach_side_module(ASSISTANT, build_assistant(model, c))  # loads saved weights if any
+        asst = model.side_modules[ASSISTANT]
+        if (asst.num_steps, asst.latent_dim) != (c.num_latent_steps, c.latent_dim):
+            raise ConfigError(f"the model's saved DLR assistant has L={asst.num_steps}, d_z={asst.latent_dim}, but "
+                              f"the config asks for L={c.num_latent_steps}, d_z={c.latent_dim}")
+
+    def build_operator(self, latent, model) -> AssistantThoughtOperator:
+        return AssistantThoughtOperator(model.side_modules[ASSISTANT])
+
+    def build_schedule(self, latent, model) -> ThinkingSchedule:
+        return ThinkingSchedule(num_latent_steps=model.side_modules[ASSISTANT].num_steps)
+
+    def param_groups(self, trainer: Any) -> list[dict[str, Any]]:
+        c = self.config or DLRConfig()
+        params = [p for p in trainer.model.side_modules[ASSISTANT].parameters() if p.requires_grad]
+        return [{"params": params, "lr": c.assistant_learning_rate or trainer.args.learning_rate}]
+
+    def rollout_metrics(self, trainer: Any, batch) -> dict[str, float]:
+        asst = trainer.model.side_modules[ASSISTANT]
+        main = sum(p.numel() for p in trainer.model.model.parameters())
+        return {"dlr/assistant_params": float(asst.num_parameters()), "dlr/main_params": float(main)}

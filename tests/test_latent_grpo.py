@@ -1,0 +1,311 @@
+"""Latent-GRPO: the one-sided Gumbel top-K operator, its surrogate density, the advantage hooks, the trainer,
+superposition SFT and the presets."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from latentrl.config import GRPOConfig, LatentConfig, load_config
+from latentrl.data import make_examples, task_vocabulary
+from latentrl.methods import get_method
+from latentrl.replay import replay
+from latentrl.rl.trainer import GRPOTrainer, StepBatch
+from latentrl.rollout import Rollout, SamplingParams, ThinkingSchedule, generate_rollout
+from latentrl.sft.superposition import (
+    SuperpositionSFTConfig,
+    build_superposition_batch,
+    chunk_superpositions,
+    encode_superposition_examples,
+    superposition_loss,
+    train_superposition_sft,
+)
+from latentrl.testing import tiny_latent_model
+from latentrl.thoughts import build_thought_operator
+from latentrl.thoughts.gumbel_topk import GumbelTopKThought
+from tests.conftest import WORDS, gen, make_prompts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def op_for(**kw) -> GumbelTopKThought:
+    return build_thought_operator("gumbel_topk", config=LatentConfig(**kw))
+
+
+def nucleus_or_topk(logits: torch.Tensor, top_p: float, k: int) -> torch.Tensor:
+    """Independent top-p mask (keep a token while the mass before it is < top_p) united with the top-k tokens."""
+    p = logits.softmax(-1)
+    order = p.argsort(-1, descending=True)
+    sp = p.gather(-1, order)
+    keep_sorted = (sp.cumsum(-1) - sp) < top_p
+    keep_sorted[:, :k] = True
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+# ---------------------------------------------------------------------------------------------------- operator
+class EmbedOnly:
+    """A stand-in model: embeddings = a fixed random matrix (for operator unit tests without a network)."""
+
+    def __init__(self, vocab: int, hidden: int = 6):
+        self.E = torch.randn(vocab, hidden, generator=gen(3))
+        self.vocab_size = vocab
+
+    def embed(self, ids):
+        return self.E[ids]
+
+
+def test_surrogate_is_the_mean_gumbel_log_density_of_the_implied_noise():
+    torch.manual_seed(0)
+    op = op_for(top_k=4)
+    logits = torch.randn(5, 20) * 2
+    ids = torch.stack([torch.randperm(20)[:4] for _ in range(5)])
+    lp = logits.log_softmax(-1).gather(-1, ids)
+    scores = lp + torch.randn(5, 4)  # any scores, negative implied noise included
+    got = op.log_prob(logits, ids[:, 0], {"ids": ids, "scores": scores})
+    want = torch.distributions.Gumbel(0.0, 1.0).log_prob(scores - lp).mean(-1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("one_sided", [True, False])
+def test_rollout_selection_is_topk_of_perturbed_nucleus_and_noise_is_one_sided(one_sided):
+    op = op_for(top_k=3, top_p=0.5, one_sided_noise=one_sided)
+    torch.manual_seed(1)
+    logits = torch.randn(64, 12) * 2
+    step = op.step(EmbedOnly(12), logits, None, generator=gen(7))
+    lp = logits.log_softmax(-1)
+    noise = op.noise(lp.shape, gen(7), lp.device)  # the same draw, independently
+    masked = torch.where(nucleus_or_topk(logits, 0.5, 3), lp, torch.full_like(lp, float("-inf")))
+    top = torch.topk(masked + noise, 3)
+    assert torch.equal(step.payload["ids"], top.indices)
+    torch.testing.assert_close(step.payload["scores"], top.values)
+    eps = step.payload["scores"] - lp.gather(-1, step.payload["ids"])  # the implied noise = the drawn noise
+    torch.testing.assert_close(eps, noise.gather(-1, top.indices), atol=1e-5, rtol=0)
+    if one_sided:
+        assert eps.min() >= -1e-5 and eps.max() <= 4.5 + 1e-5
+        assert (noise >= 0).all()
+    else:
+        assert eps.min() < 0 and eps.min() >= -1.5 - 1e-5 and eps.max() <= 3.0 + 1e-5
+    # the surrogate at rollout is the density of the drawn noise
+    torch.testing.assert_close(step.logprob, torch.distributions.Gumbel(0.0, 1.0).log_prob(eps).mean(-1),
+                               atol=1e-5, rtol=1e-5)
+    assert torch.equal(step.token_ids, logits.argmax(-1))  # recorded id: the unperturbed top-1
+
+
+def test_input_is_the_softmax_weighted_topk_mixture_and_rebuild_is_exact():
+    model = EmbedOnly(15)
+    op = op_for(top_k=4, gumbel_tau=0.7)
+    logits = torch.randn(6, 15, generator=gen(2))
+    step = op.step(model, logits, None, generator=gen(5))
+    w = (step.payload["scores"] / 0.7).softmax(-1)
+    want = (w[..., None] * model.E[step.payload["ids"]]).sum(1)
+    torch.testing.assert_close(step.embeds, want)
+    assert torch.equal(op.rebuild(model, step.token_ids, step.payload), step.embeds)
+
+
+def test_deterministic_mode_is_noise_free_and_reproducible():
+    model = EmbedOnly(15)
+    op = op_for(top_k=4)
+    logits = torch.randn(6, 15, generator=gen(2))
+    op.set_eval_mode(True)
+    g1, g2 = gen(1), gen(2)
+    a = op.step(model, logits, None, generator=g1)
+    b = op.step(model, logits, None, generator=g2)
+    assert torch.equal(a.embeds, b.embeds) and torch.equal(a.payload["ids"], b.payload["ids"])
+    assert torch.equal(g1.get_state(), gen(1).get_state()), "deterministic mode must not consume randomness"
+    top = torch.topk(logits, 4)
+    assert torch.equal(a.payload["ids"], top.indices)
+    torch.testing.assert_close((a.payload["scores"]).softmax(-1), top.values.softmax(-1))
+    torch.testing.assert_close(a.logprob, torch.full((6,), -1.0))  # zero implied noise
+    op.set_eval_mode(False)
+    c = op.step(model, logits, None, generator=gen(1))
+    d = op.step(model, logits, None, generator=gen(2))
+    assert not torch.equal(c.payload["scores"], d.payload["scores"])
+    noisy = op_for(top_k=4, eval_noise=True)  # eval_noise keeps the noise at evaluation (Pass@k)
+    noisy.set_eval_mode(True)
+    assert not torch.equal(noisy.step(model, logits, None, generator=gen(1)).payload["scores"],
+                           noisy.step(model, logits, None, generator=gen(2)).payload["scores"])
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_replay_equals_rollout_and_gradients_reach_logits_and_embeddings(arch):
+    lm = tiny_latent_model(arch, WORDS, seed=0)
+    ids, mask = make_prompts(lm)
+    op = op_for(top_k=5)
+    end = lm.tokenizer("####", add_special_tokens=False)["input_ids"][0]
+    r = generate_rollout(lm, ids, mask, SamplingParams(max_new_positions=9, temperature=0.8), op,
+                         ThinkingSchedule(end_token_id=end, max_latent_steps=5), gen(1))
+    assert r.latent_mask.any() and set(r.payload) == {"ids", "scores"}
+    out = replay(lm, op, r, temperature=0.8)
+    m = r.completion_mask
+    torch.testing.assert_close(out.logprobs[m], r.logprobs[m], atol=1e-5, rtol=1e-4)
+    lm.model.zero_grad()
+    out.logprobs[r.latent_mask].sum().backward()
+    assert lm.embedding_matrix.grad is not None and lm.embedding_matrix.grad.abs().sum() > 0
+
+
+def test_latent_span_ends_when_the_unperturbed_top1_is_the_end_token():
+    lm = tiny_latent_model("qwen2", WORDS, seed=0)
+    ids, mask = make_prompts(lm)
+    op = op_for(top_k=5)
+    with torch.no_grad():  # the first unperturbed top-1 of row 0 becomes "the end token"
+        logits, _, _ = lm.forward_embeds(lm.embed(ids), attention_mask=mask.long(),
+                                         position_ids=(mask.long().cumsum(-1) - 1).clamp_min(0))
+    end = int(logits[0, -1].argmax())
+    r = generate_rollout(lm, ids, mask, SamplingParams(max_new_positions=6), op,
+                         ThinkingSchedule(end_token_id=end, max_latent_steps=4), gen(0))
+    assert not r.latent_mask[0, 0] and r.completion_ids[0, 0] == end and not r.forced_mask[0, 0]
+    assert r.logprobs[0, 0] == pytest.approx(float(logits[0, -1].float().log_softmax(-1)[end]), abs=1e-5)
+    assert r.latent_mask[1:, 0].all() or (r.completion_ids[1:, 0] == end).any()
+
+
+# ---------------------------------------------------------------------------------------------------- hooks
+def fake_batch(rewards, truncated, latent_first, old_mean, C=4):
+    """A hand-made StepBatch: row i has latents on positions [latent_first[i], C) (-1 = none) and constant old
+    log-probs old_mean[i] on every position."""
+    n = len(rewards)
+    lat = torch.zeros(n, C, dtype=torch.bool)
+    for i, f in enumerate(latent_first):
+        if f >= 0:
+            lat[i, f:] = True
+    ro = Rollout(prompt_ids=torch.zeros(n, 1, dtype=torch.long), prompt_mask=torch.ones(n, 1, dtype=torch.bool),
+                 completion_ids=torch.ones(n, C, dtype=torch.long), completion_mask=torch.ones(n, C, dtype=torch.bool),
+                 latent_mask=lat, forced_mask=torch.zeros(n, C, dtype=torch.bool),
+                 logprobs=torch.tensor(old_mean, dtype=torch.float32)[:, None].expand(n, C).clone(),
+                 truncated=torch.tensor(truncated))
+    return StepBatch(ro, [{}] * n, [""] * n, torch.tensor(rewards, dtype=torch.float32), torch.zeros(n))
+
+
+def fake_trainer(**options):
+    args = GRPOConfig(model_name_or_path="x", num_generations=4, per_device_train_batch_size=8)
+    for k, v in options.items():
+        setattr(args, k, v)
+    return SimpleNamespace(args=args, loss_mask=lambda b: b.rollout.completion_mask & ~b.rollout.forced_mask)
+
+
+def test_invalid_sample_masking():
+    method = get_method("latent_grpo")
+    rewards = [1, 0, 1, 0, 1, 1, 0, 0]
+    truncated = [True, False, False, False, False, False, False, True]
+    batch = fake_batch(rewards, truncated, [0] * 8, [0.0] * 8)
+    s3 = 1 / 3 ** 0.5  # unbiased std of [1,0,1,0] and of [0,1,0]
+    a = method.compute_advantages(fake_trainer(), batch)  # stats include the invalid rows (authors' GSM8k)
+    torch.testing.assert_close(a, torch.tensor([0.0, -0.5, 0.5, -0.5, 0.5, 0.5, -0.5, 0.0]) / (s3 + 1e-6))
+    a = method.compute_advantages(fake_trainer(exclude_invalid_from_stats=True), batch)
+    torch.testing.assert_close(a[:4], torch.tensor([0.0, -1 / 3, 2 / 3, -1 / 3]) / (s3 + 1e-6))
+    # group 2 without its invalid row: [1, 1, 0] -> mean 2/3, std 1/sqrt(3)
+    torch.testing.assert_close(a[4:], torch.tensor([1 / 3, 1 / 3, -2 / 3, 0.0]) / (s3 + 1e-6))
+    a = method.compute_advantages(fake_trainer(invalid_sample_masking=False), batch)
+    assert a[0] > 0 and a[7] < 0
+
+
+def test_first_token_selection_keeps_one_positive_path_at_the_first_latent_position():
+    method = get_method("latent_grpo")
+    rewards = [1, 1, 0, 0, 0, 0, 0, 0]
+    # group 1: rows 0,1 positive (row 1 more likely), row 3 has no latent; group 2: no positive row
+    batch = fake_batch(rewards, [False] * 8, [0, 1, 0, -1, 0, 0, 0, 0], [-2.0, -1.0, -0.5, -0.1] + [-1.0] * 4)
+    t = fake_trainer()
+    batch.advantages = method.compute_advantages(t, batch)
+    A = batch.advantages
+    tok = method.token_advantages(t, batch)
+    assert tok[0, 0] == 0 and tok[1, 1] == A[1] and tok[2, 0] == 0  # loser, winner, negative row (authors)
+    assert torch.equal(tok[3], A[3].expand(4))  # no latent position: unchanged
+    off_first = torch.ones(8, 4, dtype=torch.bool)
+    off_first[[0, 1, 2], [0, 1, 0]] = False
+    assert torch.equal(tok[off_first], A[:, None].expand(8, 4)[off_first])
+    assert torch.equal(tok[4:], A[4:, None].expand(4, 4))  # no positive row in group 2
+    tok = method.token_advantages(fake_trainer(first_token_zero_non_positive=False), batch)
+    assert tok[0, 0] == 0 and tok[2, 0] == A[2] < 0
+    tok = method.token_advantages(fake_trainer(first_token_selection=False), batch)
+    assert torch.equal(tok, A[:, None].expand(8, 4))
+
+
+# ---------------------------------------------------------------------------------------------------- trainer
+def varied_reward(prompts, completions, **kw):
+    return [float(len(c.split()) % 3) for c in completions]
+
+
+def trainer_for(tmp_path, **kw):
+    lm = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32)
+    latent = LatentConfig(operator="gumbel_topk", end_of_thinking_token="####", max_latent_steps=4, top_k=5)
+    base = dict(model_name_or_path="tiny", output_dir=str(tmp_path), method="latent_grpo", max_steps=1,
+                per_device_train_batch_size=8, num_generations=4, max_completion_length=8, learning_rate=1e-2,
+                save_steps=0, report_to=["none"], dual_clip=3.0, latent=latent)
+    base.update(kw)
+    return GRPOTrainer(GRPOConfig(**base), lm, make_examples("chain_sum", 16, seed=0, length=3),
+                       reward_funcs=[varied_reward])
+
+
+def test_one_trainer_step_changes_parameters_but_not_the_frozen_embeddings(tmp_path):
+    t = trainer_for(tmp_path)
+    before = {n: p.detach().clone() for n, p in t.model.model.named_parameters()}
+    m = t.train_step()
+    assert m["grad_norm"] > 0 and "latent/norm_mean" in m and "latent_grpo/invalid_frac" in m
+    changed = {n for n, p in t.model.model.named_parameters() if not torch.equal(p, before[n])}
+    emb = [n for n, p in t.model.model.named_parameters() if p is t.model.embedding_matrix]
+    assert changed and not set(emb) & changed
+
+
+def test_dynamic_sampling_with_latent_grpo(tmp_path):
+    def first_group_constant(prompts, completions, **kw):
+        return [1.0 if p == prompts[0] else float(len(c.split()) % 2) for p, c in zip(prompts, completions)]
+
+    t = trainer_for(tmp_path, dynamic_sampling=True, max_resample_rounds=2)
+    t.reward_funcs = [first_group_constant]
+    batch, stats = t._collect_step_batch()
+    assert (batch.rewards.view(-1, 4).std(dim=1) > 0).all()
+    assert stats["frac_reward_zero_std"] >= 0.5
+
+
+def test_method_builds_its_operator_and_needs_an_end_token():
+    lm = tiny_latent_model("qwen2", WORDS, seed=0)
+    method = get_method("latent_grpo")
+    op = method.build_operator(LatentConfig(), lm)
+    assert isinstance(op, GumbelTopKThought) and op.top_k == 10 and op.one_sided
+    with pytest.raises(ValueError, match="end_of_thinking_token"):
+        method.build_schedule(LatentConfig(), lm)
+    sched = method.build_schedule(LatentConfig(end_of_thinking_token="####", max_latent_steps=7), lm)
+    assert sched.end_token_id == lm.tokenizer.convert_tokens_to_ids("####") and sched.max_latent_steps == 7
+    with pytest.raises(ValueError, match="gumbel_topk"):
+        method.build_operator(LatentConfig(operator="soft_mixture"), lm)
+
+
+# ---------------------------------------------------------------------------------------------------- SFT init
+def test_chunk_superpositions():
+    ids, w = chunk_superpositions([5, 6, 5, 7, 8], tokens_per_latent=3, top_k=4, pad_id=0)
+    assert ids.tolist() == [[5, 6, 0, 0], [7, 8, 0, 0]]
+    torch.testing.assert_close(w, torch.tensor([[2 / 3, 1 / 3, 0, 0], [0.5, 0.5, 0, 0]]))
+    ids, w = chunk_superpositions([1, 2, 3], tokens_per_latent=3, top_k=2)
+    assert ids.tolist() == [[1, 2]] and w.tolist() == [[0.5, 0.5]]
+
+
+def test_superposition_sft_batch_layout_and_learning(tmp_path):
+    lm = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32)
+    ex = make_examples("chain_sum", 8, seed=0, length=2)
+    cfg = SuperpositionSFTConfig(max_steps=25, per_device_train_batch_size=8, learning_rate=1e-2, warmup_steps=0,
+                                 logging_steps=25, top_k=5, disable_tqdm=True)
+    enc = encode_superposition_examples(lm.tokenizer, ex, cfg)
+    b = build_superposition_batch(enc, lm.tokenizer.pad_token_id)
+    e0, P, m = enc[0], len(enc[0].prompt), enc[0].latent_ids.shape[0]
+    cot = lm.tokenizer(" " + " ".join(ex[0].steps), add_special_tokens=False)["input_ids"]
+    assert m == (len(cot) + 1) // 2 and b["latent_mask"][0].nonzero().squeeze(-1).tolist() == list(range(P, P + m))
+    assert lm.tokenizer.decode(b["labels"][0][b["labels"][0] >= 0].tolist()).startswith("#### ")
+    torch.testing.assert_close(b["latent_weights"][0, P:P + m].sum(-1), torch.ones(m))
+    loss0, _ = superposition_loss(lm, {k: v for k, v in b.items()}, cfg)
+    hist = train_superposition_sft(cfg, lm, ex)
+    loss1, stats = superposition_loss(lm, b, cfg)
+    assert loss1 < 0.7 * loss0 and stats["kl"] >= 0 and hist.steps == 25
+
+
+# ---------------------------------------------------------------------------------------------------- presets
+@pytest.mark.parametrize("path", ["configs/latent_grpo_llama3.2-1b_gsm8k.yaml", "configs/cpu/latent_grpo.yaml"])
+def test_presets_load(path):
+    cfg = load_config(GRPOConfig, ROOT / path)
+    assert cfg.method == "latent_grpo" and cfg.latent.operator == "gumbel_topk" and cfg.dual_clip == 3.0
+    assert cfg.latent.one_sided_noise and cfg.latent.top_k == 10 and cfg.epsilon == 0.2 and cfg.loss_type == "dapo"
+    assert cfg.dynamic_sampling and cfg.latent.end_of_thinking_token
+    if "cpu" in path:
+        assert 30 <= cfg.max_steps <= 60 and 4 <= cfg.num_generations <= 8
+    else:
+        assert cfg.learning_rate == 1e-6 and cfg.temperature == 0.6 and cfg.max_completion_length == 128
+        assert cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps == 16 * 8
