@@ -309,3 +309,9 @@ def test_presets_load(path):
     else:
         assert cfg.learning_rate == 1e-6 and cfg.temperature == 0.6 and cfg.max_completion_length == 128
         assert cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps == 16 * 8
+
+
+def test_method_defaults_are_valid_config_overrides():
+    method = get_method("latent_grpo")
+    cfg = load_config(GRPOConfig, None, ["model_name_or_path=m", *(f"{k}={v}" for k, v in method.defaults.items())])
+    assert cfg.latent.operator == "gumbel_topk" and cfg.dual_clip == 3.0 and cfg.dynamic_sampling

@@ -201,3 +201,9 @@ def test_presets_load(path):
     else:
         assert cfg.learning_rate == 1e-6 and cfg.latent.num_latent_steps == 64 and cfg.adam_beta2 == 0.99
         assert cfg.weight_decay == 0.1 and cfg.lr_scheduler_type == "cosine" and cfg.num_generations == 8
+
+
+def test_method_defaults_are_valid_config_overrides():
+    method = get_method("lepo")
+    cfg = load_config(GRPOConfig, None, ["model_name_or_path=m", *(f"{k}={v}" for k, v in method.defaults.items())])
+    assert cfg.latent.operator == "gumbel_softmax" and cfg.latent.num_latent_steps == 32 and cfg.latent.top_k == 30

@@ -67,6 +67,13 @@ def _cot_init(task: SuiteTask, cache: Path, quick: bool) -> Path:
     return model_path(task.cot_model)
 
 
+@register_init("superposition_sft")
+def _superposition_init(task: SuiteTask, cache: Path, quick: bool) -> Path:
+    from latentrl.sft.superposition import build_superposition_init
+
+    return build_superposition_init(task, cache, quick)
+
+
 def build_init(name: str, task: SuiteTask, out: Path, quick: bool) -> Path:
     if name not in INIT_BUILDERS:
         raise ValueError(f"no builder for starting checkpoint {name!r}; known: {sorted(INIT_BUILDERS)}")

@@ -715,6 +715,9 @@ class LatentConfig(BaseConfig):
         "Keep the stochastic noise of the latent operator at evaluation (Latent-GRPO evaluates Pass@1 without "
         "noise, Pass@k with noise on).",
     )
+    noise_scale: float = cfg_field(
+        1.0, "Multiplier of the (clamped, shifted) Gumbel noise of gumbel_topk (Latent-GRPO noise_scale: 1.0).", min=0.0
+    )
 
     def validate(self) -> None:
         if self.noise_clamp_min >= self.noise_clamp_max:
@@ -826,7 +829,7 @@ class GRPOConfig(BaseConfig):
     kl_estimator: str = cfg_field(
         "k3",
         "KL estimator (Schulman's k1 = ref-lp difference, k2 = squared, k3 = exp(ref-lp)-(ref-lp)-1, TRL's choice).",
-        choices=("k1", "k2", "k3"),
+        choices=("k1", "k2", "k3", "low_var_kl"),
     )
     epsilon: float = cfg_field(
         0.2, "PPO clip range epsilon (lower bound; TRL 0.2; Latent-GRPO 0.2; Özeren 0.1).", min=0.0
@@ -874,6 +877,31 @@ class GRPOConfig(BaseConfig):
     )
     max_resample_rounds: int = cfg_field(
         4, "With dynamic_sampling: extra generation rounds tried before training on a partial batch.", min=0
+    )
+
+    # --- Latent-GRPO advantage fixes (null: the method's default) ------------------------------------------------
+    invalid_sample_masking: bool | None = cfg_field(
+        None,
+        "Latent-GRPO: completions that hit max_completion_length get A=0 (they stay in the loss normaliser, unlike "
+        "mask_truncated_completions); null: the method's default (latent_grpo: true).",
+    )
+    exclude_invalid_from_stats: bool | None = cfg_field(
+        None, "Also leave invalid completions out of the group mean/std (Latent-GRPO: false on GSM8k, true on MATH); "
+        "null: method default."
+    )
+    first_token_selection: bool | None = cfg_field(
+        None, "Latent-GRPO optimal correct-path first-token selection at the first latent position; null: method "
+        "default (true)."
+    )
+    first_token_zero_non_positive: bool | None = cfg_field(
+        None, "First-token selection also zeroes non-winners with A<=0 (authors' code); null: method default (true)."
+    )
+    freeze_embeddings: bool | None = cfg_field(
+        None, "Keep the input embedding matrix (and a tied LM head) out of the optimizer (Latent-GRPO "
+        "freeze_embedding); null: method default."
+    )
+    advantage_epsilon: float | None = cfg_field(
+        None, "Added to the reward std before dividing; null: method default (TRL 1e-4; latent_grpo 1e-6).", min=0.0
     )
 
     # --- rewards ------------------------------------------------------------------------------------------------

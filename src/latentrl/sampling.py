@@ -45,7 +45,10 @@ def sample_tokens(
         scaled = logits / temperature
         logp = scaled.log_softmax(-1)
         probs = filter_logits(scaled, top_k, top_p).softmax(-1)
-        ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        if generator is not None and generator.device != probs.device:  # CPU generator, GPU logits: draw on CPU
+            ids = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(probs.device)
+        else:
+            ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
 
 
@@ -57,5 +60,6 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float) 
 
 def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
     """Standard Gumbel(0, 1) noise: -log(Exp(1))."""
-    u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
-    return -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    gen_device = generator.device if generator is not None else device
+    u = torch.rand(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+    return -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))

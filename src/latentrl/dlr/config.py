@@ -2,7 +2,7 @@
 
 `GRPOConfig` does not (yet) have a `dlr:` section, so the trainer reads `args.dlr` when it exists (a `DLRConfig`,
 any object with the same fields, or a plain dict) and these defaults otherwise; `DLRTrainer(..., dlr=DLRConfig(...))`
-overrides both. Every field says whether the value is from the paper (the abstract gives no numbers: none is) or
+overrides both. When `latentrl.config` defines `DLRConfig` (the proposed section), that class is used here. Every field says whether the value is from the paper (the abstract gives no numbers: none is) or
 ours.
 """
 
@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import latentrl.config as _config
 from latentrl.config import BaseConfig, ConfigError, cfg_field, config_from_dict
 
 __all__ = ["DLRConfig", "resolve_dlr_config"]
@@ -124,6 +125,10 @@ class DLRConfig(BaseConfig):
     def validate(self) -> None:
         if self.min_std > self.init_std:
             raise ConfigError(f"min_std ({self.min_std}) must be <= init_std ({self.init_std})")
+
+
+if hasattr(_config, "DLRConfig"):  # once latentrl.config carries the `dlr:` section, its class is the one
+    DLRConfig = _config.DLRConfig  # type: ignore[misc]  # noqa: F811  (tests/test_dlr.py: same fields as above)
 
 
 def resolve_dlr_config(args: Any, override: DLRConfig | Mapping[str, Any] | None = None) -> DLRConfig:

@@ -60,7 +60,8 @@ class DLRTrainer(GRPOTrainer):
         dlr: DLRConfig | Mapping[str, Any] | None = None,
     ):
         self.dlr = resolve_dlr_config(args, dlr)
-        self._main_tokens = 0
+        self._main_tokens = 0  # main-model forward positions this step (rollouts + decoding-likelihood term)
+        self._main_backward_tokens = 0  # positions the decoding-likelihood term backpropagates through
         self._main_params = matmul_params(model)
         super().__init__(args, model, train_dataset, reward_funcs, method or "dlr", ref_model)
         if self.dlr.decode_temperature is not None:  # answer decoding of training rollouts (0 = greedy)
@@ -145,7 +146,7 @@ class DLRTrainer(GRPOTrainer):
             mu, _ = self.assistant(h[s : s + mb])
             nll = self._answer_nll(part, self.assistant.project(mu))
             (weight * nll * part.batch_size / n).backward()
-            total += float(nll) * part.batch_size / n
+            total += nll.item() * part.batch_size / n
         return total
 
     def _answer_nll(self, ro, latents: torch.Tensor) -> torch.Tensor:
@@ -159,6 +160,7 @@ class DLRTrainer(GRPOTrainer):
         position = (mask.cumsum(-1) - 1).clamp_min(0)
         _, hidden, _ = model.forward_embeds(embeds, attention_mask=mask, position_ids=position, compute_logits=False)
         self._main_tokens += B * (P + C)
+        self._main_backward_tokens += B * (P + C)
         h = hidden[:, P + L - 1 : P + C - 1]  # predicts completion positions L .. C-1
         logp = model.lm_head(h).float().log_softmax(-1)
         tgt = ro.completion_ids[:, L:]
@@ -170,7 +172,7 @@ class DLRTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ the loop
     def train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
-        self._main_tokens = 0
+        self._main_tokens = self._main_backward_tokens = 0
         self.assistant.flops = 0
         batch, metrics = self._collect_step_batch()
         t_gen = time.perf_counter() - t0
@@ -209,8 +211,10 @@ class DLRTrainer(GRPOTrainer):
         self.scheduler.step()
         self.global_step += 1
         metrics.update(sums)
+        flops = self.assistant.flops
         with torch.no_grad():
             latent_norm = self.assistant.project(chains.z).norm(dim=-1).mean().item()
+        self.assistant.flops = flops  # the metric above is not part of the method's compute
         G = self.G
         metrics.update({
             "loss": total, "grad_norm": float(grad_norm), "learning_rate": self.scheduler.get_last_lr()[0],
@@ -221,7 +225,9 @@ class DLRTrainer(GRPOTrainer):
             "dlr/groups_with_kept": float(keep.view(-1, G).any(1).float().mean()),
             "compute/main_tokens": float(self._main_tokens),
             "compute/main_flops": forward_flops(self._main_params, self._main_tokens),
-            "compute/assistant_flops": float(self.assistant.flops),
+            # activation gradients only (no weight gradients): ~1x the forward, i.e. 2 x params x tokens
+            "compute/main_backward_flops": forward_flops(self._main_params, self._main_backward_tokens),
+            "compute/assistant_flops": float(flops),
         })
         return metrics
 

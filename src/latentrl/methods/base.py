@@ -44,6 +44,8 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = {}
     #: ask the replay scorer for last hidden states (value heads, contrastive terms)
     needs_hidden: ClassVar[bool] = False
+    #: include latent positions' recorded tokens in the completion text the rewards see (LEPO's authors do)
+    decode_latent_tokens: ClassVar[bool] = False
 
     def build_operator(self, latent: "LatentConfig", model: "LatentModel") -> ThoughtOperator | None:
         if latent.operator == "none":

@@ -42,7 +42,8 @@ def contains_ids(ids: torch.Tensor, mask: torch.Tensor, seq: list[int] | None) -
 @register_method
 class HRPO(Method):
     name = "hrpo"
-    description = "HRPO: gated hybrid of sampled-token embeddings and projected hidden states until '####' (Yue et al. 2025)"
+    description = ("HRPO: sampled-token embeddings gated with projected hidden states until '####' "
+                   "(Yue et al. 2025)")
     init = "cot_sft"
     #: operator mode (see `thoughts/hrpo_gate.py`); the ablations below change only this
     mode: ClassVar[str] = "gate"
@@ -111,7 +112,8 @@ class HRPO(Method):
             linears = [p for p in (*gate.gate_r.parameters(), *gate.gate_i.parameters()) if p.requires_grad]
             groups.append({"params": linears, "lr": float(getattr(a, "gate_learning_rate", DEFAULT_GATE_LR))})
             if gate.Lambda.requires_grad:
-                groups.append({"params": [gate.Lambda], "lr": float(getattr(a, "lambda_learning_rate", DEFAULT_LAMBDA_LR))})
+                lam_lr = float(getattr(a, "lambda_learning_rate", DEFAULT_LAMBDA_LR))
+                groups.append({"params": [gate.Lambda], "lr": lam_lr})
         return [g for g in groups if g["params"]]
 
     # ------------------------------------------------------------------ rollouts, rewards, KL

@@ -171,22 +171,3 @@ class LatentGRPO(Method):
         m["latent_grpo/groups_with_several_positive"] = ((adv > 0).sum(-1) >= 2).float().mean().item()
         m["latent_grpo/invalid_frac"] = ro.truncated.float().mean().item()
         return m
-
-
-def _register_init() -> None:
-    """Make `latentrl bench` able to build this method's starting checkpoint (`init = "superposition_sft"`)."""
-    try:
-        from latentrl.bench import INIT_BUILDERS, register_init
-    except ImportError:  # pragma: no cover - bench is optional at import time
-        return
-    if "superposition_sft" not in INIT_BUILDERS:
-        register_init("superposition_sft")(_superposition_init)
-
-
-def _superposition_init(task: Any, cache: Any, quick: bool):
-    from latentrl.sft.superposition import build_superposition_init  # lazy: sft imports eval, eval the trainer
-
-    return build_superposition_init(task, cache, quick)
-
-
-_register_init()

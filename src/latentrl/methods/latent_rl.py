@@ -100,7 +100,11 @@ class LatentRL(CoconutLatentMethod):
 
     def __init__(self, pos_weight: float = 20.0, value_loss_coef: float = 1.0,
                  hidden_dims: Sequence[int] = (128, 32, 8), pretrain_prompts: int = 256, pretrain_epochs: int = 20,
-                 pretrain_temperature: float = 0.2, pretrain_top_p: float = 0.95):
+                 pretrain_temperature: float = 0.2, pretrain_top_p: float = 0.95,
+                 label_func: Callable[..., list[float | None]] | None = None):
+        self.label_func = label_func
+        """0/1 correctness of a completion (TRL reward signature), the value head's label; None: the first of
+        math_verify / correctness / hrpo in `reward_funcs`, else exact-match correctness."""
         self.pos_weight = pos_weight
         """BCE pos_weight of the value head's loss (paper: 20; correct rollouts are rare on hard math)."""
         self.value_loss_coef = value_loss_coef
@@ -123,7 +127,7 @@ class LatentRL(CoconutLatentMethod):
         head = attach_value_head(model, self.hidden_dims)
         if saved:
             head.pretrained = True
-        self._label_func = accuracy_reward_func(trainer.args.reward_funcs)
+        self._label_func = self.label_func or accuracy_reward_func(trainer.args.reward_funcs)
 
     def rollout_metrics(self, trainer: Any, batch) -> dict[str, float]:
         metrics = super().rollout_metrics(trainer, batch)
@@ -132,7 +136,7 @@ class LatentRL(CoconutLatentMethod):
             res = pretrain_value_head(
                 trainer, trainer.rows[: self.pretrain_prompts], epochs=self.pretrain_epochs,
                 pos_weight=self.pos_weight, hidden_dims=self.hidden_dims, seed=trainer.args.seed,
-                temperature=self.pretrain_temperature, top_p=self.pretrain_top_p,
+                reward_func=self._label_func, temperature=self.pretrain_temperature, top_p=self.pretrain_top_p,
             )
             metrics.update({"value/pretrain_bce_before": res.history[0]["bce"],
                             "value/pretrain_bce_after": res.history[-1]["bce"],

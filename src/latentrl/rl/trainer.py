@@ -178,7 +178,7 @@ class GRPOTrainer:
         self.model.eval()
         rollout = generate_rollout(self.model, ids, mask, self.sampling, self.operator, self.schedule,
                                    self.rollout_generator)
-        completions = decode_completions(self.model, rollout)
+        completions = decode_completions(self.model, rollout, skip_latent=not self.method.decode_latent_tokens)
         columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
         per_func, rewards = compute_rewards(self.reward_funcs, [r["prompt"] for r in rows], completions, columns,
                                             self.args.reward_weights)

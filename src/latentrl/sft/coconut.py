@@ -184,7 +184,8 @@ class CoconutConfig(BaseConfig):
     eval_batch_size: int = cfg_field(64, "Prompts per batch when decoding the eval set.", min=1)
     max_new_positions: int | None = cfg_field(
         None,
-        "Decoding budget of each eval completion (thoughts and markers included); null = longest target + 8.",
+        "Decoding budget of each eval completion (thoughts and markers included); null = max_latent_stage * c_thought "
+        "+ 1 + the longest CoT target (eos included) + 8.",
         min=1,
     )
     output_dir: str | None = cfg_field(
