@@ -12,8 +12,11 @@ Four modes are measured on the same random-weight model, batch and prompts:
 Timing (default ``--timing interleaved``): one process builds the model, warms every mode up (``--warmup`` runs), then
 times ``--repeats`` rounds of all modes round-robin, so background load on a shared machine hits all modes alike.
 Throughput = batch * new / median time (prefill included, as in a real rollout).  Peak memory: each mode runs once
-more (1 warmup + 1 run) in a FRESH subprocess whose ``ru_maxrss`` is reported, so modes do not contaminate each
-other (model build and imports included; the table also shows resident memory before the first run, ``rss0``).
+more (1 warmup + 1 run) in a FRESH subprocess, so modes do not contaminate each other.  ``*_peak_mb`` is that
+process's peak resident memory while decoding (the kernel's high-water mark is reset after the model is built, then
+read from VmHWM; this is ``ru_maxrss`` restricted to the decode phase, and falls back to plain ``ru_maxrss`` where
+/proc is missing).  The table also shows ``rss0`` (resident before the first decode: imports + model), the decode
+increase ``+decode`` and the whole-process ``ru_maxrss`` (model build included).
 ``--timing subprocess`` times each mode inside its own memory subprocess instead.
 
 The last line printed is one JSON object (see benchmarks/README.md).  Examples::
@@ -26,6 +29,7 @@ The last line printed is one JSON object (see benchmarks/README.md).  Examples::
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -218,9 +222,32 @@ def current_rss_mb() -> float:
         return float("nan")
 
 
-def peak_rss_mb() -> float:
+def maxrss_mb() -> float:
+    """Peak resident memory of this process since it started (imports and model build included)."""
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 2**20 if sys.platform == "darwin" else kb / 2**10  # bytes on macOS, KiB on Linux
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's resident high-water mark (Linux >= 4.0: `echo 5 > /proc/self/clear_refs`)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Resident high-water mark (VmHWM) since the last `reset_peak_rss`; ru_maxrss where /proc is unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
+    return maxrss_mb()
 
 
 def _sync(args) -> None:
@@ -351,7 +378,9 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
     if args.profile == "breakdown":
         breakdown = Breakdown(args, mode, lm, getattr(run, "operator", None))
     _sync(args)
+    gc.collect()
     rss_before = current_rss_mb()
+    peak_reset = reset_peak_rss()  # so the peak below is the decoding peak, not the model build's
     for _ in range(args.warmup):
         run()
     if cuda:
@@ -393,7 +422,8 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
         "times_s": times,
         "positions": args.batch * args.new,
         "rss_before_mb": round(rss_before, 1),
-        "peak_mb": round(peak_rss_mb(), 1),
+        "peak_mb": round(peak_rss_mb() if peak_reset else maxrss_mb(), 1),
+        "maxrss_mb": round(maxrss_mb(), 1),
         "threads": torch.get_num_threads(),
     }
     if cuda:
@@ -465,6 +495,7 @@ def summarize(args: argparse.Namespace, times: dict[str, list[tuple[float, float
             "cpu_ms_per_step": 1e3 * cpu / args.new,
             "rss_before_mb": max(p["rss_before_mb"] for p in parts),
             "peak_mb": max(p["peak_mb"] for p in parts),
+            "maxrss_mb": max(p["maxrss_mb"] for p in parts),
             "gpu_peak_mb": max((p.get("gpu_peak_mb", 0.0) for p in parts), default=0.0),
             "threads": parts[0]["threads"],
         }
@@ -485,7 +516,7 @@ def print_table(args: argparse.Namespace, rows: dict, loadavg: list[float]) -> N
     cpu_cols = not gpu
     head = (f"{'mode':<14}{'median s':>9}{'min s':>8}{'max s':>8}{'ms/step':>9}{'per s':>9}{'':>6}{'vs gen':>8}"
             + (f"{'cpu ms/st':>10}{'cpu vs gen':>11}" if cpu_cols else "")
-            + f"{'rss0 MB':>9}{'peak MB':>9}" + (f"{'gpu MB':>9}" if gpu else ""))
+            + f"{'rss0 MB':>9}{'peak MB':>9}{'+decode':>9}{'maxrss':>8}" + (f"{'gpu MB':>9}" if gpu else ""))
     print(head)
     print("-" * len(head))
     for mode, r in rows.items():
@@ -494,7 +525,8 @@ def print_table(args: argparse.Namespace, rows: dict, loadavg: list[float]) -> N
         print(f"{mode:<14}{r['median_s']:>9.3f}{r['min_s']:>8.3f}{r['max_s']:>8.3f}{r['ms_per_step']:>9.2f}"
               f"{r['per_s']:>9.0f}{unit[mode]:>6}{ratio:>8}"
               + (f"{r['cpu_ms_per_step']:>10.2f}{cratio:>11}" if cpu_cols else "")
-              + f"{r['rss_before_mb']:>9.0f}{r['peak_mb']:>9.0f}" + (f"{r['gpu_peak_mb']:>9.0f}" if gpu else ""))
+              + f"{r['rss_before_mb']:>9.0f}{r['peak_mb']:>9.0f}{r['peak_mb'] - r['rss_before_mb']:>9.0f}"
+              f"{r['maxrss_mb']:>8.0f}" + (f"{r['gpu_peak_mb']:>9.0f}" if gpu else ""))
 
 
 def final_json(args: argparse.Namespace, rows: dict, loadavg: list[float]) -> dict:
@@ -520,6 +552,8 @@ def final_json(args: argparse.Namespace, rows: dict, loadavg: list[float]) -> di
         "discrete_peak_mb": get("discrete", "peak_mb"),
         "latent_peak_mb": get("soft_mixture", "peak_mb"),
         "hidden_state_peak_mb": get("hidden_state", "peak_mb"),
+        "maxrss_mb": {m: r["maxrss_mb"] for m, r in rows.items()},
+        "decode_rss_mb": {m: round(r["peak_mb"] - r["rss_before_mb"], 1) for m, r in rows.items()},
     }
     if str(args.device).startswith("cuda"):
         for mode, key in (("generate", "generate"), ("discrete", "discrete"), ("soft_mixture", "latent"),

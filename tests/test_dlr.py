@@ -60,7 +60,8 @@ def test_chain_log_prob_equals_torch_normal():
     # per-step densities the operator stores sum to the chain density
     op = AssistantThoughtOperator(a)
     steps = torch.arange(3).repeat(4)
-    per_step = op.log_prob(None, None, {"z": z.reshape(12, 5), "prompt_hidden": h.repeat_interleave(3, 0), "step": steps})
+    payload = {"z": z.reshape(12, 5), "prompt_hidden": h.repeat_interleave(3, 0), "step": steps}
+    per_step = op.log_prob(None, None, payload)
     torch.testing.assert_close(per_step.view(4, 3).sum(-1), ref)
     torch.testing.assert_close(gaussian_log_prob(z, mu, log_std),
                                torch.distributions.Normal(mu, log_std.exp()).log_prob(z).sum(-1))
@@ -313,6 +314,17 @@ def test_assistant_is_saved_and_reloaded(tmp_path):
         assert torch.equal(v, w), k
 
 
+def test_resume_reproduces_the_run_with_dynamic_sampling(tmp_path):
+    kw = dict(max_steps=2, save_steps=1, save_total_limit=None, dynamic_sampling=True, max_resample_rounds=1)
+    a = trainer(tmp_path / "a", **kw)
+    a.train()
+    b = trainer(tmp_path / "a", **kw)  # same output_dir: resumes from checkpoint-1 and redoes step 2
+    b.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-1"))
+    assert b.global_step == 2
+    for (k, v), (_, w) in zip(a.assistant.state_dict().items(), b.assistant.state_dict().items()):
+        torch.testing.assert_close(v, w, msg=k)
+
+
 def test_dlr_config_from_args_or_dict(tmp_path):
     from latentrl.dlr import resolve_dlr_config
 
@@ -322,12 +334,14 @@ def test_dlr_config_from_args_or_dict(tmp_path):
         DLRConfig(filter_top_fraction=0.0)
     with pytest.raises(ConfigError):
         resolve_dlr_config(object(), {"no_such_option": 1})
+    import dataclasses
+
     import latentrl.config as c
+    from latentrl.dlr.config import _LocalDLRConfig
 
     if hasattr(c, "DLRConfig"):  # once config.py carries the section, its fields must match ours
-        import dataclasses
-
-        assert [f.name for f in dataclasses.fields(c.DLRConfig)] == [f.name for f in dataclasses.fields(DLRConfig)]
+        theirs = {f.name: f.default for f in dataclasses.fields(c.DLRConfig)}
+        assert theirs == {f.name: f.default for f in dataclasses.fields(_LocalDLRConfig)}
 
 
 @pytest.mark.parametrize("path", ["configs/cpu/dlr.yaml", "configs/dlr_qwen2.5-1.5b.yaml"])

@@ -2,8 +2,8 @@
 
 `GRPOConfig` does not (yet) have a `dlr:` section, so the trainer reads `args.dlr` when it exists (a `DLRConfig`,
 any object with the same fields, or a plain dict) and these defaults otherwise; `DLRTrainer(..., dlr=DLRConfig(...))`
-overrides both. When `latentrl.config` defines `DLRConfig` (the proposed section), that class is used here. Every field says whether the value is from the paper (the abstract gives no numbers: none is) or
-ours.
+overrides both. When `latentrl.config` defines `DLRConfig` (the proposed section), that class is used here.
+Every field says whether the value is from the paper (the abstract gives no numbers: none is) or ours.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ __all__ = ["DLRConfig", "resolve_dlr_config"]
 class DLRConfig(BaseConfig):
     """DeepLatent Reasoning: the assistant (Gaussian latent-chain sampler), the filter and the objective's weights."""
 
-    # --- the latent chain and the assistant ------------------------------------------------------------------------
+    # --- the latent chain and the assistant -------------------------------------------------------------------
     num_latent_steps: int = cfg_field(
         4,
         "L: latent vectors per reasoning-chain encoding, fed to the frozen main model as prefix embeddings after the "
@@ -69,7 +69,7 @@ class DLRConfig(BaseConfig):
         "GRPOConfig.temperature (ours).",
         min=0.0,
     )
-    # --- filtering of the dual reward -------------------------------------------------------------------------------
+    # --- filtering of the dual reward --------------------------------------------------------------------------
     filter_top_fraction: float = cfg_field(
         0.5,
         "High-value filter: within a group, a trajectory is kept (a positive) when its reward is at least the "
@@ -80,7 +80,7 @@ class DLRConfig(BaseConfig):
     filter_min_reward: float | None = cfg_field(
         None, "Also require reward >= this threshold to be kept; null: no absolute threshold (ours)."
     )
-    # --- objective --------------------------------------------------------------------------------------------------
+    # --- objective ---------------------------------------------------------------------------------------------
     contrastive_coef: float = cfg_field(
         1.0, "Weight of the InfoNCE contrastive term over the K encodings of a group (paper: a contrastive "
         "objective; InfoNCE is our reading). 0 disables it.", min=0.0
@@ -127,6 +127,7 @@ class DLRConfig(BaseConfig):
             raise ConfigError(f"min_std ({self.min_std}) must be <= init_std ({self.init_std})")
 
 
+_LocalDLRConfig = DLRConfig
 if hasattr(_config, "DLRConfig"):  # once latentrl.config carries the `dlr:` section, its class is the one
     DLRConfig = _config.DLRConfig  # type: ignore[misc]  # noqa: F811  (tests/test_dlr.py: same fields as above)
 

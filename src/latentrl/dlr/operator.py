@@ -82,12 +82,12 @@ class AssistantThoughtOperator(ThoughtOperator):
             self._h = h
         i = self._pos
         z_i = self._z[:, i]
-        payload = {"z": z_i, "prompt_hidden": self._h, "step": torch.full((B,), i, dtype=torch.long, device=hidden.device)}
+        step = torch.full((B,), i, dtype=torch.long, device=hidden.device)
+        payload = {"z": z_i, "prompt_hidden": self._h, "step": step}
         logprob = gaussian_log_prob(z_i, self._mu[:, i], self._log_std[i])
         self._pos += 1
         ids = model.latent_ids.latent if model.latent_ids is not None else model.tokenizer.pad_token_id
-        return ThoughtStep(self.rebuild(model, None, payload), torch.full((B,), ids, dtype=torch.long, device=hidden.device),
-                           payload, logprob)
+        return ThoughtStep(self.rebuild(model, None, payload), torch.full_like(step, ids), payload, logprob)
 
     def rebuild(self, model, token_ids, payload: Payload) -> torch.Tensor:
         return self.assistant.project(payload["z"])

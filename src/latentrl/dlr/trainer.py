@@ -23,7 +23,7 @@ import torch
 
 from latentrl.config import GRPOConfig
 from latentrl.data.schema import Example
-from latentrl.dlr.assistant import ASSISTANT, LatentAssistant, gaussian_entropy
+from latentrl.dlr.assistant import ASSISTANT, LatentAssistant, gaussian_entropy, gaussian_log_prob
 from latentrl.dlr.config import DLRConfig, resolve_dlr_config
 from latentrl.dlr.losses import (
     anchor_info_nce, filter_high_value, forward_flops, group_info_nce, matmul_params, policy_gradient_loss,
@@ -82,11 +82,11 @@ class DLRTrainer(GRPOTrainer):
         return batch
 
     # ------------------------------------------------------------------ the objective
-    def dlr_loss(self, batch: StepBatch, chains: DLRChains, keep: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def dlr_loss(self, batch: StepBatch, chains: DLRChains, keep: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
         """Contrastive + policy-gradient + entropy terms (everything but the decoding NLL), over the whole batch."""
         c, a = self.dlr, self.args
         G, L, d = self.G, c.num_latent_steps, c.latent_dim
-        N = chains.z.shape[0]
         mu, log_std = self.assistant(chains.h)  # (N, L, d), (L, d)
         loss = mu.sum() * 0.0
         m: dict[str, float] = {}
@@ -106,8 +106,6 @@ class DLRTrainer(GRPOTrainer):
             loss = loss + c.contrastive_coef * term
         # policy gradient on the sampled chains' log-density
         if c.pg_coef > 0:
-            from latentrl.dlr.assistant import gaussian_log_prob
-
             lp = gaussian_log_prob(chains.z, mu, log_std).sum(-1)  # (N,)
             adv = batch.advantages.to(lp.device).float()
             per, clipped = policy_gradient_loss(lp, chains.old_logprob.to(lp.device), adv, a.policy_loss, a.epsilon,
@@ -232,7 +230,8 @@ class DLRTrainer(GRPOTrainer):
         return metrics
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate_examples(self, examples: Sequence[Any], k: int = 0, max_new_positions: int | None = None, **kwargs: Any):
+    def evaluate_examples(self, examples: Sequence[Any], k: int = 0, max_new_positions: int | None = None,
+                          **kwargs: Any):
         """`latentrl.eval.evaluate` with this trainer's operator, schedule and prompt format -> `EvalResult`.
         Greedy Pass@1 decodes the mean chain mu; Pass@k (k > 0) decodes k sampled chains at `temperature`."""
         from latentrl.eval import evaluate

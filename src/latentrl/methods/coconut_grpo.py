@@ -13,7 +13,7 @@ Prompt layout: `prompt + <|start-latent|>` (the `prompt_text` hook), completion 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from latentrl.config import ConfigError
 from latentrl.methods.base import Method, register_method
@@ -55,7 +55,7 @@ class CoconutLatentMethod(Method):
     """Shared pieces: hidden-state thoughts, fixed count, forced `<|end-latent|>`, `<|start-latent|>` prompts."""
 
     init = "coconut_sft"
-    _start_token: str = LatentTokens.start
+    _start_token = LatentTokens.start  # replaced by the model's own name in `setup`
 
     def setup(self, trainer: Any) -> None:
         tokens = trainer.model.latent_tokens
@@ -84,5 +84,9 @@ class CoconutLatentMethod(Method):
 class CoconutGRPO(CoconutLatentMethod):
     name = "coconut_grpo"
     description = "GRPO on Coconut latents: deterministic thoughts, exploration from the answer tokens (Özeren 2025)"
-    defaults = {"latent.operator": "hidden_state", "latent.num_latent_steps": 6, "num_generations": 8,
-                "temperature": 0.7, "beta": 0.0, "epsilon": 0.1, "reward_funcs": ["format", "math_verify"]}
+    #: the paper's LatR + GRPO settings (configs/coconut_grpo_qwen2.5-1.5b.yaml)
+    defaults: ClassVar[dict[str, Any]] = {
+        "latent.operator": "hidden_state", "latent.num_latent_steps": 6, "num_generations": 8, "temperature": 0.7,
+        "beta": 0.0, "epsilon": 0.1, "num_iterations": 1, "learning_rate": 5e-6, "weight_decay": 0.01,
+        "loss_type": "bnpo", "scale_rewards": "group", "reward_funcs": ["format", "math_verify"],
+    }

@@ -29,10 +29,10 @@ from latentrl.rollout import ThinkingSchedule
 @register_method
 class DLR(Method):
     name = "dlr"
-    description = ("DeepLatent Reasoning (our reading of arXiv 2601.17275): a small Gaussian assistant samples K latent "
-                   "chains, a frozen main model decodes them; dual reward, high-value filter, InfoNCE + policy gradient")
+    description = ("DeepLatent Reasoning (our reading of arXiv 2601.17275): a small Gaussian assistant samples K "
+                   "latent chains, a frozen main model decodes them; dual reward, high-value filter, InfoNCE + PG")
     init = "cot_sft"
-    defaults = {"reward_funcs": ["correctness", "format"], "reward_weights": [1.0, 0.1], "beta": 0.0}
+    defaults = {"reward_funcs": ["correctness", "format"], "reward_weights": [1.0, 0.2], "beta": 0.0}
 
     def __init__(self, config: DLRConfig | None = None):
         self.config = config

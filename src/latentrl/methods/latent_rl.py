@@ -16,13 +16,17 @@ arXiv 2512.11816, code github.com/enesozeren/latent-space-thinking-model (`src/v
    There is no policy-gradient term (`policy_kind_masks` -> {}). The generated latents are detached constants:
    the policy term only changes how the backbone *reads* fixed thoughts, so it can be weak or degenerate (the
    methods spec says so; the benchmark shows it). Value-head weights are a side module saved with checkpoints.
+
+If the starting checkpoint carries no value head (and `pretrain_value_head` was not called), the method pre-trains
+one at the first step on rollouts of the first `pretrain_prompts` training prompts, so `latentrl bench` can run it
+from a plain Coconut-SFT checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +34,7 @@ from torch import nn
 
 from latentrl.methods.base import register_method
 from latentrl.methods.coconut_grpo import CoconutLatentMethod, coconut_components
+from latentrl.model import LatentTokens
 
 if TYPE_CHECKING:
     from latentrl.model import LatentModel
@@ -95,8 +100,11 @@ class LatentRL(CoconutLatentMethod):
     name = "latent_rl"
     description = "Value-head Latent RL on Coconut latents: maximise sigmoid(V) at latent positions (Özeren 2025)"
     needs_hidden = True
-    defaults = {"latent.operator": "hidden_state", "latent.num_latent_steps": 6, "beta": 0.0,
-                "reward_funcs": ["format", "math_verify"]}
+    #: the paper's Latent RL settings (configs/latent_rl_qwen2.5-1.5b.yaml)
+    defaults: ClassVar[dict[str, Any]] = {
+        "latent.operator": "hidden_state", "latent.num_latent_steps": 6, "beta": 0.0, "learning_rate": 5e-6,
+        "weight_decay": 0.01, "reward_funcs": ["format", "math_verify"],
+    }
 
     def __init__(self, pos_weight: float = 20.0, value_loss_coef: float = 1.0,
                  hidden_dims: Sequence[int] = (128, 32, 8), pretrain_prompts: int = 256, pretrain_epochs: int = 20,
@@ -261,8 +269,7 @@ def _components(source: Any, num_latent_steps: int | None, latent_config_cls):
         latent = latent_config_cls(operator="hidden_state", num_latent_steps=num_latent_steps,
                                    max_latent_steps=max(64, num_latent_steps))
         op, sched = coconut_components(latent, source)
-        method = LatentRL()
-        start = source.latent_tokens.start if source.latent_tokens is not None else method._start_token
+        start = source.latent_tokens.start if source.latent_tokens is not None else LatentTokens.start
         return source, op, sched, (lambda row: row["prompt"] + start), 64
     trainer = source
     sched = trainer.schedule
