@@ -94,7 +94,6 @@ def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, see
     from latentrl.eval import evaluate
     from latentrl.methods import get_method
     from latentrl.model import LatentModel
-    from latentrl.rl.trainer import GRPOTrainer
 
     method = get_method(method_name)
     init_path = build_init(method.init, task, out, quick)
@@ -107,7 +106,7 @@ def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, see
     model = LatentModel.from_pretrained(init_path, add_latent_tokens=True)
     train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=seed, **task.dataset_kwargs)
     t0 = time.perf_counter()
-    trainer = GRPOTrainer(cfg, model, train)
+    trainer = method.trainer_class(cfg, model, train)
     trainer.train()
     train_wall = time.perf_counter() - t0
     res = evaluate(model, load_examples(task.eval_source)[:num_eval], operator=trainer.operator,

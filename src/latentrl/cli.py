@@ -39,7 +39,7 @@ def load_train_data(cfg: GRPOConfig):
 
 @command("train", "RL-train a model with a method preset: latentrl train --config FILE [key=value ...]")
 def cmd_train(ns: argparse.Namespace) -> int:
-    from latentrl.rl.trainer import GRPOTrainer
+    from latentrl.methods import get_method
 
     if ns.help_config:
         print(config_help(GRPOConfig))
@@ -48,7 +48,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     if ns.resume:
         cfg.resume_from_checkpoint = "latest"
     model = build_model_for(cfg)
-    trainer = GRPOTrainer(cfg, model, load_train_data(cfg))
+    trainer = get_method(cfg.method).trainer_class(cfg, model, load_train_data(cfg))
     trainer.train()
     print(f"done: {trainer.global_step} steps; checkpoints and logs in {cfg.output_dir}")
     return 0

@@ -30,6 +30,7 @@ import yaml
 __all__ = [
     "BaseConfig",
     "ConfigError",
+    "DLRConfig",
     "GRPOConfig",
     "LatentConfig",
     "LATENT_OPERATORS",
@@ -738,6 +739,115 @@ class LatentConfig(BaseConfig):
 
 
 @dataclasses.dataclass(kw_only=True)
+class DLRConfig(BaseConfig):
+    """DeepLatent Reasoning: the assistant (Gaussian latent-chain sampler), the filter and the objective's weights."""
+
+    # --- the latent chain and the assistant -------------------------------------------------------------------
+    num_latent_steps: int = cfg_field(
+        4,
+        "L: latent vectors per reasoning-chain encoding, fed to the frozen main model as prefix embeddings after the "
+        "question (our choice; the abstract gives no length).",
+        min=1,
+    )
+    latent_dim: int = cfg_field(
+        32,
+        "d_z: dimension of the assistant's latent space; each of the L vectors is sampled there and projected to "
+        "the main model's hidden size by a learned linear map (ours).",
+        min=1,
+    )
+    assistant_hidden_size: int = cfg_field(
+        128, "Width of the assistant's MLP over the main model's last prompt hidden state (ours).", min=1
+    )
+    assistant_layers: int = cfg_field(2, "Hidden layers of the assistant's MLP (ours).", min=1)
+    init_std: float = cfg_field(
+        1.0, "Initial standard deviation sigma of the Gaussian latent policy, per latent dimension (ours).",
+        min=0.0, min_exclusive=True,
+    )
+    learn_std: bool = cfg_field(
+        True, "Learn log sigma (state-independent, one per step and latent dimension); false keeps it at init_std."
+    )
+    min_std: float = cfg_field(
+        0.01, "Lower bound on sigma (log sigma is clamped), so the log-density stays finite (ours).",
+        min=0.0, min_exclusive=True,
+    )
+    projection_scale: float = cfg_field(
+        0.5,
+        "Initial RMS norm of the projected noise W z (z ~ N(0, init_std^2)) as a fraction of the mean norm of the "
+        "main model's embedding rows: how far the first latents stray from the projection bias (ours).",
+        min=0.0,
+    )
+    latent_bias_init: str = cfg_field(
+        "mean_embedding",
+        "Initial bias of the projection: mean_embedding (the mean input-embedding row, so the first latents look "
+        "like an average token to the frozen main model) or zeros (ours).",
+        choices=("mean_embedding", "zeros"),
+    )
+    decode_temperature: float | None = cfg_field(
+        0.0,
+        "Temperature at which the frozen main model decodes the answer after the chain during training rollouts: "
+        "0 = greedy, so the reward is a function of the chain and all exploration is in latent space; null: "
+        "GRPOConfig.temperature (ours).",
+        min=0.0,
+    )
+    # --- filtering of the dual reward --------------------------------------------------------------------------
+    filter_top_fraction: float = cfg_field(
+        0.5,
+        "High-value filter: within a group, a trajectory is kept (a positive) when its reward is at least the "
+        "ceil(fraction*K)-th largest (ties kept) AND strictly above the group's lowest reward (the paper filters by "
+        "the dual reward; the rule is ours).",
+        min=0.0, max=1.0, min_exclusive=True,
+    )
+    filter_min_reward: float | None = cfg_field(
+        None, "Also require reward >= this threshold to be kept; null: no absolute threshold (ours)."
+    )
+    # --- objective ---------------------------------------------------------------------------------------------
+    contrastive_coef: float = cfg_field(
+        1.0, "Weight of the InfoNCE contrastive term over the K encodings of a group (paper: a contrastive "
+        "objective; InfoNCE is our reading). 0 disables it.", min=0.0
+    )
+    contrastive_temperature: float = cfg_field(
+        0.1, "InfoNCE temperature tau (ours).", min=0.0, min_exclusive=True
+    )
+    contrastive_similarity: str = cfg_field(
+        "neg_sq_dist",
+        "Similarity of the anchor (the assistant's mean chain mu) and a sampled chain z, both flattened to L*d_z: "
+        "neg_sq_dist = -||mu - z||^2 / (L*d_z), or cosine (ours).",
+        choices=("neg_sq_dist", "cosine"),
+    )
+    bidirectional: bool = cfg_field(
+        True,
+        "Add the second direction of the contrastive loss: each kept chain picks its own prompt's anchor among the "
+        "anchors of all prompts of the batch (our reading of 'bidirectional contrastive').",
+    )
+    pg_coef: float = cfg_field(
+        1.0,
+        "Weight of the policy-gradient term: group-relative advantage x log-density of the sampled chain (ratio-"
+        "clipped with epsilon when policy_loss=clipped), divided by L*d_z. 0 disables it (ours).",
+        min=0.0,
+    )
+    pg_filtered_only: bool = cfg_field(
+        False, "Policy-gradient term on kept trajectories only (default: every trajectory of the group; ours)."
+    )
+    entropy_coef: float = cfg_field(
+        0.0, "Bonus on the Gaussian's per-dimension entropy (mean log sigma + const), for diversity (ours).", min=0.0
+    )
+    nll_coef: float = cfg_field(
+        0.0,
+        "Weight of a decoding-likelihood term: the frozen main model's NLL of each kept trajectory's answer tokens "
+        "given the MEAN chain W mu as prefix; gradients flow through the frozen main model into mu and W, never "
+        "into its parameters. Costs a main forward+backward over kept rows (ours; 0 disables it).",
+        min=0.0,
+    )
+    assistant_learning_rate: float | None = cfg_field(
+        None, "Learning rate of the assistant; null: learning_rate.", min=0.0, min_exclusive=True
+    )
+
+    def validate(self) -> None:
+        if self.min_std > self.init_std:
+            raise ConfigError(f"min_std ({self.min_std}) must be <= init_std ({self.init_std})")
+
+
+@dataclasses.dataclass(kw_only=True)
 class GRPOConfig(BaseConfig):
     """Options of the latentrl RL trainer (GRPO family; TRL GRPOConfig names where the concept is the same)."""
 
@@ -932,6 +1042,9 @@ class GRPOConfig(BaseConfig):
     # --- latent steps -------------------------------------------------------------------------------------------
     latent: LatentConfig = cfg_field(
         default_factory=LatentConfig, help="How latent steps are formed (see the latent.* options)."
+    )
+    dlr: DLRConfig = cfg_field(
+        default_factory=DLRConfig, help="DeepLatent Reasoning options (method dlr; see the dlr.* options)."
     )
 
     @property

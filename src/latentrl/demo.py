@@ -24,7 +24,7 @@ def run_demo(method: str = "grpo", steps: int = 30, num_eval: int = 200, out_dir
     from latentrl.eval import evaluate
     from latentrl.logger import plot_metrics
     from latentrl.model import LatentModel
-    from latentrl.rl.trainer import GRPOTrainer
+    from latentrl.methods import get_method
 
     console = Console()
     task = suite_tasks()["icot_mult_4x4"]
@@ -38,7 +38,7 @@ def run_demo(method: str = "grpo", steps: int = 30, num_eval: int = 200, out_dir
     model = LatentModel.from_pretrained(init, add_latent_tokens=True)
     evalset = load_examples(task.eval_source)[:num_eval]
     train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=seed, **task.dataset_kwargs)
-    trainer = GRPOTrainer(cfg, model, train)
+    trainer = get_method(method).trainer_class(cfg, model, train)
 
     def score():
         return evaluate(model, evalset, operator=trainer.operator, schedule=trainer.schedule,

@@ -47,6 +47,13 @@ class Method:
     #: include latent positions' recorded tokens in the completion text the rewards see (LEPO's authors do)
     decode_latent_tokens: ClassVar[bool] = False
 
+    @property
+    def trainer_class(self) -> type:
+        """The trainer that runs this method: GRPOTrainer, unless the method has its own loop (DLR)."""
+        from latentrl.rl.trainer import GRPOTrainer
+
+        return GRPOTrainer
+
     def build_operator(self, latent: "LatentConfig", model: "LatentModel") -> ThoughtOperator | None:
         if latent.operator == "none":
             return None
