@@ -39,7 +39,6 @@ import sys
 import time
 
 MODES = ("generate", "discrete", "soft_mixture", "hidden_state")
-RESULT_TAG = "@@ROLLOUT_SPEED_RESULT "
 
 PRESETS = {
     # Qwen2.5-0.5B shapes (random weights, config built in code, nothing downloaded).
@@ -53,7 +52,7 @@ DEFAULTS = dict(arch="qwen2", hidden=128, layers=2, heads=4, kv_heads=None, inte
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Tokens/s and peak memory of HF generate vs. latentrl generate_rollout (discrete and latent).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="The last line printed is a JSON object; see benchmarks/README.md for its keys.",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="model shape preset (explicit shape options below override it)")
@@ -66,27 +65,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vocab-size", type=int, default=None,
                    help="model vocab (default 64: a word tokenizer of 61 words + 3 latent tokens); a larger vocab "
                         "keeps the small tokenizer and samples prompt ids over the whole vocab")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--prompt-len", type=int, default=16, help="longest prompt; rows are 75-100%% of it, left-padded")
-    p.add_argument("--new", type=int, default=64, help="new positions per row (tokens or latent positions)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per mode (median reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs per mode before timing")
+    p.add_argument("--batch", type=int, default=32, help="rows per decode (default 32)")
+    p.add_argument("--prompt-len", type=int, default=16, help="longest prompt (default 16); rows are 75-100%% of it, left-padded")
+    p.add_argument("--new", type=int, default=64, help="new positions per row, tokens or latent positions (default 64)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per mode, median reported (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per mode before timing (default 2)")
     p.add_argument("--timing", choices=("interleaved", "subprocess"), default="interleaved",
-                   help="interleaved: time all modes round-robin in one process on one model (robust to background "
+                   help="interleaved (default): time all modes round-robin in one process on one model (robust to background "
                         "load; memory still measured per mode in fresh subprocesses); subprocess: time each mode "
                         "inside its own memory subprocess")
     p.add_argument("--rounds", type=int, default=1,
-                   help="with --timing subprocess: passes over all modes (fresh subprocesses each), median over all")
+                   help="with --timing subprocess: passes over all modes (fresh subprocesses each), median over all "
+                        "(default 1)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads. Default on cpu: 1 - the default shapes gain nothing from intra-op "
                         "threads, and OpenMP spin-waiting makes multi-thread timings collapse when other processes "
                         "share the cores. 0 = torch's own default")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="default float32")
     p.add_argument("--attn", default=None, help="attn_implementation (sdpa, eager, ...; default: transformers' choice)")
-    p.add_argument("--soft-top-k", type=int, default=10, help="top_k of the soft_mixture operator")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {MODES}")
+    p.add_argument("--soft-top-k", type=int, default=10, help="top_k of the soft_mixture operator (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="model weights and prompts (default 0)")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES) + " (default: all)")
     p.add_argument("--mode", choices=MODES, default=None,
                    help="run ONE mode in this process (no subprocess, no table); prints its result JSON. "
                         "Use with --profile or under `python -m cProfile`.")
@@ -94,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --mode: profile the timed runs. breakdown: wall time per decode step split into model "
                         "forward (HF mask creation, rotary, LM head, rest) / sampling / thought operator / loop "
                         "bookkeeping; cprofile, torch: the top entries of those profilers")
-    p.add_argument("--profile-top", type=int, default=40, help="rows of profile output")
+    p.add_argument("--profile-top", type=int, default=40, help="rows of profile output (default 40)")
     args = p.parse_args(argv)
     resolve_shape(args)
     if args.profile and not args.mode:
@@ -469,9 +469,14 @@ def run_subprocess(args: argparse.Namespace, mode: str, **override) -> dict:
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"mode {mode!r} failed (exit {proc.returncode})")
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
+    lines = proc.stdout.strip().splitlines()
+    if lines:
+        try:
+            res = json.loads(lines[-1])  # a --mode run's last line is its result
+            if isinstance(res, dict) and res.get("mode") == mode:
+                return res
+        except json.JSONDecodeError:
+            pass
     sys.stderr.write(proc.stdout + proc.stderr)
     raise SystemExit(f"mode {mode!r} printed no result")
 
@@ -573,7 +578,7 @@ def main(argv=None) -> dict | None:
     args = parse_args(argv)
     if args.mode:
         res = run_mode(args, args.mode)
-        print(RESULT_TAG + json.dumps(res))
+        print(json.dumps(res))
         return None
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]

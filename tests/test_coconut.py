@@ -327,6 +327,29 @@ def test_train_coconut_learns_logs_and_evaluates_per_stage(tmp_path):
     assert any("eval/pass_at_1" in r for r in logged) and any("eval/loss" in r for r in logged)
 
 
+def test_build_coconut_init_caches_a_trained_checkpoint(tmp_path, monkeypatch):
+    """The bench's `coconut_sft` init: shipped CoT model -> Coconut SFT with the CPU preset -> cached folder."""
+    from types import SimpleNamespace
+
+    import latentrl.assets
+    from latentrl.data import task_vocabulary
+    from latentrl.model import LatentModel
+    from latentrl.sft.coconut import build_coconut_init
+
+    cot = tmp_path / "shipped-cot"
+    tiny_latent_model("qwen2", task_vocabulary("chain_sum")).save_pretrained(cot)
+    monkeypatch.setattr(latentrl.assets, "model_path", lambda name: cot)
+    task = SimpleNamespace(cot_model="x-cot", dataset="chain_sum", dataset_kwargs={"length": 3}, eval_source="unused")
+    out = build_coconut_init(task, tmp_path / "cache", quick=True,
+                             overrides=["num_train_examples=8", "per_device_train_batch_size=4"])
+    assert out.name == "coconut_sft-quick" and (out / "config.json").is_file()
+    info = json.loads((out / "coconut_sft.json").read_text())
+    assert info["steps"] == 10 and info["stages"] == [1, 2, 3, 4, 5]  # epochs 1..5, 2 steps each (cap 20 not hit)
+    loaded = LatentModel.from_pretrained(out)
+    assert loaded.latent_ids is not None
+    assert build_coconut_init(task, tmp_path / "cache", quick=True) == out  # cached: not rebuilt
+
+
 def test_config_errors_name_the_fields():
     with pytest.raises(ConfigError, match="start_stage"):
         CoconutConfig(start_stage=5, epochs_per_stage=2, num_epochs=10)

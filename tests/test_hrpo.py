@@ -362,9 +362,6 @@ def test_cpu_presets_load_and_name_their_method(name):
     assert cfg.latent.max_latent_steps >= cfg.max_completion_length and cfg.max_steps <= 60
 
 
-@pytest.mark.xfail(strict=True, reason="rollout engine: stop tokens end a row only at discrete positions; HRPO's "
-                   "hybrid positions are real tokens (operator.emits_tokens) and should stop it too — remove this "
-                   "marker when generate_rollout honours emits_tokens")
 def test_a_stop_token_sampled_while_thinking_ends_the_row():
     lm = tiny()
     op = build_thought_operator("hrpo_gate")

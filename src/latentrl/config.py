@@ -882,6 +882,13 @@ class GRPOConfig(BaseConfig):
         min=0.0,
         min_exclusive=True,
     )
+    gate_learning_rate: float = cfg_field(
+        1e-4, "Learning rate of a method's gate linears (HRPO: W_a, b_a, W_x, b_x of the hybrid-input gate; paper 1e-4).",
+        min=0.0, min_exclusive=True,
+    )
+    lambda_learning_rate: float = cfg_field(
+        1e-3, "Learning rate of HRPO's gate decay parameter Lambda (paper 1e-3).", min=0.0, min_exclusive=True
+    )
     weight_decay: float = cfg_field(0.0, "AdamW weight decay (HRPO: 0.1).", min=0.0)
     adam_beta1: float = cfg_field(0.9, "AdamW beta1.", min=0.0, max=1.0, max_exclusive=True)
     adam_beta2: float = cfg_field(0.999, "AdamW beta2.", min=0.0, max=1.0, max_exclusive=True)

@@ -72,9 +72,12 @@ def evaluate(
     seed: int = 0,
     num_samples_to_keep: int = 3,
     prompt_text: Callable[[dict[str, Any]], str] = lambda row: row["prompt"],
+    decode_latent: bool | None = None,
 ) -> EvalResult:
     """Greedy Pass@1 (operator noise off) and, if k > 0, Pass@k from k sampled completions (noise on)."""
     rows = _rows(data)
+    if decode_latent is None:
+        decode_latent = operator is not None and operator.emits_tokens
     tok = model.tokenizer
     delim = tok(delimiter, add_special_tokens=False)["input_ids"] if delimiter else None
     gen = torch.Generator().manual_seed(seed)
@@ -88,7 +91,7 @@ def evaluate(
         ids, mask = left_pad([tok(prompt_text(r), add_special_tokens=False)["input_ids"] for r in batch_rows],
                              tok.pad_token_id, device=model.device)
         ro = generate_rollout(model, ids, mask, sampling, operator, schedule, gen)
-        texts = decode_completions(model, ro)
+        texts = decode_completions(model, ro, skip_latent=not decode_latent)
         cols = {c: [r.get(c) for r in batch_rows] for c in batch_rows[0] if c != "prompt"}
         scores = reward_func([r["prompt"] for r in batch_rows], texts, **cols)
         return ro, texts, [float(s or 0.0) for s in scores]

@@ -12,7 +12,7 @@ to the model as input embedding e_j; its log-prob comes from the logits of the p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 
 import torch
 from transformers import DynamicCache
@@ -155,6 +155,7 @@ def generate_rollout(
     C = sampling.max_new_positions
     schedule = schedule or ThinkingSchedule()
     use_latent = operator is not None and schedule.has_latent()
+    emits_tokens = use_latent and operator.emits_tokens
     stop_ids = torch.as_tensor(
         list(sampling.stop_token_ids) if sampling.stop_token_ids is not None else [model.tokenizer.eos_token_id],
         device=device,
@@ -250,7 +251,7 @@ def generate_rollout(
             if len(after):
                 forced_pos = torch.where(ended, torch.zeros_like(forced_pos), forced_pos)
             latent_active = latent_active & ~ended
-        discrete_here = ~latent_mask[:, t] & ~forced_mask[:, t]
+        discrete_here = ~forced_mask[:, t] if emits_tokens else ~latent_mask[:, t] & ~forced_mask[:, t]
         finished = finished | (alive & discrete_here & torch.isin(ids, stop_ids))
         if bool(finished.all()) or t == C - 1:
             C_used = t + 1
@@ -280,7 +281,11 @@ def generate_rollout(
 
 
 def decode_completions(model: LatentModel, rollout: Rollout, skip_latent: bool = True) -> list[str]:
-    """Completion texts for rewards: discrete ids only by default (latent positions are not words)."""
+    """Completion texts for rewards: discrete ids only by default (latent positions are not words).
+
+    Operators whose latent positions record real sampled tokens (`emits_tokens`, HRPO) decode with
+    `skip_latent=False`; see `Method.decodes_latent_tokens`.
+    """
     texts = []
     for ids, mask, lat in zip(rollout.completion_ids, rollout.completion_mask, rollout.latent_mask):
         keep = mask & ~lat if skip_latent else mask

@@ -72,6 +72,10 @@ class Method:
             after_latent_ids=after,
         )
 
+    def decodes_latent_tokens(self, operator: ThoughtOperator | None) -> bool:
+        """Whether the reward text includes the ids recorded at latent positions."""
+        return self.decode_latent_tokens or (operator is not None and operator.emits_tokens)
+
     def prompt_text(self, row: dict[str, Any]) -> str:
         """The prompt string fed to the model for a dataset row (Coconut appends `<|start-latent|>`)."""
         return row["prompt"]

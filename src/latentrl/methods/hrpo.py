@@ -19,7 +19,7 @@ import torch
 from latentrl.config import ConfigError
 from latentrl.methods.base import Method, register_method, text_ids
 from latentrl.replay import replay
-from latentrl.rollout import Rollout, ThinkingSchedule, decode_completions
+from latentrl.rollout import Rollout, ThinkingSchedule
 from latentrl.thoughts.hrpo_gate import GATE_NAME, HRPOGate, HRPOGateThought, ensure_gate
 
 DEFAULT_DELIMITER = "####"
@@ -117,10 +117,6 @@ class HRPO(Method):
         return [g for g in groups if g["params"]]
 
     # ------------------------------------------------------------------ rollouts, rewards, KL
-    def compute_advantages(self, trainer: Any, batch) -> torch.Tensor:
-        rescore_with_hybrid_tokens(trainer, batch)
-        return super().compute_advantages(trainer, batch)
-
     def reference_logprobs(self, trainer: Any, batch) -> torch.Tensor:
         """KL reference: the base model on the plain token ids (no operator, no gate), at the loss temperature."""
         ro: Rollout = batch.rollout
@@ -152,26 +148,6 @@ def gate_metrics(gate: HRPOGate, token_embeds: torch.Tensor) -> dict[str, float]
     the hidden state) over the given thinking positions and all dimensions."""
     a = gate.decay(token_embeds)
     return {"embeds_ratio": a.mean().item(), "hidden_ratio": torch.sqrt(1.0 - a.pow(2) + 1e-8).mean().item()}
-
-
-def rescore_with_hybrid_tokens(trainer: Any, batch) -> None:
-    """Re-score a batch whose completion texts left out the hybrid positions.
-
-    HRPO's thinking positions are real sampled words (the `####` itself is one), but the trainer decodes with
-    `skip_latent=True`. Until it asks the operator (`emits_tokens`), re-decode with every position and recompute
-    the rewards here; a no-op once the trainer decodes hybrid tokens itself. (`per_func_rewards` is assigned by the
-    trainer after this hook, so `rewards/<func>/mean` still shows the first scoring; `reward` is right.)
-    """
-    from latentrl.rewards import compute_rewards
-
-    texts = decode_completions(trainer.model, batch.rollout, skip_latent=False)
-    if texts == batch.completions:
-        return
-    rows = batch.rows
-    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
-    _, rewards = compute_rewards(trainer.reward_funcs, [r["prompt"] for r in rows], texts, columns,
-                                 trainer.args.reward_weights)
-    batch.completions, batch.rewards = texts, rewards.to(batch.rewards.device)
 
 
 @register_method

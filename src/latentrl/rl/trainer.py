@@ -11,7 +11,6 @@ completions = that many / `num_generations` prompts, generated together so group
 from __future__ import annotations
 
 import copy
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -30,10 +29,10 @@ from latentrl.data.schema import Example, to_record
 from latentrl.logger import MetricsLogger, progress
 from latentrl.methods import Method, get_method
 from latentrl.model import LatentModel
-from latentrl.replay import ReplayOutput, replay
+from latentrl.replay import replay
 from latentrl.rewards import compute_rewards, get_reward_funcs
 from latentrl.rl.advantages import zero_std_groups
-from latentrl.rl.losses import CLIP_METRICS, aggregate_loss, kl_penalty, masked_mean, mixed_policy_loss
+from latentrl.rl.losses import aggregate_loss, kl_penalty, masked_mean, mixed_policy_loss
 from latentrl.rollout import Rollout, SamplingParams, decode_completions, generate_rollout, left_pad
 
 RewardFunc = Callable[..., list[float | None]]
@@ -178,7 +177,8 @@ class GRPOTrainer:
         self.model.eval()
         rollout = generate_rollout(self.model, ids, mask, self.sampling, self.operator, self.schedule,
                                    self.rollout_generator)
-        completions = decode_completions(self.model, rollout, skip_latent=not self.method.decode_latent_tokens)
+        completions = decode_completions(self.model, rollout,
+                                         skip_latent=not self.method.decodes_latent_tokens(self.operator))
         columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
         per_func, rewards = compute_rewards(self.reward_funcs, [r["prompt"] for r in rows], completions, columns,
                                             self.args.reward_weights)

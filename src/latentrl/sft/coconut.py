@@ -37,6 +37,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,6 +57,7 @@ __all__ = [
     "CoconutOutput",
     "CoconutSample",
     "TokenizedExample",
+    "build_coconut_init",
     "build_stage_sample",
     "coconut_eval_thoughts",
     "coconut_evaluate",
@@ -824,3 +826,45 @@ def _eval_loss(model: LatentModel, tokenized: Sequence[TokenizedExample], stage:
         count += out.num_tokens
     model.train(was)
     return total / max(count, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The `coconut_sft` starting checkpoint of the CPU suite
+# ---------------------------------------------------------------------------------------------------------------
+
+CPU_PRESET = Path(__file__).resolve().parents[3] / "configs" / "cpu" / "coconut_sft.yaml"
+QUICK_STEPS = 20
+
+
+def build_coconut_init(task: Any, cache: Path | str, quick: bool, preset: Path | str | None = None,
+                       overrides: Sequence[str] = ()) -> Path:
+    """The `coconut_sft` starting checkpoint of a CPU-suite task (`latentrl.bench.SuiteTask`): the task's shipped
+    CoT model after Coconut curriculum SFT with `configs/cpu/coconut_sft.yaml`. Built once, cached under `cache`.
+
+    `quick` caps training at QUICK_STEPS optimizer steps and skips the per-stage evaluations.
+    """
+    from latentrl.assets import model_path
+    from latentrl.checkpoint import atomic_write_json
+    from latentrl.config import load_config
+    from latentrl.data import load_examples
+
+    out = Path(cache) / ("coconut_sft-quick" if quick else "coconut_sft")
+    if (out / "config.json").is_file():
+        return out
+    extra = [f"max_steps={QUICK_STEPS}", "eval_strategy=no"] if quick else []
+    cfg = load_config(CoconutConfig, preset or CPU_PRESET, [*extra, "disable_tqdm=true", *overrides])
+    source = model_path(task.cot_model)
+    model = LatentModel.from_pretrained(source, add_latent_tokens=True)
+    train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed, **task.dataset_kwargs)
+    evals = [] if quick else load_examples(task.eval_source)[: cfg.num_eval_examples]
+    history = train_coconut(cfg, model, train, evals)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    atomic_write_json(tmp / "coconut_sft.json", {
+        "config": config_to_dict(cfg), "source": str(source), "stages": history.stages, "steps": history.steps,
+        "train": history.train[-1:], "eval": history.eval, "train_wall_s": history.train_wall_s,
+    })
+    if out.exists():  # a concurrent build finished first
+        return out
+    tmp.rename(out)
+    return out

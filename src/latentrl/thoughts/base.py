@@ -50,6 +50,9 @@ class ThoughtOperator(nn.Module):
 
     name: ClassVar[str] = "base"
     stochastic: ClassVar[bool] = False
+    #: the ids recorded at latent positions are real sampled tokens (HRPO): they belong in the completion text and
+    #: a stop token among them ends the row
+    emits_tokens: ClassVar[bool] = False
 
     def payload_spec(self, model: "LatentModel") -> dict[str, PayloadSpec]:
         raise NotImplementedError
