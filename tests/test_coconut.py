@@ -344,7 +344,7 @@ def test_build_coconut_init_caches_a_trained_checkpoint(tmp_path, monkeypatch):
                              overrides=["num_train_examples=8", "per_device_train_batch_size=4"])
     assert out.name == "coconut_sft-quick" and (out / "config.json").is_file()
     info = json.loads((out / "coconut_sft.json").read_text())
-    assert info["steps"] == 10 and info["stages"] == [1, 2, 3, 4, 5]  # epochs 1..5, 2 steps each (cap 20 not hit)
+    assert info["steps"] == 14 and info["stages"] == [1, 2, 3, 4, 5, 6, 7]  # epochs 1..7, 2 steps each
     loaded = LatentModel.from_pretrained(out)
     assert loaded.latent_ids is not None
     assert build_coconut_init(task, tmp_path / "cache", quick=True) == out  # cached: not rebuilt
