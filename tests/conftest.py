@@ -4,6 +4,8 @@ import torch
 from latentrl.rollout import left_pad
 from latentrl.testing import tiny_latent_model
 
+torch.set_num_threads(1)  # shared 2-core machines: intra-op threads contend and slow tiny models 5-10x
+
 WORDS = ["Tom", "is", "a", "cat"]
 
 

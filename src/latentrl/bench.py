@@ -74,6 +74,13 @@ def _superposition_init(task: SuiteTask, cache: Path, quick: bool) -> Path:
     return build_superposition_init(task, cache, quick)
 
 
+@register_init("coconut_sft")
+def _coconut_init(task: SuiteTask, cache: Path, quick: bool) -> Path:
+    from latentrl.sft.coconut import build_coconut_init
+
+    return build_coconut_init(task, cache, quick)
+
+
 def build_init(name: str, task: SuiteTask, out: Path, quick: bool) -> Path:
     if name not in INIT_BUILDERS:
         raise ValueError(f"no builder for starting checkpoint {name!r}; known: {sorted(INIT_BUILDERS)}")

@@ -54,6 +54,29 @@ def cmd_train(ns: argparse.Namespace) -> int:
     return 0
 
 
+@command("coconut-sft", "Coconut curriculum SFT: latentrl coconut-sft --config FILE [key=value ...]")
+def cmd_coconut_sft(ns: argparse.Namespace) -> int:
+    from latentrl.data import load_examples
+    from latentrl.model import LatentModel
+    from latentrl.sft.coconut import CoconutConfig, train_coconut
+
+    if ns.help_config:
+        print(config_help(CoconutConfig))
+        return 0
+    cfg = load_config(CoconutConfig, ns.config, ns.overrides)
+    if not cfg.model_name_or_path or not cfg.dataset:
+        raise ConfigError("coconut-sft needs model_name_or_path and dataset (in the YAML or as key=value)")
+    model = LatentModel.from_pretrained(cfg.model_name_or_path, add_latent_tokens=True)
+    train = load_examples(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed)
+    evals = (load_examples(cfg.eval_dataset, split="eval", n=cfg.num_eval_examples, seed=cfg.seed)
+             if cfg.eval_dataset else [])
+    train_coconut(cfg, model, train, evals)
+    out = cfg.output_dir or "runs/coconut"
+    model.save_pretrained(out)
+    print(f"done: Coconut model in {out}")
+    return 0
+
+
 @command("demo", "the embedded default: RL on the shipped small model, before/after table, curves (minutes, CPU)")
 def cmd_demo(ns: argparse.Namespace) -> int:
     from latentrl.demo import run_demo

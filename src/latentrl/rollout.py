@@ -189,47 +189,67 @@ def generate_rollout(
     finished = torch.zeros(B, dtype=torch.bool, device=device)
 
     # ---- prefill
-    attn = torch.zeros((B, P + C), dtype=torch.long, device=device)
-    attn[:, :P] = prompt_mask.long()
+    attn = torch.zeros((B, P + C), dtype=torch.bool, device=device)
+    attn[:, :P] = prompt_mask
     position = prompt_mask.long().cumsum(-1) - 1
     cache = DynamicCache()
-    logits, hidden, cache = model.forward_embeds(
-        model.embed(prompt_ids), attention_mask=attn[:, :P], position_ids=position.clamp_min(0),
-        past_key_values=cache, use_cache=True,
+    _, hidden, cache = model.forward_embeds(
+        model.embed(prompt_ids), attention_mask=prompt_mask.long(), position_ids=position.clamp_min(0),
+        past_key_values=cache, use_cache=True, compute_logits=False,
     )
-    last_logits, last_hidden = logits[:, -1].float(), hidden[:, -1]
+    last_hidden = hidden[:, -1]
     next_pos = position[:, -1] + 1
+    # Fast path: while every row is thinking and nothing can end the span from the logits, a step needs no token
+    # sampling, and operators that ignore logits (Coconut's hidden state) need no LM head either.
+    can_fast = use_latent and schedule.end_token_id is None
+    # SDPA takes a ready 4-D boolean mask as is: a view of `attn` saves HF rebuilding the mask at every step
+    sdpa = getattr(model.model.config, "_attn_implementation", None) == "sdpa"
+    attn4d = attn.view(B, 1, 1, P + C) if sdpa else None
 
     for t in range(C):
-        # 1. discrete candidates: sampled tokens, forced tokens where the schedule forces them
-        ids, lp = sample_tokens(last_logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
-        is_forced = forced_pos < len(after)
-        if len(after):
-            ids = torch.where(is_forced, after[forced_pos.clamp_max(len(after) - 1)], ids)
-            lp = torch.where(is_forced, token_logprobs(last_logits, ids, sampling.temperature), lp)
-        # 2. latent candidates for rows still thinking
-        if use_latent and bool(latent_active.any()):
-            if schedule.end_token_id is not None:  # Latent-GRPO: unperturbed top-1 is end-of-thinking
-                hit_end = latent_active & (last_logits.argmax(-1) == schedule.end_token_id)
-                end_ids = torch.full_like(ids, schedule.end_token_id)
-                ids = torch.where(hit_end, end_ids, ids)
-                lp = torch.where(hit_end, token_logprobs(last_logits, end_ids, sampling.temperature), lp)
-                latent_active = latent_active & ~hit_end
+        thinking = int(latent_active.sum()) if use_latent else 0
+        if can_fast and thinking == B:
+            # every row thinks: the operator alone forms the position
+            last_logits = model.lm_head(last_hidden).float() if operator.needs_logits else None
             step = operator.step(model, last_logits, last_hidden, generator=generator)
             lat = latent_active
-            ids = torch.where(lat, step.token_ids, ids)
-            if step.logprob is not None:
-                lp = torch.where(lat, step.logprob.float(), lp)
-            else:
-                lp = torch.where(lat, torch.zeros_like(lp), lp)
+            ids, embeds = step.token_ids, step.embeds.to(last_hidden.dtype)
+            lp = step.logprob.float() if step.logprob is not None else torch.zeros(B, device=device)
+            is_forced = torch.zeros_like(lat)
             for name, value in step.payload.items():
-                payload[name][:, t] = torch.where(lat.view(-1, *[1] * (value.dim() - 1)), value, payload[name][:, t])
-            embeds = torch.where(lat[:, None], step.embeds.to(last_hidden.dtype), model.embed(ids))
-            latent_mask[:, t] = lat
-            latent_count += lat.long()
+                payload[name][:, t] = value
+            latent_mask[:, t] = True
+            latent_count += 1
         else:
+            last_logits = model.lm_head(last_hidden).float()
+            # 1. discrete candidates: sampled tokens, forced tokens where the schedule forces them
+            ids, lp = sample_tokens(last_logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
+            is_forced = forced_pos < len(after)
+            if len(after):
+                ids = torch.where(is_forced, after[forced_pos.clamp_max(len(after) - 1)], ids)
+                lp = torch.where(is_forced, token_logprobs(last_logits, ids, sampling.temperature), lp)
+            # 2. latent candidates for rows still thinking
             lat = None
-            embeds = model.embed(ids)
+            if thinking:
+                if schedule.end_token_id is not None:  # Latent-GRPO: unperturbed top-1 is end-of-thinking
+                    hit_end = latent_active & (last_logits.argmax(-1) == schedule.end_token_id)
+                    end_ids = torch.full_like(ids, schedule.end_token_id)
+                    ids = torch.where(hit_end, end_ids, ids)
+                    lp = torch.where(hit_end, token_logprobs(last_logits, end_ids, sampling.temperature), lp)
+                    latent_active = latent_active & ~hit_end
+                step = operator.step(model, last_logits, last_hidden, generator=generator)
+                lat = latent_active
+                ids = torch.where(lat, step.token_ids, ids)
+                step_lp = step.logprob.float() if step.logprob is not None else torch.zeros_like(lp)
+                lp = torch.where(lat, step_lp, lp)
+                for name, value in step.payload.items():
+                    keep = lat.view(-1, *[1] * (value.dim() - 1))
+                    payload[name][:, t] = torch.where(keep, value, payload[name][:, t])
+                embeds = torch.where(lat[:, None], step.embeds.to(last_hidden.dtype), model.embed(ids))
+                latent_mask[:, t] = lat
+                latent_count += lat.long()
+            else:
+                embeds = model.embed(ids)
         # 3. record
         alive = ~finished
         completion_ids[:, t] = torch.where(alive, ids, completion_ids[:, t])
@@ -257,12 +277,13 @@ def generate_rollout(
             C_used = t + 1
             break
         # 5. one forward for the new position of every row
-        attn[:, P + t] = 1
-        logits, hidden, cache = model.forward_embeds(
-            embeds[:, None], attention_mask=attn[:, : P + t + 1], position_ids=next_pos[:, None],
-            past_key_values=cache, use_cache=True,
+        attn[:, P + t] = True
+        step_mask = attn4d[..., : P + t + 1] if attn4d is not None else attn[:, : P + t + 1].long()
+        _, hidden, cache = model.forward_embeds(
+            embeds[:, None], attention_mask=step_mask, position_ids=next_pos[:, None],
+            past_key_values=cache, use_cache=True, compute_logits=False,
         )
-        last_logits, last_hidden = logits[:, -1].float(), hidden[:, -1]
+        last_hidden = hidden[:, -1]
         next_pos = next_pos + 1
     else:  # C == 0
         C_used = 0

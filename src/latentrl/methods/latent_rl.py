@@ -107,8 +107,8 @@ class LatentRL(CoconutLatentMethod):
     }
 
     def __init__(self, pos_weight: float = 20.0, value_loss_coef: float = 1.0,
-                 hidden_dims: Sequence[int] = (128, 32, 8), pretrain_prompts: int = 256, pretrain_epochs: int = 20,
-                 pretrain_temperature: float = 0.2, pretrain_top_p: float = 0.95,
+                 hidden_dims: Sequence[int] = (128, 32, 8), pretrain_prompts: int = 256, pretrain_epochs: int = 50,
+                 pretrain_batch_size: int = 64, pretrain_temperature: float = 0.2, pretrain_top_p: float = 0.95,
                  label_func: Callable[..., list[float | None]] | None = None):
         self.label_func = label_func
         """0/1 correctness of a completion (TRL reward signature), the value head's label; None: the first of
@@ -123,6 +123,9 @@ class LatentRL(CoconutLatentMethod):
         """If the starting checkpoint has no value head (and none was pre-trained by hand), pre-train one at the
         first step on rollouts of this many training prompts (the first ones, in file order); 0 disables."""
         self.pretrain_epochs = pretrain_epochs
+        self.pretrain_batch_size = pretrain_batch_size
+        """Epochs and batch size of that pre-training: with a few hundred rollouts the authors' batch of 1024 would
+        give one optimizer step per epoch, so the automatic pre-training uses small batches."""
         self.pretrain_temperature = pretrain_temperature
         """Answer sampling of the pre-training rollouts (authors' value-data creation: T=0.2, top-p 0.95)."""
         self.pretrain_top_p = pretrain_top_p
@@ -143,6 +146,7 @@ class LatentRL(CoconutLatentMethod):
         if self.pretrain_prompts > 0 and trainer.global_step == 0 and not getattr(head, "pretrained", False):
             res = pretrain_value_head(
                 trainer, trainer.rows[: self.pretrain_prompts], epochs=self.pretrain_epochs,
+                batch_size=self.pretrain_batch_size,
                 pos_weight=self.pos_weight, hidden_dims=self.hidden_dims, seed=trainer.args.seed,
                 reward_func=self._label_func, temperature=self.pretrain_temperature, top_p=self.pretrain_top_p,
             )

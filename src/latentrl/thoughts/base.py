@@ -53,6 +53,8 @@ class ThoughtOperator(nn.Module):
     #: the ids recorded at latent positions are real sampled tokens (HRPO): they belong in the completion text and
     #: a stop token among them ends the row
     emits_tokens: ClassVar[bool] = False
+    #: `step` reads the logits; False lets the engine skip the LM head while every row is thinking
+    needs_logits: ClassVar[bool] = True
 
     def payload_spec(self, model: "LatentModel") -> dict[str, PayloadSpec]:
         raise NotImplementedError

@@ -17,6 +17,7 @@ from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, Though
 class HiddenStateThought(ThoughtOperator):
     name = "hidden_state"
     stochastic = False
+    needs_logits = False
 
     def __init__(self, latent_token_id: int | None = None):
         super().__init__()
