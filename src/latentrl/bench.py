@@ -41,7 +41,7 @@ def suite_tasks() -> dict[str, SuiteTask]:
     return {
         "icot_mult_4x4": SuiteTask(
             name="icot_mult_4x4", dataset="icot_mult", eval_source=str(shared_data_file("icot_mult_4x4/valid.txt")),
-            cot_model="icot_mult-cot", nocot_model="icot_mult-nocot", max_completion_length=64,
+            cot_model="icot_mult_4x4-cot", nocot_model="icot_mult_4x4-nocot", max_completion_length=64,
             dataset_kwargs={"digits": 4},
         ),
     }

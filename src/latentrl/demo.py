@@ -13,8 +13,8 @@ from pathlib import Path
 from latentrl.config import GRPOConfig, load_config
 
 
-def run_demo(method: str = "grpo", steps: int = 30, num_eval: int = 200, out_dir: str | None = None, seed: int = 0,
-             overrides: list[str] = ()) -> dict:
+def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir: str | None = None, seed: int = 0,
+             overrides: list[str] = (), model: str | None = None) -> dict:
     from rich.console import Console
     from rich.table import Table
 
@@ -29,19 +29,19 @@ def run_demo(method: str = "grpo", steps: int = 30, num_eval: int = 200, out_dir
     console = Console()
     task = suite_tasks()["icot_mult_4x4"]
     run_dir = Path(out_dir or f"runs/demo-{method}-{time.strftime('%Y%m%d-%H%M%S')}")
-    init = model_path(task.cot_model)
+    init = Path(model) if model else model_path(task.cot_model)
     cfg = load_config(GRPOConfig, preset_path(method), [
         f"model_name_or_path={init}", f"output_dir={run_dir}", f"max_steps={steps}", f"seed={seed}",
         f"method={method}", f"max_completion_length={task.max_completion_length}", "save_steps=0", *overrides,
     ])
     console.print(f"[bold]latentrl demo[/bold]: {method} on {task.name} from {init.name}; run folder {run_dir}")
-    model = LatentModel.from_pretrained(init, add_latent_tokens=True)
+    lm = LatentModel.from_pretrained(init, add_latent_tokens=True)
     evalset = load_examples(task.eval_source)[:num_eval]
     train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=seed, **task.dataset_kwargs)
-    trainer = get_method(method).trainer_class(cfg, model, train)
+    trainer = get_method(method).trainer_class(cfg, lm, train)
 
     def score():
-        return evaluate(model, evalset, operator=trainer.operator, schedule=trainer.schedule,
+        return evaluate(lm, evalset, operator=trainer.operator, schedule=trainer.schedule,
                         max_new_positions=task.max_completion_length, k=4, seed=seed,
                         prompt_text=trainer.method.prompt_text)
 
