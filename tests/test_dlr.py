@@ -9,7 +9,7 @@ import torch
 from latentrl.config import ConfigError, GRPOConfig, load_config
 from latentrl.data import make_examples, task_vocabulary
 from latentrl.data.schema import format_prompt
-from latentrl.dlr import ASSISTANT, AssistantThoughtOperator, DLRConfig, LatentAssistant, gaussian_log_prob
+from latentrl.dlr import AssistantThoughtOperator, DLRConfig, LatentAssistant, gaussian_log_prob
 from latentrl.dlr.losses import anchor_info_nce, filter_high_value, group_info_nce, policy_gradient_loss
 from latentrl.dlr.trainer import DLRTrainer
 from latentrl.methods import get_method

@@ -286,7 +286,7 @@ def test_superposition_sft_batch_layout_and_learning(tmp_path):
                                  logging_steps=25, top_k=5, disable_tqdm=True)
     enc = encode_superposition_examples(lm.tokenizer, ex, cfg)
     b = build_superposition_batch(enc, lm.tokenizer.pad_token_id)
-    e0, P, m = enc[0], len(enc[0].prompt), enc[0].latent_ids.shape[0]
+    P, m = len(enc[0].prompt), enc[0].latent_ids.shape[0]
     cot = lm.tokenizer(" " + " ".join(ex[0].steps), add_special_tokens=False)["input_ids"]
     assert m == (len(cot) + 1) // 2 and b["latent_mask"][0].nonzero().squeeze(-1).tolist() == list(range(P, P + m))
     assert lm.tokenizer.decode(b["labels"][0][b["labels"][0] >= 0].tolist()).startswith("#### ")

@@ -134,7 +134,6 @@ class DLRTrainer(GRPOTrainer):
         idx = keep.nonzero().squeeze(-1)
         if idx.numel() == 0:
             return 0.0
-        L = self.dlr.num_latent_steps
         ro = batch.rollout.select(idx)
         h = chains.h[idx]
         total, n = 0.0, idx.numel()

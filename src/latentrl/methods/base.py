@@ -14,7 +14,7 @@ from latentrl.rollout import ThinkingSchedule
 from latentrl.thoughts import ThoughtOperator, build_thought_operator
 
 if TYPE_CHECKING:
-    from latentrl.config import GRPOConfig, LatentConfig
+    from latentrl.config import LatentConfig
     from latentrl.model import LatentModel
     from latentrl.replay import ReplayOutput
     from latentrl.rl.trainer import StepBatch
