@@ -153,3 +153,11 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):
     assert not torch.equal(params(a), params(LatentModel.from_pretrained(init)))
     steps = [l for l in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines() if l.strip()]
     assert len(steps) == 4
+
+
+def test_eval_dataset_is_scored_every_eval_steps(tmp_path):
+    cfg = config(tmp_path, max_steps=2, eval_steps=1, report_to=["jsonl"])
+    t = GRPOTrainer(cfg, model(), examples(), reward_funcs=[varied_reward], eval_dataset=examples(4))
+    history = t.train()
+    assert all("eval/pass_at_1" in m and 0.0 <= m["eval/pass_at_1"] <= 1.0 for m in history)
+    assert t.evaluate(k=2).pass_at_k is not None

@@ -21,7 +21,6 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
     from latentrl.assets import model_path
     from latentrl.bench import preset_path, suite_tasks
     from latentrl.data import load_examples
-    from latentrl.eval import evaluate
     from latentrl.logger import plot_metrics
     from latentrl.model import LatentModel
     from latentrl.methods import get_method
@@ -38,12 +37,11 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
     lm = LatentModel.from_pretrained(init, add_latent_tokens=True)
     evalset = load_examples(task.eval_source)[:num_eval]
     train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=seed, **task.dataset_kwargs)
-    trainer = get_method(method).trainer_class(cfg, lm, train)
+    cfg.eval_steps = max(1, steps // 4)
+    trainer = get_method(method).trainer_class(cfg, lm, train, eval_dataset=evalset)
 
     def score():
-        return evaluate(lm, evalset, operator=trainer.operator, schedule=trainer.schedule,
-                        max_new_positions=task.max_completion_length, k=4, seed=seed,
-                        prompt_text=trainer.method.prompt_text)
+        return trainer.evaluate(k=4)
 
     before = score()
     console.print(f"before: Pass@1 {100 * before.pass_at_1:.1f}%  ({before.n} real iCoT 4x4 problems)")
@@ -60,7 +58,8 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
                       f"{r.mean_reasoning_positions:.1f}", f"{t:.0f}")
     console.print(table)
     png = plot_metrics(run_dir / "metrics.jsonl", run_dir / "curves.png",
-                       ["reward", "frac_reward_zero_std", "completions/mean_length", "entropy", "grad_norm"],
+                       ["eval/pass_at_1", "reward", "frac_reward_zero_std", "completions/mean_length", "entropy",
+                        "grad_norm"],
                        title=f"{method} on {task.name}")
     console.print(f"curves: {png}\nTensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     summary = {"method": method, "steps": steps, "before": before.to_dict(), "after": after.to_dict(),

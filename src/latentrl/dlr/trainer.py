@@ -58,12 +58,13 @@ class DLRTrainer(GRPOTrainer):
         method=None,
         ref_model: LatentModel | None = None,
         dlr: DLRConfig | Mapping[str, Any] | None = None,
+        eval_dataset: Sequence[Example | dict[str, Any]] | None = None,
     ):
         self.dlr = resolve_dlr_config(args, dlr)
         self._main_tokens = 0  # main-model forward positions this step (rollouts + decoding-likelihood term)
         self._main_backward_tokens = 0  # positions the decoding-likelihood term backpropagates through
         self._main_params = matmul_params(model)
-        super().__init__(args, model, train_dataset, reward_funcs, method or "dlr", ref_model)
+        super().__init__(args, model, train_dataset, reward_funcs, method or "dlr", ref_model, eval_dataset)
         if self.dlr.decode_temperature is not None:  # answer decoding of training rollouts (0 = greedy)
             self.sampling.temperature = self.dlr.decode_temperature
 

@@ -202,6 +202,29 @@ def group_advantages(
     return adv, metrics
 
 
+def _unscaled_group_advantages(
+    estimator: str,
+    rewards: Tensor,
+    num_generations: int,
+    scale_rewards: str,
+    eps: float,
+    valid: Tensor | None,
+    exclude_invalid_from_stats: bool,
+) -> tuple[Tensor, dict[str, float]]:
+    """:func:`group_advantages` with ``scale_rewards="none"``, for the estimators that never scale (any other
+    ``scale_rewards`` is almost surely a configuration mistake, so it raises, naming ``estimator``)."""
+    if scale_rewards != "none":
+        raise ValueError(f"the {estimator!r} estimator does not scale rewards; got scale_rewards={scale_rewards!r}")
+    return group_advantages(
+        rewards,
+        num_generations,
+        scale_rewards="none",
+        eps=eps,
+        valid=valid,
+        exclude_invalid_from_stats=exclude_invalid_from_stats,
+    )
+
+
 @register_advantage_estimator("reinforce")
 def reinforce_advantages(
     rewards: Tensor,
@@ -216,15 +239,8 @@ def reinforce_advantages(
     This is GRPO with ``scale_rewards="none"`` (Dr. GRPO's unbiased form). Only ``"none"`` is accepted for
     ``scale_rewards``; a different value is almost surely a configuration mistake, so it raises.
     """
-    if scale_rewards != "none":
-        raise ValueError(f"the 'reinforce' estimator does not scale rewards; got scale_rewards={scale_rewards!r}")
-    return group_advantages(
-        rewards,
-        num_generations,
-        scale_rewards="none",
-        eps=eps,
-        valid=valid,
-        exclude_invalid_from_stats=exclude_invalid_from_stats,
+    return _unscaled_group_advantages(
+        "reinforce", rewards, num_generations, scale_rewards, eps, valid, exclude_invalid_from_stats
     )
 
 
@@ -243,15 +259,8 @@ def rloo_advantages(
     Unbiased (the baseline does not depend on the sample it scores); no std scaling, so ``scale_rewards`` must be
     ``"none"``.
     """
-    if scale_rewards != "none":
-        raise ValueError(f"the 'rloo' estimator does not scale rewards; got scale_rewards={scale_rewards!r}")
-    adv, metrics = group_advantages(
-        rewards,
-        num_generations,
-        scale_rewards="none",
-        eps=eps,
-        valid=valid,
-        exclude_invalid_from_stats=exclude_invalid_from_stats,
+    adv, metrics = _unscaled_group_advantages(
+        "rloo", rewards, num_generations, scale_rewards, eps, valid, exclude_invalid_from_stats
     )
     _, _, _, _, count = _group_stats(rewards, num_generations, valid, exclude_invalid_from_stats)
     factor = count.to(adv.dtype) / (count - 1).clamp(min=1).to(adv.dtype)

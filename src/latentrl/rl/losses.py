@@ -89,10 +89,15 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     does not leak into the value.
     """
     m = mask.bool()
-    x0 = torch.where(m, x, torch.zeros_like(x))
-    if dim is None:
-        return x0.sum() / m.sum().clamp(min=1)
-    return x0.sum(dim) / m.sum(dim).clamp(min=1)
+    count = m.sum() if dim is None else m.sum(dim)
+    return _masked_sum(x, m, dim) / count.clamp(min=1)
+
+
+def _masked_sum(per_token: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Sum of ``per_token`` over positions where ``mask`` is true (selected away, as in :func:`masked_mean`)."""
+    m = mask.bool()
+    x0 = torch.where(m, per_token, torch.zeros_like(per_token))
+    return x0.sum() if dim is None else x0.sum(dim)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -410,12 +415,6 @@ def get_loss_aggregation(name: str) -> AggregationFn:
     return _lookup(LOSS_AGGREGATIONS, name, "loss_type")
 
 
-def _masked_sum(per_token: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    m = mask.bool()
-    x0 = torch.where(m, per_token, torch.zeros_like(per_token))
-    return x0.sum() if dim is None else x0.sum(dim)
-
-
 @register_loss_aggregation("grpo")
 def grpo_aggregation(
     per_token: Tensor,
@@ -431,7 +430,7 @@ def grpo_aggregation(
     count the micro-batch losses sum to the full-batch loss. Known bias: long sequences' tokens weigh less
     (https://arxiv.org/abs/2503.20783).
     """
-    seq = _masked_sum(per_token, mask, dim=-1) / mask.bool().sum(-1).clamp(min=1)
+    seq = masked_mean(per_token, mask, dim=-1)
     n = per_token.shape[0] if num_sequences is None else num_sequences
     return seq.sum() / n
 
@@ -452,7 +451,7 @@ def bnpo_aggregation(
     divided by the number of accumulation steps) under this module's sum-the-micro-losses convention, the result is
     scaled by ``B / num_sequences`` (default 1). Use ``dapo`` for a GA-invariant token mean.
     """
-    loss = _masked_sum(per_token, mask) / mask.bool().sum().clamp(min=1)
+    loss = masked_mean(per_token, mask)
     if num_sequences is not None:
         loss = loss * (per_token.shape[0] / num_sequences)
     return loss

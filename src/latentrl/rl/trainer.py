@@ -94,8 +94,10 @@ class GRPOTrainer:
         reward_funcs: Sequence[RewardFunc | str] | None = None,
         method: Method | str | None = None,
         ref_model: LatentModel | None = None,
+        eval_dataset: Sequence[Example | dict[str, Any]] | None = None,
     ):
         self.args = args
+        self.eval_rows = as_rows(eval_dataset) if eval_dataset else None
         self.model = model
         self.method = get_method(method or args.method) if not isinstance(method, Method) else method
         self.rows = as_rows(train_dataset)
@@ -361,6 +363,11 @@ class GRPOTrainer:
             with progress(a.max_steps - start_step, f"{self.method.name}") as bar:
                 while self.global_step < a.max_steps:
                     metrics = self.train_step()
+                    if self.eval_rows and ((a.eval_steps and self.global_step % a.eval_steps == 0)
+                                           or self.global_step == a.max_steps):
+                        res = self.evaluate()
+                        metrics.update({"eval/pass_at_1": res.pass_at_1,
+                                        "eval/mean_reasoning_positions": res.mean_reasoning_positions})
                     history.append(metrics)
                     if self.global_step % a.logging_steps == 0 or self.global_step == a.max_steps:
                         logger.log(self.global_step, metrics)
@@ -370,6 +377,18 @@ class GRPOTrainer:
         finally:
             logger.close()
         return history
+
+    def evaluate(self, rows: Sequence[Example | dict[str, Any]] | None = None, k: int = 0):
+        """Greedy Pass@1 (and Pass@k if k > 0) of the current policy with this method's operator and schedule."""
+        from latentrl.eval import evaluate
+
+        data = as_rows(rows) if rows is not None else self.eval_rows
+        if not data:
+            raise ValueError("no evaluation data: pass eval_dataset to the trainer or rows to evaluate()")
+        return evaluate(self.model, data, operator=self.operator, schedule=self.schedule,
+                        max_new_positions=self.args.max_completion_length, k=k, seed=self.args.seed,
+                        prompt_text=self.method.prompt_text,
+                        decode_latent=self.method.decodes_latent_tokens(self.operator))
 
     def save(self) -> Path:
         return save_checkpoint(
