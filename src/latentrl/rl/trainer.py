@@ -54,13 +54,14 @@ class StepBatch:
     token_advantages: torch.Tensor | None = None  # (N, C)
     old_logprobs: torch.Tensor | None = None  # (N, C)
     ref_logprobs: torch.Tensor | None = None  # (N, C)
+    per_func_rewards: torch.Tensor | None = None  # (N, F), NaN where a function returned None
 
     def select(self, index: torch.Tensor) -> "StepBatch":
         idx = index.tolist()
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         return StepBatch(self.rollout.select(index), [self.rows[i] for i in idx], [self.completions[i] for i in idx],
                          self.rewards[index], self.advantages[index], pick(self.token_advantages),
-                         pick(self.old_logprobs), pick(self.ref_logprobs))
+                         pick(self.old_logprobs), pick(self.ref_logprobs), pick(self.per_func_rewards))
 
 
 def as_rows(data: Sequence[Example | dict[str, Any]]) -> list[dict[str, Any]]:
@@ -168,7 +169,8 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ generation and scoring
     def _tokenize_prompts(self, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.model.tokenizer
-        ids = [tok(self.method.prompt_text(r), add_special_tokens=False)["input_ids"][-self.args.max_prompt_length:] for r in rows]
+        limit = self.args.max_prompt_length
+        ids = [tok(self.method.prompt_text(r), add_special_tokens=False)["input_ids"][-limit:] for r in rows]
         return left_pad(ids, tok.pad_token_id, device=self.model.device)
 
     @torch.no_grad()
@@ -184,9 +186,8 @@ class GRPOTrainer:
         columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
         per_func, rewards = compute_rewards(self.reward_funcs, [r["prompt"] for r in rows], completions, columns,
                                             self.args.reward_weights)
-        batch = StepBatch(rollout, rows, completions, rewards, torch.zeros_like(rewards))
+        batch = StepBatch(rollout, rows, completions, rewards, torch.zeros_like(rewards), per_func_rewards=per_func)
         batch.advantages = self.method.compute_advantages(self, batch)
-        batch.per_func_rewards = per_func
         return batch
 
     def _collect_step_batch(self) -> tuple[StepBatch, dict[str, float]]:

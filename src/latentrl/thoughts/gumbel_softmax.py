@@ -36,7 +36,7 @@ import torch
 from latentrl.sampling import filter_logits
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
-from latentrl.thoughts.gumbel_topk import _latent_config, draw_gumbel
+from latentrl.thoughts.gumbel_topk import _init_common, _init_record, draw_gumbel
 
 if TYPE_CHECKING:
     from latentrl.config import LatentConfig
@@ -87,24 +87,9 @@ class GumbelSoftmaxThought(ThoughtOperator):
         """Values come from `config` (a `LatentConfig`: top_k, top_p, latent_temperature, gumbel_tau, eval_noise)
         unless given here."""
         super().__init__()
-        cfg = _latent_config(config)
-        pick = lambda v, d: d if v is None else v  # noqa: E731
-        self.top_k = int(pick(top_k, cfg.top_k))
-        self.top_p = float(pick(top_p, cfg.top_p))
-        self.temperature = float(pick(temperature, cfg.latent_temperature))
-        self.tau = float(pick(tau, cfg.gumbel_tau))
-        self.eval_noise = bool(pick(eval_noise, cfg.eval_noise))
-        if self.top_k < 1:
-            raise ValueError(f"gumbel_softmax top_k must be >= 1, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"gumbel_softmax top_p must be in (0, 1], got {self.top_p}")
-        if self.temperature <= 0 or self.tau <= 0:
-            raise ValueError(f"gumbel_softmax temperature and tau must be > 0, got {self.temperature}, {self.tau}")
-        if record not in RECORD_CHOICES:
-            raise ValueError(f"gumbel_softmax record must be one of {RECORD_CHOICES}, got {record!r}")
-        self.record = record
-        self.detach_embeddings = detach_embeddings
-        self.deterministic = False
+        _init_common(self, "gumbel_softmax", config, top_k=top_k, top_p=top_p, temperature=temperature, tau=tau,
+                     eval_noise=eval_noise)
+        _init_record(self, "gumbel_softmax", record, RECORD_CHOICES, detach_embeddings)
 
     def payload_spec(self, model) -> dict[str, PayloadSpec]:
         k = min(self.top_k, model.vocab_size)

@@ -79,6 +79,40 @@ def _latent_config(config: "LatentConfig | None") -> "LatentConfig":
     return LatentConfig()
 
 
+def _init_common(op: ThoughtOperator, name: str, config: "LatentConfig | None", *, top_k, top_p, temperature, tau,
+                 eval_noise) -> "LatentConfig":
+    """Set and check the settings both Gumbel thoughts share (top_k, top_p, temperature, tau, eval_noise) on `op`:
+    each argument, or the `config` value (a `LatentConfig`: ..., latent_temperature, gumbel_tau, ...) where it is
+    None. Returns the config, for the operator's own settings."""
+    cfg = _latent_config(config)
+    op.top_k = int(_pick(top_k, cfg.top_k))
+    op.top_p = float(_pick(top_p, cfg.top_p))
+    op.temperature = float(_pick(temperature, cfg.latent_temperature))
+    op.tau = float(_pick(tau, cfg.gumbel_tau))
+    op.eval_noise = bool(_pick(eval_noise, cfg.eval_noise))
+    if op.top_k < 1:
+        raise ValueError(f"{name} top_k must be >= 1, got {op.top_k}")
+    if not 0 < op.top_p <= 1:
+        raise ValueError(f"{name} top_p must be in (0, 1], got {op.top_p}")
+    if op.temperature <= 0 or op.tau <= 0:
+        raise ValueError(f"{name} temperature and tau must be > 0, got {op.temperature}, {op.tau}")
+    return cfg
+
+
+def _init_record(op: ThoughtOperator, name: str, record: str, choices: tuple[str, ...],
+                 detach_embeddings: bool) -> None:
+    """Check and set `record`, `detach_embeddings`, and start in sampling (non-deterministic) mode."""
+    if record not in choices:
+        raise ValueError(f"{name} record must be one of {choices}, got {record!r}")
+    op.record = record
+    op.detach_embeddings = detach_embeddings
+    op.deterministic = False
+
+
+def _pick(value, default):
+    return default if value is None else value
+
+
 @register_thought_operator
 class GumbelTopKThought(ThoughtOperator):
     """Latent-GRPO's stochastic top-K superposition (see the module docstring for the equations)."""
@@ -105,32 +139,17 @@ class GumbelTopKThought(ThoughtOperator):
         """Values come from `config` (a `LatentConfig`: top_k, top_p, latent_temperature, gumbel_tau,
         one_sided_noise, noise_clamp_min/max, eval_noise; `noise_scale` if the config has it) unless given here."""
         super().__init__()
-        cfg = _latent_config(config)
-        pick = lambda v, d: d if v is None else v  # noqa: E731
-        self.top_k = int(pick(top_k, cfg.top_k))
-        self.top_p = float(pick(top_p, cfg.top_p))
-        self.temperature = float(pick(temperature, cfg.latent_temperature))
-        self.tau = float(pick(tau, cfg.gumbel_tau))
-        self.one_sided = bool(pick(one_sided, cfg.one_sided_noise))
-        self.clamp_min = float(pick(clamp_min, cfg.noise_clamp_min))
-        self.clamp_max = float(pick(clamp_max, cfg.noise_clamp_max))
-        self.noise_scale = float(pick(noise_scale, getattr(cfg, "noise_scale", 1.0)))
-        self.eval_noise = bool(pick(eval_noise, cfg.eval_noise))
-        if self.top_k < 1:
-            raise ValueError(f"gumbel_topk top_k must be >= 1, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"gumbel_topk top_p must be in (0, 1], got {self.top_p}")
-        if self.temperature <= 0 or self.tau <= 0:
-            raise ValueError(f"gumbel_topk temperature and tau must be > 0, got {self.temperature}, {self.tau}")
+        cfg = _init_common(self, "gumbel_topk", config, top_k=top_k, top_p=top_p, temperature=temperature, tau=tau,
+                           eval_noise=eval_noise)
+        self.one_sided = bool(_pick(one_sided, cfg.one_sided_noise))
+        self.clamp_min = float(_pick(clamp_min, cfg.noise_clamp_min))
+        self.clamp_max = float(_pick(clamp_max, cfg.noise_clamp_max))
+        self.noise_scale = float(_pick(noise_scale, getattr(cfg, "noise_scale", 1.0)))
         if not self.clamp_min < self.clamp_max:
             raise ValueError(f"gumbel_topk needs clamp_min < clamp_max, got {self.clamp_min}, {self.clamp_max}")
         if self.noise_scale < 0:
             raise ValueError(f"gumbel_topk noise_scale must be >= 0, got {self.noise_scale}")
-        if record not in RECORD_CHOICES:
-            raise ValueError(f"gumbel_topk record must be one of {RECORD_CHOICES}, got {record!r}")
-        self.record = record
-        self.detach_embeddings = detach_embeddings
-        self.deterministic = False
+        _init_record(self, "gumbel_topk", record, RECORD_CHOICES, detach_embeddings)
 
     # ------------------------------------------------------------------ interface
     def payload_spec(self, model) -> dict[str, PayloadSpec]:
