@@ -79,11 +79,15 @@ def _latent_config(config: "LatentConfig | None") -> "LatentConfig":
     return LatentConfig()
 
 
+def _pick(value, default):
+    return default if value is None else value
+
+
 def _init_common(op: ThoughtOperator, name: str, config: "LatentConfig | None", *, top_k, top_p, temperature, tau,
                  eval_noise) -> "LatentConfig":
-    """Set and check the settings both Gumbel thoughts share (top_k, top_p, temperature, tau, eval_noise) on `op`:
-    each argument, or the `config` value (a `LatentConfig`: ..., latent_temperature, gumbel_tau, ...) where it is
-    None. Returns the config, for the operator's own settings."""
+    """Set and check on `op` the settings both Gumbel thoughts share: top_k, top_p, temperature, tau, eval_noise,
+    each from its argument or, where that is None, from `config` (top_k, top_p, latent_temperature, gumbel_tau,
+    eval_noise). `name` prefixes the error messages. Returns the config, for the operator's own settings."""
     cfg = _latent_config(config)
     op.top_k = int(_pick(top_k, cfg.top_k))
     op.top_p = float(_pick(top_p, cfg.top_p))
@@ -107,10 +111,6 @@ def _init_record(op: ThoughtOperator, name: str, record: str, choices: tuple[str
     op.record = record
     op.detach_embeddings = detach_embeddings
     op.deterministic = False
-
-
-def _pick(value, default):
-    return default if value is None else value
 
 
 @register_thought_operator
@@ -139,8 +139,8 @@ class GumbelTopKThought(ThoughtOperator):
         """Values come from `config` (a `LatentConfig`: top_k, top_p, latent_temperature, gumbel_tau,
         one_sided_noise, noise_clamp_min/max, eval_noise; `noise_scale` if the config has it) unless given here."""
         super().__init__()
-        cfg = _init_common(self, "gumbel_topk", config, top_k=top_k, top_p=top_p, temperature=temperature, tau=tau,
-                           eval_noise=eval_noise)
+        cfg = _init_common(self, "gumbel_topk", config, top_k=top_k, top_p=top_p, temperature=temperature,
+                           tau=tau, eval_noise=eval_noise)
         self.one_sided = bool(_pick(one_sided, cfg.one_sided_noise))
         self.clamp_min = float(_pick(clamp_min, cfg.noise_clamp_min))
         self.clamp_max = float(_pick(clamp_max, cfg.noise_clamp_max))
