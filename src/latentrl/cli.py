@@ -59,7 +59,12 @@ def cmd_train(ns: argparse.Namespace) -> int:
     if ns.resume:
         cfg.resume_from_checkpoint = "latest"
     model = build_model_for(cfg)
-    trainer = get_method(cfg.method).trainer_class(cfg, model, load_train_data(cfg))
+    evals = None
+    if cfg.eval_dataset:
+        from latentrl.data import load_examples
+
+        evals = load_examples(cfg.eval_dataset, split="eval", n=cfg.num_eval_examples, seed=cfg.seed)
+    trainer = get_method(cfg.method).trainer_class(cfg, model, load_train_data(cfg), eval_dataset=evals)
     trainer.train()
     print(f"done: {trainer.global_step} steps; checkpoints and logs in {cfg.output_dir}")
     return 0
