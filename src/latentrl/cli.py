@@ -93,6 +93,41 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
     return 0
 
 
+@command("eval", "Pass@1 / Pass@k / reasoning positions of a checkpoint: latentrl eval --model PATH --data SOURCE")
+def cmd_eval(ns: argparse.Namespace) -> int:
+    import json
+
+    from latentrl.data import load_examples
+    from latentrl.methods import get_method
+
+    small_model_threads()
+    overrides = [f"model_name_or_path={ns.model}", f"max_completion_length={ns.max_new}", "report_to=[none]",
+                 f"output_dir={ns.out or 'runs/eval'}", *ns.overrides]
+    if ns.method:
+        overrides.append(f"method={ns.method}")
+    cfg = load_config(GRPOConfig, ns.config, overrides)
+    data = load_examples(ns.data, split="eval", n=ns.num, seed=cfg.seed)[: ns.num]
+    # Building the method's trainer (no training happens) attaches its side modules and builds its thought operator
+    # and schedule exactly as training did, so a checkpoint is scored the way it was trained.
+    trainer = get_method(cfg.method).trainer_class(cfg, build_model_for(cfg), data, eval_dataset=data)
+    res = trainer.evaluate(k=ns.k)
+    out = {k: v for k, v in res.to_dict().items() if k != "samples"}
+    print(json.dumps({"model": ns.model, "data": ns.data, "method": cfg.method, **out}))
+    return 0
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint folder (save_pretrained) or hub id")
+    p.add_argument("--data", required=True, help="task name, data file (.txt iCoT lines, .json, .jsonl, ...) or hub id")
+    p.add_argument("--config", default=None, help="the run's YAML (method and latent settings); default: plain GRPO")
+    p.add_argument("--method", default=None, help="registered method (overrides the config's)")
+    p.add_argument("--num", type=int, default=200, help="evaluation problems (default 200)")
+    p.add_argument("--k", type=int, default=4, help="k of Pass@k; 0 skips sampling")
+    p.add_argument("--max-new", type=int, default=64, help="max completion positions")
+    p.add_argument("--out", default=None, help="scratch folder for the method's trainer (default runs/eval)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+
+
 @command("demo", "the embedded default: RL on the shipped small model, before/after table, curves (minutes, CPU)")
 def cmd_demo(ns: argparse.Namespace) -> int:
     from latentrl.demo import run_demo
@@ -163,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 ARG_BUILDERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
-    "train": _add_train_args, "demo": _add_demo_args, "bench": _add_bench_args,
+    "train": _add_train_args, "eval": _add_eval_args, "demo": _add_demo_args, "bench": _add_bench_args,
 }
 
 if __name__ == "__main__":
