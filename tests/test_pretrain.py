@@ -103,9 +103,9 @@ def test_real_eval_file_is_found_upward_and_by_env(tmp_path, monkeypatch):
     write_real_file(data / "valid.txt")
     deep = tmp_path / "checkouts" / "main" / "src"
     deep.mkdir(parents=True)
-    monkeypatch.delenv("LATENTRL_DATA", raising=False)
+    monkeypatch.delenv("LATENTRL_SHARED_DATA", raising=False)
     assert find_shared_data(deep) == tmp_path / "shared" / "data"
-    monkeypatch.setenv("LATENTRL_DATA", str(tmp_path / "shared" / "data"))
+    monkeypatch.setenv("LATENTRL_SHARED_DATA", str(tmp_path / "shared" / "data"))
     assert default_real_eval_path("icot_mult", {"digits": 4}) == data / "valid.txt"
     assert default_real_eval_path("icot_mult", {"digits": 4, "digits_b": 5}) is None
     assert default_real_eval_path("icot_mult", {"digits": 7}) is None

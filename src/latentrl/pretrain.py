@@ -104,7 +104,8 @@ class PretrainConfig(BaseConfig):
     real_eval: str | None = cfg_field(
         "auto",
         "Real evaluation file (iCoT text format). 'auto': for icot_mult with equal digit counts d, the file "
-        "shared/data/icot_mult_{d}x{d}/valid.txt found by searching upward from the repository (or $LATENTRL_DATA); "
+        "shared/data/icot_mult_{d}x{d}/valid.txt found by searching upward from the repository (or in "
+        "$LATENTRL_SHARED_DATA); "
         "null: none. `--real-eval PATH` on the command line sets it too.",
     )
     real_eval_max_examples: int | None = cfg_field(
@@ -174,10 +175,12 @@ def _repo_root() -> Path:
 def find_shared_data(start: str | os.PathLike[str] | None = None) -> Path | None:
     """The nearest `shared/data` directory in `start` or one of its ancestors (default: the repository root).
 
-    `$LATENTRL_DATA` (a directory) wins when set. The project's checkouts sit beside a `shared/` folder
-    (`/work/main` next to `/work/shared`), which is why the search goes upward.
+    `$LATENTRL_SHARED_DATA` (a directory; the variable of `latentrl.data.paths`) wins when set. The project's
+    checkouts sit beside a `shared/` folder (`/work/main` next to `/work/shared`), which is why the search goes upward.
     """
-    env = os.environ.get("LATENTRL_DATA")
+    from latentrl.data.paths import ENV_VAR
+
+    env = os.environ.get(ENV_VAR)
     if env:
         return Path(env) if Path(env).is_dir() else None
     roots = [Path(start).resolve()] if start is not None else [_repo_root(), Path.cwd().resolve()]
