@@ -125,7 +125,7 @@ def test_the_default_models_are_shipped():
     assert "icot_mult_4x4-cot" in SHIPPED and "icot_mult_4x4-nocot" in SHIPPED
     assert model_path().name == "icot_mult_4x4-cot"
     total = sum(f.stat().st_size for f in model_path().parent.rglob("*") if f.is_file())
-    assert total < 8 * 2**20  # a few MB in all
+    assert total < 10 * 2**20  # a few MB in all: ~2.1 MB per 0.53M-parameter fp32 checkpoint
 
 
 @pytest.mark.parametrize("name", SHIPPED)
