@@ -442,3 +442,81 @@ def test_load_examples_n_and_seed_work_for_files_too():
     path = str(FIXTURES / "icot_small.txt")
     assert load_examples(path, split="train", n=2, seed=3) == load_icot(path)[:2]
     assert len(load_examples(str(FIXTURES / "prosqa_small.json"), n=10)) == 2
+
+
+# ------------------------------------------------------------------------------------- public math datasets
+def test_math500_rows_load_without_column_options():
+    examples = load_examples(FIXTURES / "math500_small.jsonl")
+    assert [e.answer for e in examples] == ["14", "\\frac{3}{4}", "4"]
+    assert examples[0].question == "What is the value of $\\sqrt{36} + 2^3$?"
+    assert examples[2].steps == ["Subtract 3: $2x = 8$.", "Divide by 2: $x=\\boxed{4}$."]
+    assert examples[0].meta["subject"] == "Prealgebra" and examples[0].meta["level"] == 1
+
+
+def test_hendrycks_math_answer_is_the_last_boxed_of_the_solution():
+    pytest.importorskip("datasets")
+    examples = load_examples(FIXTURES / "math_small.parquet")
+    assert [e.answer for e in examples] == ["14", "\\frac{3}{4}", "4"]
+    assert examples[1].meta["type"] == "Prealgebra"
+
+
+def test_dapo_math_rows_take_the_user_message_and_the_ground_truth():
+    pytest.importorskip("datasets")
+    examples = load_examples(FIXTURES / "dapo_math_small.parquet")
+    assert [e.answer for e in examples] == ["16", "6"]
+    assert "Compute $3 \\cdot 7 - 5$." in examples[0].question and examples[0].question.startswith("Solve")
+    assert examples[0].meta["messages"][0]["role"] == "user"
+    assert examples[0].meta["data_source"] == "math_dapo" and "reward_model" not in examples[0].meta
+
+
+def test_row_format_errors_name_the_row(tmp_path):
+    bad = tmp_path / "math.jsonl"
+    bad.write_text(json.dumps({"problem": "1+1?", "solution": "It is 2.", "answer": ""}) + "\n")
+    with pytest.raises(DataFormatError, match=r"math\.jsonl, line 1: the 'solution' has no complete \\boxed"):
+        load_examples(bad)
+    dapo = tmp_path / "dapo.jsonl"
+    dapo.write_text(json.dumps({"prompt": 7, "reward_model": {"ground_truth": "1"}}) + "\n")
+    with pytest.raises(DataFormatError, match=r"line 1: field 'prompt' must be a string or a list of chat"):
+        load_examples(dapo)
+    with pytest.raises(DataFormatError, match=r"missing field 'reward_model'"):
+        load_examples(_write(tmp_path, {"prompt": "q"}), row_format="dapo_math")
+    with pytest.raises(ValueError, match="unknown dataset format 'nope'"):
+        load_examples(dapo, row_format="nope")
+
+
+def _write(tmp_path, row) -> str:
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    return str(path)
+
+
+def test_eval_alias_finds_the_test_split_of_a_directory_and_a_datasets_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    folder = tmp_path / "gsm8k"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text((FIXTURES / "gsm8k_small.jsonl").read_text())
+    (folder / "test.jsonl").write_text((FIXTURES / "gsm8k_small.jsonl").read_text().splitlines()[0] + "\n")
+    assert len(load_examples(folder, split="eval")) == 1 and len(load_examples(folder, split="train")) >= 2
+    # a hub-style parquet folder (`data/test-00000-of-00001.parquet`) read by datasets: "eval" resolves to "test"
+    hub = tmp_path / "hub" / "data"
+    hub.mkdir(parents=True)
+    for split, n in (("train", 2), ("test", 1)):
+        rows = [json.loads(x) for x in (FIXTURES / "gsm8k_small.jsonl").read_text().splitlines()[:n]]
+        datasets.Dataset.from_list(rows).to_parquet(str(hub / f"{split}-00000-of-00001.parquet"))
+    evals = load_examples(tmp_path / "hub", split="eval")
+    assert [e.answer for e in evals] == ["60"]
+
+
+def test_train_config_reads_public_dataset_formats(tmp_path):
+    from latentrl.cli import load_train_data
+    from latentrl.config import ConfigError, GRPOConfig, config_from_dict
+
+    cfg = config_from_dict(GRPOConfig, {"model_name_or_path": "m", "dataset": str(FIXTURES / "math500_small.jsonl"),
+                                         "num_train_examples": 2})
+    assert [e.answer for e in load_train_data(cfg)] == ["14", "\\frac{3}{4}"]
+    cfg = config_from_dict(GRPOConfig, {"model_name_or_path": "m", "dataset": str(FIXTURES / "gsm8k_small.jsonl"),
+                                         "dataset_format": "math"})
+    with pytest.raises(DataFormatError, match="missing field 'problem'"):
+        load_train_data(cfg)
+    with pytest.raises(ConfigError, match="dataset_format"):
+        config_from_dict(GRPOConfig, {"model_name_or_path": "m", "dataset_format": "gsm9k"})

@@ -222,3 +222,11 @@ def test_compute_rewards_checks_batch_shapes():
         compute_rewards([format_reward], PROMPTS, COMPLETIONS, {"answer": ["1", "2"]})
     with pytest.raises(ValueError, match="2 completions for 3 prompts"):
         compute_rewards([format_reward], PROMPTS, COMPLETIONS[:2], COLUMNS)
+
+
+def test_math_verify_reward_reads_every_answer_form_of_the_math_datasets():
+    completions = ["so $x = \\boxed{\\dfrac{3}{4}}$", "Step 1...\nAnswer: 16", "#### 14", "Answer: 17"]
+    golds = ["\\frac{3}{4}", "16", "14", "16"]
+    assert math_verify_reward([""] * 4, completions, answer=golds) == [1.0, 1.0, 1.0, 0.0]
+    assert extract_answer("The answer is 3.\n**Answer: 5**") == "5"
+    assert extract_answer("no final line") is None

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from latentrl.config import ConfigError, GRPOConfig, config_help, load_config
 
@@ -42,10 +43,18 @@ def build_model_for(cfg: GRPOConfig):
     return LatentModel.from_pretrained(cfg.model_name_or_path, add_latent_tokens=needs_latent_tokens)
 
 
+def data_options(cfg: GRPOConfig) -> dict[str, Any]:
+    """`load_examples` options for `cfg.dataset` / `cfg.eval_dataset` (hub configuration, row format)."""
+    options: dict[str, Any] = {"config_name": cfg.dataset_config}
+    if cfg.dataset_format != "auto":
+        options["row_format"] = cfg.dataset_format
+    return options
+
+
 def load_train_data(cfg: GRPOConfig):
     from latentrl.data import load_examples
 
-    return load_examples(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed)
+    return load_examples(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed, **data_options(cfg))
 
 
 @command("train", "RL-train a model with a method preset: latentrl train --config FILE [key=value ...]")
@@ -63,7 +72,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
     if cfg.eval_dataset:
         from latentrl.data import load_examples
 
-        evals = load_examples(cfg.eval_dataset, split="eval", n=cfg.num_eval_examples, seed=cfg.seed)
+        evals = load_examples(cfg.eval_dataset, split="eval", n=cfg.num_eval_examples, seed=cfg.seed,
+                              **data_options(cfg))
     trainer = get_method(cfg.method).trainer_class(cfg, model, load_train_data(cfg), eval_dataset=evals)
     trainer.train()
     print(f"done: {trainer.global_step} steps; checkpoints and logs in {cfg.output_dir}")

@@ -27,6 +27,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from latentrl.data.formats import FORMAT_NAMES
+
 __all__ = [
     "BaseConfig",
     "ConfigError",
@@ -871,6 +873,16 @@ class GRPOConfig(BaseConfig):
     dataset: str = cfg_field("chain_sum", "Training task name (built-in synthetic task) or a local data file path.")
     eval_dataset: str | None = cfg_field(
         None, "Evaluation task name or file path; null: the evaluation split of `dataset`."
+    )
+    dataset_config: str | None = cfg_field(
+        None, "Configuration name of a hub dataset (`main` for openai/gsm8k); ignored for task names and files."
+    )
+    dataset_format: str = cfg_field(
+        "auto",
+        "Row layout of `dataset` and `eval_dataset` files/hub datasets: auto (recognised by their columns), "
+        "canonical (question/answer[/steps]), gsm8k, math (problem/solution[/answer], MATH and MATH-500), "
+        "dapo_math (chat `prompt` + `reward_model.ground_truth`). See latentrl.data.formats.",
+        choices=FORMAT_NAMES,
     )
     num_train_examples: int = cfg_field(2000, "Number of training prompts to draw/load.", min=1)
     num_eval_examples: int = cfg_field(200, "Number of evaluation prompts.", min=0)

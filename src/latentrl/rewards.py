@@ -27,6 +27,7 @@ _BOXED = "\\boxed{"
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _DIGIT_SEQUENCE = re.compile(r"\d(?: \d)+")  # iCoT answers: one digit per word
+_ANSWER_LINE = re.compile(r"^[ \t*]*Answer:[ \t]*(.+?)[ \t*]*$", re.IGNORECASE | re.MULTILINE)  # DAPO's prompt
 
 # ---------------------------------------------------------------------------------------------------------------
 # Extraction and normalisation
@@ -67,7 +68,7 @@ def _brace_end(text: str, open_at: int) -> int:
     return -1
 
 
-def _last_boxed(text: str) -> str | None:
+def last_boxed(text: str) -> str | None:
     """Content of the last `\\boxed{...}` with balanced braces; None if there is none (or it never closes)."""
     start = text.rfind(_BOXED)
     while start >= 0:
@@ -78,12 +79,19 @@ def _last_boxed(text: str) -> str | None:
     return None
 
 
+def _answer_line(text: str) -> str | None:
+    """The last `Answer: ...` line (the form DAPO-Math's prompt asks for), or None."""
+    found = _ANSWER_LINE.findall(text)
+    return (" ".join(found[-1].split()) or None) if found else None
+
+
 def extract_answer(text: str | None) -> str | None:
-    """The final answer in `text`: after the last `####`, else the last `\\boxed{}`; None if neither."""
+    """The final answer in `text`: after the last `####`, else the last `\\boxed{}`, else the last `Answer:` line
+    (DAPO-Math's format); None if none of them."""
     if text is None:
         return None
     text = _completion_text(text)
-    return _marked_answer(text) or _last_boxed(text)
+    return _marked_answer(text) or last_boxed(text) or _answer_line(text)
 
 
 def normalize_answer(s: str) -> str:
@@ -207,7 +215,7 @@ def _math_equal(predicted: str | None, gold: str | None) -> bool:
 def math_verify_reward(
     prompts: list[Any], completions: list[Any], answer: list[Any], **kwargs: Any
 ) -> list[float | None]:
-    """1.0 if `math_verify` finds the extracted answer (`####` or `\\boxed{}`) equivalent to the gold; garbage
+    """1.0 if `math_verify` finds the extracted answer (`####`, `\\boxed{}` or `Answer:`) equivalent to the gold; garbage
     gives 0.0, never an exception."""
     return [float(_math_equal(extract_answer(c), _gold_text(g))) for c, g in zip(completions, answer, strict=True)]
 

@@ -21,6 +21,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from latentrl.data.formats import RowFormatError, adapt_row
 from latentrl.data.schema import ANSWER_MARK, PROMPT_END, DataFormatError, Example
 from latentrl.data.tasks import TASKS, make_examples, train_eval_split
 
@@ -124,10 +125,21 @@ def _row_to_example(
     steps_field: str | None = None,
     require_steps: bool = False,
     spaced_punctuation: bool = False,
+    row_format: str = "auto",
 ) -> Example:
-    """One row as an Example. `where` is `{"line": n}` or `{"item": i}` for error messages."""
+    """One row as an Example. `where` is `{"line": n}` or `{"item": i}` for error messages.
+
+    Rows of a known public dataset (`row_format`, see `latentrl.data.formats`) are first mapped onto the
+    canonical question/answer/steps columns; `auto` does so only when no column was named and the row has no
+    `question` column.
+    """
     if not isinstance(row, Mapping):
         raise DataFormatError(path, f"expected an object, got {type(row).__name__}", **where)
+    if row_format != "auto" or (question_field == "question" and "question" not in row):
+        try:
+            row = adapt_row(row, row_format)
+        except RowFormatError as e:
+            raise DataFormatError(path, str(e), **where) from e
     for name in (question_field, answer_field) + ((steps_field or "steps",) if require_steps else ()):
         if name not in row:
             raise DataFormatError(path, f"missing field {name!r} (fields: {', '.join(map(str, row))})", **where)
@@ -239,10 +251,15 @@ def load_table(path: PathLikeStr, **fields: Any) -> list[Example]:
 # One entry point
 # ---------------------------------------------------------------------------------------------------------------
 
-_FIELD_KEYS = ("question_field", "answer_field", "steps_field", "spaced_punctuation")
+_FIELD_KEYS = ("question_field", "answer_field", "steps_field", "spaced_punctuation", "row_format")
 DEFAULT_N_EVAL = 500  # eval questions a synthetic train split leaves out when n_eval is not given
 _EVAL_SPLITS = ("eval", "validation", "valid", "test")
 _FILE_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet", ".csv")
+
+
+def split_names(split: str) -> list[str]:
+    """Split names to try, in order: an evaluation alias also tries the others (GSM8K and MATH-500 call it `test`)."""
+    return [split] + [s for s in _EVAL_SPLITS if s != split] if split in _EVAL_SPLITS else [split]
 
 
 def load_examples(source: PathLikeStr, split: str | None = None, **kw: Any) -> list[Example]:
@@ -255,12 +272,17 @@ def load_examples(source: PathLikeStr, split: str | None = None, **kw: Any) -> l
     - File: `.txt` iCoT lines, `.json` Coconut list, `.jsonl`/`.parquet`/`.csv` rows with `question_field`,
       `answer_field`, `steps_field` (defaults question/answer/steps). A directory with `split` given is searched
       for `{split}.{txt,json,jsonl,parquet,csv}`, else handed to `datasets.load_dataset`.
-    - Anything else: `datasets.load_dataset(source, config_name, split=split or "train")` with the same columns.
+    - Anything else: `datasets.load_dataset(source, config_name, split=split or "train")` with the same columns
+      (`config_name=` is only used here, e.g. `"main"` for `openai/gsm8k`). An evaluation split name also tries
+      the other names for it (`test` for GSM8K and MATH-500).
+    - Rows of GSM8K, MATH/MATH-500 and DAPO-Math are recognised by their columns (`row_format="auto"`) or named
+      with `row_format=` (`latentrl.data.formats`); `math_verify_reward` checks their answers.
 
     For files and hub datasets `n=` keeps the first `n` examples and `seed=` is ignored (rows are read in order),
     so one call works for every kind of source.
     """
     source = os.fspath(source)
+    config_name = kw.pop("config_name", None)  # a hub dataset's configuration; meaningless for other sources
     if source in TASKS:
         return _load_synthetic(source, split, **kw)
     n = kw.pop("n", None)
@@ -269,13 +291,13 @@ def load_examples(source: PathLikeStr, split: str | None = None, **kw: Any) -> l
         raise ValueError(f"n must be a non-negative int or None, got {n!r}")
     path = Path(source).expanduser()
     if path.is_dir():
-        candidates = [path / f"{split}{suffix}" for suffix in _FILE_SUFFIXES] if split else []
+        candidates = [path / f"{name}{suffix}" for name in split_names(split) for suffix in _FILE_SUFFIXES] if split else []
         file = next((c for c in candidates if c.is_file()), None)
-        examples = _load_file(file, **kw) if file else _load_with_datasets(str(path), split, **kw)
+        examples = _load_file(file, **kw) if file else _load_with_datasets(str(path), split, config_name, **kw)
     elif path.suffix.lower() in _FILE_SUFFIXES or path.exists():
         examples = _load_file(path, **kw)
     else:
-        examples = _load_with_datasets(source, split, **kw)
+        examples = _load_with_datasets(source, split, config_name, **kw)
     return examples if n is None else examples[:n]
 
 
@@ -331,18 +353,25 @@ def _load_file(path: Path, **kw: Any) -> list[Example]:
     raise ValueError(f"don't know how to read {path}: expected one of {', '.join(_FILE_SUFFIXES)}")
 
 
-def _load_with_datasets(source: str, split: str | None, *, config_name: str | None = None, **kw: Any) -> list[Example]:
+def _load_with_datasets(source: str, split: str | None, config_name: str | None = None, **kw: Any) -> list[Example]:
     """A hub dataset id, or a local directory `datasets` can read."""
     import datasets
 
     fields = _field_kw(kw, source)
-    try:
-        table = datasets.load_dataset(source, config_name, split=split or "train")
-    except Exception as e:
+    table, error = None, None
+    for name in split_names(split or "train"):
+        try:
+            table = datasets.load_dataset(source, config_name, split=name)
+            break
+        except Exception as e:  # datasets: `Unknown split "eval". Should be one of ['train', 'test'].`
+            error = e
+            if "unknown split" not in str(e).lower():
+                break
+    if table is None:
         raise ValueError(
             f"could not load {source!r}: it is not a synthetic task ({', '.join(sorted(TASKS))}), not an existing "
-            f"file, and datasets.load_dataset failed: {type(e).__name__}: {e}"
-        ) from e
+            f"file, and datasets.load_dataset failed: {type(error).__name__}: {error}"
+        ) from error
     return _rows_to_examples(table, source, **fields)
 
 
