@@ -26,3 +26,29 @@ def test_eval_scores_a_checkpoint_on_a_data_file(capsys, tmp_path):
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["n"] == 6 and out["k"] == 2 and 0.0 <= out["pass_at_1"] <= 1.0 and out["pass_at_k"] is not None
+
+
+def test_cpu_configs_name_shipped_models_and_missing_models_are_one_line_errors(capsys, monkeypatch):
+    from latentrl.assets import model_path, resolve_model
+
+    assert resolve_model("icot_mult_4x4-cot") == str(model_path("icot_mult_4x4-cot"))
+    assert resolve_model("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # hub ids pass through
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here: fail fast instead of retrying
+    rc = main(["train", "--config", "configs/cpu/grpo.yaml", "model_name_or_path=/nonexistent/model", "max_steps=0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a local model folder" in err and "icot_mult_4x4-cot" in err and "Traceback" not in err
+
+
+def test_every_cpu_preset_starts_from_a_shipped_model_or_names_the_command_that_builds_it():
+    from pathlib import Path
+
+    import yaml
+
+    from latentrl.assets import resolve_model
+
+    for path in sorted(Path("configs/cpu").glob("*.yaml")):
+        text = path.read_text()
+        name = yaml.safe_load(text)["model_name_or_path"]
+        if Path(resolve_model(name)).is_dir():
+            continue
+        assert "latentrl bench" in text or "latentrl coconut-sft" in text, (path, name)  # built by a command

@@ -37,10 +37,23 @@ def small_model_threads() -> None:
 
 
 def build_model_for(cfg: GRPOConfig):
+    needs_latent_tokens = cfg.latent.operator == "hidden_state" or any("latent" in t for t in cfg.latent.after_latent_tokens)
+    return load_model(cfg.model_name_or_path, add_latent_tokens=needs_latent_tokens)
+
+
+def load_model(name_or_path: str, **kwargs: Any):
+    """`LatentModel.from_pretrained` on a local folder, a shipped model name or a hub id, with a one-line error
+    (`ConfigError`) instead of the hub client's traceback when none of them exists."""
+    from latentrl.assets import available_models, resolve_model
     from latentrl.model import LatentModel
 
-    needs_latent_tokens = cfg.latent.operator == "hidden_state" or any("latent" in t for t in cfg.latent.after_latent_tokens)
-    return LatentModel.from_pretrained(cfg.model_name_or_path, add_latent_tokens=needs_latent_tokens)
+    try:
+        return LatentModel.from_pretrained(resolve_model(name_or_path), **kwargs)
+    except OSError as e:
+        raise ConfigError(
+            f"model_name_or_path={name_or_path!r} is not a local model folder, not a shipped model "
+            f"({', '.join(available_models())}), and loading it from the hub failed: {str(e).splitlines()[0]}"
+        ) from e
 
 
 def data_options(cfg: GRPOConfig) -> dict[str, Any]:
@@ -83,7 +96,6 @@ def cmd_train(ns: argparse.Namespace) -> int:
 @command("coconut-sft", "Coconut curriculum SFT: latentrl coconut-sft --config FILE [key=value ...]")
 def cmd_coconut_sft(ns: argparse.Namespace) -> int:
     from latentrl.data import load_examples
-    from latentrl.model import LatentModel
     from latentrl.sft.coconut import CoconutConfig, train_coconut
 
     if ns.help_config:
@@ -92,7 +104,7 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
     cfg = load_config(CoconutConfig, ns.config, ns.overrides)
     if not cfg.model_name_or_path or not cfg.dataset:
         raise ConfigError("coconut-sft needs model_name_or_path and dataset (in the YAML or as key=value)")
-    model = LatentModel.from_pretrained(cfg.model_name_or_path, add_latent_tokens=True)
+    model = load_model(cfg.model_name_or_path, add_latent_tokens=True)
     train = load_examples(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed)
     evals = (load_examples(cfg.eval_dataset, split="eval", n=cfg.num_eval_examples, seed=cfg.seed)
              if cfg.eval_dataset else [])

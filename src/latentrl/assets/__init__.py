@@ -10,9 +10,10 @@ both). `<task>-cot` is the chain-of-thought SFT model (the RL starting point), `
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-__all__ = ["MODELS_DIR", "DEFAULT_MODEL", "available_models", "model_path"]
+__all__ = ["MODELS_DIR", "DEFAULT_MODEL", "available_models", "model_path", "resolve_model"]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = "icot_mult_4x4-cot"
@@ -37,3 +38,13 @@ def model_path(name: str = DEFAULT_MODEL) -> Path:
         listing = ", ".join(names) if names else "none (the package was installed without its assets)"
         raise FileNotFoundError(f"no shipped model {name!r} in {MODELS_DIR}; available models: {listing}")
     return path
+
+
+def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
+    """`name_or_path` as `from_pretrained` should receive it: an existing local path or a hub id unchanged, the
+    name of a shipped checkpoint (`icot_mult_4x4-cot`) as its folder. Lets configs say `model_name_or_path:
+    icot_mult_4x4-cot` on a machine that has no hub access."""
+    text = os.fspath(name_or_path)
+    if Path(text).expanduser().exists() or text not in available_models():
+        return text
+    return str(model_path(text))
