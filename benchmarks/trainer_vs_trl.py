@@ -76,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--old-logprob-noise", type=float, default=0.3,
                    help="agreement check: std of the noise added to the old log-probs so that ratios != 1 and the "
                         "clip is active (default 0.3)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps of each trainer first (default 2)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps of each trainer first (default 2, min 1)")
     p.add_argument("--repeats", type=int, default=5, help="timed steps of each trainer, median reported (default 5)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads for both trainers (default: $LATENTRL_THREADS, else 1)")
@@ -91,6 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.intermediate = 4 * args.hidden
     if args.threads is None:
         args.threads = int(os.environ.get("LATENTRL_THREADS") or 1)
+    if args.warmup < 1 or args.repeats < 1:
+        p.error("--warmup and --repeats must be >= 1 (TRL's first step has no start mark)")
     if args.batch % args.num_generations:
         p.error(f"--batch ({args.batch}) must be divisible by --num-generations ({args.num_generations})")
     if args.num_generations < 2:
@@ -285,21 +287,22 @@ def check_loss_agreement(args: argparse.Namespace, ours, trl) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------- 2. timing
 class _Profiler:
+    """Accumulates cProfile over several start/stop windows; torch.profiler records the last window only."""
+
     def __init__(self, kind: str | None):
         self.kind, self.prof = kind, None
 
-    def __enter__(self):
+    def start(self) -> None:
         if self.kind == "cprofile":
             import cProfile
-            self.prof = cProfile.Profile()
+            self.prof = self.prof or cProfile.Profile()
             self.prof.enable()
         elif self.kind == "torch":
             from torch.profiler import ProfilerActivity, profile
             self.prof = profile(activities=[ProfilerActivity.CPU])
             self.prof.__enter__()
-        return self
 
-    def __exit__(self, *exc):
+    def stop(self) -> None:
         if self.kind == "cprofile":
             self.prof.disable()
         elif self.kind == "torch":
@@ -336,28 +339,28 @@ def time_steps(args: argparse.Namespace, folder: Path, tok, rows, out_dir: Path)
 
         def on_step_begin(self, targs, state, control, **kw):
             rec["trl_threads"].append(torch.get_num_threads())
-            if args.profile_trl and state.global_step == args.warmup:
-                prof_trl.__enter__()
+            if state.global_step >= args.warmup:  # the step about to run (global_step + 1) is a timed one
+                prof_trl.start()
 
         def on_step_end(self, targs, state, control, **kw):
             now = (time.perf_counter(), time.process_time())
             if self.last is not None:
                 rec["trl"].append((now[0] - self.last[0], now[1] - self.last[1]))
-            if args.profile_trl and state.global_step == steps:
-                prof_trl.__exit__()
             timed = state.global_step > args.warmup
-            if timed and not args.profile_trl and state.global_step == args.warmup + 1:
-                prof_ours.__enter__()
+            if timed:
+                prof_trl.stop()
             rec["ours_threads"].append(torch.get_num_threads())
+            if timed:
+                prof_ours.start()
             w0, c0 = time.perf_counter(), time.process_time()
             m = ours.train_step()
             rec["ours"].append((time.perf_counter() - w0, time.process_time() - c0))
+            if timed:
+                prof_ours.stop()
             rec["ours_metrics"].append(m)
-            if timed and not args.profile_trl and state.global_step == steps:
-                prof_ours.__exit__()
             self.last = (time.perf_counter(), time.process_time())
 
-    trl = build_trl(args, folder, tok, rows, out_dir, max_steps=steps + 1, callbacks=[Interleave()])
+    trl = build_trl(args, folder, tok, rows, out_dir, max_steps=steps, callbacks=[Interleave()])
     trl.train()
     # rec["trl"][i] is TRL step i+2 (step 1 has no previous on_step_end); ours[i] is ours step i+1
     trl_t = rec["trl"][args.warmup - 1: args.warmup - 1 + args.repeats]
