@@ -56,3 +56,30 @@ def test_replay_gradients_reach_the_embedding_through_rebuilt_latents(tiny, prom
     (out.logprobs * r.completion_mask).sum().backward()
     mixed_ids = r.payload["ids"][r.latent_mask].unique()
     assert E.grad is not None and E.grad[mixed_ids].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", [None, "soft_mixture"])
+def test_shared_prompt_replay_equals_full_forward(tiny, prompts, name):
+    """GRPO groups (rows with one prompt) share the prompt forward: same log-probs, entropy, hidden and grads."""
+    ids, mask = prompts
+    order = torch.tensor([0, 0, 1, 2, 1, 2, 0])  # three groups, not contiguous, different left padding
+    ids, mask = ids[order], mask[order]
+    op = build_thought_operator(name, top_k=5) if name else None
+    sched = ThinkingSchedule(num_latent_steps=2) if name else None
+    r = generate_rollout(tiny, ids, mask, SamplingParams(max_new_positions=7, temperature=0.9), op, sched, gen(3))
+    results = []
+    for share in (True, False):
+        tiny.model.zero_grad(set_to_none=True)
+        out = replay(tiny, op, r, temperature=0.9, return_hidden=True, share_prompts=share)
+        (out.logprobs * r.completion_mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in tiny.model.named_parameters() if p.grad is not None}
+        results.append((out, grads))
+    (a, ga), (b, gb) = results
+    m = r.completion_mask
+    torch.testing.assert_close(a.logprobs[m], b.logprobs[m], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a.logprobs[m], r.logprobs[m], atol=1e-5, rtol=1e-4)  # and the rollout's own
+    torch.testing.assert_close(a.entropy[m], b.entropy[m], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a.hidden[m], b.hidden[m], atol=1e-5, rtol=1e-4)
+    assert ga.keys() == gb.keys() and ga
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], atol=1e-5, rtol=1e-4, msg=n)

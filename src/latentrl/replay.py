@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
 from latentrl.model import LatentModel
 from latentrl.rollout import Rollout
@@ -45,20 +46,41 @@ def replay(
     compute_entropy: bool = True,
     return_hidden: bool = False,
     logits_chunk_size: int = 1024,
+    share_prompts: bool = True,
 ) -> ReplayOutput:
     """Per-position log-probs of a stored rollout under the model's current parameters.
 
     Logits are materialised for completion positions only, `logits_chunk_size` positions at a time, so a
     150k-token vocabulary never needs a full B×T×V float32 tensor beyond one chunk's worth in the forward.
+    With `share_prompts` (default), rows with the same prompt (a GRPO group) run the prompt forward once and
+    share its KV cache; the result equals the plain full-sequence forward up to float rounding.
     """
     B, P = rollout.prompt_ids.shape
     C = rollout.completion_ids.shape[1]
-    embeds = torch.cat([model.embed(rollout.prompt_ids), completion_embeds(model, operator, rollout)], dim=1)
+    comp = completion_embeds(model, operator, rollout)
     mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1).long()
     position = (mask.cumsum(-1) - 1).clamp_min(0)
-    _, hidden, _ = model.forward_embeds(embeds, attention_mask=mask, position_ids=position, compute_logits=False)
-    # hidden at input index P-1+j produces the logits that score completion position j
-    h = hidden[:, P - 1 : P - 1 + C]
+    shared = _shared_prompt_rows(rollout) if share_prompts and C > 0 and P > 0 else None
+    if shared is None:
+        embeds = torch.cat([model.embed(rollout.prompt_ids), comp], dim=1)
+        _, hidden, _ = model.forward_embeds(embeds, attention_mask=mask, position_ids=position, compute_logits=False)
+        # hidden at input index P-1+j produces the logits that score completion position j
+        h = hidden[:, P - 1 : P - 1 + C]
+        comp_hidden = hidden[:, P : P + C]
+    else:
+        first, inverse = shared
+        # each distinct prompt once, then its KV cache copied to every row of its group (gradients flow back
+        # through the copy, summed over the group): the G completions of a GRPO group share one prompt forward
+        _, prompt_hidden, cache = model.forward_embeds(
+            model.embed(rollout.prompt_ids[first]), attention_mask=mask[first, :P], position_ids=position[first, :P],
+            past_key_values=DynamicCache(), use_cache=True, compute_logits=False,
+        )
+        cache.reorder_cache(inverse)
+        _, comp_hidden, _ = model.forward_embeds(
+            comp, attention_mask=mask, position_ids=position[:, P:], past_key_values=cache, use_cache=True,
+            compute_logits=False,
+        )
+        h = torch.cat([prompt_hidden[inverse, P - 1 :], comp_hidden[:, : C - 1]], dim=1)
     temp = temperature if temperature > 0 else 1.0
 
     flat_h = h.reshape(B * C, -1)
@@ -81,4 +103,16 @@ def replay(
             ent_parts.append(-(logp.exp() * logp).sum(-1))
     logprobs = torch.cat(lp_parts).view(B, C) if lp_parts else h.new_zeros((B, C), dtype=torch.float32)
     entropy = (torch.cat(ent_parts).view(B, C) if ent_parts else torch.zeros_like(logprobs)) if compute_entropy else None
-    return ReplayOutput(logprobs=logprobs, entropy=entropy, hidden=hidden[:, P : P + C] if return_hidden else None)
+    return ReplayOutput(logprobs=logprobs, entropy=entropy, hidden=comp_hidden if return_hidden else None)
+
+
+def _shared_prompt_rows(rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(first row of each distinct prompt, row -> distinct prompt index), or None when no two rows share a prompt."""
+    key = rollout.prompt_ids.masked_fill(~rollout.prompt_mask.bool(), -1)
+    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if uniq.shape[0] == key.shape[0]:
+        return None
+    rows = torch.arange(key.shape[0], device=key.device)
+    first = torch.full((uniq.shape[0],), key.shape[0], dtype=torch.long, device=key.device)
+    first = first.scatter_reduce(0, inverse, rows, reduce="amin")
+    return first, inverse
