@@ -12,9 +12,9 @@ The conventions the pages follow (docs/methods/README.md describes them for auth
 * **Metric tables**: a table whose header starts with `metric` lists backticked metric names (`*` and `<name>` are
   wildcards); each must be logged by one tiny training step of the page's main method.
 * **Commands**: every `latentrl ...` command parses with the CLI; on method pages and the quickstart it must be
-  complete (its `--config` exists, every `key=value` override is a valid key). Commands with placeholders
-  (an ALL-CAPS word, `...`, `[optional]`) in README.md / docs/benchmarks.md are checked for their sub-command and
-  files only.
+  complete (its `--config` exists, every `key=value` override is a valid key). Elsewhere (README.md,
+  docs/benchmarks.md, which use placeholders) and for a bare `latentrl <sub-command>` mention, only the sub-command,
+  the named repository files and the `--methods` names are checked.
 * **Links and paths**: relative links and backticked repository paths (`src/...`, `configs/...`) exist.
 """
 
@@ -43,7 +43,6 @@ METHOD_PAGES = sorted(p for p in (DOCS / "methods").glob("*.md") if p.name != "R
 STRICT_COMMAND_PAGES = [*METHOD_PAGES, DOCS / "quickstart.md"]
 ALL_PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 REPO_PATH = re.compile(r"^(src|configs|tests|docs|scripts|benchmarks)/[\w./*-]+$")
-PLACEHOLDER = re.compile(r"(\b[A-Z][A-Z_]{2,}\b|\.\.\.|\[)")
 
 
 # ------------------------------------------------------------------------------------------------ markdown parsing
@@ -351,7 +350,7 @@ def test_documented_command_parses(page, cmd, strict):
     m = re.search(r"--methods[ =](\S+)", cmd)
     if m:
         assert set(m.group(1).split(",")) <= set(METHODS), f"{_rel(page)}: `{cmd}` names an unregistered method"
-    if not strict and PLACEHOLDER.search(cmd):
+    if not strict or len(argv) == 1:  # README / benchmarks prose, or a bare mention of a sub-command
         return
     try:
         ns = _parser().parse_args(argv)
