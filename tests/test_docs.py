@@ -68,7 +68,8 @@ def _code_blocks(text: str) -> list[tuple[str, str]]:
 
 
 def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+    """Table cells; `\\|` is an escaped pipe inside a cell (GitHub renders it as `|`)."""
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
 
 
 def tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
@@ -98,7 +99,7 @@ def glance(text: str) -> dict[str, str]:
 
 def page_methods(path: Path) -> list[str]:
     g = glance(path.read_text())
-    return spans(g.get("method", g.get("methods", "")))
+    return [m for m in spans(g.get("method", g.get("methods", ""))) if re.fullmatch(r"\w+", m)]
 
 
 # ------------------------------------------------------------------------------------------------ config defaults
