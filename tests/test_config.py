@@ -242,3 +242,41 @@ def test_cfg_field_requires_help_and_custom_config():
     assert load_config(Toy, None, ["n=2", "names=b,a"]) == Toy(n=2, names=["b", "a"])
     with pytest.raises(ConfigError, match="n must not be 3"):
         load_config(Toy, None, ["n=3"])
+
+
+def test_method_presets_fill_only_the_keys_the_user_left_unset(tmp_path):
+    from latentrl.config import GRPOConfig, config_from_dict, load_config
+    from latentrl.methods import get_method
+
+    hrpo = get_method("hrpo").defaults
+    cfg = config_from_dict(GRPOConfig, {"model_name_or_path": "m", "method": "hrpo"})
+    assert cfg.temperature == hrpo["temperature"] == 0.5 and cfg.beta == 0.005 and cfg.policy_loss == "reinforce"
+    assert cfg.latent.operator == "hrpo_gate" and cfg.latent.latent_temperature == 0.5
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("model_name_or_path: m\nmethod: hrpo\nbeta: 0.0\nlatent:\n  gate_c: 4.0\n")
+    cfg = load_config(GRPOConfig, yaml_file, ["temperature=0.9"])
+    assert (cfg.beta, cfg.temperature, cfg.latent.gate_c) == (0.0, 0.9, 4.0)  # the user's values win
+    assert cfg.latent.operator == "hrpo_gate" and cfg.loss_type == "grpo"  # the preset fills the rest
+    assert GRPOConfig.for_method("hrpo", model_name_or_path="m", beta=0.1).beta == 0.1
+    assert GRPOConfig(model_name_or_path="m", method="hrpo").temperature == 1.0  # plain construction: field defaults
+    plain = config_from_dict(GRPOConfig, {"model_name_or_path": "m"})
+    assert plain.temperature == 1.0 and plain.latent.operator == "none"  # grpo has no preset values
+
+
+def test_advantage_epsilon_reaches_the_default_advantages():
+    import torch
+
+    from latentrl.config import GRPOConfig
+    from latentrl.methods import get_method
+
+    class Batch:
+        rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
+
+    class Trainer:
+        args = GRPOConfig(model_name_or_path="m", num_generations=4, per_device_train_batch_size=4)
+
+    std = Batch.rewards.std().item()
+    assert get_method("grpo").compute_advantages(Trainer, Batch)[0].item() == pytest.approx(0.75 / (std + 1e-4))
+    Trainer.args = GRPOConfig(model_name_or_path="m", num_generations=4, per_device_train_batch_size=4,
+                              advantage_epsilon=1.0)
+    assert get_method("grpo").compute_advantages(Trainer, Batch)[0].item() == pytest.approx(0.75 / (std + 1.0))

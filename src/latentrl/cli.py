@@ -186,6 +186,19 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     return 0
 
 
+@command("pretrain", "Train a small base model from scratch, with and without CoT: latentrl pretrain --config FILE")
+def cmd_pretrain(ns: argparse.Namespace) -> int:
+    from latentrl.pretrain import pretrain_command
+
+    return pretrain_command(ns)
+
+
+def _add_pretrain_args(p: argparse.ArgumentParser) -> None:
+    from latentrl.pretrain import add_pretrain_args
+
+    add_pretrain_args(p)
+
+
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder for results.json, results.md and plots")
     p.add_argument("--quick", action="store_true", help="short runs and 100 eval problems (< 15 min on 2 cores)")
@@ -221,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 ARG_BUILDERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "train": _add_train_args, "eval": _add_eval_args, "demo": _add_demo_args, "bench": _add_bench_args,
+    "pretrain": _add_pretrain_args,
 }
 
 if __name__ == "__main__":

@@ -420,7 +420,24 @@ def config_from_dict(cls: type[C], data: typing.Mapping[str, Any] | None = None,
     merged = copy.deepcopy(dict(data or {}))
     for ov in overrides:
         _apply_override(cls, merged, ov)
+    preset = getattr(cls, "preset_defaults", None)
+    if preset is not None:
+        _fill_missing(merged, preset(merged))
     return _build(cls, merged)
+
+
+def _fill_missing(data: dict[str, Any], defaults: typing.Mapping[str, Any]) -> None:
+    """Set each dotted key of `defaults` in `data` unless the user already gave it (explicit values win)."""
+    for dotted, value in defaults.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):  # a malformed section: leave it for validation to report
+                break
+            node = child
+        else:
+            node.setdefault(leaf, copy.deepcopy(value))
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
@@ -1065,6 +1082,25 @@ class GRPOConfig(BaseConfig):
     dlr: DLRConfig = cfg_field(
         default_factory=DLRConfig, help="DeepLatent Reasoning options (method dlr; see the dlr.* options)."
     )
+
+    @classmethod
+    def preset_defaults(cls, data: typing.Mapping[str, Any]) -> dict[str, Any]:
+        """The chosen method's preset values (`Method.defaults`, dotted keys), applied by `config_from_dict` /
+        `load_config` / the CLI to every key the YAML and overrides leave unset: `method: hrpo` alone gives
+        HRPO's temperatures, loss and KL. Constructing `GRPOConfig(...)` directly uses the plain field defaults;
+        use `GRPOConfig.for_method(name, **values)` for a method's presets from Python."""
+        from latentrl.methods import METHODS
+
+        method = METHODS.get(str(data.get("method", "grpo")))
+        defaults = dict(method.defaults) if method is not None else {}
+        if "reward_funcs" in data:  # the preset's weights belong to the preset's functions
+            defaults.pop("reward_weights", None)
+        return defaults
+
+    @classmethod
+    def for_method(cls, method: str, **values: Any) -> "GRPOConfig":
+        """A config for `method` with its preset values, then `values` (nested sections as dicts)."""
+        return config_from_dict(cls, {"method": method, **values})
 
     @property
     def generation_batch_size(self) -> int:

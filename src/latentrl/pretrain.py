@@ -457,17 +457,16 @@ def _summary(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def pretrain_main(argv: Sequence[str] | None = None) -> int:
-    """`latentrl pretrain --config FILE [--real-eval PATH] [key=value ...]`."""
-    parser = argparse.ArgumentParser(
-        prog="latentrl pretrain", description="Train a small base model from scratch, with and without CoT."
-    )
+def add_pretrain_args(parser: argparse.ArgumentParser) -> None:
+    """The options of `latentrl pretrain` (shared by the CLI and `python -m latentrl.pretrain`)."""
     parser.add_argument("--config", help="YAML config file (configs/pretrain_*.yaml)")
     parser.add_argument("--real-eval", help="real evaluation file in iCoT text format (sets real_eval)")
     parser.add_argument("--help-config", action="store_true", help="list every option with its default and help")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, dotted for sections (cot.max_steps=600)")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ns = parser.parse_args(argv)
+
+
+def pretrain_command(ns: argparse.Namespace) -> int:
+    """Run `latentrl pretrain` from parsed options; the command line is recorded in each model's results.json."""
     if ns.help_config:
         print(config_help(PretrainConfig))
         return 0
@@ -475,11 +474,20 @@ def pretrain_main(argv: Sequence[str] | None = None) -> int:
     if ns.real_eval:
         overrides.append(f"real_eval={ns.real_eval}")
     cfg = load_config(PretrainConfig, ns.config, overrides)
-    command = "latentrl pretrain " + shlex.join(argv)
-    results = pretrain(cfg, command=command)
+    argv = (["--config", ns.config] if ns.config else []) + (["--real-eval", ns.real_eval] if ns.real_eval else [])
+    results = pretrain(cfg, command="latentrl pretrain " + shlex.join(argv + list(ns.overrides)))
     print(_summary(results))
     print(f"models, metrics and plots in {cfg.output_dir}")
     return 0
+
+
+def pretrain_main(argv: Sequence[str] | None = None) -> int:
+    """`latentrl pretrain --config FILE [--real-eval PATH] [key=value ...]`."""
+    parser = argparse.ArgumentParser(
+        prog="latentrl pretrain", description="Train a small base model from scratch, with and without CoT."
+    )
+    add_pretrain_args(parser)
+    return pretrain_command(parser.parse_args(list(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":  # python -m latentrl.pretrain --config ...

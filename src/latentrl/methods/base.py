@@ -94,7 +94,8 @@ class Method:
 
         a = trainer.args
         valid = ~batch.rollout.truncated if a.mask_truncated_completions else None
-        adv, _ = group_advantages(batch.rewards, a.num_generations, a.scale_rewards, valid=valid)
+        eps = 1e-4 if a.advantage_epsilon is None else a.advantage_epsilon  # TRL's epsilon
+        adv, _ = group_advantages(batch.rewards, a.num_generations, a.scale_rewards, eps=eps, valid=valid)
         return adv
 
     def reference_logprobs(self, trainer: Any, batch: "StepBatch") -> torch.Tensor:
