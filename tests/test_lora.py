@@ -119,3 +119,60 @@ def test_lora_trains_only_adapters_and_side_modules_and_resumes_exactly(tmp_path
     assert again.keys() == after.keys()
     for k in after:
         assert torch.equal(again[k], after[k]), k
+
+
+def logits(lm, ids):
+    with torch.no_grad():
+        return lm.forward_embeds(lm.embed(ids))[0]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])  # tied and untied LM head
+def test_adapter_checkpoint_reloads_standalone_and_merges_for_export(tmp_path, arch):
+    tiny_latent_model(arch, task_vocabulary("chain_sum"), seed=0, hidden=32).save_pretrained(tmp_path / "base")
+    t = lora_trainer("coconut_grpo", tmp_path / "run", LatentModel.from_pretrained(tmp_path / "base"), max_steps=1)
+    t.train()
+    trained = t.model
+    ckpt = tmp_path / "run" / "checkpoint-1"
+    assert (ckpt / "adapter_config.json").exists() and not (ckpt / "config.json").exists()  # adapter only
+    ids = trained.tokenizer(["1 2 || <|start-latent|> <|latent|> <|end-latent|> 3"], return_tensors="pt")["input_ids"]
+
+    loaded = LatentModel.from_pretrained(ckpt)  # the recorded base model + the adapter
+    assert loaded.is_peft and loaded.latent_ids == trained.latent_ids
+    assert torch.equal(logits(loaded, ids), logits(trained, ids))
+    base = LatentModel.from_pretrained(tmp_path / "base")
+    with loaded.adapter_disabled():
+        assert torch.equal(logits(loaded, ids), logits(base, ids))
+    assert not torch.equal(logits(loaded, ids), logits(base, ids))
+
+    merged = loaded.merge_and_unload()
+    assert not merged.is_peft
+    torch.testing.assert_close(logits(merged, ids), logits(trained, ids), atol=1e-5, rtol=1e-5)
+    merged.save_pretrained(tmp_path / "merged")
+    assert (tmp_path / "merged" / "config.json").exists()
+    again = LatentModel.from_pretrained(tmp_path / "merged")
+    assert not again.is_peft
+    torch.testing.assert_close(logits(again, ids), logits(trained, ids), atol=1e-5, rtol=1e-5)
+
+
+def test_resuming_across_lora_and_full_fine_tuning_is_a_clear_error(tmp_path):
+    lora = lora_trainer("grpo", tmp_path / "lora", max_steps=1)
+    lora.train()
+    full = lora_trainer("grpo", tmp_path / "full", max_steps=1, lora={"enabled": False})
+    full.train()
+    assert not full.model.is_peft and full.ref_model is not full.model  # full fine-tuning: a frozen copy
+    with pytest.raises(FileNotFoundError, match="lora.enabled=true"):
+        tiny().load_weights(tmp_path / "lora" / "checkpoint-1")
+    with pytest.raises(FileNotFoundError, match="lora.enabled=false"):
+        lora.model.load_weights(tmp_path / "full" / "checkpoint-1")
+
+
+def test_lora_options_reach_peft(tmp_path):
+    t = lora_trainer("grpo", tmp_path, lora={"enabled": True, "r": 2, "alpha": 6, "target_modules": ["q_proj", "v_proj"],
+                                             "modules_to_save": ["lm_head"], "train_latent_tokens": False})
+    cfg = t.model.model.peft_config["default"]
+    assert (cfg.r, cfg.lora_alpha, set(cfg.target_modules)) == (2, 6, {"q_proj", "v_proj"})
+    names = [n for n, p in t.model.model.named_parameters() if p.requires_grad]
+    assert any("q_proj.lora_A" in n for n in names) and not any("k_proj.lora" in n for n in names)
+    assert not any("trainable_tokens" in n for n in names)
+    with pytest.raises(ValueError, match="LoRA could not wrap"):
+        lora_trainer("grpo", tmp_path, lora={"enabled": True, "target_modules": ["no_such_proj"]})
