@@ -176,3 +176,12 @@ def test_lora_options_reach_peft(tmp_path):
     assert not any("trainable_tokens" in n for n in names)
     with pytest.raises(ValueError, match="LoRA could not wrap"):
         lora_trainer("grpo", tmp_path, lora={"enabled": True, "target_modules": ["no_such_proj"]})
+
+
+def test_paper_presets():
+    hrpo = load_config(GRPOConfig, ROOT / "configs" / "hrpo_qwen2.5-1.5b_gsm8k.yaml")  # the paper trains LoRA
+    assert hrpo.lora.enabled and (hrpo.lora.r, hrpo.lora.alpha) == (32, 64.0) and hrpo.prompt_format == "chat"
+    for name in ("coconut_grpo_qwen2.5-1.5b", "latent_rl_qwen2.5-1.5b", "latent_grpo_llama3.2-1b_gsm8k",
+                 "lepo_qwen2.5-3b", "dlr_qwen2.5-1.5b"):  # full fine-tuning (or a frozen main model) as published
+        cfg = load_config(GRPOConfig, ROOT / "configs" / f"{name}.yaml")
+        assert not cfg.lora.enabled and not cfg.gradient_checkpointing and cfg.prompt_format == "raw"
