@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentrl.config import GRPOConfig, load_config
+from latentrl.config import ConfigError, GRPOConfig, load_config
 from latentrl.data import make_examples, task_vocabulary
 from latentrl.methods import METHODS, get_method
 from latentrl.model import LatentModel
@@ -185,3 +185,14 @@ def test_paper_presets():
                  "lepo_qwen2.5-3b", "dlr_qwen2.5-1.5b"):  # full fine-tuning (or a frozen main model) as published
         cfg = load_config(GRPOConfig, ROOT / "configs" / f"{name}.yaml")
         assert not cfg.lora.enabled and not cfg.gradient_checkpointing and cfg.prompt_format == "raw"
+
+
+def test_lora_options_from_overrides_and_bad_values():
+    cfg = load_config(GRPOConfig, None, ["model_name_or_path=m", "lora.enabled=true", "lora.r=8",
+                                         "lora.target_modules=q_proj,v_proj", "gradient_checkpointing=true"])
+    assert cfg.lora.enabled and cfg.lora.r == 8 and cfg.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg.gradient_checkpointing
+    with pytest.raises(ConfigError, match="all-linear"):
+        load_config(GRPOConfig, None, ["model_name_or_path=m", "lora.target_modules=all-linear,q_proj"])
+    with pytest.raises(ConfigError, match="lora.r"):
+        load_config(GRPOConfig, None, ["model_name_or_path=m", "lora.r=0"])
