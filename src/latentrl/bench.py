@@ -118,7 +118,7 @@ def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, see
     train_wall = time.perf_counter() - t0
     res = evaluate(model, load_examples(task.eval_source)[:num_eval], operator=trainer.operator,
                    schedule=trainer.schedule, max_new_positions=task.max_completion_length, k=k, seed=seed,
-                   prompt_text=trainer.method.prompt_text)
+                   prompt_text=trainer.prompt_text)
     return row(method_name, task.name, res, train_wall, method.init, run_dir)
 
 

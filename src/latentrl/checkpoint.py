@@ -2,7 +2,8 @@
 
 A checkpoint is the directory ``output_dir/checkpoint-{step}/`` holding:
 
-- the model, written by the caller's ``save_model(path)`` callback (normally ``save_pretrained``);
+- the model, written by the caller's ``save_model(path)`` callback (normally ``LatentModel.save_pretrained``: the
+  full model, or under LoRA only the peft adapter, the side modules and the latent tokens' base rows);
 - ``optimizer.pt`` and ``scheduler.pt`` (state dicts);
 - ``trainer_state.json``: the step plus the JSON-able part of ``extra_state``; other values (tensors, nested
   state dicts) go to ``extra_state.pt``;

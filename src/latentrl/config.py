@@ -36,6 +36,7 @@ __all__ = [
     "GRPOConfig",
     "LatentConfig",
     "LATENT_OPERATORS",
+    "LoraConfig",
     "cfg_field",
     "config_from_dict",
     "config_help",
@@ -867,6 +868,45 @@ class DLRConfig(BaseConfig):
 
 
 @dataclasses.dataclass(kw_only=True)
+class LoraConfig(BaseConfig):
+    """LoRA adapters (peft) instead of full fine-tuning; the KL reference is the same model with the adapter off."""
+
+    enabled: bool = cfg_field(
+        False, "Train LoRA adapters (peft LoraConfig) instead of every weight; the base weights stay frozen and the "
+        "KL reference is the policy with its adapter disabled (no second model copy in memory)."
+    )
+    r: int = cfg_field(16, "LoRA rank (HRPO: 32).", min=1)
+    alpha: float = cfg_field(32.0, "LoRA scaling numerator lora_alpha: the update is (alpha / r) * B A (HRPO: 64).",
+                             min=0.0, min_exclusive=True)
+    dropout: float = cfg_field(
+        0.0, "lora_dropout. The RL trainer sets every dropout probability to 0 (GRPO ratios assume the same function "
+        "at rollout and update time), so this only matters for code that skips that.", min=0.0, max=1.0,
+        max_exclusive=True,
+    )
+    target_modules: list[str] = cfg_field(
+        ["all-linear"],
+        "Module names (or name suffixes) that get adapters; [all-linear] = every linear layer except the LM head "
+        "(peft's shortcut). E.g. [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj] for Qwen/Llama.",
+    )
+    modules_to_save: list[str] = cfg_field(
+        [], "Base-model modules trained in full beside the adapters and saved with them (peft modules_to_save), e.g. "
+        "[lm_head]. Method side modules (HRPO gate, value head, DLR assistant) are always trained in full and need "
+        "no entry here."
+    )
+    train_latent_tokens: bool = cfg_field(
+        True, "When the model has the Coconut latent tokens (<|start-latent|>, <|latent|>, <|end-latent|>), train "
+        "their embedding rows beside the adapters (peft trainable_token_indices; a tied LM head shares them)."
+    )
+
+    def validate(self) -> None:
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules must name at least one module (or be [all-linear])")
+        if "all-linear" in self.target_modules and len(self.target_modules) > 1:
+            raise ConfigError(f"lora.target_modules={self.target_modules}: 'all-linear' cannot be combined with "
+                              "module names")
+
+
+@dataclasses.dataclass(kw_only=True)
 class GRPOConfig(BaseConfig):
     """Options of the latentrl RL trainer (GRPO family; TRL GRPOConfig names where the concept is the same)."""
 
@@ -940,6 +980,11 @@ class GRPOConfig(BaseConfig):
     )
     gradient_accumulation_steps: int = cfg_field(
         1, "Micro-batches accumulated per optimizer step; never changes the loss value (tested).", min=1
+    )
+    gradient_checkpointing: bool = cfg_field(
+        False, "Recompute each decoder layer's activations in the backward pass instead of storing them (HF "
+        "activation checkpointing, use_reentrant=False): less memory for about one extra forward per update; the "
+        "loss and gradients are unchanged (tested)."
     )
 
     # --- generation ---------------------------------------------------------------------------------------------
@@ -1075,6 +1120,23 @@ class GRPOConfig(BaseConfig):
         choices=("jsonl", "tensorboard", "none"),
     )
 
+    # --- prompt format ------------------------------------------------------------------------------------------
+    prompt_format: str = cfg_field(
+        "raw",
+        "raw: the dataset prompt text is fed as is (base / SFT models); chat: it becomes the user message of the "
+        "tokenizer's chat template with the assistant turn opened (apply_chat_template, add_generation_prompt) — "
+        "for instruct models. A method's own prompt suffix (Coconut's <|start-latent|>) follows the template.",
+        choices=("raw", "chat"),
+    )
+    system_prompt: str | None = cfg_field(
+        None, "With prompt_format=chat: a system message placed before the user message; null: none."
+    )
+
+    # --- parameter-efficient fine-tuning ------------------------------------------------------------------------
+    lora: LoraConfig = cfg_field(
+        default_factory=LoraConfig, help="LoRA adapters instead of full fine-tuning (see the lora.* options)."
+    )
+
     # --- latent steps -------------------------------------------------------------------------------------------
     latent: LatentConfig = cfg_field(
         default_factory=LatentConfig, help="How latent steps are formed (see the latent.* options)."
@@ -1130,6 +1192,9 @@ class GRPOConfig(BaseConfig):
                 f"latent.num_latent_steps ({self.latent.num_latent_steps}) must be <= max_completion_length "
                 f"({self.max_completion_length})"
             )
+        if self.system_prompt is not None and self.prompt_format != "chat":
+            raise ConfigError("system_prompt is only used with prompt_format=chat; set prompt_format=chat or "
+                              "remove system_prompt")
         if self.policy_loss == "reinforce" and self.num_iterations > 1:
             raise ConfigError(
                 f"policy_loss='reinforce' is on-policy (no ratio), so num_iterations must be 1, got {self.num_iterations}"

@@ -4,15 +4,23 @@ The wrapper never patches the HF model. It reaches the two pieces every latent m
 HF APIs: the decoder stack (`base_model_prefix`) that maps input embeddings to the last-layer hidden state, and
 the LM head (`get_output_embeddings`). Method-specific trainable modules (HRPO's gate, a value head) live in
 `side_modules` beside the LM and are saved with it.
+
+LoRA (`apply_lora`): the HF model is wrapped by peft; the base weights stay frozen, the Coconut latent-token rows
+stay trainable (peft `trainable_token_indices`), side modules stay outside peft and train in full. The KL reference
+is the same model inside `adapter_disabled()`. `save_pretrained` then writes only the adapter (plus the side
+modules and the base rows of the latent tokens, so a reload rebuilds the exact reference); `from_pretrained` on
+such a folder loads the recorded base model and puts the adapter back; `merge_and_unload` folds it in for export.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,8 +29,14 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from latentrl.tokenizer import load_tokenizer
 
+if TYPE_CHECKING:
+    from latentrl.config import LoraConfig
+
 SIDE_MODULES_FILE = "latentrl_side_modules.safetensors"
 LATENT_META_FILE = "latentrl_latent_tokens.json"
+#: with LoRA: the frozen base model's embedding rows of the latent tokens (input, and output if untied)
+BASE_LATENT_ROWS_FILE = "latentrl_base_latent_rows.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,9 @@ class LatentModel(nn.Module):
         path = Path(name_or_path)
         if str(name_or_path).startswith((".", "/")) and not path.exists():
             raise FileNotFoundError(f"model path {str(path)!r} does not exist")
+        if path.is_dir() and not (path / "config.json").exists() and (path / ADAPTER_CONFIG_FILE).exists():
+            return cls._from_adapter(path, tokenizer=tokenizer, add_latent_tokens=add_latent_tokens,
+                                     latent_init_token=latent_init_token, torch_dtype=torch_dtype, **model_kwargs)
         if path.exists() and path.is_dir() and not (path / "config.json").exists():
             raise FileNotFoundError(f"{str(path)!r} is not a Hugging Face model folder: no config.json in it")
         if torch_dtype is not None:
@@ -99,11 +116,139 @@ class LatentModel(nn.Module):
             lm._pending_side_state = load_file(str(side))
         return lm
 
+    @classmethod
+    def _from_adapter(cls, path: Path, *, tokenizer: PreTrainedTokenizerBase | str | None, add_latent_tokens: bool,
+                      latent_init_token: str | None, torch_dtype: torch.dtype | str | None,
+                      **model_kwargs: Any) -> "LatentModel":
+        """A LoRA folder written by `save_pretrained`: the recorded base model, its latent rows, then the adapter."""
+        from peft import PeftConfig, PeftModel
+
+        base = PeftConfig.from_pretrained(str(path)).base_model_name_or_path
+        if not base:
+            raise FileNotFoundError(
+                f"{str(path)!r} holds a LoRA adapter without a recorded base model (base_model_name_or_path): load "
+                f"the base with LatentModel.from_pretrained(base), call apply_lora(...), then load_weights({str(path)!r})")
+        if torch_dtype is not None:
+            model_kwargs["torch_dtype"] = torch_dtype
+        hf = AutoModelForCausalLM.from_pretrained(base, **model_kwargs)
+        if tokenizer is None or isinstance(tokenizer, str):
+            tokenizer = load_tokenizer(tokenizer or path)  # the adapter folder's tokenizer has the latent tokens
+        lm = cls(hf, tokenizer)
+        meta = path / LATENT_META_FILE
+        if meta.exists():
+            lm.latent_tokens = LatentTokens(**json.loads(meta.read_text()))
+            lm.latent_ids = LatentIds(*tokenizer.convert_tokens_to_ids(lm.latent_tokens.as_list()))
+            need = max(len(tokenizer), max(lm.latent_ids.start, lm.latent_ids.latent, lm.latent_ids.end) + 1)
+            if need > hf.get_input_embeddings().weight.shape[0]:
+                hf.resize_token_embeddings(need, mean_resizing=False)
+            lm._restore_base_latent_rows(path)
+        elif add_latent_tokens:
+            lm.add_latent_tokens(init_from=latent_init_token)
+        lm.model = PeftModel.from_pretrained(hf, str(path), is_trainable=True)
+        side = path / SIDE_MODULES_FILE
+        if side.exists():
+            lm._pending_side_state = load_file(str(side))
+        return lm
+
+    # ------------------------------------------------------------------ LoRA
+    @property
+    def is_peft(self) -> bool:
+        """Whether the HF model is wrapped by a peft adapter (`apply_lora`)."""
+        return hasattr(self.model, "peft_config") and hasattr(self.model, "get_base_model")
+
+    def apply_lora(self, cfg: "LoraConfig") -> None:
+        """Wrap the HF model with peft LoRA adapters: base weights frozen, adapters (and latent-token rows) trainable.
+
+        The latent tokens' rows are trained through peft's `trainable_token_indices` (only those rows are trainable
+        and saved, and a tied LM head follows them) rather than `modules_to_save` on the embedding, which would
+        train and save the whole V x H matrix. Side modules are not part of the peft model and keep training.
+        """
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        if self.is_peft:
+            raise ValueError("the model already has a peft adapter; apply_lora wraps a plain HF model once")
+        targets = list(cfg.target_modules)
+        tokens = None
+        if cfg.train_latent_tokens and self.latent_ids is not None:
+            ids = self.latent_ids
+            tokens = sorted({ids.start, ids.latent, ids.end})
+        peft_cfg = PeftLoraConfig(
+            task_type="CAUSAL_LM", r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+            target_modules="all-linear" if targets == ["all-linear"] else targets,
+            modules_to_save=list(cfg.modules_to_save) or None, trainable_token_indices=tokens,
+        )
+        try:
+            self.model = get_peft_model(self.model, peft_cfg)
+        except ValueError as e:  # e.g. a target module name that is not in the model
+            raise ValueError(f"LoRA could not wrap {type(self.model).__name__}: {e}") from None
+
+    @contextmanager
+    def adapter_disabled(self) -> Iterator["LatentModel"]:
+        """This model with its LoRA adapter (and trained latent rows) switched off: the frozen base model."""
+        if not self.is_peft:
+            raise ValueError("adapter_disabled() needs a LoRA model (apply_lora)")
+        with self.model.disable_adapter():
+            yield self
+
+    def merge_and_unload(self) -> "LatentModel":
+        """Fold the LoRA adapter into the base weights (peft `merge_and_unload`): a plain HF model for export."""
+        if not self.is_peft:
+            raise ValueError("merge_and_unload() needs a LoRA model (apply_lora)")
+        self.model = self.model.merge_and_unload()
+        return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        """HF activation checkpointing of every decoder layer, non-reentrant (works with frozen inputs and LoRA)."""
+        hf = self.model.get_base_model() if self.is_peft else self.model
+        kwargs = {"use_reentrant": False}
+        if not getattr(hf, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(hf).__name__} does not support gradient checkpointing")
+        if hasattr(hf, "activation_checkpointing_enable"):  # transformers >= 5 name
+            hf.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def _latent_row_ids(self) -> list[int]:
+        ids = self.latent_ids
+        return [ids.start, ids.latent, ids.end] if ids is not None else []
+
+    def _base_embedding_layers(self) -> dict[str, nn.Module]:
+        """The base model's input (and, if untied, output) embedding layers, under any peft wrapper."""
+        layers = {"input": _unwrap(self.model.get_input_embeddings())}
+        out = self.model.get_output_embeddings()
+        if out is not None and _unwrap(out).weight is not layers["input"].weight:
+            layers["output"] = _unwrap(out)
+        return layers
+
+    def _restore_base_latent_rows(self, path: Path) -> None:
+        """Write the saved base rows of the latent tokens back (frozen base weights; the reference model)."""
+        f = path / BASE_LATENT_ROWS_FILE
+        if not f.exists() or self.latent_ids is None:
+            return
+        rows = load_file(str(f))
+        idx = torch.tensor(self._latent_row_ids())
+        with torch.no_grad():
+            for name, layer in self._base_embedding_layers().items():
+                if name in rows:
+                    layer.weight[idx.to(layer.weight.device)] = rows[name].to(layer.weight)
+
     def save_pretrained(self, out_dir: str | os.PathLike, **kwargs: Any) -> None:
-        """`save_pretrained` for model and tokenizer, plus the latent-token names and side-module weights."""
+        """`save_pretrained` for model and tokenizer, plus the latent-token names and side-module weights.
+
+        A LoRA model writes its adapter only (peft format), plus the base rows of the latent tokens."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out, **kwargs)
+        if self.is_peft:
+            kwargs.setdefault("save_embedding_layers", False)  # the latent rows travel as trainable tokens
+            self.model.save_pretrained(out, **kwargs)
+            if self.latent_ids is not None:
+                idx = torch.tensor(self._latent_row_ids())
+                rows = {k: layer.weight.detach()[idx.to(layer.weight.device)].contiguous().cpu()
+                        for k, layer in self._base_embedding_layers().items()}
+                save_file(rows, str(out / BASE_LATENT_ROWS_FILE))
+        else:
+            self.model.save_pretrained(out, **kwargs)
         self.tokenizer.save_pretrained(out)
         if self.latent_tokens is not None:
             (out / LATENT_META_FILE).write_text(json.dumps(self.latent_tokens.__dict__))
@@ -112,9 +257,30 @@ class LatentModel(nn.Module):
             save_file(state, str(out / SIDE_MODULES_FILE))
 
     def load_weights(self, path: str | os.PathLike) -> None:
-        """Load LM and side-module weights saved by `save_pretrained` into this (already built) model."""
-        fresh = AutoModelForCausalLM.from_pretrained(path, dtype=self.model.dtype)
-        self.model.load_state_dict(fresh.state_dict())
+        """Load LM and side-module weights saved by `save_pretrained` into this (already built) model.
+
+        A LoRA model loads the adapter (and the latent tokens' base rows); its base weights stay as built."""
+        path = Path(path)
+        has_adapter = (path / ADAPTER_CONFIG_FILE).exists()
+        if self.is_peft:
+            if not has_adapter:
+                raise FileNotFoundError(f"{str(path)!r} holds no LoRA adapter ({ADAPTER_CONFIG_FILE}): it was saved "
+                                        "from a full fine-tune; resume it with lora.enabled=false")
+            from peft import set_peft_model_state_dict
+            from peft.utils import load_peft_weights
+
+            result = set_peft_model_state_dict(self.model, load_peft_weights(str(path), device=str(self.device)))
+            unexpected = list(getattr(result, "unexpected_keys", []) or [])
+            if unexpected:
+                raise ValueError(f"the adapter in {str(path)!r} does not match this model's LoRA layout (unexpected "
+                                 f"keys {unexpected[:5]}...): resume with the same lora.* options")
+            self._restore_base_latent_rows(path)
+        else:
+            if has_adapter and not (path / "config.json").exists():
+                raise FileNotFoundError(f"{str(path)!r} holds a LoRA adapter, not a full model: resume it with "
+                                        "lora.enabled=true and the same lora.* options")
+            fresh = AutoModelForCausalLM.from_pretrained(path, dtype=self.model.dtype)
+            self.model.load_state_dict(fresh.state_dict())
         side = Path(path) / SIDE_MODULES_FILE
         if side.exists() and len(self.side_modules):
             self.side_modules.load_state_dict(load_file(str(side)))
@@ -160,19 +326,22 @@ class LatentModel(nn.Module):
     # ------------------------------------------------------------------ the shared forward
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        return _unwrap(self.model.get_input_embeddings()).weight.device
 
     @property
     def hidden_size(self) -> int:
-        return self.model.get_input_embeddings().weight.shape[1]
+        return _unwrap(self.model.get_input_embeddings()).weight.shape[1]
 
     @property
     def vocab_size(self) -> int:
-        return self.model.get_output_embeddings().weight.shape[0]
+        return _unwrap(self.model.get_output_embeddings()).weight.shape[0]
 
     @property
     def embedding_matrix(self) -> torch.Tensor:
-        """E (V×H): the input embedding matrix that mixtures of tokens are taken over."""
+        """E (V×H): the input embedding matrix that mixtures of tokens are taken over.
+
+        Under LoRA with trained latent rows this is peft's merged copy (base rows + trained rows, or the base rows
+        inside `adapter_disabled()`), so mixtures see the same rows as `embed`."""
         return self.model.get_input_embeddings().weight
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -209,3 +378,9 @@ class LatentModel(nn.Module):
         hidden = out.last_hidden_state
         logits = self.lm_head(hidden) if compute_logits else None
         return logits, hidden, (out.past_key_values if use_cache else None)
+
+
+def _unwrap(layer: nn.Module) -> nn.Module:
+    """The base layer under a peft wrapper (TrainableTokensWrapper, ModulesToSaveWrapper), else the layer itself."""
+    inner = getattr(layer, "original_module", None)
+    return inner if isinstance(inner, nn.Module) else layer

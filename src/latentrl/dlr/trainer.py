@@ -240,4 +240,4 @@ class DLRTrainer(GRPOTrainer):
         kwargs.setdefault("temperature", self.args.temperature)
         return evaluate(self.model, examples, operator=self.operator, schedule=self.schedule,
                         max_new_positions=max_new_positions or self.args.max_completion_length, k=k,
-                        prompt_text=self.method.prompt_text, **kwargs)
+                        prompt_text=self.prompt_text, **kwargs)

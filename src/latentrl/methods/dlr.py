@@ -16,6 +16,7 @@ The method needs its own update (`latentrl.dlr.DLRTrainer`, a GRPOTrainer subcla
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from latentrl.config import ConfigError
@@ -64,6 +65,9 @@ class DLR(Method):
             raise ConfigError(f"max_completion_length ({a.max_completion_length}) must exceed dlr.num_latent_steps "
                               f"({c.num_latent_steps}): the answer is decoded after the latent chain")
         model = trainer.model
+        if model.is_peft:
+            warnings.warn("method 'dlr' keeps the main model frozen, LoRA adapters included: only the assistant "
+                          "trains (lora.enabled changes nothing but the main model's forward cost)", stacklevel=2)
         model.model.requires_grad_(False)  # frozen main model: never trained, never in the optimizer
         if ASSISTANT not in model.side_modules:
             model.attach_side_module(ASSISTANT, build_assistant(model, c))  # loads saved weights if any

@@ -102,7 +102,9 @@ class LatentGRPO(Method):
         self._options = LatentGRPOOptions.from_args(trainer.args)
 
     def param_groups(self, trainer: Any) -> list[dict[str, Any]]:
-        frozen = {id(trainer.model.embedding_matrix)} if self.options(trainer).freeze_embeddings else set()
+        # the embedding layer's parameters: the matrix (and a tied LM head), or under LoRA the trained latent rows
+        emb = trainer.model.model.get_input_embeddings()
+        frozen = {id(p) for p in emb.parameters()} if self.options(trainer).freeze_embeddings else set()
         params = [p for p in trainer.model.parameters() if p.requires_grad and id(p) not in frozen]
         return [{"params": params, "lr": trainer.args.learning_rate}]
 

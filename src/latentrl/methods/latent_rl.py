@@ -279,7 +279,7 @@ def _components(source: Any, num_latent_steps: int | None, latent_config_cls):
     sched = trainer.schedule
     if num_latent_steps is not None:
         sched = dataclasses.replace(sched, num_latent_steps=num_latent_steps)
-    return trainer.model, trainer.operator, sched, trainer.method.prompt_text, trainer.args.max_completion_length
+    return trainer.model, trainer.operator, sched, trainer.prompt_text, trainer.args.max_completion_length
 
 
 def pretrain_value_head(

@@ -10,6 +10,7 @@ completions = that many / `num_generations` prompts, generated together so group
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import time
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 from transformers import get_scheduler
 
+from latentrl.chat import prompt_formatter
 from latentrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from latentrl.config import ConfigError, GRPOConfig, config_to_dict
 from latentrl.data.schema import Example, to_record
@@ -120,14 +122,23 @@ class GRPOTrainer:
         random.seed(args.seed)
         np.random.seed(args.seed)
         self.rollout_generator = torch.Generator(device="cpu").manual_seed(args.seed)
+        if args.lora.enabled and not model.is_peft:
+            model.apply_lora(args.lora)
+        if args.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
         disable_dropout(model.model)
+        self.prompt_text = prompt_formatter(model.tokenizer, args.prompt_format, args.system_prompt,
+                                            self.method.prompt_text)
+        """row -> the model's prompt text: `prompt_format` (raw / chat template), then the method's prompt hook."""
         self.method.setup(self)
         self.operator = self.method.build_operator(args.latent, model)
         self.schedule = self.method.build_schedule(args.latent, model)
         if self.operator is not None:
             self.operator.to(model.device)
         self.ref_model = ref_model
-        if args.beta > 0 and self.ref_model is None:
+        if args.beta > 0 and self.ref_model is None and model.is_peft:
+            self.ref_model = model  # the policy with its adapter disabled (`reference_context`): no second copy
+        elif args.beta > 0 and self.ref_model is None:
             self.ref_model = copy.deepcopy(model)
             for p in self.ref_model.parameters():
                 p.requires_grad_(False)
@@ -170,7 +181,7 @@ class GRPOTrainer:
     def _tokenize_prompts(self, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.model.tokenizer
         limit = self.args.max_prompt_length
-        ids = [tok(self.method.prompt_text(r), add_special_tokens=False)["input_ids"][-limit:] for r in rows]
+        ids = [tok(self.prompt_text(r), add_special_tokens=False)["input_ids"][-limit:] for r in rows]
         return left_pad(ids, tok.pad_token_id, device=self.model.device)
 
     @torch.no_grad()
@@ -251,8 +262,15 @@ class GRPOTrainer:
             else:
                 batch.old_logprobs = self.replay_in_chunks(self.model, batch.rollout)
             if self.ref_model is not None and self.args.beta > 0:
-                batch.ref_logprobs = self.method.reference_logprobs(self, batch)
+                with self.reference_context():
+                    batch.ref_logprobs = self.method.reference_logprobs(self, batch)
         batch.token_advantages = self.method.token_advantages(self, batch)
+
+    def reference_context(self) -> contextlib.AbstractContextManager:
+        """Where `ref_model` computes reference log-probs: under LoRA the policy itself with its adapter disabled."""
+        if self.ref_model is self.model:
+            return self.model.adapter_disabled()
+        return contextlib.nullcontext()
 
     def replay_in_chunks(self, model: LatentModel, rollout: Rollout) -> torch.Tensor:
         """No-grad per-position log-probs of a whole rollout batch, micro-batch by micro-batch."""
@@ -388,7 +406,7 @@ class GRPOTrainer:
             raise ValueError("no evaluation data: pass eval_dataset to the trainer or rows to evaluate()")
         return evaluate(self.model, data, operator=self.operator, schedule=self.schedule,
                         max_new_positions=self.args.max_completion_length, k=k, seed=self.args.seed,
-                        prompt_text=self.method.prompt_text,
+                        prompt_text=self.prompt_text,
                         decode_latent=self.method.decodes_latent_tokens(self.operator))
 
     def save(self) -> Path:
