@@ -19,7 +19,9 @@ a·E[x] + sqrt(1-a²)·(i·h) for HRPO, W z + b for DLR. Two readings of it:
 **Mixing weights** (what the operator mixed, from the payload stored in the `Rollout`): the (ids, weights) of
 `soft_mixture` / `gumbel_softmax`, the weights softmax(scores / τ_g) of `gumbel_topk`, and for HRPO's gate
 (`hrpo_gate`, mode `gate`) the mean over dimensions of a (`embeds_ratio`, weight of the sampled token's embedding)
-and of sqrt(1 - a²) (`hidden_ratio`, weight of the projected hidden state), the quantities HRPO logs.
+and of sqrt(1 - a²) (`hidden_ratio`, weight of the projected hidden state), the quantities HRPO logs, plus the
+nearest tokens (cosine) of the mixed-in projected state h = E^T p / ||p|| alone (`hidden_part`): the continuous part
+that carries the whole next-token distribution p rather than the one sampled token.
 
 `render_table` prints the result with `rich`; `plot_heatmap` draws positions × top-k tokens (colour = probability /
 cosine / weight, token text in the cells).
@@ -49,10 +51,11 @@ __all__ = [
     "build_method_operator", "inspect_thoughts", "render_table", "plot_heatmap", "VIEWS",
 ]
 
-VIEWS = ("lm_head", "cosine", "mixture")
+VIEWS = ("lm_head", "cosine", "mixture", "hidden_part")
 """The per-position top-k lists a heatmap can show (see the module docstring)."""
 VIEW_TITLES = {"lm_head": "LM head softmax(lm_head(thought))", "cosine": "cosine to input embeddings",
-               "mixture": "operator mixing weights"}
+               "mixture": "operator mixing weights",
+               "hidden_part": "HRPO projected state h = E^T p / ||p||: cosine to input embeddings"}
 
 
 class NoLatentThoughtsError(ValueError):
@@ -80,6 +83,7 @@ class ThoughtPosition:
     cosine: list[TokenScore]  # top-k of cos(thought, E[v])
     mixture: list[TokenScore] | None = None  # top-k of the operator's mixing weights (mixture operators)
     gate: dict[str, float] | None = None  # HRPO: {"embeds_ratio": mean a, "hidden_ratio": mean sqrt(1 - a^2)}
+    hidden_part: list[TokenScore] | None = None  # HRPO gate: top-k cosine of the mixed-in projected state h
 
     def top(self, view: str) -> list[TokenScore] | None:
         if view not in VIEWS:
@@ -111,9 +115,8 @@ class ThoughtInspection:
 
     @property
     def views(self) -> tuple[str, ...]:
-        """The views this result has data for (`mixture` only for mixture operators)."""
-        has_mix = any(t.mixture is not None for r in self.rows for t in r.thoughts)
-        return VIEWS if has_mix else VIEWS[:2]
+        """The views this result has data for (`mixture`: mixture operators; `hidden_part`: HRPO's gate)."""
+        return tuple(v for v in VIEWS if any(t.top(v) is not None for r in self.rows for t in r.thoughts))
 
 
 def build_method_operator(model: LatentModel, method: "str | Method", config: "GRPOConfig | None" = None,
@@ -190,7 +193,8 @@ def inspect_thoughts(
 ) -> ThoughtInspection:
     """Run one rollout per prompt with `method`'s operator and schedule and read back every latent position.
 
-    `prompts`: texts, or dataset rows with a `prompt` column (their `completion` is kept as the reference).
+    `prompts`: texts, `Example`s or dataset rows with a `prompt` column (their `completion` is kept as the
+    reference).
     `config`: the run's `GRPOConfig` (latent settings, e.g. LEPO's `num_latent_steps`); default: the config's
     defaults. `temperature=0` (default) decodes greedily with the operator's noise off; > 0 samples with noise on
     (seeded by `seed`). `max_new_positions` defaults to the config's `max_completion_length`.
@@ -199,11 +203,11 @@ def inspect_thoughts(
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    rows = [{"prompt": p} if isinstance(p, str) else dict(p) for p in prompts]
-    if not rows:
+    from latentrl.rl.trainer import as_rows
+
+    if not prompts:
         raise ValueError("no prompts to inspect")
-    if any("prompt" not in r for r in rows):
-        raise ValueError("every prompt row needs a 'prompt' column")
+    rows = as_rows([{"prompt": p} if isinstance(p, str) else p for p in prompts])
     m, operator, schedule = build_method_operator(model, method, config)
     n_new = max_new_positions or (config.max_completion_length if config is not None else 64)
 
@@ -230,12 +234,15 @@ def inspect_thoughts(
             w = _mixture_weights(operator, payload) if len(pos) else None
             mix = _top(model, w, payload["ids"], top_k) if w is not None else [None] * len(pos)
             gates = _gate_ratios(model, operator, rec) if len(pos) else None
+            hid = ([None] * len(pos) if gates is None else
+                   _top(model, F.normalize(payload["hidden"].float(), dim=-1) @ E_unit.T, None, top_k))
             views = [
                 ThoughtPosition(
                     position=int(p), recorded_id=int(i), recorded_token=_token_text(model, int(i)),
                     norm=float(v.norm()), lm_head=lm[j], cosine=cos[j], mixture=mix[j],
                     gate=({"embeds_ratio": float(gates[j, 0]), "hidden_ratio": float(gates[j, 1])}
                           if gates is not None else None),
+                    hidden_part=hid[j],
                 )
                 for j, (p, i, v) in enumerate(zip(pos.tolist(), rec.tolist(), thoughts))
             ]
@@ -284,12 +291,14 @@ def render_table(result: ThoughtInspection, console: Any = None) -> None:
             table.add_column("mixture weights")
         if has_gate:
             table.add_column("gate a / √(1-a²)", justify="right")
+            table.add_column("h (hidden part) cosine top-k")
         for t in r.thoughts:
             cells = [str(t.position), t.recorded_token, f"{t.norm:.2f}", _cell(t.lm_head), _cell(t.cosine)]
             if has_mix:
                 cells.append(_cell(t.mixture))
             if has_gate:
                 cells.append(f"{t.gate['embeds_ratio']:.3f} / {t.gate['hidden_ratio']:.3f}" if t.gate else "")
+                cells.append(_cell(t.hidden_part))
             table.add_row(*cells)
         console.print(table)
 
