@@ -81,7 +81,7 @@ class ThoughtPosition:
     norm: float  # L2 norm of the thought vector
     lm_head: list[TokenScore]  # top-k of softmax(lm_head(thought))
     cosine: list[TokenScore]  # top-k of cos(thought, E[v])
-    mixture: list[TokenScore] | None = None  # top-k of the operator's mixing weights (mixture operators)
+    mixture: list[TokenScore] | None = None  # top-k of the operator's non-zero mixing weights (mixture operators)
     gate: dict[str, float] | None = None  # HRPO: {"embeds_ratio": mean a, "hidden_ratio": mean sqrt(1 - a^2)}
     hidden_part: list[TokenScore] | None = None  # HRPO gate: top-k cosine of the mixed-in projected state h
 
@@ -233,6 +233,8 @@ def inspect_thoughts(
             cos = _top(model, F.normalize(thoughts, dim=-1) @ E_unit.T, None, top_k)
             w = _mixture_weights(operator, payload) if len(pos) else None
             mix = _top(model, w, payload["ids"], top_k) if w is not None else [None] * len(pos)
+            # tokens the operator filtered out (-inf before the softmax) have weight exactly 0: not in the mixture
+            mix = [m if m is None else [s for s in m if s.score > 0] for m in mix]
             gates = _gate_ratios(model, operator, rec) if len(pos) else None
             hid = ([None] * len(pos) if gates is None else
                    _top(model, F.normalize(payload["hidden"].float(), dim=-1) @ E_unit.T, None, top_k))
