@@ -1,4 +1,4 @@
-"""`latentrl` command line: train, eval, demo, bench, pretrain.
+"""`latentrl` command line: train, eval, inspect, demo, bench, pretrain.
 
 Every sub-command prints a one-line, actionable message for user errors (bad config, missing file, bad data)
 instead of a traceback; `LATENTRL_DEBUG=1` shows the traceback.
@@ -150,6 +150,102 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
 
 
+def resolve_model_path(name: str) -> str:
+    """A local checkpoint folder or a shipped model name (`latentrl.assets`) as a folder; a clear error otherwise."""
+    from pathlib import Path
+
+    from latentrl.assets import available_models, resolve_model
+
+    path = resolve_model(name)
+    if Path(path).exists():
+        return path
+    shipped = ", ".join(available_models()) or "none"
+    raise FileNotFoundError(f"no checkpoint {name!r}: not an existing folder and not a shipped model "
+                            f"(shipped: {shipped})")
+
+
+def run_config_near(checkpoint: str) -> str | None:
+    """The `run_config.json` that `latentrl train` wrote for this checkpoint (in it or in its run folder)."""
+    from pathlib import Path
+
+    from latentrl.logger import RUN_CONFIG_FILE
+
+    p = Path(checkpoint)
+    for folder in (p, p.parent):
+        if (folder / RUN_CONFIG_FILE).is_file():
+            return str(folder / RUN_CONFIG_FILE)
+    return None
+
+
+@command("inspect", "nearest tokens, norm and mixing weights of every latent thought: latentrl inspect --model PATH "
+                    "--method M --prompts TEXT ...")
+def cmd_inspect(ns: argparse.Namespace) -> int:
+    import json
+    import re
+    from pathlib import Path
+
+    from latentrl.config import config_from_dict
+    from latentrl.data import load_examples
+    from latentrl.thought_inspection import inspect_thoughts, plot_heatmap, render_table
+
+    small_model_threads()
+    path = resolve_model_path(ns.model)
+    overrides = [f"model_name_or_path={path}", "report_to=[none]", *ns.overrides]
+    if ns.method:
+        overrides.append(f"method={ns.method}")
+    if ns.max_new:
+        overrides.append(f"max_completion_length={ns.max_new}")
+    run_config = None if ns.config else run_config_near(path)
+    if not ns.method and not ns.config and not run_config:
+        raise ConfigError("latentrl inspect needs the method that produced the checkpoint: --method NAME (or "
+                          "--config RUN.yaml)")
+    misplaced = [p for p in ns.prompts or [] if re.match(r"^[A-Za-z_][\w.-]*=", p)]
+    if misplaced:
+        raise ConfigError(f"{misplaced[0]!r} looks like a key=value override: put overrides before --prompts")
+    if run_config:
+        data = {k: v for k, v in json.loads(Path(run_config).read_text()).items() if k != "output_dir"}
+        cfg = config_from_dict(GRPOConfig, data, overrides)
+        print(f"settings of the run: {run_config}")
+    else:
+        cfg = load_config(GRPOConfig, ns.config, overrides)
+    if ns.prompts:
+        prompts = list(ns.prompts)
+    elif ns.dataset:
+        prompts = load_examples(ns.dataset, split="eval", n=ns.num, seed=cfg.seed)[: ns.num]
+    else:
+        raise ConfigError("latentrl inspect needs prompts: --prompts TEXT [TEXT ...] or --dataset SOURCE --num N")
+    res = inspect_thoughts(build_model_for(cfg), cfg.method, prompts, config=cfg, top_k=ns.top_k,
+                           temperature=ns.temperature, seed=ns.seed)
+    render_table(res)
+    if ns.out:
+        if any(r.thoughts for r in res.rows):
+            print(f"heatmap: {plot_heatmap(res, ns.out, max_positions=ns.max_positions)}")
+        else:
+            print("no latent positions in any completion: no heatmap written")
+    return 0
+
+
+def _add_inspect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint folder (e.g. RUN/checkpoint-40) or shipped model name")
+    p.add_argument("--method", default=None,
+                   help="registered latent method whose thoughts to form (default: the run's, from run_config.json)")
+    p.add_argument("--config", default=None,
+                   help="the run's YAML (latent settings); default: run_config.json beside the checkpoint if any")
+    p.add_argument("--prompts", nargs="+", default=None,
+                   help="prompt texts as the dataset writes them (key=value overrides go before --prompts)")
+    p.add_argument("--dataset", "--data", dest="dataset", default=None,
+                   help="take prompts from this task name / data file instead (its eval split)")
+    p.add_argument("--num", type=int, default=3, help="prompts taken from --dataset (default 3)")
+    p.add_argument("--top-k", type=int, default=5, help="tokens shown per position and view (default 5)")
+    p.add_argument("--out", default=None, help="write the heatmap image here (.png)")
+    p.add_argument("--max-positions", type=int, default=None, help="plot only the first N latent positions")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (with --temperature > 0)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 (default): greedy, operator noise off; > 0: sample with noise on")
+    p.add_argument("--max-new", type=int, default=None, help="max completion positions (default: the config's)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. latent.num_latent_steps=8)")
+
+
 @command("demo", "the embedded default: RL on the shipped small model, before/after table, curves (minutes, CPU)")
 def cmd_demo(ns: argparse.Namespace) -> int:
     from latentrl.demo import run_demo
@@ -234,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 ARG_BUILDERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "train": _add_train_args, "eval": _add_eval_args, "demo": _add_demo_args, "bench": _add_bench_args,
-    "pretrain": _add_pretrain_args,
+    "pretrain": _add_pretrain_args, "inspect": _add_inspect_args,
 }
 
 if __name__ == "__main__":
