@@ -1,6 +1,7 @@
 """Gradient checkpointing recomputes activations in the backward pass and changes nothing else: the same loss and
 gradients for one GRPO step, with plain token inputs and with a latent method whose inputs are embeddings."""
 
+import functools
 import sys
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_lora import lora_trainer, tiny  # noqa: E402
+
+from latentrl.replay import replay  # noqa: E402
 
 
 def layer0_mlp(t):
@@ -29,7 +32,11 @@ def one_step(method, out, checkpointing, lora):
         return forward(*args, **kwargs)
 
     mlp.forward = counted
-    metrics = t.train_step()
+    # checkpointing runs the training forward without a KV cache, i.e. without the shared-prompt replay; take the
+    # same full-sequence path in the plain run so that layer-0 calls compare one to one
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("latentrl.rl.trainer.replay", functools.partial(replay, share_prompts=False))
+        metrics = t.train_step()
     grads = {n: p.grad.clone() for n, p in t.model.named_parameters() if p.grad is not None}
     return metrics, grads, calls
 

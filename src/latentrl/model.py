@@ -209,6 +209,15 @@ class LatentModel(nn.Module):
         else:
             hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether the decoder layers recompute activations in backward (HF then runs training forwards without a
+        KV cache, so callers that need one, like the shared-prompt replay, must take the plain path)."""
+        hf = self.model.get_base_model() if self.is_peft else self.model
+        flag = getattr(type(hf), "is_activation_checkpointing", None)  # transformers >= 5 name
+        return bool(getattr(hf, "is_activation_checkpointing" if flag is not None else "is_gradient_checkpointing",
+                            False))
+
     def _latent_row_ids(self) -> list[int]:
         ids = self.latent_ids
         return [ids.start, ids.latent, ids.end] if ids is not None else []

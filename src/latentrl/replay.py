@@ -60,7 +60,8 @@ def replay(
     comp = completion_embeds(model, operator, rollout)
     mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1).long()
     position = (mask.cumsum(-1) - 1).clamp_min(0)
-    shared = _shared_prompt_rows(rollout) if share_prompts and C > 0 and P > 0 else None
+    no_cache = model.model.training and torch.is_grad_enabled() and model.is_gradient_checkpointing
+    shared = _shared_prompt_rows(rollout) if share_prompts and C > 0 and P > 0 and not no_cache else None
     if shared is None:
         embeds = torch.cat([model.embed(rollout.prompt_ids), comp], dim=1)
         _, hidden, _ = model.forward_embeds(embeds, attention_mask=mask, position_ids=position, compute_logits=False)
