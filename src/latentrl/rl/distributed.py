@@ -58,7 +58,9 @@ def make_accelerator(mixed_precision: str | None) -> Accelerator:
             raise ConfigError(f"mixed_precision={mp!r} differs from the launcher's "
                               f"{state.get('_mixed_precision')!r}; set it in one place")
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mp)
+    # accelerate starts a process group on CPUs (gloo) only when asked to use the CPU; torchrun does not say so
+    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(mixed_precision=mp, cpu=cpu)
 
 
 def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
