@@ -39,7 +39,7 @@ def build_model_for(cfg: GRPOConfig):
     from latentrl.model import LatentModel
 
     needs_latent_tokens = cfg.latent.operator == "hidden_state" or any("latent" in t for t in cfg.latent.after_latent_tokens)
-    return LatentModel.from_pretrained(cfg.model_name_or_path, add_latent_tokens=needs_latent_tokens)
+    return LatentModel.from_pretrained(cfg.model_name_or_path, add_latent_tokens=needs_latent_tokens, dtype=cfg.dtype)
 
 
 def load_train_data(cfg: GRPOConfig):
