@@ -118,3 +118,9 @@ def test_large_vocab_replay_materialises_one_chunk_of_logits_at_a_time():
     with torch.no_grad():
         replay(lm, op, r, logits_chunk_size=chunk)
     assert len(rows) == n_chunks
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 autocast is a GPU feature")
+def test_fp16_on_cpu_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="fp16.*GPU"):
+        trainer(tmp_path, mixed_precision="fp16")

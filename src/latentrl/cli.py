@@ -66,7 +66,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
         evals = load_examples(cfg.eval_dataset, split="eval", n=cfg.num_eval_examples, seed=cfg.seed)
     trainer = get_method(cfg.method).trainer_class(cfg, model, load_train_data(cfg), eval_dataset=evals)
     trainer.train()
-    print(f"done: {trainer.global_step} steps; checkpoints and logs in {cfg.output_dir}")
+    if trainer.dp.is_main:
+        print(f"done: {trainer.global_step} steps; checkpoints and logs in {cfg.output_dir}")
     return 0
 
 

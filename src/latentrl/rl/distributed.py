@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import broadcast, gather_object
+from accelerate.utils import DistributedType, broadcast, gather_object
 
 from latentrl.config import ConfigError
 
@@ -60,7 +60,16 @@ def make_accelerator(mixed_precision: str | None) -> Accelerator:
         AcceleratorState._reset_state()
     # accelerate starts a process group on CPUs (gloo) only when asked to use the CPU; torchrun does not say so
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    return Accelerator(mixed_precision=mp, cpu=cpu)
+    accelerator = Accelerator(mixed_precision=mp, cpu=cpu)
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(
+            f"{accelerator.distributed_type.value} is not supported: latentrl's trainer keeps a full model replica per "
+            "process and sums gradients itself, because rollouts and replays call the decoder stack, LM head and "
+            "thought operators directly rather than one wrapped forward; launch with a multi-GPU (DDP-style) config")
+    if mp == "fp16" and accelerator.device.type == "cpu":
+        raise ConfigError("mixed_precision='fp16' needs a GPU (accelerate does not autocast to fp16 on the CPU); "
+                          "use bf16 on the CPU")
+    return accelerator
 
 
 def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
