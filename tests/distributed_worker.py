@@ -21,8 +21,10 @@ GLOBAL_MICRO_BATCHES = 4  # x per_device_train_batch_size 3 = 12 completions = 3
 RUNS = {
     # token-mean loss (global num_tokens), KL to a reference, two updates per batch (old log-probs replayed)
     "grpo": dict(method="grpo", loss_type="dapo", beta=0.04, num_iterations=2),
-    # a latent method: HRPO's gated hybrid inputs (side module + operator), on-policy REINFORCE
+    # a latent method: HRPO's gated hybrid inputs (side module + operator), on-policy REINFORCE; DAPO dynamic
+    # sampling (zero-std groups dropped and refilled: refill rounds, possibly uneven process slices)
     "hrpo": dict(method="hrpo", temperature=1.0, beta=0.005, policy_loss="reinforce", loss_type="grpo",
+                 dynamic_sampling=True, max_resample_rounds=1,
                  latent=LatentConfig(operator="hrpo_gate", answer_delimiter="####", latent_temperature=1.0)),
 }
 
@@ -30,6 +32,15 @@ RUNS = {
 def varied_reward(prompts, completions, **kw):
     """Deterministic and varied across completions, so advantages and gradients are non-zero."""
     return [float(len(c.split()) % 3) for c in completions]
+
+
+def some_groups_constant(prompts, completions, **kw):
+    """Constant 1 for prompts with an even digit sum (zero-std groups that dynamic sampling drops), else varied."""
+    odd = [sum(int(t) for t in p.split() if t.isdigit()) % 2 for p in prompts]
+    return [float(len(c.split()) % 3) if o else 1.0 for o, c in zip(odd, completions)]
+
+
+REWARDS = {"grpo": varied_reward, "hrpo": some_groups_constant}
 
 
 def config(out: Path, world: int, name: str, **kw) -> GRPOConfig:
@@ -53,17 +64,17 @@ def run(name: str, out: Path, world: int) -> dict:
     words = task_vocabulary("chain_sum")
     data = make_examples("chain_sum", 16, seed=0, length=3)
     t = GRPOTrainer(config(out / name / "full", world, name), tiny_latent_model("qwen2", words, seed=0, hidden=32),
-                    data, reward_funcs=[varied_reward])
+                    data, reward_funcs=[REWARDS[name]])
     hist = t.train()
-    keys = ("loss", "reward", "grad_norm", "kl", "entropy")
+    keys = ("loss", "reward", "grad_norm", "kl", "entropy", "dynamic_sampling/kept_groups")
     res = {"metrics": [{k: m[k] for k in keys if k in m} for m in hist], "params": flat_params(t),
            "rank": t.dp.rank, "world": t.dp.world_size}
     if name in RESUMED:
         half = out / name / "resumed"
         GRPOTrainer(config(half, world, name, max_steps=1), tiny_latent_model("qwen2", words, seed=0, hidden=32),
-                    data, reward_funcs=[varied_reward]).train()
+                    data, reward_funcs=[REWARDS[name]]).train()
         r = GRPOTrainer(config(half, world, name), tiny_latent_model("qwen2", words, seed=0, hidden=32), data,
-                        reward_funcs=[varied_reward])
+                        reward_funcs=[REWARDS[name]])
         r.train(resume_from_checkpoint=True)
         res["resumed_params"] = flat_params(r)
     return res
