@@ -57,7 +57,12 @@ def test_two_processes_equal_one_process(two_process_and_reference, name):
         for m_dp, m_ref in zip(res["metrics"], ref["metrics"]):
             assert m_dp.keys() == m_ref.keys()
             assert m_dp["reward"] == m_ref["reward"]  # identical completions
+            full = m_ref.get("dynamic_sampling/kept_groups", 3) == 3
             for key in m_ref:
+                # kl / entropy are row-weighted means of micro-batch token means (as in TRL), so they are only
+                # comparable when both runs cut the batch into the same micro-batches (a full batch: 3+3 | 3+3)
+                if key in ("kl", "entropy") and not full:
+                    continue
                 assert m_dp[key] == pytest.approx(m_ref[key], rel=1e-3, abs=1e-6), key
         assert ref["metrics"][0]["grad_norm"] > 0
         # Adam with lr 1e-2 turns ~1e-9 summation-order differences of the gradient into ~1e-6 in the weights
