@@ -22,7 +22,11 @@ Why not DDP/FSDP-wrap the model: the trainer never calls `model.forward`. Rollou
 the decoder stack, the LM head, side modules and thought operators directly, which DDP's reducer and FSDP's
 parameter gathering (both driven by the wrapped module's forward) do not see. A full replica per process and an
 explicit gradient all-reduce after the backward passes is correct for every method; the cost is no overlap of
-communication with the backward pass.
+communication with the backward pass. FSDP/DeepSpeed launches are refused with a ConfigError for that reason.
+
+Launch: `accelerate launch --config_file configs/accelerate/multi_gpu_ddp.yaml -m latentrl.cli train --config X`
+on GPUs; on CPUs (gloo) `torchrun --nproc_per_node 2 -m latentrl.cli train --config X` (`accelerate launch --cpu`
+starts a single process unless it is set up for mpirun).
 """
 
 from __future__ import annotations
