@@ -38,7 +38,7 @@ def small_model_threads() -> None:
 
 def build_model_for(cfg: GRPOConfig):
     needs_latent_tokens = cfg.latent.operator == "hidden_state" or any("latent" in t for t in cfg.latent.after_latent_tokens)
-    return load_model(cfg.model_name_or_path, add_latent_tokens=needs_latent_tokens)
+    return load_model(cfg.model_name_or_path, add_latent_tokens=needs_latent_tokens, dtype=cfg.dtype)
 
 
 def load_model(name_or_path: str, **kwargs: Any):
@@ -89,7 +89,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
                               **data_options(cfg))
     trainer = get_method(cfg.method).trainer_class(cfg, model, load_train_data(cfg), eval_dataset=evals)
     trainer.train()
-    print(f"done: {trainer.global_step} steps; checkpoints and logs in {cfg.output_dir}")
+    if trainer.dp.is_main:
+        print(f"done: {trainer.global_step} steps; checkpoints and logs in {cfg.output_dir}")
     return 0
 
 

@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import os
 import textwrap
 import types
 import typing
@@ -867,6 +868,14 @@ class DLRConfig(BaseConfig):
             raise ConfigError(f"min_std ({self.min_std}) must be <= init_std ({self.init_std})")
 
 
+def _launcher_world_size() -> int:
+    """Processes started by `accelerate launch` / torchrun (their WORLD_SIZE variable); 1 otherwise."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 @dataclasses.dataclass(kw_only=True)
 class LoraConfig(BaseConfig):
     """LoRA adapters (peft) instead of full fine-tuning; the KL reference is the same model with the adapter off."""
@@ -1120,6 +1129,27 @@ class GRPOConfig(BaseConfig):
         choices=("jsonl", "tensorboard", "none"),
     )
 
+    # --- precision and parallelism -----------------------------------------------------------------------------
+    dtype: str = cfg_field(
+        "float32",
+        "dtype the model's weights are loaded in (TRL ModelConfig.dtype); 'auto' = the checkpoint's own dtype.",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    mixed_precision: str | None = cfg_field(
+        None,
+        "Autocast for rollouts and the update (accelerate): no, bf16 (CPU and GPU) or fp16 (GPU, with a loss "
+        "scaler); null = what `accelerate launch` configured, else no.",
+        choices=("no", "bf16", "fp16"),
+    )
+    rollout_chunk_size: int | None = cfg_field(
+        None,
+        "Completions generated together in one batched rollout, each chunk with its own random stream seeded "
+        "from (seed, step, chunk); chunks are spread over processes. Runs with the same global batch and the same "
+        "value draw the same completions whatever the number of processes. null = "
+        "per_device_train_batch_size * gradient_accumulation_steps (one chunk per process).",
+        min=1,
+    )
+
     # --- prompt format ------------------------------------------------------------------------------------------
     prompt_format: str = cfg_field(
         "raw",
@@ -1170,11 +1200,14 @@ class GRPOConfig(BaseConfig):
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
 
     def validate(self) -> None:
-        if self.generation_batch_size % self.num_generations != 0:
+        world = _launcher_world_size()
+        if self.generation_batch_size * world % self.num_generations != 0:
+            procs = f" * {world} processes" if world > 1 else ""
             raise ConfigError(
-                f"per_device_train_batch_size * gradient_accumulation_steps = {self.per_device_train_batch_size} * "
-                f"{self.gradient_accumulation_steps} = {self.generation_batch_size} completions per step must be "
-                f"divisible by num_generations ({self.num_generations})"
+                f"per_device_train_batch_size * gradient_accumulation_steps{procs} = {self.per_device_train_batch_size}"
+                f" * {self.gradient_accumulation_steps}{f' * {world}' if world > 1 else ''} = "
+                f"{self.generation_batch_size * world} completions per step must be divisible by num_generations "
+                f"({self.num_generations})"
             )
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             raise ConfigError(f"epsilon_high ({self.epsilon_high}) must be >= epsilon ({self.epsilon})")

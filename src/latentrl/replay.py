@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from transformers import DynamicCache
 
 from latentrl.model import LatentModel
@@ -50,8 +51,9 @@ def replay(
 ) -> ReplayOutput:
     """Per-position log-probs of a stored rollout under the model's current parameters.
 
-    Logits are materialised for completion positions only, `logits_chunk_size` positions at a time, so a
-    150k-token vocabulary never needs a full B×T×V float32 tensor beyond one chunk's worth in the forward.
+    Logits are materialised for completion positions only, `logits_chunk_size` positions at a time, and with
+    gradients each chunk is recomputed in the backward pass instead of kept, so a 150k-token vocabulary never
+    needs more than one chunk's (chunk × V) float32 logits at once, forward or backward.
     With `share_prompts` (default), rows with the same prompt (a GRPO group) run the prompt forward once and
     share its KV cache; the result equals the plain full-sequence forward up to float rounding.
     """
@@ -87,21 +89,32 @@ def replay(
     flat_h = h.reshape(B * C, -1)
     ids = rollout.completion_ids.reshape(-1)
     lat = rollout.latent_mask.reshape(-1)
-    lp_parts, ent_parts = [], []
-    for start in range(0, B * C, max(1, logits_chunk_size)):
-        sl = slice(start, start + logits_chunk_size)
-        logits = model.lm_head(flat_h[sl]).float()
+    payload = {k: v.reshape(B * C, *v.shape[2:]) for k, v in rollout.payload.items()}
+
+    def score(h_chunk: torch.Tensor, sl: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = model.lm_head(h_chunk).float()
         logp = (logits / temp).log_softmax(-1)
         lp = logp.gather(-1, ids[sl, None]).squeeze(-1)
         if operator is not None and bool(lat[sl].any()):
             sub = lat[sl]
-            op_lp = operator.log_prob(
-                logits[sub], ids[sl][sub], {k: v.reshape(B * C, *v.shape[2:])[sl][sub] for k, v in rollout.payload.items()}
-            )
+            op_lp = operator.log_prob(logits[sub], ids[sl][sub], {k: v[sl][sub] for k, v in payload.items()})
             lp = lp.masked_scatter(sub, op_lp.float())
+        ent = -(logp.exp() * logp).sum(-1) if compute_entropy else None
+        return lp, ent
+
+    # With gradients, each chunk is checkpointed: autograd keeps only the chunk's hidden states and recomputes its
+    # logits in the backward pass, one chunk at a time, so no B×C×V tensor is ever alive (tests/test_replay.py).
+    checkpointed = torch.is_grad_enabled() and flat_h.requires_grad
+    lp_parts, ent_parts = [], []
+    for start in range(0, B * C, max(1, logits_chunk_size)):
+        sl = slice(start, start + logits_chunk_size)
+        if checkpointed:
+            lp, ent = torch.utils.checkpoint.checkpoint(score, flat_h[sl], sl, use_reentrant=False)
+        else:
+            lp, ent = score(flat_h[sl], sl)
         lp_parts.append(lp)
         if compute_entropy:
-            ent_parts.append(-(logp.exp() * logp).sum(-1))
+            ent_parts.append(ent)
     logprobs = torch.cat(lp_parts).view(B, C) if lp_parts else h.new_zeros((B, C), dtype=torch.float32)
     entropy = (torch.cat(ent_parts).view(B, C) if ent_parts else torch.zeros_like(logprobs)) if compute_entropy else None
     return ReplayOutput(logprobs=logprobs, entropy=entropy, hidden=comp_hidden if return_hidden else None)

@@ -7,7 +7,9 @@
 
 The main model is frozen (`requires_grad_(False)`, never in the optimizer): the update needs no main-model forward
 at all unless `nll_coef > 0`, because the stored prompt feature h and chain z determine the assistant's
-log-density. Data order, rewards, dynamic sampling, logging, checkpoints and resume are GRPOTrainer's.
+log-density. Data order, rewards, dynamic sampling, logging, checkpoints and resume are GRPOTrainer's. With several
+processes the rollouts are split over them (GRPOTrainer's chunks) and every process runs this whole-batch update
+on the gathered batch, so the replicas stay identical without a gradient all-reduce.
 Evaluation: `latentrl.eval.evaluate(model, ..., operator=trainer.operator, schedule=trainer.schedule,
 prompt_text=trainer.method.prompt_text)` works as for every method (greedy Pass@1 decodes the mean chain mu;
 Pass@k samples chains); `trainer.evaluate_examples(...)` is the same call with the trainer's settings.
@@ -74,9 +76,9 @@ class DLRTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ rollouts
     @torch.no_grad()
-    def generate_and_score(self, prompt_rows: list[dict[str, Any]]) -> StepBatch:
+    def generate_and_score(self, prompt_rows: list[dict[str, Any]], round_: int = 0) -> StepBatch:
         self.operator.reset()
-        batch = super().generate_and_score(prompt_rows)
+        batch = super().generate_and_score(prompt_rows, round_=round_)
         ro = batch.rollout
         # main-model positions computed by the engine: the padded prefill, then one per decoding step but the last
         self._main_tokens += ro.batch_size * (ro.prompt_ids.shape[1] + max(ro.completion_ids.shape[1] - 1, 0))
@@ -143,7 +145,7 @@ class DLRTrainer(GRPOTrainer):
             part = ro.select(torch.arange(s, min(s + mb, n)))
             mu, _ = self.assistant(h[s : s + mb])
             nll = self._answer_nll(part, self.assistant.project(mu))
-            (weight * nll * part.batch_size / n).backward()
+            self.accelerator.backward(weight * nll * part.batch_size / n)
             total += nll.item() * part.batch_size / n
         return total
 
@@ -192,7 +194,7 @@ class DLRTrainer(GRPOTrainer):
                 raise TrainingDivergedError(f"non-finite DLR loss ({loss.item()}) at step {self.global_step + 1}; the "
                                             f"last checkpoint in {self.output_dir} is intact")
             if loss.requires_grad:
-                loss.backward()
+                self.accelerator.backward(loss)  # fp16: scaled like every other loss of the trainer
             total = loss.item()
             if c.nll_coef > 0:
                 nll = self.nll_backward(batch, keep, chains, c.nll_coef)
@@ -200,8 +202,8 @@ class DLRTrainer(GRPOTrainer):
                 total += c.nll_coef * nll
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v / self.args.num_iterations
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm if self.args.max_grad_norm > 0
-                                                       else float("inf"))
+            grad_norm = self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm if self.args.max_grad_norm > 0
+                                                         else float("inf"))
             if not torch.isfinite(grad_norm):
                 raise TrainingDivergedError(f"non-finite gradient norm at step {self.global_step + 1}; the last "
                                             f"checkpoint in {self.output_dir} is intact")

@@ -4,8 +4,11 @@
             ─▶ [num_iterations × micro-batches] replay ─▶ policy loss + KL + method objective ─▶ optimizer step
 
 TRL's `GRPOTrainer` semantics and names (`num_generations`, `beta`, `epsilon`, `loss_type`, `scale_rewards`, ...).
-Batch bookkeeping: one optimizer step consumes `per_device_train_batch_size * gradient_accumulation_steps`
-completions = that many / `num_generations` prompts, generated together so groups are whole.
+Batch bookkeeping: one optimizer step consumes `per_device_train_batch_size * gradient_accumulation_steps *
+num_processes` completions = that many / `num_generations` prompts. Data parallelism (accelerate; any number of
+processes, one code path) is described in `latentrl.rl.distributed`: rollout chunks with world-size independent
+seeds, everything after generation on the whole (gathered) batch, each process updating on its slice with global
+loss normalisers, gradients summed across processes.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from latentrl.model import LatentModel
 from latentrl.replay import replay
 from latentrl.rewards import compute_rewards, get_reward_funcs
 from latentrl.rl.advantages import zero_std_groups
+from latentrl.rl.distributed import DataParallel, chunk_generator, chunk_ranges, make_accelerator
 from latentrl.rl.losses import aggregate_loss, kl_penalty, masked_mean, mixed_policy_loss
 from latentrl.rollout import Rollout, SamplingParams, decode_completions, generate_rollout, left_pad
 
@@ -111,17 +115,22 @@ class GRPOTrainer:
         if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
             raise ConfigError(f"reward_weights has {len(args.reward_weights)} entries but there are "
                               f"{len(self.reward_funcs)} reward functions")
+        self.accelerator = make_accelerator(args.mixed_precision)
+        self.dp = DataParallel(self.accelerator)
+        model.to(self.accelerator.device)
         self.G = args.num_generations
-        self.step_completions = args.per_device_train_batch_size * args.gradient_accumulation_steps
-        if self.step_completions % self.G:
-            raise ConfigError("per_device_train_batch_size * gradient_accumulation_steps "
-                              f"({self.step_completions}) must be divisible by num_generations ({self.G})")
-        self.prompts_per_step = self.step_completions // self.G
+        self.step_completions = args.per_device_train_batch_size * args.gradient_accumulation_steps  # per process
+        global_completions = self.step_completions * self.dp.world_size
+        if global_completions % self.G:
+            procs = f" * num_processes ({self.dp.world_size})" if self.dp.world_size > 1 else ""
+            raise ConfigError(f"per_device_train_batch_size * gradient_accumulation_steps{procs} "
+                              f"({global_completions}) must be divisible by num_generations ({self.G})")
+        self.prompts_per_step = global_completions // self.G
+        self.rollout_chunk_size = args.rollout_chunk_size or self.step_completions
 
         torch.manual_seed(args.seed)
         random.seed(args.seed)
         np.random.seed(args.seed)
-        self.rollout_generator = torch.Generator(device="cpu").manual_seed(args.seed)
         if args.lora.enabled and not model.is_peft:
             model.apply_lora(args.lora)
         if args.gradient_checkpointing:
@@ -135,6 +144,7 @@ class GRPOTrainer:
         self.schedule = self.method.build_schedule(args.latent, model)
         if self.operator is not None:
             self.operator.to(model.device)
+        self._sync_initial_weights()
         self.ref_model = ref_model
         if args.beta > 0 and self.ref_model is None and model.is_peft:
             self.ref_model = model  # the policy with its adapter disabled (`reference_context`): no second copy
@@ -150,6 +160,7 @@ class GRPOTrainer:
             args.lr_scheduler_type, self.optimizer, num_warmup_steps=int(args.warmup_ratio * args.max_steps),
             num_training_steps=max(1, args.max_steps),
         )
+        self.optimizer = self.accelerator.prepare_optimizer(self.optimizer)  # fp16 loss scaling; device placement
         self.sampling = SamplingParams(
             max_new_positions=args.max_completion_length, temperature=args.temperature,
             top_k=args.top_k or None, top_p=args.top_p if args.top_p < 1.0 else None,
@@ -185,21 +196,46 @@ class GRPOTrainer:
         return left_pad(ids, tok.pad_token_id, device=self.model.device)
 
     @torch.no_grad()
-    def generate_and_score(self, prompt_rows: list[dict[str, Any]]) -> StepBatch:
-        """G completions per prompt, rewards, group advantages (TRL's `_generate_and_score_completions`)."""
+    def generate_and_score(self, prompt_rows: list[dict[str, Any]], round_: int = 0) -> StepBatch:
+        """G completions per prompt, rewards, group advantages (TRL's `_generate_and_score_completions`).
+
+        `prompt_rows` are the whole step's prompts (every process passes the same ones); this process generates and
+        scores its rollout chunks, and the returned batch is the gathered whole, identical on every process.
+        `round_` numbers the dynamic-sampling refills of a step (it enters the chunk seeds).
+        """
         rows = [r for r in prompt_rows for _ in range(self.G)]
-        ids, mask = self._tokenize_prompts(rows)
+        chunks = chunk_ranges(len(rows), self.rollout_chunk_size)
         self.model.eval()
-        rollout = generate_rollout(self.model, ids, mask, self.sampling, self.operator, self.schedule,
-                                   self.rollout_generator)
+        mine = []
+        for c in self.dp.my_chunks(len(chunks)):
+            start, end = chunks[c]
+            gen = chunk_generator(self.args.seed, self.global_step, round_, c)
+            mine.append(self._generate_chunk(rows[start:end], gen))
+        parts = self.dp.gather_objects(mine)
+        pad_id = self.model.tokenizer.pad_token_id
+        rollout = parts[0][0] if len(parts) == 1 else Rollout.concat([p[0] for p in parts], pad_id)
+        rollout = rollout.to(self.model.device)
+        completions = [c for p in parts for c in p[1]]
+        per_func = torch.cat([p[2] for p in parts])
+        rewards = torch.cat([p[3] for p in parts])
+        batch = StepBatch(rollout, rows, completions, rewards, torch.zeros_like(rewards), per_func_rewards=per_func)
+        batch.advantages = self.method.compute_advantages(self, batch)
+        return batch
+
+    def _generate_chunk(self, rows: list[dict[str, Any]], generator: torch.Generator
+                        ) -> tuple[Rollout, list[str], torch.Tensor, torch.Tensor]:
+        """One batched rollout of `rows` and its rewards: (rollout, completions, per-function rewards, rewards);
+        on the CPU when other processes will receive it."""
+        ids, mask = self._tokenize_prompts(rows)
+        rollout = generate_rollout(self.model, ids, mask, self.sampling, self.operator, self.schedule, generator)
         completions = decode_completions(self.model, rollout,
                                          skip_latent=not self.method.decodes_latent_tokens(self.operator))
         columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
         per_func, rewards = compute_rewards(self.reward_funcs, [r["prompt"] for r in rows], completions, columns,
                                             self.args.reward_weights)
-        batch = StepBatch(rollout, rows, completions, rewards, torch.zeros_like(rewards), per_func_rewards=per_func)
-        batch.advantages = self.method.compute_advantages(self, batch)
-        return batch
+        if self.dp.world_size > 1:
+            rollout, per_func, rewards = rollout.to("cpu"), per_func.cpu(), rewards.cpu()
+        return rollout, completions, per_func, rewards
 
     def _collect_step_batch(self) -> tuple[StepBatch, dict[str, float]]:
         """One step's batch; with dynamic sampling, zero-std groups are dropped and refilled (DAPO)."""
@@ -209,10 +245,10 @@ class GRPOTrainer:
             return batch, stats
         kept = [batch.select(self._informative_rows(batch))]
         have = kept[0].rewards.numel() // self.G
-        for _ in range(self.args.max_resample_rounds):
+        for round_ in range(1, self.args.max_resample_rounds + 1):
             if have >= self.prompts_per_step:
                 break
-            more = self.generate_and_score(self._next_prompts(self.prompts_per_step - have))
+            more = self.generate_and_score(self._next_prompts(self.prompts_per_step - have), round_=round_)
             kept.append(more.select(self._informative_rows(more)))
             have += kept[-1].rewards.numel() // self.G
         stats["dynamic_sampling/kept_groups"] = float(have)
@@ -254,17 +290,32 @@ class GRPOTrainer:
         return m
 
     # ------------------------------------------------------------------ loss
-    def _prepare_for_update(self, batch: StepBatch) -> None:
-        """Old and reference log-probs (no grad) and per-position advantages, once per rollout batch."""
-        with torch.no_grad():
+    def _prepare_for_update(self, batch: StepBatch) -> StepBatch:
+        """Old and reference log-probs (no grad) and per-position advantages, once per rollout batch; returns
+        this process's slice of `batch` (the whole batch in one process).
+
+        Old log-probs are replayed on each process's slice and gathered, because per-position advantages may look
+        at whole groups (Latent-GRPO's first-token selection); reference log-probs are only needed on the slice.
+        """
+        mine = self.dp.my_rows(batch.rewards.numel())
+        with torch.no_grad(), self.accelerator.autocast():
             if self.args.num_iterations == 1 and self.loss_temperature == self.args.temperature:
                 batch.old_logprobs = batch.rollout.logprobs  # on-policy: the rollout's own log-probs (TRL)
             else:
-                batch.old_logprobs = self.replay_in_chunks(self.model, batch.rollout)
+                old = self.replay_in_chunks(self.model, batch.rollout.select(mine))
+                batch.old_logprobs = self._gather_rows(old)
+            batch.token_advantages = self.method.token_advantages(self, batch)
+            local = batch if self.dp.world_size == 1 else batch.select(mine)
             if self.ref_model is not None and self.args.beta > 0:
                 with self.reference_context():
-                    batch.ref_logprobs = self.method.reference_logprobs(self, batch)
-        batch.token_advantages = self.method.token_advantages(self, batch)
+                    local.ref_logprobs = self.method.reference_logprobs(self, local)
+        return local
+
+    def _gather_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenate every process's rows of a per-row tensor (their slices are contiguous, in rank order)."""
+        if self.dp.world_size == 1:
+            return t
+        return torch.cat([p.to(t.device) for p in self.dp.gather_objects([t.cpu()])])
 
     def reference_context(self) -> contextlib.AbstractContextManager:
         """Where `ref_model` computes reference log-probs: under LoRA the policy itself with its adapter disabled."""
@@ -318,40 +369,51 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ the loop
     def train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
-        batch, metrics = self._collect_step_batch()
+        with self.accelerator.autocast():
+            batch, metrics = self._collect_step_batch()
         t_gen = time.perf_counter() - t0
         metrics.update(self.method.rollout_metrics(self, batch))
-        self._prepare_for_update(batch)
+        # global normalisers: the per-process losses then sum to the single-process loss (see rl.distributed)
         n = batch.rewards.numel()
+        num_tokens = float(self.loss_mask(batch).sum().clamp_min(1))
+        local = self._prepare_for_update(batch)
         mb = self.args.per_device_train_batch_size
-        micro_idx = [torch.arange(s, min(s + mb, n)) for s in range(0, n, mb)]
-        full_mask = self.loss_mask(batch)
-        num_tokens = float(full_mask.sum().clamp_min(1))
+        n_local = local.rewards.numel()
+        micro_idx = [torch.arange(s, min(s + mb, n_local)) for s in range(0, n_local, mb)]
         self.model.train()
         sums: dict[str, float] = {}
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         for _ in range(self.args.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            total = 0.0
+            total, bad = 0.0, None
             for idx in micro_idx:
-                micro = batch.select(idx)
-                loss, m = self.compute_loss(micro, num_sequences=n, num_tokens=num_tokens, num_micro=len(micro_idx))
+                micro = local.select(idx)
+                with self.accelerator.autocast():
+                    loss, m = self.compute_loss(micro, num_sequences=n, num_tokens=num_tokens,
+                                                num_micro=len(micro_idx))
                 if not torch.isfinite(loss):
-                    raise TrainingDivergedError(
-                        f"non-finite loss ({loss.item()}) at step {self.global_step + 1}; the last checkpoint in "
-                        f"{self.output_dir} is intact — lower the learning rate or check the rewards")
-                loss.backward()
+                    bad = loss.item()
+                    break
+                self.accelerator.backward(loss)
                 total += loss.item()
                 w = len(idx) / n
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * w / self.args.num_iterations
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
-            if not torch.isfinite(grad_norm):
+            if self.dp.any_true(bad is not None):
+                raise TrainingDivergedError(
+                    f"non-finite loss ({bad if bad is not None else 'on another process'}) at step "
+                    f"{self.global_step + 1}; the last checkpoint in {self.output_dir} is intact — lower the learning "
+                    "rate or check the rewards")
+            self.dp.sum_gradients(params)
+            grad_norm = self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
+            if not torch.isfinite(grad_norm) and self.accelerator.scaler is None:  # fp16: the scaler skips the step
                 raise TrainingDivergedError(f"non-finite gradient norm at step {self.global_step + 1}; the last "
                                             f"checkpoint in {self.output_dir} is intact")
             self.optimizer.step()
         self.scheduler.step()
         self.global_step += 1
+        sums = self.dp.sum_floats({**sums, "loss": total})  # metrics of every process's slice, as one batch
+        total = sums.pop("loss")
         metrics.update(sums)
         metrics.update({"loss": total, "grad_norm": float(grad_norm), "learning_rate": self.scheduler.get_last_lr()[0],
                         "time/generation_s": t_gen, "time/step_s": time.perf_counter() - t0})
@@ -376,10 +438,13 @@ class GRPOTrainer:
             if path is None:
                 raise FileNotFoundError(f"--resume: no complete checkpoint in {self.output_dir}")
             start_step = self._load(path)
-        logger = MetricsLogger(self.output_dir, a.report_to, config_to_dict(a), resume_step=start_step if resume else None)
+        # only the main process writes logs and checkpoints; every process keeps the same history
+        main = self.dp.is_main
+        logger = MetricsLogger(self.output_dir, a.report_to if main else ["none"], config_to_dict(a) if main else None,
+                               resume_step=start_step if resume and main else None)
         history = []
         try:
-            with progress(a.max_steps - start_step, f"{self.method.name}") as bar:
+            with progress(a.max_steps - start_step, f"{self.method.name}", disable=None if main else True) as bar:
                 while self.global_step < a.max_steps:
                     metrics = self.train_step()
                     if self.eval_rows and ((a.eval_steps and self.global_step % a.eval_steps == 0)
@@ -397,6 +462,13 @@ class GRPOTrainer:
             logger.close()
         return history
 
+    def _sync_initial_weights(self) -> None:
+        """Start every process from the main process's weights (model, side modules, operator parameters)."""
+        if self.dp.world_size == 1:
+            return
+        modules = [self.model] + ([self.operator] if isinstance(self.operator, nn.Module) else [])
+        self.dp.broadcast_parameters([t for m in modules for t in (*m.parameters(), *m.buffers())])
+
     def evaluate(self, rows: Sequence[Example | dict[str, Any]] | None = None, k: int = 0):
         """Greedy Pass@1 (and Pass@k if k > 0) of the current policy with this method's operator and schedule."""
         from latentrl.eval import evaluate
@@ -410,17 +482,21 @@ class GRPOTrainer:
                         decode_latent=self.method.decodes_latent_tokens(self.operator))
 
     def save(self) -> Path:
-        return save_checkpoint(
-            self.output_dir, self.global_step, save_model=self.model.save_pretrained, optimizer=self.optimizer,
-            scheduler=self.scheduler, total_limit=self.args.save_total_limit,
-            extra_state={"data_epoch": self.data_epoch, "data_cursor": self.data_cursor,
-                         "generators": {"rollout": self.rollout_generator}},
-        )
+        """Checkpoint written by the main process; every process returns once it is complete on disk.
+        Rollout randomness is a function of (seed, step), so no generator state is needed to resume exactly."""
+        path = self.output_dir / f"checkpoint-{self.global_step}"
+        if self.dp.is_main:
+            path = save_checkpoint(
+                self.output_dir, self.global_step, save_model=self.model.save_pretrained, optimizer=self.optimizer,
+                scheduler=self.scheduler, total_limit=self.args.save_total_limit,
+                extra_state={"data_epoch": self.data_epoch, "data_cursor": self.data_cursor},
+            )
+        self.dp.barrier()
+        return path
 
     def _load(self, path: Path) -> int:
         self.model.load_weights(path)
-        state = load_checkpoint(path, optimizer=self.optimizer, scheduler=self.scheduler,
-                                generators={"rollout": self.rollout_generator})
+        state = load_checkpoint(path, optimizer=self.optimizer, scheduler=self.scheduler)
         self.global_step = int(state["step"])
         self.data_epoch, self.data_cursor = int(state["data_epoch"]), int(state["data_cursor"])
         self._order = self._epoch_order(self.data_epoch)

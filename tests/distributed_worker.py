@@ -1,0 +1,88 @@
+"""One rank of the data-parallel runs that tests/test_distributed.py compares with a single process.
+
+Launched as `python -m torch.distributed.run --nproc_per_node 2 tests/distributed_worker.py OUT RUN...`; each rank
+writes OUT/<run>-rank<k>.pt. The test imports `run` for the single-process reference, so both sides share every
+setting but the batch split.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from latentrl.config import GRPOConfig, LatentConfig
+from latentrl.data import make_examples, task_vocabulary
+from latentrl.rl.trainer import GRPOTrainer
+from latentrl.testing import tiny_latent_model
+
+GLOBAL_MICRO_BATCHES = 4  # x per_device_train_batch_size 3 = 12 completions = 3 groups of 4 per step
+RUNS = {
+    # token-mean loss (global num_tokens), KL to a reference, two updates per batch (old log-probs replayed)
+    "grpo": dict(method="grpo", loss_type="dapo", beta=0.04, num_iterations=2),
+    # a latent method: HRPO's gated hybrid inputs (side module + operator), on-policy REINFORCE; DAPO dynamic
+    # sampling (zero-std groups dropped and refilled: refill rounds, possibly uneven process slices)
+    "hrpo": dict(method="hrpo", temperature=1.0, beta=0.005, policy_loss="reinforce", loss_type="grpo",
+                 dynamic_sampling=True, max_resample_rounds=1,
+                 latent=LatentConfig(operator="hrpo_gate", answer_delimiter="####", latent_temperature=1.0)),
+}
+
+
+def varied_reward(prompts, completions, **kw):
+    """Deterministic and varied across completions, so advantages and gradients are non-zero."""
+    return [float(len(c.split()) % 3) for c in completions]
+
+
+def some_groups_constant(prompts, completions, **kw):
+    """Constant 1 for prompts with an even digit sum (zero-std groups that dynamic sampling drops), else varied."""
+    odd = [sum(int(t) for t in p.split() if t.isdigit()) % 2 for p in prompts]
+    return [float(len(c.split()) % 3) if o else 1.0 for o, c in zip(odd, completions)]
+
+
+REWARDS = {"grpo": varied_reward, "hrpo": some_groups_constant}
+
+
+def config(out: Path, world: int, name: str, **kw) -> GRPOConfig:
+    base = dict(model_name_or_path="tiny", output_dir=str(out), max_steps=2, per_device_train_batch_size=3,
+                gradient_accumulation_steps=GLOBAL_MICRO_BATCHES // world, num_generations=4, rollout_chunk_size=3,
+                max_completion_length=8, learning_rate=1e-2, save_steps=0, report_to=["none"], seed=0)
+    base.update(RUNS[name])
+    base.update(kw)
+    return GRPOConfig(**base)
+
+
+def flat_params(trainer: GRPOTrainer) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+
+RESUMED = ("grpo",)  # runs that are also trained as 1 step + resume from its checkpoint (multi-process resume)
+
+
+def run(name: str, out: Path, world: int) -> dict:
+    """2 steps in one go (and for RESUMED runs, 1 step + resume); losses, rewards, final weights."""
+    words = task_vocabulary("chain_sum")
+    data = make_examples("chain_sum", 16, seed=0, length=3)
+    t = GRPOTrainer(config(out / name / "full", world, name), tiny_latent_model("qwen2", words, seed=0, hidden=32),
+                    data, reward_funcs=[REWARDS[name]])
+    hist = t.train()
+    keys = ("loss", "reward", "grad_norm", "kl", "entropy", "dynamic_sampling/kept_groups")
+    res = {"metrics": [{k: m[k] for k in keys if k in m} for m in hist], "params": flat_params(t),
+           "rank": t.dp.rank, "world": t.dp.world_size}
+    if name in RESUMED:
+        half = out / name / "resumed"
+        GRPOTrainer(config(half, world, name, max_steps=1), tiny_latent_model("qwen2", words, seed=0, hidden=32),
+                    data, reward_funcs=[REWARDS[name]]).train()
+        r = GRPOTrainer(config(half, world, name), tiny_latent_model("qwen2", words, seed=0, hidden=32), data,
+                        reward_funcs=[REWARDS[name]])
+        r.train(resume_from_checkpoint=True)
+        res["resumed_params"] = flat_params(r)
+    return res
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    out = Path(sys.argv[1])
+    for name in sys.argv[2:]:
+        res = run(name, out, world=int(__import__("os").environ.get("WORLD_SIZE", "1")))
+        torch.save(res, out / f"{name}-rank{res['rank']}.pt")
