@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
 import torch
-from transformers import DynamicCache
 
+from latentrl.decoding import DecoderChoice, make_stepper
 from latentrl.model import LatentModel
 from latentrl.sampling import sample_tokens, token_logprobs
 from latentrl.thoughts.base import Payload, ThoughtOperator
@@ -147,8 +147,15 @@ def generate_rollout(
     operator: ThoughtOperator | None = None,
     schedule: ThinkingSchedule | None = None,
     generator: torch.Generator | None = None,
+    *,
+    decoder: DecoderChoice = "auto",
 ) -> Rollout:
-    """Decode a batch: latent positions while the schedule says so, sampled tokens after, per-row stop."""
+    """Decode a batch: latent positions while the schedule says so, sampled tokens after, per-row stop.
+
+    `decoder`: "auto" runs the preallocated-cache fast path (`latentrl.decoding.StaticCacheStepper`) where the
+    architecture supports it and the generic `forward_embeds` path elsewhere; "fast" / "generic" force one.
+    Both give the same rollout.
+    """
     device = model.device
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device).bool()
     B, P = prompt_ids.shape
@@ -189,22 +196,11 @@ def generate_rollout(
     finished = torch.zeros(B, dtype=torch.bool, device=device)
 
     # ---- prefill
-    attn = torch.zeros((B, P + C), dtype=torch.bool, device=device)
-    attn[:, :P] = prompt_mask
-    position = prompt_mask.long().cumsum(-1) - 1
-    cache = DynamicCache()
-    _, hidden, cache = model.forward_embeds(
-        model.embed(prompt_ids), attention_mask=prompt_mask.long(), position_ids=position.clamp_min(0),
-        past_key_values=cache, use_cache=True, compute_logits=False,
-    )
-    last_hidden = hidden[:, -1]
-    next_pos = position[:, -1] + 1
+    stepper = make_stepper(model, prompt_mask, C, decoder)
+    last_hidden = stepper.prefill(model.embed(prompt_ids))
     # Fast path: while every row is thinking and nothing can end the span from the logits, a step needs no token
     # sampling, and operators that ignore logits (Coconut's hidden state) need no LM head either.
     can_fast = use_latent and schedule.end_token_id is None
-    # SDPA takes a ready 4-D boolean mask as is: a view of `attn` saves HF rebuilding the mask at every step
-    sdpa = getattr(model.model.config, "_attn_implementation", None) == "sdpa"
-    attn4d = attn.view(B, 1, 1, P + C) if sdpa else None
 
     for t in range(C):
         thinking = int(latent_active.sum()) if use_latent else 0
@@ -277,14 +273,7 @@ def generate_rollout(
             C_used = t + 1
             break
         # 5. one forward for the new position of every row
-        attn[:, P + t] = True
-        step_mask = attn4d[..., : P + t + 1] if attn4d is not None else attn[:, : P + t + 1].long()
-        _, hidden, cache = model.forward_embeds(
-            embeds[:, None], attention_mask=step_mask, position_ids=next_pos[:, None],
-            past_key_values=cache, use_cache=True, compute_logits=False,
-        )
-        last_hidden = hidden[:, -1]
-        next_pos = next_pos + 1
+        last_hidden = stepper.step(embeds)
     else:  # C == 0
         C_used = 0
 
