@@ -101,7 +101,7 @@ class _LeanLayer:
 
     def __init__(self, layer: nn.Module, fuse_qkv: bool):
         attn, mlp = layer.self_attn, layer.mlp
-        self.in_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
+        self.in_norm, self.post_norm = _norm_fn(layer.input_layernorm), _norm_fn(layer.post_attention_layernorm)
         self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
         self.n_kv = attn.k_proj.out_features // attn.head_dim
@@ -118,8 +118,7 @@ class _LeanLayer:
         self.gate_proj, self.up_proj, self.act = mlp.gate_proj, mlp.up_proj, mlp.act_fn
         self.down_proj, self.down_weight = mlp.down_proj, _residual_weight(mlp.down_proj)
 
-    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rot: torch.Tensor,
-                 k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int, mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int, mask: torch.Tensor) -> torch.Tensor:
         B, nq, nkv, D = x.shape[0], self.n_q, self.n_kv, self.head_dim
         y = self.in_norm(x)
         if self.qkv_weight is not None:
@@ -132,13 +131,15 @@ class _LeanLayer:
             v = self.v_proj(y).view(B, nkv, D)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        # rotary: x * cos + rotate_half(x) * sin, with rotate_half(x) * sin == roll(x, D/2) * sin_signed exactly
+        # (`sin` arrives with its first half negated)
         if self.q_norm is None and self.qkv_weight is not None:  # q and k adjacent: rotate both at once
             qk = qkv[:, : nq + nkv]
-            qk = qk * cos + torch.matmul(qk, rot) * sin
+            qk = qk * cos + qk.roll(D // 2, -1) * sin
             q, k = qk[:, :nq], qk[:, nq:]
         else:
-            q = q * cos + torch.matmul(q, rot) * sin
-            k = k * cos + torch.matmul(k, rot) * sin
+            q = q * cos + q.roll(D // 2, -1) * sin
+            k = k * cos + k.roll(D // 2, -1) * sin
         k_cache[:, :, pos] = k
         v_cache[:, :, pos] = v
         # grouped-query attention with one query: the query heads of a KV head share its row (as HF's pack_gqa)
@@ -156,15 +157,16 @@ def _residual_weight(m: nn.Module) -> torch.Tensor | None:
     return m.weight.t() if _plain_linear(m) and m.bias is None else None
 
 
-def _rotate_half_matrix(head_dim: int, like: torch.Tensor) -> torch.Tensor:
-    """R with x @ R == rotate_half(x) = cat(-x2, x1): one matmul instead of two slices, a negation and a cat.
-    Each output sums one ±x term and exact zeros, so the result is exact."""
-    half = head_dim // 2
-    rot = torch.zeros((head_dim, head_dim), dtype=like.dtype, device=like.device)
-    idx = torch.arange(half, device=like.device)
-    rot[idx + half, idx] = -1.0
-    rot[idx, idx + half] = 1.0
-    return rot
+#: HF RMSNorm classes whose forward is exactly `weight * (x * rsqrt(mean(x^2) + eps))` computed in float32
+_STANDARD_RMSNORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm")
+
+
+def _norm_fn(norm: nn.Module):
+    """`F.rms_norm` (fewer ops, bitwise equal in float32) for a standard float32 RMSNorm, else the module itself."""
+    if type(norm).__name__ in _STANDARD_RMSNORMS and norm.weight.dtype == torch.float32:
+        shape, weight, eps = (norm.weight.shape[-1],), norm.weight, norm.variance_epsilon
+        return lambda x: F.rms_norm(x, shape, weight, eps)
+    return norm
 
 
 class StaticCacheStepper(DecoderStepper):
@@ -181,7 +183,7 @@ class StaticCacheStepper(DecoderStepper):
         qkv_bytes = sum(getattr(l.self_attn, n).weight.nbytes for l in layers for n in ("q_proj", "k_proj", "v_proj"))
         fuse = plain and qkv_bytes <= self.FUSE_QKV_MAX_BYTES
         self.layers = [_LeanLayer(l, fuse) for l in layers]
-        self.norm = backbone.norm
+        self.norm = _norm_fn(backbone.norm)
         self.rotary = backbone.rotary_emb
 
     def prefill(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
@@ -201,9 +203,12 @@ class StaticCacheStepper(DecoderStepper):
                 dst.append(buf)
         # cos/sin of every completion position, by the model's own rotary module, sliced per step
         positions = self.position[:, -1:] + 1 + torch.arange(self.max_new, device=self.position.device)
-        self.cos, self.sin = self.rotary(hidden, positions)  # (B, C, head_dim)
-        self.rot = _rotate_half_matrix(self.cos.shape[-1], self.cos)
-        self.attn4d = self.attn.view(self.B, 1, 1, -1)
+        self.cos, sin = self.rotary(hidden, positions)  # (B, C, head_dim)
+        half = sin.shape[-1] // 2
+        self.sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+        # additive float mask (what SDPA would convert the boolean one to at every call)
+        self.attn4d = torch.zeros(self.attn.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(
+            ~self.attn, float("-inf")).view(self.B, 1, 1, -1)
         return hidden[:, -1]
 
     def step(self, embeds: torch.Tensor) -> torch.Tensor:
@@ -213,7 +218,7 @@ class StaticCacheStepper(DecoderStepper):
         cos, sin = self.cos[:, t : t + 1], self.sin[:, t : t + 1]
         x = embeds
         for layer, k, v in zip(self.layers, self.keys, self.values):
-            x = layer(x, cos, sin, self.rot, k, v, pos, mask)
+            x = layer(x, cos, sin, k, v, pos, mask)
         self.t = t + 1
         return self.norm(x)
 
