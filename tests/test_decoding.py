@@ -115,3 +115,17 @@ def test_unsupported_configurations_fall_back(tiny, arch, prompts):
     tiny.model.config._attn_implementation = "eager"
     assert "eager" in fast_path_unsupported(tiny)
     assert isinstance(make_stepper(tiny, prompts[1], 4), CachedForwardStepper)
+
+
+def test_sparse_stop_checks_trim_to_the_same_rollout(tiny, prompts, monkeypatch):
+    """On accelerators the engine checks "all rows stopped" every few steps; the extra steps are trimmed away."""
+    import latentrl.rollout as rollout_mod
+
+    ids, mask = prompts
+    r0 = generate_rollout(tiny, ids, mask, SamplingParams(max_new_positions=12, temperature=0.0, stop_token_ids=[-1]))
+    stops = [int(r0.completion_ids[row, 2 + row]) for row in range(3)]  # every row stops early
+    sampling = SamplingParams(max_new_positions=12, temperature=0.0, stop_token_ids=stops)
+    ref = generate_rollout(tiny, ids, mask, sampling)
+    assert not ref.truncated.any() and ref.completion_ids.shape[1] < 12
+    monkeypatch.setattr(rollout_mod, "_sync_interval", lambda device: 5)
+    assert_same_rollout(generate_rollout(tiny, ids, mask, sampling), ref)

@@ -138,6 +138,12 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device=None) -> tu
     return ids.to(device), mask.to(device)
 
 
+def _sync_interval(device: torch.device) -> int:
+    """Steps between the host-side "has every row stopped?" checks: every step on CPU (a sync is free there),
+    every 8 on accelerators (the loop then trims the few extra steps it ran)."""
+    return 1 if device.type == "cpu" else 8
+
+
 @torch.no_grad()
 def generate_rollout(
     model: LatentModel,
@@ -205,8 +211,7 @@ def generate_rollout(
     # sampling, and operators that ignore logits (Coconut's hidden state) need no LM head either.
     can_fast = use_latent and schedule.end_token_id is None
     may_think = use_latent  # the span never restarts: once no row thinks, stop counting
-    # host syncs: every step on CPU (free there); every few steps on accelerators, trimming the extra steps after
-    check_every = 1 if device.type == "cpu" else 8
+    check_every = _sync_interval(device)
 
     C_used = 0
     for t in range(C):
