@@ -1,6 +1,6 @@
 """Rollout throughput: HF `model.generate` vs. our discrete and latent `generate_rollout`, on one model and batch.
 
-Four modes are measured on the same random-weight model, batch and prompts:
+Six modes are measured on the same random-weight model, batch and prompts:
 
 * ``generate``      HF ``model.generate``: sampling at T=1 (no top-k/top-p), KV cache, eos disabled so every row
                     produces exactly ``--new`` tokens.
@@ -8,6 +8,12 @@ Four modes are measured on the same random-weight model, batch and prompts:
 * ``soft_mixture``  ``generate_rollout`` with the ``soft_mixture`` operator and ``ThinkingSchedule(num_latent_steps=N)``:
                     every one of the N positions is latent.  This is the headline latent figure (``latent_pos_s``).
 * ``hidden_state``  the same with the ``hidden_state`` (Coconut) operator.
+* ``gumbel_softmax`` the same with LEPO's ``gumbel_softmax`` operator (defaults: top-k 30, top-p 0.95, tau 0.5).
+* ``hrpo_gate``     the same with HRPO's ``hrpo_gate`` operator (a sampled token gated with the projected state).
+
+``--decoder`` picks the rollout engine's decode path (``auto``: the preallocated-cache fast path of
+``latentrl.decoding`` where the architecture supports it; ``generic``: ``LatentModel.forward_embeds`` with a
+``DynamicCache``), so both paths can be compared against ``generate``.
 
 Timing (default ``--timing interleaved``): one process builds the model, warms every mode up (``--warmup`` runs), then
 times ``--repeats`` rounds of all modes round-robin, so background load on a shared machine hits all modes alike.
@@ -38,7 +44,8 @@ import subprocess
 import sys
 import time
 
-MODES = ("generate", "discrete", "soft_mixture", "hidden_state")
+MODES = ("generate", "discrete", "soft_mixture", "hidden_state", "gumbel_softmax", "hrpo_gate")
+LATENT_MODES = MODES[2:]
 
 PRESETS = {
     # Qwen2.5-0.5B shapes (random weights, config built in code, nothing downloaded).
@@ -84,6 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="default float32")
     p.add_argument("--attn", default=None, help="attn_implementation (sdpa, eager, ...; default: transformers' choice)")
+    p.add_argument("--decoder", choices=("auto", "fast", "generic"), default="auto",
+                   help="generate_rollout's decode path: auto (default: the fast path where supported), fast, generic")
     p.add_argument("--soft-top-k", type=int, default=10, help="top_k of the soft_mixture operator (default 10)")
     p.add_argument("--seed", type=int, default=0, help="model weights and prompts (default 0)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES) + " (default: all)")
@@ -120,7 +129,8 @@ def resolve_shape(args: argparse.Namespace) -> None:
 
 def config_dict(args: argparse.Namespace) -> dict:
     keys = ("preset", "arch", "hidden", "layers", "heads", "kv_heads", "intermediate", "vocab_size", "batch",
-            "prompt_len", "new", "repeats", "warmup", "timing", "rounds", "threads", "device", "dtype", "attn", "soft_top_k",
+            "prompt_len", "new", "repeats", "warmup", "timing", "rounds", "threads", "device", "dtype", "attn", "decoder",
+            "soft_top_k",
             "seed")
     return {k: getattr(args, k) for k in keys}
 
@@ -205,7 +215,8 @@ def make_runner(args: argparse.Namespace, mode: str, lm, ids, mask):
         schedule = ThinkingSchedule(num_latent_steps=N)
 
     def run():
-        r = generate_rollout(lm, ids, mask, sampling, operator=operator, schedule=schedule, generator=gen)
+        r = generate_rollout(lm, ids, mask, sampling, operator=operator, schedule=schedule, generator=gen,
+                             decoder=args.decoder)
         if r.completion_ids.shape != (B, N) or not bool(r.completion_mask.all()):
             raise RuntimeError(f"{mode}: rollout produced {tuple(r.completion_ids.shape)} / incomplete rows")
         if operator is not None and not bool(r.latent_mask.all()):
@@ -273,10 +284,11 @@ def _timed(args, run) -> tuple[float, float]:
 class Breakdown:
     """Wall-clock attribution of one decode loop by wrapping its pieces (no source edits; timing wrappers only).
 
-    forward      = LatentModel.forward_embeds (rollout) or the HF CausalLM forward (generate); inside it:
-      mask       = transformers' create_causal_mask (2D padding mask -> 4D mask, every step)
-      rotary     = the backbone's rotary embedding module (cos/sin for the new positions)
-      lm_head    = the LM head (rollout only: generate's head is inside the CausalLM forward)
+    forward      = the decoder: the rollout's `DecoderStepper.prefill/step` (fast or generic path, see
+                   latentrl.decoding) or the HF CausalLM forward (generate, LM head included); inside it:
+      mask       = transformers' create_causal_mask (2D padding mask -> 4D mask; the fast path calls it only at prefill)
+      rotary     = the backbone's rotary embedding module (the fast path calls it once per rollout)
+    lm_head      = the LM head (rollout only, outside the decoder)
     sampling     = latentrl.sampling.sample_tokens (rollout); for generate, everything outside forward
     operator     = ThoughtOperator.step
     bookkeeping  = the rest of generate_rollout (buffers, schedule, masks, where/cat, .any()/.all() checks)
@@ -299,7 +311,11 @@ class Breakdown:
         else:
             import latentrl.rollout as rollout_mod
 
-            self._patch(lm, "forward_embeds", "forward")
+            import latentrl.decoding as decoding
+
+            for cls in (decoding.StaticCacheStepper, decoding.CachedForwardStepper):
+                self._patch(cls, "prefill", "forward")
+                self._patch(cls, "step", "forward")
             self._patch(lm, "lm_head", "lm_head")
             self._patch(rollout_mod, "sample_tokens", "sampling")
             if operator is not None:
@@ -343,16 +359,15 @@ class Breakdown:
         parts = {
             "forward: mask creation": t.get("mask", 0.0),
             "forward: rotary": t.get("rotary", 0.0),
-            "forward: lm_head": t.get("lm_head", 0.0),
-            "forward: rest (layers)": fwd - t.get("mask", 0.0) - t.get("rotary", 0.0) - t.get("lm_head", 0.0),
+            "forward: rest (layers)": fwd - t.get("mask", 0.0) - t.get("rotary", 0.0),
         }
         if self.mode == "generate":
             parts["generate loop (sampling, processors, kwargs)"] = total_s - fwd
         else:
-            parts["sampling (sample_tokens)"] = t.get("sampling", 0.0)
-            parts["operator.step"] = t.get("operator", 0.0)
-            parts["bookkeeping (rest of generate_rollout)"] = (
-                total_s - fwd - t.get("sampling", 0.0) - t.get("operator", 0.0))
+            outside = {"lm_head": t.get("lm_head", 0.0), "sampling (sample_tokens)": t.get("sampling", 0.0),
+                       "operator.step": t.get("operator", 0.0)}
+            parts.update(outside)
+            parts["bookkeeping (rest of generate_rollout)"] = total_s - fwd - sum(outside.values())
         print(f"\n==== breakdown of {runs} timed run(s), mode={self.mode}: "
               f"{1e3 * total_s / steps:.3f} ms per position ====")
         print(f"{'part':<48}{'ms/step':>10}{'share':>8}")
@@ -516,10 +531,10 @@ def print_table(args: argparse.Namespace, rows: dict, loadavg: list[float]) -> N
           f" ({cfg['timing']}" + (f", {cfg['rounds']} rounds)" if cfg['timing'] == "subprocess" else ")")
           + f" | load avg {loadavg[0]:.1f} -> {loadavg[1]:.1f} on {os.cpu_count()} cpus")
     gen = rows.get("generate")
-    unit = {"generate": "tok/s", "discrete": "tok/s", "soft_mixture": "pos/s", "hidden_state": "pos/s"}
+    unit = {"generate": "tok/s", "discrete": "tok/s", **{m: "pos/s" for m in LATENT_MODES}}
     gpu = any(r["gpu_peak_mb"] for r in rows.values())
     cpu_cols = not gpu
-    head = (f"{'mode':<14}{'median s':>9}{'min s':>8}{'max s':>8}{'ms/step':>9}{'per s':>9}{'':>6}{'vs gen':>8}"
+    head = (f"{'mode':<15}{'median s':>9}{'min s':>8}{'max s':>8}{'ms/step':>9}{'per s':>9}{'':>6}{'vs gen':>8}"
             + (f"{'cpu ms/st':>10}{'cpu vs gen':>11}" if cpu_cols else "")
             + f"{'rss0 MB':>9}{'peak MB':>9}{'+decode':>9}{'maxrss':>8}" + (f"{'gpu MB':>9}" if gpu else ""))
     print(head)
@@ -527,7 +542,7 @@ def print_table(args: argparse.Namespace, rows: dict, loadavg: list[float]) -> N
     for mode, r in rows.items():
         ratio = f"{r['per_s'] / gen['per_s']:.2f}x" if gen else "-"
         cratio = f"{r['cpu_per_s'] / gen['cpu_per_s']:.2f}x" if gen else "-"
-        print(f"{mode:<14}{r['median_s']:>9.3f}{r['min_s']:>8.3f}{r['max_s']:>8.3f}{r['ms_per_step']:>9.2f}"
+        print(f"{mode:<15}{r['median_s']:>9.3f}{r['min_s']:>8.3f}{r['max_s']:>8.3f}{r['ms_per_step']:>9.2f}"
               f"{r['per_s']:>9.0f}{unit[mode]:>6}{ratio:>8}"
               + (f"{r['cpu_ms_per_step']:>10.2f}{cratio:>11}" if cpu_cols else "")
               + f"{r['rss_before_mb']:>9.0f}{r['peak_mb']:>9.0f}{r['peak_mb'] - r['rss_before_mb']:>9.0f}"
@@ -557,17 +572,26 @@ def final_json(args: argparse.Namespace, rows: dict, loadavg: list[float]) -> di
         "discrete_peak_mb": get("discrete", "peak_mb"),
         "latent_peak_mb": get("soft_mixture", "peak_mb"),
         "hidden_state_peak_mb": get("hidden_state", "peak_mb"),
+        "gumbel_softmax_pos_s": get("gumbel_softmax", "per_s"),
+        "hrpo_gate_pos_s": get("hrpo_gate", "per_s"),
+        "gumbel_softmax_vs_generate": ratio("gumbel_softmax"),
+        "hrpo_gate_vs_generate": ratio("hrpo_gate"),
+        "gumbel_softmax_peak_mb": get("gumbel_softmax", "peak_mb"),
+        "hrpo_gate_peak_mb": get("hrpo_gate", "peak_mb"),
         "maxrss_mb": {m: r["maxrss_mb"] for m, r in rows.items()},
         "decode_rss_mb": {m: round(r["peak_mb"] - r["rss_before_mb"], 1) for m, r in rows.items()},
     }
     if str(args.device).startswith("cuda"):
         for mode, key in (("generate", "generate"), ("discrete", "discrete"), ("soft_mixture", "latent"),
-                          ("hidden_state", "hidden_state")):
+                          ("hidden_state", "hidden_state"), ("gumbel_softmax", "gumbel_softmax"),
+                          ("hrpo_gate", "hrpo_gate")):
             out[f"{key}_gpu_peak_mb"] = get(mode, "gpu_peak_mb")
     else:  # the same ratios from process CPU time (steadier than wall time on a loaded machine)
         out["discrete_vs_generate_cpu"] = ratio("discrete", "cpu_per_s")
         out["latent_vs_generate_cpu"] = ratio("soft_mixture", "cpu_per_s")
         out["hidden_state_vs_generate_cpu"] = ratio("hidden_state", "cpu_per_s")
+        out["gumbel_softmax_vs_generate_cpu"] = ratio("gumbel_softmax", "cpu_per_s")
+        out["hrpo_gate_vs_generate_cpu"] = ratio("hrpo_gate", "cpu_per_s")
     out["ms_per_step"] = {m: round(r["ms_per_step"], 3) for m, r in rows.items()}
     out["loadavg"] = [round(x, 2) for x in loadavg]
     out["config"] = cfg

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
 import torch
-from transformers import DynamicCache
 
+from latentrl.decoding import DecoderChoice, make_stepper
 from latentrl.model import LatentModel
 from latentrl.sampling import sample_tokens, token_logprobs
 from latentrl.thoughts.base import Payload, ThoughtOperator
@@ -138,6 +138,12 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device=None) -> tu
     return ids.to(device), mask.to(device)
 
 
+def _sync_interval(device: torch.device) -> int:
+    """Steps between the host-side "has every row stopped?" checks: every step on CPU (a sync is free there),
+    every 8 on accelerators (the loop then trims the few extra steps it ran)."""
+    return 1 if device.type == "cpu" else 8
+
+
 @torch.no_grad()
 def generate_rollout(
     model: LatentModel,
@@ -147,8 +153,15 @@ def generate_rollout(
     operator: ThoughtOperator | None = None,
     schedule: ThinkingSchedule | None = None,
     generator: torch.Generator | None = None,
+    *,
+    decoder: DecoderChoice = "auto",
 ) -> Rollout:
-    """Decode a batch: latent positions while the schedule says so, sampled tokens after, per-row stop."""
+    """Decode a batch: latent positions while the schedule says so, sampled tokens after, per-row stop.
+
+    `decoder`: "auto" runs the preallocated-cache fast path (`latentrl.decoding.StaticCacheStepper`) where the
+    architecture supports it and the generic `forward_embeds` path elsewhere; "fast" / "generic" force one.
+    Both give the same rollout.
+    """
     device = model.device
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device).bool()
     B, P = prompt_ids.shape
@@ -162,16 +175,16 @@ def generate_rollout(
     )
     pad_id = model.tokenizer.pad_token_id
 
-    # ---- buffers
-    completion_ids = torch.full((B, C), pad_id, dtype=torch.long, device=device)
-    completion_mask = torch.zeros((B, C), dtype=torch.bool, device=device)
-    latent_mask = torch.zeros_like(completion_mask)
-    forced_mask = torch.zeros_like(completion_mask)
-    logprobs = torch.zeros((B, C), dtype=torch.float32, device=device)
-    payload: Payload = {}
-    if use_latent:
-        for name, spec in operator.payload_spec(model).items():
-            payload[name] = torch.zeros((B, C, *spec.shape), dtype=spec.dtype, device=device)
+    # ---- per-step records: kept as lists of (B,) tensors and stacked once at the end, so a step writes nothing
+    # into (B, C) buffers. None = nothing of that kind at this step (no latent row / no forced token).
+    specs = operator.payload_spec(model) if use_latent else {}
+    hist_finished: list[torch.Tensor] = []  # `finished` before each step (alive = ~finished)
+    hist_ids: list[torch.Tensor] = []
+    hist_lp: list[torch.Tensor] = []
+    hist_lat: list[torch.Tensor | None] = []
+    hist_forced: list[torch.Tensor | None] = []
+    hist_payload: dict[str, list[torch.Tensor | None]] = {name: [] for name in specs}
+    hist_recorded: list[torch.Tensor] = []  # alive-masked ids, only for the delimiter rule
 
     # ---- per-row schedule state
     latent_active = torch.full((B,), use_latent, dtype=torch.bool, device=device)
@@ -182,54 +195,47 @@ def generate_rollout(
         n_latent = None
     latent_count = torch.zeros(B, dtype=torch.long, device=device)
     after = torch.as_tensor(list(schedule.after_latent_ids), dtype=torch.long, device=device)
-    forced_pos = torch.full((B,), len(after) if use_latent else 0, dtype=torch.long, device=device)
-    if use_latent and len(after):
+    n_after = len(after)
+    forced_pos = torch.full((B,), n_after if use_latent else 0, dtype=torch.long, device=device)
+    if use_latent and n_after:
         forced_pos[~latent_active] = 0  # rows with zero latents still get the closing tokens
     delim = torch.as_tensor(list(schedule.delimiter_ids or []), dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
+    all_rows = torch.ones(B, dtype=torch.bool, device=device)
+    zero_lp = torch.zeros(B, dtype=torch.float32, device=device)
 
     # ---- prefill
-    attn = torch.zeros((B, P + C), dtype=torch.bool, device=device)
-    attn[:, :P] = prompt_mask
-    position = prompt_mask.long().cumsum(-1) - 1
-    cache = DynamicCache()
-    _, hidden, cache = model.forward_embeds(
-        model.embed(prompt_ids), attention_mask=prompt_mask.long(), position_ids=position.clamp_min(0),
-        past_key_values=cache, use_cache=True, compute_logits=False,
-    )
-    last_hidden = hidden[:, -1]
-    next_pos = position[:, -1] + 1
+    stepper = make_stepper(model, prompt_mask, C, decoder)
+    last_hidden = stepper.prefill(model.embed(prompt_ids))
     # Fast path: while every row is thinking and nothing can end the span from the logits, a step needs no token
     # sampling, and operators that ignore logits (Coconut's hidden state) need no LM head either.
     can_fast = use_latent and schedule.end_token_id is None
-    # SDPA takes a ready 4-D boolean mask as is: a view of `attn` saves HF rebuilding the mask at every step
-    sdpa = getattr(model.model.config, "_attn_implementation", None) == "sdpa"
-    attn4d = attn.view(B, 1, 1, P + C) if sdpa else None
+    may_think = use_latent  # the span never restarts: once no row thinks, stop counting
+    check_every = _sync_interval(device)
 
+    C_used = 0
     for t in range(C):
-        thinking = int(latent_active.sum()) if use_latent else 0
+        thinking = int(latent_active.sum()) if may_think else 0
+        may_think = thinking > 0
+        lat = forced = None
+        step_payload: Payload | None = None
         if can_fast and thinking == B:
             # every row thinks: the operator alone forms the position
             last_logits = model.lm_head(last_hidden).float() if operator.needs_logits else None
             step = operator.step(model, last_logits, last_hidden, generator=generator)
-            lat = latent_active
+            lat, step_payload = all_rows, step.payload
             ids, embeds = step.token_ids, step.embeds.to(last_hidden.dtype)
-            lp = step.logprob.float() if step.logprob is not None else torch.zeros(B, device=device)
-            is_forced = torch.zeros_like(lat)
-            for name, value in step.payload.items():
-                payload[name][:, t] = value
-            latent_mask[:, t] = True
+            lp = step.logprob.float() if step.logprob is not None else zero_lp
             latent_count += 1
         else:
             last_logits = model.lm_head(last_hidden).float()
             # 1. discrete candidates: sampled tokens, forced tokens where the schedule forces them
             ids, lp = sample_tokens(last_logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
-            is_forced = forced_pos < len(after)
-            if len(after):
-                ids = torch.where(is_forced, after[forced_pos.clamp_max(len(after) - 1)], ids)
-                lp = torch.where(is_forced, token_logprobs(last_logits, ids, sampling.temperature), lp)
+            if n_after:
+                forced = forced_pos < n_after
+                ids = torch.where(forced, after[forced_pos.clamp_max(n_after - 1)], ids)
+                lp = torch.where(forced, token_logprobs(last_logits, ids, sampling.temperature), lp)
             # 2. latent candidates for rows still thinking
-            lat = None
             if thinking:
                 if schedule.end_token_id is not None:  # Latent-GRPO: unperturbed top-1 is end-of-thinking
                     hit_end = latent_active & (last_logits.argmax(-1) == schedule.end_token_id)
@@ -238,66 +244,95 @@ def generate_rollout(
                     lp = torch.where(hit_end, token_logprobs(last_logits, end_ids, sampling.temperature), lp)
                     latent_active = latent_active & ~hit_end
                 step = operator.step(model, last_logits, last_hidden, generator=generator)
-                lat = latent_active
+                lat, step_payload = latent_active, step.payload
                 ids = torch.where(lat, step.token_ids, ids)
-                step_lp = step.logprob.float() if step.logprob is not None else torch.zeros_like(lp)
-                lp = torch.where(lat, step_lp, lp)
-                for name, value in step.payload.items():
-                    keep = lat.view(-1, *[1] * (value.dim() - 1))
-                    payload[name][:, t] = torch.where(keep, value, payload[name][:, t])
+                if step.logprob is not None:
+                    lp = torch.where(lat, step.logprob.float(), lp)
+                else:
+                    lp = lp.masked_fill(lat, 0.0)
                 embeds = torch.where(lat[:, None], step.embeds.to(last_hidden.dtype), model.embed(ids))
-                latent_mask[:, t] = lat
                 latent_count += lat.long()
+                if forced is not None:
+                    forced = forced & ~lat
             else:
                 embeds = model.embed(ids)
-        # 3. record
-        alive = ~finished
-        completion_ids[:, t] = torch.where(alive, ids, completion_ids[:, t])
-        completion_mask[:, t] = alive
-        latent_mask[:, t] &= alive
-        forced_mask[:, t] = is_forced & alive & (~lat if lat is not None else True)
-        logprobs[:, t] = torch.where(alive, lp, logprobs[:, t])
+        # 3. record (alive-masking happens once at the end)
+        hist_finished.append(finished)
+        hist_ids.append(ids)
+        hist_lp.append(lp)
+        hist_lat.append(lat)
+        hist_forced.append(forced)
+        for name in specs:
+            hist_payload[name].append(step_payload[name] if step_payload is not None else None)
+        if len(delim):
+            hist_recorded.append(torch.where(finished, pad_id, ids))
         # 4. schedule transitions for the next position
-        if len(after):
-            forced_pos = forced_pos + (is_forced & (~lat if lat is not None else True)).long()
-        if use_latent:
-            ended = torch.zeros_like(latent_active)
+        if forced is not None:
+            forced_pos = forced_pos + forced.long()
+        if thinking:
+            ended = None
             if n_latent is not None:
-                ended |= latent_active & (latent_count >= n_latent)
+                ended = latent_active & (latent_count >= n_latent)
             if schedule.max_latent_steps is not None:
-                ended |= latent_active & (latent_count >= schedule.max_latent_steps)
+                hit = latent_active & (latent_count >= schedule.max_latent_steps)
+                ended = hit if ended is None else ended | hit
             if len(delim) and t + 1 >= len(delim):
-                ended |= latent_active & (completion_ids[:, t + 1 - len(delim): t + 1] == delim).all(-1)
-            if len(after):
-                forced_pos = torch.where(ended, torch.zeros_like(forced_pos), forced_pos)
-            latent_active = latent_active & ~ended
-        discrete_here = ~forced_mask[:, t] if emits_tokens else ~latent_mask[:, t] & ~forced_mask[:, t]
-        finished = finished | (alive & discrete_here & torch.isin(ids, stop_ids))
-        if bool(finished.all()) or t == C - 1:
-            C_used = t + 1
+                window = torch.stack(hist_recorded[-len(delim):], dim=1)
+                hit = latent_active & (window == delim).all(-1)
+                ended = hit if ended is None else ended | hit
+            if ended is not None:
+                if n_after:
+                    forced_pos = forced_pos.masked_fill(ended, 0)
+                latent_active = latent_active & ~ended
+        # a row stops at a stop id among its discrete positions (and, for `emits_tokens`, its latent ones)
+        stop = torch.isin(ids, stop_ids)
+        if lat is not None and not emits_tokens:
+            stop = stop & ~lat
+        if forced is not None:
+            stop = stop & ~forced
+        finished = finished | stop
+        if t == C - 1:
+            C_used = C
+            break
+        if (t + 1) % check_every == 0 and bool(finished.all()):
+            # the first step after which every row had finished (earlier than t when checks are sparse)
+            done_after = torch.stack(hist_finished[1:] + [finished], dim=1).all(0)
+            C_used = int(done_after.nonzero()[0]) + 1
             break
         # 5. one forward for the new position of every row
-        attn[:, P + t] = True
-        step_mask = attn4d[..., : P + t + 1] if attn4d is not None else attn[:, : P + t + 1].long()
-        _, hidden, cache = model.forward_embeds(
-            embeds[:, None], attention_mask=step_mask, position_ids=next_pos[:, None],
-            past_key_values=cache, use_cache=True, compute_logits=False,
-        )
-        last_hidden = hidden[:, -1]
-        next_pos = next_pos + 1
-    else:  # C == 0
-        C_used = 0
+        last_hidden = stepper.step(embeds)
 
+    # ---- stack the records (C_used positions) and mask everything after each row's stop
+    T = C_used
+    if T == 0:
+        empty = torch.zeros((B, 0), dtype=torch.bool, device=device)
+        return Rollout(
+            prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+            completion_ids=torch.full((B, 0), pad_id, dtype=torch.long, device=device), completion_mask=empty,
+            latent_mask=empty.clone(), forced_mask=empty.clone(),
+            logprobs=torch.zeros((B, 0), dtype=torch.float32, device=device), truncated=~finished,
+            payload={k: torch.zeros((B, 0, *sp.shape), dtype=sp.dtype, device=device) for k, sp in specs.items()},
+        )
+    no_rows = torch.zeros(B, dtype=torch.bool, device=device)
+    alive = ~torch.stack(hist_finished[:T], dim=1)
+    latent_mask = torch.stack([m if m is not None else no_rows for m in hist_lat[:T]], dim=1)
+    forced_mask = torch.stack([m if m is not None else no_rows for m in hist_forced[:T]], dim=1)
+    payload: Payload = {}
+    for name, spec in specs.items():
+        zero = torch.zeros((B, *spec.shape), dtype=spec.dtype, device=device)
+        values = torch.stack([v.to(spec.dtype) if v is not None else zero for v in hist_payload[name][:T]], dim=1)
+        keep = latent_mask.view(B, T, *[1] * len(spec.shape))
+        payload[name] = torch.where(keep, values, zero.unsqueeze(1))
     return Rollout(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
-        completion_ids=completion_ids[:, :C_used],
-        completion_mask=completion_mask[:, :C_used],
-        latent_mask=latent_mask[:, :C_used],
-        forced_mask=forced_mask[:, :C_used],
-        logprobs=logprobs[:, :C_used],
+        completion_ids=torch.where(alive, torch.stack(hist_ids[:T], dim=1), pad_id),
+        completion_mask=alive,
+        latent_mask=latent_mask & alive,
+        forced_mask=forced_mask & alive,
+        logprobs=torch.where(alive, torch.stack(hist_lp[:T], dim=1), 0.0),
         truncated=~finished,
-        payload={k: v[:, :C_used] for k, v in payload.items()},
+        payload=payload,
     )
 
 

@@ -42,7 +42,7 @@ def sample_tokens(
         ids = logits.argmax(-1)
         logp = logits.log_softmax(-1)
     else:
-        scaled = logits / temperature
+        scaled = logits / temperature if temperature != 1.0 else logits  # x / 1 == x: skip the op
         logp = scaled.log_softmax(-1)
         probs = filter_logits(scaled, top_k, top_p).softmax(-1)
         if generator is not None and generator.device != probs.device:  # CPU generator, GPU logits: draw on CPU
