@@ -252,7 +252,7 @@ def test_one_trainer_step_trains_the_gate_with_its_own_learning_rates(tmp_path):
     lm = trainer_model()
     t = GRPOTrainer(config(tmp_path), lm, examples(), reward_funcs=[varied_reward])
     assert isinstance(t.operator, type(build_thought_operator("hrpo_gate"))) and t.operator.mode == "gate"
-    assert t.schedule.delimiter_ids == lm.tokenizer("####", add_special_tokens=False)["input_ids"]
+    assert t.schedule.delimiters() == [lm.tokenizer("####", add_special_tokens=False)["input_ids"]]
     gate = lm.side_modules[GATE_NAME]
     lrs = {id(p): g["lr"] for g in t.optimizer.param_groups for p in g["params"]}
     assert lrs[id(gate.gate_r.weight)] == pytest.approx(1e-4) and lrs[id(gate.gate_i.bias)] == pytest.approx(1e-4)

@@ -111,3 +111,43 @@ def test_concat_and_select_round_trip(tiny, prompts):
     full = replay(tiny, op, both).logprobs
     part = replay(tiny, op, b).logprobs
     torch.testing.assert_close(full[2, :k][b.completion_mask[0]], part[0][b.completion_mask[0]], atol=1e-5, rtol=1e-4)
+
+
+def test_any_of_several_delimiter_spellings_ends_the_span(tiny, prompts):
+    """Alternative id sequences (a BPE tokenizer's `"####"` and `" ####"`): each row's span ends at the first one it
+    produces; a spelling no row produces changes nothing."""
+    ids, mask = prompts
+    op = build_thought_operator("soft_mixture", top_k=4)
+    params = SamplingParams(max_new_positions=8, stop_token_ids=[-1])
+    free = generate_rollout(tiny, ids, mask, params, op, ThinkingSchedule(max_latent_steps=8), gen())
+    first = free.completion_ids[0, 1:3].tolist()   # produced by row 0 at positions 1-2
+    second = free.completion_ids[1, 3:4].tolist()  # produced by row 1 at position 3 (a one-id spelling)
+    r = generate_rollout(tiny, ids, mask, params, op,
+                         ThinkingSchedule(delimiter_ids=[first, second, [10**6]], max_latent_steps=8), gen())
+    for row in range(ids.shape[0]):
+        ends = [t + len(d) for d in (first, second) for t in range(8 - len(d) + 1)
+                if free.completion_ids[row, t : t + len(d)].tolist() == d]
+        k = min(ends, default=8)  # positions up to and including the first delimiter stay latent
+        assert r.latent_mask[row, :k].all() and not r.latent_mask[row, k:].any(), (row, k)
+    single = generate_rollout(tiny, ids, mask, params, op, ThinkingSchedule(delimiter_ids=first, max_latent_steps=8),
+                              gen())
+    also = generate_rollout(tiny, ids, mask, params, op,
+                            ThinkingSchedule(delimiter_ids=[first, [10**6]], max_latent_steps=8), gen())
+    assert torch.equal(single.latent_mask, also.latent_mask) and torch.equal(single.completion_ids, also.completion_ids)
+
+
+def test_delimiter_spellings_of_a_bpe_tokenizer():
+    """GPT-2-style BPE writes `####` after a space with other ids: both spellings are returned, deduplicated."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from latentrl.data import task_vocabulary
+    from latentrl.tokenizer import build_word_tokenizer, delimiter_spellings
+
+    vocab = {"#": 0, "##": 1, "####": 2, "\u0120####": 3, "\u0120": 4, "\u010a": 5, "a": 6}
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[("#", "#"), ("##", "##"), ("\u0120", "####")]))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe)
+    assert delimiter_spellings(tok, "####") == [[2], [3]]
+    word = build_word_tokenizer(task_vocabulary("chain_sum"))
+    assert delimiter_spellings(word, "####") == [word("####", add_special_tokens=False)["input_ids"]]

@@ -16,8 +16,11 @@ import torch
 
 from latentrl.model import LatentModel
 from latentrl.rewards import correctness_reward
-from latentrl.rollout import Rollout, SamplingParams, ThinkingSchedule, decode_completions, generate_rollout, left_pad
+from latentrl.rollout import (
+    Rollout, SamplingParams, ThinkingSchedule, decode_completions, delimiter_sequences, generate_rollout, left_pad,
+)
 from latentrl.thoughts import ThoughtOperator
+from latentrl.tokenizer import delimiter_spellings
 
 
 @dataclass
@@ -35,18 +38,20 @@ class EvalResult:
         return asdict(self)
 
 
-def reasoning_positions(rollout: Rollout, delimiter_ids: Sequence[int] | None) -> torch.Tensor:
-    """(B,) positions before the first occurrence of the delimiter (all generated positions if it never appears)."""
+def reasoning_positions(rollout: Rollout, delimiter_ids: Sequence[int] | Sequence[Sequence[int]] | None) -> torch.Tensor:
+    """(B,) positions before the first occurrence of the delimiter, or of any of several spellings of it (all
+    generated positions if it never appears)."""
     lengths = rollout.lengths.clone()
-    if not delimiter_ids:
-        return lengths
-    ids, d = rollout.completion_ids, torch.as_tensor(list(delimiter_ids), device=rollout.completion_ids.device)
-    C, L = ids.shape[1], len(d)
-    if C < L:
-        return lengths
-    windows = ids.unfold(1, L, 1)  # (B, C-L+1, L)
-    hit = (windows == d).all(-1) & rollout.completion_mask[:, : C - L + 1]
-    first = torch.where(hit.any(-1), hit.float().argmax(-1), lengths)
+    ids = rollout.completion_ids
+    first = lengths
+    for seq in delimiter_sequences(delimiter_ids):
+        d = torch.as_tensor(seq, device=ids.device)
+        C, L = ids.shape[1], len(d)
+        if C < L:
+            continue
+        windows = ids.unfold(1, L, 1)  # (B, C-L+1, L)
+        hit = (windows == d).all(-1) & rollout.completion_mask[:, : C - L + 1]
+        first = torch.minimum(first, torch.where(hit.any(-1), hit.float().argmax(-1), lengths))
     return torch.minimum(first, lengths)
 
 
@@ -79,7 +84,7 @@ def evaluate(
     if decode_latent is None:
         decode_latent = operator is not None and operator.emits_tokens
     tok = model.tokenizer
-    delim = tok(delimiter, add_special_tokens=False)["input_ids"] if delimiter else None
+    delim = delimiter_spellings(model.tokenizer, delimiter) if delimiter else None
     gen = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()

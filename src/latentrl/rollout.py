@@ -36,8 +36,13 @@ class ThinkingSchedule:
     """Cap on latent positions when the span ends by token or delimiter."""
     end_token_id: int | None = None
     """Latent-GRPO: the span ends when the unperturbed top-1 token is this id; that position is emitted as it."""
-    delimiter_ids: Sequence[int] | None = None
-    """HRPO: the span ends once the recorded ids end with this id sequence (e.g. the ids of `####`)."""
+    delimiter_ids: Sequence[int] | Sequence[Sequence[int]] | None = None
+    """HRPO: the span ends once the recorded ids end with this id sequence (e.g. the ids of `####`), or with any
+    of several sequences — a BPE tokenizer spells `####` differently in context (`"####"` vs `" ####"`)."""
+
+    def delimiters(self) -> list[list[int]]:
+        """`delimiter_ids` as a list of id sequences (empty when unset)."""
+        return delimiter_sequences(self.delimiter_ids)
     after_latent_ids: Sequence[int] = ()
     """Tokens forced right after the latent span (Coconut's `<|end-latent|>`); excluded from the policy loss."""
 
@@ -46,6 +51,15 @@ class ThinkingSchedule:
             n = self.num_latent_steps
             return bool((n > 0).any()) if torch.is_tensor(n) else n > 0
         return self.end_token_id is not None or self.delimiter_ids is not None or self.max_latent_steps is not None
+
+
+def delimiter_sequences(delimiter_ids: Sequence[int] | Sequence[Sequence[int]] | None) -> list[list[int]]:
+    """One id sequence or several alternatives, as a list of non-empty sequences."""
+    if delimiter_ids is None or len(delimiter_ids) == 0:
+        return []
+    if all(isinstance(i, int) or (torch.is_tensor(i) and i.ndim == 0) for i in delimiter_ids):
+        return [[int(i) for i in delimiter_ids]]
+    return [[int(i) for i in seq] for seq in delimiter_ids if len(seq)]
 
 
 @dataclass
@@ -199,7 +213,7 @@ def generate_rollout(
     forced_pos = torch.full((B,), n_after if use_latent else 0, dtype=torch.long, device=device)
     if use_latent and n_after:
         forced_pos[~latent_active] = 0  # rows with zero latents still get the closing tokens
-    delim = torch.as_tensor(list(schedule.delimiter_ids or []), dtype=torch.long, device=device)
+    delims = [torch.as_tensor(d, dtype=torch.long, device=device) for d in schedule.delimiters()]
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     all_rows = torch.ones(B, dtype=torch.bool, device=device)
     zero_lp = torch.zeros(B, dtype=torch.float32, device=device)
@@ -264,7 +278,7 @@ def generate_rollout(
         hist_forced.append(forced)
         for name in specs:
             hist_payload[name].append(step_payload[name] if step_payload is not None else None)
-        if len(delim):
+        if delims:
             hist_recorded.append(torch.where(finished, pad_id, ids))
         # 4. schedule transitions for the next position
         if forced is not None:
@@ -276,10 +290,11 @@ def generate_rollout(
             if schedule.max_latent_steps is not None:
                 hit = latent_active & (latent_count >= schedule.max_latent_steps)
                 ended = hit if ended is None else ended | hit
-            if len(delim) and t + 1 >= len(delim):
-                window = torch.stack(hist_recorded[-len(delim):], dim=1)
-                hit = latent_active & (window == delim).all(-1)
-                ended = hit if ended is None else ended | hit
+            for delim in delims:
+                if t + 1 >= len(delim):
+                    window = torch.stack(hist_recorded[-len(delim):], dim=1)
+                    hit = latent_active & (window == delim).all(-1)
+                    ended = hit if ended is None else ended | hit
             if ended is not None:
                 if n_after:
                     forced_pos = forced_pos.masked_fill(ended, 0)

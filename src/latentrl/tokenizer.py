@@ -57,3 +57,34 @@ def load_tokenizer(name_or_path) -> PreTrainedTokenizerBase:
         if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
             return PreTrainedTokenizerFast.from_pretrained(name_or_path)
     return AutoTokenizer.from_pretrained(name_or_path)
+
+
+def text_ids(tokenizer: PreTrainedTokenizerBase, text: str | None) -> list[int] | None:
+    """Token ids of a piece of text (no special tokens added), or None."""
+    if not text:
+        return None
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"{text!r} tokenizes to no ids")
+    unk = tokenizer.unk_token_id
+    if unk is not None and unk in ids and text != tokenizer.unk_token:
+        raise ValueError(f"{text!r} contains tokens unknown to the tokenizer (ids {ids})")
+    return ids
+
+
+def delimiter_spellings(tokenizer: PreTrainedTokenizerBase, text: str | None) -> list[list[int]] | None:
+    """The distinct id sequences of `text` alone and after a space / newline: a BPE tokenizer writes `" ####"` in
+    running text with other ids than `"####"`, and a rule on ids must recognise either (word tokenizers give one)."""
+    if not text:
+        return None
+    base = text_ids(tokenizer, text)
+    out = [base]
+    for prefix in (" ", "\n"):
+        ids = tokenizer(prefix + text, add_special_tokens=False)["input_ids"]
+        prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        if prefix_ids and ids[: len(prefix_ids)] == prefix_ids:  # the prefix stayed its own token(s): drop it
+            ids = ids[len(prefix_ids):]
+        unk = tokenizer.unk_token_id
+        if ids and ids not in out and (unk is None or unk not in ids):
+            out.append(ids)
+    return out

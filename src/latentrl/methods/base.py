@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from latentrl.rollout import ThinkingSchedule
+from latentrl.tokenizer import delimiter_spellings, text_ids
 from latentrl.thoughts import ThoughtOperator, build_thought_operator
 
 if TYPE_CHECKING:
@@ -18,19 +19,6 @@ if TYPE_CHECKING:
     from latentrl.model import LatentModel
     from latentrl.replay import ReplayOutput
     from latentrl.rl.trainer import StepBatch
-
-
-def text_ids(model: "LatentModel", text: str | None) -> list[int] | None:
-    """Token ids of a piece of text (no special tokens added), or None."""
-    if not text:
-        return None
-    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValueError(f"{text!r} tokenizes to no ids")
-    unk = model.tokenizer.unk_token_id
-    if unk is not None and unk in ids and text != model.tokenizer.unk_token:
-        raise ValueError(f"{text!r} contains tokens unknown to the tokenizer (ids {ids})")
-    return ids
 
 
 class Method:
@@ -62,13 +50,13 @@ class Method:
     def build_schedule(self, latent: "LatentConfig", model: "LatentModel") -> ThinkingSchedule | None:
         if latent.operator == "none":
             return None
-        end = text_ids(model, latent.end_of_thinking_token)
-        after = [i for t in latent.after_latent_tokens for i in (text_ids(model, t) or [])]
+        end = text_ids(model.tokenizer, latent.end_of_thinking_token)
+        after = [i for t in latent.after_latent_tokens for i in (text_ids(model.tokenizer, t) or [])]
         return ThinkingSchedule(
             num_latent_steps=latent.num_latent_steps,
             max_latent_steps=latent.max_latent_steps,
             end_token_id=end[0] if end else None,
-            delimiter_ids=text_ids(model, latent.answer_delimiter),
+            delimiter_ids=delimiter_spellings(model.tokenizer, latent.answer_delimiter),
             after_latent_ids=after,
         )
 

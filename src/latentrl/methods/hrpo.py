@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 import torch
 
 from latentrl.config import ConfigError
-from latentrl.methods.base import Method, register_method, text_ids
+from latentrl.methods.base import Method, register_method
+from latentrl.tokenizer import delimiter_spellings
 from latentrl.replay import replay
 from latentrl.rollout import Rollout, ThinkingSchedule
 from latentrl.thoughts.hrpo_gate import GATE_NAME, HRPOGate, HRPOGateThought, ensure_gate
@@ -96,7 +97,7 @@ class HRPO(Method):
 
     def build_schedule(self, latent, model) -> ThinkingSchedule:
         return ThinkingSchedule(
-            delimiter_ids=text_ids(model, latent.answer_delimiter or DEFAULT_DELIMITER),
+            delimiter_ids=delimiter_spellings(model.tokenizer, latent.answer_delimiter or DEFAULT_DELIMITER),
             max_latent_steps=latent.max_latent_steps,
         )
 
@@ -133,10 +134,12 @@ class HRPO(Method):
         ro: Rollout = batch.rollout
         done = ro.completion_mask
         lat = ro.latent_mask & done
-        delim = text_ids(trainer.model, trainer.args.latent.answer_delimiter or DEFAULT_DELIMITER)
+        delimiter = trainer.args.latent.answer_delimiter or DEFAULT_DELIMITER
+        spellings = delimiter_spellings(trainer.model.tokenizer, delimiter)
+        found = torch.stack([contains_ids(ro.completion_ids, done, d) for d in spellings]).any(0)
         m = {
             "hrpo/thinking_ratio": (lat.sum() / done.sum().clamp_min(1)).item(),
-            "hrpo/delimiter_frac": contains_ids(ro.completion_ids, done, delim).float().mean().item(),
+            "hrpo/delimiter_frac": found.float().mean().item(),
         }
         if self.mode == "gate" and bool(lat.any()):
             m.update(gate_metrics(trainer.model.side_modules[GATE_NAME], trainer.model.embed(ro.completion_ids[lat])))

@@ -25,7 +25,8 @@ from typing import Any, ClassVar
 import torch
 
 from latentrl.config import ConfigError
-from latentrl.methods.base import Method, register_method, text_ids
+from latentrl.methods.base import Method, register_method
+from latentrl.tokenizer import text_ids
 from latentrl.rl.advantages import (
     apply_first_position_advantages,
     first_position_advantages,
@@ -119,7 +120,7 @@ class LatentGRPO(Method):
         if latent.num_latent_steps is not None:
             raise ConfigError("method 'latent_grpo' ends the latent span at latent.end_of_thinking_token; "
                               f"latent.num_latent_steps must be null, got {latent.num_latent_steps}")
-        end = text_ids(model, latent.end_of_thinking_token)
+        end = text_ids(model.tokenizer, latent.end_of_thinking_token)
         if not end:
             raise ConfigError("method 'latent_grpo' needs latent.end_of_thinking_token (the authors' models: "
                               "'</think>'; the CPU suite: '####')")
