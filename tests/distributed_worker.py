@@ -15,7 +15,7 @@ import torch
 from latentrl.config import GRPOConfig, LatentConfig
 from latentrl.data import make_examples, task_vocabulary
 from latentrl.rl.trainer import GRPOTrainer
-from latentrl.testing import tiny_latent_model
+from latentrl.testing import tiny_latent_model, word_count_reward
 
 GLOBAL_MICRO_BATCHES = 4  # x per_device_train_batch_size 3 = 12 completions = 3 groups of 4 per step
 RUNS = {
@@ -29,9 +29,6 @@ RUNS = {
 }
 
 
-def varied_reward(prompts, completions, **kw):
-    """Deterministic and varied across completions, so advantages and gradients are non-zero."""
-    return [float(len(c.split()) % 3) for c in completions]
 
 
 def some_groups_constant(prompts, completions, **kw):
@@ -40,7 +37,7 @@ def some_groups_constant(prompts, completions, **kw):
     return [float(len(c.split()) % 3) if o else 1.0 for o, c in zip(odd, completions)]
 
 
-REWARDS = {"grpo": varied_reward, "hrpo": some_groups_constant}
+REWARDS = {"grpo": word_count_reward, "hrpo": some_groups_constant}
 
 
 def config(out: Path, world: int, name: str, **kw) -> GRPOConfig:

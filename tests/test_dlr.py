@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from latentrl.config import ConfigError, GRPOConfig, load_config
-from latentrl.data import make_examples, task_vocabulary
+from latentrl.data import make_examples
 from latentrl.data.schema import format_prompt
 from latentrl.dlr import AssistantThoughtOperator, DLRConfig, LatentAssistant, gaussian_log_prob
 from latentrl.dlr.losses import anchor_info_nce, filter_high_value, group_info_nce, policy_gradient_loss
@@ -15,19 +15,12 @@ from latentrl.dlr.trainer import DLRTrainer
 from latentrl.methods import get_method
 from latentrl.rl.trainer import GRPOTrainer
 from latentrl.rollout import SamplingParams, ThinkingSchedule, generate_rollout, left_pad
-from latentrl.testing import tiny_latent_model
+from latentrl.testing import char_sum_reward, tiny_chain_sum_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(num_latent_steps=3, latent_dim=4, assistant_hidden_size=16)
 
 
-def varied_reward(prompts, completions, **kw):
-    """Deterministic and varied across completions, so groups carry a signal."""
-    return [float(sum(map(ord, c)) % 3) for c in completions]
-
-
-def tiny(seed=0):
-    return tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=seed, hidden=32)
 
 
 def examples(n=8):
@@ -43,7 +36,7 @@ def config(tmp_path, **kw):
 
 
 def trainer(tmp_path, lm=None, dlr=None, **kw):
-    return DLRTrainer(config(tmp_path, **kw), lm or tiny(), examples(), reward_funcs=[varied_reward],
+    return DLRTrainer(config(tmp_path, **kw), lm or tiny_chain_sum_model(), examples(), reward_funcs=[char_sum_reward],
                       dlr=dlr or DLRConfig(**SMALL))
 
 
@@ -188,7 +181,7 @@ def _unrelated_logits(lm):
 
 @pytest.mark.parametrize("nll_coef", [0.0, 1.0])
 def test_training_changes_the_assistant_and_never_the_main_model(tmp_path, nll_coef):
-    lm = tiny()
+    lm = tiny_chain_sum_model()
     before, logits_before = _main_state(lm), _unrelated_logits(lm)
     t = trainer(tmp_path, lm, dlr=DLRConfig(**SMALL, nll_coef=nll_coef))
     assert all(not p.requires_grad for p in lm.model.parameters())
@@ -295,7 +288,7 @@ def test_generic_evaluate_decodes_the_mean_chain(tmp_path):
 def test_plain_grpo_trainer_refuses_dlr_and_method_names_its_trainer(tmp_path):
     assert get_method("dlr").trainer_class is DLRTrainer
     with pytest.raises(ConfigError, match="DLRTrainer"):
-        GRPOTrainer(config(tmp_path), tiny(), examples(), reward_funcs=[varied_reward])
+        GRPOTrainer(config(tmp_path), tiny_chain_sum_model(), examples(), reward_funcs=[char_sum_reward])
     with pytest.raises(ConfigError, match="beta"):
         trainer(tmp_path, beta=0.1)
     with pytest.raises(ConfigError, match="max_completion_length"):
@@ -309,7 +302,7 @@ def test_assistant_is_saved_and_reloaded(tmp_path):
     t.train()
     t.model.save_pretrained(tmp_path / "ckpt")
     lm2 = LatentModel.from_pretrained(tmp_path / "ckpt")
-    t2 = DLRTrainer(config(tmp_path / "b"), lm2, examples(), reward_funcs=[varied_reward], dlr=DLRConfig(**SMALL))
+    t2 = DLRTrainer(config(tmp_path / "b"), lm2, examples(), reward_funcs=[char_sum_reward], dlr=DLRConfig(**SMALL))
     for (k, v), (_, w) in zip(t.assistant.state_dict().items(), t2.assistant.state_dict().items()):
         assert torch.equal(v, w), k
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from latentrl.testing import word_count_reward
 from latentrl.cli import ARG_BUILDERS, COMMANDS, _add_train_args
 from latentrl.config import GRPOConfig, config_from_dict, config_to_dict, load_config
 from latentrl.methods import METHODS, get_method
@@ -216,8 +217,6 @@ def test_every_registered_method_has_a_reproduce_command():
 
 
 # ------------------------------------------------------------------------------------------------ tiny runs
-def _varied_reward(prompts, completions, **kw):
-    return [float(len(c.split()) % 3) for c in completions]
 
 
 #: per method: options that switch on every metric the page lists (KL, dynamic sampling, DLR's NLL term)
@@ -254,7 +253,7 @@ def tiny_run(method: str, tmp: str) -> tuple[str, frozenset]:
         from latentrl.methods.latent_rl import LatentRL
 
         impl = LatentRL(pretrain_prompts=4, pretrain_epochs=1, pretrain_batch_size=8)
-    trainer = impl.trainer_class(cfg, lm, data, reward_funcs=[_varied_reward], method=impl, eval_dataset=data[:4])
+    trainer = impl.trainer_class(cfg, lm, data, reward_funcs=[word_count_reward], method=impl, eval_dataset=data[:4])
     trainer.train()
     keys = frozenset(k for rec in read_metrics(out) for k in rec)
     return (trainer.operator.name if trainer.operator is not None else "none"), keys

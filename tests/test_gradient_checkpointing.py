@@ -9,9 +9,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_lora import lora_trainer, tiny  # noqa: E402
+from test_lora import lora_trainer  # noqa: E402
 
 from latentrl.replay import replay  # noqa: E402
+from latentrl.testing import tiny_chain_sum_model  # noqa: E402
 
 
 def layer0_mlp(t):
@@ -21,7 +22,7 @@ def layer0_mlp(t):
 
 def one_step(method, out, checkpointing, lora):
     """One optimizer step; returns the metrics, every gradient, and how often decoder layer 0's MLP ran forward."""
-    t = lora_trainer(method, out, tiny(), max_steps=1, save_steps=0, gradient_checkpointing=checkpointing,
+    t = lora_trainer(method, out, tiny_chain_sum_model(), max_steps=1, save_steps=0, gradient_checkpointing=checkpointing,
                      lora={"enabled": lora})
     calls = []
     mlp = layer0_mlp(t)

@@ -14,7 +14,7 @@ from latentrl.model import LatentModel
 from latentrl.replay import completion_embeds, replay
 from latentrl.rl.trainer import GRPOTrainer
 from latentrl.rollout import SamplingParams, ThinkingSchedule, decode_completions, generate_rollout
-from latentrl.testing import tiny_latent_model
+from latentrl.testing import tiny_latent_model, word_count_reward
 from latentrl.thoughts import build_thought_operator
 from latentrl.thoughts.hrpo_gate import GATE_NAME, HRPOGate, ensure_gate, projected_state
 from tests.conftest import WORDS, gen, make_prompts
@@ -231,8 +231,6 @@ def trainer_model(seed=0):
     return tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=seed, hidden=32)
 
 
-def varied_reward(prompts, completions, **kw):
-    return [float(len(c.split()) % 3) for c in completions]
 
 
 def config(tmp_path, **kw):
@@ -250,7 +248,7 @@ def gate_state(lm):
 
 def test_one_trainer_step_trains_the_gate_with_its_own_learning_rates(tmp_path):
     lm = trainer_model()
-    t = GRPOTrainer(config(tmp_path), lm, examples(), reward_funcs=[varied_reward])
+    t = GRPOTrainer(config(tmp_path), lm, examples(), reward_funcs=[word_count_reward])
     assert isinstance(t.operator, type(build_thought_operator("hrpo_gate"))) and t.operator.mode == "gate"
     assert t.schedule.delimiters() == [lm.tokenizer("####", add_special_tokens=False)["input_ids"]]
     gate = lm.side_modules[GATE_NAME]
@@ -285,7 +283,7 @@ def test_rewards_see_the_hybrid_tokens(tmp_path):
 
 def test_reference_logprobs_replay_the_base_model_on_plain_token_ids(tmp_path):
     lm = trainer_model()
-    t = GRPOTrainer(config(tmp_path), lm, examples(), reward_funcs=[varied_reward])
+    t = GRPOTrainer(config(tmp_path), lm, examples(), reward_funcs=[word_count_reward])
     with torch.no_grad():  # make the gate matter, so replaying with and without it differs
         lm.side_modules[GATE_NAME].Lambda.fill_(0.0)
         t.ref_model.side_modules[GATE_NAME].Lambda.fill_(0.0)
@@ -302,7 +300,7 @@ def test_reference_logprobs_replay_the_base_model_on_plain_token_ids(tmp_path):
 def test_ablation_methods_run_one_step(tmp_path, method):
     lm = trainer_model()
     t = GRPOTrainer(config(tmp_path, method=method, policy_loss="clipped", loss_type="dapo"), lm, examples(),
-                    reward_funcs=[varied_reward])
+                    reward_funcs=[word_count_reward])
     assert t.operator.mode == {"hrpo_raw_hidden": "raw_hidden", "hrpo_no_gate": "interpolation"}[method]
     m = t.train_step()
     assert GATE_NAME not in lm.side_modules and "embeds_ratio" not in m
@@ -312,10 +310,10 @@ def test_ablation_methods_run_one_step(tmp_path, method):
 def test_hrpo_rejects_a_conflicting_latent_schedule(tmp_path):
     bad = LatentConfig(operator="hrpo_gate", num_latent_steps=2)
     with pytest.raises(ValueError, match="answer_delimiter"):
-        GRPOTrainer(config(tmp_path, latent=bad), trainer_model(), examples(), reward_funcs=[varied_reward])
+        GRPOTrainer(config(tmp_path, latent=bad), trainer_model(), examples(), reward_funcs=[word_count_reward])
     with pytest.raises(ValueError, match="hrpo_gate"):
         GRPOTrainer(config(tmp_path, latent=LatentConfig(operator="soft_mixture")), trainer_model(), examples(),
-                    reward_funcs=[varied_reward])
+                    reward_funcs=[word_count_reward])
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

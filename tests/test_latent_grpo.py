@@ -21,7 +21,7 @@ from latentrl.sft.superposition import (
     superposition_loss,
     train_superposition_sft,
 )
-from latentrl.testing import tiny_latent_model
+from latentrl.testing import tiny_latent_model, word_count_reward
 from latentrl.thoughts import build_thought_operator
 from latentrl.thoughts.gumbel_topk import GumbelTopKThought
 from tests.conftest import WORDS, gen, make_prompts
@@ -221,8 +221,6 @@ def test_first_token_selection_keeps_one_positive_path_at_the_first_latent_posit
 
 
 # ---------------------------------------------------------------------------------------------------- trainer
-def varied_reward(prompts, completions, **kw):
-    return [float(len(c.split()) % 3) for c in completions]
 
 
 def trainer_for(tmp_path, **kw):
@@ -233,7 +231,7 @@ def trainer_for(tmp_path, **kw):
                 save_steps=0, report_to=["none"], dual_clip=3.0, latent=latent)
     base.update(kw)
     return GRPOTrainer(GRPOConfig(**base), lm, make_examples("chain_sum", 16, seed=0, length=3),
-                       reward_funcs=[varied_reward])
+                       reward_funcs=[word_count_reward])
 
 
 def test_one_trainer_step_changes_parameters_but_not_the_frozen_embeddings(tmp_path):

@@ -14,7 +14,7 @@ from latentrl.rl.losses import mixed_policy_loss
 from latentrl.rl.trainer import GRPOTrainer
 from latentrl.rollout import SamplingParams, ThinkingSchedule, generate_rollout
 from latentrl.sampling import token_logprobs
-from latentrl.testing import tiny_latent_model
+from latentrl.testing import tiny_latent_model, word_count_reward
 from latentrl.thoughts import build_thought_operator
 from latentrl.thoughts.gumbel_softmax import GumbelSoftmaxThought, filter_exact_top_k, soft_cross_entropy_logprob
 from tests.conftest import WORDS, gen, make_prompts
@@ -117,8 +117,6 @@ def test_replay_equals_rollout(arch):
 
 
 # ---------------------------------------------------------------------------------------------------- method
-def varied_reward(prompts, completions, **kw):
-    return [float(len(c.split()) % 3) for c in completions]
 
 
 def trainer_for(tmp_path, **kw):
@@ -129,7 +127,7 @@ def trainer_for(tmp_path, **kw):
                 save_steps=0, report_to=["none"], latent=latent)
     base.update(kw)
     return GRPOTrainer(GRPOConfig(**base), lm, make_examples("chain_sum", 16, seed=0, length=3),
-                       reward_funcs=[varied_reward])
+                       reward_funcs=[word_count_reward])
 
 
 def test_unified_loss_soft_ce_at_latent_positions_clipped_surrogate_at_tokens(tmp_path):

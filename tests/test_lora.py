@@ -12,19 +12,12 @@ from latentrl.config import ConfigError, GRPOConfig, load_config
 from latentrl.data import make_examples, task_vocabulary
 from latentrl.methods import METHODS, get_method
 from latentrl.model import LatentModel
-from latentrl.testing import tiny_latent_model
+from latentrl.testing import char_sum_reward, tiny_chain_sum_model, tiny_latent_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTER_KEYS = ("lora_A", "lora_B", "trainable_tokens_delta")
 
 
-def varied_reward(prompts, completions, **kw):
-    """Deterministic and varied across completions, so every group carries a signal."""
-    return [float(sum(map(ord, c)) % 3) for c in completions]
-
-
-def tiny(seed=0):
-    return tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=seed, hidden=32)
 
 
 def examples(n=8):
@@ -52,7 +45,7 @@ def lora_config(method, out, **over):
 
 def lora_trainer(method, out, lm=None, **over):
     cfg = lora_config(method, out, **over)
-    return get_method(method).trainer_class(cfg, lm or tiny(), examples(), reward_funcs=[varied_reward])
+    return get_method(method).trainer_class(cfg, lm or tiny_chain_sum_model(), examples(), reward_funcs=[char_sum_reward])
 
 
 def trainable_state(t):
@@ -64,7 +57,7 @@ def trainable_state(t):
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_lora_trains_only_adapters_and_side_modules_and_resumes_exactly(tmp_path, method):
-    lm = tiny()
+    lm = tiny_chain_sum_model()
     base = copy.deepcopy(lm)  # the model before any adapter: what the KL reference must equal
     t = lora_trainer(method, tmp_path / "a", lm)
     assert t.model.is_peft
@@ -161,7 +154,7 @@ def test_resuming_across_lora_and_full_fine_tuning_is_a_clear_error(tmp_path):
     full.train()
     assert not full.model.is_peft and full.ref_model is not full.model  # full fine-tuning: a frozen copy
     with pytest.raises(FileNotFoundError, match="lora.enabled=true"):
-        tiny().load_weights(tmp_path / "lora" / "checkpoint-1")
+        tiny_chain_sum_model().load_weights(tmp_path / "lora" / "checkpoint-1")
     with pytest.raises(FileNotFoundError, match="lora.enabled=false"):
         lora.model.load_weights(tmp_path / "full" / "checkpoint-1")
 

@@ -22,15 +22,12 @@ from latentrl.methods.latent_rl import (
 )
 from latentrl.model import LatentModel
 from latentrl.rl.trainer import GRPOTrainer
-from latentrl.testing import tiny_latent_model
+from latentrl.testing import tiny_latent_model, word_count_reward
 
 REPO = Path(__file__).resolve().parents[1]
 N_THOUGHTS = 3
 
 
-def varied_reward(prompts, completions, **kw):
-    """Deterministic, varies across completions: non-zero advantages."""
-    return [float(len(c.split()) % 3) for c in completions]
 
 
 def half_right(prompts, completions, **kw):
@@ -66,7 +63,7 @@ def head_params(lm):
 # ---------------------------------------------------------------------------------------------- coconut_grpo
 def test_coconut_grpo_step_trains_on_answer_tokens_only(tmp_path):
     lm = model()
-    t = GRPOTrainer(config(tmp_path, "coconut_grpo"), lm, examples(), reward_funcs=[varied_reward])
+    t = GRPOTrainer(config(tmp_path, "coconut_grpo"), lm, examples(), reward_funcs=[word_count_reward])
     assert t.method.init == "coconut_sft" and t.method.name == "coconut_grpo"
     row = t.rows[0]
     assert t.method.prompt_text(row) == row["prompt"] + "<|start-latent|>"
@@ -92,20 +89,20 @@ def test_coconut_grpo_step_trains_on_answer_tokens_only(tmp_path):
 def test_coconut_methods_check_their_config(tmp_path):
     with pytest.raises(ConfigError, match="num_latent_steps"):
         GRPOTrainer(config(tmp_path, "coconut_grpo", latent=LatentConfig(operator="hidden_state")), model(),
-                    examples(), reward_funcs=[varied_reward])
+                    examples(), reward_funcs=[word_count_reward])
     with pytest.raises(ConfigError, match="operator"):
         GRPOTrainer(config(tmp_path, "coconut_grpo", latent=LatentConfig(operator="soft_mixture", num_latent_steps=2)),
-                    model(), examples(), reward_funcs=[varied_reward])
+                    model(), examples(), reward_funcs=[word_count_reward])
     bare = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), add_latent_tokens=False)
     with pytest.raises(ValueError, match="latent tokens"):
-        GRPOTrainer(config(tmp_path, "latent_rl"), bare, examples(), reward_funcs=[varied_reward])
+        GRPOTrainer(config(tmp_path, "latent_rl"), bare, examples(), reward_funcs=[word_count_reward])
 
 
 # ---------------------------------------------------------------------------------------------- latent_rl
 def test_latent_rl_step_trains_backbone_and_value_head(tmp_path):
     lm = model()
     method = LatentRL(pretrain_prompts=4, pretrain_epochs=3)
-    t = GRPOTrainer(config(tmp_path, "latent_rl"), lm, examples(), reward_funcs=[varied_reward], method=method)
+    t = GRPOTrainer(config(tmp_path, "latent_rl"), lm, examples(), reward_funcs=[word_count_reward], method=method)
     assert t.method.needs_hidden and t.method.init == "coconut_sft"
     head = lm.side_modules[VALUE_HEAD]
     assert isinstance(head, ValueHead)
@@ -201,7 +198,7 @@ def test_value_head_is_saved_and_loaded_with_the_model(tmp_path):
     want = head_params(lm)
     lm.save_pretrained(tmp_path / "ckpt")
     loaded = LatentModel.from_pretrained(tmp_path / "ckpt")
-    t = GRPOTrainer(config(tmp_path / "run", "latent_rl"), loaded, examples(), reward_funcs=[varied_reward])
+    t = GRPOTrainer(config(tmp_path / "run", "latent_rl"), loaded, examples(), reward_funcs=[word_count_reward])
     torch.testing.assert_close(head_params(loaded), want)
     assert loaded.side_modules[VALUE_HEAD].pretrained  # a saved head is not pre-trained again
     m = t.train_step()

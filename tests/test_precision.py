@@ -10,13 +10,11 @@ from latentrl.data import make_examples, task_vocabulary
 from latentrl.replay import replay
 from latentrl.rl.trainer import GRPOTrainer
 from latentrl.rollout import SamplingParams, ThinkingSchedule, generate_rollout
-from latentrl.testing import tiny_latent_model
+from latentrl.testing import tiny_latent_model, word_count_reward
 from latentrl.thoughts import build_thought_operator
 from tests.conftest import gen, make_prompts
 
 
-def varied_reward(prompts, completions, **kw):
-    return [float(len(c.split()) % 3) for c in completions]
 
 
 def trainer(tmp_path, **kw):
@@ -26,7 +24,7 @@ def trainer(tmp_path, **kw):
     base.update(kw)
     lm = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32)
     return GRPOTrainer(GRPOConfig(**base), lm, make_examples("chain_sum", 16, seed=0, length=3),
-                       reward_funcs=[varied_reward])
+                       reward_funcs=[word_count_reward])
 
 
 def test_bf16_loss_is_close_to_fp32_on_the_same_batch(tmp_path):

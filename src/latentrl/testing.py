@@ -42,3 +42,21 @@ def tiny_latent_model(arch: str = "qwen2", words: list[str] | None = None, seed:
     if add_latent_tokens:
         lm.add_latent_tokens(init_from="<<")
     return lm
+
+
+def word_count_reward(prompts: list, completions: list, **kwargs) -> list[float]:
+    """A deterministic reward that varies across completions (words mod 3), so groups carry a non-zero advantage
+    even on a random model; TRL's reward signature."""
+    return [float(len(c.split()) % 3) for c in completions]
+
+
+def char_sum_reward(prompts: list, completions: list, **kwargs) -> list[float]:
+    """Like `word_count_reward`, but varies with every character (character codes mod 3)."""
+    return [float(sum(map(ord, c)) % 3) for c in completions]
+
+
+def tiny_chain_sum_model(seed: int = 0, hidden: int = 32) -> LatentModel:
+    """A random tiny Qwen2 with the chain_sum vocabulary and Coconut latent tokens."""
+    from latentrl.data import task_vocabulary
+
+    return tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=seed, hidden=hidden)
