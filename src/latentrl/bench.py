@@ -157,20 +157,16 @@ def preset_path(method: str) -> Path:
 
 
 def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, seed: int, k: int,
-               num_eval: int, overrides: list[str] = (), init: str | None = None,
-               label: str | None = None) -> dict[str, Any]:
-    """RL-train one method on one task and evaluate it. `init` replaces the method's starting checkpoint (a
-    registered init builder); `label` names the row and run folder (default: the method name)."""
+               num_eval: int, overrides: list[str] = ()) -> dict[str, Any]:
+    """RL-train one method on one task (its preset, then the task's and the caller's overrides) and evaluate it."""
     from latentrl.data import load_examples
     from latentrl.eval import evaluate
     from latentrl.methods import get_method
     from latentrl.model import LatentModel
 
     method = get_method(method_name)
-    init = init or method.init
-    init_path = build_init(init, task, out, quick)
-    label = label or method_name
-    run_dir = out / "runs" / f"{label}-{task.name}"
+    init_path = build_init(method.init, task, out, quick)
+    run_dir = out / "runs" / f"{method_name}-{task.name}"
     extra = [f"model_name_or_path={init_path}", f"output_dir={run_dir}", f"seed={seed}", f"method={method_name}",
              f"max_completion_length={task.max_completion_length}", "save_steps=0", "save_total_limit=1"]
     if quick:
@@ -188,7 +184,7 @@ def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, see
     res = evaluate(model, evals, operator=trainer.operator,
                    schedule=trainer.schedule, max_new_positions=task.max_completion_length, k=k, seed=seed,
                    prompt_text=trainer.method.prompt_text)
-    return row(label, task.name, res, train_wall, init, run_dir)
+    return row(method_name, task.name, res, train_wall, method.init, run_dir)
 
 
 def check_disjoint(task: SuiteTask, train: list[Example], evals: list[Example]) -> None:
