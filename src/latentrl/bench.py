@@ -8,15 +8,17 @@ evaluate Pass@1 (greedy), Pass@k (sampled) and reasoning positions on the task's
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from latentrl.checkpoint import atomic_write_json, atomic_write_text
 from latentrl.config import GRPOConfig, load_config
+from latentrl.data.schema import Example
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CPU_PRESETS = REPO_ROOT / "configs" / "cpu"
@@ -24,27 +26,86 @@ CPU_PRESETS = REPO_ROOT / "configs" / "cpu"
 
 @dataclass
 class SuiteTask:
-    """One task of the CPU suite: where its shipped checkpoints are and what it is evaluated on."""
+    """One task of the CPU suite: where its shipped checkpoints are and what it is evaluated on.
+
+    Evaluation data is a real file (`eval_source`) when one exists; otherwise it is generated from `eval_seed`,
+    skipping every question the shipped models were pre-trained on (`pretrain_config`), so it is held out from
+    pretraining as well as from the bench's own training data (`run_method` re-checks that).
+    """
 
     name: str
     dataset: str  # training prompts (task name for synthetic data)
-    eval_source: str  # evaluation data: a real file when we have one
     cot_model: str  # asset name of the CoT-SFT checkpoint
     nocot_model: str
     max_completion_length: int
     dataset_kwargs: dict[str, Any]
+    eval_source: str | None = None  # real evaluation file; None: generated (eval_seed)
+    eval_seed: int | None = None
+    pretrain_config: str | None = None  # the shipped models' `latentrl pretrain` YAML, relative to the repo root
+    #: task-specific `key=value` overrides of a method's CPU preset (e.g. Coconut's thought count = #steps)
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)
+    #: task-specific overrides of a starting-checkpoint builder's preset (e.g. `coconut_sft`'s stages)
+    init_overrides: dict[str, list[str]] = field(default_factory=dict)
+
+    def pretrain_questions(self) -> frozenset[str]:
+        """Questions the shipped models were trained on (empty when there is no `pretrain_config`)."""
+        if self.pretrain_config is None:
+            return frozenset()
+        return _pretrain_questions(str(REPO_ROOT / self.pretrain_config), self.dataset)
+
+    def eval_examples(self, n: int) -> list[Example]:
+        """The first `n` evaluation problems: the real file's, or generated ones outside the pretraining data."""
+        from latentrl.data import load_examples, train_eval_split
+
+        if self.eval_source is not None:
+            return load_examples(self.eval_source)[:n]
+        if self.eval_seed is None:
+            raise ValueError(f"suite task {self.name!r} has neither an eval_source file nor an eval_seed")
+        # the "train" side of a split with no eval part = n draws of eval_seed, none of them a banned question
+        held_out, _ = train_eval_split(self.dataset, n, 0, self.eval_seed, exclude=self.pretrain_questions(),
+                                       **self.dataset_kwargs)
+        return held_out
+
+
+@functools.lru_cache(maxsize=4)
+def _pretrain_questions(config_path: str, dataset: str) -> frozenset[str]:
+    """The training questions of a `latentrl pretrain` config (regenerated: ~80k draws take seconds, so cached)."""
+    from latentrl.data import train_eval_split
+    from latentrl.pretrain import PretrainConfig
+
+    pc = load_config(PretrainConfig, config_path)
+    if pc.task != dataset:
+        raise ValueError(f"pretrain config {config_path} is for task {pc.task!r}, not {dataset!r}")
+    train, _ = train_eval_split(pc.task, pc.num_train_examples, pc.num_eval_examples, pc.seed, **pc.difficulty)
+    return frozenset(ex.question for ex in train)
 
 
 def suite_tasks() -> dict[str, SuiteTask]:
     from latentrl.data.paths import shared_data_file
 
+    chain_steps = 7  # 8 operands -> 7 `<< x + y = z >>` steps, one Coconut stage / thought each
+    coconut_chain = [f"latent.num_latent_steps={chain_steps}", f"latent.max_latent_steps={chain_steps}"]
     return {
         "icot_mult_4x4": SuiteTask(
             name="icot_mult_4x4", dataset="icot_mult", eval_source=str(shared_data_file("icot_mult_4x4/valid.txt")),
             cot_model="icot_mult_4x4-cot", nocot_model="icot_mult_4x4-nocot", max_completion_length=64,
             dataset_kwargs={"digits": 4},
         ),
+        # CoT = 7 steps of 7 tokens (49 reasoning positions) + `#### d` + eos; 60 as in the pretraining evaluation
+        "chain_sum": SuiteTask(
+            name="chain_sum", dataset="chain_sum", cot_model="chain_sum-cot", nocot_model="chain_sum-nocot",
+            max_completion_length=60, dataset_kwargs={"length": 8, "modulus": 10, "ops": "+"},
+            eval_seed=CHAIN_SUM_EVAL_SEED, pretrain_config="configs/pretrain_chain_sum.yaml",
+            method_overrides={"coconut_grpo": coconut_chain, "latent_rl": coconut_chain},
+            # stages 1..7 replace one more step each (epochs 1..7), then 2 epochs with all 7 steps as thoughts;
+            # batches of 64 keep the 9 epochs at ~290 steps (a CPU-time choice, docs/bench/chain_sum)
+            init_overrides={"coconut_sft": [f"max_latent_stage={chain_steps}", f"num_epochs={chain_steps + 3}",
+                                            "per_device_train_batch_size=64"]},
+        ),
     }
+
+
+CHAIN_SUM_EVAL_SEED = 271828  # a stream no training split of the suite draws from
 
 
 # ---------------------------------------------------------------------------------------- starting checkpoints
@@ -78,7 +139,7 @@ def _superposition_init(task: SuiteTask, cache: Path, quick: bool) -> Path:
 def _coconut_init(task: SuiteTask, cache: Path, quick: bool) -> Path:
     from latentrl.sft.coconut import build_coconut_init
 
-    return build_coconut_init(task, cache, quick)
+    return build_coconut_init(task, cache, quick, overrides=task.init_overrides.get("coconut_sft", ()))
 
 
 def build_init(name: str, task: SuiteTask, out: Path, quick: bool) -> Path:
@@ -97,6 +158,7 @@ def preset_path(method: str) -> Path:
 
 def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, seed: int, k: int,
                num_eval: int, overrides: list[str] = ()) -> dict[str, Any]:
+    """RL-train one method on one task (its preset, then the task's and the caller's overrides) and evaluate it."""
     from latentrl.data import load_examples
     from latentrl.eval import evaluate
     from latentrl.methods import get_method
@@ -109,26 +171,36 @@ def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, see
              f"max_completion_length={task.max_completion_length}", "save_steps=0", "save_total_limit=1"]
     if quick:
         extra.append("max_steps=" + str(QUICK_STEPS))
-    cfg = load_config(GRPOConfig, preset_path(method_name), [*extra, *overrides])
+    cfg = load_config(GRPOConfig, preset_path(method_name),
+                      [*extra, *task.method_overrides.get(method_name, ()), *overrides])
     model = LatentModel.from_pretrained(init_path, add_latent_tokens=True)
     train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=seed, **task.dataset_kwargs)
+    evals = task.eval_examples(num_eval)
+    check_disjoint(task, train, evals)
     t0 = time.perf_counter()
     trainer = method.trainer_class(cfg, model, train)
     trainer.train()
     train_wall = time.perf_counter() - t0
-    res = evaluate(model, load_examples(task.eval_source)[:num_eval], operator=trainer.operator,
+    res = evaluate(model, evals, operator=trainer.operator,
                    schedule=trainer.schedule, max_new_positions=task.max_completion_length, k=k, seed=seed,
                    prompt_text=trainer.prompt_text)
     return row(method_name, task.name, res, train_wall, method.init, run_dir)
 
 
+def check_disjoint(task: SuiteTask, train: list[Example], evals: list[Example]) -> None:
+    """Refuse to score a run on problems it trained on."""
+    shared = {ex.question for ex in train} & {ex.question for ex in evals}
+    if shared:
+        raise ValueError(f"suite task {task.name!r}: {len(shared)} evaluation questions are also training questions "
+                         f"(e.g. {sorted(shared)[0]!r}); the eval set must be held out")
+
+
 def eval_checkpoint(label: str, path: Path, task: SuiteTask, *, k: int, seed: int, num_eval: int) -> dict[str, Any]:
-    from latentrl.data import load_examples
     from latentrl.eval import evaluate
     from latentrl.model import LatentModel
 
     model = LatentModel.from_pretrained(path)
-    res = evaluate(model, load_examples(task.eval_source)[:num_eval], max_new_positions=task.max_completion_length,
+    res = evaluate(model, task.eval_examples(num_eval), max_new_positions=task.max_completion_length,
                    k=k, seed=seed)
     return row(label, task.name, res, 0.0, "shipped checkpoint", path)
 
@@ -186,6 +258,9 @@ def run_bench(out: Path, *, quick: bool, methods: list[str] | None, tasks: list[
     num_eval = num_eval or (100 if quick else 1000)
     all_tasks = suite_tasks()
     rows: list[dict[str, Any]] = []
+    unknown = sorted(set(tasks or ()) - set(all_tasks))
+    if unknown:
+        raise ValueError(f"unknown suite task(s) {', '.join(unknown)}; known: {', '.join(all_tasks)}")
     for tname in tasks or list(all_tasks):
         task = all_tasks[tname]
         rows.append(eval_checkpoint("nocot_sft", model_path(task.nocot_model), task, k=k, seed=seed, num_eval=num_eval))

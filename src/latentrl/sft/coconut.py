@@ -856,7 +856,7 @@ def build_coconut_init(task: Any, cache: Path | str, quick: bool, preset: Path |
     source = model_path(task.cot_model)
     model = LatentModel.from_pretrained(source, add_latent_tokens=True)
     train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed, **task.dataset_kwargs)
-    evals = [] if quick else load_examples(task.eval_source)[: cfg.num_eval_examples]
+    evals = [] if quick else task.eval_examples(cfg.num_eval_examples)
     history = train_coconut(cfg, model, train, evals)
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)

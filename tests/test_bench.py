@@ -1,0 +1,79 @@
+"""The CPU suite's task table (`latentrl.bench.suite_tasks`): tasks resolve to shipped models and held-out data."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from latentrl.assets import model_path
+from latentrl.bench import REPO_ROOT, check_disjoint, load_config, preset_path, run_bench, suite_tasks
+from latentrl.config import GRPOConfig
+from latentrl.data import Example, load_examples, train_eval_split
+from latentrl.data.schema import format_cot
+from latentrl.sft.coconut import CPU_PRESET, CoconutConfig
+
+
+@pytest.fixture(scope="module")
+def chain_sum():
+    return suite_tasks()["chain_sum"]
+
+
+def test_chain_sum_resolves_to_its_shipped_models_and_generated_eval(chain_sum):
+    assert model_path(chain_sum.cot_model).name == "chain_sum-cot"
+    assert model_path(chain_sum.nocot_model).name == "chain_sum-nocot"
+    evals = chain_sum.eval_examples(200)
+    assert len(evals) == 200 and evals == chain_sum.eval_examples(200)  # deterministic
+    assert chain_sum.eval_examples(50) == evals[:50]  # a prefix, so --num-eval n scores the first n
+    ex = evals[0]
+    digits = [int(d) for d in ex.question.split()]
+    assert len(digits) == 8 and len(ex.steps) == 7 and ex.answer == str(sum(digits) % 10)
+
+
+def test_chain_sum_eval_is_disjoint_from_every_training_split(chain_sum):
+    """Recomputed from the pretraining YAML itself: the shipped models' training questions, the RL presets' train
+    split (seeds 0 and 1) and the Coconut init's train split never contain an evaluation question."""
+    pre = yaml.safe_load((REPO_ROOT / "configs/pretrain_chain_sum.yaml").read_text())
+    assert pre["task"] == chain_sum.dataset and pre["difficulty"] == chain_sum.dataset_kwargs
+    pretrain, _ = train_eval_split(pre["task"], pre["num_train_examples"], pre["num_eval_examples"], pre["seed"],
+                                   **pre["difficulty"])
+    n_rl = load_config(GRPOConfig, preset_path("grpo")).num_train_examples
+    n_coconut = load_config(CoconutConfig, CPU_PRESET).num_train_examples
+    eval_q = {ex.question for ex in chain_sum.eval_examples(1000)}
+    assert len(eval_q) > 990  # 10^8 questions: repeats are rare
+    assert not eval_q & {ex.question for ex in pretrain}
+    for seed in (0, 1):
+        rl = load_examples("chain_sum", split="train", n=n_rl, seed=seed, **chain_sum.dataset_kwargs)
+        assert not eval_q & {ex.question for ex in rl}
+    coconut = load_examples("chain_sum", split="train", n=n_coconut, seed=0, **chain_sum.dataset_kwargs)
+    assert not eval_q & {ex.question for ex in coconut}
+
+
+def test_chain_sum_completion_budget_fits_the_cot(chain_sum):
+    """max_completion_length covers the whole CoT target (7 steps + answer + eos) in the shipped tokenizer."""
+    from latentrl.model import LatentModel
+
+    tok = LatentModel.from_pretrained(model_path(chain_sum.cot_model)).tokenizer
+    longest = max(len(tok(format_cot(ex), add_special_tokens=False)["input_ids"]) + 1
+                  for ex in chain_sum.eval_examples(50))
+    assert longest == 7 * 7 + 2 + 1  # `<< x + y = z >>` is 7 words; `#### d`; eos
+    assert longest <= chain_sum.max_completion_length
+
+
+def test_chain_sum_coconut_settings_match_its_step_count(chain_sum):
+    """One Coconut stage (and thought) per step: the init replaces all 7 steps, the RL presets think 7 thoughts."""
+    cfg = load_config(CoconutConfig, CPU_PRESET, chain_sum.init_overrides["coconut_sft"])
+    assert cfg.max_latent_stage * cfg.c_thought == 7
+    for method in ("coconut_grpo", "latent_rl"):
+        rl = load_config(GRPOConfig, preset_path(method), chain_sum.method_overrides[method])
+        assert rl.latent.num_latent_steps == rl.latent.max_latent_steps == 7
+
+
+def test_overlapping_eval_is_refused(chain_sum):
+    ex = Example("1 2 3 4 5 6 7 8", [], "6")
+    with pytest.raises(ValueError, match="held out"):
+        check_disjoint(chain_sum, [ex], [ex])
+
+
+def test_unknown_suite_task_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown suite task.*chain_sum"):
+        run_bench(tmp_path, quick=True, methods=["grpo"], tasks=["nope"])
