@@ -52,3 +52,14 @@ def test_every_cpu_preset_starts_from_a_shipped_model_or_names_the_command_that_
         if Path(resolve_model(name)).is_dir():
             continue
         assert "latentrl bench" in text or "latentrl coconut-sft" in text, (path, name)  # built by a command
+
+
+def test_plot_draws_a_runs_metrics_and_names_a_missing_log(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward": s / 10, "embeds_ratio": 0.99})
+                                               + "\n" for s in range(1, 6)))
+    assert main(["plot", str(run), "--keys", "reward", "embeds_ratio", "--out", str(tmp_path / "m.png")]) == 0
+    assert (tmp_path / "m.png").stat().st_size > 0
+    assert main(["plot", str(tmp_path / "nothing")]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err

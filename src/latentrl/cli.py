@@ -283,6 +283,30 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     return 0
 
 
+@command("plot", "Plot a run's logged metrics against step: latentrl plot RUN_DIR --keys reward embeds_ratio --out x.png")
+def cmd_plot(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from latentrl.logger import plot_metrics
+
+    run = Path(ns.run)
+    metrics = run / "metrics.jsonl" if run.is_dir() else run
+    if not metrics.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl in {ns.run} (runs log it with report_to: [jsonl])")
+    out = Path(ns.out) if ns.out else metrics.parent / "metrics.png"
+    print(plot_metrics(metrics, out, ns.keys, title=ns.title, smoothing=ns.smoothing))
+    return 0
+
+
+def _add_plot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder (output_dir) or its metrics.jsonl")
+    p.add_argument("--keys", nargs="+", default=["reward", "eval/pass_at_1", "completions/mean_length", "kl"],
+                   help="metric names, globs allowed ('clip_ratio/*'); one panel each")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN/metrics.png)")
+    p.add_argument("--title", default=None)
+    p.add_argument("--smoothing", type=float, default=None, help="EMA factor 0..1 (default: 0.6 above 30 points)")
+
+
 @command("pretrain", "Train a small base model from scratch, with and without CoT: latentrl pretrain --config FILE")
 def cmd_pretrain(ns: argparse.Namespace) -> int:
     from latentrl.pretrain import pretrain_command
@@ -331,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 ARG_BUILDERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "train": _add_train_args, "eval": _add_eval_args, "demo": _add_demo_args, "bench": _add_bench_args,
-    "pretrain": _add_pretrain_args, "inspect": _add_inspect_args,
+    "pretrain": _add_pretrain_args, "inspect": _add_inspect_args, "plot": _add_plot_args,
 }
 
 if __name__ == "__main__":
