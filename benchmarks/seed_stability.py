@@ -60,7 +60,7 @@ def main() -> None:
         for seed in (int(s) for s in a.seeds.split(",")):
             history = run(method, seed, a.steps, out / "runs" / f"{method}-seed{seed}", a.overrides)
             curves.append([h["reward"] for h in history])
-            flops.append(sum(v for h in history for k, v in h.items() if k.startswith("compute/")))
+            flops.append(sum(v for h in history for k, v in h.items() if k.startswith("compute/") and k.endswith("_flops")))
         results[method] = {"rewards": curves, "total_logged_flops": flops, **summarise(curves, a.window)}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     lines = ["| method | final reward (mean of last {w} steps), per seed | across seeds: mean ± std | mean |step-to-step "
