@@ -4,7 +4,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, MistralConfig, Qwen3Config
 
-from latentrl.decoding import CachedForwardStepper, StaticCacheStepper, fast_path_unsupported, make_stepper
+from latentrl.decoding import (
+    CachedForwardStepper,
+    StaticCacheStepper,
+    fast_path_unsupported,
+    make_stepper,
+    shared_prompt_rows,
+)
 from latentrl.model import LatentModel
 from latentrl.replay import replay
 from latentrl.rollout import SamplingParams, ThinkingSchedule, generate_rollout
@@ -129,3 +135,35 @@ def test_sparse_stop_checks_trim_to_the_same_rollout(tiny, prompts, monkeypatch)
     assert not ref.truncated.any() and ref.completion_ids.shape[1] < 12
     monkeypatch.setattr(rollout_mod, "_sync_interval", lambda device: 5)
     assert_same_rollout(generate_rollout(tiny, ids, mask, sampling), ref)
+
+
+@pytest.mark.parametrize("decoder", ["generic", "auto"])
+def test_shared_prefill_equals_one_prefill_per_row(tiny, decoder):
+    """Rows with the same prompt (a GRPO group) prefill once; hidden states and every later step match per-row."""
+    ids, mask = make_prompts(tiny, ("1 2 3 4 ||", "5 ||", "1 2 3 4 ||", "Tom is a cat ||", "5 ||", "1 2 3 4 ||"))
+    shared = shared_prompt_rows(ids, mask)
+    first, inverse = shared
+    assert len(first) == 3
+    assert torch.equal(ids[first][inverse], ids)  # every row maps to a row with its own prompt
+    assert shared_prompt_rows(ids[first], mask[first]) is None  # distinct prompts: nothing to share
+    steppers = [make_stepper(tiny, mask, 4, decoder=decoder) for _ in range(2)]
+    with torch.no_grad():
+        hs = [steppers[0].prefill(tiny.embed(ids)), steppers[1].prefill(tiny.embed(ids), shared)]
+        torch.testing.assert_close(hs[1], hs[0], atol=1e-6, rtol=1e-5)
+        g = gen(3)
+        for _ in range(3):
+            e = torch.randn(hs[0].shape, generator=g)
+            hs = [s.step(e) for s in steppers]
+            torch.testing.assert_close(hs[1], hs[0], atol=1e-6, rtol=1e-5)
+
+
+def test_group_rollouts_share_the_prefill_and_sample_the_same(tiny, monkeypatch):
+    """generate_rollout passes the groups to the stepper; the rollout equals the one without sharing."""
+    import latentrl.rollout as rollout_mod
+
+    texts = ("1 2 3 4 ||", "5 ||") * 3
+    ids, mask = make_prompts(tiny, texts)
+    sampling = SamplingParams(max_new_positions=8, temperature=1.0)
+    shared = generate_rollout(tiny, ids, mask, sampling, generator=gen(4))
+    monkeypatch.setattr(rollout_mod, "shared_prompt_rows", lambda *a: None)
+    assert_same_rollout(shared, generate_rollout(tiny, ids, mask, sampling, generator=gen(4)))

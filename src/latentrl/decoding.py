@@ -33,11 +33,32 @@ DECODER_CHOICES = ("auto", "fast", "generic")
 FAST_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 
 
+#: (first row of each distinct prompt, row -> index of its distinct prompt)
+SharedRows = tuple[torch.Tensor, torch.Tensor]
+
+
+def shared_prompt_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> SharedRows | None:
+    """(first row of each distinct prompt, row -> distinct prompt index), or None when no two rows share a prompt.
+
+    The G completions of a GRPO group share one prompt: its forward (prefill, replay) runs once and the KV cache is
+    copied to the G rows.
+    """
+    key = prompt_ids.masked_fill(~prompt_mask.bool(), -1)
+    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if uniq.shape[0] == key.shape[0]:
+        return None
+    rows = torch.arange(key.shape[0], device=key.device)
+    first = torch.full((uniq.shape[0],), key.shape[0], dtype=torch.long, device=key.device)
+    first = first.scatter_reduce(0, inverse, rows, reduce="amin")
+    return first, inverse
+
+
 class DecoderStepper:
     """Prefill a left-padded prompt, then forward one new position per row per call; returns last hidden states.
 
     Shapes: B rows, P prompt positions (left-padded), at most `max_new` completion positions. The completion
     positions of every row are attended (rows that finished keep decoding; the engine masks their records).
+    Rows with the same prompt share one prefill (`shared_prompt_rows`).
     """
 
     def __init__(self, model: LatentModel, prompt_mask: torch.Tensor, max_new: int):
@@ -51,8 +72,23 @@ class DecoderStepper:
         self.attn[:, : self.P] = prompt_mask
         self.t = 0  # decode forwards done so far
 
-    def prefill(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
+    def prefill(self, prompt_embeds: torch.Tensor, shared: SharedRows | None = None) -> torch.Tensor:
+        """Run the prompts; (B, H) hidden state of each row's last prompt position. `shared` (from
+        `shared_prompt_rows`): rows with the same prompt, which then go through the model once."""
         raise NotImplementedError
+
+    def _prefill_cache(self, prompt_embeds: torch.Tensor, shared: SharedRows | None) -> tuple[torch.Tensor, DynamicCache]:
+        """(B, P, H) prompt hidden states and a B-row KV cache, each distinct prompt run once."""
+        rows = shared[0] if shared is not None else slice(None)
+        _, hidden, cache = self.model.forward_embeds(
+            prompt_embeds[rows], attention_mask=self.prompt_mask[rows].long(),
+            position_ids=self.position[rows].clamp_min(0), past_key_values=DynamicCache(), use_cache=True,
+            compute_logits=False,
+        )
+        if shared is not None:
+            cache.reorder_cache(shared[1])
+            hidden = hidden[shared[1]]
+        return hidden, cache
 
     def step(self, embeds: torch.Tensor) -> torch.Tensor:
         """(B, H) last hidden state of the new position whose input embedding is `embeds` (B, H)."""
@@ -62,12 +98,8 @@ class DecoderStepper:
 class CachedForwardStepper(DecoderStepper):
     """The generic path: `LatentModel.forward_embeds` over a `DynamicCache`; works for any HF decoder-only LM."""
 
-    def prefill(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
-        self.cache = DynamicCache()
-        _, hidden, self.cache = self.model.forward_embeds(
-            prompt_embeds, attention_mask=self.prompt_mask.long(), position_ids=self.position.clamp_min(0),
-            past_key_values=self.cache, use_cache=True, compute_logits=False,
-        )
+    def prefill(self, prompt_embeds: torch.Tensor, shared: SharedRows | None = None) -> torch.Tensor:
+        hidden, self.cache = self._prefill_cache(prompt_embeds, shared)
         self.next_pos = self.position[:, -1:] + 1  # (B, 1)
         # SDPA takes a ready 4-D boolean mask as is: a view of `attn` saves HF rebuilding the mask at every step
         sdpa = getattr(self.model.model.config, "_attn_implementation", None) == "sdpa"
@@ -186,14 +218,10 @@ class StaticCacheStepper(DecoderStepper):
         self.norm = _norm_fn(backbone.norm)
         self.rotary = backbone.rotary_emb
 
-    def prefill(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
+    def prefill(self, prompt_embeds: torch.Tensor, shared: SharedRows | None = None) -> torch.Tensor:
         # the prompt goes through the generic forward (HF builds its causal + padding mask), then its cache is
         # copied once into buffers sized for the whole completion
-        cache = DynamicCache()
-        _, hidden, cache = self.model.forward_embeds(
-            prompt_embeds, attention_mask=self.prompt_mask.long(), position_ids=self.position.clamp_min(0),
-            past_key_values=cache, use_cache=True, compute_logits=False,
-        )
+        hidden, cache = self._prefill_cache(prompt_embeds, shared)
         total = self.P + self.max_new
         self.keys, self.values = [], []
         for layer in cache.layers[: len(self.layers)]:

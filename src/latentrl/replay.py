@@ -14,6 +14,7 @@ import torch
 import torch.utils.checkpoint
 from transformers import DynamicCache
 
+from latentrl.decoding import shared_prompt_rows
 from latentrl.model import LatentModel
 from latentrl.rollout import Rollout
 from latentrl.thoughts.base import ThoughtOperator
@@ -56,20 +57,24 @@ def replay(
     needs more than one chunk's (chunk × V) float32 logits at once, forward or backward.
     With `share_prompts` (default), rows with the same prompt (a GRPO group) run the prompt forward once and
     share its KV cache; the result equals the plain full-sequence forward up to float rounding.
+    The last completion position scores nothing (its output would predict the position after the completion), so
+    it is not run unless `return_hidden` asks for its hidden state.
     """
     B, P = rollout.prompt_ids.shape
     C = rollout.completion_ids.shape[1]
-    comp = completion_embeds(model, operator, rollout)
-    mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1).long()
+    keep = C if return_hidden or C <= 1 else C - 1  # completion inputs that go through the model
+    comp = completion_embeds(model, operator, rollout)[:, :keep]
+    mask = torch.cat([rollout.prompt_mask, rollout.completion_mask[:, :keep]], dim=1).long()
     position = (mask.cumsum(-1) - 1).clamp_min(0)
     no_cache = model.model.training and torch.is_grad_enabled() and model.is_gradient_checkpointing
-    shared = _shared_prompt_rows(rollout) if share_prompts and C > 0 and P > 0 and not no_cache else None
+    shared = (shared_prompt_rows(rollout.prompt_ids, rollout.prompt_mask)
+              if share_prompts and C > 0 and P > 0 and not no_cache else None)
     if shared is None:
         embeds = torch.cat([model.embed(rollout.prompt_ids), comp], dim=1)
         _, hidden, _ = model.forward_embeds(embeds, attention_mask=mask, position_ids=position, compute_logits=False)
         # hidden at input index P-1+j produces the logits that score completion position j
         h = hidden[:, P - 1 : P - 1 + C]
-        comp_hidden = hidden[:, P : P + C]
+        comp_hidden = hidden[:, P:]
     else:
         first, inverse = shared
         # each distinct prompt once, then its KV cache copied to every row of its group (gradients flow back
@@ -118,15 +123,3 @@ def replay(
     logprobs = torch.cat(lp_parts).view(B, C) if lp_parts else h.new_zeros((B, C), dtype=torch.float32)
     entropy = (torch.cat(ent_parts).view(B, C) if ent_parts else torch.zeros_like(logprobs)) if compute_entropy else None
     return ReplayOutput(logprobs=logprobs, entropy=entropy, hidden=comp_hidden if return_hidden else None)
-
-
-def _shared_prompt_rows(rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(first row of each distinct prompt, row -> distinct prompt index), or None when no two rows share a prompt."""
-    key = rollout.prompt_ids.masked_fill(~rollout.prompt_mask.bool(), -1)
-    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
-    if uniq.shape[0] == key.shape[0]:
-        return None
-    rows = torch.arange(key.shape[0], device=key.device)
-    first = torch.full((uniq.shape[0],), key.shape[0], dtype=torch.long, device=key.device)
-    first = first.scatter_reduce(0, inverse, rows, reduce="amin")
-    return first, inverse

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from latentrl.decoding import DecoderChoice, make_stepper
+from latentrl.decoding import DecoderChoice, make_stepper, shared_prompt_rows
 from latentrl.model import LatentModel
 from latentrl.sampling import sample_tokens, token_logprobs
 from latentrl.thoughts.base import Payload, ThoughtOperator
@@ -220,7 +220,7 @@ def generate_rollout(
 
     # ---- prefill
     stepper = make_stepper(model, prompt_mask, C, decoder)
-    last_hidden = stepper.prefill(model.embed(prompt_ids))
+    last_hidden = stepper.prefill(model.embed(prompt_ids), shared_prompt_rows(prompt_ids, prompt_mask))
     # Fast path: while every row is thinking and nothing can end the span from the logits, a step needs no token
     # sampling, and operators that ignore logits (Coconut's hidden state) need no LM head either.
     can_fast = use_latent and schedule.end_token_id is None
