@@ -25,6 +25,7 @@ from latentrl.checkpoint import COMPLETE_MARKER
 from latentrl.cli import main
 from latentrl.config import GRPOConfig, config_to_dict, load_config
 from latentrl.logger import RUN_CONFIG_FILE, read_metrics
+from latentrl.rl.trainer import num_warmup_steps
 from latentrl.model import ADAPTER_CONFIG_FILE, LATENT_META_FILE, SIDE_MODULES_FILE, LatentModel
 from latentrl.sft.coconut import CoconutConfig
 from latentrl.testing import tiny_latent_model
@@ -384,3 +385,28 @@ def test_preset_runs_unchanged(name, tmp_path, monkeypatch):
         assert (run / "checkpoint-2" / COMPLETE_MARKER).is_file()
         state = json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())
         assert state["step"] == 2
+
+
+# --------------------------------------------------------------------------------------------------- schedules
+
+
+@pytest.mark.parametrize("name", [n for n in PRESETS if CASES[n].command == "train"])
+def test_warmup_steps_round_up_like_hf(name, tmp_path):
+    """`warmup_ratio` gives HF's warmup length (rounded up): the presets write their authors' warmup steps as a
+    ratio of max_steps, e.g. coconut_grpo's 0.0053 of 1875 steps = the paper's 10 steps (truncating gave 9)."""
+    from transformers import TrainingArguments
+
+    cfg = load_config(GRPOConfig, ROOT / "configs" / name)
+    hf = TrainingArguments(output_dir=str(tmp_path), warmup_steps=cfg.warmup_ratio).get_warmup_steps(cfg.max_steps)
+    assert num_warmup_steps(cfg.warmup_ratio, cfg.max_steps) == hf
+
+
+def test_trainer_schedule_warms_up_for_the_presets_stated_steps(tmp_path):
+    """configs/coconut_grpo_qwen2.5-1.5b.yaml: '10 warmup steps of 1875' — the trainer's schedule rises for 10."""
+    from latentrl.rl.trainer import GRPOTrainer
+
+    cfg = load_config(GRPOConfig, ROOT / "configs" / "coconut_grpo_qwen2.5-1.5b.yaml",
+                      ["model_name_or_path=tiny", f"output_dir={tmp_path}"])
+    trainer = GRPOTrainer(cfg, tiny_latent_model("qwen2", ["Tom"]), [{"prompt": "1 2 ||", "answer": "3"}])
+    warm = trainer.scheduler.lr_lambdas[0]
+    assert [warm(s) for s in (0, 9)] == pytest.approx([0.0, 0.9]) and warm(10) == pytest.approx(1.0)
