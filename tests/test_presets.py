@@ -184,8 +184,11 @@ def build_coconut_gpt2(tmp: Path) -> dict[str, str]:
             "eval_dataset": str(FIXTURES / "icot_small.txt")}
 
 
-def _openr1(tmp: Path, name: str, value_head: bool) -> dict[str, str]:
+def _openr1(tmp: Path, name: str, value_head: bool, columns: str) -> dict[str, str]:
+    """OpenR1-Math rows as the preset's comment says (`question`/`answer` JSON lines) or in OpenR1's own columns."""
     rows = openr1_rows()
+    if columns == "question/answer":
+        rows = [{"question": r["problem"], "answer": r["answer"]} for r in rows]
     data = write_jsonl(tmp / "openr1_math.jsonl", rows)
 
     def prepare(lm: LatentModel) -> None:
@@ -202,11 +205,11 @@ def _openr1(tmp: Path, name: str, value_head: bool) -> dict[str, str]:
 
 
 def build_coconut_grpo(tmp: Path) -> dict[str, str]:
-    return _openr1(tmp, "latr-qwen2.5-1.5b-sft", value_head=False)
+    return _openr1(tmp, "latr-qwen2.5-1.5b-sft", value_head=False, columns="openr1")
 
 
 def build_latent_rl(tmp: Path) -> dict[str, str]:
-    return _openr1(tmp, "latr-qwen2.5-1.5b-sft-valuehead", value_head=True)
+    return _openr1(tmp, "latr-qwen2.5-1.5b-sft-valuehead", value_head=True, columns="question/answer")
 
 
 def build_latent_grpo(tmp: Path) -> dict[str, str]:
