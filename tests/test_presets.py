@@ -25,8 +25,8 @@ from latentrl.checkpoint import COMPLETE_MARKER
 from latentrl.cli import main
 from latentrl.config import GRPOConfig, config_to_dict, load_config
 from latentrl.logger import RUN_CONFIG_FILE, read_metrics
-from latentrl.rl.trainer import num_warmup_steps
 from latentrl.model import ADAPTER_CONFIG_FILE, LATENT_META_FILE, SIDE_MODULES_FILE, LatentModel
+from latentrl.rl.trainer import num_warmup_steps
 from latentrl.sft.coconut import CoconutConfig
 from latentrl.testing import tiny_latent_model
 
