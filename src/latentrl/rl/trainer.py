@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -81,6 +82,12 @@ def as_rows(data: Sequence[Example | dict[str, Any]]) -> list[dict[str, Any]]:
     if not rows:
         raise ValueError("the training dataset is empty")
     return rows
+
+
+def num_warmup_steps(warmup_ratio: float, max_steps: int) -> int:
+    """Linear-warmup steps of `warmup_ratio` (HF `TrainingArguments.get_warmup_steps`: rounded up), so a ratio
+    written as k / max_steps gives k steps even when the product lands just below k (0.0053 * 1875 = 9.94 -> 10)."""
+    return math.ceil(warmup_ratio * max_steps)
 
 
 def disable_dropout(module: nn.Module) -> None:
@@ -157,7 +164,7 @@ class GRPOTrainer:
             eps=args.adam_epsilon, weight_decay=args.weight_decay,
         )
         self.scheduler = get_scheduler(
-            args.lr_scheduler_type, self.optimizer, num_warmup_steps=int(args.warmup_ratio * args.max_steps),
+            args.lr_scheduler_type, self.optimizer, num_warmup_steps=num_warmup_steps(args.warmup_ratio, args.max_steps),
             num_training_steps=max(1, args.max_steps),
         )
         self.optimizer = self.accelerator.prepare_optimizer(self.optimizer)  # fp16 loss scaling; device placement
