@@ -82,6 +82,32 @@ def run(name: str, out: Path, world: int, parallelism: str = "ddp") -> dict:
     return res
 
 
+def fsdp_refusals(out: Path, world: int) -> dict[str, str]:
+    """ConfigError messages of what parallelism='fsdp' refuses (LoRA, method dlr), '' where nothing was raised."""
+    from latentrl.config import ConfigError, LoraConfig
+    from latentrl.dlr import DLRTrainer
+
+    words = task_vocabulary("chain_sum")
+    data = make_examples("chain_sum", 16, seed=0, length=3)
+    cases = {
+        "lora": lambda: GRPOTrainer(config(out / "lora", world, "grpo", "fsdp", lora=LoraConfig(enabled=True)),
+                                    tiny_latent_model("qwen2", words, seed=0, hidden=32), data,
+                                    reward_funcs=[word_count_reward]),
+        "dlr": lambda: DLRTrainer(config(out / "dlr", world, "grpo", "fsdp", method="dlr", beta=0.0,
+                                         num_iterations=1, max_completion_length=12),
+                                  tiny_latent_model("qwen2", words, seed=0, hidden=32), data,
+                                  reward_funcs=[word_count_reward]),
+    }
+    found = {}
+    for key, build in cases.items():
+        try:
+            build()
+            found[key] = ""
+        except ConfigError as e:
+            found[key] = str(e)
+    return found
+
+
 def resume(name: str, out: Path, world: int, parallelism: str, half: Path) -> torch.Tensor:
     """Weights after step 2 when step 1's checkpoint in `half` (written by `run`, or here if absent) is resumed."""
     words = task_vocabulary("chain_sum")
@@ -101,3 +127,6 @@ if __name__ == "__main__":
     for name in sys.argv[3:]:
         res = run(name, out, world=int(__import__("os").environ.get("WORLD_SIZE", "1")), parallelism=parallelism)
         torch.save(res, out / f"{name}-rank{res['rank']}.pt")
+    if parallelism == "fsdp":
+        rank = int(__import__("os").environ.get("RANK", "0"))
+        torch.save(fsdp_refusals(out / "refused", world=2), out / f"refusals-rank{rank}.pt")

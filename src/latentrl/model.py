@@ -255,7 +255,14 @@ class LatentModel(nn.Module):
         if full_state_dict is not None:
             if self.is_peft:
                 raise ValueError("save_pretrained(full_state_dict=...) is for full models, not LoRA adapters")
-            kwargs["state_dict"] = {k[len("model."):]: v for k, v in full_state_dict.items() if k.startswith("model.")}
+            state = {k[len("model."):]: v for k, v in full_state_dict.items() if k.startswith("model.")}
+            # gathered copies of tied parameters are separate tensors: make them one again, so that HF drops the
+            # tied duplicate (e.g. lm_head.weight) exactly as it does when saving the module itself
+            first: dict[int, str] = {}
+            for k, v in self.model.state_dict(keep_vars=True).items():
+                if k in state and first.setdefault(id(v), k) != k:
+                    state[k] = state[first[id(v)]]
+            kwargs["state_dict"] = state
             side_state = {k[len("side_modules."):]: v for k, v in full_state_dict.items()
                           if k.startswith("side_modules.")}
         if self.is_peft:
