@@ -1,8 +1,8 @@
 """One rank of the data-parallel runs that tests/test_distributed.py compares with a single process.
 
 Launched as `python -m torch.distributed.run --nproc_per_node 2 tests/distributed_worker.py OUT PARALLELISM RUN...`
-(PARALLELISM: ddp or fsdp); each rank writes OUT/<run>-rank<k>.pt. The test imports `run` for the single-process reference, so both sides share every
-setting but the batch split.
+(PARALLELISM: ddp or fsdp); each rank writes OUT/<run>-rank<k>.pt. The test imports `run` for the single-process
+reference, so both sides share every setting but the batch split and the parallelism.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def config(out: Path, world: int, name: str, parallelism: str = "ddp", **kw) -> 
                 gradient_accumulation_steps=GLOBAL_MICRO_BATCHES // world, num_generations=4, rollout_chunk_size=3,
                 max_completion_length=8, learning_rate=1e-2, save_steps=0, report_to=["none"], seed=0)
     base.update(RUNS[name])
+    if parallelism == "fsdp":
+        base.update(FSDP_EXTRA.get(name, {}))
     base.update(kw)
     return GRPOConfig(**base)
 
@@ -63,6 +65,8 @@ def shard_sizes(trainer: GRPOTrainer) -> dict[str, tuple[int, int]]:
     return {n: (local(p), p.numel()) for n, p in trainer.model.named_parameters()}
 
 
+#: fsdp runs also recompute activations in the backward pass (HF gradient checkpointing inside FSDP's layer units)
+FSDP_EXTRA = {"hrpo": dict(gradient_checkpointing=True)}
 RESUMED = ("grpo",)  # runs that are also trained as 1 step + resume from its checkpoint (multi-process resume)
 
 
