@@ -87,7 +87,8 @@ def run(name: str, out: Path, world: int, parallelism: str = "ddp") -> dict:
 
 
 def fsdp_refusals(out: Path, world: int) -> dict[str, str]:
-    """ConfigError messages of what parallelism='fsdp' refuses (LoRA, method dlr), '' where nothing was raised."""
+    """ConfigError messages of what parallelism='fsdp' refuses (LoRA, method dlr, latent_rl's value-head
+    pretraining), '' where nothing was raised."""
     from latentrl.config import ConfigError, LoraConfig
     from latentrl.dlr import DLRTrainer
 
@@ -101,6 +102,11 @@ def fsdp_refusals(out: Path, world: int) -> dict[str, str]:
                                          num_iterations=1, max_completion_length=12),
                                   tiny_latent_model("qwen2", words, seed=0, hidden=32), data,
                                   reward_funcs=[word_count_reward]),
+        "latent_rl": lambda: GRPOTrainer(
+            GRPOConfig.for_method("latent_rl", model_name_or_path="tiny", output_dir=str(out / "latent_rl"),
+                                  parallelism="fsdp", per_device_train_batch_size=2, num_generations=4,
+                                  max_completion_length=8, beta=0.0, report_to=["none"]),
+            tiny_latent_model("qwen2", words, seed=0, hidden=32), data, reward_funcs=[word_count_reward]),
     }
     found = {}
     for key, build in cases.items():

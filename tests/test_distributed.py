@@ -143,8 +143,10 @@ def test_fsdp_checkpoint_resumes_in_one_process(runs, tmp_path):
     torch.testing.assert_close(resumed, runs["single"]["grpo"]["params"], atol=2e-5, rtol=1e-4)
 
 
-def test_fsdp_refuses_lora_and_dlr(runs):
+def test_fsdp_refuses_what_it_cannot_shard(runs):
+    """LoRA, method dlr and latent_rl's first-step value-head pretraining stop with a ConfigError naming ddp."""
     for k in range(2):
         msgs = torch.load(runs["out"] / "fsdp" / f"refusals-rank{k}.pt")
         assert "does not support LoRA" in msgs["lora"] and "parallelism='ddp'" in msgs["lora"]
         assert "does not support method 'dlr'" in msgs["dlr"] and "parallelism='ddp'" in msgs["dlr"]
+        assert "pretrain_prompts=0" in msgs["latent_rl"] and "parallelism='ddp'" in msgs["latent_rl"]

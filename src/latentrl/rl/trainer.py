@@ -185,9 +185,10 @@ class GRPOTrainer:
             raise ConfigError("parallelism='fsdp' does not support LoRA (the frozen base model would be sharded "
                               "while peft's adapters and disable_adapter reference rely on plain modules); use "
                               "parallelism='ddp' with LoRA — its full replica is mostly frozen weights")
-        if self.method.name == "dlr":
-            raise ConfigError("parallelism='fsdp' does not support method 'dlr' (its frozen main model and the "
-                              "trained assistant are called outside the sharded units); use parallelism='ddp'")
+        conflict = self.method.fsdp_conflict(self)
+        if conflict is not None:
+            raise ConfigError(f"parallelism='fsdp' does not support method {self.method.name!r} here: {conflict}. "
+                              "parallelism='ddp' supports it")
         if self.accelerator.scaler is not None:
             raise ConfigError("parallelism='fsdp' does not support mixed_precision='fp16' (the loss scaler does "
                               "not unscale sharded gradients); use bf16")
