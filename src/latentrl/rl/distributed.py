@@ -32,7 +32,8 @@ Two ways to hold the model (`parallelism`):
   — summed, as above, never averaged — during the backward pass; grad-norm clipping and AdamW work on the shards.
   Same rows, same completions and the same update as one process (tests/test_distributed.py). Checkpoints are
   gathered full state dicts in the usual files, so they resume in any mode and any number of processes. Not with
-  LoRA, method 'dlr' or fp16 (ConfigError naming the alternative). DeepSpeed is refused: use fsdp.
+  LoRA, method 'dlr', latent_rl's value-head pretraining or fp16 (ConfigError naming the alternative; methods
+  say why in `Method.fsdp_conflict`). DeepSpeed is refused: use fsdp.
 
 Launch: `accelerate launch --config_file configs/accelerate/multi_gpu_ddp.yaml -m latentrl.cli train --config X`
 on GPUs (`configs/accelerate/fsdp.yaml`, or `parallelism: fsdp` in the config, for FSDP); on CPUs (gloo)
