@@ -1,8 +1,8 @@
 """One rank of the data-parallel runs that tests/test_distributed.py compares with a single process.
 
-Launched as `python -m torch.distributed.run --nproc_per_node 2 tests/distributed_worker.py OUT RUN...`; each rank
-writes OUT/<run>-rank<k>.pt. The test imports `run` for the single-process reference, so both sides share every
-setting but the batch split.
+Launched as `python -m torch.distributed.run --nproc_per_node 2 tests/distributed_worker.py OUT PARALLELISM RUN...`
+(PARALLELISM: ddp or fsdp); each rank writes OUT/<run>-rank<k>.pt. The test imports `run` for the single-process
+reference, so both sides share every setting but the batch split and the parallelism.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from latentrl.config import GRPOConfig, LatentConfig
 from latentrl.data import make_examples, task_vocabulary
@@ -40,46 +41,102 @@ def some_groups_constant(prompts, completions, **kw):
 REWARDS = {"grpo": word_count_reward, "hrpo": some_groups_constant}
 
 
-def config(out: Path, world: int, name: str, **kw) -> GRPOConfig:
+def config(out: Path, world: int, name: str, parallelism: str = "ddp", **kw) -> GRPOConfig:
     base = dict(model_name_or_path="tiny", output_dir=str(out), max_steps=2, per_device_train_batch_size=3,
+                parallelism=parallelism,
                 gradient_accumulation_steps=GLOBAL_MICRO_BATCHES // world, num_generations=4, rollout_chunk_size=3,
                 max_completion_length=8, learning_rate=1e-2, save_steps=0, report_to=["none"], seed=0)
     base.update(RUNS[name])
+    if parallelism == "fsdp":
+        base.update(FSDP_EXTRA.get(name, {}))
     base.update(kw)
     return GRPOConfig(**base)
 
 
 def flat_params(trainer: GRPOTrainer) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    """Every parameter, flattened in `parameters()` order (full tensors: FSDP shards are gathered)."""
+    full = lambda p: p.full_tensor() if isinstance(p, DTensor) else p  # noqa: E731
+    return torch.cat([full(p.detach()).flatten() for p in trainer.model.parameters()])
 
 
+def shard_sizes(trainer: GRPOTrainer) -> dict[str, tuple[int, int]]:
+    """Parameter name -> (elements this process holds, elements of the full parameter)."""
+    local = lambda p: p.to_local().numel() if isinstance(p, DTensor) else p.numel()  # noqa: E731
+    return {n: (local(p), p.numel()) for n, p in trainer.model.named_parameters()}
+
+
+#: fsdp runs also recompute activations in the backward pass (HF gradient checkpointing inside FSDP's layer units)
+FSDP_EXTRA = {"hrpo": dict(gradient_checkpointing=True)}
 RESUMED = ("grpo",)  # runs that are also trained as 1 step + resume from its checkpoint (multi-process resume)
 
 
-def run(name: str, out: Path, world: int) -> dict:
-    """2 steps in one go (and for RESUMED runs, 1 step + resume); losses, rewards, final weights."""
+def run(name: str, out: Path, world: int, parallelism: str = "ddp") -> dict:
+    """2 steps in one go (and for RESUMED runs, 1 step + resume); losses, rewards, final weights. The 1-step run's
+    checkpoint stays in OUT/<run>/resumed/checkpoint-1."""
     words = task_vocabulary("chain_sum")
     data = make_examples("chain_sum", 16, seed=0, length=3)
-    t = GRPOTrainer(config(out / name / "full", world, name), tiny_latent_model("qwen2", words, seed=0, hidden=32),
-                    data, reward_funcs=[REWARDS[name]])
+    t = GRPOTrainer(config(out / name / "full", world, name, parallelism),
+                    tiny_latent_model("qwen2", words, seed=0, hidden=32), data, reward_funcs=[REWARDS[name]])
     hist = t.train()
     keys = ("loss", "reward", "grad_norm", "kl", "entropy", "dynamic_sampling/kept_groups")
     res = {"metrics": [{k: m[k] for k in keys if k in m} for m in hist], "params": flat_params(t),
-           "rank": t.dp.rank, "world": t.dp.world_size}
+           "rank": t.dp.rank, "world": t.dp.world_size, "shards": shard_sizes(t)}
     if name in RESUMED:
-        half = out / name / "resumed"
-        GRPOTrainer(config(half, world, name, max_steps=1), tiny_latent_model("qwen2", words, seed=0, hidden=32),
-                    data, reward_funcs=[REWARDS[name]]).train()
-        r = GRPOTrainer(config(half, world, name), tiny_latent_model("qwen2", words, seed=0, hidden=32), data,
-                        reward_funcs=[REWARDS[name]])
-        r.train(resume_from_checkpoint=True)
-        res["resumed_params"] = flat_params(r)
+        res["resumed_params"] = resume(name, out, world, parallelism, out / name / "resumed")
     return res
+
+
+def fsdp_refusals(out: Path, world: int) -> dict[str, str]:
+    """ConfigError messages of what parallelism='fsdp' refuses (LoRA, method dlr, latent_rl's value-head
+    pretraining), '' where nothing was raised."""
+    from latentrl.config import ConfigError, LoraConfig
+    from latentrl.dlr import DLRTrainer
+
+    words = task_vocabulary("chain_sum")
+    data = make_examples("chain_sum", 16, seed=0, length=3)
+    cases = {
+        "lora": lambda: GRPOTrainer(config(out / "lora", world, "grpo", "fsdp", lora=LoraConfig(enabled=True)),
+                                    tiny_latent_model("qwen2", words, seed=0, hidden=32), data,
+                                    reward_funcs=[word_count_reward]),
+        "dlr": lambda: DLRTrainer(config(out / "dlr", world, "grpo", "fsdp", method="dlr", beta=0.0,
+                                         num_iterations=1, max_completion_length=12),
+                                  tiny_latent_model("qwen2", words, seed=0, hidden=32), data,
+                                  reward_funcs=[word_count_reward]),
+        "latent_rl": lambda: GRPOTrainer(
+            GRPOConfig.for_method("latent_rl", model_name_or_path="tiny", output_dir=str(out / "latent_rl"),
+                                  parallelism="fsdp", per_device_train_batch_size=2, num_generations=4,
+                                  max_completion_length=8, beta=0.0, report_to=["none"]),
+            tiny_latent_model("qwen2", words, seed=0, hidden=32), data, reward_funcs=[word_count_reward]),
+    }
+    found = {}
+    for key, build in cases.items():
+        try:
+            build()
+            found[key] = ""
+        except ConfigError as e:
+            found[key] = str(e)
+    return found
+
+
+def resume(name: str, out: Path, world: int, parallelism: str, half: Path) -> torch.Tensor:
+    """Weights after step 2 when step 1's checkpoint in `half` (written by `run`, or here if absent) is resumed."""
+    words = task_vocabulary("chain_sum")
+    data = make_examples("chain_sum", 16, seed=0, length=3)
+    if not (half / "checkpoint-1").exists():
+        GRPOTrainer(config(half, world, name, parallelism, max_steps=1),
+                    tiny_latent_model("qwen2", words, seed=0, hidden=32), data, reward_funcs=[REWARDS[name]]).train()
+    r = GRPOTrainer(config(half, world, name, parallelism), tiny_latent_model("qwen2", words, seed=0, hidden=32),
+                    data, reward_funcs=[REWARDS[name]])
+    r.train(resume_from_checkpoint=str(half / "checkpoint-1"))
+    return flat_params(r)
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    out = Path(sys.argv[1])
-    for name in sys.argv[2:]:
-        res = run(name, out, world=int(__import__("os").environ.get("WORLD_SIZE", "1")))
+    out, parallelism = Path(sys.argv[1]), sys.argv[2]
+    for name in sys.argv[3:]:
+        res = run(name, out, world=int(__import__("os").environ.get("WORLD_SIZE", "1")), parallelism=parallelism)
         torch.save(res, out / f"{name}-rank{res['rank']}.pt")
+    if parallelism == "fsdp":
+        rank = int(__import__("os").environ.get("RANK", "0"))
+        torch.save(fsdp_refusals(out / "refused", world=2), out / f"refusals-rank{rank}.pt")

@@ -1,8 +1,9 @@
-"""Data-parallel training equals the single-process run with the same global batch (2 CPU processes, gloo).
+"""Data-parallel training equals the single-process run with the same global batch (2 CPU processes, gloo), with
+full replicas (parallelism='ddp') and with FSDP2 sharding (parallelism='fsdp').
 
 Global batch 12 completions = 3 groups of 4; process 0 trains on rows 0-5 and process 1 on rows 6-11, so the middle
 group spans both processes. Same rollout_chunk_size on both sides, so the same completions are drawn; the update
-differs only in summation order (process slices, gradient all-reduce).
+differs only in summation order (process slices, gradient all-reduce or reduce-scatter).
 """
 
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import distributed_worker as worker
 
@@ -26,30 +28,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def two_process_and_reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dp")
+def launch(out: Path, parallelism: str) -> subprocess.Popen:
+    """2 gloo processes running tests/distributed_worker.py (every run of RUNS) into `out`."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
            "OMP_NUM_THREADS": "1", "LATENTRL_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(ROOT / "tests" / "distributed_worker.py"), str(out), *RUNS]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:  # the single-process reference runs here meanwhile
-        ref = {name: worker.run(name, out / "single", world=1) for name in RUNS}
-        log, _ = proc.communicate(timeout=300)
+           "--master_port", str(free_port()), str(ROOT / "tests" / "distributed_worker.py"), str(out), parallelism,
+           *RUNS]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, out: Path) -> dict[str, list[dict]]:
+    try:
+        log, _ = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, log[-4000:]
-    dp = {name: [torch.load(out / f"{name}-rank{k}.pt") for k in range(2)] for name in RUNS}
-    return ref, dp
+    return {name: [torch.load(out / f"{name}-rank{k}.pt") for k in range(2)] for name in RUNS}
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The single-process reference, the 2-process ddp runs and the 2-process fsdp runs (and their folders)."""
+    out = tmp_path_factory.mktemp("dp")
+    proc = launch(out / "ddp", "ddp")
+    try:  # the single-process reference runs here meanwhile
+        ref = {name: worker.run(name, out / "single", world=1) for name in RUNS}
+    finally:
+        dp = finish(proc, out / "ddp")
+    fsdp = finish(launch(out / "fsdp", "fsdp"), out / "fsdp")
+    return {"single": ref, "ddp": dp, "fsdp": fsdp, "out": out}
+
+
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
 @pytest.mark.parametrize("name", RUNS)
-def test_two_processes_equal_one_process(two_process_and_reference, name):
-    ref, dp = two_process_and_reference
-    ref = ref[name]
+def test_two_processes_equal_one_process(runs, name, parallelism):
+    ref, dp = runs["single"][name], runs[parallelism]
     assert ref["world"] == 1
     for k, res in enumerate(dp[name]):
         assert res["world"] == 2 and res["rank"] == k
@@ -67,12 +83,70 @@ def test_two_processes_equal_one_process(two_process_and_reference, name):
         assert ref["metrics"][0]["grad_norm"] > 0
         # Adam with lr 1e-2 turns ~1e-9 summation-order differences of the gradient into ~1e-6 in the weights
         torch.testing.assert_close(res["params"], ref["params"], atol=2e-5, rtol=1e-4)
-    # both replicas hold exactly the same weights
+    # both replicas hold exactly the same weights (under FSDP: gathered from the same shards)
     assert torch.equal(dp[name][0]["params"], dp[name][1]["params"])
 
 
-def test_two_process_resume_equals_uninterrupted(two_process_and_reference):
-    ref, dp = two_process_and_reference
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_two_process_resume_equals_uninterrupted(runs, parallelism):
+    ref, dp = runs["single"], runs[parallelism]
     for res in dp["grpo"]:
         torch.testing.assert_close(res["resumed_params"], res["params"], atol=0, rtol=0)
     torch.testing.assert_close(ref["grpo"]["resumed_params"], ref["grpo"]["params"], atol=0, rtol=0)
+
+
+def test_fsdp_shards_parameters(runs):
+    """Under FSDP each process holds about half of every decoder-layer parameter (dim-0 shards) and of the
+    embeddings; the full replicas of ddp hold everything."""
+    for k, res in enumerate(runs["fsdp"]["hrpo"]):
+        shards = res["shards"]
+        layer = {n: v for n, v in shards.items() if ".layers.0." in n}
+        assert len(layer) >= 7  # q/k/v/o, MLP, norms
+        held, full = sum(v[0] for v in layer.values()), sum(v[1] for v in layer.values())
+        assert abs(held - full / 2) <= 0.05 * full, (held, full)
+        emb_held, emb_full = shards["model.model.embed_tokens.weight"]
+        assert emb_held < emb_full
+        assert any("hrpo_gate" in n for n in shards)  # the side module is sharded too
+    total = [sum(v[0] for v in res["shards"].values()) for res in runs["fsdp"]["hrpo"]]
+    full = sum(v[1] for v in runs["fsdp"]["hrpo"][0]["shards"].values())
+    assert sum(total) == full  # the shards partition the model: nothing duplicated, nothing missing
+    assert all(v[0] == v[1] for v in runs["ddp"]["hrpo"][0]["shards"].values())
+
+
+def test_fsdp_checkpoint_has_single_process_format(runs):
+    """An FSDP checkpoint holds the same files, keys and (up to float rounding) values as the 1-process one."""
+    single = runs["out"] / "single" / "grpo" / "resumed" / "checkpoint-1"
+    fsdp = runs["out"] / "fsdp" / "grpo" / "resumed" / "checkpoint-1"
+    assert sorted(p.name for p in single.iterdir()) == sorted(p.name for p in fsdp.iterdir())
+    w1, w2 = load_file(str(single / "model.safetensors")), load_file(str(fsdp / "model.safetensors"))
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], atol=2e-5, rtol=1e-4)
+    o1 = torch.load(single / "optimizer.pt", weights_only=True)
+    o2 = torch.load(fsdp / "optimizer.pt", weights_only=True)
+    assert o1["param_groups"] == o2["param_groups"]
+    assert o1["state"].keys() == o2["state"].keys()
+    for i, st in o1["state"].items():
+        assert st.keys() == o2["state"][i].keys()
+        for name, v in st.items():
+            torch.testing.assert_close(o2["state"][i][name], v, atol=2e-5, rtol=1e-3)
+
+
+def test_fsdp_checkpoint_resumes_in_one_process(runs, tmp_path):
+    """Step 1 trained and saved under FSDP (2 processes), step 2 resumed in 1 process == 2 steps in 1 process."""
+    import shutil
+
+    half = tmp_path / "half"
+    half.mkdir()
+    shutil.copytree(runs["out"] / "fsdp" / "grpo" / "resumed" / "checkpoint-1", half / "checkpoint-1")
+    resumed = worker.resume("grpo", runs["out"], 1, "ddp", half)
+    torch.testing.assert_close(resumed, runs["single"]["grpo"]["params"], atol=2e-5, rtol=1e-4)
+
+
+def test_fsdp_refuses_what_it_cannot_shard(runs):
+    """LoRA, method dlr and latent_rl's first-step value-head pretraining stop with a ConfigError naming ddp."""
+    for k in range(2):
+        msgs = torch.load(runs["out"] / "fsdp" / f"refusals-rank{k}.pt")
+        assert "does not support LoRA" in msgs["lora"] and "parallelism='ddp'" in msgs["lora"]
+        assert "does not support method 'dlr'" in msgs["dlr"] and "parallelism='ddp'" in msgs["dlr"]
+        assert "pretrain_prompts=0" in msgs["latent_rl"] and "parallelism='ddp'" in msgs["latent_rl"]

@@ -1141,6 +1141,15 @@ class GRPOConfig(BaseConfig):
         "scaler); null = what `accelerate launch` configured, else no.",
         choices=("no", "bf16", "fp16"),
     )
+    parallelism: str = cfg_field(
+        "ddp",
+        "How several processes (torchrun / accelerate launch) share the model. ddp: a full replica per process, "
+        "gradients summed after the backward passes (every method, LoRA included). fsdp: FSDP2 "
+        "(torch fully_shard) — parameters, gradients and optimizer state sharded per decoder layer, gathered for "
+        "rollouts; same result as one process; on CPUs (gloo) too. Not with LoRA or DLR. An accelerate config "
+        "with distributed_type FSDP selects fsdp as well. One process: ignored.",
+        choices=("ddp", "fsdp"),
+    )
     rollout_chunk_size: int | None = cfg_field(
         None,
         "Completions generated together in one batched rollout, each chunk with its own random stream seeded "

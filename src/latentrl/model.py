@@ -242,12 +242,29 @@ class LatentModel(nn.Module):
                 if name in rows:
                     layer.weight[idx.to(layer.weight.device)] = rows[name].to(layer.weight)
 
-    def save_pretrained(self, out_dir: str | os.PathLike, **kwargs: Any) -> None:
+    def save_pretrained(self, out_dir: str | os.PathLike, full_state_dict: dict[str, torch.Tensor] | None = None,
+                        **kwargs: Any) -> None:
         """`save_pretrained` for model and tokenizer, plus the latent-token names and side-module weights.
 
-        A LoRA model writes its adapter only (peft format), plus the base rows of the latent tokens."""
+        A LoRA model writes its adapter only (peft format), plus the base rows of the latent tokens.
+        `full_state_dict`: this module's full state dict to write instead of its parameters (an FSDP-sharded model,
+        whose parameters are shards, passes the gathered one)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        side_state = {k: v for k, v in self.side_modules.state_dict().items()}
+        if full_state_dict is not None:
+            if self.is_peft:
+                raise ValueError("save_pretrained(full_state_dict=...) is for full models, not LoRA adapters")
+            state = {k[len("model."):]: v for k, v in full_state_dict.items() if k.startswith("model.")}
+            # gathered copies of tied parameters are separate tensors: make them one again, so that HF drops the
+            # tied duplicate (e.g. lm_head.weight) exactly as it does when saving the module itself
+            first: dict[int, str] = {}
+            for k, v in self.model.state_dict(keep_vars=True).items():
+                if k in state and first.setdefault(id(v), k) != k:
+                    state[k] = state[first[id(v)]]
+            kwargs["state_dict"] = state
+            side_state = {k[len("side_modules."):]: v for k, v in full_state_dict.items()
+                          if k.startswith("side_modules.")}
         if self.is_peft:
             kwargs.setdefault("save_embedding_layers", False)  # the latent rows travel as trainable tokens
             self.model.save_pretrained(out, **kwargs)
@@ -261,8 +278,8 @@ class LatentModel(nn.Module):
         self.tokenizer.save_pretrained(out)
         if self.latent_tokens is not None:
             (out / LATENT_META_FILE).write_text(json.dumps(self.latent_tokens.__dict__))
-        if len(self.side_modules):
-            state = {k: v.detach().contiguous().cpu() for k, v in self.side_modules.state_dict().items()}
+        if side_state:
+            state = {k: v.detach().contiguous().cpu() for k, v in side_state.items()}
             save_file(state, str(out / SIDE_MODULES_FILE))
 
     def load_weights(self, path: str | os.PathLike) -> None:

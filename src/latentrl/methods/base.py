@@ -71,6 +71,11 @@ class Method:
     def setup(self, trainer: Any) -> None:
         """Attach side modules (gates, value heads) before the optimizer is built."""
 
+    def fsdp_conflict(self, trainer: Any) -> str | None:
+        """Why this method cannot train with parallelism='fsdp' (sharded parameters; only the trainer's own
+        passes gather them), or None when it can."""
+        return None
+
     def param_groups(self, trainer: Any) -> list[dict[str, Any]]:
         """Optimizer parameter groups; default: every trainable parameter at the configured learning rate."""
         params = [p for p in trainer.model.parameters() if p.requires_grad]

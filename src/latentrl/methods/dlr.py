@@ -87,6 +87,10 @@ class DLR(Method):
         params = [p for p in trainer.model.side_modules[ASSISTANT].parameters() if p.requires_grad]
         return [{"params": params, "lr": c.assistant_learning_rate or trainer.args.learning_rate}]
 
+    def fsdp_conflict(self, trainer: Any) -> str | None:
+        return ("its own update loop runs the frozen main model and the trained assistant outside the sharded "
+                "units")
+
     def rollout_metrics(self, trainer: Any, batch) -> dict[str, float]:
         asst = trainer.model.side_modules[ASSISTANT]
         main = sum(p.numel() for p in trainer.model.model.parameters())

@@ -140,6 +140,14 @@ class LatentRL(CoconutLatentMethod):
             head.pretrained = True
         self._label_func = self.label_func or accuracy_reward_func(trainer.args.reward_funcs)
 
+    def fsdp_conflict(self, trainer: Any) -> str | None:
+        head = trainer.model.side_modules[VALUE_HEAD]
+        if self.pretrain_prompts > 0 and not getattr(head, "pretrained", False):
+            return ("the value head is pretrained at the first step with its own optimizer on full weights; "
+                    "build the method with pretrain_prompts=0 and a pretrained head (resume from a checkpoint "
+                    "that has one)")
+        return None
+
     def rollout_metrics(self, trainer: Any, batch) -> dict[str, float]:
         metrics = super().rollout_metrics(trainer, batch)
         head = trainer.model.side_modules[VALUE_HEAD]

@@ -18,15 +18,28 @@ Design (accelerate underneath; one code path for 1 and N processes):
   micro-batches the gradients are **summed** across processes (one bucketed all-reduce), so every process takes the
   same optimizer step as the single process would.
 
-Why not DDP/FSDP-wrap the model: the trainer never calls `model.forward`. Rollout, replay and the method hooks call
-the decoder stack, the LM head, side modules and thought operators directly, which DDP's reducer and FSDP's
-parameter gathering (both driven by the wrapped module's forward) do not see. A full replica per process and an
-explicit gradient all-reduce after the backward passes is correct for every method; the cost is no overlap of
-communication with the backward pass. FSDP/DeepSpeed launches are refused with a ConfigError for that reason.
+Two ways to hold the model (`parallelism`):
+
+* **ddp** (default): a full replica per process and the explicit gradient all-reduce above. Why not DDP-wrap the
+  model: the trainer never calls `model.forward`. Rollout, replay and the method hooks call the decoder stack, the
+  LM head, side modules and thought operators directly, which DDP's reducer (driven by the wrapped module's
+  forward) does not see. The replica is correct for every method (LoRA and DLR included); the cost is no overlap
+  of communication with the backward pass, and one full model + optimizer state per process.
+* **fsdp**: FSDP2 (`torch.distributed.fsdp.fully_shard`, `latentrl.rl.fsdp`): parameters, gradients and AdamW
+  state sharded over the processes, one unit per decoder layer plus a root unit with the rest. No-grad passes
+  (rollouts, old/reference log-probs, evaluation) gather the whole model for the pass; the update runs as the root
+  unit's forward, so FSDP gathers each layer around the calls HF's backbone makes and reduce-scatters the gradients
+  — summed, as above, never averaged — during the backward pass; grad-norm clipping and AdamW work on the shards.
+  Same rows, same completions and the same update as one process (tests/test_distributed.py). Checkpoints are
+  gathered full state dicts in the usual files, so they resume in any mode and any number of processes. Not with
+  LoRA, method 'dlr', latent_rl's value-head pretraining or fp16 (ConfigError naming the alternative; methods
+  say why in `Method.fsdp_conflict`). DeepSpeed is refused: use fsdp.
 
 Launch: `accelerate launch --config_file configs/accelerate/multi_gpu_ddp.yaml -m latentrl.cli train --config X`
-on GPUs; on CPUs (gloo) `torchrun --nproc_per_node 2 -m latentrl.cli train --config X` (`accelerate launch --cpu`
-starts a single process unless it is set up for mpirun).
+on GPUs (`configs/accelerate/fsdp.yaml`, or `parallelism: fsdp` in the config, for FSDP); on CPUs (gloo)
+`torchrun --nproc_per_node 2 -m latentrl.cli train --config X` with `parallelism: fsdp` in the config for FSDP
+(accelerate never selects FSDP on CPUs; `accelerate launch --cpu` starts a single process unless it is set up for
+mpirun).
 """
 
 from __future__ import annotations
@@ -65,11 +78,11 @@ def make_accelerator(mixed_precision: str | None) -> Accelerator:
     # accelerate starts a process group on CPUs (gloo) only when asked to use the CPU; torchrun does not say so
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=mp, cpu=cpu)
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ConfigError(
-            f"{accelerator.distributed_type.value} is not supported: latentrl's trainer keeps a full model replica per "
-            "process and sums gradients itself, because rollouts and replays call the decoder stack, LM head and "
-            "thought operators directly rather than one wrapped forward; launch with a multi-GPU (DDP-style) config")
+            "DeepSpeed is not supported: rollouts and replays call the decoder stack, LM head and thought operators "
+            "directly rather than one wrapped forward, which DeepSpeed's engine needs; for sharded training launch "
+            "with configs/accelerate/fsdp.yaml (or set parallelism: fsdp), else with multi_gpu_ddp.yaml")
     if mp == "fp16" and accelerator.device.type == "cpu":
         raise ConfigError("mixed_precision='fp16' needs a GPU (accelerate does not autocast to fp16 on the CPU); "
                           "use bf16 on the CPU")

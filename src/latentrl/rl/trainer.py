@@ -8,7 +8,8 @@ Batch bookkeeping: one optimizer step consumes `per_device_train_batch_size * gr
 num_processes` completions = that many / `num_generations` prompts. Data parallelism (accelerate; any number of
 processes, one code path) is described in `latentrl.rl.distributed`: rollout chunks with world-size independent
 seeds, everything after generation on the whole (gathered) batch, each process updating on its slice with global
-loss normalisers, gradients summed across processes.
+loss normalisers, gradients summed across processes. With `parallelism='fsdp'` the model is sharded instead
+(`latentrl.rl.fsdp`): no-grad passes run on gathered weights, the update runs as the FSDP root's forward.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import DistributedType
 from torch import nn
 from transformers import get_scheduler
 
@@ -39,6 +41,7 @@ from latentrl.replay import replay
 from latentrl.rewards import compute_rewards, get_reward_funcs
 from latentrl.rl.advantages import zero_std_groups
 from latentrl.rl.distributed import DataParallel, chunk_generator, chunk_ranges, make_accelerator
+from latentrl.rl.fsdp import ShardedPolicy
 from latentrl.rl.losses import aggregate_loss, kl_penalty, masked_mean, mixed_policy_loss
 from latentrl.rollout import Rollout, SamplingParams, decode_completions, generate_rollout, left_pad
 
@@ -159,6 +162,7 @@ class GRPOTrainer:
             self.ref_model = copy.deepcopy(model)
             for p in self.ref_model.parameters():
                 p.requires_grad_(False)
+        self.fsdp = self._setup_fsdp()
         self.optimizer = torch.optim.AdamW(
             self.method.param_groups(self), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
             eps=args.adam_epsilon, weight_decay=args.weight_decay,
@@ -177,6 +181,33 @@ class GRPOTrainer:
         self.data_epoch, self.data_cursor = 0, 0
         self._order = self._epoch_order(0)
         self.output_dir = Path(args.output_dir)
+
+    def _setup_fsdp(self) -> ShardedPolicy | None:
+        """Shard the policy (and a separate reference model) when several processes run with FSDP."""
+        a = self.args
+        if self.dp.world_size == 1 or not (a.parallelism == "fsdp"
+                                           or self.accelerator.distributed_type == DistributedType.FSDP):
+            return None
+        if a.lora.enabled or self.model.is_peft:
+            raise ConfigError("parallelism='fsdp' does not support LoRA (the frozen base model would be sharded "
+                              "while peft's adapters and disable_adapter reference rely on plain modules); use "
+                              "parallelism='ddp' with LoRA — its full replica is mostly frozen weights")
+        conflict = self.method.fsdp_conflict(self)
+        if conflict is not None:
+            raise ConfigError(f"parallelism='fsdp' does not support method {self.method.name!r} here: {conflict}. "
+                              "parallelism='ddp' supports it")
+        if self.accelerator.scaler is not None:
+            raise ConfigError("parallelism='fsdp' does not support mixed_precision='fp16' (the loss scaler does "
+                              "not unscale sharded gradients); use bf16")
+        fsdp = ShardedPolicy(self.accelerator.device, self.dp.world_size)
+        fsdp.shard(self.model)
+        if self.ref_model is not None and self.ref_model is not self.model:
+            fsdp.shard(self.ref_model)
+        return fsdp
+
+    def gathered(self, model: LatentModel | None) -> contextlib.AbstractContextManager:
+        """Where a no-grad pass over `model` runs: under FSDP its parameters gathered for the whole pass."""
+        return self.fsdp.gathered(model) if self.fsdp is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ data order (resumable)
     def _epoch_order(self, epoch: int) -> list[int]:
@@ -306,15 +337,16 @@ class GRPOTrainer:
         """
         mine = self.dp.my_rows(batch.rewards.numel())
         with torch.no_grad(), self.accelerator.autocast():
-            if self.args.num_iterations == 1 and self.loss_temperature == self.args.temperature:
-                batch.old_logprobs = batch.rollout.logprobs  # on-policy: the rollout's own log-probs (TRL)
-            else:
-                old = self.replay_in_chunks(self.model, batch.rollout.select(mine))
-                batch.old_logprobs = self._gather_rows(old)
-            batch.token_advantages = self.method.token_advantages(self, batch)
+            with self.gathered(self.model):
+                if self.args.num_iterations == 1 and self.loss_temperature == self.args.temperature:
+                    batch.old_logprobs = batch.rollout.logprobs  # on-policy: the rollout's own log-probs (TRL)
+                else:
+                    old = self.replay_in_chunks(self.model, batch.rollout.select(mine))
+                    batch.old_logprobs = self._gather_rows(old)
+                batch.token_advantages = self.method.token_advantages(self, batch)
             local = batch if self.dp.world_size == 1 else batch.select(mine)
             if self.ref_model is not None and self.args.beta > 0:
-                with self.reference_context():
+                with self.reference_context(), self.gathered(self.ref_model):
                     local.ref_logprobs = self.method.reference_logprobs(self, local)
         return local
 
@@ -376,10 +408,11 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ the loop
     def train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
-        with self.accelerator.autocast():
-            batch, metrics = self._collect_step_batch()
-        t_gen = time.perf_counter() - t0
-        metrics.update(self.method.rollout_metrics(self, batch))
+        with self.gathered(self.model):
+            with self.accelerator.autocast():
+                batch, metrics = self._collect_step_batch()
+            t_gen = time.perf_counter() - t0
+            metrics.update(self.method.rollout_metrics(self, batch))
         # global normalisers: the per-process losses then sum to the single-process loss (see rl.distributed)
         n = batch.rewards.numel()
         num_tokens = float(self.loss_mask(batch).sum().clamp_min(1))
@@ -395,9 +428,12 @@ class GRPOTrainer:
             total, bad = 0.0, None
             for idx in micro_idx:
                 micro = local.select(idx)
-                with self.accelerator.autocast():
-                    loss, m = self.compute_loss(micro, num_sequences=n, num_tokens=num_tokens,
-                                                num_micro=len(micro_idx))
+                def run(micro: StepBatch = micro) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    with self.accelerator.autocast():
+                        return self.compute_loss(micro, num_sequences=n, num_tokens=num_tokens,
+                                                 num_micro=len(micro_idx))
+                # under FSDP the loss computation is the root unit's forward (gathered, gradients reduce-scattered)
+                loss, m = self.fsdp.forward(self.model, run) if self.fsdp is not None else run()
                 if not torch.isfinite(loss):
                     bad = loss.item()
                     break
@@ -411,8 +447,11 @@ class GRPOTrainer:
                     f"non-finite loss ({bad if bad is not None else 'on another process'}) at step "
                     f"{self.global_step + 1}; the last checkpoint in {self.output_dir} is intact — lower the learning "
                     "rate or check the rewards")
-            self.dp.sum_gradients(params)
-            grad_norm = self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
+            if self.fsdp is not None:  # FSDP already summed the gradients into each process's shards
+                grad_norm = self.fsdp.clip_grad_norm_(params, self.args.max_grad_norm)
+            else:
+                self.dp.sum_gradients(params)
+                grad_norm = self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
             if not torch.isfinite(grad_norm) and self.accelerator.scaler is None:  # fp16: the scaler skips the step
                 raise TrainingDivergedError(f"non-finite gradient norm at step {self.global_step + 1}; the last "
                                             f"checkpoint in {self.output_dir} is intact")
@@ -425,7 +464,8 @@ class GRPOTrainer:
         metrics.update({"loss": total, "grad_norm": float(grad_norm), "learning_rate": self.scheduler.get_last_lr()[0],
                         "time/generation_s": t_gen, "time/step_s": time.perf_counter() - t0})
         if self.operator is not None and bool(batch.rollout.latent_mask.any()):
-            metrics["latent/norm_mean"] = self._latent_norm(batch.rollout)
+            with self.gathered(self.model):
+                metrics["latent/norm_mean"] = self._latent_norm(batch.rollout)
         return metrics
 
     @torch.no_grad()
@@ -483,18 +523,24 @@ class GRPOTrainer:
         data = as_rows(rows) if rows is not None else self.eval_rows
         if not data:
             raise ValueError("no evaluation data: pass eval_dataset to the trainer or rows to evaluate()")
-        return evaluate(self.model, data, operator=self.operator, schedule=self.schedule,
-                        max_new_positions=self.args.max_completion_length, k=k, seed=self.args.seed,
-                        prompt_text=self.prompt_text,
-                        decode_latent=self.method.decodes_latent_tokens(self.operator))
+        with self.gathered(self.model):
+            return evaluate(self.model, data, operator=self.operator, schedule=self.schedule,
+                            max_new_positions=self.args.max_completion_length, k=k, seed=self.args.seed,
+                            prompt_text=self.prompt_text,
+                            decode_latent=self.method.decodes_latent_tokens(self.operator))
 
     def save(self) -> Path:
         """Checkpoint written by the main process; every process returns once it is complete on disk.
         Rollout randomness is a function of (seed, step), so no generator state is needed to resume exactly."""
         path = self.output_dir / f"checkpoint-{self.global_step}"
+        save_model, optimizer = self.model.save_pretrained, self.optimizer
+        if self.fsdp is not None:  # full state dicts, gathered on the main process: the same files as 1 process
+            state = self.fsdp.full_model_state(self.model)
+            optimizer = self.fsdp.optimizer_state(self.model, self.optimizer.optimizer)
+            save_model = lambda p: self.model.save_pretrained(p, full_state_dict=state)  # noqa: E731
         if self.dp.is_main:
             path = save_checkpoint(
-                self.output_dir, self.global_step, save_model=self.model.save_pretrained, optimizer=self.optimizer,
+                self.output_dir, self.global_step, save_model=save_model, optimizer=optimizer,
                 scheduler=self.scheduler, total_limit=self.args.save_total_limit,
                 extra_state={"data_epoch": self.data_epoch, "data_cursor": self.data_cursor},
             )
@@ -502,8 +548,13 @@ class GRPOTrainer:
         return path
 
     def _load(self, path: Path) -> int:
-        self.model.load_weights(path)
-        state = load_checkpoint(path, optimizer=self.optimizer, scheduler=self.scheduler)
+        if self.fsdp is not None:
+            self.fsdp.load_model(self.model, path)
+            optimizer = self.fsdp.optimizer_loader(self.model, self.optimizer.optimizer)
+        else:
+            self.model.load_weights(path)
+            optimizer = self.optimizer
+        state = load_checkpoint(path, optimizer=optimizer, scheduler=self.scheduler)
         self.global_step = int(state["step"])
         self.data_epoch, self.data_cursor = int(state["data_epoch"]), int(state["data_cursor"])
         self._order = self._epoch_order(self.data_epoch)
