@@ -217,7 +217,7 @@ def build_latent_grpo(tmp: Path) -> dict[str, str]:
     train = write_jsonl(tmp / "GSM8k-Aug-train.jsonl", rows)
     test = write_jsonl(tmp / "GSM8k-Aug-test.jsonl", rows[:2])
     words = data_words(train) + ["</think>"]
-    model = save_tiny_model(tmp / "LLaMA3.2-1B-Instruct-Latent-SFT-Top10", "llama", words)
+    model = save_tiny_model(tmp / "LLaMA3.2-1B-Instruct-Latent-SFT-Top10", "llama", words, chat=True)
     return {"model_name_or_path": str(model), "dataset": str(train), "eval_dataset": str(test)}
 
 
