@@ -44,16 +44,11 @@ import subprocess
 import sys
 import time
 
+import model_presets
+from model_presets import add_shape_args
+
 MODES = ("generate", "discrete", "soft_mixture", "hidden_state", "gumbel_softmax", "hrpo_gate")
 LATENT_MODES = MODES[2:]
-
-PRESETS = {
-    # Qwen2.5-0.5B shapes (random weights, config built in code, nothing downloaded).
-    "qwen2.5-0.5b": dict(arch="qwen2", hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864,
-                         vocab_size=151936, rope_theta=1_000_000.0, max_positions=32768),
-}
-DEFAULTS = dict(arch="qwen2", hidden=128, layers=2, heads=4, kv_heads=None, intermediate=512, vocab_size=64,
-                rope_theta=10_000.0, max_positions=2048)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,17 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Tokens/s and peak memory of HF generate vs. latentrl generate_rollout (discrete and latent).",
         epilog="The last line printed is a JSON object; see benchmarks/README.md for its keys.",
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="model shape preset (explicit shape options below override it)")
-    p.add_argument("--arch", choices=("qwen2", "llama", "gpt2"), default=None, help="default: qwen2")
-    p.add_argument("--hidden", type=int, default=None, help="hidden size (default 128)")
-    p.add_argument("--layers", type=int, default=None, help="decoder layers (default 2)")
-    p.add_argument("--heads", type=int, default=None, help="attention heads (default 4)")
-    p.add_argument("--kv-heads", type=int, default=None, help="KV heads (default: heads/2 for qwen2, heads for llama)")
-    p.add_argument("--intermediate", type=int, default=None, help="MLP size (default 4*hidden)")
-    p.add_argument("--vocab-size", type=int, default=None,
-                   help="model vocab (default 64: a word tokenizer of 61 words + 3 latent tokens); a larger vocab "
-                        "keeps the small tokenizer and samples prompt ids over the whole vocab")
+    add_shape_args(p, vocab_help="model vocab (default 64: a word tokenizer of 61 words + 3 latent tokens); a larger "
+                                  "vocab keeps the small tokenizer and samples prompt ids over the whole vocab")
     p.add_argument("--batch", type=int, default=32, help="rows per decode (default 32)")
     p.add_argument("--prompt-len", type=int, default=16, help="longest prompt (default 16); rows are 75-100%% of it, left-padded")
     p.add_argument("--new", type=int, default=64, help="new positions per row, tokens or latent positions (default 64)")
@@ -112,19 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def resolve_shape(args: argparse.Namespace) -> None:
-    base = dict(DEFAULTS)
-    if args.preset:
-        base.update(PRESETS[args.preset])
-    elif args.intermediate is None and args.hidden is not None:
-        base["intermediate"] = 4 * args.hidden
-    for key in ("arch", "hidden", "layers", "heads", "kv_heads", "intermediate", "vocab_size"):
-        if getattr(args, key) is None:
-            setattr(args, key, base[key])
-    if args.kv_heads is None:
-        args.kv_heads = max(1, args.heads // 2) if args.arch == "qwen2" else args.heads
+    model_presets.resolve_shape(args, min_positions=args.prompt_len + args.new + 8)
     if args.threads is None and not str(args.device).startswith("cuda"):
         args.threads = 1
-    args.rope_theta, args.max_positions = base["rope_theta"], max(base["max_positions"], args.prompt_len + args.new + 8)
 
 
 def config_dict(args: argparse.Namespace) -> dict:
@@ -139,31 +115,17 @@ def config_dict(args: argparse.Namespace) -> dict:
 def build(args: argparse.Namespace):
     """(LatentModel, prompt_ids, prompt_mask) - deterministic in --seed, identical in every mode's subprocess."""
     import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM
 
     from latentrl.model import LatentModel
     from latentrl.rollout import left_pad
-    from latentrl.tokenizer import DIGITS, SYMBOLS, build_word_tokenizer
+    from latentrl.tokenizer import build_word_tokenizer
 
-    n_fixed = 4 + len(DIGITS) + len(SYMBOLS)  # pad/unk/bos/eos + digits + symbols
-    n_words = max(0, min(args.vocab_size, 64) - 3 - n_fixed)
+    n_words = model_presets.word_tokenizer_words(min(args.vocab_size, 64) - 3)  # room for 3 latent tokens
     tok = build_word_tokenizer([f"w{i}" for i in range(n_words)])
     vocab = max(args.vocab_size, len(tok) + 3)
-    common = dict(vocab_size=vocab, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                  eos_token_id=tok.eos_token_id)
-    if args.arch == "qwen2":
-        cfg = Qwen2Config(hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers,
-                          num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-                          max_position_embeddings=args.max_positions, rope_theta=args.rope_theta,
-                          tie_word_embeddings=True, **common)
-    elif args.arch == "llama":
-        cfg = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers,
-                          num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-                          max_position_embeddings=args.max_positions, rope_theta=args.rope_theta,
-                          tie_word_embeddings=False, **common)
-    else:
-        cfg = GPT2Config(n_embd=args.hidden, n_layer=args.layers, n_head=args.heads, n_inner=args.intermediate,
-                         n_positions=args.max_positions, **common)
+    cfg = model_presets.hf_config(args, vocab, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                  eos_token_id=tok.eos_token_id)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
     kw = {"attn_implementation": args.attn} if args.attn else {}

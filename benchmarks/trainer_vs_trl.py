@@ -19,9 +19,20 @@ ours stops on no token id, so every completion of both has exactly L tokens and 
    is ``train_step()`` (the same stages). Median over the steps after warm-up, wall clock and process CPU time.
 
 Threads: torch uses ``--threads`` intra-op threads (default: ``LATENTRL_THREADS``, else 1) for BOTH trainers, which
-share this process; the JSON reports ``torch.get_num_threads()`` read inside each timed step. TRL's TrainingArguments
-are set to plain fp32 on CPU (``use_cpu``, ``bf16=False``, ``gradient_checkpointing=False`` - TRL defaults to
-bf16 + checkpointing, neither of which ours does), ``optim="adamw_torch"``, no logging/saving/reporting.
+share this process; the JSON reports ``torch.get_num_threads()`` read inside each timed step. TRL's TrainingArguments:
+``gradient_checkpointing=False`` (TRL's default is on; ours does not checkpoint), ``optim="adamw_torch"``, no
+logging/saving/reporting.
+
+Model, device, precision: ``--preset`` (``benchmarks/model_presets.py``, e.g. ``qwen2.5-0.5b``) or the shape
+options; the word tokenizer is grown to the model's vocab, so every sampled id is a word. ``--device cpu`` (default;
+``ACCELERATE_USE_CPU`` is set so both trainers stay on the CPU) or ``cuda`` (steps timed between
+``torch.cuda.synchronize()`` calls, peak GPU memory per trainer). ``--dtype float32`` (default) or ``bfloat16``:
+fp32 weights and optimizer state in both, matmuls under bf16 autocast in both (TRL ``bf16=True``, ours
+``mixed_precision="bf16"``: accelerate's autocast around rollout, reference forward and loss).
+
+FLOPs and MFU (``benchmarks/flops.py``): the model FLOPs of our update (no-grad reference replay if beta > 0, then
+the policy replay forward and backward = 3x its forward; each group's prompt once, as our replay runs it) over the
+update's wall time (our step minus its rollout and rewards), against ``--peak-tflops`` or the GPU's dense peak.
 
 The last line printed is one JSON object (see benchmarks/README.md)::
 
@@ -29,6 +40,7 @@ The last line printed is one JSON object (see benchmarks/README.md)::
     python benchmarks/trainer_vs_trl.py --batch 16 --num-generations 4 --completion-len 32 --repeats 9
     python benchmarks/trainer_vs_trl.py --check-only                    # loss agreement only
     python benchmarks/trainer_vs_trl.py --profile cprofile              # + cProfile of our timed steps
+    python benchmarks/trainer_vs_trl.py --preset qwen2.5-0.5b --device cuda --dtype bfloat16   # GPU figures + MFU
 """
 
 from __future__ import annotations
@@ -44,6 +56,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import flops
+import model_presets
+
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
@@ -53,11 +68,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "loss), plus a loss/gradient agreement check on identical rollouts.",
         epilog="The last line printed is a JSON object; see benchmarks/README.md for its keys.",
     )
-    p.add_argument("--hidden", type=int, default=128, help="hidden size of the tiny Qwen2 (default 128)")
-    p.add_argument("--layers", type=int, default=2, help="decoder layers (default 2)")
-    p.add_argument("--heads", type=int, default=4, help="attention heads (default 4; KV heads = heads/2)")
-    p.add_argument("--intermediate", type=int, default=None, help="MLP size (default 4*hidden)")
-    p.add_argument("--words", type=int, default=32, help="extra words in the tokenizer (default 32: vocab 64)")
+    model_presets.add_shape_args(p, arch=False, vocab_help="model and tokenizer vocab (default: 30 + --words; "
+                                                           "the tokenizer gets vocab - 30 words)")
+    p.add_argument("--words", type=int, default=32,
+                   help="extra words in the tokenizer without --vocab-size / --preset (default 32: vocab 62)")
     p.add_argument("--batch", type=int, default=32,
                    help="completions per optimizer step = per_device_train_batch_size (default 32, one micro-batch)")
     p.add_argument("--num-generations", type=int, default=8, help="completions per prompt G (default 8)")
@@ -81,14 +95,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads for both trainers (default: $LATENTRL_THREADS, else 1)")
     p.add_argument("--seed", type=int, default=0, help="model weights, prompts, sampling (default 0)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="both trainers' device (default cpu)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="float32 (default) or bfloat16: bf16 autocast over fp32 weights in both trainers")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="peak TFLOP/s for the MFU (default: the GPU's dense peak for --dtype from benchmarks/flops.py; "
+                        "none known on CPU, so no MFU)")
     p.add_argument("--check-only", action="store_true", help="only the loss agreement check, no timing")
     p.add_argument("--profile", choices=("cprofile", "torch"), default=None,
                    help="profile OUR timed steps (cProfile or torch.profiler) and print the top entries")
     p.add_argument("--profile-trl", action="store_true", help="with --profile: profile TRL's timed steps instead")
     p.add_argument("--profile-top", type=int, default=30, help="rows of profile output (default 30)")
     args = p.parse_args(argv)
-    if args.intermediate is None:
-        args.intermediate = 4 * args.hidden
+    if args.vocab_size is None and args.preset is None:
+        args.vocab_size = model_presets.word_tokenizer_fixed() + args.words
+    model_presets.resolve_shape(args, min_positions=args.prompt_len + args.completion_len + 8)
+    args.words = model_presets.word_tokenizer_words(args.vocab_size)
+    if args.vocab_size != model_presets.word_tokenizer_fixed() + args.words:
+        p.error(f"--vocab-size must be at least {model_presets.word_tokenizer_fixed()} (the word tokenizer's fixed "
+                "tokens)")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--device cuda: no CUDA device is visible to torch")
+    if args.peak_tflops is not None and args.peak_tflops <= 0:
+        p.error("--peak-tflops must be > 0")
     if args.threads is None:
         args.threads = int(os.environ.get("LATENTRL_THREADS") or 1)
     if args.warmup < 1 or args.repeats < 1:
@@ -101,31 +133,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def config_dict(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("hidden", "layers", "heads", "intermediate", "words", "batch", "num_generations", "prompt_len",
-            "completion_len", "loss_type", "beta", "epsilon", "epsilon_high", "learning_rate", "temperature",
-            "warmup", "repeats", "threads", "seed")
+    keys = ("preset", "hidden", "layers", "heads", "kv_heads", "intermediate", "vocab_size", "words", "batch",
+            "num_generations", "prompt_len", "completion_len", "loss_type", "beta", "epsilon", "epsilon_high",
+            "learning_rate", "temperature", "warmup", "repeats", "threads", "seed", "device", "dtype", "peak_tflops")
     return {k: getattr(args, k) for k in keys}
 
 
 # ---------------------------------------------------------------------------------------------------- shared setup
 def save_tiny_model(args: argparse.Namespace, folder: Path):
-    """Random-weight tiny Qwen2 + word tokenizer saved to `folder`; returns the tokenizer.
+    """Random-weight Qwen2 of the resolved shape (fp32) + word tokenizer of its vocab, saved to `folder`; returns
+    the tokenizer.
 
     Saved so that both trainers (and TRL's reference model, which TRL loads from `config._name_or_path`) start
     from byte-identical weights.
     """
     import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
+    from transformers import AutoModelForCausalLM
 
     from latentrl.tokenizer import build_word_tokenizer
 
     tok = build_word_tokenizer([f"w{i}" for i in range(args.words)])
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.intermediate,
-                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                      num_key_value_heads=max(1, args.heads // 2),
-                      max_position_embeddings=max(512, args.prompt_len + args.completion_len + 8),
-                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id)
+    cfg = model_presets.hf_config(args, len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                  eos_token_id=tok.eos_token_id)
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(folder)
@@ -171,6 +200,7 @@ def build_ours(args: argparse.Namespace, folder: Path, tok, rows, out_dir: Path)
         max_completion_length=args.completion_len, temperature=args.temperature, beta=args.beta,
         epsilon=args.epsilon, epsilon_high=args.epsilon_high, loss_type=args.loss_type, report_to=["none"],
         lr_scheduler_type="constant", max_grad_norm=1.0, weight_decay=0.0,
+        mixed_precision="bf16" if args.dtype == "bfloat16" else "no",
     )
     lm = LatentModel(load_hf(folder), tok)
     trainer = GRPOTrainer(cfg, lm, rows, reward_funcs=[digit_reward], method="grpo")
@@ -191,7 +221,8 @@ def build_trl(args: argparse.Namespace, folder: Path, tok, rows, out_dir: Path, 
         epsilon=args.epsilon, epsilon_high=args.epsilon_high, loss_type=args.loss_type, num_iterations=1,
         lr_scheduler_type="constant", max_grad_norm=1.0, weight_decay=0.0, optim="adamw_torch",
         generation_kwargs={"min_new_tokens": args.completion_len},
-        use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False, disable_dropout=True,
+        use_cpu=args.device == "cpu", bf16=args.dtype == "bfloat16", fp16=False, gradient_checkpointing=False,
+        disable_dropout=True,
         report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0,
     )
     return TRLTrainer(model=load_hf(folder), reward_funcs=[digit_reward], args=cfg, train_dataset=Dataset.from_list(rows),
@@ -200,7 +231,10 @@ def build_trl(args: argparse.Namespace, folder: Path, tok, rows, out_dir: Path, 
 
 # ---------------------------------------------------------------------------------------------------- 1. agreement
 def check_loss_agreement(args: argparse.Namespace, ours, trl) -> dict[str, Any]:
-    """Feed one TRL rollout batch (with perturbed old log-probs) to both losses; compare losses and gradients."""
+    """Feed one TRL rollout batch (with perturbed old log-probs) to both losses; compare losses and gradients.
+
+    Each trainer's forwards run under its own accelerator's autocast, as in its training step (bf16 or none).
+    """
     import torch
 
     from latentrl.rl.trainer import StepBatch
@@ -210,25 +244,31 @@ def check_loss_agreement(args: argparse.Namespace, ours, trl) -> dict[str, Any]:
     prompts = ours.rows[: args.batch // G]
     trl.model.train()
     trl.current_gradient_accumulation_steps = 1  # set by Trainer's loop; one micro-batch per step here
-    inputs = trl._generate_and_score_completions([dict(r) for r in prompts for _ in range(G)])
+    with trl.accelerator.autocast():
+        inputs = trl._generate_and_score_completions([dict(r) for r in prompts for _ in range(G)])
     ids, cmask = inputs["completion_ids"], inputs["completion_mask"].bool()
+    dev = ids.device
     if ids.shape[1] != args.completion_len or not bool(cmask.all()):
         raise RuntimeError(f"TRL completions are not all {args.completion_len} tokens (shape {tuple(ids.shape)})")
     gen = torch.Generator().manual_seed(args.seed + 1)
     # Vary the lengths (as if some rows had stopped early) so the four loss aggregations give different values:
     # each row keeps its first `length` tokens, the rest become padding outside the mask, for both trainers.
     L = ids.shape[1]
-    lengths = torch.randint(max(1, L // 2), L + 1, (ids.shape[0],), generator=gen)
+    lengths = torch.randint(max(1, L // 2), L + 1, (ids.shape[0],), generator=gen).to(dev)
     lengths[0] = L
-    cmask = torch.arange(L)[None, :] < lengths[:, None]
+    cmask = torch.arange(L, device=dev)[None, :] < lengths[:, None]
     ids = ids.masked_fill(~cmask, trl._tokenizer.pad_token_id)
     inputs["completion_ids"], inputs["completion_mask"] = ids, cmask.to(inputs["completion_mask"].dtype)
     inputs["num_items_in_batch"] = cmask.sum()
-    with torch.no_grad():  # TRL's on-policy old log-probs are its current log-probs; perturb them so ratio != 1
+    synthetic = not bool(inputs["advantages"].any())
+    if synthetic:  # no reward signal (a large vocab rarely samples a digit): seeded advantages, fed to both alike
+        inputs["advantages"] = torch.randn(ids.shape[0], generator=gen).to(dev, inputs["advantages"].dtype)
+    # TRL's on-policy old log-probs are its current log-probs; perturb them so ratio != 1
+    with torch.no_grad(), trl.accelerator.autocast():
         trl_lp, _, _ = trl._get_per_token_logps_and_entropies(
             trl.model, torch.cat([inputs["prompt_ids"], ids], 1),
             torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1), ids.shape[1])
-    old = trl_lp + args.old_logprob_noise * torch.randn(trl_lp.shape, generator=gen)
+    old = trl_lp.float() + args.old_logprob_noise * torch.randn(trl_lp.shape, generator=gen).to(dev)
     inputs["old_per_token_logps"] = old
 
     rollout = Rollout(
@@ -237,10 +277,11 @@ def check_loss_agreement(args: argparse.Namespace, ours, trl) -> dict[str, Any]:
         logprobs=old.float(), truncated=lengths == L, payload={},
     )
     n = ids.shape[0]
-    batch = StepBatch(rollout, [dict(r) for r in prompts for _ in range(G)], [""] * n, torch.zeros(n),
+    batch = StepBatch(rollout, [dict(r) for r in prompts for _ in range(G)], [""] * n, torch.zeros(n, device=dev),
                       inputs["advantages"].float())
     ours._prepare_for_update(batch)  # token advantages and (beta > 0) our reference replay
-    out: dict[str, Any] = {"rows": n, "tokens": int(cmask.sum())}
+    out: dict[str, Any] = {"rows": n, "tokens": int(cmask.sum()), "prompt_tokens": int(inputs["prompt_ids"].shape[1]),
+                           "synthetic_advantages": synthetic}
     if args.beta > 0:
         out["ref_logprob_max_abs_diff"] = float((batch.ref_logprobs - inputs["ref_per_token_logps"])[cmask].abs().max())
         batch.ref_logprobs = inputs["ref_per_token_logps"].float()  # identical inputs to both losses
@@ -258,10 +299,12 @@ def check_loss_agreement(args: argparse.Namespace, ours, trl) -> dict[str, Any]:
         ours.args = dataclasses.replace(base_args, loss_type=lt)
         for p in list(trl_params.values()) + list(ours_params.values()):
             p.grad = None
-        loss_trl = trl.compute_loss(trl.model, inputs)
+        with trl.accelerator.autocast():
+            loss_trl = trl.compute_loss(trl.model, inputs)
         loss_trl.backward()
-        loss_ours, _ = ours.compute_loss(batch, num_sequences=n, num_tokens=float(ours.loss_mask(batch).sum()),
-                                         num_micro=1)
+        with ours.accelerator.autocast():
+            loss_ours, _ = ours.compute_loss(batch, num_sequences=n, num_tokens=float(ours.loss_mask(batch).sum()),
+                                             num_micro=1)
         loss_ours.backward()
         grad_diff, grad_max = 0.0, 0.0
         for name, p in ours_params.items():
@@ -321,7 +364,11 @@ class _Profiler:
 
 
 def time_steps(args: argparse.Namespace, folder: Path, tok, rows, out_dir: Path) -> dict[str, Any]:
-    """TRL's own train() loop; after each of its steps a callback runs (and times) one step of ours."""
+    """TRL's own train() loop; after each of its steps a callback runs (and times) one step of ours.
+
+    On CUDA every clock read follows a `torch.cuda.synchronize()`, and each trainer's peak allocated memory is
+    read over its own steps (the peak counter is reset at each hand-over between the two trainers).
+    """
     import torch
     from transformers import TrainerCallback
 
@@ -331,7 +378,22 @@ def time_steps(args: argparse.Namespace, folder: Path, tok, rows, out_dir: Path)
     ours = build_ours(args, folder, tok, rows, out_dir)
     prof_ours = _Profiler(args.profile if not args.profile_trl else None)
     prof_trl = _Profiler(args.profile if args.profile_trl else None)
-    rec: dict[str, list] = {"trl": [], "ours": [], "trl_threads": [], "ours_threads": [], "ours_metrics": []}
+    rec: dict[str, list] = {"trl": [], "ours": [], "trl_threads": [], "ours_threads": [], "ours_metrics": [],
+                            "trl_gpu_peak": [], "ours_gpu_peak": []}
+    cuda = args.device == "cuda"
+
+    def clock() -> tuple[float, float]:
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter(), time.process_time()
+
+    def gpu_peak_mb() -> float | None:
+        """Peak allocated MB since the last call (which resets the counter); None off CUDA."""
+        if not cuda:
+            return None
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+        return peak
 
     class Interleave(TrainerCallback):
         def __init__(self):
@@ -343,7 +405,8 @@ def time_steps(args: argparse.Namespace, folder: Path, tok, rows, out_dir: Path)
                 prof_trl.start()
 
         def on_step_end(self, targs, state, control, **kw):
-            now = (time.perf_counter(), time.process_time())
+            now = clock()
+            rec["trl_gpu_peak"].append(gpu_peak_mb())
             if self.last is not None:
                 rec["trl"].append((now[0] - self.last[0], now[1] - self.last[1]))
             timed = state.global_step > args.warmup
@@ -352,13 +415,15 @@ def time_steps(args: argparse.Namespace, folder: Path, tok, rows, out_dir: Path)
             rec["ours_threads"].append(torch.get_num_threads())
             if timed:
                 prof_ours.start()
-            w0, c0 = time.perf_counter(), time.process_time()
+            w0, c0 = clock()
             m = ours.train_step()
-            rec["ours"].append((time.perf_counter() - w0, time.process_time() - c0))
+            w1, c1 = clock()
+            rec["ours"].append((w1 - w0, c1 - c0))
+            rec["ours_gpu_peak"].append(gpu_peak_mb())
             if timed:
                 prof_ours.stop()
             rec["ours_metrics"].append(m)
-            self.last = (time.perf_counter(), time.process_time())
+            self.last = clock()
 
     trl = build_trl(args, folder, tok, rows, out_dir, max_steps=steps, callbacks=[Interleave()])
     trl.train()
@@ -367,10 +432,63 @@ def time_steps(args: argparse.Namespace, folder: Path, tok, rows, out_dir: Path)
     ours_t = rec["ours"][args.warmup: args.warmup + args.repeats]
     prof_ours.report(f"{args.profile} of our {len(ours_t)} timed steps", args.profile_top)
     prof_trl.report(f"{args.profile} of TRL's {len(trl_t)} timed steps", args.profile_top)
+    timed_metrics = rec["ours_metrics"][args.warmup:]
     lengths = [m["completions/mean_length"] for m in rec["ours_metrics"]]
-    return {"trl": trl_t, "ours": ours_t, "trl_threads": sorted(set(rec["trl_threads"])),
-            "ours_threads": sorted(set(rec["ours_threads"])), "ours_mean_length": lengths,
-            "ours_time_generation_s": [m["time/generation_s"] for m in rec["ours_metrics"]][args.warmup:]}
+    out = {"trl": trl_t, "ours": ours_t, "trl_threads": sorted(set(rec["trl_threads"])),
+           "ours_threads": sorted(set(rec["ours_threads"])), "ours_mean_length": lengths,
+           "ours_time_generation_s": [m["time/generation_s"] for m in timed_metrics],
+           # the update: our step after its rollout and rewards (reference replay, loss, backward, clip, AdamW)
+           "ours_update_s": [w - m["time/generation_s"] for (w, _), m in zip(ours_t, timed_metrics)]}
+    if cuda:  # on_step_end i covers TRL step i+1 (from the end of our step i), ours[i] our step i+1
+        out["trl_gpu_peak_mb"] = max(rec["trl_gpu_peak"][args.warmup:])
+        out["ours_gpu_peak_mb"] = max(rec["ours_gpu_peak"][args.warmup:])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- FLOPs
+def _sig(x: float | None, digits: int = 6) -> float | None:
+    return None if x is None else float(f"{x:.{digits}g}")
+
+
+def throughput(args: argparse.Namespace, folder: Path, prompt_tokens: int, t: dict[str, Any] | None) -> dict[str, Any]:
+    """Tokens/s of both trainers, and our update's model FLOPs, TFLOP/s and MFU (None where not measured / known).
+
+    Tokens per step = batch * (prompt + completion tokens), the same workload for both trainers. Update FLOPs
+    (`benchmarks/flops.py`): reference replay (beta > 0) + 3 x the policy replay's forward, as our replay runs them.
+    """
+    import torch
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(folder)
+    replay = flops.replay_forward_flops(cfg, args.batch, args.num_generations, prompt_tokens, args.completion_len)
+    update = flops.update_flops(replay, replay if args.beta > 0 else 0)
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else None
+    peak = args.peak_tflops or flops.peak_tflops(device_name, args.dtype)
+    tokens = args.batch * (prompt_tokens + args.completion_len)
+    out: dict[str, Any] = {"tokens_per_step": tokens, "ours_update_flops": update, "peak_tflops": peak,
+                           "device_name": device_name or "cpu", "non_embedding_params": flops.non_embedding_params(cfg),
+                           "trl_tokens_per_s": None, "ours_tokens_per_s": None, "ours_update_s": None,
+                           "ours_update_tflops": None, "ours_mfu": None}
+    if t is None:
+        return out
+    trl_s, ours_s = (statistics.median(w for w, _ in t[k]) for k in ("trl", "ours"))
+    update_s = statistics.median(t["ours_update_s"])
+    tflops = update / update_s / 1e12
+    out.update(trl_tokens_per_s=_sig(tokens / trl_s), ours_tokens_per_s=_sig(tokens / ours_s),
+               ours_update_s=_sig(update_s), ours_update_tflops=_sig(tflops),
+               ours_mfu=_sig(tflops / peak) if peak else None)
+    if args.device == "cuda":
+        out.update(trl_gpu_peak_mb=round(t["trl_gpu_peak_mb"], 1), ours_gpu_peak_mb=round(t["ours_gpu_peak_mb"], 1))
+    return out
+
+
+def throughput_line(f: dict[str, Any]) -> str:
+    """One human line: tokens/s of both trainers, our update's TFLOP/s and MFU."""
+    mfu = (f"MFU {100 * f['ours_mfu']:.1f}% of {f['peak_tflops']:g} TFLOP/s" if f["ours_mfu"] is not None
+           else f"MFU not reported (no peak known for {f['device_name']}; pass --peak-tflops)")
+    return (f"tokens/s (batch x (prompt + completion) / s per step): TRL {f['trl_tokens_per_s']:.1f}, ours "
+            f"{f['ours_tokens_per_s']:.1f} | our update {f['ours_update_s']:.3f} s, {f['ours_update_flops'] / 1e12:.4g} "
+            f"TFLOP -> {f['ours_update_tflops']:.4g} TFLOP/s, {mfu}")
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -382,6 +500,8 @@ def run_check(args: argparse.Namespace, folder: Path, tok, rows, out_dir: Path) 
 
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.device == "cpu":  # both trainers' accelerate state on the CPU even where a GPU is visible
+        os.environ["ACCELERATE_USE_CPU"] = "true"
     import torch
 
     torch.set_num_threads(args.threads)
@@ -399,12 +519,16 @@ def main(argv=None) -> dict[str, Any]:
         G = args.num_generations
         rows = make_rows(args, max(64, (args.warmup + args.repeats + 2) * args.batch // G))
         check = run_check(args, folder, tok, rows, tmp_path)
-        print(f"trainer_vs_trl: tiny Qwen2 hidden={args.hidden} layers={args.layers} vocab={len(tok)} | "
-              f"batch={args.batch} G={G} prompt={args.prompt_len} L={args.completion_len} | "
+        if check["prompt_tokens"] != args.prompt_len:
+            raise RuntimeError(f"TRL's prompts are {check['prompt_tokens']} tokens, not --prompt-len {args.prompt_len}")
+        print(f"trainer_vs_trl: Qwen2 {args.preset or 'custom'} hidden={args.hidden} layers={args.layers} "
+              f"heads={args.heads}/{args.kv_heads}kv mlp={args.intermediate} vocab={len(tok)} | {args.device} "
+              f"{args.dtype} | batch={args.batch} G={G} prompt={args.prompt_len} L={args.completion_len} | "
               f"loss={args.loss_type} beta={args.beta} eps={args.epsilon}/{args.epsilon_high} | "
               f"threads={torch.get_num_threads()} | trl {trl_pkg.__version__}")
         print(f"loss agreement on one TRL rollout batch ({check['rows']} rows, {check['tokens']} tokens, "
-              f"{100 * check['clipped_fraction']:.0f}% of ratios outside the clip range):")
+              f"{100 * check['clipped_fraction']:.0f}% of ratios outside the clip range"
+              f"{'; all rewards equal, so seeded random advantages' if check['synthetic_advantages'] else ''}):")
         for lt, v in check["per_loss_type"].items():
             print(f"  {lt:<8} trl {v['trl']:+.7f}  ours {v['ours']:+.7f}  |diff| {v['abs_diff']:.2e}  "
                   f"max|grad diff| {v['grad_max_abs_diff']:.2e} (max|grad| {v['grad_max_abs']:.2e})")
@@ -413,9 +537,11 @@ def main(argv=None) -> dict[str, Any]:
         out: dict[str, Any] = {"loss_max_abs_diff": check["loss_max_abs_diff"],
                                "grad_max_abs_diff": check["grad_max_abs_diff"],
                                "ref_logprob_max_abs_diff": check.get("ref_logprob_max_abs_diff"),
-                               "loss_check": check["per_loss_type"]}
+                               "loss_check": check["per_loss_type"],
+                               "synthetic_advantages": check["synthetic_advantages"]}
         if args.check_only:
             out.update(trl_s_per_step=None, ours_s_per_step=None, speedup=None)
+            out.update(throughput(args, folder, args.prompt_len, None))
         else:
             t = time_steps(args, folder, tok, rows, tmp_path)
             med = {k: statistics.median(w for w, _ in t[k]) for k in ("trl", "ours")}
@@ -435,6 +561,9 @@ def main(argv=None) -> dict[str, Any]:
                        ours_generation_s=[round(x, 4) for x in t["ours_time_generation_s"]],
                        threads={"trl": t["trl_threads"], "ours": t["ours_threads"]},
                        ours_completion_mean_length=t["ours_mean_length"])
+            figures = throughput(args, folder, args.prompt_len, t)
+            out.update(figures)
+            print(throughput_line(figures))
         out["loadavg"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
         out["versions"] = {"trl": trl_pkg.__version__, "transformers": transformers.__version__,
                            "torch": torch.__version__}
