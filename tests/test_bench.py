@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
+import matplotlib.image
 import pytest
 import yaml
 
 from latentrl.assets import model_path
-from latentrl.bench import REPO_ROOT, check_disjoint, load_config, preset_path, run_bench, suite_tasks
+from latentrl.bench import REPO_ROOT, check_disjoint, load_config, preset_path, run_bench, suite_tasks, write_results
 from latentrl.config import GRPOConfig
 from latentrl.data import Example, load_examples, train_eval_split
 from latentrl.data.schema import format_cot
@@ -77,3 +80,25 @@ def test_overlapping_eval_is_refused(chain_sum):
 def test_unknown_suite_task_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown suite task.*chain_sum"):
         run_bench(tmp_path, quick=True, methods=["grpo"], tasks=["nope"])
+
+
+def _row(method: str, task: str, acc: float, positions: float) -> dict:
+    return {"method": method, "task": task, "init": "cot_sft", "pass_at_1": acc, "pass_at_k": None, "k": 4,
+            "mean_reasoning_positions": positions, "mean_latent_positions": 0.0, "train_wall_s": 1.0,
+            "samples": [{"prompt": "p", "completion": "c", "answer": "a", "correct": 0.0}]}
+
+
+def test_write_results_keeps_tasks_apart(tmp_path):
+    """Two tasks: the table and samples name the task of every row, the plot gets one panel per task."""
+
+    rows = [_row("cot_sft", "chain_sum", 0.7, 49.0), _row("grpo", "chain_sum", 0.75, 49.0),
+            _row("cot_sft", "icot_mult_4x4", 0.4, 46.0), _row("grpo", "icot_mult_4x4", 0.5, 46.0)]
+    write_results(tmp_path, rows)
+    table = (tmp_path / "results.md").read_text()
+    assert "| grpo | icot_mult_4x4 | cot_sft | 50.0 | — |" in table
+    assert [(r["method"], r["task"]) for r in json.loads((tmp_path / "samples.json").read_text())] == \
+        [(r["method"], r["task"]) for r in rows]
+    assert all("samples" not in r for r in json.loads((tmp_path / "results.json").read_text()))
+    wide = matplotlib.image.imread(tmp_path / "accuracy_vs_length.png").shape[1]
+    write_results(tmp_path, rows[:2])
+    assert matplotlib.image.imread(tmp_path / "accuracy_vs_length.png").shape[1] < wide  # one panel fewer

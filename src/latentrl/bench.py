@@ -230,21 +230,32 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def plot_accuracy_vs_length(rows: list[dict[str, Any]], out_png: Path) -> None:
+    """Pass@1 against mean reasoning positions: one panel per task, one colour per method across panels (a legend,
+    not labels, because methods that reason alike land on the same point)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        ax.scatter(r["mean_reasoning_positions"], 100 * r["pass_at_1"], s=60)
-        ax.annotate(r["method"], (r["mean_reasoning_positions"], 100 * r["pass_at_1"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=8)
-    ax.set_xlabel("mean reasoning positions per answer (latent + token)")
-    ax.set_ylabel("Pass@1 (%)")
-    ax.set_title("Accuracy vs reasoning length")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cmap = plt.get_cmap("tab20")
+    style = {m: (cmap((2 * i) % 20 + (2 * i // 20) % 2), "s" if m in ("nocot_sft", "cot_sft") else "o") for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks) + 2.2, 4.5), squeeze=False, sharey=True)
+    for ax, task in zip(axes[0], tasks):
+        for r in (r for r in rows if r["task"] == task):
+            color, marker = style[r["method"]]
+            ax.scatter(r["mean_reasoning_positions"], 100 * r["pass_at_1"], s=60, color=color, marker=marker,
+                       edgecolors="black", linewidths=0.4, alpha=0.9, label=r["method"])
+        ax.set_title(task)
+        ax.set_xlabel("mean reasoning positions per answer (latent + token)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("Pass@1 (%)")
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.collections}
+    fig.legend([handles[m] for m in methods if m in handles], [m for m in methods if m in handles],
+               loc="center right", fontsize=8, frameon=False)
+    fig.suptitle("Accuracy vs reasoning length")
+    fig.tight_layout(rect=(0, 0, 1 - 2.0 / fig.get_figwidth(), 1))
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
 
@@ -275,5 +286,5 @@ def run_bench(out: Path, *, quick: bool, methods: list[str] | None, tasks: list[
 def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_json(out / "results.json", [{k: v for k, v in r.items() if k != "samples"} for r in rows])
     atomic_write_text(out / "results.md", results_markdown(rows))
-    (out / "samples.json").write_text(json.dumps([{"method": r["method"], "samples": r["samples"]} for r in rows], indent=1))
+    (out / "samples.json").write_text(json.dumps([{"method": r["method"], "task": r["task"], "samples": r["samples"]} for r in rows], indent=1))
     plot_accuracy_vs_length(rows, out / "accuracy_vs_length.png")
