@@ -27,9 +27,11 @@ RUNS = {
     "hrpo": dict(method="hrpo", temperature=1.0, beta=0.005, policy_loss="reinforce", loss_type="grpo",
                  dynamic_sampling=True, max_resample_rounds=1,
                  latent=LatentConfig(operator="hrpo_gate", answer_delimiter="####", latent_temperature=1.0)),
+    # bf16 autocast (the GPU setting users shard with): rollout and update matmuls in bf16, fp32 weights and sums;
+    # one step, so both sides sample from the same weights
+    "grpo_bf16": dict(method="grpo", loss_type="dapo", beta=0.04, num_iterations=2, mixed_precision="bf16",
+                      max_steps=1),
 }
-
-
 
 
 def some_groups_constant(prompts, completions, **kw):
@@ -38,7 +40,7 @@ def some_groups_constant(prompts, completions, **kw):
     return [float(len(c.split()) % 3) if o else 1.0 for o, c in zip(odd, completions)]
 
 
-REWARDS = {"grpo": word_count_reward, "hrpo": some_groups_constant}
+REWARDS = {"grpo": word_count_reward, "hrpo": some_groups_constant, "grpo_bf16": word_count_reward}
 
 
 def config(out: Path, world: int, name: str, parallelism: str = "ddp", **kw) -> GRPOConfig:
@@ -71,7 +73,7 @@ RESUMED = ("grpo",)  # runs that are also trained as 1 step + resume from its ch
 
 
 def run(name: str, out: Path, world: int, parallelism: str = "ddp") -> dict:
-    """2 steps in one go (and for RESUMED runs, 1 step + resume); losses, rewards, final weights. The 1-step run's
+    """max_steps (2 unless the run says) in one go (and for RESUMED runs, 1 step + resume); losses, rewards, final weights. The 1-step run's
     checkpoint stays in OUT/<run>/resumed/checkpoint-1."""
     words = task_vocabulary("chain_sum")
     data = make_examples("chain_sum", 16, seed=0, length=3)

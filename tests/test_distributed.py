@@ -20,6 +20,8 @@ import distributed_worker as worker
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ("grpo", "hrpo")
+#: bf16 runs get a launch of their own: one process group keeps one mixed-precision setting (accelerate state)
+BF16_RUNS = ("grpo_bf16",)
 
 
 def free_port() -> int:
@@ -28,25 +30,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(out: Path, parallelism: str) -> subprocess.Popen:
-    """2 gloo processes running tests/distributed_worker.py (every run of RUNS) into `out`."""
+def launch(out: Path, parallelism: str, runs: tuple[str, ...] = RUNS) -> subprocess.Popen:
+    """2 gloo processes running tests/distributed_worker.py (every run of `runs`) into `out`."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
            "OMP_NUM_THREADS": "1", "LATENTRL_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(ROOT / "tests" / "distributed_worker.py"), str(out), parallelism,
-           *RUNS]
+           *runs]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(proc: subprocess.Popen, out: Path) -> dict[str, list[dict]]:
+def finish(proc: subprocess.Popen, out: Path, runs: tuple[str, ...] = RUNS) -> dict[str, list[dict]]:
     try:
         log, _ = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, log[-4000:]
-    return {name: [torch.load(out / f"{name}-rank{k}.pt") for k in range(2)] for name in RUNS}
+    return {name: [torch.load(out / f"{name}-rank{k}.pt") for k in range(2)] for name in runs}
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +57,22 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("dp")
     proc = launch(out / "ddp", "ddp")
     try:  # the single-process reference runs here meanwhile
-        ref = {name: worker.run(name, out / "single", world=1) for name in RUNS}
+        ref = {name: worker.run(name, out / "single", world=1) for name in RUNS + BF16_RUNS}
     finally:
         dp = finish(proc, out / "ddp")
     fsdp = finish(launch(out / "fsdp", "fsdp"), out / "fsdp")
+    fsdp.update(finish(launch(out / "fsdp_bf16", "fsdp", BF16_RUNS), out / "fsdp_bf16", BF16_RUNS))
     return {"single": ref, "ddp": dp, "fsdp": fsdp, "out": out}
 
 
-@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
-@pytest.mark.parametrize("name", RUNS)
+@pytest.mark.parametrize("name,parallelism", [(n, p) for n in RUNS for p in ("ddp", "fsdp")] +
+                         [(n, "fsdp") for n in BF16_RUNS])
 def test_two_processes_equal_one_process(runs, name, parallelism):
     ref, dp = runs["single"][name], runs[parallelism]
     assert ref["world"] == 1
     for k, res in enumerate(dp[name]):
         assert res["world"] == 2 and res["rank"] == k
-        assert len(res["metrics"]) == len(ref["metrics"]) == 2
+        assert len(res["metrics"]) == len(ref["metrics"]) == worker.RUNS[name].get("max_steps", 2)
         for m_dp, m_ref in zip(res["metrics"], ref["metrics"]):
             assert m_dp.keys() == m_ref.keys()
             assert m_dp["reward"] == m_ref["reward"]  # identical completions
@@ -150,3 +153,10 @@ def test_fsdp_refuses_what_it_cannot_shard(runs):
         assert "does not support LoRA" in msgs["lora"] and "parallelism='ddp'" in msgs["lora"]
         assert "does not support method 'dlr'" in msgs["dlr"] and "parallelism='ddp'" in msgs["dlr"]
         assert "pretrain_prompts=0" in msgs["latent_rl"] and "parallelism='ddp'" in msgs["latent_rl"]
+
+
+def test_bf16_run_computes_in_bf16(runs):
+    """The bf16 run's step 1 (same completions as the fp32 grpo run) really ran under bf16 autocast."""
+    fp32, bf16 = runs["single"]["grpo"]["metrics"][0], runs["single"]["grpo_bf16"]["metrics"][0]
+    assert bf16["reward"] == fp32["reward"]
+    assert bf16["grad_norm"] != pytest.approx(fp32["grad_norm"], rel=1e-3)
