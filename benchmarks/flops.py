@@ -14,6 +14,7 @@ MFU = model FLOPs per second / the accelerator's dense peak for the dtype the ma
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 # Dense (no structured sparsity) peak TFLOP/s from NVIDIA's data sheets, which list bf16/fp16 tensor-core rates
@@ -21,6 +22,7 @@ from typing import Any
 # with torch's default (TF32 off for matmuls). Matched against torch.cuda.get_device_name(), first match wins.
 PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
     ("H200 NVL", {"bfloat16": 835.5, "float16": 835.5, "float32": 60.0}),
+    ("GH200", {"bfloat16": 989.5, "float16": 989.5, "float32": 67.0}),  # Grace Hopper: an H100/H200 SXM-class GPU
     ("H200", {"bfloat16": 989.5, "float16": 989.5, "float32": 67.0}),  # H200 SXM
     ("H100 NVL", {"bfloat16": 835.5, "float16": 835.5, "float32": 60.0}),
     ("H100 PCIe", {"bfloat16": 756.5, "float16": 756.5, "float32": 51.0}),
@@ -33,14 +35,20 @@ def peak_tflops(device_name: str | None, dtype: str) -> float | None:
     """Dense peak TFLOP/s of a known accelerator for `dtype`; None (MFU not reported) for anything else, CPUs too."""
     if not device_name:
         return None
-    for key, table in PEAK_TFLOPS:
-        if key.lower() in device_name.lower():
+    for key, table in PEAK_TFLOPS:  # whole words only: "A100" must not match an "RTX A1000"
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", device_name, re.IGNORECASE):
             return table.get(dtype)
     return None
 
 
 # ------------------------------------------------------------------------------------------------ shapes
+#: architectures whose layer layout the counts below describe (GPT-2; Llama-family pre-norm + gated MLP)
+SUPPORTED_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+
+
 def _shape(config: Any) -> dict[str, int]:
+    if config.model_type not in SUPPORTED_TYPES:
+        raise NotImplementedError(f"FLOP counts know {SUPPORTED_TYPES}, not model_type {config.model_type!r}")
     if config.model_type == "gpt2":
         h, heads = config.n_embd, config.n_head
         return dict(hidden=h, layers=config.n_layer, heads=heads, kv_heads=heads, head_dim=h // heads,
@@ -144,7 +152,7 @@ def replay_forward_flops(config: Any, rows: int, group: int, prompt_len: int, co
     """
     P, C = prompt_len, completion_len
     prompts = rows // group
-    keep = max(0, C - 1)
+    keep = C if C <= 1 else C - 1  # as replay: a 1-token completion keeps its only input
     tokens = prompts * P + rows * keep
     pairs = prompts * causal_pairs(P, causal=causal) + rows * causal_pairs(keep, P, causal=causal)
     return forward_flops(config, tokens, pairs, logits=rows * C)

@@ -70,10 +70,10 @@ def hf_config(args: argparse.Namespace, vocab_size: int, **special_ids: int):
 
 
 def word_tokenizer_fixed() -> int:
-    """Entries of `build_word_tokenizer` before its extra words: pad/unk/bos/eos, digits and symbols."""
-    from latentrl.tokenizer import DIGITS, SYMBOLS
+    """Entries of `build_word_tokenizer` before its extra words (special tokens, digits, symbols)."""
+    from latentrl.tokenizer import build_word_tokenizer
 
-    return 4 + len(DIGITS) + len(SYMBOLS)
+    return len(build_word_tokenizer([]))
 
 
 def word_tokenizer_words(vocab_size: int) -> int:

@@ -70,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     model_presets.add_shape_args(p, arch=False, vocab_help="model and tokenizer vocab (default: 30 + --words; "
                                                            "the tokenizer gets vocab - 30 words)")
-    p.add_argument("--words", type=int, default=32,
+    p.add_argument("--words", type=int, default=None,
                    help="extra words in the tokenizer without --vocab-size / --preset (default 32: vocab 62)")
     p.add_argument("--batch", type=int, default=32,
                    help="completions per optimizer step = per_device_train_batch_size (default 32, one micro-batch)")
@@ -107,8 +107,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile-trl", action="store_true", help="with --profile: profile TRL's timed steps instead")
     p.add_argument("--profile-top", type=int, default=30, help="rows of profile output (default 30)")
     args = p.parse_args(argv)
+    if args.words is not None and (args.vocab_size is not None or args.preset is not None):
+        p.error("--words sets the vocab of the default tiny model; with --vocab-size or --preset leave it out")
     if args.vocab_size is None and args.preset is None:
-        args.vocab_size = model_presets.word_tokenizer_fixed() + args.words
+        args.vocab_size = model_presets.word_tokenizer_fixed() + (32 if args.words is None else args.words)
     model_presets.resolve_shape(args, min_positions=args.prompt_len + args.completion_len + 8)
     args.words = model_presets.word_tokenizer_words(args.vocab_size)
     if args.vocab_size != model_presets.word_tokenizer_fixed() + args.words:
@@ -240,6 +242,10 @@ def check_loss_agreement(args: argparse.Namespace, ours, trl) -> dict[str, Any]:
     from latentrl.rl.trainer import StepBatch
     from latentrl.rollout import Rollout
 
+    ours_device, trl_device = ours.model.device, next(trl.model.parameters()).device
+    if ours_device.type != trl_device.type:
+        raise RuntimeError(f"the trainers sit on different devices (ours {ours_device}, TRL {trl_device}): "
+                           "call use_device(args.device) before building them")
     G = args.num_generations
     prompts = ours.rows[: args.batch // G]
     trl.model.train()
@@ -492,7 +498,17 @@ def throughput_line(f: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- driver
+def use_device(device: str) -> None:
+    """Both trainers' accelerate state on `device`: on the CPU even where a GPU is visible (accelerate and TRL's
+    TrainingArguments both read ACCELERATE_USE_CPU), on the GPU only if nothing in the environment forces the CPU."""
+    if device == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+    else:
+        os.environ.pop("ACCELERATE_USE_CPU", None)
+
+
 def run_check(args: argparse.Namespace, folder: Path, tok, rows, out_dir: Path) -> dict[str, Any]:
+    use_device(args.device)
     ours = build_ours(args, folder, tok, rows, out_dir)
     trl = build_trl(args, folder, tok, rows, out_dir, max_steps=1)
     return check_loss_agreement(args, ours, trl)
@@ -500,8 +516,7 @@ def run_check(args: argparse.Namespace, folder: Path, tok, rows, out_dir: Path) 
 
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.device == "cpu":  # both trainers' accelerate state on the CPU even where a GPU is visible
-        os.environ["ACCELERATE_USE_CPU"] = "true"
+    use_device(args.device)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -521,7 +536,7 @@ def main(argv=None) -> dict[str, Any]:
         check = run_check(args, folder, tok, rows, tmp_path)
         if check["prompt_tokens"] != args.prompt_len:
             raise RuntimeError(f"TRL's prompts are {check['prompt_tokens']} tokens, not --prompt-len {args.prompt_len}")
-        print(f"trainer_vs_trl: Qwen2 {args.preset or 'custom'} hidden={args.hidden} layers={args.layers} "
+        print(f"trainer_vs_trl: {args.arch} {args.preset or 'custom'} hidden={args.hidden} layers={args.layers} "
               f"heads={args.heads}/{args.kv_heads}kv mlp={args.intermediate} vocab={len(tok)} | {args.device} "
               f"{args.dtype} | batch={args.batch} G={G} prompt={args.prompt_len} L={args.completion_len} | "
               f"loss={args.loss_type} beta={args.beta} eps={args.epsilon}/{args.epsilon_high} | "

@@ -5,6 +5,7 @@ Reference = TRL's own `GRPOTrainer.compute_loss` on a batch TRL generated itself
 
 import importlib.util
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -35,8 +36,19 @@ def load_bench():
     return mod
 
 
+@pytest.fixture
+def fresh_accelerate(monkeypatch):
+    """The benchmark sets ACCELERATE_USE_CPU (its --device) and may leave a bf16 accelerate state: both are undone
+    after the test."""
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    yield
+    AcceleratorState._reset_state(True)
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.04])
-def test_loss_and_grads_match_trl(tmp_path, beta):
+def test_loss_and_grads_match_trl(tmp_path, beta, fresh_accelerate):
     bench = load_bench()
     args = bench.parse_args([*TINY, "--beta", str(beta)])
     tok = bench.save_tiny_model(args, tmp_path / "model")
@@ -60,7 +72,7 @@ def test_loss_and_grads_match_trl(tmp_path, beta):
     assert not check["synthetic_advantages"]  # the digit reward varies within groups at this vocab
 
 
-def test_large_vocab_check_uses_seeded_advantages(tmp_path):
+def test_large_vocab_check_uses_seeded_advantages(tmp_path, fresh_accelerate):
     """With a large vocab no completion holds a digit, every advantage is 0 and the check would compare zeros:
     seeded random advantages (the same tensor for both trainers) keep it discriminative."""
     bench = load_bench()
@@ -73,16 +85,6 @@ def test_large_vocab_check_uses_seeded_advantages(tmp_path):
     assert check["synthetic_advantages"]
     assert all(v["grad_max_abs"] > 1e-3 for v in check["per_loss_type"].values())
     assert_agree(check["per_loss_type"])
-
-
-@pytest.fixture
-def fresh_accelerate(monkeypatch):
-    """main() sets ACCELERATE_USE_CPU and a bf16 accelerate state: both are undone after the test."""
-    from accelerate.state import AcceleratorState
-
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
-    yield
-    AcceleratorState._reset_state(True)
 
 
 UPDATE_KEYS = ("trl_s_per_step", "ours_s_per_step", "speedup", "trl_tokens_per_s", "ours_tokens_per_s",
@@ -158,3 +160,29 @@ def test_cuda_bf16_run(fresh_accelerate, monkeypatch):
     check_figures(out, bench.parse_args(argv))
     assert out["ours_gpu_peak_mb"] > 0 and out["trl_gpu_peak_mb"] > 0
     assert out["device_name"] != "cpu"
+
+
+def test_check_puts_both_trainers_on_the_chosen_device(tmp_path, fresh_accelerate, monkeypatch):
+    """run_check itself applies --device (not only main()), so both trainers stay on the CPU even where a GPU is
+    visible; --device cuda drops an ACCELERATE_USE_CPU the environment had set."""
+    bench = load_bench()
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    args = bench.parse_args(TINY)
+    bench.use_device(args.device)
+    assert os.environ["ACCELERATE_USE_CPU"] == "true"
+    bench.use_device("cuda")
+    assert "ACCELERATE_USE_CPU" not in os.environ
+    tok = bench.save_tiny_model(args, tmp_path / "model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check = bench.run_check(args, tmp_path / "model", tok, bench.make_rows(args, 8), tmp_path)
+    assert os.environ["ACCELERATE_USE_CPU"] == "true" and check["per_loss_type"]
+
+
+def test_words_only_with_the_default_tiny_vocab(capsys):
+    bench = load_bench()
+    for extra in (["--preset", "qwen2.5-0.5b"], ["--vocab-size", "500"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args([*extra, "--words", "8"])
+        assert "--words" in capsys.readouterr().err
+    assert bench.parse_args(["--words", "8"]).vocab_size == 38

@@ -49,7 +49,7 @@ def test_qwen25_05b_preset_counts():
     model_presets.resolve_shape(args, min_positions=0)
     cfg = model_presets.hf_config(args, args.vocab_size)
     n = flops.non_embedding_params(cfg)
-    assert round(n / 1e9, 2) == 0.36
+    assert n == 357_898_112 and round(n / 1e9, 2) == 0.36
     assert round((n + cfg.vocab_size * cfg.hidden_size) / 1e9, 2) == 0.49
 
 
@@ -121,4 +121,22 @@ def test_peak_tflops_table():
     assert flops.peak_tflops("NVIDIA A100-SXM4-80GB", "float32") == 19.5
     assert flops.peak_tflops("NVIDIA H200", "float8") is None
     assert flops.peak_tflops("NVIDIA GeForce RTX 3090", "bfloat16") is None
+    assert flops.peak_tflops("NVIDIA RTX A1000 6GB Laptop GPU", "bfloat16") is None  # whole words: not an A100
+    assert flops.peak_tflops("NVIDIA GH200 480GB", "bfloat16") == 989.5
+
+
+def test_unknown_architecture_is_refused():
+    """FLOPs of a layout the counts do not describe would be silently wrong: refused instead."""
+    from transformers import OPTConfig
+
+    with pytest.raises(NotImplementedError, match="opt"):
+        flops.matmul_params(OPTConfig())
+
+
+def test_one_token_completion_keeps_its_input():
+    """replay runs the only input of a 1-token completion (keep = C for C <= 1)."""
+    cfg = CONFIGS["qwen2_tied"]()
+    one = flops.replay_forward_flops(cfg, rows=4, group=2, prompt_len=3, completion_len=1)
+    tokens, pairs = 2 * 3 + 4 * 1, 2 * flops.causal_pairs(3) + 4 * flops.causal_pairs(1, 3)
+    assert one == flops.forward_flops(cfg, tokens, pairs, logits=4)
     assert flops.peak_tflops(None, "float32") is None
