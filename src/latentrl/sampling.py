@@ -59,7 +59,8 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float) 
 
 
 def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
-    """Standard Gumbel(0, 1) noise: -log(Exp(1))."""
+    """Standard Gumbel(0, 1) noise -log(-log U), U drawn with `generator` on its own device, returned on `device`
+    (clamped away from log 0 at both ends: finite for every U in [0, 1))."""
     gen_device = generator.device if generator is not None else device
     u = torch.rand(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
     return -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))

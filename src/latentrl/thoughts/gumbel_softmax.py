@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from latentrl.sampling import filter_logits
+from latentrl.sampling import filter_logits, gumbel_noise
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
-from latentrl.thoughts.gumbel_topk import _init_common, _init_record, draw_gumbel
+from latentrl.thoughts.gumbel_topk import _init_common, _init_record
 
 if TYPE_CHECKING:
     from latentrl.config import LatentConfig
@@ -103,7 +103,7 @@ class GumbelSoftmaxThought(ThoughtOperator):
         """(B, V) the full Gumbel-softmax sample z (noise-free softmax(f / τ) in deterministic mode)."""
         f = filter_exact_top_k(logits.float() / self.temperature, self.top_k, self.top_p)
         if not self.deterministic:
-            f = f + draw_gumbel(f.shape, generator, f.device)
+            f = f + gumbel_noise(f.shape, generator, f.device)
         return (f / self.tau).softmax(-1)
 
     def step(self, model, logits, hidden, *, generator=None) -> ThoughtStep:

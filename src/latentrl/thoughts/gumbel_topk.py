@@ -43,14 +43,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from latentrl.sampling import filter_logits
+from latentrl.sampling import filter_logits, gumbel_noise
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
 if TYPE_CHECKING:
     from latentrl.config import LatentConfig
 
-__all__ = ["GumbelTopKThought", "gumbel_log_density", "draw_gumbel"]
+__all__ = ["GumbelTopKThought", "gumbel_log_density"]
 
 RECORD_CHOICES = ("unperturbed", "perturbed")
 
@@ -58,17 +58,6 @@ RECORD_CHOICES = ("unperturbed", "perturbed")
 def gumbel_log_density(x: torch.Tensor) -> torch.Tensor:
     """log of the standard Gumbel(0, 1) density, -x - exp(-x)."""
     return -x - torch.exp(-x)
-
-
-def draw_gumbel(shape, generator: torch.Generator | None, device) -> torch.Tensor:
-    """Standard Gumbel(0, 1) noise -log(-log U) drawn with `generator` (on the generator's device), on `device`.
-
-    (Written out here rather than calling `latentrl.sampling.gumbel_noise`, whose clamp is misplaced and returns
-    NaN; see the issue-6 report.)
-    """
-    gen_device = generator.device if generator is not None else torch.device(device)
-    u = torch.rand(shape, generator=generator, device=gen_device, dtype=torch.float32)
-    return (-torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))).to(device)
 
 
 def _latent_config(config: "LatentConfig | None") -> "LatentConfig":
@@ -162,7 +151,7 @@ class GumbelTopKThought(ThoughtOperator):
 
     def noise(self, shape, generator: torch.Generator | None, device) -> torch.Tensor:
         """The noise added to the log-probs: clamped Gumbel, shifted to >= 0 when one-sided, times noise_scale."""
-        g = draw_gumbel(shape, generator, device).clamp(self.clamp_min, self.clamp_max)
+        g = gumbel_noise(shape, generator, device).clamp(self.clamp_min, self.clamp_max)
         if self.one_sided:
             g = g - self.clamp_min
         return g * self.noise_scale
