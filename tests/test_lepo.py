@@ -13,10 +13,10 @@ from latentrl.replay import replay
 from latentrl.rl.losses import mixed_policy_loss
 from latentrl.rl.trainer import GRPOTrainer
 from latentrl.rollout import SamplingParams, ThinkingSchedule, generate_rollout
-from latentrl.sampling import token_logprobs
+from latentrl.sampling import filter_logits, token_logprobs
 from latentrl.testing import tiny_latent_model, word_count_reward
 from latentrl.thoughts import build_thought_operator
-from latentrl.thoughts.gumbel_softmax import GumbelSoftmaxThought, filter_exact_top_k, soft_cross_entropy_logprob
+from latentrl.thoughts.gumbel_softmax import GumbelSoftmaxThought, soft_cross_entropy_logprob
 from tests.conftest import WORDS, gen, make_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,9 +55,9 @@ def test_soft_cross_entropy_equals_token_logprob_for_one_hot_and_torch_soft_ce(t
 # ---------------------------------------------------------------------------------------------------- operator
 def test_exact_top_k_filter_keeps_exactly_k_even_with_ties():
     logits = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, -1.0]])
-    f = filter_exact_top_k(logits, 2, None)
+    f = filter_logits(logits, 2, None)
     assert torch.isfinite(f).sum() == 2
-    f = filter_exact_top_k(torch.tensor([[5.0, 0.0, -1.0, -2.0]]), 3, 0.9)  # the nucleus is one token
+    f = filter_logits(torch.tensor([[5.0, 0.0, -1.0, -2.0]]), 3, 0.9)  # the nucleus is one token
     assert torch.isfinite(f).sum() == 1
 
 
@@ -73,7 +73,7 @@ def test_payload_holds_the_whole_mixture_and_rebuild_is_exact():
     torch.testing.assert_close(step.embeds, z @ model.E)
     assert torch.equal(op.rebuild(model, step.token_ids, step.payload), step.embeds)
     assert torch.equal(step.token_ids, z.argmax(-1))
-    allowed = torch.isfinite(filter_exact_top_k(logits, 6, 0.9))
+    allowed = torch.isfinite(filter_logits(logits, 6, 0.9))
     w, i = step.payload["weights"], step.payload["ids"]
     assert allowed.gather(-1, i)[w > 0].all()
     torch.testing.assert_close(step.logprob, soft_cross_entropy_logprob(logits, i, w))
@@ -97,7 +97,7 @@ def test_deterministic_mode_is_noise_free_and_reproducible():
     g = gen(1)
     a, b = op.step(model, logits, None, generator=g), op.step(model, logits, None, generator=gen(2))
     assert torch.equal(a.embeds, b.embeds) and torch.equal(g.get_state(), gen(1).get_state())
-    torch.testing.assert_close(op.mixture(logits), (filter_exact_top_k(logits, 5, None) / 0.5).softmax(-1))
+    torch.testing.assert_close(op.mixture(logits), (filter_logits(logits, 5, None) / 0.5).softmax(-1))
     op.set_eval_mode(False)
     assert not torch.equal(op.step(model, logits, None, generator=gen(1)).embeds,
                            op.step(model, logits, None, generator=gen(2)).embeds)

@@ -43,3 +43,28 @@ def test_gumbel_noise_is_finite_seeded_and_standard():
     # Gumbel(0, 1): mean = Euler-Mascheroni constant, variance = pi^2 / 6
     assert abs(x.mean().item() - 0.5772) < 0.01
     assert abs(x.var().item() - math.pi ** 2 / 6) < 0.03
+
+
+def _reference_filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k by threshold, then the nucleus from a full sort of what is left (the textbook / HF order of work)."""
+    kth = logits.topk(top_k, dim=-1).values[..., -1:]
+    masked = logits.masked_fill(logits < kth, float("-inf"))
+    srt, idx = masked.sort(dim=-1, descending=True)
+    p = srt.softmax(-1)
+    drop = (p.cumsum(-1) - p) >= top_p
+    drop[..., 0] = False
+    return masked.masked_fill(torch.zeros_like(drop).scatter(-1, idx, drop), float("-inf"))
+
+
+def test_nucleus_among_the_top_k_equals_a_full_sort():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(256, 500, generator=g) * 2  # no ties
+    for top_k, top_p in ((1, 0.5), (5, 0.9), (40, 0.7), (40, 0.999), (499, 0.95)):
+        torch.testing.assert_close(filter_logits(logits, top_k, top_p), _reference_filter(logits, top_k, top_p))
+
+
+def test_top_k_keeps_exactly_k_with_ties():
+    logits = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, -1.0]])
+    assert torch.isfinite(filter_logits(logits, top_k=2)).sum() == 2
+    assert torch.isfinite(filter_logits(logits, top_k=2, top_p=0.99)).sum() == 2
+    assert torch.isfinite(filter_logits(logits, top_k=1, min_keep=3)).sum() == 3

@@ -10,19 +10,33 @@ from __future__ import annotations
 import torch
 
 
+def _outside_nucleus(sorted_logits: torch.Tensor, top_p: float, min_keep: int) -> torch.Tensor:
+    """True where a token of these descending-sorted logits lies outside the top-p nucleus: the probability mass
+    *before* it already reaches `top_p`. The first `min_keep` tokens always stay."""
+    probs = sorted_logits.softmax(-1)
+    drop = (probs.cumsum(-1) - probs) >= top_p
+    drop[..., :min_keep] = False
+    return drop
+
+
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None, min_keep: int = 1) -> torch.Tensor:
-    """Set logits outside the top-k / nucleus (top-p) set to -inf. Always keeps at least `min_keep` tokens."""
+    """Set logits outside the top-k / nucleus (top-p) set to -inf. Always keeps at least `min_keep` tokens.
+
+    top-k keeps exactly k tokens (ties at the k-th value broken by `torch.topk`; HF's warper keeps every tied token,
+    which differs only for exactly equal logits). With a top-k the nucleus is found among the k survivors, which
+    `topk` returns sorted, so no full-vocabulary sort runs: at a 152k vocabulary and batch 32 that sort alone costs
+    ~0.4 s a step on one CPU core. Top-p alone sorts the vocabulary, as HF does.
+    """
+    use_p = top_p is not None and top_p < 1.0
     if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, max(top_k, min_keep), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        # remove a token when the mass *before* it already reaches top_p
-        remove = (cum - sorted_logits.softmax(-1)) >= top_p
-        remove[..., :min_keep] = False
-        remove = remove.scatter(-1, sorted_idx, remove)
-        logits = logits.masked_fill(remove, float("-inf"))
+        values, ids = torch.topk(logits, max(top_k, min_keep), dim=-1)
+        kept = ~_outside_nucleus(values, top_p, min_keep) if use_p else torch.ones_like(values, dtype=torch.bool)
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, ids, kept)
+        return logits.masked_fill(~keep, float("-inf"))
+    if use_p:
+        sorted_logits, sorted_ids = torch.sort(logits, descending=True, dim=-1)
+        drop = _outside_nucleus(sorted_logits, top_p, min_keep)
+        return logits.masked_fill(drop.scatter(-1, sorted_ids, drop), float("-inf"))
     return logits
 
 

@@ -41,21 +41,9 @@ from latentrl.thoughts.gumbel_topk import _init_common, _init_record
 if TYPE_CHECKING:
     from latentrl.config import LatentConfig
 
-__all__ = ["GumbelSoftmaxThought", "filter_exact_top_k", "soft_cross_entropy_logprob"]
+__all__ = ["GumbelSoftmaxThought", "soft_cross_entropy_logprob"]
 
 RECORD_CHOICES = ("argmax", "unperturbed")
-
-
-def filter_exact_top_k(logits: torch.Tensor, top_k: int, top_p: float | None) -> torch.Tensor:
-    """-inf outside the top-k ids (exactly k, ties broken by `torch.topk`) and then outside the top-p nucleus.
-
-    Unlike a threshold on the k-th value, ties can never let more than k tokens through, so a payload of k
-    entries always holds the whole mixture.
-    """
-    k = min(top_k, logits.shape[-1])
-    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, torch.topk(logits, k, dim=-1).indices, True)
-    out = logits.masked_fill(~keep, float("-inf"))
-    return filter_logits(out, None, top_p if top_p is not None and top_p < 1.0 else None)
 
 
 def soft_cross_entropy_logprob(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
@@ -101,7 +89,7 @@ class GumbelSoftmaxThought(ThoughtOperator):
 
     def mixture(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, V) the full Gumbel-softmax sample z (noise-free softmax(f / τ) in deterministic mode)."""
-        f = filter_exact_top_k(logits.float() / self.temperature, self.top_k, self.top_p)
+        f = filter_logits(logits.float() / self.temperature, self.top_k, self.top_p)  # exactly top_k, then the nucleus
         if not self.deterministic:
             f = f + gumbel_noise(f.shape, generator, f.device)
         return (f / self.tau).softmax(-1)
