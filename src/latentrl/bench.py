@@ -240,7 +240,9 @@ def plot_accuracy_vs_length(rows: list[dict[str, Any]], out_png: Path) -> None:
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cmap = plt.get_cmap("tab20")
-    style = {m: (cmap((2 * i) % 20 + (2 * i // 20) % 2), "s" if m in ("nocot_sft", "cot_sft") else "o") for i, m in enumerate(methods)}
+    # the 10 dark tab20 hues first, then their light partners; baselines as squares
+    style = {m: (cmap((2 * i) % 20 + (2 * i // 20) % 2), "s" if m in ("nocot_sft", "cot_sft") else "o")
+             for i, m in enumerate(methods)}
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks) + 2.2, 4.5), squeeze=False, sharey=True)
     for ax, task in zip(axes[0], tasks):
         for r in (r for r in rows if r["task"] == task):
@@ -286,5 +288,6 @@ def run_bench(out: Path, *, quick: bool, methods: list[str] | None, tasks: list[
 def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_json(out / "results.json", [{k: v for k, v in r.items() if k != "samples"} for r in rows])
     atomic_write_text(out / "results.md", results_markdown(rows))
-    (out / "samples.json").write_text(json.dumps([{"method": r["method"], "task": r["task"], "samples": r["samples"]} for r in rows], indent=1))
+    samples = [{"method": r["method"], "task": r["task"], "samples": r["samples"]} for r in rows]
+    (out / "samples.json").write_text(json.dumps(samples, indent=1))
     plot_accuracy_vs_length(rows, out / "accuracy_vs_length.png")
