@@ -24,8 +24,8 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 
     top-k keeps exactly k tokens (ties at the k-th value broken by `torch.topk`; HF's warper keeps every tied token,
     which differs only for exactly equal logits). With a top-k the nucleus is found among the k survivors, which
-    `topk` returns sorted, so no full-vocabulary sort runs: at a 152k vocabulary and batch 32 that sort alone costs
-    ~0.4 s a step on one CPU core. Top-p alone sorts the vocabulary, as HF does.
+    `topk` returns sorted, so no full-vocabulary sort runs (152k-token vocabulary, 32 rows, one CPU core: 163 ms
+    with the sort, 14 ms without). Top-p alone sorts the vocabulary, as HF does.
     """
     use_p = top_p is not None and top_p < 1.0
     if top_k is not None and 0 < top_k < logits.shape[-1]:
