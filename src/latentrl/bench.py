@@ -81,13 +81,13 @@ def _pretrain_questions(config_path: str, dataset: str) -> frozenset[str]:
 
 
 def suite_tasks() -> dict[str, SuiteTask]:
-    from latentrl.data.paths import shared_data_file
+    from latentrl.data.paths import real_data_file
 
     chain_steps = 7  # 8 operands -> 7 `<< x + y = z >>` steps, one Coconut stage / thought each
     coconut_chain = [f"latent.num_latent_steps={chain_steps}", f"latent.max_latent_steps={chain_steps}"]
     return {
         "icot_mult_4x4": SuiteTask(
-            name="icot_mult_4x4", dataset="icot_mult", eval_source=str(shared_data_file("icot_mult_4x4/valid.txt")),
+            name="icot_mult_4x4", dataset="icot_mult", eval_source=str(real_data_file("icot_mult_4x4/valid.txt")),
             cot_model="icot_mult_4x4-cot", nocot_model="icot_mult_4x4-nocot", max_completion_length=64,
             dataset_kwargs={"digits": 4},
         ),
