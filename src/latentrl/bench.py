@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -183,7 +184,7 @@ def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, see
     train_wall = time.perf_counter() - t0
     res = evaluate(model, evals, operator=trainer.operator,
                    schedule=trainer.schedule, max_new_positions=task.max_completion_length, k=k, seed=seed,
-                   prompt_text=trainer.prompt_text)
+                   prompt_text=trainer.prompt_text, temperature=cfg.temperature)
     return row(method_name, task.name, res, train_wall, method.init, run_dir)
 
 
@@ -210,6 +211,7 @@ def row(method: str, task: str, res, train_wall: float, init: str, where: Path) 
         "method": method, "task": task, "pass_at_1": res.pass_at_1, "pass_at_k": res.pass_at_k, "k": res.k,
         "mean_reasoning_positions": res.mean_reasoning_positions, "mean_latent_positions": res.mean_latent_positions,
         "train_wall_s": round(train_wall, 1), "eval_wall_s": round(res.wall_s, 1), "n_eval": res.n, "init": init,
+        "pass_at_k_temperature": res.temperature, "truncated": res.truncated,
         "run_dir": str(where), "samples": res.samples,
     }
 
@@ -218,13 +220,23 @@ QUICK_STEPS = 20
 
 
 # ---------------------------------------------------------------------------------------- reporting
+def percent_se(p: float, n: int) -> str:
+    """`p` as a percentage with its binomial standard error, e.g. `47.0 ± 1.6`."""
+    return f"{100 * p:.1f} ± {100 * math.sqrt(max(p * (1 - p), 0.0) / max(n, 1)):.1f}"
+
+
 def results_markdown(rows: list[dict[str, Any]]) -> str:
-    head = "| method | task | init | Pass@1 | Pass@k (k) | reasoning positions | latent positions | train s |\n"
-    head += "|---|---|---|---:|---:|---:|---:|---:|\n"
+    """The results table; accuracies in % with their binomial standard error over the row's n problems."""
+    head = ("| method | task | init | n | Pass@1 ± SE | Pass@k ± SE (k, T) | reasoning positions | latent positions "
+            "| train s |\n")
+    head += "|---|---|---|---:|---:|---:|---:|---:|---:|\n"
     lines = []
     for r in rows:
-        pk = "—" if r["pass_at_k"] is None else f"{100 * r['pass_at_k']:.1f} ({r['k']})"
-        lines.append(f"| {r['method']} | {r['task']} | {r['init']} | {100 * r['pass_at_1']:.1f} | {pk} | "
+        n = r["n_eval"]
+        pk = "—"
+        if r["pass_at_k"] is not None:
+            pk = f"{percent_se(r['pass_at_k'], n)} ({r['k']}, {r.get('pass_at_k_temperature', 1.0):g})"
+        lines.append(f"| {r['method']} | {r['task']} | {r['init']} | {n} | {percent_se(r['pass_at_1'], n)} | {pk} | "
                      f"{r['mean_reasoning_positions']:.1f} | {r['mean_latent_positions']:.1f} | {r['train_wall_s']:.0f} |")
     return head + "\n".join(lines) + "\n"
 
