@@ -196,13 +196,15 @@ def check_disjoint(task: SuiteTask, train: list[Example], evals: list[Example]) 
                          f"(e.g. {sorted(shared)[0]!r}); the eval set must be held out")
 
 
-def eval_checkpoint(label: str, path: Path, task: SuiteTask, *, k: int, seed: int, num_eval: int) -> dict[str, Any]:
+def eval_checkpoint(label: str, path: Path, task: SuiteTask, *, k: int, seed: int, num_eval: int,
+                    temperature: float = 1.0) -> dict[str, Any]:
+    """A shipped token model (CoT / no-CoT SFT), Pass@k sampled at `temperature` (1.0: plain sampling)."""
     from latentrl.eval import evaluate
     from latentrl.model import LatentModel
 
     model = LatentModel.from_pretrained(path)
     res = evaluate(model, task.eval_examples(num_eval), max_new_positions=task.max_completion_length,
-                   k=k, seed=seed)
+                   k=k, seed=seed, temperature=temperature)
     return row(label, task.name, res, 0.0, "shipped checkpoint", path)
 
 
