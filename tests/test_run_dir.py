@@ -59,8 +59,9 @@ def params(t):
 def old_run(tmp_path):
     """A finished 2-step GRPO run (checkpoints 1 and 2, metrics, run_config) and its final weights."""
     out = tmp_path / "run"
-    t = trainer(out)
+    t = trainer(out, report_to=["jsonl", "tensorboard"])
     t.train()
+    assert (out / "tb").is_dir()
     return out, params(t)
 
 
@@ -76,7 +77,7 @@ def test_a_new_run_into_an_existing_run_is_refused_and_writes_nothing(old_run):
     before = snapshot(out)
     t = trainer(out, max_steps=1)
     with pytest.raises(ConfigError, match=r"already holds a run \(checkpoint-1, checkpoint-2, metrics.jsonl, "
-                                          r"run_config.json\).*--resume.*overwrite_output_dir=true"):
+                                          r"run_config.json, tb\).*--resume.*overwrite_output_dir=true"):
         t.train()
     assert snapshot(out) == before
     assert t.global_step == 0  # refused before any step
@@ -104,7 +105,7 @@ def test_a_run_that_does_no_step_leaves_the_existing_run_untouched(old_run, case
             t.train()
     else:
         assert t.train() == []
-    assert snapshot(out) == before  # run_config.json, metrics.jsonl and both checkpoints byte for byte
+    assert snapshot(out) == before  # run_config.json, metrics.jsonl, tb/ and both checkpoints byte for byte
 
 
 def test_overwrite_output_dir_replaces_the_whole_old_run(old_run):
