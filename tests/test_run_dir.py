@@ -83,6 +83,14 @@ def test_a_new_run_into_an_existing_run_is_refused_and_writes_nothing(old_run):
     assert t.global_step == 0  # refused before any step
 
 
+def test_the_same_trainer_may_train_on_in_its_own_run(tmp_path):
+    t = trainer(tmp_path / "run", max_steps=1)
+    t.train()
+    t.args.max_steps = 2
+    t.train()  # continues its own run in memory: not a new run
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+
+
 def test_a_folder_with_only_other_files_is_not_a_run(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

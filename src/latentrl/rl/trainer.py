@@ -182,6 +182,7 @@ class GRPOTrainer:
         self.data_epoch, self.data_cursor = 0, 0
         self._order = self._epoch_order(0)
         self.output_dir = Path(args.output_dir)
+        self._wrote_run = False  # whether train() has written into output_dir (see `train`)
 
     def _setup_fsdp(self) -> ShardedPolicy | None:
         """Shard the policy (and a separate reference model) when several processes run with FSDP."""
@@ -491,7 +492,7 @@ class GRPOTrainer:
             start_step = self._load(path)
             if self.dp.is_main:
                 print(f"resuming from {path} (step {start_step} of {a.max_steps})", flush=True)
-        else:
+        elif not self._wrote_run:  # a second train() of this trainer continues the run it wrote itself
             check_new_run(self.output_dir, overwrite=a.overwrite_output_dir)
         # only the main process writes logs and checkpoints; every process keeps the same history
         main = self.dp.is_main
@@ -502,8 +503,9 @@ class GRPOTrainer:
                 while self.global_step < a.max_steps:
                     metrics = self.train_step()
                     if logger is None:  # the run is under way: now it may replace or extend what is on disk
-                        if main and not resume and a.overwrite_output_dir:
+                        if main and not resume and a.overwrite_output_dir and not self._wrote_run:
                             replace_run(self.output_dir)
+                        self._wrote_run = True
                         logger = MetricsLogger(self.output_dir, a.report_to if main else ["none"],
                                                config_to_dict(a) if main else None,
                                                resume_step=start_step if resume and main else None)
