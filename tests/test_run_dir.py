@@ -131,6 +131,15 @@ def test_overwrite_output_dir_replaces_the_whole_old_run(old_run):
     assert [r_["step"] for r_ in read_metrics(out)] == [1, 2]
 
 
+def test_overwrite_output_dir_in_the_working_directory(old_run, monkeypatch):
+    out, _ = old_run
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.chdir(out)  # output_dir "." cannot be renamed away: its run entries are cleared in place
+    trainer(".", max_steps=1, overwrite_output_dir=True).train()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "metrics.jsonl", "notes.txt", "run_config.json"]
+    assert [r["step"] for r in read_metrics(out)] == [1]
+
+
 def test_dlr_trainer_refuses_an_existing_run(tmp_path):
     out = tmp_path / "dlr"
     kw = dict(method="dlr", max_steps=1, max_completion_length=8, report_to=["jsonl"])

@@ -73,12 +73,24 @@ def replace_run(output_dir: str | Path) -> None:
 
     The folder is renamed away in one step and recreated, so no reader ever sees old and new files together, then
     files that are not part of a run (the user's own) are moved back and the old run is deleted. A crash in
-    between leaves the old run whole in a hidden sibling folder ``.NAME.replaced-*``.
+    between leaves the old run whole in a hidden sibling folder ``.NAME.replaced-*``. When the folder is the
+    working directory (or holds it) it cannot be renamed away: its run entries are moved into one hidden
+    ``.tmp-replaced-*`` folder inside it instead, then deleted.
     """
-    d = Path(output_dir)
-    if not run_entries(d):
+    d = Path(output_dir).resolve()
+    entries = run_entries(d)
+    if not entries:
         return
-    old = d.with_name(f".{d.name}.replaced-{os.getpid()}-{random.getrandbits(32):08x}")
+    tag = f"{os.getpid()}-{random.getrandbits(32):08x}"
+    cwd = Path.cwd().resolve()
+    if cwd == d or d in cwd.parents:
+        trash = d / f".tmp-replaced-{tag}"
+        trash.mkdir()
+        for name in entries:
+            os.replace(d / name, trash / name)
+        shutil.rmtree(trash, ignore_errors=True)
+        return
+    old = d.with_name(f".{d.name}.replaced-{tag}")
     os.replace(d, old)
     d.mkdir()
     for p in old.iterdir():
