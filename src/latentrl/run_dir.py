@@ -2,15 +2,16 @@
 intact checkpoint of the same run.
 
 Every command that trains into an ``output_dir`` (``latentrl train`` / `GRPOTrainer.train`, DLR, the SFT trainers,
-``coconut-sft``, ``pretrain``, the demo) calls :func:`check_new_run` before it loads anything, and refuses a
-folder that already holds a run (its metrics, run config, TensorBoard logs, checkpoints or saved model) unless
-the run is resumed or ``overwrite_output_dir`` is set (Hugging Face's name). With ``overwrite_output_dir`` the
-old run is replaced by :func:`replace_run` only once the new one has got going, in one rename, so the folder
-never holds a mixture of both. A folder holding only other files (a YAML kept beside the run) is not a run.
+``coconut-sft``, ``pretrain``, the demo) calls :func:`check_new_run` before it writes anything (the commands before
+they load the model), and refuses a folder that already holds a run (its metrics, run config, TensorBoard logs,
+checkpoints or saved model) unless the run is resumed or ``overwrite_output_dir`` is set (Hugging Face's name).
+With ``overwrite_output_dir`` the old run is replaced by :func:`replace_run` in one rename — by the RL trainer only
+once its first step has succeeded, by the SFT trainers when training starts — so the folder never holds a mixture
+of both. A folder holding only other files (a YAML kept beside the run) is not a run.
 
 :func:`resume_checkpoint` picks the checkpoint a resume starts from: the newest intact one (damaged newer ones
-are skipped with a warning naming the file), after checking it was written by the same method from the same
-model.
+are skipped with a warning naming the file), and :func:`check_same_run` checks it was written by the same method
+from the same model.
 """
 
 from __future__ import annotations
