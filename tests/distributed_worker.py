@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.distributed.elastic.multiprocessing.errors import record
 from torch.distributed.tensor import DTensor
 
 from latentrl.config import GRPOConfig, LatentConfig
@@ -133,7 +134,8 @@ def resume(name: str, out: Path, world: int, parallelism: str, half: Path) -> to
     return flat_params(r)
 
 
-if __name__ == "__main__":
+@record  # a failing rank's traceback goes into torchrun's closing summary, the last lines of the launch log
+def main() -> None:
     torch.set_num_threads(1)
     out, parallelism = Path(sys.argv[1]), sys.argv[2]
     for name in sys.argv[3:]:
@@ -142,3 +144,7 @@ if __name__ == "__main__":
     if parallelism == "fsdp":
         rank = int(__import__("os").environ.get("RANK", "0"))
         torch.save(fsdp_refusals(out / "refused", world=2), out / f"refusals-rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    main()

@@ -170,3 +170,37 @@ def test_atomic_write_text(tmp_path):
     atomic_write_text(target, "second")
     assert target.read_text() == "second"
     assert os.listdir(target.parent) == ["results.json"]
+
+
+def test_damaged_newest_checkpoint_is_skipped_with_a_warning_naming_the_file(tmp_path):
+    from latentrl.checkpoint import checkpoint_problem
+
+    model, opt, sched = make_training_state()
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, save_model=model_saver(model), optimizer=opt, scheduler=sched)
+    listed = json.loads((tmp_path / "checkpoint-3" / COMPLETE_MARKER).read_text())["files"]
+    assert set(listed) == {"model.pt", "optimizer.pt", "scheduler.pt", "rng_state.pt", "trainer_state.json"}
+    assert all(checkpoint_problem(tmp_path / f"checkpoint-{s}") is None for s in (1, 2, 3))
+
+    opt_file = tmp_path / "checkpoint-3" / "optimizer.pt"
+    size = opt_file.stat().st_size
+    opt_file.write_bytes(opt_file.read_bytes()[:10])  # a disk that filled up during a copy
+    (tmp_path / "checkpoint-2" / "model.pt").unlink()
+    with pytest.warns(UserWarning) as caught:
+        assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-1"
+    assert [str(w.message).split(": ", 1)[1] for w in caught] == [
+        f"optimizer.pt is truncated (10 bytes, saved with {size}); falling back to checkpoint-1",
+        "model.pt is missing; falling back to checkpoint-1",
+    ]
+    with pytest.raises(ValueError, match="cannot resume from .*checkpoint-3: optimizer.pt is truncated"):
+        load_checkpoint(tmp_path / "checkpoint-3", optimizer=opt)
+    # checkpoints written before the marker listed files: their safetensors headers are checked instead
+    legacy = tmp_path / "checkpoint-1"
+    (legacy / COMPLETE_MARKER).write_text(json.dumps({"step": 1}))
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(64)}, str(legacy / "model.safetensors"))
+    assert checkpoint_problem(legacy) is None
+    data = (legacy / "model.safetensors").read_bytes()
+    (legacy / "model.safetensors").write_bytes(data[:-16])
+    assert checkpoint_problem(legacy) == f"model.safetensors is truncated ({len(data) - 16} of {len(data)} bytes)"

@@ -7,7 +7,7 @@ differs only in summation order (process slices, gradient all-reduce or reduce-s
 """
 
 import os
-import socket
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,30 +24,46 @@ RUNS = ("grpo", "hrpo")
 BF16_RUNS = ("grpo_bf16",)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+#: wall-clock limit of one launch; an unloaded 2-core machine needs 45-60 s per launch, one shared with another
+#: job several times that (measured: up to 200 s with two busy processes beside it)
+LAUNCH_TIMEOUT_S = 1200
 
 
 def launch(out: Path, parallelism: str, runs: tuple[str, ...] = RUNS) -> subprocess.Popen:
-    """2 gloo processes running tests/distributed_worker.py (every run of `runs`) into `out`."""
+    """2 gloo processes running tests/distributed_worker.py (every run of `runs`) into `out`; their output goes to
+    `out`.log.
+
+    `--standalone`: torchrun binds its rendezvous store to a free port itself and keeps it, where a port picked
+    here and released before torchrun starts (seconds later on a loaded machine) can be taken meanwhile. The
+    launch gets its own session so that a timed-out launch is killed with all its workers."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
            "OMP_NUM_THREADS": "1", "LATENTRL_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(ROOT / "tests" / "distributed_worker.py"), str(out), parallelism,
-           *runs]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "distributed_worker.py"), str(out), parallelism, *runs]
+    with open(log_path(out), "w") as log:  # a file, not a pipe: the workers never block on a full pipe
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def log_path(out: Path) -> Path:
+    return out.with_name(out.name + ".log")
 
 
 def finish(proc: subprocess.Popen, out: Path, runs: tuple[str, ...] = RUNS) -> dict[str, list[dict]]:
+    """Wait for a launch and load what each rank wrote; on failure the whole launch log (both ranks' output and
+    torchrun's summary with each failed rank's traceback) is the failure message."""
     try:
-        log, _ = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, log[-4000:]
+        proc.wait(timeout=LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+        proc.wait()
+        pytest.fail(f"the 2-process launch into {out} ran over {LAUNCH_TIMEOUT_S} s and was killed; its whole "
+                    f"log:\n{log_path(out).read_text(errors='replace')}", pytrace=False)
+    if proc.returncode != 0:
+        pytest.fail(f"the 2-process launch into {out} exited with {proc.returncode}; its whole log:\n"
+                    f"{log_path(out).read_text(errors='replace')}", pytrace=False)
     return {name: [torch.load(out / f"{name}-rank{k}.pt") for k in range(2)] for name in runs}
 
 
@@ -160,3 +176,16 @@ def test_bf16_run_computes_in_bf16(runs):
     fp32, bf16 = runs["single"]["grpo"]["metrics"][0], runs["single"]["grpo_bf16"]["metrics"][0]
     assert bf16["reward"] == fp32["reward"]
     assert bf16["grad_norm"] != pytest.approx(fp32["grad_norm"], rel=1e-3)
+
+
+def test_a_failed_launch_reports_its_whole_log(tmp_path):
+    """A rank that fails: the failure message is the launch's whole log (not a tail), and torchrun's closing
+    summary names the root cause (the worker is wrapped in `record`)."""
+    out = tmp_path / "bad"
+    with pytest.raises(pytest.fail.Exception) as info:
+        finish(launch(out, "ddp", ("no_such_run",)), out, ("no_such_run",))
+    log = log_path(out).read_text(errors="replace")
+    msg = str(info.value)
+    assert msg.endswith(log) and "exited with 1" in msg
+    summary = log[log.index("Root Cause"):]
+    assert "KeyError: 'no_such_run'" in summary  # the cause, at the end of the log where it cannot be cut off

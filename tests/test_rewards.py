@@ -182,6 +182,41 @@ def test_compute_rewards_all_none_row_raises_with_names():
         compute_rewards([sometimes_none, never_scores], PROMPTS, COMPLETIONS, COLUMNS)
 
 
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan, np.float32("nan"), torch.tensor(math.inf)],
+                         ids=["inf", "-inf", "nan", "np_nan", "tensor_inf"])
+def test_non_finite_reward_names_function_row_prompt_and_value(bad):
+    """An inf used to surface as a diverged loss and a NaN as "returned None": both are the reward function's."""
+    def length_ratio(prompts, completions, **kw):
+        return [1.0, bad, 0.0]
+
+    long_prompt = "b " * 50 + "||"
+    with pytest.raises(RewardFunctionError) as info:
+        compute_rewards([format_reward, length_ratio], ["a ||", long_prompt, "c ||"], COMPLETIONS, COLUMNS)
+    msg = str(info.value)
+    value = float(bad)
+    assert f"'length_ratio' returned {value} at row 1 of the batch" in msg
+    assert "prompt 'b b b" in msg and "...'" in msg and len(msg) < 400  # an excerpt, not the whole prompt
+    assert "completion '#### 2'" in msg and "None" not in msg.split(";")[0]
+
+
+def test_non_finite_reward_stops_training_with_the_reward_error(tmp_path):
+    from latentrl.config import GRPOConfig
+    from latentrl.data import make_examples, task_vocabulary
+    from latentrl.rl.trainer import GRPOTrainer
+    from latentrl.testing import tiny_latent_model
+
+    def blows_up(prompts, completions, **kw):
+        return [math.inf if i == 5 else 1.0 for i in range(len(completions))]
+
+    cfg = GRPOConfig(model_name_or_path="tiny", output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=8,
+                     num_generations=4, max_completion_length=8, report_to=["none"])
+    t = GRPOTrainer(cfg, tiny_latent_model("qwen2", task_vocabulary("chain_sum"), hidden=32),
+                    make_examples("chain_sum", 8, seed=0, length=3), reward_funcs=[blows_up])
+    with pytest.raises(RewardFunctionError, match=r"'blows_up' returned inf at row 5 of the batch \(prompt '"):
+        t.train()
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing written: the run never started
+
+
 def test_compute_rewards_wraps_raising_function():
     def exploding_reward(prompts, completions, **kw):
         raise KeyError("answer_column")

@@ -9,7 +9,9 @@ A checkpoint is the directory ``output_dir/checkpoint-{step}/`` holding:
   state dicts) go to ``extra_state.pt``;
 - ``rng_state.pt``: python ``random``, numpy, torch CPU (and CUDA) RNG states and any ``torch.Generator`` passed
   in ``extra_state["generators"]``;
-- ``COMPLETE``: the completion marker, written last.
+- ``COMPLETE``: the completion marker, written last, listing every other file with its size, so that a file
+  deleted or cut short afterwards (a full disk, a copy interrupted) is found before a resume relies on it
+  (:func:`checkpoint_problem`); :func:`latest_checkpoint` skips such a checkpoint with a warning naming the file.
 
 Everything is written into ``output_dir/.tmp-checkpoint-{step}-<random>/``, fsync'ed, and moved into place with
 one ``os.replace``, so a crash at any point leaves earlier checkpoints untouched and at most a ``.tmp-*``
@@ -36,6 +38,7 @@ __all__ = [
     "COMPLETE_MARKER",
     "atomic_write_json",
     "atomic_write_text",
+    "checkpoint_problem",
     "cleanup_tmp_dirs",
     "get_rng_state",
     "latest_checkpoint",
@@ -222,15 +225,84 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step in ``output_dir``, or None."""
-    ckpts = list_checkpoints(output_dir)
-    return ckpts[-1] if ckpts else None
+def _file_manifest(root: Path) -> dict[str, int]:
+    """Relative path -> size in bytes of every file under ``root``."""
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Save / load
-# ----------------------------------------------------------------------------------------------------------------
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a ``.safetensors`` file is unusable (header unreadable, data shorter than the header says), or None.
+    Reads only the header, so it costs nothing next to loading the weights."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > size - 8:
+                raise ValueError
+            header = json.loads(f.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
+        return f"{path.name} is not a readable safetensors file ({size} bytes; truncated or corrupt)"
+    if size < 8 + n + end:
+        return f"{path.name} is truncated ({size} of {8 + n + end} bytes)"
+    return None
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why checkpoint ``path`` cannot be resumed from, naming the file and the cause; None when it is intact.
+
+    Checks the completion marker, every file the marker lists (present, with the size it was saved with), and for
+    checkpoints saved before the marker listed files, that ``trainer_state.json`` parses and that every
+    ``.safetensors`` file holds the data its header announces.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return "the folder does not exist"
+    marker = path / COMPLETE_MARKER
+    if not marker.is_file():
+        return f"no {COMPLETE_MARKER} marker (its save was interrupted)"
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8")).get("files")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return f"its {COMPLETE_MARKER} marker is unreadable"
+    if isinstance(files, dict):
+        for name, size in files.items():
+            f = path / name
+            if not f.is_file():
+                return f"{name} is missing"
+            actual = f.stat().st_size
+            if actual != size:
+                cut = "truncated" if actual < size else "changed"
+                return f"{name} is {cut} ({actual} bytes, saved with {size})"
+        return None
+    try:
+        json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"{TRAINER_STATE_FILE} is missing or unreadable"
+    for f in sorted(path.rglob("*.safetensors")):
+        problem = _safetensors_problem(f)
+        if problem:
+            return problem
+    return None
+
+
+def latest_checkpoint(
+    output_dir: str | Path, *, problem: Callable[[Path], str | None] | None = checkpoint_problem
+) -> Path | None:
+    """The newest checkpoint in ``output_dir`` that ``problem`` finds intact (None: the newest complete one), or
+    None. Each newer damaged checkpoint is skipped with a warning naming its file and cause."""
+    damaged: list[tuple[Path, str]] = []
+    found = None
+    for ckpt in reversed(list_checkpoints(output_dir)):
+        cause = problem(ckpt) if problem is not None else None
+        if cause is None:
+            found = ckpt
+            break
+        damaged.append((ckpt, cause))
+    for ckpt, cause in damaged:
+        then = f"falling back to {found.name}" if found is not None else "no intact checkpoint is left"
+        warnings.warn(f"checkpoint {ckpt} is damaged: {cause}; {then}", stacklevel=2)
+    return found
 
 
 def _is_jsonable(value: Any) -> bool:
@@ -286,7 +358,8 @@ def save_checkpoint(
         torch.save(get_rng_state(generators), tmp / RNG_STATE_FILE)
         state = {"step": step, **json_part}
         (tmp / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        (tmp / COMPLETE_MARKER).write_text(json.dumps({"step": step}) + "\n", encoding="utf-8")
+        marker = {"step": step, "files": _file_manifest(tmp)}
+        (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
         _fsync_tree(tmp)
         if final.exists():  # re-saving the same step (e.g. after a resume): move the old copy out of the way first
             _remove_tree(final)
@@ -326,6 +399,9 @@ def load_checkpoint(
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
     if not _is_complete(path):
         raise ValueError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER} marker)")
+    cause = checkpoint_problem(path)
+    if cause is not None:
+        raise ValueError(f"cannot resume from {path}: {cause}")
     cleanup_tmp_dirs(path.parent)
 
     state = json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
@@ -335,7 +411,12 @@ def load_checkpoint(
         opt_file = path / OPTIMIZER_FILE
         if not opt_file.is_file():
             raise FileNotFoundError(f"{opt_file} missing: the checkpoint was saved without an optimizer")
-        optimizer.load_state_dict(torch.load(opt_file, map_location="cpu", weights_only=True))
+        try:
+            optimizer.load_state_dict(torch.load(opt_file, map_location="cpu", weights_only=True))
+        except ValueError as e:  # torch: "loaded state dict has a different number of parameter groups"
+            raise ValueError(f"the optimizer state in {opt_file} does not fit this run's trainable parameters ({e}): "
+                             "resume with the settings the run was trained with (method, lora.*, side modules)"
+                             ) from e
     if scheduler is not None:
         sch_file = path / SCHEDULER_FILE
         if not sch_file.is_file():

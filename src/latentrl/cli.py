@@ -80,6 +80,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
     cfg = load_config(GRPOConfig, ns.config, ns.overrides)
     if ns.resume:
         cfg.resume_from_checkpoint = "latest"
+    from latentrl.run_dir import check_run_folder
+
+    check_run_folder(cfg)  # before the model loads: a clash with an earlier run or a bad checkpoint in seconds
     model = build_model_for(cfg)
     evals = None
     if cfg.eval_dataset:
@@ -105,12 +108,19 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
     cfg = load_config(CoconutConfig, ns.config, ns.overrides)
     if not cfg.model_name_or_path or not cfg.dataset:
         raise ConfigError("coconut-sft needs model_name_or_path and dataset (in the YAML or as key=value)")
+    from latentrl.run_dir import check_new_run
+
+    out = cfg.output_dir or "runs/coconut"
+    check_new_run(out, overwrite=cfg.overwrite_output_dir, resumable=False)  # the model is saved there too
     model = load_model(cfg.model_name_or_path, add_latent_tokens=True)
     train = load_examples(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed)
     evals = (load_examples(cfg.eval_dataset, split="eval", n=cfg.num_eval_examples, seed=cfg.seed)
              if cfg.eval_dataset else [])
     train_coconut(cfg, model, train, evals)
-    out = cfg.output_dir or "runs/coconut"
+    if not cfg.output_dir and cfg.overwrite_output_dir:
+        from latentrl.run_dir import replace_run
+
+        replace_run(out)
     model.save_pretrained(out)
     print(f"done: Coconut model in {out}")
     return 0

@@ -936,6 +936,11 @@ class GRPOConfig(BaseConfig):
         "Resume training from this checkpoint directory, or 'latest' for the newest complete checkpoint in "
         "output_dir (HF Trainer name).",
     )
+    overwrite_output_dir: bool = cfg_field(
+        False,
+        "A new run (not resumed) into an output_dir that holds an earlier run is refused, so runs never mix; true "
+        "replaces the earlier run instead, once the new one has completed its first step (HF Trainer name).",
+    )
     dataset: str = cfg_field("chain_sum", "Training task name (built-in synthetic task) or a local data file path.")
     eval_dataset: str | None = cfg_field(
         None, "Evaluation task name or file path; null: the evaluation split of `dataset`."

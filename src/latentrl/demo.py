@@ -24,6 +24,7 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
     from latentrl.logger import plot_metrics
     from latentrl.model import LatentModel
     from latentrl.methods import get_method
+    from latentrl.run_dir import check_run_folder
 
     console = Console()
     task = suite_tasks()["icot_mult_4x4"]
@@ -33,6 +34,7 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
         f"model_name_or_path={init}", f"output_dir={run_dir}", f"max_steps={steps}", f"seed={seed}",
         f"method={method}", f"max_completion_length={task.max_completion_length}", "save_steps=0", *overrides,
     ])
+    check_run_folder(cfg)  # an --out holding an earlier run is refused before the model loads
     console.print(f"[bold]latentrl demo[/bold]: {method} on {task.name} from {init.name}; run folder {run_dir}")
     lm = LatentModel.from_pretrained(init, add_latent_tokens=True)
     evalset = load_examples(task.eval_source)[:num_eval]

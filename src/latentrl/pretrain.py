@@ -87,6 +87,11 @@ class PretrainConfig(BaseConfig):
         None, "Prefix of the model folders (<name>-cot, <name>-nocot); null = the task name."
     )
     output_dir: str = cfg_field("runs/pretrain", "Where the model folders, metrics, plots and results.json go.")
+    overwrite_output_dir: bool = cfg_field(
+        False,
+        "An output_dir that holds an earlier pretrain run (results.json, the model folders) is refused, so runs "
+        "never mix; true replaces the earlier run once the data are generated.",
+    )
     seed: int = cfg_field(0, "Seed of the data split, the weight initialisation and the data order.")
     modes: list[str] = cfg_field(
         ["cot", "no_cot"], "Which models to train: cot (the RL starting point) and/or no_cot (the baseline).",
@@ -304,13 +309,16 @@ def pretrain(config: PretrainConfig, *, command: str | None = None) -> dict[str,
     from latentrl.checkpoint import atomic_write_json
     from latentrl.data import load_icot, make_examples, train_eval_split
     from latentrl.logger import plot_metrics
+    from latentrl.run_dir import check_new_run, replace_run
 
     cfg = config
     t_start = time.perf_counter()
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    model_dirs = [Path(cfg.sft_config(mode).output_dir) for mode in cfg.modes]
+    for folder in (out, *model_dirs):
+        check_new_run(folder, overwrite=cfg.overwrite_output_dir, resumable=False)
 
     real_path = _resolve_real_eval(cfg)
     real = load_icot(real_path)[: cfg.real_eval_max_examples] if real_path is not None else []
@@ -340,14 +348,16 @@ def pretrain(config: PretrainConfig, *, command: str | None = None) -> dict[str,
             "machine": platform.machine(),
         },
     }
+    if cfg.overwrite_output_dir:  # the earlier run goes whole, its model folders with it
+        for folder in (*model_dirs, out):
+            replace_run(folder)
+    out.mkdir(parents=True, exist_ok=True)
     run_dirs: dict[str, Path] = {}
     for mode in ("cot", "no_cot"):
         if mode not in cfg.modes:
             continue
         sft_cfg = cfg.sft_config(mode)
         run_dir = Path(sft_cfg.output_dir)
-        if (run_dir / "metrics.jsonl").exists():
-            (run_dir / "metrics.jsonl").unlink()  # a fresh run, not an append to an old one
         model = build_base_model(cfg)
         budget = sft_cfg.max_new_positions or _budget(model, list(train[:2000]) + list(held_out) + list(real), mode)
         budget_extra = {name: _budget(model, exs, mode) for name, exs in extra.items()}

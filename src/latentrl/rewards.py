@@ -266,6 +266,12 @@ def _as_reward(value: Any) -> float:
     raise TypeError(f"{value!r} ({type(value).__name__}) is not a number or None")
 
 
+def _excerpt(value: Any, limit: int = 60) -> str:
+    """A short quoted one-line excerpt of a prompt or completion for error messages."""
+    text = " ".join(_completion_text(value).split())
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
 def compute_rewards(
     funcs: Sequence[RewardFunc],
     prompts: list[Any],
@@ -309,9 +315,14 @@ def compute_rewards(
             raise RewardFunctionError(f"reward function {name!r} returned {len(out)} rewards for {n} completions")
         for i, value in enumerate(out):
             try:
-                per_func[i, j] = _as_reward(value)
+                per_func[i, j] = reward = _as_reward(value)
             except TypeError as e:
                 raise RewardFunctionError(f"reward function {name!r} returned a bad reward at index {i}: {e}") from e
+            if value is not None and not math.isfinite(reward):  # NaN stands for None only when None was returned
+                raise RewardFunctionError(
+                    f"reward function {name!r} returned {reward} at row {i} of the batch (prompt {_excerpt(prompts[i])}, "
+                    f"completion {_excerpt(completions[i])}); rewards must be finite numbers, or None where the "
+                    "function does not apply")
 
     none_rows = torch.isnan(per_func).all(dim=1).nonzero().flatten().tolist()
     if none_rows:

@@ -31,7 +31,7 @@ from torch import nn
 from transformers import get_scheduler
 
 from latentrl.chat import prompt_formatter
-from latentrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from latentrl.checkpoint import load_checkpoint, save_checkpoint
 from latentrl.config import ConfigError, GRPOConfig, config_to_dict
 from latentrl.data.schema import Example, to_record
 from latentrl.logger import MetricsLogger, progress
@@ -44,6 +44,7 @@ from latentrl.rl.distributed import DataParallel, chunk_generator, chunk_ranges,
 from latentrl.rl.fsdp import ShardedPolicy
 from latentrl.rl.losses import aggregate_loss, kl_penalty, masked_mean, mixed_policy_loss
 from latentrl.rollout import Rollout, SamplingParams, decode_completions, generate_rollout, left_pad
+from latentrl.run_dir import check_new_run, check_same_run, replace_run, resume_checkpoint, run_identity
 
 RewardFunc = Callable[..., list[float | None]]
 
@@ -181,6 +182,7 @@ class GRPOTrainer:
         self.data_epoch, self.data_cursor = 0, 0
         self._order = self._epoch_order(0)
         self.output_dir = Path(args.output_dir)
+        self._wrote_run = False  # whether train() has written into output_dir (see `train`)
 
     def _setup_fsdp(self) -> ShardedPolicy | None:
         """Shard the policy (and a separate reference model) when several processes run with FSDP."""
@@ -476,24 +478,37 @@ class GRPOTrainer:
         return emb[rollout.latent_mask & rollout.completion_mask].norm(dim=-1).mean().item()
 
     def train(self, resume_from_checkpoint: str | bool | None = None) -> list[dict[str, float]]:
-        """Run `max_steps` optimizer steps; resume from a checkpoint (`True` = the latest in output_dir)."""
+        """Run `max_steps` optimizer steps; resume from a checkpoint (`True` = the latest in output_dir).
+
+        A new run refuses an output_dir holding an earlier run (`overwrite_output_dir` replaces it); nothing is
+        written into output_dir (run_config.json, metrics, TensorBoard, checkpoints) before the first step has
+        succeeded, so a run that fails at once leaves an earlier run untouched."""
         a = self.args
         resume = resume_from_checkpoint if resume_from_checkpoint is not None else a.resume_from_checkpoint
         start_step = 0
         if resume:
-            path = latest_checkpoint(self.output_dir) if resume is True or resume == "latest" else Path(resume)
-            if path is None:
-                raise FileNotFoundError(f"--resume: no complete checkpoint in {self.output_dir}")
+            path = resume_checkpoint(self.output_dir, resume)
+            check_same_run(path, self.method.name, a.model_name_or_path)
             start_step = self._load(path)
+            if self.dp.is_main:
+                print(f"resuming from {path} (step {start_step} of {a.max_steps})", flush=True)
+        elif not self._wrote_run:  # a second train() of this trainer continues the run it wrote itself
+            check_new_run(self.output_dir, overwrite=a.overwrite_output_dir)
         # only the main process writes logs and checkpoints; every process keeps the same history
         main = self.dp.is_main
-        logger = MetricsLogger(self.output_dir, a.report_to if main else ["none"], config_to_dict(a) if main else None,
-                               resume_step=start_step if resume and main else None)
+        logger: MetricsLogger | None = None
         history = []
         try:
             with progress(a.max_steps - start_step, f"{self.method.name}", disable=None if main else True) as bar:
                 while self.global_step < a.max_steps:
                     metrics = self.train_step()
+                    if logger is None:  # the run is under way: now it may replace or extend what is on disk
+                        if main and not resume and a.overwrite_output_dir and not self._wrote_run:
+                            replace_run(self.output_dir)
+                        self._wrote_run = True
+                        logger = MetricsLogger(self.output_dir, a.report_to if main else ["none"],
+                                               config_to_dict(a) if main else None,
+                                               resume_step=start_step if resume and main else None)
                     if self.eval_rows and ((a.eval_steps and self.global_step % a.eval_steps == 0)
                                            or self.global_step == a.max_steps):
                         res = self.evaluate()
@@ -506,7 +521,8 @@ class GRPOTrainer:
                         self.save()
                     bar.update(1)
         finally:
-            logger.close()
+            if logger is not None:
+                logger.close()
         return history
 
     def _sync_initial_weights(self) -> None:
@@ -546,7 +562,8 @@ class GRPOTrainer:
             path = save_checkpoint(
                 self.output_dir, self.global_step, save_model=save_model, optimizer=optimizer,
                 scheduler=self.scheduler, total_limit=self.args.save_total_limit,
-                extra_state={"data_epoch": self.data_epoch, "data_cursor": self.data_cursor},
+                extra_state={"data_epoch": self.data_epoch, "data_cursor": self.data_cursor,
+                             **run_identity(self.method.name, self.args.model_name_or_path)},
             )
         self.dp.barrier()
         return path

@@ -193,6 +193,11 @@ class CoconutConfig(BaseConfig):
     output_dir: str | None = cfg_field(
         None, "Write metrics.jsonl (and TensorBoard logs, see report_to) here; null keeps metrics in memory only."
     )
+    overwrite_output_dir: bool = cfg_field(
+        False,
+        "An output_dir that holds an earlier run is refused, so runs never mix; true replaces the earlier run "
+        "(HF Trainer name).",
+    )
     report_to: list[str] = cfg_field(
         ["jsonl"],
         "Metric sinks when output_dir is set: jsonl (output_dir/metrics.jsonl), tensorboard (output_dir/tb).",
@@ -681,9 +686,11 @@ def train_coconut(
     `output_dir/metrics.jsonl` when set, and always into the returned history.
     """
     from latentrl.logger import MetricsLogger, progress
+    from latentrl.run_dir import check_new_run, replace_run
 
     if not train_examples:
         raise ValueError("train_coconut needs at least one training example")
+    check_new_run(config.output_dir, overwrite=config.overwrite_output_dir, resumable=False)
     cfg = config
     t_start = time.perf_counter()
     tok = model.tokenizer
@@ -705,6 +712,8 @@ def train_coconut(
         total_steps = min(total_steps, cfg.max_steps)
 
     history = CoconutHistory()
+    if cfg.output_dir and cfg.overwrite_output_dir:
+        replace_run(cfg.output_dir)
     sinks = [s for s in cfg.report_to if s != "none"] if cfg.output_dir else []
     logger = MetricsLogger(cfg.output_dir, sinks, run_config=config_to_dict(cfg)) if sinks else None
 

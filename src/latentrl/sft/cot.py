@@ -94,6 +94,11 @@ class CoTSFTConfig(BaseConfig):
     output_dir: str | None = cfg_field(
         None, "Write metrics.jsonl (and TensorBoard logs, see report_to) here; null keeps metrics in memory only."
     )
+    overwrite_output_dir: bool = cfg_field(
+        False,
+        "An output_dir that holds an earlier run is refused, so runs never mix; true replaces the earlier run "
+        "(HF Trainer name).",
+    )
     report_to: list[str] = cfg_field(
         ["jsonl"],
         "Metric sinks when output_dir is set: jsonl (output_dir/metrics.jsonl), tensorboard (output_dir/tb).",
@@ -272,11 +277,13 @@ def train_sft(
     `config.output_dir/metrics.jsonl` when an output dir is set, and always into the returned `SFTHistory`.
     """
     from latentrl.logger import MetricsLogger, progress
+    from latentrl.run_dir import check_new_run, replace_run
 
     if not train_examples:
         raise ValueError("train_sft needs at least one training example")
     if config.save_steps and not config.output_dir:
         raise ConfigError(f"save_steps={config.save_steps} needs an output_dir to save the copies into")
+    check_new_run(config.output_dir, overwrite=config.overwrite_output_dir, resumable=False)
     t_start = time.perf_counter()
     cfg = config
     tok = model.tokenizer
@@ -302,6 +309,8 @@ def train_sft(
     )
 
     history = SFTHistory()
+    if cfg.output_dir and cfg.overwrite_output_dir:
+        replace_run(cfg.output_dir)
     sinks = [s for s in cfg.report_to if s != "none"] if cfg.output_dir else []
     logger = MetricsLogger(cfg.output_dir, sinks, run_config=config_to_dict(cfg)) if sinks else None
 

@@ -1,0 +1,189 @@
+"""Run folders: a new run never mixes with or silently replaces an earlier one, and a resume starts from an
+intact checkpoint of the same run.
+
+Every command that trains into an ``output_dir`` (``latentrl train`` / `GRPOTrainer.train`, DLR, the SFT trainers,
+``coconut-sft``, ``pretrain``, the demo) calls :func:`check_new_run` before it writes anything (the commands before
+they load the model), and refuses a folder that already holds a run (its metrics, run config, TensorBoard logs,
+checkpoints or saved model) unless the run is resumed or ``overwrite_output_dir`` is set (Hugging Face's name).
+With ``overwrite_output_dir`` the old run is replaced by :func:`replace_run` in one rename — by the RL trainer only
+once its first step has succeeded, by the SFT trainers when training starts — so the folder never holds a mixture
+of both. A folder holding only other files (a YAML kept beside the run) is not a run.
+
+:func:`resume_checkpoint` picks the checkpoint a resume starts from: the newest intact one (damaged newer ones
+are skipped with a warning naming the file), and :func:`check_same_run` checks it was written by the same method
+from the same model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+from latentrl.checkpoint import TRAINER_STATE_FILE, checkpoint_problem, latest_checkpoint, list_checkpoints
+from latentrl.config import ConfigError
+
+__all__ = ["RUN_FILES", "check_new_run", "check_run_folder", "check_same_run", "replace_run", "resume_checkpoint",
+           "run_entries"]
+
+#: names a latentrl run writes into its output_dir (besides checkpoint-N / step-N folders)
+RUN_FILES = frozenset({
+    "metrics.jsonl", "run_config.json", "tb", "results.json", "training_args.json", "curves.png",
+    "demo_results.json", "config.json", "model.safetensors", "adapter_config.json", "adapter_model.safetensors",
+})
+_RUN_ENTRY = re.compile(r"^(checkpoint-\d+|step-\d+|\.tmp-checkpoint-.*)$")
+#: a model folder saved with `LatentModel.save_pretrained`: a config and one of its weight files (HF / peft names)
+MODEL_FILES = {
+    "config.json": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                    "pytorch_model.bin.index.json"),
+    "adapter_config.json": ("adapter_model.safetensors", "adapter_model.bin"),
+}
+
+
+def run_entries(output_dir: str | Path) -> list[str]:
+    """Names in ``output_dir`` that belong to an earlier run (empty when the folder is absent or holds none)."""
+    d = Path(output_dir)
+    if not d.is_dir():
+        return []
+    return sorted(p.name for p in d.iterdir() if p.name in RUN_FILES or _RUN_ENTRY.match(p.name))
+
+
+def check_new_run(output_dir: str | Path | None, *, overwrite: bool = False, resumable: bool = True,
+                  key: str = "output_dir") -> None:
+    """Refuse to start a new run in a folder holding an earlier run, unless `overwrite` (then see `replace_run`).
+
+    Writes nothing, so callers run it before loading models or data to fail in seconds. `resumable`: whether the
+    command can resume (its message then says how); `key`: the option that names the folder.
+    """
+    if output_dir is None or overwrite:
+        return
+    found = run_entries(output_dir)
+    if not found:
+        return
+    shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+    resume = "continue it with --resume (resume_from_checkpoint=latest), " if resumable else ""
+    raise ConfigError(f"{key} {str(output_dir)!r} already holds a run ({shown}); a new run would mix with it or "
+                      f"overwrite it: {resume}choose another {key}, or set overwrite_output_dir=true to replace it")
+
+
+def replace_run(output_dir: str | Path) -> None:
+    """Clear the earlier run out of `output_dir` before a new run writes into it (`overwrite_output_dir`).
+
+    The folder is renamed away in one step and recreated, so no reader ever sees old and new files together, then
+    files that are not part of a run (the user's own) are moved back and the old run is deleted. A crash in
+    between leaves the old run whole in a hidden sibling folder ``.NAME.replaced-*``. When the folder is the
+    working directory (or holds it) it cannot be renamed away: its run entries are moved into one hidden
+    ``.tmp-replaced-*`` folder inside it instead, then deleted.
+    """
+    d = Path(output_dir).resolve()
+    entries = run_entries(d)
+    if not entries:
+        return
+    tag = f"{os.getpid()}-{random.getrandbits(32):08x}"
+    cwd = Path.cwd().resolve()
+    if cwd == d or d in cwd.parents:
+        trash = d / f".tmp-replaced-{tag}"
+        trash.mkdir()
+        for name in entries:
+            os.replace(d / name, trash / name)
+        shutil.rmtree(trash, ignore_errors=True)
+        return
+    old = d.with_name(f".{d.name}.replaced-{tag}")
+    os.replace(d, old)
+    d.mkdir()
+    for p in old.iterdir():
+        if not (p.name in RUN_FILES or _RUN_ENTRY.match(p.name)):
+            os.replace(p, d / p.name)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def model_checkpoint_problem(path: Path) -> str | None:
+    """`checkpoint_problem`, plus: a trainer's checkpoint must hold a model folder (config.json and weights, or a
+    LoRA adapter) — checked by name for checkpoints saved before the completion marker listed its files."""
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        return problem
+    for config, weights in MODEL_FILES.items():
+        if (path / config).is_file():
+            if not any((path / w).is_file() for w in weights):
+                return f"{weights[0]} is missing (no model weights beside {config})"
+            return None
+    return "config.json is missing (the model folder is incomplete)"
+
+
+def resume_checkpoint(output_dir: str | Path, resume: str | bool) -> Path:
+    """The checkpoint a resume starts from: `resume` is True / 'latest' (the newest intact checkpoint in
+    `output_dir`; damaged newer ones are skipped with a warning naming the file and the cause) or a path, which
+    must be intact (else a `ValueError` naming the file and the cause, and the newest intact one if any)."""
+    if resume is True or resume == "latest":
+        path = latest_checkpoint(output_dir, problem=model_checkpoint_problem)
+        if path is None:
+            raise FileNotFoundError(f"--resume: no intact checkpoint in {output_dir} (nothing to resume); start a "
+                                    "new run without --resume")
+        return path
+    path = Path(resume)
+    problem = model_checkpoint_problem(path)
+    if problem is not None:
+        intact = [p for p in list_checkpoints(path.parent) if p != path and model_checkpoint_problem(p) is None]
+        hint = f"; the newest intact checkpoint there is {intact[-1]}" if intact else ""
+        raise ValueError(f"cannot resume from {path}: {problem}{hint}")
+    return path
+
+
+def _model_id(name_or_path: str | None) -> str | None:
+    """A model name or path as runs record it: local folders resolved (the same folder named two ways matches)."""
+    if name_or_path is None:
+        return None
+    p = Path(name_or_path)
+    return str(p.resolve()) if p.exists() else str(name_or_path)
+
+
+def run_identity(method: str, model_name_or_path: str | None) -> dict[str, str | None]:
+    """What a trainer records in each checkpoint's trainer_state.json so a resume can check it is the same run."""
+    return {"method": method, "model_name_or_path": _model_id(model_name_or_path)}
+
+
+def check_same_run(checkpoint: str | Path, method: str, model_name_or_path: str | None) -> None:
+    """Refuse to resume `checkpoint` with another method or another starting model than the run that wrote it.
+
+    Reads the checkpoint's trainer_state.json (the run's run_config.json for checkpoints that predate it). Another
+    method would load a different optimizer layout; another `model_name_or_path` would resume weights onto a model
+    the run did not start from — both fail later with unrelated errors, or not at all.
+    """
+    checkpoint = Path(checkpoint)
+    try:
+        saved = json.loads((checkpoint / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = {}
+    if "method" not in saved:
+        run_config = checkpoint.parent / "run_config.json"
+        try:
+            cfg = json.loads(run_config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        saved = run_identity(cfg.get("method"), cfg.get("model_name_or_path"))
+    if saved.get("method") not in (None, method):
+        raise ConfigError(f"cannot resume {checkpoint}: it was trained with method {saved['method']!r}, this run's "
+                          f"method is {method!r}; resume with method={saved['method']} (the run's own config is in "
+                          f"{checkpoint.parent / 'run_config.json'}) or start a new run in another output_dir")
+    was, now = saved.get("model_name_or_path"), _model_id(model_name_or_path)
+    if was is not None and now is not None and was != now:
+        raise ConfigError(f"cannot resume {checkpoint}: the run started from model_name_or_path={was!r}, this run "
+                          f"names {now!r}; resume with model_name_or_path={was} (the weights come from the "
+                          "checkpoint, the architecture and tokenizer from that model) or start a new run in "
+                          "another output_dir")
+
+
+def check_run_folder(cfg) -> None:
+    """The output-folder checks of a `GRPOConfig` run, before anything is loaded: a resume is resolved to its
+    intact checkpoint (written back to `cfg.resume_from_checkpoint`) and checked to be the same run; a new run
+    must not land on an earlier one."""
+    if cfg.resume_from_checkpoint:
+        path = resume_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint)
+        check_same_run(path, cfg.method, cfg.model_name_or_path)
+        cfg.resume_from_checkpoint = str(path)
+    else:
+        check_new_run(cfg.output_dir, overwrite=cfg.overwrite_output_dir)

@@ -1,0 +1,327 @@
+"""Run folders never mix or get silently replaced (issue 15, item 3), and resumes start from an intact checkpoint of
+the same run or say exactly why not (item 5): GRPO/DLR trainers, the SFT trainers, pretrain and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentrl.cli import main
+from latentrl.config import ConfigError, GRPOConfig
+from latentrl.data import make_examples, task_vocabulary
+from latentrl.dlr import DLRConfig
+from latentrl.dlr.trainer import DLRTrainer
+from latentrl.logger import read_metrics
+from latentrl.rl.trainer import GRPOTrainer
+from latentrl.testing import char_sum_reward, tiny_chain_sum_model, tiny_latent_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def varied_reward(prompts, completions, **kw):
+    return [float(len(c.split()) % 3) for c in completions]
+
+
+def examples(n=16):
+    return make_examples("chain_sum", n, seed=0, length=3)
+
+
+def model(seed=0):
+    return tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=seed, hidden=32)
+
+
+def config(out, **kw):
+    base = dict(model_name_or_path="tiny", output_dir=str(out), max_steps=2, per_device_train_batch_size=8,
+                num_generations=4, max_completion_length=8, learning_rate=1e-2, save_steps=1, save_total_limit=None,
+                report_to=["jsonl"])
+    base.update(kw)
+    return GRPOConfig(**base)
+
+
+def trainer(out, reward=varied_reward, lm=None, **kw):
+    return GRPOTrainer(config(out, **kw), lm or model(), examples(), reward_funcs=[reward])
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> bytes): what must not change."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def params(t):
+    return torch.cat([p.detach().flatten() for p in t.model.parameters()])
+
+
+@pytest.fixture
+def old_run(tmp_path):
+    """A finished 2-step GRPO run (checkpoints 1 and 2, metrics, run_config) and its final weights."""
+    out = tmp_path / "run"
+    t = trainer(out, report_to=["jsonl", "tensorboard"])
+    t.train()
+    assert (out / "tb").is_dir()
+    return out, params(t)
+
+
+def failing_reward(prompts, completions, **kw):
+    raise RuntimeError("reward server down")
+
+
+# ------------------------------------------------------------------------------------------ never mix runs
+
+
+def test_a_new_run_into_an_existing_run_is_refused_and_writes_nothing(old_run):
+    out, _ = old_run
+    before = snapshot(out)
+    t = trainer(out, max_steps=1)
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoint-1, checkpoint-2, metrics.jsonl, "
+                                          r"run_config.json, tb\).*--resume.*overwrite_output_dir=true"):
+        t.train()
+    assert snapshot(out) == before
+    assert t.global_step == 0  # refused before any step
+
+
+def test_the_same_trainer_may_train_on_in_its_own_run(tmp_path):
+    t = trainer(tmp_path / "run", max_steps=1)
+    t.train()
+    t.args.max_steps = 2
+    t.train()  # continues its own run in memory: not a new run
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+
+
+def test_a_folder_with_only_other_files_is_not_a_run(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "my_config.yaml").write_text("learning_rate: 0.01\n")
+    trainer(out, max_steps=1).train()
+    assert (out / "my_config.yaml").read_text() == "learning_rate: 0.01\n"
+    assert [r["step"] for r in read_metrics(out)] == [1]
+
+
+@pytest.mark.parametrize("case", ["failing_first_step", "max_steps_0"])
+@pytest.mark.parametrize("how", ["resume", "overwrite"])
+def test_a_run_that_does_no_step_leaves_the_existing_run_untouched(old_run, case, how):
+    out, _ = old_run
+    before = snapshot(out)
+    kw = {"resume_from_checkpoint": "latest"} if how == "resume" else {"overwrite_output_dir": True}
+    kw["max_steps"] = 0 if case == "max_steps_0" else 3  # resumed: step 3 is the first one it runs
+    t = trainer(out, reward=failing_reward if case == "failing_first_step" else varied_reward, **kw)
+    if case == "failing_first_step":
+        with pytest.raises(RuntimeError, match="reward server down"):
+            t.train()
+    else:
+        assert t.train() == []
+    assert snapshot(out) == before  # run_config.json, metrics.jsonl, tb/ and both checkpoints byte for byte
+
+
+def test_overwrite_output_dir_replaces_the_whole_old_run(old_run):
+    out, _ = old_run
+    (out / "notes.txt").write_text("mine")
+    t = trainer(out, max_steps=1, overwrite_output_dir=True, learning_rate=5e-3)
+    t.train()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "metrics.jsonl", "notes.txt", "run_config.json"]
+    assert [r["step"] for r in read_metrics(out)] == [1]  # no steps of the old run appended
+    assert json.loads((out / "run_config.json").read_text())["learning_rate"] == 5e-3
+    assert not any(p.name.startswith(".run.replaced") for p in out.parent.iterdir())
+    # a later --resume continues the new run, not the old one's checkpoint-2
+    r = trainer(out, max_steps=2, learning_rate=5e-3, resume_from_checkpoint="latest")
+    r.train()
+    assert [r_["step"] for r_ in read_metrics(out)] == [1, 2]
+
+
+def test_overwrite_output_dir_in_the_working_directory(old_run, monkeypatch):
+    out, _ = old_run
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.chdir(out)  # output_dir "." cannot be renamed away: its run entries are cleared in place
+    trainer(".", max_steps=1, overwrite_output_dir=True).train()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "metrics.jsonl", "notes.txt", "run_config.json"]
+    assert [r["step"] for r in read_metrics(out)] == [1]
+
+
+def test_dlr_trainer_refuses_an_existing_run(tmp_path):
+    out = tmp_path / "dlr"
+    kw = dict(method="dlr", max_steps=1, max_completion_length=8, report_to=["jsonl"])
+    DLRTrainer(config(out, **kw), tiny_chain_sum_model(), examples(8), reward_funcs=[char_sum_reward],
+               dlr=DLRConfig(num_latent_steps=3, latent_dim=4, assistant_hidden_size=16)).train()
+    before = snapshot(out)
+    again = DLRTrainer(config(out, **kw), tiny_chain_sum_model(), examples(8), reward_funcs=[char_sum_reward],
+                       dlr=DLRConfig(num_latent_steps=3, latent_dim=4, assistant_hidden_size=16))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        again.train()
+    assert snapshot(out) == before
+
+
+def test_sft_trainers_refuse_an_existing_run(tmp_path):
+    from latentrl.sft.coconut import CoconutConfig, train_coconut
+    from latentrl.sft.cot import CoTSFTConfig, train_sft
+
+    out = tmp_path / "sft"
+    sft = dict(max_steps=1, disable_tqdm=True, eval_steps=0, output_dir=str(out))
+    train_sft(CoTSFTConfig(**sft), model(), examples(4))
+    before = snapshot(out)
+    with pytest.raises(ConfigError, match="already holds a run.*overwrite_output_dir") as info:
+        train_sft(CoTSFTConfig(**sft), model(), examples(4))
+    assert "--resume" not in str(info.value)  # SFT runs cannot be resumed: the message does not offer it
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train_coconut(CoconutConfig(max_latent_stage=1, num_epochs=2, max_steps=1, disable_tqdm=True,
+                                    output_dir=str(out)), tiny_chain_sum_model(), examples(4))
+    assert snapshot(out) == before
+    train_sft(CoTSFTConfig(**sft, overwrite_output_dir=True, learning_rate=1e-3), model(), examples(4))
+    assert [r["step"] for r in read_metrics(out)] == [1]
+    assert json.loads((out / "run_config.json").read_text())["learning_rate"] == 1e-3
+
+
+def test_pretrain_refuses_an_existing_run_before_generating_data(tmp_path, monkeypatch):
+    from latentrl import pretrain as pretrain_module
+    from latentrl.pretrain import PretrainConfig, pretrain
+
+    out = tmp_path / "pre"
+    (out / "chain_sum-cot").mkdir(parents=True)
+    (out / "chain_sum-cot" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    before = snapshot(out)
+    monkeypatch.setattr(pretrain_module, "_resolve_real_eval", lambda cfg: pytest.fail("data were prepared"))
+    with pytest.raises(ConfigError, match="chain_sum-cot.*already holds a run"):
+        pretrain(PretrainConfig(task="chain_sum", output_dir=str(out), modes=["cot"], real_eval=None))
+    assert snapshot(out) == before
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+
+
+def cli_train(out, *extra):
+    return main(["train", "--config", str(ROOT / "configs/cpu/grpo.yaml"), f"output_dir={out}", "max_steps=1",
+                 "dataset=chain_sum", "num_train_examples=8", "per_device_train_batch_size=8", "num_generations=4",
+                 "max_completion_length=8", "save_steps=1",
+                 "report_to=[jsonl]", *extra])
+
+
+def test_cli_refuses_an_existing_run_before_loading_the_model(old_run, capsys):
+    out, _ = old_run
+    before = snapshot(out)
+    # a model that does not exist: the refusal comes first, so nothing was loaded
+    assert cli_train(out, "model_name_or_path=/nonexistent/model") == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "Traceback" not in err
+    assert snapshot(out) == before
+
+
+def test_cli_coconut_sft_refuses_the_folder_it_would_save_into(tmp_path, capsys):
+    out = tmp_path / "coconut"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # a model saved by an earlier coconut-sft
+    assert main(["coconut-sft", "model_name_or_path=/nonexistent/model", "dataset=chain_sum",
+                 f"output_dir={out}"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_demo_refuses_an_existing_run_folder(old_run):
+    from latentrl.demo import run_demo
+
+    out, _ = old_run
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_demo(steps=1, num_eval=1, out_dir=str(out))
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+
+def damage(ckpt: Path, how: str) -> str:
+    """Damage checkpoint `ckpt` as a full disk or an interrupted copy would; returns the file named in the error."""
+    if how == "truncated_weights":
+        data = (ckpt / "model.safetensors").read_bytes()
+        (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
+        return "model.safetensors is truncated"
+    if how == "missing_weights":
+        (ckpt / "model.safetensors").unlink()
+        return "model.safetensors is missing"
+    (ckpt / "config.json").unlink()
+    return "config.json is missing"
+
+
+@pytest.mark.parametrize("how", ["truncated_weights", "missing_weights", "missing_config"])
+@pytest.mark.parametrize("legacy", [False, True], ids=["", "legacy_marker"])
+def test_resume_skips_a_damaged_last_checkpoint_with_a_warning(old_run, how, legacy, capsys):
+    out, final = old_run
+    if legacy:  # a checkpoint saved before the completion marker listed its files
+        (out / "checkpoint-2" / "COMPLETE").write_text('{"step": 2}\n')
+    cause = damage(out / "checkpoint-2", how)
+    if legacy and how == "truncated_weights":
+        cause = "model.safetensors is truncated"
+    r = trainer(out, resume_from_checkpoint="latest")
+    with pytest.warns(UserWarning, match=rf"checkpoint-2 is damaged: {cause}.*falling back to checkpoint-1"):
+        r.train()
+    assert f"resuming from {out / 'checkpoint-1'} (step 1 of 2)" in capsys.readouterr().out
+    assert r.global_step == 2
+    torch.testing.assert_close(params(r), final, atol=0, rtol=0)  # step 2 redone: the same weights
+    assert [m["step"] for m in read_metrics(out)] == [1, 2]
+
+
+def test_resume_from_a_named_damaged_checkpoint_names_the_file_and_the_intact_one(old_run):
+    out, _ = old_run
+    damage(out / "checkpoint-2", "truncated_weights")
+    with pytest.raises(ValueError, match=r"cannot resume from .*checkpoint-2: model.safetensors is truncated "
+                                         r"\(\d+ bytes, saved with \d+\); the newest intact checkpoint there is "
+                                         r".*checkpoint-1"):
+        trainer(out, resume_from_checkpoint=str(out / "checkpoint-2")).train()
+
+
+def test_resume_with_nothing_intact_says_so(old_run):
+    out, _ = old_run
+    for step in (1, 2):
+        damage(out / f"checkpoint-{step}", "missing_config")
+    with pytest.warns(UserWarning) as caught:
+        with pytest.raises(FileNotFoundError, match="no intact checkpoint in"):
+            trainer(out, resume_from_checkpoint="latest").train()
+    assert sorted(str(w.message).split(" is damaged")[0].rsplit("/", 1)[-1] for w in caught) == [
+        "checkpoint-1", "checkpoint-2"]
+    assert all("config.json is missing" in str(w.message) and "no intact checkpoint is left" in str(w.message)
+               for w in caught)
+
+
+def test_resume_with_another_method_names_both(old_run):
+    from latentrl.config import LatentConfig
+
+    out, _ = old_run
+    before = snapshot(out)
+    hrpo = trainer(out, method="hrpo", resume_from_checkpoint="latest", beta=0.0,
+                   latent=LatentConfig(operator="hrpo_gate", answer_delimiter="####"))
+    with pytest.raises(ConfigError, match=r"trained with method 'grpo', this run's method is 'hrpo'.*method=grpo"):
+        hrpo.train()
+    assert snapshot(out) == before
+
+
+def test_resume_with_another_starting_model_is_refused(old_run):
+    out, _ = old_run
+    with pytest.raises(ConfigError, match=r"started from model_name_or_path='tiny', this run names 'other'"):
+        trainer(out, model_name_or_path="other", resume_from_checkpoint="latest").train()
+
+
+def test_an_optimizer_that_does_not_fit_is_explained(old_run):
+    out, _ = old_run
+    state = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())
+    for key in ("method", "model_name_or_path"):  # as a checkpoint saved before runs recorded them
+        state.pop(key)
+    (out / "checkpoint-1" / "trainer_state.json").write_text(json.dumps(state))
+    (out / "checkpoint-1" / "COMPLETE").write_text('{"step": 1}\n')
+    (out / "run_config.json").unlink()
+    t = trainer(out, resume_from_checkpoint=str(out / "checkpoint-1"))
+    t.optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
+    with pytest.raises(ValueError, match=r"optimizer state in .*does not fit this run's trainable parameters"):
+        t.train()
+
+
+def test_cli_resume_checks_the_run_first_and_says_where_it_starts(tmp_path, capsys):
+    init = tmp_path / "init"
+    model().save_pretrained(init)
+    run = tmp_path / "cli"
+    assert cli_train(run, f"model_name_or_path={init}") == 0
+    capsys.readouterr()
+    # another starting model: refused before any model loads (this one does not even exist)
+    assert cli_train(run, "model_name_or_path=/nonexistent/model", "max_steps=2", "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"started from model_name_or_path='{init}'" in err and "Traceback" not in err
+    assert cli_train(run, f"model_name_or_path={init}", "max_steps=2", "--resume") == 0
+    assert f"resuming from {run / 'checkpoint-1'} (step 1 of 2)" in capsys.readouterr().out
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
