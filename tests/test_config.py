@@ -127,7 +127,7 @@ def test_bad_choice_lists_choices():
         LatentConfig(operator="coconut")
     assert all(op in str(e.value) for op in LATENT_OPERATORS)
     with pytest.raises(ConfigError, match="report_to\\[1\\]"):
-        load_config(GRPOConfig, None, ["model_name_or_path=m", "report_to=jsonl,wandb"])
+        load_config(GRPOConfig, None, ["model_name_or_path=m", "report_to=jsonl,mlflow"])
 
 
 def test_range_and_type_violations():

@@ -133,17 +133,19 @@ def test_prompt_rows_load_as_trl_rows_and_question_answer_loaders_refuse_them(wo
 def test_conversational_prompts_use_the_chat_template_and_rewards_get_trl_shaped_arguments(workdir):
     from latentrl.data import load_rows
 
-    import my_rewards  # the workdir is on sys.path (monkeypatched), as `latentrl train` puts it
+    from latentrl.rewards import resolve_reward_func
+
+    length_reward = resolve_reward_func("my_rewards.length_reward")  # from the working directory, as the CLI does
 
     cfg = GRPOConfig(model_name_or_path="model", output_dir=str(workdir / "py"), max_steps=1, num_generations=2,
                      per_device_train_batch_size=4, max_completion_length=4, save_steps=0, report_to=["none"])
     from latentrl.model import LatentModel
 
     trainer = GRPOTrainer(cfg, LatentModel.from_pretrained("model"), load_rows("chat.jsonl"),
-                          reward_funcs=[my_rewards.length_reward])
+                          reward_funcs=[length_reward])
     assert trainer.prompt_text(CHAT_ROWS[0]) == "user : 1 + 2 || || assistant : "  # prompt_format=raw: still the template
     trainer.train()
-    call = my_rewards.CALLS[-1]
+    call = sys.modules["my_rewards"].CALLS[-1]
     assert all(isinstance(p, list) and p[-1]["role"] == "user" for p in call["prompts"])  # the messages, as TRL
     assert all(isinstance(c, list) and len(c) == 1 and c[0]["role"] == "assistant" for c in call["completions"])
     assert call["columns"] == ["solution"]
@@ -163,7 +165,8 @@ def test_max_steps_default_and_num_train_epochs_follow_hf():
     with pytest.raises(ConfigError, match="num_train_epochs"):
         GRPOConfig(model_name_or_path="m", max_steps=0)
     help_text = config_help(GRPOConfig)
-    assert "num_train_epochs" in help_text and "max_steps wins" in help_text.replace("\n", " ").replace("  ", " ")
+    words = " ".join(help_text.split())
+    assert "num_train_epochs" in words and "max_steps > 0 wins over num_train_epochs" in words
 
 
 @pytest.mark.parametrize("extra, steps", [
