@@ -304,7 +304,7 @@ def _check_reward_signature(func: Any, entry: str) -> None:
     except (TypeError, ValueError):  # some builtins have no signature: let the first call decide
         return
     try:
-        signature.bind(prompts=[], completions=[])
+        signature.bind_partial(prompts=[], completions=[])  # dataset columns (answer=...) may be required too
     except TypeError as e:
         raise RewardLookupError(
             f"reward function {entry!r} cannot be called as f(prompts=..., completions=..., **columns) (TRL's "
