@@ -57,7 +57,7 @@ def test_yaml_then_overrides_precedence(tmp_path):
     assert cfg.latent.operator == "hrpo_gate"  # nested YAML kept when a sibling key is overridden
     assert cfg.latent.top_k == 7
     assert cfg.latent.answer_delimiter == "####"  # raw text for str options ('#' is not a YAML comment here)
-    assert cfg.max_steps == 100  # default untouched
+    assert cfg.max_steps is None  # default untouched (null: 100 steps unless num_train_epochs is given)
 
 
 def test_override_type_coercion():

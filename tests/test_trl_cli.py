@@ -159,9 +159,16 @@ def test_cli_trains_on_a_chat_prompt_file(workdir, capsys):
 
 # ------------------------------------------------------------------------------------------ num_train_epochs
 def test_max_steps_default_and_num_train_epochs_follow_hf():
-    assert GRPOConfig(model_name_or_path="m").max_steps == 100  # unchanged default length
-    assert GRPOConfig(model_name_or_path="m", num_train_epochs=2).max_steps == -1  # epochs decide
-    assert GRPOConfig(model_name_or_path="m", num_train_epochs=2, max_steps=7).max_steps == 7  # max_steps wins
+    import dataclasses
+
+    from latentrl.rl.trainer import run_length
+
+    base = GRPOConfig(model_name_or_path="m")
+    assert base.max_steps is None and run_length(base, 10, 2) == 100  # the length when neither is given, as before
+    assert run_length(dataclasses.replace(base, num_train_epochs=2), 10, 2) == 10  # 2 passes over 10 prompts, 2 a step
+    assert run_length(dataclasses.replace(base, num_train_epochs=0.3), 10, 4) == 1  # ceil(0.75), at least one step
+    assert run_length(dataclasses.replace(base, num_train_epochs=2, max_steps=7), 10, 2) == 7  # max_steps > 0 wins
+    assert run_length(dataclasses.replace(base, num_train_epochs=2, max_steps=-1), 10, 2) == 10
     with pytest.raises(ConfigError, match="num_train_epochs"):
         GRPOConfig(model_name_or_path="m", max_steps=0)
     help_text = config_help(GRPOConfig)
@@ -241,3 +248,13 @@ def test_report_to_none_and_tensorboard_alone(workdir):
     assert (workdir / "tb_only" / "tb").is_dir() and not (workdir / "tb_only" / "metrics.jsonl").exists()
     assert GRPOConfig(model_name_or_path="m", report_to=["none"]).report_to == ["none"]
     assert GRPOConfig(model_name_or_path="m").report_to == ["jsonl", "tensorboard"]
+
+
+def test_chat_rows_without_a_chat_template_and_eval_rows_without_answers_fail_when_the_trainer_is_built(tmp_path):
+    cfg = GRPOConfig(model_name_or_path="m", output_dir=str(tmp_path), max_steps=1, num_generations=2,
+                     per_device_train_batch_size=4, max_completion_length=4, report_to=["none"])
+    plain = tiny_latent_model("qwen2", WORDS, seed=0, hidden=32)  # no chat template
+    with pytest.raises(ConfigError, match="chat template"):
+        GRPOTrainer(cfg, plain, CHAT_ROWS, reward_funcs=["format"])
+    with pytest.raises(ConfigError, match="evaluation rows need an 'answer' column"):
+        GRPOTrainer(cfg, plain, STRING_ROWS, reward_funcs=["format"], eval_dataset=STRING_ROWS)

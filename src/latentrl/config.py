@@ -869,6 +869,7 @@ class DLRConfig(BaseConfig):
 
 
 REPORT_TO = ("jsonl", "tensorboard", "wandb", "none")
+DEFAULT_MAX_STEPS = 100  # the run length when neither max_steps nor num_train_epochs is given
 WANDB_MISSING = ("report_to includes wandb, but the wandb package is not installed: pip install wandb (and wandb "
                  "login), or choose other sinks (jsonl, tensorboard, none)")
 
@@ -1010,7 +1011,8 @@ class GRPOConfig(BaseConfig):
     max_steps: int | None = cfg_field(
         None,
         "Optimizer steps (one rollout batch each). As in HF/TRL, max_steps > 0 wins over num_train_epochs; -1 or 0: "
-        "num_train_epochs sets the length. null (not given): 100, or -1 when num_train_epochs is given.",
+        "num_train_epochs sets the length. null (not given): num_train_epochs when it is given, else "
+        f"{DEFAULT_MAX_STEPS} steps.",
         min=-1,
     )
     num_train_epochs: float | None = cfg_field(
@@ -1277,9 +1279,7 @@ class GRPOConfig(BaseConfig):
             raise ConfigError(f"report_to={self.report_to}: 'none' cannot be combined with other sinks")
         if "wandb" in self.report_to and not module_available("wandb"):
             raise ConfigError(WANDB_MISSING)
-        if self.max_steps is None:  # HF: an explicit num_train_epochs decides unless max_steps is given
-            object.__setattr__(self, "max_steps", -1 if self.num_train_epochs is not None else 100)
-        if self.max_steps <= 0 and self.num_train_epochs is None:
+        if self.max_steps is not None and self.max_steps <= 0 and self.num_train_epochs is None:
             raise ConfigError(f"max_steps={self.max_steps}: with max_steps <= 0 the length comes from num_train_epochs "
                               "(HF/TRL), which is not set; set max_steps > 0 or num_train_epochs")
         if self.latent.num_latent_steps is not None and self.latent.num_latent_steps > self.max_completion_length:

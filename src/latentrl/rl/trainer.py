@@ -32,7 +32,7 @@ from transformers import get_scheduler
 
 from latentrl.chat import prompt_formatter
 from latentrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from latentrl.config import ConfigError, GRPOConfig, config_to_dict
+from latentrl.config import DEFAULT_MAX_STEPS, ConfigError, GRPOConfig, config_to_dict
 from latentrl.data.schema import Example, to_record
 from latentrl.logger import MetricsLogger, progress
 from latentrl.methods import Method, get_method
@@ -95,10 +95,13 @@ def num_warmup_steps(warmup_ratio: float, max_steps: int) -> int:
 
 def run_length(args: GRPOConfig, num_prompts: int, prompts_per_step: int) -> int:
     """Optimizer steps of the run, as HF's Trainer: `max_steps` when > 0, else `num_train_epochs` passes over the
-    `num_prompts` training prompts at `prompts_per_step` per step, rounded up (the last step may start the next pass)."""
-    if args.max_steps > 0:
+    `num_prompts` training prompts at `prompts_per_step` per step, rounded up (the last step may start the next pass);
+    neither given: `DEFAULT_MAX_STEPS`."""
+    if args.max_steps is not None and args.max_steps > 0:
         return args.max_steps
     if args.num_train_epochs is None:
+        if args.max_steps is None:
+            return DEFAULT_MAX_STEPS
         raise ConfigError(f"max_steps={args.max_steps} needs num_train_epochs to set the run's length")
     return max(1, math.ceil(args.num_train_epochs * num_prompts / prompts_per_step - 1e-9))
 
@@ -171,8 +174,8 @@ class GRPOTrainer:
         self.prompt_text = prompt_formatter(model.tokenizer, args.prompt_format, args.system_prompt,
                                             self.method.prompt_text)
         """row -> the model's prompt text: `prompt_format` (raw / chat template), then the method's prompt hook."""
-        self.prompt_text(self.rows[0])  # a conversational dataset without a chat template fails here, not mid-run
         self.method.setup(self)
+        self.prompt_text(self.rows[0])  # a conversational dataset without a chat template fails here, not mid-run
         self.operator = self.method.build_operator(args.latent, model)
         self.schedule = self.method.build_schedule(args.latent, model)
         if self.operator is not None:
