@@ -132,7 +132,6 @@ def test_prompt_rows_load_as_trl_rows_and_question_answer_loaders_refuse_them(wo
 
 def test_conversational_prompts_use_the_chat_template_and_rewards_get_trl_shaped_arguments(workdir):
     from latentrl.data import load_rows
-
     from latentrl.rewards import resolve_reward_func
 
     length_reward = resolve_reward_func("my_rewards.length_reward")  # from the working directory, as the CLI does
@@ -258,3 +257,12 @@ def test_chat_rows_without_a_chat_template_and_eval_rows_without_answers_fail_wh
         GRPOTrainer(cfg, plain, CHAT_ROWS, reward_funcs=["format"])
     with pytest.raises(ConfigError, match="evaluation rows need an 'answer' column"):
         GRPOTrainer(cfg, plain, STRING_ROWS, reward_funcs=["format"], eval_dataset=STRING_ROWS)
+
+
+def test_coconut_sft_config_takes_wandb_too(monkeypatch, fake_wandb):
+    from latentrl.sft.coconut import CoconutConfig
+
+    assert CoconutConfig(report_to=["jsonl", "wandb"]).report_to == ["jsonl", "wandb"]
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(ConfigError, match="pip install wandb"):
+        CoconutConfig(report_to=["wandb"])
