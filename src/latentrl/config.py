@@ -1017,7 +1017,7 @@ class GRPOConfig(BaseConfig):
     )
     num_train_epochs: float | None = cfg_field(
         None,
-        "Passes over the training prompts when max_steps <= 0 (HF/TRL name): the run takes ceil(num_train_epochs * "
+        "Passes over the training prompts, used unless max_steps > 0 (HF/TRL name): the run takes ceil(num_train_epochs * "
         "prompts / prompts per step) steps, where prompts per step = per_device_train_batch_size * "
         "gradient_accumulation_steps * processes / num_generations (dynamic_sampling refills draw extra prompts). "
         "null: not used.",
