@@ -84,7 +84,7 @@ def test_unknown_suite_task_is_a_clear_error(tmp_path):
 
 def _row(method: str, task: str, acc: float, positions: float) -> dict:
     return {"method": method, "task": task, "init": "cot_sft", "pass_at_1": acc, "pass_at_k": None, "k": 4,
-            "mean_reasoning_positions": positions, "mean_latent_positions": 0.0, "train_wall_s": 1.0,
+            "mean_reasoning_positions": positions, "mean_latent_positions": 0.0, "train_wall_s": 1.0, "n_eval": 100,
             "samples": [{"prompt": "p", "completion": "c", "answer": "a", "correct": 0.0}]}
 
 
@@ -95,7 +95,7 @@ def test_write_results_keeps_tasks_apart(tmp_path):
             _row("cot_sft", "icot_mult_4x4", 0.4, 46.0), _row("grpo", "icot_mult_4x4", 0.5, 46.0)]
     write_results(tmp_path, rows)
     table = (tmp_path / "results.md").read_text()
-    assert "| grpo | icot_mult_4x4 | cot_sft | 50.0 | — |" in table
+    assert "| grpo | icot_mult_4x4 | cot_sft | 100 | 50.0 ± 5.0 | — |" in table  # binomial SE: sqrt(.25/100)
     assert [(r["method"], r["task"]) for r in json.loads((tmp_path / "samples.json").read_text())] == \
         [(r["method"], r["task"]) for r in rows]
     assert all("samples" not in r for r in json.loads((tmp_path / "results.json").read_text()))

@@ -63,3 +63,43 @@ def test_plot_draws_a_runs_metrics_and_names_a_missing_log(tmp_path, capsys):
     assert (tmp_path / "m.png").stat().st_size > 0
     assert main(["plot", str(tmp_path / "nothing")]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def _hrpo_run(tmp_path):
+    """A run folder as `latentrl train` leaves it: run_config.json (method hrpo) and a checkpoint of the model."""
+    from latentrl.config import GRPOConfig
+
+    run = tmp_path / "run"
+    ckpt = run / "checkpoint-1"
+    tiny_latent_model("qwen2", task_vocabulary("icot_mult")).save_pretrained(ckpt)
+    cfg = GRPOConfig.for_method("hrpo", model_name_or_path=str(ckpt), output_dir=str(run))
+    (run / "run_config.json").write_text(json.dumps(cfg.to_dict()))
+    data = tmp_path / "valid.txt"
+    data.write_text("\n".join(format_icot_line(ex) for ex in make_examples("icot_mult", 4, seed=1, digits=2)) + "\n")
+    return ckpt, data
+
+
+def test_eval_reads_the_runs_settings_and_samples_at_its_temperature(capsys, tmp_path):
+    ckpt, data = _hrpo_run(tmp_path)
+    args = ["eval", "--model", str(ckpt), "--data", str(data), "--num", "4", "--k", "2", "--max-new", "8",
+            "--out", str(tmp_path / "scratch")]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out.strip().splitlines()[-1])
+    assert out["method"] == "hrpo" and out["settings"].endswith("run/run_config.json")
+    assert out["temperature"] == 0.5  # HRPO's preset temperature, not the 1.0 of plain sampling
+    assert out["mean_latent_positions"] > 0  # the hybrid latent model was evaluated, not plain GRPO
+    assert "method hrpo, settings from" in captured.err and "4 problems" in captured.err
+    assert main([*args, "--temperature", "0.9"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["temperature"] == 0.9
+
+
+def test_eval_warns_when_the_budget_cuts_completions(capsys, tmp_path):
+    import pytest
+
+    ckpt, data = _hrpo_run(tmp_path)
+    with pytest.warns(UserWarning, match="reached max_new_positions=2"):
+        assert main(["eval", "--model", str(ckpt), "--data", str(data), "--num", "4", "--k", "0", "--max-new", "2",
+                     "--out", str(tmp_path / "scratch")]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["truncated"] == 1.0

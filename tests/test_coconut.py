@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from latentrl.config import ConfigError, load_config
+from latentrl.data.paths import find_real_data_file
 from latentrl.data import DataFormatError, Example, format_cot, format_prompt, load_icot, load_prontoqa, load_prosqa
 from latentrl.sft.coconut import (
     IGNORE_INDEX,
@@ -33,7 +34,6 @@ from latentrl.testing import tiny_latent_model
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-SHARED_DATA = REPO.parent / "shared" / "data"
 WORDS = ["Tom", "is", "a", "cat", "dog"]
 
 # three rows with different prompt lengths and, at the stages below, 2, 0 and 3 thoughts
@@ -46,9 +46,9 @@ STAGES = [2, 0, 3]
 
 
 def shared_file(relative: str) -> Path:
-    path = SHARED_DATA / relative
-    if not path.is_file():
-        pytest.skip(f"real data file {path} not present")
+    path = find_real_data_file(relative)
+    if path is None:
+        pytest.skip(f"real data file {relative} not present (only in shared/data beside a project checkout)")
     return path
 
 

@@ -29,15 +29,16 @@ from latentrl.data import (
     train_eval_split,
 )
 from latentrl.tokenizer import build_word_tokenizer
+from latentrl.data.paths import PACKAGED_DATA, find_real_data_file, find_shared_data
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def shared_file(relative: str) -> Path:
-    path = SHARED_DATA / relative
-    if not path.is_file():
-        pytest.skip(f"real data file {path} not present (CI checks out shared/ beside the repo)")
+    """A real split: the iCoT files ship in the package; ProsQA only exists where shared/data lies beside the repo."""
+    path = find_real_data_file(relative)
+    if path is None:
+        pytest.skip(f"real data file {relative} not present (only in shared/data beside a project checkout)")
     return path
 
 
@@ -148,9 +149,20 @@ def test_real_prosqa_spaced_fits_prosqa_like_vocabulary():
 
 
 def test_load_examples_directory_with_split():
-    shared_file("icot_mult_4x4/valid.txt")
-    examples = load_examples(str(SHARED_DATA / "icot_mult_4x4"), split="valid")
+    examples = load_examples(str(shared_file("icot_mult_4x4/valid.txt").parent), split="valid")
     assert len(examples) == 1000 and examples[0].answer == "5 5 6 0 8 2 0 1"
+
+
+@pytest.mark.parametrize("relative", ["icot_mult_4x4/valid.txt", "icot_mult_5x5/valid.txt", "gsm8k_aug/valid.txt"])
+def test_packaged_real_splits_are_unchanged_copies(relative):
+    """The package ships the iCoT splits (with their licence); where the project's shared/data is present, they are
+    byte-identical to it."""
+    packaged = PACKAGED_DATA / relative
+    assert packaged.is_file() and (PACKAGED_DATA / "LICENSE-Internalize_CoT_Step_by_Step").is_file()
+    shared = find_shared_data()
+    if shared is None or not (shared / relative).is_file():
+        pytest.skip("no shared/data beside the checkout to compare with")
+    assert packaged.read_bytes() == (shared / relative).read_bytes()
 
 
 # --- loaders on fixtures -----------------------------------------------------------------------------------------

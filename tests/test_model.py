@@ -43,3 +43,26 @@ def test_missing_or_bad_path_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         LatentModel.from_pretrained(str(tmp_path / "empty"))
+
+
+def test_shipped_names_load_and_missing_local_paths_never_reach_the_hub(monkeypatch, tmp_path):
+    lm = LatentModel.from_pretrained("chain_sum-cot")  # a shipped model by name, from Python as from the CLI
+    assert lm.model.config.num_hidden_layers >= 1 and lm.latent_ids is not None
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError(f"went to the hub for {args[0]!r}")
+
+    monkeypatch.setattr("latentrl.model.AutoModelForCausalLM.from_pretrained", no_hub)
+    monkeypatch.chdir(tmp_path)
+    for missing in ["runs/mine/checkpoint-40", "./mine", "../mine", "~/no/such/model", "model.safetensors"]:
+        with pytest.raises(FileNotFoundError, match="does not exist.*shipped model name"):
+            LatentModel.from_pretrained(missing)
+
+
+def test_an_unreachable_hub_id_is_one_clear_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nmore lines")
+
+    monkeypatch.setattr("latentrl.model.AutoModelForCausalLM.from_pretrained", offline)
+    with pytest.raises(FileNotFoundError, match=r"not a local folder, not a shipped model .*couldn't connect"):
+        LatentModel.from_pretrained("someorg/somemodel")

@@ -11,12 +11,12 @@ import torch
 from latentrl.assets import available_models, model_path
 from latentrl.config import ConfigError, load_config
 from latentrl.data import format_icot_line, load_icot, make_examples
+from latentrl.data.paths import PACKAGED_DATA, find_shared_data
 from latentrl.eval import evaluate
 from latentrl.model import LatentModel
 from latentrl.pretrain import (
     PretrainConfig,
     default_real_eval_path,
-    find_shared_data,
     pretrain,
     pretrain_main,
 )
@@ -110,6 +110,10 @@ def test_real_eval_file_is_found_upward_and_by_env(tmp_path, monkeypatch):
     assert default_real_eval_path("icot_mult", {"digits": 4, "digits_b": 5}) is None
     assert default_real_eval_path("icot_mult", {"digits": 7}) is None
     assert default_real_eval_path("chain_sum", {}) is None
+    # without the variable, the copies shipped in the package are found, whatever lies beside the checkout
+    monkeypatch.delenv("LATENTRL_SHARED_DATA")
+    assert default_real_eval_path("icot_mult", {"digits": 4}) == PACKAGED_DATA / "icot_mult_4x4" / "valid.txt"
+    assert default_real_eval_path("icot_mult", {"digits": 5}) == PACKAGED_DATA / "icot_mult_5x5" / "valid.txt"
 
 
 def test_model_path_names_the_available_models():

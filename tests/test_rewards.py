@@ -33,12 +33,12 @@ from latentrl.rewards import (
     [
         (" << 3 + 5 = 8 >> #### 8", "8"),
         (" 1 2 #### 5 5   6 0 ", "5 5 6 0"),
-        ("#### 1 #### 2", "2"),  # the LAST marker wins
-        ("#### 42 <eos> #### 7 <pad> <pad>", "7"),
+        ("#### 1 #### 2", "1"),  # the FIRST marker is the commitment: a later right answer does not rescue it
+        ("#### 42 <eos> #### 7 <pad> <pad>", "42"),
         ("#### 42<eos><pad><pad>", "42"),
         ("#### 42<|im_end|>", "42"),
         ("#### 18\nQuestion: next problem", "18"),  # the answer is the rest of its line
-        ("#### 18\nQuestion: next #### ", None),  # only the LAST marker counts, and it has no answer
+        ("#### 18\nQuestion: next #### ", "18"),  # the first marker counts
         ("so the answer is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
         ("\\boxed{1} then \\boxed{x^{2}+1}", "x^{2}+1"),  # last boxed, balanced braces
         ("\\boxed{3} and \\boxed{unclosed", "3"),
@@ -230,3 +230,9 @@ def test_math_verify_reward_reads_every_answer_form_of_the_math_datasets():
     assert math_verify_reward([""] * 4, completions, answer=golds) == [1.0, 1.0, 1.0, 0.0]
     assert extract_answer("The answer is 3.\n**Answer: 5**") == "5"
     assert extract_answer("no final line") is None
+
+
+def test_a_wrong_answer_followed_by_the_right_one_is_wrong():
+    from latentrl.rewards import correctness_reward
+
+    assert correctness_reward(["p"] * 3, ["#### 3 #### 5", "#### 5 #### 3", "#### 5"], answer=["5"] * 3) == [0.0, 1.0, 1.0]

@@ -66,7 +66,7 @@ def test_masked_loss_equals_hand_computed_cross_entropy():
     for b, j in [(0, 2), (0, 3), (1, 1)]:
         row = logits[b, j - 1]
         terms.append(-(row[labels[b, j]] - math.log(sum(math.exp(v) for v in row.tolist()))))
-    assert loss.item() == pytest.approx(sum(terms) / 3, rel=1e-6)
+    assert loss.item() == pytest.approx(float(sum(terms)) / 3, rel=1e-6)
     assert stats["num_tokens"].item() == 3
 
 
@@ -127,13 +127,14 @@ def test_sft_overfits_a_tiny_set(arch, tmp_path):
     torch.set_num_threads(1)
     data = tiny_sum_data(8)
     lm = tiny_latent_model(arch, seed=0)
-    cfg = quiet(max_steps=80, per_device_train_batch_size=8, learning_rate=3e-3, warmup_steps=5, eval_steps=40,
-                output_dir=str(tmp_path), logging_steps=10)
+    # 160 steps: at 80 the loss was still ~0.4 (not memorised) and greedy decoding flipped with library versions
+    cfg = quiet(max_steps=160, per_device_train_batch_size=8, learning_rate=3e-3, warmup_steps=5, eval_steps=80,
+                output_dir=str(tmp_path), logging_steps=20)
     hist = train_sft(cfg, lm, data, data[:4])
     first, last = hist.train[0]["loss"], hist.train[-1]["loss"]
-    assert last < 0.25 * first
-    assert hist.train[-1]["token_accuracy"] > 0.9
-    assert [r["step"] for r in hist.eval] == [40, 80]
+    assert last < 0.05 * first
+    assert hist.train[-1]["token_accuracy"] > 0.95
+    assert [r["step"] for r in hist.eval] == [80, 160]
     assert hist.final_eval is not None and hist.final_eval["n"] == 4
     assert hist.final_eval["pass_at_1"] >= 0.75  # memorised: greedy decoding reproduces the chains
     # metrics.jsonl holds the same records

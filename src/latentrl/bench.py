@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,13 +82,13 @@ def _pretrain_questions(config_path: str, dataset: str) -> frozenset[str]:
 
 
 def suite_tasks() -> dict[str, SuiteTask]:
-    from latentrl.data.paths import shared_data_file
+    from latentrl.data.paths import real_data_file
 
     chain_steps = 7  # 8 operands -> 7 `<< x + y = z >>` steps, one Coconut stage / thought each
     coconut_chain = [f"latent.num_latent_steps={chain_steps}", f"latent.max_latent_steps={chain_steps}"]
     return {
         "icot_mult_4x4": SuiteTask(
-            name="icot_mult_4x4", dataset="icot_mult", eval_source=str(shared_data_file("icot_mult_4x4/valid.txt")),
+            name="icot_mult_4x4", dataset="icot_mult", eval_source=str(real_data_file("icot_mult_4x4/valid.txt")),
             cot_model="icot_mult_4x4-cot", nocot_model="icot_mult_4x4-nocot", max_completion_length=64,
             dataset_kwargs={"digits": 4},
         ),
@@ -183,7 +184,7 @@ def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, see
     train_wall = time.perf_counter() - t0
     res = evaluate(model, evals, operator=trainer.operator,
                    schedule=trainer.schedule, max_new_positions=task.max_completion_length, k=k, seed=seed,
-                   prompt_text=trainer.prompt_text)
+                   prompt_text=trainer.prompt_text, temperature=cfg.temperature)
     return row(method_name, task.name, res, train_wall, method.init, run_dir)
 
 
@@ -195,13 +196,15 @@ def check_disjoint(task: SuiteTask, train: list[Example], evals: list[Example]) 
                          f"(e.g. {sorted(shared)[0]!r}); the eval set must be held out")
 
 
-def eval_checkpoint(label: str, path: Path, task: SuiteTask, *, k: int, seed: int, num_eval: int) -> dict[str, Any]:
+def eval_checkpoint(label: str, path: Path, task: SuiteTask, *, k: int, seed: int, num_eval: int,
+                    temperature: float = 1.0) -> dict[str, Any]:
+    """A shipped token model (CoT / no-CoT SFT), Pass@k sampled at `temperature` (1.0: plain sampling)."""
     from latentrl.eval import evaluate
     from latentrl.model import LatentModel
 
     model = LatentModel.from_pretrained(path)
     res = evaluate(model, task.eval_examples(num_eval), max_new_positions=task.max_completion_length,
-                   k=k, seed=seed)
+                   k=k, seed=seed, temperature=temperature)
     return row(label, task.name, res, 0.0, "shipped checkpoint", path)
 
 
@@ -210,6 +213,7 @@ def row(method: str, task: str, res, train_wall: float, init: str, where: Path) 
         "method": method, "task": task, "pass_at_1": res.pass_at_1, "pass_at_k": res.pass_at_k, "k": res.k,
         "mean_reasoning_positions": res.mean_reasoning_positions, "mean_latent_positions": res.mean_latent_positions,
         "train_wall_s": round(train_wall, 1), "eval_wall_s": round(res.wall_s, 1), "n_eval": res.n, "init": init,
+        "pass_at_k_temperature": res.temperature, "truncated": res.truncated,
         "run_dir": str(where), "samples": res.samples,
     }
 
@@ -218,13 +222,23 @@ QUICK_STEPS = 20
 
 
 # ---------------------------------------------------------------------------------------- reporting
+def percent_se(p: float, n: int) -> str:
+    """`p` as a percentage with its binomial standard error, e.g. `47.0 ± 1.6`."""
+    return f"{100 * p:.1f} ± {100 * math.sqrt(max(p * (1 - p), 0.0) / max(n, 1)):.1f}"
+
+
 def results_markdown(rows: list[dict[str, Any]]) -> str:
-    head = "| method | task | init | Pass@1 | Pass@k (k) | reasoning positions | latent positions | train s |\n"
-    head += "|---|---|---|---:|---:|---:|---:|---:|\n"
+    """The results table; accuracies in % with their binomial standard error over the row's n problems."""
+    head = ("| method | task | init | n | Pass@1 ± SE | Pass@k ± SE (k, T) | reasoning positions | latent positions "
+            "| train s |\n")
+    head += "|---|---|---|---:|---:|---:|---:|---:|---:|\n"
     lines = []
     for r in rows:
-        pk = "—" if r["pass_at_k"] is None else f"{100 * r['pass_at_k']:.1f} ({r['k']})"
-        lines.append(f"| {r['method']} | {r['task']} | {r['init']} | {100 * r['pass_at_1']:.1f} | {pk} | "
+        n = r["n_eval"]
+        pk = "—"
+        if r["pass_at_k"] is not None:
+            pk = f"{percent_se(r['pass_at_k'], n)} ({r['k']}, {r.get('pass_at_k_temperature', 1.0):g})"
+        lines.append(f"| {r['method']} | {r['task']} | {r['init']} | {n} | {percent_se(r['pass_at_1'], n)} | {pk} | "
                      f"{r['mean_reasoning_positions']:.1f} | {r['mean_latent_positions']:.1f} | {r['train_wall_s']:.0f} |")
     return head + "\n".join(lines) + "\n"
 

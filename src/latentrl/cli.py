@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from latentrl.config import ConfigError, GRPOConfig, config_help, load_config
+from latentrl.config import ConfigError, GRPOConfig, config_from_dict, config_help, load_config
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {}
 
@@ -123,6 +123,7 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
 @command("eval", "Pass@1 / Pass@k / reasoning positions of a checkpoint: latentrl eval --model PATH --data SOURCE")
 def cmd_eval(ns: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
     from latentrl.data import load_examples
     from latentrl.methods import get_method
@@ -132,25 +133,45 @@ def cmd_eval(ns: argparse.Namespace) -> int:
                  f"output_dir={ns.out or 'runs/eval'}", *ns.overrides]
     if ns.method:
         overrides.append(f"method={ns.method}")
-    cfg = load_config(GRPOConfig, ns.config, overrides)
-    data = load_examples(ns.data, split="eval", n=ns.num, seed=cfg.seed)[: ns.num]
+    # The checkpoint is scored the way it was trained: its run's settings (method, operator, temperature) come from
+    # run_config.json beside it unless --config names another file.
+    from latentrl.assets import resolve_model
+
+    run_config = None if ns.config else run_config_near(resolve_model(ns.model))
+    if run_config:
+        data = {k: v for k, v in json.loads(Path(run_config).read_text()).items() if k != "output_dir"}
+        cfg = config_from_dict(GRPOConfig, data, overrides)
+        settings = run_config
+    else:
+        cfg = load_config(GRPOConfig, ns.config, overrides)
+        settings = ns.config or "defaults (plain GRPO; no run_config.json beside the checkpoint)"
+    available = load_examples(ns.data, split="eval", n=ns.num, seed=cfg.seed)
+    data = available[: ns.num]
+    temperature = cfg.temperature if ns.temperature is None else ns.temperature
+    print(f"latentrl eval: method {cfg.method}, settings from {settings}; {len(data)} problems of {ns.data} "
+          f"(--num {ns.num}); Pass@{ns.k} sampled at temperature {temperature:g}", file=sys.stderr)
     # Building the method's trainer (no training happens) attaches its side modules and builds its thought operator
-    # and schedule exactly as training did, so a checkpoint is scored the way it was trained.
+    # and schedule exactly as training did.
     trainer = get_method(cfg.method).trainer_class(cfg, build_model_for(cfg), data, eval_dataset=data)
-    res = trainer.evaluate(k=ns.k)
+    res = trainer.evaluate(k=ns.k, temperature=temperature)
     out = {k: v for k, v in res.to_dict().items() if k != "samples"}
-    print(json.dumps({"model": ns.model, "data": ns.data, "method": cfg.method, **out}))
+    print(json.dumps({"model": ns.model, "data": ns.data, "method": cfg.method, "settings": settings, **out}))
     return 0
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint folder (save_pretrained) or hub id")
+    p.add_argument("--model", required=True, help="checkpoint folder (save_pretrained), shipped model name or hub id")
     p.add_argument("--data", required=True, help="task name, data file (.txt iCoT lines, .json, .jsonl, ...) or hub id")
-    p.add_argument("--config", default=None, help="the run's YAML (method and latent settings); default: plain GRPO")
+    p.add_argument("--config", default=None,
+                   help="the run's YAML (method and latent settings); default: run_config.json beside the checkpoint, "
+                        "else plain GRPO")
     p.add_argument("--method", default=None, help="registered method (overrides the config's)")
-    p.add_argument("--num", type=int, default=200, help="evaluation problems (default 200)")
+    p.add_argument("--num", type=int, default=200, help="evaluation problems: the first NUM of --data (default 200)")
     p.add_argument("--k", type=int, default=4, help="k of Pass@k; 0 skips sampling")
-    p.add_argument("--max-new", type=int, default=64, help="max completion positions")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature of Pass@k (default: the run's `temperature`, e.g. HRPO 0.5)")
+    p.add_argument("--max-new", type=int, default=64,
+                   help="max completion positions (a completion cut at this budget is warned about)")
     p.add_argument("--out", default=None, help="scratch folder for the method's trainer (default runs/eval)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
 

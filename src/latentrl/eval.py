@@ -8,6 +8,7 @@ methods are compared on the same axis.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,6 +33,9 @@ class EvalResult:
     mean_latent_positions: float
     n: int
     wall_s: float
+    temperature: float = 1.0
+    truncated: float = 0.0
+    """Fraction of greedy completions cut at `max_new_positions` before they stopped (scored as written)."""
     samples: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,7 +83,9 @@ def evaluate(
     prompt_text: Callable[[dict[str, Any]], str] = lambda row: row["prompt"],
     decode_latent: bool | None = None,
 ) -> EvalResult:
-    """Greedy Pass@1 (operator noise off) and, if k > 0, Pass@k from k sampled completions (noise on)."""
+    """Greedy Pass@1 (operator noise off) and, if k > 0, Pass@k from k completions sampled at `temperature` (noise
+    on). Completions cut at `max_new_positions` are counted in `truncated` and warned about: a budget below the
+    task's chain length scores right answers as wrong."""
     rows = _rows(data)
     if decode_latent is None:
         decode_latent = operator is not None and operator.emits_tokens
@@ -101,7 +107,7 @@ def evaluate(
         scores = reward_func([r["prompt"] for r in batch_rows], texts, **cols)
         return ro, texts, [float(s or 0.0) for s in scores]
 
-    correct, positions, latents, samples = [], [], [], []
+    correct, positions, latents, samples, cut = [], [], [], [], 0
     greedy = SamplingParams(max_new_positions=max_new_positions, temperature=0.0)
     for s in range(0, len(rows), batch_size):
         part = rows[s : s + batch_size]
@@ -109,6 +115,7 @@ def evaluate(
         correct += scores
         positions += reasoning_positions(ro, delim).tolist()
         latents += ro.num_latent.tolist()
+        cut += int(ro.truncated.sum())
         for r, t, sc in zip(part, texts, scores):
             if len(samples) < num_samples_to_keep:
                 samples.append({"prompt": r["prompt"], "completion": t, "answer": r.get("answer"), "correct": sc})
@@ -127,6 +134,10 @@ def evaluate(
         operator.set_eval_mode(False)
     model.train(was_training)
     n = len(rows)
+    if cut:
+        warnings.warn(f"{cut} of {n} greedy completions reached max_new_positions={max_new_positions} without "
+                      "stopping and were scored as cut; raise the budget (--max-new / max_completion_length) if the "
+                      "task's chains are longer", stacklevel=2)
     return EvalResult(
         pass_at_1=sum(c > 0 for c in correct) / n,
         pass_at_k=pass_k,
@@ -135,5 +146,7 @@ def evaluate(
         mean_latent_positions=sum(latents) / n,
         n=n,
         wall_s=time.perf_counter() - t0,
+        temperature=temperature,
+        truncated=cut / n,
         samples=samples,
     )

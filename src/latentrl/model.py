@@ -14,8 +14,11 @@ such a folder loads the recorded base model and puts the adapter back; `merge_an
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from latentrl.assets import available_models, resolve_model
 from latentrl.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
@@ -90,10 +94,10 @@ class LatentModel(nn.Module):
         torch_dtype: torch.dtype | str | None = None,
         **model_kwargs: Any,
     ) -> "LatentModel":
-        """Load a causal LM and its tokenizer from a local folder or a hub id."""
+        """Load a causal LM and its tokenizer from a local folder, a shipped model name (`chain_sum-cot`; see
+        `latentrl.assets.available_models`) or a hub id."""
+        name_or_path = resolve_model_source(name_or_path)
         path = Path(name_or_path)
-        if str(name_or_path).startswith((".", "/")) and not path.exists():
-            raise FileNotFoundError(f"model path {str(path)!r} does not exist")
         if path.is_dir() and not (path / "config.json").exists() and (path / ADAPTER_CONFIG_FILE).exists():
             return cls._from_adapter(path, tokenizer=tokenizer, add_latent_tokens=add_latent_tokens,
                                      latent_init_token=latent_init_token, torch_dtype=torch_dtype, **model_kwargs)
@@ -101,7 +105,15 @@ class LatentModel(nn.Module):
             raise FileNotFoundError(f"{str(path)!r} is not a Hugging Face model folder: no config.json in it")
         if torch_dtype is not None:
             model_kwargs["torch_dtype"] = torch_dtype
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **model_kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, **model_kwargs)
+        except OSError as err:  # a hub id that cannot be reached or does not exist: say what was tried
+            if path.exists():
+                raise
+            raise FileNotFoundError(
+                f"model {str(name_or_path)!r} is not a local folder, not a shipped model ({', '.join(available_models())}) "
+                f"and could not be loaded from the Hugging Face hub: {str(err).splitlines()[0]}"
+            ) from err
         if tokenizer is None or isinstance(tokenizer, str):
             tokenizer = load_tokenizer(tokenizer or name_or_path)
         lm = cls(model, tokenizer)
@@ -393,17 +405,48 @@ class LatentModel(nn.Module):
         compute_logits: bool = True,
     ) -> tuple[torch.Tensor | None, torch.Tensor, Any]:
         """(logits, last hidden state, cache) for a batch of input embeddings."""
-        out = self.backbone()(
+        backbone = self.backbone()
+        cache_kwarg = _cache_kwarg(type(backbone))
+        out = backbone(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             return_dict=True,
+            **{cache_kwarg: past_key_values},
         )
         hidden = out.last_hidden_state
         logits = self.lm_head(hidden) if compute_logits else None
-        return logits, hidden, (out.past_key_values if use_cache else None)
+        return logits, hidden, (getattr(out, cache_kwarg) if use_cache else None)
+
+
+@functools.cache
+def _cache_kwarg(backbone_cls: type) -> str:
+    """The name under which this decoder stack takes and returns its KV cache: `cache` in current transformers
+    (`past_key_values` is deprecated there and removed in 5.40), `past_key_values` in models that predate it."""
+    return "cache" if "cache" in inspect.signature(backbone_cls.forward).parameters else "past_key_values"
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def resolve_model_source(name_or_path: str | os.PathLike) -> str:
+    """`name_or_path` as `from_pretrained` should receive it, refusing early what can only be a missing local path.
+
+    An existing path is returned as it is; a shipped model name becomes its folder; a string that could be a hub id
+    (`name` or `org/name`) is left to the hub. Anything else that does not exist (`./x`, `/abs/x`, `~/x`,
+    `runs/a/checkpoint-4`, a name with a file extension) is a FileNotFoundError here, not a hub request."""
+    text = os.fspath(name_or_path)
+    if Path(text).expanduser().exists():
+        return str(Path(text).expanduser())
+    if text in available_models():
+        return resolve_model(text)
+    if text.startswith((".", "/", "~")) or "\\" in text or not _HUB_ID.match(text) or text.endswith((".json", ".safetensors", ".bin")):
+        raise FileNotFoundError(
+            f"model path {text!r} does not exist (relative to {os.getcwd()}), and it is not a shipped model name "
+            f"({', '.join(available_models())})"
+        )
+    return text
 
 
 def _unwrap(layer: nn.Module) -> nn.Module:

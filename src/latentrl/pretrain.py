@@ -38,7 +38,6 @@ __all__ = [
     "ModelShape",
     "PretrainConfig",
     "build_base_model",
-    "find_shared_data",
     "default_real_eval_path",
     "pretrain",
     "pretrain_main",
@@ -103,8 +102,8 @@ class PretrainConfig(BaseConfig):
     real_eval: str | None = cfg_field(
         "auto",
         "Real evaluation file (iCoT text format). 'auto': for icot_mult with equal digit counts d, the file "
-        "shared/data/icot_mult_{d}x{d}/valid.txt found by searching upward from the repository (or in "
-        "$LATENTRL_SHARED_DATA); "
+        "icot_mult_{d}x{d}/valid.txt, shipped in the package (d = 4, 5; `$LATENTRL_SHARED_DATA` or a "
+        "shared/data folder beside the repository for others); "
         "null: none. `--real-eval PATH` on the command line sets it too.",
     )
     real_eval_max_examples: int | None = cfg_field(
@@ -167,30 +166,6 @@ class PretrainConfig(BaseConfig):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]  # src/latentrl/pretrain.py -> repository root
-
-
-def find_shared_data(start: str | os.PathLike[str] | None = None) -> Path | None:
-    """The nearest `shared/data` directory in `start` or one of its ancestors (default: the repository root).
-
-    `$LATENTRL_SHARED_DATA` (a directory; the variable of `latentrl.data.paths`) wins when set. The project's
-    checkouts sit beside a `shared/` folder (`/work/main` next to `/work/shared`), which is why the search goes upward.
-    """
-    from latentrl.data.paths import ENV_VAR
-
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env) if Path(env).is_dir() else None
-    roots = [Path(start).resolve()] if start is not None else [_repo_root(), Path.cwd().resolve()]
-    for root in roots:
-        for base in (root, *root.parents):
-            candidate = base / "shared" / "data"
-            if candidate.is_dir():
-                return candidate
-    return None
-
-
 def default_real_eval_path(task: str, difficulty: dict[str, Any]) -> Path | None:
     """The real validation file matching a synthetic task, if the project has one and it can be found."""
     if task != "icot_mult":
@@ -201,11 +176,9 @@ def default_real_eval_path(task: str, difficulty: dict[str, Any]) -> Path | None
     digits_b = difficulty.get("digits_b") or digits
     if digits != digits_b:
         return None
-    data = find_shared_data()
-    if data is None:
-        return None
-    path = data / f"icot_mult_{digits}x{digits}" / "valid.txt"
-    return path if path.is_file() else None
+    from latentrl.data.paths import find_real_data_file
+
+    return find_real_data_file(f"icot_mult_{digits}x{digits}/valid.txt")
 
 
 def _resolve_real_eval(cfg: PretrainConfig) -> Path | None:

@@ -49,11 +49,13 @@ def _completion_text(completion: Any) -> str:
 
 
 def _marked_answer(text: str) -> str | None:
-    """The text after the last `####`, up to an end marker or the end of its line; None if absent or empty."""
-    pos = text.rfind(ANSWER_MARK)
+    """The text after the first `####`, up to the next `####`, an end marker or the end of its line; None if absent
+    or empty. The first mark is the model's commitment: with the last one, a wrong answer followed by a right one
+    (`#### 3 #### 5`) would score as right, and listing candidates would be rewarded."""
+    pos = text.find(ANSWER_MARK)
     if pos < 0:
         return None
-    after = text[pos + len(ANSWER_MARK) :]
+    after = text[pos + len(ANSWER_MARK) :].split(ANSWER_MARK, 1)[0]
     end = _END_MARKERS.search(after)
     if end:
         after = after[: end.start()]
@@ -91,7 +93,7 @@ def _answer_line(text: str) -> str | None:
 
 
 def extract_answer(text: str | None) -> str | None:
-    """The final answer in `text`: after the last `####`, else the last `\\boxed{}`, else the last `Answer:` line
+    """The final answer in `text`: after the first `####`, else the last `\\boxed{}`, else the last `Answer:` line
     (DAPO-Math's format); None if none of them."""
     if text is None:
         return None

@@ -543,8 +543,11 @@ class GRPOTrainer:
         modules = [self.model] + ([self.operator] if isinstance(self.operator, nn.Module) else [])
         self.dp.broadcast_parameters([t for m in modules for t in (*m.parameters(), *m.buffers())])
 
-    def evaluate(self, rows: Sequence[Example | dict[str, Any]] | None = None, k: int = 0):
-        """Greedy Pass@1 (and Pass@k if k > 0) of the current policy with this method's operator and schedule."""
+    def evaluate(self, rows: Sequence[Example | dict[str, Any]] | None = None, k: int = 0,
+                 temperature: float | None = None):
+        """Greedy Pass@1 (and Pass@k if k > 0) of the current policy with this method's operator and schedule.
+        Pass@k samples answer tokens at `temperature`, by default the run's own (`args.temperature`: HRPO 0.5,
+        Özeren 0.7, GRPO 1.0), so a method is scored at the temperature it trains with."""
         from latentrl.eval import evaluate
 
         data = as_rows(rows) if rows is not None else self.eval_rows
@@ -553,6 +556,7 @@ class GRPOTrainer:
         with self.gathered(self.model):
             return evaluate(self.model, data, operator=self.operator, schedule=self.schedule,
                             max_new_positions=self.args.max_completion_length, k=k, seed=self.args.seed,
+                            temperature=self.args.temperature if temperature is None else temperature,
                             prompt_text=self.prompt_text,
                             decode_latent=self.method.decodes_latent_tokens(self.operator))
 
