@@ -34,7 +34,7 @@ def test_cpu_configs_name_shipped_models_and_missing_models_are_one_line_errors(
     assert resolve_model("icot_mult_4x4-cot") == str(model_path("icot_mult_4x4-cot"))
     assert resolve_model("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # hub ids pass through
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here: fail fast instead of retrying
-    rc = main(["train", "--config", "configs/cpu/grpo.yaml", "model_name_or_path=/nonexistent/model", "max_steps=0",
+    rc = main(["train", "--config", "configs/cpu/grpo.yaml", "model_name_or_path=/nonexistent/model", "max_steps=1",
                f"output_dir={tmp_path / 'run'}"])  # not the default runs/latentrl, which may hold a run here
     err = capsys.readouterr().err
     assert rc == 2 and "not a local model folder" in err and "icot_mult_4x4-cot" in err and "Traceback" not in err

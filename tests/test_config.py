@@ -57,7 +57,7 @@ def test_yaml_then_overrides_precedence(tmp_path):
     assert cfg.latent.operator == "hrpo_gate"  # nested YAML kept when a sibling key is overridden
     assert cfg.latent.top_k == 7
     assert cfg.latent.answer_delimiter == "####"  # raw text for str options ('#' is not a YAML comment here)
-    assert cfg.max_steps == 100  # default untouched
+    assert cfg.max_steps is None  # default untouched (null: 100 steps unless num_train_epochs is given)
 
 
 def test_override_type_coercion():
@@ -127,7 +127,7 @@ def test_bad_choice_lists_choices():
         LatentConfig(operator="coconut")
     assert all(op in str(e.value) for op in LATENT_OPERATORS)
     with pytest.raises(ConfigError, match="report_to\\[1\\]"):
-        load_config(GRPOConfig, None, ["model_name_or_path=m", "report_to=jsonl,wandb"])
+        load_config(GRPOConfig, None, ["model_name_or_path=m", "report_to=jsonl,mlflow"])
 
 
 def test_range_and_type_violations():

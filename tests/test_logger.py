@@ -88,9 +88,13 @@ def test_plot_metrics_writes_png(tmp_path):
     with MetricsLogger(tmp_path, report_to=["jsonl"]) as log:
         for step in range(1, 41):
             log.log(step, {"reward": math.sin(step / 5), "clip_ratio/low": 0.01, "clip_ratio/high": float("nan")})
-    out = plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "plots" / "curves.png", ["reward", "clip_ratio/*", "absent"])
+    out = plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "plots" / "curves.png", ["reward", "clip_ratio/*", "absent"],
+                       missing="skip")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    with pytest.raises(ValueError, match="no metric 'absent'"):  # by default a key never logged is an error
+        plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "plots" / "other.png", ["reward", "absent"])
+    assert not (tmp_path / "plots" / "other.png").exists()
 
 
 def test_progress_is_silent_in_ci(monkeypatch, capsys):

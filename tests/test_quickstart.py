@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,22 +28,33 @@ def blocks(lang: str) -> list[str]:
     return [m.group(1) for m in re.finditer(rf"^```{lang}\n(.*?)^```", text, re.S | re.M)]
 
 
+def file_blocks() -> dict[str, str]:
+    """The page's files (```lang file=NAME blocks): written into the working directory, as a reader would."""
+    text = PAGE.read_text()
+    return {m.group(1): m.group(2) for m in re.finditer(r"^```\w+ file=(\S+)\n(.*?)^```", text, re.S | re.M)}
+
+
 def commands() -> list[str]:
-    """The `latentrl train` and `latentrl eval` command lines of the page's bash blocks, in order."""
+    """The `latentrl train`, `eval` and `plot` command lines of the page's bash blocks, in order."""
     lines = [line.strip() for b in blocks("bash") for line in b.replace("\\\n", " ").splitlines()]
-    return [line for line in lines if line.startswith(("latentrl train ", "latentrl eval "))]
+    return [line for line in lines if line.startswith(("latentrl train ", "latentrl eval ", "latentrl plot "))]
 
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     (data_block,) = blocks("jsonl")
     (tmp_path / "my_data.jsonl").write_text(data_block)
+    for name, content in file_blocks().items():
+        (tmp_path / name).write_text(content)
     rows = [json.loads(line) for line in data_block.splitlines() if line.strip()]
     words = sorted({w for r in rows for text in [r["question"], r["answer"], *r.get("steps", [])] for w in text.split()})
     tiny_latent_model("qwen2", words, seed=0, hidden=32).save_pretrained(tmp_path / "my-model")
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    monkeypatch.setattr(sys, "path", list(sys.path))  # `reward_funcs=my_rewards.x` puts the working directory there
+    monkeypatch.delitem(sys.modules, "my_rewards", raising=False)
+    yield tmp_path
+    sys.modules.pop("my_rewards", None)
 
 
 def test_python_blocks_run_in_order(workdir):
@@ -71,3 +83,7 @@ def test_cli_commands_run(workdir, capsys):
     assert steps == [1, 2, 3, 4, 5, 6], steps
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert out and out[0]["n"] == 4 and out[0]["k"] == 2
+    # TRL prompt rows, a reward function by import path, 2 epochs of 4 prompts at 2 prompts per step
+    records = read_metrics(workdir / "runs/my-prompts")
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and "rewards/matches_solution/mean" in records[0]
+    assert (workdir / "runs/my-cli/curves.png").stat().st_size > 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from latentrl.config import ConfigError, GRPOConfig, LatentConfig, load_config
-from latentrl.data.loaders import load_examples
+from latentrl.data.loaders import load_examples, load_rows
 from latentrl.data.schema import DataFormatError, Example
 from latentrl.eval import EvalResult, evaluate
 from latentrl.methods import Method, get_method
@@ -33,5 +33,5 @@ except PackageNotFoundError:  # running from a source tree that was not pip-inst
 __all__ = [
     "ConfigError", "DataFormatError", "EvalResult", "Example", "GRPOConfig", "GRPOTrainer", "LatentConfig",
     "LatentModel", "Method", "TrainingDivergedError", "__version__", "build_thought_operator", "evaluate",
-    "get_method", "load_config", "load_examples",
+    "get_method", "load_config", "load_examples", "load_rows",
 ]

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from latentrl.config import ConfigError
 
-__all__ = ["PROMPT_FORMATS", "chat_prompt", "check_chat_template", "prompt_formatter"]
+__all__ = ["PROMPT_FORMATS", "chat_prompt", "check_chat_template", "messages_prompt", "prompt_formatter"]
 
 PROMPT_FORMATS = ("raw", "chat")
 
@@ -36,22 +36,42 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, text: str, system_prompt: st
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def messages_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
+                    system_prompt: str | None = None) -> str:
+    """A conversational prompt (TRL's format: a list of role/content messages) rendered by the chat template, with the
+    assistant turn opened, or continued when the conversation ends with an assistant message (TRL's
+    `maybe_apply_chat_template`). `system_prompt` is put first unless the conversation has a system message."""
+    check_chat_template(tokenizer)
+    messages = list(messages)
+    if system_prompt is not None and not any(m.get("role") == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    cont = messages[-1].get("role") == "assistant"
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not cont,
+                                         continue_final_message=cont)
+
+
 def prompt_formatter(tokenizer: PreTrainedTokenizerBase, prompt_format: str, system_prompt: str | None = None,
                      method_prompt: Callable[[dict[str, Any]], str] = lambda row: row["prompt"]
                      ) -> Callable[[dict[str, Any]], str]:
     """row -> model input text: the prompt in `prompt_format`, then the method's prompt hook (`Method.prompt_text`).
 
-    Checks the chat template up front, so a missing one fails when the trainer is built, not at the first step.
+    A prompt that is a list of chat messages (TRL's conversational format) always goes through the chat template,
+    whatever `prompt_format` says, as in TRL. Checks the chat template up front for `chat`, so a missing one fails
+    when the trainer is built, not at the first step.
     """
     if prompt_format not in PROMPT_FORMATS:
         raise ConfigError(f"prompt_format={prompt_format!r}; allowed: {', '.join(PROMPT_FORMATS)}")
-    if prompt_format == "raw":
-        if system_prompt is not None:
-            raise ConfigError("system_prompt is only used with prompt_format=chat")
-        return method_prompt
-    check_chat_template(tokenizer)
+    if prompt_format == "raw" and system_prompt is not None:
+        raise ConfigError("system_prompt is only used with prompt_format=chat")
+    if prompt_format == "chat":
+        check_chat_template(tokenizer)
 
     def fmt(row: dict[str, Any]) -> str:
-        return method_prompt({**row, "prompt": chat_prompt(tokenizer, row["prompt"], system_prompt)})
+        prompt = row["prompt"]
+        if not isinstance(prompt, str):
+            return method_prompt({**row, "prompt": messages_prompt(tokenizer, prompt, system_prompt)})
+        if prompt_format == "chat":
+            return method_prompt({**row, "prompt": chat_prompt(tokenizer, prompt, system_prompt)})
+        return method_prompt(row)
 
     return fmt

@@ -65,14 +65,17 @@ def data_options(cfg: GRPOConfig) -> dict[str, Any]:
 
 
 def load_train_data(cfg: GRPOConfig):
-    from latentrl.data import load_examples
+    """The training rows: `Example`s, or TRL prompt rows kept as dicts (`load_rows`)."""
+    from latentrl.data import load_rows
 
-    return load_examples(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed, **data_options(cfg))
+    return load_rows(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed, **data_options(cfg))
 
 
 @command("train", "RL-train a model with a method preset: latentrl train --config FILE [key=value ...]")
 def cmd_train(ns: argparse.Namespace) -> int:
+    from latentrl.data import load_rows
     from latentrl.methods import get_method
+    from latentrl.rewards import get_reward_funcs
 
     if ns.help_config:
         print(config_help(GRPOConfig))
@@ -82,15 +85,17 @@ def cmd_train(ns: argparse.Namespace) -> int:
         cfg.resume_from_checkpoint = "latest"
     from latentrl.run_dir import check_run_folder
 
-    check_run_folder(cfg)  # before the model loads: a clash with an earlier run or a bad checkpoint in seconds
-    model = build_model_for(cfg)
+    # everything a typo can break is checked before the model loads (which can take minutes): a clash with an
+    # earlier run or a bad checkpoint, the method, the reward functions, the data
+    check_run_folder(cfg)
+    method = get_method(cfg.method)
+    get_reward_funcs(cfg.reward_funcs)
+    train = load_train_data(cfg)
     evals = None
     if cfg.eval_dataset:
-        from latentrl.data import load_examples
-
-        evals = load_examples(cfg.eval_dataset, split="eval", n=cfg.num_eval_examples, seed=cfg.seed,
-                              **data_options(cfg))
-    trainer = get_method(cfg.method).trainer_class(cfg, model, load_train_data(cfg), eval_dataset=evals)
+        evals = load_rows(cfg.eval_dataset, split="eval", n=cfg.num_eval_examples, seed=cfg.seed, **data_options(cfg))
+    model = build_model_for(cfg)
+    trainer = method.trainer_class(cfg, model, train, eval_dataset=evals)
     trainer.train()
     if trainer.dp.is_main:
         print(f"done: {trainer.global_step} steps; checkpoints and logs in {cfg.output_dir}")
@@ -112,10 +117,10 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
 
     out = cfg.output_dir or "runs/coconut"
     check_new_run(out, overwrite=cfg.overwrite_output_dir, resumable=False)  # the model is saved there too
-    model = load_model(cfg.model_name_or_path, add_latent_tokens=True)
     train = load_examples(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed)
     evals = (load_examples(cfg.eval_dataset, split="eval", n=cfg.num_eval_examples, seed=cfg.seed)
              if cfg.eval_dataset else [])
+    model = load_model(cfg.model_name_or_path, add_latent_tokens=True)
     train_coconut(cfg, model, train, evals)
     if not cfg.output_dir and cfg.overwrite_output_dir:
         from latentrl.run_dir import replace_run
@@ -218,6 +223,7 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
 
     from latentrl.config import config_from_dict
     from latentrl.data import load_examples
+    from latentrl.methods import get_method
     from latentrl.thought_inspection import inspect_thoughts, plot_heatmap, render_table
 
     small_model_threads()
@@ -246,6 +252,7 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
         prompts = load_examples(ns.dataset, split="eval", n=ns.num, seed=cfg.seed)[: ns.num]
     else:
         raise ConfigError("latentrl inspect needs prompts: --prompts TEXT [TEXT ...] or --dataset SOURCE --num N")
+    get_method(cfg.method)  # an unknown method fails before the model loads
     res = inspect_thoughts(build_model_for(cfg), cfg.method, prompts, config=cfg, top_k=ns.top_k,
                            temperature=ns.temperature, seed=ns.seed)
     render_table(res)
@@ -318,21 +325,29 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 def cmd_plot(ns: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from latentrl.logger import plot_metrics
+    from latentrl.logger import plot_metrics, plot_panels, read_metrics
 
     run = Path(ns.run)
     metrics = run / "metrics.jsonl" if run.is_dir() else run
     if not metrics.is_file():
         raise FileNotFoundError(f"no metrics.jsonl in {ns.run} (runs log it with report_to: [jsonl])")
     out = Path(ns.out) if ns.out else metrics.parent / "metrics.png"
-    print(plot_metrics(metrics, out, ns.keys, title=ns.title, smoothing=ns.smoothing))
+    # keys asked for must exist (nothing is written otherwise); of the default keys, the ones not logged are skipped
+    missing = "error" if ns.keys else "skip"
+    panels, absent = plot_panels(read_metrics(metrics), ns.keys or DEFAULT_PLOT_KEYS, missing=missing)
+    path = plot_metrics(metrics, out, panels, title=ns.title, smoothing=ns.smoothing)
+    print(f"{path}  (panels: {', '.join(panels)}" + (f"; not logged: {', '.join(absent)}" if absent else "") + ")")
     return 0
+
+
+DEFAULT_PLOT_KEYS = ["reward", "eval/pass_at_1", "completions/mean_length", "kl"]
 
 
 def _add_plot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder (output_dir) or its metrics.jsonl")
-    p.add_argument("--keys", nargs="+", default=["reward", "eval/pass_at_1", "completions/mean_length", "kl"],
-                   help="metric names, globs allowed ('clip_ratio/*'); one panel each")
+    p.add_argument("--keys", nargs="+", default=None,
+                   help="metric names, globs allowed ('clip_ratio/*'); one panel each; a name never logged is an "
+                        f"error (default: those of {', '.join(DEFAULT_PLOT_KEYS)} that were logged)")
     p.add_argument("--out", default=None, help="PNG path (default: RUN/metrics.png)")
     p.add_argument("--title", default=None)
     p.add_argument("--smoothing", type=float, default=None, help="EMA factor 0..1 (default: 0.6 above 30 points)")

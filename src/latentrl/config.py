@@ -868,6 +868,26 @@ class DLRConfig(BaseConfig):
             raise ConfigError(f"min_std ({self.min_std}) must be <= init_std ({self.init_std})")
 
 
+REPORT_TO = ("jsonl", "tensorboard", "wandb", "none")
+DEFAULT_MAX_STEPS = 100  # the run length when neither max_steps nor num_train_epochs is given
+WANDB_MISSING = ("report_to includes wandb, but the wandb package is not installed: pip install wandb (and wandb "
+                 "login), or choose other sinks (jsonl, tensorboard, none)")
+
+
+def module_available(name: str) -> bool:
+    """Whether `import name` can work, without importing it (a module already in `sys.modules` counts; None there
+    means a blocked import)."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _launcher_world_size() -> int:
     """Processes started by `accelerate launch` / torchrun (their WORLD_SIZE variable); 1 otherwise."""
     try:
@@ -941,7 +961,10 @@ class GRPOConfig(BaseConfig):
         "A new run (not resumed) into an output_dir that holds an earlier run is refused, so runs never mix; true "
         "replaces the earlier run instead, once the new one has completed its first step (HF Trainer name).",
     )
-    dataset: str = cfg_field("chain_sum", "Training task name (built-in synthetic task) or a local data file path.")
+    dataset: str = cfg_field(
+        "chain_sum", "Training data: a built-in task name, a local data file or folder, or a hub dataset id (see "
+        "dataset_format for the row layouts read)."
+    )
     eval_dataset: str | None = cfg_field(
         None, "Evaluation task name or file path; null: the evaluation split of `dataset`."
     )
@@ -952,7 +975,9 @@ class GRPOConfig(BaseConfig):
         "auto",
         "Row layout of `dataset` and `eval_dataset` files/hub datasets: auto (recognised by their columns), "
         "canonical (question/answer[/steps]), gsm8k, math (problem/solution[/answer], MATH and MATH-500), "
-        "dapo_math (chat `prompt` + `reward_model.ground_truth`). See latentrl.data.formats.",
+        "dapo_math (chat `prompt` + `reward_model.ground_truth`), prompt (TRL's standard format: a `prompt` text or "
+        "list of chat messages, any other columns passed to the reward functions; auto picks it for rows with "
+        "`prompt` and no `question`). See latentrl.data.formats.",
         choices=FORMAT_NAMES,
     )
     num_train_examples: int = cfg_field(2000, "Number of training prompts to draw/load.", min=1)
@@ -984,8 +1009,26 @@ class GRPOConfig(BaseConfig):
         "Learning-rate schedule (HF names; HRPO: cosine).",
         choices=("constant", "linear", "cosine", "constant_with_warmup"),
     )
-    warmup_ratio: float = cfg_field(0.0, "Fraction of max_steps used for linear warmup (HRPO: 0.1).", min=0.0, max=1.0)
-    max_steps: int = cfg_field(100, "Number of optimizer steps (one rollout batch per step).", min=0)
+    warmup_ratio: float = cfg_field(
+        0.0, "Fraction of the run's steps (max_steps, or num_train_epochs' steps) used for linear warmup (HRPO: 0.1).",
+        min=0.0, max=1.0,
+    )
+    max_steps: int | None = cfg_field(
+        None,
+        "Optimizer steps (one rollout batch each). As in HF/TRL, max_steps > 0 wins over num_train_epochs; -1 or 0: "
+        "num_train_epochs sets the length. null (not given): num_train_epochs when it is given, else "
+        f"{DEFAULT_MAX_STEPS} steps.",
+        min=-1,
+    )
+    num_train_epochs: float | None = cfg_field(
+        None,
+        "Passes over the training prompts, used unless max_steps > 0 (HF/TRL name): the run takes ceil(num_train_epochs * "
+        "prompts / prompts per step) steps, where prompts per step = per_device_train_batch_size * "
+        "gradient_accumulation_steps * processes / num_generations (dynamic_sampling refills draw extra prompts). "
+        "null: not used.",
+        min=0.0,
+        min_exclusive=True,
+    )
     per_device_train_batch_size: int = cfg_field(
         8,
         "Completions per micro-batch (TRL semantics: counts completions, not prompts). Each step generates "
@@ -1112,8 +1155,11 @@ class GRPOConfig(BaseConfig):
     # --- rewards ------------------------------------------------------------------------------------------------
     reward_funcs: list[str] = cfg_field(
         ["correctness"],
-        "Reward functions by registered name; the reward is their (weighted) sum. Signature of each (TRL): "
-        "f(prompts, completions, **columns) -> list[float | None].",
+        "Reward functions: registered names (correctness, format, hrpo, math_verify) or dotted import paths "
+        "module.function importable from the working directory or PYTHONPATH (TRL's scripts), e.g. "
+        "[my_rewards.length_reward, format]; the reward is their (weighted) sum. Signature of each (TRL): "
+        "f(prompts, completions, **columns) -> list[float | None]; every dataset column but prompt arrives as a "
+        "keyword argument.",
     )
     reward_weights: list[float] | None = cfg_field(
         None, "Weights of reward_funcs (same length); null: all 1.0 (TRL)."
@@ -1130,8 +1176,10 @@ class GRPOConfig(BaseConfig):
     )
     report_to: list[str] = cfg_field(
         ["jsonl", "tensorboard"],
-        "Metric sinks: jsonl (output_dir/metrics.jsonl), tensorboard (output_dir/tb); [] or [none] disables both.",
-        choices=("jsonl", "tensorboard", "none"),
+        "Metric sinks: jsonl (output_dir/metrics.jsonl, read by latentrl plot), tensorboard (output_dir/tb), wandb "
+        "(Weights & Biases, when the wandb package is installed; project from WANDB_PROJECT, default latentrl; run "
+        "name = output_dir's name); [] or [none] logs nothing.",
+        choices=REPORT_TO,
     )
 
     # --- precision and parallelism -----------------------------------------------------------------------------
@@ -1234,6 +1282,11 @@ class GRPOConfig(BaseConfig):
             )
         if "none" in self.report_to and len(self.report_to) > 1:
             raise ConfigError(f"report_to={self.report_to}: 'none' cannot be combined with other sinks")
+        if "wandb" in self.report_to and not module_available("wandb"):
+            raise ConfigError(WANDB_MISSING)
+        if self.max_steps is not None and self.max_steps <= 0 and self.num_train_epochs is None:
+            raise ConfigError(f"max_steps={self.max_steps}: with max_steps <= 0 the length comes from num_train_epochs "
+                              "(HF/TRL), which is not set; set max_steps > 0 or num_train_epochs")
         if self.latent.num_latent_steps is not None and self.latent.num_latent_steps > self.max_completion_length:
             raise ConfigError(
                 f"latent.num_latent_steps ({self.latent.num_latent_steps}) must be <= max_completion_length "

@@ -62,7 +62,7 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
     png = plot_metrics(run_dir / "metrics.jsonl", run_dir / "curves.png",
                        ["eval/pass_at_1", "reward", "frac_reward_zero_std", "completions/mean_length", "entropy",
                         "grad_norm"],
-                       title=f"{method} on {task.name}")
+                       title=f"{method} on {task.name}", missing="skip")
     console.print(f"curves: {png}\nTensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     summary = {"method": method, "steps": steps, "before": before.to_dict(), "after": after.to_dict(),
                "train_wall_s": train_s, "run_dir": str(run_dir)}

@@ -8,6 +8,7 @@ so a crash keeps everything logged before it; on resume, :meth:`MetricsLogger.tr
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import json
 import math
@@ -18,12 +19,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METRICS_FILE", "TB_DIR", "MetricsLogger", "plot_metrics", "progress", "read_metrics"]
+__all__ = ["METRICS_FILE", "TB_DIR", "MetricsLogger", "plot_metrics", "plot_panels", "progress", "read_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 RUN_CONFIG_FILE = "run_config.json"
-_SINKS = ("jsonl", "tensorboard")
+_SINKS = ("jsonl", "tensorboard", "wandb")
+WANDB_STEP = "train/global_step"  # HF's step metric in W&B, so a resumed run may log a step again
 
 
 def _json_value(key: str, value: Any) -> Any:
@@ -56,7 +58,9 @@ def _scalar(value: Any) -> float | None:
 class MetricsLogger:
     """Append metrics to ``output_dir/metrics.jsonl`` and TensorBoard (``output_dir/tb``).
 
-    ``report_to``: any of ``"jsonl"``, ``"tensorboard"`` (``"none"`` or empty: log nothing).
+    ``report_to``: any of ``"jsonl"``, ``"tensorboard"``, ``"wandb"`` (``"none"`` or empty: log nothing). wandb
+    logs into the W&B run already started in this process, else starts one (project ``$WANDB_PROJECT``, default
+    ``latentrl``; run name = the output folder's name; config = ``run_config``) and finishes it on close.
     ``run_config``: written to ``output_dir/run_config.json`` and as TensorBoard text.
     ``resume_step``: when resuming, drop metrics logged after this step (see :meth:`truncate_after`).
     Use as a context manager or call :meth:`close`.
@@ -76,6 +80,7 @@ class MetricsLogger:
         unknown = [s for s in sinks if s not in _SINKS]
         if unknown:
             raise ValueError(f"unknown report_to {unknown}; supported: {', '.join(_SINKS)} (or 'none')")
+        wandb = _import_wandb() if "wandb" in sinks else None
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.report_to = tuple(dict.fromkeys(sinks))
@@ -83,6 +88,7 @@ class MetricsLogger:
         self.tb_dir = self.output_dir / TB_DIR
         self._file = None
         self._writer = None
+        self._wandb_run, self._owns_wandb_run = None, False
         self._closed = False
         if "jsonl" in self.report_to:
             self._repair_partial_last_line()
@@ -90,6 +96,8 @@ class MetricsLogger:
             self.truncate_after(resume_step)
         else:
             self._open(purge_step=None)
+        if wandb is not None:
+            self._start_wandb(wandb, run_config)
         if run_config is not None:
             from latentrl.checkpoint import atomic_write_json
 
@@ -107,6 +115,18 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(self.tb_dir), purge_step=purge_step)
+
+    def _start_wandb(self, wandb: Any, run_config: Mapping[str, Any] | None) -> None:
+        """Log into the caller's W&B run if one is active, else start one (closed by `close`). Steps go through
+        HF's `train/global_step` metric, so a resumed run can log its steps again."""
+        run = getattr(wandb, "run", None)
+        if run is None:
+            run = wandb.init(project=os.environ.get("WANDB_PROJECT", "latentrl"), name=self.output_dir.name,
+                             dir=str(self.output_dir), config=dict(run_config or {}))
+            self._owns_wandb_run = True
+        run.define_metric(WANDB_STEP)
+        run.define_metric("*", step_metric=WANDB_STEP, step_sync=True)
+        self._wandb_run = run
 
     def _close_sinks(self) -> None:
         if self._file is not None:
@@ -148,6 +168,9 @@ class MetricsLogger:
                 if scalar is not None:
                     self._writer.add_scalar(str(key), scalar, step)
             self._writer.flush()
+        if self._wandb_run is not None:
+            scalars = {str(k): _scalar(v) for k, v in metrics.items()}
+            self._wandb_run.log({**{k: v for k, v in scalars.items() if v is not None}, WANDB_STEP: step})
         return record
 
     def truncate_after(self, step: int) -> int:
@@ -180,8 +203,11 @@ class MetricsLogger:
         return dropped
 
     def close(self) -> None:
-        """Flush and close all sinks (idempotent)."""
+        """Flush and close all sinks (idempotent); a W&B run this logger started is finished."""
         self._close_sinks()
+        if self._wandb_run is not None and self._owns_wandb_run:
+            self._wandb_run.finish()
+        self._wandb_run = None
         self._closed = True
 
     def __enter__(self) -> MetricsLogger:
@@ -189,6 +215,16 @@ class MetricsLogger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _import_wandb() -> Any:
+    from latentrl.config import WANDB_MISSING
+
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError(WANDB_MISSING) from None
+    return wandb
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -225,6 +261,51 @@ def _ema(values: list[float], smoothing: float) -> list[float]:
     return out
 
 
+def _plottable(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Metric names with at least one finite number logged, in first-logged order."""
+    out: dict[str, None] = {}
+    for r in records:
+        if "step" not in r:
+            continue
+        for k, v in r.items():
+            if k != "step" and k not in out and isinstance(v, (int, float)) and not isinstance(v, bool) \
+                    and math.isfinite(v):
+                out[k] = None
+    return list(out)
+
+
+def plot_panels(records: Sequence[Mapping[str, Any]], keys: Iterable[str], *, missing: str = "error"
+                ) -> tuple[list[str], list[str]]:
+    """(panels, not logged): the metric of each panel `plot_metrics` draws for `keys`, and the keys left out.
+
+    A glob (``"clip_ratio/*"``) stands for the matching metrics that hold a finite number somewhere; a plain key
+    must have one. ``missing="error"`` raises ValueError for a key or glob with nothing to draw, naming the metrics
+    that were logged; ``"skip"`` leaves it out, so a default key list draws no empty panels."""
+    if missing not in ("error", "skip"):
+        raise ValueError(f"missing must be 'error' or 'skip', got {missing!r}")
+    plottable = _plottable(records)
+    logged = {k for r in records for k in r if k != "step"}
+    panels: list[str] = []
+    absent: list[str] = []
+    for key in keys:
+        matches = fnmatch.filter(plottable, key) if any(c in key for c in "*?[") else [k for k in (key,) if k in plottable]
+        if not matches:
+            if missing == "error":
+                raise ValueError(_missing_key_message(key, logged, plottable))
+            absent.append(key)
+        panels += [m for m in matches if m not in panels]
+    return panels, absent
+
+
+def _missing_key_message(key: str, logged: set[str], plottable: list[str]) -> str:
+    if key in logged:
+        problem = f"metric {key!r} was logged, but with no finite value (only null / NaN / inf)"
+    else:
+        close = difflib.get_close_matches(key, plottable, n=1)
+        problem = f"no metric {key!r} in the log" + (f" (did you mean {close[0]!r}?)" if close else "")
+    return f"{problem}; metrics with values: {', '.join(plottable) or 'none'}"
+
+
 def plot_metrics(
     metrics_jsonl: str | Path,
     out_png: str | Path,
@@ -232,25 +313,22 @@ def plot_metrics(
     *,
     title: str | None = None,
     smoothing: float | None = None,
+    missing: str = "error",
 ) -> Path:
     """Plot each metric in ``keys`` against step, one subplot per key, into ``out_png``.
 
-    ``keys`` may contain glob patterns (``"clip_ratio/*"``). ``smoothing`` (0..1) overlays an EMA on the raw
-    curve; None picks 0.6 for curves longer than 30 points, else none. Uses the Agg renderer without touching
-    pyplot's global state.
+    ``keys`` may contain glob patterns (``"clip_ratio/*"``); see :func:`plot_panels` for what becomes a panel and
+    for ``missing`` (``"error"``: a key with nothing to draw raises ValueError before anything is written; ``"skip"``:
+    it gets no panel). ``smoothing`` (0..1) overlays an EMA on the raw curve; None picks 0.6 for curves longer than
+    30 points, else none. Uses the Agg renderer without touching pyplot's global state.
     """
     from matplotlib.figure import Figure
 
     records = read_metrics(metrics_jsonl)
-    all_keys = list(dict.fromkeys(k for r in records for k in r if k != "step"))
-    wanted: list[str] = []
-    for k in keys:
-        matches = fnmatch.filter(all_keys, k) if any(c in k for c in "*?[") else [k]
-        for m in matches or [k]:
-            if m not in wanted:
-                wanted.append(m)
+    wanted, _ = plot_panels(records, list(keys), missing=missing)
     if not wanted:
-        raise ValueError("plot_metrics() needs at least one key")
+        raise ValueError(f"none of the metrics {list(keys)} was logged with a value in {metrics_jsonl}; logged: "
+                         f"{', '.join(_plottable(records)) or 'none'}")
 
     ncols = 1 if len(wanted) <= 3 else 2
     nrows = math.ceil(len(wanted) / ncols)
@@ -267,9 +345,6 @@ def plot_metrics(
         ax.set_title(key, fontsize=11)
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
-        if not pts:
-            ax.text(0.5, 0.5, f"no data for '{key}'", ha="center", va="center", transform=ax.transAxes, color="gray")
-            continue
         steps, values = zip(*pts)
         s = smoothing if smoothing is not None else (0.6 if len(values) > 30 else 0.0)
         if s > 0:

@@ -401,7 +401,7 @@ def pretrain(config: PretrainConfig, *, command: str | None = None) -> dict[str,
                                                   "real_eval_file": results["real_eval_file"], **entry})
         keys = ["loss", "token_accuracy", "eval/pass_at_1", "eval/mean_reasoning_positions"]
         plot_metrics(run_dir / "metrics.jsonl", run_dir / CURVES_FILE, keys,
-                     title=f"{cfg.run_name} {mode} SFT", smoothing=0.0)
+                     title=f"{cfg.run_name} {mode} SFT", smoothing=0.0, missing="skip")
         results["models"][mode] = entry
         run_dirs[mode] = run_dir
         del model

@@ -9,9 +9,14 @@ for models trained on MATH-style text.
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import math
 import numbers
+import os
 import re
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -230,14 +235,86 @@ REWARD_FUNCS: dict[str, RewardFunc] = {
 }
 
 
+class RewardLookupError(ValueError):
+    """A `reward_funcs` entry that names no usable function (unknown name, failed import, wrong signature)."""
+
+
 def get_reward_funcs(names: Sequence[str]) -> list[RewardFunc]:
-    """The registered reward functions called `names`, in order."""
+    """The reward functions called `names`, in order: registered names or dotted import paths (see
+    `resolve_reward_func`)."""
     if isinstance(names, str):
         names = [names]
-    unknown = [n for n in names if n not in REWARD_FUNCS]
-    if unknown:
-        raise ValueError(f"unknown reward function(s) {unknown}; known: {', '.join(sorted(REWARD_FUNCS))}")
-    return [REWARD_FUNCS[n] for n in names]
+    return [resolve_reward_func(n) for n in names]
+
+
+def resolve_reward_func(name: str) -> RewardFunc:
+    """A registered reward name (`correctness`), or a dotted import path `module.function` as in TRL's scripts
+    (`reward_funcs: [my_rewards.length_reward]`), imported from the working directory or `PYTHONPATH`.
+
+    Every way this can fail is a `RewardLookupError` naming the entry and the cause, so the CLI can report it
+    before it loads a model."""
+    if name in REWARD_FUNCS:
+        return REWARD_FUNCS[name]
+    module_name, _, attr = name.rpartition(".")
+    if not module_name or not attr:
+        close = difflib.get_close_matches(name, REWARD_FUNCS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise RewardLookupError(
+            f"unknown reward function {name!r}{hint}: give a registered name ({', '.join(sorted(REWARD_FUNCS))}) "
+            "or a dotted import path module.function importable from the working directory or PYTHONPATH")
+    module = _import_reward_module(module_name, name)
+    if not hasattr(module, attr):
+        public = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                  and getattr(v, "__module__", None) == module.__name__]
+        close = difflib.get_close_matches(attr, public, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise RewardLookupError(
+            f"reward function {name!r}: module {module_name!r} ({getattr(module, '__file__', '?')}) has no attribute "
+            f"{attr!r}{hint}; its functions: {', '.join(public) or 'none'}")
+    func = getattr(module, attr)
+    _check_reward_signature(func, name)
+    return func
+
+
+def _import_reward_module(module_name: str, entry: str) -> Any:
+    """Import `module_name` with the working directory on `sys.path` (as TRL's scripts do)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise RewardLookupError(
+                f"reward function {entry!r}: no module named {e.name!r} in the working directory ({cwd}) or on "
+                "PYTHONPATH") from e
+        raise RewardLookupError(f"reward function {entry!r}: importing {module_name!r} failed: {e}") from e
+    except Exception as e:
+        raise RewardLookupError(
+            f"reward function {entry!r}: importing {module_name!r} raised {type(e).__name__}: {e}") from e
+
+
+def _check_reward_signature(func: Any, entry: str) -> None:
+    """Refuse what cannot be called as TRL calls a reward: `f(prompts=..., completions=..., **columns)`."""
+    if inspect.isclass(func) or not callable(func):
+        what = "a class" if inspect.isclass(func) else f"{_article(type(func).__name__)} {type(func).__name__}"
+        raise RewardLookupError(
+            f"reward function {entry!r} is {what}, not a function: a reward is called as "
+            "f(prompts, completions, **columns) -> list[float | None]")
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # some builtins have no signature: let the first call decide
+        return
+    try:
+        signature.bind_partial(prompts=[], completions=[])  # dataset columns (answer=...) may be required too
+    except TypeError as e:
+        raise RewardLookupError(
+            f"reward function {entry!r} cannot be called as f(prompts=..., completions=..., **columns) (TRL's "
+            f"signature; dataset columns arrive as keyword arguments): {e}") from None
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 # ---------------------------------------------------------------------------------------------------------------

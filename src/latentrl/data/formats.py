@@ -10,6 +10,10 @@ well-known dataset looks like, so `load_examples("HuggingFaceH4/MATH-500", split
 - `dapo_math` (BytedTsinghua-SIA/DAPO-Math-17k and verl-style RL parquet files): `prompt` = a list of chat
   messages (the question is the last user message), `reward_model` = `{"ground_truth": ..., "style": "rule"}`.
 
+- `prompt` (TRL's standard prompt-only format): `prompt` = a text or a list of chat messages (`role`/`content`),
+  any other columns kept for the reward functions. It has no question/answer layout, so it is not mapped onto
+  one: `load_rows` keeps such rows as TRL-style dict rows for the RL trainer.
+
 `auto` (the default) recognises each of these by its columns and leaves any other row as it is.
 """
 
@@ -74,9 +78,29 @@ def _dapo_math(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def is_message_list(value: Any) -> bool:
+    """A chat conversation: a non-empty list of `{"role": str, "content": str}` messages (TRL's conversational)."""
+    return (isinstance(value, (list, tuple)) and len(value) > 0
+            and all(isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in value))
+
+
+def prompt_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A TRL prompt row, checked: `prompt` is a non-empty text or a list of chat messages; other columns as they are."""
+    _require(row, "prompt")
+    prompt = row["prompt"]
+    if isinstance(prompt, str) and prompt.strip():
+        return dict(row)
+    if is_message_list(prompt):
+        return {**row, "prompt": [dict(m) for m in prompt]}
+    raise RowFormatError(f"field 'prompt' must be a non-empty string or a list of chat messages with 'role' and "
+                         f"'content' strings (TRL's format), got {prompt!r:.80}")
+
+
 ROW_FORMATS: dict[str, RowAdapter] = {"canonical": _canonical, "gsm8k": _canonical, "math": _math,
                                       "dapo_math": _dapo_math}
-FORMAT_NAMES = ("auto", *ROW_FORMATS)
+PROMPT_FORMAT = "prompt"
+FORMAT_NAMES = ("auto", *ROW_FORMATS, PROMPT_FORMAT)
 
 
 def detect_format(row: Mapping[str, Any]) -> str:
@@ -88,12 +112,18 @@ def detect_format(row: Mapping[str, Any]) -> str:
         return "math"
     if "prompt" in row and "reward_model" in row:
         return "dapo_math"
+    if "prompt" in row:
+        return PROMPT_FORMAT
     return "canonical"
 
 
 def adapt_row(row: Mapping[str, Any], row_format: str = "auto") -> dict[str, Any]:
-    """`row` in the canonical question/answer/steps layout. Raises RowFormatError when it does not fit."""
+    """`row` in the canonical question/answer/steps layout. Raises RowFormatError when it does not fit (a TRL prompt
+    row has no such layout: see `prompt_row`)."""
     if row_format not in FORMAT_NAMES:
         raise ValueError(f"unknown dataset format {row_format!r}; choose one of {', '.join(FORMAT_NAMES)}")
     name = detect_format(row) if row_format == "auto" else row_format
+    if name == PROMPT_FORMAT:
+        raise RowFormatError("this row is in TRL's prompt format (a 'prompt' column and no 'question'): RL training "
+                             "reads it (`latentrl train`, `load_rows`), but this needs question/answer rows")
     return ROW_FORMATS[name](row)

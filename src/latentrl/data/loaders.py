@@ -12,6 +12,7 @@ can be found; missing files raise `FileNotFoundError` with the path.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import json
 import os
@@ -21,7 +22,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from latentrl.data.formats import RowFormatError, adapt_row
+from latentrl.data.formats import PROMPT_FORMAT, RowFormatError, adapt_row, detect_format, prompt_row
 from latentrl.data.schema import ANSWER_MARK, PROMPT_END, DataFormatError, Example
 from latentrl.data.tasks import TASKS, make_examples, train_eval_split
 
@@ -126,17 +127,20 @@ def _row_to_example(
     require_steps: bool = False,
     spaced_punctuation: bool = False,
     row_format: str = "auto",
-) -> Example:
+    prompt_rows: bool = False,
+) -> Example | dict[str, Any]:
     """One row as an Example. `where` is `{"line": n}` or `{"item": i}` for error messages.
 
     Rows of a known public dataset (`row_format`, see `latentrl.data.formats`) are first mapped onto the
     canonical question/answer/steps columns; `auto` does so only when no column was named and the row has no
-    `question` column.
+    `question` column. With `prompt_rows`, a row in TRL's prompt format comes back as a checked dict row.
     """
     if not isinstance(row, Mapping):
         raise DataFormatError(path, f"expected an object, got {type(row).__name__}", **where)
     if row_format != "auto" or (question_field == "question" and "question" not in row):
         try:
+            if prompt_rows and (row_format if row_format != "auto" else detect_format(row)) == PROMPT_FORMAT:
+                return prompt_row(row)
             row = adapt_row(row, row_format)
         except RowFormatError as e:
             raise DataFormatError(path, str(e), **where) from e
@@ -251,7 +255,7 @@ def load_table(path: PathLikeStr, **fields: Any) -> list[Example]:
 # One entry point
 # ---------------------------------------------------------------------------------------------------------------
 
-_FIELD_KEYS = ("question_field", "answer_field", "steps_field", "spaced_punctuation", "row_format")
+_FIELD_KEYS = ("question_field", "answer_field", "steps_field", "spaced_punctuation", "row_format", "prompt_rows")
 DEFAULT_N_EVAL = 500  # eval questions a synthetic train split leaves out when n_eval is not given
 _EVAL_SPLITS = ("eval", "validation", "valid", "test")
 _FILE_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet", ".csv")
@@ -280,7 +284,24 @@ def load_examples(source: PathLikeStr, split: str | None = None, **kw: Any) -> l
 
     For files and hub datasets `n=` keeps the first `n` examples and `seed=` is ignored (rows are read in order),
     so one call works for every kind of source.
+
+    Rows in TRL's prompt format (a `prompt` column, no `question`) have no answer layout: they raise a
+    `DataFormatError` pointing to `load_rows`, which RL training uses.
     """
+    return _load(source, split, prompt_rows=False, **kw)
+
+
+def load_rows(source: PathLikeStr, split: str | None = None, **kw: Any) -> list[Example | dict[str, Any]]:
+    """What the RL trainer reads: `load_examples`, except that rows in TRL's standard prompt format stay TRL rows.
+
+    A row with a `prompt` column and no `question` (`row_format="auto"`, or `row_format="prompt"`) comes back as a
+    dict: `prompt` is a non-empty text or a list of chat messages (`role`/`content`), every other column is kept
+    and reaches the reward functions as a keyword argument, as in TRL's GRPOTrainer. Other sources give `Example`s.
+    """
+    return _load(source, split, prompt_rows=True, **kw)
+
+
+def _load(source: PathLikeStr, split: str | None, prompt_rows: bool, **kw: Any) -> list[Any]:
     source = os.fspath(source)
     config_name = kw.pop("config_name", None)  # a hub dataset's configuration; meaningless for other sources
     if source in TASKS:
@@ -289,6 +310,8 @@ def load_examples(source: PathLikeStr, split: str | None = None, **kw: Any) -> l
     kw.pop("seed", None)
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
         raise ValueError(f"n must be a non-negative int or None, got {n!r}")
+    if prompt_rows:
+        kw["prompt_rows"] = True
     path = Path(source).expanduser()
     if path.is_dir():
         candidates = [path / f"{name}{suffix}" for name in split_names(split) for suffix in _FILE_SUFFIXES] if split else []
@@ -297,8 +320,21 @@ def load_examples(source: PathLikeStr, split: str | None = None, **kw: Any) -> l
     elif path.suffix.lower() in _FILE_SUFFIXES or path.exists():
         examples = _load_file(path, **kw)
     else:
+        _refuse_what_is_no_hub_id(source)
         examples = _load_with_datasets(source, split, config_name, **kw)
     return examples if n is None else examples[:n]
+
+
+def _refuse_what_is_no_hub_id(source: str) -> None:
+    """Fail at once, instead of after the hub client's retries, for a source that cannot be a hub dataset id: a
+    path (absolute, relative with ./ or ~, or with more than one '/'), or a near-miss of a task name."""
+    if source.startswith(("/", "./", "../", "~", ".\\")) or source.count("/") > 1:
+        raise FileNotFoundError(errno.ENOENT, "no such file or folder (and a hub dataset id is owner/name)", source)
+    close = difflib.get_close_matches(source, TASKS, n=1, cutoff=0.8)
+    if close and "/" not in source:
+        raise ValueError(f"unknown dataset {source!r} (did you mean {close[0]!r}?): not a task "
+                         f"({', '.join(sorted(TASKS))}) nor an existing file; a hub dataset of that name needs its "
+                         "owner: owner/name")
 
 
 def _load_synthetic(
@@ -339,6 +375,7 @@ def _field_kw(kw: Mapping[str, Any], source: str) -> dict[str, Any]:
 def _load_file(path: Path, **kw: Any) -> list[Example]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
+        kw.pop("prompt_rows", None)  # iCoT lines are question/answer rows
         if kw:
             raise TypeError(f"iCoT text files take no options, got {sorted(kw)}")
         return load_icot(path)

@@ -32,7 +32,7 @@ from transformers import get_scheduler
 
 from latentrl.chat import prompt_formatter
 from latentrl.checkpoint import load_checkpoint, save_checkpoint
-from latentrl.config import ConfigError, GRPOConfig, config_to_dict
+from latentrl.config import DEFAULT_MAX_STEPS, ConfigError, GRPOConfig, config_to_dict
 from latentrl.data.schema import Example, to_record
 from latentrl.logger import MetricsLogger, progress
 from latentrl.methods import Method, get_method
@@ -94,6 +94,26 @@ def num_warmup_steps(warmup_ratio: float, max_steps: int) -> int:
     return math.ceil(warmup_ratio * max_steps)
 
 
+def run_length(args: GRPOConfig, num_prompts: int, prompts_per_step: int) -> int:
+    """Optimizer steps of the run, as HF's Trainer: `max_steps` when > 0, else `num_train_epochs` passes over the
+    `num_prompts` training prompts at `prompts_per_step` per step, rounded up (the last step may start the next pass);
+    neither given: `DEFAULT_MAX_STEPS`."""
+    if args.max_steps is not None and args.max_steps > 0:
+        return args.max_steps
+    if args.num_train_epochs is None:
+        if args.max_steps is None:
+            return DEFAULT_MAX_STEPS
+        raise ConfigError(f"max_steps={args.max_steps} needs num_train_epochs to set the run's length")
+    return max(1, math.ceil(args.num_train_epochs * num_prompts / prompts_per_step - 1e-9))
+
+
+def reward_completions(rows: Sequence[dict[str, Any]], completions: list[str]) -> list[Any]:
+    """Completions as TRL hands them to reward functions: for a conversational prompt (a list of chat messages) each
+    is `[{"role": "assistant", "content": text}]`, else the text."""
+    return [[{"role": "assistant", "content": c}] if not isinstance(r["prompt"], str) else c
+            for r, c in zip(rows, completions, strict=True)]
+
+
 def disable_dropout(module: nn.Module) -> None:
     """GRPO log-prob ratios assume the same function at rollout and update time (TRL's `disable_dropout`)."""
     for m in module.modules():
@@ -116,6 +136,10 @@ class GRPOTrainer:
     ):
         self.args = args
         self.eval_rows = as_rows(eval_dataset) if eval_dataset else None
+        if self.eval_rows and any("answer" not in r for r in self.eval_rows):
+            bad = next(r for r in self.eval_rows if "answer" not in r)
+            raise ConfigError(f"evaluation rows need an 'answer' column (evaluation scores the answer after '####' "
+                              f"against it); a row has only {sorted(bad)}")
         self.model = model
         self.method = get_method(method or args.method) if not isinstance(method, Method) else method
         self.rows = as_rows(train_dataset)
@@ -137,6 +161,7 @@ class GRPOTrainer:
             raise ConfigError(f"per_device_train_batch_size * gradient_accumulation_steps{procs} "
                               f"({global_completions}) must be divisible by num_generations ({self.G})")
         self.prompts_per_step = global_completions // self.G
+        self.max_steps = run_length(args, len(self.rows), self.prompts_per_step)
         self.rollout_chunk_size = args.rollout_chunk_size or self.step_completions
 
         torch.manual_seed(args.seed)
@@ -151,6 +176,7 @@ class GRPOTrainer:
                                             self.method.prompt_text)
         """row -> the model's prompt text: `prompt_format` (raw / chat template), then the method's prompt hook."""
         self.method.setup(self)
+        self.prompt_text(self.rows[0])  # a conversational dataset without a chat template fails here, not mid-run
         self.operator = self.method.build_operator(args.latent, model)
         self.schedule = self.method.build_schedule(args.latent, model)
         if self.operator is not None:
@@ -169,8 +195,8 @@ class GRPOTrainer:
             eps=args.adam_epsilon, weight_decay=args.weight_decay,
         )
         self.scheduler = get_scheduler(
-            args.lr_scheduler_type, self.optimizer, num_warmup_steps=num_warmup_steps(args.warmup_ratio, args.max_steps),
-            num_training_steps=max(1, args.max_steps),
+            args.lr_scheduler_type, self.optimizer, num_warmup_steps=num_warmup_steps(args.warmup_ratio, self.max_steps),
+            num_training_steps=max(1, self.max_steps),
         )
         self.optimizer = self.accelerator.prepare_optimizer(self.optimizer)  # fp16 loss scaling; device placement
         self.sampling = SamplingParams(
@@ -271,8 +297,8 @@ class GRPOTrainer:
         completions = decode_completions(self.model, rollout,
                                          skip_latent=not self.method.decodes_latent_tokens(self.operator))
         columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
-        per_func, rewards = compute_rewards(self.reward_funcs, [r["prompt"] for r in rows], completions, columns,
-                                            self.args.reward_weights)
+        per_func, rewards = compute_rewards(self.reward_funcs, [r["prompt"] for r in rows],
+                                            reward_completions(rows, completions), columns, self.args.reward_weights)
         if self.dp.world_size > 1:
             rollout, per_func, rewards = rollout.to("cpu"), per_func.cpu(), rewards.cpu()
         return rollout, completions, per_func, rewards
@@ -478,7 +504,8 @@ class GRPOTrainer:
         return emb[rollout.latent_mask & rollout.completion_mask].norm(dim=-1).mean().item()
 
     def train(self, resume_from_checkpoint: str | bool | None = None) -> list[dict[str, float]]:
-        """Run `max_steps` optimizer steps; resume from a checkpoint (`True` = the latest in output_dir).
+        """Run `self.max_steps` optimizer steps (`max_steps`, or `num_train_epochs` passes over the prompts); resume
+        from a checkpoint (`True` = the latest in output_dir).
 
         A new run refuses an output_dir holding an earlier run (`overwrite_output_dir` replaces it); nothing is
         written into output_dir (run_config.json, metrics, TensorBoard, checkpoints) before the first step has
@@ -491,7 +518,7 @@ class GRPOTrainer:
             check_same_run(path, self.method.name, a.model_name_or_path)
             start_step = self._load(path)
             if self.dp.is_main:
-                print(f"resuming from {path} (step {start_step} of {a.max_steps})", flush=True)
+                print(f"resuming from {path} (step {start_step} of {self.max_steps})", flush=True)
         elif not self._wrote_run:  # a second train() of this trainer continues the run it wrote itself
             check_new_run(self.output_dir, overwrite=a.overwrite_output_dir)
         # only the main process writes logs and checkpoints; every process keeps the same history
@@ -499,8 +526,8 @@ class GRPOTrainer:
         logger: MetricsLogger | None = None
         history = []
         try:
-            with progress(a.max_steps - start_step, f"{self.method.name}", disable=None if main else True) as bar:
-                while self.global_step < a.max_steps:
+            with progress(self.max_steps - start_step, f"{self.method.name}", disable=None if main else True) as bar:
+                while self.global_step < self.max_steps:
                     metrics = self.train_step()
                     if logger is None:  # the run is under way: now it may replace or extend what is on disk
                         if main and not resume and a.overwrite_output_dir and not self._wrote_run:
@@ -510,14 +537,14 @@ class GRPOTrainer:
                                                config_to_dict(a) if main else None,
                                                resume_step=start_step if resume and main else None)
                     if self.eval_rows and ((a.eval_steps and self.global_step % a.eval_steps == 0)
-                                           or self.global_step == a.max_steps):
+                                           or self.global_step == self.max_steps):
                         res = self.evaluate()
                         metrics.update({"eval/pass_at_1": res.pass_at_1,
                                         "eval/mean_reasoning_positions": res.mean_reasoning_positions})
                     history.append(metrics)
-                    if self.global_step % a.logging_steps == 0 or self.global_step == a.max_steps:
+                    if self.global_step % a.logging_steps == 0 or self.global_step == self.max_steps:
                         logger.log(self.global_step, metrics)
-                    if (a.save_steps and self.global_step % a.save_steps == 0) or self.global_step == a.max_steps:
+                    if (a.save_steps and self.global_step % a.save_steps == 0) or self.global_step == self.max_steps:
                         self.save()
                     bar.update(1)
         finally:

@@ -45,7 +45,15 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
-from latentrl.config import BaseConfig, ConfigError, cfg_field, config_to_dict
+from latentrl.config import (
+    REPORT_TO,
+    WANDB_MISSING,
+    BaseConfig,
+    ConfigError,
+    cfg_field,
+    config_to_dict,
+    module_available,
+)
 from latentrl.data.schema import ANSWER_MARK, Example, format_prompt
 from latentrl.model import LatentModel, LatentTokens
 
@@ -200,8 +208,9 @@ class CoconutConfig(BaseConfig):
     )
     report_to: list[str] = cfg_field(
         ["jsonl"],
-        "Metric sinks when output_dir is set: jsonl (output_dir/metrics.jsonl), tensorboard (output_dir/tb).",
-        choices=("jsonl", "tensorboard", "none"),
+        "Metric sinks when output_dir is set: jsonl (output_dir/metrics.jsonl), tensorboard (output_dir/tb), wandb "
+        "(when installed; as GRPOConfig.report_to).",
+        choices=REPORT_TO,
     )
     disable_tqdm: bool | None = cfg_field(
         None, "Hide the progress bar; null = hide it when stderr is not a terminal or $CI is set."
@@ -210,6 +219,8 @@ class CoconutConfig(BaseConfig):
     def validate(self) -> None:
         if "none" in self.report_to and len(self.report_to) > 1:
             raise ConfigError(f"report_to={self.report_to}: 'none' cannot be combined with other sinks")
+        if "wandb" in self.report_to and not module_available("wandb"):
+            raise ConfigError(WANDB_MISSING)
         if self.start_stage * self.epochs_per_stage >= self.num_epochs:
             raise ConfigError(
                 f"start_stage ({self.start_stage}) * epochs_per_stage ({self.epochs_per_stage}) = "

@@ -1,0 +1,91 @@
+"""`latentrl plot` refuses unknown metrics without touching the output and draws no empty panels; `latentrl train`
+checks the method, the reward functions and the data before it loads the model, so a typo costs seconds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import latentrl.cli
+from latentrl.cli import main
+from latentrl.logger import plot_metrics, read_metrics
+
+
+@pytest.fixture
+def run(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    lines = [{"step": s, "reward": s / 10, "embeds_ratio": 0.99, "completions/mean_length": 5 + s,
+              "clip_ratio/low": 0.0, "clip_ratio/high": None, "kl": None} for s in range(1, 6)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return folder
+
+
+def test_unknown_key_exits_non_zero_lists_the_logged_keys_and_overwrites_nothing(run, tmp_path, capsys):
+    out = tmp_path / "m.png"
+    out.write_bytes(b"an earlier plot")
+    assert main(["plot", str(run), "--keys", "reward", "rewrad", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "rewrad" in err and "did you mean 'reward'" in err and "embeds_ratio" in err and "completions/mean_length" in err
+    assert out.read_bytes() == b"an earlier plot"
+    assert main(["plot", str(run), "--keys", "eval/*", "--out", str(out)]) == 2  # a glob that matches nothing
+    assert "eval/*" in capsys.readouterr().err and out.read_bytes() == b"an earlier plot"
+    assert main(["plot", str(run), "--keys", "kl", "--out", str(out)]) == 2  # logged, but never a number
+    assert "no finite value" in capsys.readouterr().err and out.read_bytes() == b"an earlier plot"
+
+
+def test_default_keys_draw_only_what_was_logged(run, capsys):
+    assert main(["plot", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert (run / "metrics.png").stat().st_size > 0
+    assert "panels: reward, completions/mean_length" in out and "not logged: eval/pass_at_1, kl" in out
+
+
+def test_plot_panels_expands_globs_to_plottable_keys_only(run):
+    from latentrl.logger import plot_panels
+
+    records = read_metrics(run)
+    assert plot_panels(records, ["reward", "clip_ratio/*"]) == (["reward", "clip_ratio/low"], [])
+    assert plot_panels(records, ["reward", "kl", "eval/pass_at_1"], missing="skip") == (
+        ["reward"], ["kl", "eval/pass_at_1"])
+    with pytest.raises(ValueError, match="no metric 'absent' in the log; metrics with values: reward, embeds_ratio"):
+        plot_panels(records, ["absent"])
+    with pytest.raises(ValueError, match="none of"):
+        plot_metrics(run / "metrics.jsonl", run / "x.png", ["absent"], missing="skip")
+    assert not (run / "x.png").exists()
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr(latentrl.cli, "build_model_for", refuse)
+    monkeypatch.setattr(latentrl.cli, "load_model", refuse)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dataset=data/missing_file.jsonl", "missing_file.jsonl"),
+    ("dataset=chain_summ", "did you mean 'chain_sum'"),  # a task-name typo: no 20 s of hub retries
+    ("dataset=runs/some/folder", "no such file or folder"),  # a path (2+ slashes) is never a hub id
+    ("eval_dataset=missing_eval.jsonl", "missing_eval.jsonl"),
+    ("method=hrpoo", "unknown method 'hrpoo'"),
+])
+def test_train_checks_method_and_data_before_loading_the_model(tmp_path, monkeypatch, capsys, no_model_loading,
+                                                              override, message):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "model_name_or_path=some-org/a-huge-model", "output_dir=run", "max_steps=1", override]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_coconut_sft_and_inspect_check_data_and_method_before_loading_the_model(tmp_path, monkeypatch, capsys,
+                                                                               no_model_loading):
+    monkeypatch.chdir(tmp_path)
+    assert main(["coconut-sft", "model_name_or_path=some-org/a-huge-model", "dataset=missing.jsonl"]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+    assert main(["inspect", "--model", "icot_mult_4x4-cot", "--method", "hrpoo", "--prompts", "1 2 ||"]) == 2
+    assert "unknown method 'hrpoo'" in capsys.readouterr().err
