@@ -108,3 +108,12 @@ def test_progress_is_silent_in_ci(monkeypatch, capsys):
     bar = progress(3, "x", disable=False)
     assert bar.disable is False and bar.total == 3
     bar.close()
+
+
+def test_console_line_names_the_step_and_the_logged_metrics():
+    from latentrl.logger import console_line
+
+    line = console_line(10, 40, {"reward": 0.5125, "loss": float("nan"), "kl": 4e-4, "completions/mean_length": 46.0,
+                                 "other": 3.0}, seconds_per_step=1.234)
+    assert line == "step 10/40 | reward 0.5125 | loss nan | kl 0.0004 | len 46 | 1.23 s/step"
+    assert console_line(1, 2, {}) == "step 1/2"

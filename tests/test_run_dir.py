@@ -100,19 +100,25 @@ def test_a_folder_with_only_other_files_is_not_a_run(tmp_path):
     assert [r["step"] for r in read_metrics(out)] == [1]
 
 
-@pytest.mark.parametrize("case", ["failing_first_step", "max_steps_0"])
-@pytest.mark.parametrize("how", ["resume", "overwrite"])
+@pytest.mark.parametrize("how, case", [("resume", "failing_first_step"), ("resume", "no_step_left"),
+                                       ("resume", "max_steps_0"), ("overwrite", "failing_first_step"),
+                                       ("overwrite", "max_steps_0")])
 def test_a_run_that_does_no_step_leaves_the_existing_run_untouched(old_run, case, how):
     out, _ = old_run
     before = snapshot(out)
     kw = {"resume_from_checkpoint": "latest"} if how == "resume" else {"overwrite_output_dir": True}
-    kw["max_steps"] = 0 if case == "max_steps_0" else 3  # resumed: step 3 is the first one it runs
-    t = trainer(out, reward=failing_reward if case == "failing_first_step" else varied_reward, **kw)
-    if case == "failing_first_step":
-        with pytest.raises(RuntimeError, match="reward server down"):
-            t.train()
+    # resumed, step 3 is the first one it runs; max_steps=2 leaves a resumed run (at step 2) nothing to do
+    kw["max_steps"] = {"failing_first_step": 3, "no_step_left": 2, "max_steps_0": 0}[case]
+    if case == "max_steps_0":  # no length at all (HF: max_steps <= 0 needs num_train_epochs): refused at build
+        with pytest.raises(ConfigError, match="max_steps=0"):
+            trainer(out, **kw)
     else:
-        assert t.train() == []
+        t = trainer(out, reward=failing_reward if case == "failing_first_step" else varied_reward, **kw)
+        if case == "failing_first_step":
+            with pytest.raises(RuntimeError, match="reward server down"):
+                t.train()
+        else:
+            assert t.train() == []
     assert snapshot(out) == before  # run_config.json, metrics.jsonl, tb/ and both checkpoints byte for byte
 
 
@@ -252,7 +258,7 @@ def test_resume_skips_a_damaged_last_checkpoint_with_a_warning(old_run, how, leg
     r = trainer(out, resume_from_checkpoint="latest")
     with pytest.warns(UserWarning, match=rf"checkpoint-2 is damaged: {cause}.*falling back to checkpoint-1"):
         r.train()
-    assert f"resuming from {out / 'checkpoint-1'} (step 1 of 2)" in capsys.readouterr().out
+    assert f"resuming from {out / 'checkpoint-1'} (step 1 of 2)" in capsys.readouterr().err
     assert r.global_step == 2
     torch.testing.assert_close(params(r), final, atol=0, rtol=0)  # step 2 redone: the same weights
     assert [m["step"] for m in read_metrics(out)] == [1, 2]
@@ -323,5 +329,5 @@ def test_cli_resume_checks_the_run_first_and_says_where_it_starts(tmp_path, caps
     err = capsys.readouterr().err
     assert f"started from model_name_or_path='{init}'" in err and "Traceback" not in err
     assert cli_train(run, f"model_name_or_path={init}", "max_steps=2", "--resume") == 0
-    assert f"resuming from {run / 'checkpoint-1'} (step 1 of 2)" in capsys.readouterr().out
+    assert f"resuming from {run / 'checkpoint-1'} (step 1 of 2)" in capsys.readouterr().err
     assert [r["step"] for r in read_metrics(run)] == [1, 2]

@@ -161,3 +161,14 @@ def test_eval_dataset_is_scored_every_eval_steps(tmp_path):
     history = t.train()
     assert all("eval/pass_at_1" in m and 0.0 <= m["eval/pass_at_1"] <= 1.0 for m in history)
     assert t.evaluate(k=2).pass_at_k is not None
+
+
+def test_a_line_per_logged_step_on_the_console(tmp_path, capsys):
+    """Batch jobs (no TTY, so no progress bar) still show progress: one line per `logging_steps` on stderr."""
+    GRPOTrainer(config(tmp_path, max_steps=4, logging_steps=2), model(), examples(), reward_funcs=[varied_reward]).train()
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("step ")]
+    assert [ln.split(" | ")[0] for ln in lines] == ["step 2/4", "step 4/4"]
+    assert all(" | reward " in ln and " | loss " in ln and ln.endswith(" s/step") for ln in lines)
+    GRPOTrainer(config(tmp_path / "quiet", max_steps=2, log_to_console=False), model(), examples(),
+                reward_funcs=[varied_reward]).train()
+    assert "step " not in capsys.readouterr().err

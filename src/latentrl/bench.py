@@ -170,7 +170,7 @@ def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, see
     run_dir = out / "runs" / f"{method_name}-{task.name}"
     extra = [f"model_name_or_path={init_path}", f"output_dir={run_dir}", f"seed={seed}", f"method={method_name}",
              f"max_completion_length={task.max_completion_length}", "save_steps=0", "save_total_limit=1",
-             "overwrite_output_dir=true"]  # a re-run of the bench replaces its own run folders
+             "overwrite_output_dir=true", "log_to_console=false"]  # a re-run replaces its own run folders
     if quick:
         extra.append("max_steps=" + str(QUICK_STEPS))
     cfg = load_config(GRPOConfig, preset_path(method_name),

@@ -390,6 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text, description=help_text)
         ARG_BUILDERS.get(name, _add_train_args)(p)
     ns = parser.parse_args(argv)
+    from latentrl.logger import batch_console
+
+    if batch_console():  # no TTY (nohup, CI, a cluster log): no per-file weight-loading bars, our log lines only
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         return COMMANDS[ns.command][0](ns)
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:

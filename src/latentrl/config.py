@@ -1167,6 +1167,10 @@ class GRPOConfig(BaseConfig):
 
     # --- logging, evaluation, checkpoints -----------------------------------------------------------------------
     logging_steps: int = cfg_field(1, "Log metrics every this many optimizer steps.", min=1)
+    log_to_console: bool = cfg_field(
+        True, "Also print one line per logged step (step, reward, loss, kl, length, grad norm) to stderr, as HF's "
+        "Trainer does, so batch jobs without a progress bar show progress; the benchmark turns it off."
+    )
     eval_steps: int = cfg_field(0, "Evaluate every this many steps; 0 = only at the end of training.", min=0)
     save_steps: int = cfg_field(
         50, "Save a checkpoint every this many steps (and at the end); 0 = only at the end.", min=0

@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METRICS_FILE", "TB_DIR", "MetricsLogger", "plot_metrics", "plot_panels", "progress", "read_metrics"]
+__all__ = ["METRICS_FILE", "TB_DIR", "MetricsLogger", "console_line", "plot_metrics", "plot_panels", "progress",
+           "read_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
@@ -361,6 +362,28 @@ def plot_metrics(
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=120)
     return out_png
+
+
+CONSOLE_KEYS = (("reward", "reward"), ("reward_std", "reward_std"), ("loss", "loss"), ("kl", "kl"),
+                ("completions/mean_length", "len"), ("grad_norm", "grad_norm"), ("eval/pass_at_1", "eval_pass@1"))
+
+
+def console_line(step: int, total: int, metrics: Mapping[str, Any], seconds_per_step: float | None = None) -> str:
+    """One human line for a logged step (`step 10/40 | reward 0.512 | loss 0.0123 | ...`), printed by the trainers
+    every `logging_steps` so batch jobs (nohup, CI, cluster logs) show progress where no progress bar is drawn."""
+    parts = [f"step {step}/{total}"]
+    for key, label in CONSOLE_KEYS:
+        value = _scalar(metrics.get(key)) if metrics.get(key) is not None else None
+        if value is not None:
+            parts.append(f"{label} {value:.4g}")
+    if seconds_per_step is not None:
+        parts.append(f"{seconds_per_step:.2f} s/step")
+    return " | ".join(parts)
+
+
+def batch_console() -> bool:
+    """True when stderr is not a terminal or `CI` is set: progress bars are off and log lines carry progress."""
+    return _quiet()
 
 
 def _quiet() -> bool:

@@ -18,6 +18,7 @@ import contextlib
 import copy
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from latentrl.chat import prompt_formatter
 from latentrl.checkpoint import load_checkpoint, save_checkpoint
 from latentrl.config import DEFAULT_MAX_STEPS, ConfigError, GRPOConfig, config_to_dict
 from latentrl.data.schema import Example, to_record
-from latentrl.logger import MetricsLogger, progress
+from latentrl.logger import MetricsLogger, console_line, progress
 from latentrl.methods import Method, get_method
 from latentrl.model import LatentModel
 from latentrl.replay import replay
@@ -161,7 +162,7 @@ class GRPOTrainer:
             raise ConfigError(f"per_device_train_batch_size * gradient_accumulation_steps{procs} "
                               f"({global_completions}) must be divisible by num_generations ({self.G})")
         self.prompts_per_step = global_completions // self.G
-        self.max_steps = run_length(args, len(self.rows), self.prompts_per_step)
+        run_length(args, len(self.rows), self.prompts_per_step)  # a bad max_steps / num_train_epochs fails here
         self.rollout_chunk_size = args.rollout_chunk_size or self.step_completions
 
         torch.manual_seed(args.seed)
@@ -503,6 +504,11 @@ class GRPOTrainer:
         emb = completion_embeds(self.model, self.operator, rollout)
         return emb[rollout.latent_mask & rollout.completion_mask].norm(dim=-1).mean().item()
 
+    @property
+    def max_steps(self) -> int:
+        """Optimizer steps of the run (`run_length` of the current args: a caller may extend `args.max_steps`)."""
+        return run_length(self.args, len(self.rows), self.prompts_per_step)
+
     def train(self, resume_from_checkpoint: str | bool | None = None) -> list[dict[str, float]]:
         """Run `self.max_steps` optimizer steps (`max_steps`, or `num_train_epochs` passes over the prompts); resume
         from a checkpoint (`True` = the latest in output_dir).
@@ -518,7 +524,7 @@ class GRPOTrainer:
             check_same_run(path, self.method.name, a.model_name_or_path)
             start_step = self._load(path)
             if self.dp.is_main:
-                print(f"resuming from {path} (step {start_step} of {self.max_steps})", flush=True)
+                print(f"resuming from {path} (step {start_step} of {self.max_steps})", file=sys.stderr, flush=True)
         elif not self._wrote_run:  # a second train() of this trainer continues the run it wrote itself
             check_new_run(self.output_dir, overwrite=a.overwrite_output_dir)
         # only the main process writes logs and checkpoints; every process keeps the same history
@@ -527,6 +533,7 @@ class GRPOTrainer:
         history = []
         try:
             with progress(self.max_steps - start_step, f"{self.method.name}", disable=None if main else True) as bar:
+                t0 = time.perf_counter()
                 while self.global_step < self.max_steps:
                     metrics = self.train_step()
                     if logger is None:  # the run is under way: now it may replace or extend what is on disk
@@ -544,6 +551,10 @@ class GRPOTrainer:
                     history.append(metrics)
                     if self.global_step % a.logging_steps == 0 or self.global_step == self.max_steps:
                         logger.log(self.global_step, metrics)
+                        if main and a.log_to_console:
+                            bar.write(console_line(self.global_step, self.max_steps, metrics,
+                                                   (time.perf_counter() - t0) / (self.global_step - start_step)),
+                                      file=sys.stderr)
                     if (a.save_steps and self.global_step % a.save_steps == 0) or self.global_step == self.max_steps:
                         self.save()
                     bar.update(1)
