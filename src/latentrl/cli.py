@@ -135,6 +135,12 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     trainer = get_method(cfg.method).trainer_class(cfg, build_model_for(cfg), data, eval_dataset=data)
     res = trainer.evaluate(k=ns.k)
     out = {k: v for k, v in res.to_dict().items() if k != "samples"}
+    if ns.thought_check:  # latent methods: Pass@1 with swapped / zeroed thoughts (latentrl.thought_dependence)
+        from latentrl.thought_dependence import trainer_thought_dependence
+
+        dep = trainer_thought_dependence(trainer, data)
+        if dep is not None:
+            out["thought_dependence"] = dep.to_dict()
     print(json.dumps({"model": ns.model, "data": ns.data, "method": cfg.method, **out}))
     return 0
 
@@ -148,6 +154,9 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=4, help="k of Pass@k; 0 skips sampling")
     p.add_argument("--max-new", type=int, default=64, help="max completion positions")
     p.add_argument("--out", default=None, help="scratch folder for the method's trainer (default runs/eval)")
+    p.add_argument("--no-thought-check", dest="thought_check", action="store_false",
+                   help="skip the thought-dependence check (on by default for methods with latent positions: Pass@1 "
+                        "with thoughts swapped between problems and zeroed)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
 
 

@@ -196,3 +196,16 @@ def thought_dependence(
         swap_donor_match=sum(donor_hit) / n, drop_swap_se=_se_paired(own, swap), drop_zero_se=_se_paired(own, zero),
         n=n, mean_latent_positions=sum(latents) / n,
     )
+
+
+def trainer_thought_dependence(trainer: Any, data: Sequence[Any]) -> ThoughtDependence | None:
+    """The check with an RL trainer's own operator, schedule and prompt format (how `latentrl eval` and the bench
+    score a method); None when the method has no latent positions."""
+    op, schedule = trainer.operator, trainer.schedule
+    if op is None or schedule is None or not schedule.has_latent():
+        return None
+    with trainer.gathered(trainer.model):
+        return thought_dependence(trainer.model, data, operator=op, schedule=schedule,
+                                  max_new_positions=trainer.args.max_completion_length, seed=trainer.args.seed,
+                                  prompt_text=trainer.prompt_text,
+                                  decode_latent=trainer.method.decodes_latent_tokens(op))
