@@ -562,3 +562,25 @@ def test_real_gsm8k_aug_curriculum_and_malformed_line(tmp_path):
     broken.write_text("\n".join(lines[:3] + [lines[3].replace("####", "")] + lines[4:6]) + "\n")
     with pytest.raises(DataFormatError, match=r"gsm_bad\.txt, line 4: '####'"):
         load_icot(broken)
+
+
+def test_thought_probe_targets_and_loss_equal_a_naive_computation():
+    """probe_tokens=[-1] (c=1): thought q's output is trained to predict the last token of step q."""
+    lm = model()
+    c_ = cfg(probe_tokens=[-1], eval_batch_size=4)
+    toks = [tokenize_example(lm.tokenizer, ex) for ex in EXAMPLES]
+    samples = [build_stage_sample(t, s, c_, lm.latent_ids) for t, s in zip(toks, STAGES)]
+    assert samples[0].probe == [toks[0].steps[0][-1], toks[0].steps[1][-1]] and samples[1].probe == []
+    assert samples[2].probe == [t[-1] for t in toks[2].steps]
+    out = coconut_forward(lm, collate_coconut(samples, lm.tokenizer.pad_token_id), probe_weight=0.5)
+    plain = coconut_forward(lm, collate_coconut(samples, lm.tokenizer.pad_token_id))
+    ce, n = 0.0, 0
+    for s in samples:
+        _, h = hf_forward(lm, naive_row_inputs(lm, s))
+        for q, target in enumerate(s.probe):
+            ce = ce + F.cross_entropy(lm.lm_head(h[0, s.latent_start + q])[None].float(), torch.tensor([target]))
+            n += 1
+    torch.testing.assert_close(torch.tensor(out.probe_loss), (ce / n).detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, plain.loss + 0.5 * ce / n, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="probe_tokens"):
+        cfg(probe_tokens=[-1, -2])

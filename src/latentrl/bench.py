@@ -184,7 +184,10 @@ def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, see
     res = evaluate(model, evals, operator=trainer.operator,
                    schedule=trainer.schedule, max_new_positions=task.max_completion_length, k=k, seed=seed,
                    prompt_text=trainer.prompt_text)
-    return row(method_name, task.name, res, train_wall, method.init, run_dir)
+    from latentrl.thought_dependence import trainer_thought_dependence
+
+    dep = trainer_thought_dependence(trainer, evals)  # None without latent positions
+    return row(method_name, task.name, res, train_wall, method.init, run_dir, dep)
 
 
 def check_disjoint(task: SuiteTask, train: list[Example], evals: list[Example]) -> None:
@@ -205,8 +208,10 @@ def eval_checkpoint(label: str, path: Path, task: SuiteTask, *, k: int, seed: in
     return row(label, task.name, res, 0.0, "shipped checkpoint", path)
 
 
-def row(method: str, task: str, res, train_wall: float, init: str, where: Path) -> dict[str, Any]:
+def row(method: str, task: str, res, train_wall: float, init: str, where: Path, dep=None) -> dict[str, Any]:
+    """One results row; `dep` is the thought-dependence check (`latentrl.thought_dependence`) of a latent run."""
     return {
+        "thought_dependence": dep.to_dict() if dep is not None else None,
         "method": method, "task": task, "pass_at_1": res.pass_at_1, "pass_at_k": res.pass_at_k, "k": res.k,
         "mean_reasoning_positions": res.mean_reasoning_positions, "mean_latent_positions": res.mean_latent_positions,
         "train_wall_s": round(train_wall, 1), "eval_wall_s": round(res.wall_s, 1), "n_eval": res.n, "init": init,
@@ -219,14 +224,23 @@ QUICK_STEPS = 20
 
 # ---------------------------------------------------------------------------------------- reporting
 def results_markdown(rows: list[dict[str, Any]]) -> str:
-    head = "| method | task | init | Pass@1 | Pass@k (k) | reasoning positions | latent positions | train s |\n"
-    head += "|---|---|---|---:|---:|---:|---:|---:|\n"
+    head = ("| method | task | init | Pass@1 | Pass@k (k) | reasoning positions | latent positions | train s | "
+            "swap / zero drop |\n")
+    head += "|---|---|---|---:|---:|---:|---:|---:|---:|\n"
     lines = []
     for r in rows:
         pk = "—" if r["pass_at_k"] is None else f"{100 * r['pass_at_k']:.1f} ({r['k']})"
         lines.append(f"| {r['method']} | {r['task']} | {r['init']} | {100 * r['pass_at_1']:.1f} | {pk} | "
-                     f"{r['mean_reasoning_positions']:.1f} | {r['mean_latent_positions']:.1f} | {r['train_wall_s']:.0f} |")
+                     f"{r['mean_reasoning_positions']:.1f} | {r['mean_latent_positions']:.1f} | {r['train_wall_s']:.0f} | "
+                     f"{_drops(r.get('thought_dependence'))} |")
     return head + "\n".join(lines) + "\n"
+
+
+def _drops(dep: dict[str, Any] | None) -> str:
+    """Pass@1 points lost with thoughts swapped between problems / zeroed ("—" without latent positions)."""
+    if not dep:
+        return "—"
+    return f"{100 * dep['drop_swap']:.1f} / {100 * dep['drop_zero']:.1f}"
 
 
 def plot_accuracy_vs_length(rows: list[dict[str, Any]], out_png: Path) -> None:

@@ -133,6 +133,15 @@ class CoconutConfig(BaseConfig):
         "Back-propagate through the chain of thoughts (Coconut). false: thoughts computed without grad, then one "
         "full forward for the cross-entropy (Özeren & Aßenmacher's LatR).",
     )
+    probe_tokens: list[int] = cfg_field(
+        [],
+        "Thought probe (our addition, not in Coconut; empty = off): thought j of the c thoughts that replace a step "
+        "is trained, through the LM head applied to the hidden state it outputs (the next thought), to predict the "
+        "step's token at index probe_tokens[j] (Python indexing; e.g. [-2] = the result z of chain_sum's "
+        "`<< x + y = z >>`). Teaches the thought to carry the step's result.",
+    )
+    probe_weight: float = cfg_field(1.0, "Weight of the thought-probe cross-entropy (used when probe_tokens is set).",
+                                    min=0.0)
     stage_advance: str = cfg_field(
         "fixed",
         "When the curriculum moves to the next stage: fixed = after epochs_per_stage epochs (the authors' schedule; "
@@ -244,6 +253,9 @@ class CoconutConfig(BaseConfig):
     def validate(self) -> None:
         if "none" in self.report_to and len(self.report_to) > 1:
             raise ConfigError(f"report_to={self.report_to}: 'none' cannot be combined with other sinks")
+        if len(self.probe_tokens) > self.c_thought:
+            raise ConfigError(f"probe_tokens has {len(self.probe_tokens)} entries for c_thought={self.c_thought} "
+                              "thoughts per step")
         if self.stage_advance == "converged":
             if self.final_stage is not None and self.final_stage < self.start_stage:
                 raise ConfigError(f"final_stage ({self.final_stage}) is before start_stage ({self.start_stage})")
@@ -305,6 +317,7 @@ class CoconutSample:
     latent_start: int  # index of the first thought (= the position right after <|start-latent|>)
     num_latent: int
     stage: int  # the stage it was built at (differs from the scheduled one when uniform_prob drew another)
+    probe: list[int] = dataclasses.field(default_factory=list)  # per thought: thought-probe target id or -100
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -361,12 +374,21 @@ def build_stage_sample(
     n_latent *= cfg.c_thought
     head = tok.prompt + [start_id] + [latent_id] * n_latent + [end_id]
     tail = [t for step in tok.steps[n_skip:] for t in step] + tok.answer
+    probe = [IGNORE_INDEX] * n_latent
+    if cfg.probe_tokens:
+        for q in range(n_latent):
+            i, j = divmod(q, cfg.c_thought)
+            if i < len(tok.steps) and j < len(cfg.probe_tokens):
+                step = tok.steps[i]
+                if -len(step) <= cfg.probe_tokens[j] < len(step):
+                    probe[q] = step[cfg.probe_tokens[j]]
     return CoconutSample(
         input_ids=head + tail,
         labels=[IGNORE_INDEX] * len(head) + tail,
         latent_start=len(tok.prompt) + 1,
         num_latent=n_latent,
         stage=stage,
+        probe=probe,
     )
 
 
@@ -393,12 +415,14 @@ class CoconutBatch:
     labels: torch.Tensor  # (B, T), -100 where no loss
     latent_start: int
     num_latent: torch.Tensor  # (B,) thoughts per row, in columns latent_start .. latent_start + n - 1
+    probe_labels: torch.Tensor | None = None  # (B, T): thought-probe target of the output at a thought column
 
     def to(self, device) -> "CoconutBatch":
         return dataclasses.replace(
             self, input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device),
             position_ids=self.position_ids.to(device), labels=self.labels.to(device),
             num_latent=self.num_latent.to(device),
+            probe_labels=self.probe_labels.to(device) if self.probe_labels is not None else None,
         )
 
     @property
@@ -427,7 +451,13 @@ def collate_coconut(samples: Sequence[CoconutSample], pad_id: int) -> CoconutBat
         pos[i, off : off + n] = torch.arange(n)
         labels[i, off : off + n] = torch.as_tensor(s.labels)
     num = torch.as_tensor([s.num_latent for s in samples], dtype=torch.long)
-    return CoconutBatch(ids, mask, pos, labels, start, num)
+    probe = None
+    if any(t != IGNORE_INDEX for s in samples for t in s.probe):
+        probe = torch.full((B, width), IGNORE_INDEX, dtype=torch.long)
+        for i, s in enumerate(samples):
+            if s.probe:
+                probe[i, start : start + len(s.probe)] = torch.as_tensor(s.probe)
+    return CoconutBatch(ids, mask, pos, labels, start, num, probe)
 
 
 @dataclasses.dataclass
@@ -438,6 +468,8 @@ class CoconutOutput:
     num_forwards: int
     thought_norm: float  # mean L2 norm of the thoughts (0 without thoughts)
     hidden: torch.Tensor | None = None  # (B, T, H) last hidden states, if asked for
+    probe_loss: float = float("nan")  # mean thought-probe cross-entropy (nan without probe targets)
+    probe_accuracy: float = float("nan")
 
 
 def _thought_passes(
@@ -506,13 +538,16 @@ def coconut_forward(
     bptt: bool = True,
     normalizer: float | None = None,
     return_hidden: bool = False,
+    probe_weight: float = 0.0,
 ) -> CoconutOutput:
     """Cross-entropy of a Coconut batch, with thoughts formed by the KV-cached multi-pass forward.
 
     `bptt=True`: n_max + 1 forwards, the graph kept through every thought. `bptt=False` (LatR): n_max forwards under
     no_grad to form the thoughts, then one full forward over the sequence with the thoughts as constants.
     The loss is the *sum* of token cross-entropies divided by `normalizer` (default: this batch's label count), so
-    gradient accumulation can divide by the label count of the whole optimizer step.
+    gradient accumulation can divide by the label count of the whole optimizer step. With `probe_weight` > 0 and
+    probe labels in the batch, `probe_weight` x the mean thought-probe cross-entropy (scaled by this batch's share
+    of `normalizer`) is added (see `CoconutConfig.probe_tokens`).
     """
     batch = batch.to(model.device)
     embeds = model.embed(batch.input_ids)
@@ -542,11 +577,22 @@ def coconut_forward(
     gold = target[sel]
     loss_sum = F.cross_entropy(logits, gold, reduction="sum")
     loss = loss_sum / (normalizer if normalizer is not None else count)
+    probe_loss = probe_acc = float("nan")
+    if batch.probe_labels is not None:
+        psel = batch.probe_labels != IGNORE_INDEX
+        if bool(psel.any()):
+            plogits = model.lm_head(hidden[psel]).float()
+            pgold = batch.probe_labels[psel]
+            pce = F.cross_entropy(plogits, pgold)
+            if probe_weight > 0:
+                loss = loss + probe_weight * pce * (count / (normalizer if normalizer is not None else count))
+            probe_loss = float(pce.detach())
+            probe_acc = float((plogits.argmax(-1) == pgold).float().mean())
     with torch.no_grad():
         acc = float((logits.argmax(-1) == gold).float().mean())
         lat = batch.latent_mask[:, batch.latent_start : batch.latent_start + thoughts.shape[1]]
         norm = float(thoughts[lat].float().norm(dim=-1).mean()) if bool(lat.any()) else 0.0
-    return CoconutOutput(loss, count, acc, forwards, norm, hidden if return_hidden else None)
+    return CoconutOutput(loss, count, acc, forwards, norm, hidden if return_hidden else None, probe_loss, probe_acc)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -800,7 +846,8 @@ def train_coconut(
     optimizer: torch.optim.Optimizer | None = None
     params = [p for p in model.parameters() if p.requires_grad]
     state = {"step": 0, "train_time": 0.0}
-    window: dict[str, float] = {"loss": 0.0, "token_accuracy": 0.0, "thought_norm": 0.0, "forwards": 0.0, "n": 0}
+    window: dict[str, float] = {"loss": 0.0, "token_accuracy": 0.0, "thought_norm": 0.0, "forwards": 0.0, "n": 0,
+                                "probe_loss": 0.0, "probe_accuracy": 0.0, "probe_n": 0.0}
     bar = progress(total_steps, "coconut" + ("" if cfg.bptt else "[no-bptt]"), disable=cfg.disable_tqdm)
 
     def out_of_budget() -> bool:
@@ -825,8 +872,13 @@ def train_coconut(
         optimizer.zero_grad(set_to_none=True)
         loss_total, acc_total, norm_total, fwd_total = 0.0, 0.0, 0.0, 0
         for b in batches:
-            out = coconut_forward(model, b, bptt=cfg.bptt, normalizer=n_tokens)
+            out = coconut_forward(model, b, bptt=cfg.bptt, normalizer=n_tokens,
+                                  probe_weight=cfg.probe_weight if cfg.probe_tokens else 0.0)
             out.loss.backward()
+            if not math.isnan(out.probe_loss):
+                window["probe_loss"] += out.probe_loss / len(batches)
+                window["probe_accuracy"] += out.probe_accuracy / len(batches)
+                window["probe_n"] += 1 / len(batches)
             loss_total += float(out.loss.detach())
             acc_total += out.token_accuracy * out.num_tokens / n_tokens
             norm_total += out.thought_norm / len(batches)
@@ -849,6 +901,9 @@ def train_coconut(
                       "latent/norm_mean": window["thought_norm"] / n, "forwards_per_step": window["forwards"] / n,
                       "stage": stage, "epoch": epoch, "learning_rate": cfg.learning_rate,
                       "grad_norm": grad_norm, "train_wall_s": state["train_time"]}
+            if window["probe_n"] > 0:
+                record["probe_loss"] = window["probe_loss"] / window["probe_n"]
+                record["probe_accuracy"] = window["probe_accuracy"] / window["probe_n"]
             log(step, record, history.train)
             bar.set_postfix(stage=stage, loss=f"{record['loss']:.3f}")
             window = {k: 0.0 for k in window}
