@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--num-eval", type=int, default=None)
     ap.add_argument("overrides", nargs="*", help="CoconutConfig key=value overrides")
-    ns = ap.parse_args()
+    ns = ap.parse_intermixed_args()
     torch.set_num_threads(ns.threads)
     recipe = RECIPES[ns.task]
     task = suite_tasks()[ns.task]
@@ -128,6 +129,10 @@ def main() -> None:
         "wall_s": round(wall, 1), "threads": ns.threads, "config": config_to_dict(cfg), "samples": ev["samples"],
     }
     (out / "result.json").write_text(json.dumps(result, indent=1))
+    # what a shipped copy of the folder says about itself (tests/test_latent_inits.py reads num_thoughts)
+    (out / "latent_init.json").write_text(json.dumps({
+        "command": "PYTHONPATH=src python scripts/train_latent_init.py " + " ".join(sys.argv[1:]),
+        **{k: v for k, v in result.items() if k != "samples"}}, indent=1))
     from latentrl.logger import read_metrics
 
     plot_curve(read_metrics(out), out / "curve.png", f"{ns.task}: gated Coconut curriculum from {Path(cot).name}")
