@@ -62,13 +62,17 @@ def plot_curve(metrics: list[dict], out_png: Path, title: str) -> None:
     gate = [r for r in metrics if "gate/next_step_accuracy" in r]
     stages = [r for r in metrics if "stage/index" in r]
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss / token", color="tab:blue")
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (CE per token + probe)", color="tab:blue")
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax2 = ax.twinx()
     ax2.plot([r["step"] for r in gate], [r["gate/next_step_accuracy"] for r in gate], color="tab:orange",
              label="gate: next step exact (teacher-forced)")
+    probe = [r for r in train if "probe_accuracy" in r]
+    if probe:
+        ax2.plot([r["step"] for r in probe], [r["probe_accuracy"] for r in probe], color="tab:green", alpha=0.7,
+                 label="thought probe accuracy (train)")
     ax2.set_ylim(0, 1.02)
     ax2.set_ylabel("gate accuracy")
     for r in stages:
