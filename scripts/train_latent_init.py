@@ -76,24 +76,24 @@ def plot_curve(metrics: list[dict], out_png: Path, title: str) -> None:
     gate = [r for r in metrics if "gate/next_step_accuracy" in r]
     stages = [r for r in metrics if "stage/index" in r]
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (CE per token + probe)", color="tab:blue")
+    handles = ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue",
+                      label="train loss (CE per token + probe)")
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax2 = ax.twinx()
-    ax2.plot([r["step"] for r in gate], [r["gate/next_step_accuracy"] for r in gate], color="tab:orange",
-             label="gate: next step exact (teacher-forced)")
+    handles += ax2.plot([r["step"] for r in gate], [r["gate/next_step_accuracy"] for r in gate], color="tab:orange",
+                        label="gate: next step exact (teacher-forced, 256 gate problems)")
     probe = [r for r in train if "probe_accuracy" in r]
     if probe:
-        ax2.plot([r["step"] for r in probe], [r["probe_accuracy"] for r in probe], color="tab:green", alpha=0.7,
-                 label="thought probe accuracy (train)")
+        handles += ax2.plot([r["step"] for r in probe], [r["probe_accuracy"] for r in probe], color="tab:green",
+                            alpha=0.7, label="thought probe accuracy (train)")
     ax2.set_ylim(0, 1.02)
-    ax2.set_ylabel("gate accuracy")
-    for r in stages:
+    ax2.set_ylabel("accuracy")
+    for r in stages:  # a dashed line where each stage ended (its gate passed)
         ax.axvline(r["step"], color="grey", lw=0.6, ls="--")
-        ax.text(r["step"], ax.get_ylim()[1], f" s{r['stage/index']}", fontsize=7, va="top")
-    lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [line.get_label() for line in lines], loc="lower left", fontsize=8)
+        ax.text(r["step"], ax.get_ylim()[1], f"s{r['stage/index']}|", fontsize=7, va="top", ha="right")
+    ax.legend(handles, [h.get_label() for h in handles], loc="lower left", fontsize=7)
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
