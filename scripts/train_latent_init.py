@@ -125,13 +125,24 @@ def main() -> None:
     assert not {e.question for e in train} & {e.question for e in gate}, "gate problems overlap training problems"
     model = LatentModel.from_pretrained(cot, add_latent_tokens=True)
     t0 = time.perf_counter()
-    history = train_coconut(cfg, model, train, eval_examples=[], gate_examples=gate)
+    from latentrl.logger import read_metrics
+
+    try:
+        history = train_coconut(cfg, model, train, eval_examples=[], gate_examples=gate)
+        stage_log, steps, train_wall = history.stage_log, history.steps, history.train_wall_s
+        stage = stage_log[-1]["stage/index"]
+    except KeyboardInterrupt:  # a time box (kill -INT): keep the model as it is and score it at its current stage
+        records = read_metrics(out)
+        last = [r for r in records if "train_wall_s" in r][-1]
+        stage_log = [r for r in records if "stage/index" in r] + [{"stage/index": last["stage"],
+                                                                     "stage/reason": "interrupted"}]
+        stage, steps, train_wall = last["stage"], last["step"], last["train_wall_s"]
+        print(f"interrupted at step {steps}, stage {stage}", flush=True)
     wall = time.perf_counter() - t0
     model.save_pretrained(out)
 
     from latentrl.thought_dependence import thought_dependence
 
-    stage = history.stage_log[-1]["stage/index"]
     ev = coconut_evaluate(model, evals, cfg, stage, max_new_positions=task.max_completion_length)
     n_thoughts = ev["num_thoughts"][0]
     start = model.latent_tokens.start
@@ -143,7 +154,7 @@ def main() -> None:
         "task": ns.task, "cot_model": cot, "final_stage": stage, "num_thoughts": n_thoughts,
         "pass_at_1": ev["pass_at_1"], "pass_at_1_se": pass_se(ev["pass_at_1"], n), "n_eval": n,
         "mean_reasoning_positions": ev["mean_reasoning_positions"], "thought_dependence": dep.to_dict(),
-        "stages": history.stage_log, "steps": history.steps, "train_wall_s": round(history.train_wall_s, 1),
+        "stages": stage_log, "steps": steps, "train_wall_s": round(train_wall, 1),
         "wall_s": round(wall, 1), "threads": ns.threads, "config": config_to_dict(cfg), "samples": ev["samples"],
     }
     (out / "result.json").write_text(json.dumps(result, indent=1))
@@ -151,8 +162,6 @@ def main() -> None:
     (out / "latent_init.json").write_text(json.dumps({
         "command": "PYTHONPATH=src python scripts/train_latent_init.py " + " ".join(sys.argv[1:]),
         **{k: v for k, v in result.items() if k != "samples"}}, indent=1))
-    from latentrl.logger import read_metrics
-
     plot_curve(read_metrics(out), out / "curve.png", f"{ns.task}: gated Coconut curriculum from {Path(cot).name}")
     print(json.dumps({k: v for k, v in result.items() if k not in ("config", "samples")}, indent=1))
 
