@@ -46,6 +46,8 @@ class SuiteTask:
     method_overrides: dict[str, list[str]] = field(default_factory=dict)
     #: task-specific overrides of a starting-checkpoint builder's preset (e.g. `coconut_sft`'s stages)
     init_overrides: dict[str, list[str]] = field(default_factory=dict)
+    #: shipped checkpoints used instead of building an init (`scripts/train_latent_init.py`), by init name
+    shipped_inits: dict[str, str] = field(default_factory=dict)
 
     def pretrain_questions(self) -> frozenset[str]:
         """Questions the shipped models were trained on (empty when there is no `pretrain_config`)."""
@@ -101,6 +103,8 @@ def suite_tasks() -> dict[str, SuiteTask]:
             # batches of 64 keep the 9 epochs at ~290 steps (a CPU-time choice, docs/bench/chain_sum)
             init_overrides={"coconut_sft": [f"max_latent_stage={chain_steps}", f"num_epochs={chain_steps + 3}",
                                             "per_device_train_batch_size=64"]},
+            # the gated Coconut init (93 % at 7 thoughts, docs/bench/chain_sum/latent_init), used when shipped
+            shipped_inits={"coconut_sft": "chain_sum-coconut"},
         ),
     }
 
@@ -143,6 +147,12 @@ def _coconut_init(task: SuiteTask, cache: Path, quick: bool) -> Path:
 
 
 def build_init(name: str, task: SuiteTask, out: Path, quick: bool) -> Path:
+    """The starting checkpoint `name` of `task`: the task's shipped one when it has one, else built and cached."""
+    from latentrl.assets import available_models, model_path
+
+    shipped = task.shipped_inits.get(name)
+    if shipped is not None and shipped in available_models():
+        return model_path(shipped)
     if name not in INIT_BUILDERS:
         raise ValueError(f"no builder for starting checkpoint {name!r}; known: {sorted(INIT_BUILDERS)}")
     return INIT_BUILDERS[name](task, out / "inits" / task.name, quick)
