@@ -53,8 +53,8 @@ RECIPES: dict[str, dict] = {
         "num_eval": 1000,
         "overrides": [
             "c_thought=3", "max_latent_stage=4", "start_stage=1", "stage_advance=converged", "final_stage=4",
-            "gate_metric=next_step_accuracy", "gate_threshold=0.9", "gate_patience=2", "gate_eval_steps=16",
-            "gate_num_examples=256", "max_steps_per_stage=500", "num_train_examples=20000",
+            "gate_metric=next_step_accuracy", "gate_threshold=0.8", "gate_patience=2", "gate_eval_steps=16",
+            "gate_num_examples=256", "max_steps_per_stage=200", "num_train_examples=20000",
             "per_device_train_batch_size=32", "learning_rate=1e-3", "reset_optimizer=stage", "max_grad_norm=1.0",
             "eval_strategy=no", "eval_batch_size=250", "logging_steps=16", "max_length=256", "seed=0",
         ],
