@@ -102,3 +102,13 @@ def test_write_results_keeps_tasks_apart(tmp_path):
     wide = matplotlib.image.imread(tmp_path / "accuracy_vs_length.png").shape[1]
     write_results(tmp_path, rows[:2])
     assert matplotlib.image.imread(tmp_path / "accuracy_vs_length.png").shape[1] < wide  # one panel fewer
+
+
+def test_a_shipped_latent_init_replaces_the_built_one(chain_sum, tmp_path):
+    from latentrl.assets import available_models, model_path
+    from latentrl.bench import build_init
+
+    if "chain_sum-coconut" not in available_models():
+        pytest.skip("chain_sum-coconut not shipped")
+    assert build_init("coconut_sft", chain_sum, tmp_path, quick=True) == model_path("chain_sum-coconut")
+    assert not (tmp_path / "inits").exists()  # nothing was built

@@ -26,6 +26,12 @@ def test_eval_scores_a_checkpoint_on_a_data_file(capsys, tmp_path):
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["n"] == 6 and out["k"] == 2 and 0.0 <= out["pass_at_1"] <= 1.0 and out["pass_at_k"] is not None
+    assert "thought_dependence" not in out  # plain GRPO has no latent positions
+    rc = main(["eval", "--model", str(model_dir), "--data", str(data), "--num", "6", "--k", "0", "--max-new", "8",
+               "--method", "coconut_grpo", "--out", str(tmp_path / "scratch2"), "latent.num_latent_steps=2"])
+    dep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["thought_dependence"]
+    assert dep["n"] == 6 and dep["mean_latent_positions"] == 2.0
+    assert dep["drop_swap"] == dep["pass_own"] - dep["pass_swap"]
 
 
 def test_cpu_configs_name_shipped_models_and_missing_models_are_one_line_errors(capsys, monkeypatch, tmp_path):

@@ -86,18 +86,31 @@ def grads(lm):
     return {n: p.grad.detach().clone() for n, p in lm.named_parameters() if p.grad is not None}
 
 
+def hf_forward(lm, embeds):
+    """(logits, last hidden state) of the wrapped HF model itself: its own `inputs_embeds` path and its
+    `output_hidden_states`' last entry (post final norm in HF), nothing of the library's `forward_embeds`."""
+    out = lm.model(inputs_embeds=embeds, output_hidden_states=True, return_dict=True)
+    return out.logits, out.hidden_states[-1]
+
+
+def naive_row_inputs(lm, s, detach_thoughts=False):
+    """One row's input embeddings, no padding, no cache: each thought is the HF model's last hidden state of a full
+    forward over everything before it."""
+    ids = torch.tensor([s.input_ids])
+    emb = lm.model.get_input_embeddings()(ids)[0]
+    cols = [emb[i] for i in range(ids.shape[1])]
+    for c in range(s.latent_start, s.latent_start + s.num_latent):
+        _, h = hf_forward(lm, torch.stack(cols[:c])[None])
+        cols[c] = h[0, -1].detach() if detach_thoughts else h[0, -1]
+    return torch.stack(cols)[None]
+
+
 def naive_loss(lm, samples, detach_thoughts=False):
-    """Row by row, no padding, no cache: each thought is the last hidden state of a full forward over everything
-    before it; then one full forward over the whole sequence. Token-mean CE over the batch."""
+    """Row by row on the HF model's own outputs (see `naive_row_inputs`), then one full forward over the whole
+    sequence. Token-mean CE over the batch."""
     total, count = 0.0, 0
     for s in samples:
-        ids = torch.tensor([s.input_ids])
-        emb = lm.embed(ids)[0]
-        cols = [emb[i] for i in range(ids.shape[1])]
-        for c in range(s.latent_start, s.latent_start + s.num_latent):
-            _, h, _ = lm.forward_embeds(torch.stack(cols[:c])[None])
-            cols[c] = h[0, -1].detach() if detach_thoughts else h[0, -1]
-        logits, _, _ = lm.forward_embeds(torch.stack(cols)[None])
+        logits, _ = hf_forward(lm, naive_row_inputs(lm, s, detach_thoughts))
         labels = torch.tensor(s.labels[1:])
         sel = labels != IGNORE_INDEX
         total = total + F.cross_entropy(logits[0, :-1][sel].float(), labels[sel], reduction="sum")
@@ -327,6 +340,79 @@ def test_train_coconut_learns_logs_and_evaluates_per_stage(tmp_path):
     assert any("eval/pass_at_1" in r for r in logged) and any("eval/loss" in r for r in logged)
 
 
+@pytest.mark.parametrize("threshold, reason, per_stage", [(0.0, "converged", 2), (1.5, "max_steps", 3)])
+def test_converged_stage_advance_follows_the_gate_and_logs_each_stage(tmp_path, threshold, reason, per_stage):
+    """Threshold 0 passes every gate eval (patience 2 -> 2 steps per stage); 1.5 never does (step cap 3)."""
+    from latentrl.logger import read_metrics
+
+    lm = model()
+    data = tiny_train_data(8)
+    c_ = cfg(max_latent_stage=2, start_stage=1, stage_advance="converged", final_stage=3, gate_threshold=threshold,
+             gate_patience=2, gate_eval_steps=1, max_steps_per_stage=3, per_device_train_batch_size=4,
+             eval_strategy="no", output_dir=str(tmp_path), logging_steps=1)
+    hist = train_coconut(c_, lm, data, gate_examples=data[:4])
+    assert [r["stage/index"] for r in hist.stage_log] == [1, 2, 3]
+    assert [r["stage/steps"] for r in hist.stage_log] == [per_stage] * 3
+    assert {r["stage/reason"] for r in hist.stage_log} == {reason}
+    assert hist.steps == 3 * per_stage and hist.optimizer_resets == [0, per_stage, 2 * per_stage]
+    assert [r["stage"] for r in hist.train] == [1] * per_stage + [2] * per_stage + [3] * per_stage
+    assert len(hist.gate) == 3 * per_stage and all(0.0 <= r["gate/next_step_accuracy"] <= 1.0 for r in hist.gate)
+    logged = read_metrics(tmp_path)
+    assert [r["stage/reason"] for r in logged if "stage/reason" in r] == [reason] * 3
+
+
+def test_converged_mode_needs_gate_examples_and_checks_its_options():
+    with pytest.raises(ValueError, match="gate examples"):
+        train_coconut(cfg(stage_advance="converged", eval_strategy="no"), model(), tiny_train_data(4))
+    with pytest.raises(ConfigError, match="final_stage"):
+        cfg(stage_advance="converged", start_stage=2, final_stage=1)
+    with pytest.raises(ConfigError, match="min_steps_per_stage"):
+        cfg(stage_advance="converged", min_steps_per_stage=10, max_steps_per_stage=5)
+
+
+def test_converged_mode_reaches_the_final_stage_by_learning(tmp_path):
+    """A tiny model that can learn a 2-step task: every stage passes its gate before the cap."""
+    lm = model(hidden=32)
+    data = [Example(f"{i}", [f"{i}", f"{i}"], f"{i}") for i in range(1, 5)]
+    c_ = cfg(max_latent_stage=2, start_stage=1, stage_advance="converged", final_stage=2, gate_threshold=1.0,
+             gate_patience=2, gate_eval_steps=5, max_steps_per_stage=300, per_device_train_batch_size=4,
+             learning_rate=1e-2, eval_strategy="no", eval_batch_size=4)
+    hist = train_coconut(c_, lm, data, data)
+    assert [r["stage/reason"] for r in hist.stage_log] == ["converged", "converged"]
+    assert hist.final_eval is not None and hist.final_eval["pass_at_1"] == 1.0
+    assert hist.final_eval["num_thoughts"] == [2]
+
+
+def test_gate_metrics_equal_a_naive_per_row_computation():
+    """next_step_loss / next_step_accuracy against the HF model's own outputs, row by row (stage 1: the first
+    segment is step 2; stage 3 > #steps of row 2: the answer)."""
+    from latentrl.sft.coconut import coconut_gate_metrics
+
+    lm = model()
+    toks = [tokenize_example(lm.tokenizer, ex) for ex in EXAMPLES]
+    for stage in (1, 3):
+        c_ = cfg(eval_batch_size=2)
+        got = coconut_gate_metrics(lm, toks, stage, c_, lm.latent_ids, lm.tokenizer.pad_token_id)
+        seg_loss, exact = 0.0, 0
+        for t in toks:
+            s = build_stage_sample(t, stage, c_, lm.latent_ids)
+            n_skip = min(stage, len(t.steps))
+            seg = t.steps[n_skip] if n_skip < len(t.steps) else t.answer
+            first = s.labels.index(next(x for x in s.labels if x != IGNORE_INDEX))
+            with torch.no_grad():
+                logits, _ = hf_forward(lm, naive_row_inputs(lm, s))
+            pred = logits[0, first - 1 : first - 1 + len(seg)]
+            gold = torch.tensor(seg)
+            assert s.input_ids[first : first + len(seg)] == seg
+            seg_loss += float(F.cross_entropy(pred, gold, reduction="sum"))
+            exact += int((pred.argmax(-1) == gold).all())
+        assert got["next_step_loss"] == pytest.approx(seg_loss / len(toks), rel=1e-5)
+        assert got["next_step_accuracy"] == exact / len(toks)
+        with torch.no_grad():
+            ref = naive_loss(lm, [build_stage_sample(t, stage, c_, lm.latent_ids) for t in toks])
+        assert got["loss"] == pytest.approx(float(ref), rel=1e-5)
+
+
 def test_build_coconut_init_caches_a_trained_checkpoint(tmp_path, monkeypatch):
     """The bench's `coconut_sft` init: shipped CoT model -> Coconut SFT with the CPU preset -> cached folder."""
     from types import SimpleNamespace
@@ -476,3 +562,25 @@ def test_real_gsm8k_aug_curriculum_and_malformed_line(tmp_path):
     broken.write_text("\n".join(lines[:3] + [lines[3].replace("####", "")] + lines[4:6]) + "\n")
     with pytest.raises(DataFormatError, match=r"gsm_bad\.txt, line 4: '####'"):
         load_icot(broken)
+
+
+def test_thought_probe_targets_and_loss_equal_a_naive_computation():
+    """probe_tokens=[-1] (c=1): thought q's output is trained to predict the last token of step q."""
+    lm = model()
+    c_ = cfg(probe_tokens=[-1], eval_batch_size=4)
+    toks = [tokenize_example(lm.tokenizer, ex) for ex in EXAMPLES]
+    samples = [build_stage_sample(t, s, c_, lm.latent_ids) for t, s in zip(toks, STAGES)]
+    assert samples[0].probe == [toks[0].steps[0][-1], toks[0].steps[1][-1]] and samples[1].probe == []
+    assert samples[2].probe == [t[-1] for t in toks[2].steps]
+    out = coconut_forward(lm, collate_coconut(samples, lm.tokenizer.pad_token_id), probe_weight=0.5)
+    plain = coconut_forward(lm, collate_coconut(samples, lm.tokenizer.pad_token_id))
+    ce, n = 0.0, 0
+    for s in samples:
+        _, h = hf_forward(lm, naive_row_inputs(lm, s))
+        for q, target in enumerate(s.probe):
+            ce = ce + F.cross_entropy(lm.lm_head(h[0, s.latent_start + q])[None].float(), torch.tensor([target]))
+            n += 1
+    torch.testing.assert_close(torch.tensor(out.probe_loss), (ce / n).detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, plain.loss + 0.5 * ce / n, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="probe_tokens"):
+        cfg(probe_tokens=[-1, -2])

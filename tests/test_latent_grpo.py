@@ -297,6 +297,30 @@ def test_superposition_sft_batch_layout_and_learning(tmp_path):
     assert loss1 < 0.7 * loss0 and stats["kl"] >= 0 and hist.steps == 25
 
 
+@pytest.mark.parametrize("threshold, reason, steps", [(0.0, "converged", 4), (1.5, "max_steps", 12)])
+def test_superposition_sft_converged_mode_stops_at_the_gate(threshold, reason, steps):
+    """Threshold 0 passes every gate evaluation (patience 2, every 2 steps -> stop at step 4); 1.5 never does."""
+    from latentrl.sft.superposition import superposition_gate_metrics
+
+    lm = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32)
+    ex = make_examples("chain_sum", 8, seed=0, length=2)
+    cfg = SuperpositionSFTConfig(max_steps=12, per_device_train_batch_size=8, learning_rate=1e-2, warmup_steps=0,
+                                 top_k=5, disable_tqdm=True, stage_advance="converged", gate_threshold=threshold,
+                                 gate_patience=2, gate_eval_steps=2)
+    hist = train_superposition_sft(cfg, lm, ex, gate_examples=ex[:4])
+    assert hist.steps == steps and len(hist.gate) == steps // 2
+    assert hist.stage_log == [{"step": steps, "stage/steps": steps, "stage/reason": reason,
+                               "stage/gate_metric": "answer_accuracy",
+                               "stage/gate_value": hist.gate[-1]["gate/answer_accuracy"]}]
+    # the gate metric is the batch's teacher-forced exact-answer rate
+    enc = encode_superposition_examples(lm.tokenizer, ex[:4], cfg)
+    _, stats = superposition_loss(lm, build_superposition_batch(enc, lm.tokenizer.pad_token_id), cfg)
+    gm = superposition_gate_metrics(lm, enc, cfg, lm.tokenizer.pad_token_id)
+    assert gm["answer_accuracy"] == pytest.approx(stats["answer_accuracy"])
+    with pytest.raises(ValueError, match="gate examples"):
+        train_superposition_sft(cfg, lm, ex)
+
+
 # ---------------------------------------------------------------------------------------------------- presets
 @pytest.mark.parametrize("path", ["configs/latent_grpo_llama3.2-1b_gsm8k.yaml", "configs/cpu/latent_grpo.yaml"])
 def test_presets_load(path):

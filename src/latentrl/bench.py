@@ -47,6 +47,8 @@ class SuiteTask:
     method_overrides: dict[str, list[str]] = field(default_factory=dict)
     #: task-specific overrides of a starting-checkpoint builder's preset (e.g. `coconut_sft`'s stages)
     init_overrides: dict[str, list[str]] = field(default_factory=dict)
+    #: shipped checkpoints used instead of building an init (`scripts/train_latent_init.py`), by init name
+    shipped_inits: dict[str, str] = field(default_factory=dict)
 
     def pretrain_questions(self) -> frozenset[str]:
         """Questions the shipped models were trained on (empty when there is no `pretrain_config`)."""
@@ -102,6 +104,8 @@ def suite_tasks() -> dict[str, SuiteTask]:
             # batches of 64 keep the 9 epochs at ~290 steps (a CPU-time choice, docs/bench/chain_sum)
             init_overrides={"coconut_sft": [f"max_latent_stage={chain_steps}", f"num_epochs={chain_steps + 3}",
                                             "per_device_train_batch_size=64"]},
+            # the gated Coconut init (93 % at 7 thoughts, docs/bench/chain_sum/latent_init), used when shipped
+            shipped_inits={"coconut_sft": "chain_sum-coconut"},
         ),
     }
 
@@ -144,6 +148,12 @@ def _coconut_init(task: SuiteTask, cache: Path, quick: bool) -> Path:
 
 
 def build_init(name: str, task: SuiteTask, out: Path, quick: bool) -> Path:
+    """The starting checkpoint `name` of `task`: the task's shipped one when it has one, else built and cached."""
+    from latentrl.assets import available_models, model_path
+
+    shipped = task.shipped_inits.get(name)
+    if shipped is not None and shipped in available_models():
+        return model_path(shipped)
     if name not in INIT_BUILDERS:
         raise ValueError(f"no builder for starting checkpoint {name!r}; known: {sorted(INIT_BUILDERS)}")
     return INIT_BUILDERS[name](task, out / "inits" / task.name, quick)
@@ -186,7 +196,10 @@ def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, see
     res = evaluate(model, evals, operator=trainer.operator,
                    schedule=trainer.schedule, max_new_positions=task.max_completion_length, k=k, seed=seed,
                    prompt_text=trainer.prompt_text, temperature=cfg.temperature)
-    return row(method_name, task.name, res, train_wall, method.init, run_dir)
+    from latentrl.thought_dependence import trainer_thought_dependence
+
+    dep = trainer_thought_dependence(trainer, evals)  # None without latent positions
+    return row(method_name, task.name, res, train_wall, method.init, run_dir, dep)
 
 
 def check_disjoint(task: SuiteTask, train: list[Example], evals: list[Example]) -> None:
@@ -209,8 +222,10 @@ def eval_checkpoint(label: str, path: Path, task: SuiteTask, *, k: int, seed: in
     return row(label, task.name, res, 0.0, "shipped checkpoint", path)
 
 
-def row(method: str, task: str, res, train_wall: float, init: str, where: Path) -> dict[str, Any]:
+def row(method: str, task: str, res, train_wall: float, init: str, where: Path, dep=None) -> dict[str, Any]:
+    """One results row; `dep` is the thought-dependence check (`latentrl.thought_dependence`) of a latent run."""
     return {
+        "thought_dependence": dep.to_dict() if dep is not None else None,
         "method": method, "task": task, "pass_at_1": res.pass_at_1, "pass_at_k": res.pass_at_k, "k": res.k,
         "mean_reasoning_positions": res.mean_reasoning_positions, "mean_latent_positions": res.mean_latent_positions,
         "train_wall_s": round(train_wall, 1), "eval_wall_s": round(res.wall_s, 1), "n_eval": res.n, "init": init,
@@ -231,8 +246,8 @@ def percent_se(p: float, n: int) -> str:
 def results_markdown(rows: list[dict[str, Any]]) -> str:
     """The results table; accuracies in % with their binomial standard error over the row's n problems."""
     head = ("| method | task | init | n | Pass@1 ± SE | Pass@k ± SE (k, T) | reasoning positions | latent positions "
-            "| train s |\n")
-    head += "|---|---|---|---:|---:|---:|---:|---:|---:|\n"
+            "| train s | swap / zero drop |\n")
+    head += "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
     lines = []
     for r in rows:
         n = r["n_eval"]
@@ -240,8 +255,16 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
         if r["pass_at_k"] is not None:
             pk = f"{percent_se(r['pass_at_k'], n)} ({r['k']}, {r.get('pass_at_k_temperature', 1.0):g})"
         lines.append(f"| {r['method']} | {r['task']} | {r['init']} | {n} | {percent_se(r['pass_at_1'], n)} | {pk} | "
-                     f"{r['mean_reasoning_positions']:.1f} | {r['mean_latent_positions']:.1f} | {r['train_wall_s']:.0f} |")
+                     f"{r['mean_reasoning_positions']:.1f} | {r['mean_latent_positions']:.1f} | {r['train_wall_s']:.0f} | "
+                     f"{_drops(r.get('thought_dependence'))} |")
     return head + "\n".join(lines) + "\n"
+
+
+def _drops(dep: dict[str, Any] | None) -> str:
+    """Pass@1 points lost with thoughts swapped between problems / zeroed ("—" without latent positions)."""
+    if not dep:
+        return "—"
+    return f"{100 * dep['drop_swap']:.1f} / {100 * dep['drop_zero']:.1f}"
 
 
 def plot_accuracy_vs_length(rows: list[dict[str, Any]], out_png: Path) -> None:

@@ -166,6 +166,12 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     trainer = get_method(cfg.method).trainer_class(cfg, build_model_for(cfg), data, eval_dataset=data)
     res = trainer.evaluate(k=ns.k, temperature=temperature)
     out = {k: v for k, v in res.to_dict().items() if k != "samples"}
+    if ns.thought_check:  # latent methods: Pass@1 with swapped / zeroed thoughts (latentrl.thought_dependence)
+        from latentrl.thought_dependence import trainer_thought_dependence
+
+        dep = trainer_thought_dependence(trainer, data)
+        if dep is not None:
+            out["thought_dependence"] = dep.to_dict()
     print(json.dumps({"model": ns.model, "data": ns.data, "method": cfg.method, "settings": settings, **out}))
     return 0
 
@@ -184,6 +190,9 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new", type=int, default=64,
                    help="max completion positions (a completion cut at this budget is warned about)")
     p.add_argument("--out", default=None, help="scratch folder for the method's trainer (default runs/eval)")
+    p.add_argument("--no-thought-check", dest="thought_check", action="store_false",
+                   help="skip the thought-dependence check (on by default for methods with latent positions: Pass@1 "
+                        "with thoughts swapped between problems and zeroed)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
 
 

@@ -56,6 +56,7 @@ from latentrl.config import (
 )
 from latentrl.data.schema import ANSWER_MARK, Example, format_prompt
 from latentrl.model import LatentModel, LatentTokens
+from latentrl.sft.gate import STAGE_ADVANCE_CHOICES, StageGate
 
 __all__ = [
     "IGNORE_INDEX",
@@ -70,6 +71,7 @@ __all__ = [
     "coconut_eval_thoughts",
     "coconut_evaluate",
     "coconut_forward",
+    "coconut_gate_metrics",
     "coconut_generate",
     "coconut_operator",
     "coconut_prompt_text",
@@ -84,6 +86,7 @@ __all__ = [
 
 IGNORE_INDEX = -100
 RESET_CHOICES = ("stage", "epoch", "never")
+GATE_METRICS = ("next_step_accuracy", "next_step_loss", "loss")
 EVAL_CHOICES = ("stage", "epoch", "no")
 
 
@@ -137,6 +140,51 @@ class CoconutConfig(BaseConfig):
         True,
         "Back-propagate through the chain of thoughts (Coconut). false: thoughts computed without grad, then one "
         "full forward for the cross-entropy (Özeren & Aßenmacher's LatR).",
+    )
+    probe_tokens: list[int] = cfg_field(
+        [],
+        "Thought probe (our addition, not in Coconut; empty = off): thought j of the c thoughts that replace a step "
+        "is trained, through the LM head applied to the hidden state it outputs (the next thought), to predict the "
+        "step's token at index probe_tokens[j] (Python indexing; e.g. [-2] = the result z of chain_sum's "
+        "`<< x + y = z >>`). Teaches the thought to carry the step's result.",
+    )
+    probe_weight: float = cfg_field(1.0, "Weight of the thought-probe cross-entropy (used when probe_tokens is set).",
+                                    min=0.0)
+    stage_advance: str = cfg_field(
+        "fixed",
+        "When the curriculum moves to the next stage: fixed = after epochs_per_stage epochs (the authors' schedule; "
+        "num_epochs ends training); converged = when the gate metric on the gate examples has met gate_threshold on "
+        "gate_patience consecutive gate evaluations (every gate_eval_steps steps), or after max_steps_per_stage "
+        "steps; training ends when final_stage is done (num_epochs and epochs_per_stage are then unused).",
+        choices=STAGE_ADVANCE_CHOICES,
+    )
+    gate_metric: str = cfg_field(
+        "next_step_accuracy",
+        "Converged mode's gate, measured teacher-forced at the current stage: next_step_accuracy = fraction of gate "
+        "examples whose first target segment after the thoughts (the next language step, or the answer when none "
+        "is left) is predicted exactly; next_step_loss = mean cross-entropy (nats) summed over that segment; loss = "
+        "token-mean cross-entropy of the whole target.",
+        choices=GATE_METRICS,
+    )
+    gate_threshold: float = cfg_field(
+        0.9, "Gate threshold: accuracy >= it, or a loss <= it, counts as a passing gate evaluation.", min=0.0
+    )
+    gate_patience: int = cfg_field(2, "Consecutive passing gate evaluations that advance the stage.", min=1)
+    gate_eval_steps: int = cfg_field(16, "Optimizer steps between gate evaluations (converged mode).", min=1)
+    gate_num_examples: int = cfg_field(
+        256, "Gate examples used per gate evaluation (the first ones of gate_examples, else of the eval set).", min=1
+    )
+    min_steps_per_stage: int = cfg_field(0, "Converged mode: never advance on the gate before this many steps.",
+                                         min=0)
+    max_steps_per_stage: int = cfg_field(
+        600, "Converged mode: advance after this many steps in a stage even if the gate never passed (logged as "
+        "reason max_steps).", min=1
+    )
+    final_stage: int | None = cfg_field(
+        None,
+        "Converged mode: the last stage trained (training ends when it passes its gate or its step cap); null = "
+        "max_latent_stage + 1, the stage that drops every language step.",
+        min=0,
     )
 
     # --- optimisation -------------------------------------------------------------------------------------------
@@ -221,6 +269,16 @@ class CoconutConfig(BaseConfig):
             raise ConfigError(f"report_to={self.report_to}: 'none' cannot be combined with other sinks")
         if "wandb" in self.report_to and not module_available("wandb"):
             raise ConfigError(WANDB_MISSING)
+        if len(self.probe_tokens) > self.c_thought:
+            raise ConfigError(f"probe_tokens has {len(self.probe_tokens)} entries for c_thought={self.c_thought} "
+                              "thoughts per step")
+        if self.stage_advance == "converged":
+            if self.final_stage is not None and self.final_stage < self.start_stage:
+                raise ConfigError(f"final_stage ({self.final_stage}) is before start_stage ({self.start_stage})")
+            if self.min_steps_per_stage > self.max_steps_per_stage:
+                raise ConfigError(f"min_steps_per_stage ({self.min_steps_per_stage}) exceeds max_steps_per_stage "
+                                  f"({self.max_steps_per_stage})")
+            return
         if self.start_stage * self.epochs_per_stage >= self.num_epochs:
             raise ConfigError(
                 f"start_stage ({self.start_stage}) * epochs_per_stage ({self.epochs_per_stage}) = "
@@ -230,6 +288,17 @@ class CoconutConfig(BaseConfig):
     @property
     def start_epoch(self) -> int:
         return self.start_stage * self.epochs_per_stage
+
+    @property
+    def last_stage(self) -> int:
+        """Converged mode's final stage (final_stage, else max_latent_stage + 1)."""
+        return self.final_stage if self.final_stage is not None else self.max_latent_stage + 1
+
+    def make_gate(self) -> StageGate:
+        """The converged-mode gate these options describe."""
+        return StageGate(threshold=self.gate_threshold, patience=self.gate_patience,
+                         max_steps=self.max_steps_per_stage, min_steps=self.min_steps_per_stage,
+                         higher_is_better=self.gate_metric == "next_step_accuracy")
 
 
 def stage_of_epoch(cfg: CoconutConfig, epoch: int) -> int:
@@ -264,6 +333,7 @@ class CoconutSample:
     latent_start: int  # index of the first thought (= the position right after <|start-latent|>)
     num_latent: int
     stage: int  # the stage it was built at (differs from the scheduled one when uniform_prob drew another)
+    probe: list[int] = dataclasses.field(default_factory=list)  # per thought: thought-probe target id or -100
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -320,12 +390,21 @@ def build_stage_sample(
     n_latent *= cfg.c_thought
     head = tok.prompt + [start_id] + [latent_id] * n_latent + [end_id]
     tail = [t for step in tok.steps[n_skip:] for t in step] + tok.answer
+    probe = [IGNORE_INDEX] * n_latent
+    if cfg.probe_tokens:
+        for q in range(n_latent):
+            i, j = divmod(q, cfg.c_thought)
+            if i < len(tok.steps) and j < len(cfg.probe_tokens):
+                step = tok.steps[i]
+                if -len(step) <= cfg.probe_tokens[j] < len(step):
+                    probe[q] = step[cfg.probe_tokens[j]]
     return CoconutSample(
         input_ids=head + tail,
         labels=[IGNORE_INDEX] * len(head) + tail,
         latent_start=len(tok.prompt) + 1,
         num_latent=n_latent,
         stage=stage,
+        probe=probe,
     )
 
 
@@ -352,12 +431,14 @@ class CoconutBatch:
     labels: torch.Tensor  # (B, T), -100 where no loss
     latent_start: int
     num_latent: torch.Tensor  # (B,) thoughts per row, in columns latent_start .. latent_start + n - 1
+    probe_labels: torch.Tensor | None = None  # (B, T): thought-probe target of the output at a thought column
 
     def to(self, device) -> "CoconutBatch":
         return dataclasses.replace(
             self, input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device),
             position_ids=self.position_ids.to(device), labels=self.labels.to(device),
             num_latent=self.num_latent.to(device),
+            probe_labels=self.probe_labels.to(device) if self.probe_labels is not None else None,
         )
 
     @property
@@ -386,7 +467,13 @@ def collate_coconut(samples: Sequence[CoconutSample], pad_id: int) -> CoconutBat
         pos[i, off : off + n] = torch.arange(n)
         labels[i, off : off + n] = torch.as_tensor(s.labels)
     num = torch.as_tensor([s.num_latent for s in samples], dtype=torch.long)
-    return CoconutBatch(ids, mask, pos, labels, start, num)
+    probe = None
+    if any(t != IGNORE_INDEX for s in samples for t in s.probe):
+        probe = torch.full((B, width), IGNORE_INDEX, dtype=torch.long)
+        for i, s in enumerate(samples):
+            if s.probe:
+                probe[i, start : start + len(s.probe)] = torch.as_tensor(s.probe)
+    return CoconutBatch(ids, mask, pos, labels, start, num, probe)
 
 
 @dataclasses.dataclass
@@ -397,6 +484,8 @@ class CoconutOutput:
     num_forwards: int
     thought_norm: float  # mean L2 norm of the thoughts (0 without thoughts)
     hidden: torch.Tensor | None = None  # (B, T, H) last hidden states, if asked for
+    probe_loss: float = float("nan")  # mean thought-probe cross-entropy (nan without probe targets)
+    probe_accuracy: float = float("nan")
 
 
 def _thought_passes(
@@ -465,13 +554,16 @@ def coconut_forward(
     bptt: bool = True,
     normalizer: float | None = None,
     return_hidden: bool = False,
+    probe_weight: float = 0.0,
 ) -> CoconutOutput:
     """Cross-entropy of a Coconut batch, with thoughts formed by the KV-cached multi-pass forward.
 
     `bptt=True`: n_max + 1 forwards, the graph kept through every thought. `bptt=False` (LatR): n_max forwards under
     no_grad to form the thoughts, then one full forward over the sequence with the thoughts as constants.
     The loss is the *sum* of token cross-entropies divided by `normalizer` (default: this batch's label count), so
-    gradient accumulation can divide by the label count of the whole optimizer step.
+    gradient accumulation can divide by the label count of the whole optimizer step. With `probe_weight` > 0 and
+    probe labels in the batch, `probe_weight` x the mean thought-probe cross-entropy (scaled by this batch's share
+    of `normalizer`) is added (see `CoconutConfig.probe_tokens`).
     """
     batch = batch.to(model.device)
     embeds = model.embed(batch.input_ids)
@@ -501,11 +593,22 @@ def coconut_forward(
     gold = target[sel]
     loss_sum = F.cross_entropy(logits, gold, reduction="sum")
     loss = loss_sum / (normalizer if normalizer is not None else count)
+    probe_loss = probe_acc = float("nan")
+    if batch.probe_labels is not None:
+        psel = batch.probe_labels != IGNORE_INDEX
+        if bool(psel.any()):
+            plogits = model.lm_head(hidden[psel]).float()
+            pgold = batch.probe_labels[psel]
+            pce = F.cross_entropy(plogits, pgold)
+            if probe_weight > 0:
+                loss = loss + probe_weight * pce * (count / (normalizer if normalizer is not None else count))
+            probe_loss = float(pce.detach())
+            probe_acc = float((plogits.argmax(-1) == pgold).float().mean())
     with torch.no_grad():
         acc = float((logits.argmax(-1) == gold).float().mean())
         lat = batch.latent_mask[:, batch.latent_start : batch.latent_start + thoughts.shape[1]]
         norm = float(thoughts[lat].float().norm(dim=-1).mean()) if bool(lat.any()) else 0.0
-    return CoconutOutput(loss, count, acc, forwards, norm, hidden if return_hidden else None)
+    return CoconutOutput(loss, count, acc, forwards, norm, hidden if return_hidden else None, probe_loss, probe_acc)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -662,6 +765,8 @@ class CoconutHistory:
     final_eval: dict[str, Any] | None = None
     stages: list[int] = dataclasses.field(default_factory=list)  # scheduled stage of each trained epoch
     optimizer_resets: list[int] = dataclasses.field(default_factory=list)  # global step at which AdamW was re-made
+    gate: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # converged mode: every gate evaluation
+    stage_log: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # converged mode: one per stage
     steps: int = 0
     wall_s: float = 0.0
     train_wall_s: float = 0.0
@@ -688,13 +793,17 @@ def train_coconut(
     model: LatentModel,
     train_examples: Sequence[Example],
     eval_examples: Sequence[Example] = (),
+    gate_examples: Sequence[Example] | None = None,
 ) -> CoconutHistory:
     """Coconut curriculum SFT of `model` in place; greedy Pass@1 on `eval_examples` per stage (or epoch).
 
-    Epochs run from `start_epoch` to `num_epochs - 1`; epoch e trains stage `e // epochs_per_stage`, rebuilding the
-    stage data (and its uniform_prob draws) and reshuffling each epoch. AdamW is re-created per `reset_optimizer`.
-    Metrics (loss, token accuracy, thought norm, forwards per step, stage, eval Pass@1 / eval loss) go to
-    `output_dir/metrics.jsonl` when set, and always into the returned history.
+    `stage_advance=fixed` (the authors'): epochs run from `start_epoch` to `num_epochs - 1`; epoch e trains stage
+    `e // epochs_per_stage`. `stage_advance=converged`: stages run from `start_stage` to `last_stage`, each until
+    the `StageGate` on `gate_examples` (default: the eval examples) says it is learned or its step cap is reached;
+    every stage's data is rebuilt (and reshuffled) per pass over it. AdamW is re-created per `reset_optimizer`.
+    Metrics (loss, token accuracy, thought norm, forwards per step, stage, eval Pass@1 / eval loss, gate metrics and
+    one `stage/*` record per finished stage: steps taken, gate metric, reason) go to `output_dir/metrics.jsonl`
+    when set, and always into the returned history.
     """
     from latentrl.logger import MetricsLogger, progress
     from latentrl.run_dir import check_new_run, replace_run
@@ -703,6 +812,7 @@ def train_coconut(
         raise ValueError("train_coconut needs at least one training example")
     check_new_run(config.output_dir, overwrite=config.overwrite_output_dir, resumable=False)
     cfg = config
+    converged = cfg.stage_advance == "converged"
     t_start = time.perf_counter()
     tok = model.tokenizer
     latent_ids = model.latent_ids
@@ -711,14 +821,23 @@ def train_coconut(
     train_tok = [tokenize_example(tok, ex) for ex in train_examples]
     eval_examples = list(eval_examples)
     eval_tok = [tokenize_example(tok, ex) for ex in eval_examples]
+    gate_source = list(gate_examples) if gate_examples is not None else eval_examples
+    gate_tok = [tokenize_example(tok, ex) for ex in gate_source[: cfg.gate_num_examples]]
+    if converged and not gate_tok:
+        raise ValueError("stage_advance=converged needs gate examples (gate_examples or eval_examples) to measure "
+                         "when a stage is learned")
     budget = cfg.max_new_positions or _eval_budget(cfg, train_tok + eval_tok)
 
     torch.manual_seed(cfg.seed)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     step_size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
-    epochs = list(range(cfg.start_epoch, cfg.num_epochs))
     steps_per_epoch = math.ceil(len(train_tok) / step_size)
-    total_steps = len(epochs) * steps_per_epoch
+    if converged:
+        stages = list(range(cfg.start_stage, cfg.last_stage + 1))
+        total_steps = len(stages) * cfg.max_steps_per_stage
+    else:
+        epochs = list(range(cfg.start_epoch, cfg.num_epochs))
+        total_steps = len(epochs) * steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
 
@@ -744,81 +863,143 @@ def train_coconut(
         model.train()
         return ev
 
-    optimizer = None
+    optimizer: torch.optim.Optimizer | None = None
     params = [p for p in model.parameters() if p.requires_grad]
-    step = 0
-    train_time = 0.0
-    window: dict[str, float] = {"loss": 0.0, "token_accuracy": 0.0, "thought_norm": 0.0, "forwards": 0.0, "n": 0}
+    state = {"step": 0, "train_time": 0.0}
+    window: dict[str, float] = {"loss": 0.0, "token_accuracy": 0.0, "thought_norm": 0.0, "forwards": 0.0, "n": 0,
+                                "probe_loss": 0.0, "probe_accuracy": 0.0, "probe_n": 0.0}
     bar = progress(total_steps, "coconut" + ("" if cfg.bptt else "[no-bptt]"), disable=cfg.disable_tqdm)
+
+    def out_of_budget() -> bool:
+        return cfg.max_steps is not None and state["step"] >= cfg.max_steps
+
+    def epoch_batches(stage: int, epoch: int) -> tuple[list[CoconutSample], list[list[int]]]:
+        samples = stage_samples(train_tok, stage, cfg, latent_ids, epoch)
+        too_long = [i for i, s in enumerate(samples) if len(s.input_ids) > cfg.max_length]
+        if too_long:
+            i = too_long[0]
+            raise ValueError(f"training example {i} has {len(samples[i].input_ids)} tokens at stage {stage}, more "
+                             f"than max_length={cfg.max_length}; raise max_length")
+        perm = torch.randperm(len(samples), generator=order_gen).tolist()
+        return samples, [perm[s0 : s0 + step_size] for s0 in range(0, len(perm), step_size)]
+
+    def train_step(samples: list[CoconutSample], idx: list[int], stage: int, epoch: int) -> None:
+        nonlocal window
+        t0 = time.perf_counter()
+        micro = [idx[m : m + cfg.per_device_train_batch_size] for m in range(0, len(idx), cfg.per_device_train_batch_size)]
+        batches = [collate_coconut([samples[i] for i in mb], pad_id) for mb in micro]
+        n_tokens = float(sum(int((b.labels[:, 1:] != IGNORE_INDEX).sum()) for b in batches))
+        optimizer.zero_grad(set_to_none=True)
+        loss_total, acc_total, norm_total, fwd_total = 0.0, 0.0, 0.0, 0
+        for b in batches:
+            out = coconut_forward(model, b, bptt=cfg.bptt, normalizer=n_tokens,
+                                  probe_weight=cfg.probe_weight if cfg.probe_tokens else 0.0)
+            out.loss.backward()
+            if not math.isnan(out.probe_loss):
+                window["probe_loss"] += out.probe_loss / len(batches)
+                window["probe_accuracy"] += out.probe_accuracy / len(batches)
+                window["probe_n"] += 1 / len(batches)
+            loss_total += float(out.loss.detach())
+            acc_total += out.token_accuracy * out.num_tokens / n_tokens
+            norm_total += out.thought_norm / len(batches)
+            fwd_total += out.num_forwards
+        if cfg.max_grad_norm > 0:
+            grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        else:
+            grad_norm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
+        optimizer.step()
+        state["step"] += 1
+        step = state["step"]
+        state["train_time"] += time.perf_counter() - t0
+        for key, val in (("loss", loss_total), ("token_accuracy", acc_total), ("thought_norm", norm_total),
+                         ("forwards", fwd_total)):
+            window[key] += val
+        window["n"] += 1
+        if step % cfg.logging_steps == 0 or step == total_steps:
+            n = window["n"]
+            record = {"loss": window["loss"] / n, "token_accuracy": window["token_accuracy"] / n,
+                      "latent/norm_mean": window["thought_norm"] / n, "forwards_per_step": window["forwards"] / n,
+                      "stage": stage, "epoch": epoch, "learning_rate": cfg.learning_rate,
+                      "grad_norm": grad_norm, "train_wall_s": state["train_time"]}
+            if window["probe_n"] > 0:
+                record["probe_loss"] = window["probe_loss"] / window["probe_n"]
+                record["probe_accuracy"] = window["probe_accuracy"] / window["probe_n"]
+            log(step, record, history.train)
+            bar.set_postfix(stage=stage, loss=f"{record['loss']:.3f}")
+            window = {k: 0.0 for k in window}
+            window["n"] = 0
+        bar.update(1)
+
+    def new_optimizer() -> None:
+        nonlocal optimizer
+        optimizer = _make_optimizer(model, cfg)
+        history.optimizer_resets.append(state["step"])
+
     last_stage, last_epoch = cfg.start_stage, cfg.start_epoch
     try:
         model.train()
-        for epoch in epochs:
-            if cfg.max_steps is not None and step >= cfg.max_steps:
-                break
-            stage = stage_of_epoch(cfg, epoch)
-            new_stage = not history.stages or stage != history.stages[-1]
-            history.stages.append(stage)
-            last_stage, last_epoch = stage, epoch
-            if optimizer is None or (cfg.reset_optimizer == "epoch") or (cfg.reset_optimizer == "stage" and new_stage):
-                optimizer = _make_optimizer(model, cfg)
-                history.optimizer_resets.append(step)
-            samples = stage_samples(train_tok, stage, cfg, latent_ids, epoch)
-            too_long = [i for i, s in enumerate(samples) if len(s.input_ids) > cfg.max_length]
-            if too_long:
-                i = too_long[0]
-                raise ValueError(f"training example {i} has {len(samples[i].input_ids)} tokens at stage {stage}, more "
-                                 f"than max_length={cfg.max_length}; raise max_length")
-            perm = torch.randperm(len(samples), generator=order_gen).tolist()
-            for s0 in range(0, len(perm), step_size):
-                if cfg.max_steps is not None and step >= cfg.max_steps:
+        if not converged:
+            for epoch in epochs:
+                if out_of_budget():
                     break
-                t0 = time.perf_counter()
-                idx = perm[s0 : s0 + step_size]
-                micro = [idx[m : m + cfg.per_device_train_batch_size]
-                         for m in range(0, len(idx), cfg.per_device_train_batch_size)]
-                batches = [collate_coconut([samples[i] for i in mb], pad_id) for mb in micro]
-                n_tokens = float(sum(int((b.labels[:, 1:] != IGNORE_INDEX).sum()) for b in batches))
-                optimizer.zero_grad(set_to_none=True)
-                loss_total, acc_total, norm_total, fwd_total = 0.0, 0.0, 0.0, 0
-                for b in batches:
-                    out = coconut_forward(model, b, bptt=cfg.bptt, normalizer=n_tokens)
-                    out.loss.backward()
-                    loss_total += float(out.loss.detach())
-                    acc_total += out.token_accuracy * out.num_tokens / n_tokens
-                    norm_total += out.thought_norm / len(batches)
-                    fwd_total += out.num_forwards
-                if cfg.max_grad_norm > 0:
-                    grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-                else:
-                    grad_norm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params
-                                                     if p.grad is not None)))
-                optimizer.step()
-                step += 1
-                train_time += time.perf_counter() - t0
-                for key, val in (("loss", loss_total), ("token_accuracy", acc_total), ("thought_norm", norm_total),
-                                 ("forwards", fwd_total)):
-                    window[key] += val
-                window["n"] += 1
-                if step % cfg.logging_steps == 0 or step == total_steps:
-                    n = window["n"]
-                    record = {"loss": window["loss"] / n, "token_accuracy": window["token_accuracy"] / n,
-                              "latent/norm_mean": window["thought_norm"] / n, "forwards_per_step": window["forwards"] / n,
-                              "stage": stage, "epoch": epoch, "learning_rate": cfg.learning_rate,
-                              "grad_norm": grad_norm, "train_wall_s": train_time}
-                    log(step, record, history.train)
-                    bar.set_postfix(stage=stage, loss=f"{record['loss']:.3f}")
-                    window = {k: 0.0 for k in window}
-                    window["n"] = 0
-                bar.update(1)
-            last_epoch_of_stage = epoch == epochs[-1] or stage_of_epoch(cfg, epoch + 1) != stage
-            stopping = cfg.max_steps is not None and step >= cfg.max_steps
-            if not stopping and (cfg.eval_strategy == "epoch" or (cfg.eval_strategy == "stage" and last_epoch_of_stage)):
-                if epoch != epochs[-1]:  # the final evaluation below covers the last epoch
-                    do_eval(step, stage, epoch)
-        history.steps = step
-        history.train_wall_s = train_time
-        history.final_eval = do_eval(step, last_stage, last_epoch)
+                stage = stage_of_epoch(cfg, epoch)
+                new_stage = not history.stages or stage != history.stages[-1]
+                history.stages.append(stage)
+                last_stage, last_epoch = stage, epoch
+                if optimizer is None or cfg.reset_optimizer == "epoch" or (cfg.reset_optimizer == "stage" and new_stage):
+                    new_optimizer()
+                samples, steps = epoch_batches(stage, epoch)
+                for idx in steps:
+                    if out_of_budget():
+                        break
+                    train_step(samples, idx, stage, epoch)
+                last_epoch_of_stage = epoch == epochs[-1] or stage_of_epoch(cfg, epoch + 1) != stage
+                if not out_of_budget() and (cfg.eval_strategy == "epoch"
+                                            or (cfg.eval_strategy == "stage" and last_epoch_of_stage)):
+                    if epoch != epochs[-1]:  # the final evaluation below covers the last epoch
+                        do_eval(state["step"], stage, epoch)
+        else:
+            gate = cfg.make_gate()
+            epoch = 0  # passes over the data, counted across stages (seeds the data order / uniform_prob draws)
+            for stage in stages:
+                if out_of_budget():
+                    break
+                gate.start_stage()
+                if optimizer is None or cfg.reset_optimizer in ("stage", "epoch"):
+                    new_optimizer()
+                last_stage, stage_start, decision = stage, state["step"], None
+                while decision is None and not out_of_budget():
+                    history.stages.append(stage)
+                    last_epoch = epoch
+                    if optimizer is not None and cfg.reset_optimizer == "epoch" and state["step"] > stage_start:
+                        new_optimizer()
+                    samples, steps = epoch_batches(stage, epoch)
+                    for idx in steps:
+                        if out_of_budget():
+                            break
+                        train_step(samples, idx, stage, epoch)
+                        taken = state["step"] - stage_start
+                        if taken % cfg.gate_eval_steps == 0 or gate.out_of_steps(taken):
+                            gm = coconut_gate_metrics(model, gate_tok, stage, cfg, latent_ids, pad_id)
+                            d = gate.update(taken, gm[cfg.gate_metric])
+                            log(state["step"], {**{f"gate/{k}": v for k, v in gm.items()}, "gate/passed": d.passed,
+                                                "gate/streak": d.streak, "stage": stage, "epoch": epoch},
+                                history.gate)
+                            model.train()
+                            if d.advance:
+                                decision = d
+                                break
+                    epoch += 1
+                taken = state["step"] - stage_start
+                reason = decision.reason if decision is not None else "max_steps_total"
+                value = decision.value if decision is not None else float("nan")
+                log(state["step"], {"stage/index": stage, "stage/steps": taken, "stage/gate_metric": cfg.gate_metric,
+                                    "stage/gate_value": value, "stage/reason": reason}, history.stage_log)
+                if cfg.eval_strategy in ("stage", "epoch") and stage != stages[-1] and not out_of_budget():
+                    do_eval(state["step"], stage, last_epoch)
+        history.steps = state["step"]
+        history.train_wall_s = state["train_time"]
+        history.final_eval = do_eval(state["step"], last_stage, last_epoch)
     finally:
         bar.close()
         model.eval()
@@ -826,6 +1007,55 @@ def train_coconut(
             logger.close()
     history.wall_s = time.perf_counter() - t_start
     return history
+
+
+def _first_segment(tok: TokenizedExample, stage: int, cfg: CoconutConfig) -> list[int]:
+    """The first target segment after the thoughts at `stage`: the next language step, or the answer (+ eos)."""
+    n_skip = len(tok.steps) if stage > cfg.max_latent_stage else min(stage, len(tok.steps))
+    return tok.steps[n_skip] if n_skip < len(tok.steps) else tok.answer
+
+
+@torch.no_grad()
+def coconut_gate_metrics(model: LatentModel, tokenized: Sequence[TokenizedExample], stage: int, cfg: CoconutConfig,
+                         latent_ids, pad_id: int) -> dict[str, float]:
+    """Teacher-forced metrics of `tokenized` at `stage` (no uniform_prob mixing), for the curriculum gate.
+
+    loss: token-mean cross-entropy of the whole target; next_step_loss: cross-entropy summed over the first target
+    segment after the thoughts, averaged over examples; next_step_accuracy: fraction of examples whose first segment
+    is predicted exactly (argmax at every token). That segment is what a new stage makes the model read off its
+    thoughts, so it is where a plateau shows.
+    """
+    if not tokenized:
+        return {"loss": float("nan"), "next_step_loss": float("nan"), "next_step_accuracy": float("nan")}
+    plain = dataclasses.replace(cfg, uniform_prob=0.0)
+    was = model.training
+    model.eval()
+    total, count, seg_loss, seg_exact = 0.0, 0, 0.0, 0.0
+    try:
+        for s in range(0, len(tokenized), cfg.eval_batch_size):
+            part = tokenized[s : s + cfg.eval_batch_size]
+            samples = [build_stage_sample(t, stage, plain, latent_ids) for t in part]
+            b = collate_coconut(samples, pad_id)
+            out = coconut_forward(model, b, bptt=True, normalizer=1.0, return_hidden=True)
+            total += float(out.loss)
+            count += out.num_tokens
+            seg = torch.zeros(b.labels.shape, dtype=torch.bool)
+            for i, (t, smp) in enumerate(zip(part, samples)):
+                first = (b.latent_start - smp.latent_start) + smp.labels.index(next(x for x in smp.labels
+                                                                                     if x != IGNORE_INDEX))
+                seg[i, first : first + len(_first_segment(t, stage, cfg))] = True
+            sel = seg[:, 1:].to(out.hidden.device)
+            logits = model.lm_head(out.hidden[:, :-1][sel]).float()
+            gold = b.labels[:, 1:].to(logits.device)[sel]
+            rows = torch.arange(len(part), device=logits.device)[:, None].expand_as(sel)[sel]
+            ce = F.cross_entropy(logits, gold, reduction="none")
+            wrong = (logits.argmax(-1) != gold).float()
+            seg_loss += float(torch.zeros(len(part), device=ce.device).index_add_(0, rows, ce).sum())
+            seg_exact += float((torch.zeros(len(part), device=ce.device).index_add_(0, rows, wrong) == 0).sum())
+    finally:
+        model.train(was)
+    n = len(tokenized)
+    return {"loss": total / max(count, 1), "next_step_loss": seg_loss / n, "next_step_accuracy": seg_exact / n}
 
 
 @torch.no_grad()

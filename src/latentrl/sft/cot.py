@@ -123,6 +123,8 @@ class SFTHistory:
     steps: int = 0
     wall_s: float = 0.0
     train_wall_s: float = 0.0
+    gate: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # gated trainers: every gate evaluation
+    stage_log: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # gated trainers: one per stage
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

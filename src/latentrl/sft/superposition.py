@@ -48,6 +48,7 @@ from latentrl.config import BaseConfig, ConfigError, cfg_field, config_to_dict
 from latentrl.data.schema import Example, format_no_cot, format_prompt
 from latentrl.model import LatentModel
 from latentrl.sft.cot import IGNORE_INDEX, SFTHistory, lr_lambda, masked_lm_loss
+from latentrl.sft.gate import STAGE_ADVANCE_CHOICES, StageGate
 
 __all__ = [
     "SuperpositionSFTConfig",
@@ -56,6 +57,7 @@ __all__ = [
     "build_superposition_init",
     "chunk_superpositions",
     "encode_superposition_examples",
+    "superposition_gate_metrics",
     "superposition_loss",
     "train_superposition_sft",
 ]
@@ -92,6 +94,24 @@ class SuperpositionSFTConfig(BaseConfig):
     max_length: int = cfg_field(512, "Examples longer than this many positions are an error, never cut.", min=2)
     max_latent_steps: int = cfg_field(64, "Cap on latent steps when decoding the eval set.", min=1)
     eval_batch_size: int = cfg_field(64, "Prompts per batch when decoding the eval set.", min=1)
+    stage_advance: str = cfg_field(
+        "fixed",
+        "fixed = train max_steps steps (the single stage of this SFT); converged = stop early once the gate metric "
+        "on the gate examples met gate_threshold on gate_patience consecutive gate evaluations (every "
+        "gate_eval_steps steps); max_steps stays the cap.",
+        choices=STAGE_ADVANCE_CHOICES,
+    )
+    gate_metric: str = cfg_field(
+        "answer_accuracy",
+        "Gate metric, teacher-forced on the gate examples: answer_accuracy = fraction whose end-of-thinking + answer "
+        "+ eos is predicted exactly after the target latents; latent_top1_accuracy = top-1 prediction equals the "
+        "heaviest token of each latent target; loss = the training loss (CE + KL).",
+        choices=("answer_accuracy", "latent_top1_accuracy", "loss"),
+    )
+    gate_threshold: float = cfg_field(0.9, "Gate threshold (accuracy >= it or loss <= it passes).", min=0.0)
+    gate_patience: int = cfg_field(2, "Consecutive passing gate evaluations that end the stage.", min=1)
+    gate_eval_steps: int = cfg_field(20, "Optimizer steps between gate evaluations (converged mode).", min=1)
+    gate_num_examples: int = cfg_field(256, "Gate examples used per gate evaluation.", min=1)
     seed: int = cfg_field(0, "Seed of the data order (and torch's global RNG).")
     logging_steps: int = cfg_field(10, "Record training metrics every this many steps.", min=1)
     disable_tqdm: bool | None = cfg_field(None, "Hide the progress bar; null = hide it when not a terminal.")
@@ -220,7 +240,8 @@ def superposition_loss(
 
     # logits at t-1 predict latent t
     target = lat[:, 1:]
-    stats = {"ce": float(ce.detach()), "token_accuracy": float(ce_stats["token_accuracy"])}
+    stats = {"ce": float(ce.detach()), "token_accuracy": float(ce_stats["token_accuracy"]),
+             "answer_accuracy": float(ce_stats["sequence_accuracy"])}
     if bool(target.any()):
         logp = logits[:, :-1][target].float().log_softmax(-1)  # (N, V)
         q = batch["latent_weights"][:, 1:][target].float()  # (N, K)
@@ -264,8 +285,14 @@ def train_superposition_sft(
     model: LatentModel,
     train_examples: Sequence[Example],
     eval_examples: Sequence[Example] = (),
+    gate_examples: Sequence[Example] | None = None,
 ) -> SFTHistory:
-    """Fine-tune `model` in place; greedy Pass@1 with deterministic top-K latents on `eval_examples` at the end."""
+    """Fine-tune `model` in place; greedy Pass@1 with deterministic top-K latents on `eval_examples` at the end.
+
+    With `stage_advance=converged`, a `StageGate` on `gate_examples` (default: the eval examples) stops training
+    once the stage is learned; every gate evaluation goes to `history.gate`, the stage's steps and the reason it
+    ended to `history.stage_log`.
+    """
     from latentrl.logger import progress
 
     if not train_examples:
@@ -275,6 +302,14 @@ def train_superposition_sft(
     tok = model.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     encoded = encode_superposition_examples(tok, train_examples, cfg)
+    converged = cfg.stage_advance == "converged"
+    gate_source = list(gate_examples) if gate_examples is not None else list(eval_examples)
+    gate_enc = encode_superposition_examples(tok, gate_source[: cfg.gate_num_examples], cfg) if converged else []
+    if converged and not gate_enc:
+        raise ValueError("stage_advance=converged needs gate examples (gate_examples or eval_examples)")
+    gate = StageGate(threshold=cfg.gate_threshold, patience=cfg.gate_patience,
+                     higher_is_better=cfg.gate_metric != "loss")
+    reason = "max_steps"
 
     torch.manual_seed(cfg.seed)
     order = torch.Generator().manual_seed(cfg.seed)
@@ -321,17 +356,50 @@ def train_superposition_sft(
                 bar.set_postfix(loss=f"{record['loss']:.3f}", kl=f"{record.get('kl', 0.0):.3f}")
                 window, n_window = {}, 0
             bar.update(1)
-        history.steps = cfg.max_steps
+            history.steps = step
+            if converged and step % cfg.gate_eval_steps == 0:
+                gm = superposition_gate_metrics(model, gate_enc, cfg, pad_id)
+                d = gate.update(step, gm[cfg.gate_metric])
+                history.gate.append({"step": step, **{f"gate/{k}": v for k, v in gm.items()}, "gate/passed": d.passed,
+                                     "gate/streak": d.streak})
+                model.train()
+                if d.advance:
+                    reason = d.reason
+                    break
+        history.stage_log.append({"step": history.steps, "stage/steps": history.steps, "stage/reason": reason,
+                                  "stage/gate_metric": cfg.gate_metric if converged else None,
+                                  "stage/gate_value": history.gate[-1][f"gate/{cfg.gate_metric}"]
+                                  if history.gate else None})
         history.train_wall_s = train_time
         if eval_examples:
             history.final_eval = evaluate_superposition(model, eval_examples, cfg)
-            history.eval.append({"step": cfg.max_steps, **{k: v for k, v in history.final_eval.items()
+            history.eval.append({"step": history.steps, **{k: v for k, v in history.final_eval.items()
                                                           if k != "samples"}})
     finally:
         bar.close()
         model.eval()
     history.wall_s = time.perf_counter() - t_start
     return history
+
+
+@torch.no_grad()
+def superposition_gate_metrics(model: LatentModel, encoded: Sequence[SuperpositionExample],
+                               cfg: SuperpositionSFTConfig, pad_id: int) -> dict[str, float]:
+    """Example-weighted means of `superposition_loss`'s stats (loss, answer_accuracy, latent_top1_accuracy) over
+    `encoded`, teacher-forced, in eval mode."""
+    was = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    try:
+        for s in range(0, len(encoded), cfg.eval_batch_size):
+            part = encoded[s : s + cfg.eval_batch_size]
+            batch = {k: v.to(model.device) for k, v in build_superposition_batch(part, pad_id).items()}
+            _, stats = superposition_loss(model, batch, cfg)
+            for k in ("loss", "answer_accuracy", "latent_top1_accuracy"):
+                sums[k] = sums.get(k, 0.0) + stats.get(k, float("nan")) * len(part)
+    finally:
+        model.train(was)
+    return {k: v / len(encoded) for k, v in sums.items()}
 
 
 def evaluate_superposition(model: LatentModel, examples: Sequence[Example], cfg: SuperpositionSFTConfig,

@@ -1,0 +1,170 @@
+"""Train a shipped latent init: the gated Coconut curriculum from a converged CoT model, to the all-latent stage.
+
+    PYTHONPATH=src python scripts/train_latent_init.py chain_sum [--out DIR] [--threads 2] [key=value ...]
+
+Recipes (`RECIPES`) name the CoT checkpoint, the curriculum options and the data. Data: Coconut training problems
+are `load_examples(task, "train", n, seed=0)`; the curriculum gate reads the first `gate_num_examples` of the task's
+seed-0 "eval" split (disjoint from those training problems); the final numbers are on the suite's held-out
+evaluation set (`latentrl.bench.suite_tasks()[task].eval_examples`: a real file, or generated problems outside
+every training split), checked disjoint from both. Writes into --out: the model (save_pretrained),
+`metrics.jsonl` (training, gate/* and stage/* records), `result.json` (final Pass@1 with its standard error,
+reasoning positions, the thought-dependence check) and `curve.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from latentrl.assets import model_path
+from latentrl.bench import check_disjoint, suite_tasks
+from latentrl.config import config_to_dict, load_config
+from latentrl.data import load_examples
+from latentrl.model import LatentModel
+from latentrl.sft.coconut import CoconutConfig, coconut_evaluate, coconut_operator, coconut_prompt_text, \
+    coconut_schedule, train_coconut
+
+REPO = Path(__file__).resolve().parents[1]
+
+RECIPES: dict[str, dict] = {
+    # 7 steps `<< x + y = z >>`, one thought each (c = 1): stage k replaces steps 1..k; stage 7 = every step latent
+    "chain_sum": {
+        "cot_model": "chain_sum-cot-converged",
+        "num_eval": 500,
+        "overrides": [
+            "c_thought=1", "max_latent_stage=7", "start_stage=1", "stage_advance=converged", "final_stage=7",
+            "gate_metric=next_step_accuracy", "gate_threshold=0.9", "gate_patience=2", "gate_eval_steps=16",
+            "gate_num_examples=256", "max_steps_per_stage=400", "num_train_examples=20000",
+            "per_device_train_batch_size=32", "learning_rate=1e-3", "reset_optimizer=stage", "max_grad_norm=1.0",
+            "probe_tokens=[-2]",
+            "eval_strategy=no", "eval_batch_size=256", "logging_steps=16", "max_length=256", "seed=0",
+        ],
+    },
+    # 4 steps (one partial product + running sum each), c = 3 thoughts per step: 12 thoughts + <|end-latent|> =
+    # 13 reasoning positions against CoT's ~46; evaluated on the real iCoT 4x4 validation file (1,000 problems)
+    "icot_mult_4x4": {
+        "cot_model": "icot_mult_4x4-cot-converged",
+        "num_eval": 1000,
+        "overrides": [
+            "c_thought=3", "max_latent_stage=4", "start_stage=1", "stage_advance=converged", "final_stage=4",
+            "gate_metric=next_step_accuracy", "gate_threshold=0.8", "gate_patience=2", "gate_eval_steps=16",
+            "gate_num_examples=256", "max_steps_per_stage=200", "num_train_examples=20000",
+            "per_device_train_batch_size=32", "learning_rate=1e-3", "reset_optimizer=stage", "max_grad_norm=1.0",
+            "eval_strategy=no", "eval_batch_size=250", "logging_steps=16", "max_length=256", "seed=0",
+        ],
+    },
+}
+
+
+def pass_se(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+def plot_curve(metrics: list[dict], out_png: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in metrics if "loss" in r and "gate/loss" not in r]
+    gate = [r for r in metrics if "gate/next_step_accuracy" in r]
+    stages = [r for r in metrics if "stage/index" in r]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    handles = ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue",
+                      label="train loss (CE per token + probe)")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    handles += ax2.plot([r["step"] for r in gate], [r["gate/next_step_accuracy"] for r in gate], color="tab:orange",
+                        label="gate: next step exact (teacher-forced, 256 gate problems)")
+    probe = [r for r in train if "probe_accuracy" in r]
+    if probe:
+        handles += ax2.plot([r["step"] for r in probe], [r["probe_accuracy"] for r in probe], color="tab:green",
+                            alpha=0.7, label="thought probe accuracy (train)")
+    ax2.set_ylim(0, 1.02)
+    ax2.set_ylabel("accuracy")
+    for r in stages:  # a dashed line where each stage ended (its gate passed)
+        ax.axvline(r["step"], color="grey", lw=0.6, ls="--")
+        ax.text(r["step"], ax.get_ylim()[1], f"s{r['stage/index']}|", fontsize=7, va="top", ha="right")
+    ax.legend(handles, [h.get_label() for h in handles], loc="lower left", fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("task", choices=sorted(RECIPES))
+    ap.add_argument("--out", default=None, help="output folder (default runs/latent_init/<task>)")
+    ap.add_argument("--cot-model", default=None, help="CoT checkpoint (default: the recipe's shipped one)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the shipped inits: 1)")
+    ap.add_argument("--num-eval", type=int, default=None)
+    ap.add_argument("overrides", nargs="*", help="CoconutConfig key=value overrides")
+    ns = ap.parse_intermixed_args()
+    torch.set_num_threads(ns.threads)
+    recipe = RECIPES[ns.task]
+    task = suite_tasks()[ns.task]
+    out = Path(ns.out or REPO / "runs" / "latent_init" / ns.task)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(CoconutConfig, None, [*recipe["overrides"], f"output_dir={out}", "disable_tqdm=true",
+                                            *ns.overrides])
+    cot = ns.cot_model or str(model_path(recipe["cot_model"]))
+    train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed, **task.dataset_kwargs)
+    gate = load_examples(task.dataset, split="eval", n=cfg.gate_num_examples, seed=cfg.seed, **task.dataset_kwargs)
+    evals = task.eval_examples(ns.num_eval or recipe["num_eval"])
+    check_disjoint(task, train, evals)
+    check_disjoint(task, gate, evals)
+    assert not {e.question for e in train} & {e.question for e in gate}, "gate problems overlap training problems"
+    model = LatentModel.from_pretrained(cot, add_latent_tokens=True)
+    t0 = time.perf_counter()
+    from latentrl.logger import read_metrics
+
+    try:
+        history = train_coconut(cfg, model, train, eval_examples=[], gate_examples=gate)
+        stage_log, steps, train_wall = history.stage_log, history.steps, history.train_wall_s
+        stage = stage_log[-1]["stage/index"]
+    except KeyboardInterrupt:  # a time box (kill -INT): keep the model as it is and score it at its current stage
+        records = read_metrics(out)
+        last = [r for r in records if "train_wall_s" in r][-1]
+        stage_log = [r for r in records if "stage/index" in r] + [{"stage/index": last["stage"],
+                                                                     "stage/reason": "interrupted"}]
+        stage, steps, train_wall = last["stage"], last["step"], last["train_wall_s"]
+        print(f"interrupted at step {steps}, stage {stage}", flush=True)
+    wall = time.perf_counter() - t0
+    model.save_pretrained(out)
+
+    from latentrl.thought_dependence import thought_dependence
+
+    ev = coconut_evaluate(model, evals, cfg, stage, max_new_positions=task.max_completion_length)
+    n_thoughts = ev["num_thoughts"][0]
+    start = model.latent_tokens.start
+    dep = thought_dependence(model, evals, operator=coconut_operator(model), schedule=coconut_schedule(model, n_thoughts),
+                             max_new_positions=task.max_completion_length, batch_size=cfg.eval_batch_size,
+                             prompt_text=lambda row: coconut_prompt_text(row, start), seed=cfg.seed)
+    n = ev["n"]
+    result = {
+        "task": ns.task, "cot_model": cot, "final_stage": stage, "num_thoughts": n_thoughts,
+        "pass_at_1": ev["pass_at_1"], "pass_at_1_se": pass_se(ev["pass_at_1"], n), "n_eval": n,
+        "mean_reasoning_positions": ev["mean_reasoning_positions"], "thought_dependence": dep.to_dict(),
+        "stages": stage_log, "steps": steps, "train_wall_s": round(train_wall, 1),
+        "wall_s": round(wall, 1), "threads": ns.threads, "config": config_to_dict(cfg), "samples": ev["samples"],
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    # what a shipped copy of the folder says about itself (tests/test_latent_inits.py reads num_thoughts)
+    (out / "latent_init.json").write_text(json.dumps({
+        "command": "PYTHONPATH=src python scripts/train_latent_init.py " + " ".join(sys.argv[1:]),
+        **{k: v for k, v in result.items() if k != "samples"}}, indent=1))
+    plot_curve(read_metrics(out), out / "curve.png", f"{ns.task}: gated Coconut curriculum from {Path(cot).name}")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("config", "samples")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Does a latent model use its thoughts? Greedy Pass@1 with its own thoughts vs swapped and zeroed ones.
+
+A model whose accuracy does not move when its latent inputs are replaced is answering from the question alone
+(no-CoT in disguise), however many latent positions it spends. The check decodes each batch three times, greedily
+and with the operator's noise off:
+
+* **own**: the ordinary rollout; every latent input the operator forms is recorded;
+* **swap**: row i is fed, at its latent step t, the input recorded for row `perm[i]` at step t, where `perm` is a
+  seeded derangement of the batch (no row keeps its own thoughts); everything else (prompt, decoding after the
+  thoughts) is the model's own. Also scored: how often the swapped answer equals the *donor's* gold answer, which
+  is high when the answer is read off the thoughts;
+* **zero**: every latent input is the zero vector.
+
+The drop is `own - swap` (and `own - zero`) in Pass@1. Latent steps beyond the donor's own latent span (operators
+whose span length depends on the row, e.g. Latent-GRPO's end-of-thinking rule) keep the row's own input.
+Hybrid operators (HRPO) are swapped as a whole: their latent input is the mixed embedding.
+
+    res = thought_dependence(model, rows, operator=op, schedule=schedule, max_new_positions=60)
+    res.drop_swap  # e.g. 0.85 for a model that reads its thoughts, ~0 for one that ignores them
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from latentrl.model import LatentModel
+from latentrl.rewards import correctness_reward
+from latentrl.rollout import SamplingParams, ThinkingSchedule, decode_completions, generate_rollout, left_pad
+from latentrl.thoughts.base import ThoughtOperator, ThoughtStep
+
+__all__ = ["ThoughtDependence", "derangement", "thought_dependence", "ThoughtIntervention"]
+
+
+@dataclass
+class ThoughtDependence:
+    """Greedy Pass@1 with own / swapped / zeroed thoughts, the drops, and their standard errors."""
+
+    pass_own: float
+    pass_swap: float
+    pass_zero: float
+    drop_swap: float
+    drop_zero: float
+    swap_donor_match: float  # swapped answer == the donor row's gold answer
+    drop_swap_se: float  # paired standard error of drop_swap
+    drop_zero_se: float
+    n: int
+    mean_latent_positions: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A uniformly drawn permutation of range(n) with no fixed point (rejection sampling; n >= 2)."""
+    if n < 2:
+        raise ValueError(f"a derangement needs at least 2 rows, got {n}")
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        if not bool((perm == torch.arange(n)).any()):
+            return perm
+
+
+class ThoughtIntervention(ThoughtOperator):
+    """Wraps an operator: records the latent inputs it forms (mode `record`), or replaces them by recorded inputs
+    of other rows (`swap`) or by zeros (`zero`). Step t of the wrapper is latent step t of every thinking row (the
+    engine calls `step` once per position while any row thinks, from the first completion position on)."""
+
+    def __init__(self, base: ThoughtOperator, mode: str, donors: torch.Tensor | None = None,
+                 recorded: torch.Tensor | None = None, donor_steps: torch.Tensor | None = None):
+        super().__init__()
+        if mode not in ("record", "swap", "zero"):
+            raise ValueError(f"unknown intervention {mode!r}")
+        if mode == "swap" and (donors is None or recorded is None or donor_steps is None):
+            raise ValueError("swap needs donors, the recorded inputs and each donor's latent step count")
+        self.base, self.mode = base, mode
+        self.donors, self.recorded, self.donor_steps = donors, recorded, donor_steps
+        self.inputs: list[torch.Tensor] = []
+        self.t = 0
+        # the engine reads these class attributes off the instance
+        self.stochastic = base.stochastic
+        self.emits_tokens = base.emits_tokens
+        self.needs_logits = base.needs_logits
+
+    def payload_spec(self, model):
+        return self.base.payload_spec(model)
+
+    def set_eval_mode(self, deterministic: bool) -> None:
+        self.base.set_eval_mode(deterministic)
+
+    def step(self, model, logits, hidden, *, generator=None) -> ThoughtStep:
+        step = self.base.step(model, logits, hidden, generator=generator)
+        t, self.t = self.t, self.t + 1
+        embeds = step.embeds
+        if self.mode == "record":
+            self.inputs.append(embeds.detach().clone())
+        elif self.mode == "zero":
+            embeds = torch.zeros_like(embeds)
+        else:
+            has = (self.donor_steps[self.donors] > t).to(embeds.device)
+            if t < self.recorded.shape[1]:
+                donor = self.recorded[self.donors, t].to(embeds.device, embeds.dtype)
+                embeds = torch.where(has[:, None], donor, embeds)
+        return ThoughtStep(embeds=embeds, token_ids=step.token_ids, payload=step.payload, logprob=step.logprob)
+
+
+def _se_paired(a: Sequence[float], b: Sequence[float]) -> float:
+    d = [x - y for x, y in zip(a, b)]
+    n = len(d)
+    if n < 2:
+        return float("nan")
+    m = sum(d) / n
+    return math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1) / n)
+
+
+@torch.no_grad()
+def thought_dependence(
+    model: LatentModel,
+    data: Sequence[Any],
+    *,
+    operator: ThoughtOperator,
+    schedule: ThinkingSchedule,
+    max_new_positions: int = 64,
+    batch_size: int = 64,
+    seed: int = 0,
+    prompt_text: Callable[[dict[str, Any]], str] = lambda row: row["prompt"],
+    reward_func: Callable[..., list[float | None]] = correctness_reward,
+    decode_latent: bool | None = None,
+) -> ThoughtDependence:
+    """Greedy Pass@1 with own, swapped (a seeded derangement within each batch) and zeroed latent inputs."""
+    from latentrl.eval import _rows
+
+    rows = _rows(data)
+    if len(rows) < 2:
+        raise ValueError("the thought-dependence check needs at least 2 problems (thoughts are swapped between them)")
+    if not schedule.has_latent():
+        raise ValueError("the schedule has no latent positions: there are no thoughts to swap")
+    if decode_latent is None:
+        decode_latent = operator.emits_tokens
+    tok = model.tokenizer
+    gen = torch.Generator().manual_seed(seed)
+    sampling = SamplingParams(max_new_positions=max_new_positions, temperature=0.0)
+    was_training = model.training
+    model.eval()
+    own, swap, zero, donor_hit, latents = [], [], [], [], []
+    try:
+        for s in range(0, len(rows), batch_size):
+            part = rows[s : s + batch_size]
+            if len(part) < 2:  # a lone last row: swap it with the previous batch's first row
+                part = [rows[s - batch_size], *part]
+                keep = slice(1, None)
+            else:
+                keep = slice(None)
+            ids, mask = left_pad([tok(prompt_text(r), add_special_tokens=False)["input_ids"] for r in part],
+                                 tok.pad_token_id, device=model.device)
+            cols = {c: [r.get(c) for r in part] for c in part[0] if c != "prompt"}
+
+            def score(op: ThoughtIntervention, columns: dict[str, list[Any]]) -> tuple[list[float], Any]:
+                op.set_eval_mode(True)
+                ro = generate_rollout(model, ids, mask, sampling, op, schedule)
+                texts = decode_completions(model, ro, skip_latent=not decode_latent)
+                return [float((x or 0.0) > 0) for x in reward_func([r["prompt"] for r in part], texts, **columns)], ro
+
+            rec = ThoughtIntervention(operator, "record")
+            s_own, ro = score(rec, cols)
+            recorded = torch.stack(rec.inputs, dim=1) if rec.inputs else None
+            steps = ro.num_latent.cpu()
+            perm = derangement(len(part), gen)
+            donor_cols = {c: [v[int(j)] for j in perm] for c, v in cols.items()}
+            if recorded is None:
+                s_swap, s_donor = s_own, [0.0] * len(part)
+            else:
+                sw = ThoughtIntervention(operator, "swap", donors=perm.to(recorded.device), recorded=recorded,
+                                         donor_steps=steps.to(recorded.device))
+                s_swap, ro_sw = score(sw, cols)
+                texts = decode_completions(model, ro_sw, skip_latent=not decode_latent)
+                s_donor = [float((x or 0.0) > 0)
+                           for x in reward_func([r["prompt"] for r in part], texts, **donor_cols)]
+            s_zero, _ = score(ThoughtIntervention(operator, "zero"), cols)
+            own += s_own[keep]
+            swap += s_swap[keep]
+            zero += s_zero[keep]
+            donor_hit += s_donor[keep]
+            latents += steps.tolist()[keep]
+    finally:
+        operator.set_eval_mode(False)
+        model.train(was_training)
+    n = len(own)
+    p_own, p_swap, p_zero = sum(own) / n, sum(swap) / n, sum(zero) / n
+    return ThoughtDependence(
+        pass_own=p_own, pass_swap=p_swap, pass_zero=p_zero, drop_swap=p_own - p_swap, drop_zero=p_own - p_zero,
+        swap_donor_match=sum(donor_hit) / n, drop_swap_se=_se_paired(own, swap), drop_zero_se=_se_paired(own, zero),
+        n=n, mean_latent_positions=sum(latents) / n,
+    )
+
+
+def trainer_thought_dependence(trainer: Any, data: Sequence[Any]) -> ThoughtDependence | None:
+    """The check with an RL trainer's own operator, schedule and prompt format (how `latentrl eval` and the bench
+    score a method); None when the method has no latent positions."""
+    op, schedule = trainer.operator, trainer.schedule
+    if op is None or schedule is None or not schedule.has_latent():
+        return None
+    with trainer.gathered(trainer.model):
+        return thought_dependence(trainer.model, data, operator=op, schedule=schedule,
+                                  max_new_positions=trainer.args.max_completion_length, seed=trainer.args.seed,
+                                  prompt_text=trainer.prompt_text,
+                                  decode_latent=trainer.method.decodes_latent_tokens(op))
