@@ -271,9 +271,8 @@ class Breakdown:
         if mode == "generate":
             self._patch(lm.model, "forward", "forward")
         else:
-            import latentrl.rollout as rollout_mod
-
             import latentrl.decoding as decoding
+            import latentrl.rollout as rollout_mod
 
             for cls in (decoding.StaticCacheStepper, decoding.CachedForwardStepper):
                 self._patch(cls, "prefill", "forward")

@@ -27,8 +27,14 @@ from latentrl.bench import check_disjoint, suite_tasks
 from latentrl.config import config_to_dict, load_config
 from latentrl.data import load_examples
 from latentrl.model import LatentModel
-from latentrl.sft.coconut import CoconutConfig, coconut_evaluate, coconut_operator, coconut_prompt_text, \
-    coconut_schedule, train_coconut
+from latentrl.sft.coconut import (
+    CoconutConfig,
+    coconut_evaluate,
+    coconut_operator,
+    coconut_prompt_text,
+    coconut_schedule,
+    train_coconut,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

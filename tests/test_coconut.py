@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from latentrl.config import ConfigError, load_config
-from latentrl.data.paths import find_real_data_file
 from latentrl.data import DataFormatError, Example, format_cot, format_prompt, load_icot, load_prontoqa, load_prosqa
+from latentrl.data.paths import find_real_data_file
 from latentrl.sft.coconut import (
     IGNORE_INDEX,
     CoconutConfig,

@@ -28,8 +28,8 @@ from latentrl.data import (
     to_record,
     train_eval_split,
 )
-from latentrl.tokenizer import build_word_tokenizer
 from latentrl.data.paths import PACKAGED_DATA, find_real_data_file, find_shared_data
+from latentrl.tokenizer import build_word_tokenizer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

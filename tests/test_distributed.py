@@ -12,11 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import distributed_worker as worker
 import pytest
 import torch
 from safetensors.torch import load_file
-
-import distributed_worker as worker
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ("grpo", "hrpo")
@@ -117,7 +116,7 @@ def test_two_process_resume_equals_uninterrupted(runs, parallelism):
 def test_fsdp_shards_parameters(runs):
     """Under FSDP each process holds about half of every decoder-layer parameter (dim-0 shards) and of the
     embeddings; the full replicas of ddp hold everything."""
-    for k, res in enumerate(runs["fsdp"]["hrpo"]):
+    for res in runs["fsdp"]["hrpo"]:
         shards = res["shards"]
         layer = {n: v for n, v in shards.items() if ".layers.0." in n}
         assert len(layer) >= 7  # q/k/v/o, MLP, norms

@@ -34,10 +34,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from latentrl.testing import word_count_reward
 from latentrl.cli import ARG_BUILDERS, COMMANDS, _add_train_args
 from latentrl.config import GRPOConfig, config_from_dict, config_to_dict, load_config
 from latentrl.methods import METHODS, get_method
+from latentrl.testing import word_count_reward
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

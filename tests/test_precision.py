@@ -15,8 +15,6 @@ from latentrl.thoughts import build_thought_operator
 from tests.conftest import gen, make_prompts
 
 
-
-
 def trainer(tmp_path, **kw):
     base = dict(model_name_or_path="tiny", output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4,
                 gradient_accumulation_steps=2, num_generations=4, max_completion_length=8, learning_rate=1e-2,

@@ -4,7 +4,6 @@ the same run or say exactly why not (item 5): GRPO/DLR trainers, the SFT trainer
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

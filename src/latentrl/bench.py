@@ -302,8 +302,8 @@ def plot_accuracy_vs_length(rows: list[dict[str, Any]], out_png: Path) -> None:
 
 def run_bench(out: Path, *, quick: bool, methods: list[str] | None, tasks: list[str] | None, seed: int = 0,
               k: int = 4, num_eval: int | None = None) -> list[dict[str, Any]]:
-    from latentrl.methods import METHODS
     from latentrl.assets import model_path
+    from latentrl.methods import METHODS
 
     out.mkdir(parents=True, exist_ok=True)
     num_eval = num_eval or (100 if quick else 1000)

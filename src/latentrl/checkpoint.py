@@ -191,11 +191,11 @@ def set_rng_state(state: Mapping[str, Any], generators: Mapping[str, torch.Gener
         if torch.cuda.is_available():
             count = min(len(cuda_states), torch.cuda.device_count())
             if count < len(cuda_states):
-                warnings.warn(f"checkpoint has CUDA RNG states for {len(cuda_states)} devices, restoring {count}")
+                warnings.warn(f"checkpoint has CUDA RNG states for {len(cuda_states)} devices, restoring {count}", stacklevel=2)
             for i in range(count):
                 torch.cuda.set_rng_state(cuda_states[i], device=i)
         else:
-            warnings.warn("checkpoint has CUDA RNG states but CUDA is not available here; they are not restored")
+            warnings.warn("checkpoint has CUDA RNG states but CUDA is not available here; they are not restored", stacklevel=2)
     saved = state.get("generators") or {}
     for name, gen in (generators or {}).items():
         if name not in saved:

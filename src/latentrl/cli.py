@@ -395,7 +395,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latentrl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (fn, help_text) in COMMANDS.items():
+    for name, (_fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         ARG_BUILDERS.get(name, _add_train_args)(p)
     ns = parser.parse_args(argv)

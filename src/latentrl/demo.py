@@ -22,8 +22,8 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
     from latentrl.bench import preset_path, suite_tasks
     from latentrl.data import load_examples
     from latentrl.logger import plot_metrics
-    from latentrl.model import LatentModel
     from latentrl.methods import get_method
+    from latentrl.model import LatentModel
     from latentrl.run_dir import check_run_folder
 
     console = Console()

@@ -18,7 +18,13 @@ import torch
 from latentrl.model import LatentModel
 from latentrl.rewards import correctness_reward
 from latentrl.rollout import (
-    Rollout, SamplingParams, ThinkingSchedule, decode_completions, delimiter_sequences, generate_rollout, left_pad,
+    Rollout,
+    SamplingParams,
+    ThinkingSchedule,
+    decode_completions,
+    delimiter_sequences,
+    generate_rollout,
+    left_pad,
 )
 from latentrl.thoughts import ThoughtOperator
 from latentrl.tokenizer import delimiter_spellings

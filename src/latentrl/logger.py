@@ -245,7 +245,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            warnings.warn(f"{path}:{i}: skipping a line that is not valid JSON")
+            warnings.warn(f"{path}:{i}: skipping a line that is not valid JSON", stacklevel=2)
             continue
         if isinstance(rec, dict):
             records.append(rec)

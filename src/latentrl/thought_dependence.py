@@ -159,7 +159,8 @@ def thought_dependence(
                                  tok.pad_token_id, device=model.device)
             cols = {c: [r.get(c) for r in part] for c in part[0] if c != "prompt"}
 
-            def score(op: ThoughtIntervention, columns: dict[str, list[Any]]) -> tuple[list[float], Any]:
+            def score(op: ThoughtIntervention, columns: dict[str, list[Any]], ids: torch.Tensor = ids,
+                      mask: torch.Tensor = mask, part: list[dict[str, Any]] = part) -> tuple[list[float], Any]:
                 op.set_eval_mode(True)
                 ro = generate_rollout(model, ids, mask, sampling, op, schedule)
                 texts = decode_completions(model, ro, skip_latent=not decode_latent)

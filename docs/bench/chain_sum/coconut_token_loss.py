@@ -17,8 +17,7 @@ import torch.nn.functional as F
 
 from latentrl.config import load_config
 from latentrl.model import LatentModel
-from latentrl.sft.coconut import (CoconutConfig, build_stage_sample, coconut_forward, collate_coconut,
-                                  tokenize_example)
+from latentrl.sft.coconut import CoconutConfig, build_stage_sample, coconut_forward, collate_coconut, tokenize_example
 
 sys.path.insert(0, "docs/bench/chain_sum")
 from coconut_converged_run import eval_set  # noqa: E402

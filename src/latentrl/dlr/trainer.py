@@ -28,7 +28,12 @@ from latentrl.data.schema import Example
 from latentrl.dlr.assistant import ASSISTANT, LatentAssistant, gaussian_entropy, gaussian_log_prob
 from latentrl.dlr.config import DLRConfig, resolve_dlr_config
 from latentrl.dlr.losses import (
-    anchor_info_nce, filter_high_value, forward_flops, group_info_nce, matmul_params, policy_gradient_loss,
+    anchor_info_nce,
+    filter_high_value,
+    forward_flops,
+    group_info_nce,
+    matmul_params,
+    policy_gradient_loss,
 )
 from latentrl.model import LatentModel
 from latentrl.rl.trainer import GRPOTrainer, StepBatch, TrainingDivergedError

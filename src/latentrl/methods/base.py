@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from latentrl.rollout import ThinkingSchedule
-from latentrl.tokenizer import delimiter_spellings, text_ids
 from latentrl.thoughts import ThoughtOperator, build_thought_operator
+from latentrl.tokenizer import delimiter_spellings, text_ids
 
 if TYPE_CHECKING:
     from latentrl.config import LatentConfig

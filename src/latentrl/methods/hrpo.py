@@ -18,10 +18,10 @@ import torch
 
 from latentrl.config import ConfigError
 from latentrl.methods.base import Method, register_method
-from latentrl.tokenizer import delimiter_spellings
 from latentrl.replay import replay
 from latentrl.rollout import Rollout, ThinkingSchedule
 from latentrl.thoughts.hrpo_gate import GATE_NAME, HRPOGate, HRPOGateThought, ensure_gate
+from latentrl.tokenizer import delimiter_spellings
 
 DEFAULT_DELIMITER = "####"
 #: learning rates of the gate when `GRPOConfig` has no field for them (the paper's values)

@@ -26,7 +26,6 @@ import torch
 
 from latentrl.config import ConfigError
 from latentrl.methods.base import Method, register_method
-from latentrl.tokenizer import text_ids
 from latentrl.rl.advantages import (
     apply_first_position_advantages,
     first_position_advantages,
@@ -35,6 +34,7 @@ from latentrl.rl.advantages import (
 )
 from latentrl.rollout import ThinkingSchedule
 from latentrl.thoughts import build_thought_operator
+from latentrl.tokenizer import text_ids
 
 __all__ = ["LatentGRPO", "LatentGRPOOptions"]
 
