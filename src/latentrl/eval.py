@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from latentrl.data.schema import as_rows
 from latentrl.model import LatentModel
 from latentrl.rewards import correctness_reward
 from latentrl.rollout import (
@@ -65,12 +66,6 @@ def reasoning_positions(rollout: Rollout, delimiter_ids: Sequence[int] | Sequenc
     return torch.minimum(first, lengths)
 
 
-def _rows(data: Sequence[Any]) -> list[dict[str, Any]]:
-    from latentrl.rl.trainer import as_rows
-
-    return as_rows(data)
-
-
 @torch.no_grad()
 def evaluate(
     model: LatentModel,
@@ -92,7 +87,7 @@ def evaluate(
     """Greedy Pass@1 (operator noise off) and, if k > 0, Pass@k from k completions sampled at `temperature` (noise
     on). Completions cut at `max_new_positions` are counted in `truncated` and warned about: a budget below the
     task's chain length scores right answers as wrong."""
-    rows = _rows(data)
+    rows = as_rows(data)
     if decode_latent is None:
         decode_latent = operator is not None and operator.emits_tokens
     tok = model.tokenizer

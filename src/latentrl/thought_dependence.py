@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from latentrl.data.schema import as_rows
 from latentrl.model import LatentModel
 from latentrl.rewards import correctness_reward
 from latentrl.rollout import SamplingParams, ThinkingSchedule, decode_completions, generate_rollout, left_pad
@@ -132,9 +133,7 @@ def thought_dependence(
     decode_latent: bool | None = None,
 ) -> ThoughtDependence:
     """Greedy Pass@1 with own, swapped (a seeded derangement within each batch) and zeroed latent inputs."""
-    from latentrl.eval import _rows
-
-    rows = _rows(data)
+    rows = as_rows(data)
     if len(rows) < 2:
         raise ValueError("the thought-dependence check needs at least 2 problems (thoughts are swapped between them)")
     if not schedule.has_latent():

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from latentrl.data.schema import as_rows
 from latentrl.model import LatentModel
 from latentrl.rollout import Rollout, SamplingParams, ThinkingSchedule, generate_rollout, left_pad
 from latentrl.thoughts import ThoughtOperator
@@ -203,8 +204,6 @@ def inspect_thoughts(
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    from latentrl.rl.trainer import as_rows
-
     if not prompts:
         raise ValueError("no prompts to inspect")
     rows = as_rows([{"prompt": p} if isinstance(p, str) else p for p in prompts])

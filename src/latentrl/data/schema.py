@@ -8,6 +8,7 @@ the prompt ends with `||`, the chain of thought follows, and the final answer co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any
@@ -61,6 +62,19 @@ def to_record(ex: Example) -> dict[str, Any]:
         "steps": list(ex.steps),
         "answer": ex.answer,
     }
+
+
+def as_rows(data: Sequence[Example | dict[str, Any]]) -> list[dict[str, Any]]:
+    """Accept `Example`s or TRL-style dict rows (with a `prompt` column)."""
+    rows = []
+    for i, item in enumerate(data):
+        row = to_record(item) if isinstance(item, Example) else dict(item)
+        if "prompt" not in row:
+            raise ValueError(f"dataset row {i} has no 'prompt' column (columns: {sorted(row)})")
+        rows.append(row)
+    if not rows:
+        raise ValueError("the training dataset is empty")
+    return rows
 
 
 class DataFormatError(ValueError):

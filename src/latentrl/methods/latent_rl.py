@@ -238,8 +238,8 @@ def collect_value_data(
     reads during Latent RL.
     """
     from latentrl.config import LatentConfig
+    from latentrl.data.schema import as_rows
     from latentrl.replay import replay
-    from latentrl.rl.trainer import as_rows
     from latentrl.rollout import SamplingParams, decode_completions, generate_rollout, left_pad
 
     model, operator, schedule, prompt_text, budget = _components(source, num_latent_steps, LatentConfig)

@@ -34,7 +34,7 @@ from transformers import get_scheduler
 from latentrl.chat import prompt_formatter
 from latentrl.checkpoint import load_checkpoint, save_checkpoint
 from latentrl.config import DEFAULT_MAX_STEPS, ConfigError, GRPOConfig, config_to_dict
-from latentrl.data.schema import Example, to_record
+from latentrl.data.schema import Example, as_rows  # as_rows: re-exported for callers of the old path
 from latentrl.logger import MetricsLogger, console_line, progress
 from latentrl.methods import Method, get_method
 from latentrl.model import LatentModel
@@ -76,17 +76,6 @@ class StepBatch:
                          pick(self.old_logprobs), pick(self.ref_logprobs), pick(self.per_func_rewards))
 
 
-def as_rows(data: Sequence[Example | dict[str, Any]]) -> list[dict[str, Any]]:
-    """Accept `Example`s or TRL-style dict rows (with a `prompt` column)."""
-    rows = []
-    for i, item in enumerate(data):
-        row = to_record(item) if isinstance(item, Example) else dict(item)
-        if "prompt" not in row:
-            raise ValueError(f"dataset row {i} has no 'prompt' column (columns: {sorted(row)})")
-        rows.append(row)
-    if not rows:
-        raise ValueError("the training dataset is empty")
-    return rows
 
 
 def num_warmup_steps(warmup_ratio: float, max_steps: int) -> int:
