@@ -869,6 +869,16 @@ class DLRConfig(BaseConfig):
 
 
 REPORT_TO = ("jsonl", "tensorboard", "wandb", "none")
+# Each method's preset values (dotted keys), filled by `latentrl.methods.register_method` when the methods are
+# imported (importing `latentrl` does that): the config reads presets without importing the method layer.
+METHOD_PRESETS: dict[str, typing.Mapping[str, Any]] = {}
+
+
+def register_method_preset(name: str, defaults: typing.Mapping[str, Any]) -> None:
+    """Record method `name`'s preset values for `GRPOConfig.preset_defaults`."""
+    METHOD_PRESETS[name] = defaults
+
+
 DEFAULT_MAX_STEPS = 100  # the run length when neither max_steps nor num_train_epochs is given
 WANDB_MISSING = ("report_to includes wandb, but the wandb package is not installed: pip install wandb (and wandb "
                  "login), or choose other sinks (jsonl, tensorboard, none)")
@@ -1247,10 +1257,7 @@ class GRPOConfig(BaseConfig):
         `load_config` / the CLI to every key the YAML and overrides leave unset: `method: hrpo` alone gives
         HRPO's temperatures, loss and KL. Constructing `GRPOConfig(...)` directly uses the plain field defaults;
         use `GRPOConfig.for_method(name, **values)` for a method's presets from Python."""
-        from latentrl.methods import METHODS
-
-        method = METHODS.get(str(data.get("method", "grpo")))
-        defaults = dict(method.defaults) if method is not None else {}
+        defaults = dict(METHOD_PRESETS.get(str(data.get("method", "grpo")), {}))
         if "reward_funcs" in data:  # the preset's weights belong to the preset's functions
             defaults.pop("reward_weights", None)
         return defaults

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from latentrl.config import register_method_preset
 from latentrl.rollout import ThinkingSchedule
 from latentrl.thoughts import ThoughtOperator, build_thought_operator
 from latentrl.tokenizer import delimiter_spellings, text_ids
@@ -126,7 +127,9 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
+    """Add a method to the registry (`method: <name>` in a config) and its preset values to the config's."""
     METHODS[cls.name] = cls
+    register_method_preset(cls.name, cls.defaults)
     return cls
 
 
