@@ -11,26 +11,20 @@ import torch
 
 from latentrl.cli import main
 from latentrl.config import ConfigError, GRPOConfig
-from latentrl.data import make_examples, task_vocabulary
+from latentrl.data import make_examples
 from latentrl.dlr import DLRConfig
 from latentrl.dlr.trainer import DLRTrainer
 from latentrl.logger import read_metrics
 from latentrl.rl.trainer import GRPOTrainer
-from latentrl.testing import char_sum_reward, tiny_chain_sum_model, tiny_latent_model
+from latentrl.testing import char_sum_reward, tiny_chain_sum_model, word_count_reward
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def varied_reward(prompts, completions, **kw):
-    return [float(len(c.split()) % 3) for c in completions]
 
 
 def examples(n=16):
     return make_examples("chain_sum", n, seed=0, length=3)
 
-
-def model(seed=0):
-    return tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=seed, hidden=32)
 
 
 def config(out, **kw):
@@ -41,8 +35,8 @@ def config(out, **kw):
     return GRPOConfig(**base)
 
 
-def trainer(out, reward=varied_reward, lm=None, **kw):
-    return GRPOTrainer(config(out, **kw), lm or model(), examples(), reward_funcs=[reward])
+def trainer(out, reward=word_count_reward, lm=None, **kw):
+    return GRPOTrainer(config(out, **kw), lm or tiny_chain_sum_model(), examples(), reward_funcs=[reward])
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -112,7 +106,7 @@ def test_a_run_that_does_no_step_leaves_the_existing_run_untouched(old_run, case
         with pytest.raises(ConfigError, match="max_steps=0"):
             trainer(out, **kw)
     else:
-        t = trainer(out, reward=failing_reward if case == "failing_first_step" else varied_reward, **kw)
+        t = trainer(out, reward=failing_reward if case == "failing_first_step" else word_count_reward, **kw)
         if case == "failing_first_step":
             with pytest.raises(RuntimeError, match="reward server down"):
                 t.train()
@@ -164,16 +158,16 @@ def test_sft_trainers_refuse_an_existing_run(tmp_path):
 
     out = tmp_path / "sft"
     sft = dict(max_steps=1, disable_tqdm=True, eval_steps=0, output_dir=str(out))
-    train_sft(CoTSFTConfig(**sft), model(), examples(4))
+    train_sft(CoTSFTConfig(**sft), tiny_chain_sum_model(), examples(4))
     before = snapshot(out)
     with pytest.raises(ConfigError, match="already holds a run.*overwrite_output_dir") as info:
-        train_sft(CoTSFTConfig(**sft), model(), examples(4))
+        train_sft(CoTSFTConfig(**sft), tiny_chain_sum_model(), examples(4))
     assert "--resume" not in str(info.value)  # SFT runs cannot be resumed: the message does not offer it
     with pytest.raises(ConfigError, match="already holds a run"):
         train_coconut(CoconutConfig(max_latent_stage=1, num_epochs=2, max_steps=1, disable_tqdm=True,
                                     output_dir=str(out)), tiny_chain_sum_model(), examples(4))
     assert snapshot(out) == before
-    train_sft(CoTSFTConfig(**sft, overwrite_output_dir=True, learning_rate=1e-3), model(), examples(4))
+    train_sft(CoTSFTConfig(**sft, overwrite_output_dir=True, learning_rate=1e-3), tiny_chain_sum_model(), examples(4))
     assert [r["step"] for r in read_metrics(out)] == [1]
     assert json.loads((out / "run_config.json").read_text())["learning_rate"] == 1e-3
 
@@ -319,7 +313,7 @@ def test_an_optimizer_that_does_not_fit_is_explained(old_run):
 
 def test_cli_resume_checks_the_run_first_and_says_where_it_starts(tmp_path, capsys):
     init = tmp_path / "init"
-    model().save_pretrained(init)
+    tiny_chain_sum_model().save_pretrained(init)
     run = tmp_path / "cli"
     assert cli_train(run, f"model_name_or_path={init}") == 0
     capsys.readouterr()

@@ -9,24 +9,16 @@ import pytest
 import torch
 
 from latentrl.config import GRPOConfig, LatentConfig
-from latentrl.data import make_examples, task_vocabulary
+from latentrl.data import make_examples
 from latentrl.model import LatentModel
 from latentrl.rewards import RewardFunctionError
 from latentrl.rl.trainer import GRPOTrainer, TrainingDivergedError
-from latentrl.testing import tiny_latent_model
-
-
-def varied_reward(prompts, completions, **kw):
-    """A deterministic reward that varies across completions, so advantages (and gradients) are non-zero."""
-    return [float(len(c.split()) % 3) for c in completions]
+from latentrl.testing import tiny_chain_sum_model, word_count_reward
 
 
 def examples(n=16):
     return make_examples("chain_sum", n, seed=0, length=3)
 
-
-def model(seed=0):
-    return tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=seed, hidden=32)
 
 
 def config(tmp_path, **kw):
@@ -44,10 +36,10 @@ def params(lm):
 def test_gradient_accumulation_does_not_change_the_update(tmp_path, loss_type):
     runs = []
     for mb, ga in [(8, 1), (4, 2), (2, 4)]:
-        lm = model()
+        lm = tiny_chain_sum_model()
         cfg = config(tmp_path / f"{mb}", per_device_train_batch_size=mb, gradient_accumulation_steps=ga,
                      loss_type=loss_type, beta=0.05, max_grad_norm=1e9)
-        t = GRPOTrainer(cfg, lm, examples(), reward_funcs=[varied_reward])
+        t = GRPOTrainer(cfg, lm, examples(), reward_funcs=[word_count_reward])
         m = t.train_step()
         runs.append((params(lm), m))
     base, m0 = runs[0]
@@ -62,13 +54,13 @@ def test_raising_reward_function_is_named_in_the_error(tmp_path):
     def broken_reward(prompts, completions, **kw):
         raise KeyError("no such column")
 
-    t = GRPOTrainer(config(tmp_path), model(), examples(), reward_funcs=[broken_reward])
+    t = GRPOTrainer(config(tmp_path), tiny_chain_sum_model(), examples(), reward_funcs=[broken_reward])
     with pytest.raises(RewardFunctionError, match="broken_reward"):
         t.train_step()
 
 
 def test_nan_loss_raises_and_keeps_checkpoints(tmp_path):
-    t = GRPOTrainer(config(tmp_path, max_steps=2, save_steps=1), model(), examples(), reward_funcs=[varied_reward])
+    t = GRPOTrainer(config(tmp_path, max_steps=2, save_steps=1), tiny_chain_sum_model(), examples(), reward_funcs=[word_count_reward])
     t.train()
     before = sorted(os.listdir(tmp_path))
     with torch.no_grad():
@@ -83,7 +75,7 @@ def test_dynamic_sampling_drops_zero_std_groups(tmp_path):
     def first_group_constant(prompts, completions, **kw):
         return [1.0 if p == prompts[0] else float(len(c.split()) % 2) for p, c in zip(prompts, completions)]
 
-    t = GRPOTrainer(config(tmp_path, dynamic_sampling=True, max_resample_rounds=2), model(), examples(),
+    t = GRPOTrainer(config(tmp_path, dynamic_sampling=True, max_resample_rounds=2), tiny_chain_sum_model(), examples(),
                     reward_funcs=[first_group_constant])
     batch, stats = t._collect_step_batch()
     r = batch.rewards.view(-1, 4)
@@ -93,15 +85,15 @@ def test_dynamic_sampling_drops_zero_std_groups(tmp_path):
 
 def test_unknown_method_and_bad_batch_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
-        GRPOTrainer(config(tmp_path, method="nope"), model(), examples())
+        GRPOTrainer(config(tmp_path, method="nope"), tiny_chain_sum_model(), examples())
     with pytest.raises(ValueError, match="divisible by num_generations"):
-        GRPOTrainer(config(tmp_path, per_device_train_batch_size=6, num_generations=4), model(), examples())
+        GRPOTrainer(config(tmp_path, per_device_train_batch_size=6, num_generations=4), tiny_chain_sum_model(), examples())
 
 
 def test_latent_operator_runs_through_the_trainer(tmp_path):
-    lm = model()
+    lm = tiny_chain_sum_model()
     cfg = config(tmp_path, method="grpo", latent=LatentConfig(operator="none"))
-    assert GRPOTrainer(cfg, lm, examples(), reward_funcs=[varied_reward]).train_step()["grad_norm"] > 0
+    assert GRPOTrainer(cfg, lm, examples(), reward_funcs=[word_count_reward]).train_step()["grad_norm"] > 0
 
 
 SCRIPT = textwrap.dedent('''
@@ -114,7 +106,7 @@ SCRIPT = textwrap.dedent('''
     init, out, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
     calls = {"n": 0}
 
-    def varied_reward(prompts, completions, **kw):
+    def dying_reward(prompts, completions, **kw):
         calls["n"] += 1
         if calls["n"] == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)  # die mid-step, after earlier checkpoints were written
@@ -125,13 +117,13 @@ SCRIPT = textwrap.dedent('''
                      save_steps=1, save_total_limit=2, beta=0.02, report_to=["jsonl"],
                      resume_from_checkpoint="latest" if os.path.isdir(out) and os.listdir(out) else None)
     GRPOTrainer(cfg, LatentModel.from_pretrained(init), make_examples("chain_sum", 12, seed=0, length=3),
-                reward_funcs=[varied_reward]).train()
+                reward_funcs=[dying_reward]).train()
 ''')
 
 
 def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):
     init = tmp_path / "init"
-    model().save_pretrained(init)
+    tiny_chain_sum_model().save_pretrained(init)
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "CI": "1"}
@@ -157,7 +149,7 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):
 
 def test_eval_dataset_is_scored_every_eval_steps(tmp_path):
     cfg = config(tmp_path, max_steps=2, eval_steps=1, report_to=["jsonl"])
-    t = GRPOTrainer(cfg, model(), examples(), reward_funcs=[varied_reward], eval_dataset=examples(4))
+    t = GRPOTrainer(cfg, tiny_chain_sum_model(), examples(), reward_funcs=[word_count_reward], eval_dataset=examples(4))
     history = t.train()
     assert all("eval/pass_at_1" in m and 0.0 <= m["eval/pass_at_1"] <= 1.0 for m in history)
     assert t.evaluate(k=2).pass_at_k is not None
@@ -165,10 +157,10 @@ def test_eval_dataset_is_scored_every_eval_steps(tmp_path):
 
 def test_a_line_per_logged_step_on_the_console(tmp_path, capsys):
     """Batch jobs (no TTY, so no progress bar) still show progress: one line per `logging_steps` on stderr."""
-    GRPOTrainer(config(tmp_path, max_steps=4, logging_steps=2), model(), examples(), reward_funcs=[varied_reward]).train()
+    GRPOTrainer(config(tmp_path, max_steps=4, logging_steps=2), tiny_chain_sum_model(), examples(), reward_funcs=[word_count_reward]).train()
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("step ")]
     assert [ln.split(" | ")[0] for ln in lines] == ["step 2/4", "step 4/4"]
     assert all(" | reward " in ln and " | loss " in ln and ln.endswith(" s/step") for ln in lines)
-    GRPOTrainer(config(tmp_path / "quiet", max_steps=2, log_to_console=False), model(), examples(),
-                reward_funcs=[varied_reward]).train()
+    GRPOTrainer(config(tmp_path / "quiet", max_steps=2, log_to_console=False), tiny_chain_sum_model(), examples(),
+                reward_funcs=[word_count_reward]).train()
     assert "step " not in capsys.readouterr().err
