@@ -280,3 +280,33 @@ def test_advantage_epsilon_reaches_the_default_advantages():
     Trainer.args = GRPOConfig(model_name_or_path="m", num_generations=4, per_device_train_batch_size=4,
                               advantage_epsilon=1.0)
     assert get_method("grpo").compute_advantages(Trainer, Batch)[0].item() == pytest.approx(0.75 / (std + 1.0))
+
+
+def test_choices_are_the_registries():
+    """latent.operator, policy_loss, loss_type and kl_estimator accept exactly what their registries hold."""
+    from latentrl.rl.losses import KL_PENALTIES, LOSS_AGGREGATIONS, POLICY_LOSSES
+    from latentrl.thoughts import THOUGHT_OPERATORS
+
+    assert set(LATENT_OPERATORS) == {"none", *THOUGHT_OPERATORS}
+    for key, registry in (("policy_loss", POLICY_LOSSES), ("loss_type", LOSS_AGGREGATIONS),
+                          ("kl_estimator", KL_PENALTIES)):
+        for name in registry:
+            assert getattr(load_config(GRPOConfig, None, ["model_name_or_path=m", f"{key}={name}"]), key) == name
+    with pytest.raises(ConfigError, match="'gaussian'"):  # a name no operator is registered under
+        LatentConfig(operator="gaussian")
+    with pytest.raises(ConfigError, match="num_iterations must be 1"):
+        load_config(GRPOConfig, None, ["model_name_or_path=m", "policy_loss=no_ratio", "num_iterations=2"])
+
+
+def test_a_registered_policy_loss_becomes_a_choice():
+    from latentrl.rl.losses import POLICY_LOSSES, register_policy_loss
+
+    @register_policy_loss("test_only_loss")
+    def _loss(logprobs, old_logprobs, advantages, **kw):
+        return -advantages * logprobs, {}
+
+    try:
+        cfg = load_config(GRPOConfig, None, ["model_name_or_path=m", "policy_loss=test_only_loss"])
+        assert cfg.policy_loss == "test_only_loss"
+    finally:
+        POLICY_LOSSES.pop("test_only_loss")

@@ -12,13 +12,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # rank of each module (longest matching prefix wins); an import may only go to the same rank or lower
 LAYERS: dict[str, int] = {
     "latentrl.assets": 0, "latentrl.checkpoint": 0, "latentrl.tokenizer": 0, "latentrl.rewards": 0,
-    "latentrl.data": 0,
+    "latentrl.data": 0, "latentrl.rl.losses": 0, "latentrl.rl.advantages": 0,  # pure functions on tensors
     "latentrl.config": 1, "latentrl.logger": 1, "latentrl.run_dir": 1, "latentrl.chat": 1,
     "latentrl.model": 2, "latentrl.testing": 2,
     "latentrl.sampling": 3, "latentrl.decoding": 3, "latentrl.thoughts": 3, "latentrl.rollout": 3,
     "latentrl.replay": 3,
-    "latentrl.eval": 4, "latentrl.thought_dependence": 4, "latentrl.rl.advantages": 4, "latentrl.rl.losses": 4,
-    "latentrl.rl.distributed": 4, "latentrl.rl.fsdp": 4,
+    "latentrl.eval": 4, "latentrl.thought_dependence": 4, "latentrl.rl.distributed": 4, "latentrl.rl.fsdp": 4,
     "latentrl.sft": 5, "latentrl.rl.trainer": 5, "latentrl.methods": 5, "latentrl.dlr": 5,
     "latentrl.thought_inspection": 5,
     "latentrl.pretrain": 6, "latentrl.bench": 6, "latentrl.demo": 6, "latentrl.cli": 6, "latentrl": 6,

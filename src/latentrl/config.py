@@ -22,13 +22,14 @@ import os
 import textwrap
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
 from latentrl.data.formats import FORMAT_NAMES
+from latentrl.rl.losses import KL_PENALTIES, LOSS_AGGREGATIONS, POLICY_LOSSES
 
 __all__ = [
     "BaseConfig",
@@ -65,7 +66,7 @@ def cfg_field(
     default: Any = dataclasses.MISSING,
     help: str = "",  # noqa: A002 - the natural name for a field's help text
     *,
-    choices: Sequence[Any] | None = None,
+    choices: Sequence[Any] | Mapping[str, Any] | None = None,
     min: float | None = None,  # noqa: A002
     max: float | None = None,  # noqa: A002
     min_exclusive: bool = False,
@@ -74,7 +75,8 @@ def cfg_field(
 ) -> Any:
     """A ``dataclasses.field`` carrying the help text and validation rules of one config option.
 
-    ``help`` is mandatory. ``choices`` restricts the value (each element, for list fields); ``min``/``max`` bound
+    ``help`` is mandatory. ``choices`` restricts the value (each element, for list fields); a mapping (a registry)
+    is kept by reference, so names registered later are valid choices too. ``min``/``max`` bound
     numeric values (inclusive unless ``min_exclusive``/``max_exclusive``). A mutable ``default`` (list, dict,
     dataclass instance) is turned into a ``default_factory`` that returns a fresh copy. Leave both ``default`` and
     ``default_factory`` out for a required option.
@@ -85,7 +87,7 @@ def cfg_field(
         raise TypeError("cfg_field() takes either default or default_factory, not both")
     metadata = {
         "help": help.strip(),
-        "choices": tuple(choices) if choices is not None else None,
+        "choices": choices if isinstance(choices, Mapping) else tuple(choices) if choices is not None else None,
         "min": min,
         "max": max,
         "min_exclusive": min_exclusive,
@@ -642,7 +644,14 @@ def config_help(cls: type, width: int = 120) -> str:
 # The trainer configs
 # ----------------------------------------------------------------------------------------------------------------
 
-LATENT_OPERATORS = ("none", "hidden_state", "soft_mixture", "hrpo_gate", "gumbel_topk", "gumbel_softmax", "gaussian")
+# "none" plus every registered thought operator: `latentrl.thoughts.register_thought_operator` adds each name
+# when the operators are imported (importing `latentrl` does), so the config never imports the operator layer.
+LATENT_OPERATORS: dict[str, str] = {"none": "no operator: plain token GRPO"}
+
+
+def register_operator_name(name: str, defined_in: str) -> None:
+    """Make `name` a valid `latent.operator`; `defined_in` names the operator class (for messages and docs)."""
+    LATENT_OPERATORS[name] = defined_in
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -655,7 +664,7 @@ class LatentConfig(BaseConfig):
         "back, Coconut, Hao et al. 2024); soft_mixture (probability-weighted embedding mixture, soft thinking); "
         "hrpo_gate (gated token embedding + projected hidden state, HRPO, Yue et al. 2025); gumbel_topk (one-sided "
         "Gumbel top-K superposition, Latent-GRPO, Deng et al. 2026); gumbel_softmax (Gumbel-softmax embedding "
-        "mixture, LEPO, Zhou et al. 2026); gaussian (Gaussian noise on the latent input).",
+        "mixture, LEPO, Zhou et al. 2026); or any operator registered with register_thought_operator.",
         choices=LATENT_OPERATORS,
     )
     num_latent_steps: int | None = cfg_field(
@@ -710,9 +719,6 @@ class LatentConfig(BaseConfig):
     )
     noise_clamp_min: float = cfg_field(-1.5, "Lower clamp of the Gumbel noise (Latent-GRPO: -1.5).")
     noise_clamp_max: float = cfg_field(3.0, "Upper clamp of the Gumbel noise (Latent-GRPO: 3.0).")
-    gaussian_std: float = cfg_field(
-        0.1, "Standard deviation of the noise added by the gaussian operator (our choice; no paper default).", min=0.0
-    )
     gate_c: float = cfg_field(
         8.0, "HRPO gate constant c in a = exp(-c * softplus(Lambda) * r) (HRPO: 8).", min=0.0, min_exclusive=True
     )
@@ -755,7 +761,7 @@ class LatentConfig(BaseConfig):
         if self.operator == "none" and self.num_latent_steps:
             raise ConfigError(
                 f"num_latent_steps={self.num_latent_steps} needs a latent operator, but operator='none'; "
-                f"choose one of {', '.join(LATENT_OPERATORS[1:])}"
+                f"choose one of {', '.join(op for op in LATENT_OPERATORS if op != 'none')}"
             )
 
 
@@ -1087,7 +1093,7 @@ class GRPOConfig(BaseConfig):
     kl_estimator: str = cfg_field(
         "k3",
         "KL estimator (Schulman's k1 = ref-lp difference, k2 = squared, k3 = exp(ref-lp)-(ref-lp)-1, TRL's choice).",
-        choices=("k1", "k2", "k3", "low_var_kl"),
+        choices=KL_PENALTIES,
     )
     epsilon: float = cfg_field(
         0.2, "PPO clip range epsilon (lower bound; TRL 0.2; Latent-GRPO 0.2; Özeren 0.1).", min=0.0
@@ -1106,13 +1112,13 @@ class GRPOConfig(BaseConfig):
         "dapo",
         "Loss aggregation (TRL): grpo = per-sequence mean then batch mean; bnpo = token mean over the micro-batch; "
         "dr_grpo = sum / (batch * max_completion_length); dapo = sum / active tokens of the whole accumulated batch.",
-        choices=("grpo", "bnpo", "dr_grpo", "dapo"),
+        choices=LOSS_AGGREGATIONS,
     )
     policy_loss: str = cfg_field(
         "clipped",
-        "Policy-gradient surrogate: clipped (PPO ratio clipping, TRL) or reinforce (A * log-prob, no ratio; HRPO's "
-        "on-policy loss).",
-        choices=("clipped", "reinforce"),
+        "Policy-gradient surrogate (rl.losses.POLICY_LOSSES): clipped (PPO ratio clipping, TRL); reinforce "
+        "(A * exp(lp - lp.detach()), HRPO's on-policy loss); no_ratio (-A * lp, LEPO's latent-position loss).",
+        choices=POLICY_LOSSES,
     )
     scale_rewards: str = cfg_field(
         "group",
@@ -1306,7 +1312,8 @@ class GRPOConfig(BaseConfig):
         if self.system_prompt is not None and self.prompt_format != "chat":
             raise ConfigError("system_prompt is only used with prompt_format=chat; set prompt_format=chat or "
                               "remove system_prompt")
-        if self.policy_loss == "reinforce" and self.num_iterations > 1:
+        if self.policy_loss in ("reinforce", "no_ratio") and self.num_iterations > 1:
             raise ConfigError(
-                f"policy_loss='reinforce' is on-policy (no ratio), so num_iterations must be 1, got {self.num_iterations}"
+                f"policy_loss={self.policy_loss!r} is on-policy (no ratio), so num_iterations must be 1, got "
+                f"{self.num_iterations}"
             )

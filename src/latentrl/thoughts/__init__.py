@@ -9,14 +9,16 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from latentrl.config import register_operator_name
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
 THOUGHT_OPERATORS: dict[str, type[ThoughtOperator]] = {}
 
 
 def register_thought_operator(cls: type[ThoughtOperator]) -> type[ThoughtOperator]:
-    """Class decorator: add an operator to the registry under `cls.name`."""
+    """Class decorator: add an operator to the registry under `cls.name` (and to `latent.operator`'s choices)."""
     THOUGHT_OPERATORS[cls.name] = cls
+    register_operator_name(cls.name, f"{cls.__module__}.{cls.__qualname__}")
     return cls
 
 
