@@ -411,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("LATENTRL_DEBUG"):
             raise
         print(f"latentrl {ns.command}: error: {e}", file=sys.stderr)
+        if not isinstance(e, (ConfigError, FileNotFoundError)):  # may be a bug rather than bad input: say how to see
+            print(f"(traceback: LATENTRL_DEBUG=1 latentrl {ns.command} ...)", file=sys.stderr)
         return 2
 
 
