@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from latentrl.sampling import _outside_nucleus, gumbel_noise, log_normalizer
+from latentrl.sampling import check_generator, _outside_nucleus, gumbel_noise, log_normalizer
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 from latentrl.thoughts.gumbel_topk import _init_common, _init_record
@@ -114,6 +114,7 @@ class GumbelSoftmaxThought(ThoughtOperator):
         return torch.zeros(logits.shape, dtype=w.dtype, device=w.device).scatter(-1, ids, w)
 
     def step(self, model, logits, hidden, *, generator=None) -> ThoughtStep:
+        check_generator(generator, logits.device)  # fail before any work, not inside a CUDA kernel
         ids, w = self.sparse_mixture(logits, generator)
         payload = {"ids": ids, "weights": w}
         token = ids[:, 0] if self.record == "argmax" else logits.argmax(-1)

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from latentrl.sampling import _nucleus_size, gumbel_noise, token_logprobs
+from latentrl.sampling import check_generator, _nucleus_size, gumbel_noise, token_logprobs
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
@@ -190,6 +190,7 @@ class GumbelTopKThought(ThoughtOperator):
         return lp, ids, keep
 
     def step(self, model, logits, hidden, *, generator=None) -> ThoughtStep:
+        check_generator(generator, logits.device)  # fail before any work, not inside a CUDA kernel
         k = min(self.top_k, logits.shape[-1])
         lp, ids, keep = self.candidates(logits)
         if self.deterministic:

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from latentrl.sampling import _outside_nucleus, filter_logits, sample_categorical, token_logprobs
+from latentrl.sampling import check_generator, _outside_nucleus, filter_logits, sample_categorical, token_logprobs
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
@@ -189,6 +189,7 @@ class HRPOGateThought(ThoughtOperator):
         return weights.argmax(-1) if self.deterministic else sample_categorical(weights, generator)
 
     def step(self, model, logits, hidden, *, generator=None) -> ThoughtStep:
+        check_generator(generator, logits.device)  # fail before any work, not inside a CUDA kernel
         V = logits.shape[-1]
         raw = self.mode == "raw_hidden"
         if self.top_k is not None and self.top_k < V:
