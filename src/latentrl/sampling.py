@@ -157,21 +157,25 @@ BLOCK = 1024
 """Entries per block of the two-level draw in `sample_categorical` (rows of at most 2 * BLOCK use one cumsum)."""
 
 
-def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None = None, block: int | None = None
+                       ) -> torch.Tensor:
     """(B,) one draw per row from the unnormalised non-negative float `weights` (B, N): the distribution of
     `torch.multinomial(weights, 1)`, which draws one exponential per entry, at the cost of one summing pass.
 
     Two-level inverse CDF: a block of BLOCK entries is drawn from the block sums, then an entry inside it from
-    its cumulative weights (P(i) = W_b / W * w_i / W_b = w_i / W); two uniforms per row, no (B, N) output."""
+    its cumulative weights (P(i) = W_b / W * w_i / W_b = w_i / W); two uniforms per row, no (B, N) output.
+    `block` is the block size (default BLOCK; tests use small ones to reach the two-level path at small N)."""
     B, N = weights.shape
-    if N <= 2 * BLOCK:
+    check_generator(generator, weights.device)
+    block = block or BLOCK
+    if N <= 2 * block:
         return _searchsorted_draw(weights.float().cumsum(-1), generator)
-    nb = N // BLOCK
-    sums = weights[:, : nb * BLOCK].view(B, nb, BLOCK).sum(-1, dtype=torch.float32)
-    if N > nb * BLOCK:
-        sums = torch.cat([sums, weights[:, nb * BLOCK:].sum(-1, keepdim=True, dtype=torch.float32)], dim=-1)
-    block = _searchsorted_draw(sums.cumsum(-1), generator)  # (B,)
-    idx = block[:, None] * BLOCK + torch.arange(BLOCK, device=weights.device)
+    nb = N // block
+    sums = weights[:, : nb * block].reshape(B, nb, block).sum(-1, dtype=torch.float32)
+    if N > nb * block:
+        sums = torch.cat([sums, weights[:, nb * block:].sum(-1, keepdim=True, dtype=torch.float32)], dim=-1)
+    chosen = _searchsorted_draw(sums.cumsum(-1), generator)  # (B,)
+    idx = chosen[:, None] * block + torch.arange(block, device=weights.device)
     inside = idx < N
     w = weights.gather(-1, idx.clamp_max(N - 1)).float().masked_fill_(~inside, 0.0)
     return idx.gather(-1, _searchsorted_draw(w.cumsum(-1), generator)[:, None]).squeeze(-1)
