@@ -282,11 +282,18 @@ def test_every_operator_refuses_a_generator_on_another_device(draws):
     assert THOUGHT_OPERATORS, "no operator registered"
     for name in THOUGHT_OPERATORS:
         op = build_thought_operator(name)
-        if op.stochastic:
-            with pytest.raises(GeneratorDeviceError):
-                op.step(model, logits, hidden, generator=gen(0))
-        else:
+        draws.clear()
+        error = None
+        try:
             op.step(model, logits, hidden, generator=gen(0))
+        except Exception as exc:  # noqa: BLE001 - judged below, after the spy
+            error = exc
+        bad = [d for d in draws if d[1] is not None and d[1] != d[2]]
+        assert not bad, f"{name} drew with a generator on another device than its tensor: {bad}"
+        if op.stochastic:
+            assert isinstance(error, GeneratorDeviceError), f"{name} did not refuse the CPU generator: {error!r}"
+        else:
+            assert error is None and not draws, (name, error, draws)
     for fn in (lambda g: sample_tokens(logits, 1.0, generator=g), lambda g: sample_tokens(logits, 1.0, 5, 0.9, g),
                lambda g: sample_categorical(logits.abs(), g), lambda g: gumbel_noise((3,), g, "meta"),
                lambda g: normal((3,), g, "meta")):
