@@ -9,6 +9,7 @@ Six modes are measured on the same random-weight model, batch and prompts:
                     every one of the N positions is latent.  This is the headline latent figure (``latent_pos_s``).
 * ``hidden_state``  the same with the ``hidden_state`` (Coconut) operator.
 * ``gumbel_softmax`` the same with LEPO's ``gumbel_softmax`` operator (defaults: top-k 30, top-p 0.95, tau 0.5).
+* ``gumbel_topk``   the same with Latent-GRPO's ``gumbel_topk`` operator (defaults: top-k 30, top-p 0.95, one-sided noise).
 * ``hrpo_gate``     the same with HRPO's ``hrpo_gate`` operator (a sampled token gated with the projected state).
 
 ``--decoder`` picks the rollout engine's decode path (``auto``: the preallocated-cache fast path of
@@ -47,7 +48,7 @@ import time
 import model_presets
 from model_presets import add_shape_args
 
-MODES = ("generate", "discrete", "soft_mixture", "hidden_state", "gumbel_softmax", "hrpo_gate")
+MODES = ("generate", "discrete", "soft_mixture", "hidden_state", "gumbel_softmax", "gumbel_topk", "hrpo_gate")
 LATENT_MODES = MODES[2:]
 
 

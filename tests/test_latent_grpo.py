@@ -74,7 +74,12 @@ def test_rollout_selection_is_topk_of_perturbed_nucleus_and_noise_is_one_sided(o
     logits = torch.randn(64, 12) * 2
     step = op.step(EmbedOnly(12), logits, None, generator=gen(7))
     lp = logits.log_softmax(-1)
-    noise = op.noise(lp.shape, gen(7), lp.device)  # the same draw, independently
+    # the step draws noise for its candidates only (in descending-lp order); the same draw, independently, scattered
+    # over the vocabulary. Every other entry gets the LARGEST value the noise can take: they still must not win.
+    _, cand, _ = op.candidates(logits)
+    drawn = op.noise(cand.shape, gen(7), lp.device)
+    high = (op.clamp_max - op.clamp_min) if one_sided else op.clamp_max
+    noise = torch.full_like(lp, high * op.noise_scale).scatter(-1, cand, drawn)
     masked = torch.where(nucleus_or_topk(logits, 0.5, 3), lp, torch.full_like(lp, float("-inf")))
     top = torch.topk(masked + noise, 3)
     assert torch.equal(step.payload["ids"], top.indices)
@@ -83,7 +88,7 @@ def test_rollout_selection_is_topk_of_perturbed_nucleus_and_noise_is_one_sided(o
     torch.testing.assert_close(eps, noise.gather(-1, top.indices), atol=1e-5, rtol=0)
     if one_sided:
         assert eps.min() >= -1e-5 and eps.max() <= 4.5 + 1e-5
-        assert (noise >= 0).all()
+        assert (drawn >= 0).all()
     else:
         assert eps.min() < 0 and eps.min() >= -1.5 - 1e-5 and eps.max() <= 3.0 + 1e-5
     # the surrogate at rollout is the density of the drawn noise

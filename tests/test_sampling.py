@@ -4,9 +4,26 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from latentrl.sampling import filter_logits, gumbel_noise, sample_tokens, token_logprobs
+from latentrl import sampling
+from latentrl.sampling import (
+    GeneratorDeviceError,
+    filter_logits,
+    generator_for,
+    generator_on,
+    gumbel_noise,
+    normal,
+    sample_categorical,
+    sample_tokens,
+    token_logprobs,
+)
+from latentrl.thoughts import THOUGHT_OPERATORS, build_thought_operator
+from latentrl.thoughts.gumbel_softmax import GumbelSoftmaxThought
+from latentrl.thoughts.gumbel_topk import GumbelTopKThought
+from latentrl.thoughts.hrpo_gate import HRPOGateThought, projected_state
+from tests.conftest import gen
 
 
 def test_top_k_and_top_p_by_hand():
@@ -68,3 +85,269 @@ def test_top_k_keeps_exactly_k_with_ties():
     assert torch.isfinite(filter_logits(logits, top_k=2)).sum() == 2
     assert torch.isfinite(filter_logits(logits, top_k=2, top_p=0.99)).sum() == 2
     assert torch.isfinite(filter_logits(logits, top_k=1, min_keep=3)).sum() == 3
+
+
+# ---------------------------------------------------------------------------------------------------- equal in distribution
+# Every fast sampler is checked against its plain reference by a chi-square test on many draws with fixed seeds
+# (deterministic: the same draws every run). Bins expected to hold fewer than 5 draws are pooled. A p-value below
+# 1e-3 fails; each test also shows the check has power by rejecting a slightly wrong distribution.
+
+N_DRAWS = 20_000
+P_MIN = 1e-3
+
+
+def _pool(expected: torch.Tensor, *observed: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Bins with expected count >= 5 kept, the rest pooled into one bin (dropped if it is still < 5)."""
+    big = expected >= 5
+    out = []
+    for t in (expected, *observed):
+        rest = t[~big].sum()
+        out.append(torch.cat([t[big], rest[None]]) if expected[~big].sum() >= 5 else t[big])
+    return tuple(out)
+
+
+def chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """Goodness-of-fit p-value of integer `counts` against probabilities `probs` (same length)."""
+    n = counts.sum().double()
+    expected, observed = _pool(probs.double() * n, counts.double())
+    stat = ((observed - expected) ** 2 / expected).sum()
+    df = torch.tensor(float(len(expected) - 1), dtype=torch.float64)
+    return float(torch.special.gammaincc(df / 2, stat / 2))
+
+
+def two_sample_p(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Chi-square test of homogeneity of two count vectors (same number of draws)."""
+    a, b = a.double(), b.double()
+    expected, pa, pb = _pool((a + b) / 2, a, b)
+    stat = ((pa - expected) ** 2 / expected).sum() + ((pb - expected) ** 2 / expected).sum()
+    df = torch.tensor(float(len(expected) - 1), dtype=torch.float64)
+    return float(torch.special.gammaincc(df / 2, stat / 2))
+
+
+def counts_of(ids: torch.Tensor, V: int) -> torch.Tensor:
+    return torch.bincount(ids.reshape(-1), minlength=V)
+
+
+@pytest.mark.parametrize("block", [None, 8])
+def test_inverse_cdf_draw_equals_multinomial_in_distribution(block):
+    """`sample_categorical` (one or two levels) vs the exact probabilities and vs torch.multinomial's draws."""
+    V = 61  # two-level with block 8: 7 full blocks and a tail of 5
+    w = torch.rand(V, generator=gen(0)) ** 3
+    w[[0, 17, 60]] = 0.0  # zero weights, among them the first and the last entry
+    rows = w.expand(N_DRAWS, V)
+    ids = sample_categorical(rows, gen(1), block=block)
+    c = counts_of(ids, V)
+    assert c[[0, 17, 60]].sum() == 0
+    probs = w / w.sum()
+    assert chi_square_p(c, probs) > P_MIN
+    ref = counts_of(torch.multinomial(rows, 1, generator=gen(2)), V)
+    assert two_sample_p(c, ref) > P_MIN
+    wrong = (w ** 1.2) / (w ** 1.2).sum()  # power: a slightly different distribution is rejected
+    assert chi_square_p(c, wrong) < 1e-6
+
+
+@pytest.mark.parametrize("top_k,top_p", [(None, None), (7, None), (None, 0.8), (12, 0.7)])
+def test_sample_tokens_equals_multinomial_over_the_filtered_softmax(monkeypatch, top_k, top_p):
+    monkeypatch.setattr(sampling, "BLOCK", 16)  # reach the two-level draw at V = 90
+    V, T = 90, 0.7
+    logits = torch.randn(1, V, generator=gen(3)) * 2
+    rows = logits.expand(N_DRAWS, V)
+    ids, logp = sample_tokens(rows, T, top_k, top_p, generator=gen(4))
+    probs = filter_logits(logits / T, top_k, top_p).softmax(-1)[0]
+    c = counts_of(ids, V)
+    assert c[probs == 0].sum() == 0  # nothing outside the filter
+    assert chi_square_p(c, probs) > P_MIN
+    ref = counts_of(torch.multinomial(probs.expand(N_DRAWS, V), 1, generator=gen(5)), V)
+    assert two_sample_p(c, ref) > P_MIN
+    wrong = filter_logits(logits / (T * 1.5), top_k, top_p).softmax(-1)[0]
+    assert chi_square_p(c, wrong) < 1e-6
+    # the log-probs are exactly those of the unfiltered softmax at T
+    torch.testing.assert_close(logp, (rows / T).log_softmax(-1).gather(-1, ids[:, None]).squeeze(-1))
+
+
+class _EmbedModel:
+    """Operator stand-in: an embedding matrix (any device), `embed`, sizes and a pad id."""
+
+    def __init__(self, vocab: int, hidden: int = 6, device: str = "cpu"):
+        self.embedding_matrix = torch.randn(vocab, hidden, generator=gen(11)).to(device)
+        self.vocab_size, self.hidden_size = vocab, hidden
+        self.latent_ids = None
+        self.tokenizer = type("Tok", (), {"pad_token_id": 0})()
+
+    def embed(self, ids):
+        return self.embedding_matrix[ids]
+
+
+def test_lepo_sparse_noise_equals_the_full_vocabulary_gumbel_softmax():
+    """Exact: the k-entry sample equals softmax((filter(logits / T) + G) / tau) over the whole vocabulary when G
+    holds the same noise at the kept ids (anything elsewhere). In distribution: argmax z ~ filtered softmax."""
+    op = GumbelSoftmaxThought(top_k=6, top_p=0.9, temperature=0.8, tau=0.5)
+    V = 40
+    logits = torch.randn(8, V, generator=gen(6)) * 3
+    kept = torch.topk(logits, 6, dim=-1).indices  # the order the noise is drawn in
+    noise = gumbel_noise((8, 6), gen(7), "cpu")
+    G = torch.randn(8, V, generator=gen(8)).scatter(-1, kept, noise)
+    want = ((filter_logits(logits / 0.8, 6, 0.9) + G) / 0.5).softmax(-1)
+    torch.testing.assert_close(op.mixture(logits, gen(7)), want)
+
+    row = logits[:1].expand(N_DRAWS, V)
+    ids, w = op.sparse_mixture(row, gen(9))
+    c = counts_of(ids[:, 0], V)
+    probs = filter_logits(logits[:1] / 0.8, 6, 0.9).softmax(-1)[0]
+    assert chi_square_p(c, probs) > P_MIN
+    assert chi_square_p(c, filter_logits(logits[:1] / 0.9, 6, 0.9).softmax(-1)[0]) < 1e-6
+
+
+def _latent_grpo_reference(op: GumbelTopKThought, logits: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """The perturbed top-K ids from the module docstring, with noise on every vocabulary entry."""
+    lp = (logits / op.temperature).log_softmax(-1)
+    k = op.top_k
+    masked = filter_logits(lp, None, op.top_p, min_keep=k)
+    noise = gumbel_noise(lp.shape, g, "cpu").clamp(op.clamp_min, op.clamp_max)
+    if op.one_sided:
+        noise = noise - op.clamp_min
+    return torch.topk(masked + noise * op.noise_scale, k, dim=-1).indices
+
+
+@pytest.mark.parametrize("one_sided", [True, False])
+def test_latent_grpo_candidate_noise_equals_full_vocabulary_noise_in_distribution(one_sided):
+    op = GumbelTopKThought(top_k=3, top_p=0.95, one_sided=one_sided, record="perturbed")
+    V = 200
+    logits = torch.randn(1, V, generator=gen(12)) * 2.5
+    _, cand, keep = op.candidates(logits)
+    assert cand.shape[-1] < V  # the pruning is active in this test
+    row = logits.expand(N_DRAWS, V)
+    fast = op.step(_EmbedModel(V), row, None, generator=gen(13)).payload["ids"]
+    ref = _latent_grpo_reference(op, row, gen(14))
+    for j in range(3):  # the first, second and third perturbed picks
+        assert two_sample_p(counts_of(fast[:, j], V), counts_of(ref[:, j], V)) > P_MIN
+    # power: the same test separates a reference at another noise scale
+    op2 = GumbelTopKThought(top_k=3, top_p=0.95, one_sided=one_sided, noise_scale=0.7)
+    other = _latent_grpo_reference(op2, row, gen(15))
+    assert two_sample_p(counts_of(fast[:, 0], V), counts_of(other[:, 0], V)) < 1e-6
+
+
+@pytest.mark.parametrize("top_k,top_p", [(None, None), (5, None), (None, 0.7), (9, 0.8)])
+def test_hrpo_draw_and_projection_equal_the_full_vocabulary_reference(monkeypatch, top_k, top_p):
+    monkeypatch.setattr(sampling, "BLOCK", 16)
+    V = 70
+    model = _EmbedModel(V)
+    op = HRPOGateThought(mode="interpolation", temperature=0.6, logprob_temperature=0.6, top_k=top_k, top_p=top_p)
+    logits = torch.randn(6, V, generator=gen(16)) * 2
+    step = op.step(model, logits, None, generator=gen(17))
+    probs = op.sampling_probs(logits)
+    torch.testing.assert_close(step.payload["hidden"], projected_state(model, probs))  # p @ E / ||p||, exactly
+    torch.testing.assert_close(step.logprob, token_logprobs(logits, step.token_ids, 0.6))
+    row = logits[:1].expand(N_DRAWS, V)
+    ids = op.step(model, row, None, generator=gen(18)).token_ids
+    c = counts_of(ids, V)
+    assert c[probs[0] == 0].sum() == 0
+    assert chi_square_p(c, probs[0]) > P_MIN
+    assert chi_square_p(c, filter_logits(logits[:1] / 0.7, top_k, top_p).softmax(-1)[0]) < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------- devices
+_RANDOM_FUNCS = [(torch, "rand"), (torch, "randn"), (torch, "randint"), (torch, "multinomial"), (torch, "randperm"),
+                 (torch, "bernoulli"), (torch, "normal"), (torch.Tensor, "exponential_"), (torch.Tensor, "uniform_"),
+                 (torch.Tensor, "normal_"), (torch.Tensor, "random_"), (torch.Tensor, "geometric_"),
+                 (torch.Tensor, "cauchy_"), (torch.Tensor, "log_normal_"), (torch.Tensor, "bernoulli_")]
+
+
+@pytest.fixture
+def draws(monkeypatch):
+    """Spy on torch's random functions: records (function, generator device, tensor device) of every draw."""
+    seen: list[tuple[str, torch.device | None, torch.device]] = []
+
+    def wrap(name, fn):
+        def spy(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            g = kwargs.get("generator")
+            tensor = args[0] if name in ("multinomial", "bernoulli") or name.endswith("_") else out
+            seen.append((name, None if g is None else g.device, tensor.device))
+            return out
+        return spy
+
+    for owner, name in _RANDOM_FUNCS:
+        monkeypatch.setattr(owner, name, wrap(name, getattr(owner, name)))
+    return seen
+
+
+def test_every_operator_refuses_a_generator_on_another_device(draws):
+    """Logits on `meta` (a device no CPU generator belongs to) and a CPU generator — the situation of CUDA logits
+    with a CPU generator. Stochastic operators must refuse before drawing; none may hand a generator to a draw
+    on another device (the spy sees every torch draw). Deterministic operators run and draw nothing."""
+    V, H = 40, 6
+    model = _EmbedModel(V, H, device="meta")
+    logits, hidden = torch.empty(4, V, device="meta"), torch.empty(4, H, device="meta")
+    assert THOUGHT_OPERATORS, "no operator registered"
+    for name in THOUGHT_OPERATORS:
+        op = build_thought_operator(name)
+        draws.clear()
+        error = None
+        try:
+            op.step(model, logits, hidden, generator=gen(0))
+        except Exception as exc:  # noqa: BLE001 - judged below, after the spy
+            error = exc
+        bad = [d for d in draws if d[1] is not None and d[1] != d[2]]
+        assert not bad, f"{name} drew with a generator on another device than its tensor: {bad}"
+        if op.stochastic:
+            assert isinstance(error, GeneratorDeviceError), f"{name} did not refuse the CPU generator: {error!r}"
+        else:
+            assert error is None and not draws, (name, error, draws)
+    for fn in (lambda g: sample_tokens(logits, 1.0, generator=g), lambda g: sample_tokens(logits, 1.0, 5, 0.9, g),
+               lambda g: sample_categorical(logits.abs(), g), lambda g: gumbel_noise((3,), g, "meta"),
+               lambda g: normal((3,), g, "meta")):
+        with pytest.raises(GeneratorDeviceError):
+            fn(gen(0))
+    bad = [d for d in draws if d[1] is not None and d[1] != d[2]]
+    assert not bad, f"draws with a generator on another device than their tensor: {bad}"
+
+
+def test_dlr_assistant_noise_is_drawn_on_its_device():
+    from latentrl.dlr.assistant import LatentAssistant
+
+    a = LatentAssistant(6, 6, num_steps=2, latent_dim=3, hidden_size=8).to("meta")
+    with pytest.raises(GeneratorDeviceError):
+        a.sample(torch.empty(2, 6, device="meta"), gen(0))
+
+
+def test_rollouts_draw_only_with_the_callers_generator_on_the_logits_device(draws):
+    """Every draw of a rollout, for every operator, uses the rollout's generator on the model's device (no global
+    RNG: results are a function of the chunk seed only). A CPU generator for the CPU model is used as is."""
+    from latentrl.rollout import SamplingParams, ThinkingSchedule, generate_rollout
+    from latentrl.testing import tiny_latent_model
+    from tests.conftest import WORDS, make_prompts
+
+    lm = tiny_latent_model("qwen2", WORDS, seed=0)
+    ids, mask = make_prompts(lm)
+    for name in THOUGHT_OPERATORS:
+        op = build_thought_operator(name)
+        if isinstance(op, HRPOGateThought):
+            op.gate(lm)  # the gate's random initialisation is not sampling: attach it before the spy looks
+        draws.clear()
+        g = gen(1)
+        before = g.get_state()
+        generate_rollout(lm, ids, mask, SamplingParams(max_new_positions=6, temperature=0.9, top_k=5), op,
+                         ThinkingSchedule(num_latent_steps=3), g)
+        assert draws, name
+        assert all(gd == torch.device("cpu") and td == lm.device for _, gd, td in draws), (name, draws)
+        assert not torch.equal(g.get_state(), before), f"{name}: the rollout's generator was not used"
+
+
+def test_generator_for_depends_on_the_keys_only():
+    a = torch.rand(4, generator=generator_for("cpu", 3, 1, 0, 2))
+    assert torch.equal(a, torch.rand(4, generator=generator_for("cpu", 3, 1, 0, 2)))
+    for keys in ((1, 0, 3), (2, 0, 2), (1, 1, 2)):
+        assert not torch.equal(a, torch.rand(4, generator=generator_for("cpu", 3, *keys)))
+    assert generator_for("cpu", 0).device == torch.device("cpu")
+    from latentrl.rl.distributed import chunk_generator
+
+    assert torch.equal(torch.rand(4, generator=chunk_generator(3, 1, 0, 2, "cpu")), a)
+
+
+def test_generator_on_keeps_a_same_device_generator_and_derives_one_otherwise():
+    g = gen(5)
+    assert generator_on(g, "cpu") is g and generator_on(None, "cpu") is None
+    # a foreign-device generator is replaced by one seeded from a single draw of it: deterministic in its state
+    with pytest.raises(RuntimeError):  # no generator can live on meta: the derivation is attempted, not skipped
+        generator_on(gen(5), "meta")

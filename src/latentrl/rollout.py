@@ -18,7 +18,7 @@ import torch
 
 from latentrl.decoding import DecoderChoice, make_stepper, shared_prompt_rows
 from latentrl.model import LatentModel
-from latentrl.sampling import sample_tokens, token_logprobs
+from latentrl.sampling import generator_on, sample_tokens, token_logprobs
 from latentrl.thoughts.base import Payload, ThoughtOperator
 
 
@@ -175,8 +175,13 @@ def generate_rollout(
     `decoder`: "auto" runs the preallocated-cache fast path (`latentrl.decoding.StaticCacheStepper`) where the
     architecture supports it and the generic `forward_embeds` path elsewhere; "fast" / "generic" force one.
     Both give the same rollout.
+
+    `generator`: every draw runs on the model's device; a generator on another device (e.g. a CPU
+    `torch.Generator()` for a CUDA model) is replaced once by a device generator seeded from it
+    (`sampling.generator_on`), so no step copies logits to the host.
     """
     device = model.device
+    generator = generator_on(generator, device)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device).bool()
     B, P = prompt_ids.shape
     C = sampling.max_new_positions

@@ -1,13 +1,97 @@
-"""Token sampling shared by the rollout engine and the thought operators.
+"""Token sampling and noise shared by the rollout engine and every thought operator.
 
 Log-probs are always of the *unfiltered* distribution at the sampling temperature (logits / T), as TRL scores
 completions: top-k / top-p only decide which tokens can be drawn. This keeps rollout log-probs equal to what the
 replay scorer recomputes from the same logits.
+
+Devices: every random draw here runs on the device of the tensor it is for, with a generator on that same device
+(`generator_for` makes one; `check_generator` refuses any other), so a decode step never copies a (B, V) tensor to
+the host and CUDA sampling never meets a CPU generator. A rollout chunk's generator is a function of
+(seed, step, round, chunk) only (`generator_for(device, seed, step, round, chunk)`), so the draws do not depend on
+how many processes share the work.
+
+Cost at real vocabularies (V = 151,936): `torch.multinomial` draws one exponential per vocabulary entry and the
+textbook Gumbel-softmax one Gumbel (two logs) per entry. Here a token is drawn by a two-level inverse CDF over
+exp(logits / T), which the log-normaliser needs anyway (`sample_categorical`: block sums, then one block's
+cumulative sum; a few uniforms per row), and Gumbel noise is drawn only for the entries that can matter (the
+survivors of a top-k filter; Latent-GRPO's candidates for its perturbed top-K). Both are equal in distribution to the reference
+(multinomial over the filtered softmax; Gumbel noise on every entry): `tests/test_sampling.py` checks this with
+chi-square tests on many seeded draws.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+__all__ = [
+    "GeneratorDeviceError", "check_generator", "filter_logits", "generator_for", "generator_on", "gumbel_noise",
+    "log_normalizer", "normal", "sample_categorical", "sample_tokens", "token_logprobs", "uniform",
+]
+
+
+class GeneratorDeviceError(ValueError):
+    """A generator on another device than the tensor it draws for (CUDA kernels refuse CPU generators)."""
+
+
+def generator_for(device: torch.device | str, seed: int, *keys: int) -> torch.Generator:
+    """A generator on `device` seeded from (seed, *keys) only — e.g. (seed, step, round, chunk) for a rollout chunk,
+    never from the number of processes. `numpy.random.SeedSequence` mixes the integers into a well-spread 63-bit
+    seed, so neighbouring keys give unrelated streams."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *(int(k) for k in keys)]).generate_state(2, np.uint32)
+    return torch.Generator(device=torch.device(device)).manual_seed(int(state[0]) << 31 ^ int(state[1]))
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Devices equal, treating "cuda" and "cuda:<current>" as the same device."""
+    if a.type != b.type:
+        return False
+    if a.index is None or b.index is None:
+        if a.type == "cuda":
+            current = torch.cuda.current_device()
+            return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+        return True
+    return a.index == b.index
+
+
+def check_generator(generator: torch.Generator | None, device: torch.device | str) -> None:
+    """Raise `GeneratorDeviceError` unless `generator` is None or lives on `device`."""
+    if generator is not None and not _same_device(generator.device, torch.device(device)):
+        raise GeneratorDeviceError(
+            f"generator on {generator.device} for tensors on {torch.device(device)}: make it with "
+            f"latentrl.sampling.generator_for({str(torch.device(device))!r}, seed, ...) or generator_on(gen, device)")
+
+
+def generator_on(generator: torch.Generator | None, device: torch.device | str) -> torch.Generator | None:
+    """`generator` itself if it is on `device` (or None); otherwise a new generator on `device` seeded by one
+    draw from `generator` — for callers (e.g. a user's `torch.Generator()`) that hand a CPU generator to a CUDA
+    rollout. One host-side draw per call, deterministic in the given generator's state."""
+    if generator is None or _same_device(generator.device, torch.device(device)):
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+    return torch.Generator(device=torch.device(device)).manual_seed(seed)
+
+
+def uniform(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None, device: torch.device | str,
+            dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """U[0, 1) drawn on `device` with a generator on that device."""
+    check_generator(generator, device)
+    return torch.rand(shape, generator=generator, device=device, dtype=dtype)
+
+
+def normal(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None, device: torch.device | str,
+           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """N(0, 1) drawn on `device` with a generator on that device (DLR's assistant)."""
+    check_generator(generator, device)
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None, device,
+                 dtype=torch.float32) -> torch.Tensor:
+    """Standard Gumbel(0, 1) noise -log(-log U), drawn on `device` (clamped away from log 0 at both ends: finite for
+    every U in [0, 1))."""
+    u = uniform(shape, generator, device, dtype)
+    return u.clamp_min_(1e-20).log_().neg_().clamp_min_(1e-20).log_().neg_()
 
 
 def _outside_nucleus(sorted_logits: torch.Tensor, top_p: float, min_keep: int) -> torch.Tensor:
@@ -26,6 +110,8 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     which differs only for exactly equal logits). With a top-k the nucleus is found among the k survivors, which
     `topk` returns sorted, so no full-vocabulary sort runs (152k-token vocabulary, 32 rows, one CPU core: 163 ms
     with the sort, 14 ms without). Top-p alone sorts the vocabulary, as HF does.
+
+    This is the reference form (a full (B, V) tensor); the samplers below work on the kept entries only.
     """
     use_p = top_p is not None and top_p < 1.0
     if top_k is not None and 0 < top_k < logits.shape[-1]:
@@ -40,6 +126,79 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 
+def log_normalizer(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(B, 1) logsumexp(logits / T) in float32, without a (B, V) log-softmax output."""
+    x = logits.float() if temperature == 1.0 else logits.float() / temperature
+    return torch.logsumexp(x, dim=-1, keepdim=True)
+
+
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log_softmax(logits / T) at `ids` (T <= 0 scores at T = 1, matching greedy sampling). `ids` is (B,) or
+    (B, K); the result has its shape."""
+    t = temperature if temperature > 0 else 1.0
+    squeeze = ids.dim() == logits.dim() - 1
+    idx = ids.unsqueeze(-1) if squeeze else ids
+    picked = logits.gather(-1, idx).float() / t
+    out = picked - log_normalizer(logits, t)
+    return out.squeeze(-1) if squeeze else out
+
+
+def _searchsorted_draw(cdf: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """(B,) index i with probability (cdf[i] - cdf[i-1]) / cdf[-1], for a non-decreasing (B, N) cumulative sum of
+    non-negative weights: one uniform per row and a binary search. Entries of weight 0 are never drawn."""
+    total = cdf[..., -1:]
+    x = uniform(total.shape, generator, cdf.device, cdf.dtype) * total
+    # u * total may round up to total itself; the largest float below it keeps the draw inside the last bin
+    x = torch.minimum(x, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, x, right=True).squeeze(-1).clamp_max_(cdf.shape[-1] - 1)
+
+
+BLOCK = 1024
+"""Entries per block of the two-level draw in `sample_categorical` (rows of at most 2 * BLOCK use one cumsum)."""
+
+
+def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None = None, block: int | None = None
+                       ) -> torch.Tensor:
+    """(B,) one draw per row from the unnormalised non-negative float `weights` (B, N): the distribution of
+    `torch.multinomial(weights, 1)`, which draws one exponential per entry, at the cost of one summing pass.
+
+    Two-level inverse CDF: a block of BLOCK entries is drawn from the block sums, then an entry inside it from
+    its cumulative weights (P(i) = W_b / W * w_i / W_b = w_i / W); two uniforms per row, no (B, N) output.
+    `block` is the block size (default BLOCK; tests use small ones to reach the two-level path at small N)."""
+    B, N = weights.shape
+    check_generator(generator, weights.device)
+    block = block or BLOCK
+    if N <= 2 * block:
+        return _searchsorted_draw(weights.float().cumsum(-1), generator)
+    nb = N // block
+    sums = weights[:, : nb * block].reshape(B, nb, block).sum(-1, dtype=torch.float32)
+    if N > nb * block:
+        sums = torch.cat([sums, weights[:, nb * block:].sum(-1, keepdim=True, dtype=torch.float32)], dim=-1)
+    chosen = _searchsorted_draw(sums.cumsum(-1), generator)  # (B,)
+    idx = chosen[:, None] * block + torch.arange(block, device=weights.device)
+    inside = idx < N
+    w = weights.gather(-1, idx.clamp_max(N - 1)).float().masked_fill_(~inside, 0.0)
+    return idx.gather(-1, _searchsorted_draw(w.cumsum(-1), generator)[:, None]).squeeze(-1)
+
+
+def _nucleus_size(sorted_cdf: torch.Tensor, top_p: float, min_keep: int = 1) -> torch.Tensor:
+    """(B, 1) number of leading entries of a descending-sorted distribution (given as its cumulative sum of
+    unnormalised weights) that the top-p nucleus keeps: those whose mass *before* them is below top_p."""
+    total = sorted_cdf[..., -1:]
+    before = torch.cat([torch.zeros_like(total), sorted_cdf[..., :-1]], dim=-1)
+    return (before < top_p * total).sum(-1, keepdim=True).clamp_(min=min_keep)
+
+
+def _sample_sorted(values: torch.Tensor, top_p: float | None, generator: torch.Generator | None) -> torch.Tensor:
+    """(B,) position drawn from softmax(values) restricted to its top-p nucleus; `values` (B, N) sorted descending
+    (-inf allowed at the end). The draw is the inverse CDF over the nucleus's cumulative weights."""
+    cdf = (values - values[..., :1]).exp_().cumsum_(-1)
+    if top_p is not None and top_p < 1.0:
+        n = _nucleus_size(cdf, top_p)
+        cdf = torch.where(torch.arange(cdf.shape[-1], device=cdf.device) < n, cdf, cdf.gather(-1, n - 1))
+    return _searchsorted_draw(cdf, generator)
+
+
 def sample_tokens(
     logits: torch.Tensor,
     temperature: float,
@@ -49,32 +208,30 @@ def sample_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row. Returns (ids (B,), log-probs (B,) under log_softmax(logits / T)).
 
-    temperature == 0 means greedy; its log-prob is then taken at T = 1.
+    temperature == 0 means greedy; its log-prob is then taken at T = 1. Same distribution as the reference
+    `torch.multinomial(filter_logits(logits / T, top_k, top_p).softmax(-1), 1)`, cheaper: without filters one pass
+    of exp and a cumulative sum serve both the draw and the log-normaliser; with top-k only the k survivors are
+    looked at; top-p alone sorts the vocabulary (as HF does) and draws inside the sorted nucleus.
     """
-    logits = logits.float()
+    check_generator(generator, logits.device)
     if temperature <= 0:
         ids = logits.argmax(-1)
-        logp = logits.log_softmax(-1)
+        return ids, token_logprobs(logits, ids, 0.0)
+    V = logits.shape[-1]
+    use_k = top_k is not None and 0 < top_k < V
+    use_p = top_p is not None and top_p < 1.0
+    if not use_k and not use_p:
+        x = logits.float()
+        m = x.amax(-1, keepdim=True)
+        e = torch.sub(x, m).div_(temperature).exp_()  # exp((x - m) / T): the one (B, V) float32 buffer
+        ids = sample_categorical(e, generator)
+        lse = m / temperature + e.sum(-1, keepdim=True).log()
+        logp = x.gather(-1, ids[:, None]) / temperature - lse
+        return ids, logp.squeeze(-1)
+    if use_k:
+        values, cand = torch.topk(logits, top_k, dim=-1)  # sorted descending
     else:
-        scaled = logits / temperature if temperature != 1.0 else logits  # x / 1 == x: skip the op
-        logp = scaled.log_softmax(-1)
-        probs = filter_logits(scaled, top_k, top_p).softmax(-1)
-        if generator is not None and generator.device != probs.device:  # CPU generator, GPU logits: draw on CPU
-            ids = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(probs.device)
-        else:
-            ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
-
-
-def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log_softmax(logits / T) at `ids` (T <= 0 scores at T = 1, matching greedy sampling)."""
-    scaled = logits.float() / temperature if temperature > 0 else logits.float()
-    return scaled.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-
-
-def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
-    """Standard Gumbel(0, 1) noise -log(-log U), U drawn with `generator` on its own device, returned on `device`
-    (clamped away from log 0 at both ends: finite for every U in [0, 1))."""
-    gen_device = generator.device if generator is not None else device
-    u = torch.rand(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
-    return -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
+        values, cand = torch.sort(logits, dim=-1, descending=True)
+    pos = _sample_sorted(values.float() / temperature, top_p if use_p else None, generator)
+    ids = cand.gather(-1, pos[:, None]).squeeze(-1)
+    return ids, token_logprobs(logits, ids, temperature)

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from latentrl.sampling import normal
+
 if TYPE_CHECKING:
     from latentrl.dlr.config import DLRConfig
     from latentrl.model import LatentModel
@@ -112,12 +114,12 @@ class LatentAssistant(nn.Module):
 
     def sample(self, h: torch.Tensor, generator: torch.Generator | None = None, deterministic: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(z, mu, log sigma): z = mu + sigma * eps, eps drawn on the generator's device (z = mu if deterministic)."""
+        """(z, mu, log sigma): z = mu + sigma * eps (z = mu if deterministic); eps is drawn on mu's device with a
+        generator that must live there too (`latentrl.sampling.normal`), so no noise is uploaded per rollout."""
         mu, log_std = self(h)
         if deterministic:
             return mu, mu, log_std
-        dev = generator.device if generator is not None else mu.device
-        eps = torch.randn(mu.shape, generator=generator, device=dev, dtype=mu.dtype).to(mu.device)
+        eps = normal(mu.shape, generator, mu.device, mu.dtype)
         return mu + log_std.exp() * eps, mu, log_std
 
     def log_prob(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

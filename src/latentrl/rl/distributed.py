@@ -48,13 +48,13 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType, broadcast, gather_object
 
 from latentrl.config import ConfigError
+from latentrl.sampling import generator_for
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 _BUCKET_ELEMENTS = 1 << 24  # 16M elements per all-reduce bucket
@@ -106,11 +106,10 @@ def chunk_ranges(n_rows: int, chunk_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk_size, n_rows)) for s in range(0, n_rows, chunk_size)]
 
 
-def chunk_generator(seed: int, step: int, round_: int, chunk: int) -> torch.Generator:
-    """The CPU generator of one rollout chunk: a function of (seed, step, round, chunk) only, never of the world
-    size. `numpy.random.SeedSequence` mixes the four integers into a well-spread 63-bit seed."""
-    state = np.random.SeedSequence([seed & 0xFFFFFFFF, step, round_, chunk]).generate_state(2, np.uint32)
-    return torch.Generator(device="cpu").manual_seed(int(state[0]) << 31 ^ int(state[1]))
+def chunk_generator(seed: int, step: int, round_: int, chunk: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of one rollout chunk, on `device` (the model's: sampling never leaves it): a function of
+    (seed, step, round, chunk) only, never of the world size (`latentrl.sampling.generator_for`)."""
+    return generator_for(device, seed, step, round_, chunk)
 
 
 class DataParallel:

@@ -265,7 +265,7 @@ class GRPOTrainer:
         mine = []
         for c in self.dp.my_chunks(len(chunks)):
             start, end = chunks[c]
-            gen = chunk_generator(self.args.seed, self.global_step, round_, c)
+            gen = chunk_generator(self.args.seed, self.global_step, round_, c, self.model.device)
             mine.append(self._generate_chunk(rows[start:end], gen))
         parts = self.dp.gather_objects(mine)
         pad_id = self.model.tokenizer.pad_token_id

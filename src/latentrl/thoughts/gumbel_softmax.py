@@ -25,6 +25,10 @@ importance ratio (`rl.losses.no_ratio_policy_loss`). The authors compute the CE 
 temperature; we use the latent temperature (equal at their T = 1.0).
 
 Deterministic mode (`set_eval_mode(True)` without `eval_noise`): z = softmax(f / τ), no noise.
+
+Cost: z is computed on the top_k survivors only (`sparse_mixture`): Gumbel noise is drawn for those k entries, not
+for all V (the noise on a -inf entry never matters, so the distribution is the same; `tests/test_sampling.py`
+checks it against the full-vocabulary form, `mixture`, by equality given the noise and by a chi-square test).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from latentrl.sampling import filter_logits, gumbel_noise
+from latentrl.sampling import check_generator, _outside_nucleus, gumbel_noise, log_normalizer
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 from latentrl.thoughts.gumbel_topk import _init_common, _init_record
@@ -49,7 +53,7 @@ RECORD_CHOICES = ("argmax", "unperturbed")
 def soft_cross_entropy_logprob(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
                                temperature: float = 1.0) -> torch.Tensor:
     """(N,) Σ_k w_k log softmax(logits / T)[ids_k] — minus the soft cross-entropy of the weights."""
-    lp = (logits.float() / temperature).log_softmax(-1).gather(-1, ids)
+    lp = logits.gather(-1, ids).float() / temperature - log_normalizer(logits, temperature)  # no (N, V) log-softmax
     return (weights.float() * lp).sum(-1)
 
 
@@ -87,19 +91,33 @@ class GumbelSoftmaxThought(ThoughtOperator):
         """Noise off for evaluation unless `eval_noise`."""
         self.deterministic = bool(deterministic) and not self.eval_noise
 
-    def mixture(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, V) the full Gumbel-softmax sample z (noise-free softmax(f / τ) in deterministic mode)."""
-        f = filter_logits(logits.float() / self.temperature, self.top_k, self.top_p)  # exactly top_k, then the nucleus
+    def sparse_mixture(self, logits: torch.Tensor, generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, weights), each (B, k), sorted by weight: the non-zero part of the Gumbel-softmax sample z.
+
+        The filter keeps exactly the top_k ids, then the nucleus among them (`filter_logits`' rule), so noise is
+        drawn for those k entries only; entries outside the nucleus get weight 0."""
+        k = min(self.top_k, logits.shape[-1])
+        values, ids = torch.topk(logits, k, dim=-1)  # sorted descending
+        f = values.float() / self.temperature
+        if self.top_p < 1.0:
+            f = f.masked_fill(_outside_nucleus(f, self.top_p, 1), float("-inf"))
         if not self.deterministic:
             f = f + gumbel_noise(f.shape, generator, f.device)
-        return (f / self.tau).softmax(-1)
+        w = (f / self.tau).softmax(-1)
+        w, order = torch.sort(w, dim=-1, descending=True)
+        return ids.gather(-1, order), w
+
+    def mixture(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, V) the full Gumbel-softmax sample z (noise-free softmax(f / τ) in deterministic mode)."""
+        ids, w = self.sparse_mixture(logits, generator)
+        return torch.zeros(logits.shape, dtype=w.dtype, device=w.device).scatter(-1, ids, w)
 
     def step(self, model, logits, hidden, *, generator=None) -> ThoughtStep:
-        z = self.mixture(logits, generator)
-        k = min(self.top_k, z.shape[-1])
-        top = torch.topk(z, k, dim=-1)
-        payload = {"ids": top.indices, "weights": top.values}
-        token = top.indices[:, 0] if self.record == "argmax" else logits.argmax(-1)
+        check_generator(generator, logits.device)  # fail before any work, not inside a CUDA kernel
+        ids, w = self.sparse_mixture(logits, generator)
+        payload = {"ids": ids, "weights": w}
+        token = ids[:, 0] if self.record == "argmax" else logits.argmax(-1)
         return ThoughtStep(
             embeds=self.rebuild(model, token, payload),
             token_ids=token,

@@ -35,6 +35,13 @@ thinking rule of the rollout engine looks at the unperturbed top-1 itself, and t
 
 Deterministic mode (`set_eval_mode(True)` without `eval_noise`): no noise, i.e. the plain top-K superposition
 e = Σ_k softmax(lp_topk / τ_g)_k E[i_k] (the authors' noise-free evaluation); its ε is 0, so log p = -1.
+
+Cost: the clamped noise G lies in an interval of width w = (c_max - c_min) · noise_scale, so an entry whose lp is
+more than w below the K-th largest lp can never reach the perturbed top-K (each of the K best scores at least
+that K-th lp + the noise minimum). `step` therefore draws noise only for the candidates — a prefix of the sorted
+vocabulary, which also carries the nucleus — and gives the same distribution as noise on every entry (checked in
+`tests/test_sampling.py`). On a peaked (trained) model the candidates are a handful; on a flat random model
+they can be the whole vocabulary, and the cost is that of the full sort the nucleus needs anyway.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from latentrl.sampling import filter_logits, gumbel_noise
+from latentrl.sampling import check_generator, _nucleus_size, gumbel_noise, token_logprobs
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
@@ -160,17 +167,39 @@ class GumbelTopKThought(ThoughtOperator):
         """Full-vocabulary log-probs at the latent temperature (the authors' global log-softmax, T = 1)."""
         return (logits.float() / self.temperature).log_softmax(-1)
 
+    def candidates(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(lp, ids, keep), each (B, M): the M highest log-probs in descending order, their ids, and whether each
+        lies in the nucleus (at least K kept). M covers, in every row, every entry that can reach the perturbed
+        top-K (lp >= K-th lp - noise width); entries past a row's own bound have no chance there either."""
+        V = logits.shape[-1]
+        k = min(self.top_k, V)
+        x = logits.float() / self.temperature
+        lse = torch.logsumexp(x, dim=-1, keepdim=True)
+        kth = torch.topk(x, k, dim=-1).values[..., -1:]
+        width = (self.clamp_max - self.clamp_min) * self.noise_scale
+        m = k if self.deterministic else int((x >= kth - width).sum(-1).max())
+        values, ids = torch.topk(x, m, dim=-1)  # sorted descending
+        lp = values - lse
+        keep = torch.ones_like(lp, dtype=torch.bool)
+        if self.top_p < 1.0 and m > k:
+            # the nucleus is a prefix of the sorted vocabulary: the mass before an entry is the cumsum over the prefix
+            cdf = lp.exp().cumsum(-1)
+            cdf = torch.cat([cdf, cdf.new_ones(cdf.shape[0], 1)], dim=-1)  # the whole distribution's mass is 1
+            n = _nucleus_size(cdf, self.top_p, k)
+            keep = torch.arange(m, device=lp.device) < n
+        return lp, ids, keep
+
     def step(self, model, logits, hidden, *, generator=None) -> ThoughtStep:
-        lp = self.log_probs(logits)
-        k = min(self.top_k, lp.shape[-1])
+        check_generator(generator, logits.device)  # fail before any work, not inside a CUDA kernel
+        k = min(self.top_k, logits.shape[-1])
+        lp, ids, keep = self.candidates(logits)
         if self.deterministic:
             scores = lp  # the top-K of lp always lie inside the nucleus mask
         else:
-            masked = filter_logits(lp, None, self.top_p, min_keep=k)
-            scores = masked + self.noise(lp.shape, generator, lp.device)
+            scores = (lp + self.noise(lp.shape, generator, lp.device)).masked_fill(~keep, float("-inf"))
         top = torch.topk(scores, k, dim=-1)
-        payload = {"ids": top.indices, "scores": top.values.float()}
-        token = lp.argmax(-1) if self.record == "unperturbed" else top.indices[:, 0]
+        payload = {"ids": ids.gather(-1, top.indices), "scores": top.values.float()}
+        token = ids[:, 0] if self.record == "unperturbed" else payload["ids"][:, 0]
         return ThoughtStep(
             embeds=self.rebuild(model, token, payload),
             token_ids=token,
@@ -189,7 +218,7 @@ class GumbelTopKThought(ThoughtOperator):
         return torch.einsum("nk,nkh->nh", self.weights(payload).to(emb.dtype), emb)
 
     def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
-        eps = payload["scores"].float() - self.log_probs(logits).gather(-1, payload["ids"])
+        eps = payload["scores"].float() - token_logprobs(logits, payload["ids"], self.temperature)
         return gumbel_log_density(eps).mean(-1)
 
     def extra_repr(self) -> str:

@@ -28,6 +28,11 @@ Ablation modes of the same operator (the paper's Sec. 3.1 comparison, registered
 `hrpo_no_gate`): `raw_hidden` feeds the raw last hidden state of the previous position, `interpolation` feeds h
 itself (the projection without the gate and without the sampled token). The token is sampled and scored the same
 way in every mode, so the policy gradient is unchanged; only the next input differs.
+
+Cost (`step`): x is drawn by `sampling.sample_categorical` (inverse CDF) from exp(logits / tau), the same pass that
+gives p and, when the scoring temperature equals tau, the log-prob; with a top-k filter p has at most k non-zero
+entries and h = Σ_k p_k E[i_k] / ||p|| over those rows of E only (exact). Without filters p is dense and E^T p is
+the full matmul. `sampling_probs` + `projected_state` are the full-vocabulary reference forms.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from latentrl.sampling import filter_logits, token_logprobs
+from latentrl.sampling import check_generator, _outside_nucleus, filter_logits, sample_categorical, token_logprobs
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
@@ -179,17 +184,48 @@ class HRPOGateThought(ThoughtOperator):
         """p = softmax(filter(logits / tau)): what x is drawn from and what h projects."""
         return filter_logits(logits.float() / self.temperature, self.top_k, self.top_p).softmax(-1)
 
+    def _draw(self, weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """(B,) argmax in eval mode, else one draw from the unnormalised `weights`."""
+        return weights.argmax(-1) if self.deterministic else sample_categorical(weights, generator)
+
     def step(self, model, logits, hidden, *, generator=None) -> ThoughtStep:
-        probs = self.sampling_probs(logits)
-        if self.deterministic:
-            ids = probs.argmax(-1)
+        check_generator(generator, logits.device)  # fail before any work, not inside a CUDA kernel
+        V = logits.shape[-1]
+        raw = self.mode == "raw_hidden"
+        if self.top_k is not None and self.top_k < V:
+            # p is non-zero on at most top_k entries: draw among them and project only their rows of E
+            values, cand = torch.topk(logits, self.top_k, dim=-1)
+            f = values.float() / self.temperature
+            if self.top_p is not None:
+                f = f.masked_fill(_outside_nucleus(f, self.top_p, 1), float("-inf"))
+            w = f.softmax(-1)
+            ids = cand.gather(-1, self._draw(w, generator)[:, None]).squeeze(-1)
+            state = None
+            if not raw:
+                E = model.embedding_matrix
+                mix = torch.bmm(w.to(E.dtype).unsqueeze(1), E[cand]).squeeze(1).float()
+                state = mix / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            logp = token_logprobs(logits, ids, self.logprob_temperature)
+        elif self.top_p is not None:  # a nucleus alone: the reference form (it sorts the vocabulary anyway)
+            probs = self.sampling_probs(logits)
+            ids = self._draw(probs, generator)
+            state = None if raw else projected_state(model, probs)
+            logp = token_logprobs(logits, ids, self.logprob_temperature)
         else:
-            ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        dtype = model.embedding_matrix.dtype
-        state = hidden.detach() if self.mode == "raw_hidden" else projected_state(model, probs)
-        payload = {"hidden": state.to(dtype)}
+            x = logits.float()
+            m = x.amax(-1, keepdim=True)
+            e = torch.sub(x, m).div_(self.temperature).exp_()  # exp((x - m) / tau), the one (B, V) buffer
+            total = e.sum(-1, keepdim=True)
+            ids = self._draw(e, generator)
+            if self.logprob_temperature == self.temperature:  # log p(x) from the same pass
+                logp = (x.gather(-1, ids[:, None]) - m).squeeze(-1) / self.temperature - total.log().squeeze(-1)
+            else:
+                logp = token_logprobs(logits, ids, self.logprob_temperature)
+            state = None if raw else projected_state(model, e.div_(total))
+        state = hidden.detach() if raw else state
+        payload = {"hidden": state.to(model.embedding_matrix.dtype)}
         embeds = self.rebuild(model, ids, payload)  # exactly what the replay will rebuild
-        return ThoughtStep(embeds, ids, payload, token_logprobs(logits, ids, self.logprob_temperature))
+        return ThoughtStep(embeds, ids, payload, logp)
 
     def rebuild(self, model, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
         if self.mode != "gate":

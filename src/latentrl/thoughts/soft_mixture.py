@@ -31,9 +31,9 @@ class SoftMixtureThought(ThoughtOperator):
 
     def step(self, model, logits, hidden, *, generator=None) -> ThoughtStep:
         k = min(self.top_k, logits.shape[-1])
-        scaled = logits.float() if self.temperature == 1.0 else logits.float() / self.temperature
-        top = torch.topk(scaled, k, dim=-1)
-        weights = top.values.softmax(-1)
+        top = torch.topk(logits, k, dim=-1)  # dividing by T keeps the order: no float copy of the (B, V) logits
+        values = top.values.float()
+        weights = (values if self.temperature == 1.0 else values / self.temperature).softmax(-1)
         payload = {"ids": top.indices, "weights": weights}
         return ThoughtStep(self.rebuild(model, top.indices[:, 0], payload), top.indices[:, 0], payload, None)
 

@@ -1,0 +1,150 @@
+"""One training step of every registered method on a tiny random Qwen2, on a CUDA device by default.
+
+No GPU has run this code before; this script is the first thing to run on one. For each method of
+`latentrl.methods.METHODS` it builds the method's CPU preset (configs/cpu/<method>.yaml) shrunk to a tiny model
+and batch, then
+
+1. draws one batch of rollouts and replays it: the replayed log-probs must equal the rollout's own (max abs
+   difference <= --tol at policy positions), i.e. sampling, operators and replay agree on the device;
+2. runs one optimizer step (`trainer.train()` with max_steps=1) and checks the loss is finite and that every
+   parameter and side module stayed on the device.
+
+Every random draw then runs on the device with a device generator (a CPU generator meeting CUDA tensors raises),
+so a pass also means the sampling path is device-clean. Prints one line per method and, last, one JSON object.
+
+    python benchmarks/gpu_smoke.py                      # CUDA (fails fast when none is visible)
+    python benchmarks/gpu_smoke.py --device cpu         # the same on the CPU (what tests/test_gpu_smoke.py runs)
+    python benchmarks/gpu_smoke.py --methods hrpo,lepo --mixed-precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="One training step of every latentrl method on a tiny Qwen2 (CUDA smoke).")
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu; cuda fails when no GPU is visible")
+    p.add_argument("--methods", default=None, help="comma-separated subset of the registered methods (default: all)")
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no", help="accelerate autocast (default no)")
+    p.add_argument("--tol", type=float, default=None,
+                   help="max |replay - rollout| log-prob difference (default 1e-3 in float32: room for CUDA kernels that "
+                        "differ between a one-position decode and a whole-sequence replay; 5e-2 under bf16/fp16)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.tol is None:
+        args.tol = 1e-3 if args.mixed_precision == "no" else 5e-2
+    return args
+
+
+def smoke_config(method: str, out: Path, seed: int, mixed_precision: str):
+    """The method's CPU preset, shrunk: 2 prompts x 2 generations, 10 positions, one step, nothing saved."""
+    from latentrl.config import GRPOConfig, load_config
+
+    kw = dict(output_dir=str(out), model_name_or_path="tiny", max_steps=1, save_steps=0, report_to=["none"],
+              per_device_train_batch_size=4, gradient_accumulation_steps=1, num_generations=2,
+              max_completion_length=10, learning_rate=1e-3, reward_weights=None, dynamic_sampling=False, seed=seed,
+              mixed_precision=mixed_precision, log_to_console=False)
+    if method == "latent_grpo":  # a random model never ends its completion nor writes '####': keep and cap them
+        kw["invalid_sample_masking"] = False
+        kw["latent"] = {"max_latent_steps": 4}
+    if method == "dlr":
+        kw["dlr"] = {"num_latent_steps": 3, "latent_dim": 4, "assistant_hidden_size": 16}
+    cfg = load_config(GRPOConfig, ROOT / "configs" / "cpu" / f"{method}.yaml").to_dict()
+    for k, v in kw.items():
+        cfg[k] = {**(cfg.get(k) or {}), **v} if isinstance(v, dict) else v
+    return GRPOConfig(**cfg)
+
+
+def smoke_one(method: str, args: argparse.Namespace, out: Path) -> dict:
+    """Rollout + replay agreement, then one optimizer step, for one method; returns its figures."""
+    import torch
+
+    from latentrl.data import make_examples
+    from latentrl.methods import get_method
+    from latentrl.testing import char_sum_reward, tiny_chain_sum_model
+
+    t0 = time.perf_counter()
+    lm = tiny_chain_sum_model(seed=args.seed)
+    trainer = get_method(method).trainer_class(smoke_config(method, out, args.seed, args.mixed_precision), lm,
+                                               make_examples("chain_sum", 8, seed=args.seed, length=3),
+                                               reward_funcs=[char_sum_reward])
+    device = trainer.model.device
+    if device.type != torch.device(args.device).type:
+        raise RuntimeError(f"{method}: the trainer put the model on {device}, expected {args.device}")
+    batch = trainer.generate_and_score(trainer.rows[:2])
+    with torch.no_grad():
+        replayed = trainer.replay_in_chunks(trainer.model, batch.rollout)
+    mask = batch.rollout.policy_mask(trainer.operator)
+    diff = float((replayed - batch.rollout.logprobs).abs()[mask].max()) if bool(mask.any()) else 0.0
+    logs = trainer.train()
+    losses = [float(r["loss"]) for r in logs if "loss" in r]
+    devices = {str(p.device) for p in trainer.model.model.parameters()}
+    devices |= {str(p.device) for p in trainer.model.side_modules.parameters()}
+    off = sorted(devices - {str(device)})
+    res = {
+        "method": method, "device": str(device), "replay_max_abs_diff": diff, "loss": losses[-1] if losses else None,
+        "positions": int(batch.rollout.completion_mask.sum()), "latent_positions": int(batch.rollout.num_latent.sum()),
+        "seconds": round(time.perf_counter() - t0, 2), "params_off_device": off,
+    }
+    if device.type == "cuda":
+        res["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    problems = []
+    if diff > args.tol:
+        problems.append(f"replayed log-probs differ from the rollout's by {diff:.2e} > {args.tol:g}")
+    if not losses or not all(math.isfinite(x) for x in losses):
+        problems.append(f"no finite loss logged: {losses}")
+    if off:
+        problems.append(f"parameters left the device: {off}")
+    res["ok"] = not problems
+    res["problems"] = problems
+    return res
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # accelerate picks the GPU whenever one is visible
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("gpu_smoke: --device cuda but torch sees no GPU (use --device cpu for the CPU run)")
+    from latentrl.methods import METHODS
+
+    methods = sorted(METHODS) if not args.methods else [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="gpu_smoke_") as tmp:
+        for m in methods:
+            try:
+                res = smoke_one(m, args, Path(tmp) / m)
+            except Exception as exc:  # report every method, then fail
+                res = {"method": m, "ok": False, "problems": [f"{type(exc).__name__}: {exc}"]}
+            results.append(res)
+            status = "ok " if res["ok"] else "FAIL"
+            detail = "; ".join(res["problems"]) if not res["ok"] else (
+                f"loss {res['loss']:.4g}  replay diff {res['replay_max_abs_diff']:.1e}  "
+                f"{res['positions']} positions ({res['latent_positions']} latent)  {res['seconds']} s"
+                + (f"  gpu peak {res['gpu_peak_mb']} MB" if "gpu_peak_mb" in res else ""))
+            print(f"{status} {m:<16} {detail}", flush=True)
+    out = {"device": args.device, "torch": torch.__version__, "mixed_precision": args.mixed_precision,
+           "all_ok": all(r["ok"] for r in results), "results": results}
+    if torch.cuda.is_available() and args.device.startswith("cuda"):
+        out["gpu"] = torch.cuda.get_device_name()
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main()["all_ok"] else 1)

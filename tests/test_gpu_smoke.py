@@ -1,0 +1,26 @@
+"""benchmarks/gpu_smoke.py, the script meant for the first GPU run, runs clean on the CPU: every registered method
+does one rollout that replays to its own log-probs and one finite optimizer step."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from latentrl.methods import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_smoke_script_runs_every_method_on_cpu():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "LATENTRL_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_smoke.py"), "--device", "cpu"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0 and out["all_ok"], proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert [r["method"] for r in out["results"]] == sorted(METHODS)
+    for r in out["results"]:
+        assert r["device"] == "cpu" and r["params_off_device"] == []
+        assert r["replay_max_abs_diff"] <= 1e-5, r  # float32 on the CPU: replay equals the rollout
+        assert r["positions"] > 0
