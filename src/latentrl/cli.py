@@ -294,7 +294,8 @@ def _add_inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. latent.num_latent_steps=8)")
 
 
-@command("demo", "the embedded default: RL on the shipped small model, before/after table, curves (minutes, CPU)")
+@command("demo", "the embedded default: RL on the shipped small model, before/after table, curves (minutes, CPU); "
+                 "--latent: CoT vs latent reasoning on chain_sum")
 def cmd_demo(ns: argparse.Namespace) -> int:
     from latentrl.demo import run_demo
 
@@ -320,7 +321,7 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latent", action="store_true",
                    help="show latent reasoning instead: on held-out chain_sum problems, the shipped CoT model, the "
                         "shipped latent init chain_sum-coconut and coconut_grpo after --steps RL steps from it "
-                        "(Pass@1 ± SE, reasoning positions, thought-swap drop; ~3 min on one CPU thread)")
+                        "(Pass@1 ± SE, reasoning positions, thought-swap drop; under a minute on one CPU thread)")
     p.add_argument("--method", default=None, help="registered method to run (default: grpo)")
     p.add_argument("--steps", type=int, default=None, help="RL optimizer steps (default: 40)")
     p.add_argument("--num-eval", type=int, default=None,
@@ -328,7 +329,8 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
                         "the first N held-out chain_sum problems (default 500)")
     p.add_argument("--out", default=None, help="run folder (default: runs/demo-<method>-<time>, runs/demo-latent-<time>)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default=None, help="start from this checkpoint instead of the shipped CoT model")
+    p.add_argument("--model", default=None, help="start from this checkpoint instead of the shipped CoT model "
+                                                 "(with --latent: instead of the shipped latent init)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
 
 
