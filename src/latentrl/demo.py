@@ -3,6 +3,11 @@
 Loads the shipped CoT-SFT checkpoint, evaluates it on the real iCoT 4×4 validation file, RL-trains it with a
 method preset, evaluates again, prints a results table and writes curves (PNG) and TensorBoard logs into a run
 folder it names.
+
+`latentrl demo --latent` (`run_latent_demo`) shows latent reasoning on chain_sum instead: on the same held-out
+problems, the shipped CoT model, the shipped latent init `chain_sum-coconut` (every step of the chain a Coconut
+thought) and that init after a short coconut_grpo run, each with Pass@1 ± its standard error, mean reasoning
+positions and, for the latent rows, the thought-swap drop (`latentrl.thought_dependence`).
 """
 
 from __future__ import annotations
@@ -70,3 +75,148 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
 
     atomic_write_json(run_dir / "demo_results.json", summary)
     return summary
+
+
+#: the latent demo's RL method, the suite task it runs on and that task's shipped latent init (`SuiteTask.shipped_inits`)
+LATENT_DEMO_METHOD = "coconut_grpo"
+LATENT_DEMO_TASK = "chain_sum"
+
+
+def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = None, seed: int = 0, k: int = 4,
+                    overrides: list[str] = (), model: str | None = None) -> dict:
+    """CoT vs latent reasoning on the same held-out chain_sum problems: the shipped CoT model, the shipped latent
+    init, and coconut_grpo after `steps` RL steps from that init (the bench's preset and task overrides).
+
+    Every row: greedy Pass@1 with its binomial standard error over `num_eval` problems, Pass@k sampled at the RL
+    preset's temperature (the same for every row), mean reasoning positions (latent + token positions before `####`);
+    latent rows also get the thought-dependence check (Pass@1 with thoughts swapped between problems / zeroed).
+    Writes `demo_results.json`, `curves.png` (the RL run's metrics), `accuracy_vs_length.png` and TensorBoard logs
+    into the run folder."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from latentrl.assets import available_models, model_path, resolve_model
+    from latentrl.bench import (check_disjoint, percent_se, plot_accuracy_vs_length, preset_path, row,
+                                suite_tasks)
+    from latentrl.checkpoint import atomic_write_json
+    from latentrl.data import load_examples
+    from latentrl.eval import evaluate
+    from latentrl.logger import plot_metrics
+    from latentrl.methods import get_method
+    from latentrl.model import LatentModel
+    from latentrl.run_dir import check_run_folder
+    from latentrl.thought_dependence import trainer_thought_dependence
+
+    t_start = time.perf_counter()
+    console = Console()
+    console = Console(width=max(console.width, 104))  # the 7-column table, unwrapped in logs and narrow terminals
+    method = get_method(LATENT_DEMO_METHOD)
+    task = suite_tasks()[LATENT_DEMO_TASK]
+    run_dir = Path(out_dir or f"runs/demo-latent-{time.strftime('%Y%m%d-%H%M%S')}")
+    shipped = task.shipped_inits.get(method.init)
+    if model is None and (shipped is None or shipped not in available_models()):
+        raise FileNotFoundError(f"{task.name} has no shipped {method.init} checkpoint (shipped_inits "
+                                f"{task.shipped_inits}); the latent demo starts from the shipped latent init "
+                                "(`python scripts/train_latent_init.py chain_sum` trains it) or from --model")
+    init = Path(resolve_model(model)) if model else model_path(shipped)
+    cfg = load_config(GRPOConfig, preset_path(LATENT_DEMO_METHOD), [
+        f"model_name_or_path={init}", f"output_dir={run_dir}", f"max_steps={steps}", f"seed={seed}",
+        f"method={LATENT_DEMO_METHOD}", f"max_completion_length={task.max_completion_length}", "save_steps=0",
+        "dataset=" + task.dataset, *task.method_overrides.get(LATENT_DEMO_METHOD, ()), *overrides,
+    ])
+    check_run_folder(cfg)  # an --out holding an earlier run is refused before the models load
+    cot = model_path(task.cot_model)
+    console.print(f"[bold]latentrl demo --latent[/bold]: {task.cot_model} (CoT) vs {init.name} (latent init) vs "
+                  f"{LATENT_DEMO_METHOD} after {steps} RL steps from it, on {num_eval} held-out {task.name} "
+                  f"problems; run folder {run_dir}")
+    evals = task.eval_examples(num_eval)
+    train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=seed, **task.dataset_kwargs)
+    check_disjoint(task, train, evals)
+    T = cfg.temperature  # Pass@k of every row sampled at the RL preset's temperature
+
+    n_all = len(evals)  # every greedy completion is kept: per-problem scores give paired differences between rows
+    cot_res = evaluate(LatentModel.from_pretrained(cot), evals, max_new_positions=task.max_completion_length, k=k,
+                       seed=seed, temperature=T, num_samples_to_keep=n_all)
+    rows = [row(f"cot_sft ({task.cot_model})", task.name, cot_res, 0.0, "shipped checkpoint", cot)]
+    console.print(f"CoT ({task.cot_model}): Pass@1 {percent_se(cot_res.pass_at_1, cot_res.n)}%, "
+                  f"{cot_res.mean_reasoning_positions:.1f} reasoning positions")
+
+    lm = LatentModel.from_pretrained(init, add_latent_tokens=True)
+    cfg.eval_steps = max(1, steps // 4)
+    trainer = method.trainer_class(cfg, lm, train, eval_dataset=evals)
+
+    def score(label: str, train_s: float) -> dict:
+        with trainer.gathered(trainer.model):  # what trainer.evaluate does, keeping every problem's score
+            res = evaluate(trainer.model, evals, operator=trainer.operator, schedule=trainer.schedule,
+                           max_new_positions=cfg.max_completion_length, k=k, seed=seed, temperature=T,
+                           prompt_text=trainer.prompt_text, num_samples_to_keep=n_all,
+                           decode_latent=trainer.method.decodes_latent_tokens(trainer.operator))
+        dep = trainer_thought_dependence(trainer, evals)
+        r = row(label, task.name, res, train_s, str(init.name), run_dir, dep)
+        console.print(f"{label}: Pass@1 {percent_se(res.pass_at_1, res.n)}%, {res.mean_reasoning_positions:.1f} "
+                      f"reasoning positions" + (f", swap drop {100 * dep.drop_swap:.1f} ± {100 * dep.drop_swap_se:.1f}"
+                                                if dep else ""))
+        return r
+
+    rows.append(score(f"latent init ({init.name})", 0.0))
+    t0 = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t0
+    rows.append(score(f"{LATENT_DEMO_METHOD}, {steps} steps", train_s))
+    wall = time.perf_counter() - t_start
+
+    n = cot_res.n
+    table = Table(title=f"latentrl demo --latent: {task.name}, the same {n} held-out problems in every row "
+                        f"(% ± one standard error)")
+    for col in ("", "Pass@1", f"Pass@{k} (T={T:g})", "positions", "swap drop", "zero drop", "train s"):
+        table.add_column(col, justify="right")
+    for label, r in zip(("CoT SFT", "latent init", f"{LATENT_DEMO_METHOD} {steps} st."), rows):
+        dep = r["thought_dependence"]
+        table.add_row(label, percent_se(r["pass_at_1"], r["n_eval"]),
+                      percent_se(r["pass_at_k"], r["n_eval"]) if r["pass_at_k"] is not None else "—",
+                      f"{r['mean_reasoning_positions']:.1f}",
+                      f"{100 * dep['drop_swap']:.1f} ± {100 * dep['drop_swap_se']:.1f}" if dep else "—",
+                      f"{100 * dep['drop_zero']:.1f} ± {100 * dep['drop_zero_se']:.1f}" if dep else "—",
+                      f"{r['train_wall_s']:.0f}")
+    console.print(table)
+    paired = {"latent_init_minus_cot": paired_difference(rows[1], rows[0]),
+              "rl_minus_latent_init": paired_difference(rows[2], rows[1])}
+    console.print(f"rows: {', '.join(r['method'] for r in rows)}; positions = latent + token positions before "
+                  f"`####`; swap / zero drop = Pass@1 points lost when each problem's thoughts are replaced by "
+                  f"another problem's / by zeros\n"
+                  f"paired Pass@1 differences on the same problems: latent init - CoT "
+                  f"{_pts(paired['latent_init_minus_cot'])}, after RL - latent init "
+                  f"{_pts(paired['rl_minus_latent_init'])}")
+    png = plot_metrics(run_dir / "metrics.jsonl", run_dir / "curves.png",
+                       ["eval/pass_at_1", "reward", "frac_reward_zero_std", "completions/mean_length", "entropy",
+                        "grad_norm"], title=f"{LATENT_DEMO_METHOD} on {task.name} from {init.name}", missing="skip")
+    acc_png = run_dir / "accuracy_vs_length.png"
+    plot_accuracy_vs_length(rows, acc_png)
+    console.print(f"curves: {png}\naccuracy vs reasoning positions: {acc_png}\n"
+                  f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}\nwall time: {wall:.0f} s")
+    summary = {"mode": "latent", "task": task.name, "method": LATENT_DEMO_METHOD, "steps": steps, "seed": seed,
+               "k": k, "pass_at_k_temperature": T, "init": str(init), "cot_model": str(cot),
+               "rows": [{kk: v for kk, v in r.items() if kk != "samples"} for r in rows], "paired_pass_at_1": paired,
+               "samples": {r["method"]: r["samples"][:3] for r in rows},
+               "train_wall_s": train_s, "wall_s": wall, "run_dir": str(run_dir)}
+    atomic_write_json(run_dir / "demo_results.json", summary)
+    return summary
+
+
+def paired_difference(a: dict, b: dict) -> dict:
+    """Greedy Pass@1 of row `a` minus row `b` over the same problems (both rows keep every problem's score in
+    `samples`), with the paired standard error of the mean difference."""
+    import math
+
+    xa, xb = [float(x["correct"] > 0) for x in a["samples"]], [float(x["correct"] > 0) for x in b["samples"]]
+    if len(xa) != len(xb) or [x["prompt"] for x in a["samples"]] != [x["prompt"] for x in b["samples"]]:
+        raise ValueError("paired difference needs both rows scored on the same problems, every score kept")
+    d = [p - q for p, q in zip(xa, xb)]
+    n = len(d)
+    mean = sum(d) / n
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else float("nan")
+    return {"diff": mean, "se": se, "n": n}
+
+
+def _pts(p: dict) -> str:
+    return f"{100 * p['diff']:+.1f} ± {100 * p['se']:.1f} points (n={p['n']})"

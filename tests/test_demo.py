@@ -1,0 +1,68 @@
+"""`latentrl demo --latent` (latentrl.demo.run_latent_demo) with tiny settings: the three rows on the same problems,
+positions and the thought-swap check on the latent rows, the files it writes, and the CLI's flag handling. The
+measured full-size run is in docs/benchmarks.md ("The demo")."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from latentrl.assets import available_models
+from latentrl.cli import main
+from latentrl.config import ConfigError
+
+pytestmark = pytest.mark.skipif("chain_sum-coconut" not in available_models(), reason="latent init not shipped")
+
+TINY = ["per_device_train_batch_size=4", "num_generations=2", "report_to=[jsonl]"]
+
+
+@pytest.fixture(scope="module")
+def latent_demo(tmp_path_factory):
+    from latentrl.demo import run_latent_demo
+
+    out = tmp_path_factory.mktemp("demo") / "run"
+    return out, run_latent_demo(steps=2, num_eval=6, k=2, out_dir=str(out), overrides=TINY)
+
+
+def test_latent_demo_scores_cot_init_and_rl_rows_on_the_same_problems(latent_demo):
+    out, summary = latent_demo
+    cot, init, rl = summary["rows"]
+    assert [r["n_eval"] for r in summary["rows"]] == [6, 6, 6]
+    assert cot["init"] == "shipped checkpoint" and "chain_sum-cot" in cot["method"]
+    assert "chain_sum-coconut" in init["method"] and rl["method"] == "coconut_grpo, 2 steps"
+    # CoT writes its 7 steps (49 positions); the latent rows think 7 thoughts + <|end-latent|>
+    assert cot["mean_reasoning_positions"] > 40 and cot["mean_latent_positions"] == 0
+    for r in (init, rl):
+        assert r["mean_reasoning_positions"] == 8 and r["mean_latent_positions"] == 7
+        dep = r["thought_dependence"]
+        assert dep["n"] == 6 and dep["mean_latent_positions"] == 7
+        assert dep["drop_swap"] == pytest.approx(dep["pass_own"] - dep["pass_swap"])
+        assert dep["pass_own"] == pytest.approx(r["pass_at_1"])  # the same greedy decode, scored twice
+    assert cot["thought_dependence"] is None
+    assert all(r["pass_at_k_temperature"] == summary["pass_at_k_temperature"] for r in summary["rows"])
+    d = summary["paired_pass_at_1"]["rl_minus_latent_init"]
+    assert d["n"] == 6 and d["diff"] == pytest.approx(rl["pass_at_1"] - init["pass_at_1"])
+
+
+def test_latent_demo_writes_its_run_folder(latent_demo):
+    out, summary = latent_demo
+    for f in ("demo_results.json", "curves.png", "accuracy_vs_length.png", "metrics.jsonl", "run_config.json"):
+        assert (out / f).is_file(), f
+    saved = json.loads((out / "demo_results.json").read_text())
+    assert saved["mode"] == "latent" and saved["steps"] == 2 and len(saved["rows"]) == 3
+    assert json.loads((out / "run_config.json").read_text())["dataset"] == "chain_sum"
+
+
+def test_latent_demo_refuses_an_existing_run_folder(latent_demo):
+    from latentrl.demo import run_latent_demo
+
+    out, _ = latent_demo
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_latent_demo(steps=1, num_eval=2, out_dir=str(out), overrides=TINY)
+
+
+def test_cli_latent_flag_refuses_another_method(tmp_path, capsys):
+    assert main(["demo", "--latent", "--method", "grpo", "--out", str(tmp_path / "x")]) != 0
+    assert "--latent runs coconut_grpo" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
