@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--width", type=int, default=96)
     ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--init-from", default=None, help="a distilled.pt of an earlier run: skip the distillation")
     ap.add_argument("--time-budget", type=float, default=660.0, help="seconds; training stops early past it")
     ns = ap.parse_args()
     torch.set_num_threads(1)
@@ -160,8 +161,13 @@ def main() -> None:
     gen = torch.Generator().manual_seed(ns.seed)
     opt = torch.optim.AdamW([p for n, p in asst.named_parameters() if n != "log_std"], lr=ns.distill_lr,
                             weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, ns.distill_lr, total_steps=ns.distill_steps, pct_start=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, ns.distill_lr, total_steps=max(ns.distill_steps, 1),
+                                                pct_start=0.05)
     asst.train()
+    if ns.init_from:
+        asst.load_state_dict(torch.load(ns.init_from))
+        ns.distill_steps = 0
+        emit({"phase": "distill", "loaded": ns.init_from})
     for step in range(1, ns.distill_steps + 1):
         idx = torch.randint(0, len(tr.rows), (128,), generator=gen)
         loss = distill_loss(asst, tr.states[idx], tr.mask[idx], tr.thoughts[idx], ns.distill_noise, gen)
@@ -175,6 +181,7 @@ def main() -> None:
             asst.train()
             emit({"phase": "distill", "step": step, "mse": loss.item(), "val_acc": float(ok.mean())})
     distilled = copy.deepcopy(asst.state_dict())
+    torch.save(distilled, out / "distilled.pt")
     t_distill = time.perf_counter() - t_start
 
     # ---- phase 2: DLR
