@@ -1,0 +1,147 @@
+"""DLR reading 2 (latentrl.dlr.chain): an autoregressive assistant writes the thoughts of a frozen Coconut model."""
+
+import hashlib
+
+import pytest
+import torch
+
+from latentrl.assets import model_path
+from latentrl.bench import suite_tasks
+from latentrl.dlr.assistant import gaussian_log_prob
+from latentrl.dlr.chain import (
+    ChainAssistant, CoconutFrame, FixedChainOperator, distill_loss, dlr_chain_loss, group_advantages,
+)
+from latentrl.eval import _rows
+from latentrl.model import LatentModel
+from latentrl.rollout import decode_completions
+from latentrl.thought_dependence import thought_dependence
+
+
+@pytest.fixture(scope="module")
+def main():
+    torch.set_num_threads(1)
+    lm = LatentModel.from_pretrained(str(model_path("chain_sum-coconut")))
+    lm.model.requires_grad_(False)
+    lm.eval()
+    return lm
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return _rows(suite_tasks()["chain_sum"].eval_examples(24))
+
+
+def _hash(lm):
+    h = hashlib.sha256()
+    for k, v in sorted(lm.model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_teacher_forced_means_equal_the_autoregressive_ones_and_log_prob_is_exact():
+    torch.manual_seed(0)
+    a = ChainAssistant(16, 4, width=16, layers=1, heads=2, ffn=32, max_prompt=6, init_std=0.3, thought_scale=2.0)
+    a.eval()
+    S, mask = torch.randn(3, 6, 16), torch.ones(3, 6, dtype=torch.bool)
+    mask[0, :2] = False  # left padding
+    z, mu_ar = a.sample(S, mask, torch.Generator().manual_seed(1))
+    mu_tf, log_std = a(S, mask, z)
+    assert torch.allclose(mu_ar, mu_tf, atol=1e-5)
+    ref = torch.distributions.Normal(mu_tf, log_std.exp()).log_prob(z).sum((-1, -2))
+    assert torch.allclose(a.log_prob(S, mask, z), ref, atol=1e-3)
+    # causal: changing z_3 leaves mu_1..mu_3 as they were and moves mu_4
+    z2 = z.clone()
+    z2[:, 2] += 1.0
+    mu2, _ = a(S, mask, z2)
+    assert torch.allclose(mu2[:, :3], mu_tf[:, :3], atol=1e-5) and not torch.allclose(mu2[:, 3], mu_tf[:, 3])
+    # sigma lives in thought units: exp(log_std) * scale
+    assert torch.allclose(log_std.exp(), torch.full((4, 16), 0.6), atol=1e-5)
+    # deterministic sampling writes the mean chain
+    zd, mud = a.sample(S, mask, deterministic=True)
+    assert torch.equal(zd, mud)
+
+
+def test_group_advantages():
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    a = group_advantages(r, 4, scale=False)
+    assert torch.allclose(a, torch.tensor([0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0]))
+
+
+def test_fixed_chain_with_the_main_models_own_thoughts_reproduces_its_rollout(main, rows):
+    frame = CoconutFrame(main, num_thoughts=7, max_new_positions=12)
+    ids, mask = frame.tokenize(rows)
+    own, ro_own = frame.own_thoughts(ids, mask)
+    assert own.shape == (len(rows), 7, main.hidden_size)
+    ro = frame.decode(ids, mask, own)
+    assert decode_completions(main, ro) == decode_completions(main, ro_own)
+    _, ok = frame.score(rows, ro)
+    assert ok.mean() > 0.7  # the shipped init is ~93 % on these problems
+    # a chain that is not the model's own (zeros) changes its answers: the main model reads the chain
+    _, ok0 = frame.score(rows, frame.decode(ids, mask, torch.zeros_like(own)))
+    assert ok0.mean() < ok.mean() - 0.3
+    # and the library's swap check, wrapped around the fixed chain, sees the dependence
+    dep = thought_dependence(main, rows, operator=FixedChainOperator(own, frame.latent_id), schedule=frame.schedule(),
+                             max_new_positions=12, batch_size=len(rows), prompt_text=frame.prompt_text)
+    assert dep.pass_own == pytest.approx(float(ok.mean()))
+    assert dep.drop_swap > 0.3
+
+
+def test_answer_nll_matches_the_rollouts_greedy_tokens(main, rows):
+    frame = CoconutFrame(main, num_thoughts=7, max_new_positions=12)
+    ids, mask = frame.tokenize(rows[:6])
+    own, ro = frame.own_thoughts(ids, mask)
+    chain = own.clone().requires_grad_(True)
+    nll = frame.answer_nll(ids, mask, chain, ro)
+    assert nll.shape == (6,) and bool((nll >= 0).all())
+    # greedy tokens are each position's argmax, so their NLL is at most log(vocab) and usually small
+    assert float(nll.detach().mean()) < 1.0
+    nll.sum().backward()
+    assert chain.grad is not None and chain.grad.abs().sum() > 0
+    assert all(p.grad is None for p in main.model.parameters())
+
+
+def test_distillation_and_dlr_update_train_the_assistant_only(main, rows):
+    torch.manual_seed(0)
+    frame = CoconutFrame(main, num_thoughts=7, max_new_positions=12)
+    w0 = _hash(main)
+    ids, mask = frame.tokenize(rows)
+    own, _ = frame.own_thoughts(ids, mask)
+    S = frame.prompt_states(ids, mask)
+    scale = float(own.pow(2).mean().sqrt())
+    a = ChainAssistant(main.hidden_size, 7, width=32, layers=1, heads=2, ffn=64, max_prompt=ids.shape[1],
+                       init_std=0.1, thought_scale=scale)
+    opt = torch.optim.Adam(a.parameters(), lr=3e-3)
+    first = None
+    for _ in range(40):
+        loss = distill_loss(a, S, mask, own, noise=0.0)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+    # one DLR update on K = 4 sampled chains per prompt
+    K, P = 4, 6
+    r = torch.arange(P).repeat_interleave(K)
+    rws = [rows[int(i)] for i in r]
+    with torch.no_grad():
+        z, _ = a.sample(S[r], mask[r], torch.Generator().manual_seed(0))
+    ro = frame.decode(ids[r], mask[r], z)
+    _, rewards = frame.score(rws, ro)
+    rewards[::K] = 1.0  # make sure some groups have something to contrast
+    rewards[1::K] = 0.0
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    loss, m = dlr_chain_loss(a, frame, ids[r], mask[r], S[r], z, rewards, ro, K, nll_coef=1.0, contrastive_coef=0.1)
+    opt.zero_grad()
+    loss.backward()
+    assert a.log_std.grad is not None and a.head.weight.grad.abs().sum() > 0
+    opt.step()
+    assert any(not torch.equal(before[k], v) for k, v in a.state_dict().items())
+    assert {"dlr/pg_loss", "dlr/contrastive_loss", "dlr/nll", "dlr/kept_frac"} <= set(m)
+    assert _hash(main) == w0
+    assert all(not p.requires_grad for p in main.model.parameters())
+
+
+def test_gaussian_log_prob_shape_contract():
+    z = torch.zeros(2, 3, 5)
+    assert gaussian_log_prob(z, z, torch.zeros(3, 5)).shape == (2, 3)
