@@ -150,6 +150,14 @@ class CoconutConfig(BaseConfig):
     )
     probe_weight: float = cfg_field(1.0, "Weight of the thought-probe cross-entropy (used when probe_tokens is set).",
                                     min=0.0)
+    probe_head_tokens: list[list[int]] = cfg_field(
+        [],
+        "Linear thought probe (our addition, not in Coconut; empty = off): thought j of the c thoughts that replace a "
+        "step is trained, through auxiliary linear heads (one per listed index; training only, never saved), to "
+        "predict each of the step's tokens at the indices probe_head_tokens[j] (Python indexing; indices outside a "
+        "step are skipped). For steps whose result has more tokens than there are thoughts, e.g. iCoT's running "
+        "sums: [[-8, -7, -6], [-5, -4, -3], [-2, -1]] probes every digit. Weighted by probe_weight.",
+    )
     stage_advance: str = cfg_field(
         "fixed",
         "When the curriculum moves to the next stage: fixed = after epochs_per_stage epochs (the authors' schedule; "
@@ -272,6 +280,14 @@ class CoconutConfig(BaseConfig):
         if len(self.probe_tokens) > self.c_thought:
             raise ConfigError(f"probe_tokens has {len(self.probe_tokens)} entries for c_thought={self.c_thought} "
                               "thoughts per step")
+        if len(self.probe_head_tokens) > self.c_thought:
+            raise ConfigError(f"probe_head_tokens has {len(self.probe_head_tokens)} entries for "
+                              f"c_thought={self.c_thought} thoughts per step")
+
+    @property
+    def num_probe_heads(self) -> int:
+        """Auxiliary linear heads of the linear thought probe (one per (thought, index) of probe_head_tokens)."""
+        return sum(len(ix) for ix in self.probe_head_tokens)
         if self.stage_advance == "converged":
             if self.final_stage is not None and self.final_stage < self.start_stage:
                 raise ConfigError(f"final_stage ({self.final_stage}) is before start_stage ({self.start_stage})")
@@ -334,6 +350,8 @@ class CoconutSample:
     num_latent: int
     stage: int  # the stage it was built at (differs from the scheduled one when uniform_prob drew another)
     probe: list[int] = dataclasses.field(default_factory=list)  # per thought: thought-probe target id or -100
+    # per thought: the linear probe heads' target ids (-100 = none), cfg.num_probe_heads each; empty when off
+    probe_heads: list[list[int]] = dataclasses.field(default_factory=list)
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -398,6 +416,18 @@ def build_stage_sample(
                 step = tok.steps[i]
                 if -len(step) <= cfg.probe_tokens[j] < len(step):
                     probe[q] = step[cfg.probe_tokens[j]]
+    heads: list[list[int]] = []
+    if cfg.probe_head_tokens:
+        offsets = [sum(len(ix) for ix in cfg.probe_head_tokens[:j]) for j in range(len(cfg.probe_head_tokens))]
+        for q in range(n_latent):
+            i, j = divmod(q, cfg.c_thought)
+            row = [IGNORE_INDEX] * cfg.num_probe_heads
+            if i < len(tok.steps) and j < len(cfg.probe_head_tokens):
+                step = tok.steps[i]
+                for k, ix in enumerate(cfg.probe_head_tokens[j]):
+                    if -len(step) <= ix < len(step):
+                        row[offsets[j] + k] = step[ix]
+            heads.append(row)
     return CoconutSample(
         input_ids=head + tail,
         labels=[IGNORE_INDEX] * len(head) + tail,
@@ -405,6 +435,7 @@ def build_stage_sample(
         num_latent=n_latent,
         stage=stage,
         probe=probe,
+        probe_heads=heads,
     )
 
 
@@ -432,6 +463,7 @@ class CoconutBatch:
     latent_start: int
     num_latent: torch.Tensor  # (B,) thoughts per row, in columns latent_start .. latent_start + n - 1
     probe_labels: torch.Tensor | None = None  # (B, T): thought-probe target of the output at a thought column
+    probe_head_labels: torch.Tensor | None = None  # (B, T, K): the K linear probe heads' targets at a thought column
 
     def to(self, device) -> "CoconutBatch":
         return dataclasses.replace(
@@ -439,6 +471,7 @@ class CoconutBatch:
             position_ids=self.position_ids.to(device), labels=self.labels.to(device),
             num_latent=self.num_latent.to(device),
             probe_labels=self.probe_labels.to(device) if self.probe_labels is not None else None,
+            probe_head_labels=self.probe_head_labels.to(device) if self.probe_head_labels is not None else None,
         )
 
     @property
@@ -473,7 +506,14 @@ def collate_coconut(samples: Sequence[CoconutSample], pad_id: int) -> CoconutBat
         for i, s in enumerate(samples):
             if s.probe:
                 probe[i, start : start + len(s.probe)] = torch.as_tensor(s.probe)
-    return CoconutBatch(ids, mask, pos, labels, start, num, probe)
+    heads = None
+    if any(t != IGNORE_INDEX for s in samples for row in s.probe_heads for t in row):
+        k = max(len(row) for s in samples for row in s.probe_heads)
+        heads = torch.full((B, width, k), IGNORE_INDEX, dtype=torch.long)
+        for i, s in enumerate(samples):
+            if s.probe_heads:
+                heads[i, start : start + len(s.probe_heads)] = torch.as_tensor(s.probe_heads)
+    return CoconutBatch(ids, mask, pos, labels, start, num, probe, heads)
 
 
 @dataclasses.dataclass
@@ -486,6 +526,8 @@ class CoconutOutput:
     hidden: torch.Tensor | None = None  # (B, T, H) last hidden states, if asked for
     probe_loss: float = float("nan")  # mean thought-probe cross-entropy (nan without probe targets)
     probe_accuracy: float = float("nan")
+    probe_head_loss: float = float("nan")  # mean linear-probe cross-entropy (nan without probe-head targets)
+    probe_head_accuracy: float = float("nan")
 
 
 def _thought_passes(
@@ -555,6 +597,7 @@ def coconut_forward(
     normalizer: float | None = None,
     return_hidden: bool = False,
     probe_weight: float = 0.0,
+    probe_heads: nn.Module | None = None,
 ) -> CoconutOutput:
     """Cross-entropy of a Coconut batch, with thoughts formed by the KV-cached multi-pass forward.
 
@@ -563,7 +606,8 @@ def coconut_forward(
     The loss is the *sum* of token cross-entropies divided by `normalizer` (default: this batch's label count), so
     gradient accumulation can divide by the label count of the whole optimizer step. With `probe_weight` > 0 and
     probe labels in the batch, `probe_weight` x the mean thought-probe cross-entropy (scaled by this batch's share
-    of `normalizer`) is added (see `CoconutConfig.probe_tokens`).
+    of `normalizer`) is added (see `CoconutConfig.probe_tokens`). With `probe_heads` (a Linear from the hidden
+    size to K x vocab) and probe-head labels, the same is done for the linear probe (`probe_head_tokens`).
     """
     batch = batch.to(model.device)
     embeds = model.embed(batch.input_ids)
@@ -604,11 +648,26 @@ def coconut_forward(
                 loss = loss + probe_weight * pce * (count / (normalizer if normalizer is not None else count))
             probe_loss = float(pce.detach())
             probe_acc = float((plogits.argmax(-1) == pgold).float().mean())
+    head_loss = head_acc = float("nan")
+    if probe_heads is not None and batch.probe_head_labels is not None:
+        hl = batch.probe_head_labels  # (B, T, K)
+        rows = (hl != IGNORE_INDEX).any(-1)
+        if bool(rows.any()):
+            k = hl.shape[-1]
+            hlogits = probe_heads(hidden[rows].float()).view(-1, k, probe_heads.out_features // k)
+            hgold = hl[rows]
+            hsel = hgold != IGNORE_INDEX
+            hce = F.cross_entropy(hlogits[hsel], hgold[hsel])
+            if probe_weight > 0:
+                loss = loss + probe_weight * hce * (count / (normalizer if normalizer is not None else count))
+            head_loss = float(hce.detach())
+            head_acc = float((hlogits[hsel].argmax(-1) == hgold[hsel]).float().mean())
     with torch.no_grad():
         acc = float((logits.argmax(-1) == gold).float().mean())
         lat = batch.latent_mask[:, batch.latent_start : batch.latent_start + thoughts.shape[1]]
         norm = float(thoughts[lat].float().norm(dim=-1).mean()) if bool(lat.any()) else 0.0
-    return CoconutOutput(loss, count, acc, forwards, norm, hidden if return_hidden else None, probe_loss, probe_acc)
+    return CoconutOutput(loss, count, acc, forwards, norm, hidden if return_hidden else None, probe_loss, probe_acc,
+                         head_loss, head_acc)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -864,10 +923,15 @@ def train_coconut(
         return ev
 
     optimizer: torch.optim.Optimizer | None = None
+    probe_heads: nn.Module | None = None
+    if cfg.probe_head_tokens:  # training-only linear probe heads (seeded by cfg.seed above; never saved)
+        probe_heads = nn.Linear(model.hidden_size, cfg.num_probe_heads * model.vocab_size).to(model.device)
     params = [p for p in model.parameters() if p.requires_grad]
+    head_params = list(probe_heads.parameters()) if probe_heads is not None else []
     state = {"step": 0, "train_time": 0.0}
     window: dict[str, float] = {"loss": 0.0, "token_accuracy": 0.0, "thought_norm": 0.0, "forwards": 0.0, "n": 0,
-                                "probe_loss": 0.0, "probe_accuracy": 0.0, "probe_n": 0.0}
+                                "probe_loss": 0.0, "probe_accuracy": 0.0, "probe_n": 0.0,
+                                "probe_head_loss": 0.0, "probe_head_accuracy": 0.0, "probe_head_n": 0.0}
     bar = progress(total_steps, "coconut" + ("" if cfg.bptt else "[no-bptt]"), disable=cfg.disable_tqdm)
 
     def out_of_budget() -> bool:
@@ -893,8 +957,13 @@ def train_coconut(
         loss_total, acc_total, norm_total, fwd_total = 0.0, 0.0, 0.0, 0
         for b in batches:
             out = coconut_forward(model, b, bptt=cfg.bptt, normalizer=n_tokens,
-                                  probe_weight=cfg.probe_weight if cfg.probe_tokens else 0.0)
+                                  probe_weight=cfg.probe_weight if (cfg.probe_tokens or probe_heads) else 0.0,
+                                  probe_heads=probe_heads)
             out.loss.backward()
+            if not math.isnan(out.probe_head_loss):
+                window["probe_head_loss"] += out.probe_head_loss / len(batches)
+                window["probe_head_accuracy"] += out.probe_head_accuracy / len(batches)
+                window["probe_head_n"] += 1 / len(batches)
             if not math.isnan(out.probe_loss):
                 window["probe_loss"] += out.probe_loss / len(batches)
                 window["probe_accuracy"] += out.probe_accuracy / len(batches)
@@ -904,7 +973,7 @@ def train_coconut(
             norm_total += out.thought_norm / len(batches)
             fwd_total += out.num_forwards
         if cfg.max_grad_norm > 0:
-            grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            grad_norm = float(nn.utils.clip_grad_norm_(params + head_params, cfg.max_grad_norm))
         else:
             grad_norm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
         optimizer.step()
@@ -924,6 +993,9 @@ def train_coconut(
             if window["probe_n"] > 0:
                 record["probe_loss"] = window["probe_loss"] / window["probe_n"]
                 record["probe_accuracy"] = window["probe_accuracy"] / window["probe_n"]
+            if window["probe_head_n"] > 0:
+                record["probe_head_loss"] = window["probe_head_loss"] / window["probe_head_n"]
+                record["probe_head_accuracy"] = window["probe_head_accuracy"] / window["probe_head_n"]
             log(step, record, history.train)
             bar.set_postfix(stage=stage, loss=f"{record['loss']:.3f}")
             window = {k: 0.0 for k in window}
@@ -933,6 +1005,8 @@ def train_coconut(
     def new_optimizer() -> None:
         nonlocal optimizer
         optimizer = _make_optimizer(model, cfg)
+        if head_params:
+            optimizer.add_param_group({"params": head_params})
         history.optimizer_resets.append(state["step"])
 
     last_stage, last_epoch = cfg.start_stage, cfg.start_epoch
