@@ -174,7 +174,7 @@ def test_bf16_run_computes_in_bf16(runs):
     """The bf16 run's step 1 (same completions as the fp32 grpo run) really ran under bf16 autocast."""
     fp32, bf16 = runs["single"]["grpo"]["metrics"][0], runs["single"]["grpo_bf16"]["metrics"][0]
     assert bf16["reward"] == fp32["reward"]
-    assert bf16["grad_norm"] != pytest.approx(fp32["grad_norm"], rel=1e-3)
+    assert bf16["grad_norm"] != pytest.approx(fp32["grad_norm"], rel=1e-5)  # fp32 reruns are bit-equal; bf16 differs ~1e-4
 
 
 def test_a_failed_launch_reports_its_whole_log(tmp_path):

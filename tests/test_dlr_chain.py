@@ -9,9 +9,14 @@ from latentrl.assets import model_path
 from latentrl.bench import suite_tasks
 from latentrl.dlr.assistant import gaussian_log_prob
 from latentrl.dlr.chain import (
-    ChainAssistant, CoconutFrame, FixedChainOperator, distill_loss, dlr_chain_loss, group_advantages,
+    ChainAssistant,
+    CoconutFrame,
+    FixedChainOperator,
+    distill_loss,
+    dlr_chain_loss,
+    group_advantages,
 )
-from latentrl.eval import _rows
+from latentrl.data.schema import as_rows
 from latentrl.model import LatentModel
 from latentrl.rollout import decode_completions
 from latentrl.thought_dependence import thought_dependence
@@ -28,7 +33,7 @@ def main():
 
 @pytest.fixture(scope="module")
 def rows():
-    return _rows(suite_tasks()["chain_sum"].eval_examples(24))
+    return as_rows(suite_tasks()["chain_sum"].eval_examples(24))
 
 
 def _hash(lm):

@@ -96,8 +96,7 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
     from rich.table import Table
 
     from latentrl.assets import available_models, model_path, resolve_model
-    from latentrl.bench import (check_disjoint, percent_se, plot_accuracy_vs_length, preset_path, row,
-                                suite_tasks)
+    from latentrl.bench import check_disjoint, percent_se, plot_accuracy_vs_length, preset_path, row, suite_tasks
     from latentrl.checkpoint import atomic_write_json
     from latentrl.data import load_examples
     from latentrl.eval import evaluate

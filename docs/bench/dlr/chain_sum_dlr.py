@@ -31,7 +31,7 @@ from latentrl.assets import model_path
 from latentrl.bench import check_disjoint, suite_tasks
 from latentrl.data import load_examples
 from latentrl.dlr.chain import ChainAssistant, CoconutFrame, FixedChainOperator, distill_loss, dlr_chain_loss
-from latentrl.eval import _rows
+from latentrl.data.schema import as_rows
 from latentrl.model import LatentModel
 from latentrl.thought_dependence import thought_dependence
 
@@ -146,7 +146,7 @@ def main() -> None:
     test = task.eval_examples(ns.num_test)
     check_disjoint(task, train, test)
     check_disjoint(task, val, test)
-    tr, va, te = Encoded(frame, _rows(train)), Encoded(frame, _rows(val)), Encoded(frame, _rows(test))
+    tr, va, te = Encoded(frame, as_rows(train)), Encoded(frame, as_rows(val)), Encoded(frame, as_rows(test))
     scale = float(tr.thoughts.pow(2).mean().sqrt())
     emit({"phase": "data", "train": len(train), "val": len(val), "test": len(test), "thought_rms": scale,
           "main_own_train": float(tr.own_ok.mean()), "main_own_val": float(va.own_ok.mean()),

@@ -26,11 +26,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from latentrl.dlr.assistant import gaussian_log_prob
-from latentrl.dlr.losses import filter_high_value, group_info_nce, anchor_info_nce
+from latentrl.dlr.losses import anchor_info_nce, filter_high_value, group_info_nce
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
 __all__ = [

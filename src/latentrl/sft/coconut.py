@@ -283,11 +283,6 @@ class CoconutConfig(BaseConfig):
         if len(self.probe_head_tokens) > self.c_thought:
             raise ConfigError(f"probe_head_tokens has {len(self.probe_head_tokens)} entries for "
                               f"c_thought={self.c_thought} thoughts per step")
-
-    @property
-    def num_probe_heads(self) -> int:
-        """Auxiliary linear heads of the linear thought probe (one per (thought, index) of probe_head_tokens)."""
-        return sum(len(ix) for ix in self.probe_head_tokens)
         if self.stage_advance == "converged":
             if self.final_stage is not None and self.final_stage < self.start_stage:
                 raise ConfigError(f"final_stage ({self.final_stage}) is before start_stage ({self.start_stage})")
@@ -300,6 +295,11 @@ class CoconutConfig(BaseConfig):
                 f"start_stage ({self.start_stage}) * epochs_per_stage ({self.epochs_per_stage}) = "
                 f"{self.start_stage * self.epochs_per_stage} leaves no epoch to train: num_epochs is {self.num_epochs}"
             )
+
+    @property
+    def num_probe_heads(self) -> int:
+        """Auxiliary linear heads of the linear thought probe (one per (thought, index) of probe_head_tokens)."""
+        return sum(len(ix) for ix in self.probe_head_tokens)
 
     @property
     def start_epoch(self) -> int:

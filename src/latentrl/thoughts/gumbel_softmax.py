@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from latentrl.sampling import check_generator, _outside_nucleus, gumbel_noise, log_normalizer
+from latentrl.sampling import _outside_nucleus, check_generator, gumbel_noise, log_normalizer
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 from latentrl.thoughts.gumbel_topk import _init_common, _init_record

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from latentrl.sampling import check_generator, _nucleus_size, gumbel_noise, token_logprobs
+from latentrl.sampling import _nucleus_size, check_generator, gumbel_noise, token_logprobs
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 

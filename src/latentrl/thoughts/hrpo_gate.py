@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from latentrl.sampling import check_generator, _outside_nucleus, filter_logits, sample_categorical, token_logprobs
+from latentrl.sampling import _outside_nucleus, check_generator, filter_logits, sample_categorical, token_logprobs
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
