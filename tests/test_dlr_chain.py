@@ -7,6 +7,7 @@ import torch
 
 from latentrl.assets import model_path
 from latentrl.bench import suite_tasks
+from latentrl.data.schema import as_rows
 from latentrl.dlr.assistant import gaussian_log_prob
 from latentrl.dlr.chain import (
     ChainAssistant,
@@ -16,7 +17,6 @@ from latentrl.dlr.chain import (
     dlr_chain_loss,
     group_advantages,
 )
-from latentrl.data.schema import as_rows
 from latentrl.model import LatentModel
 from latentrl.rollout import decode_completions
 from latentrl.thought_dependence import thought_dependence
