@@ -209,9 +209,13 @@ def _latent_grpo_reference(op: GumbelTopKThought, logits: torch.Tensor, g: torch
     return torch.topk(masked + noise * op.noise_scale, k, dim=-1).indices
 
 
+@pytest.mark.parametrize("sort_limit", [10**9, 0], ids=["sorted", "unsorted"])
 @pytest.mark.parametrize("one_sided", [True, False])
-def test_latent_grpo_candidate_noise_equals_full_vocabulary_noise_in_distribution(one_sided):
+def test_latent_grpo_candidate_noise_equals_full_vocabulary_noise_in_distribution(one_sided, sort_limit):
+    """Both of `step`'s paths: noise on the sorted candidates only, and (sort_limit=0) the sort-free path that
+    tests nucleus membership of the 2K best perturbed entries only."""
     op = GumbelTopKThought(top_k=3, top_p=0.95, one_sided=one_sided, record="perturbed")
+    op.sort_limit = sort_limit
     V = 200
     logits = torch.randn(1, V, generator=gen(12)) * 2.5
     _, cand, keep = op.candidates(logits)
@@ -351,3 +355,23 @@ def test_generator_on_keeps_a_same_device_generator_and_derives_one_otherwise():
     # a foreign-device generator is replaced by one seeded from a single draw of it: deterministic in its state
     with pytest.raises(RuntimeError):  # no generator can live on meta: the derivation is attempted, not skipped
         generator_on(gen(5), "meta")
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 1.0])
+def test_latent_grpo_sort_free_membership_equals_the_sorted_nucleus(top_p):
+    """`in_nucleus` (bucketed mass above each entry) keeps exactly the entries `filter_logits` keeps, on a flat
+    and a peaked distribution, and the sort-free step's unperturbed top-1 and scores are consistent."""
+    op = GumbelTopKThought(top_k=4, top_p=top_p)
+    for scale in (0.05, 3.0):
+        logits = torch.randn(5, 300, generator=gen(30)) * scale
+        x = logits / op.temperature
+        lse = torch.logsumexp(x, -1, keepdim=True)
+        kth = torch.topk(x, 4, -1).values[..., -1:]
+        ids = torch.arange(300).expand(5, 300)
+        ref = filter_logits(x, None, top_p, min_keep=4).isfinite() if top_p < 1 else torch.ones(5, 300, dtype=torch.bool)
+        got = op.in_nucleus(x, lse, kth, ids) if top_p < 1 else ref
+        assert torch.equal(got, ref)
+        payload, best = op.perturbed_topk_unsorted(logits, gen(31))
+        assert torch.equal(best, logits.argmax(-1))
+        assert ref.gather(-1, payload["ids"]).all()  # every pick is a nucleus member
+        assert (payload["scores"][:, :-1] >= payload["scores"][:, 1:]).all()

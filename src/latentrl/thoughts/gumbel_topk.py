@@ -115,6 +115,8 @@ class GumbelTopKThought(ThoughtOperator):
 
     name = "gumbel_topk"
     stochastic = True
+    #: above this many candidates in a row, `step` takes the sort-free path (`perturbed_topk_unsorted`)
+    sort_limit: int = 4096
 
     def __init__(
         self,
@@ -192,20 +194,72 @@ class GumbelTopKThought(ThoughtOperator):
     def step(self, model, logits, hidden, *, generator=None) -> ThoughtStep:
         check_generator(generator, logits.device)  # fail before any work, not inside a CUDA kernel
         k = min(self.top_k, logits.shape[-1])
-        lp, ids, keep = self.candidates(logits)
-        if self.deterministic:
-            scores = lp  # the top-K of lp always lie inside the nucleus mask
+        if self.deterministic or self.candidate_count(logits) <= self.sort_limit:
+            lp, ids, keep = self.candidates(logits)
+            if self.deterministic:
+                scores = lp  # the top-K of lp always lie inside the nucleus mask
+            else:
+                scores = (lp + self.noise(lp.shape, generator, lp.device)).masked_fill(~keep, float("-inf"))
+            top = torch.topk(scores, k, dim=-1)
+            payload = {"ids": ids.gather(-1, top.indices), "scores": top.values.float()}
+            best = ids[:, 0]
         else:
-            scores = (lp + self.noise(lp.shape, generator, lp.device)).masked_fill(~keep, float("-inf"))
-        top = torch.topk(scores, k, dim=-1)
-        payload = {"ids": ids.gather(-1, top.indices), "scores": top.values.float()}
-        token = ids[:, 0] if self.record == "unperturbed" else payload["ids"][:, 0]
+            payload, best = self.perturbed_topk_unsorted(logits, generator)
+        token = best if self.record == "unperturbed" else payload["ids"][:, 0]
         return ThoughtStep(
             embeds=self.rebuild(model, token, payload),
             token_ids=token,
             payload=payload,
             logprob=self.log_prob(logits, token, payload),
         )
+
+    def candidate_count(self, logits: torch.Tensor) -> int:
+        """The most candidates (entries that can reach the perturbed top-K) in any row."""
+        x = logits.float() / self.temperature
+        kth = torch.topk(x, min(self.top_k, x.shape[-1]), dim=-1).values[..., -1:]
+        return int((x >= kth - (self.clamp_max - self.clamp_min) * self.noise_scale).sum(-1).max())
+
+    def perturbed_topk_unsorted(self, logits: torch.Tensor, generator) -> tuple[Payload, torch.Tensor]:
+        """The perturbed top-K when the candidates are too many to sort (a flat distribution over a large
+        vocabulary: sorting 32 x 151,936 entries costs ~450 ms on a CPU core).
+
+        Noise goes on every entry; the R = 2K best perturbed scores are taken *ignoring* the nucleus, and only
+        those R entries are tested for membership (the probability mass strictly above each, from one bucketed
+        pass over the vocabulary). The K best members among them are the answer whenever at least K of the R are
+        members (any member outside the R scores below all R); otherwise R doubles. Same distribution as the
+        sorted path (checked in tests/test_sampling.py). Returns the payload and the unperturbed top-1."""
+        x = logits.float() / self.temperature
+        V = x.shape[-1]
+        k = min(self.top_k, V)
+        lse = torch.logsumexp(x, dim=-1, keepdim=True)
+        best = torch.topk(x, k, dim=-1)
+        kth = best.values[..., -1:]
+        width = (self.clamp_max - self.clamp_min) * self.noise_scale
+        scores = (x - lse + self.noise(x.shape, generator, x.device)).masked_fill_(x < kth - width, float("-inf"))
+        r = min(2 * k, V)
+        while True:
+            top = torch.topk(scores, r, dim=-1)
+            if self.top_p >= 1.0:
+                kept = torch.ones_like(top.values, dtype=torch.bool)
+                break
+            kept = self.in_nucleus(x, lse, kth, top.indices)
+            if bool((kept & top.values.isfinite()).sum(-1).ge(k).all()) or r == V:
+                break
+            r = min(2 * r, V)
+        sel = torch.topk(top.values.masked_fill(~kept, float("-inf")), k, dim=-1)
+        payload = {"ids": top.indices.gather(-1, sel.indices), "scores": sel.values}
+        return payload, best.indices[:, 0]
+
+    def in_nucleus(self, x: torch.Tensor, lse: torch.Tensor, kth: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """(B, R) whether entries `ids` of the tempered logits `x` lie in the nucleus that keeps at least K: among
+        the top-K by value, or the probability mass strictly above them is below top_p (`filter_logits`' rule)."""
+        v = x.gather(-1, ids)
+        qs = v.sort(-1).values  # ascending
+        bucket = torch.searchsorted(qs, x.contiguous())  # number of query values strictly below each entry
+        mass = torch.zeros(x.shape[0], qs.shape[-1] + 1, device=x.device).scatter_add_(-1, bucket, (x - lse).exp())
+        at_or_above = mass.flip(-1).cumsum(-1).flip(-1)  # [m] = mass of the entries above qs[m - 1]
+        above = at_or_above.gather(-1, torch.searchsorted(qs, v) + 1)  # mass strictly above each query
+        return (v >= kth) | (above < self.top_p)
 
     def weights(self, payload: Payload) -> torch.Tensor:
         """(N, K) mixture weights softmax(g / τ_g) from the stored scores."""
