@@ -235,6 +235,10 @@ def main() -> None:
     own = te.own_ok
     n = own.numel()
     res["test_main_own"] = {"acc": float(own.mean()), "se": se(float(own.mean()), n), "n": n}
+    # context: the main model with zeroed thoughts (no assistant, no own thoughts) on the same problems
+    zero = accuracy(frame, te, torch.zeros_like(te.thoughts))
+    res["test_main_zero_thoughts"] = {"acc": float(zero.mean()), "se": se(float(zero.mean()), n), "n": n,
+                                      "minus_main_own": paired(zero, own)}
     variants = {"distilled": distilled, "dlr_best_val": best[2], "dlr_last": final_state}
     oks = {}
     for name, sd in variants.items():
