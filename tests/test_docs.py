@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
-import inspect
 import math
 import re
 import shlex
@@ -108,7 +107,7 @@ def page_methods(path: Path) -> list[str]:
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k in ("latent", "dlr"):
+        if isinstance(v, dict) and k in ("latent", "dlr", "latent_rl"):
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[prefix + k] = v
@@ -128,10 +127,6 @@ def defaults_of(cls_name: str) -> dict:
         from latentrl.methods.latent_grpo import LatentGRPOOptions
 
         return dataclasses.asdict(LatentGRPOOptions())
-    if cls_name == "LatentRL":
-        from latentrl.methods.latent_rl import LatentRL
-
-        return {n: p.default for n, p in inspect.signature(LatentRL.__init__).parameters.items() if n != "self"}
     raise AssertionError(f"config table names an unknown options class {cls_name!r}")
 
 

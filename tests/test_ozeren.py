@@ -242,3 +242,26 @@ def test_cpu_presets_run_one_step(tmp_path):
         t = GRPOTrainer(cfg, model(), examples(), method=method)
         m = t.train_step()
         assert m["completions/mean_latent"] == cfg.latent.num_latent_steps
+
+
+def test_latent_rl_options_come_from_the_config_section_unless_given(tmp_path):
+    """`latent_rl.*` (YAML / overrides) configures the registered method; a constructor value wins; the
+    registry's shared instance does not carry one run's options into the next."""
+    opts = {"latent_rl": {"pos_weight": 5.0, "value_head_dims": [16, 4], "pretrain_prompts": 0,
+                          "value_loss_coef": 0.5}}
+    lm = model()
+    t = GRPOTrainer(config(tmp_path / "a", "latent_rl", **opts), lm, examples(), reward_funcs=[word_count_reward])
+    assert (t.method.pos_weight, t.method.hidden_dims, t.method.pretrain_prompts, t.method.value_loss_coef) == (
+        5.0, (16, 4), 0, 0.5)
+    dims = [m.out_features for m in lm.side_modules[VALUE_HEAD].mlp if isinstance(m, torch.nn.Linear)]
+    assert dims == [16, 4, 1]
+    t2 = GRPOTrainer(config(tmp_path / "b", "latent_rl"), model(), examples(), reward_funcs=[word_count_reward])
+    assert (t2.method.pos_weight, t2.method.hidden_dims, t2.method.value_loss_coef) == (20.0, (128, 32, 8), 1.0)
+    given = LatentRL(pos_weight=3.0)
+    t3 = GRPOTrainer(config(tmp_path / "c", "latent_rl", **opts), model(), examples(),
+                     reward_funcs=[word_count_reward], method=given)
+    assert t3.method.pos_weight == 3.0 and t3.method.value_loss_coef == 0.5
+    with pytest.raises(ConfigError, match="value_head_dims"):
+        config(tmp_path / "d", "latent_rl", latent_rl={"value_head_dims": []})
+    with pytest.raises(ConfigError, match="pos_weight"):
+        config(tmp_path / "e", "latent_rl", latent_rl={"pos_weight": 0})

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentrl.config import LatentRLConfig
 from latentrl.methods.base import register_method
 from latentrl.methods.coconut_grpo import CoconutLatentMethod, coconut_components
 from latentrl.model import LatentTokens
@@ -106,32 +107,41 @@ class LatentRL(CoconutLatentMethod):
         "weight_decay": 0.01, "reward_funcs": ["format", "math_verify"],
     }
 
-    def __init__(self, pos_weight: float = 20.0, value_loss_coef: float = 1.0,
-                 hidden_dims: Sequence[int] = (128, 32, 8), pretrain_prompts: int = 256, pretrain_epochs: int = 50,
-                 pretrain_batch_size: int = 64, pretrain_temperature: float = 0.2, pretrain_top_p: float = 0.95,
+    #: constructor argument -> its `latent_rl.*` config option
+    OPTIONS: ClassVar[dict[str, str]] = {
+        "pos_weight": "pos_weight", "value_loss_coef": "value_loss_coef", "hidden_dims": "value_head_dims",
+        "pretrain_prompts": "pretrain_prompts", "pretrain_epochs": "pretrain_epochs",
+        "pretrain_batch_size": "pretrain_batch_size", "pretrain_temperature": "pretrain_temperature",
+        "pretrain_top_p": "pretrain_top_p",
+    }
+
+    def __init__(self, pos_weight: float | None = None, value_loss_coef: float | None = None,
+                 hidden_dims: Sequence[int] | None = None, pretrain_prompts: int | None = None,
+                 pretrain_epochs: int | None = None, pretrain_batch_size: int | None = None,
+                 pretrain_temperature: float | None = None, pretrain_top_p: float | None = None,
                  label_func: Callable[..., list[float | None]] | None = None):
+        """Each option left None comes from the run's `latent_rl:` config section (`LatentRLConfig`, whose help
+        texts describe them: pos_weight, value_loss_coef, value_head_dims, pretrain_*); a value given here wins."""
         self.label_func = label_func
         """0/1 correctness of a completion (TRL reward signature), the value head's label; None: the first of
         math_verify / correctness / hrpo in `reward_funcs`, else exact-match correctness."""
-        self.pos_weight = pos_weight
-        """BCE pos_weight of the value head's loss (paper: 20; correct rollouts are rare on hard math)."""
-        self.value_loss_coef = value_loss_coef
-        """Weight of the joint value-head BCE next to the policy objective."""
-        self.hidden_dims = tuple(hidden_dims)
-        """Hidden widths of the value-head MLP (paper: 128, 32, 8)."""
-        self.pretrain_prompts = pretrain_prompts
-        """If the starting checkpoint has no value head (and none was pre-trained by hand), pre-train one at the
-        first step on rollouts of this many training prompts (the first ones, in file order); 0 disables."""
-        self.pretrain_epochs = pretrain_epochs
-        self.pretrain_batch_size = pretrain_batch_size
-        """Epochs and batch size of that pre-training: with a few hundred rollouts the authors' batch of 1024 would
-        give one optimizer step per epoch, so the automatic pre-training uses small batches."""
-        self.pretrain_temperature = pretrain_temperature
-        """Answer sampling of the pre-training rollouts (authors' value-data creation: T=0.2, top-p 0.95)."""
-        self.pretrain_top_p = pretrain_top_p
+        given = dict(pos_weight=pos_weight, value_loss_coef=value_loss_coef, hidden_dims=hidden_dims,
+                     pretrain_prompts=pretrain_prompts, pretrain_epochs=pretrain_epochs,
+                     pretrain_batch_size=pretrain_batch_size, pretrain_temperature=pretrain_temperature,
+                     pretrain_top_p=pretrain_top_p)
+        self._given = {k: v for k, v in given.items() if v is not None}
+        self._resolve(LatentRLConfig())
+
+    def _resolve(self, section: LatentRLConfig) -> None:
+        """Set each option from the constructor (if given) else from `section`; re-done for every run's config,
+        so the registry's shared instance never carries one run's options into the next."""
+        for attr, option in self.OPTIONS.items():
+            value = self._given.get(attr, getattr(section, option))
+            setattr(self, attr, tuple(value) if attr == "hidden_dims" else value)
 
     def setup(self, trainer: Any) -> None:
         super().setup(trainer)
+        self._resolve(trainer.args.latent_rl)
         model = trainer.model
         pending = getattr(model, "_pending_side_state", None) or {}
         saved = any(k.startswith(VALUE_HEAD + ".") for k in pending)
