@@ -40,8 +40,9 @@ Cost: the clamped noise G lies in an interval of width w = (c_max - c_min) · no
 more than w below the K-th largest lp can never reach the perturbed top-K (each of the K best scores at least
 that K-th lp + the noise minimum). `step` therefore draws noise only for the candidates — a prefix of the sorted
 vocabulary, which also carries the nucleus — and gives the same distribution as noise on every entry (checked in
-`tests/test_sampling.py`). On a peaked (trained) model the candidates are a handful; on a flat random model
-they can be the whole vocabulary, and the cost is that of the full sort the nucleus needs anyway.
+`tests/test_sampling.py`). On a peaked (trained) model the candidates are a handful; on a flat one they can be the whole
+vocabulary, and above `sort_limit` candidates `step` switches to a sort-free path (`perturbed_topk_unsorted`: noise on
+every entry, nucleus membership tested only for the 2K best perturbed entries), the same distribution again.
 """
 
 from __future__ import annotations
