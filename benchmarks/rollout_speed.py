@@ -604,7 +604,6 @@ def main(argv=None) -> dict | None:
         print(f"\n[real vocabulary] the same modes at V = {args.real_vocab:,}", file=sys.stderr, flush=True)
         out["real_vocab"] = main(argv + ["--vocab-size", str(args.real_vocab), "--new", str(min(args.new, 16)),
                                          "--repeats", str(min(args.repeats, 2))])
-        print(json.dumps({"real_vocab": out["real_vocab"]}))
         print(json.dumps(out))
         return out
     print(json.dumps(out))
