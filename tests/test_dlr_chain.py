@@ -15,9 +15,9 @@ from latentrl.dlr.chain import (
     FixedChainOperator,
     distill_loss,
     dlr_chain_loss,
-    group_advantages,
 )
 from latentrl.model import LatentModel
+from latentrl.rl.advantages import group_advantages
 from latentrl.rollout import decode_completions
 from latentrl.thought_dependence import thought_dependence
 
@@ -69,7 +69,7 @@ def test_teacher_forced_means_equal_the_autoregressive_ones_and_log_prob_is_exac
 
 def test_group_advantages():
     r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
-    a = group_advantages(r, 4, scale=False)
+    a, _ = group_advantages(r, 4, scale_rewards="none")  # the shared GRPO estimator (rl.advantages)
     assert torch.allclose(a, torch.tensor([0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0]))
 
 

@@ -17,7 +17,7 @@ import torch
 
 from latentrl.data.schema import as_rows
 from latentrl.model import LatentModel
-from latentrl.rewards import correctness_reward
+from latentrl.rewards import correctness_reward, reward_columns
 from latentrl.rollout import (
     Rollout,
     SamplingParams,
@@ -104,8 +104,7 @@ def evaluate(
                              tok.pad_token_id, device=model.device)
         ro = generate_rollout(model, ids, mask, sampling, operator, schedule, gen)
         texts = decode_completions(model, ro, skip_latent=not decode_latent)
-        cols = {c: [r.get(c) for r in batch_rows] for c in batch_rows[0] if c != "prompt"}
-        scores = reward_func([r["prompt"] for r in batch_rows], texts, **cols)
+        scores = reward_func([r["prompt"] for r in batch_rows], texts, **reward_columns(batch_rows))
         return ro, texts, [float(s or 0.0) for s in scores]
 
     correct, positions, latents, samples, cut = [], [], [], [], 0

@@ -151,6 +151,29 @@ def _gold_text(gold: Any) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Calling reward functions on dataset rows
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def reward_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """The rows' non-prompt columns as the keyword lists a TRL reward function receives (`answer=[...]`, ...)."""
+    return {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
+
+
+def binary_correctness(func: Callable[..., list[float | None]], prompts: Sequence[Any], completions: Sequence[str],
+                       **columns: list[Any]) -> list[float]:
+    """1.0 where `func`'s reward is > 0, else 0.0 (None counts as wrong): a correctness label from any reward."""
+    return [float((s or 0.0) > 0) for s in func(list(prompts), list(completions), **columns)]
+
+
+def correctness_labels(func: Callable[..., list[float | None]], rows: Sequence[Mapping[str, Any]],
+                       completions: Sequence[str], device=None) -> torch.Tensor:
+    """(N,) float 0/1 `binary_correctness` of the completions of `rows`."""
+    labels = binary_correctness(func, [r["prompt"] for r in rows], completions, **reward_columns(rows))
+    return torch.tensor(labels, dtype=torch.float32, device=device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Reward functions (TRL signature)
 # ---------------------------------------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import torch
 
 __all__ = [
     "GeneratorDeviceError", "check_generator", "filter_logits", "generator_for", "generator_on", "gumbel_noise",
-    "log_normalizer", "normal", "sample_categorical", "sample_tokens", "token_logprobs", "uniform",
+    "log_normalizer", "normal", "sample_categorical", "sample_tokens", "token_logprobs", "top_k_nucleus", "uniform",
 ]
 
 
@@ -124,6 +124,18 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
         drop = _outside_nucleus(sorted_logits, top_p, min_keep)
         return logits.masked_fill(drop.scatter(-1, sorted_ids, drop), float("-inf"))
     return logits
+
+
+def top_k_nucleus(logits: torch.Tensor, top_k: int, top_p: float | None, temperature: float = 1.0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f, ids), each (B, k): logits / T of the top_k entries in descending order, -inf where they fall outside
+    the top-p nucleus found among them (`filter_logits`' rule, on the k survivors only), and their ids. What a
+    top-k sampler or mixture needs, with no (B, V) output."""
+    values, ids = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1)  # sorted descending
+    f = values.float() / temperature
+    if top_p is not None and top_p < 1.0:
+        f = f.masked_fill(_outside_nucleus(f, top_p, 1), float("-inf"))
+    return f, ids
 
 
 def log_normalizer(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

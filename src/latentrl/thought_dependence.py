@@ -30,7 +30,7 @@ import torch
 
 from latentrl.data.schema import as_rows
 from latentrl.model import LatentModel
-from latentrl.rewards import correctness_reward
+from latentrl.rewards import binary_correctness, correctness_reward, reward_columns
 from latentrl.rollout import SamplingParams, ThinkingSchedule, decode_completions, generate_rollout, left_pad
 from latentrl.thoughts.base import ThoughtOperator, ThoughtStep
 
@@ -156,17 +156,19 @@ def thought_dependence(
                 keep = slice(None)
             ids, mask = left_pad([tok(prompt_text(r), add_special_tokens=False)["input_ids"] for r in part],
                                  tok.pad_token_id, device=model.device)
-            cols = {c: [r.get(c) for r in part] for c in part[0] if c != "prompt"}
+            cols = reward_columns(part)
+            prompts = [r["prompt"] for r in part]
 
-            def score(op: ThoughtIntervention, columns: dict[str, list[Any]], ids: torch.Tensor = ids,
-                      mask: torch.Tensor = mask, part: list[dict[str, Any]] = part) -> tuple[list[float], Any]:
+            def score(op: ThoughtIntervention, ids: torch.Tensor = ids, mask: torch.Tensor = mask,
+                      prompts: list[Any] = prompts, cols: dict[str, list[Any]] = cols
+                      ) -> tuple[list[float], Any, list[str]]:
                 op.set_eval_mode(True)
                 ro = generate_rollout(model, ids, mask, sampling, op, schedule)
                 texts = decode_completions(model, ro, skip_latent=not decode_latent)
-                return [float((x or 0.0) > 0) for x in reward_func([r["prompt"] for r in part], texts, **columns)], ro
+                return binary_correctness(reward_func, prompts, texts, **cols), ro, texts
 
             rec = ThoughtIntervention(operator, "record")
-            s_own, ro = score(rec, cols)
+            s_own, ro, _ = score(rec)
             recorded = torch.stack(rec.inputs, dim=1) if rec.inputs else None
             steps = ro.num_latent.cpu()
             perm = derangement(len(part), gen)
@@ -176,11 +178,9 @@ def thought_dependence(
             else:
                 sw = ThoughtIntervention(operator, "swap", donors=perm.to(recorded.device), recorded=recorded,
                                          donor_steps=steps.to(recorded.device))
-                s_swap, ro_sw = score(sw, cols)
-                texts = decode_completions(model, ro_sw, skip_latent=not decode_latent)
-                s_donor = [float((x or 0.0) > 0)
-                           for x in reward_func([r["prompt"] for r in part], texts, **donor_cols)]
-            s_zero, _ = score(ThoughtIntervention(operator, "zero"), cols)
+                s_swap, _, texts = score(sw)
+                s_donor = binary_correctness(reward_func, prompts, texts, **donor_cols)
+            s_zero, _, _ = score(ThoughtIntervention(operator, "zero"))
             own += s_own[keep]
             swap += s_swap[keep]
             zero += s_zero[keep]

@@ -30,10 +30,13 @@ from torch import nn
 
 from latentrl.dlr.assistant import gaussian_log_prob
 from latentrl.dlr.losses import anchor_info_nce, filter_high_value, group_info_nce
+from latentrl.rewards import correctness_labels
+from latentrl.rl.advantages import group_advantages
+from latentrl.sampling import normal
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
 __all__ = [
-    "ChainAssistant", "FixedChainOperator", "CoconutFrame", "distill_loss", "dlr_chain_loss", "group_advantages",
+    "ChainAssistant", "FixedChainOperator", "CoconutFrame", "distill_loss", "dlr_chain_loss",
 ]
 
 
@@ -113,9 +116,7 @@ class ChainAssistant(nn.Module):
             if deterministic:
                 z = mu
             else:
-                dev = generator.device if generator is not None else mu.device
-                eps = torch.randn(mu.shape, generator=generator, device=dev, dtype=mu.dtype).to(mu.device)
-                z = mu + log_std[l].exp() * eps
+                z = mu + log_std[l].exp() * normal(mu.shape, generator, mu.device, mu.dtype)
             zs.append(z)
             mus.append(mu)
         return torch.stack(zs, 1), torch.stack(mus, 1)
@@ -235,9 +236,7 @@ class CoconutFrame:
         from latentrl.rollout import decode_completions
 
         texts = decode_completions(self.model, ro)
-        cols = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
-        r = self.reward_func([r["prompt"] for r in rows], texts, **cols)
-        return texts, torch.tensor([float((x or 0.0) > 0) for x in r])
+        return texts, correctness_labels(self.reward_func, rows, texts)
 
     def answer_nll(self, ids: torch.Tensor, mask: torch.Tensor, chain: torch.Tensor, ro) -> torch.Tensor:
         """(B,) mean NLL of the rollout's answer tokens (after `<|end-latent|>`) given [prompt, chain], with
@@ -265,19 +264,9 @@ def distill_loss(assistant: ChainAssistant, states: torch.Tensor, mask: torch.Te
     thoughts' scale). `noise` perturbs the fed-back thoughts (relative to the scale) against exposure bias."""
     inp = thoughts
     if noise > 0:
-        eps = torch.randn(thoughts.shape, generator=generator, device=thoughts.device)
-        inp = thoughts + noise * assistant.scale * eps
+        inp = thoughts + noise * assistant.scale * normal(thoughts.shape, generator, thoughts.device)
     mu, _ = assistant(states, mask, inp)
     return ((mu - thoughts) / assistant.scale).pow(2).mean()
-
-
-def group_advantages(rewards: torch.Tensor, K: int, scale: bool = True) -> torch.Tensor:
-    """(N,) group-relative advantages r - mean_group (divided by the group std + 1e-4 when `scale`)."""
-    r = rewards.float().view(-1, K)
-    a = r - r.mean(1, keepdim=True)
-    if scale:
-        a = a / (r.std(1, keepdim=True) + 1e-4)
-    return a.view(-1)
 
 
 def dlr_chain_loss(assistant: ChainAssistant, frame: CoconutFrame, ids: torch.Tensor, mask: torch.Tensor,
@@ -296,7 +285,7 @@ def dlr_chain_loss(assistant: ChainAssistant, frame: CoconutFrame, ids: torch.Te
     `ids`, `mask`, `states` are per row (P*K rows). Returns (loss, metrics)."""
     N, L, H = z.shape
     keep = filter_high_value(rewards, K, filter_top_fraction).to(z.device)
-    adv = group_advantages(rewards, K).to(z.device)
+    adv = group_advantages(rewards.float(), K)[0].to(z.device)  # GRPO's (r - mean) / (std + 1e-4), per group
     m: dict[str, float] = {"dlr/kept_frac": float(keep.float().mean())}
     loss = z.sum() * 0.0
     if pg_coef > 0:

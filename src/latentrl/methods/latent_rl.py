@@ -36,6 +36,7 @@ from latentrl.config import LatentRLConfig
 from latentrl.methods.base import register_method
 from latentrl.methods.coconut_grpo import CoconutLatentMethod, coconut_components
 from latentrl.model import LatentTokens
+from latentrl.rewards import correctness_labels
 
 if TYPE_CHECKING:
     from latentrl.model import LatentModel
@@ -78,14 +79,6 @@ def accuracy_reward_func(reward_names: Sequence[str]) -> Callable[..., list[floa
         if name in reward_names:
             return get_reward_funcs([name])[0]
     return correctness_reward
-
-
-def correctness_labels(func: Callable[..., list[float | None]], rows: Sequence[dict[str, Any]],
-                       completions: Sequence[str], device=None) -> torch.Tensor:
-    """(N,) float 0/1: reward > 0 (None counts as wrong)."""
-    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
-    scores = func([r["prompt"] for r in rows], list(completions), **columns)
-    return torch.tensor([float((s or 0.0) > 0) for s in scores], dtype=torch.float32, device=device)
 
 
 def value_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, pos_weight: float) -> torch.Tensor:

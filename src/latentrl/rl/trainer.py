@@ -39,7 +39,7 @@ from latentrl.logger import MetricsLogger, console_line, progress
 from latentrl.methods import Method, get_method
 from latentrl.model import LatentModel
 from latentrl.replay import replay
-from latentrl.rewards import compute_rewards, get_reward_funcs
+from latentrl.rewards import compute_rewards, get_reward_funcs, reward_columns
 from latentrl.rl.advantages import zero_std_groups
 from latentrl.rl.distributed import DataParallel, chunk_generator, chunk_ranges, make_accelerator
 from latentrl.rl.fsdp import ShardedPolicy
@@ -286,7 +286,7 @@ class GRPOTrainer:
         rollout = generate_rollout(self.model, ids, mask, self.sampling, self.operator, self.schedule, generator)
         completions = decode_completions(self.model, rollout,
                                          skip_latent=not self.method.decodes_latent_tokens(self.operator))
-        columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
+        columns = reward_columns(rows)
         per_func, rewards = compute_rewards(self.reward_funcs, [r["prompt"] for r in rows],
                                             reward_completions(rows, completions), columns, self.args.reward_weights)
         if self.dp.world_size > 1:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from latentrl.sampling import _outside_nucleus, check_generator, gumbel_noise, log_normalizer
+from latentrl.sampling import check_generator, gumbel_noise, log_normalizer, top_k_nucleus
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 from latentrl.thoughts.gumbel_topk import _init_common, _init_record
@@ -97,11 +97,7 @@ class GumbelSoftmaxThought(ThoughtOperator):
 
         The filter keeps exactly the top_k ids, then the nucleus among them (`filter_logits`' rule), so noise is
         drawn for those k entries only; entries outside the nucleus get weight 0."""
-        k = min(self.top_k, logits.shape[-1])
-        values, ids = torch.topk(logits, k, dim=-1)  # sorted descending
-        f = values.float() / self.temperature
-        if self.top_p < 1.0:
-            f = f.masked_fill(_outside_nucleus(f, self.top_p, 1), float("-inf"))
+        f, ids = top_k_nucleus(logits, self.top_k, self.top_p, self.temperature)
         if not self.deterministic:
             f = f + gumbel_noise(f.shape, generator, f.device)
         w = (f / self.tau).softmax(-1)

@@ -170,17 +170,24 @@ class GumbelTopKThought(ThoughtOperator):
         """Full-vocabulary log-probs at the latent temperature (the authors' global log-softmax, T = 1)."""
         return (logits.float() / self.temperature).log_softmax(-1)
 
+    def _tempered(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """What both paths of `step` start from, computed once: x = logits / T (float32), the top-K of x (values,
+        ids), and the number of candidates M (entries with x >= K-th x - noise width; K in deterministic mode)."""
+        x = logits.float() / self.temperature
+        values, ids = torch.topk(x, min(self.top_k, x.shape[-1]), dim=-1)
+        width = (self.clamp_max - self.clamp_min) * self.noise_scale
+        m = values.shape[-1] if self.deterministic else int((x >= values[..., -1:] - width).sum(-1).max())
+        return x, values, ids, m
+
     def candidates(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(lp, ids, keep), each (B, M): the M highest log-probs in descending order, their ids, and whether each
         lies in the nucleus (at least K kept). M covers, in every row, every entry that can reach the perturbed
         top-K (lp >= K-th lp - noise width); entries past a row's own bound have no chance there either."""
-        V = logits.shape[-1]
-        k = min(self.top_k, V)
-        x = logits.float() / self.temperature
+        x, top_values, _, m = self._tempered(logits)
+        return self._sorted_candidates(x, top_values.shape[-1], m)
+
+    def _sorted_candidates(self, x: torch.Tensor, k: int, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         lse = torch.logsumexp(x, dim=-1, keepdim=True)
-        kth = torch.topk(x, k, dim=-1).values[..., -1:]
-        width = (self.clamp_max - self.clamp_min) * self.noise_scale
-        m = k if self.deterministic else int((x >= kth - width).sum(-1).max())
         values, ids = torch.topk(x, m, dim=-1)  # sorted descending
         lp = values - lse
         keep = torch.ones_like(lp, dtype=torch.bool)
@@ -194,31 +201,25 @@ class GumbelTopKThought(ThoughtOperator):
 
     def step(self, model, logits, hidden, *, generator=None) -> ThoughtStep:
         check_generator(generator, logits.device)  # fail before any work, not inside a CUDA kernel
-        k = min(self.top_k, logits.shape[-1])
-        if self.deterministic or self.candidate_count(logits) <= self.sort_limit:
-            lp, ids, keep = self.candidates(logits)
+        x, top_values, top_ids, m = self._tempered(logits)
+        k = top_values.shape[-1]
+        if self.deterministic or m <= self.sort_limit:
+            lp, ids, keep = self._sorted_candidates(x, k, m)
             if self.deterministic:
                 scores = lp  # the top-K of lp always lie inside the nucleus mask
             else:
                 scores = (lp + self.noise(lp.shape, generator, lp.device)).masked_fill(~keep, float("-inf"))
             top = torch.topk(scores, k, dim=-1)
             payload = {"ids": ids.gather(-1, top.indices), "scores": top.values.float()}
-            best = ids[:, 0]
         else:
-            payload, best = self.perturbed_topk_unsorted(logits, generator)
-        token = best if self.record == "unperturbed" else payload["ids"][:, 0]
+            payload = self._perturbed_topk_unsorted(x, top_values[..., -1:], generator)
+        token = top_ids[:, 0] if self.record == "unperturbed" else payload["ids"][:, 0]
         return ThoughtStep(
             embeds=self.rebuild(model, token, payload),
             token_ids=token,
             payload=payload,
             logprob=self.log_prob(logits, token, payload),
         )
-
-    def candidate_count(self, logits: torch.Tensor) -> int:
-        """The most candidates (entries that can reach the perturbed top-K) in any row."""
-        x = logits.float() / self.temperature
-        kth = torch.topk(x, min(self.top_k, x.shape[-1]), dim=-1).values[..., -1:]
-        return int((x >= kth - (self.clamp_max - self.clamp_min) * self.noise_scale).sum(-1).max())
 
     def perturbed_topk_unsorted(self, logits: torch.Tensor, generator) -> tuple[Payload, torch.Tensor]:
         """The perturbed top-K when the candidates are too many to sort (a flat distribution over a large
@@ -229,12 +230,13 @@ class GumbelTopKThought(ThoughtOperator):
         pass over the vocabulary). The K best members among them are the answer whenever at least K of the R are
         members (any member outside the R scores below all R); otherwise R doubles. Same distribution as the
         sorted path (checked in tests/test_sampling.py). Returns the payload and the unperturbed top-1."""
-        x = logits.float() / self.temperature
+        x, top_values, top_ids, _ = self._tempered(logits)
+        return self._perturbed_topk_unsorted(x, top_values[..., -1:], generator), top_ids[:, 0]
+
+    def _perturbed_topk_unsorted(self, x: torch.Tensor, kth: torch.Tensor, generator) -> Payload:
         V = x.shape[-1]
         k = min(self.top_k, V)
         lse = torch.logsumexp(x, dim=-1, keepdim=True)
-        best = torch.topk(x, k, dim=-1)
-        kth = best.values[..., -1:]
         width = (self.clamp_max - self.clamp_min) * self.noise_scale
         scores = (x - lse + self.noise(x.shape, generator, x.device)).masked_fill_(x < kth - width, float("-inf"))
         r = min(2 * k, V)
@@ -248,8 +250,7 @@ class GumbelTopKThought(ThoughtOperator):
                 break
             r = min(2 * r, V)
         sel = torch.topk(top.values.masked_fill(~kept, float("-inf")), k, dim=-1)
-        payload = {"ids": top.indices.gather(-1, sel.indices), "scores": sel.values}
-        return payload, best.indices[:, 0]
+        return {"ids": top.indices.gather(-1, sel.indices), "scores": sel.values}
 
     def in_nucleus(self, x: torch.Tensor, lse: torch.Tensor, kth: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """(B, R) whether entries `ids` of the tempered logits `x` lie in the nucleus that keeps at least K: among

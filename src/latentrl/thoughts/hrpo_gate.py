@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from latentrl.sampling import _outside_nucleus, check_generator, filter_logits, sample_categorical, token_logprobs
+from latentrl.sampling import check_generator, filter_logits, sample_categorical, token_logprobs, top_k_nucleus
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
@@ -194,10 +194,7 @@ class HRPOGateThought(ThoughtOperator):
         raw = self.mode == "raw_hidden"
         if self.top_k is not None and self.top_k < V:
             # p is non-zero on at most top_k entries: draw among them and project only their rows of E
-            values, cand = torch.topk(logits, self.top_k, dim=-1)
-            f = values.float() / self.temperature
-            if self.top_p is not None:
-                f = f.masked_fill(_outside_nucleus(f, self.top_p, 1), float("-inf"))
+            f, cand = top_k_nucleus(logits, self.top_k, self.top_p, self.temperature)
             w = f.softmax(-1)
             ids = cand.gather(-1, self._draw(w, generator)[:, None]).squeeze(-1)
             state = None
