@@ -16,6 +16,7 @@ from torch.distributed.tensor import DTensor
 
 from latentrl.config import GRPOConfig, LatentConfig
 from latentrl.data import make_examples, task_vocabulary
+from latentrl.rl.distributed import end_process_group
 from latentrl.rl.trainer import GRPOTrainer
 from latentrl.testing import tiny_latent_model, word_count_reward
 
@@ -144,6 +145,7 @@ def main() -> None:
     if parallelism == "fsdp":
         rank = int(__import__("os").environ.get("RANK", "0"))
         torch.save(fsdp_refusals(out / "refused", world=2), out / f"refusals-rank{rank}.pt")
+    end_process_group()
 
 
 if __name__ == "__main__":

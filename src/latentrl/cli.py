@@ -99,6 +99,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
     trainer.train()
     if trainer.dp.is_main:
         print(f"done: {trainer.global_step} steps; checkpoints and logs in {cfg.output_dir}")
+    from latentrl.rl.distributed import end_process_group
+
+    end_process_group()
     return 0
 
 

@@ -89,6 +89,18 @@ def make_accelerator(mixed_precision: str | None) -> Accelerator:
     return accelerator
 
 
+def end_process_group() -> None:
+    """Wait for every process, then tear the process group down: once, at the end of a launched program.
+
+    Without it the process group's threads are still running when the interpreter exits, and a gloo rank can abort
+    on its way out ("terminate called without an active exception") after all its work is done, failing the launch.
+    A no-op in a single process.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
     """Contiguous [start, end) ranges of `n` items over `parts` owners, sizes differing by at most one (first
     owners get the extra items), like `numpy.array_split`."""
