@@ -42,7 +42,7 @@ def test_trainer_feeds_chat_prompts_and_keeps_the_method_suffix_after_the_templa
     expected = t.model.tokenizer("system : be brief . || user : 3 4 || || assistant :", add_special_tokens=False)
     assert ids[0].tolist() == expected["input_ids"] and t.model.tokenizer.unk_token_id not in expected["input_ids"]
     seen, fmt = [], t.prompt_text
-    t.prompt_text = lambda row: seen.append(fmt(row)) or seen[-1]
+    t.parts.prompt_text = lambda row: seen.append(fmt(row)) or seen[-1]
     t.evaluate(rows, k=0)  # evaluation goes through the same prompt format
     assert seen == [fmt(rows[0])]
     assert t.train_step()["completions/mean_length"] > 0

@@ -144,7 +144,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
     small_model_threads()
     overrides = [f"model_name_or_path={ns.model}", f"max_completion_length={ns.max_new}", "report_to=[none]",
-                 f"output_dir={ns.out or 'runs/eval'}", *ns.overrides]
+                 "output_dir=runs/eval", *ns.overrides]
     if ns.method:
         overrides.append(f"method={ns.method}")
     # The checkpoint is scored the way it was trained: its run's settings (method, operator, temperature) come from
@@ -164,15 +164,18 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     temperature = cfg.temperature if ns.temperature is None else ns.temperature
     print(f"latentrl eval: method {cfg.method}, settings from {settings}; {len(data)} problems of {ns.data} "
           f"(--num {ns.num}); Pass@{ns.k} sampled at temperature {temperature:g}", file=sys.stderr)
-    # Building the method's trainer (no training happens) attaches its side modules and builds its thought operator
-    # and schedule exactly as training did.
-    trainer = get_method(cfg.method).trainer_class(cfg, build_model_for(cfg), data, eval_dataset=data)
-    res = trainer.evaluate(k=ns.k, temperature=temperature)
+    # The method's parts (side modules with their saved weights, thought operator, schedule, prompt format) are
+    # built exactly as training built them; no trainer, optimizer or accelerator is needed to score.
+    from latentrl.eval import evaluate
+
+    model = build_model_for(cfg)
+    parts = get_method(cfg.method).build(model, cfg)
+    res = evaluate(model, data, k=ns.k, temperature=temperature, **parts.eval_kwargs(cfg))
     out = {k: v for k, v in res.to_dict().items() if k != "samples"}
     if ns.thought_check:  # latent methods: Pass@1 with swapped / zeroed thoughts (latentrl.thought_dependence)
-        from latentrl.thought_dependence import trainer_thought_dependence
+        from latentrl.thought_dependence import method_thought_dependence
 
-        dep = trainer_thought_dependence(trainer, data)
+        dep = method_thought_dependence(model, parts, cfg, data)
         if dep is not None:
             out["thought_dependence"] = dep.to_dict()
     print(json.dumps({"model": ns.model, "data": ns.data, "method": cfg.method, "settings": settings, **out}))
@@ -192,7 +195,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="sampling temperature of Pass@k (default: the run's `temperature`, e.g. HRPO 0.5)")
     p.add_argument("--max-new", type=int, default=64,
                    help="max completion positions (a completion cut at this budget is warned about)")
-    p.add_argument("--out", default=None, help="scratch folder for the method's trainer (default runs/eval)")
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)  # ignored: evaluation builds no trainer (old scripts)
     p.add_argument("--no-thought-check", dest="thought_check", action="store_false",
                    help="skip the thought-dependence check (on by default for methods with latent positions: Pass@1 "
                         "with thoughts swapped between problems and zeroed)")

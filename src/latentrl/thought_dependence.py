@@ -198,14 +198,16 @@ def thought_dependence(
     )
 
 
-def trainer_thought_dependence(trainer: Any, data: Sequence[Any]) -> ThoughtDependence | None:
-    """The check with an RL trainer's own operator, schedule and prompt format (how `latentrl eval` and the bench
-    score a method); None when the method has no latent positions."""
-    op, schedule = trainer.operator, trainer.schedule
-    if op is None or schedule is None or not schedule.has_latent():
+def method_thought_dependence(model: LatentModel, parts: Any, args: Any, data: Sequence[Any]
+                              ) -> ThoughtDependence | None:
+    """The check with a method's own operator, schedule and prompt format (`parts`: its `Method.build(model,
+    args)`; how `latentrl eval` and the bench score a method); None when the method has no latent positions."""
+    if not parts.has_latent:
         return None
+    return thought_dependence(model, data, **parts.eval_kwargs(args))
+
+
+def trainer_thought_dependence(trainer: Any, data: Sequence[Any]) -> ThoughtDependence | None:
+    """`method_thought_dependence` with an RL trainer's model, parts and settings (its weights gathered under FSDP)."""
     with trainer.gathered(trainer.model):
-        return thought_dependence(trainer.model, data, operator=op, schedule=schedule,
-                                  max_new_positions=trainer.args.max_completion_length, seed=trainer.args.seed,
-                                  prompt_text=trainer.prompt_text,
-                                  decode_latent=trainer.method.decodes_latent_tokens(op))
+        return method_thought_dependence(trainer.model, trainer.parts, trainer.args, data)

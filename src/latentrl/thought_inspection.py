@@ -29,7 +29,6 @@ cosine / weight, token text in the cells).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,11 +121,9 @@ class ThoughtInspection:
 
 def build_method_operator(model: LatentModel, method: "str | Method", config: "GRPOConfig | None" = None,
                           ) -> tuple["Method", ThoughtOperator, ThinkingSchedule]:
-    """The method's thought operator and schedule for `model`, built exactly as training builds them.
-
-    The method's trainer is constructed (no step runs): that runs the method's `setup`, which attaches its side
-    modules (HRPO's gate, DLR's assistant), loading the weights the checkpoint saved. The KL reference copy is not
-    needed here, so `beta` is set to 0. Raises `NoLatentThoughtsError` for discrete-only methods.
+    """The method's thought operator and schedule for `model`, built exactly as training builds them
+    (`Method.build`: the method's side modules, e.g. HRPO's gate or DLR's assistant, are attached with the weights
+    the checkpoint saved). Raises `NoLatentThoughtsError` for discrete-only methods.
     """
     from latentrl.config import GRPOConfig
     from latentrl.methods import METHODS, Method, get_method
@@ -134,15 +131,13 @@ def build_method_operator(model: LatentModel, method: "str | Method", config: "G
     m = method if isinstance(method, Method) else get_method(method)
     if config is None:
         config = GRPOConfig(model_name_or_path=str(getattr(model.model, "name_or_path", "") or "model"), method=m.name)
-    cfg = dataclasses.replace(config, method=m.name if m.name in METHODS else config.method, beta=0.0,
-                              report_to=["none"])
-    trainer = m.trainer_class(cfg, model, [{"prompt": ""}], method=m)
-    if trainer.operator is None or trainer.schedule is None or not trainer.schedule.has_latent():
+    parts = m.build(model, config)
+    if not parts.has_latent:
         latent = sorted(n for n in METHODS if n != "grpo")
         raise NoLatentThoughtsError(
             f"method {m.name!r} decodes tokens only (no latent positions), so it has no thoughts to inspect; "
             f"pick a latent method ({', '.join(latent)}) with --method or the run's config")
-    return m, trainer.operator, trainer.schedule
+    return m, parts.operator, parts.schedule
 
 
 def _token_text(model: LatentModel, token_id: int) -> str:

@@ -35,6 +35,7 @@ from latentrl.dlr.losses import (
     matmul_params,
     policy_gradient_loss,
 )
+from latentrl.methods import Method, get_method
 from latentrl.model import LatentModel
 from latentrl.rl.trainer import GRPOTrainer, StepBatch, TrainingDivergedError
 
@@ -71,7 +72,9 @@ class DLRTrainer(GRPOTrainer):
         self._main_tokens = 0  # main-model forward positions this step (rollouts + decoding-likelihood term)
         self._main_backward_tokens = 0  # positions the decoding-likelihood term backpropagates through
         self._main_params = matmul_params(model)
-        super().__init__(args, model, train_dataset, reward_funcs, method or "dlr", ref_model, eval_dataset)
+        method = get_method(method or "dlr") if not isinstance(method, Method) else method
+        method.config = self.dlr  # the DLR options this trainer resolved (an explicit `dlr=` wins over args.dlr)
+        super().__init__(args, model, train_dataset, reward_funcs, method, ref_model, eval_dataset)
         if self.dlr.decode_temperature is not None:  # answer decoding of training rollouts (0 = greedy)
             self.sampling.temperature = self.dlr.decode_temperature
 

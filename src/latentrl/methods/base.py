@@ -6,20 +6,47 @@ subclass (usually a few lines) registered with `@register_method`; `latentrl ben
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from latentrl.chat import prompt_formatter
 from latentrl.config import register_method_preset
 from latentrl.rollout import ThinkingSchedule
 from latentrl.thoughts import ThoughtOperator, build_thought_operator
 from latentrl.tokenizer import delimiter_spellings, text_ids
 
 if TYPE_CHECKING:
-    from latentrl.config import LatentConfig
+    from latentrl.config import GRPOConfig, LatentConfig
     from latentrl.model import LatentModel
     from latentrl.replay import ReplayOutput
     from latentrl.rl.trainer import StepBatch
+
+
+@dataclass
+class MethodParts:
+    """What a method puts around a model to roll it out and score it: built by `Method.build`, no trainer needed
+    (evaluation, `latentrl inspect` and the trainer all build them the same way)."""
+
+    method: "Method"
+    operator: ThoughtOperator | None
+    schedule: ThinkingSchedule | None
+    prompt_text: Callable[[dict[str, Any]], str]
+    """row -> the model's prompt text: the run's `prompt_format` (raw / chat template), then the method's hook."""
+    decode_latent: bool
+    """whether reward / answer text includes the ids recorded at latent positions"""
+
+    @property
+    def has_latent(self) -> bool:
+        return self.operator is not None and self.schedule is not None and self.schedule.has_latent()
+
+    def eval_kwargs(self, args: "GRPOConfig") -> dict[str, Any]:
+        """Keyword arguments of `latentrl.eval.evaluate` / `thought_dependence` that score with these parts the
+        way the run `args` trains: operator, schedule, prompt format, completion budget, seed."""
+        return dict(operator=self.operator, schedule=self.schedule, prompt_text=self.prompt_text,
+                    decode_latent=self.decode_latent, max_new_positions=args.max_completion_length, seed=args.seed)
 
 
 class Method:
@@ -69,8 +96,22 @@ class Method:
         """The prompt string fed to the model for a dataset row (Coconut appends `<|start-latent|>`)."""
         return row["prompt"]
 
-    def setup(self, trainer: Any) -> None:
-        """Attach side modules (gates, value heads) before the optimizer is built."""
+    def build(self, model: "LatentModel", args: "GRPOConfig") -> MethodParts:
+        """Check `args` against the method, attach its side modules to `model` (loading the weights a checkpoint
+        saved) and build its operator, schedule and prompt format. The trainer calls this before it builds the
+        optimizer; evaluation and inspection call it alone."""
+        self.setup(model, args)
+        operator = self.build_operator(args.latent, model)
+        if operator is not None:
+            operator.to(model.device)
+        return MethodParts(
+            method=self, operator=operator, schedule=self.build_schedule(args.latent, model),
+            prompt_text=prompt_formatter(model.tokenizer, args.prompt_format, args.system_prompt, self.prompt_text),
+            decode_latent=self.decodes_latent_tokens(operator),
+        )
+
+    def setup(self, model: "LatentModel", args: "GRPOConfig") -> None:
+        """Check the run's settings and attach side modules (gates, value heads, assistants) to `model`."""
 
     def fsdp_conflict(self, trainer: Any) -> str | None:
         """Why this method cannot train with parallelism='fsdp' (sharded parameters; only the trainer's own

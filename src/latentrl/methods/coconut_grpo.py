@@ -57,8 +57,8 @@ class CoconutLatentMethod(Method):
     init = "coconut_sft"
     _start_token = LatentTokens.start  # replaced by the model's own name in `setup`
 
-    def setup(self, trainer: Any) -> None:
-        tokens = trainer.model.latent_tokens
+    def setup(self, model, args) -> None:
+        tokens = model.latent_tokens
         if tokens is not None:
             self._start_token = tokens.start
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from latentrl.config import ConfigError
 from latentrl.dlr.assistant import ASSISTANT, build_assistant
-from latentrl.dlr.config import DLRConfig
+from latentrl.dlr.config import DLRConfig, resolve_dlr_config
 from latentrl.dlr.operator import AssistantThoughtOperator
 from latentrl.methods.base import Method, register_method
 from latentrl.rollout import ThinkingSchedule
@@ -46,15 +46,9 @@ class DLR(Method):
 
         return DLRTrainer
 
-    def setup(self, trainer: Any) -> None:
-        from latentrl.dlr.trainer import DLRTrainer
-
-        if not isinstance(trainer, DLRTrainer):
-            raise ConfigError("method 'dlr' has its own update loop: build the trainer with "
-                              "latentrl.dlr.DLRTrainer(cfg, model, data) (or get_method('dlr').trainer_class), "
-                              f"not {type(trainer).__name__}")
-        self.config = trainer.dlr
-        a, c = trainer.args, self.config
+    def setup(self, model, args) -> None:
+        self.config = c = self.config or resolve_dlr_config(args)
+        a = args
         if a.beta > 0:
             raise ConfigError(f"method 'dlr' keeps the main model frozen, so there is no KL term: set beta=0 "
                               f"(got {a.beta})")
@@ -64,7 +58,6 @@ class DLR(Method):
         if a.max_completion_length <= c.num_latent_steps:
             raise ConfigError(f"max_completion_length ({a.max_completion_length}) must exceed dlr.num_latent_steps "
                               f"({c.num_latent_steps}): the answer is decoded after the latent chain")
-        model = trainer.model
         if model.is_peft:
             warnings.warn("method 'dlr' keeps the main model frozen, LoRA adapters included: only the assistant "
                           "trains (lora.enabled changes nothing but the main model's forward cost)", stacklevel=2)

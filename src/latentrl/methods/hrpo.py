@@ -59,8 +59,8 @@ class HRPO(Method):
         self.args: Any = None  # the trainer's GRPOConfig, set by `setup`
 
     # ------------------------------------------------------------------ model pieces
-    def setup(self, trainer: Any) -> None:
-        self.args = a = trainer.args
+    def setup(self, model, args) -> None:
+        self.args = a = args
         lat = a.latent
         if lat.operator not in ("none", "hrpo_gate"):
             raise ConfigError(f"method {self.name!r} uses the hrpo_gate operator; set latent.operator=hrpo_gate "
@@ -78,7 +78,7 @@ class HRPO(Method):
                           f"{a.max_completion_length}: hybrid inputs stop after {lat.max_latent_steps} positions even "
                           "before the answer delimiter (HRPO has no such cap)", stacklevel=2)
         if self.mode == "gate":
-            ensure_gate(trainer.model, lat.gate_c, lat.gate_r_min, lat.gate_r_max)
+            ensure_gate(model, lat.gate_c, lat.gate_r_min, lat.gate_r_max)
 
     def loss_temperature(self, latent) -> float:
         a = self.args

@@ -99,8 +99,8 @@ class LatentGRPO(Method):
             return LatentGRPOOptions.from_args(trainer.args)
         return self._options or LatentGRPOOptions()
 
-    def setup(self, trainer: Any) -> None:
-        self._options = LatentGRPOOptions.from_args(trainer.args)
+    def setup(self, model, args) -> None:
+        self._options = LatentGRPOOptions.from_args(args)
 
     def param_groups(self, trainer: Any) -> list[dict[str, Any]]:
         # the embedding layer's parameters: the matrix (and a tied LM head), or under LoRA the trained latent rows

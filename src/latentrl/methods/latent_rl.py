@@ -132,16 +132,15 @@ class LatentRL(CoconutLatentMethod):
             value = self._given.get(attr, getattr(section, option))
             setattr(self, attr, tuple(value) if attr == "hidden_dims" else value)
 
-    def setup(self, trainer: Any) -> None:
-        super().setup(trainer)
-        self._resolve(trainer.args.latent_rl)
-        model = trainer.model
+    def setup(self, model, args) -> None:
+        super().setup(model, args)
+        self._resolve(args.latent_rl)
         pending = getattr(model, "_pending_side_state", None) or {}
         saved = any(k.startswith(VALUE_HEAD + ".") for k in pending)
         head = attach_value_head(model, self.hidden_dims)
         if saved:
             head.pretrained = True
-        self._label_func = self.label_func or accuracy_reward_func(trainer.args.reward_funcs)
+        self._label_func = self.label_func or accuracy_reward_func(args.reward_funcs)
 
     def fsdp_conflict(self, trainer: Any) -> str | None:
         head = trainer.model.side_modules[VALUE_HEAD]

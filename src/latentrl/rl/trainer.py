@@ -31,7 +31,6 @@ from accelerate.utils import DistributedType
 from torch import nn
 from transformers import get_scheduler
 
-from latentrl.chat import prompt_formatter
 from latentrl.checkpoint import load_checkpoint, save_checkpoint
 from latentrl.config import DEFAULT_MAX_STEPS, ConfigError, GRPOConfig, config_to_dict
 from latentrl.data.schema import Example, as_rows  # as_rows: re-exported for callers of the old path
@@ -132,6 +131,11 @@ class GRPOTrainer:
                               f"against it); a row has only {sorted(bad)}")
         self.model = model
         self.method = get_method(method or args.method) if not isinstance(method, Method) else method
+        if not isinstance(self, self.method.trainer_class):
+            cls = self.method.trainer_class
+            raise ConfigError(f"method {self.method.name!r} has its own update: build its trainer with "
+                              f"{cls.__module__}.{cls.__name__}(cfg, model, data) (or get_method(name).trainer_class), "
+                              f"not {type(self).__name__}")
         self.rows = as_rows(train_dataset)
         funcs = list(reward_funcs) if reward_funcs is not None else list(args.reward_funcs)
         named = get_reward_funcs([f for f in funcs if isinstance(f, str)])
@@ -162,15 +166,10 @@ class GRPOTrainer:
         if args.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         disable_dropout(model.model)
-        self.prompt_text = prompt_formatter(model.tokenizer, args.prompt_format, args.system_prompt,
-                                            self.method.prompt_text)
-        """row -> the model's prompt text: `prompt_format` (raw / chat template), then the method's prompt hook."""
-        self.method.setup(self)
+        # the method's side modules exist (and its settings are checked) before the optimizer is built below
+        self.parts = self.method.build(model, args)
+        self.operator, self.schedule = self.parts.operator, self.parts.schedule
         self.prompt_text(self.rows[0])  # a conversational dataset without a chat template fails here, not mid-run
-        self.operator = self.method.build_operator(args.latent, model)
-        self.schedule = self.method.build_schedule(args.latent, model)
-        if self.operator is not None:
-            self.operator.to(model.device)
         self._sync_initial_weights()
         self.ref_model = ref_model
         if args.beta > 0 and self.ref_model is None and model.is_peft:
@@ -199,6 +198,11 @@ class GRPOTrainer:
         self._order = self._epoch_order(0)
         self.output_dir = Path(args.output_dir)
         self._wrote_run = False  # whether train() has written into output_dir (see `train`)
+
+    @property
+    def prompt_text(self) -> Callable[[dict[str, Any]], str]:
+        """row -> the model's prompt text: `prompt_format` (raw / chat template), then the method's prompt hook."""
+        return self.parts.prompt_text
 
     def _setup_fsdp(self) -> ShardedPolicy | None:
         """Shard the policy (and a separate reference model) when several processes run with FSDP."""
@@ -570,11 +574,8 @@ class GRPOTrainer:
         if not data:
             raise ValueError("no evaluation data: pass eval_dataset to the trainer or rows to evaluate()")
         with self.gathered(self.model):
-            return evaluate(self.model, data, operator=self.operator, schedule=self.schedule,
-                            max_new_positions=self.args.max_completion_length, k=k, seed=self.args.seed,
-                            temperature=self.args.temperature if temperature is None else temperature,
-                            prompt_text=self.prompt_text,
-                            decode_latent=self.method.decodes_latent_tokens(self.operator))
+            return evaluate(self.model, data, k=k, **self.parts.eval_kwargs(self.args),
+                            temperature=self.args.temperature if temperature is None else temperature)
 
     def save(self) -> Path:
         """Checkpoint written by the main process; every process returns once it is complete on disk.
