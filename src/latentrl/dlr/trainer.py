@@ -17,8 +17,9 @@ Pass@k samples chains); `trainer.evaluate_examples(...)` is the same call with t
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,9 +38,18 @@ from latentrl.dlr.losses import (
 )
 from latentrl.methods import Method, get_method
 from latentrl.model import LatentModel
-from latentrl.rl.trainer import GRPOTrainer, StepBatch, TrainingDivergedError
+from latentrl.rl.trainer import GRPOTrainer, LossPiece, StepBatch
 
 __all__ = ["DLRTrainer", "DLRChains"]
+
+
+@dataclass
+class DLRPrepared:
+    """DLR's `prepare` output: the whole batch, its chains and the high-value filter's kept rows."""
+
+    batch: StepBatch
+    chains: "DLRChains"
+    keep: torch.Tensor
 
 
 class DLRChains:
@@ -135,27 +145,29 @@ class DLRTrainer(GRPOTrainer):
         m["dlr/entropy_per_dim"] = gaussian_entropy(log_std).mean().item()
         return loss, m
 
-    def nll_backward(self, batch: StepBatch, keep: torch.Tensor, chains: DLRChains, weight: float) -> float:
-        """Decoding-likelihood term, backpropagated micro-batch by micro-batch; returns its value.
+    def nll_pieces(self, batch: StepBatch, keep: torch.Tensor, chains: DLRChains, weight: float
+                   ) -> Iterator[LossPiece]:
+        """Decoding-likelihood term, one loss piece per micro-batch of kept rows (their sum is the term).
 
         For each kept row: the frozen main model reads [prompt, W mu_phi(h) + b, answer tokens] (the MEAN chain, not
         the sample) and the loss is the mean NLL of the row's decoded answer tokens (at T = 1). Gradients reach mu
         and W through the frozen main model's activations; its parameters have requires_grad False.
         """
         idx = keep.nonzero().squeeze(-1)
-        if idx.numel() == 0:
-            return 0.0
+        n = idx.numel()
+        if n == 0:  # nothing kept: the term is 0 (still logged)
+            yield lambda: (torch.zeros(()), {"dlr/nll": 0.0})
+            return
         ro = batch.rollout.select(idx)
-        h = chains.h[idx]
-        total, n = 0.0, idx.numel()
         mb = self.args.per_device_train_batch_size
         for s in range(0, n, mb):
-            part = ro.select(torch.arange(s, min(s + mb, n)))
-            mu, _ = self.assistant(h[s : s + mb])
-            nll = self._answer_nll(part, self.assistant.project(mu))
-            self.accelerator.backward(weight * nll * part.batch_size / n)
-            total += nll.item() * part.batch_size / n
-        return total
+            yield functools.partial(self._nll_piece, ro.select(torch.arange(s, min(s + mb, n))), chains.h[idx][s : s + mb],
+                                    weight * min(mb, n - s) / n, min(mb, n - s) / n)
+
+    def _nll_piece(self, part, h: torch.Tensor, weight: float, share: float) -> tuple[torch.Tensor, dict[str, float]]:
+        mu, _ = self.assistant(h)
+        nll = self._answer_nll(part, self.assistant.project(mu))
+        return weight * nll, {"dlr/nll": nll.item() * share}
 
     def _answer_nll(self, ro, latents: torch.Tensor) -> torch.Tensor:
         """Mean over rows of the mean token NLL of the discrete completion positions after the L latents."""
@@ -177,67 +189,48 @@ class DLRTrainer(GRPOTrainer):
         per_row = -(lp * tok).sum(-1) / tok.sum(-1).clamp_min(1)
         return per_row.mean()
 
-    # ------------------------------------------------------------------ the loop
-    def train_step(self) -> dict[str, float]:
-        t0 = time.perf_counter()
+    # ------------------------------------------------------------------ the update (GRPOTrainer's loop)
+    #: every process updates on the whole gathered batch (the assistant is small), so no gradient all-reduce
+    update_slices_batch = False
+
+    def collect(self) -> tuple[StepBatch, dict[str, float]]:
         self._main_tokens = self._main_backward_tokens = 0
         self.assistant.flops = 0
-        batch, metrics = self._collect_step_batch()
-        t_gen = time.perf_counter() - t0
-        metrics.update(self.method.rollout_metrics(self, batch))
+        return super().collect()
+
+    def prepare(self, batch: StepBatch) -> DLRPrepared:
+        """The chains read back from the rollouts, and which rows the high-value filter keeps."""
         c = self.dlr
         chains = DLRChains(batch, c.num_latent_steps)
         keep = filter_high_value(batch.rewards, self.G, c.filter_top_fraction, c.filter_min_reward)
         if self.args.mask_truncated_completions:
             keep &= ~batch.rollout.truncated.to(keep.device)
-        keep = keep.to(chains.z.device)
+        return DLRPrepared(batch, chains, keep.to(chains.z.device))
+
+    def loss_pieces(self, prepared: DLRPrepared) -> Iterator[LossPiece]:
+        """Contrastive + policy gradient + entropy over the whole batch, then the decoding NLL of the kept rows
+        micro-batch by micro-batch (when `nll_coef` > 0)."""
         self.assistant.train()
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        sums: dict[str, float] = {}
-        total = 0.0
-        for _ in range(self.args.num_iterations):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss, m = self.dlr_loss(batch, chains, keep)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(f"non-finite DLR loss ({loss.item()}) at step {self.global_step + 1}; the "
-                                            f"last checkpoint in {self.output_dir} is intact")
-            if loss.requires_grad:
-                self.accelerator.backward(loss)  # fp16: scaled like every other loss of the trainer
-            total = loss.item()
-            if c.nll_coef > 0:
-                nll = self.nll_backward(batch, keep, chains, c.nll_coef)
-                m["dlr/nll"] = nll
-                total += c.nll_coef * nll
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + v / self.args.num_iterations
-            grad_norm = self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm if self.args.max_grad_norm > 0
-                                                         else float("inf"))
-            if not torch.isfinite(grad_norm):
-                raise TrainingDivergedError(f"non-finite gradient norm at step {self.global_step + 1}; the last "
-                                            f"checkpoint in {self.output_dir} is intact")
-            self.optimizer.step()
-        self.scheduler.step()
-        self.global_step += 1
-        metrics.update(sums)
-        flops = self.assistant.flops
+        yield functools.partial(self.dlr_loss, prepared.batch, prepared.chains, prepared.keep)
+        if self.dlr.nll_coef > 0:
+            yield from self.nll_pieces(prepared.batch, prepared.keep, prepared.chains, self.dlr.nll_coef)
+
+    def step_metrics(self, batch: StepBatch, prepared: DLRPrepared) -> dict[str, float]:
+        keep, flops = prepared.keep, self.assistant.flops
         with torch.no_grad():
-            latent_norm = self.assistant.project(chains.z).norm(dim=-1).mean().item()
+            latent_norm = self.assistant.project(prepared.chains.z).norm(dim=-1).mean().item()
         self.assistant.flops = flops  # the metric above is not part of the method's compute
-        G = self.G
-        metrics.update({
-            "loss": total, "grad_norm": float(grad_norm), "learning_rate": self.scheduler.get_last_lr()[0],
-            "time/generation_s": t_gen, "time/step_s": time.perf_counter() - t0,
+        return {
             "latent/norm_mean": latent_norm,
             "dlr/kept_frac": float(keep.float().mean()),
             "dlr/kept_reward": float(batch.rewards[keep.cpu()].mean()) if bool(keep.any()) else float("nan"),
-            "dlr/groups_with_kept": float(keep.view(-1, G).any(1).float().mean()),
+            "dlr/groups_with_kept": float(keep.view(-1, self.G).any(1).float().mean()),
             "compute/main_tokens": float(self._main_tokens),
             "compute/main_flops": forward_flops(self._main_params, self._main_tokens),
             # activation gradients only (no weight gradients): ~1x the forward, i.e. 2 x params x tokens
             "compute/main_backward_flops": forward_flops(self._main_params, self._main_backward_tokens),
             "compute/assistant_flops": float(flops),
-        })
-        return metrics
+        }
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_examples(self, examples: Sequence[Any], k: int = 0, max_new_positions: int | None = None,

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -73,6 +74,20 @@ class StepBatch:
         return StepBatch(self.rollout.select(index), [self.rows[i] for i in idx], [self.completions[i] for i in idx],
                          self.rewards[index], self.advantages[index], pick(self.token_advantages),
                          pick(self.old_logprobs), pick(self.ref_logprobs), pick(self.per_func_rewards))
+
+
+@dataclass
+class PreparedBatch:
+    """GRPO's `prepare` output: this process's slice with old / reference log-probs and per-position advantages,
+    and the loss normalisers of the whole (global) batch."""
+
+    local: StepBatch
+    num_sequences: int
+    num_tokens: float
+
+
+#: one backpropagated piece of an update's loss: () -> (loss, metrics weighted to sum over the pieces)
+LossPiece = Callable[[], tuple[torch.Tensor, dict[str, float]]]
 
 
 
@@ -428,67 +443,106 @@ class GRPOTrainer:
         return loss, metrics
 
     # ------------------------------------------------------------------ the loop
+    #: whether each process updates on its own slice of the batch (gradients and metrics then summed over the
+    #: processes), or every process on the whole gathered batch (replicas stay identical without an all-reduce)
+    update_slices_batch: ClassVar[bool] = True
+
     def train_step(self) -> dict[str, float]:
+        """One optimizer step in four phases: collect -> prepare -> update -> log."""
         t0 = time.perf_counter()
+        batch, metrics = self.collect()
+        t_gen = time.perf_counter() - t0
+        prepared = self.prepare(batch)
+        metrics.update(self.update(prepared))
+        metrics.update(self.step_metrics(batch, prepared))
+        metrics.update({"time/generation_s": t_gen, "time/step_s": time.perf_counter() - t0})
+        return metrics
+
+    def collect(self) -> tuple[StepBatch, dict[str, float]]:
+        """Rollouts, rewards and advantages of one step (refilled by dynamic sampling), with their metrics."""
         with self.gathered(self.model):
             with self.accelerator.autocast():
                 batch, metrics = self._collect_step_batch()
-            t_gen = time.perf_counter() - t0
             metrics.update(self.method.rollout_metrics(self, batch))
-        # global normalisers: the per-process losses then sum to the single-process loss (see rl.distributed)
-        n = batch.rewards.numel()
+        return batch, metrics
+
+    def prepare(self, batch: StepBatch) -> Any:
+        """What the update needs, computed once per batch (no grad): here old / reference log-probs, per-position
+        advantages and this process's slice, with the global loss normalisers (see `rl.distributed`)."""
         num_tokens = float(self.loss_mask(batch).sum().clamp_min(1))
-        local = self._prepare_for_update(batch)
+        return PreparedBatch(self._prepare_for_update(batch), num_sequences=batch.rewards.numel(), num_tokens=num_tokens)
+
+    def loss_pieces(self, prepared: Any) -> Iterator[LossPiece]:
+        """The update's loss as pieces, each backpropagated before the next is built (here: the GRPO surrogate of
+        one micro-batch each). A piece returns its loss and its metrics already weighted to sum over the pieces."""
+        local = prepared.local
         mb = self.args.per_device_train_batch_size
         n_local = local.rewards.numel()
         micro_idx = [torch.arange(s, min(s + mb, n_local)) for s in range(0, n_local, mb)]
+        for idx in micro_idx:
+            yield functools.partial(self._micro_loss, local.select(idx), prepared, len(micro_idx))
+
+    def _micro_loss(self, micro: StepBatch, prepared: PreparedBatch, num_micro: int
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, m = self.compute_loss(micro, num_sequences=prepared.num_sequences, num_tokens=prepared.num_tokens,
+                                    num_micro=num_micro)
+        w = micro.rewards.numel() / prepared.num_sequences
+        return loss, {k: float(v) * w for k, v in m.items()}
+
+    def update(self, prepared: Any) -> dict[str, float]:
+        """`num_iterations` optimizer steps on the prepared batch: every loss piece backpropagated (under autocast;
+        under FSDP as the root unit's forward), a non-finite loss on any process stops every process, gradients
+        summed over processes, clipped, stepped; then the LR schedule and the step counter."""
         self.model.train()
-        sums: dict[str, float] = {}
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        for _ in range(self.args.num_iterations):
+        max_norm = self.args.max_grad_norm if self.args.max_grad_norm > 0 else float("inf")  # 0: no clipping
+        sums: dict[str, float] = {}
+        iters = self.args.num_iterations
+        for _ in range(iters):
             self.optimizer.zero_grad(set_to_none=True)
             total, bad = 0.0, None
-            for idx in micro_idx:
-                micro = local.select(idx)
-                def run(micro: StepBatch = micro) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            for piece in self.loss_pieces(prepared):
+                def run(piece: LossPiece = piece) -> tuple[torch.Tensor, dict[str, float]]:
                     with self.accelerator.autocast():
-                        return self.compute_loss(micro, num_sequences=n, num_tokens=num_tokens,
-                                                 num_micro=len(micro_idx))
-                # under FSDP the loss computation is the root unit's forward (gathered, gradients reduce-scattered)
+                        return piece()
                 loss, m = self.fsdp.forward(self.model, run) if self.fsdp is not None else run()
                 if not torch.isfinite(loss):
                     bad = loss.item()
                     break
-                self.accelerator.backward(loss)
+                if loss.requires_grad:
+                    self.accelerator.backward(loss)  # fp16: scaled
                 total += loss.item()
-                w = len(idx) / n
                 for k, v in m.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * w / self.args.num_iterations
+                    sums[k] = sums.get(k, 0.0) + float(v) / iters
             if self.dp.any_true(bad is not None):
                 raise TrainingDivergedError(
                     f"non-finite loss ({bad if bad is not None else 'on another process'}) at step "
                     f"{self.global_step + 1}; the last checkpoint in {self.output_dir} is intact — lower the learning "
                     "rate or check the rewards")
             if self.fsdp is not None:  # FSDP already summed the gradients into each process's shards
-                grad_norm = self.fsdp.clip_grad_norm_(params, self.args.max_grad_norm)
+                grad_norm = self.fsdp.clip_grad_norm_(params, max_norm)
             else:
-                self.dp.sum_gradients(params)
-                grad_norm = self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
+                if self.update_slices_batch:
+                    self.dp.sum_gradients(params)
+                grad_norm = self.accelerator.clip_grad_norm_(params, max_norm)
             if not torch.isfinite(grad_norm) and self.accelerator.scaler is None:  # fp16: the scaler skips the step
                 raise TrainingDivergedError(f"non-finite gradient norm at step {self.global_step + 1}; the last "
                                             f"checkpoint in {self.output_dir} is intact")
             self.optimizer.step()
         self.scheduler.step()
         self.global_step += 1
-        sums = self.dp.sum_floats({**sums, "loss": total})  # metrics of every process's slice, as one batch
-        total = sums.pop("loss")
-        metrics.update(sums)
-        metrics.update({"loss": total, "grad_norm": float(grad_norm), "learning_rate": self.scheduler.get_last_lr()[0],
-                        "time/generation_s": t_gen, "time/step_s": time.perf_counter() - t0})
+        if self.update_slices_batch:  # metrics of every process's slice, as one batch
+            sums = self.dp.sum_floats({**sums, "loss": total})
+            total = sums.pop("loss")
+        return {**sums, "loss": total, "grad_norm": float(grad_norm),
+                "learning_rate": self.scheduler.get_last_lr()[0]}
+
+    def step_metrics(self, batch: StepBatch, prepared: Any) -> dict[str, float]:
+        """Metrics of the step measured after the update (here: the mean norm of the latent inputs)."""
         if self.operator is not None and bool(batch.rollout.latent_mask.any()):
             with self.gathered(self.model):
-                metrics["latent/norm_mean"] = self._latent_norm(batch.rollout)
-        return metrics
+                return {"latent/norm_mean": self._latent_norm(batch.rollout)}
+        return {}
 
     @torch.no_grad()
     def _latent_norm(self, rollout: Rollout) -> float:

@@ -1,0 +1,125 @@
+"""The method contract: a method builds its parts without a trainer, every method updates through the trainer's one
+loop (collect -> prepare -> update -> log), and a method registered from a test file alone trains and evaluates."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+from latentrl.cli import main
+from latentrl.config import METHOD_PRESETS, GRPOConfig
+from latentrl.data import make_examples
+from latentrl.dlr import DLRConfig
+from latentrl.dlr.trainer import DLRTrainer
+from latentrl.eval import evaluate
+from latentrl.methods import METHODS, Method, get_method, register_method
+from latentrl.rl.trainer import GRPOTrainer, TrainingDivergedError
+from latentrl.testing import char_sum_reward, tiny_chain_sum_model, word_count_reward
+
+
+def examples(n: int = 8):
+    return make_examples("chain_sum", n, seed=0, length=3)
+
+
+def config(tmp_path, **kw) -> GRPOConfig:
+    base = dict(model_name_or_path="tiny", output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=8,
+                num_generations=4, max_completion_length=8, learning_rate=1e-2, save_steps=0, report_to=["none"])
+    base.update(kw)
+    return GRPOConfig.for_method(base.pop("method", "grpo"), **base)
+
+
+def test_method_parts_are_built_without_a_trainer_and_score_like_the_trainer(tmp_path):
+    cfg = config(tmp_path, method="hrpo")
+    model = tiny_chain_sum_model()
+    reference = copy.deepcopy(model)
+    parts = get_method("hrpo").build(model, cfg)
+    assert "hrpo_gate" in model.side_modules  # the side module exists without any optimizer
+    assert parts.operator.name == "hrpo_gate" and parts.has_latent
+    rows = examples(6)
+    alone = evaluate(model, rows, k=2, temperature=cfg.temperature, **parts.eval_kwargs(cfg))
+    trainer = GRPOTrainer(cfg, reference, examples(), reward_funcs=[word_count_reward])
+    via_trainer = trainer.evaluate(rows, k=2)
+    drop = ("wall_s",)
+    assert {k: v for k, v in alone.to_dict().items() if k not in drop} == \
+           {k: v for k, v in via_trainer.to_dict().items() if k not in drop}
+
+
+def test_a_plain_trainer_refuses_a_method_with_its_own_trainer(tmp_path):
+    with pytest.raises(Exception, match="DLRTrainer"):
+        GRPOTrainer(config(tmp_path, method="dlr"), tiny_chain_sum_model(), examples(), reward_funcs=[char_sum_reward])
+
+
+def test_dlr_updates_through_the_shared_loop(tmp_path):
+    # DLR defines what it prepares and which loss pieces it backpropagates; the loop (autocast, divergence check
+    # on every process, clipping, optimizer and schedule) is GRPOTrainer's
+    assert not {"train_step", "update"} & set(DLRTrainer.__dict__)
+    t = DLRTrainer(config(tmp_path, method="dlr", reward_weights=None), tiny_chain_sum_model(), examples(),
+                   reward_funcs=[char_sum_reward],
+                   dlr=DLRConfig(num_latent_steps=3, latent_dim=4, assistant_hidden_size=16, nll_coef=0.5))
+    m = t.train_step()
+    assert t.global_step == 1 and {"loss", "grad_norm", "dlr/nll", "compute/main_flops"} <= set(m)
+    dlr_loss = t.dlr_loss
+    t.dlr_loss = lambda *a: (dlr_loss(*a)[0] * float("nan"), {})  # a diverged objective
+    with pytest.raises(TrainingDivergedError, match="non-finite loss"):
+        t.train_step()
+
+
+def test_zero_max_grad_norm_means_no_clipping(tmp_path):
+    # the config says "0 disables clipping": the step equals one with a bound no gradient reaches
+    params = []
+    for i, bound in enumerate((0.0, 1e12)):
+        t = GRPOTrainer(config(tmp_path / str(i), max_grad_norm=bound), tiny_chain_sum_model(), examples(),
+                        reward_funcs=[word_count_reward])
+        t.train_step()
+        params.append(torch.cat([p.detach().flatten() for p in t.model.parameters()]))
+    torch.testing.assert_close(params[0], params[1], rtol=0, atol=0)
+
+
+class ToyLengthPenalty(Method):
+    """A toy method defined in this test file only: soft-mixture thoughts, plus a small penalty on the norm of the
+    replayed last hidden states (an extra objective next to the GRPO surrogate)."""
+
+    name = "toy_length_penalty"
+    description = "test-only method"
+    needs_hidden = True
+    defaults: ClassVar[dict[str, Any]] = {"latent.operator": "soft_mixture", "latent.num_latent_steps": 2,
+                                          "latent.top_k": 4}
+
+    def extra_loss(self, trainer, micro, out):
+        penalty = out.hidden.float().pow(2).mean()
+        return 1e-3 * penalty, {"toy/hidden_sq": float(penalty)}
+
+
+@pytest.fixture
+def toy_method():
+    register_method(ToyLengthPenalty)
+    try:
+        yield ToyLengthPenalty.name
+    finally:
+        METHODS.pop(ToyLengthPenalty.name, None)
+        METHOD_PRESETS.pop(ToyLengthPenalty.name, None)
+
+
+def test_a_method_registered_from_a_test_file_trains_and_evaluates_through_the_cli(toy_method, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    tiny_chain_sum_model().save_pretrained(model_dir)
+    run = tmp_path / "run"
+    rc = main(["train", f"method={toy_method}", f"model_name_or_path={model_dir}", "dataset=chain_sum",
+               "num_train_examples=16", "max_steps=2", "per_device_train_batch_size=8", "num_generations=4",
+               "max_completion_length=8", "save_steps=1", "report_to=[jsonl]", f"output_dir={run}",
+               "reward_funcs=[correctness]"])
+    assert rc == 0
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in logged if "toy/hidden_sq" in r]
+    assert len(steps) == 2 and all(r["completions/mean_latent"] == 2.0 for r in steps)
+    capsys.readouterr()
+    rc = main(["eval", "--model", str(run / "checkpoint-2"), "--data", "chain_sum", "--num", "4", "--k", "0",
+               "--max-new", "8"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["method"] == toy_method and out["mean_latent_positions"] == 2.0  # read from the run's config
+    assert out["thought_dependence"]["n"] == 4
