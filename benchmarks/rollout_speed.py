@@ -183,6 +183,7 @@ def make_runner(args: argparse.Namespace, mode: str, lm, ids, mask):
         kw = {"top_k": args.soft_top_k} if mode == "soft_mixture" else {}
         operator = build_thought_operator(mode, **kw)
         schedule = ThinkingSchedule(num_latent_steps=N)
+        operator.attach(lm)  # side modules (HRPO's gate) exist before any rollout
 
     def run():
         r = generate_rollout(lm, ids, mask, sampling, operator=operator, schedule=schedule, generator=gen,

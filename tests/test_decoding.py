@@ -74,6 +74,7 @@ def test_discrete_rollouts_are_identical(tiny, prompts, temperature, top_k, top_
 def test_latent_rollouts_are_identical_for_every_operator(tiny, prompts, name):
     ids, mask = prompts
     op = build_thought_operator(name, **OPERATOR_KWARGS.get(name, {}))
+    op.attach(tiny)
     sampling = SamplingParams(max_new_positions=10, temperature=0.8)
     schedules = [
         ThinkingSchedule(num_latent_steps=torch.tensor([0, 3, 5]), after_latent_ids=[tiny.latent_ids.end]),

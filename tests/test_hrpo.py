@@ -106,6 +106,7 @@ def test_init_gives_a_equal_u_to_the_r_with_u_in_the_configured_range():
 def test_replayed_logprobs_equal_rollout_logprobs_with_delimiter_schedule(arch):
     lm = tiny(arch)
     op = build_thought_operator("hrpo_gate", temperature=0.7)
+    ensure_gate(lm)
     r, _ = delimiter_rollout(lm, op, temperature=0.7)
     assert r.latent_mask.any() and (r.completion_mask & ~r.latent_mask).any()  # hybrid and answer positions
     out = replay(lm, op, r, temperature=0.7)
@@ -117,6 +118,7 @@ def test_replayed_logprobs_equal_rollout_logprobs_with_delimiter_schedule(arch):
 def test_thinking_span_ends_exactly_after_the_delimiter_ids_per_row(arch):
     lm = tiny(arch)
     op = build_thought_operator("hrpo_gate")
+    ensure_gate(lm)
     r, delim = delimiter_rollout(lm, op)
     hits = 0
     for b in range(r.batch_size):
@@ -133,6 +135,7 @@ def test_thinking_span_ends_exactly_after_the_delimiter_ids_per_row(arch):
 def test_rebuilt_inputs_equal_the_rollout_inputs_and_answer_positions_are_plain_embeddings():
     lm = tiny()
     op = build_thought_operator("hrpo_gate")
+    ensure_gate(lm)
     ensure_gate(lm)
     with torch.no_grad():  # a gate that really mixes, so a wrong rebuild could not pass by accident
         lm.side_modules[GATE_NAME].Lambda.fill_(0.0)
@@ -158,6 +161,7 @@ def test_rebuilt_inputs_equal_the_rollout_inputs_and_answer_positions_are_plain_
 def test_gradients_reach_the_gate_and_the_embedding():
     lm = tiny()
     op = build_thought_operator("hrpo_gate")
+    ensure_gate(lm)
     r, _ = delimiter_rollout(lm, op)
     lm.zero_grad(set_to_none=True)
     out = replay(lm, op, r)
@@ -173,6 +177,7 @@ def test_gradients_reach_the_gate_and_the_embedding():
 def test_logprob_temperature_is_explicit_and_separate_from_the_sampling_temperature():
     lm = tiny()
     op = build_thought_operator("hrpo_gate", temperature=0.5, logprob_temperature=1.0)
+    ensure_gate(lm)
     logits = torch.randn(4, lm.vocab_size)
     torch.testing.assert_close(op.sampling_probs(logits), (logits / 0.5).softmax(-1))
     ids = torch.tensor([1, 2, 3, 4])
@@ -190,6 +195,7 @@ def test_logprob_temperature_is_explicit_and_separate_from_the_sampling_temperat
 def test_eval_mode_takes_the_argmax_token():
     lm = tiny()
     op = build_thought_operator("hrpo_gate")
+    ensure_gate(lm)
     op.set_eval_mode(True)
     logits = torch.randn(5, lm.vocab_size)
     step = op.step(lm, logits, torch.zeros(5, lm.hidden_size), generator=gen())
@@ -199,6 +205,7 @@ def test_eval_mode_takes_the_argmax_token():
 def test_top_k_filters_what_is_sampled_and_projected():
     lm = tiny()
     op = build_thought_operator("hrpo_gate", top_k=2)
+    ensure_gate(lm)
     logits = torch.randn(64, lm.vocab_size)
     top2 = logits.topk(2, dim=-1).indices
     step = op.step(lm, logits, torch.zeros(64, lm.hidden_size), generator=gen())
@@ -211,7 +218,7 @@ def test_top_k_filters_what_is_sampled_and_projected():
 @pytest.mark.parametrize("mode", ["raw_hidden", "interpolation"])
 def test_ablation_modes_feed_the_raw_hidden_state_or_the_projection(mode):
     lm = tiny()
-    op = build_thought_operator("hrpo_gate", mode=mode)
+    op = build_thought_operator("hrpo_gate", mode=mode)  # no gate needed, none attached
     logits, hidden = torch.randn(3, lm.vocab_size), torch.randn(3, lm.hidden_size)
     step = op.step(lm, logits, hidden, generator=gen())
     want = hidden if mode == "raw_hidden" else projected_state(lm, op.sampling_probs(logits))
@@ -360,9 +367,22 @@ def test_cpu_presets_load_and_name_their_method(name):
     assert cfg.latent.max_latent_steps >= cfg.max_completion_length and cfg.max_steps <= 60
 
 
+def test_the_operator_never_attaches_a_gate_mid_rollout():
+    # a gate created by the operator would be untrained and outside the optimizer: the method attaches it first
+    lm = tiny()
+    op = build_thought_operator("hrpo_gate")
+    with pytest.raises(RuntimeError, match="no HRPO gate"):
+        delimiter_rollout(lm, op)
+    assert GATE_NAME not in lm.side_modules
+    op.attach(lm)
+    assert GATE_NAME in lm.side_modules
+    delimiter_rollout(lm, op)
+
+
 def test_a_stop_token_sampled_while_thinking_ends_the_row():
     lm = tiny()
     op = build_thought_operator("hrpo_gate")
+    ensure_gate(lm)
     ids, mask = make_prompts(lm)
     free = generate_rollout(lm, ids, mask, sampling(8), op, ThinkingSchedule(delimiter_ids=NEVER), gen(5))
     stop = int(free.completion_ids[0, 1])

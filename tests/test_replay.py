@@ -28,6 +28,7 @@ def test_discrete_replay_equals_rollout(tiny, prompts, temperature):
 def test_operator_replay_equals_rollout(tiny, prompts, name):
     ids, mask = prompts
     op = build_thought_operator(name, **OPERATOR_KWARGS.get(name, {}))
+    op.attach(tiny)  # side modules (HRPO's gate) exist before any rollout
     r = generate_rollout(tiny, ids, mask, SamplingParams(max_new_positions=10, temperature=0.8), op,
                          schedule_for(name, tiny), gen(1))
     assert r.latent_mask.any()

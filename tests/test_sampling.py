@@ -22,7 +22,7 @@ from latentrl.sampling import (
 from latentrl.thoughts import THOUGHT_OPERATORS, build_thought_operator
 from latentrl.thoughts.gumbel_softmax import GumbelSoftmaxThought
 from latentrl.thoughts.gumbel_topk import GumbelTopKThought
-from latentrl.thoughts.hrpo_gate import HRPOGateThought, projected_state
+from latentrl.thoughts.hrpo_gate import HRPOGateThought, ensure_gate, projected_state
 from tests.conftest import gen
 
 
@@ -327,7 +327,7 @@ def test_rollouts_draw_only_with_the_callers_generator_on_the_logits_device(draw
     for name in THOUGHT_OPERATORS:
         op = build_thought_operator(name)
         if isinstance(op, HRPOGateThought):
-            op.gate(lm)  # the gate's random initialisation is not sampling: attach it before the spy looks
+            ensure_gate(lm)  # the gate's random initialisation is not sampling: attach it before the spy looks
         draws.clear()
         g = gen(1)
         before = g.get_state()

@@ -103,6 +103,7 @@ class Method:
         self.setup(model, args)
         operator = self.build_operator(args.latent, model)
         if operator is not None:
+            operator.attach(model)
             operator.to(model.device)
         return MethodParts(
             method=self, operator=operator, schedule=self.build_schedule(args.latent, model),

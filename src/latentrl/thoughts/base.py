@@ -79,6 +79,11 @@ class ThoughtOperator(nn.Module):
             return torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
         raise NotImplementedError
 
+    def attach(self, model: "LatentModel") -> None:
+        """Create the side modules this operator reads (HRPO's gate) on `model`, loading saved weights if the
+        checkpoint had them. Called once, before any rollout and before the optimizer is built (`Method.build`);
+        an operator never creates modules mid-rollout."""
+
     def set_eval_mode(self, deterministic: bool) -> None:
         """Stochastic operators switch their noise off for evaluation (e.g. Latent-GRPO's noise-free top-K)."""
         self.deterministic = deterministic

@@ -174,8 +174,17 @@ class HRPOGateThought(ThoughtOperator):
         return (f"mode={self.mode}, temperature={self.temperature}, logprob_temperature={self.logprob_temperature}, "
                 f"top_k={self.top_k}, top_p={self.top_p}")
 
+    def attach(self, model: "LatentModel") -> None:
+        if self.mode == "gate":
+            ensure_gate(model, self.gate_c, self.gate_r_min, self.gate_r_max)
+
     def gate(self, model: "LatentModel") -> HRPOGate:
-        return ensure_gate(model, self.gate_c, self.gate_r_min, self.gate_r_max)
+        """The model's gate. Never created here: a gate attached mid-rollout would be untrained and outside the
+        optimizer, so it must exist before (`attach`, which the method's `build` calls)."""
+        if GATE_NAME not in model.side_modules:
+            raise RuntimeError("the model has no HRPO gate: attach the operator's side modules before rolling out "
+                               "(operator.attach(model); the method's build / the trainer do this)")
+        return model.side_modules[GATE_NAME]
 
     def payload_spec(self, model) -> dict[str, PayloadSpec]:
         return {"hidden": PayloadSpec((model.hidden_size,), model.embedding_matrix.dtype)}
