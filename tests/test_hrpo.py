@@ -295,7 +295,7 @@ def test_reference_logprobs_replay_the_base_model_on_plain_token_ids(tmp_path):
         lm.side_modules[GATE_NAME].Lambda.fill_(0.0)
         t.ref_model.side_modules[GATE_NAME].Lambda.fill_(0.0)
     batch = t.generate_and_score(t._next_prompts(2))
-    ref = t.method.reference_logprobs(t, batch)
+    ref = t.method.reference_logprobs(t.ctx, batch)
     m = batch.rollout.completion_mask
     plain = replay(t.ref_model, None, batch.rollout, temperature=t.loss_temperature).logprobs
     hybrid = replay(t.ref_model, t.operator, batch.rollout, temperature=t.loss_temperature).logprobs

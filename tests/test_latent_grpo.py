@@ -181,7 +181,7 @@ def fake_batch(rewards, truncated, latent_first, old_mean, C=4):
     return StepBatch(ro, [{}] * n, [""] * n, torch.tensor(rewards, dtype=torch.float32), torch.zeros(n))
 
 
-def fake_trainer(**options):
+def fake_context(**options):
     args = GRPOConfig(model_name_or_path="x", num_generations=4, per_device_train_batch_size=8)
     for k, v in options.items():
         setattr(args, k, v)
@@ -194,13 +194,13 @@ def test_invalid_sample_masking():
     truncated = [True, False, False, False, False, False, False, True]
     batch = fake_batch(rewards, truncated, [0] * 8, [0.0] * 8)
     s3 = 1 / 3 ** 0.5  # unbiased std of [1,0,1,0] and of [0,1,0]
-    a = method.compute_advantages(fake_trainer(), batch)  # stats include the invalid rows (authors' GSM8k)
+    a = method.compute_advantages(fake_context(), batch)  # stats include the invalid rows (authors' GSM8k)
     torch.testing.assert_close(a, torch.tensor([0.0, -0.5, 0.5, -0.5, 0.5, 0.5, -0.5, 0.0]) / (s3 + 1e-6))
-    a = method.compute_advantages(fake_trainer(exclude_invalid_from_stats=True), batch)
+    a = method.compute_advantages(fake_context(exclude_invalid_from_stats=True), batch)
     torch.testing.assert_close(a[:4], torch.tensor([0.0, -1 / 3, 2 / 3, -1 / 3]) / (s3 + 1e-6))
     # group 2 without its invalid row: [1, 1, 0] -> mean 2/3, std 1/sqrt(3)
     torch.testing.assert_close(a[4:], torch.tensor([1 / 3, 1 / 3, -2 / 3, 0.0]) / (s3 + 1e-6))
-    a = method.compute_advantages(fake_trainer(invalid_sample_masking=False), batch)
+    a = method.compute_advantages(fake_context(invalid_sample_masking=False), batch)
     assert a[0] > 0 and a[7] < 0
 
 
@@ -209,19 +209,19 @@ def test_first_token_selection_keeps_one_positive_path_at_the_first_latent_posit
     rewards = [1, 1, 0, 0, 0, 0, 0, 0]
     # group 1: rows 0,1 positive (row 1 more likely), row 3 has no latent; group 2: no positive row
     batch = fake_batch(rewards, [False] * 8, [0, 1, 0, -1, 0, 0, 0, 0], [-2.0, -1.0, -0.5, -0.1] + [-1.0] * 4)
-    t = fake_trainer()
-    batch.advantages = method.compute_advantages(t, batch)
+    ctx = fake_context()
+    batch.advantages = method.compute_advantages(ctx, batch)
     A = batch.advantages
-    tok = method.token_advantages(t, batch)
+    tok = method.token_advantages(ctx, batch)
     assert tok[0, 0] == 0 and tok[1, 1] == A[1] and tok[2, 0] == 0  # loser, winner, negative row (authors)
     assert torch.equal(tok[3], A[3].expand(4))  # no latent position: unchanged
     off_first = torch.ones(8, 4, dtype=torch.bool)
     off_first[[0, 1, 2], [0, 1, 0]] = False
     assert torch.equal(tok[off_first], A[:, None].expand(8, 4)[off_first])
     assert torch.equal(tok[4:], A[4:, None].expand(4, 4))  # no positive row in group 2
-    tok = method.token_advantages(fake_trainer(first_token_zero_non_positive=False), batch)
+    tok = method.token_advantages(fake_context(first_token_zero_non_positive=False), batch)
     assert tok[0, 0] == 0 and tok[2, 0] == A[2] < 0
-    tok = method.token_advantages(fake_trainer(first_token_selection=False), batch)
+    tok = method.token_advantages(fake_context(first_token_selection=False), batch)
     assert torch.equal(tok, A[:, None].expand(8, 4))
 
 

@@ -135,7 +135,7 @@ def test_unified_loss_soft_ce_at_latent_positions_clipped_surrogate_at_tokens(tm
     batch = t.generate_and_score(t._next_prompts(2))
     t._prepare_for_update(batch)
     mask = t.loss_mask(batch)
-    kinds = t.method.policy_kind_masks(t, batch, mask)
+    kinds = t.method.policy_kind_masks(t.ctx, batch, mask)
     lat = batch.rollout.latent_mask
     assert torch.equal(kinds["no_ratio"], lat & mask) and torch.equal(kinds["clipped"], mask & ~lat)
     out = replay(t.model, t.operator, batch.rollout, temperature=t.loss_temperature)

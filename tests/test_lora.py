@@ -97,10 +97,10 @@ def test_lora_trains_only_adapters_and_side_modules_and_resumes_exactly(tmp_path
     if t.args.beta > 0:  # reference log-probs: adapter disabled == the untouched base model, exactly
         batch = t.generate_and_score(t.rows[:2])
         with t.reference_context():
-            ref = t.method.reference_logprobs(t, batch)
-        t.ref_model = base
-        expected = t.method.reference_logprobs(t, batch)
-        t.ref_model = t.model
+            ref = t.method.reference_logprobs(t.ctx, batch)
+        t.ctx.ref_model = base  # the trainer's ref_model is the context's
+        expected = t.method.reference_logprobs(t.ctx, batch)
+        t.ctx.ref_model = t.model
         assert torch.equal(ref, expected)
         policy = t.replay_in_chunks(t.model, batch.rollout)
         assert not torch.equal(policy, ref)  # the adapter did change the policy

@@ -16,7 +16,7 @@ from latentrl.data import make_examples
 from latentrl.dlr import DLRConfig
 from latentrl.dlr.trainer import DLRTrainer
 from latentrl.eval import evaluate
-from latentrl.methods import METHODS, Method, get_method, register_method
+from latentrl.methods import METHODS, Method, MethodContext, get_method, register_method
 from latentrl.rl.trainer import GRPOTrainer, TrainingDivergedError
 from latentrl.testing import char_sum_reward, tiny_chain_sum_model, word_count_reward
 
@@ -66,6 +66,29 @@ def test_dlr_updates_through_the_shared_loop(tmp_path):
     t.dlr_loss = lambda *a: (dlr_loss(*a)[0] * float("nan"), {})  # a diverged objective
     with pytest.raises(TrainingDivergedError, match="non-finite loss"):
         t.train_step()
+
+
+def test_runtime_hooks_get_the_typed_context_never_the_trainer(tmp_path):
+    seen: dict[str, type] = {}
+
+    class Recording(Method):
+        name = "recording"
+
+        def __getattribute__(self, attr):
+            value = object.__getattribute__(self, attr)
+            if attr in HOOKS:
+                def record(ctx, *a, **kw):
+                    seen[attr] = type(ctx)
+                    return value(ctx, *a, **kw)
+                return record
+            return value
+
+    HOOKS = ("param_groups", "compute_advantages", "token_advantages", "reference_logprobs", "rollout_metrics",
+             "policy_kind_masks", "extra_loss", "on_train_begin")
+    t = GRPOTrainer(config(tmp_path, beta=0.1), tiny_chain_sum_model(), examples(), reward_funcs=[word_count_reward],
+                    method=Recording())
+    t.train_step()
+    assert set(seen) == set(HOOKS) and set(seen.values()) == {MethodContext}
 
 
 def test_zero_max_grad_norm_means_no_clipping(tmp_path):

@@ -109,7 +109,7 @@ def test_latent_rl_step_trains_backbone_and_value_head(tmp_path):
     dims = [m.out_features for m in head.mlp if isinstance(m, torch.nn.Linear)]
     assert dims == [128, 32, 8, 1] and head.mlp[0].in_features == lm.hidden_size
     batch = t.generate_and_score(t.rows[:2])
-    assert t.method.policy_kind_masks(t, batch, batch.rollout.policy_mask(t.operator)) == {}
+    assert t.method.policy_kind_masks(t.ctx, batch, batch.rollout.policy_mask(t.operator)) == {}
     before_lm, before_head = lm_params(lm), head_params(lm)
     m = t.train_step()
     # pre-trained at the first step (the checkpoint had no head), then trained jointly

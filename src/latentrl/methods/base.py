@@ -6,7 +6,7 @@ subclass (usually a few lines) registered with `@register_method`; `latentrl ben
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -14,6 +14,7 @@ import torch
 
 from latentrl.chat import prompt_formatter
 from latentrl.config import register_method_preset
+from latentrl.replay import replay
 from latentrl.rollout import ThinkingSchedule
 from latentrl.thoughts import ThoughtOperator, build_thought_operator
 from latentrl.tokenizer import delimiter_spellings, text_ids
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from latentrl.model import LatentModel
     from latentrl.replay import ReplayOutput
     from latentrl.rl.trainer import StepBatch
+    from latentrl.rollout import Rollout
 
 
 @dataclass
@@ -47,6 +49,53 @@ class MethodParts:
         way the run `args` trains: operator, schedule, prompt format, completion budget, seed."""
         return dict(operator=self.operator, schedule=self.schedule, prompt_text=self.prompt_text,
                     decode_latent=self.decode_latent, max_new_positions=args.max_completion_length, seed=args.seed)
+
+
+@dataclass
+class MethodContext:
+    """The run as a method's runtime hooks see it: settings, the policy and reference models, the method's parts,
+    the training rows and the step. Never the trainer: a hook cannot reach its optimizer, loop or data cursor."""
+
+    args: "GRPOConfig"
+    model: "LatentModel"
+    parts: MethodParts
+    ref_model: "LatentModel | None" = None
+    loss_temperature: float = 1.0
+    """temperature the update scores log-probs at (`loss_temperature`, else `temperature`)"""
+    rows: Sequence[dict[str, Any]] = ()
+    """the training rows (Latent RL pre-trains its value head on the first ones)"""
+    global_step: int = 0
+
+    @property
+    def operator(self) -> ThoughtOperator | None:
+        return self.parts.operator
+
+    @property
+    def schedule(self) -> ThinkingSchedule | None:
+        return self.parts.schedule
+
+    @property
+    def prompt_text(self) -> Callable[[dict[str, Any]], str]:
+        return self.parts.prompt_text
+
+    def replay_in_chunks(self, model: "LatentModel", rollout: "Rollout", plain_tokens: bool = False) -> torch.Tensor:
+        """No-grad per-position log-probs of a whole rollout batch at the loss temperature, micro-batch by
+        micro-batch, with the method's operator (`plain_tokens`: none, the recorded token ids as plain inputs)."""
+        op = None if plain_tokens else self.operator
+        n = self.args.per_device_train_batch_size
+        out = []
+        for s in range(0, rollout.batch_size, n):
+            part = rollout.select(torch.arange(s, min(s + n, rollout.batch_size), device=rollout.completion_ids.device))
+            out.append(replay(model, op, part, temperature=self.loss_temperature, compute_entropy=False).logprobs)
+        return torch.cat(out)
+
+    def loss_mask(self, batch: "StepBatch") -> torch.Tensor:
+        """(N, C) positions the policy loss covers: the operator's policy positions, minus truncated completions
+        when `mask_truncated_completions`."""
+        mask = batch.rollout.policy_mask(self.operator)
+        if self.args.mask_truncated_completions:
+            mask = mask & ~batch.rollout.truncated[:, None]
+        return mask
 
 
 class Method:
@@ -114,43 +163,48 @@ class Method:
     def setup(self, model: "LatentModel", args: "GRPOConfig") -> None:
         """Check the run's settings and attach side modules (gates, value heads, assistants) to `model`."""
 
-    def fsdp_conflict(self, trainer: Any) -> str | None:
+    def on_train_begin(self, ctx: MethodContext) -> dict[str, float]:
+        """Once, before the first step of a new run (not on resume): e.g. Latent RL pre-trains its value head.
+        Returns metrics logged with the first step."""
+        return {}
+
+    def fsdp_conflict(self, ctx: MethodContext) -> str | None:
         """Why this method cannot train with parallelism='fsdp' (sharded parameters; only the trainer's own
         passes gather them), or None when it can."""
         return None
 
-    def param_groups(self, trainer: Any) -> list[dict[str, Any]]:
+    def param_groups(self, ctx: MethodContext) -> list[dict[str, Any]]:
         """Optimizer parameter groups; default: every trainable parameter at the configured learning rate."""
-        params = [p for p in trainer.model.parameters() if p.requires_grad]
-        return [{"params": params, "lr": trainer.args.learning_rate}]
+        params = [p for p in ctx.model.parameters() if p.requires_grad]
+        return [{"params": params, "lr": ctx.args.learning_rate}]
 
-    def compute_advantages(self, trainer: Any, batch: "StepBatch") -> torch.Tensor:
+    def compute_advantages(self, ctx: MethodContext, batch: "StepBatch") -> torch.Tensor:
         """(N,) sequence advantages from `batch.rewards`; default: TRL's group-relative advantages."""
         from latentrl.rl.advantages import group_advantages
 
-        a = trainer.args
+        a = ctx.args
         valid = ~batch.rollout.truncated if a.mask_truncated_completions else None
         eps = 1e-4 if a.advantage_epsilon is None else a.advantage_epsilon  # TRL's epsilon
         adv, _ = group_advantages(batch.rewards, a.num_generations, a.scale_rewards, eps=eps, valid=valid)
         return adv
 
-    def reference_logprobs(self, trainer: Any, batch: "StepBatch") -> torch.Tensor:
+    def reference_logprobs(self, ctx: MethodContext, batch: "StepBatch") -> torch.Tensor:
         """(N, C) log-probs of the reference model for the KL term; default: replay with the same operator."""
-        return trainer.replay_in_chunks(trainer.ref_model, batch.rollout)
+        return ctx.replay_in_chunks(ctx.ref_model, batch.rollout)
 
-    def rollout_metrics(self, trainer: Any, batch: "StepBatch") -> dict[str, float]:
+    def rollout_metrics(self, ctx: MethodContext, batch: "StepBatch") -> dict[str, float]:
         """Method-specific metrics of a rollout batch (e.g. HRPO's gate statistics)."""
         return {}
 
-    def token_advantages(self, trainer: Any, batch: "StepBatch") -> torch.Tensor:
+    def token_advantages(self, ctx: MethodContext, batch: "StepBatch") -> torch.Tensor:
         """(N, C) per-position advantages; default: each sequence's advantage at every position."""
         return batch.advantages[:, None].expand_as(batch.rollout.logprobs).clone()
 
-    def policy_kind_masks(self, trainer: Any, batch: "StepBatch", policy_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def policy_kind_masks(self, ctx: MethodContext, batch: "StepBatch", policy_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Which surrogate each position uses (see `rl.losses.mixed_policy_loss`); {} = no policy-gradient term."""
-        return {trainer.args.policy_loss: policy_mask}
+        return {ctx.args.policy_loss: policy_mask}
 
-    def extra_loss(self, trainer: Any, micro: "StepBatch", out: "ReplayOutput") -> tuple[torch.Tensor, dict[str, float]] | None:
+    def extra_loss(self, ctx: MethodContext, micro: "StepBatch", out: "ReplayOutput") -> tuple[torch.Tensor, dict[str, float]] | None:
         """An additional objective added to the policy loss (value head BCE, contrastive term...)."""
         return None
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from latentrl.config import ConfigError
-from latentrl.methods.base import Method, register_method
+from latentrl.methods.base import Method, MethodContext, register_method
 from latentrl.model import LatentTokens
 from latentrl.rollout import ThinkingSchedule
 from latentrl.thoughts.hidden_state import HiddenStateThought
@@ -71,7 +71,7 @@ class CoconutLatentMethod(Method):
     def prompt_text(self, row: dict[str, Any]) -> str:
         return row["prompt"] + self._start_token
 
-    def rollout_metrics(self, trainer: Any, batch) -> dict[str, float]:
+    def rollout_metrics(self, ctx: MethodContext, batch) -> dict[str, float]:
         ro = batch.rollout
         lat = ro.latent_mask & ro.completion_mask
         if not bool(lat.any()):

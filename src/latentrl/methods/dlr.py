@@ -23,7 +23,7 @@ from latentrl.config import ConfigError
 from latentrl.dlr.assistant import ASSISTANT, build_assistant
 from latentrl.dlr.config import DLRConfig, resolve_dlr_config
 from latentrl.dlr.operator import AssistantThoughtOperator
-from latentrl.methods.base import Method, register_method
+from latentrl.methods.base import Method, MethodContext, register_method
 from latentrl.rollout import ThinkingSchedule
 
 
@@ -75,16 +75,16 @@ class DLR(Method):
     def build_schedule(self, latent, model) -> ThinkingSchedule:
         return ThinkingSchedule(num_latent_steps=model.side_modules[ASSISTANT].num_steps)
 
-    def param_groups(self, trainer: Any) -> list[dict[str, Any]]:
+    def param_groups(self, ctx: MethodContext) -> list[dict[str, Any]]:
         c = self.config or DLRConfig()
-        params = [p for p in trainer.model.side_modules[ASSISTANT].parameters() if p.requires_grad]
-        return [{"params": params, "lr": c.assistant_learning_rate or trainer.args.learning_rate}]
+        params = [p for p in ctx.model.side_modules[ASSISTANT].parameters() if p.requires_grad]
+        return [{"params": params, "lr": c.assistant_learning_rate or ctx.args.learning_rate}]
 
-    def fsdp_conflict(self, trainer: Any) -> str | None:
+    def fsdp_conflict(self, ctx: MethodContext) -> str | None:
         return ("its own update loop runs the frozen main model and the trained assistant outside the sharded "
                 "units")
 
-    def rollout_metrics(self, trainer: Any, batch) -> dict[str, float]:
-        asst = trainer.model.side_modules[ASSISTANT]
-        main = sum(p.numel() for p in trainer.model.model.parameters())
+    def rollout_metrics(self, ctx: MethodContext, batch) -> dict[str, float]:
+        asst = ctx.model.side_modules[ASSISTANT]
+        main = sum(p.numel() for p in ctx.model.model.parameters())
         return {"dlr/assistant_params": float(asst.num_parameters()), "dlr/main_params": float(main)}

@@ -17,8 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from latentrl.config import ConfigError
-from latentrl.methods.base import Method, register_method
-from latentrl.replay import replay
+from latentrl.methods.base import Method, MethodContext, register_method
 from latentrl.rollout import Rollout, ThinkingSchedule
 from latentrl.thoughts.hrpo_gate import GATE_NAME, HRPOGate, HRPOGateThought, ensure_gate
 from latentrl.tokenizer import delimiter_spellings
@@ -101,13 +100,13 @@ class HRPO(Method):
             max_latent_steps=latent.max_latent_steps,
         )
 
-    def param_groups(self, trainer: Any) -> list[dict[str, Any]]:
+    def param_groups(self, ctx: MethodContext) -> list[dict[str, Any]]:
         """LM at `learning_rate`; gate linears at `gate_learning_rate` (1e-4); Lambda at `lambda_learning_rate`
         (1e-3). Weight decay applies to every group, as in the authors' optimizer patch."""
-        a = trainer.args
-        gate = trainer.model.side_modules[GATE_NAME] if GATE_NAME in trainer.model.side_modules else None
+        a = ctx.args
+        gate = ctx.model.side_modules[GATE_NAME] if GATE_NAME in ctx.model.side_modules else None
         gate_ids = {id(p) for p in gate.parameters()} if gate is not None else set()
-        lm = [p for p in trainer.model.parameters() if p.requires_grad and id(p) not in gate_ids]
+        lm = [p for p in ctx.model.parameters() if p.requires_grad and id(p) not in gate_ids]
         groups = [{"params": lm, "lr": a.learning_rate}]
         if gate is not None:
             linears = [p for p in (*gate.gate_r.parameters(), *gate.gate_i.parameters()) if p.requires_grad]
@@ -118,31 +117,24 @@ class HRPO(Method):
         return [g for g in groups if g["params"]]
 
     # ------------------------------------------------------------------ rollouts, rewards, KL
-    def reference_logprobs(self, trainer: Any, batch) -> torch.Tensor:
+    def reference_logprobs(self, ctx: MethodContext, batch) -> torch.Tensor:
         """KL reference: the base model on the plain token ids (no operator, no gate), at the loss temperature."""
-        ro: Rollout = batch.rollout
-        n = trainer.args.per_device_train_batch_size
-        out = []
-        for s in range(0, ro.batch_size, n):
-            part = ro.select(torch.arange(s, min(s + n, ro.batch_size), device=ro.completion_ids.device))
-            out.append(replay(trainer.ref_model, None, part, temperature=trainer.loss_temperature,
-                              compute_entropy=False).logprobs)
-        return torch.cat(out)
+        return ctx.replay_in_chunks(ctx.ref_model, batch.rollout, plain_tokens=True)
 
     @torch.no_grad()
-    def rollout_metrics(self, trainer: Any, batch) -> dict[str, float]:
+    def rollout_metrics(self, ctx: MethodContext, batch) -> dict[str, float]:
         ro: Rollout = batch.rollout
         done = ro.completion_mask
         lat = ro.latent_mask & done
-        delimiter = trainer.args.latent.answer_delimiter or DEFAULT_DELIMITER
-        spellings = delimiter_spellings(trainer.model.tokenizer, delimiter)
+        delimiter = ctx.args.latent.answer_delimiter or DEFAULT_DELIMITER
+        spellings = delimiter_spellings(ctx.model.tokenizer, delimiter)
         found = torch.stack([contains_ids(ro.completion_ids, done, d) for d in spellings]).any(0)
         m = {
             "hrpo/thinking_ratio": (lat.sum() / done.sum().clamp_min(1)).item(),
             "hrpo/delimiter_frac": found.float().mean().item(),
         }
         if self.mode == "gate" and bool(lat.any()):
-            m.update(gate_metrics(trainer.model.side_modules[GATE_NAME], trainer.model.embed(ro.completion_ids[lat])))
+            m.update(gate_metrics(ctx.model.side_modules[GATE_NAME], ctx.model.embed(ro.completion_ids[lat])))
         return m
 
 

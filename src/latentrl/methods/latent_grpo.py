@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from latentrl.config import ConfigError
-from latentrl.methods.base import Method, register_method
+from latentrl.methods.base import Method, MethodContext, register_method
 from latentrl.rl.advantages import (
     apply_first_position_advantages,
     first_position_advantages,
@@ -94,20 +94,20 @@ class LatentGRPO(Method):
         self._options: LatentGRPOOptions | None = None
 
     # ------------------------------------------------------------------ options
-    def options(self, trainer: Any = None) -> LatentGRPOOptions:
-        if trainer is not None:
-            return LatentGRPOOptions.from_args(trainer.args)
+    def options(self, ctx: MethodContext = None) -> LatentGRPOOptions:
+        if ctx is not None:
+            return LatentGRPOOptions.from_args(ctx.args)
         return self._options or LatentGRPOOptions()
 
     def setup(self, model, args) -> None:
         self._options = LatentGRPOOptions.from_args(args)
 
-    def param_groups(self, trainer: Any) -> list[dict[str, Any]]:
+    def param_groups(self, ctx: MethodContext) -> list[dict[str, Any]]:
         # the embedding layer's parameters: the matrix (and a tied LM head), or under LoRA the trained latent rows
-        emb = trainer.model.model.get_input_embeddings()
-        frozen = {id(p) for p in emb.parameters()} if self.options(trainer).freeze_embeddings else set()
-        params = [p for p in trainer.model.parameters() if p.requires_grad and id(p) not in frozen]
-        return [{"params": params, "lr": trainer.args.learning_rate}]
+        emb = ctx.model.model.get_input_embeddings()
+        frozen = {id(p) for p in emb.parameters()} if self.options(ctx).freeze_embeddings else set()
+        params = [p for p in ctx.model.parameters() if p.requires_grad and id(p) not in frozen]
+        return [{"params": params, "lr": ctx.args.learning_rate}]
 
     # ------------------------------------------------------------------ operator and schedule
     def build_operator(self, latent, model):
@@ -127,10 +127,10 @@ class LatentGRPO(Method):
         return ThinkingSchedule(max_latent_steps=latent.max_latent_steps, end_token_id=end[0])
 
     # ------------------------------------------------------------------ advantage hooks
-    def compute_advantages(self, trainer: Any, batch) -> torch.Tensor:
+    def compute_advantages(self, ctx: MethodContext, batch) -> torch.Tensor:
         """Group advantages with (a) invalid-sample masking: unfinished completions get A = 0 and, with
         `exclude_invalid_from_stats`, do not enter the group mean / std."""
-        a, o = trainer.args, self.options(trainer)
+        a, o = ctx.args, self.options(ctx)
         valid = None
         if o.invalid_sample_masking or a.mask_truncated_completions:
             valid = ~batch.rollout.truncated.to(batch.rewards.device)
@@ -139,30 +139,30 @@ class LatentGRPO(Method):
                                   valid=valid, exclude_invalid_from_stats=exclude)
         return adv
 
-    def token_advantages(self, trainer: Any, batch) -> torch.Tensor:
+    def token_advantages(self, ctx: MethodContext, batch) -> torch.Tensor:
         """Each sequence's advantage at every position, except (b): at the first latent position, only the
         positive-advantage completion of each group with the highest mean old log-prob keeps its advantage."""
         tok = batch.advantages[:, None].expand_as(batch.rollout.logprobs).clone()
-        o = self.options(trainer)
+        o = self.options(ctx)
         if not o.first_token_selection:
             return tok
         ro = batch.rollout
         old = batch.old_logprobs if batch.old_logprobs is not None else ro.logprobs
-        seq_mean = sequence_mean_logprob(old.float(), trainer.loss_mask(batch))
-        first = first_position_advantages(batch.advantages, seq_mean, trainer.args.num_generations,
+        seq_mean = sequence_mean_logprob(old.float(), ctx.loss_mask(batch))
+        first = first_position_advantages(batch.advantages, seq_mean, ctx.args.num_generations,
                                           zero_non_positive=o.first_token_zero_non_positive)
         idx = first_true_index(ro.latent_mask & ro.completion_mask)
         return apply_first_position_advantages(tok, first, idx)
 
     # ------------------------------------------------------------------ metrics
-    def rollout_metrics(self, trainer: Any, batch) -> dict[str, float]:
+    def rollout_metrics(self, ctx: MethodContext, batch) -> dict[str, float]:
         ro = batch.rollout
         lat = ro.latent_mask & ro.completion_mask
         m: dict[str, float] = {"latent/mean_latent_fraction":
                                (lat.sum(-1).float() / ro.lengths.clamp_min(1).float()).mean().item()}
         if bool(lat.any()):
             m["latent/surrogate_mean"] = ro.logprobs[lat].mean().item()
-        end = getattr(trainer.schedule, "end_token_id", None)
+        end = getattr(ctx.schedule, "end_token_id", None)
         if end is not None:
             # the latent span starts at position 0 and the engine emits the end token right after it
             after = lat.sum(-1).clamp_max(max(ro.completion_ids.shape[1] - 1, 0))
@@ -170,7 +170,7 @@ class LatentGRPO(Method):
             if ro.completion_ids.shape[1]:
                 hit = (ro.completion_ids[rows, after] == end) & ro.completion_mask[rows, after] & ~lat[rows, after]
                 m["latent/ended_by_token_frac"] = hit.float().mean().item()
-        adv = batch.advantages.view(-1, trainer.args.num_generations)
+        adv = batch.advantages.view(-1, ctx.args.num_generations)
         m["latent_grpo/groups_with_several_positive"] = ((adv > 0).sum(-1) >= 2).float().mean().item()
         m["latent_grpo/invalid_frac"] = ro.truncated.float().mean().item()
         return m

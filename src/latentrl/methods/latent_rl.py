@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentrl.config import LatentRLConfig
-from latentrl.methods.base import register_method
+from latentrl.methods.base import MethodContext, register_method
 from latentrl.methods.coconut_grpo import CoconutLatentMethod, coconut_components
 from latentrl.model import LatentTokens
 from latentrl.rewards import correctness_labels
@@ -142,22 +142,23 @@ class LatentRL(CoconutLatentMethod):
             head.pretrained = True
         self._label_func = self.label_func or accuracy_reward_func(args.reward_funcs)
 
-    def fsdp_conflict(self, trainer: Any) -> str | None:
-        head = trainer.model.side_modules[VALUE_HEAD]
+    def fsdp_conflict(self, ctx: MethodContext) -> str | None:
+        head = ctx.model.side_modules[VALUE_HEAD]
         if self.pretrain_prompts > 0 and not getattr(head, "pretrained", False):
             return ("the value head is pretrained at the first step with its own optimizer on full weights; "
                     "build the method with pretrain_prompts=0 and a pretrained head (resume from a checkpoint "
                     "that has one)")
         return None
 
-    def rollout_metrics(self, trainer: Any, batch) -> dict[str, float]:
-        metrics = super().rollout_metrics(trainer, batch)
-        head = trainer.model.side_modules[VALUE_HEAD]
-        if self.pretrain_prompts > 0 and trainer.global_step == 0 and not getattr(head, "pretrained", False):
+    def on_train_begin(self, ctx: MethodContext) -> dict[str, float]:
+        """Pre-train the value head on the SFT model's rollouts when the checkpoint has no trained head."""
+        head = ctx.model.side_modules[VALUE_HEAD]
+        metrics: dict[str, float] = {}
+        if self.pretrain_prompts > 0 and not getattr(head, "pretrained", False):
             res = pretrain_value_head(
-                trainer, trainer.rows[: self.pretrain_prompts], epochs=self.pretrain_epochs,
+                ctx, ctx.rows[: self.pretrain_prompts], epochs=self.pretrain_epochs,
                 batch_size=self.pretrain_batch_size,
-                pos_weight=self.pos_weight, hidden_dims=self.hidden_dims, seed=trainer.args.seed,
+                pos_weight=self.pos_weight, hidden_dims=self.hidden_dims, seed=ctx.args.seed,
                 reward_func=self._label_func, temperature=self.pretrain_temperature, top_p=self.pretrain_top_p,
             )
             metrics.update({"value/pretrain_bce_before": res.history[0]["bce"],
@@ -166,17 +167,17 @@ class LatentRL(CoconutLatentMethod):
                             "value/pretrain_features": float(res.num_features)})
         return metrics
 
-    def policy_kind_masks(self, trainer, batch, policy_mask):
+    def policy_kind_masks(self, ctx, batch, policy_mask):
         return {}  # no policy-gradient term: the value-head objective below replaces it
 
-    def extra_loss(self, trainer: Any, micro, out):
-        head: ValueHead = trainer.model.side_modules[VALUE_HEAD]
+    def extra_loss(self, ctx: MethodContext, micro, out):
+        head: ValueHead = ctx.model.side_modules[VALUE_HEAD]
         ro = micro.rollout
         lat = (ro.latent_mask & ro.completion_mask).float()
         rows = lat.sum(-1) > 0
         B = ro.batch_size
         h = out.hidden
-        labels = correctness_labels(getattr(self, "_label_func", None) or accuracy_reward_func(trainer.args.reward_funcs),
+        labels = correctness_labels(getattr(self, "_label_func", None) or accuracy_reward_func(ctx.args.reward_funcs),
                                     micro.rows, micro.completions, device=h.device)
         # policy term: gradient to the backbone only (the head is frozen here, as the authors freeze it)
         frozen = {k: v.detach() for k, v in head.named_parameters()}

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from latentrl.config import ConfigError
-from latentrl.methods.base import Method, register_method
+from latentrl.methods.base import Method, MethodContext, register_method
 from latentrl.rollout import ThinkingSchedule
 from latentrl.thoughts import build_thought_operator
 
@@ -60,15 +60,15 @@ class LEPO(Method):
             n = min(DEFAULT_NUM_LATENT_STEPS, latent.max_latent_steps)
         return ThinkingSchedule(num_latent_steps=n)
 
-    def policy_kind_masks(self, trainer: Any, batch, policy_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def policy_kind_masks(self, ctx: MethodContext, batch, policy_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Latent positions: `no_ratio` (-A · Σ z log π); token positions: the configured surrogate."""
         lat = batch.rollout.latent_mask & policy_mask
-        kind = trainer.args.policy_loss
+        kind = ctx.args.policy_loss
         if kind == "no_ratio":
             return {"no_ratio": policy_mask}
         return {"no_ratio": lat, kind: policy_mask & ~lat}
 
-    def rollout_metrics(self, trainer: Any, batch) -> dict[str, float]:
+    def rollout_metrics(self, ctx: MethodContext, batch) -> dict[str, float]:
         ro = batch.rollout
         lat = ro.latent_mask & ro.completion_mask
         m: dict[str, float] = {}

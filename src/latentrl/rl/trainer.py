@@ -36,7 +36,7 @@ from latentrl.checkpoint import load_checkpoint, save_checkpoint
 from latentrl.config import DEFAULT_MAX_STEPS, ConfigError, GRPOConfig, config_to_dict
 from latentrl.data.schema import Example, as_rows  # as_rows: re-exported for callers of the old path
 from latentrl.logger import MetricsLogger, console_line, progress
-from latentrl.methods import Method, get_method
+from latentrl.methods import Method, MethodContext, get_method
 from latentrl.model import LatentModel
 from latentrl.replay import replay
 from latentrl.rewards import compute_rewards, get_reward_funcs, reward_columns
@@ -186,16 +186,18 @@ class GRPOTrainer:
         self.operator, self.schedule = self.parts.operator, self.parts.schedule
         self.prompt_text(self.rows[0])  # a conversational dataset without a chat template fails here, not mid-run
         self._sync_initial_weights()
-        self.ref_model = ref_model
-        if args.beta > 0 and self.ref_model is None and model.is_peft:
-            self.ref_model = model  # the policy with its adapter disabled (`reference_context`): no second copy
-        elif args.beta > 0 and self.ref_model is None:
-            self.ref_model = copy.deepcopy(model)
-            for p in self.ref_model.parameters():
+        if args.beta > 0 and ref_model is None and model.is_peft:
+            ref_model = model  # the policy with its adapter disabled (`reference_context`): no second copy
+        elif args.beta > 0 and ref_model is None:
+            ref_model = copy.deepcopy(model)
+            for p in ref_model.parameters():
                 p.requires_grad_(False)
+        self.loss_temperature = args.loss_temperature if args.loss_temperature is not None else args.temperature
+        self.ctx = MethodContext(args, model, self.parts, ref_model, self.loss_temperature, self.rows)
+        """what the method's runtime hooks see of this run (never the trainer)"""
         self.fsdp = self._setup_fsdp()
         self.optimizer = torch.optim.AdamW(
-            self.method.param_groups(self), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+            self.method.param_groups(self.ctx), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
             eps=args.adam_epsilon, weight_decay=args.weight_decay,
         )
         self.scheduler = get_scheduler(
@@ -207,12 +209,16 @@ class GRPOTrainer:
             max_new_positions=args.max_completion_length, temperature=args.temperature,
             top_k=args.top_k or None, top_p=args.top_p if args.top_p < 1.0 else None,
         )
-        self.loss_temperature = args.loss_temperature if args.loss_temperature is not None else args.temperature
         self.global_step = 0
         self.data_epoch, self.data_cursor = 0, 0
         self._order = self._epoch_order(0)
         self.output_dir = Path(args.output_dir)
         self._wrote_run = False  # whether train() has written into output_dir (see `train`)
+
+    @property
+    def ref_model(self) -> LatentModel | None:
+        """The KL reference (None without a KL term; the policy itself under LoRA), as the method's hooks see it."""
+        return self.ctx.ref_model
 
     @property
     def prompt_text(self) -> Callable[[dict[str, Any]], str]:
@@ -229,7 +235,7 @@ class GRPOTrainer:
             raise ConfigError("parallelism='fsdp' does not support LoRA (the frozen base model would be sharded "
                               "while peft's adapters and disable_adapter reference rely on plain modules); use "
                               "parallelism='ddp' with LoRA — its full replica is mostly frozen weights")
-        conflict = self.method.fsdp_conflict(self)
+        conflict = self.method.fsdp_conflict(self.ctx)
         if conflict is not None:
             raise ConfigError(f"parallelism='fsdp' does not support method {self.method.name!r} here: {conflict}. "
                               "parallelism='ddp' supports it")
@@ -294,7 +300,7 @@ class GRPOTrainer:
         per_func = torch.cat([p[2] for p in parts])
         rewards = torch.cat([p[3] for p in parts])
         batch = StepBatch(rollout, rows, completions, rewards, torch.zeros_like(rewards), per_func_rewards=per_func)
-        batch.advantages = self.method.compute_advantages(self, batch)
+        batch.advantages = self.method.compute_advantages(self.ctx, batch)
         return batch
 
     def _generate_chunk(self, rows: list[dict[str, Any]], generator: torch.Generator
@@ -380,11 +386,11 @@ class GRPOTrainer:
                 else:
                     old = self.replay_in_chunks(self.model, batch.rollout.select(mine))
                     batch.old_logprobs = self._gather_rows(old)
-                batch.token_advantages = self.method.token_advantages(self, batch)
+                batch.token_advantages = self.method.token_advantages(self.ctx, batch)
             local = batch if self.dp.world_size == 1 else batch.select(mine)
             if self.ref_model is not None and self.args.beta > 0:
                 with self.reference_context(), self.gathered(self.ref_model):
-                    local.ref_logprobs = self.method.reference_logprobs(self, local)
+                    local.ref_logprobs = self.method.reference_logprobs(self.ctx, local)
         return local
 
     def _gather_rows(self, t: torch.Tensor) -> torch.Tensor:
@@ -401,18 +407,10 @@ class GRPOTrainer:
 
     def replay_in_chunks(self, model: LatentModel, rollout: Rollout) -> torch.Tensor:
         """No-grad per-position log-probs of a whole rollout batch, micro-batch by micro-batch."""
-        out = []
-        n = self.args.per_device_train_batch_size
-        for s in range(0, rollout.batch_size, n):
-            part = rollout.select(torch.arange(s, min(s + n, rollout.batch_size)))
-            out.append(replay(model, self.operator, part, temperature=self.loss_temperature, compute_entropy=False).logprobs)
-        return torch.cat(out)
+        return self.ctx.replay_in_chunks(model, rollout)
 
     def loss_mask(self, micro: StepBatch) -> torch.Tensor:
-        mask = micro.rollout.policy_mask(self.operator)
-        if self.args.mask_truncated_completions:
-            mask = mask & ~micro.rollout.truncated[:, None]
-        return mask
+        return self.ctx.loss_mask(micro)
 
     def compute_loss(self, micro: StepBatch, num_sequences: int, num_tokens: float, num_micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one micro-batch, normalised so that summing micro-batch losses gives the full-batch loss."""
@@ -420,7 +418,7 @@ class GRPOTrainer:
         out = replay(self.model, self.operator, micro.rollout, temperature=self.loss_temperature,
                      return_hidden=self.method.needs_hidden)
         mask = self.loss_mask(micro)
-        kinds = self.method.policy_kind_masks(self, micro, mask)
+        kinds = self.method.policy_kind_masks(self.ctx, micro, mask)
         if kinds:
             per_token, ind = mixed_policy_loss(out.logprobs, micro.old_logprobs, micro.token_advantages, kinds,
                                                epsilon_low=a.epsilon, epsilon_high=a.epsilon_high,
@@ -434,7 +432,7 @@ class GRPOTrainer:
             metrics["kl"] = masked_mean(kl, mask).detach()
         loss = aggregate_loss(per_token, mask, a.loss_type, max_completion_length=a.max_completion_length,
                               num_sequences=num_sequences, num_tokens=num_tokens)
-        extra = self.method.extra_loss(self, micro, out)
+        extra = self.method.extra_loss(self.ctx, micro, out)
         if extra is not None:
             extra_loss, extra_metrics = extra
             loss = loss + extra_loss * micro.rollout.batch_size / num_sequences
@@ -450,8 +448,12 @@ class GRPOTrainer:
     def train_step(self) -> dict[str, float]:
         """One optimizer step in four phases: collect -> prepare -> update -> log."""
         t0 = time.perf_counter()
+        self.ctx.global_step = self.global_step
+        begin = self.method.on_train_begin(self.ctx) if self.global_step == 0 else {}
+        t1 = time.perf_counter()
         batch, metrics = self.collect()
-        t_gen = time.perf_counter() - t0
+        metrics.update(begin)
+        t_gen = time.perf_counter() - t1
         prepared = self.prepare(batch)
         metrics.update(self.update(prepared))
         metrics.update(self.step_metrics(batch, prepared))
@@ -463,7 +465,7 @@ class GRPOTrainer:
         with self.gathered(self.model):
             with self.accelerator.autocast():
                 batch, metrics = self._collect_step_batch()
-            metrics.update(self.method.rollout_metrics(self, batch))
+            metrics.update(self.method.rollout_metrics(self.ctx, batch))
         return batch, metrics
 
     def prepare(self, batch: StepBatch) -> Any:
