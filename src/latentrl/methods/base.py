@@ -107,6 +107,10 @@ class Method:
     init: ClassVar[str] = "cot_sft"
     #: config values the preset sets unless the user overrides them
     defaults: ClassVar[dict[str, Any]] = {}
+    #: config values (dotted keys) for a one-step smoke run on a tiny random model of the chain_sum task (the docs
+    #: checks, `latentrl.testing`): short latent spans that end within 10 positions, and the optional terms (KL,
+    #: dynamic sampling, value-head pre-training) switched on so that every metric the method logs appears
+    smoke_overrides: ClassVar[dict[str, Any]] = {}
     #: ask the replay scorer for last hidden states (value heads, contrastive terms)
     needs_hidden: ClassVar[bool] = False
     #: include latent positions' recorded tokens in the completion text the rewards see (LEPO's authors do)

@@ -83,6 +83,8 @@ class CoconutLatentMethod(Method):
 @register_method
 class CoconutGRPO(CoconutLatentMethod):
     name = "coconut_grpo"
+    smoke_overrides: ClassVar[dict[str, Any]] = {"latent.operator": "hidden_state", "latent.num_latent_steps": 2,
+                                                  "latent.max_latent_steps": 2}
     description = "GRPO on Coconut latents: deterministic thoughts, exploration from the answer tokens (Özeren 2025)"
     #: the paper's LatR + GRPO settings (configs/coconut_grpo_qwen2.5-1.5b.yaml)
     defaults: ClassVar[dict[str, Any]] = {

@@ -17,7 +17,7 @@ The method needs its own update (`latentrl.dlr.DLRTrainer`, a GRPOTrainer subcla
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 from latentrl.config import ConfigError
 from latentrl.dlr.assistant import ASSISTANT, build_assistant
@@ -30,6 +30,7 @@ from latentrl.rollout import ThinkingSchedule
 @register_method
 class DLR(Method):
     name = "dlr"
+    smoke_overrides: ClassVar[dict[str, Any]] = {"dlr.num_latent_steps": 2, "dlr.nll_coef": 0.1}
     description = ("DeepLatent Reasoning (our reading of arXiv 2601.17275): a small Gaussian assistant samples K "
                    "latent chains, a frozen main model decodes them; dual reward, high-value filter, InfoNCE + PG")
     init = "cot_sft"

@@ -45,6 +45,9 @@ class HRPO(Method):
     description = ("HRPO: sampled-token embeddings gated with projected hidden states until '####' "
                    "(Yue et al. 2025)")
     init = "cot_sft"
+    smoke_overrides: ClassVar[dict[str, Any]] = {
+        "latent.operator": "hrpo_gate", "latent.answer_delimiter": "####", "latent.latent_temperature": 0.5,
+        "latent.max_latent_steps": 10, "temperature": 0.5, "beta": 0.1, "policy_loss": "reinforce"}
     #: operator mode (see `thoughts/hrpo_gate.py`); the ablations below change only this
     mode: ClassVar[str] = "gate"
     defaults: ClassVar[dict[str, Any]] = {

@@ -77,6 +77,8 @@ def sequence_mean_logprob(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.T
 @register_method
 class LatentGRPO(Method):
     name = "latent_grpo"
+    smoke_overrides: ClassVar[dict[str, Any]] = {"latent.operator": "gumbel_topk", "latent.end_of_thinking_token": "####",
+                                                  "latent.max_latent_steps": 6, "dynamic_sampling": True}
     description = ("Latent-GRPO: one-sided Gumbel top-K latent superpositions until </think>, invalid-sample "
                    "masking, optimal first-token selection, dynamic sampling (Deng et al. 2026)")
     init = "superposition_sft"

@@ -92,6 +92,9 @@ def value_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, po
 @register_method
 class LatentRL(CoconutLatentMethod):
     name = "latent_rl"
+    smoke_overrides: ClassVar[dict[str, Any]] = {
+        "latent.operator": "hidden_state", "latent.num_latent_steps": 2, "latent.max_latent_steps": 2,
+        "latent_rl.pretrain_prompts": 4, "latent_rl.pretrain_epochs": 1, "latent_rl.pretrain_batch_size": 8}
     description = "Value-head Latent RL on Coconut latents: maximise sigmoid(V) at latent positions (Özeren 2025)"
     needs_hidden = True
     #: the paper's Latent RL settings (configs/latent_rl_qwen2.5-1.5b.yaml)

@@ -34,6 +34,7 @@ DEFAULT_NUM_LATENT_STEPS = 32
 @register_method
 class LEPO(Method):
     name = "lepo"
+    smoke_overrides: ClassVar[dict[str, Any]] = {"latent.operator": "gumbel_softmax", "latent.num_latent_steps": 3}
     description = ("LEPO: Gumbel-softmax latent mixtures on the first L positions, soft-CE policy gradient at latent "
                    "positions + clipped GRPO at token positions (Zhou et al. 2026)")
     init = "cot_sft"
