@@ -239,7 +239,7 @@ def check_loss_agreement(args: argparse.Namespace, ours, trl) -> dict[str, Any]:
     """
     import torch
 
-    from latentrl.rl.trainer import StepBatch
+    from latentrl.rl.batch import StepBatch
     from latentrl.rollout import Rollout
 
     ours_device, trl_device = ours.model.device, next(trl.model.parameters()).device

@@ -11,7 +11,8 @@ from latentrl.config import GRPOConfig, LatentConfig, load_config
 from latentrl.data import make_examples, task_vocabulary
 from latentrl.methods import get_method
 from latentrl.replay import replay
-from latentrl.rl.trainer import GRPOTrainer, StepBatch
+from latentrl.rl.batch import StepBatch
+from latentrl.rl.trainer import GRPOTrainer
 from latentrl.rollout import Rollout, SamplingParams, ThinkingSchedule, generate_rollout
 from latentrl.sft.superposition import (
     SuperpositionSFTConfig,

@@ -2,8 +2,8 @@
 
 A small trainable assistant samples K latent reasoning-chain encodings per prompt (a Gaussian policy); a frozen main
 model decodes each chain (as prefix embeddings) in one pass; a dual reward (correctness + format) and a high-value
-filter drive a contrastive + policy-gradient update of the assistant only. `DLRTrainer` is imported lazily (it
-depends on `latentrl.rl.trainer`, which imports the method registry that imports this package).
+filter drive a contrastive + policy-gradient update of the assistant only. The trainer is
+`latentrl.dlr.trainer.DLRTrainer` (also `latentrl.DLRTrainer`); this package holds the parts below it.
 """
 
 from latentrl.dlr.assistant import ASSISTANT, LatentAssistant, build_assistant, gaussian_entropy, gaussian_log_prob
@@ -11,14 +11,7 @@ from latentrl.dlr.config import DLRConfig, resolve_dlr_config
 from latentrl.dlr.operator import AssistantThoughtOperator
 
 __all__ = [
-    "ASSISTANT", "AssistantThoughtOperator", "DLRConfig", "DLRTrainer", "LatentAssistant", "build_assistant",
+    "ASSISTANT", "AssistantThoughtOperator", "DLRConfig", "LatentAssistant", "build_assistant",
     "gaussian_entropy", "gaussian_log_prob", "resolve_dlr_config",
 ]
 
-
-def __getattr__(name):
-    if name == "DLRTrainer":
-        from latentrl.dlr.trainer import DLRTrainer
-
-        return DLRTrainer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

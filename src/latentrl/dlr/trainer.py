@@ -36,9 +36,10 @@ from latentrl.dlr.losses import (
     matmul_params,
     policy_gradient_loss,
 )
-from latentrl.methods import Method, get_method
+from latentrl.methods import Method, get_method, register_trainer
 from latentrl.model import LatentModel
-from latentrl.rl.trainer import GRPOTrainer, LossPiece, StepBatch
+from latentrl.rl.batch import StepBatch
+from latentrl.rl.trainer import GRPOTrainer, LossPiece
 
 __all__ = ["DLRTrainer", "DLRChains"]
 
@@ -64,6 +65,7 @@ class DLRChains:
         self.old_logprob = ro.logprobs[:, :L].sum(-1)  # (N,) log pi_old(z | h)
 
 
+@register_trainer("dlr")
 class DLRTrainer(GRPOTrainer):
     """GRPOTrainer with DLR's update. `trainer = DLRTrainer(cfg, model, train_examples)`; `trainer.train()`."""
 

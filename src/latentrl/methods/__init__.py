@@ -4,10 +4,20 @@ with `@register_method` joins the registry (and `latentrl bench`) without editin
 import importlib
 import pkgutil
 
-from latentrl.methods.base import METHODS, Method, MethodContext, MethodParts, get_method, register_method
+from latentrl.methods.base import (
+    METHODS,
+    TRAINERS,
+    Method,
+    MethodContext,
+    MethodParts,
+    get_method,
+    register_method,
+    register_trainer,
+)
 
 for _info in pkgutil.iter_modules(__path__):
     if _info.name != "base":
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["METHODS", "Method", "MethodContext", "MethodParts", "get_method", "register_method"]
+__all__ = ["METHODS", "TRAINERS", "Method", "MethodContext", "MethodParts", "get_method", "register_method",
+           "register_trainer"]

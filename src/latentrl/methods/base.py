@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from latentrl.config import GRPOConfig, LatentConfig
     from latentrl.model import LatentModel
     from latentrl.replay import ReplayOutput
-    from latentrl.rl.trainer import StepBatch
+    from latentrl.rl.batch import StepBatch
     from latentrl.rollout import Rollout
 
 
@@ -103,6 +103,8 @@ class Method:
 
     name: ClassVar[str] = "base"
     description: ClassVar[str] = ""
+    #: the registered trainer that runs it (`register_trainer`): "grpo" unless its update differs (DLR)
+    trainer: ClassVar[str] = "grpo"
     #: what the method starts from in the benchmark suite ("cot_sft", "coconut_sft", ...)
     init: ClassVar[str] = "cot_sft"
     #: config values the preset sets unless the user overrides them
@@ -118,10 +120,11 @@ class Method:
 
     @property
     def trainer_class(self) -> type:
-        """The trainer that runs this method: GRPOTrainer, unless the method has its own loop (DLR)."""
-        from latentrl.rl.trainer import GRPOTrainer
-
-        return GRPOTrainer
+        """The trainer that runs this method (`TRAINERS[self.trainer]`: GRPOTrainer, or DLRTrainer for DLR)."""
+        if self.trainer not in TRAINERS:
+            raise ValueError(f"method {self.name!r} runs on trainer {self.trainer!r}, which is not registered "
+                             f"(registered: {sorted(TRAINERS)}); import the module that defines it")
+        return TRAINERS[self.trainer]
 
     def build_operator(self, latent: "LatentConfig", model: "LatentModel") -> ThoughtOperator | None:
         if latent.operator == "none":
@@ -224,6 +227,17 @@ def operator_kwargs(latent: "LatentConfig", model: "LatentModel") -> dict[str, A
 
 
 METHODS: dict[str, type[Method]] = {}
+#: trainer name -> trainer class; filled by the trainer modules (`latentrl.rl.trainer`, `latentrl.dlr.trainer`), so
+#: this layer never imports them (the package `latentrl` imports both)
+TRAINERS: dict[str, type] = {}
+
+
+def register_trainer(name: str) -> Callable[[type], type]:
+    """Class decorator: the trainer that methods with `trainer = name` run on."""
+    def add(cls: type) -> type:
+        TRAINERS[name] = cls
+        return cls
+    return add
 
 
 def register_method(cls: type[Method]) -> type[Method]:

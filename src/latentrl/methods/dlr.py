@@ -10,7 +10,7 @@ main embedding space); the contrastive term is InfoNCE (anchor = mean chain, pos
 = the rest; plus the prompt-level direction), next to a group-relative policy-gradient term on the chain's exact
 Gaussian log-density.
 
-The method needs its own update (`latentrl.dlr.DLRTrainer`, a GRPOTrainer subclass): build it with
+The method needs its own update (`latentrl.dlr.trainer.DLRTrainer`, a GRPOTrainer subclass): build it with
 `method.trainer_class(cfg, model, examples)`. Plain `GRPOTrainer` refuses method "dlr" with a clear error.
 """
 
@@ -40,12 +40,7 @@ class DLR(Method):
         self.config = config
         """DLR options; set by `setup` from the trainer (`DLRTrainer.dlr`) when not given."""
 
-    @property
-    def trainer_class(self) -> type:
-        """The trainer that runs this method: `latentrl.dlr.DLRTrainer`."""
-        from latentrl.dlr.trainer import DLRTrainer
-
-        return DLRTrainer
+    trainer = "dlr"  # latentrl.dlr.trainer.DLRTrainer
 
     def setup(self, model, args) -> None:
         self.config = c = self.config or resolve_dlr_config(args)

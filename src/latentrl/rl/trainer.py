@@ -36,11 +36,12 @@ from latentrl.checkpoint import load_checkpoint, save_checkpoint
 from latentrl.config import DEFAULT_MAX_STEPS, ConfigError, GRPOConfig, config_to_dict
 from latentrl.data.schema import Example, as_rows  # as_rows: re-exported for callers of the old path
 from latentrl.logger import MetricsLogger, console_line, progress
-from latentrl.methods import Method, MethodContext, get_method
+from latentrl.methods import Method, MethodContext, get_method, register_trainer
 from latentrl.model import LatentModel
 from latentrl.replay import replay
 from latentrl.rewards import compute_rewards, get_reward_funcs, reward_columns
 from latentrl.rl.advantages import zero_std_groups
+from latentrl.rl.batch import StepBatch
 from latentrl.rl.distributed import DataParallel, chunk_generator, chunk_ranges, make_accelerator
 from latentrl.rl.fsdp import ShardedPolicy
 from latentrl.rl.losses import aggregate_loss, kl_penalty, masked_mean, mixed_policy_loss
@@ -52,28 +53,6 @@ RewardFunc = Callable[..., list[float | None]]
 
 class TrainingDivergedError(RuntimeError):
     """Raised when the loss or gradients become non-finite; the last checkpoint is left untouched."""
-
-
-@dataclass
-class StepBatch:
-    """Everything one optimizer step trains on (or a micro-batch slice of it)."""
-
-    rollout: Rollout
-    rows: list[dict[str, Any]]  # dataset rows, one per completion
-    completions: list[str]
-    rewards: torch.Tensor  # (N,)
-    advantages: torch.Tensor  # (N,)
-    token_advantages: torch.Tensor | None = None  # (N, C)
-    old_logprobs: torch.Tensor | None = None  # (N, C)
-    ref_logprobs: torch.Tensor | None = None  # (N, C)
-    per_func_rewards: torch.Tensor | None = None  # (N, F), NaN where a function returned None
-
-    def select(self, index: torch.Tensor) -> "StepBatch":
-        idx = index.tolist()
-        pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return StepBatch(self.rollout.select(index), [self.rows[i] for i in idx], [self.completions[i] for i in idx],
-                         self.rewards[index], self.advantages[index], pick(self.token_advantages),
-                         pick(self.old_logprobs), pick(self.ref_logprobs), pick(self.per_func_rewards))
 
 
 @dataclass
@@ -125,6 +104,7 @@ def disable_dropout(module: nn.Module) -> None:
             m.p = 0.0
 
 
+@register_trainer("grpo")
 class GRPOTrainer:
     """GRPO-family trainer over a `LatentModel`; the `method` decides how latent positions are formed and scored."""
 
