@@ -91,6 +91,23 @@ def test_runtime_hooks_get_the_typed_context_never_the_trainer(tmp_path):
     assert set(seen) == set(HOOKS) and set(seen.values()) == {MethodContext}
 
 
+def test_compute_counter_counts_every_policy_pass(tmp_path):
+    # rollout (padded prefill + one position per decode step but the last), the KL reference replay and the
+    # update's forward (+ 2 forward-equivalents of backward), at 2 x matmul weights per position
+    t = GRPOTrainer(config(tmp_path, beta=0.1), tiny_chain_sum_model(), examples(), reward_funcs=[word_count_reward])
+    batch, _ = t.collect()
+    t.update(t.prepare(batch))
+    m = t.compute_metrics()
+    n, p, c = batch.rollout.batch_size, batch.rollout.prompt_ids.shape[1], batch.rollout.completion_ids.shape[1]
+    forward = n * (p + c - 1) + n * (p + c) + n * (p + c)  # rollout, reference replay, update forward
+    weights = sum(q.numel() for q in t.model.model.parameters()) - t.model.model.get_input_embeddings().weight.numel()
+    weights += t.model.model.get_output_embeddings().weight.numel() * (t.model.model.config.tie_word_embeddings)
+    assert m["compute/main_tokens"] == forward
+    assert m["compute/main_flops"] == 2.0 * weights * forward
+    assert m["compute/main_backward_flops"] == 2.0 * weights * 2 * n * (p + c)
+    assert m["compute/total_flops"] == m["compute/main_flops"] + m["compute/main_backward_flops"]
+
+
 def test_zero_max_grad_norm_means_no_clipping(tmp_path):
     # the config says "0 disables clipping": the step equals one with a bound no gradient reaches
     params = []

@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from latentrl.compute import forward_flops, matmul_params  # re-exported: DLR's compute metrics use them
+
 __all__ = [
     "filter_high_value", "similarity", "group_info_nce", "anchor_info_nce", "policy_gradient_loss", "matmul_params",
     "forward_flops",
@@ -105,19 +107,3 @@ def policy_gradient_loss(logprob: torch.Tensor, old_logprob: torch.Tensor, advan
     clipped = ratio.clamp(1 - epsilon_low, 1 + epsilon_high)
     loss = -torch.minimum(ratio * advantages, clipped * advantages)
     return loss / num_dims, (ratio * advantages) > (clipped * advantages)
-
-
-def matmul_params(lm) -> int:
-    """Weights a forward multiplies per token: all parameters but the input-embedding lookup, plus the LM head
-    when it is tied to the embeddings (counted once by `parameters()`)."""
-    hf = lm.model
-    total = sum(p.numel() for p in hf.parameters())
-    emb_in = hf.get_input_embeddings().weight
-    head = hf.get_output_embeddings()
-    tied = head is not None and head.weight is emb_in
-    return total - emb_in.numel() + (head.weight.numel() if tied else 0)
-
-
-def forward_flops(params: int, tokens: int) -> float:
-    """The usual estimate of a transformer forward: 2 x params x tokens (attention's T^2 term left out)."""
-    return 2.0 * float(params) * float(tokens)

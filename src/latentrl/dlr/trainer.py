@@ -31,9 +31,7 @@ from latentrl.dlr.config import DLRConfig, resolve_dlr_config
 from latentrl.dlr.losses import (
     anchor_info_nce,
     filter_high_value,
-    forward_flops,
     group_info_nce,
-    matmul_params,
     policy_gradient_loss,
 )
 from latentrl.methods import Method, get_method, register_trainer
@@ -81,9 +79,6 @@ class DLRTrainer(GRPOTrainer):
         eval_dataset: Sequence[Example | dict[str, Any]] | None = None,
     ):
         self.dlr = resolve_dlr_config(args, dlr)
-        self._main_tokens = 0  # main-model forward positions this step (rollouts + decoding-likelihood term)
-        self._main_backward_tokens = 0  # positions the decoding-likelihood term backpropagates through
-        self._main_params = matmul_params(model)
         method = get_method(method or "dlr") if not isinstance(method, Method) else method
         method.config = self.dlr  # the DLR options this trainer resolved (an explicit `dlr=` wins over args.dlr)
         super().__init__(args, model, train_dataset, reward_funcs, method, ref_model, eval_dataset)
@@ -98,11 +93,7 @@ class DLRTrainer(GRPOTrainer):
     @torch.no_grad()
     def generate_and_score(self, prompt_rows: list[dict[str, Any]], round_: int = 0) -> StepBatch:
         self.operator.reset()
-        batch = super().generate_and_score(prompt_rows, round_=round_)
-        ro = batch.rollout
-        # main-model positions computed by the engine: the padded prefill, then one per decoding step but the last
-        self._main_tokens += ro.batch_size * (ro.prompt_ids.shape[1] + max(ro.completion_ids.shape[1] - 1, 0))
-        return batch
+        return super().generate_and_score(prompt_rows, round_=round_)
 
     # ------------------------------------------------------------------ the objective
     def dlr_loss(self, batch: StepBatch, chains: DLRChains, keep: torch.Tensor
@@ -181,8 +172,8 @@ class DLRTrainer(GRPOTrainer):
         mask = torch.cat([ro.prompt_mask, ro.completion_mask], dim=1).long()
         position = (mask.cumsum(-1) - 1).clamp_min(0)
         _, hidden, _ = model.forward_embeds(embeds, attention_mask=mask, position_ids=position, compute_logits=False)
-        self._main_tokens += B * (P + C)
-        self._main_backward_tokens += B * (P + C)
+        self.ctx.compute_tokens["forward"] += B * (P + C)
+        self.ctx.compute_tokens["backward"] += B * (P + C)  # activation gradients only: ~1 forward
         h = hidden[:, P + L - 1 : P + C - 1]  # predicts completion positions L .. C-1
         logp = model.lm_head(h).float().log_softmax(-1)
         tgt = ro.completion_ids[:, L:]
@@ -196,7 +187,6 @@ class DLRTrainer(GRPOTrainer):
     update_slices_batch = False
 
     def collect(self) -> tuple[StepBatch, dict[str, float]]:
-        self._main_tokens = self._main_backward_tokens = 0
         self.assistant.flops = 0
         return super().collect()
 
@@ -227,12 +217,15 @@ class DLRTrainer(GRPOTrainer):
             "dlr/kept_frac": float(keep.float().mean()),
             "dlr/kept_reward": float(batch.rewards[keep.cpu()].mean()) if bool(keep.any()) else float("nan"),
             "dlr/groups_with_kept": float(keep.view(-1, self.G).any(1).float().mean()),
-            "compute/main_tokens": float(self._main_tokens),
-            "compute/main_flops": forward_flops(self._main_params, self._main_tokens),
-            # activation gradients only (no weight gradients): ~1x the forward, i.e. 2 x params x tokens
-            "compute/main_backward_flops": forward_flops(self._main_params, self._main_backward_tokens),
-            "compute/assistant_flops": float(flops),
         }
+
+    def compute_metrics(self) -> dict[str, float]:
+        """The frozen main model's passes (GRPOTrainer's counter) plus the assistant's own FLOPs."""
+        m = super().compute_metrics()
+        flops = self.dp.sum_floats({"a": float(self.assistant.flops)})["a"]
+        m["compute/assistant_flops"] = flops
+        m["compute/total_flops"] += flops
+        return m
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_examples(self, examples: Sequence[Any], k: int = 0, max_new_positions: int | None = None,

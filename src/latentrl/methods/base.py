@@ -7,7 +7,7 @@ subclass (usually a few lines) registered with `@register_method`; `latentrl ben
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -65,6 +65,10 @@ class MethodContext:
     rows: Sequence[dict[str, Any]] = ()
     """the training rows (Latent RL pre-trains its value head on the first ones)"""
     global_step: int = 0
+    compute_tokens: dict[str, int] = field(default_factory=lambda: {"forward": 0, "backward": 0})
+    """policy-size model positions computed this step on this process: `forward` passes, and `backward` in
+    forward-equivalents (2 per position with weight gradients, 1 with activation gradients only); the trainer
+    turns them into `compute/*` FLOP metrics (`latentrl.compute`)"""
 
     @property
     def operator(self) -> ThoughtOperator | None:
@@ -82,6 +86,7 @@ class MethodContext:
         """No-grad per-position log-probs of a whole rollout batch at the loss temperature, micro-batch by
         micro-batch, with the method's operator (`plain_tokens`: none, the recorded token ids as plain inputs)."""
         op = None if plain_tokens else self.operator
+        self.compute_tokens["forward"] += rollout.batch_size * (rollout.prompt_ids.shape[1] + rollout.completion_ids.shape[1])
         n = self.args.per_device_train_batch_size
         out = []
         for s in range(0, rollout.batch_size, n):

@@ -33,6 +33,7 @@ from torch import nn
 from transformers import get_scheduler
 
 from latentrl.checkpoint import load_checkpoint, save_checkpoint
+from latentrl.compute import forward_flops, matmul_params
 from latentrl.config import DEFAULT_MAX_STEPS, ConfigError, GRPOConfig, config_to_dict
 from latentrl.data.schema import Example, as_rows  # as_rows: re-exported for callers of the old path
 from latentrl.logger import MetricsLogger, console_line, progress
@@ -190,6 +191,7 @@ class GRPOTrainer:
             top_k=args.top_k or None, top_p=args.top_p if args.top_p < 1.0 else None,
         )
         self.global_step = 0
+        self.main_params = matmul_params(model)  # weights a policy forward multiplies per token (compute metrics)
         self.data_epoch, self.data_cursor = 0, 0
         self._order = self._epoch_order(0)
         self.output_dir = Path(args.output_dir)
@@ -289,6 +291,8 @@ class GRPOTrainer:
         on the CPU when other processes will receive it."""
         ids, mask = self._tokenize_prompts(rows)
         rollout = generate_rollout(self.model, ids, mask, self.sampling, self.operator, self.schedule, generator)
+        # the padded prefill, then one position per decoding step but the last
+        self.ctx.compute_tokens["forward"] += rollout.batch_size * (ids.shape[1] + max(rollout.completion_ids.shape[1] - 1, 0))
         completions = decode_completions(self.model, rollout,
                                          skip_latent=not self.method.decodes_latent_tokens(self.operator))
         columns = reward_columns(rows)
@@ -397,6 +401,9 @@ class GRPOTrainer:
         a = self.args
         out = replay(self.model, self.operator, micro.rollout, temperature=self.loss_temperature,
                      return_hidden=self.method.needs_hidden)
+        positions = micro.rollout.batch_size * (micro.rollout.prompt_ids.shape[1] + micro.rollout.completion_ids.shape[1])
+        self.ctx.compute_tokens["forward"] += positions
+        self.ctx.compute_tokens["backward"] += 2 * positions  # weight and activation gradients
         mask = self.loss_mask(micro)
         kinds = self.method.policy_kind_masks(self.ctx, micro, mask)
         if kinds:
@@ -437,11 +444,13 @@ class GRPOTrainer:
         prepared = self.prepare(batch)
         metrics.update(self.update(prepared))
         metrics.update(self.step_metrics(batch, prepared))
+        metrics.update(self.compute_metrics())
         metrics.update({"time/generation_s": t_gen, "time/step_s": time.perf_counter() - t0})
         return metrics
 
     def collect(self) -> tuple[StepBatch, dict[str, float]]:
         """Rollouts, rewards and advantages of one step (refilled by dynamic sampling), with their metrics."""
+        self.ctx.compute_tokens.update(forward=0, backward=0)
         with self.gathered(self.model):
             with self.accelerator.autocast():
                 batch, metrics = self._collect_step_batch()
@@ -518,6 +527,14 @@ class GRPOTrainer:
             total = sums.pop("loss")
         return {**sums, "loss": total, "grad_norm": float(grad_norm),
                 "learning_rate": self.scheduler.get_last_lr()[0]}
+
+    def compute_metrics(self) -> dict[str, float]:
+        """FLOPs of this step's policy-size passes, summed over processes (`latentrl.compute`: 2 x weights x
+        positions; the backward in forward-equivalents), the counter every method is compared with."""
+        c = self.dp.sum_floats({k: float(v) for k, v in self.ctx.compute_tokens.items()})
+        fwd, bwd = forward_flops(self.main_params, c["forward"]), forward_flops(self.main_params, c["backward"])
+        return {"compute/main_tokens": c["forward"], "compute/main_flops": fwd, "compute/main_backward_flops": bwd,
+                "compute/total_flops": fwd + bwd}
 
     def step_metrics(self, batch: StepBatch, prepared: Any) -> dict[str, float]:
         """Metrics of the step measured after the update (here: the mean norm of the latent inputs)."""
