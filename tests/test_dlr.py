@@ -266,7 +266,7 @@ def test_generic_evaluate_decodes_the_mean_chain(tmp_path):
 
     t = trainer(tmp_path)
     data = examples(3)
-    res = t.evaluate_examples(data, k=2, max_new_positions=8)
+    res = t.evaluate(data, k=2)
     res2 = evaluate(t.model, data, operator=t.operator, schedule=t.schedule, max_new_positions=8,
                     prompt_text=t.method.prompt_text)
     assert res.n == 3 and res.mean_latent_positions == 3 and res.pass_at_k is not None

@@ -146,10 +146,8 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
 
     def score(label: str, train_s: float) -> dict:
         with trainer.gathered(trainer.model):  # what trainer.evaluate does, keeping every problem's score
-            res = evaluate(trainer.model, evals, operator=trainer.operator, schedule=trainer.schedule,
-                           max_new_positions=cfg.max_completion_length, k=k, seed=seed, temperature=T,
-                           prompt_text=trainer.prompt_text, num_samples_to_keep=n_all,
-                           decode_latent=trainer.method.decodes_latent_tokens(trainer.operator))
+            res = evaluate(trainer.model, evals, k=k, temperature=T, num_samples_to_keep=n_all,
+                           **trainer.parts.eval_kwargs(cfg))
         dep = trainer_thought_dependence(trainer, evals)
         r = row(label, task.name, res, train_s, str(init.name), run_dir, dep)
         console.print(f"{label}: Pass@1 {percent_se(res.pass_at_1, res.n)}%, {res.mean_reasoning_positions:.1f} "

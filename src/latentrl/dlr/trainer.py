@@ -10,9 +10,9 @@ at all unless `nll_coef > 0`, because the stored prompt feature h and chain z de
 log-density. Data order, rewards, dynamic sampling, logging, checkpoints and resume are GRPOTrainer's. With several
 processes the rollouts are split over them (GRPOTrainer's chunks) and every process runs this whole-batch update
 on the gathered batch, so the replicas stay identical without a gradient all-reduce.
-Evaluation: `latentrl.eval.evaluate(model, ..., operator=trainer.operator, schedule=trainer.schedule,
-prompt_text=trainer.method.prompt_text)` works as for every method (greedy Pass@1 decodes the mean chain mu;
-Pass@k samples chains); `trainer.evaluate_examples(...)` is the same call with the trainer's settings.
+Evaluation is every method's: `trainer.evaluate(rows, k)`, or `latentrl.eval.evaluate(model, rows,
+**get_method("dlr").build(model, cfg).eval_kwargs(cfg))` without a trainer (greedy Pass@1 decodes the mean chain
+mu; Pass@k samples chains).
 """
 
 from __future__ import annotations
@@ -226,16 +226,3 @@ class DLRTrainer(GRPOTrainer):
         m["compute/assistant_flops"] = flops
         m["compute/total_flops"] += flops
         return m
-
-    # ------------------------------------------------------------------ evaluation
-    def evaluate_examples(self, examples: Sequence[Any], k: int = 0, max_new_positions: int | None = None,
-                          **kwargs: Any):
-        """`latentrl.eval.evaluate` with this trainer's operator, schedule and prompt format -> `EvalResult`.
-        Greedy Pass@1 decodes the mean chain mu; Pass@k (k > 0) decodes k sampled chains at `temperature`."""
-        from latentrl.eval import evaluate
-
-        kwargs.setdefault("seed", self.args.seed)
-        kwargs.setdefault("temperature", self.args.temperature)
-        return evaluate(self.model, examples, operator=self.operator, schedule=self.schedule,
-                        max_new_positions=max_new_positions or self.args.max_completion_length, k=k,
-                        prompt_text=self.prompt_text, **kwargs)
