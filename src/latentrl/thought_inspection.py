@@ -154,27 +154,6 @@ def _top(model: LatentModel, scores: torch.Tensor, ids: torch.Tensor | None, k: 
             for ri, rs in zip(tok_ids, top.values)]
 
 
-def _mixture_weights(operator: ThoughtOperator, payload: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """(N, K) mixing weights over `payload["ids"]`, or None when the operator mixes no token set."""
-    if "ids" not in payload:
-        return None
-    if "weights" in payload:
-        return payload["weights"].float()
-    if "scores" in payload and hasattr(operator, "weights"):
-        return operator.weights(payload).float()
-    return None
-
-
-def _gate_ratios(model: LatentModel, operator: ThoughtOperator, token_ids: torch.Tensor) -> torch.Tensor | None:
-    """(N, 2) HRPO gate (mean a, mean sqrt(1 - a^2)) at the given recorded tokens, or None for other operators."""
-    from latentrl.thoughts.hrpo_gate import EPS, HRPOGateThought
-
-    if not isinstance(operator, HRPOGateThought) or operator.mode != "gate":
-        return None
-    a = operator.gate(model).decay(model.embed(token_ids)).float()
-    return torch.stack([a.mean(-1), torch.sqrt(1.0 - a.pow(2) + EPS).mean(-1)], dim=-1)
-
-
 @torch.no_grad()
 def inspect_thoughts(
     model: LatentModel,
@@ -225,11 +204,11 @@ def inspect_thoughts(
             thoughts = operator.rebuild(model, rec, payload).float() if len(pos) else E.new_zeros(0, E.shape[1])
             lm = _top(model, model.lm_head(thoughts.to(E.dtype)).float().softmax(-1), None, top_k)
             cos = _top(model, F.normalize(thoughts, dim=-1) @ E_unit.T, None, top_k)
-            w = _mixture_weights(operator, payload) if len(pos) else None
-            mix = _top(model, w, payload["ids"], top_k) if w is not None else [None] * len(pos)
+            mixed = operator.mixed_tokens(payload) if len(pos) else None
+            mix = _top(model, mixed[1], mixed[0], top_k) if mixed is not None else [None] * len(pos)
             # tokens the operator filtered out (-inf before the softmax) have weight exactly 0: not in the mixture
             mix = [m if m is None else [s for s in m if s.score > 0] for m in mix]
-            gates = _gate_ratios(model, operator, rec) if len(pos) else None
+            gates = operator.gate_ratios(model, rec) if len(pos) else None
             hid = ([None] * len(pos) if gates is None else
                    _top(model, F.normalize(payload["hidden"].float(), dim=-1) @ E_unit.T, None, top_k))
             views = [

@@ -84,6 +84,18 @@ class ThoughtOperator(nn.Module):
         checkpoint had them. Called once, before any rollout and before the optimizer is built (`Method.build`);
         an operator never creates modules mid-rollout."""
 
+    def mixed_tokens(self, payload: Payload) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """((N, K) token ids, (N, K) weights) of the token set a stored step's input mixes, or None when the input
+        is no mixture of token embeddings (`latentrl inspect` shows it). Default: the payload's `ids` / `weights`."""
+        if "ids" in payload and "weights" in payload:
+            return payload["ids"], payload["weights"].float()
+        return None
+
+    def gate_ratios(self, model: "LatentModel", token_ids: torch.Tensor) -> torch.Tensor | None:
+        """(N, 2) weights of the token embedding and of the mixed-in state where the operator gates the two
+        (HRPO), or None."""
+        return None
+
     def set_eval_mode(self, deterministic: bool) -> None:
         """Stochastic operators switch their noise off for evaluation (e.g. Latent-GRPO's noise-free top-K)."""
         self.deterministic = deterministic

@@ -267,6 +267,9 @@ class GumbelTopKThought(ThoughtOperator):
         """(N, K) mixture weights softmax(g / τ_g) from the stored scores."""
         return (payload["scores"].float() / self.tau).softmax(-1)
 
+    def mixed_tokens(self, payload: Payload) -> tuple[torch.Tensor, torch.Tensor]:
+        return payload["ids"], self.weights(payload).float()
+
     def rebuild(self, model, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
         emb = model.embed(payload["ids"])  # (N, K, H)
         if self.detach_embeddings:

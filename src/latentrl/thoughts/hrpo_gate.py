@@ -178,6 +178,14 @@ class HRPOGateThought(ThoughtOperator):
         if self.mode == "gate":
             ensure_gate(model, self.gate_c, self.gate_r_min, self.gate_r_max)
 
+    def gate_ratios(self, model: "LatentModel", token_ids: torch.Tensor) -> torch.Tensor | None:
+        """(N, 2): mean a (the sampled token embedding's weight) and mean sqrt(1 - a^2) (the projected state's),
+        the quantities HRPO logs; None outside the gated mode."""
+        if self.mode != "gate":
+            return None
+        a = self.gate(model).decay(model.embed(token_ids)).float()
+        return torch.stack([a.mean(-1), torch.sqrt(1.0 - a.pow(2) + EPS).mean(-1)], dim=-1)
+
     def gate(self, model: "LatentModel") -> HRPOGate:
         """The model's gate. Never created here: a gate attached mid-rollout would be untrained and outside the
         optimizer, so it must exist before (`attach`, which the method's `build` calls)."""
