@@ -55,7 +55,7 @@ def smoke_config(method: str, out: Path, seed: int, mixed_precision: str):
               max_completion_length=10, learning_rate=1e-3, reward_weights=None, dynamic_sampling=False, seed=seed,
               mixed_precision=mixed_precision, log_to_console=False)
     if method == "latent_grpo":  # a random model never ends its completion nor writes '####': keep and cap them
-        kw["invalid_sample_masking"] = False
+        kw["latent_grpo"] = {"invalid_sample_masking": False}
         kw["latent"] = {"max_latent_steps": 4}
     if method == "dlr":
         kw["dlr"] = {"num_latent_steps": 3, "latent_dim": 4, "assistant_hidden_size": 16}

@@ -253,9 +253,9 @@ def test_method_presets_fill_only_the_keys_the_user_left_unset(tmp_path):
     assert cfg.temperature == hrpo["temperature"] == 0.5 and cfg.beta == 0.005 and cfg.policy_loss == "reinforce"
     assert cfg.latent.operator == "hrpo_gate" and cfg.latent.latent_temperature == 0.5
     yaml_file = tmp_path / "c.yaml"
-    yaml_file.write_text("model_name_or_path: m\nmethod: hrpo\nbeta: 0.0\nlatent:\n  gate_c: 4.0\n")
+    yaml_file.write_text("model_name_or_path: m\nmethod: hrpo\nbeta: 0.0\nhrpo:\n  gate_c: 4.0\n")
     cfg = load_config(GRPOConfig, yaml_file, ["temperature=0.9"])
-    assert (cfg.beta, cfg.temperature, cfg.latent.gate_c) == (0.0, 0.9, 4.0)  # the user's values win
+    assert (cfg.beta, cfg.temperature, cfg.hrpo.gate_c) == (0.0, 0.9, 4.0)  # the user's values win
     assert cfg.latent.operator == "hrpo_gate" and cfg.loss_type == "grpo"  # the preset fills the rest
     assert GRPOConfig.for_method("hrpo", model_name_or_path="m", beta=0.1).beta == 0.1
     assert GRPOConfig(model_name_or_path="m", method="hrpo").temperature == 1.0  # plain construction: field defaults

@@ -107,7 +107,7 @@ def page_methods(path: Path) -> list[str]:
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k in ("latent", "dlr", "latent_rl"):
+        if isinstance(v, dict) and k in ("latent", "dlr", "latent_rl", "hrpo", "latent_grpo"):
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[prefix + k] = v

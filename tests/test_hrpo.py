@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentrl.config import GRPOConfig, LatentConfig, load_config
+from latentrl.config import ConfigError, GRPOConfig, LatentConfig, config_from_dict, load_config
 from latentrl.data import make_examples, task_vocabulary
 from latentrl.methods import get_method
 from latentrl.model import LatentModel
@@ -354,9 +354,17 @@ def test_paper_preset_loads_with_the_paper_values():
     assert (cfg.lr_scheduler_type, cfg.warmup_ratio) == ("cosine", 0.1)
     assert (cfg.policy_loss, cfg.loss_type) == ("reinforce", "grpo")
     assert cfg.num_iterations == 1 and cfg.kl_estimator == "k3" and cfg.loss_temperature == 1.0
-    assert (cfg.latent.gate_c, cfg.latent.gate_r_min, cfg.latent.gate_r_max) == (8.0, 0.99, 0.999)
+    assert (cfg.hrpo.gate_c, cfg.hrpo.gate_r_min, cfg.hrpo.gate_r_max) == (8.0, 0.99, 0.999)
     assert cfg.latent.max_latent_steps >= cfg.max_completion_length
-    assert getattr(cfg, "gate_learning_rate", 1e-4) == 1e-4 and getattr(cfg, "lambda_learning_rate", 1e-3) == 1e-3
+    assert (cfg.hrpo.gate_learning_rate, cfg.hrpo.lambda_learning_rate) == (1e-4, 1e-3)
+
+
+def test_hrpo_options_moved_to_their_section_get_a_pointer():
+    # the gate's options were top-level / latent.* keys before they got the `hrpo:` section
+    with pytest.raises(ConfigError, match="hrpo.gate_learning_rate"):
+        config_from_dict(GRPOConfig, {"model_name_or_path": "m", "method": "hrpo", "gate_learning_rate": 1e-4})
+    with pytest.raises(ConfigError, match="hrpo.gate_c"):
+        config_from_dict(GRPOConfig, {"model_name_or_path": "m", "method": "hrpo", "latent": {"gate_c": 8.0}})
 
 
 @pytest.mark.parametrize("name", ["hrpo", "hrpo_raw_hidden", "hrpo_no_gate"])

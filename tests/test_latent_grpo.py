@@ -185,7 +185,7 @@ def fake_batch(rewards, truncated, latent_first, old_mean, C=4):
 def fake_context(**options):
     args = GRPOConfig(model_name_or_path="x", num_generations=4, per_device_train_batch_size=8)
     for k, v in options.items():
-        setattr(args, k, v)
+        setattr(args.latent_grpo if hasattr(args.latent_grpo, k) else args, k, v)
     return SimpleNamespace(args=args, loss_mask=lambda b: b.rollout.completion_mask & ~b.rollout.forced_mask)
 
 

@@ -32,7 +32,7 @@ def lora_config(method, out, **over):
               dynamic_sampling=False, lora={"enabled": True, "r": 4, "alpha": 8})
     kw["beta"] = 0.0 if method == "dlr" else 0.05
     if method == "latent_grpo":  # a random tiny model never ends its completion: keep truncated ones in the loss
-        kw["invalid_sample_masking"] = False
+        kw["latent_grpo"] = {"invalid_sample_masking": False}
         kw["latent"] = {"max_latent_steps": 4}  # and it never writes '####': cap the latent span
     if method == "dlr":
         kw["dlr"] = {"num_latent_steps": 3, "latent_dim": 4, "assistant_hidden_size": 16}

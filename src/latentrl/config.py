@@ -35,6 +35,8 @@ __all__ = [
     "BaseConfig",
     "ConfigError",
     "DLRConfig",
+    "HRPOConfig",
+    "LatentGRPOConfig",
     "LatentRLConfig",
     "GRPOConfig",
     "LatentConfig",
@@ -720,6 +722,36 @@ class LatentConfig(BaseConfig):
     )
     noise_clamp_min: float = cfg_field(-1.5, "Lower clamp of the Gumbel noise (Latent-GRPO: -1.5).")
     noise_clamp_max: float = cfg_field(3.0, "Upper clamp of the Gumbel noise (Latent-GRPO: 3.0).")
+    eval_noise: bool = cfg_field(
+        False,
+        "Keep the stochastic noise of the latent operator at evaluation (Latent-GRPO evaluates Pass@1 without "
+        "noise, Pass@k with noise on).",
+    )
+    noise_scale: float = cfg_field(
+        1.0, "Multiplier of the (clamped, shifted) Gumbel noise of gumbel_topk (Latent-GRPO noise_scale: 1.0).", min=0.0
+    )
+
+    def validate(self) -> None:
+        if self.noise_clamp_min >= self.noise_clamp_max:
+            raise ConfigError(
+                f"noise_clamp_min ({self.noise_clamp_min}) must be smaller than noise_clamp_max ({self.noise_clamp_max})"
+            )
+        if self.num_latent_steps is not None and self.num_latent_steps > self.max_latent_steps:
+            raise ConfigError(
+                f"num_latent_steps ({self.num_latent_steps}) must be <= max_latent_steps ({self.max_latent_steps})"
+            )
+        if self.operator == "none" and self.num_latent_steps:
+            raise ConfigError(
+                f"num_latent_steps={self.num_latent_steps} needs a latent operator, but operator='none'; "
+                f"choose one of {', '.join(op for op in LATENT_OPERATORS if op != 'none')}"
+            )
+
+
+@dataclasses.dataclass(kw_only=True)
+class HRPOConfig(BaseConfig):
+    """HRPO's gated hybrid inputs (method hrpo and its ablations; arXiv 2505.18454, docs/methods/hrpo.md): the
+    gate's initialisation and its own learning rates."""
+
     gate_c: float = cfg_field(
         8.0, "HRPO gate constant c in a = exp(-c * softplus(Lambda) * r) (HRPO: 8).", min=0.0, min_exclusive=True
     )
@@ -739,31 +771,44 @@ class LatentConfig(BaseConfig):
         min_exclusive=True,
         max_exclusive=True,
     )
-    eval_noise: bool = cfg_field(
-        False,
-        "Keep the stochastic noise of the latent operator at evaluation (Latent-GRPO evaluates Pass@1 without "
-        "noise, Pass@k with noise on).",
+    gate_learning_rate: float = cfg_field(
+        1e-4, "Learning rate of a method's gate linears (HRPO: W_a, b_a, W_x, b_x of the hybrid-input gate; paper 1e-4).",
+        min=0.0, min_exclusive=True,
     )
-    noise_scale: float = cfg_field(
-        1.0, "Multiplier of the (clamped, shifted) Gumbel noise of gumbel_topk (Latent-GRPO noise_scale: 1.0).", min=0.0
+    lambda_learning_rate: float = cfg_field(
+        1e-3, "Learning rate of HRPO's gate decay parameter Lambda (paper 1e-3).", min=0.0, min_exclusive=True
     )
 
     def validate(self) -> None:
-        if self.noise_clamp_min >= self.noise_clamp_max:
-            raise ConfigError(
-                f"noise_clamp_min ({self.noise_clamp_min}) must be smaller than noise_clamp_max ({self.noise_clamp_max})"
-            )
         if self.gate_r_min > self.gate_r_max:
-            raise ConfigError(f"gate_r_min ({self.gate_r_min}) must be <= gate_r_max ({self.gate_r_max})")
-        if self.num_latent_steps is not None and self.num_latent_steps > self.max_latent_steps:
-            raise ConfigError(
-                f"num_latent_steps ({self.num_latent_steps}) must be <= max_latent_steps ({self.max_latent_steps})"
-            )
-        if self.operator == "none" and self.num_latent_steps:
-            raise ConfigError(
-                f"num_latent_steps={self.num_latent_steps} needs a latent operator, but operator='none'; "
-                f"choose one of {', '.join(op for op in LATENT_OPERATORS if op != 'none')}"
-            )
+            raise ConfigError(f"hrpo.gate_r_min ({self.gate_r_min}) must be <= hrpo.gate_r_max ({self.gate_r_max})")
+
+
+@dataclasses.dataclass(kw_only=True)
+class LatentGRPOConfig(BaseConfig):
+    """Latent-GRPO's advantage fixes and embedding freeze (method latent_grpo; docs/methods/latent_grpo.md); null
+    leaves the method's default (`LatentGRPOOptions`)."""
+
+    invalid_sample_masking: bool | None = cfg_field(
+        None,
+        "Latent-GRPO: completions that hit max_completion_length get A=0 (they stay in the loss normaliser, unlike "
+        "mask_truncated_completions); null: the method's default (latent_grpo: true).",
+    )
+    exclude_invalid_from_stats: bool | None = cfg_field(
+        None, "Also leave invalid completions out of the group mean/std (Latent-GRPO: false on GSM8k, true on MATH); "
+        "null: method default."
+    )
+    first_token_selection: bool | None = cfg_field(
+        None, "Latent-GRPO optimal correct-path first-token selection at the first latent position; null: method "
+        "default (true)."
+    )
+    first_token_zero_non_positive: bool | None = cfg_field(
+        None, "First-token selection also zeroes non-winners with A<=0 (authors' code); null: method default (true)."
+    )
+    freeze_embeddings: bool | None = cfg_field(
+        None, "Keep the input embedding matrix (and a tied LM head) out of the optimizer (Latent-GRPO "
+        "freeze_embedding); null: method default."
+    )
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -1044,13 +1089,6 @@ class GRPOConfig(BaseConfig):
         min=0.0,
         min_exclusive=True,
     )
-    gate_learning_rate: float = cfg_field(
-        1e-4, "Learning rate of a method's gate linears (HRPO: W_a, b_a, W_x, b_x of the hybrid-input gate; paper 1e-4).",
-        min=0.0, min_exclusive=True,
-    )
-    lambda_learning_rate: float = cfg_field(
-        1e-3, "Learning rate of HRPO's gate decay parameter Lambda (paper 1e-3).", min=0.0, min_exclusive=True
-    )
     weight_decay: float = cfg_field(0.0, "AdamW weight decay (HRPO: 0.1).", min=0.0)
     adam_beta1: float = cfg_field(0.9, "AdamW beta1.", min=0.0, max=1.0, max_exclusive=True)
     adam_beta2: float = cfg_field(0.999, "AdamW beta2.", min=0.0, max=1.0, max_exclusive=True)
@@ -1181,27 +1219,6 @@ class GRPOConfig(BaseConfig):
         4, "With dynamic_sampling: extra generation rounds tried before training on a partial batch.", min=0
     )
 
-    # --- Latent-GRPO advantage fixes (null: the method's default) ------------------------------------------------
-    invalid_sample_masking: bool | None = cfg_field(
-        None,
-        "Latent-GRPO: completions that hit max_completion_length get A=0 (they stay in the loss normaliser, unlike "
-        "mask_truncated_completions); null: the method's default (latent_grpo: true).",
-    )
-    exclude_invalid_from_stats: bool | None = cfg_field(
-        None, "Also leave invalid completions out of the group mean/std (Latent-GRPO: false on GSM8k, true on MATH); "
-        "null: method default."
-    )
-    first_token_selection: bool | None = cfg_field(
-        None, "Latent-GRPO optimal correct-path first-token selection at the first latent position; null: method "
-        "default (true)."
-    )
-    first_token_zero_non_positive: bool | None = cfg_field(
-        None, "First-token selection also zeroes non-winners with A<=0 (authors' code); null: method default (true)."
-    )
-    freeze_embeddings: bool | None = cfg_field(
-        None, "Keep the input embedding matrix (and a tied LM head) out of the optimizer (Latent-GRPO "
-        "freeze_embedding); null: method default."
-    )
     advantage_epsilon: float | None = cfg_field(
         None, "Added to the reward std before dividing; null: method default (TRL 1e-4; latent_grpo 1e-6).", min=0.0
     )
@@ -1297,6 +1314,13 @@ class GRPOConfig(BaseConfig):
     latent_rl: LatentRLConfig = cfg_field(
         default_factory=LatentRLConfig,
         help="Value-head Latent RL options (method latent_rl; see the latent_rl.* options).",
+    )
+    hrpo: HRPOConfig = cfg_field(
+        default_factory=HRPOConfig, help="HRPO gate options (methods hrpo*; see the hrpo.* options)."
+    )
+    latent_grpo: LatentGRPOConfig = cfg_field(
+        default_factory=LatentGRPOConfig,
+        help="Latent-GRPO advantage fixes (method latent_grpo; see the latent_grpo.* options).",
     )
 
     @classmethod

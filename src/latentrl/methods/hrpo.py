@@ -24,8 +24,6 @@ from latentrl.tokenizer import delimiter_spellings
 
 DEFAULT_DELIMITER = "####"
 #: learning rates of the gate when `GRPOConfig` has no field for them (the paper's values)
-DEFAULT_GATE_LR = 1e-4
-DEFAULT_LAMBDA_LR = 1e-3
 
 
 def contains_ids(ids: torch.Tensor, mask: torch.Tensor, seq: list[int] | None) -> torch.Tensor:
@@ -80,7 +78,7 @@ class HRPO(Method):
                           f"{a.max_completion_length}: hybrid inputs stop after {lat.max_latent_steps} positions even "
                           "before the answer delimiter (HRPO has no such cap)", stacklevel=2)
         if self.mode == "gate":
-            ensure_gate(model, lat.gate_c, lat.gate_r_min, lat.gate_r_max)
+            ensure_gate(model, a.hrpo.gate_c, a.hrpo.gate_r_min, a.hrpo.gate_r_max)
 
     def loss_temperature(self, latent) -> float:
         a = self.args
@@ -95,6 +93,8 @@ class HRPO(Method):
             logprob_temperature=self.loss_temperature(latent),
             top_k=(a.top_k or None) if a is not None else None,
             top_p=(a.top_p if a.top_p < 1.0 else None) if a is not None else None,
+            **({"gate_c": a.hrpo.gate_c, "gate_r_min": a.hrpo.gate_r_min, "gate_r_max": a.hrpo.gate_r_max}
+               if a is not None else {}),
         )
 
     def build_schedule(self, latent, model) -> ThinkingSchedule:
@@ -104,7 +104,7 @@ class HRPO(Method):
         )
 
     def param_groups(self, ctx: MethodContext) -> list[dict[str, Any]]:
-        """LM at `learning_rate`; gate linears at `gate_learning_rate` (1e-4); Lambda at `lambda_learning_rate`
+        """LM at `learning_rate`; gate linears at `hrpo.gate_learning_rate` (1e-4); Lambda at `hrpo.lambda_learning_rate`
         (1e-3). Weight decay applies to every group, as in the authors' optimizer patch."""
         a = ctx.args
         gate = ctx.model.side_modules[GATE_NAME] if GATE_NAME in ctx.model.side_modules else None
@@ -113,9 +113,9 @@ class HRPO(Method):
         groups = [{"params": lm, "lr": a.learning_rate}]
         if gate is not None:
             linears = [p for p in (*gate.gate_r.parameters(), *gate.gate_i.parameters()) if p.requires_grad]
-            groups.append({"params": linears, "lr": float(getattr(a, "gate_learning_rate", DEFAULT_GATE_LR))})
+            groups.append({"params": linears, "lr": float(a.hrpo.gate_learning_rate)})
             if gate.Lambda.requires_grad:
-                lam_lr = float(getattr(a, "lambda_learning_rate", DEFAULT_LAMBDA_LR))
+                lam_lr = float(a.hrpo.lambda_learning_rate)
                 groups.append({"params": [gate.Lambda], "lr": lam_lr})
         return [g for g in groups if g["params"]]
 

@@ -41,8 +41,8 @@ __all__ = ["LatentGRPO", "LatentGRPOOptions"]
 
 @dataclasses.dataclass
 class LatentGRPOOptions:
-    """Latent-GRPO's switches. Read from the trainer config by name (`getattr(args, name)`); a missing or null
-    option takes the default here (the authors' LLaMA / GSM8k script)."""
+    """Latent-GRPO's switches. Read from the run's `latent_grpo:` section (`advantage_epsilon`: the top-level
+    option); a missing or null option takes the default here (the authors' LLaMA / GSM8k script)."""
 
     invalid_sample_masking: bool = True
     """(a) completions that hit max_completion_length without a stop token get A = 0."""
@@ -62,8 +62,9 @@ class LatentGRPOOptions:
     @classmethod
     def from_args(cls, args: Any) -> "LatentGRPOOptions":
         values = {}
+        section = getattr(args, "latent_grpo", None)
         for f in dataclasses.fields(cls):
-            v = getattr(args, f.name, None)
+            v = getattr(section, f.name, None) if hasattr(section, f.name) else getattr(args, f.name, None)
             values[f.name] = f.default if v is None else v
         return cls(**values)
 

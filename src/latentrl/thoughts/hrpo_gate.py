@@ -151,7 +151,8 @@ class HRPOGateThought(ThoughtOperator):
         """`temperature`: tau of the sampling distribution p (default `config.latent_temperature`, else 1.0).
         `logprob_temperature`: temperature of the recorded and replayed log-probs (default: `temperature`).
         `top_k`/`top_p`: filters applied to p before sampling and projecting (default: none).
-        `gate_*`: used only if the operator has to attach a gate itself (default: the config's, else HRPO's)."""
+        `gate_*`: the gate's initialisation when `attach` creates it (default: HRPO's; the method passes the run's
+        `hrpo.*` options)."""
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"hrpo_gate mode must be one of {MODES}, got {mode!r}")
@@ -164,10 +165,9 @@ class HRPOGateThought(ThoughtOperator):
         self.temperature, self.logprob_temperature = float(tau), float(lp_t)
         self.top_k = top_k or None
         self.top_p = top_p if top_p is not None and top_p < 1.0 else None
-        pick = lambda v, field, default: v if v is not None else getattr(config, field, default)  # noqa: E731
-        self.gate_c = float(pick(gate_c, "gate_c", 8.0))
-        self.gate_r_min = float(pick(gate_r_min, "gate_r_min", 0.99))
-        self.gate_r_max = float(pick(gate_r_max, "gate_r_max", 0.999))
+        self.gate_c = float(gate_c if gate_c is not None else 8.0)
+        self.gate_r_min = float(gate_r_min if gate_r_min is not None else 0.99)
+        self.gate_r_max = float(gate_r_max if gate_r_max is not None else 0.999)
         self.deterministic = False
 
     def extra_repr(self) -> str:
