@@ -359,6 +359,18 @@ def test_paper_preset_loads_with_the_paper_values():
     assert (cfg.hrpo.gate_learning_rate, cfg.hrpo.lambda_learning_rate) == (1e-4, 1e-3)
 
 
+def test_a_run_config_of_the_old_layout_still_loads():
+    # run_config.json of a run written before the hrpo: / latent_grpo: sections (latentrl eval / inspect read it)
+    from latentrl.config import config_to_dict, upgrade_saved_config
+
+    old = config_to_dict(GRPOConfig.for_method("hrpo", model_name_or_path="m"))
+    hrpo, lg = old.pop("hrpo"), old.pop("latent_grpo")
+    old.update(gate_learning_rate=3e-4, lambda_learning_rate=hrpo["lambda_learning_rate"], **lg)
+    old["latent"].update(gate_c=6.0, gate_r_min=0.95, gate_r_max=hrpo["gate_r_max"])
+    cfg = config_from_dict(GRPOConfig, upgrade_saved_config(old))
+    assert (cfg.hrpo.gate_learning_rate, cfg.hrpo.gate_c, cfg.hrpo.gate_r_min) == (3e-4, 6.0, 0.95)
+
+
 def test_hrpo_options_moved_to_their_section_get_a_pointer():
     # the gate's options were top-level / latent.* keys before they got the `hrpo:` section
     with pytest.raises(ConfigError, match="hrpo.gate_learning_rate"):

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from latentrl.config import ConfigError, GRPOConfig, config_from_dict, config_help, load_config
+from latentrl.config import ConfigError, GRPOConfig, config_from_dict, config_help, load_config, upgrade_saved_config
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {}
 
@@ -153,7 +153,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
     run_config = None if ns.config else run_config_near(resolve_model(ns.model))
     if run_config:
-        data = {k: v for k, v in json.loads(Path(run_config).read_text()).items() if k != "output_dir"}
+        data = {k: v for k, v in upgrade_saved_config(json.loads(Path(run_config).read_text())).items()
+                if k != "output_dir"}
         cfg = config_from_dict(GRPOConfig, data, overrides)
         settings = run_config
     else:
@@ -256,7 +257,8 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
     if misplaced:
         raise ConfigError(f"{misplaced[0]!r} looks like a key=value override: put overrides before --prompts")
     if run_config:
-        data = {k: v for k, v in json.loads(Path(run_config).read_text()).items() if k != "output_dir"}
+        data = {k: v for k, v in upgrade_saved_config(json.loads(Path(run_config).read_text())).items()
+                if k != "output_dir"}
         cfg = config_from_dict(GRPOConfig, data, overrides)
         print(f"settings of the run: {run_config}")
     else:

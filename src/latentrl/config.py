@@ -36,8 +36,10 @@ __all__ = [
     "ConfigError",
     "DLRConfig",
     "HRPOConfig",
+    "MOVED_KEYS",
     "LatentGRPOConfig",
     "LatentRLConfig",
+    "upgrade_saved_config",
     "GRPOConfig",
     "LatentConfig",
     "LATENT_OPERATORS",
@@ -1032,6 +1034,32 @@ class LoraConfig(BaseConfig):
         if "all-linear" in self.target_modules and len(self.target_modules) > 1:
             raise ConfigError(f"lora.target_modules={self.target_modules}: 'all-linear' cannot be combined with "
                               "module names")
+
+
+#: options that moved into a method's section: old dotted key -> new dotted key (`upgrade_saved_config`)
+MOVED_KEYS: dict[str, str] = {
+    "gate_learning_rate": "hrpo.gate_learning_rate", "lambda_learning_rate": "hrpo.lambda_learning_rate",
+    "latent.gate_c": "hrpo.gate_c", "latent.gate_r_min": "hrpo.gate_r_min", "latent.gate_r_max": "hrpo.gate_r_max",
+    **{k: f"latent_grpo.{k}" for k in ("invalid_sample_masking", "exclude_invalid_from_stats", "first_token_selection",
+                                        "first_token_zero_non_positive", "freeze_embeddings")},
+}
+
+
+def upgrade_saved_config(data: typing.Mapping[str, Any]) -> dict[str, Any]:
+    """A run_config.json written by an earlier version, with every moved option at its new place (`MOVED_KEYS`),
+    so old checkpoints still evaluate, inspect and resume. Hand-written YAML gets the did-you-mean error instead."""
+    out = copy.deepcopy(dict(data))
+    for old, new in MOVED_KEYS.items():
+        *parents, leaf = old.split(".")
+        node = out
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        section, key = new.split(".")
+        out.setdefault(section, {}).setdefault(key, value)
+    return out
 
 
 @dataclasses.dataclass(kw_only=True)
