@@ -1,7 +1,14 @@
 """The RL trainer: one loop for GRPO and every latent method.
 
-    prompts ─▶ rollout (operator + schedule) ─▶ rewards ─▶ advantages (+ method hooks)
-            ─▶ [num_iterations × micro-batches] replay ─▶ policy loss + KL + method objective ─▶ optimizer step
+    collect:  prompts ─▶ rollout (operator + schedule) ─▶ rewards ─▶ advantages (+ method hooks)
+    prepare:  old / reference log-probs, per-position advantages, this process's slice (no grad)
+    update:   [num_iterations ×] loss pieces (here: micro-batches: replay ─▶ policy loss + KL + method objective),
+              each backpropagated ─▶ gradient sum over processes ─▶ clip ─▶ optimizer step
+    log:      step metrics, FLOPs (`latentrl.compute`), metrics.jsonl / TensorBoard, checkpoints
+
+The method is built once (`Method.build`: operator, schedule, side modules, before the optimizer) and its hooks
+see a `MethodContext`, never the trainer. A method with another objective (DLR) subclasses the trainer and
+overrides `prepare` / `loss_pieces`; the update loop stays this one.
 
 TRL's `GRPOTrainer` semantics and names (`num_generations`, `beta`, `epsilon`, `loss_type`, `scale_rewards`, ...).
 Batch bookkeeping: one optimizer step consumes `per_device_train_batch_size * gradient_accumulation_steps *
