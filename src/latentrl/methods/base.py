@@ -1,7 +1,9 @@
 """Method presets: a method = thought operator + rollout schedule + advantage hooks + loss options + extra objective.
 
-The trainer runs the same loop for every method and asks the method only for these pieces. A new method is one
-subclass (usually a few lines) registered with `@register_method`; `latentrl bench` picks it up automatically.
+`Method.build(model, args)` attaches the method's side modules and returns its `MethodParts` (operator, schedule,
+prompt format) without a trainer; during training its hooks see a `MethodContext`. The trainer runs the same loop
+for every method and asks the method only for these pieces. A new method is one subclass (usually a few lines)
+registered with `@register_method`; the CLI and `latentrl bench` pick it up automatically (docs/methods/README.md).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ class Method:
     #: config values the preset sets unless the user overrides them
     defaults: ClassVar[dict[str, Any]] = {}
     #: config values (dotted keys) for a one-step smoke run on a tiny random model of the chain_sum task (the docs
-    #: checks, `latentrl.testing`): short latent spans that end within 10 positions, and the optional terms (KL,
+    #: checks in tests/test_docs.py): short latent spans that end within 10 positions, and the optional terms (KL,
     #: dynamic sampling, value-head pre-training) switched on so that every metric the method logs appears
     smoke_overrides: ClassVar[dict[str, Any]] = {}
     #: ask the replay scorer for last hidden states (value heads, contrastive terms)
