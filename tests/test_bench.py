@@ -13,7 +13,8 @@ from latentrl.bench import REPO_ROOT, check_disjoint, load_config, preset_path, 
 from latentrl.config import GRPOConfig
 from latentrl.data import Example, load_examples, train_eval_split
 from latentrl.data.schema import format_cot
-from latentrl.sft.coconut import CPU_PRESET, CoconutConfig
+from latentrl.inits import COCONUT_SFT_PRESET as CPU_PRESET
+from latentrl.sft.coconut import CoconutConfig
 
 
 @pytest.fixture(scope="module")

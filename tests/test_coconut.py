@@ -270,7 +270,7 @@ def tiny_train_data(n=8):
 @pytest.mark.parametrize("reset, expected_resets", [("stage", [0, 4, 8]), ("epoch", [0, 2, 4, 6, 8, 10]),
                                                     ("never", [0])])
 def test_stage_schedule_and_optimizer_reset(reset, expected_resets, monkeypatch):
-    import latentrl.sft.coconut as coconut
+    import latentrl.sft.coconut.train as coconut
 
     made = []
     real = coconut._make_optimizer
@@ -288,7 +288,7 @@ def test_stage_schedule_and_optimizer_reset(reset, expected_resets, monkeypatch)
 
 
 def test_optimizer_state_is_fresh_after_a_stage_reset(monkeypatch):
-    import latentrl.sft.coconut as coconut
+    import latentrl.sft.coconut.train as coconut
 
     seen = []
     real = coconut._make_optimizer
@@ -419,12 +419,12 @@ def test_build_coconut_init_caches_a_trained_checkpoint(tmp_path, monkeypatch):
 
     import latentrl.assets
     from latentrl.data import task_vocabulary
+    from latentrl.inits import build_coconut_init
     from latentrl.model import LatentModel
-    from latentrl.sft.coconut import build_coconut_init
 
     cot = tmp_path / "shipped-cot"
     tiny_latent_model("qwen2", task_vocabulary("chain_sum")).save_pretrained(cot)
-    monkeypatch.setattr(latentrl.assets, "model_path", lambda name: cot)
+    monkeypatch.setattr(latentrl.inits, "model_path", lambda name: cot)
     task = SimpleNamespace(cot_model="x-cot", dataset="chain_sum", dataset_kwargs={"length": 3}, eval_source="unused")
     out = build_coconut_init(task, tmp_path / "cache", quick=True,
                              overrides=["num_train_examples=8", "per_device_train_batch_size=4"])

@@ -135,14 +135,14 @@ def _cot_init(task: SuiteTask, cache: Path, quick: bool) -> Path:
 
 @register_init("superposition_sft")
 def _superposition_init(task: SuiteTask, cache: Path, quick: bool) -> Path:
-    from latentrl.sft.superposition import build_superposition_init
+    from latentrl.inits import build_superposition_init
 
     return build_superposition_init(task, cache, quick)
 
 
 @register_init("coconut_sft")
 def _coconut_init(task: SuiteTask, cache: Path, quick: bool) -> Path:
-    from latentrl.sft.coconut import build_coconut_init
+    from latentrl.inits import build_coconut_init
 
     return build_coconut_init(task, cache, quick, overrides=task.init_overrides.get("coconut_sft", ()))
 

@@ -174,7 +174,7 @@ class CoconutFrame:
     def __init__(self, model, num_thoughts: int, max_new_positions: int = 16,
                  reward_func: Callable[..., list[float | None]] | None = None):
         from latentrl.rewards import correctness_reward
-        from latentrl.sft.coconut import _latent_ids
+        from latentrl.sft.coconut.data import _latent_ids
 
         self.model, self.L, self.max_new = model, num_thoughts, max_new_positions
         self.start_id, self.latent_id, self.end_id = _latent_ids(model)

@@ -38,13 +38,12 @@ import math
 import time
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from latentrl.config import BaseConfig, ConfigError, cfg_field, config_to_dict
+from latentrl.config import BaseConfig, ConfigError, cfg_field
 from latentrl.data.schema import Example, format_no_cot, format_prompt
 from latentrl.model import LatentModel
 from latentrl.sft.cot import IGNORE_INDEX, SFTHistory, lr_lambda, masked_lm_loss
@@ -54,7 +53,6 @@ __all__ = [
     "SuperpositionSFTConfig",
     "SuperpositionExample",
     "build_superposition_batch",
-    "build_superposition_init",
     "chunk_superpositions",
     "encode_superposition_examples",
     "superposition_gate_metrics",
@@ -414,36 +412,4 @@ def evaluate_superposition(model: LatentModel, examples: Sequence[Example], cfg:
     return {"pass_at_1": res.pass_at_1, "mean_reasoning_positions": res.mean_reasoning_positions,
             "mean_latent_positions": res.mean_latent_positions, "n": res.n, "wall_s": res.wall_s,
             "samples": res.samples}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# `latentrl bench` starting checkpoint
-# ---------------------------------------------------------------------------------------------------------------
-
-BENCH_TRAIN_EXAMPLES = 2000
-BENCH_STEPS, BENCH_QUICK_STEPS = 300, 60
-
-
-def build_superposition_init(task: Any, cache: Path | str, quick: bool) -> Path:
-    """The `superposition_sft` starting checkpoint of a CPU-suite task: the task's shipped CoT model after
-    superposition SFT on the task's training data. Cached under `cache` (built once)."""
-    from latentrl.assets import model_path
-    from latentrl.checkpoint import atomic_write_json
-    from latentrl.data import load_examples
-
-    out = Path(cache) / ("superposition_sft-quick" if quick else "superposition_sft")
-    if (out / "config.json").is_file():
-        return out
-    model = LatentModel.from_pretrained(model_path(task.cot_model))
-    train = load_examples(task.dataset, split="train", n=BENCH_TRAIN_EXAMPLES, seed=0, **task.dataset_kwargs)
-    cfg = SuperpositionSFTConfig(max_steps=BENCH_QUICK_STEPS if quick else BENCH_STEPS, disable_tqdm=True)
-    history = train_superposition_sft(cfg, model, train)
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    atomic_write_json(tmp / "superposition_sft.json", {"config": config_to_dict(cfg), "train": history.train[-1:],
-                                                        "source": str(model_path(task.cot_model))})
-    if out.exists():  # a concurrent build finished first
-        return out
-    tmp.rename(out)
-    return out
 

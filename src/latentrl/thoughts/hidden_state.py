@@ -2,7 +2,7 @@
 
 Hao et al. 2024 (arXiv 2412.06769). Deterministic: exploration in GRPO-on-Coconut comes from the answer tokens.
 In stored-latent RL the hidden state is kept as a constant (Özeren & Aßenmacher detach generated latents); the
-BPTT variant used for SFT lives in `latentrl/sft/coconut.py`.
+BPTT variant used for SFT lives in `latentrl/sft/coconut/forward.py`.
 """
 
 from __future__ import annotations

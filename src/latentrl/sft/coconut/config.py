@@ -1,0 +1,247 @@
+"""Coconut SFT's options (`CoconutConfig`) and the scheduled curriculum stage."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from latentrl.config import (
+    REPORT_TO,
+    WANDB_MISSING,
+    BaseConfig,
+    ConfigError,
+    cfg_field,
+    module_available,
+)
+from latentrl.sft.gate import STAGE_ADVANCE_CHOICES, StageGate
+
+IGNORE_INDEX = -100
+RESET_CHOICES = ("stage", "epoch", "never")
+GATE_METRICS = ("next_step_accuracy", "next_step_loss", "loss")
+EVAL_CHOICES = ("stage", "epoch", "no")
+
+
+@dataclasses.dataclass(kw_only=True)
+class CoconutConfig(BaseConfig):
+    """Options of Coconut curriculum SFT (Hao et al. 2024) and its no-BPTT variant (Özeren & Aßenmacher's LatR)."""
+
+    # --- curriculum ---------------------------------------------------------------------------------------------
+    c_thought: int = cfg_field(
+        1, "Continuous thoughts per replaced language step, c (paper: 1 for ProsQA/ProntoQA, 2 for GSM8k-Aug).", min=1
+    )
+    max_latent_stage: int = cfg_field(
+        6,
+        "Last stage that still replaces steps one by one; later stages drop every language step (paper: 6 for "
+        "ProsQA/ProntoQA, 3 for GSM8k-Aug).",
+        min=0,
+    )
+    epochs_per_stage: int = cfg_field(
+        5, "Epochs spent in each stage; stage = epoch // epochs_per_stage (paper: 5 ProsQA/ProntoQA, 3 GSM8k).", min=1
+    )
+    num_epochs: int = cfg_field(
+        50,
+        "Total epochs counted from epoch 0, skipped ones included (paper: 50 ProsQA/ProntoQA, 25 GSM8k). Epochs past "
+        "the last stage train with every step dropped.",
+        min=1,
+    )
+    start_stage: int = cfg_field(
+        0,
+        "First stage trained; training starts at epoch start_stage * epochs_per_stage (the authors' `resume`: GSM8k "
+        "starts at stage 1 from a CoT-SFT checkpoint; LatR starts at stage 2 = 4 thoughts with c=2).",
+        min=0,
+    )
+    pad_latent_to_max: bool = cfg_field(
+        True,
+        "Past max_latent_stage, use max_latent_stage*c thoughts even for examples with fewer steps (paper configs: "
+        "true); false: min(#steps, max_latent_stage)*c, and evaluation then uses each example's own step count.",
+    )
+    uniform_prob: float = cfg_field(
+        0.0,
+        "Probability that a training example is built at a stage drawn uniformly from 0..#steps instead of the "
+        "scheduled one (paper: 0.0; mixes earlier stages in to avoid forgetting). Seeded per epoch.",
+        min=0.0,
+        max=1.0,
+    )
+    bptt: bool = cfg_field(
+        True,
+        "Back-propagate through the chain of thoughts (Coconut). false: thoughts computed without grad, then one "
+        "full forward for the cross-entropy (Özeren & Aßenmacher's LatR).",
+    )
+    probe_tokens: list[int] = cfg_field(
+        [],
+        "Thought probe (our addition, not in Coconut; empty = off): thought j of the c thoughts that replace a step "
+        "is trained, through the LM head applied to the hidden state it outputs (the next thought), to predict the "
+        "step's token at index probe_tokens[j] (Python indexing; e.g. [-2] = the result z of chain_sum's "
+        "`<< x + y = z >>`). Teaches the thought to carry the step's result.",
+    )
+    probe_weight: float = cfg_field(1.0, "Weight of the thought-probe cross-entropy (used when probe_tokens is set).",
+                                    min=0.0)
+    probe_head_tokens: list[list[int]] = cfg_field(
+        [],
+        "Linear thought probe (our addition, not in Coconut; empty = off): thought j of the c thoughts that replace a "
+        "step is trained, through auxiliary linear heads (one per listed index; training only, never saved), to "
+        "predict each of the step's tokens at the indices probe_head_tokens[j] (Python indexing; indices outside a "
+        "step are skipped). For steps whose result has more tokens than there are thoughts, e.g. iCoT's running "
+        "sums: [[-8, -7, -6], [-5, -4, -3], [-2, -1]] probes every digit. Weighted by probe_weight.",
+    )
+    stage_advance: str = cfg_field(
+        "fixed",
+        "When the curriculum moves to the next stage: fixed = after epochs_per_stage epochs (the authors' schedule; "
+        "num_epochs ends training); converged = when the gate metric on the gate examples has met gate_threshold on "
+        "gate_patience consecutive gate evaluations (every gate_eval_steps steps), or after max_steps_per_stage "
+        "steps; training ends when final_stage is done (num_epochs and epochs_per_stage are then unused).",
+        choices=STAGE_ADVANCE_CHOICES,
+    )
+    gate_metric: str = cfg_field(
+        "next_step_accuracy",
+        "Converged mode's gate, measured teacher-forced at the current stage: next_step_accuracy = fraction of gate "
+        "examples whose first target segment after the thoughts (the next language step, or the answer when none "
+        "is left) is predicted exactly; next_step_loss = mean cross-entropy (nats) summed over that segment; loss = "
+        "token-mean cross-entropy of the whole target.",
+        choices=GATE_METRICS,
+    )
+    gate_threshold: float = cfg_field(
+        0.9, "Gate threshold: accuracy >= it, or a loss <= it, counts as a passing gate evaluation.", min=0.0
+    )
+    gate_patience: int = cfg_field(2, "Consecutive passing gate evaluations that advance the stage.", min=1)
+    gate_eval_steps: int = cfg_field(16, "Optimizer steps between gate evaluations (converged mode).", min=1)
+    gate_num_examples: int = cfg_field(
+        256, "Gate examples used per gate evaluation (the first ones of gate_examples, else of the eval set).", min=1
+    )
+    min_steps_per_stage: int = cfg_field(0, "Converged mode: never advance on the gate before this many steps.",
+                                         min=0)
+    max_steps_per_stage: int = cfg_field(
+        600, "Converged mode: advance after this many steps in a stage even if the gate never passed (logged as "
+        "reason max_steps).", min=1
+    )
+    final_stage: int | None = cfg_field(
+        None,
+        "Converged mode: the last stage trained (training ends when it passes its gate or its step cap); null = "
+        "max_latent_stage + 1, the stage that drops every language step.",
+        min=0,
+    )
+
+    # --- optimisation -------------------------------------------------------------------------------------------
+    learning_rate: float = cfg_field(1e-4, "AdamW learning rate, constant (paper: 1e-4).", min=0.0, min_exclusive=True)
+    weight_decay: float = cfg_field(0.01, "AdamW weight decay on every parameter (paper: 0.01).", min=0.0)
+    adam_beta1: float = cfg_field(0.9, "AdamW beta1.", min=0.0, max=1.0, max_exclusive=True)
+    adam_beta2: float = cfg_field(0.999, "AdamW beta2.", min=0.0, max=1.0, max_exclusive=True)
+    adam_epsilon: float = cfg_field(1e-8, "AdamW epsilon.", min=0.0, min_exclusive=True)
+    reset_optimizer: str = cfg_field(
+        "stage",
+        "When the AdamW state is re-created: stage = at every curriculum stage (the paper); epoch = at every epoch "
+        "(what the authors' run.py does); never.",
+        choices=RESET_CHOICES,
+    )
+    per_device_train_batch_size: int = cfg_field(
+        32, "Examples per micro-batch (paper: 32 per GPU on 4 GPUs = 128 per step).", min=1
+    )
+    gradient_accumulation_steps: int = cfg_field(
+        1,
+        "Micro-batches per optimizer step. The loss is the token mean over the whole step, so this never changes "
+        "the update.",
+        min=1,
+    )
+    max_grad_norm: float = cfg_field(0.0, "Clip gradients to this global norm; 0 disables clipping (paper: none).",
+                                     min=0.0)
+    max_steps: int | None = cfg_field(
+        None, "Stop after this many optimizer steps in total (a time box); null: run every epoch.", min=0
+    )
+    max_length: int = cfg_field(
+        512, "Training sequences longer than this many tokens (thoughts included) are an error, never cut.", min=2
+    )
+    seed: int = cfg_field(0, "Seed of the data order, of uniform_prob's stage draws and of torch's global RNG.")
+
+    # --- model and data (read by callers that load them: `latentrl bench`, scripts) ------------------------------
+    model_name_or_path: str | None = cfg_field(
+        None, "Checkpoint the caller loads and trains (e.g. a CoT-SFT model for GSM8k); train_coconut takes a model."
+    )
+    dataset: str | None = cfg_field(
+        None, "Training data the caller loads (task name or file; `latentrl.data.load_examples`)."
+    )
+    eval_dataset: str | None = cfg_field(None, "Evaluation data the caller loads (task name or file).")
+    num_train_examples: int = cfg_field(
+        2000, "Training examples the caller loads (train_coconut trains on whatever it is given).", min=1
+    )
+    num_eval_examples: int = cfg_field(200, "Evaluation examples the caller loads.", min=0)
+
+    # --- logging / evaluation -----------------------------------------------------------------------------------
+    logging_steps: int = cfg_field(10, "Log training loss / accuracy every this many optimizer steps.", min=1)
+    eval_strategy: str = cfg_field(
+        "stage",
+        "Greedy Pass@1 on the eval set (with that stage's thought count) after every stage, every epoch, or never "
+        "(no); the final evaluation always runs when eval data is given.",
+        choices=EVAL_CHOICES,
+    )
+    eval_batch_size: int = cfg_field(64, "Prompts per batch when decoding the eval set.", min=1)
+    max_new_positions: int | None = cfg_field(
+        None,
+        "Decoding budget of each eval completion (thoughts and markers included); null = max_latent_stage * c_thought "
+        "+ 1 + the longest CoT target (eos included) + 8.",
+        min=1,
+    )
+    output_dir: str | None = cfg_field(
+        None, "Write metrics.jsonl (and TensorBoard logs, see report_to) here; null keeps metrics in memory only."
+    )
+    overwrite_output_dir: bool = cfg_field(
+        False,
+        "An output_dir that holds an earlier run is refused, so runs never mix; true replaces the earlier run "
+        "(HF Trainer name).",
+    )
+    report_to: list[str] = cfg_field(
+        ["jsonl"],
+        "Metric sinks when output_dir is set: jsonl (output_dir/metrics.jsonl), tensorboard (output_dir/tb), wandb "
+        "(when installed; as GRPOConfig.report_to).",
+        choices=REPORT_TO,
+    )
+    disable_tqdm: bool | None = cfg_field(
+        None, "Hide the progress bar; null = hide it when stderr is not a terminal or $CI is set."
+    )
+
+    def validate(self) -> None:
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise ConfigError(f"report_to={self.report_to}: 'none' cannot be combined with other sinks")
+        if "wandb" in self.report_to and not module_available("wandb"):
+            raise ConfigError(WANDB_MISSING)
+        if len(self.probe_tokens) > self.c_thought:
+            raise ConfigError(f"probe_tokens has {len(self.probe_tokens)} entries for c_thought={self.c_thought} "
+                              "thoughts per step")
+        if len(self.probe_head_tokens) > self.c_thought:
+            raise ConfigError(f"probe_head_tokens has {len(self.probe_head_tokens)} entries for "
+                              f"c_thought={self.c_thought} thoughts per step")
+        if self.stage_advance == "converged":
+            if self.final_stage is not None and self.final_stage < self.start_stage:
+                raise ConfigError(f"final_stage ({self.final_stage}) is before start_stage ({self.start_stage})")
+            if self.min_steps_per_stage > self.max_steps_per_stage:
+                raise ConfigError(f"min_steps_per_stage ({self.min_steps_per_stage}) exceeds max_steps_per_stage "
+                                  f"({self.max_steps_per_stage})")
+            return
+        if self.start_stage * self.epochs_per_stage >= self.num_epochs:
+            raise ConfigError(
+                f"start_stage ({self.start_stage}) * epochs_per_stage ({self.epochs_per_stage}) = "
+                f"{self.start_stage * self.epochs_per_stage} leaves no epoch to train: num_epochs is {self.num_epochs}"
+            )
+
+    @property
+    def num_probe_heads(self) -> int:
+        """Auxiliary linear heads of the linear thought probe (one per (thought, index) of probe_head_tokens)."""
+        return sum(len(ix) for ix in self.probe_head_tokens)
+
+    @property
+    def start_epoch(self) -> int:
+        return self.start_stage * self.epochs_per_stage
+
+    @property
+    def last_stage(self) -> int:
+        """Converged mode's final stage (final_stage, else max_latent_stage + 1)."""
+        return self.final_stage if self.final_stage is not None else self.max_latent_stage + 1
+
+    def make_gate(self) -> StageGate:
+        """The converged-mode gate these options describe."""
+        return StageGate(threshold=self.gate_threshold, patience=self.gate_patience,
+                         max_steps=self.max_steps_per_stage, min_steps=self.min_steps_per_stage,
+                         higher_is_better=self.gate_metric == "next_step_accuracy")
+
+
+def stage_of_epoch(cfg: CoconutConfig, epoch: int) -> int:
+    """The scheduled curriculum stage of `epoch` (0-based): `epoch // epochs_per_stage`."""
+    return epoch // cfg.epochs_per_stage

@@ -1,0 +1,367 @@
+"""The Coconut curriculum SFT loop: stages by epoch or by convergence (the stage gate), logging, evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentrl.config import (
+    config_to_dict,
+)
+from latentrl.data.schema import Example
+from latentrl.model import LatentModel
+from latentrl.sft.coconut.config import IGNORE_INDEX, CoconutConfig, stage_of_epoch
+from latentrl.sft.coconut.data import (
+    CoconutSample,
+    TokenizedExample,
+    _latent_ids,
+    build_stage_sample,
+    stage_samples,
+    tokenize_example,
+)
+from latentrl.sft.coconut.forward import coconut_forward, collate_coconut
+from latentrl.sft.coconut.inference import coconut_evaluate
+
+
+@dataclasses.dataclass
+class CoconutHistory:
+    """What `train_coconut` returns: logged training records, eval records (one per stage/epoch), the final eval."""
+
+    train: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    eval: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    final_eval: dict[str, Any] | None = None
+    stages: list[int] = dataclasses.field(default_factory=list)  # scheduled stage of each trained epoch
+    optimizer_resets: list[int] = dataclasses.field(default_factory=list)  # global step at which AdamW was re-made
+    gate: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # converged mode: every gate evaluation
+    stage_log: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # converged mode: one per stage
+    steps: int = 0
+    wall_s: float = 0.0
+    train_wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _make_optimizer(model: nn.Module, cfg: CoconutConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+
+
+def _eval_budget(cfg: CoconutConfig, tokenized: Sequence[TokenizedExample]) -> int:
+    """Thoughts + end marker + the longest remaining target of any stage (stage 0 = all steps) + 8."""
+    longest = max((sum(len(s) for s in t.steps) + len(t.answer) for t in tokenized), default=1)
+    most = max(cfg.max_latent_stage, 0) * cfg.c_thought
+    return most + 1 + longest + 8
+
+
+def train_coconut(
+    config: CoconutConfig,
+    model: LatentModel,
+    train_examples: Sequence[Example],
+    eval_examples: Sequence[Example] = (),
+    gate_examples: Sequence[Example] | None = None,
+) -> CoconutHistory:
+    """Coconut curriculum SFT of `model` in place; greedy Pass@1 on `eval_examples` per stage (or epoch).
+
+    `stage_advance=fixed` (the authors'): epochs run from `start_epoch` to `num_epochs - 1`; epoch e trains stage
+    `e // epochs_per_stage`. `stage_advance=converged`: stages run from `start_stage` to `last_stage`, each until
+    the `StageGate` on `gate_examples` (default: the eval examples) says it is learned or its step cap is reached;
+    every stage's data is rebuilt (and reshuffled) per pass over it. AdamW is re-created per `reset_optimizer`.
+    Metrics (loss, token accuracy, thought norm, forwards per step, stage, eval Pass@1 / eval loss, gate metrics and
+    one `stage/*` record per finished stage: steps taken, gate metric, reason) go to `output_dir/metrics.jsonl`
+    when set, and always into the returned history.
+    """
+    from latentrl.logger import MetricsLogger, progress
+    from latentrl.run_dir import check_new_run, replace_run
+
+    if not train_examples:
+        raise ValueError("train_coconut needs at least one training example")
+    check_new_run(config.output_dir, overwrite=config.overwrite_output_dir, resumable=False)
+    cfg = config
+    converged = cfg.stage_advance == "converged"
+    t_start = time.perf_counter()
+    tok = model.tokenizer
+    latent_ids = model.latent_ids
+    _latent_ids(latent_ids)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    train_tok = [tokenize_example(tok, ex) for ex in train_examples]
+    eval_examples = list(eval_examples)
+    eval_tok = [tokenize_example(tok, ex) for ex in eval_examples]
+    gate_source = list(gate_examples) if gate_examples is not None else eval_examples
+    gate_tok = [tokenize_example(tok, ex) for ex in gate_source[: cfg.gate_num_examples]]
+    if converged and not gate_tok:
+        raise ValueError("stage_advance=converged needs gate examples (gate_examples or eval_examples) to measure "
+                         "when a stage is learned")
+    budget = cfg.max_new_positions or _eval_budget(cfg, train_tok + eval_tok)
+
+    torch.manual_seed(cfg.seed)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    step_size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(train_tok) / step_size)
+    if converged:
+        stages = list(range(cfg.start_stage, cfg.last_stage + 1))
+        total_steps = len(stages) * cfg.max_steps_per_stage
+    else:
+        epochs = list(range(cfg.start_epoch, cfg.num_epochs))
+        total_steps = len(epochs) * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    history = CoconutHistory()
+    if cfg.output_dir and cfg.overwrite_output_dir:
+        replace_run(cfg.output_dir)
+    sinks = [s for s in cfg.report_to if s != "none"] if cfg.output_dir else []
+    logger = MetricsLogger(cfg.output_dir, sinks, run_config=config_to_dict(cfg)) if sinks else None
+
+    def log(step: int, record: dict[str, Any], into: list[dict[str, Any]]) -> None:
+        into.append({"step": step, **record})
+        if logger is not None:
+            logger.log(step, record)
+
+    def do_eval(step: int, stage: int, epoch: int) -> dict[str, Any] | None:
+        if not eval_examples:
+            return None
+        ev = coconut_evaluate(model, eval_examples, cfg, stage, max_new_positions=budget)
+        ev_loss = _eval_loss(model, eval_tok, stage, cfg, latent_ids, pad_id)
+        log(step, {"eval/pass_at_1": ev["pass_at_1"], "eval/mean_reasoning_positions": ev["mean_reasoning_positions"],
+                   "eval/mean_latent_positions": ev["mean_latent_positions"], "eval/loss": ev_loss,
+                   "eval/wall_s": ev["wall_s"], "stage": stage, "epoch": epoch}, history.eval)
+        model.train()
+        return ev
+
+    optimizer: torch.optim.Optimizer | None = None
+    probe_heads: nn.Module | None = None
+    if cfg.probe_head_tokens:  # training-only linear probe heads (seeded by cfg.seed above; never saved)
+        probe_heads = nn.Linear(model.hidden_size, cfg.num_probe_heads * model.vocab_size).to(model.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    head_params = list(probe_heads.parameters()) if probe_heads is not None else []
+    state = {"step": 0, "train_time": 0.0}
+    window: dict[str, float] = {"loss": 0.0, "token_accuracy": 0.0, "thought_norm": 0.0, "forwards": 0.0, "n": 0,
+                                "probe_loss": 0.0, "probe_accuracy": 0.0, "probe_n": 0.0,
+                                "probe_head_loss": 0.0, "probe_head_accuracy": 0.0, "probe_head_n": 0.0}
+    bar = progress(total_steps, "coconut" + ("" if cfg.bptt else "[no-bptt]"), disable=cfg.disable_tqdm)
+
+    def out_of_budget() -> bool:
+        return cfg.max_steps is not None and state["step"] >= cfg.max_steps
+
+    def epoch_batches(stage: int, epoch: int) -> tuple[list[CoconutSample], list[list[int]]]:
+        samples = stage_samples(train_tok, stage, cfg, latent_ids, epoch)
+        too_long = [i for i, s in enumerate(samples) if len(s.input_ids) > cfg.max_length]
+        if too_long:
+            i = too_long[0]
+            raise ValueError(f"training example {i} has {len(samples[i].input_ids)} tokens at stage {stage}, more "
+                             f"than max_length={cfg.max_length}; raise max_length")
+        perm = torch.randperm(len(samples), generator=order_gen).tolist()
+        return samples, [perm[s0 : s0 + step_size] for s0 in range(0, len(perm), step_size)]
+
+    def train_step(samples: list[CoconutSample], idx: list[int], stage: int, epoch: int) -> None:
+        nonlocal window
+        t0 = time.perf_counter()
+        micro = [idx[m : m + cfg.per_device_train_batch_size] for m in range(0, len(idx), cfg.per_device_train_batch_size)]
+        batches = [collate_coconut([samples[i] for i in mb], pad_id) for mb in micro]
+        n_tokens = float(sum(int((b.labels[:, 1:] != IGNORE_INDEX).sum()) for b in batches))
+        optimizer.zero_grad(set_to_none=True)
+        loss_total, acc_total, norm_total, fwd_total = 0.0, 0.0, 0.0, 0
+        for b in batches:
+            out = coconut_forward(model, b, bptt=cfg.bptt, normalizer=n_tokens,
+                                  probe_weight=cfg.probe_weight if (cfg.probe_tokens or probe_heads) else 0.0,
+                                  probe_heads=probe_heads)
+            out.loss.backward()
+            if not math.isnan(out.probe_head_loss):
+                window["probe_head_loss"] += out.probe_head_loss / len(batches)
+                window["probe_head_accuracy"] += out.probe_head_accuracy / len(batches)
+                window["probe_head_n"] += 1 / len(batches)
+            if not math.isnan(out.probe_loss):
+                window["probe_loss"] += out.probe_loss / len(batches)
+                window["probe_accuracy"] += out.probe_accuracy / len(batches)
+                window["probe_n"] += 1 / len(batches)
+            loss_total += float(out.loss.detach())
+            acc_total += out.token_accuracy * out.num_tokens / n_tokens
+            norm_total += out.thought_norm / len(batches)
+            fwd_total += out.num_forwards
+        if cfg.max_grad_norm > 0:
+            grad_norm = float(nn.utils.clip_grad_norm_(params + head_params, cfg.max_grad_norm))
+        else:
+            grad_norm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
+        optimizer.step()
+        state["step"] += 1
+        step = state["step"]
+        state["train_time"] += time.perf_counter() - t0
+        for key, val in (("loss", loss_total), ("token_accuracy", acc_total), ("thought_norm", norm_total),
+                         ("forwards", fwd_total)):
+            window[key] += val
+        window["n"] += 1
+        if step % cfg.logging_steps == 0 or step == total_steps:
+            n = window["n"]
+            record = {"loss": window["loss"] / n, "token_accuracy": window["token_accuracy"] / n,
+                      "latent/norm_mean": window["thought_norm"] / n, "forwards_per_step": window["forwards"] / n,
+                      "stage": stage, "epoch": epoch, "learning_rate": cfg.learning_rate,
+                      "grad_norm": grad_norm, "train_wall_s": state["train_time"]}
+            if window["probe_n"] > 0:
+                record["probe_loss"] = window["probe_loss"] / window["probe_n"]
+                record["probe_accuracy"] = window["probe_accuracy"] / window["probe_n"]
+            if window["probe_head_n"] > 0:
+                record["probe_head_loss"] = window["probe_head_loss"] / window["probe_head_n"]
+                record["probe_head_accuracy"] = window["probe_head_accuracy"] / window["probe_head_n"]
+            log(step, record, history.train)
+            bar.set_postfix(stage=stage, loss=f"{record['loss']:.3f}")
+            window = {k: 0.0 for k in window}
+            window["n"] = 0
+        bar.update(1)
+
+    def new_optimizer() -> None:
+        nonlocal optimizer
+        optimizer = _make_optimizer(model, cfg)
+        if head_params:
+            optimizer.add_param_group({"params": head_params})
+        history.optimizer_resets.append(state["step"])
+
+    last_stage, last_epoch = cfg.start_stage, cfg.start_epoch
+    try:
+        model.train()
+        if not converged:
+            for epoch in epochs:
+                if out_of_budget():
+                    break
+                stage = stage_of_epoch(cfg, epoch)
+                new_stage = not history.stages or stage != history.stages[-1]
+                history.stages.append(stage)
+                last_stage, last_epoch = stage, epoch
+                if optimizer is None or cfg.reset_optimizer == "epoch" or (cfg.reset_optimizer == "stage" and new_stage):
+                    new_optimizer()
+                samples, steps = epoch_batches(stage, epoch)
+                for idx in steps:
+                    if out_of_budget():
+                        break
+                    train_step(samples, idx, stage, epoch)
+                last_epoch_of_stage = epoch == epochs[-1] or stage_of_epoch(cfg, epoch + 1) != stage
+                if not out_of_budget() and (cfg.eval_strategy == "epoch"
+                                            or (cfg.eval_strategy == "stage" and last_epoch_of_stage)):
+                    if epoch != epochs[-1]:  # the final evaluation below covers the last epoch
+                        do_eval(state["step"], stage, epoch)
+        else:
+            gate = cfg.make_gate()
+            epoch = 0  # passes over the data, counted across stages (seeds the data order / uniform_prob draws)
+            for stage in stages:
+                if out_of_budget():
+                    break
+                gate.start_stage()
+                if optimizer is None or cfg.reset_optimizer in ("stage", "epoch"):
+                    new_optimizer()
+                last_stage, stage_start, decision = stage, state["step"], None
+                while decision is None and not out_of_budget():
+                    history.stages.append(stage)
+                    last_epoch = epoch
+                    if optimizer is not None and cfg.reset_optimizer == "epoch" and state["step"] > stage_start:
+                        new_optimizer()
+                    samples, steps = epoch_batches(stage, epoch)
+                    for idx in steps:
+                        if out_of_budget():
+                            break
+                        train_step(samples, idx, stage, epoch)
+                        taken = state["step"] - stage_start
+                        if taken % cfg.gate_eval_steps == 0 or gate.out_of_steps(taken):
+                            gm = coconut_gate_metrics(model, gate_tok, stage, cfg, latent_ids, pad_id)
+                            d = gate.update(taken, gm[cfg.gate_metric])
+                            log(state["step"], {**{f"gate/{k}": v for k, v in gm.items()}, "gate/passed": d.passed,
+                                                "gate/streak": d.streak, "stage": stage, "epoch": epoch},
+                                history.gate)
+                            model.train()
+                            if d.advance:
+                                decision = d
+                                break
+                    epoch += 1
+                taken = state["step"] - stage_start
+                reason = decision.reason if decision is not None else "max_steps_total"
+                value = decision.value if decision is not None else float("nan")
+                log(state["step"], {"stage/index": stage, "stage/steps": taken, "stage/gate_metric": cfg.gate_metric,
+                                    "stage/gate_value": value, "stage/reason": reason}, history.stage_log)
+                if cfg.eval_strategy in ("stage", "epoch") and stage != stages[-1] and not out_of_budget():
+                    do_eval(state["step"], stage, last_epoch)
+        history.steps = state["step"]
+        history.train_wall_s = state["train_time"]
+        history.final_eval = do_eval(state["step"], last_stage, last_epoch)
+    finally:
+        bar.close()
+        model.eval()
+        if logger is not None:
+            logger.close()
+    history.wall_s = time.perf_counter() - t_start
+    return history
+
+
+def _first_segment(tok: TokenizedExample, stage: int, cfg: CoconutConfig) -> list[int]:
+    """The first target segment after the thoughts at `stage`: the next language step, or the answer (+ eos)."""
+    n_skip = len(tok.steps) if stage > cfg.max_latent_stage else min(stage, len(tok.steps))
+    return tok.steps[n_skip] if n_skip < len(tok.steps) else tok.answer
+
+
+@torch.no_grad()
+def coconut_gate_metrics(model: LatentModel, tokenized: Sequence[TokenizedExample], stage: int, cfg: CoconutConfig,
+                         latent_ids, pad_id: int) -> dict[str, float]:
+    """Teacher-forced metrics of `tokenized` at `stage` (no uniform_prob mixing), for the curriculum gate.
+
+    loss: token-mean cross-entropy of the whole target; next_step_loss: cross-entropy summed over the first target
+    segment after the thoughts, averaged over examples; next_step_accuracy: fraction of examples whose first segment
+    is predicted exactly (argmax at every token). That segment is what a new stage makes the model read off its
+    thoughts, so it is where a plateau shows.
+    """
+    if not tokenized:
+        return {"loss": float("nan"), "next_step_loss": float("nan"), "next_step_accuracy": float("nan")}
+    plain = dataclasses.replace(cfg, uniform_prob=0.0)
+    was = model.training
+    model.eval()
+    total, count, seg_loss, seg_exact = 0.0, 0, 0.0, 0.0
+    try:
+        for s in range(0, len(tokenized), cfg.eval_batch_size):
+            part = tokenized[s : s + cfg.eval_batch_size]
+            samples = [build_stage_sample(t, stage, plain, latent_ids) for t in part]
+            b = collate_coconut(samples, pad_id)
+            out = coconut_forward(model, b, bptt=True, normalizer=1.0, return_hidden=True)
+            total += float(out.loss)
+            count += out.num_tokens
+            seg = torch.zeros(b.labels.shape, dtype=torch.bool)
+            for i, (t, smp) in enumerate(zip(part, samples)):
+                first = (b.latent_start - smp.latent_start) + smp.labels.index(next(x for x in smp.labels
+                                                                                     if x != IGNORE_INDEX))
+                seg[i, first : first + len(_first_segment(t, stage, cfg))] = True
+            sel = seg[:, 1:].to(out.hidden.device)
+            logits = model.lm_head(out.hidden[:, :-1][sel]).float()
+            gold = b.labels[:, 1:].to(logits.device)[sel]
+            rows = torch.arange(len(part), device=logits.device)[:, None].expand_as(sel)[sel]
+            ce = F.cross_entropy(logits, gold, reduction="none")
+            wrong = (logits.argmax(-1) != gold).float()
+            seg_loss += float(torch.zeros(len(part), device=ce.device).index_add_(0, rows, ce).sum())
+            seg_exact += float((torch.zeros(len(part), device=ce.device).index_add_(0, rows, wrong) == 0).sum())
+    finally:
+        model.train(was)
+    n = len(tokenized)
+    return {"loss": total / max(count, 1), "next_step_loss": seg_loss / n, "next_step_accuracy": seg_exact / n}
+
+
+@torch.no_grad()
+def _eval_loss(model: LatentModel, tokenized: Sequence[TokenizedExample], stage: int, cfg: CoconutConfig,
+               latent_ids, pad_id: int) -> float:
+    """Token-mean cross-entropy of the eval set at `stage` (no uniform_prob mixing)."""
+    if not tokenized:
+        return float("nan")
+    plain = dataclasses.replace(cfg, uniform_prob=0.0)
+    samples = [build_stage_sample(t, stage, plain, latent_ids) for t in tokenized]
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for s in range(0, len(samples), cfg.eval_batch_size):
+        b = collate_coconut(samples[s : s + cfg.eval_batch_size], pad_id)
+        out = coconut_forward(model, b, bptt=True, normalizer=1.0)
+        total += float(out.loss)
+        count += out.num_tokens
+    model.train(was)
+    return total / max(count, 1)
