@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
+from chain_sum_dlr import paired, se  # the DLR script's helpers (same folder)
 
 import latentrl.eval as lr_eval
 from latentrl.assets import model_path
@@ -42,17 +42,6 @@ from latentrl.model import LatentModel
 from latentrl.thought_dependence import trainer_thought_dependence
 
 METHOD = "coconut_grpo"
-
-
-def se(p: float, n: int) -> float:
-    return math.sqrt(max(p * (1 - p), 0.0) / max(n - 1, 1))
-
-
-def paired(a: torch.Tensor, b: torch.Tensor) -> dict:
-    d = (a - b).float()
-    n = d.numel()
-    return {"diff": float(d.mean()), "se": float(d.std(unbiased=True) / math.sqrt(n)), "n": n,
-            "a_only": int(((a > 0) & (b == 0)).sum()), "b_only": int(((b > 0) & (a == 0)).sum())}
 
 
 class EvalCounter:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 from pathlib import Path
 
 import torch
+from chain_sum_dlr import paired  # the DLR script's helpers (same folder)
 
 HERE = Path(__file__).resolve().parent
 spec = importlib.util.spec_from_file_location("chain_sum_dlr", HERE / "chain_sum_dlr.py")
@@ -29,13 +29,6 @@ from latentrl.bench import suite_tasks  # noqa: E402
 from latentrl.data.schema import as_rows  # noqa: E402
 from latentrl.dlr.chain import ChainAssistant, CoconutFrame  # noqa: E402
 from latentrl.model import LatentModel  # noqa: E402
-
-
-def paired(a: torch.Tensor, b: torch.Tensor) -> dict:
-    d = (a - b).float()
-    n = d.numel()
-    return {"diff": float(d.mean()), "se": float(d.std(unbiased=True) / math.sqrt(n)), "n": n,
-            "a_only": int(((a > 0) & (b == 0)).sum()), "b_only": int(((b > 0) & (a == 0)).sum())}
 
 
 def main() -> None:
