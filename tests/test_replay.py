@@ -84,3 +84,12 @@ def test_shared_prompt_replay_equals_full_forward(tiny, prompts, name):
     assert ga.keys() == gb.keys() and ga
     for n in ga:
         torch.testing.assert_close(ga[n], gb[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_default_logits_chunk_stays_under_the_cpu_mmap_ceiling():
+    from latentrl.replay import CPU_CHUNK_BYTES, default_logits_chunk
+
+    assert default_logits_chunk(64) == 1024 and default_logits_chunk(151936) == 41
+    assert default_logits_chunk(151936) * 151936 * 4 <= CPU_CHUNK_BYTES < 32 << 20
+    assert default_logits_chunk(151936, "cuda") == 1024  # the CUDA caching allocator reuses blocks of any size
+    assert default_logits_chunk(10**9) == 1

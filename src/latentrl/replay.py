@@ -39,6 +39,20 @@ def completion_embeds(model: LatentModel, operator: ThoughtOperator | None, roll
     return embeds
 
 
+CPU_CHUNK_BYTES = 24 << 20
+"""On the CPU, a float32 logits chunk is kept under glibc's 32 MB mmap ceiling: larger temporaries are mapped and
+page-faulted afresh for every chunk. At V = 151,936, replay + backward of 1024 positions took 8.5 s with 1024- (and
+256-) position chunks, about half of it system time, and 4.8 s with 48-position chunks, no system time
+(benchmarks/replay_chunks.py, docs/bench/speed/replay_chunks_v151936.txt)."""
+
+
+def default_logits_chunk(vocab_size: int, device: torch.device | str = "cpu") -> int:
+    """Positions per logits chunk: 1024; on the CPU fewer, so that a float32 chunk stays under CPU_CHUNK_BYTES."""
+    if torch.device(device).type != "cpu":
+        return 1024
+    return max(1, min(1024, CPU_CHUNK_BYTES // (4 * max(1, vocab_size))))
+
+
 def replay(
     model: LatentModel,
     operator: ThoughtOperator | None,
@@ -47,12 +61,13 @@ def replay(
     temperature: float = 1.0,
     compute_entropy: bool = True,
     return_hidden: bool = False,
-    logits_chunk_size: int = 1024,
+    logits_chunk_size: int | None = None,
     share_prompts: bool = True,
 ) -> ReplayOutput:
     """Per-position log-probs of a stored rollout under the model's current parameters.
 
-    Logits are materialised for completion positions only, `logits_chunk_size` positions at a time, and with
+    Logits are materialised for completion positions only, `logits_chunk_size` positions at a time (default:
+    `default_logits_chunk`), and with
     gradients each chunk is recomputed in the backward pass instead of kept, so a 150k-token vocabulary never
     needs more than one chunk's (chunk × V) float32 logits at once, forward or backward.
     With `share_prompts` (default), rows with the same prompt (a GRPO group) run the prompt forward once and
@@ -111,8 +126,9 @@ def replay(
     # logits in the backward pass, one chunk at a time, so no B×C×V tensor is ever alive (tests/test_replay.py).
     checkpointed = torch.is_grad_enabled() and flat_h.requires_grad
     lp_parts, ent_parts = [], []
-    for start in range(0, B * C, max(1, logits_chunk_size)):
-        sl = slice(start, start + logits_chunk_size)
+    chunk = max(1, logits_chunk_size or default_logits_chunk(model.vocab_size, flat_h.device))
+    for start in range(0, B * C, chunk):
+        sl = slice(start, start + chunk)
         if checkpointed:
             lp, ent = torch.utils.checkpoint.checkpoint(score, flat_h[sl], sl, use_reentrant=False)
         else:
