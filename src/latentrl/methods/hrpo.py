@@ -19,11 +19,10 @@ import torch
 from latentrl.config import ConfigError
 from latentrl.methods.base import Method, MethodContext, register_method
 from latentrl.rollout import Rollout, ThinkingSchedule
-from latentrl.thoughts.hrpo_gate import GATE_NAME, HRPOGate, HRPOGateThought, ensure_gate
+from latentrl.thoughts.hrpo_gate import GATE_NAME, HRPOGate, HRPOGateThought
 from latentrl.tokenizer import delimiter_spellings
 
 DEFAULT_DELIMITER = "####"
-#: learning rates of the gate when `GRPOConfig` has no field for them (the paper's values)
 
 
 def contains_ids(ids: torch.Tensor, mask: torch.Tensor, seq: list[int] | None) -> torch.Tensor:
@@ -77,8 +76,6 @@ class HRPO(Method):
             warnings.warn(f"{self.name}: latent.max_latent_steps={lat.max_latent_steps} < max_completion_length="
                           f"{a.max_completion_length}: hybrid inputs stop after {lat.max_latent_steps} positions even "
                           "before the answer delimiter (HRPO has no such cap)", stacklevel=2)
-        if self.mode == "gate":
-            ensure_gate(model, a.hrpo.gate_c, a.hrpo.gate_r_min, a.hrpo.gate_r_max)
 
     def loss_temperature(self, latent) -> float:
         a = self.args
