@@ -57,8 +57,11 @@ def smoke_config(method: str, out: Path, seed: int, mixed_precision: str):
     if method == "latent_grpo":  # a random model never ends its completion nor writes '####': keep and cap them
         kw["latent_grpo"] = {"invalid_sample_masking": False}
         kw["latent"] = {"max_latent_steps": 4}
-    if method == "dlr":
+    if method == "dlr_prefix":
         kw["dlr"] = {"num_latent_steps": 3, "latent_dim": 4, "assistant_hidden_size": 16}
+    if method == "dlr":
+        kw["dlr"] = {"num_latent_steps": 3, "assistant_hidden_size": 16, "assistant_heads": 2, "assistant_ffn": 32,
+                     "distill_steps": 2, "distill_examples": 4, "distill_batch_size": 4}
     cfg = load_config(GRPOConfig, ROOT / "configs" / "cpu" / f"{method}.yaml").to_dict()
     for k, v in kw.items():
         cfg[k] = {**(cfg.get(k) or {}), **v} if isinstance(v, dict) else v

@@ -150,3 +150,135 @@ def test_distillation_and_dlr_update_train_the_assistant_only(main, rows):
 def test_gaussian_log_prob_shape_contract():
     z = torch.zeros(2, 3, 5)
     assert gaussian_log_prob(z, z, torch.zeros(3, 5)).shape == (2, 3)
+
+
+def test_a_rows_means_do_not_depend_on_its_batchs_padding():
+    torch.manual_seed(0)
+    a = ChainAssistant(8, 3, width=16, layers=2, heads=2, ffn=32, max_prompt=8, thought_scale=1.0)
+    a.eval()
+    S = torch.randn(1, 4, 8)
+    z = torch.randn(1, 3, 8)
+    mu1, _ = a(S, torch.ones(1, 4, dtype=torch.bool), z)
+    # the same row left-padded by 3 positions whose states are NaN (GPT-2 with SDPA returns NaN there)
+    Sp = torch.cat([torch.full((1, 3, 8), float("nan")), S], 1)
+    mask = torch.tensor([[False] * 3 + [True] * 4])
+    mu2, _ = a(Sp, mask, z)
+    assert torch.isfinite(mu2).all() and torch.allclose(mu1, mu2, atol=1e-5)
+
+
+# ------------------------------------------------------------------ the registered method `dlr` (reading 2)
+def _dlr_config(tmp_path, **kw):
+    from latentrl.config import GRPOConfig, config_from_dict
+
+    base = {"model_name_or_path": "chain_sum-coconut", "output_dir": str(tmp_path), "method": "dlr", "max_steps": 2,
+            "per_device_train_batch_size": 16, "num_generations": 4, "max_completion_length": 12,
+            "learning_rate": 1e-4, "report_to": ["jsonl"], "save_steps": 1, "log_to_console": False,
+            "dlr": {"num_latent_steps": 7, "distill_steps": 3, "distill_examples": 24, "distill_batch_size": 8,
+                    "assistant_hidden_size": 32, "assistant_ffn": 64}}
+    for k, v in kw.items():
+        if k == "dlr":
+            base["dlr"].update(v)
+        else:
+            base[k] = v
+    return config_from_dict(GRPOConfig, base)
+
+
+def _fresh_main():
+    lm = LatentModel.from_pretrained(str(model_path("chain_sum-coconut")))
+    return lm
+
+
+def test_rollout_chain_is_the_assistants_chain_on_the_hf_models_own_prompt_states(tmp_path, rows):
+    """The engine hands the operator the prompt states of its prefill; they must be the HF model's own last-layer
+    states, and the rollout's thoughts the assistant's chain on them (greedy: the mean; sampled: replayable)."""
+    from latentrl.methods import get_method
+    from latentrl.rollout import SamplingParams, generate_rollout
+    from latentrl.sampling import generator_on
+
+    lm = _fresh_main()
+    cfg = _dlr_config(tmp_path)
+    parts = get_method("dlr").build(lm, cfg)
+    asst = lm.side_modules["dlr_chain_assistant"]
+    asst.eval()
+    frame = CoconutFrame(lm, 7, 12)
+    sub = rows[:5]
+    ids, mask = frame.tokenize(sub)
+    with torch.no_grad():  # independent of our helpers: HF's forward with its own position handling
+        pos = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        S = lm.model(input_ids=ids, attention_mask=mask.long(), position_ids=pos,
+                     output_hidden_states=True).hidden_states[-1].float()
+    parts.operator.set_eval_mode(True)
+    ro = generate_rollout(lm, ids, mask, SamplingParams(max_new_positions=12, temperature=0.0), parts.operator,
+                          parts.schedule)
+    _, mu = asst.sample(S, mask, deterministic=True)
+    assert torch.allclose(ro.payload["hidden"][:, :7].float(), mu, atol=1e-4)
+    assert ro.completion_ids[0, 7] == lm.latent_ids.end  # <|end-latent|> forced after the L thoughts
+    # sampled: the rollout's per-step log-densities sum to the exact log pi(z | S) recomputed teacher-forced
+    parts.operator.set_eval_mode(False)
+    ro = generate_rollout(lm, ids, mask, SamplingParams(max_new_positions=12, temperature=0.0), parts.operator,
+                          parts.schedule, generator_on(torch.Generator().manual_seed(3), lm.device))
+    z = ro.payload["hidden"][:, :7].float()
+    assert not torch.allclose(z, mu, atol=1e-3)
+    with torch.no_grad():
+        lp = asst.log_prob(S, mask, z)
+    assert torch.allclose(ro.logprobs[:, :7].sum(-1), lp, rtol=1e-4, atol=1e-2)
+
+
+def test_dlr_method_trains_the_assistant_only_and_resumes_without_distilling_again(tmp_path, rows):
+    from latentrl.dlr.trainer import DLRTrainer
+    from latentrl.logger import read_metrics
+    from latentrl.methods import get_method
+    from latentrl.rl.trainer import GRPOTrainer
+
+    assert get_method("dlr").trainer_class is DLRTrainer
+    lm = _fresh_main()
+    w0 = _hash(lm)
+    unrelated = torch.tensor([lm.tokenizer("1 2 3 4 ||", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logits0 = lm.model(unrelated).logits.clone()
+    cfg = _dlr_config(tmp_path)
+    t = DLRTrainer(cfg, lm, rows)
+    asst0 = {k: v.clone() for k, v in t.assistant.state_dict().items()}
+    t.train()
+    recs = read_metrics(tmp_path)
+    assert "dlr/distill_mse_last" in recs[0] and "dlr/distill_mse_last" not in recs[1]
+    assert all(k in recs[0] for k in ("dlr/kept_frac", "dlr/pg_loss", "compute/assistant_flops",
+                                      "compute/total_flops"))
+    assert float(t.assistant.distilled) == 1.0
+    assert any(not torch.equal(asst0[k], v) for k, v in t.assistant.state_dict().items())
+    assert _hash(lm) == w0 and all(not p.requires_grad for p in lm.model.parameters())
+    with torch.no_grad():
+        assert torch.equal(lm.model(unrelated).logits, logits0)
+    # resume from checkpoint-2 for one more step: the saved assistant is loaded and not distilled again
+    lm2 = LatentModel.from_pretrained(str(tmp_path / "checkpoint-2"))
+    t2 = DLRTrainer(_dlr_config(tmp_path, max_steps=3, resume_from_checkpoint=str(tmp_path / "checkpoint-2")), lm2,
+                    rows)
+    assert float(t2.assistant.distilled) == 1.0
+    assert torch.equal(t2.assistant.head.weight, t.assistant.head.weight)
+    # the plain trainer refuses the method
+    with pytest.raises(Exception, match="DLRTrainer"):
+        GRPOTrainer(_dlr_config(tmp_path / "g"), _fresh_main(), rows)
+
+
+def test_dlr_method_config_errors(tmp_path, rows):
+    from latentrl.config import ConfigError
+    from latentrl.methods import get_method
+
+    def m():  # a fresh method per run (a Method instance keeps the DLR options it was built with)
+        return get_method("dlr")
+
+    with pytest.raises(ConfigError, match="beta"):
+        m().build(_fresh_main(), _dlr_config(tmp_path, beta=0.1))
+    with pytest.raises(ConfigError, match="num_iterations"):
+        m().build(_fresh_main(), _dlr_config(tmp_path, num_iterations=2))
+    with pytest.raises(ConfigError, match="max_completion_length"):
+        m().build(_fresh_main(), _dlr_config(tmp_path, max_completion_length=8))
+    lm = _fresh_main()
+    m().build(lm, _dlr_config(tmp_path))
+    with pytest.raises(ConfigError, match="writes 7 thoughts"):
+        m().build(lm, _dlr_config(tmp_path, dlr={"num_latent_steps": 4}))
+    from latentrl.data import task_vocabulary
+    from latentrl.testing import tiny_latent_model
+
+    with pytest.raises(ConfigError, match="Coconut"):  # a main model without latent tokens cannot read thoughts
+        m().build(tiny_latent_model("qwen2", task_vocabulary("chain_sum"), add_latent_tokens=False), _dlr_config(tmp_path))

@@ -24,18 +24,25 @@ def examples(n=8):
     return make_examples("chain_sum", n, seed=0, length=3)
 
 
+#: the two DLR readings' assistants, shrunk to a tiny main model
+DLR_TINY = {"dlr_prefix": {"num_latent_steps": 3, "latent_dim": 4, "assistant_hidden_size": 16},
+            "dlr": {"num_latent_steps": 3, "assistant_hidden_size": 16, "assistant_heads": 2, "assistant_ffn": 32,
+                    "distill_steps": 2, "distill_examples": 4, "distill_batch_size": 4}}
+DLR_METHODS = tuple(DLR_TINY)
+
+
 def lora_config(method, out, **over):
     """The method's CPU preset, shrunk to a tiny model, with LoRA on (and a KL term where the method allows one)."""
     kw = dict(output_dir=str(out), model_name_or_path="tiny", max_steps=2, save_steps=1, save_total_limit=None,
               per_device_train_batch_size=4, gradient_accumulation_steps=1, num_generations=2,
               max_completion_length=10, learning_rate=1e-2, report_to=["none"], reward_weights=None,
               dynamic_sampling=False, lora={"enabled": True, "r": 4, "alpha": 8})
-    kw["beta"] = 0.0 if method == "dlr" else 0.05
+    kw["beta"] = 0.0 if method in DLR_METHODS else 0.05
     if method == "latent_grpo":  # a random tiny model never ends its completion: keep truncated ones in the loss
         kw["latent_grpo"] = {"invalid_sample_masking": False}
         kw["latent"] = {"max_latent_steps": 4}  # and it never writes '####': cap the latent span
-    if method == "dlr":
-        kw["dlr"] = {"num_latent_steps": 3, "latent_dim": 4, "assistant_hidden_size": 16}
+    if method in DLR_METHODS:
+        kw["dlr"] = DLR_TINY[method]
     kw.update(over)
     cfg = load_config(GRPOConfig, ROOT / "configs" / "cpu" / f"{method}.yaml").to_dict()
     for k, v in kw.items():
@@ -63,7 +70,7 @@ def test_lora_trains_only_adapters_and_side_modules_and_resumes_exactly(tmp_path
     assert t.model.is_peft
     frozen = {n: p.detach().clone() for n, p in t.model.model.named_parameters() if not p.requires_grad}
     lm_trainable = {n: p for n, p in t.model.model.named_parameters() if p.requires_grad}
-    if method == "dlr":  # DLR keeps its main model frozen, adapters included
+    if method in DLR_METHODS:  # DLR keeps its main model frozen, adapters included
         assert lm_trainable == {}
     else:
         assert lm_trainable and all(any(k in n for k in ADAPTER_KEYS) for n in lm_trainable), sorted(lm_trainable)
@@ -87,9 +94,9 @@ def test_lora_trains_only_adapters_and_side_modules_and_resumes_exactly(tmp_path
             assert torch.equal(p, frozen[n]), f"base weight {n} changed"
     after = trainable_state(t)
     moved = [k for k in after if not torch.equal(after[k], before[k])]
-    if method != "dlr":
+    if method not in DLR_METHODS:
         assert any("lora_B" in k for k in moved), moved
-    if method in ("dlr", "hrpo", "latent_rl"):
+    if method in ("dlr", "dlr_prefix", "hrpo", "latent_rl"):
         assert any(k.startswith("side.") for k in moved), moved
     if method in ("coconut_grpo", "latent_rl"):  # <|start-latent|> ends every prompt: its row trains
         assert any("trainable_tokens_delta" in k for k in moved), moved
@@ -175,7 +182,7 @@ def test_paper_presets():
     hrpo = load_config(GRPOConfig, ROOT / "configs" / "hrpo_qwen2.5-1.5b_gsm8k.yaml")  # the paper trains LoRA
     assert hrpo.lora.enabled and (hrpo.lora.r, hrpo.lora.alpha) == (32, 64.0) and hrpo.prompt_format == "chat"
     for name in ("coconut_grpo_qwen2.5-1.5b", "latent_rl_qwen2.5-1.5b", "latent_grpo_llama3.2-1b_gsm8k",
-                 "lepo_qwen2.5-3b", "dlr_qwen2.5-1.5b"):  # full fine-tuning (or a frozen main model) as published
+                 "lepo_qwen2.5-3b", "dlr_prefix_qwen2.5-1.5b", "dlr_gpt2_gsm8k"):  # full fine-tuning (or a frozen main model) as published
         cfg = load_config(GRPOConfig, ROOT / "configs" / f"{name}.yaml")
         assert not cfg.lora.enabled and not cfg.gradient_checkpointing
         # Instruct checkpoints get their chat template (Latent-GRPO's verl pipeline renders it); the rest raw text

@@ -14,7 +14,7 @@ from latentrl.cli import main
 from latentrl.config import METHOD_PRESETS, GRPOConfig
 from latentrl.data import make_examples
 from latentrl.dlr import DLRConfig
-from latentrl.dlr.trainer import DLRTrainer
+from latentrl.dlr.prefix_trainer import DLRPrefixTrainer
 from latentrl.eval import evaluate
 from latentrl.methods import METHODS, Method, MethodContext, get_method, register_method
 from latentrl.rl.trainer import GRPOTrainer, TrainingDivergedError
@@ -49,15 +49,15 @@ def test_method_parts_are_built_without_a_trainer_and_score_like_the_trainer(tmp
 
 
 def test_a_plain_trainer_refuses_a_method_with_its_own_trainer(tmp_path):
-    with pytest.raises(Exception, match="DLRTrainer"):
-        GRPOTrainer(config(tmp_path, method="dlr"), tiny_chain_sum_model(), examples(), reward_funcs=[char_sum_reward])
+    with pytest.raises(Exception, match="DLRPrefixTrainer"):
+        GRPOTrainer(config(tmp_path, method="dlr_prefix"), tiny_chain_sum_model(), examples(), reward_funcs=[char_sum_reward])
 
 
 def test_dlr_updates_through_the_shared_loop(tmp_path):
     # DLR defines what it prepares and which loss pieces it backpropagates; the loop (autocast, divergence check
     # on every process, clipping, optimizer and schedule) is GRPOTrainer's
-    assert not {"train_step", "update"} & set(DLRTrainer.__dict__)
-    t = DLRTrainer(config(tmp_path, method="dlr", reward_weights=None), tiny_chain_sum_model(), examples(),
+    assert not {"train_step", "update"} & set(DLRPrefixTrainer.__dict__)
+    t = DLRPrefixTrainer(config(tmp_path, method="dlr_prefix", reward_weights=None), tiny_chain_sum_model(), examples(),
                    reward_funcs=[char_sum_reward],
                    dlr=DLRConfig(num_latent_steps=3, latent_dim=4, assistant_hidden_size=16, nll_coef=0.5))
     m = t.train_step()

@@ -173,8 +173,15 @@ def build_hrpo(tmp: Path) -> dict[str, str]:
     return _gsm8k_hub(tmp, "qwen2", chat=True)
 
 
-def build_dlr(tmp: Path) -> dict[str, str]:
+def build_dlr_prefix(tmp: Path) -> dict[str, str]:
     return _gsm8k_hub(tmp, "qwen2", chat=False)
+
+
+def build_dlr_gpt2(tmp: Path) -> dict[str, str]:
+    words = data_words(FIXTURES / "icot_small.txt")
+    model = save_tiny_model(tmp / "coconut-gpt2-gsm8k", "gpt2", words, latent_tokens=True)
+    return {"model_name_or_path": str(model), "dataset": str(FIXTURES / "icot_small.txt"),
+            "eval_dataset": str(FIXTURES / "icot_small.txt")}
 
 
 def build_coconut_gpt2(tmp: Path) -> dict[str, str]:
@@ -252,9 +259,16 @@ def check_hrpo(run: Path, ckpt: Path, metrics: list[dict]) -> None:
     assert lm.is_peft and lm.tokenizer.chat_template == CHATML
 
 
-def check_dlr(run: Path, ckpt: Path, metrics: list[dict]) -> None:
+def check_dlr_prefix(run: Path, ckpt: Path, metrics: list[dict]) -> None:
     state = side_state(ckpt)
     assert any(k.startswith("dlr_assistant.") for k in state), sorted(state)
+
+
+def check_dlr(run: Path, ckpt: Path, metrics: list[dict]) -> None:
+    # the assistant was distilled at step 1 (and marked so, with its thoughts' scale) and saved with the model
+    state = side_state(ckpt)
+    assert float(state["dlr_chain_assistant.distilled"]) == 1.0 and float(state["dlr_chain_assistant.scale"]) > 0
+    assert "dlr/distill_mse_last" in metrics[0] and "dlr/nll" in metrics[0] or "dlr/kept_frac" in metrics[0]
 
 
 def check_latent_model(run: Path, ckpt: Path, metrics: list[dict]) -> None:
@@ -291,10 +305,14 @@ CASES: dict[str, Case] = {
     "coconut_grpo_qwen2.5-1.5b.yaml": Case(
         "train", build_coconut_grpo, {**GRPO_SIZES, "max_completion_length": 10},
         expect={"completions/mean_latent": 6.0}, check=check_latent_model),
-    "dlr_qwen2.5-1.5b.yaml": Case(
-        "train", build_dlr, {**GRPO_SIZES, "gradient_accumulation_steps": 1, "per_device_train_batch_size": 2,
-                             "max_completion_length": 20},
-        expect={"completions/mean_latent": 16.0}, check=check_dlr),
+    "dlr_gpt2_gsm8k.yaml": Case(
+        "train", build_dlr_gpt2, {**GRPO_SIZES, "gradient_accumulation_steps": 1, "per_device_train_batch_size": 4,
+                                  "max_completion_length": 12, "dlr.distill_steps": 2, "dlr.distill_examples": 4},
+        expect={"completions/mean_latent": 6.0}, check=check_dlr),
+    "dlr_prefix_qwen2.5-1.5b.yaml": Case(
+        "train", build_dlr_prefix, {**GRPO_SIZES, "gradient_accumulation_steps": 1, "per_device_train_batch_size": 2,
+                                    "max_completion_length": 20},
+        expect={"completions/mean_latent": 16.0}, check=check_dlr_prefix),
     "hrpo_qwen2.5-1.5b_gsm8k.yaml": Case(
         "train", build_hrpo, {**GRPO_SIZES, "num_generations": 4, "per_device_train_batch_size": 2,
                               "max_completion_length": 12}, check=check_hrpo),

@@ -13,7 +13,7 @@ from latentrl.cli import main
 from latentrl.config import ConfigError, GRPOConfig
 from latentrl.data import make_examples
 from latentrl.dlr import DLRConfig
-from latentrl.dlr.trainer import DLRTrainer
+from latentrl.dlr.prefix_trainer import DLRPrefixTrainer
 from latentrl.logger import read_metrics
 from latentrl.rl.trainer import GRPOTrainer
 from latentrl.testing import char_sum_reward, tiny_chain_sum_model, word_count_reward
@@ -141,11 +141,11 @@ def test_overwrite_output_dir_in_the_working_directory(old_run, monkeypatch):
 
 def test_dlr_trainer_refuses_an_existing_run(tmp_path):
     out = tmp_path / "dlr"
-    kw = dict(method="dlr", max_steps=1, max_completion_length=8, report_to=["jsonl"])
-    DLRTrainer(config(out, **kw), tiny_chain_sum_model(), examples(8), reward_funcs=[char_sum_reward],
+    kw = dict(method="dlr_prefix", max_steps=1, max_completion_length=8, report_to=["jsonl"])
+    DLRPrefixTrainer(config(out, **kw), tiny_chain_sum_model(), examples(8), reward_funcs=[char_sum_reward],
                dlr=DLRConfig(num_latent_steps=3, latent_dim=4, assistant_hidden_size=16)).train()
     before = snapshot(out)
-    again = DLRTrainer(config(out, **kw), tiny_chain_sum_model(), examples(8), reward_funcs=[char_sum_reward],
+    again = DLRPrefixTrainer(config(out, **kw), tiny_chain_sum_model(), examples(8), reward_funcs=[char_sum_reward],
                        dlr=DLRConfig(num_latent_steps=3, latent_dim=4, assistant_hidden_size=16))
     with pytest.raises(ConfigError, match="already holds a run"):
         again.train()

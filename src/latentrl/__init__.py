@@ -19,6 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from latentrl.config import ConfigError, GRPOConfig, LatentConfig, load_config
 from latentrl.data.loaders import load_examples, load_rows
 from latentrl.data.schema import DataFormatError, Example
+from latentrl.dlr.prefix_trainer import DLRPrefixTrainer  # registers the trainer of method "dlr_prefix"
 from latentrl.dlr.trainer import DLRTrainer  # registers the trainer of method "dlr"
 from latentrl.eval import EvalResult, evaluate
 from latentrl.methods import Method, get_method
@@ -32,7 +33,7 @@ except PackageNotFoundError:  # running from a source tree that was not pip-inst
     __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "ConfigError", "DLRTrainer", "DataFormatError", "EvalResult", "Example", "GRPOConfig", "GRPOTrainer", "LatentConfig",
+    "ConfigError", "DLRPrefixTrainer", "DLRTrainer", "DataFormatError", "EvalResult", "Example", "GRPOConfig", "GRPOTrainer", "LatentConfig",
     "LatentModel", "Method", "TrainingDivergedError", "__version__", "build_thought_operator", "evaluate",
     "get_method", "load_config", "load_examples", "load_rows",
 ]

@@ -99,7 +99,8 @@ def suite_tasks() -> dict[str, SuiteTask]:
             name="chain_sum", dataset="chain_sum", cot_model="chain_sum-cot", nocot_model="chain_sum-nocot",
             max_completion_length=60, dataset_kwargs={"length": 8, "modulus": 10, "ops": "+"},
             eval_seed=CHAIN_SUM_EVAL_SEED, pretrain_config="configs/pretrain_chain_sum.yaml",
-            method_overrides={"coconut_grpo": coconut_chain, "latent_rl": coconut_chain},
+            method_overrides={"coconut_grpo": coconut_chain, "latent_rl": coconut_chain,
+                              "dlr": [f"dlr.num_latent_steps={chain_steps}"]},
             # stages 1..7 replace one more step each (epochs 1..7), then 2 epochs with all 7 steps as thoughts;
             # batches of 64 keep the 9 epochs at ~290 steps (a CPU-time choice, docs/bench/chain_sum)
             init_overrides={"coconut_sft": [f"max_latent_stage={chain_steps}", f"num_epochs={chain_steps + 3}",

@@ -953,6 +953,35 @@ class DLRConfig(BaseConfig):
     assistant_learning_rate: float | None = cfg_field(
         None, "Learning rate of the assistant; null: learning_rate.", min=0.0, min_exclusive=True
     )
+    # --- method `dlr` only (the causal-transformer assistant that writes a latent model's thoughts) -------------
+    assistant_heads: int = cfg_field(
+        4, "Method dlr: attention heads of the assistant's causal transformer (its width is assistant_hidden_size; "
+        "ours).", min=1
+    )
+    assistant_ffn: int = cfg_field(192, "Method dlr: feed-forward width of the assistant's transformer (ours).", min=1)
+    max_prompt_positions: int = cfg_field(
+        128, "Method dlr: the longest prompt (in tokens, with <|start-latent|>) the assistant reads; it has one "
+        "learned position per prompt position and thought (ours).", min=1
+    )
+    distill_steps: int = cfg_field(
+        1500,
+        "Method dlr: steps of distilling the main model's own thoughts into the assistant before DLR (regression of "
+        "its teacher-forced means; run once at the start of training, skipped for an assistant already distilled; "
+        "ours). 0: DLR starts from the untrained assistant.",
+        min=0,
+    )
+    distill_batch_size: int = cfg_field(128, "Method dlr: problems per distillation step (ours).", min=1)
+    distill_learning_rate: float = cfg_field(
+        2e-3, "Method dlr: peak learning rate of the distillation (AdamW, one-cycle schedule; ours).",
+        min=0.0, min_exclusive=True,
+    )
+    distill_noise: float = cfg_field(
+        0.05, "Method dlr: Gaussian noise on the fed-back thoughts during distillation, relative to the thoughts' "
+        "RMS, against exposure bias (ours).", min=0.0
+    )
+    distill_examples: int = cfg_field(
+        8000, "Method dlr: training problems whose own thoughts are recorded for the distillation (ours).", min=1
+    )
 
     def validate(self) -> None:
         if self.min_std > self.init_std:

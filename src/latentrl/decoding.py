@@ -88,6 +88,7 @@ class DecoderStepper:
         if shared is not None:
             cache.reorder_cache(shared[1])
             hidden = hidden[shared[1]]
+        self.prompt_hidden = hidden  # (B, P, H), for operators that read every prompt state (`needs_prompt_states`)
         return hidden, cache
 
     def step(self, embeds: torch.Tensor) -> torch.Tensor:

@@ -226,6 +226,8 @@ def generate_rollout(
     # ---- prefill
     stepper = make_stepper(model, prompt_mask, C, decoder)
     last_hidden = stepper.prefill(model.embed(prompt_ids), shared_prompt_rows(prompt_ids, prompt_mask))
+    if use_latent and operator.needs_prompt_states:
+        operator.begin_rollout(model, stepper.prompt_hidden, prompt_mask)
     # Fast path: while every row is thinking and nothing can end the span from the logits, a step needs no token
     # sampling, and operators that ignore logits (Coconut's hidden state) need no LM head either.
     can_fast = use_latent and schedule.end_token_id is None

@@ -86,6 +86,10 @@ class ThoughtIntervention(ThoughtOperator):
         self.stochastic = base.stochastic
         self.emits_tokens = base.emits_tokens
         self.needs_logits = base.needs_logits
+        self.needs_prompt_states = base.needs_prompt_states
+
+    def begin_rollout(self, model, prompt_hidden, prompt_mask) -> None:
+        self.base.begin_rollout(model, prompt_hidden, prompt_mask)
 
     def payload_spec(self, model):
         return self.base.payload_spec(model)

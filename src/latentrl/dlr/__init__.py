@@ -1,9 +1,9 @@
-"""DeepLatent Reasoning (DLR; arXiv 2601.17275, our reading of the abstract — see docs/methods/dlr.md).
+"""DeepLatent Reasoning (DLR; arXiv 2601.17275, our readings of the abstract — see docs/methods/dlr.md).
 
-A small trainable assistant samples K latent reasoning-chain encodings per prompt (a Gaussian policy); a frozen main
-model decodes each chain (as prefix embeddings) in one pass; a dual reward (correctness + format) and a high-value
-filter drive a contrastive + policy-gradient update of the assistant only. The trainer is
-`latentrl.dlr.trainer.DLRTrainer` (also `latentrl.DLRTrainer`); this package holds the parts below it.
+Method `dlr` (reading 2): a causal-transformer assistant writes the thoughts of a frozen Coconut model (`chain.py`,
+trainer `trainer.DLRTrainer`). Method `dlr_prefix` (reading 1, ~0-2 % on the suite): an MLP assistant writes a prefix
+for a frozen CoT model (`assistant.py`, `operator.py`, trainer `prefix_trainer.DLRPrefixTrainer`). Both: K sampled
+chains per prompt, a reward and a high-value filter, a contrastive + policy-gradient update of the assistant only.
 """
 
 from latentrl.dlr.assistant import ASSISTANT, LatentAssistant, build_assistant, gaussian_entropy, gaussian_log_prob

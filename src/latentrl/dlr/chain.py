@@ -36,7 +36,8 @@ from latentrl.sampling import normal
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
 __all__ = [
-    "ChainAssistant", "FixedChainOperator", "CoconutFrame", "distill_loss", "dlr_chain_loss",
+    "ChainAssistant", "ChainThoughtOperator", "CoconutFrame", "FixedChainOperator", "distill_assistant", "distill_loss",
+    "dlr_chain_loss", "record_own_thoughts",
 ]
 
 
@@ -53,7 +54,7 @@ class ChainAssistant(nn.Module):
                  min_std: float = 1e-3, thought_scale: float = 1.0):
         super().__init__()
         self.main_hidden, self.num_steps, self.width, self.min_std = main_hidden, num_steps, width, min_std
-        self.max_prompt = max_prompt
+        self.max_prompt, self.heads = max_prompt, heads
         self.read_prompt = nn.Linear(main_hidden, width)
         self.read_latent = nn.Linear(main_hidden, width)
         self.pos = nn.Parameter(torch.zeros(max_prompt + num_steps + 1, width))
@@ -68,6 +69,9 @@ class ChainAssistant(nn.Module):
         self.register_buffer("scale", torch.tensor(float(thought_scale)))
         self.log_std = nn.Parameter(torch.full((num_steps, main_hidden), math.log(init_std)),
                                     requires_grad=learn_std)
+        # 1 once the assistant was distilled from the main model's own thoughts (saved with it: a resumed or
+        # reloaded assistant is not distilled again)
+        self.register_buffer("distilled", torch.tensor(0.0))
         self.flops = 0
 
     def matmul_params(self) -> int:
@@ -84,18 +88,32 @@ class ChainAssistant(nn.Module):
     def _encode(self, states: torch.Tensor, mask: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         """Outputs at the L' = 1 + len(z) chain positions (the last predicts the next latent)."""
         B, P, _ = states.shape
-        if P > self.max_prompt:
-            raise ValueError(f"prompt of {P} positions exceeds the assistant's max_prompt {self.max_prompt}")
-        parts = [self.read_prompt(states.float() / self.scale), self.start.expand(B, 1, -1)]
+        real = mask.bool()
+        n_real = real.long().sum(1)  # (B,)
+        if int(n_real.max()) > self.max_prompt:
+            raise ValueError(f"a prompt of {int(n_real.max())} tokens exceeds the assistant's max_prompt "
+                             f"{self.max_prompt} (dlr.max_prompt_positions)")
+        # padded positions are masked out of attention, but their states must be finite (0 x NaN is NaN): some
+        # models (GPT-2 with SDPA) return NaN for fully masked rows
+        states = states.float().masked_fill(~real[..., None], 0.0)
+        parts = [self.read_prompt(states / self.scale), self.start.expand(B, 1, -1)]
         if z is not None and z.shape[1]:
             parts.append(self.read_latent(z.float() / self.scale))
         x = torch.cat(parts, 1)
         T = x.shape[1]
-        x = x + self.pos[:T]
+        # positions count real tokens (as HF's position ids under left padding): a row's means do not depend on
+        # how much padding its batch has
+        prompt_pos = (real.long().cumsum(1) - 1).clamp_min(0)
+        chain_pos = n_real[:, None] + torch.arange(T - P, device=x.device)
+        x = x + self.pos[torch.cat([prompt_pos, chain_pos], 1)]
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # True = blocked
-        pad = ~mask.bool()
+        pad = ~real
         pad = torch.cat([pad, torch.zeros(B, T - P, dtype=torch.bool, device=pad.device)], 1)
-        out = self.blocks(x, mask=causal, src_key_padding_mask=pad)
+        # a padded position attends to itself only: a query with every key blocked would give NaN, which the next
+        # layer would spread (0 x NaN); real positions never see a padded one
+        eye = torch.eye(T, dtype=torch.bool, device=x.device)
+        blocked = causal[None] | (pad[:, None, :] & ~eye[None])  # (B, T, T)
+        out = self.blocks(x, mask=blocked.repeat_interleave(self.heads, 0))
         self.flops += 2 * self.matmul_params() * B * T
         return self.norm(out[:, P:])
 
@@ -104,6 +122,10 @@ class ChainAssistant(nn.Module):
         out = self._encode(states, mask, z[:, : self.num_steps - 1])
         return self.head(out) * self.scale, self.clamped_log_std()
 
+    def next_mean(self, states: torch.Tensor, mask: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+        """(B, H) mean of the next latent given the chain so far `prev` (B, l, H) (None: the first one)."""
+        return self.head(self._encode(states, mask, prev)[:, -1]) * self.scale
+
     def sample(self, states: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
                deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, mu), each (B, L, H): the chain written step by step (z_l = mu_l when deterministic)."""
@@ -111,8 +133,7 @@ class ChainAssistant(nn.Module):
         zs: list[torch.Tensor] = []
         mus: list[torch.Tensor] = []
         for l in range(self.num_steps):
-            prev = torch.stack(zs, 1) if zs else None
-            mu = self.head(self._encode(states, mask, prev)[:, -1]) * self.scale
+            mu = self.next_mean(states, mask, torch.stack(zs, 1) if zs else None)
             if deterministic:
                 z = mu
             else:
@@ -125,6 +146,63 @@ class ChainAssistant(nn.Module):
         """(B,) exact log pi(z | S) of whole chains, summed over steps and dimensions."""
         mu, log_std = self(states, mask, z)
         return gaussian_log_prob(z.float(), mu, log_std).sum(-1)
+
+
+class ChainThoughtOperator(ThoughtOperator):
+    """The rollout engine's view of the assistant: latent step l of a rollout is z_l ~ N(mu_l(S, z_<l), sigma_l^2).
+
+    The engine hands over the frozen main model's prompt states S after its prefill (`begin_rollout`), so the same
+    prefill serves the assistant and the main model's KV cache; each step runs the small assistant over
+    [S, z_<l] (no cache: L is a handful) and feeds z_l to the main model as its l-th thought. In eval mode the
+    chain is the mean (z_l = mu_l). The payload stores z_l (`rebuild` returns it: the main model's input is the
+    chain itself). The step's log-density needs S, which the payload does not carry (P x H per position): the DLR
+    trainer recomputes log pi(z | S) from its own prefill (`ChainAssistant.log_prob`), not through `log_prob`.
+    """
+
+    name = "dlr_chain"
+    stochastic = True
+    needs_logits = False
+    needs_prompt_states = True
+
+    def __init__(self, assistant: ChainAssistant, latent_token_id: int):
+        super().__init__()
+        self.assistant = assistant
+        self.latent_token_id = latent_token_id
+        self.deterministic = False
+        self._states: torch.Tensor | None = None
+
+    def set_eval_mode(self, deterministic: bool) -> None:
+        self.deterministic = deterministic
+
+    def begin_rollout(self, model, prompt_hidden: torch.Tensor, prompt_mask: torch.Tensor) -> None:
+        self._states, self._mask = prompt_hidden.float(), prompt_mask
+        self._chain: list[torch.Tensor] = []
+
+    def payload_spec(self, model) -> dict[str, PayloadSpec]:
+        return {"hidden": PayloadSpec((model.hidden_size,), torch.float32)}
+
+    def step(self, model, logits, hidden, *, generator=None) -> ThoughtStep:
+        if self._states is None:
+            raise RuntimeError("ChainThoughtOperator.step before begin_rollout: the engine passes the prompt states")
+        l = len(self._chain)
+        if l >= self.assistant.num_steps:
+            raise RuntimeError(f"the assistant writes {self.assistant.num_steps} thoughts; the schedule asked for "
+                               f"more (set latent.num_latent_steps to the main model's thought count)")
+        prev = torch.stack(self._chain, 1) if self._chain else None
+        mu = self.assistant.next_mean(self._states, self._mask, prev)
+        log_std = self.assistant.clamped_log_std()[l]
+        z = mu if self.deterministic else mu + log_std.exp() * normal(mu.shape, generator, mu.device, mu.dtype)
+        self._chain.append(z)
+        B = z.shape[0]
+        ids = torch.full((B,), self.latent_token_id, dtype=torch.long, device=z.device)
+        return ThoughtStep(embeds=z, token_ids=ids, payload={"hidden": z}, logprob=gaussian_log_prob(z, mu, log_std))
+
+    def rebuild(self, model, token_ids, payload: Payload) -> torch.Tensor:
+        return payload["hidden"]
+
+    def log_prob(self, logits, token_ids, payload: Payload) -> torch.Tensor:
+        raise NotImplementedError("a chain step's log-density needs the prompt states: use "
+                                  "ChainAssistant.log_prob(states, mask, z) (the DLR trainer does)")
 
 
 class FixedChainOperator(ThoughtOperator):
@@ -172,18 +250,22 @@ class CoconutFrame:
     """The frozen latent-reading main model's frame: Coconut prompt text, prompt states, own thoughts, decoding."""
 
     def __init__(self, model, num_thoughts: int, max_new_positions: int = 16,
-                 reward_func: Callable[..., list[float | None]] | None = None):
+                 reward_func: Callable[..., list[float | None]] | None = None,
+                 prompt_text: Callable[[dict[str, Any]], str] | None = None):
         from latentrl.rewards import correctness_reward
         from latentrl.sft.coconut.data import _latent_ids
 
         self.model, self.L, self.max_new = model, num_thoughts, max_new_positions
         self.start_id, self.latent_id, self.end_id = _latent_ids(model)
         self.reward_func = reward_func or correctness_reward
+        self._prompt_text = prompt_text  # a run's prompt format (default: the Coconut prompt, raw)
         self.main_tokens = 0  # main-model forward positions (compute metric)
 
     def prompt_text(self, row: dict[str, Any]) -> str:
         from latentrl.sft.coconut import coconut_prompt_text
 
+        if self._prompt_text is not None:
+            return self._prompt_text(row)
         return coconut_prompt_text(row, self.model.latent_tokens.start)
 
     def tokenize(self, rows: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,11 +351,66 @@ def distill_loss(assistant: ChainAssistant, states: torch.Tensor, mask: torch.Te
     return ((mu - thoughts) / assistant.scale).pow(2).mean()
 
 
+@torch.no_grad()
+def record_own_thoughts(frame: CoconutFrame, rows: Sequence[dict[str, Any]], batch_size: int = 500
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, mask, states, thoughts) of `rows`: left-padded prompt ids and mask (N, P), the frozen main model's prompt
+    states (N, P, H) and its own thoughts (N, L, H), recorded `batch_size` rows at a time (padded to one width)."""
+    parts = []
+    for s in range(0, len(rows), batch_size):
+        ids, mask = frame.tokenize(rows[s : s + batch_size])
+        parts.append((ids, mask, frame.prompt_states(ids, mask), frame.own_thoughts(ids, mask)[0]))
+    P = max(p[0].shape[1] for p in parts)
+
+    def left(x: torch.Tensor, value: float) -> torch.Tensor:  # left-pad dim 1 to P
+        pad = torch.full((x.shape[0], P - x.shape[1], *x.shape[2:]), value, dtype=x.dtype, device=x.device)
+        return torch.cat([pad, x], 1)
+
+    pad_id = frame.model.tokenizer.pad_token_id
+    return (torch.cat([left(p[0], pad_id) for p in parts]), torch.cat([left(p[1], 0) for p in parts]),
+            torch.cat([left(p[2], 0.0) for p in parts]), torch.cat([p[3] for p in parts]))
+
+
+def distill_assistant(assistant: ChainAssistant, frame: CoconutFrame, rows: Sequence[dict[str, Any]], *,
+                      steps: int, batch_size: int, learning_rate: float, noise: float, seed: int,
+                      log_every: int = 250) -> list[dict[str, float]]:
+    """Set the assistant's scale to the RMS of the main model's own thoughts on `rows`, then (steps > 0) regress its
+    teacher-forced means on those thoughts (`distill_loss`; AdamW at a one-cycle schedule, gradients clipped at 1,
+    sigma not trained). Marks the assistant distilled. Returns the loss history (every `log_every` steps)."""
+    ids, mask, states, thoughts = record_own_thoughts(frame, rows)
+    with torch.no_grad():
+        assistant.scale.fill_(float(thoughts.pow(2).mean().sqrt()))
+    history = [{"step": 0.0, "thought_rms": float(assistant.scale), "rows": float(len(rows))}]
+    if steps <= 0:
+        return history
+    dev = assistant.scale.device
+    states, mask, thoughts = states.to(dev), mask.to(dev), thoughts.to(dev)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    params = [p for n, p in assistant.named_parameters() if n != "log_std" and p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, learning_rate, total_steps=steps, pct_start=0.05)
+    was_training = assistant.training
+    assistant.train()
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, ids.shape[0], (min(batch_size, ids.shape[0]),), generator=gen, device=dev)
+        loss = distill_loss(assistant, states[idx], mask[idx], thoughts[idx], noise, gen)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step == 1 or step % log_every == 0 or step == steps:
+            history.append({"step": float(step), "mse": loss.item()})
+    assistant.train(was_training)
+    assistant.distilled.fill_(1.0)
+    return history
+
+
 def dlr_chain_loss(assistant: ChainAssistant, frame: CoconutFrame, ids: torch.Tensor, mask: torch.Tensor,
                    states: torch.Tensor, z: torch.Tensor, rewards: torch.Tensor, ro, K: int, *,
                    pg_coef: float = 1.0, contrastive_coef: float = 0.1, contrastive_temperature: float = 1.0,
                    bidirectional: bool = True, nll_coef: float = 1.0, filter_top_fraction: float = 0.5,
-                   ) -> tuple[torch.Tensor, dict[str, float]]:
+                   filter_min_reward: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """DLR's objective on one batch of P prompts x K sampled chains (rows grouped contiguously).
 
     * filter: `filter_high_value` (top fraction of each group, strictly above its worst) = the kept chains;
@@ -284,7 +421,7 @@ def dlr_chain_loss(assistant: ChainAssistant, frame: CoconutFrame, ids: torch.Te
       model (gradients into the chain only) — it moves the chain the main model actually reads at evaluation.
     `ids`, `mask`, `states` are per row (P*K rows). Returns (loss, metrics)."""
     N, L, H = z.shape
-    keep = filter_high_value(rewards, K, filter_top_fraction).to(z.device)
+    keep = filter_high_value(rewards, K, filter_top_fraction, filter_min_reward).to(z.device)
     adv = group_advantages(rewards.float(), K)[0].to(z.device)  # GRPO's (r - mean) / (std + 1e-4), per group
     m: dict[str, float] = {"dlr/kept_frac": float(keep.float().mean())}
     loss = z.sum() * 0.0
@@ -317,4 +454,6 @@ def dlr_chain_loss(assistant: ChainAssistant, frame: CoconutFrame, ids: torch.Te
             nll = frame.answer_nll(ids[idx], mask[idx], mu[group], ro.select(idx.to(ro.completion_ids.device))).mean()
             loss = loss + nll_coef * nll
             m["dlr/nll"] = nll.item()
+        elif nll_coef > 0:
+            m["dlr/nll"] = 0.0  # nothing kept: the term is 0 (still logged)
     return loss, m

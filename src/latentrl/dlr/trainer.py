@@ -1,18 +1,16 @@
-"""`DLRTrainer`: the DeepLatent Reasoning loop on top of `GRPOTrainer` (our reading of arXiv 2601.17275).
+"""`DLRTrainer`: method `dlr` (our reading 2 of arXiv 2601.17275) on the shared trainer's loop.
 
-    prompts ─▶ rollout engine: frozen main model prefill ─▶ assistant samples K chains z ~ N(mu_phi(h), sigma^2)
-            ─▶ L latent prefix positions W z + b ─▶ main model decodes the answer (one pass, KV cache)
-            ─▶ dual reward (correctness + format, weighted) ─▶ group advantages + high-value filter
-            ─▶ [num_iterations ×] contrastive + policy-gradient (+ entropy, + decoding NLL) on the ASSISTANT only
+    prompts ─▶ rollout engine: frozen main model prefill ─▶ the assistant reads its prompt states and writes the
+            thoughts z_1..z_L ~ N(mu_l(S, z_<l), sigma_l^2) at the main model's own thought positions
+            (`ChainThoughtOperator`) ─▶ <|end-latent|> ─▶ the main model decodes the answer greedily (one pass)
+            ─▶ reward ─▶ group advantages + high-value filter
+            ─▶ PG + InfoNCE around the mean chain + decoding NLL of kept answers (`dlr_chain_loss`), assistant only
 
-The main model is frozen (`requires_grad_(False)`, never in the optimizer): the update needs no main-model forward
-at all unless `nll_coef > 0`, because the stored prompt feature h and chain z determine the assistant's
-log-density. Data order, rewards, dynamic sampling, logging, checkpoints and resume are GRPOTrainer's. With several
-processes the rollouts are split over them (GRPOTrainer's chunks) and every process runs this whole-batch update
-on the gathered batch, so the replicas stay identical without a gradient all-reduce.
-Evaluation is every method's: `trainer.evaluate(rows, k)`, or `latentrl.eval.evaluate(model, rows,
-**get_method("dlr").build(model, cfg).eval_kwargs(cfg))` without a trainer (greedy Pass@1 decodes the mean chain
-mu; Pass@k samples chains).
+Only `prepare`, `loss_pieces`, `step_metrics` and `compute_metrics` differ from GRPOTrainer: data order, rewards,
+logging, evaluation, checkpoints and resume are its. The main model is frozen, so `prepare` recomputes its prompt
+states once (no grad) and the assistant's exact log-density log pi(z | S) of the stored chains follows from them.
+Every process updates on the whole gathered batch (the assistant is small), so no gradient all-reduce is needed.
+The distillation of the main model's own thoughts runs once before the first step (`DLR.on_train_begin`).
 """
 
 from __future__ import annotations
@@ -26,46 +24,32 @@ import torch
 
 from latentrl.config import GRPOConfig
 from latentrl.data.schema import Example
-from latentrl.dlr.assistant import ASSISTANT, LatentAssistant, gaussian_entropy, gaussian_log_prob
+from latentrl.dlr.chain import ChainAssistant, CoconutFrame, dlr_chain_loss
 from latentrl.dlr.config import DLRConfig, resolve_dlr_config
-from latentrl.dlr.losses import (
-    anchor_info_nce,
-    filter_high_value,
-    group_info_nce,
-    policy_gradient_loss,
-)
 from latentrl.methods import Method, get_method, register_trainer
+from latentrl.methods.dlr import CHAIN_ASSISTANT
 from latentrl.model import LatentModel
 from latentrl.rl.batch import StepBatch
 from latentrl.rl.trainer import GRPOTrainer, LossPiece
 
-__all__ = ["DLRTrainer", "DLRChains"]
+__all__ = ["DLRTrainer"]
 
 
 @dataclass
-class DLRPrepared:
-    """DLR's `prepare` output: the whole batch, its chains and the high-value filter's kept rows."""
+class ChainBatch:
+    """`prepare`'s output: the batch, its chains (N, L, H) and the frozen main model's prompt states (N, P, H)."""
 
     batch: StepBatch
-    chains: "DLRChains"
-    keep: torch.Tensor
-
-
-class DLRChains:
-    """The latent chains of a rollout batch, read back from the operator's payload."""
-
-    def __init__(self, batch: StepBatch, L: int):
-        ro = batch.rollout
-        if ro.completion_ids.shape[1] < L or not bool(ro.latent_mask[:, :L].all()):
-            raise RuntimeError(f"DLR rollouts must start with exactly {L} latent positions")
-        self.z = ro.payload["z"][:, :L].float()  # (N, L, d_z)
-        self.h = ro.payload["prompt_hidden"][:, 0].float()  # (N, H)
-        self.old_logprob = ro.logprobs[:, :L].sum(-1)  # (N,) log pi_old(z | h)
+    z: torch.Tensor
+    states: torch.Tensor
 
 
 @register_trainer("dlr")
 class DLRTrainer(GRPOTrainer):
     """GRPOTrainer with DLR's update. `trainer = DLRTrainer(cfg, model, train_examples)`; `trainer.train()`."""
+
+    #: every process updates on the whole gathered batch (the assistant is small), so no gradient all-reduce
+    update_slices_batch = False
 
     def __init__(
         self,
@@ -84,140 +68,53 @@ class DLRTrainer(GRPOTrainer):
         super().__init__(args, model, train_dataset, reward_funcs, method, ref_model, eval_dataset)
         if self.dlr.decode_temperature is not None:  # answer decoding of training rollouts (0 = greedy)
             self.sampling.temperature = self.dlr.decode_temperature
+        self.frame = CoconutFrame(model, self.assistant.num_steps, args.max_completion_length,
+                                  prompt_text=self.prompt_text)
 
     @property
-    def assistant(self) -> LatentAssistant:
-        return self.model.side_modules[ASSISTANT]
-
-    # ------------------------------------------------------------------ rollouts
-    @torch.no_grad()
-    def generate_and_score(self, prompt_rows: list[dict[str, Any]], round_: int = 0) -> StepBatch:
-        self.operator.reset()
-        return super().generate_and_score(prompt_rows, round_=round_)
-
-    # ------------------------------------------------------------------ the objective
-    def dlr_loss(self, batch: StepBatch, chains: DLRChains, keep: torch.Tensor
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Contrastive + policy-gradient + entropy terms (everything but the decoding NLL), over the whole batch."""
-        c, a = self.dlr, self.args
-        G, L, d = self.G, c.num_latent_steps, c.latent_dim
-        mu, log_std = self.assistant(chains.h)  # (N, L, d), (L, d)
-        loss = mu.sum() * 0.0
-        m: dict[str, float] = {}
-        # contrastive: anchor = the group's mean chain (all rows of a group share the prompt, so the same mu)
-        if c.contrastive_coef > 0:
-            anchors = mu.view(-1, G, L * d)[:, 0]
-            samples = chains.z.view(-1, G, L * d)
-            pos = keep.view(-1, G)
-            nce, n_groups = group_info_nce(anchors, samples, pos, c.contrastive_temperature, c.contrastive_similarity)
-            m["dlr/contrastive_groups"] = float(n_groups)
-            m["dlr/contrastive_loss"] = nce.item()
-            term = nce
-            if c.bidirectional:
-                nce2, _ = anchor_info_nce(anchors, samples, pos, c.contrastive_temperature, c.contrastive_similarity)
-                m["dlr/contrastive_anchor_loss"] = nce2.item()
-                term = term + nce2
-            loss = loss + c.contrastive_coef * term
-        # policy gradient on the sampled chains' log-density
-        if c.pg_coef > 0:
-            lp = gaussian_log_prob(chains.z, mu, log_std).sum(-1)  # (N,)
-            adv = batch.advantages.to(lp.device).float()
-            per, clipped = policy_gradient_loss(lp, chains.old_logprob.to(lp.device), adv, a.policy_loss, a.epsilon,
-                                                a.epsilon_high if a.epsilon_high is not None else a.epsilon, L * d)
-            rows = keep if c.pg_filtered_only else torch.ones_like(keep)
-            pg = (per * rows).sum() / rows.sum().clamp_min(1)
-            loss = loss + c.pg_coef * pg
-            m["dlr/pg_loss"] = pg.item()
-            m["dlr/logprob_per_dim"] = lp.mean().item() / (L * d)
-            m["clip_ratio/region_mean"] = float(clipped.float().mean())
-        if c.entropy_coef > 0:
-            ent = gaussian_entropy(log_std).mean()
-            loss = loss - c.entropy_coef * ent
-        m["dlr/std_mean"] = log_std.exp().mean().item()
-        m["dlr/mu_rms"] = mu.pow(2).mean().sqrt().item()
-        m["dlr/entropy_per_dim"] = gaussian_entropy(log_std).mean().item()
-        return loss, m
-
-    def nll_pieces(self, batch: StepBatch, keep: torch.Tensor, chains: DLRChains, weight: float
-                   ) -> Iterator[LossPiece]:
-        """Decoding-likelihood term, one loss piece per micro-batch of kept rows (their sum is the term).
-
-        For each kept row: the frozen main model reads [prompt, W mu_phi(h) + b, answer tokens] (the MEAN chain, not
-        the sample) and the loss is the mean NLL of the row's decoded answer tokens (at T = 1). Gradients reach mu
-        and W through the frozen main model's activations; its parameters have requires_grad False.
-        """
-        idx = keep.nonzero().squeeze(-1)
-        n = idx.numel()
-        if n == 0:  # nothing kept: the term is 0 (still logged)
-            yield lambda: (torch.zeros(()), {"dlr/nll": 0.0})
-            return
-        ro = batch.rollout.select(idx)
-        mb = self.args.per_device_train_batch_size
-        for s in range(0, n, mb):
-            yield functools.partial(self._nll_piece, ro.select(torch.arange(s, min(s + mb, n))), chains.h[idx][s : s + mb],
-                                    weight * min(mb, n - s) / n, min(mb, n - s) / n)
-
-    def _nll_piece(self, part, h: torch.Tensor, weight: float, share: float) -> tuple[torch.Tensor, dict[str, float]]:
-        mu, _ = self.assistant(h)
-        nll = self._answer_nll(part, self.assistant.project(mu))
-        return weight * nll, {"dlr/nll": nll.item() * share}
-
-    def _answer_nll(self, ro, latents: torch.Tensor) -> torch.Tensor:
-        """Mean over rows of the mean token NLL of the discrete completion positions after the L latents."""
-        model, L = self.model, self.dlr.num_latent_steps
-        B, P = ro.prompt_ids.shape
-        C = ro.completion_ids.shape[1]
-        emb = model.embed(ro.prompt_ids)
-        embeds = torch.cat([emb, latents.to(emb.dtype), model.embed(ro.completion_ids[:, L:])], dim=1)
-        mask = torch.cat([ro.prompt_mask, ro.completion_mask], dim=1).long()
-        position = (mask.cumsum(-1) - 1).clamp_min(0)
-        _, hidden, _ = model.forward_embeds(embeds, attention_mask=mask, position_ids=position, compute_logits=False)
-        self.ctx.compute_tokens["forward"] += B * (P + C)
-        self.ctx.compute_tokens["backward"] += B * (P + C)  # activation gradients only: ~1 forward
-        h = hidden[:, P + L - 1 : P + C - 1]  # predicts completion positions L .. C-1
-        logp = model.lm_head(h).float().log_softmax(-1)
-        tgt = ro.completion_ids[:, L:]
-        lp = logp.gather(-1, tgt[..., None]).squeeze(-1)
-        tok = (ro.completion_mask[:, L:] & ~ro.latent_mask[:, L:]).float()
-        per_row = -(lp * tok).sum(-1) / tok.sum(-1).clamp_min(1)
-        return per_row.mean()
-
-    # ------------------------------------------------------------------ the update (GRPOTrainer's loop)
-    #: every process updates on the whole gathered batch (the assistant is small), so no gradient all-reduce
-    update_slices_batch = False
+    def assistant(self) -> ChainAssistant:
+        return self.model.side_modules[CHAIN_ASSISTANT]
 
     def collect(self) -> tuple[StepBatch, dict[str, float]]:
         self.assistant.flops = 0
         return super().collect()
 
-    def prepare(self, batch: StepBatch) -> DLRPrepared:
-        """The chains read back from the rollouts, and which rows the high-value filter keeps."""
-        c = self.dlr
-        chains = DLRChains(batch, c.num_latent_steps)
-        keep = filter_high_value(batch.rewards, self.G, c.filter_top_fraction, c.filter_min_reward)
-        if self.args.mask_truncated_completions:
-            keep &= ~batch.rollout.truncated.to(keep.device)
-        return DLRPrepared(batch, chains, keep.to(chains.z.device))
+    @torch.no_grad()
+    def prepare(self, batch: StepBatch) -> ChainBatch:
+        """The chains read back from the rollouts and the prompt states the assistant read."""
+        ro, L = batch.rollout, self.assistant.num_steps
+        if ro.completion_ids.shape[1] <= L or not bool(ro.latent_mask[:, :L].all()):
+            raise RuntimeError(f"DLR rollouts must start with exactly {L} thoughts")
+        z = ro.payload["hidden"][:, :L].float()
+        before = self.frame.main_tokens
+        states = self.frame.prompt_states(ro.prompt_ids, ro.prompt_mask)
+        self.ctx.compute_tokens["forward"] += self.frame.main_tokens - before
+        return ChainBatch(batch, z, states)
 
-    def loss_pieces(self, prepared: DLRPrepared) -> Iterator[LossPiece]:
-        """Contrastive + policy gradient + entropy over the whole batch, then the decoding NLL of the kept rows
-        micro-batch by micro-batch (when `nll_coef` > 0)."""
+    def loss_pieces(self, prepared: ChainBatch) -> Iterator[LossPiece]:
+        """One piece: DLR's whole-batch objective."""
         self.assistant.train()
-        yield functools.partial(self.dlr_loss, prepared.batch, prepared.chains, prepared.keep)
-        if self.dlr.nll_coef > 0:
-            yield from self.nll_pieces(prepared.batch, prepared.keep, prepared.chains, self.dlr.nll_coef)
+        yield functools.partial(self._loss, prepared)
 
-    def step_metrics(self, batch: StepBatch, prepared: DLRPrepared) -> dict[str, float]:
-        keep, flops = prepared.keep, self.assistant.flops
-        with torch.no_grad():
-            latent_norm = self.assistant.project(prepared.chains.z).norm(dim=-1).mean().item()
-        self.assistant.flops = flops  # the metric above is not part of the method's compute
-        return {
-            "latent/norm_mean": latent_norm,
-            "dlr/kept_frac": float(keep.float().mean()),
-            "dlr/kept_reward": float(batch.rewards[keep.cpu()].mean()) if bool(keep.any()) else float("nan"),
-            "dlr/groups_with_kept": float(keep.view(-1, self.G).any(1).float().mean()),
-        }
+    def _loss(self, p: ChainBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        c, ro = self.dlr, p.batch.rollout
+        rewards = p.batch.rewards
+        before = self.frame.main_tokens
+        loss, m = dlr_chain_loss(
+            self.assistant, self.frame, ro.prompt_ids, ro.prompt_mask, p.states, p.z, rewards, ro, self.G,
+            pg_coef=c.pg_coef, contrastive_coef=c.contrastive_coef, contrastive_temperature=c.contrastive_temperature,
+            bidirectional=c.bidirectional, nll_coef=c.nll_coef, filter_top_fraction=c.filter_top_fraction,
+            filter_min_reward=c.filter_min_reward,
+        )
+        nll_tokens = self.frame.main_tokens - before  # the NLL's forward through the frozen main model ...
+        self.ctx.compute_tokens["forward"] += nll_tokens
+        self.ctx.compute_tokens["backward"] += nll_tokens  # ... and its activation gradients (~1 forward)
+        return loss, m
+
+    def step_metrics(self, batch: StepBatch, prepared: ChainBatch) -> dict[str, float]:
+        s = self.assistant.scale
+        return {"latent/norm_mean": prepared.z.norm(dim=-1).mean().item(),
+                "dlr/sigma_rel": float((self.assistant.clamped_log_std().detach().exp() / s).mean())}
 
     def compute_metrics(self) -> dict[str, float]:
         """The frozen main model's passes (GRPOTrainer's counter) plus the assistant's own FLOPs."""

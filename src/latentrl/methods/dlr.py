@@ -1,17 +1,20 @@
-"""DLR — DeepLatent Reasoning (arXiv 2601.17275): latent-space contrastive RL with a frozen main model.
+"""DLR — DeepLatent Reasoning (arXiv 2601.17275): an assistant writes the thoughts of a frozen latent model.
 
-No public code or method body exists; this is **our reading of the abstract** (docs/methods/dlr.md separates
-what is from the paper from what is ours). From the abstract: a lightweight assistant samples K reasoning-chain
-encodings in latent space; a dual reward (correctness + format) filters them; only high-value trajectories drive
-the update; a frozen main model decodes each chain in a single pass; a contrastive objective gives directed
-exploration; frozen main parameters rule out catastrophic forgetting. Ours: the assistant is a Gaussian policy
-(an MLP over the main model's last prompt hidden state -> L x d_z means, learned sigma, linear projection into the
-main embedding space); the contrastive term is InfoNCE (anchor = mean chain, positives = kept samples, negatives
-= the rest; plus the prompt-level direction), next to a group-relative policy-gradient term on the chain's exact
-Gaussian log-density.
+No public code or method body exists; this is **our second reading of the abstract** (docs/methods/dlr.md,
+"Reading 2"; the first, an MLP prefix for a frozen CoT model, is method `dlr_prefix` and scores ~0-2 %). From the
+abstract: a lightweight assistant samples K latent reasoning chains; a reward filters them; only high-value ones
+drive the update; a frozen main model decodes each chain in one pass; a contrastive objective steers exploration;
+frozen main parameters rule out forgetting. Ours:
 
-The method needs its own update (`latentrl.dlr.trainer.DLRTrainer`, a GRPOTrainer subclass): build it with
-`method.trainer_class(cfg, model, examples)`. Plain `GRPOTrainer` refuses method "dlr" with a clear error.
+* the frozen main model already reads continuous thoughts: a Coconut latent init (prompt, `<|start-latent|>`,
+  L thoughts, `<|end-latent|>`, answer), so the method starts from `coconut_sft`; L = `dlr.num_latent_steps` must
+  be the main model's thought count;
+* the assistant (`ChainAssistant`, a small causal transformer over the main model's prompt states) writes the L
+  thoughts autoregressively from a Gaussian head, at the main model's own thought positions
+  (`ChainThoughtOperator`, fed the prompt states by the rollout engine);
+* it is first distilled from the main model's own thoughts (`on_train_begin`), then trained by DLR's objective
+  (`latentrl.dlr.trainer.DLRTrainer`: group-relative policy gradient + InfoNCE around the mean chain + the decoding
+  likelihood of kept answers through the frozen main model).
 """
 
 from __future__ import annotations
@@ -19,68 +22,109 @@ from __future__ import annotations
 import warnings
 from typing import Any, ClassVar
 
-from latentrl.config import ConfigError
-from latentrl.dlr.assistant import ASSISTANT, build_assistant
-from latentrl.dlr.config import DLRConfig, resolve_dlr_config
-from latentrl.dlr.operator import AssistantThoughtOperator
-from latentrl.methods.base import Method, MethodContext, register_method
+from latentrl.config import ConfigError, DLRConfig
+from latentrl.dlr.assistant import ASSISTANT as PREFIX_ASSISTANT
+from latentrl.dlr.chain import ChainAssistant, ChainThoughtOperator, CoconutFrame, distill_assistant
+from latentrl.dlr.config import resolve_dlr_config
+from latentrl.methods.base import MethodContext, register_method
+from latentrl.methods.coconut_grpo import CoconutLatentMethod
 from latentrl.rollout import ThinkingSchedule
+
+CHAIN_ASSISTANT = "dlr_chain_assistant"
+"""The side-module name of method dlr's assistant (saved with the model)."""
 
 
 @register_method
-class DLR(Method):
+class DLR(CoconutLatentMethod):
     name = "dlr"
-    smoke_overrides: ClassVar[dict[str, Any]] = {"dlr.num_latent_steps": 2, "dlr.nll_coef": 0.1}
-    description = ("DeepLatent Reasoning (our reading of arXiv 2601.17275): a small Gaussian assistant samples K "
-                   "latent chains, a frozen main model decodes them; dual reward, high-value filter, InfoNCE + PG")
-    init = "cot_sft"
-    defaults = {"reward_funcs": ["correctness", "format"], "reward_weights": [1.0, 0.2], "beta": 0.0}
+    trainer = "dlr"  # latentrl.dlr.trainer.DLRTrainer
+    description = ("DeepLatent Reasoning (our reading of arXiv 2601.17275): a small causal-transformer assistant "
+                   "writes the thoughts of a frozen Coconut model; K chains, reward filter, PG + InfoNCE + NLL")
+    init = "coconut_sft"
+    defaults: ClassVar[dict[str, Any]] = {
+        "reward_funcs": ["correctness"], "beta": 0.0, "learning_rate": 1e-4,
+        "weight_decay": 0.0, "dlr.assistant_hidden_size": 96, "dlr.init_std": 0.1, "dlr.min_std": 0.001,
+        "dlr.contrastive_coef": 0.1, "dlr.contrastive_temperature": 1.0, "dlr.nll_coef": 1.0,
+    }
+    smoke_overrides: ClassVar[dict[str, Any]] = {
+        "dlr.num_latent_steps": 2, "dlr.distill_steps": 2, "dlr.distill_examples": 8, "dlr.distill_batch_size": 4,
+        "dlr.assistant_hidden_size": 16, "dlr.assistant_heads": 2, "dlr.assistant_ffn": 32,
+    }
 
     def __init__(self, config: DLRConfig | None = None):
         self.config = config
-        """DLR options; set by `setup` from the trainer (`DLRTrainer.dlr`) when not given."""
-
-    trainer = "dlr"  # latentrl.dlr.trainer.DLRTrainer
+        """The run's DLR options; set by `setup` from the run's config when not given (the trainer passes its own)."""
 
     def setup(self, model, args) -> None:
+        super().setup(model, args)
         self.config = c = self.config or resolve_dlr_config(args)
-        a = args
-        if a.beta > 0:
+        if args.num_iterations != 1:
+            raise ConfigError(f"method 'dlr' updates on-policy (its PG term has no importance ratio): set "
+                              f"num_iterations=1 (got {args.num_iterations})")
+        if args.beta > 0:
             raise ConfigError(f"method 'dlr' keeps the main model frozen, so there is no KL term: set beta=0 "
-                              f"(got {a.beta})")
-        if a.latent.operator != "none":
-            raise ConfigError(f"method 'dlr' forms its latents with the assistant: leave latent.operator=none (got "
-                              f"{a.latent.operator!r}) and set the chain length with dlr.num_latent_steps")
-        if a.max_completion_length <= c.num_latent_steps:
-            raise ConfigError(f"max_completion_length ({a.max_completion_length}) must exceed dlr.num_latent_steps "
-                              f"({c.num_latent_steps}): the answer is decoded after the latent chain")
+                              f"(got {args.beta})")
+        if args.latent.operator != "none":
+            raise ConfigError(f"method 'dlr' forms its thoughts with the assistant: leave latent.operator=none (got "
+                              f"{args.latent.operator!r}) and set the thought count with dlr.num_latent_steps")
+        if model.latent_ids is None:
+            raise ConfigError("method 'dlr' needs a main model that reads continuous thoughts (<|start-latent|>, "
+                              "<|latent|>, <|end-latent|>): start from a Coconut-SFT checkpoint")
+        L = c.num_latent_steps
+        if args.max_completion_length <= L + 1:
+            raise ConfigError(f"max_completion_length ({args.max_completion_length}) must exceed the {L} thoughts "
+                              "and <|end-latent|>: the answer is decoded after them")
+        pending = getattr(model, "_pending_side_state", None) or {}
+        if any(k.startswith(PREFIX_ASSISTANT + ".") for k in pending):
+            raise ConfigError("this checkpoint holds a reading-1 DLR assistant (an MLP prefix): resume or evaluate it "
+                              "with method dlr_prefix")
         if model.is_peft:
             warnings.warn("method 'dlr' keeps the main model frozen, LoRA adapters included: only the assistant "
-                          "trains (lora.enabled changes nothing but the main model's forward cost)", stacklevel=2)
+                          "trains", stacklevel=2)
         model.model.requires_grad_(False)  # frozen main model: never trained, never in the optimizer
-        if ASSISTANT not in model.side_modules:
-            model.attach_side_module(ASSISTANT, build_assistant(model, c))  # loads saved weights if any
-        asst = model.side_modules[ASSISTANT]
-        if (asst.num_steps, asst.latent_dim) != (c.num_latent_steps, c.latent_dim):
-            raise ConfigError(f"the model's saved DLR assistant has L={asst.num_steps}, d_z={asst.latent_dim}, but "
-                              f"the config asks for L={c.num_latent_steps}, d_z={c.latent_dim}")
+        if CHAIN_ASSISTANT not in model.side_modules:
+            model.attach_side_module(CHAIN_ASSISTANT, ChainAssistant(
+                model.hidden_size, L, width=c.assistant_hidden_size, layers=c.assistant_layers,
+                heads=c.assistant_heads, ffn=c.assistant_ffn, max_prompt=c.max_prompt_positions,
+                init_std=c.init_std, learn_std=c.learn_std, min_std=c.min_std,
+            ))  # loads the saved weights if the checkpoint has them
+        asst = model.side_modules[CHAIN_ASSISTANT]
+        if asst.num_steps != L:
+            raise ConfigError(f"the model's saved DLR assistant writes {asst.num_steps} thoughts, but "
+                              f"dlr.num_latent_steps is {L}")
 
-    def build_operator(self, latent, model) -> AssistantThoughtOperator:
-        return AssistantThoughtOperator(model.side_modules[ASSISTANT])
+    def build_operator(self, latent, model) -> ChainThoughtOperator:
+        return ChainThoughtOperator(model.side_modules[CHAIN_ASSISTANT], model.latent_ids.latent)
 
     def build_schedule(self, latent, model) -> ThinkingSchedule:
-        return ThinkingSchedule(num_latent_steps=model.side_modules[ASSISTANT].num_steps)
+        """The main model's frame: its L thoughts, then `<|end-latent|>` forced."""
+        L = model.side_modules[CHAIN_ASSISTANT].num_steps
+        return ThinkingSchedule(num_latent_steps=L, after_latent_ids=[model.latent_ids.end])
 
     def param_groups(self, ctx: MethodContext) -> list[dict[str, Any]]:
         c = self.config or DLRConfig()
-        params = [p for p in ctx.model.side_modules[ASSISTANT].parameters() if p.requires_grad]
+        params = [p for p in ctx.model.side_modules[CHAIN_ASSISTANT].parameters() if p.requires_grad]
         return [{"params": params, "lr": c.assistant_learning_rate or ctx.args.learning_rate}]
 
+    def on_train_begin(self, ctx: MethodContext) -> dict[str, float]:
+        """Distil the main model's own thoughts into an assistant that was not distilled yet."""
+        asst: ChainAssistant = ctx.model.side_modules[CHAIN_ASSISTANT]
+        if bool(asst.distilled):
+            return {}
+        c = self.config or DLRConfig()
+        frame = CoconutFrame(ctx.model, asst.num_steps, ctx.args.max_completion_length, prompt_text=ctx.parts.prompt_text)
+        hist = distill_assistant(asst, frame, list(ctx.rows[: c.distill_examples]), steps=c.distill_steps,
+                                 batch_size=c.distill_batch_size, learning_rate=c.distill_learning_rate,
+                                 noise=c.distill_noise, seed=ctx.args.seed)
+        out = {"dlr/thought_rms": hist[0]["thought_rms"], "dlr/distill_main_tokens": float(frame.main_tokens)}
+        if len(hist) > 1:
+            out.update({"dlr/distill_mse_first": hist[1]["mse"], "dlr/distill_mse_last": hist[-1]["mse"]})
+        return out
+
     def fsdp_conflict(self, ctx: MethodContext) -> str | None:
-        return ("its own update loop runs the frozen main model and the trained assistant outside the sharded "
-                "units")
+        return "its update runs the frozen main model and the trained assistant outside the sharded units"
 
     def rollout_metrics(self, ctx: MethodContext, batch) -> dict[str, float]:
-        asst = ctx.model.side_modules[ASSISTANT]
+        asst = ctx.model.side_modules[CHAIN_ASSISTANT]
         main = sum(p.numel() for p in ctx.model.model.parameters())
         return {"dlr/assistant_params": float(asst.num_parameters()), "dlr/main_params": float(main)}

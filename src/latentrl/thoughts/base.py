@@ -55,6 +55,9 @@ class ThoughtOperator(nn.Module):
     emits_tokens: ClassVar[bool] = False
     #: `step` reads the logits; False lets the engine skip the LM head while every row is thinking
     needs_logits: ClassVar[bool] = True
+    #: the engine calls `begin_rollout` with every prompt position's last-layer state after the prefill (DLR's
+    #: assistant reads the whole prompt, not just its last state)
+    needs_prompt_states: ClassVar[bool] = False
 
     def payload_spec(self, model: "LatentModel") -> dict[str, PayloadSpec]:
         raise NotImplementedError
@@ -68,6 +71,10 @@ class ThoughtOperator(nn.Module):
         generator: torch.Generator | None = None,
     ) -> ThoughtStep:
         raise NotImplementedError
+
+    def begin_rollout(self, model: "LatentModel", prompt_hidden: torch.Tensor, prompt_mask: torch.Tensor) -> None:
+        """Called once per rollout, after the prefill, when `needs_prompt_states`: (B, P, H) last-layer states of
+        the (left-padded) prompts and their (B, P) mask."""
 
     def rebuild(self, model: "LatentModel", token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
         """(N, H) input embeddings for N stored latent positions (flattened), differentiable in current params."""

@@ -11,7 +11,7 @@ from latentrl.data import make_examples
 from latentrl.data.schema import format_prompt
 from latentrl.dlr import AssistantThoughtOperator, DLRConfig, LatentAssistant, gaussian_log_prob
 from latentrl.dlr.losses import anchor_info_nce, filter_high_value, group_info_nce, policy_gradient_loss
-from latentrl.dlr.trainer import DLRTrainer
+from latentrl.dlr.prefix_trainer import DLRPrefixTrainer
 from latentrl.methods import get_method
 from latentrl.rl.trainer import GRPOTrainer
 from latentrl.rollout import SamplingParams, ThinkingSchedule, generate_rollout, left_pad
@@ -28,7 +28,7 @@ def examples(n=8):
 
 
 def config(tmp_path, **kw):
-    base = dict(model_name_or_path="tiny", output_dir=str(tmp_path), method="dlr", max_steps=3,
+    base = dict(model_name_or_path="tiny", output_dir=str(tmp_path), method="dlr_prefix", max_steps=3,
                 per_device_train_batch_size=8, num_generations=4, max_completion_length=8, learning_rate=1e-2,
                 save_steps=0, report_to=["none"])
     base.update(kw)
@@ -36,7 +36,7 @@ def config(tmp_path, **kw):
 
 
 def trainer(tmp_path, lm=None, dlr=None, **kw):
-    return DLRTrainer(config(tmp_path, **kw), lm or tiny_chain_sum_model(), examples(), reward_funcs=[char_sum_reward],
+    return DLRPrefixTrainer(config(tmp_path, **kw), lm or tiny_chain_sum_model(), examples(), reward_funcs=[char_sum_reward],
                       dlr=dlr or DLRConfig(**SMALL))
 
 
@@ -142,7 +142,7 @@ def test_policy_gradient_surrogate():
 
 @pytest.mark.parametrize("terms", [dict(pg_coef=0.0), dict(contrastive_coef=0.0)])
 def test_one_update_moves_the_assistant_toward_the_kept_chains(tmp_path, terms):
-    from latentrl.dlr.trainer import DLRChains
+    from latentrl.dlr.prefix_trainer import DLRChains
     from latentrl.rl.advantages import group_advantages
 
     t = trainer(tmp_path, dlr=DLRConfig(**SMALL, **terms))
@@ -209,7 +209,7 @@ def test_training_changes_the_assistant_and_never_the_main_model(tmp_path, nll_c
 def test_nll_gradient_flows_through_the_frozen_main_model(tmp_path):
     t = trainer(tmp_path, dlr=DLRConfig(**SMALL, nll_coef=1.0, contrastive_coef=0.0, pg_coef=0.0))
     batch = t.generate_and_score(t._next_prompts(2))
-    from latentrl.dlr.trainer import DLRChains
+    from latentrl.dlr.prefix_trainer import DLRChains
 
     keep = torch.ones(batch.rewards.shape, dtype=torch.bool)
     t.optimizer.zero_grad()
@@ -225,7 +225,7 @@ def test_rollout_stores_the_sampled_chains(tmp_path):
     batch = t.generate_and_score(t._next_prompts(2))
     ro = batch.rollout
     assert ro.latent_mask[:, :3].all() and not ro.latent_mask[:, 3:].any()
-    from latentrl.dlr.trainer import DLRChains
+    from latentrl.dlr.prefix_trainer import DLRChains
 
     ch = DLRChains(batch, 3)
     with torch.no_grad():
@@ -288,8 +288,8 @@ def test_generic_evaluate_decodes_the_mean_chain(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- wiring, presets
 def test_plain_grpo_trainer_refuses_dlr_and_method_names_its_trainer(tmp_path):
-    assert get_method("dlr").trainer_class is DLRTrainer
-    with pytest.raises(ConfigError, match="DLRTrainer"):
+    assert get_method("dlr_prefix").trainer_class is DLRPrefixTrainer
+    with pytest.raises(ConfigError, match="DLRPrefixTrainer"):
         GRPOTrainer(config(tmp_path), tiny_chain_sum_model(), examples(), reward_funcs=[char_sum_reward])
     with pytest.raises(ConfigError, match="beta"):
         trainer(tmp_path, beta=0.1)
@@ -304,7 +304,7 @@ def test_assistant_is_saved_and_reloaded(tmp_path):
     t.train()
     t.model.save_pretrained(tmp_path / "ckpt")
     lm2 = LatentModel.from_pretrained(tmp_path / "ckpt")
-    t2 = DLRTrainer(config(tmp_path / "b"), lm2, examples(), reward_funcs=[char_sum_reward], dlr=DLRConfig(**SMALL))
+    t2 = DLRPrefixTrainer(config(tmp_path / "b"), lm2, examples(), reward_funcs=[char_sum_reward], dlr=DLRConfig(**SMALL))
     for (k, v), (_, w) in zip(t.assistant.state_dict().items(), t2.assistant.state_dict().items()):
         assert torch.equal(v, w), k
 
@@ -332,10 +332,10 @@ def test_dlr_config_from_args_or_dict(tmp_path):
     assert isinstance(GRPOConfig(model_name_or_path="m").dlr, DLRConfig)  # the `dlr:` section of GRPOConfig
 
 
-@pytest.mark.parametrize("path", ["configs/cpu/dlr.yaml", "configs/dlr_qwen2.5-1.5b.yaml"])
+@pytest.mark.parametrize("path", ["configs/cpu/dlr_prefix.yaml", "configs/dlr_prefix_qwen2.5-1.5b.yaml"])
 def test_presets_load(path):
     cfg = load_config(GRPOConfig, ROOT / path)
-    assert cfg.method == "dlr" and cfg.beta == 0.0
+    assert cfg.method == "dlr_prefix" and cfg.beta == 0.0
     assert cfg.reward_funcs[-1] == "format" and len(cfg.reward_weights) == 2
     assert cfg.latent.operator == "none"
     assert cfg.max_completion_length > DLRConfig().num_latent_steps
