@@ -277,6 +277,10 @@ def test_dlr_method_config_errors(tmp_path, rows):
     m().build(lm, _dlr_config(tmp_path))
     with pytest.raises(ConfigError, match="writes 7 thoughts"):
         m().build(lm, _dlr_config(tmp_path, dlr={"num_latent_steps": 4}))
+    old = _fresh_main()  # a checkpoint of reading 1 (an MLP prefix assistant) is not silently re-initialised
+    old._pending_side_state = {"dlr_assistant.proj.weight": torch.zeros(1)}
+    with pytest.raises(ConfigError, match="dlr_prefix"):
+        m().build(old, _dlr_config(tmp_path))
     from latentrl.data import task_vocabulary
     from latentrl.testing import tiny_latent_model
 

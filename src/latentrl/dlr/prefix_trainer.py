@@ -19,26 +19,23 @@ mu; Pass@k samples chains).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from latentrl.config import GRPOConfig
-from latentrl.data.schema import Example
-from latentrl.dlr.assistant import ASSISTANT, LatentAssistant, gaussian_entropy, gaussian_log_prob
-from latentrl.dlr.config import DLRConfig, resolve_dlr_config
+from latentrl.dlr.assistant import ASSISTANT, gaussian_entropy, gaussian_log_prob
+from latentrl.dlr.frozen_main import FrozenMainTrainer
 from latentrl.dlr.losses import (
     anchor_info_nce,
     filter_high_value,
     group_info_nce,
     policy_gradient_loss,
 )
-from latentrl.methods import Method, get_method, register_trainer
-from latentrl.model import LatentModel
+from latentrl.methods import register_trainer
 from latentrl.rl.batch import StepBatch
-from latentrl.rl.trainer import GRPOTrainer, LossPiece
+from latentrl.rl.trainer import LossPiece
 
 __all__ = ["DLRPrefixTrainer", "DLRChains"]
 
@@ -65,30 +62,11 @@ class DLRChains:
 
 
 @register_trainer("dlr_prefix")
-class DLRPrefixTrainer(GRPOTrainer):
+class DLRPrefixTrainer(FrozenMainTrainer):
     """GRPOTrainer with reading 1's update. `trainer = DLRPrefixTrainer(cfg, model, train_examples)`; `trainer.train()`."""
 
-    def __init__(
-        self,
-        args: GRPOConfig,
-        model: LatentModel,
-        train_dataset: Sequence[Example | dict[str, Any]],
-        reward_funcs=None,
-        method=None,
-        ref_model: LatentModel | None = None,
-        dlr: DLRConfig | Mapping[str, Any] | None = None,
-        eval_dataset: Sequence[Example | dict[str, Any]] | None = None,
-    ):
-        self.dlr = resolve_dlr_config(args, dlr)
-        method = get_method(method or "dlr_prefix") if not isinstance(method, Method) else method
-        method.config = self.dlr  # the DLR options this trainer resolved (an explicit `dlr=` wins over args.dlr)
-        super().__init__(args, model, train_dataset, reward_funcs, method, ref_model, eval_dataset)
-        if self.dlr.decode_temperature is not None:  # answer decoding of training rollouts (0 = greedy)
-            self.sampling.temperature = self.dlr.decode_temperature
-
-    @property
-    def assistant(self) -> LatentAssistant:
-        return self.model.side_modules[ASSISTANT]
+    default_method = "dlr_prefix"
+    assistant_module = ASSISTANT
 
     # ------------------------------------------------------------------ rollouts
     @torch.no_grad()
@@ -184,13 +162,6 @@ class DLRPrefixTrainer(GRPOTrainer):
         return per_row.mean()
 
     # ------------------------------------------------------------------ the update (GRPOTrainer's loop)
-    #: every process updates on the whole gathered batch (the assistant is small), so no gradient all-reduce
-    update_slices_batch = False
-
-    def collect(self) -> tuple[StepBatch, dict[str, float]]:
-        self.assistant.flops = 0
-        return super().collect()
-
     def prepare(self, batch: StepBatch) -> DLRPrepared:
         """The chains read back from the rollouts, and which rows the high-value filter keeps."""
         c = self.dlr
@@ -219,11 +190,3 @@ class DLRPrefixTrainer(GRPOTrainer):
             "dlr/kept_reward": float(batch.rewards[keep.cpu()].mean()) if bool(keep.any()) else float("nan"),
             "dlr/groups_with_kept": float(keep.view(-1, self.G).any(1).float().mean()),
         }
-
-    def compute_metrics(self) -> dict[str, float]:
-        """The frozen main model's passes (GRPOTrainer's counter) plus the assistant's own FLOPs."""
-        m = super().compute_metrics()
-        flops = self.dp.sum_floats({"a": float(self.assistant.flops)})["a"]
-        m["compute/assistant_flops"] = flops
-        m["compute/total_flops"] += flops
-        return m

@@ -6,31 +6,26 @@
             ─▶ reward ─▶ group advantages + high-value filter
             ─▶ PG + InfoNCE around the mean chain + decoding NLL of kept answers (`dlr_chain_loss`), assistant only
 
-Only `prepare`, `loss_pieces`, `step_metrics` and `compute_metrics` differ from GRPOTrainer: data order, rewards,
+Only `prepare`, `loss_pieces` and `step_metrics` differ from GRPOTrainer (plus `FrozenMainTrainer`'s shared parts): data order, rewards,
 logging, evaluation, checkpoints and resume are its. The main model is frozen, so `prepare` recomputes its prompt
 states once (no grad) and the assistant's exact log-density log pi(z | S) of the stored chains follows from them.
-Every process updates on the whole gathered batch (the assistant is small), so no gradient all-reduce is needed.
 The distillation of the main model's own thoughts runs once before the first step (`DLR.on_train_begin`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from latentrl.config import GRPOConfig
-from latentrl.data.schema import Example
-from latentrl.dlr.chain import ChainAssistant, CoconutFrame, dlr_chain_loss
-from latentrl.dlr.config import DLRConfig, resolve_dlr_config
-from latentrl.methods import Method, get_method, register_trainer
+from latentrl.dlr.chain import CoconutFrame, dlr_chain_loss
+from latentrl.dlr.frozen_main import FrozenMainTrainer
+from latentrl.methods import register_trainer
 from latentrl.methods.dlr import CHAIN_ASSISTANT
-from latentrl.model import LatentModel
 from latentrl.rl.batch import StepBatch
-from latentrl.rl.trainer import GRPOTrainer, LossPiece
+from latentrl.rl.trainer import LossPiece
 
 __all__ = ["DLRTrainer"]
 
@@ -45,39 +40,16 @@ class ChainBatch:
 
 
 @register_trainer("dlr")
-class DLRTrainer(GRPOTrainer):
+class DLRTrainer(FrozenMainTrainer):
     """GRPOTrainer with DLR's update. `trainer = DLRTrainer(cfg, model, train_examples)`; `trainer.train()`."""
 
-    #: every process updates on the whole gathered batch (the assistant is small), so no gradient all-reduce
-    update_slices_batch = False
+    default_method = "dlr"
+    assistant_module = CHAIN_ASSISTANT
 
-    def __init__(
-        self,
-        args: GRPOConfig,
-        model: LatentModel,
-        train_dataset: Sequence[Example | dict[str, Any]],
-        reward_funcs=None,
-        method=None,
-        ref_model: LatentModel | None = None,
-        dlr: DLRConfig | Mapping[str, Any] | None = None,
-        eval_dataset: Sequence[Example | dict[str, Any]] | None = None,
-    ):
-        self.dlr = resolve_dlr_config(args, dlr)
-        method = get_method(method or "dlr") if not isinstance(method, Method) else method
-        method.config = self.dlr  # the DLR options this trainer resolved (an explicit `dlr=` wins over args.dlr)
-        super().__init__(args, model, train_dataset, reward_funcs, method, ref_model, eval_dataset)
-        if self.dlr.decode_temperature is not None:  # answer decoding of training rollouts (0 = greedy)
-            self.sampling.temperature = self.dlr.decode_temperature
-        self.frame = CoconutFrame(model, self.assistant.num_steps, args.max_completion_length,
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.frame = CoconutFrame(self.model, self.assistant.num_steps, self.args.max_completion_length,
                                   prompt_text=self.prompt_text)
-
-    @property
-    def assistant(self) -> ChainAssistant:
-        return self.model.side_modules[CHAIN_ASSISTANT]
-
-    def collect(self) -> tuple[StepBatch, dict[str, float]]:
-        self.assistant.flops = 0
-        return super().collect()
 
     @torch.no_grad()
     def prepare(self, batch: StepBatch) -> ChainBatch:
@@ -115,11 +87,3 @@ class DLRTrainer(GRPOTrainer):
         s = self.assistant.scale
         return {"latent/norm_mean": prepared.z.norm(dim=-1).mean().item(),
                 "dlr/sigma_rel": float((self.assistant.clamped_log_std().detach().exp() / s).mean())}
-
-    def compute_metrics(self) -> dict[str, float]:
-        """The frozen main model's passes (GRPOTrainer's counter) plus the assistant's own FLOPs."""
-        m = super().compute_metrics()
-        flops = self.dp.sum_floats({"a": float(self.assistant.flops)})["a"]
-        m["compute/assistant_flops"] = flops
-        m["compute/total_flops"] += flops
-        return m

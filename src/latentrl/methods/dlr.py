@@ -19,13 +19,12 @@ frozen main parameters rule out forgetting. Ours:
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, ClassVar
 
 from latentrl.config import ConfigError, DLRConfig
 from latentrl.dlr.assistant import ASSISTANT as PREFIX_ASSISTANT
 from latentrl.dlr.chain import ChainAssistant, ChainThoughtOperator, CoconutFrame, distill_assistant
-from latentrl.dlr.config import resolve_dlr_config
+from latentrl.dlr.config import freeze_main_model, resolve_dlr_config
 from latentrl.methods.base import MethodContext, register_method
 from latentrl.methods.coconut_grpo import CoconutLatentMethod
 from latentrl.rollout import ThinkingSchedule
@@ -61,12 +60,7 @@ class DLR(CoconutLatentMethod):
         if args.num_iterations != 1:
             raise ConfigError(f"method 'dlr' updates on-policy (its PG term has no importance ratio): set "
                               f"num_iterations=1 (got {args.num_iterations})")
-        if args.beta > 0:
-            raise ConfigError(f"method 'dlr' keeps the main model frozen, so there is no KL term: set beta=0 "
-                              f"(got {args.beta})")
-        if args.latent.operator != "none":
-            raise ConfigError(f"method 'dlr' forms its thoughts with the assistant: leave latent.operator=none (got "
-                              f"{args.latent.operator!r}) and set the thought count with dlr.num_latent_steps")
+        freeze_main_model(model, args, self.name)
         if model.latent_ids is None:
             raise ConfigError("method 'dlr' needs a main model that reads continuous thoughts (<|start-latent|>, "
                               "<|latent|>, <|end-latent|>): start from a Coconut-SFT checkpoint")
@@ -78,10 +72,6 @@ class DLR(CoconutLatentMethod):
         if any(k.startswith(PREFIX_ASSISTANT + ".") for k in pending):
             raise ConfigError("this checkpoint holds a reading-1 DLR assistant (an MLP prefix): resume or evaluate it "
                               "with method dlr_prefix")
-        if model.is_peft:
-            warnings.warn("method 'dlr' keeps the main model frozen, LoRA adapters included: only the assistant "
-                          "trains", stacklevel=2)
-        model.model.requires_grad_(False)  # frozen main model: never trained, never in the optimizer
         if CHAIN_ASSISTANT not in model.side_modules:
             model.attach_side_module(CHAIN_ASSISTANT, ChainAssistant(
                 model.hidden_size, L, width=c.assistant_hidden_size, layers=c.assistant_layers,

@@ -19,12 +19,11 @@ The method needs its own update (`latentrl.dlr.prefix_trainer.DLRPrefixTrainer`,
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, ClassVar
 
 from latentrl.config import ConfigError
 from latentrl.dlr.assistant import ASSISTANT, build_assistant
-from latentrl.dlr.config import DLRConfig, resolve_dlr_config
+from latentrl.dlr.config import DLRConfig, freeze_main_model, resolve_dlr_config
 from latentrl.dlr.operator import AssistantThoughtOperator
 from latentrl.methods.base import Method, MethodContext, register_method
 from latentrl.rollout import ThinkingSchedule
@@ -47,20 +46,10 @@ class DLRPrefix(Method):
 
     def setup(self, model, args) -> None:
         self.config = c = self.config or resolve_dlr_config(args)
-        a = args
-        if a.beta > 0:
-            raise ConfigError(f"method 'dlr_prefix' keeps the main model frozen, so there is no KL term: set beta=0 "
-                              f"(got {a.beta})")
-        if a.latent.operator != "none":
-            raise ConfigError(f"method 'dlr_prefix' forms its latents with the assistant: leave latent.operator=none (got "
-                              f"{a.latent.operator!r}) and set the chain length with dlr.num_latent_steps")
-        if a.max_completion_length <= c.num_latent_steps:
-            raise ConfigError(f"max_completion_length ({a.max_completion_length}) must exceed dlr.num_latent_steps "
+        freeze_main_model(model, args, self.name)
+        if args.max_completion_length <= c.num_latent_steps:
+            raise ConfigError(f"max_completion_length ({args.max_completion_length}) must exceed dlr.num_latent_steps "
                               f"({c.num_latent_steps}): the answer is decoded after the latent chain")
-        if model.is_peft:
-            warnings.warn("method 'dlr_prefix' keeps the main model frozen, LoRA adapters included: only the assistant "
-                          "trains (lora.enabled changes nothing but the main model's forward cost)", stacklevel=2)
-        model.model.requires_grad_(False)  # frozen main model: never trained, never in the optimizer
         if ASSISTANT not in model.side_modules:
             model.attach_side_module(ASSISTANT, build_assistant(model, c))  # loads saved weights if any
         asst = model.side_modules[ASSISTANT]
