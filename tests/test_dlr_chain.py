@@ -246,6 +246,10 @@ def test_dlr_method_trains_the_assistant_only_and_resumes_without_distilling_aga
                                       "compute/total_flops"))
     assert float(t.assistant.distilled) == 1.0
     assert any(not torch.equal(asst0[k], v) for k, v in t.assistant.state_dict().items())
+    # replay = rollout: the update's log pi(z | S) equals the rollout's per-thought log-densities
+    batch = t.generate_and_score(t.rows[:4])
+    ref = batch.rollout.logprobs[:, :7].sum(-1)
+    assert torch.allclose(t.chain_logprobs(batch), ref, rtol=1e-5, atol=1e-2)
     assert _hash(lm) == w0 and all(not p.requires_grad for p in lm.model.parameters())
     with torch.no_grad():
         assert torch.equal(lm.model(unrelated).logits, logits0)

@@ -63,6 +63,14 @@ class DLRTrainer(FrozenMainTrainer):
         self.ctx.compute_tokens["forward"] += self.frame.main_tokens - before
         return ChainBatch(batch, z, states)
 
+    @torch.no_grad()
+    def chain_logprobs(self, batch: StepBatch) -> torch.Tensor:
+        """(N,) log pi(z | S) of the stored chains recomputed as the update sees them: equals the sum of the
+        rollout's per-thought log-densities (the replay check of this method; the generic token replay cannot
+        score a thought, whose density depends on every prompt state)."""
+        p = self.prepare(batch)
+        return self.assistant.log_prob(p.states, batch.rollout.prompt_mask, p.z)
+
     def loss_pieces(self, prepared: ChainBatch) -> Iterator[LossPiece]:
         """One piece: DLR's whole-batch objective."""
         self.assistant.train()
