@@ -9,12 +9,12 @@ import torch
 
 from latentrl.config import ConfigError, config_from_dict
 from latentrl.sft.coconut import CoconutConfig
-from latentrl.sft.config import MetricsOutputConfig, SFTTrainingConfig, StepScheduleConfig
+from latentrl.sft.config import MetricsOutputConfig, SFTTrainingConfig, StageGateConfig, StepScheduleConfig
 from latentrl.sft.cot import CoTSFTConfig
 from latentrl.sft.loop import EpochOrder, MetricWindow, clip_gradients, make_adamw
 from latentrl.sft.superposition import SuperpositionSFTConfig
 
-SHARED = (SFTTrainingConfig, StepScheduleConfig, MetricsOutputConfig)
+SHARED = (SFTTrainingConfig, StepScheduleConfig, MetricsOutputConfig, StageGateConfig)
 TRAINERS = (CoTSFTConfig, CoconutConfig, SuperpositionSFTConfig)
 
 # The only shared fields a trainer redeclares, each because its default really differs (the reason is a comment
@@ -22,7 +22,7 @@ TRAINERS = (CoTSFTConfig, CoconutConfig, SuperpositionSFTConfig)
 OVERRIDES = {
     CoTSFTConfig: {"per_device_train_batch_size", "learning_rate", "eval_batch_size"},
     CoconutConfig: {"weight_decay", "max_grad_norm"},
-    SuperpositionSFTConfig: {"max_steps", "warmup_steps", "learning_rate"},
+    SuperpositionSFTConfig: {"max_steps", "warmup_steps", "learning_rate", "gate_eval_steps"},
 }
 # A trainer's own option that has a shared field's name but is another option: Coconut counts epochs, so its
 # max_steps is an optional time box (null: every epoch), not StepScheduleConfig's schedule length.
@@ -81,6 +81,7 @@ def test_trainer_defaults_are_unchanged():
             coco.max_steps, coco.eval_batch_size, coco.gradient_accumulation_steps) == (32, 1e-4, 0.01, 0.0, None, 64, 1)
     assert (sup.per_device_train_batch_size, sup.learning_rate, sup.weight_decay, sup.max_grad_norm, sup.max_steps,
             sup.warmup_steps, sup.eval_batch_size) == (32, 3e-4, 0.0, 1.0, 300, 20, 64)
+    assert (coco.gate_eval_steps, sup.gate_eval_steps, coco.gate_num_examples, sup.gate_threshold) == (16, 20, 256, 0.9)
     # superposition SFT's AdamW used torch's defaults before it had these fields
     assert (sup.adam_beta1, sup.adam_beta2, sup.adam_epsilon) == (0.9, 0.999, 1e-8)
 

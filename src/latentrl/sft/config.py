@@ -3,7 +3,8 @@
 `SFTTrainingConfig` holds what CoT SFT, Coconut curriculum SFT and superposition SFT all read (optimizer, clipping,
 batch size, seed, logging, eval batching). Two groups on top of it are shared by two of the three loops:
 `StepScheduleConfig` (a fixed number of steps with an LR schedule: CoT and superposition SFT; Coconut counts epochs
-and keeps the rate constant) and `MetricsOutputConfig` (metric files and the eval decoding budget: CoT and Coconut).
+and keeps the rate constant), `MetricsOutputConfig` (metric files and the eval decoding budget: CoT and Coconut) and
+`StageGateConfig` (the convergence gate of `latentrl.sft.gate`: Coconut and superposition SFT).
 
 A trainer whose default really differs redeclares only the default, with `sft_default`, and says why in a comment;
 `tests/test_sft_config.py` checks that nothing else is declared twice.
@@ -16,7 +17,8 @@ from typing import Any
 
 from latentrl.config import REPORT_TO, WANDB_MISSING, BaseConfig, ConfigError, cfg_field, module_available
 
-__all__ = ["LR_SCHEDULES", "MetricsOutputConfig", "SFTTrainingConfig", "StepScheduleConfig", "sft_default"]
+__all__ = ["LR_SCHEDULES", "MetricsOutputConfig", "SFTTrainingConfig", "StageGateConfig", "StepScheduleConfig",
+           "sft_default"]
 
 LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear")
 
@@ -113,10 +115,27 @@ class MetricsOutputConfig(SFTTrainingConfig):
             raise ConfigError(WANDB_MISSING)
 
 
+@dataclasses.dataclass(kw_only=True)
+class StageGateConfig(SFTTrainingConfig):
+    """The stage gate of `stage_advance: converged` (Coconut and superposition SFT); each trainer names its own
+    stage_advance and gate_metric, whose meanings differ."""
+
+    gate_threshold: float = cfg_field(
+        0.9, "Gate threshold: accuracy >= it, or a loss <= it, counts as a passing gate evaluation.", min=0.0
+    )
+    gate_patience: int = cfg_field(
+        2, "Consecutive passing gate evaluations that end the stage (Coconut then moves to the next one).", min=1
+    )
+    gate_eval_steps: int = cfg_field(16, "Optimizer steps between gate evaluations (converged mode).", min=1)
+    gate_num_examples: int = cfg_field(
+        256, "Gate examples used per gate evaluation (the first ones of gate_examples, else of the eval set).", min=1
+    )
+
+
 def sft_default(name: str, default: Any, help: str | None = None) -> Any:  # noqa: A002 - cfg_field's name
     """Redeclare shared field `name` with another default (and optionally a trainer-specific help text), keeping
     its type rules (choices, range) from the one declaration in this module."""
-    for cls in (SFTTrainingConfig, StepScheduleConfig, MetricsOutputConfig):
+    for cls in (SFTTrainingConfig, StepScheduleConfig, MetricsOutputConfig, StageGateConfig):
         f = cls.__dataclass_fields__.get(name)
         if f is not None and name in cls.__dict__.get("__annotations__", {}):
             break

@@ -45,7 +45,7 @@ import torch
 from latentrl.config import ConfigError, cfg_field
 from latentrl.data.schema import Example, format_no_cot, format_prompt
 from latentrl.model import LatentModel
-from latentrl.sft.config import StepScheduleConfig, sft_default
+from latentrl.sft.config import StageGateConfig, StepScheduleConfig, sft_default
 from latentrl.sft.cot import IGNORE_INDEX, SFTHistory, masked_lm_loss
 from latentrl.sft.gate import STAGE_ADVANCE_CHOICES, StageGate
 from latentrl.sft.loop import EpochOrder, MetricWindow, clip_gradients, make_adamw, make_scheduler
@@ -63,7 +63,7 @@ __all__ = [
 
 
 @dataclasses.dataclass(kw_only=True)
-class SuperpositionSFTConfig(StepScheduleConfig):
+class SuperpositionSFTConfig(StepScheduleConfig, StageGateConfig):
     """Options of superposition SFT (a small Latent-SFT stage 2 with chunk-superposition targets)."""
 
     tokens_per_latent: int = cfg_field(
@@ -100,10 +100,8 @@ class SuperpositionSFTConfig(StepScheduleConfig):
         "heaviest token of each latent target; loss = the training loss (CE + KL).",
         choices=("answer_accuracy", "latent_top1_accuracy", "loss"),
     )
-    gate_threshold: float = cfg_field(0.9, "Gate threshold (accuracy >= it or loss <= it passes).", min=0.0)
-    gate_patience: int = cfg_field(2, "Consecutive passing gate evaluations that end the stage.", min=1)
-    gate_eval_steps: int = cfg_field(20, "Optimizer steps between gate evaluations (converged mode).", min=1)
-    gate_num_examples: int = cfg_field(256, "Gate examples used per gate evaluation.", min=1)
+    # its own gate cadence since the gate was added (Coconut's is 16); kept so its runs stay the same
+    gate_eval_steps: int = sft_default("gate_eval_steps", 20)
 
     def validate(self) -> None:
         super().validate()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from latentrl.config import ConfigError, cfg_field
-from latentrl.sft.config import MetricsOutputConfig, sft_default
+from latentrl.sft.config import MetricsOutputConfig, StageGateConfig, sft_default
 from latentrl.sft.gate import STAGE_ADVANCE_CHOICES, StageGate
 
 IGNORE_INDEX = -100
@@ -15,7 +15,7 @@ EVAL_CHOICES = ("stage", "epoch", "no")
 
 
 @dataclasses.dataclass(kw_only=True)
-class CoconutConfig(MetricsOutputConfig):
+class CoconutConfig(MetricsOutputConfig, StageGateConfig):
     """Options of Coconut curriculum SFT (Hao et al. 2024) and its no-BPTT variant (Özeren & Aßenmacher's LatR).
 
     The shared training fields (`latentrl.sft.config`) default to the paper's settings: a constant learning_rate
@@ -97,14 +97,6 @@ class CoconutConfig(MetricsOutputConfig):
         "is left) is predicted exactly; next_step_loss = mean cross-entropy (nats) summed over that segment; loss = "
         "token-mean cross-entropy of the whole target.",
         choices=GATE_METRICS,
-    )
-    gate_threshold: float = cfg_field(
-        0.9, "Gate threshold: accuracy >= it, or a loss <= it, counts as a passing gate evaluation.", min=0.0
-    )
-    gate_patience: int = cfg_field(2, "Consecutive passing gate evaluations that advance the stage.", min=1)
-    gate_eval_steps: int = cfg_field(16, "Optimizer steps between gate evaluations (converged mode).", min=1)
-    gate_num_examples: int = cfg_field(
-        256, "Gate examples used per gate evaluation (the first ones of gate_examples, else of the eval set).", min=1
     )
     min_steps_per_stage: int = cfg_field(0, "Converged mode: never advance on the gate before this many steps.",
                                          min=0)
