@@ -31,10 +31,10 @@ from latentrl.sft.loop import (
     EpochOrder,
     MetricWindow,
     RunMetrics,
-    clip_gradients,
     lr_lambda,
     make_adamw,
     make_scheduler,
+    optimizer_step,
 )
 
 __all__ = [
@@ -267,10 +267,7 @@ def train_sft(
             loss, stats = masked_lm_loss(out.logits, batch["labels"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = clip_gradients(params, cfg.max_grad_norm)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
+            grad_norm, lr = optimizer_step(optimizer, params, cfg.max_grad_norm, scheduler)
             train_time += time.perf_counter() - t0
 
             window.add({"loss": float(loss.detach()), "token_accuracy": float(stats["token_accuracy"]),

@@ -16,7 +16,16 @@ from torch import nn
 from latentrl.config import config_to_dict
 from latentrl.sft.config import MetricsOutputConfig, SFTTrainingConfig, StepScheduleConfig
 
-__all__ = ["EpochOrder", "MetricWindow", "RunMetrics", "clip_gradients", "lr_lambda", "make_adamw", "make_scheduler"]
+__all__ = [
+    "EpochOrder",
+    "MetricWindow",
+    "RunMetrics",
+    "clip_gradients",
+    "lr_lambda",
+    "make_adamw",
+    "make_scheduler",
+    "optimizer_step",
+]
 
 
 def make_adamw(params: Iterable[nn.Parameter], cfg: SFTTrainingConfig, *,
@@ -68,6 +77,21 @@ def clip_gradients(params: Iterable[nn.Parameter], max_grad_norm: float) -> floa
     if max_grad_norm > 0:
         return float(nn.utils.clip_grad_norm_(params, max_grad_norm))
     return float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter], max_grad_norm: float,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> tuple[float, float]:
+    """Clip the accumulated gradients, step the optimizer (and the schedule, if any).
+
+    Returns the gradient norm before clipping and the learning rate this step used (read before the schedule
+    moves on), the two numbers every loop logs.
+    """
+    grad_norm = clip_gradients(params, max_grad_norm)
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return grad_norm, lr
 
 
 class EpochOrder:

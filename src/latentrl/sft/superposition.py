@@ -48,7 +48,7 @@ from latentrl.model import LatentModel
 from latentrl.sft.config import StageGateConfig, StepScheduleConfig, sft_default
 from latentrl.sft.cot import IGNORE_INDEX, SFTHistory, masked_lm_loss
 from latentrl.sft.gate import STAGE_ADVANCE_CHOICES, StageGate
-from latentrl.sft.loop import EpochOrder, MetricWindow, clip_gradients, make_adamw, make_scheduler
+from latentrl.sft.loop import EpochOrder, MetricWindow, make_adamw, make_scheduler, optimizer_step
 
 __all__ = [
     "SuperpositionSFTConfig",
@@ -318,10 +318,7 @@ def train_superposition_sft(
             loss, stats = superposition_loss(model, batch, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = clip_gradients(params, cfg.max_grad_norm)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
+            grad_norm, lr = optimizer_step(optimizer, params, cfg.max_grad_norm, scheduler)
             train_time += time.perf_counter() - t0
             window.add(stats)
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:

@@ -25,7 +25,7 @@ from latentrl.sft.coconut.data import (
 )
 from latentrl.sft.coconut.forward import coconut_forward, collate_coconut
 from latentrl.sft.coconut.inference import coconut_evaluate
-from latentrl.sft.loop import RunMetrics, clip_gradients, make_adamw
+from latentrl.sft.loop import RunMetrics, make_adamw, optimizer_step
 
 
 @dataclasses.dataclass
@@ -173,8 +173,8 @@ def train_coconut(
             norm_total += out.thought_norm / len(batches)
             fwd_total += out.num_forwards
         # the probe heads are clipped with the model, but (as always) left out of the norm logged without clipping
-        grad_norm = clip_gradients(params + head_params if cfg.max_grad_norm > 0 else params, cfg.max_grad_norm)
-        optimizer.step()
+        grad_norm, lr = optimizer_step(optimizer, params + head_params if cfg.max_grad_norm > 0 else params,
+                                       cfg.max_grad_norm)
         state["step"] += 1
         step = state["step"]
         state["train_time"] += time.perf_counter() - t0
@@ -186,7 +186,7 @@ def train_coconut(
             n = window["n"]
             record = {"loss": window["loss"] / n, "token_accuracy": window["token_accuracy"] / n,
                       "latent/norm_mean": window["thought_norm"] / n, "forwards_per_step": window["forwards"] / n,
-                      "stage": stage, "epoch": epoch, "learning_rate": cfg.learning_rate,
+                      "stage": stage, "epoch": epoch, "learning_rate": lr,
                       "grad_norm": grad_norm, "train_wall_s": state["train_time"]}
             if window["probe_n"] > 0:
                 record["probe_loss"] = window["probe_loss"] / window["probe_n"]
