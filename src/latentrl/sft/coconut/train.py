@@ -172,7 +172,7 @@ def train_coconut(
             acc_total += out.token_accuracy * out.num_tokens / n_tokens
             norm_total += out.thought_norm / len(batches)
             fwd_total += out.num_forwards
-        # the probe heads are clipped with the model, but (as always) left out of the norm logged without clipping
+        # the probe heads are clipped with the model; without clipping the logged norm is the model's alone, as before
         grad_norm, lr = optimizer_step(optimizer, params + head_params if cfg.max_grad_norm > 0 else params,
                                        cfg.max_grad_norm)
         state["step"] += 1
