@@ -273,8 +273,8 @@ def test_stage_schedule_and_optimizer_reset(reset, expected_resets, monkeypatch)
     import latentrl.sft.coconut.train as coconut
 
     made = []
-    real = coconut._make_optimizer
-    monkeypatch.setattr(coconut, "_make_optimizer", lambda m, c: made.append(1) or real(m, c))
+    real = coconut.make_adamw
+    monkeypatch.setattr(coconut, "make_adamw", lambda p, c: made.append(1) or real(p, c))
     lm = model()
     c_ = cfg(max_latent_stage=2, epochs_per_stage=2, num_epochs=8, start_stage=1, reset_optimizer=reset,
              per_device_train_batch_size=4, eval_strategy="no", learning_rate=1e-3, logging_steps=1)
@@ -291,14 +291,14 @@ def test_optimizer_state_is_fresh_after_a_stage_reset(monkeypatch):
     import latentrl.sft.coconut.train as coconut
 
     seen = []
-    real = coconut._make_optimizer
+    real = coconut.make_adamw
 
-    def spy(m, c):
-        opt = real(m, c)
+    def spy(p, c):
+        opt = real(p, c)
         seen.append(opt)
         return opt
 
-    monkeypatch.setattr(coconut, "_make_optimizer", spy)
+    monkeypatch.setattr(coconut, "make_adamw", spy)
     c_ = cfg(max_latent_stage=1, epochs_per_stage=1, num_epochs=2, per_device_train_batch_size=8,
              eval_strategy="no")
     train_coconut(c_, model(), tiny_train_data(8))

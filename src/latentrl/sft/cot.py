@@ -16,18 +16,26 @@ and the same data give the same weights, bit for bit, on the same machine.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from latentrl.config import BaseConfig, ConfigError, cfg_field, config_to_dict
+from latentrl.config import ConfigError, cfg_field
 from latentrl.data.schema import Example, format_cot, format_no_cot, format_prompt
 from latentrl.model import LatentModel
+from latentrl.sft.config import MetricsOutputConfig, StepScheduleConfig, sft_default
+from latentrl.sft.loop import (
+    EpochOrder,
+    MetricWindow,
+    RunMetrics,
+    lr_lambda,
+    make_adamw,
+    make_scheduler,
+    optimizer_step,
+)
 
 __all__ = [
     "IGNORE_INDEX",
@@ -46,7 +54,7 @@ SFT_MODES = ("cot", "no_cot")
 
 
 @dataclasses.dataclass(kw_only=True)
-class CoTSFTConfig(BaseConfig):
+class CoTSFTConfig(StepScheduleConfig, MetricsOutputConfig):
     """Options of supervised fine-tuning on prompt + (chain of thought) + answer, loss on the target only."""
 
     mode: str = cfg_field(
@@ -54,28 +62,10 @@ class CoTSFTConfig(BaseConfig):
         "Target text: cot = steps, then '#### answer' (format_cot); no_cot = only '#### answer' (format_no_cot).",
         choices=SFT_MODES,
     )
-    max_steps: int = cfg_field(600, "Number of optimizer steps.", min=0)
-    per_device_train_batch_size: int = cfg_field(128, "Examples per optimizer step.", min=1)
-    learning_rate: float = cfg_field(1e-3, "Peak AdamW learning rate.", min=0.0, min_exclusive=True)
-    weight_decay: float = cfg_field(0.0, "AdamW weight decay (decoupled).", min=0.0)
-    adam_beta1: float = cfg_field(0.9, "AdamW beta1.", min=0.0, max=1.0, max_exclusive=True)
-    adam_beta2: float = cfg_field(0.999, "AdamW beta2.", min=0.0, max=1.0, max_exclusive=True)
-    adam_epsilon: float = cfg_field(1e-8, "AdamW epsilon.", min=0.0, min_exclusive=True)
-    max_grad_norm: float = cfg_field(1.0, "Clip gradients to this global norm; 0 disables clipping.", min=0.0)
-    lr_scheduler_type: str = cfg_field(
-        "constant_with_warmup",
-        "Learning-rate schedule after warmup (HF names): constant_with_warmup / constant keep the peak rate, so a "
-        "run of N steps is exactly the first N steps of a longer run; cosine and linear decay to 0 at max_steps.",
-        choices=("constant", "constant_with_warmup", "cosine", "linear"),
-    )
-    warmup_steps: int = cfg_field(
-        50, "Linear warmup from 0 to learning_rate over this many steps (ignored by 'constant').", min=0
-    )
-    max_length: int = cfg_field(
-        512, "Examples longer than this many tokens (prompt + target + eos) are an error, never silently cut.", min=2
-    )
-    seed: int = cfg_field(0, "Seed of the data order (and of torch's global RNG, e.g. for dropout).")
-    logging_steps: int = cfg_field(10, "Log training loss/accuracy every this many steps.", min=1)
+    # Small from-scratch models (`latentrl pretrain`) train fast with big batches at a high rate.
+    per_device_train_batch_size: int = sft_default("per_device_train_batch_size", 128)
+    learning_rate: float = sft_default("learning_rate", 1e-3)
+    eval_batch_size: int = sft_default("eval_batch_size", 128)
     eval_steps: int = cfg_field(
         100, "Greedy-decode the eval set every this many steps (and after the last step); 0 = only at the end.", min=0
     )
@@ -85,32 +75,6 @@ class CoTSFTConfig(BaseConfig):
         "schedule, step-N equals the final model of a max_steps=N run); 0 = no intermediate copies.",
         min=0,
     )
-    eval_batch_size: int = cfg_field(128, "Prompts per batch when decoding the eval set.", min=1)
-    max_new_positions: int | None = cfg_field(
-        None,
-        "Decoding budget of each eval completion; null = longest target (eos included) in train/eval data + 8.",
-        min=1,
-    )
-    output_dir: str | None = cfg_field(
-        None, "Write metrics.jsonl (and TensorBoard logs, see report_to) here; null keeps metrics in memory only."
-    )
-    overwrite_output_dir: bool = cfg_field(
-        False,
-        "An output_dir that holds an earlier run is refused, so runs never mix; true replaces the earlier run "
-        "(HF Trainer name).",
-    )
-    report_to: list[str] = cfg_field(
-        ["jsonl"],
-        "Metric sinks when output_dir is set: jsonl (output_dir/metrics.jsonl), tensorboard (output_dir/tb).",
-        choices=("jsonl", "tensorboard", "none"),
-    )
-    disable_tqdm: bool | None = cfg_field(
-        None, "Hide the progress bar; null = hide it when stderr is not a terminal or $CI is set."
-    )
-
-    def validate(self) -> None:
-        if "none" in self.report_to and len(self.report_to) > 1:
-            raise ConfigError(f"report_to={self.report_to}: 'none' cannot be combined with other sinks")
 
 
 @dataclasses.dataclass
@@ -218,32 +182,6 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Schedule
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def lr_lambda(kind: str, warmup_steps: int, max_steps: int):
-    """The multiplier of the peak learning rate at each step (HF schedule semantics)."""
-
-    def f(step: int) -> float:
-        if kind == "constant":
-            return 1.0
-        if warmup_steps > 0 and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if kind == "constant_with_warmup":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-        progress = min(max(progress, 0.0), 1.0)
-        if kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        if kind == "linear":
-            return 1.0 - progress
-        raise ValueError(f"unknown lr_scheduler_type {kind!r}")
-
-    return f
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -278,8 +216,8 @@ def train_sft(
     teacher-forced sequence accuracy, learning rate, gradient norm, eval Pass@1 and reasoning positions) go to
     `config.output_dir/metrics.jsonl` when an output dir is set, and always into the returned `SFTHistory`.
     """
-    from latentrl.logger import MetricsLogger, progress
-    from latentrl.run_dir import check_new_run, replace_run
+    from latentrl.logger import progress
+    from latentrl.run_dir import check_new_run
 
     if not train_examples:
         raise ValueError("train_sft needs at least one training example")
@@ -297,29 +235,15 @@ def train_sft(
     )
 
     torch.manual_seed(cfg.seed)
-    order_gen = torch.Generator().manual_seed(cfg.seed)
+    order = EpochOrder(len(encoded), torch.Generator().manual_seed(cfg.seed))
     device = model.device
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.lr_scheduler_type, cfg.warmup_steps, cfg.max_steps)
-    )
+    optimizer = make_adamw(params, cfg, exempt_1d_from_decay=True)
+    scheduler = make_scheduler(optimizer, cfg)
 
     history = SFTHistory()
-    if cfg.output_dir and cfg.overwrite_output_dir:
-        replace_run(cfg.output_dir)
-    sinks = [s for s in cfg.report_to if s != "none"] if cfg.output_dir else []
-    logger = MetricsLogger(cfg.output_dir, sinks, run_config=config_to_dict(cfg)) if sinks else None
-
-    def log(step: int, record: dict[str, Any], into: list[dict[str, Any]]) -> None:
-        into.append({"step": step, **record})
-        if logger is not None:
-            logger.log(step, record)
+    metrics = RunMetrics(cfg)
+    log = metrics.log
 
     def do_eval(step: int) -> dict[str, Any] | None:
         if not eval_examples:
@@ -330,55 +254,28 @@ def train_sft(
                    "eval/wall_s": ev["wall_s"]}, history.eval)
         return ev
 
-    perm: list[int] = []
-    cursor = 0
-    window: dict[str, float] = {"loss": 0.0, "token_accuracy": 0.0, "sequence_accuracy": 0.0, "n": 0}
+    window = MetricWindow()
     bar = progress(cfg.max_steps, f"sft[{cfg.mode}]", disable=cfg.disable_tqdm)
     train_time = 0.0
     try:
         model.train()
         for step in range(1, cfg.max_steps + 1):
             t0 = time.perf_counter()
-            idx = []
-            while len(idx) < cfg.per_device_train_batch_size:
-                if cursor >= len(perm):
-                    perm = torch.randperm(len(encoded), generator=order_gen).tolist()
-                    cursor = 0
-                take = min(cfg.per_device_train_batch_size - len(idx), len(perm) - cursor)
-                idx += perm[cursor : cursor + take]
-                cursor += take
+            idx = order.draw(cfg.per_device_train_batch_size)
             batch = {k: v.to(device) for k, v in build_sft_batch([encoded[i] for i in idx], pad_id).items()}
             out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
             loss, stats = masked_lm_loss(out.logits, batch["labels"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.max_grad_norm > 0:
-                grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            else:
-                grad_norm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
+            grad_norm, lr = optimizer_step(optimizer, params, cfg.max_grad_norm, scheduler)
             train_time += time.perf_counter() - t0
 
-            window["loss"] += float(loss.detach())
-            window["token_accuracy"] += float(stats["token_accuracy"])
-            window["sequence_accuracy"] += float(stats["sequence_accuracy"])
-            window["n"] += 1
+            window.add({"loss": float(loss.detach()), "token_accuracy": float(stats["token_accuracy"]),
+                        "sequence_accuracy": float(stats["sequence_accuracy"])})
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-                n = window["n"]
-                record = {
-                    "loss": window["loss"] / n,
-                    "token_accuracy": window["token_accuracy"] / n,
-                    "sequence_accuracy": window["sequence_accuracy"] / n,
-                    "learning_rate": lr,
-                    "grad_norm": grad_norm,
-                    "train_wall_s": train_time,
-                }
+                record = {**window.pop(), "learning_rate": lr, "grad_norm": grad_norm, "train_wall_s": train_time}
                 log(step, record, history.train)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['token_accuracy']:.3f}")
-                window = {k: 0.0 for k in window}
-                window["n"] = 0
             if cfg.eval_steps and step % cfg.eval_steps == 0 and step != cfg.max_steps:
                 do_eval(step)
                 model.train()
@@ -392,7 +289,6 @@ def train_sft(
     finally:
         bar.close()
         model.eval()
-        if logger is not None:
-            logger.close()
+        metrics.close()
     history.wall_s = time.perf_counter() - t_start
     return history

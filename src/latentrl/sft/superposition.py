@@ -41,13 +41,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
-from latentrl.config import BaseConfig, ConfigError, cfg_field
+from latentrl.config import ConfigError, cfg_field
 from latentrl.data.schema import Example, format_no_cot, format_prompt
 from latentrl.model import LatentModel
-from latentrl.sft.cot import IGNORE_INDEX, SFTHistory, lr_lambda, masked_lm_loss
+from latentrl.sft.config import StageGateConfig, StepScheduleConfig, sft_default
+from latentrl.sft.cot import IGNORE_INDEX, SFTHistory, masked_lm_loss
 from latentrl.sft.gate import STAGE_ADVANCE_CHOICES, StageGate
+from latentrl.sft.loop import EpochOrder, MetricWindow, make_adamw, make_scheduler, optimizer_step
 
 __all__ = [
     "SuperpositionSFTConfig",
@@ -62,7 +63,7 @@ __all__ = [
 
 
 @dataclasses.dataclass(kw_only=True)
-class SuperpositionSFTConfig(BaseConfig):
+class SuperpositionSFTConfig(StepScheduleConfig, StageGateConfig):
     """Options of superposition SFT (a small Latent-SFT stage 2 with chunk-superposition targets)."""
 
     tokens_per_latent: int = cfg_field(
@@ -79,19 +80,12 @@ class SuperpositionSFTConfig(BaseConfig):
     )
     ce_weight: float = cfg_field(1.0, "Weight of the cross-entropy on end-of-thinking + answer + eos.", min=0.0)
     kl_weight: float = cfg_field(1.0, "Weight of KL(q_j || p_theta) at the latent positions.", min=0.0)
-    max_steps: int = cfg_field(300, "Number of optimizer steps.", min=0)
-    per_device_train_batch_size: int = cfg_field(32, "Examples per optimizer step.", min=1)
-    learning_rate: float = cfg_field(3e-4, "Peak AdamW learning rate.", min=0.0, min_exclusive=True)
-    weight_decay: float = cfg_field(0.0, "AdamW weight decay.", min=0.0)
-    max_grad_norm: float = cfg_field(1.0, "Clip gradients to this global norm; 0 disables clipping.", min=0.0)
-    lr_scheduler_type: str = cfg_field(
-        "constant_with_warmup", "Learning-rate schedule (HF names).",
-        choices=("constant", "constant_with_warmup", "cosine", "linear"),
-    )
-    warmup_steps: int = cfg_field(20, "Linear warmup steps (ignored by 'constant').", min=0)
-    max_length: int = cfg_field(512, "Examples longer than this many positions are an error, never cut.", min=2)
+    # A short stage on top of a CoT model: fewer steps and warmup than CoT SFT from scratch, at a rate between
+    # Coconut's fine-tuning rate and CoT pretraining's.
+    max_steps: int = sft_default("max_steps", 300)
+    warmup_steps: int = sft_default("warmup_steps", 20)
+    learning_rate: float = sft_default("learning_rate", 3e-4)
     max_latent_steps: int = cfg_field(64, "Cap on latent steps when decoding the eval set.", min=1)
-    eval_batch_size: int = cfg_field(64, "Prompts per batch when decoding the eval set.", min=1)
     stage_advance: str = cfg_field(
         "fixed",
         "fixed = train max_steps steps (the single stage of this SFT); converged = stop early once the gate metric "
@@ -106,15 +100,11 @@ class SuperpositionSFTConfig(BaseConfig):
         "heaviest token of each latent target; loss = the training loss (CE + KL).",
         choices=("answer_accuracy", "latent_top1_accuracy", "loss"),
     )
-    gate_threshold: float = cfg_field(0.9, "Gate threshold (accuracy >= it or loss <= it passes).", min=0.0)
-    gate_patience: int = cfg_field(2, "Consecutive passing gate evaluations that end the stage.", min=1)
-    gate_eval_steps: int = cfg_field(20, "Optimizer steps between gate evaluations (converged mode).", min=1)
-    gate_num_examples: int = cfg_field(256, "Gate examples used per gate evaluation.", min=1)
-    seed: int = cfg_field(0, "Seed of the data order (and torch's global RNG).")
-    logging_steps: int = cfg_field(10, "Record training metrics every this many steps.", min=1)
-    disable_tqdm: bool | None = cfg_field(None, "Hide the progress bar; null = hide it when not a terminal.")
+    # its own gate cadence since the gate was added (Coconut's is 16); kept so its runs stay the same
+    gate_eval_steps: int = sft_default("gate_eval_steps", 20)
 
     def validate(self) -> None:
+        super().validate()
         if self.tokens_per_latent > self.top_k:
             raise ConfigError(f"tokens_per_latent ({self.tokens_per_latent}) must be <= top_k ({self.top_k}): a "
                               "latent target must fit in the operator's top-K")
@@ -310,49 +300,32 @@ def train_superposition_sft(
     reason = "max_steps"
 
     torch.manual_seed(cfg.seed)
-    order = torch.Generator().manual_seed(cfg.seed)
+    order = EpochOrder(len(encoded), torch.Generator().manual_seed(cfg.seed))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_scheduler_type, cfg.warmup_steps,
-                                                                       cfg.max_steps))
+    optimizer = make_adamw(params, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
     history = SFTHistory()
-    perm: list[int] = []
-    cursor = 0
-    window: dict[str, float] = {}
-    n_window = 0
+    window = MetricWindow()
     train_time = 0.0
     bar = progress(cfg.max_steps, "sft[superposition]", disable=cfg.disable_tqdm)
     try:
         model.train()
         for step in range(1, cfg.max_steps + 1):
             t0 = time.perf_counter()
-            idx: list[int] = []
-            while len(idx) < cfg.per_device_train_batch_size:
-                if cursor >= len(perm):
-                    perm, cursor = torch.randperm(len(encoded), generator=order).tolist(), 0
-                take = min(cfg.per_device_train_batch_size - len(idx), len(perm) - cursor)
-                idx += perm[cursor : cursor + take]
-                cursor += take
+            idx = order.draw(cfg.per_device_train_batch_size)
             cpu_batch = build_superposition_batch([encoded[i] for i in idx], pad_id)
             batch = {k: v.to(model.device) for k, v in cpu_batch.items()}
             loss, stats = superposition_loss(model, batch, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-            grad_norm = float(nn.utils.clip_grad_norm_(params, clip))
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
+            grad_norm, lr = optimizer_step(optimizer, params, cfg.max_grad_norm, scheduler)
             train_time += time.perf_counter() - t0
-            for k, v in stats.items():
-                window[k] = window.get(k, 0.0) + v
-            n_window += 1
+            window.add(stats)
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-                record = {k: v / n_window for k, v in window.items()}
+                record = window.pop()
                 record.update({"step": step, "learning_rate": lr, "grad_norm": grad_norm, "train_wall_s": train_time})
                 history.train.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", kl=f"{record.get('kl', 0.0):.3f}")
-                window, n_window = {}, 0
             bar.update(1)
             history.steps = step
             if converged and step % cfg.gate_eval_steps == 0:

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from latentrl.config import (
-    REPORT_TO,
-    WANDB_MISSING,
-    BaseConfig,
-    ConfigError,
-    cfg_field,
-    module_available,
-)
+from latentrl.config import ConfigError, cfg_field
+from latentrl.sft.config import MetricsOutputConfig, StageGateConfig, sft_default
 from latentrl.sft.gate import STAGE_ADVANCE_CHOICES, StageGate
 
 IGNORE_INDEX = -100
@@ -21,8 +15,13 @@ EVAL_CHOICES = ("stage", "epoch", "no")
 
 
 @dataclasses.dataclass(kw_only=True)
-class CoconutConfig(BaseConfig):
-    """Options of Coconut curriculum SFT (Hao et al. 2024) and its no-BPTT variant (Özeren & Aßenmacher's LatR)."""
+class CoconutConfig(MetricsOutputConfig, StageGateConfig):
+    """Options of Coconut curriculum SFT (Hao et al. 2024) and its no-BPTT variant (Özeren & Aßenmacher's LatR).
+
+    The shared training fields (`latentrl.sft.config`) default to the paper's settings: a constant learning_rate
+    of 1e-4, per_device_train_batch_size 32 (the paper: 32 per GPU on 4 GPUs = 128 per step), weight_decay 0.01 on
+    every parameter, no gradient clipping.
+    """
 
     # --- curriculum ---------------------------------------------------------------------------------------------
     c_thought: int = cfg_field(
@@ -99,14 +98,6 @@ class CoconutConfig(BaseConfig):
         "token-mean cross-entropy of the whole target.",
         choices=GATE_METRICS,
     )
-    gate_threshold: float = cfg_field(
-        0.9, "Gate threshold: accuracy >= it, or a loss <= it, counts as a passing gate evaluation.", min=0.0
-    )
-    gate_patience: int = cfg_field(2, "Consecutive passing gate evaluations that advance the stage.", min=1)
-    gate_eval_steps: int = cfg_field(16, "Optimizer steps between gate evaluations (converged mode).", min=1)
-    gate_num_examples: int = cfg_field(
-        256, "Gate examples used per gate evaluation (the first ones of gate_examples, else of the eval set).", min=1
-    )
     min_steps_per_stage: int = cfg_field(0, "Converged mode: never advance on the gate before this many steps.",
                                          min=0)
     max_steps_per_stage: int = cfg_field(
@@ -121,19 +112,15 @@ class CoconutConfig(BaseConfig):
     )
 
     # --- optimisation -------------------------------------------------------------------------------------------
-    learning_rate: float = cfg_field(1e-4, "AdamW learning rate, constant (paper: 1e-4).", min=0.0, min_exclusive=True)
-    weight_decay: float = cfg_field(0.01, "AdamW weight decay on every parameter (paper: 0.01).", min=0.0)
-    adam_beta1: float = cfg_field(0.9, "AdamW beta1.", min=0.0, max=1.0, max_exclusive=True)
-    adam_beta2: float = cfg_field(0.999, "AdamW beta2.", min=0.0, max=1.0, max_exclusive=True)
-    adam_epsilon: float = cfg_field(1e-8, "AdamW epsilon.", min=0.0, min_exclusive=True)
+    # the paper's values, not the plain-SFT ones
+    weight_decay: float = sft_default("weight_decay", 0.01, "AdamW weight decay on every parameter (paper: 0.01).")
+    max_grad_norm: float = sft_default("max_grad_norm", 0.0,
+                                       "Clip gradients to this global norm; 0 disables clipping (paper: none).")
     reset_optimizer: str = cfg_field(
         "stage",
         "When the AdamW state is re-created: stage = at every curriculum stage (the paper); epoch = at every epoch "
         "(what the authors' run.py does); never.",
         choices=RESET_CHOICES,
-    )
-    per_device_train_batch_size: int = cfg_field(
-        32, "Examples per micro-batch (paper: 32 per GPU on 4 GPUs = 128 per step).", min=1
     )
     gradient_accumulation_steps: int = cfg_field(
         1,
@@ -141,15 +128,9 @@ class CoconutConfig(BaseConfig):
         "the update.",
         min=1,
     )
-    max_grad_norm: float = cfg_field(0.0, "Clip gradients to this global norm; 0 disables clipping (paper: none).",
-                                     min=0.0)
     max_steps: int | None = cfg_field(
         None, "Stop after this many optimizer steps in total (a time box); null: run every epoch.", min=0
     )
-    max_length: int = cfg_field(
-        512, "Training sequences longer than this many tokens (thoughts included) are an error, never cut.", min=2
-    )
-    seed: int = cfg_field(0, "Seed of the data order, of uniform_prob's stage draws and of torch's global RNG.")
 
     # --- model and data (read by callers that load them: `latentrl bench`, scripts) ------------------------------
     model_name_or_path: str | None = cfg_field(
@@ -164,44 +145,16 @@ class CoconutConfig(BaseConfig):
     )
     num_eval_examples: int = cfg_field(200, "Evaluation examples the caller loads.", min=0)
 
-    # --- logging / evaluation -----------------------------------------------------------------------------------
-    logging_steps: int = cfg_field(10, "Log training loss / accuracy every this many optimizer steps.", min=1)
+    # --- evaluation ---------------------------------------------------------------------------------------------
     eval_strategy: str = cfg_field(
         "stage",
         "Greedy Pass@1 on the eval set (with that stage's thought count) after every stage, every epoch, or never "
         "(no); the final evaluation always runs when eval data is given.",
         choices=EVAL_CHOICES,
     )
-    eval_batch_size: int = cfg_field(64, "Prompts per batch when decoding the eval set.", min=1)
-    max_new_positions: int | None = cfg_field(
-        None,
-        "Decoding budget of each eval completion (thoughts and markers included); null = max_latent_stage * c_thought "
-        "+ 1 + the longest CoT target (eos included) + 8.",
-        min=1,
-    )
-    output_dir: str | None = cfg_field(
-        None, "Write metrics.jsonl (and TensorBoard logs, see report_to) here; null keeps metrics in memory only."
-    )
-    overwrite_output_dir: bool = cfg_field(
-        False,
-        "An output_dir that holds an earlier run is refused, so runs never mix; true replaces the earlier run "
-        "(HF Trainer name).",
-    )
-    report_to: list[str] = cfg_field(
-        ["jsonl"],
-        "Metric sinks when output_dir is set: jsonl (output_dir/metrics.jsonl), tensorboard (output_dir/tb), wandb "
-        "(when installed; as GRPOConfig.report_to).",
-        choices=REPORT_TO,
-    )
-    disable_tqdm: bool | None = cfg_field(
-        None, "Hide the progress bar; null = hide it when stderr is not a terminal or $CI is set."
-    )
 
     def validate(self) -> None:
-        if "none" in self.report_to and len(self.report_to) > 1:
-            raise ConfigError(f"report_to={self.report_to}: 'none' cannot be combined with other sinks")
-        if "wandb" in self.report_to and not module_available("wandb"):
-            raise ConfigError(WANDB_MISSING)
+        super().validate()
         if len(self.probe_tokens) > self.c_thought:
             raise ConfigError(f"probe_tokens has {len(self.probe_tokens)} entries for c_thought={self.c_thought} "
                               "thoughts per step")

@@ -12,9 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentrl.config import (
-    config_to_dict,
-)
 from latentrl.data.schema import Example
 from latentrl.model import LatentModel
 from latentrl.sft.coconut.config import IGNORE_INDEX, CoconutConfig, stage_of_epoch
@@ -28,6 +25,7 @@ from latentrl.sft.coconut.data import (
 )
 from latentrl.sft.coconut.forward import coconut_forward, collate_coconut
 from latentrl.sft.coconut.inference import coconut_evaluate
+from latentrl.sft.loop import RunMetrics, make_adamw, optimizer_step
 
 
 @dataclasses.dataclass
@@ -47,12 +45,6 @@ class CoconutHistory:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _make_optimizer(model: nn.Module, cfg: CoconutConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                             eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
 
 
 def _eval_budget(cfg: CoconutConfig, tokenized: Sequence[TokenizedExample]) -> int:
@@ -79,8 +71,8 @@ def train_coconut(
     one `stage/*` record per finished stage: steps taken, gate metric, reason) go to `output_dir/metrics.jsonl`
     when set, and always into the returned history.
     """
-    from latentrl.logger import MetricsLogger, progress
-    from latentrl.run_dir import check_new_run, replace_run
+    from latentrl.logger import progress
+    from latentrl.run_dir import check_new_run
 
     if not train_examples:
         raise ValueError("train_coconut needs at least one training example")
@@ -116,15 +108,8 @@ def train_coconut(
         total_steps = min(total_steps, cfg.max_steps)
 
     history = CoconutHistory()
-    if cfg.output_dir and cfg.overwrite_output_dir:
-        replace_run(cfg.output_dir)
-    sinks = [s for s in cfg.report_to if s != "none"] if cfg.output_dir else []
-    logger = MetricsLogger(cfg.output_dir, sinks, run_config=config_to_dict(cfg)) if sinks else None
-
-    def log(step: int, record: dict[str, Any], into: list[dict[str, Any]]) -> None:
-        into.append({"step": step, **record})
-        if logger is not None:
-            logger.log(step, record)
+    metrics = RunMetrics(cfg)
+    log = metrics.log
 
     def do_eval(step: int, stage: int, epoch: int) -> dict[str, Any] | None:
         if not eval_examples:
@@ -187,11 +172,9 @@ def train_coconut(
             acc_total += out.token_accuracy * out.num_tokens / n_tokens
             norm_total += out.thought_norm / len(batches)
             fwd_total += out.num_forwards
-        if cfg.max_grad_norm > 0:
-            grad_norm = float(nn.utils.clip_grad_norm_(params + head_params, cfg.max_grad_norm))
-        else:
-            grad_norm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
-        optimizer.step()
+        # the probe heads are clipped with the model; without clipping the logged norm is the model's alone, as before
+        grad_norm, lr = optimizer_step(optimizer, params + head_params if cfg.max_grad_norm > 0 else params,
+                                       cfg.max_grad_norm)
         state["step"] += 1
         step = state["step"]
         state["train_time"] += time.perf_counter() - t0
@@ -203,7 +186,7 @@ def train_coconut(
             n = window["n"]
             record = {"loss": window["loss"] / n, "token_accuracy": window["token_accuracy"] / n,
                       "latent/norm_mean": window["thought_norm"] / n, "forwards_per_step": window["forwards"] / n,
-                      "stage": stage, "epoch": epoch, "learning_rate": cfg.learning_rate,
+                      "stage": stage, "epoch": epoch, "learning_rate": lr,
                       "grad_norm": grad_norm, "train_wall_s": state["train_time"]}
             if window["probe_n"] > 0:
                 record["probe_loss"] = window["probe_loss"] / window["probe_n"]
@@ -219,7 +202,7 @@ def train_coconut(
 
     def new_optimizer() -> None:
         nonlocal optimizer
-        optimizer = _make_optimizer(model, cfg)
+        optimizer = make_adamw(params, cfg)
         if head_params:
             optimizer.add_param_group({"params": head_params})
         history.optimizer_resets.append(state["step"])
@@ -292,8 +275,7 @@ def train_coconut(
     finally:
         bar.close()
         model.eval()
-        if logger is not None:
-            logger.close()
+        metrics.close()
     history.wall_s = time.perf_counter() - t_start
     return history
 

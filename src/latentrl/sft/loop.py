@@ -1,0 +1,157 @@
+"""The mechanics the supervised training loops share: AdamW, the LR schedule, clipping, the data order, metrics.
+
+Each loop (CoT SFT, Coconut curriculum SFT, superposition SFT) keeps its own structure; these helpers are the
+pieces that were written out once per loop, so the loops build the same optimizer, schedule and logged numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentrl.config import config_to_dict
+from latentrl.sft.config import MetricsOutputConfig, SFTTrainingConfig, StepScheduleConfig
+
+__all__ = [
+    "EpochOrder",
+    "MetricWindow",
+    "RunMetrics",
+    "clip_gradients",
+    "lr_lambda",
+    "make_adamw",
+    "make_scheduler",
+    "optimizer_step",
+]
+
+
+def make_adamw(params: Iterable[nn.Parameter], cfg: SFTTrainingConfig, *,
+               exempt_1d_from_decay: bool = False) -> torch.optim.AdamW:
+    """AdamW over `params` with the config's rate, betas, epsilon and weight decay.
+
+    `exempt_1d_from_decay` puts biases and norm weights (tensors of dim < 2) in a second group without decay (what
+    CoT SFT does); otherwise one group decays every parameter (Coconut's paper setting, superposition SFT).
+    """
+    params = list(params)
+    kw = {"lr": cfg.learning_rate, "betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": cfg.adam_epsilon}
+    if exempt_1d_from_decay:
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, **kw)
+    return torch.optim.AdamW(params, weight_decay=cfg.weight_decay, **kw)
+
+
+def lr_lambda(kind: str, warmup_steps: int, max_steps: int):
+    """The multiplier of the peak learning rate at each step (HF schedule semantics)."""
+
+    def f(step: int) -> float:
+        if kind == "constant":
+            return 1.0
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if kind == "constant_with_warmup":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+        progress = min(max(progress, 0.0), 1.0)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if kind == "linear":
+            return 1.0 - progress
+        raise ValueError(f"unknown lr_scheduler_type {kind!r}")
+
+    return f
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: StepScheduleConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """The config's warmup + schedule over max_steps, stepped once per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_scheduler_type, cfg.warmup_steps,
+                                                                  cfg.max_steps))
+
+
+def clip_gradients(params: Iterable[nn.Parameter], max_grad_norm: float) -> float:
+    """Clip the global gradient norm of `params` to `max_grad_norm` (0: no clipping); returns the norm before it."""
+    params = list(params)
+    if max_grad_norm > 0:
+        return float(nn.utils.clip_grad_norm_(params, max_grad_norm))
+    return float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter], max_grad_norm: float,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> tuple[float, float]:
+    """Clip the accumulated gradients, step the optimizer (and the schedule, if any).
+
+    Returns the gradient norm before clipping and the learning rate this step used (read before the schedule
+    moves on), the two numbers every loop logs.
+    """
+    grad_norm = clip_gradients(params, max_grad_norm)
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return grad_norm, lr
+
+
+class EpochOrder:
+    """Batches of example indices drawn from a fresh seeded permutation per pass; a batch may span two passes."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.generator = n, generator
+        self.perm: list[int] = []
+        self.cursor = 0
+
+    def draw(self, batch_size: int) -> list[int]:
+        idx: list[int] = []
+        while len(idx) < batch_size:
+            if self.cursor >= len(self.perm):
+                self.perm, self.cursor = torch.randperm(self.n, generator=self.generator).tolist(), 0
+            take = min(batch_size - len(idx), len(self.perm) - self.cursor)
+            idx += self.perm[self.cursor : self.cursor + take]
+            self.cursor += take
+        return idx
+
+
+class MetricWindow:
+    """Sums of per-step metrics since the last logging step; `pop()` returns their means and starts afresh."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, values: Mapping[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += 1
+
+    def pop(self) -> dict[str, float]:
+        means = {k: v / self.n for k, v in self.sums.items()}
+        self.sums, self.n = {}, 0
+        return means
+
+
+class RunMetrics:
+    """Where a loop's records go: the history list it names and, with an output_dir, the run's metric sinks.
+
+    Opening it replaces an earlier run when overwrite_output_dir is set (the caller checked the folder with
+    `check_new_run` before any work); `close()` flushes the sinks.
+    """
+
+    def __init__(self, cfg: MetricsOutputConfig):
+        from latentrl.logger import MetricsLogger
+        from latentrl.run_dir import replace_run
+
+        if cfg.output_dir and cfg.overwrite_output_dir:
+            replace_run(cfg.output_dir)
+        sinks = [s for s in cfg.report_to if s != "none"] if cfg.output_dir else []
+        self.logger = MetricsLogger(cfg.output_dir, sinks, run_config=config_to_dict(cfg)) if sinks else None
+
+    def log(self, step: int, record: dict[str, Any], into: list[dict[str, Any]]) -> None:
+        into.append({"step": step, **record})
+        if self.logger is not None:
+            self.logger.log(step, record)
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
