@@ -236,8 +236,7 @@ class GumbelTopKThought(ThoughtOperator):
         V = logits.shape[-1]
         if not self.deterministic and V > 2 * self.pool_blocks * self.pool_block:
             x = tempered(logits, self.temperature)
-            lse = logsumexp_rows(x)
-            payload, token = self._perturbed_topk_pooled(x, lse, generator)
+            payload, token, lse = self._perturbed_topk_pooled(x, generator)
             if self.record == "perturbed":
                 token = payload["ids"][:, 0]
             return self._finish(model, token, payload, x, lse)
@@ -266,11 +265,12 @@ class GumbelTopKThought(ThoughtOperator):
     def perturbed_topk_pooled(self, logits: torch.Tensor, generator) -> tuple[Payload, torch.Tensor]:
         """`step`'s path at large vocabularies (public for the tests, which shrink `pool_block`/`pool_blocks` to
         reach it at small V). Returns the payload and the unperturbed top-1."""
-        x = tempered(logits, self.temperature)
-        return self._perturbed_topk_pooled(x, logsumexp_rows(x), generator)
+        payload, best, _ = self._perturbed_topk_pooled(tempered(logits, self.temperature), generator)
+        return payload, best
 
-    def _perturbed_topk_pooled(self, x: torch.Tensor, lse: torch.Tensor, generator) -> tuple[Payload, torch.Tensor]:
+    def _perturbed_topk_pooled(self, x: torch.Tensor, generator) -> tuple[Payload, torch.Tensor, torch.Tensor]:
         """Noise for a pool of ~pool_blocks entries per row instead of the whole vocabulary, same distribution.
+        Returns (payload, unperturbed top-1, lse = logsumexp of x).
 
         Blocks are the strided slices {j, j + n, j + 2n, ...} of the vocabulary (n = V // pool_block: their maxima
         are an element-wise max of pool_block contiguous slices, one fast pass); the tail past pool_block * n is
@@ -295,13 +295,18 @@ class GumbelTopKThought(ThoughtOperator):
             x = x.contiguous()
         x3 = x.as_strided((B, bs, n), (x.stride(0), n, 1))  # x3[b, r, j] = x[b, j + r * n]: block j = x3[b, :, j]
         block_max = x3.amax(1)
+        row_max = block_max.amax(-1, keepdim=True)
+        if V > n * bs:
+            row_max = torch.maximum(row_max, x[:, n * bs:].amax(-1, keepdim=True))
+        lse = logsumexp_rows(x, row_max)  # the max is exact: the same bits as log_normalizer
         sub = block_max[:, ::8]
         theta = torch.topk(sub, min(max(self.pool_blocks // 8, k), sub.shape[-1]), dim=-1).values[:, -1:]
         blocks, block_ok = _pack(block_max >= theta)
         nb = blocks.shape[-1]
         if nb > 8 * max(self.pool_blocks, k):  # many equal logits (e.g. a -inf mask): no gain here
             kth = torch.topk(x, k, dim=-1).values[:, -1:]
-            return self._perturbed_topk_unsorted(x, lse, kth, self.noise(x.shape, generator, x.device)), x.argmax(-1)
+            payload = self._perturbed_topk_unsorted(x, lse, kth, self.noise(x.shape, generator, x.device))
+            return payload, x.argmax(-1), lse
         vals = x3.gather(2, blocks[:, None, :].expand(B, bs, nb))
         member = (vals >= theta[..., None]) & block_ok[:, None, :]
         vals, member = vals.flatten(1), member.flatten(1)
@@ -341,7 +346,7 @@ class GumbelTopKThought(ThoughtOperator):
             redo = self._perturbed_topk_unsorted(x[bad], lse[bad], kth, full)
             for key in payload:
                 payload[key] = payload[key].index_copy(0, bad, redo[key])
-        return payload, best
+        return payload, best, lse
 
     def perturbed_topk_unsorted(self, logits: torch.Tensor, generator) -> tuple[Payload, torch.Tensor]:
         """The perturbed top-K when the candidates are too many to sort (a flat distribution over a large
