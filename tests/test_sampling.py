@@ -80,6 +80,23 @@ def test_nucleus_among_the_top_k_equals_a_full_sort():
         torch.testing.assert_close(filter_logits(logits, top_k, top_p), _reference_filter(logits, top_k, top_p))
 
 
+@pytest.mark.parametrize("V,k", [(8192, 1), (9000, 10), (151_936, 30), (50_257, 100), (8192, 200)])
+def test_topk_rows_equals_torch_topk(V, k):
+    """Exact: values and ids of torch.topk without ties (V = 50,257 has a tail past the blocks; k = 200 at 8192 is
+    torch.topk itself); with many ties the values still agree."""
+    x = torch.randn(6, V, generator=gen(50)) * 3
+    x[0, -1] = 100.0  # the largest entry in the tail
+    x[1, :k] = -50.0  # a row whose first block column is low
+    got, want = sampling.topk_rows(x, k), torch.topk(x, k, dim=-1)
+    assert torch.equal(got[0], want.values) and torch.equal(got[1], want.indices)
+    ties = x.round()
+    got = sampling.topk_rows(ties, k)
+    assert torch.equal(got[0], torch.topk(ties, k, dim=-1).values)
+    assert torch.equal(ties.gather(-1, got[1]), got[0])
+    strided = x.t().contiguous().t()  # non-contiguous rows
+    assert torch.equal(sampling.topk_rows(strided, k)[1], want.indices)
+
+
 def test_top_k_keeps_exactly_k_with_ties():
     logits = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, -1.0]])
     assert torch.isfinite(filter_logits(logits, top_k=2)).sum() == 2

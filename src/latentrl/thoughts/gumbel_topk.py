@@ -51,7 +51,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from latentrl.sampling import _nucleus_size, check_generator, gumbel_noise, logsumexp_rows, tempered, token_logprobs
+from latentrl.sampling import (
+    _nucleus_size,
+    check_generator,
+    gumbel_noise,
+    logsumexp_rows,
+    tempered,
+    token_logprobs,
+    topk_rows,
+)
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
@@ -200,7 +208,7 @@ class GumbelTopKThought(ThoughtOperator):
         top-K of x (values, ids), and the number of candidates M (entries with x >= K-th x - noise width; K in
         deterministic mode)."""
         x = tempered(logits, self.temperature)
-        values, ids = torch.topk(x, min(self.top_k, x.shape[-1]), dim=-1)
+        values, ids = topk_rows(x, min(self.top_k, x.shape[-1]))
         width = (self.clamp_max - self.clamp_min) * self.noise_scale
         if self.deterministic:
             return x, values, ids, values.shape[-1]
