@@ -313,6 +313,19 @@ def test_latent_grpo_pooled_path_picks_nucleus_members_and_the_unperturbed_top1(
             assert eps.min() >= -1e-5 and eps.max() <= op.noise_max("cpu").item() + 1e-5
 
 
+def test_latent_grpo_pooled_path_with_masked_vocabulary_entries(monkeypatch):
+    """-inf logits (a vocabulary mask) in some rows: the picks are distinct finite entries, in every row."""
+    V = 1002
+    op, _ = _pooled_op(monkeypatch, True, 32)
+    logits = torch.randn(4, V, generator=gen(46))
+    logits[0, 10:] = float("-inf")  # 10 finite entries: the threshold is -inf, the pool is the whole row
+    logits[1, ::2] = float("-inf")
+    payload, best = op.perturbed_topk_pooled(logits, gen(47))
+    assert torch.isfinite(logits.gather(-1, payload["ids"])).all() and torch.isfinite(payload["scores"]).all()
+    assert all(r.unique().numel() == 3 for r in payload["ids"])
+    assert torch.equal(best, logits.argmax(-1))
+
+
 @pytest.mark.parametrize("top_k,top_p", [(None, None), (5, None), (None, 0.7), (9, 0.8)])
 def test_hrpo_draw_and_projection_equal_the_full_vocabulary_reference(monkeypatch, top_k, top_p):
     monkeypatch.setattr(sampling, "BLOCK", 16)

@@ -336,7 +336,7 @@ class GumbelTopKThought(ThoughtOperator):
         peaked = self.top_p < 1.0 and bool((mass >= self.top_p).any())
         if peaked:  # the nucleus may end inside the pool: sort it, membership is a prefix cumsum
             lp, order = lp.sort(-1, descending=True)
-            ids, p = ids.gather(-1, order), p.gather(-1, order)
+            ids, p, real = ids.gather(-1, order), p.gather(-1, order), real.gather(-1, order)
             keep = (p.cumsum(-1) - p) < self.top_p  # filter_logits' rule on the pooled prefix
             keep[:, :k] = True
         noise = self.noise(lp.shape, generator, x.device)
