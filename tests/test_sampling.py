@@ -80,6 +80,23 @@ def test_nucleus_among_the_top_k_equals_a_full_sort():
         torch.testing.assert_close(filter_logits(logits, top_k, top_p), _reference_filter(logits, top_k, top_p))
 
 
+@pytest.mark.parametrize("V,k", [(8192, 1), (9000, 10), (151_936, 30), (50_257, 100), (8192, 200)])
+def test_topk_rows_equals_torch_topk(V, k):
+    """Exact: values and ids of torch.topk without ties (V = 50,257 has a tail past the blocks; k = 200 at 8192 is
+    torch.topk itself); with many ties the values still agree."""
+    x = torch.randn(6, V, generator=gen(50)) * 3
+    x[0, -1] = 100.0  # the largest entry in the tail
+    x[1, :k] = -50.0  # a row whose first block column is low
+    got, want = sampling.topk_rows(x, k), torch.topk(x, k, dim=-1)
+    assert torch.equal(got[0], want.values) and torch.equal(got[1], want.indices)
+    ties = x.round()
+    got = sampling.topk_rows(ties, k)
+    assert torch.equal(got[0], torch.topk(ties, k, dim=-1).values)
+    assert torch.equal(ties.gather(-1, got[1]), got[0])
+    strided = x.t().contiguous().t()  # non-contiguous rows
+    assert torch.equal(sampling.topk_rows(strided, k)[1], want.indices)
+
+
 def test_top_k_keeps_exactly_k_with_ties():
     logits = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, -1.0]])
     assert torch.isfinite(filter_logits(logits, top_k=2)).sum() == 2
@@ -229,6 +246,84 @@ def test_latent_grpo_candidate_noise_equals_full_vocabulary_noise_in_distributio
     op2 = GumbelTopKThought(top_k=3, top_p=0.95, one_sided=one_sided, noise_scale=0.7)
     other = _latent_grpo_reference(op2, row, gen(15))
     assert two_sample_p(counts_of(fast[:, 0], V), counts_of(other[:, 0], V)) < 1e-6
+
+
+def _pooled_op(monkeypatch, one_sided: bool, pool_blocks: int, top_p: float = 0.95) -> tuple[GumbelTopKThought, dict]:
+    """A Latent-GRPO operator whose `step` takes the pooled path at small V (blocks of 4, `pool_blocks` of them),
+    and a count of the rows it sends to the full sort-free path (the pooled path's fallback)."""
+    op = GumbelTopKThought(top_k=3, top_p=top_p, one_sided=one_sided, record="perturbed")
+    op.pool_block, op.pool_blocks = 4, pool_blocks
+    calls = {"fallback": 0}
+    full = op._perturbed_topk_unsorted
+
+    def spy(x, *a, **kw):
+        calls["fallback"] += x.shape[0]  # rows sent to the full path
+        return full(x, *a, **kw)
+    monkeypatch.setattr(op, "_perturbed_topk_unsorted", spy)
+    return op, calls
+
+
+@pytest.mark.parametrize("one_sided", [True, False])
+@pytest.mark.parametrize("shape", ["flat", "peaked", "fallback"])
+def test_latent_grpo_pooled_noise_equals_full_vocabulary_noise_in_distribution(monkeypatch, one_sided, shape):
+    """`step`'s pooled path (noise on the entries above a block-maximum threshold only, with the full-noise
+    fallback that keeps the pool's draws) against noise on every entry: on a flat distribution (every entry a
+    candidate, the nucleus far larger than the pool), a peaked one (the nucleus ends inside the pool) and with a
+    pool too small to decide (the fallback runs in some draws, not all)."""
+    V = 1002  # 250 blocks of 4 and a tail of 2
+    scale, pool_blocks = {"flat": (0.3, 100), "peaked": (4.0, 64), "fallback": (4.0, 32)}[shape]
+    op, calls = _pooled_op(monkeypatch, one_sided, pool_blocks)
+    assert V > 2 * op.pool_blocks * op.pool_block  # `step` takes the pooled path
+    logits = torch.randn(1, V, generator=gen(40)) * scale
+    logits[0, -1] = logits.max() + 0.1  # the best entry in the tail
+    row = logits.expand(N_DRAWS, V)
+    step = op.step(_EmbedModel(V), row, None, generator=gen(41))
+    fast = step.payload["ids"]
+    if shape == "fallback":  # both paths decide many rows of this batch
+        assert N_DRAWS // 50 < calls["fallback"] < N_DRAWS - N_DRAWS // 50
+    else:
+        assert calls["fallback"] < N_DRAWS // 20
+    ref = _latent_grpo_reference(op, row, gen(42))
+    for j in range(3):
+        assert two_sample_p(counts_of(fast[:, j], V), counts_of(ref[:, j], V)) > P_MIN
+    op2 = GumbelTopKThought(top_k=3, top_p=0.95, one_sided=one_sided, noise_scale=0.5)
+    other = _latent_grpo_reference(op2, row, gen(43))
+    assert two_sample_p(counts_of(fast[:, 0], V), counts_of(other[:, 0], V)) < 1e-6
+    # the recorded surrogate is the one the replay recomputes from the same logits
+    torch.testing.assert_close(step.logprob, op.log_prob(row, step.token_ids, step.payload))
+    assert (step.payload["scores"][:, :-1] >= step.payload["scores"][:, 1:]).all()
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.95, 1.0])
+def test_latent_grpo_pooled_path_picks_nucleus_members_and_the_unperturbed_top1(monkeypatch, top_p):
+    """Small batches, several draws: every pick lies in the nucleus (at least K kept), the scores are the picks'
+    log-probs plus noise inside the noise's range, and the unperturbed top-1 is the argmax."""
+    V = 1002
+    for scale in (0.05, 3.0):
+        op, _ = _pooled_op(monkeypatch, True, 32, top_p)
+        logits = torch.randn(5, V, generator=gen(44)) * scale
+        x = logits / op.temperature
+        allowed = filter_logits(x, None, top_p, min_keep=3).isfinite() if top_p < 1 else torch.ones_like(x, dtype=torch.bool)
+        for seed in range(4):
+            payload, best = op.perturbed_topk_pooled(logits, gen(45 + seed))
+            assert torch.equal(best, logits.argmax(-1))
+            assert allowed.gather(-1, payload["ids"]).all()
+            assert all(r.unique().numel() == 3 for r in payload["ids"])  # no entry picked twice
+            eps = payload["scores"] - x.log_softmax(-1).gather(-1, payload["ids"])
+            assert eps.min() >= -1e-5 and eps.max() <= op.noise_max("cpu").item() + 1e-5
+
+
+def test_latent_grpo_pooled_path_with_masked_vocabulary_entries(monkeypatch):
+    """-inf logits (a vocabulary mask) in some rows: the picks are distinct finite entries, in every row."""
+    V = 1002
+    op, _ = _pooled_op(monkeypatch, True, 32)
+    logits = torch.randn(4, V, generator=gen(46))
+    logits[0, 10:] = float("-inf")  # 10 finite entries: the threshold is -inf, the pool is the whole row
+    logits[1, ::2] = float("-inf")
+    payload, best = op.perturbed_topk_pooled(logits, gen(47))
+    assert torch.isfinite(logits.gather(-1, payload["ids"])).all() and torch.isfinite(payload["scores"]).all()
+    assert all(r.unique().numel() == 3 for r in payload["ids"])
+    assert torch.equal(best, logits.argmax(-1))
 
 
 @pytest.mark.parametrize("top_k,top_p", [(None, None), (5, None), (None, 0.7), (9, 0.8)])

@@ -43,6 +43,11 @@ vocabulary, which also carries the nucleus — and gives the same distribution a
 `tests/test_sampling.py`). On a peaked (trained) model the candidates are a handful; on a flat one they can be the whole
 vocabulary, and above `sort_limit` candidates `step` switches to a sort-free path (`perturbed_topk_unsorted`: noise on
 every entry, nucleus membership tested only for the 2K best perturbed entries), the same distribution again.
+At large vocabularies (V > 2 * pool_blocks * pool_block, e.g. 152k) `step` instead draws noise for a pool of ~1000
+entries per row above a block-maximum threshold and proves, row by row, that no entry outside it can reach the
+perturbed top-K (`perturbed_topk_pooled`); rows it cannot decide (rare) fall back to the sort-free path with the
+pool's noise kept, so the distribution is still exactly that of noise on every entry. It costs one exp pass (the
+log-normaliser) and one max pass over the vocabulary, whatever the shape of the distribution.
 """
 
 from __future__ import annotations
@@ -51,7 +56,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from latentrl.sampling import _nucleus_size, check_generator, gumbel_noise, token_logprobs
+from latentrl.sampling import (
+    _nucleus_size,
+    check_generator,
+    gumbel_noise,
+    logsumexp_rows,
+    tempered,
+    token_logprobs,
+    topk_rows,
+)
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
@@ -110,6 +123,18 @@ def _init_record(op: ThoughtOperator, name: str, record: str, choices: tuple[str
     op.deterministic = False
 
 
+def _pack(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """((B, M) column indices of the True entries of each row of `mask`, left-aligned and padded with 0; (B, M)
+    whether each is real), M = the largest count in a row."""
+    counts = mask.sum(-1, dtype=torch.int64)
+    width = int(counts.max()) if counts.numel() else 0
+    r, c = mask.nonzero(as_tuple=True)
+    pos = torch.arange(r.numel(), device=mask.device) - (counts.cumsum(0) - counts)[r]
+    cols = torch.zeros(mask.shape[0], width, dtype=torch.long, device=mask.device)
+    cols[r, pos] = c
+    return cols, torch.arange(width, device=mask.device) < counts[:, None]
+
+
 @register_thought_operator
 class GumbelTopKThought(ThoughtOperator):
     """Latent-GRPO's stochastic top-K superposition (see the module docstring for the equations)."""
@@ -118,6 +143,11 @@ class GumbelTopKThought(ThoughtOperator):
     stochastic = True
     #: above this many candidates in a row, `step` takes the sort-free path (`perturbed_topk_unsorted`)
     sort_limit: int = 4096
+    #: the pooled path (`perturbed_topk_pooled`, vocabularies above 2 * pool_blocks * pool_block entries): entries
+    #: per strided block, and blocks pooled per row (~pool_blocks entries end up noised; 1024 keeps the fallback
+    #: below ~1 in 1600 rows on a flat 152k-entry distribution with K = 30)
+    pool_block: int = 16
+    pool_blocks: int = 1024
 
     def __init__(
         self,
@@ -161,22 +191,33 @@ class GumbelTopKThought(ThoughtOperator):
 
     def noise(self, shape, generator: torch.Generator | None, device) -> torch.Tensor:
         """The noise added to the log-probs: clamped Gumbel, shifted to >= 0 when one-sided, times noise_scale."""
-        g = gumbel_noise(shape, generator, device).clamp(self.clamp_min, self.clamp_max)
+        return self._shape_noise(gumbel_noise(shape, generator, device))
+
+    def _shape_noise(self, g: torch.Tensor) -> torch.Tensor:
+        g = g.clamp(self.clamp_min, self.clamp_max)
         if self.one_sided:
             g = g - self.clamp_min
         return g * self.noise_scale
+
+    def noise_max(self, device) -> torch.Tensor:
+        """The largest value `noise` can return, computed with the same float32 operations (so a score lp + G is
+        never above fl(lp + noise_max))."""
+        return self._shape_noise(torch.tensor([self.clamp_max], dtype=torch.float32, device=device))
 
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary log-probs at the latent temperature (the authors' global log-softmax, T = 1)."""
         return (logits.float() / self.temperature).log_softmax(-1)
 
     def _tempered(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """What both paths of `step` start from, computed once: x = logits / T (float32), the top-K of x (values,
-        ids), and the number of candidates M (entries with x >= K-th x - noise width; K in deterministic mode)."""
-        x = logits.float() / self.temperature
-        values, ids = torch.topk(x, min(self.top_k, x.shape[-1]), dim=-1)
+        """What the sorted and sort-free paths of `step` start from, computed once: x = logits / T (float32), the
+        top-K of x (values, ids), and the number of candidates M (entries with x >= K-th x - noise width; K in
+        deterministic mode)."""
+        x = tempered(logits, self.temperature)
+        values, ids = topk_rows(x, min(self.top_k, x.shape[-1]))
         width = (self.clamp_max - self.clamp_min) * self.noise_scale
-        m = values.shape[-1] if self.deterministic else int((x >= values[..., -1:] - width).sum(-1).max())
+        if self.deterministic:
+            return x, values, ids, values.shape[-1]
+        m = int((x >= values[..., -1:] - width).sum(-1, dtype=torch.int32).max())  # int32: a bool sum is 20x slower
         return x, values, ids, m
 
     def candidates(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -184,27 +225,39 @@ class GumbelTopKThought(ThoughtOperator):
         lies in the nucleus (at least K kept). M covers, in every row, every entry that can reach the perturbed
         top-K (lp >= K-th lp - noise width); entries past a row's own bound have no chance there either."""
         x, top_values, _, m = self._tempered(logits)
-        return self._sorted_candidates(x, top_values.shape[-1], m)
+        return self._sorted_candidates(x, logsumexp_rows(x), top_values.shape[-1], m)
 
-    def _sorted_candidates(self, x: torch.Tensor, k: int, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    def _sorted_candidates(self, x: torch.Tensor, lse: torch.Tensor, k: int, m: int
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         values, ids = torch.topk(x, m, dim=-1)  # sorted descending
         lp = values - lse
+        return lp, ids, self._prefix_nucleus(lp, k)
+
+    def _prefix_nucleus(self, lp: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, M) nucleus membership (at least K kept) of descending-sorted log-probs `lp` that are a *prefix* of the
+        sorted vocabulary (every entry above one of them is among them), so the mass before each is a cumsum."""
         keep = torch.ones_like(lp, dtype=torch.bool)
-        if self.top_p < 1.0 and m > k:
-            # the nucleus is a prefix of the sorted vocabulary: the mass before an entry is the cumsum over the prefix
+        if self.top_p < 1.0 and lp.shape[-1] > k:
             cdf = lp.exp().cumsum(-1)
             cdf = torch.cat([cdf, cdf.new_ones(cdf.shape[0], 1)], dim=-1)  # the whole distribution's mass is 1
             n = _nucleus_size(cdf, self.top_p, k)
-            keep = torch.arange(m, device=lp.device) < n
-        return lp, ids, keep
+            keep = torch.arange(lp.shape[-1], device=lp.device) < n
+        return keep
 
     def step(self, model, logits, hidden, *, generator=None) -> ThoughtStep:
         check_generator(generator, logits.device)  # fail before any work, not inside a CUDA kernel
+        V = logits.shape[-1]
+        if not self.deterministic and V > 2 * self.pool_blocks * self.pool_block:
+            x = tempered(logits, self.temperature)
+            payload, token, lse = self._perturbed_topk_pooled(x, generator)
+            if self.record == "perturbed":
+                token = payload["ids"][:, 0]
+            return self._finish(model, token, payload, x, lse)
         x, top_values, top_ids, m = self._tempered(logits)
+        lse = logsumexp_rows(x)
         k = top_values.shape[-1]
         if self.deterministic or m <= self.sort_limit:
-            lp, ids, keep = self._sorted_candidates(x, k, m)
+            lp, ids, keep = self._sorted_candidates(x, lse, k, m)
             if self.deterministic:
                 scores = lp  # the top-K of lp always lie inside the nucleus mask
             else:
@@ -212,14 +265,101 @@ class GumbelTopKThought(ThoughtOperator):
             top = torch.topk(scores, k, dim=-1)
             payload = {"ids": ids.gather(-1, top.indices), "scores": top.values.float()}
         else:
-            payload = self._perturbed_topk_unsorted(x, top_values[..., -1:], generator)
+            payload = self._perturbed_topk_unsorted(x, lse, top_values[..., -1:], self.noise(x.shape, generator, x.device))
         token = top_ids[:, 0] if self.record == "unperturbed" else payload["ids"][:, 0]
-        return ThoughtStep(
-            embeds=self.rebuild(model, token, payload),
-            token_ids=token,
-            payload=payload,
-            logprob=self.log_prob(logits, token, payload),
-        )
+        return self._finish(model, token, payload, x, lse)
+
+    def _finish(self, model, token: torch.Tensor, payload: Payload, x: torch.Tensor, lse: torch.Tensor) -> ThoughtStep:
+        """The step from its payload; the surrogate reuses x and lse (the same bits `log_prob` recomputes)."""
+        eps = payload["scores"].float() - (x.gather(-1, payload["ids"]) - lse)
+        return ThoughtStep(embeds=self.rebuild(model, token, payload), token_ids=token, payload=payload,
+                           logprob=gumbel_log_density(eps).mean(-1))
+
+    def perturbed_topk_pooled(self, logits: torch.Tensor, generator) -> tuple[Payload, torch.Tensor]:
+        """`step`'s path at large vocabularies (public for the tests, which shrink `pool_block`/`pool_blocks` to
+        reach it at small V). Returns the payload and the unperturbed top-1."""
+        payload, best, _ = self._perturbed_topk_pooled(tempered(logits, self.temperature), generator)
+        return payload, best
+
+    def _perturbed_topk_pooled(self, x: torch.Tensor, generator) -> tuple[Payload, torch.Tensor, torch.Tensor]:
+        """Noise for a pool of ~pool_blocks entries per row instead of the whole vocabulary, same distribution.
+        Returns (payload, unperturbed top-1, lse = logsumexp of x).
+
+        Blocks are the strided slices {j, j + n, j + 2n, ...} of the vocabulary (n = V // pool_block: their maxima
+        are an element-wise max of pool_block contiguous slices, one fast pass); the tail past pool_block * n is
+        always pooled. theta is a cheap estimate of the pool_blocks-th largest block maximum (from every 8th
+        block); the pool is every entry with x >= theta (found in the blocks whose maximum reaches theta), so
+        every entry outside it has x < theta, and it holds the top-K and every entry above each of its members
+        (the nucleus is a prefix cumsum of the sorted pool, as in the sorted path). Its entries get noise and
+        the perturbed top-K is taken among them; that is the answer in a row when
+
+        * its K-th score t > fl(theta - lse + noise_max): no entry outside, with any noise, scores t or more; or
+        * the pool's mass reaches top_p and its K-th x > theta: no entry outside is in the nucleus mask.
+
+        In the other rows (rare: ~1000 pooled entries leave ~30 noise maxima on a flat distribution) the pool's noise
+        is kept, every other entry gets fresh noise, and the sort-free full path runs: the output is then the
+        full-noise reference's whatever the pool drew, so the distribution is exactly that of noise on every entry.
+        """
+        B, V = x.shape
+        k = min(self.top_k, V)
+        bs = self.pool_block
+        n = V // bs
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        x3 = x.as_strided((B, bs, n), (x.stride(0), n, 1))  # x3[b, r, j] = x[b, j + r * n]: block j = x3[b, :, j]
+        block_max = x3.amax(1)
+        row_max = block_max.amax(-1, keepdim=True)
+        if V > n * bs:
+            row_max = torch.maximum(row_max, x[:, n * bs:].amax(-1, keepdim=True))
+        lse = logsumexp_rows(x, row_max)  # the max is exact: the same bits as log_normalizer
+        sub = block_max[:, ::8]
+        theta = torch.topk(sub, min(max(self.pool_blocks // 8, k), sub.shape[-1]), dim=-1).values[:, -1:]
+        blocks, block_ok = _pack(block_max >= theta)
+        nb = blocks.shape[-1]
+        if nb > 8 * max(self.pool_blocks, k):  # many equal logits (e.g. a -inf mask): no gain here
+            kth = torch.topk(x, k, dim=-1).values[:, -1:]
+            payload = self._perturbed_topk_unsorted(x, lse, kth, self.noise(x.shape, generator, x.device))
+            return payload, x.argmax(-1), lse
+        vals = x3.gather(2, blocks[:, None, :].expand(B, bs, nb))
+        member = (vals >= theta[..., None]) & block_ok[:, None, :]
+        vals, member = vals.flatten(1), member.flatten(1)
+        if V > n * bs:  # the tail: pooled individually
+            vals = torch.cat([vals, x[:, n * bs:]], dim=-1)
+            member = torch.cat([member, x[:, n * bs:] >= theta], dim=-1)
+        where, real = _pack(member)
+        pv = vals.gather(-1, where).masked_fill_(~real, float("-inf"))
+        slot, j = where.div(nb, rounding_mode="floor"), where.remainder(nb)
+        ids = torch.where(where < bs * nb, blocks.gather(-1, j.clamp_max(nb - 1)) + n * slot, where - bs * nb + n * bs)
+        lp = pv - lse
+        p = lp.exp()
+        mass = p.sum(-1, keepdim=True)
+        peaked = self.top_p < 1.0 and bool((mass >= self.top_p).any())
+        if peaked:  # the nucleus may end inside the pool: sort it, membership is a prefix cumsum
+            lp, order = lp.sort(-1, descending=True)
+            ids, p, real = ids.gather(-1, order), p.gather(-1, order), real.gather(-1, order)
+            keep = (p.cumsum(-1) - p) < self.top_p  # filter_logits' rule on the pooled prefix
+            keep[:, :k] = True
+        noise = self.noise(lp.shape, generator, x.device)
+        scores = lp + noise
+        if peaked:
+            scores = scores.masked_fill_(~keep, float("-inf"))
+        # else every pooled entry is in the nucleus: the mass before it is below the pool's mass < top_p
+        top = torch.topk(scores, k, dim=-1)
+        best = ids.gather(-1, lp.argmax(-1, keepdim=True)).squeeze(-1)
+        ok = top.values[:, -1:] > (theta - lse) + self.noise_max(x.device)
+        if peaked:
+            ok |= (mass >= self.top_p) & (lp[:, k - 1: k] > theta - lse)
+        payload = {"ids": ids.gather(-1, top.indices), "scores": top.values}
+        bad = (~ok).squeeze(-1).nonzero().squeeze(-1)
+        if bad.numel():  # those rows only: the pool's noise kept, fresh noise everywhere else, the full path
+            full = self.noise((bad.numel(), V), generator, x.device)
+            r, c = real[bad].nonzero(as_tuple=True)
+            full[r, ids[bad][r, c]] = noise[bad][r, c]
+            kth = torch.topk(pv[bad], k, dim=-1).values[:, -1:]
+            redo = self._perturbed_topk_unsorted(x[bad], lse[bad], kth, full)
+            for key in payload:
+                payload[key] = payload[key].index_copy(0, bad, redo[key])
+        return payload, best, lse
 
     def perturbed_topk_unsorted(self, logits: torch.Tensor, generator) -> tuple[Payload, torch.Tensor]:
         """The perturbed top-K when the candidates are too many to sort (a flat distribution over a large
@@ -231,14 +371,16 @@ class GumbelTopKThought(ThoughtOperator):
         members (any member outside the R scores below all R); otherwise R doubles. Same distribution as the
         sorted path (checked in tests/test_sampling.py). Returns the payload and the unperturbed top-1."""
         x, top_values, top_ids, _ = self._tempered(logits)
-        return self._perturbed_topk_unsorted(x, top_values[..., -1:], generator), top_ids[:, 0]
+        payload = self._perturbed_topk_unsorted(x, logsumexp_rows(x), top_values[..., -1:],
+                                                self.noise(x.shape, generator, x.device))
+        return payload, top_ids[:, 0]
 
-    def _perturbed_topk_unsorted(self, x: torch.Tensor, kth: torch.Tensor, generator) -> Payload:
+    def _perturbed_topk_unsorted(self, x: torch.Tensor, lse: torch.Tensor, kth: torch.Tensor, noise: torch.Tensor
+                                 ) -> Payload:
         V = x.shape[-1]
         k = min(self.top_k, V)
-        lse = torch.logsumexp(x, dim=-1, keepdim=True)
         width = (self.clamp_max - self.clamp_min) * self.noise_scale
-        scores = (x - lse + self.noise(x.shape, generator, x.device)).masked_fill_(x < kth - width, float("-inf"))
+        scores = (x - lse + noise).masked_fill_(x < kth - width, float("-inf"))
         r = min(2 * k, V)
         while True:
             top = torch.topk(scores, r, dim=-1)

@@ -120,7 +120,8 @@ def ensure_gate(model: "LatentModel", c: float = 8.0, r_min: float = 0.99, r_max
 
 
 def projected_state(model: "LatentModel", probs: torch.Tensor) -> torch.Tensor:
-    """h = E^T p / ||p||_2 (B, H) in float32; the matmul runs in the embedding dtype (no float32 copy of E)."""
+    """h = E^T p / ||p||_2 (B, H) in float32; the matmul runs in the embedding dtype (no float32 copy of E).
+    `probs` may be p times any positive per-row constant (unnormalised weights): h does not change."""
     E = model.embedding_matrix
     mix = torch.matmul(probs.to(E.dtype), E).float()
     return mix / probs.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -228,14 +229,17 @@ class HRPOGateThought(ThoughtOperator):
         else:
             x = logits.float()
             m = x.amax(-1, keepdim=True)
-            e = torch.sub(x, m).div_(self.temperature).exp_()  # exp((x - m) / tau), the one (B, V) buffer
-            total = e.sum(-1, keepdim=True)
+            e = torch.sub(x, m)  # the one (B, V) buffer: exp((x - m) / tau) = p times a per-row constant
+            if self.temperature != 1.0:
+                e.div_(self.temperature)
+            e.exp_()
             ids = self._draw(e, generator)
             if self.logprob_temperature == self.temperature:  # log p(x) from the same pass
+                total = e.sum(-1, keepdim=True)
                 logp = (x.gather(-1, ids[:, None]) - m).squeeze(-1) / self.temperature - total.log().squeeze(-1)
             else:
                 logp = token_logprobs(logits, ids, self.logprob_temperature)
-            state = None if raw else projected_state(model, e.div_(total))
+            state = None if raw else projected_state(model, e)  # h is scale-free: no normalising pass over e
         state = hidden.detach() if raw else state
         payload = {"hidden": state.to(model.embedding_matrix.dtype)}
         embeds = self.rebuild(model, ids, payload)  # exactly what the replay will rebuild

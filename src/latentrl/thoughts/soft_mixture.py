@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from latentrl.sampling import topk_rows
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
@@ -31,11 +32,11 @@ class SoftMixtureThought(ThoughtOperator):
 
     def step(self, model, logits, hidden, *, generator=None) -> ThoughtStep:
         k = min(self.top_k, logits.shape[-1])
-        top = torch.topk(logits, k, dim=-1)  # dividing by T keeps the order: no float copy of the (B, V) logits
-        values = top.values.float()
+        values, ids = topk_rows(logits, k)  # dividing by T keeps the order: no float copy of the (B, V) logits
+        values = values.float()
         weights = (values if self.temperature == 1.0 else values / self.temperature).softmax(-1)
-        payload = {"ids": top.indices, "weights": weights}
-        return ThoughtStep(self.rebuild(model, top.indices[:, 0], payload), top.indices[:, 0], payload, None)
+        payload = {"ids": ids, "weights": weights}
+        return ThoughtStep(self.rebuild(model, ids[:, 0], payload), ids[:, 0], payload, None)
 
     def rebuild(self, model, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
         emb = model.embed(payload["ids"])  # (N, k, H)
