@@ -112,4 +112,6 @@ def test_a_shipped_latent_init_replaces_the_built_one(chain_sum, tmp_path):
     if "chain_sum-coconut" not in available_models():
         pytest.skip("chain_sum-coconut not shipped")
     assert build_init("coconut_sft", chain_sum, tmp_path, quick=True) == model_path("chain_sum-coconut")
+    if "chain_sum-superposition" in available_models():
+        assert build_init("superposition_sft", chain_sum, tmp_path, quick=False) == model_path("chain_sum-superposition")
     assert not (tmp_path / "inits").exists()  # nothing was built

@@ -1,0 +1,102 @@
+"""Train a shipped superposition latent init (Latent-GRPO's starting point): one latent per chain-of-thought step.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/train_superposition_init.py OUT [key=value ...]
+
+From the task's converged CoT model (`<cot_model>-converged`; chain_sum: 100 %), superposition SFT
+(`latentrl.sft.superposition`) with `tokens_per_latent=7`: each `<< a + b = c >>` step of chain_sum becomes one
+latent, the uniform superposition of its 7 token embeddings, so 7 latents replace 49 CoT positions. The model learns
+to predict each next latent's token distribution (KL) and the answer after the last one (CE). Defaults are the
+shipped `chain_sum-superposition` recipe; keys: task (chain_sum | icot_mult_4x4), tokens_per_latent, max_steps,
+learning_rate, num_train, stage_advance (fixed | converged), gate_metric, gate_threshold.
+
+The stage runs a fixed 15,000 steps: the gates the stage offers do not measure what generation needs here — the
+teacher-forced answer accuracy passes at 300 steps (the answer digit is in the last target latent) and the loss
+reaches 0.028 by 700, both at chance when the model writes its own latents (docs/bench/chain_sum/superposition_init).
+
+Scored as `latentrl bench` scores a latent_grpo row (the `gumbel_topk` operator of configs/cpu/latent_grpo.yaml in
+eval mode, the suite's first 500 held-out problems: Pass@1 greedy, Pass@4 sampled, reasoning positions) plus the
+thought-dependence check. Writes OUT/model (with latent_init.json and metrics.jsonl: what a shipped init carries),
+OUT/history.json and OUT/result.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from latentrl.assets import model_path
+from latentrl.bench import check_disjoint, suite_tasks
+from latentrl.config import GRPOConfig, config_to_dict, load_config
+from latentrl.data import load_examples
+from latentrl.eval import evaluate
+from latentrl.methods import get_method
+from latentrl.model import LatentModel
+from latentrl.sft.superposition import SuperpositionSFTConfig, train_superposition_sft
+from latentrl.thought_dependence import method_thought_dependence
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_EVAL = 500
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
+        raise SystemExit(__doc__)
+    out = Path(sys.argv[1])
+    if (out / "model").exists():
+        raise SystemExit(f"{out / 'model'} exists: choose a new OUT (nothing is overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    over = dict(a.split("=", 1) for a in sys.argv[2:])
+    cfg = SuperpositionSFTConfig(
+        tokens_per_latent=int(over.get("tokens_per_latent", 7)), top_k=10,
+        max_steps=int(over.get("max_steps", 15000)), per_device_train_batch_size=32,
+        learning_rate=float(over.get("learning_rate", 3e-4)), stage_advance=over.get("stage_advance", "fixed"),
+        gate_metric=over.get("gate_metric", "loss"), gate_threshold=float(over.get("gate_threshold", 0.05)),
+        gate_patience=2, gate_eval_steps=100, gate_num_examples=256, logging_steps=50, disable_tqdm=True, seed=0,
+    )
+    task = suite_tasks()[over.get("task", "chain_sum")]
+    train = load_examples(task.dataset, split="train", n=int(over.get("num_train", 8000)), seed=0,
+                          **task.dataset_kwargs)
+    gate = load_examples(task.dataset, split="eval", n=256, seed=0, **task.dataset_kwargs)
+    test = task.eval_examples(NUM_EVAL)
+    check_disjoint(task, train, test)
+    check_disjoint(task, gate, test)
+    cot = f"{task.cot_model}-converged"
+    model = LatentModel.from_pretrained(str(model_path(cot)))
+    t0 = time.perf_counter()
+    hist = train_superposition_sft(cfg, model, train, gate_examples=gate)
+    train_s = time.perf_counter() - t0
+    model.save_pretrained(out / "model")
+    (out / "history.json").write_text(json.dumps({"config": config_to_dict(cfg), "train": hist.train,
+                                                   "gate": hist.gate, "stages": hist.stage_log}, indent=1))
+    with open(out / "model" / "metrics.jsonl", "w") as f:
+        for rec in hist.train:
+            f.write(json.dumps(rec) + "\n")
+    # score as the bench scores latent_grpo (its CPU preset's operator / schedule / prompt)
+    run = load_config(GRPOConfig, REPO / "configs/cpu/latent_grpo.yaml",
+                      [f"model_name_or_path={out / 'model'}", f"dataset={task.dataset}",
+                       f"max_completion_length={task.max_completion_length}", "report_to=[none]",
+                       f"output_dir={out / 'eval_run'}", "beta=0"])
+    lm = LatentModel.from_pretrained(str(out / "model"))
+    parts = get_method("latent_grpo").build(lm, run)
+    res = evaluate(lm, test, k=4, **parts.eval_kwargs(run))
+    dep = method_thought_dependence(lm, parts, run, test)
+    p, n = res.pass_at_1, res.n
+    result = {"command": "PYTHONPATH=src python scripts/train_superposition_init.py " + " ".join(sys.argv[1:]),
+              "task": task.name, "cot_model": cot, "train_s": round(train_s, 1),
+              "steps": hist.train[-1]["step"] if hist.train else 0, "stages": hist.stage_log,
+              "tokens_per_latent": cfg.tokens_per_latent, "pass_at_1": p, "pass_at_1_se": math.sqrt(p * (1 - p) / n),
+              "n_eval": n, **{k: v for k, v in res.to_dict().items() if k not in ("samples", "pass_at_1", "n")},
+              "thought_dependence": dep.to_dict() if dep is not None else None}
+    (out / "result.json").write_text(json.dumps({**result, "samples": res.samples}, indent=1))
+    (out / "model" / "latent_init.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
