@@ -9,9 +9,11 @@ to predict each next latent's token distribution (KL) and the answer after the l
 shipped `chain_sum-superposition` recipe; keys: task (chain_sum | icot_mult_4x4), tokens_per_latent, max_steps,
 learning_rate, num_train, stage_advance (fixed | converged), gate_metric, gate_threshold.
 
-The stage runs a fixed 15,000 steps: the gates the stage offers do not measure what generation needs here — the
+The stage runs a fixed 15,000 steps: the teacher-forced gates do not measure what generation needs here — the
 teacher-forced answer accuracy passes at 300 steps (the answer digit is in the last target latent) and the loss
 reaches 0.028 by 700, both at chance when the model writes its own latents (docs/bench/chain_sum/superposition_init).
+`stage_advance=converged gate_metric=generated_accuracy gate_threshold=0.85` gates on the model's own latents
+instead (greedy Pass@1 on 256 gate problems every 100 steps), with max_steps the cap.
 
 Scored as `latentrl bench` scores a latent_grpo row (the `gumbel_topk` operator of configs/cpu/latent_grpo.yaml in
 eval mode, the suite's first 500 held-out problems: Pass@1 greedy, Pass@4 sampled, reasoning positions) plus the

@@ -327,6 +327,26 @@ def test_superposition_sft_converged_mode_stops_at_the_gate(threshold, reason, s
         train_superposition_sft(cfg, lm, ex)
 
 
+def test_superposition_gate_on_generated_accuracy_scores_the_models_own_latents():
+    """gate_metric generated_accuracy: the gate value is the greedy Pass@1 of evaluate_superposition on the gate
+    problems (the model writes its own latents), recorded beside the teacher-forced metrics."""
+    from latentrl.sft.superposition import evaluate_superposition, superposition_gate_metrics
+
+    lm = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32)
+    ex = make_examples("chain_sum", 8, seed=0, length=2)
+    cfg = SuperpositionSFTConfig(max_steps=4, per_device_train_batch_size=8, learning_rate=1e-2, warmup_steps=0,
+                                 top_k=5, disable_tqdm=True, stage_advance="converged", gate_metric="generated_accuracy",
+                                 gate_threshold=0.0, gate_patience=1, gate_eval_steps=2, max_latent_steps=4)
+    hist = train_superposition_sft(cfg, lm, ex, gate_examples=ex[:4])
+    assert hist.steps == 2 and hist.stage_log[0]["stage/reason"] == "converged"
+    assert {"gate/generated_accuracy", "gate/answer_accuracy", "gate/loss"} <= set(hist.gate[0])
+    enc = encode_superposition_examples(lm.tokenizer, ex[:4], cfg)
+    gm = superposition_gate_metrics(lm, enc, cfg, lm.tokenizer.pad_token_id, ex[:4])
+    assert gm["generated_accuracy"] == evaluate_superposition(lm, ex[:4], cfg)["pass_at_1"]
+    with pytest.raises(ValueError, match="generated_accuracy needs"):
+        superposition_gate_metrics(lm, enc, cfg, lm.tokenizer.pad_token_id)
+
+
 # ---------------------------------------------------------------------------------------------------- presets
 @pytest.mark.parametrize("path", ["configs/latent_grpo_llama3.2-1b_gsm8k.yaml", "configs/cpu/latent_grpo.yaml"])
 def test_presets_load(path):

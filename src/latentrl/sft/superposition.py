@@ -95,10 +95,13 @@ class SuperpositionSFTConfig(StepScheduleConfig, StageGateConfig):
     )
     gate_metric: str = cfg_field(
         "answer_accuracy",
-        "Gate metric, teacher-forced on the gate examples: answer_accuracy = fraction whose end-of-thinking + answer "
+        "Gate metric on the gate examples. Teacher-forced: answer_accuracy = fraction whose end-of-thinking + answer "
         "+ eos is predicted exactly after the target latents; latent_top1_accuracy = top-1 prediction equals the "
-        "heaviest token of each latent target; loss = the training loss (CE + KL).",
-        choices=("answer_accuracy", "latent_top1_accuracy", "loss"),
+        "heaviest token of each latent target; loss = the training loss (CE + KL). Generated: generated_accuracy = "
+        "greedy Pass@1 with the model writing its own latents (deterministic top-K), the only one that sees whether "
+        "the latents it writes can be read (on chain_sum the teacher-forced metrics pass thousands of steps before "
+        "it rises: docs/bench/chain_sum/superposition_init).",
+        choices=("answer_accuracy", "latent_top1_accuracy", "loss", "generated_accuracy"),
     )
     # its own gate cadence since the gate was added (Coconut's is 16); kept so its runs stay the same
     gate_eval_steps: int = sft_default("gate_eval_steps", 20)
@@ -329,7 +332,7 @@ def train_superposition_sft(
             bar.update(1)
             history.steps = step
             if converged and step % cfg.gate_eval_steps == 0:
-                gm = superposition_gate_metrics(model, gate_enc, cfg, pad_id)
+                gm = superposition_gate_metrics(model, gate_enc, cfg, pad_id, gate_source[: cfg.gate_num_examples])
                 d = gate.update(step, gm[cfg.gate_metric])
                 history.gate.append({"step": step, **{f"gate/{k}": v for k, v in gm.items()}, "gate/passed": d.passed,
                                      "gate/streak": d.streak})
@@ -355,9 +358,11 @@ def train_superposition_sft(
 
 @torch.no_grad()
 def superposition_gate_metrics(model: LatentModel, encoded: Sequence[SuperpositionExample],
-                               cfg: SuperpositionSFTConfig, pad_id: int) -> dict[str, float]:
+                               cfg: SuperpositionSFTConfig, pad_id: int,
+                               examples: Sequence[Example] | None = None) -> dict[str, float]:
     """Example-weighted means of `superposition_loss`'s stats (loss, answer_accuracy, latent_top1_accuracy) over
-    `encoded`, teacher-forced, in eval mode."""
+    `encoded`, teacher-forced, in eval mode; with `gate_metric: generated_accuracy` also the greedy Pass@1 of the
+    model generating its own latents on `examples` (the problems `encoded` was built from)."""
     was = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -370,7 +375,15 @@ def superposition_gate_metrics(model: LatentModel, encoded: Sequence[Superpositi
                 sums[k] = sums.get(k, 0.0) + stats.get(k, float("nan")) * len(part)
     finally:
         model.train(was)
-    return {k: v / len(encoded) for k, v in sums.items()}
+    out = {k: v / len(encoded) for k, v in sums.items()}
+    if cfg.gate_metric == "generated_accuracy":
+        if not examples:
+            raise ValueError("gate_metric generated_accuracy needs the gate problems themselves (examples=...)")
+        try:
+            out["generated_accuracy"] = evaluate_superposition(model, examples, cfg)["pass_at_1"]
+        finally:
+            model.train(was)
+    return out
 
 
 def evaluate_superposition(model: LatentModel, examples: Sequence[Example], cfg: SuperpositionSFTConfig,
