@@ -1,7 +1,6 @@
 """DLR reading 1 (`dlr_prefix`) — DeepLatent Reasoning (arXiv 2601.17275) with an MLP assistant writing a prefix for a
 frozen CoT model. It scores ~0-2 % on the CPU suite (a text-trained model does not read free vectors); method `dlr`
-(latentrl.methods.dlr) is the reading that works. Kept to reproduce the negative result (docs/methods/dlr.md).
-
+(latentrl.methods.dlr) is the reading that works. Kept to reproduce the negative result (docs/methods/dlr_prefix.md).
 
 No public code or method body exists; this is **our reading of the abstract** (docs/methods/dlr.md separates
 what is from the paper from what is ours). From the abstract: a lightweight assistant samples K reasoning-chain
