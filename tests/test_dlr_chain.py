@@ -290,3 +290,15 @@ def test_dlr_method_config_errors(tmp_path, rows):
 
     with pytest.raises(ConfigError, match="Coconut"):  # a main model without latent tokens cannot read thoughts
         m().build(tiny_latent_model("qwen2", task_vocabulary("chain_sum"), add_latent_tokens=False), _dlr_config(tmp_path))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 20, 40])
+def test_distillation_runs_at_any_length(main, rows, steps):
+    """torch's OneCycleLR divides by zero at 20 steps (its warmup phase collapses): short distillations use a constant
+    rate, from ONE_CYCLE_MIN_STEPS on the one-cycle schedule."""
+    from latentrl.dlr.chain import distill_assistant
+
+    a = ChainAssistant(main.hidden_size, 7, width=16, layers=1, heads=2, ffn=32, max_prompt=32)
+    hist = distill_assistant(a, CoconutFrame(main, 7, 12), rows[:8], steps=steps, batch_size=4, learning_rate=1e-3,
+                             noise=0.05, seed=0)
+    assert hist[-1]["step"] == steps and float(a.distilled) == 1.0 and float(a.scale) > 0

@@ -351,6 +351,10 @@ def distill_loss(assistant: ChainAssistant, states: torch.Tensor, mask: torch.Te
     return ((mu - thoughts) / assistant.scale).pow(2).mean()
 
 
+ONE_CYCLE_MIN_STEPS = 40
+"""Shortest distillation that runs the one-cycle schedule (its warmup phase needs at least 2 steps)."""
+
+
 @torch.no_grad()
 def record_own_thoughts(frame: CoconutFrame, rows: Sequence[dict[str, Any]], batch_size: int = 500
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -375,8 +379,8 @@ def distill_assistant(assistant: ChainAssistant, frame: CoconutFrame, rows: Sequ
                       steps: int, batch_size: int, learning_rate: float, noise: float, seed: int,
                       log_every: int = 250) -> list[dict[str, float]]:
     """Set the assistant's scale to the RMS of the main model's own thoughts on `rows`, then (steps > 0) regress its
-    teacher-forced means on those thoughts (`distill_loss`; AdamW at a one-cycle schedule, gradients clipped at 1,
-    sigma not trained). Marks the assistant distilled. Returns the loss history (every `log_every` steps)."""
+    teacher-forced means on those thoughts (`distill_loss`; AdamW at a one-cycle schedule — a constant rate below
+    ONE_CYCLE_MIN_STEPS steps — gradients clipped at 1, sigma not trained). Marks the assistant distilled. Returns the loss history (every `log_every` steps)."""
     ids, mask, states, thoughts = record_own_thoughts(frame, rows)
     with torch.no_grad():
         assistant.scale.fill_(float(thoughts.pow(2).mean().sqrt()))
@@ -388,7 +392,10 @@ def distill_assistant(assistant: ChainAssistant, frame: CoconutFrame, rows: Sequ
     gen = torch.Generator(device=dev).manual_seed(seed)
     params = [p for n, p in assistant.named_parameters() if n != "log_std" and p.requires_grad]
     opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, learning_rate, total_steps=steps, pct_start=0.05)
+    if steps >= ONE_CYCLE_MIN_STEPS:  # 5 % warmup from lr / 25, then cosine down (the reported runs)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, learning_rate, total_steps=steps, pct_start=0.05)
+    else:  # too short for one-cycle's phases (torch divides by zero at 20 steps): a constant rate
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     was_training = assistant.training
     assistant.train()
     for step in range(1, steps + 1):
