@@ -85,15 +85,7 @@ def smoke_one(method: str, args: argparse.Namespace, out: Path) -> dict:
     if device.type != torch.device(args.device).type:
         raise RuntimeError(f"{method}: the trainer put the model on {device}, expected {args.device}")
     batch = trainer.generate_and_score(trainer.rows[:2])
-    if hasattr(trainer, "chain_logprobs"):  # DLR: a thought's density needs every prompt state (relative diff)
-        L = trainer.assistant.num_steps
-        ref = batch.rollout.logprobs[:, :L].sum(-1)
-        diff = float(((trainer.chain_logprobs(batch) - ref).abs() / (1 + ref.abs())).max())
-    else:
-        with torch.no_grad():
-            replayed = trainer.replay_in_chunks(trainer.model, batch.rollout)
-        mask = batch.rollout.policy_mask(trainer.operator)
-        diff = float((replayed - batch.rollout.logprobs).abs()[mask].max()) if bool(mask.any()) else 0.0
+    diff = trainer.replay_gap(batch)  # each trainer's own replay = rollout check
     logs = trainer.train()
     losses = [float(r["loss"]) for r in logs if "loss" in r]
     devices = {str(p.device) for p in trainer.model.model.parameters()}

@@ -66,10 +66,17 @@ class DLRTrainer(FrozenMainTrainer):
     @torch.no_grad()
     def chain_logprobs(self, batch: StepBatch) -> torch.Tensor:
         """(N,) log pi(z | S) of the stored chains recomputed as the update sees them: equals the sum of the
-        rollout's per-thought log-densities (the replay check of this method; the generic token replay cannot
-        score a thought, whose density depends on every prompt state)."""
-        p = self.prepare(batch)
-        return self.assistant.log_prob(p.states, batch.rollout.prompt_mask, p.z)
+        rollout's per-thought log-densities (the generic token replay cannot score a thought, whose density
+        depends on every prompt state)."""
+        ro, L = batch.rollout, self.assistant.num_steps
+        states = self.frame.prompt_states(ro.prompt_ids, ro.prompt_mask)
+        return self.assistant.log_prob(states, ro.prompt_mask, ro.payload["hidden"][:, :L].float())
+
+    def replay_gap(self, batch: StepBatch) -> float:
+        """The largest relative gap |log pi(z | S) - rollout's| / (1 + |rollout's|) of the stored chains (a chain's
+        log-density sums L x H terms, so its float rounding scales with its size)."""
+        ref = batch.rollout.logprobs[:, : self.assistant.num_steps].sum(-1)
+        return float(((self.chain_logprobs(batch) - ref).abs() / (1 + ref.abs())).max())
 
     def loss_pieces(self, prepared: ChainBatch) -> Iterator[LossPiece]:
         """One piece: DLR's whole-batch objective."""

@@ -400,6 +400,14 @@ class GRPOTrainer:
         """No-grad per-position log-probs of a whole rollout batch, micro-batch by micro-batch."""
         return self.ctx.replay_in_chunks(model, rollout)
 
+    @torch.no_grad()
+    def replay_gap(self, batch: StepBatch) -> float:
+        """The largest |replayed - rollout| log-prob over the batch's policy positions: the update scores exactly
+        what the rollout sampled (0 up to float rounding). A trainer whose update scores otherwise overrides it."""
+        replayed = self.replay_in_chunks(self.model, batch.rollout)
+        mask = batch.rollout.policy_mask(self.operator)
+        return float((replayed - batch.rollout.logprobs).abs()[mask].max()) if bool(mask.any()) else 0.0
+
     def loss_mask(self, micro: StepBatch) -> torch.Tensor:
         return self.ctx.loss_mask(micro)
 
