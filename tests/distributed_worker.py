@@ -95,7 +95,7 @@ def fsdp_refusals(out: Path, world: int) -> dict[str, str]:
     """ConfigError messages of what parallelism='fsdp' refuses (LoRA, method dlr, latent_rl's value-head
     pretraining), '' where nothing was raised."""
     from latentrl.config import ConfigError, LoraConfig
-    from latentrl.dlr.trainer import DLRTrainer
+    from latentrl.methods.dlr.trainer import DLRTrainer
 
     words = task_vocabulary("chain_sum")
     data = make_examples("chain_sum", 16, seed=0, length=3)

@@ -1,4 +1,4 @@
-"""DLR reading 2 (latentrl.dlr.chain): an autoregressive assistant writes the thoughts of a frozen Coconut model."""
+"""DLR reading 2 (latentrl.methods.dlr.chain): an autoregressive assistant writes the thoughts of a frozen Coconut model."""
 
 import hashlib
 
@@ -8,8 +8,8 @@ import torch
 from latentrl.assets import model_path
 from latentrl.bench import suite_tasks
 from latentrl.data.schema import as_rows
-from latentrl.dlr.assistant import gaussian_log_prob
-from latentrl.dlr.chain import (
+from latentrl.methods.dlr.assistant import gaussian_log_prob
+from latentrl.methods.dlr.chain import (
     ChainAssistant,
     CoconutFrame,
     FixedChainOperator,
@@ -225,9 +225,9 @@ def test_rollout_chain_is_the_assistants_chain_on_the_hf_models_own_prompt_state
 
 
 def test_dlr_method_trains_the_assistant_only_and_resumes_without_distilling_again(tmp_path, rows):
-    from latentrl.dlr.trainer import DLRTrainer
     from latentrl.logger import read_metrics
     from latentrl.methods import get_method
+    from latentrl.methods.dlr.trainer import DLRTrainer
     from latentrl.rl.trainer import GRPOTrainer
 
     assert get_method("dlr").trainer_class is DLRTrainer
@@ -296,7 +296,7 @@ def test_dlr_method_config_errors(tmp_path, rows):
 def test_distillation_runs_at_any_length(main, rows, steps):
     """torch's OneCycleLR divides by zero at 20 steps (its warmup phase collapses): short distillations use a constant
     rate, from ONE_CYCLE_MIN_STEPS on the one-cycle schedule."""
-    from latentrl.dlr.chain import distill_assistant
+    from latentrl.methods.dlr.chain import distill_assistant
 
     a = ChainAssistant(main.hidden_size, 7, width=16, layers=1, heads=2, ffn=32, max_prompt=32)
     hist = distill_assistant(a, CoconutFrame(main, 7, 12), rows[:8], steps=steps, batch_size=4, learning_rate=1e-3,

@@ -9,10 +9,10 @@ import torch
 from latentrl.config import ConfigError, GRPOConfig, load_config
 from latentrl.data import make_examples
 from latentrl.data.schema import format_prompt
-from latentrl.dlr import AssistantThoughtOperator, DLRConfig, LatentAssistant, gaussian_log_prob
-from latentrl.dlr.losses import anchor_info_nce, filter_high_value, group_info_nce, policy_gradient_loss
-from latentrl.dlr.prefix_trainer import DLRPrefixTrainer
 from latentrl.methods import get_method
+from latentrl.methods.dlr import AssistantThoughtOperator, DLRConfig, LatentAssistant, gaussian_log_prob
+from latentrl.methods.dlr.losses import anchor_info_nce, filter_high_value, group_info_nce, policy_gradient_loss
+from latentrl.methods.dlr.prefix_trainer import DLRPrefixTrainer
 from latentrl.rl.trainer import GRPOTrainer
 from latentrl.rollout import SamplingParams, ThinkingSchedule, generate_rollout, left_pad
 from latentrl.testing import char_sum_reward, tiny_chain_sum_model
@@ -142,7 +142,7 @@ def test_policy_gradient_surrogate():
 
 @pytest.mark.parametrize("terms", [dict(pg_coef=0.0), dict(contrastive_coef=0.0)])
 def test_one_update_moves_the_assistant_toward_the_kept_chains(tmp_path, terms):
-    from latentrl.dlr.prefix_trainer import DLRChains
+    from latentrl.methods.dlr.prefix_trainer import DLRChains
     from latentrl.rl.advantages import group_advantages
 
     t = trainer(tmp_path, dlr=DLRConfig(**SMALL, **terms))
@@ -209,7 +209,7 @@ def test_training_changes_the_assistant_and_never_the_main_model(tmp_path, nll_c
 def test_nll_gradient_flows_through_the_frozen_main_model(tmp_path):
     t = trainer(tmp_path, dlr=DLRConfig(**SMALL, nll_coef=1.0, contrastive_coef=0.0, pg_coef=0.0))
     batch = t.generate_and_score(t._next_prompts(2))
-    from latentrl.dlr.prefix_trainer import DLRChains
+    from latentrl.methods.dlr.prefix_trainer import DLRChains
 
     keep = torch.ones(batch.rewards.shape, dtype=torch.bool)
     t.optimizer.zero_grad()
@@ -225,7 +225,7 @@ def test_rollout_stores_the_sampled_chains(tmp_path):
     batch = t.generate_and_score(t._next_prompts(2))
     ro = batch.rollout
     assert ro.latent_mask[:, :3].all() and not ro.latent_mask[:, 3:].any()
-    from latentrl.dlr.prefix_trainer import DLRChains
+    from latentrl.methods.dlr.prefix_trainer import DLRChains
 
     ch = DLRChains(batch, 3)
     with torch.no_grad():
@@ -321,7 +321,7 @@ def test_resume_reproduces_the_run_with_dynamic_sampling(tmp_path):
 
 
 def test_dlr_config_from_args_or_dict(tmp_path):
-    from latentrl.dlr import resolve_dlr_config
+    from latentrl.methods.dlr import resolve_dlr_config
 
     assert resolve_dlr_config(object()) == DLRConfig()
     assert resolve_dlr_config(object(), {"num_latent_steps": 2}).num_latent_steps == 2

@@ -10,13 +10,13 @@ import torch
 from latentrl.config import ConfigError, GRPOConfig, LatentConfig, config_from_dict, load_config
 from latentrl.data import make_examples, task_vocabulary
 from latentrl.methods import get_method
+from latentrl.methods.hrpo.operator import GATE_NAME, HRPOGate, ensure_gate, projected_state
 from latentrl.model import LatentModel
 from latentrl.replay import completion_embeds, replay
 from latentrl.rl.trainer import GRPOTrainer
 from latentrl.rollout import SamplingParams, ThinkingSchedule, decode_completions, generate_rollout
 from latentrl.testing import tiny_latent_model, word_count_reward
 from latentrl.thoughts import build_thought_operator
-from latentrl.thoughts.hrpo_gate import GATE_NAME, HRPOGate, ensure_gate, projected_state
 from tests.conftest import WORDS, gen, make_prompts
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from latentrl.config import GRPOConfig, LatentConfig, load_config
 from latentrl.data import make_examples, task_vocabulary
 from latentrl.methods import get_method
+from latentrl.methods.lepo.operator import GumbelSoftmaxThought, soft_cross_entropy_logprob
 from latentrl.replay import replay
 from latentrl.rl.losses import mixed_policy_loss
 from latentrl.rl.trainer import GRPOTrainer
@@ -16,7 +17,6 @@ from latentrl.rollout import SamplingParams, ThinkingSchedule, generate_rollout
 from latentrl.sampling import filter_logits, token_logprobs
 from latentrl.testing import tiny_latent_model, word_count_reward
 from latentrl.thoughts import build_thought_operator
-from latentrl.thoughts.gumbel_softmax import GumbelSoftmaxThought, soft_cross_entropy_logprob
 from tests.conftest import WORDS, gen, make_prompts
 
 ROOT = Path(__file__).resolve().parents[1]

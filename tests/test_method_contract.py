@@ -4,19 +4,32 @@ loop (collect -> prepare -> update -> log), and a method registered from a test 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from typing import Any, ClassVar
 
 import pytest
 import torch
 
+import latentrl.config as config_module
 from latentrl.cli import main
-from latentrl.config import METHOD_PRESETS, GRPOConfig
+from latentrl.config import (
+    METHOD_PRESETS,
+    BaseConfig,
+    ConfigError,
+    GRPOConfig,
+    LatentConfig,
+    cfg_field,
+    config_help,
+    load_config,
+    mount_section,
+    save_config,
+)
 from latentrl.data import make_examples
-from latentrl.dlr import DLRConfig
-from latentrl.dlr.prefix_trainer import DLRPrefixTrainer
 from latentrl.eval import evaluate
 from latentrl.methods import METHODS, Method, MethodContext, get_method, register_method
+from latentrl.methods.dlr import DLRConfig
+from latentrl.methods.dlr.prefix_trainer import DLRPrefixTrainer
 from latentrl.rl.trainer import GRPOTrainer, TrainingDivergedError
 from latentrl.testing import char_sum_reward, tiny_chain_sum_model, word_count_reward
 
@@ -119,9 +132,16 @@ def test_zero_max_grad_norm_means_no_clipping(tmp_path):
     torch.testing.assert_close(params[0], params[1], rtol=0, atol=0)
 
 
+@dataclasses.dataclass(kw_only=True)
+class ToySection(BaseConfig):
+    """The toy method's own options (`toy_length_penalty.*`), declared here and mounted on GRPOConfig by name."""
+
+    coef: float = cfg_field(1e-3, "Weight of the penalty on the replayed hidden states' mean square.", min=0.0)
+
+
 class ToyLengthPenalty(Method):
     """A toy method defined in this test file only: soft-mixture thoughts, plus a small penalty on the norm of the
-    replayed last hidden states (an extra objective next to the GRPO surrogate)."""
+    replayed last hidden states (an extra objective next to the GRPO surrogate), weighted by its own option."""
 
     name = "toy_length_penalty"
     description = "test-only method"
@@ -129,19 +149,41 @@ class ToyLengthPenalty(Method):
     defaults: ClassVar[dict[str, Any]] = {"latent.operator": "soft_mixture", "latent.num_latent_steps": 2,
                                           "latent.top_k": 4}
 
-    def extra_loss(self, trainer, micro, out):
+    def extra_loss(self, ctx, micro, out):
         penalty = out.hidden.float().pow(2).mean()
-        return 1e-3 * penalty, {"toy/hidden_sq": float(penalty)}
+        return ctx.args.toy_length_penalty.coef * penalty, {"toy/hidden_sq": float(penalty),
+                                                            "toy/coef": ctx.args.toy_length_penalty.coef}
 
 
 @pytest.fixture
-def toy_method():
+def toy_method(monkeypatch):
+    # the registries are restored afterwards, so the toy section does not leak into other tests' configs
+    monkeypatch.setattr(GRPOConfig, "MOUNTED_SECTIONS", dict(GRPOConfig.MOUNTED_SECTIONS))
+    monkeypatch.setattr(GRPOConfig, "__dataclass_fields__", dict(GRPOConfig.__dataclass_fields__))
+    monkeypatch.setattr(GRPOConfig, "__annotations__", dict(GRPOConfig.__annotations__))
+    mount_section(GRPOConfig, "toy_length_penalty", ToySection, help="The toy method's options.")
     register_method(ToyLengthPenalty)
     try:
         yield ToyLengthPenalty.name
     finally:
         METHODS.pop(ToyLengthPenalty.name, None)
         METHOD_PRESETS.pop(ToyLengthPenalty.name, None)
+        config_module._HINTS_CACHE.pop(GRPOConfig, None)
+
+
+def test_a_mounted_section_is_an_ordinary_config_section(toy_method, tmp_path):
+    cfg = load_config(GRPOConfig, None, ["model_name_or_path=m", f"method={toy_method}", "toy_length_penalty.coef=0.5"])
+    assert cfg.toy_length_penalty == ToySection(coef=0.5) and cfg.to_dict()["toy_length_penalty"] == {"coef": 0.5}
+    assert load_config(GRPOConfig, save_config(cfg, tmp_path / "c.yaml")) == cfg  # YAML round trip
+    assert cfg != dataclasses.replace(cfg, toy_length_penalty=ToySection(coef=0.25))
+    assert dataclasses.replace(cfg, seed=7).toy_length_penalty.coef == 0.5  # replace keeps mounted sections
+    assert "toy_length_penalty.coef" in config_help(GRPOConfig)
+    with pytest.raises(ConfigError, match=r"toy_length_penalty.coef.*must be >= 0"):
+        load_config(GRPOConfig, None, ["model_name_or_path=m", "toy_length_penalty.coef=-1"])
+    with pytest.raises(ConfigError, match="did you mean 'toy_length_penalty.coef'"):
+        load_config(GRPOConfig, None, ["model_name_or_path=m", "toy_length_penalty.cof=1"])
+    with pytest.raises(ValueError, match="already mounted"):
+        mount_section(GRPOConfig, "toy_length_penalty", LatentConfig, help="another class under the same name")
 
 
 def test_a_method_registered_from_a_test_file_trains_and_evaluates_through_the_cli(toy_method, tmp_path, capsys):
@@ -151,11 +193,11 @@ def test_a_method_registered_from_a_test_file_trains_and_evaluates_through_the_c
     rc = main(["train", f"method={toy_method}", f"model_name_or_path={model_dir}", "dataset=chain_sum",
                "num_train_examples=16", "max_steps=2", "per_device_train_batch_size=8", "num_generations=4",
                "max_completion_length=8", "save_steps=1", "report_to=[jsonl]", f"output_dir={run}",
-               "reward_funcs=[correctness]"])
+               "reward_funcs=[correctness]", "toy_length_penalty.coef=0.002"])
     assert rc == 0
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in logged if "toy/hidden_sq" in r]
-    assert len(steps) == 2 and all(r["completions/mean_latent"] == 2.0 for r in steps)
+    assert len(steps) == 2 and all(r["completions/mean_latent"] == 2.0 and r["toy/coef"] == pytest.approx(0.002) for r in steps)
     capsys.readouterr()
     rc = main(["eval", "--model", str(run / "checkpoint-2"), "--data", "chain_sum", "--num", "4", "--k", "0",
                "--max-new", "8"])

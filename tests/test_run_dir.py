@@ -12,9 +12,9 @@ import torch
 from latentrl.cli import main
 from latentrl.config import ConfigError, GRPOConfig
 from latentrl.data import make_examples
-from latentrl.dlr import DLRConfig
-from latentrl.dlr.prefix_trainer import DLRPrefixTrainer
 from latentrl.logger import read_metrics
+from latentrl.methods.dlr import DLRConfig
+from latentrl.methods.dlr.prefix_trainer import DLRPrefixTrainer
 from latentrl.rl.trainer import GRPOTrainer
 from latentrl.testing import char_sum_reward, tiny_chain_sum_model, word_count_reward
 

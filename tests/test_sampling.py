@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from latentrl import sampling
+from latentrl.methods.hrpo.operator import HRPOGateThought, ensure_gate, projected_state
+from latentrl.methods.lepo.operator import GumbelSoftmaxThought
 from latentrl.sampling import (
     GeneratorDeviceError,
     filter_logits,
@@ -20,9 +22,7 @@ from latentrl.sampling import (
     token_logprobs,
 )
 from latentrl.thoughts import THOUGHT_OPERATORS, build_thought_operator
-from latentrl.thoughts.gumbel_softmax import GumbelSoftmaxThought
 from latentrl.thoughts.gumbel_topk import GumbelTopKThought
-from latentrl.thoughts.hrpo_gate import HRPOGateThought, ensure_gate, projected_state
 from tests.conftest import gen
 
 
@@ -403,7 +403,7 @@ def test_every_operator_refuses_a_generator_on_another_device(draws):
 
 
 def test_dlr_assistant_noise_is_drawn_on_its_device():
-    from latentrl.dlr.assistant import LatentAssistant
+    from latentrl.methods.dlr.assistant import LatentAssistant
 
     a = LatentAssistant(6, 6, num_steps=2, latent_dim=3, hidden_size=8).to("meta")
     with pytest.raises(GeneratorDeviceError):

@@ -10,9 +10,9 @@ from latentrl.cli import main
 from latentrl.config import GRPOConfig, config_to_dict, load_config
 from latentrl.data import task_vocabulary
 from latentrl.methods import Method
+from latentrl.methods.hrpo.operator import GATE_NAME
 from latentrl.testing import tiny_latent_model
 from latentrl.thought_inspection import NoLatentThoughtsError, inspect_thoughts, plot_heatmap, render_table
-from latentrl.thoughts.hrpo_gate import GATE_NAME
 
 PROMPTS = ["3 5 2 7 ||", "1 ||"]
 

@@ -34,17 +34,15 @@ from latentrl.rl.losses import KL_PENALTIES, LOSS_AGGREGATIONS, POLICY_LOSSES
 __all__ = [
     "BaseConfig",
     "ConfigError",
-    "DLRConfig",
-    "HRPOConfig",
     "MOVED_KEYS",
-    "LatentGRPOConfig",
-    "LatentRLConfig",
     "upgrade_saved_config",
     "GRPOConfig",
     "LatentConfig",
     "LATENT_OPERATORS",
     "LoraConfig",
     "cfg_field",
+    "mount_section",
+    "mountable",
     "config_from_dict",
     "config_help",
     "config_to_dict",
@@ -424,6 +422,69 @@ class BaseConfig:
         return config_to_dict(self)
 
 
+def mountable(cls: type[C]) -> type[C]:
+    """Class decorator (above ``@dataclass``): other modules may add sections to ``cls`` with :func:`mount_section`.
+
+    A mounted section is a field like any other (YAML section, dotted overrides, help, ``to_dict``, equality,
+    ``dataclasses.replace``), but it is declared by the module that owns it: a method's options live in its own
+    package, and this module never imports the methods. The constructor accepts a mounted section as an instance
+    or a mapping; a section left out gets its defaults."""
+    generated_init, generated_eq, generated_repr = cls.__init__, cls.__eq__, cls.__repr__
+    cls.MOUNTED_SECTIONS = {}
+
+    def __init__(self: Any, **kwargs: Any) -> None:
+        for name, section in type(self).MOUNTED_SECTIONS.items():
+            value = kwargs.pop(name, None)
+            if value is None:
+                value = section()
+            elif isinstance(value, Mapping):
+                value = _build(section, value, name + ".")
+            elif not isinstance(value, section):
+                raise ConfigError(f"'{name}' must be a {section.__name__} or a mapping of its options, got "
+                                  f"{type(value).__name__}")
+            object.__setattr__(self, name, value)  # before the generated __init__ validates every field
+        generated_init(self, **kwargs)
+
+    def __eq__(self: Any, other: Any) -> Any:
+        same = generated_eq(self, other)
+        if same is not True:
+            return same
+        return all(getattr(self, n) == getattr(other, n) for n in type(self).MOUNTED_SECTIONS)
+
+    def __repr__(self: Any) -> str:
+        mounted = ", ".join(f"{n}={getattr(self, n)!r}" for n in type(self).MOUNTED_SECTIONS)
+        return generated_repr(self)[:-1] + (", " + mounted if mounted else "") + ")"
+
+    cls.__init__, cls.__eq__, cls.__repr__ = __init__, __eq__, __repr__
+    return cls
+
+
+def mount_section(owner: type, name: str, section: type, help: str) -> None:  # noqa: A002
+    """Add config section ``name`` (a ``BaseConfig`` dataclass) to the :func:`mountable` config ``owner``.
+
+    Called by the package that owns the options (``latentrl.methods.hrpo`` mounts ``hrpo`` on ``GRPOConfig``).
+    Mounting the same class again under the same name is a no-op; a different class is an error."""
+    mounted = getattr(owner, "MOUNTED_SECTIONS", None)
+    if mounted is None:
+        raise TypeError(f"{owner.__name__} does not take mounted sections (decorate it with @mountable)")
+    if name in mounted:
+        if mounted[name] is not section:
+            raise ValueError(f"config section '{name}' is already mounted on {owner.__name__} by "
+                             f"{mounted[name].__module__}.{mounted[name].__name__}")
+        return
+    if name in owner.__dataclass_fields__:
+        raise ValueError(f"{owner.__name__} already has an option named '{name}'")
+    if not (dataclasses.is_dataclass(section) and isinstance(section, type)):
+        raise TypeError(f"a config section must be a config dataclass, got {section!r}")
+    f = cfg_field(default_factory=section, help=help)
+    f.name, f.type = name, section
+    f._field_type = dataclasses._FIELD  # type: ignore[attr-defined]  # what @dataclass marks a regular field with
+    owner.__dataclass_fields__[name] = f
+    owner.__annotations__[name] = section
+    mounted[name] = section
+    _HINTS_CACHE.pop(owner, None)
+
+
 def config_from_dict(cls: type[C], data: typing.Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> C:
     """Build ``cls`` from a (nested) dict, then apply ``key=value`` overrides, with full validation."""
     merged = copy.deepcopy(dict(data or {}))
@@ -749,245 +810,6 @@ class LatentConfig(BaseConfig):
             )
 
 
-@dataclasses.dataclass(kw_only=True)
-class HRPOConfig(BaseConfig):
-    """HRPO's gated hybrid inputs (method hrpo and its ablations; arXiv 2505.18454, docs/methods/hrpo.md): the
-    gate's initialisation and its own learning rates."""
-
-    gate_c: float = cfg_field(
-        8.0, "HRPO gate constant c in a = exp(-c * softplus(Lambda) * r) (HRPO: 8).", min=0.0, min_exclusive=True
-    )
-    gate_r_min: float = cfg_field(
-        0.99,
-        "HRPO gate init: Lambda set so a = u^r with u ~ U[gate_r_min, gate_r_max] (HRPO: 0.95-0.99).",
-        min=0.0,
-        max=1.0,
-        min_exclusive=True,
-        max_exclusive=True,
-    )
-    gate_r_max: float = cfg_field(
-        0.999,
-        "Upper end of the HRPO gate init range (HRPO: 0.999); starts training close to pure token embeddings.",
-        min=0.0,
-        max=1.0,
-        min_exclusive=True,
-        max_exclusive=True,
-    )
-    gate_learning_rate: float = cfg_field(
-        1e-4, "Learning rate of a method's gate linears (HRPO: W_a, b_a, W_x, b_x of the hybrid-input gate; paper 1e-4).",
-        min=0.0, min_exclusive=True,
-    )
-    lambda_learning_rate: float = cfg_field(
-        1e-3, "Learning rate of HRPO's gate decay parameter Lambda (paper 1e-3).", min=0.0, min_exclusive=True
-    )
-
-    def validate(self) -> None:
-        if self.gate_r_min > self.gate_r_max:
-            raise ConfigError(f"hrpo.gate_r_min ({self.gate_r_min}) must be <= hrpo.gate_r_max ({self.gate_r_max})")
-
-
-@dataclasses.dataclass(kw_only=True)
-class LatentGRPOConfig(BaseConfig):
-    """Latent-GRPO's advantage fixes and embedding freeze (method latent_grpo; docs/methods/latent_grpo.md); null
-    leaves the method's default (`LatentGRPOOptions`)."""
-
-    invalid_sample_masking: bool | None = cfg_field(
-        None,
-        "Latent-GRPO: completions that hit max_completion_length get A=0 (they stay in the loss normaliser, unlike "
-        "mask_truncated_completions); null: the method's default (latent_grpo: true).",
-    )
-    exclude_invalid_from_stats: bool | None = cfg_field(
-        None, "Also leave invalid completions out of the group mean/std (Latent-GRPO: false on GSM8k, true on MATH); "
-        "null: method default."
-    )
-    first_token_selection: bool | None = cfg_field(
-        None, "Latent-GRPO optimal correct-path first-token selection at the first latent position; null: method "
-        "default (true)."
-    )
-    first_token_zero_non_positive: bool | None = cfg_field(
-        None, "First-token selection also zeroes non-winners with A<=0 (authors' code); null: method default (true)."
-    )
-    freeze_embeddings: bool | None = cfg_field(
-        None, "Keep the input embedding matrix (and a tied LM head) out of the optimizer (Latent-GRPO "
-        "freeze_embedding); null: method default."
-    )
-
-
-@dataclasses.dataclass(kw_only=True)
-class LatentRLConfig(BaseConfig):
-    """Özeren & Aßenmacher's value-head Latent RL (method latent_rl; arXiv 2512.11816, docs/methods/latent_rl.md):
-    the value head, its weight in the loss, and its automatic pre-training."""
-
-    pos_weight: float = cfg_field(
-        20.0, "BCE pos_weight of the value head's loss (paper: 20; correct rollouts are rare on hard math).",
-        min=0.0, min_exclusive=True,
-    )
-    value_loss_coef: float = cfg_field(1.0, "Weight of the joint value-head BCE next to the policy objective.", min=0.0)
-    value_head_dims: list[int] = cfg_field(
-        [128, 32, 8], "Hidden widths of the value-head MLP over the last hidden state (paper: 128, 32, 8)."
-    )
-    pretrain_prompts: int = cfg_field(
-        256,
-        "If the starting checkpoint has no value head, pre-train one at the first step on rollouts of this many "
-        "training prompts (the first ones, in file order); 0 disables.",
-        min=0,
-    )
-    pretrain_epochs: int = cfg_field(50, "Epochs of that pre-training.", min=1)
-    pretrain_batch_size: int = cfg_field(
-        64, "Batch size of that pre-training (the authors' 1024 would give one step per epoch on a few hundred "
-        "rollouts).", min=1,
-    )
-    pretrain_temperature: float = cfg_field(
-        0.2, "Answer sampling temperature of the pre-training rollouts (authors' value data: T = 0.2).",
-        min=0.0, min_exclusive=True,
-    )
-    pretrain_top_p: float = cfg_field(0.95, "Top-p of the pre-training rollouts (authors: 0.95).", min=0.0,
-                                      max=1.0, min_exclusive=True)
-
-    def validate(self) -> None:
-        if not self.value_head_dims or any(d < 1 for d in self.value_head_dims):
-            raise ConfigError(f"latent_rl.value_head_dims must be a non-empty list of positive widths, got "
-                              f"{self.value_head_dims}")
-
-
-@dataclasses.dataclass(kw_only=True)
-class DLRConfig(BaseConfig):
-    """DeepLatent Reasoning: the assistant (Gaussian latent-chain sampler), the filter and the objective's weights."""
-
-    # --- the latent chain and the assistant -------------------------------------------------------------------
-    num_latent_steps: int = cfg_field(
-        4,
-        "L: latent vectors per reasoning-chain encoding, fed to the frozen main model as prefix embeddings after the "
-        "question (our choice; the abstract gives no length).",
-        min=1,
-    )
-    latent_dim: int = cfg_field(
-        32,
-        "d_z: dimension of the assistant's latent space; each of the L vectors is sampled there and projected to "
-        "the main model's hidden size by a learned linear map (ours).",
-        min=1,
-    )
-    assistant_hidden_size: int = cfg_field(
-        128, "Width of the assistant's MLP over the main model's last prompt hidden state (ours).", min=1
-    )
-    assistant_layers: int = cfg_field(2, "Hidden layers of the assistant's MLP (ours).", min=1)
-    init_std: float = cfg_field(
-        1.0, "Initial standard deviation sigma of the Gaussian latent policy, per latent dimension (ours).",
-        min=0.0, min_exclusive=True,
-    )
-    learn_std: bool = cfg_field(
-        True, "Learn log sigma (state-independent, one per step and latent dimension); false keeps it at init_std."
-    )
-    min_std: float = cfg_field(
-        0.01, "Lower bound on sigma (log sigma is clamped), so the log-density stays finite (ours).",
-        min=0.0, min_exclusive=True,
-    )
-    projection_scale: float = cfg_field(
-        0.5,
-        "Initial RMS norm of the projected noise W z (z ~ N(0, init_std^2)) as a fraction of the mean norm of the "
-        "main model's embedding rows: how far the first latents stray from the projection bias (ours).",
-        min=0.0,
-    )
-    latent_bias_init: str = cfg_field(
-        "mean_embedding",
-        "Initial bias of the projection: mean_embedding (the mean input-embedding row, so the first latents look "
-        "like an average token to the frozen main model) or zeros (ours).",
-        choices=("mean_embedding", "zeros"),
-    )
-    decode_temperature: float | None = cfg_field(
-        0.0,
-        "Temperature at which the frozen main model decodes the answer after the chain during training rollouts: "
-        "0 = greedy, so the reward is a function of the chain and all exploration is in latent space; null: "
-        "GRPOConfig.temperature (ours).",
-        min=0.0,
-    )
-    # --- filtering of the dual reward --------------------------------------------------------------------------
-    filter_top_fraction: float = cfg_field(
-        0.5,
-        "High-value filter: within a group, a trajectory is kept (a positive) when its reward is at least the "
-        "ceil(fraction*K)-th largest (ties kept) AND strictly above the group's lowest reward (the paper filters by "
-        "the dual reward; the rule is ours).",
-        min=0.0, max=1.0, min_exclusive=True,
-    )
-    filter_min_reward: float | None = cfg_field(
-        None, "Also require reward >= this threshold to be kept; null: no absolute threshold (ours)."
-    )
-    # --- objective ---------------------------------------------------------------------------------------------
-    contrastive_coef: float = cfg_field(
-        1.0, "Weight of the InfoNCE contrastive term over the K encodings of a group (paper: a contrastive "
-        "objective; InfoNCE is our reading). 0 disables it.", min=0.0
-    )
-    contrastive_temperature: float = cfg_field(
-        0.1, "InfoNCE temperature tau (ours).", min=0.0, min_exclusive=True
-    )
-    contrastive_similarity: str = cfg_field(
-        "neg_sq_dist",
-        "Similarity of the anchor (the assistant's mean chain mu) and a sampled chain z, both flattened to L*d_z: "
-        "neg_sq_dist = -||mu - z||^2 / (L*d_z), or cosine (ours).",
-        choices=("neg_sq_dist", "cosine"),
-    )
-    bidirectional: bool = cfg_field(
-        True,
-        "Add the second direction of the contrastive loss: each kept chain picks its own prompt's anchor among the "
-        "anchors of all prompts of the batch (our reading of 'bidirectional contrastive').",
-    )
-    pg_coef: float = cfg_field(
-        1.0,
-        "Weight of the policy-gradient term: group-relative advantage x log-density of the sampled chain (ratio-"
-        "clipped with epsilon when policy_loss=clipped), divided by L*d_z. 0 disables it (ours).",
-        min=0.0,
-    )
-    pg_filtered_only: bool = cfg_field(
-        False, "Policy-gradient term on kept trajectories only (default: every trajectory of the group; ours)."
-    )
-    entropy_coef: float = cfg_field(
-        0.0, "Bonus on the Gaussian's per-dimension entropy (mean log sigma + const), for diversity (ours).", min=0.0
-    )
-    nll_coef: float = cfg_field(
-        0.0,
-        "Weight of a decoding-likelihood term: the frozen main model's NLL of each kept trajectory's answer tokens "
-        "given the MEAN chain W mu as prefix; gradients flow through the frozen main model into mu and W, never "
-        "into its parameters. Costs a main forward+backward over kept rows (ours; 0 disables it).",
-        min=0.0,
-    )
-    assistant_learning_rate: float | None = cfg_field(
-        None, "Learning rate of the assistant; null: learning_rate.", min=0.0, min_exclusive=True
-    )
-    # --- method `dlr` only (the causal-transformer assistant that writes a latent model's thoughts) -------------
-    assistant_heads: int = cfg_field(
-        4, "Method dlr: attention heads of the assistant's causal transformer (its width is assistant_hidden_size; "
-        "ours).", min=1
-    )
-    assistant_ffn: int = cfg_field(192, "Method dlr: feed-forward width of the assistant's transformer (ours).", min=1)
-    max_prompt_positions: int = cfg_field(
-        128, "Method dlr: the longest prompt (in tokens, with <|start-latent|>) the assistant reads; it has one "
-        "learned position per prompt position and thought (ours).", min=1
-    )
-    distill_steps: int = cfg_field(
-        1500,
-        "Method dlr: steps of distilling the main model's own thoughts into the assistant before DLR (regression of "
-        "its teacher-forced means; run once at the start of training, skipped for an assistant already distilled; "
-        "ours). 0: DLR starts from the untrained assistant.",
-        min=0,
-    )
-    distill_batch_size: int = cfg_field(128, "Method dlr: problems per distillation step (ours).", min=1)
-    distill_learning_rate: float = cfg_field(
-        2e-3, "Method dlr: peak learning rate of the distillation (AdamW, one-cycle schedule; ours).",
-        min=0.0, min_exclusive=True,
-    )
-    distill_noise: float = cfg_field(
-        0.05, "Method dlr: Gaussian noise on the fed-back thoughts during distillation, relative to the thoughts' "
-        "RMS, against exposure bias (ours).", min=0.0
-    )
-    distill_examples: int = cfg_field(
-        8000, "Method dlr: training problems whose own thoughts are recorded for the distillation (ours).", min=1
-    )
-
-    def validate(self) -> None:
-        if self.min_std > self.init_std:
-            raise ConfigError(f"min_std ({self.min_std}) must be <= init_std ({self.init_std})")
-
-
 REPORT_TO = ("jsonl", "tensorboard", "wandb", "none")
 # Each method's preset values (dotted keys), filled by `latentrl.methods.register_method` when the methods are
 # imported (importing `latentrl` does that): the config reads presets without importing the method layer.
@@ -1091,6 +913,7 @@ def upgrade_saved_config(data: typing.Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+@mountable
 @dataclasses.dataclass(kw_only=True)
 class GRPOConfig(BaseConfig):
     """Options of the latentrl RL trainer (GRPO family; TRL GRPOConfig names where the concept is the same)."""
@@ -1365,20 +1188,7 @@ class GRPOConfig(BaseConfig):
     latent: LatentConfig = cfg_field(
         default_factory=LatentConfig, help="How latent steps are formed (see the latent.* options)."
     )
-    dlr: DLRConfig = cfg_field(
-        default_factory=DLRConfig, help="DeepLatent Reasoning options (method dlr; see the dlr.* options)."
-    )
-    latent_rl: LatentRLConfig = cfg_field(
-        default_factory=LatentRLConfig,
-        help="Value-head Latent RL options (method latent_rl; see the latent_rl.* options).",
-    )
-    hrpo: HRPOConfig = cfg_field(
-        default_factory=HRPOConfig, help="HRPO gate options (methods hrpo*; see the hrpo.* options)."
-    )
-    latent_grpo: LatentGRPOConfig = cfg_field(
-        default_factory=LatentGRPOConfig,
-        help="Latent-GRPO advantage fixes (method latent_grpo; see the latent_grpo.* options).",
-    )
+    # each method's own section (hrpo.*, dlr.*, ...) is mounted here by its method package: `mount_section`
 
     @classmethod
     def preset_defaults(cls, data: typing.Mapping[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from latentrl.assets import model_path
 from latentrl.bench import check_disjoint, suite_tasks
 from latentrl.data import load_examples
 from latentrl.data.schema import as_rows
-from latentrl.dlr.chain import ChainAssistant, CoconutFrame, FixedChainOperator, distill_loss, dlr_chain_loss
+from latentrl.methods.dlr.chain import ChainAssistant, CoconutFrame, FixedChainOperator, distill_loss, dlr_chain_loss
 from latentrl.model import LatentModel
 from latentrl.thought_dependence import thought_dependence
 

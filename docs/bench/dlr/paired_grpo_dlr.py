@@ -27,7 +27,7 @@ spec.loader.exec_module(dlr_mod)
 from latentrl.assets import model_path  # noqa: E402
 from latentrl.bench import suite_tasks  # noqa: E402
 from latentrl.data.schema import as_rows  # noqa: E402
-from latentrl.dlr.chain import ChainAssistant, CoconutFrame  # noqa: E402
+from latentrl.methods.dlr.chain import ChainAssistant, CoconutFrame  # noqa: E402
 from latentrl.model import LatentModel  # noqa: E402
 
 

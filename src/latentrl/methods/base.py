@@ -234,7 +234,7 @@ def operator_kwargs(latent: "LatentConfig", model: "LatentModel") -> dict[str, A
 
 
 METHODS: dict[str, type[Method]] = {}
-#: trainer name -> trainer class; filled by the trainer modules (`latentrl.rl.trainer`, `latentrl.dlr.*`), so
+#: trainer name -> trainer class; filled by the trainer modules (`latentrl.rl.trainer`, `latentrl.methods.dlr.*`), so
 #: this layer never imports them (the package `latentrl` imports them all)
 TRAINERS: dict[str, type] = {}
 

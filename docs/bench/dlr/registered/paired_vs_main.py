@@ -23,7 +23,7 @@ from latentrl.assets import model_path
 from latentrl.bench import suite_tasks
 from latentrl.config import GRPOConfig, load_config
 from latentrl.data.schema import as_rows
-from latentrl.dlr.chain import CoconutFrame
+from latentrl.methods.dlr.chain import CoconutFrame
 from latentrl.methods import get_method
 from latentrl.model import LatentModel
 

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentrl.config import LatentRLConfig
 from latentrl.methods.base import MethodContext, register_method
 from latentrl.methods.coconut_grpo import CoconutLatentMethod, coconut_components
+from latentrl.methods.latent_rl.config import LatentRLConfig
 from latentrl.model import LatentTokens
 from latentrl.rewards import correctness_labels
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from latentrl.dlr.chain import CoconutFrame, dlr_chain_loss
-from latentrl.dlr.frozen_main import FrozenMainTrainer
 from latentrl.methods import register_trainer
-from latentrl.methods.dlr import CHAIN_ASSISTANT
+from latentrl.methods.dlr.chain import CoconutFrame, dlr_chain_loss
+from latentrl.methods.dlr.frozen_main import FrozenMainTrainer
+from latentrl.methods.dlr.method import CHAIN_ASSISTANT
 from latentrl.rl.batch import StepBatch
 from latentrl.rl.trainer import LossPiece
 

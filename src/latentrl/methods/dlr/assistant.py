@@ -26,7 +26,7 @@ from torch import nn
 from latentrl.sampling import normal
 
 if TYPE_CHECKING:
-    from latentrl.dlr.config import DLRConfig
+    from latentrl.methods.dlr.config import DLRConfig
     from latentrl.model import LatentModel
 
 __all__ = ["ASSISTANT", "LatentAssistant", "build_assistant", "gaussian_log_prob", "gaussian_entropy"]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from latentrl.dlr.assistant import LatentAssistant, gaussian_log_prob
+from latentrl.methods.dlr.assistant import LatentAssistant, gaussian_log_prob
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
 if TYPE_CHECKING:

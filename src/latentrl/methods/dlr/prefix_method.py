@@ -12,7 +12,7 @@ main embedding space); the contrastive term is InfoNCE (anchor = mean chain, pos
 = the rest; plus the prompt-level direction), next to a group-relative policy-gradient term on the chain's exact
 Gaussian log-density.
 
-The method needs its own update (`latentrl.dlr.prefix_trainer.DLRPrefixTrainer`, a GRPOTrainer subclass): build it with
+The method needs its own update (`latentrl.methods.dlr.prefix_trainer.DLRPrefixTrainer`, a GRPOTrainer subclass): build it with
 `method.trainer_class(cfg, model, examples)`. Plain `GRPOTrainer` refuses method "dlr_prefix" with a clear error.
 """
 
@@ -21,10 +21,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from latentrl.config import ConfigError
-from latentrl.dlr.assistant import ASSISTANT, build_assistant
-from latentrl.dlr.config import DLRConfig, freeze_main_model, resolve_dlr_config
-from latentrl.dlr.operator import AssistantThoughtOperator
 from latentrl.methods.base import Method, MethodContext, register_method
+from latentrl.methods.dlr.assistant import ASSISTANT, build_assistant
+from latentrl.methods.dlr.config import DLRConfig, freeze_main_model, resolve_dlr_config
+from latentrl.methods.dlr.operator import AssistantThoughtOperator
 from latentrl.rollout import ThinkingSchedule
 
 
@@ -41,7 +41,7 @@ class DLRPrefix(Method):
         self.config = config
         """DLR options; set by `setup` from the trainer (`DLRPrefixTrainer.dlr`) when not given."""
 
-    trainer = "dlr_prefix"  # latentrl.dlr.prefix_trainer.DLRPrefixTrainer
+    trainer = "dlr_prefix"  # latentrl.methods.dlr.prefix_trainer.DLRPrefixTrainer
 
     def setup(self, model, args) -> None:
         self.config = c = self.config or resolve_dlr_config(args)

@@ -25,15 +25,15 @@ from typing import Any
 
 import torch
 
-from latentrl.dlr.assistant import ASSISTANT, gaussian_entropy, gaussian_log_prob
-from latentrl.dlr.frozen_main import FrozenMainTrainer
-from latentrl.dlr.losses import (
+from latentrl.methods import register_trainer
+from latentrl.methods.dlr.assistant import ASSISTANT, gaussian_entropy, gaussian_log_prob
+from latentrl.methods.dlr.frozen_main import FrozenMainTrainer
+from latentrl.methods.dlr.losses import (
     anchor_info_nce,
     filter_high_value,
     group_info_nce,
     policy_gradient_loss,
 )
-from latentrl.methods import register_trainer
 from latentrl.rl.batch import StepBatch
 from latentrl.rl.trainer import LossPiece
 

@@ -1,7 +1,7 @@
 """HRPO — hybrid latent reasoning via RL with a learnable gate (Yue et al. 2025, arXiv 2505.18454).
 
 Until the answer delimiter (`####`) appears in a row's completion, every position is a sampled token whose input
-embedding is the gated mix of its embedding and the projected hidden state (`thoughts/hrpo_gate.py`); prompt and
+embedding is the gated mix of its embedding and the projected hidden state (`methods/hrpo/operator.py`); prompt and
 answer positions are plain token embeddings. The gate is a side module of the model (saved with checkpoints) with
 its own learning rates. The loss is the ordinary GRPO family one: the authors' on-policy REINFORCE
 (`policy_loss=reinforce`, `loss_type=grpo`, one update per batch) or our clipped surrogate, plus a k3 KL to the base
@@ -18,8 +18,8 @@ import torch
 
 from latentrl.config import ConfigError
 from latentrl.methods.base import Method, MethodContext, register_method
+from latentrl.methods.hrpo.operator import GATE_NAME, HRPOGate, HRPOGateThought
 from latentrl.rollout import Rollout, ThinkingSchedule
-from latentrl.thoughts.hrpo_gate import GATE_NAME, HRPOGate, HRPOGateThought
 from latentrl.tokenizer import delimiter_spellings
 
 DEFAULT_DELIMITER = "####"
@@ -45,7 +45,7 @@ class HRPO(Method):
     smoke_overrides: ClassVar[dict[str, Any]] = {
         "latent.operator": "hrpo_gate", "latent.answer_delimiter": "####", "latent.latent_temperature": 0.5,
         "latent.max_latent_steps": 10, "temperature": 0.5, "beta": 0.1, "policy_loss": "reinforce"}
-    #: operator mode (see `thoughts/hrpo_gate.py`); the ablations below change only this
+    #: operator mode (see `methods/hrpo/operator.py`); the ablations below change only this
     mode: ClassVar[str] = "gate"
     defaults: ClassVar[dict[str, Any]] = {
         "latent.operator": "hrpo_gate", "latent.answer_delimiter": DEFAULT_DELIMITER, "temperature": 0.5,

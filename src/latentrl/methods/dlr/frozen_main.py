@@ -15,8 +15,8 @@ from torch import nn
 
 from latentrl.config import GRPOConfig
 from latentrl.data.schema import Example
-from latentrl.dlr.config import DLRConfig, resolve_dlr_config
 from latentrl.methods import Method, get_method
+from latentrl.methods.dlr.config import DLRConfig, resolve_dlr_config
 from latentrl.model import LatentModel
 from latentrl.rl.batch import StepBatch
 from latentrl.rl.trainer import GRPOTrainer

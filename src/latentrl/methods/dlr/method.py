@@ -13,7 +13,7 @@ frozen main parameters rule out forgetting. Ours:
   thoughts autoregressively from a Gaussian head, at the main model's own thought positions
   (`ChainThoughtOperator`, fed the prompt states by the rollout engine);
 * it is first distilled from the main model's own thoughts (`on_train_begin`), then trained by DLR's objective
-  (`latentrl.dlr.trainer.DLRTrainer`: group-relative policy gradient + InfoNCE around the mean chain + the decoding
+  (`latentrl.methods.dlr.trainer.DLRTrainer`: group-relative policy gradient + InfoNCE around the mean chain + the decoding
   likelihood of kept answers through the frozen main model).
 """
 
@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from latentrl.config import ConfigError, DLRConfig
-from latentrl.dlr.assistant import ASSISTANT as PREFIX_ASSISTANT
-from latentrl.dlr.chain import ChainAssistant, ChainThoughtOperator, CoconutFrame, distill_assistant
-from latentrl.dlr.config import freeze_main_model, resolve_dlr_config
+from latentrl.config import ConfigError
 from latentrl.methods.base import MethodContext, register_method
 from latentrl.methods.coconut_grpo import CoconutLatentMethod
+from latentrl.methods.dlr.assistant import ASSISTANT as PREFIX_ASSISTANT
+from latentrl.methods.dlr.chain import ChainAssistant, ChainThoughtOperator, CoconutFrame, distill_assistant
+from latentrl.methods.dlr.config import DLRConfig, freeze_main_model, resolve_dlr_config
 from latentrl.rollout import ThinkingSchedule
 
 CHAIN_ASSISTANT = "dlr_chain_assistant"
@@ -36,7 +36,7 @@ CHAIN_ASSISTANT = "dlr_chain_assistant"
 @register_method
 class DLR(CoconutLatentMethod):
     name = "dlr"
-    trainer = "dlr"  # latentrl.dlr.trainer.DLRTrainer
+    trainer = "dlr"  # latentrl.methods.dlr.trainer.DLRTrainer
     description = ("DeepLatent Reasoning (our reading of arXiv 2601.17275): a small causal-transformer assistant "
                    "writes the thoughts of a frozen Coconut model; K chains, reward filter, PG + InfoNCE + NLL")
     init = "coconut_sft"

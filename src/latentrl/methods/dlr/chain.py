@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentrl.dlr.assistant import gaussian_log_prob
-from latentrl.dlr.losses import anchor_info_nce, filter_high_value, group_info_nce
+from latentrl.methods.dlr.assistant import gaussian_log_prob
+from latentrl.methods.dlr.losses import anchor_info_nce, filter_high_value, group_info_nce
 from latentrl.rewards import correctness_labels
 from latentrl.rl.advantages import group_advantages
 from latentrl.sampling import normal
