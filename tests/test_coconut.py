@@ -383,6 +383,65 @@ def test_converged_mode_reaches_the_final_stage_by_learning(tmp_path):
     assert hist.final_eval["num_thoughts"] == [2]
 
 
+def flat_weights(lm) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in lm.model.parameters()])
+
+
+# 8 examples in batches of 2 = 4 steps per pass. fixed: epochs 2..6 (20 steps), stopped after 11, resumed from step
+# 10 = in the middle of epoch 4; converged: 3 stages that each pass their gate after 6 steps (3 evaluations,
+# patience 3), resumed from step 10 = in stage 2 with a streak of 2, at the end of a pass over the data; both with
+# uniform_prob draws and a linear probe head
+RESUME_CASES = {
+    "fixed": dict(epochs_per_stage=2, num_epochs=7, stop=11, save_steps=5),
+    "converged": dict(stage_advance="converged", final_stage=3, gate_threshold=0.0, gate_patience=3,
+                      gate_eval_steps=2, max_steps_per_stage=50, stop=11, save_steps=5),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(RESUME_CASES))
+def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, mode):
+    from latentrl.checkpoint import list_checkpoints
+    from latentrl.logger import read_metrics
+
+    case = dict(RESUME_CASES[mode])
+    stop, save_steps = case.pop("stop"), case.pop("save_steps")
+    data = tiny_train_data(8)
+    opts = dict(max_latent_stage=2, start_stage=1, per_device_train_batch_size=2, eval_strategy="no", logging_steps=3,
+                learning_rate=1e-3, uniform_prob=0.3, probe_head_tokens=[[-1]], seed=3, **case)
+    gate = dict(gate_examples=data[:4]) if mode == "converged" else {}
+
+    whole = model()
+    hist_a = train_coconut(cfg(output_dir=str(tmp_path / "a"), **opts), whole, data, **gate)
+    # the same run stopped after `stop` steps (a crash after its last checkpoint), then resumed into a model
+    # built from another seed: everything it trains with must come from the checkpoint
+    train_coconut(cfg(output_dir=str(tmp_path / "b"), save_steps=save_steps, max_steps=stop, **opts), model(), data,
+                  **gate)
+    saved = [int(p.name.split("-")[1]) for p in list_checkpoints(tmp_path / "b")]
+    assert saved == [save_steps * (stop // save_steps - 1), save_steps * (stop // save_steps)]  # save_total_limit 2
+    resumed = model(seed=1)
+    hist_b = train_coconut(cfg(output_dir=str(tmp_path / "b"), save_steps=save_steps, resume_from_checkpoint="latest",
+                               **opts), resumed, data, **gate)
+
+    assert hist_b.steps == hist_a.steps > stop
+    assert torch.equal(flat_weights(resumed), flat_weights(whole))
+    for key in ("stages", "optimizer_resets", "stage_log"):
+        assert getattr(hist_b, key) == getattr(hist_a, key), key
+    assert [r["loss"] for r in hist_b.train] == [r["loss"] for r in hist_a.train]
+    assert [r["gate/streak"] for r in hist_b.gate] == [r["gate/streak"] for r in hist_a.gate]
+    # the log of the resumed run: the lines up to the checkpoint, then the continuation, never step stop twice
+    train_lines = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "b") if "loss" in r]
+    assert train_lines == [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "a") if "loss" in r]
+
+
+def test_resume_needs_an_output_dir_and_a_checkpoint(tmp_path):
+    with pytest.raises(ConfigError, match="save_steps=2 needs an output_dir"):
+        cfg(save_steps=2)
+    with pytest.raises(ConfigError, match="set only one of them"):
+        cfg(output_dir=str(tmp_path), resume_from_checkpoint="latest", overwrite_output_dir=True)
+    with pytest.raises(FileNotFoundError, match="no intact checkpoint"):
+        train_coconut(cfg(output_dir=str(tmp_path), resume_from_checkpoint="latest"), model(), tiny_train_data(4))
+
+
 def test_gate_metrics_equal_a_naive_per_row_computation():
     """next_step_loss / next_step_accuracy against the HF model's own outputs, row by row (stage 1: the first
     segment is step 2; stage 3 > #steps of row 2: the answer)."""

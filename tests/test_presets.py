@@ -4,8 +4,8 @@ Only what cannot exist on this machine is replaced: the hub / local model by a t
 architecture family and checkpoint layout (chat template, latent tokens, value head), the data file by a tiny file
 in the real dataset's row format, the sizes (steps, batch, completion length) and the output folder. The run config
 the trainer writes is compared with the preset: it may differ in exactly those keys. Each run must finish, log
-finite metrics, write its checkpoint under `output_dir`, build the method's modules, and (GRPO-family presets)
-resume from that checkpoint with `latentrl train --resume`.
+finite metrics, write its checkpoint under `output_dir`, build the method's modules, and
+resume from that checkpoint with `latentrl train --resume` (`latentrl coconut-sft --resume` for the Coconut preset).
 """
 
 from __future__ import annotations
@@ -298,10 +298,10 @@ CASES: dict[str, Case] = {
     "coconut_gpt2_gsm8k.yaml": Case(
         "coconut-sft", build_coconut_gpt2,
         {"max_steps": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "eval_batch_size": 4,
-         "max_new_positions": 12},
+         "max_new_positions": 12, "save_steps": 1},
         # start_stage 1 = epoch 3 (3 epochs per stage); c_thought 2 thoughts per replaced step
         expect={"stage": 1, "epoch": 3, "eval/mean_latent_positions": 2.0},
-        check=check_latent_model, resume=False),
+        check=check_latent_model),
     "coconut_grpo_qwen2.5-1.5b.yaml": Case(
         "train", build_coconut_grpo, {**GRPO_SIZES, "max_completion_length": 10},
         expect={"completions/mean_latent": 6.0}, check=check_latent_model),

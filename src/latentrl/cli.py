@@ -12,7 +12,15 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from latentrl.config import ConfigError, GRPOConfig, config_from_dict, config_help, load_config, upgrade_saved_config
+from latentrl.config import (
+    ConfigError,
+    GRPOConfig,
+    config_from_dict,
+    config_help,
+    load_config,
+    upgrade_saved_config,
+    validate_config,
+)
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {}
 
@@ -114,12 +122,18 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
         print(config_help(CoconutConfig))
         return 0
     cfg = load_config(CoconutConfig, ns.config, ns.overrides)
+    if ns.resume:
+        cfg.resume_from_checkpoint = "latest"
+        validate_config(cfg)
     if not cfg.model_name_or_path or not cfg.dataset:
         raise ConfigError("coconut-sft needs model_name_or_path and dataset (in the YAML or as key=value)")
-    from latentrl.run_dir import check_new_run
+    from latentrl.run_dir import check_new_run, resume_checkpoint
 
     out = cfg.output_dir or "runs/coconut"
-    check_new_run(out, overwrite=cfg.overwrite_output_dir, resumable=False)  # the model is saved there too
+    if cfg.resume_from_checkpoint:  # fail before loading anything when there is nothing intact to resume
+        resume_checkpoint(out, cfg.resume_from_checkpoint)
+    else:
+        check_new_run(out, overwrite=cfg.overwrite_output_dir, resumable=bool(cfg.save_steps))  # the model goes there
     train = load_examples(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed)
     evals = (load_examples(cfg.eval_dataset, split="eval", n=cfg.num_eval_examples, seed=cfg.seed)
              if cfg.eval_dataset else [])

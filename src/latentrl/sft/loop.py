@@ -135,17 +135,19 @@ class RunMetrics:
     """Where a loop's records go: the history list it names and, with an output_dir, the run's metric sinks.
 
     Opening it replaces an earlier run when overwrite_output_dir is set (the caller checked the folder with
-    `check_new_run` before any work); `close()` flushes the sinks.
+    `check_new_run` before any work); `resume_step`: a resumed run, whose sinks keep what was logged up to that
+    step and drop the rest; `close()` flushes the sinks.
     """
 
-    def __init__(self, cfg: MetricsOutputConfig):
+    def __init__(self, cfg: MetricsOutputConfig, resume_step: int | None = None):
         from latentrl.logger import MetricsLogger
         from latentrl.run_dir import replace_run
 
-        if cfg.output_dir and cfg.overwrite_output_dir:
+        if cfg.output_dir and cfg.overwrite_output_dir and resume_step is None:
             replace_run(cfg.output_dir)
         sinks = [s for s in cfg.report_to if s != "none"] if cfg.output_dir else []
-        self.logger = MetricsLogger(cfg.output_dir, sinks, run_config=config_to_dict(cfg)) if sinks else None
+        self.logger = (MetricsLogger(cfg.output_dir, sinks, run_config=config_to_dict(cfg), resume_step=resume_step)
+                       if sinks else None)
 
     def log(self, step: int, record: dict[str, Any], into: list[dict[str, Any]]) -> None:
         into.append({"step": step, **record})

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentrl.checkpoint import load_checkpoint, save_checkpoint
 from latentrl.data.schema import Example
 from latentrl.model import LatentModel
 from latentrl.sft.coconut.config import IGNORE_INDEX, CoconutConfig, stage_of_epoch
@@ -69,15 +70,18 @@ def train_coconut(
     every stage's data is rebuilt (and reshuffled) per pass over it. AdamW is re-created per `reset_optimizer`.
     Metrics (loss, token accuracy, thought norm, forwards per step, stage, eval Pass@1 / eval loss, gate metrics and
     one `stage/*` record per finished stage: steps taken, gate metric, reason) go to `output_dir/metrics.jsonl`
-    when set, and always into the returned history.
+    when set, and always into the returned history. `save_steps` writes resumable checkpoints;
+    `resume_from_checkpoint` loads one into `model` and continues exactly where it was saved.
     """
     from latentrl.logger import progress
-    from latentrl.run_dir import check_new_run
+    from latentrl.run_dir import check_new_run, resume_checkpoint
 
     if not train_examples:
         raise ValueError("train_coconut needs at least one training example")
-    check_new_run(config.output_dir, overwrite=config.overwrite_output_dir, resumable=False)
     cfg = config
+    resume_path = resume_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else None
+    if resume_path is None:
+        check_new_run(cfg.output_dir, overwrite=cfg.overwrite_output_dir, resumable=bool(cfg.save_steps))
     converged = cfg.stage_advance == "converged"
     t_start = time.perf_counter()
     tok = model.tokenizer
@@ -108,7 +112,14 @@ def train_coconut(
         total_steps = min(total_steps, cfg.max_steps)
 
     history = CoconutHistory()
-    metrics = RunMetrics(cfg)
+    state = {"step": 0, "train_time": 0.0}
+    resume: dict[str, Any] | None = None  # where a resumed run picks up (the checkpoint's trainer state)
+    if resume_path is not None:
+        resume = load_checkpoint(resume_path, optimizer=None, restore_rng=False)
+        model.load_weights(resume_path)
+        history = CoconutHistory(**resume["history"])
+        state = {"step": resume["step"], "train_time": resume["train_time"]}
+    metrics = RunMetrics(cfg, resume_step=resume["step"] if resume else None)
     log = metrics.log
 
     def do_eval(step: int, stage: int, epoch: int) -> dict[str, Any] | None:
@@ -128,16 +139,22 @@ def train_coconut(
         probe_heads = nn.Linear(model.hidden_size, cfg.num_probe_heads * model.vocab_size).to(model.device)
     params = [p for p in model.parameters() if p.requires_grad]
     head_params = list(probe_heads.parameters()) if probe_heads is not None else []
-    state = {"step": 0, "train_time": 0.0}
     window: dict[str, float] = {"loss": 0.0, "token_accuracy": 0.0, "thought_norm": 0.0, "forwards": 0.0, "n": 0,
                                 "probe_loss": 0.0, "probe_accuracy": 0.0, "probe_n": 0.0,
                                 "probe_head_loss": 0.0, "probe_head_accuracy": 0.0, "probe_head_n": 0.0}
+    if resume is not None:
+        window = dict(resume["window"])
+    gate = cfg.make_gate() if converged else None
+    epoch_order_state = order_gen.get_state()  # the data-order generator at the start of the current pass
     bar = progress(total_steps, "coconut" + ("" if cfg.bptt else "[no-bptt]"), disable=cfg.disable_tqdm)
+    bar.update(state["step"])
 
     def out_of_budget() -> bool:
         return cfg.max_steps is not None and state["step"] >= cfg.max_steps
 
     def epoch_batches(stage: int, epoch: int) -> tuple[list[CoconutSample], list[list[int]]]:
+        nonlocal epoch_order_state
+        epoch_order_state = order_gen.get_state()
         samples = stage_samples(train_tok, stage, cfg, latent_ids, epoch)
         too_long = [i for i, s in enumerate(samples) if len(s.input_ids) > cfg.max_length]
         if too_long:
@@ -200,12 +217,39 @@ def train_coconut(
             window["n"] = 0
         bar.update(1)
 
-    def new_optimizer() -> None:
+    def new_optimizer(restore: bool = False) -> None:
+        """A fresh AdamW (logged as a reset), or with `restore` the resumed checkpoint's AdamW, probe heads, RNG
+        states and data order (the generator as it was when the checkpoint's pass over the data began)."""
         nonlocal optimizer
         optimizer = make_adamw(params, cfg)
         if head_params:
             optimizer.add_param_group({"params": head_params})
-        history.optimizer_resets.append(state["step"])
+        if not restore:
+            history.optimizer_resets.append(state["step"])
+            return
+        saved = load_checkpoint(resume_path, optimizer=optimizer)
+        if probe_heads is not None:
+            probe_heads.load_state_dict(saved["probe_heads"])
+        order_gen.set_state(saved["epoch_order_state"])
+
+    def save(stage: int, epoch: int, batch: int, stage_start: int) -> None:
+        """A resumable checkpoint after this step: `batch` batches of pass `epoch` done."""
+        if not cfg.save_steps or state["step"] % cfg.save_steps:
+            return
+        extra: dict[str, Any] = {
+            "stage": stage, "epoch": epoch, "batch": batch, "stage_start": stage_start,
+            "gate_streak": gate.streak if gate is not None else 0, "train_time": state["train_time"],
+            "window": dict(window), "history": history.to_dict(), "epoch_order_state": epoch_order_state,
+        }
+        if probe_heads is not None:
+            extra["probe_heads"] = probe_heads.state_dict()
+        save_checkpoint(cfg.output_dir, state["step"], save_model=model.save_pretrained, optimizer=optimizer,
+                        extra_state=extra, total_limit=cfg.save_total_limit)
+
+    def resumed_pass(stage: int, epoch: int) -> tuple[list[CoconutSample], list[list[int]], int]:
+        """The checkpoint's pass over the data, redrawn in the same order, and how many of its batches are done."""
+        samples, steps = epoch_batches(stage, epoch)
+        return samples, steps, resume["batch"]
 
     last_stage, last_epoch = cfg.start_stage, cfg.start_epoch
     try:
@@ -214,42 +258,64 @@ def train_coconut(
             for epoch in epochs:
                 if out_of_budget():
                     break
+                if resume is not None and epoch < resume["epoch"]:
+                    continue  # trained before the checkpoint
                 stage = stage_of_epoch(cfg, epoch)
-                new_stage = not history.stages or stage != history.stages[-1]
-                history.stages.append(stage)
                 last_stage, last_epoch = stage, epoch
-                if optimizer is None or cfg.reset_optimizer == "epoch" or (cfg.reset_optimizer == "stage" and new_stage):
-                    new_optimizer()
-                samples, steps = epoch_batches(stage, epoch)
-                for idx in steps:
+                if resume is not None:
+                    new_optimizer(restore=True)
+                    samples, steps, done = resumed_pass(stage, epoch)
+                    resume = None
+                else:
+                    new_stage = not history.stages or stage != history.stages[-1]
+                    history.stages.append(stage)
+                    if (optimizer is None or cfg.reset_optimizer == "epoch"
+                            or (cfg.reset_optimizer == "stage" and new_stage)):
+                        new_optimizer()
+                    samples, steps = epoch_batches(stage, epoch)
+                    done = 0
+                for b in range(done, len(steps)):
                     if out_of_budget():
                         break
-                    train_step(samples, idx, stage, epoch)
+                    train_step(samples, steps[b], stage, epoch)
+                    save(stage, epoch, b + 1, 0)
                 last_epoch_of_stage = epoch == epochs[-1] or stage_of_epoch(cfg, epoch + 1) != stage
                 if not out_of_budget() and (cfg.eval_strategy == "epoch"
                                             or (cfg.eval_strategy == "stage" and last_epoch_of_stage)):
                     if epoch != epochs[-1]:  # the final evaluation below covers the last epoch
                         do_eval(state["step"], stage, epoch)
         else:
-            gate = cfg.make_gate()
             epoch = 0  # passes over the data, counted across stages (seeds the data order / uniform_prob draws)
             for stage in stages:
                 if out_of_budget():
                     break
+                if resume is not None and stage < resume["stage"]:
+                    continue  # trained before the checkpoint
                 gate.start_stage()
-                if optimizer is None or cfg.reset_optimizer in ("stage", "epoch"):
+                if resume is not None:
+                    new_optimizer(restore=True)
+                    gate.streak, stage_start, epoch = resume["gate_streak"], resume["stage_start"], resume["epoch"]
+                elif optimizer is None or cfg.reset_optimizer in ("stage", "epoch"):
                     new_optimizer()
-                last_stage, stage_start, decision = stage, state["step"], None
+                    stage_start = state["step"]
+                else:
+                    stage_start = state["step"]
+                last_stage, decision = stage, None
                 while decision is None and not out_of_budget():
-                    history.stages.append(stage)
                     last_epoch = epoch
-                    if optimizer is not None and cfg.reset_optimizer == "epoch" and state["step"] > stage_start:
-                        new_optimizer()
-                    samples, steps = epoch_batches(stage, epoch)
-                    for idx in steps:
+                    if resume is not None:
+                        samples, steps, done = resumed_pass(stage, epoch)
+                        resume = None
+                    else:
+                        history.stages.append(stage)
+                        if optimizer is not None and cfg.reset_optimizer == "epoch" and state["step"] > stage_start:
+                            new_optimizer()
+                        samples, steps = epoch_batches(stage, epoch)
+                        done = 0
+                    for b in range(done, len(steps)):
                         if out_of_budget():
                             break
-                        train_step(samples, idx, stage, epoch)
+                        train_step(samples, steps[b], stage, epoch)
                         taken = state["step"] - stage_start
                         if taken % cfg.gate_eval_steps == 0 or gate.out_of_steps(taken):
                             gm = coconut_gate_metrics(model, gate_tok, stage, cfg, latent_ids, pad_id)
@@ -261,6 +327,7 @@ def train_coconut(
                             if d.advance:
                                 decision = d
                                 break
+                        save(stage, epoch, b + 1, stage_start)
                     epoch += 1
                 taken = state["step"] - stage_start
                 reason = decision.reason if decision is not None else "max_steps_total"
