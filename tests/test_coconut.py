@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentrl.config import ConfigError, load_config
+from latentrl.config import ConfigError, LoraConfig, load_config
 from latentrl.data import DataFormatError, Example, format_cot, format_prompt, load_icot, load_prontoqa, load_prosqa
 from latentrl.data.paths import find_real_data_file
 from latentrl.sft.coconut import (
@@ -395,6 +395,9 @@ RESUME_CASES = {
     "fixed": dict(epochs_per_stage=2, num_epochs=7, stop=11, save_steps=5),
     "converged": dict(stage_advance="converged", final_stage=3, gate_threshold=0.0, gate_patience=3,
                       gate_eval_steps=2, max_steps_per_stage=50, stop=11, save_steps=5),
+    # LoRA: the checkpoints hold the adapter and the latent rows; the base comes from the model being resumed
+    "fixed_lora": dict(epochs_per_stage=2, num_epochs=7, stop=11, save_steps=5,
+                       lora=LoraConfig(enabled=True, r=4, target_modules=["q_proj", "v_proj"])),
 }
 
 
@@ -418,7 +421,7 @@ def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, mode):
                   **gate)
     saved = [int(p.name.split("-")[1]) for p in list_checkpoints(tmp_path / "b")]
     assert saved == [save_steps * (stop // save_steps - 1), save_steps * (stop // save_steps)]  # save_total_limit 2
-    resumed = model(seed=1)
+    resumed = model(seed=0 if "lora" in case else 1)
     hist_b = train_coconut(cfg(output_dir=str(tmp_path / "b"), save_steps=save_steps, resume_from_checkpoint="latest",
                                **opts), resumed, data, **gate)
 
@@ -431,6 +434,37 @@ def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, mode):
     # the log of the resumed run: the lines up to the checkpoint, then the continuation, never step stop twice
     train_lines = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "b") if "loss" in r]
     assert train_lines == [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "a") if "loss" in r]
+
+
+def test_lora_trains_the_adapter_and_the_latent_rows_only(tmp_path):
+    lm = model()
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    c_ = cfg(max_latent_stage=2, start_stage=1, epochs_per_stage=1, num_epochs=3, per_device_train_batch_size=4,
+             eval_strategy="no", learning_rate=1e-2, lora=LoraConfig(enabled=True, r=4, target_modules=["q_proj"]))
+    train_coconut(c_, lm, tiny_train_data(8))
+    assert lm.is_peft
+    trainable = {n for n, p in lm.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable)
+    base = lm.model.get_base_model().state_dict()
+    frozen = [k for k in before if "q_proj" not in k and "embed_tokens" not in k and "lm_head" not in k]
+    assert frozen and all(torch.equal(before[k], base[k]) for k in frozen)  # every other weight is untouched
+    ids = [lm.latent_ids.start, lm.latent_ids.latent, lm.latent_ids.end]
+    trained = lm.embed(torch.tensor([ids]))[0].detach()
+    assert not torch.equal(trained, before["model.embed_tokens.weight"][ids])  # the latent rows trained
+    lm.save_pretrained(tmp_path / "out")
+    assert (tmp_path / "out" / "adapter_config.json").is_file()
+
+
+def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_weights():
+    losses = {}
+    for mp in ("no", "bf16"):
+        lm = model()
+        c_ = cfg(max_latent_stage=2, start_stage=1, epochs_per_stage=1, num_epochs=2, per_device_train_batch_size=4,
+                 eval_strategy="no", logging_steps=1, mixed_precision=mp)
+        losses[mp] = [r["loss"] for r in train_coconut(c_, lm, tiny_train_data(8)).train]
+        assert all(p.dtype == torch.float32 for p in lm.model.parameters())
+    assert losses["bf16"] != losses["no"]  # bf16 rounding shows in every loss...
+    assert losses["bf16"] == pytest.approx(losses["no"], rel=2e-2)  # ...and nothing else differs
 
 
 def test_resume_needs_an_output_dir_and_a_checkpoint(tmp_path):

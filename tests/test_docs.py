@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from latentrl.cli import ARG_BUILDERS, COMMANDS, _add_train_args
-from latentrl.config import GRPOConfig, config_from_dict, config_to_dict, load_config
+from latentrl.config import GRPOConfig, config_from_dict, load_config
 from latentrl.methods import METHODS, get_method
 from latentrl.testing import word_count_reward
 
@@ -104,25 +104,32 @@ def page_methods(path: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ config defaults
-def _flatten(d: dict, prefix: str = "") -> dict:
+def _flatten(cfg, prefix: str = "") -> dict:
+    """Dotted option name -> value; every nested config section (latent.*, lora.*, a method's mounted one) is
+    flattened, so a new section needs no entry here."""
     out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k in ("latent", "dlr", "latent_rl", "hrpo", "latent_grpo"):
-            out.update(_flatten(v, f"{prefix}{k}."))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_flatten(value, f"{prefix}{f.name}."))
         else:
-            out[prefix + k] = v
+            out[prefix + f.name] = _plain(value)
     return out
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 @cache
 def defaults_of(cls_name: str) -> dict:
     """Field name -> default of a documented options class."""
     if cls_name == "GRPOConfig":
-        return _flatten(config_to_dict(GRPOConfig(model_name_or_path="x")))
+        return _flatten(GRPOConfig(model_name_or_path="x"))
     if cls_name == "CoconutConfig":
         from latentrl.sft.coconut import CoconutConfig
 
-        return config_to_dict(CoconutConfig())
+        return _flatten(CoconutConfig())
     if cls_name == "LatentGRPOOptions":
         from latentrl.methods.latent_grpo import LatentGRPOOptions
 
@@ -135,9 +142,9 @@ def preset_values(cls_name: str, path: str) -> dict:
     if cls_name == "CoconutConfig":
         from latentrl.sft.coconut import CoconutConfig
 
-        return config_to_dict(load_config(CoconutConfig, ROOT / path))
+        return _flatten(load_config(CoconutConfig, ROOT / path))
     assert cls_name == "GRPOConfig", f"presets are documented for GRPOConfig / CoconutConfig, not {cls_name}"
-    return _flatten(config_to_dict(load_config(GRPOConfig, ROOT / path)))
+    return _flatten(load_config(GRPOConfig, ROOT / path))
 
 
 def same(actual, documented) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from latentrl.config import ConfigError, cfg_field
+from latentrl.config import ConfigError, LoraConfig, cfg_field
 from latentrl.sft.config import MetricsOutputConfig, StageGateConfig, sft_default
 from latentrl.sft.gate import STAGE_ADVANCE_CHOICES, StageGate
 
@@ -130,6 +130,17 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
     )
     max_steps: int | None = cfg_field(
         None, "Stop after this many optimizer steps in total (a time box); null: run every epoch.", min=0
+    )
+    mixed_precision: str = cfg_field(
+        "no",
+        "Autocast of the teacher-forced multi-pass forward (training steps and gate evaluations): no, or bf16 (CPU "
+        "and GPU; weights and optimizer stay fp32). Evaluation decodes in the weights' dtype.",
+        choices=("no", "bf16"),
+    )
+    lora: LoraConfig = cfg_field(
+        default_factory=LoraConfig,
+        help="LoRA adapters instead of full fine-tuning (see the lora.* options): the latent tokens' rows train in "
+        "full, the base weights stay frozen; checkpoints and the saved model hold the adapter.",
     )
 
     # --- checkpoints (HF TrainingArguments names) ---------------------------------------------------------------

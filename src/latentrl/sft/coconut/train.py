@@ -111,6 +111,12 @@ def train_coconut(
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
 
+    if cfg.lora.enabled and not model.is_peft:
+        model.apply_lora(cfg.lora)  # before any weights are loaded: a LoRA run's checkpoints hold its adapter
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
+
     history = CoconutHistory()
     state = {"step": 0, "train_time": 0.0}
     resume: dict[str, Any] | None = None  # where a resumed run picks up (the checkpoint's trainer state)
@@ -173,9 +179,10 @@ def train_coconut(
         optimizer.zero_grad(set_to_none=True)
         loss_total, acc_total, norm_total, fwd_total = 0.0, 0.0, 0.0, 0
         for b in batches:
-            out = coconut_forward(model, b, bptt=cfg.bptt, normalizer=n_tokens,
-                                  probe_weight=cfg.probe_weight if (cfg.probe_tokens or probe_heads) else 0.0,
-                                  probe_heads=probe_heads)
+            with autocast():
+                out = coconut_forward(model, b, bptt=cfg.bptt, normalizer=n_tokens,
+                                      probe_weight=cfg.probe_weight if (cfg.probe_tokens or probe_heads) else 0.0,
+                                      probe_heads=probe_heads)
             out.loss.backward()
             if not math.isnan(out.probe_head_loss):
                 window["probe_head_loss"] += out.probe_head_loss / len(batches)
@@ -318,7 +325,8 @@ def train_coconut(
                         train_step(samples, steps[b], stage, epoch)
                         taken = state["step"] - stage_start
                         if taken % cfg.gate_eval_steps == 0 or gate.out_of_steps(taken):
-                            gm = coconut_gate_metrics(model, gate_tok, stage, cfg, latent_ids, pad_id)
+                            with autocast():
+                                gm = coconut_gate_metrics(model, gate_tok, stage, cfg, latent_ids, pad_id)
                             d = gate.update(taken, gm[cfg.gate_metric])
                             log(state["step"], {**{f"gate/{k}": v for k, v in gm.items()}, "gate/passed": d.passed,
                                                 "gate/streak": d.streak, "stage": stage, "epoch": epoch},
