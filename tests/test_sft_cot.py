@@ -160,6 +160,44 @@ def test_sft_is_deterministic_by_seed():
     assert losses_a != losses_c  # another seed, another data order
 
 
+def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, monkeypatch):
+    """10 examples in batches of 4 (batches span passes over the data), a cosine schedule with warmup, logging every
+    4 steps (a window open at the checkpoint): killed during step 8, resumed from checkpoint-6 into a model built
+    from another seed."""
+    import latentrl.sft.cot as cot
+    from latentrl.checkpoint import list_checkpoints
+
+    torch.set_num_threads(1)
+    data = tiny_sum_data(10)
+    opts = dict(max_steps=12, per_device_train_batch_size=4, logging_steps=4, lr_scheduler_type="cosine",
+                warmup_steps=3, eval_steps=5, seed=2)
+    whole = tiny_latent_model("qwen2", seed=0)
+    hist_a = train_sft(quiet(output_dir=str(tmp_path / "a"), **opts), whole, data, data[:2])
+    b = str(tmp_path / "b")
+    calls, real_step = [], cot.optimizer_step
+
+    def crash_at_step_8(*args, **kw):
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt  # the process dies in the middle of step 8
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(cot, "optimizer_step", crash_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(quiet(output_dir=b, save_steps=3, **opts), tiny_latent_model("qwen2", seed=0), data, data[:2])
+    monkeypatch.setattr(cot, "optimizer_step", real_step)
+    assert [p.name for p in list_checkpoints(b)] == ["checkpoint-3", "checkpoint-6"]
+    resumed = tiny_latent_model("qwen2", seed=1)
+    hist_b = train_sft(quiet(output_dir=b, save_steps=3, resume_from_checkpoint="latest", **opts), resumed, data,
+                       data[:2])
+    assert all(torch.equal(a, c) for a, c in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()))
+    assert [(r["step"], r["loss"], r["learning_rate"]) for r in hist_b.train] == [
+        (r["step"], r["loss"], r["learning_rate"]) for r in hist_a.train]
+    assert [r["step"] for r in hist_b.eval] == [r["step"] for r in hist_a.eval] == [5, 10, 12]
+    logged = [(r["step"], r["loss"]) for r in read_metrics(b) if "loss" in r]
+    assert logged == [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "a") if "loss" in r]
+
+
 def test_no_cot_mode_trains_on_the_answer_only():
     torch.set_num_threads(1)
     data = tiny_sum_data(8)

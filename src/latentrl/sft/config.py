@@ -84,7 +84,8 @@ class StepScheduleConfig(SFTTrainingConfig):
 
 @dataclasses.dataclass(kw_only=True)
 class MetricsOutputConfig(SFTTrainingConfig):
-    """Metric files of a run and the decoding budget of its eval set (CoT and Coconut SFT)."""
+    """What a run writes (metric files, resumable checkpoints) and the decoding budget of its eval set (CoT and
+    Coconut SFT)."""
 
     max_new_positions: int | None = cfg_field(
         None,
@@ -106,6 +107,23 @@ class MetricsOutputConfig(SFTTrainingConfig):
         "(when installed; as GRPOConfig.report_to).",
         choices=REPORT_TO,
     )
+    # --- checkpoints (HF TrainingArguments names; `latentrl.sft.loop.Checkpoints`) ----------------------------
+    save_steps: int = cfg_field(
+        0,
+        "Every this many optimizer steps write a resumable checkpoint to output_dir/checkpoint-{step}: the model "
+        "(a save_pretrained folder), AdamW, the LR schedule, the RNG states and where the loop is (data order, "
+        "metric window; Coconut: stage, pass over the data, gate streak, probe heads). 0 = none.",
+        min=0,
+    )
+    save_total_limit: int | None = cfg_field(
+        2, "Keep at most this many checkpoints in output_dir (the newest); null keeps every one.", min=1
+    )
+    resume_from_checkpoint: str | None = cfg_field(
+        None,
+        "Continue the run in output_dir from a checkpoint: latest (the newest intact one) or a checkpoint folder. "
+        "The resumed run trains exactly as the uninterrupted one would; metrics.jsonl keeps its lines up to the "
+        "checkpoint's step.",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -113,6 +131,12 @@ class MetricsOutputConfig(SFTTrainingConfig):
             raise ConfigError(f"report_to={self.report_to}: 'none' cannot be combined with other sinks")
         if "wandb" in self.report_to and not module_available("wandb"):
             raise ConfigError(WANDB_MISSING)
+        for key in ("save_steps", "resume_from_checkpoint"):
+            if getattr(self, key) and not self.output_dir:
+                raise ConfigError(f"{key}={getattr(self, key)} needs an output_dir (the checkpoints live there)")
+        if self.resume_from_checkpoint and self.overwrite_output_dir:
+            raise ConfigError("resume_from_checkpoint continues the run in output_dir; overwrite_output_dir=true "
+                              "would delete it first: set only one of them")
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -23,11 +23,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from latentrl.config import ConfigError, cfg_field
+from latentrl.config import cfg_field
 from latentrl.data.schema import Example, format_cot, format_no_cot, format_prompt
 from latentrl.model import LatentModel
 from latentrl.sft.config import MetricsOutputConfig, StepScheduleConfig, sft_default
 from latentrl.sft.loop import (
+    Checkpoints,
     EpochOrder,
     MetricWindow,
     RunMetrics,
@@ -68,12 +69,6 @@ class CoTSFTConfig(StepScheduleConfig, MetricsOutputConfig):
     eval_batch_size: int = sft_default("eval_batch_size", 128)
     eval_steps: int = cfg_field(
         100, "Greedy-decode the eval set every this many steps (and after the last step); 0 = only at the end.", min=0
-    )
-    save_steps: int = cfg_field(
-        0,
-        "Every this many steps save a save_pretrained copy of the model to output_dir/step-{step} (with a constant "
-        "schedule, step-N equals the final model of a max_steps=N run); 0 = no intermediate copies.",
-        min=0,
     )
 
 
@@ -215,17 +210,15 @@ def train_sft(
     The data order is a fresh seeded permutation per pass over the training set. Metrics (loss, token and
     teacher-forced sequence accuracy, learning rate, gradient norm, eval Pass@1 and reasoning positions) go to
     `config.output_dir/metrics.jsonl` when an output dir is set, and always into the returned `SFTHistory`.
+    `save_steps` writes resumable checkpoints; `resume_from_checkpoint` continues from one exactly.
     """
     from latentrl.logger import progress
-    from latentrl.run_dir import check_new_run
 
     if not train_examples:
         raise ValueError("train_sft needs at least one training example")
-    if config.save_steps and not config.output_dir:
-        raise ConfigError(f"save_steps={config.save_steps} needs an output_dir to save the copies into")
-    check_new_run(config.output_dir, overwrite=config.overwrite_output_dir, resumable=False)
     t_start = time.perf_counter()
     cfg = config
+    checkpoints = Checkpoints(cfg, model)  # checks the run folder; a resumed run's weights are loaded here
     tok = model.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     encoded = encode_examples(tok, train_examples, cfg.mode, cfg.max_length)
@@ -242,7 +235,15 @@ def train_sft(
     scheduler = make_scheduler(optimizer, cfg)
 
     history = SFTHistory()
-    metrics = RunMetrics(cfg)
+    window = MetricWindow()
+    train_time, start = 0.0, 0
+    if checkpoints.state is not None:
+        saved = checkpoints.restore(optimizer, scheduler)
+        order.load_state_dict(saved["order"])
+        window.load_state_dict(saved["window"])
+        history = SFTHistory(train=saved["train"], eval=saved["eval"])
+        train_time, start = saved["train_time"], saved["step"]
+    metrics = RunMetrics(cfg, resume_step=checkpoints.resume_step)
     log = metrics.log
 
     def do_eval(step: int) -> dict[str, Any] | None:
@@ -254,12 +255,11 @@ def train_sft(
                    "eval/wall_s": ev["wall_s"]}, history.eval)
         return ev
 
-    window = MetricWindow()
     bar = progress(cfg.max_steps, f"sft[{cfg.mode}]", disable=cfg.disable_tqdm)
-    train_time = 0.0
+    bar.update(start)
     try:
         model.train()
-        for step in range(1, cfg.max_steps + 1):
+        for step in range(start + 1, cfg.max_steps + 1):
             t0 = time.perf_counter()
             idx = order.draw(cfg.per_device_train_batch_size)
             batch = {k: v.to(device) for k, v in build_sft_batch([encoded[i] for i in idx], pad_id).items()}
@@ -279,8 +279,9 @@ def train_sft(
             if cfg.eval_steps and step % cfg.eval_steps == 0 and step != cfg.max_steps:
                 do_eval(step)
                 model.train()
-            if cfg.save_steps and cfg.output_dir and step % cfg.save_steps == 0 and step != cfg.max_steps:
-                model.save_pretrained(f"{cfg.output_dir}/step-{step}")
+            checkpoints.save(step, optimizer, scheduler, extra={
+                "order": order.state_dict(), "window": window.state_dict(), "train_time": train_time,
+                "train": history.train, "eval": history.eval})
             bar.update(1)
         history.steps = cfg.max_steps
         history.train_wall_s = train_time

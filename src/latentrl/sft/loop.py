@@ -1,4 +1,5 @@
-"""The mechanics the supervised training loops share: AdamW, the LR schedule, clipping, the data order, metrics.
+"""The mechanics the supervised training loops share: AdamW, the LR schedule, clipping, the data order, metrics,
+resumable checkpoints.
 
 Each loop (CoT SFT, Coconut curriculum SFT, superposition SFT) keeps its own structure; these helpers are the
 pieces that were written out once per loop, so the loops build the same optimizer, schedule and logged numbers.
@@ -17,6 +18,7 @@ from latentrl.config import config_to_dict
 from latentrl.sft.config import MetricsOutputConfig, SFTTrainingConfig, StepScheduleConfig
 
 __all__ = [
+    "Checkpoints",
     "EpochOrder",
     "MetricWindow",
     "RunMetrics",
@@ -112,6 +114,13 @@ class EpochOrder:
             self.cursor += take
         return idx
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "perm": list(self.perm), "cursor": self.cursor}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm, self.cursor = list(state["perm"]), int(state["cursor"])
+
 
 class MetricWindow:
     """Sums of per-step metrics since the last logging step; `pop()` returns their means and starts afresh."""
@@ -129,6 +138,12 @@ class MetricWindow:
         means = {k: v / self.n for k, v in self.sums.items()}
         self.sums, self.n = {}, 0
         return means
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "n": self.n}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.sums, self.n = dict(state["sums"]), int(state["n"])
 
 
 class RunMetrics:
@@ -157,3 +172,49 @@ class RunMetrics:
     def close(self) -> None:
         if self.logger is not None:
             self.logger.close()
+
+
+class Checkpoints:
+    """The resumable checkpoints of a supervised loop, in the RL trainer's format (`latentrl.checkpoint`).
+
+    Opening it checks the run folder: a new run may not mix with an earlier one (`check_new_run`); a resumed run
+    (`resume_from_checkpoint`: latest or a folder) loads the checkpoint's weights into `model` at once and keeps
+    its trainer state in `state` (`step` and whatever the loop saved), so the loop can find its place. The loop
+    then calls `restore` once its optimizer exists (AdamW, LR schedule and RNG states come back), and `save` after
+    each step (written every `save_steps` steps, atomically, the newest `save_total_limit` kept). Apply LoRA to
+    `model` before opening it: a LoRA run's checkpoints hold the adapter.
+    """
+
+    def __init__(self, cfg: MetricsOutputConfig, model: Any):
+        from latentrl.checkpoint import load_checkpoint
+        from latentrl.run_dir import check_new_run, resume_checkpoint
+
+        self.cfg, self.model = cfg, model
+        self.path = resume_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else None
+        self.state: dict[str, Any] | None = None
+        if self.path is None:
+            check_new_run(cfg.output_dir, overwrite=cfg.overwrite_output_dir, resumable=bool(cfg.save_steps))
+            return
+        self.state = load_checkpoint(self.path, optimizer=None, restore_rng=False)
+        model.load_weights(self.path)
+
+    @property
+    def resume_step(self) -> int | None:
+        """The step the run resumes after (None: a new run)."""
+        return self.state["step"] if self.state is not None else None
+
+    def restore(self, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> dict[str, Any]:
+        """Load the checkpoint's optimizer, scheduler and RNG states; returns its trainer state."""
+        from latentrl.checkpoint import load_checkpoint
+
+        return load_checkpoint(self.path, optimizer=optimizer, scheduler=scheduler)
+
+    def save(self, step: int, optimizer: torch.optim.Optimizer, scheduler: Any = None,
+             extra: Mapping[str, Any] | None = None) -> None:
+        """Write checkpoint-{step} when `step` is a multiple of save_steps; `extra` is the loop's own state."""
+        from latentrl.checkpoint import save_checkpoint
+
+        if not self.cfg.save_steps or step % self.cfg.save_steps:
+            return
+        save_checkpoint(self.cfg.output_dir, step, save_model=self.model.save_pretrained, optimizer=optimizer,
+                        scheduler=scheduler, extra_state=extra, total_limit=self.cfg.save_total_limit)

@@ -143,24 +143,6 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
         "full, the base weights stay frozen; checkpoints and the saved model hold the adapter.",
     )
 
-    # --- checkpoints (HF TrainingArguments names) ---------------------------------------------------------------
-    save_steps: int = cfg_field(
-        0,
-        "Every this many optimizer steps write a resumable checkpoint to output_dir/checkpoint-{step}: the model "
-        "(save_pretrained), AdamW, the probe heads, the RNG states and the curriculum's position (stage, pass over "
-        "the data, batch, gate streak). A step that ends a stage is saved at the next save point. 0 = none.",
-        min=0,
-    )
-    save_total_limit: int | None = cfg_field(
-        2, "Keep at most this many checkpoints in output_dir (the newest); null keeps every one.", min=1
-    )
-    resume_from_checkpoint: str | None = cfg_field(
-        None,
-        "Continue the run in output_dir from a checkpoint: latest (the newest intact one) or a checkpoint folder. "
-        "The resumed run trains exactly as the uninterrupted one would (same weights, data order, gate decisions); "
-        "metrics.jsonl keeps its lines up to the checkpoint's step.",
-    )
-
     # --- model and data (read by callers that load them: `latentrl bench`, scripts) ------------------------------
     model_name_or_path: str | None = cfg_field(
         None, "Checkpoint the caller loads and trains (e.g. a CoT-SFT model for GSM8k); train_coconut takes a model."
@@ -184,12 +166,6 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
 
     def validate(self) -> None:
         super().validate()
-        for key in ("save_steps", "resume_from_checkpoint"):
-            if getattr(self, key) and not self.output_dir:
-                raise ConfigError(f"{key}={getattr(self, key)} needs an output_dir (the checkpoints live there)")
-        if self.resume_from_checkpoint and self.overwrite_output_dir:
-            raise ConfigError("resume_from_checkpoint continues the run in output_dir; overwrite_output_dir=true "
-                              "would delete it first: set only one of them")
         if len(self.probe_tokens) > self.c_thought:
             raise ConfigError(f"probe_tokens has {len(self.probe_tokens)} entries for c_thought={self.c_thought} "
                               "thoughts per step")

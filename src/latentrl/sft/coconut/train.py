@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentrl.checkpoint import load_checkpoint, save_checkpoint
 from latentrl.data.schema import Example
 from latentrl.model import LatentModel
 from latentrl.sft.coconut.config import IGNORE_INDEX, CoconutConfig, stage_of_epoch
@@ -26,7 +25,7 @@ from latentrl.sft.coconut.data import (
 )
 from latentrl.sft.coconut.forward import coconut_forward, collate_coconut
 from latentrl.sft.coconut.inference import coconut_evaluate
-from latentrl.sft.loop import RunMetrics, make_adamw, optimizer_step
+from latentrl.sft.loop import Checkpoints, RunMetrics, make_adamw, optimizer_step
 
 
 @dataclasses.dataclass
@@ -74,14 +73,13 @@ def train_coconut(
     `resume_from_checkpoint` loads one into `model` and continues exactly where it was saved.
     """
     from latentrl.logger import progress
-    from latentrl.run_dir import check_new_run, resume_checkpoint
 
     if not train_examples:
         raise ValueError("train_coconut needs at least one training example")
     cfg = config
-    resume_path = resume_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else None
-    if resume_path is None:
-        check_new_run(cfg.output_dir, overwrite=cfg.overwrite_output_dir, resumable=bool(cfg.save_steps))
+    if cfg.lora.enabled and not model.is_peft:
+        model.apply_lora(cfg.lora)  # before any weights are loaded: a LoRA run's checkpoints hold its adapter
+    checkpoints = Checkpoints(cfg, model)  # checks the run folder; a resumed run's weights are loaded here
     converged = cfg.stage_advance == "converged"
     t_start = time.perf_counter()
     tok = model.tokenizer
@@ -111,21 +109,17 @@ def train_coconut(
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
 
-    if cfg.lora.enabled and not model.is_peft:
-        model.apply_lora(cfg.lora)  # before any weights are loaded: a LoRA run's checkpoints hold its adapter
 
     def autocast() -> torch.autocast:
         return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
 
     history = CoconutHistory()
     state = {"step": 0, "train_time": 0.0}
-    resume: dict[str, Any] | None = None  # where a resumed run picks up (the checkpoint's trainer state)
-    if resume_path is not None:
-        resume = load_checkpoint(resume_path, optimizer=None, restore_rng=False)
-        model.load_weights(resume_path)
+    resume = checkpoints.state  # where a resumed run picks up (None: a new run)
+    if resume is not None:
         history = CoconutHistory(**resume["history"])
         state = {"step": resume["step"], "train_time": resume["train_time"]}
-    metrics = RunMetrics(cfg, resume_step=resume["step"] if resume else None)
+    metrics = RunMetrics(cfg, resume_step=checkpoints.resume_step)
     log = metrics.log
 
     def do_eval(step: int, stage: int, epoch: int) -> dict[str, Any] | None:
@@ -234,13 +228,13 @@ def train_coconut(
         if not restore:
             history.optimizer_resets.append(state["step"])
             return
-        saved = load_checkpoint(resume_path, optimizer=optimizer)
+        saved = checkpoints.restore(optimizer)
         if probe_heads is not None:
             probe_heads.load_state_dict(saved["probe_heads"])
         order_gen.set_state(saved["epoch_order_state"])
 
     def save(stage: int, epoch: int, batch: int, stage_start: int) -> None:
-        """A resumable checkpoint after this step: `batch` batches of pass `epoch` done."""
+        """A resumable checkpoint after this step (every save_steps): `batch` batches of pass `epoch` done."""
         if not cfg.save_steps or state["step"] % cfg.save_steps:
             return
         extra: dict[str, Any] = {
@@ -250,8 +244,7 @@ def train_coconut(
         }
         if probe_heads is not None:
             extra["probe_heads"] = probe_heads.state_dict()
-        save_checkpoint(cfg.output_dir, state["step"], save_model=model.save_pretrained, optimizer=optimizer,
-                        extra_state=extra, total_limit=cfg.save_total_limit)
+        checkpoints.save(state["step"], optimizer, extra=extra)
 
     def resumed_pass(stage: int, epoch: int) -> tuple[list[CoconutSample], list[list[int]], int]:
         """The checkpoint's pass over the data, redrawn in the same order, and how many of its batches are done."""
