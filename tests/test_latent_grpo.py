@@ -327,6 +327,47 @@ def test_superposition_sft_converged_mode_stops_at_the_gate(threshold, reason, s
         train_superposition_sft(cfg, lm, ex)
 
 
+def test_superposition_sft_resumes_exactly_and_writes_its_metrics(tmp_path, monkeypatch):
+    """Gated (patience 3, a gate evaluation every 2 steps -> stops at step 6), 6 examples in batches of 4, a linear
+    schedule: killed during step 5, resumed from checkpoint-4 (gate streak 2, a pass over the data half done) into a
+    model built from another seed; weights, losses, gate decisions and metrics.jsonl equal the uninterrupted run's."""
+    import latentrl.sft.superposition as sup
+    from latentrl.logger import read_metrics
+
+    ex = make_examples("chain_sum", 6, seed=0, length=2)
+    opts = dict(max_steps=12, per_device_train_batch_size=4, learning_rate=1e-2, warmup_steps=2, top_k=5,
+                disable_tqdm=True, lr_scheduler_type="linear", logging_steps=3, stage_advance="converged",
+                gate_threshold=0.0, gate_patience=3, gate_eval_steps=2)
+    whole = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32)
+    hist_a = train_superposition_sft(SuperpositionSFTConfig(output_dir=str(tmp_path / "a"), **opts), whole, ex,
+                                     gate_examples=ex[:4])
+    assert hist_a.steps == 6
+    calls, real_step = [], sup.optimizer_step
+
+    def crash_at_step_5(*args, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_step(*args, **kw)
+
+    b = str(tmp_path / "b")
+    monkeypatch.setattr(sup, "optimizer_step", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_superposition_sft(SuperpositionSFTConfig(output_dir=b, save_steps=2, **opts),
+                                tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32), ex,
+                                gate_examples=ex[:4])
+    monkeypatch.setattr(sup, "optimizer_step", real_step)
+    resumed = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=1, hidden=32)
+    hist_b = train_superposition_sft(SuperpositionSFTConfig(output_dir=b, save_steps=2, resume_from_checkpoint="latest",
+                                                            **opts), resumed, ex, gate_examples=ex[:4])
+    assert all(torch.equal(x, y) for x, y in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()))
+    assert hist_b.steps == 6 and hist_b.stage_log == hist_a.stage_log
+    assert [(r["step"], r["loss"]) for r in hist_b.train] == [(r["step"], r["loss"]) for r in hist_a.train]
+    assert [r["gate/streak"] for r in hist_b.gate] == [r["gate/streak"] for r in hist_a.gate] == [1, 2, 3]
+    strip = [{k: v for k, v in r.items() if "wall" not in k} for r in read_metrics(tmp_path / "a")]
+    assert [{k: v for k, v in r.items() if "wall" not in k} for r in read_metrics(b)] == strip
+
+
 def test_superposition_gate_on_generated_accuracy_scores_the_models_own_latents():
     """gate_metric generated_accuracy: the gate value is the greedy Pass@1 of evaluate_superposition on the gate
     problems (the model writes its own latents), recorded beside the teacher-forced metrics."""

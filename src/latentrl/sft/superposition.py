@@ -45,10 +45,18 @@ import torch
 from latentrl.config import ConfigError, cfg_field
 from latentrl.data.schema import Example, format_no_cot, format_prompt
 from latentrl.model import LatentModel
-from latentrl.sft.config import StageGateConfig, StepScheduleConfig, sft_default
+from latentrl.sft.config import MetricsOutputConfig, StageGateConfig, StepScheduleConfig, sft_default
 from latentrl.sft.cot import IGNORE_INDEX, SFTHistory, masked_lm_loss
 from latentrl.sft.gate import STAGE_ADVANCE_CHOICES, StageGate
-from latentrl.sft.loop import EpochOrder, MetricWindow, make_adamw, make_scheduler, optimizer_step
+from latentrl.sft.loop import (
+    Checkpoints,
+    EpochOrder,
+    MetricWindow,
+    RunMetrics,
+    make_adamw,
+    make_scheduler,
+    optimizer_step,
+)
 
 __all__ = [
     "SuperpositionSFTConfig",
@@ -63,7 +71,7 @@ __all__ = [
 
 
 @dataclasses.dataclass(kw_only=True)
-class SuperpositionSFTConfig(StepScheduleConfig, StageGateConfig):
+class SuperpositionSFTConfig(StepScheduleConfig, StageGateConfig, MetricsOutputConfig):
     """Options of superposition SFT (a small Latent-SFT stage 2 with chunk-superposition targets)."""
 
     tokens_per_latent: int = cfg_field(
@@ -282,7 +290,8 @@ def train_superposition_sft(
 
     With `stage_advance=converged`, a `StageGate` on `gate_examples` (default: the eval examples) stops training
     once the stage is learned; every gate evaluation goes to `history.gate`, the stage's steps and the reason it
-    ended to `history.stage_log`.
+    ended to `history.stage_log`. Every record also goes to `output_dir/metrics.jsonl` when set; `save_steps` writes
+    resumable checkpoints and `resume_from_checkpoint` continues from one exactly.
     """
     from latentrl.logger import progress
 
@@ -290,6 +299,7 @@ def train_superposition_sft(
         raise ValueError("train_superposition_sft needs at least one training example")
     t_start = time.perf_counter()
     cfg = config
+    checkpoints = Checkpoints(cfg, model)  # checks the run folder; a resumed run's weights are loaded here
     tok = model.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     encoded = encode_superposition_examples(tok, train_examples, cfg)
@@ -309,11 +319,20 @@ def train_superposition_sft(
     scheduler = make_scheduler(optimizer, cfg)
     history = SFTHistory()
     window = MetricWindow()
-    train_time = 0.0
+    train_time, start = 0.0, 0
+    if checkpoints.state is not None:
+        saved = checkpoints.restore(optimizer, scheduler)
+        order.load_state_dict(saved["order"])
+        window.load_state_dict(saved["window"])
+        gate.streak = saved["gate_streak"]
+        history = SFTHistory(train=saved["train"], gate=saved["gate"], steps=saved["step"])
+        train_time, start = saved["train_time"], saved["step"]
+    metrics = RunMetrics(cfg, resume_step=checkpoints.resume_step)
     bar = progress(cfg.max_steps, "sft[superposition]", disable=cfg.disable_tqdm)
+    bar.update(start)
     try:
         model.train()
-        for step in range(1, cfg.max_steps + 1):
+        for step in range(start + 1, cfg.max_steps + 1):
             t0 = time.perf_counter()
             idx = order.draw(cfg.per_device_train_batch_size)
             cpu_batch = build_superposition_batch([encoded[i] for i in idx], pad_id)
@@ -325,33 +344,36 @@ def train_superposition_sft(
             train_time += time.perf_counter() - t0
             window.add(stats)
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-                record = window.pop()
-                record.update({"step": step, "learning_rate": lr, "grad_norm": grad_norm, "train_wall_s": train_time})
-                history.train.append(record)
+                record = {**window.pop(), "learning_rate": lr, "grad_norm": grad_norm, "train_wall_s": train_time}
+                metrics.log(step, record, history.train)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", kl=f"{record.get('kl', 0.0):.3f}")
             bar.update(1)
             history.steps = step
             if converged and step % cfg.gate_eval_steps == 0:
                 gm = superposition_gate_metrics(model, gate_enc, cfg, pad_id, gate_source[: cfg.gate_num_examples])
                 d = gate.update(step, gm[cfg.gate_metric])
-                history.gate.append({"step": step, **{f"gate/{k}": v for k, v in gm.items()}, "gate/passed": d.passed,
-                                     "gate/streak": d.streak})
+                metrics.log(step, {**{f"gate/{k}": v for k, v in gm.items()}, "gate/passed": d.passed,
+                                   "gate/streak": d.streak}, history.gate)
                 model.train()
                 if d.advance:
                     reason = d.reason
                     break
-        history.stage_log.append({"step": history.steps, "stage/steps": history.steps, "stage/reason": reason,
-                                  "stage/gate_metric": cfg.gate_metric if converged else None,
-                                  "stage/gate_value": history.gate[-1][f"gate/{cfg.gate_metric}"]
-                                  if history.gate else None})
+            checkpoints.save(step, optimizer, scheduler, extra={
+                "order": order.state_dict(), "window": window.state_dict(), "gate_streak": gate.streak,
+                "train_time": train_time, "train": history.train, "gate": history.gate})
+        metrics.log(history.steps, {"stage/steps": history.steps, "stage/reason": reason,
+                                    "stage/gate_metric": cfg.gate_metric if converged else None,
+                                    "stage/gate_value": history.gate[-1][f"gate/{cfg.gate_metric}"]
+                                    if history.gate else None}, history.stage_log)
         history.train_wall_s = train_time
         if eval_examples:
             history.final_eval = evaluate_superposition(model, eval_examples, cfg)
-            history.eval.append({"step": history.steps, **{k: v for k, v in history.final_eval.items()
-                                                          if k != "samples"}})
+            metrics.log(history.steps, {k: v for k, v in history.final_eval.items() if k != "samples"},
+                        history.eval)
     finally:
         bar.close()
         model.eval()
+        metrics.close()
     history.wall_s = time.perf_counter() - t_start
     return history
 
@@ -392,7 +414,7 @@ def evaluate_superposition(model: LatentModel, examples: Sequence[Example], cfg:
     from latentrl.eval import evaluate
 
     op, schedule = latent_eval_setup(model, cfg)
-    budget = max_new_positions or (cfg.max_latent_steps + 32)
+    budget = max_new_positions or cfg.max_new_positions or (cfg.max_latent_steps + 32)
     res = evaluate(model, list(examples), operator=op, schedule=schedule, max_new_positions=budget,
                    batch_size=cfg.eval_batch_size, k=0)
     return {"pass_at_1": res.pass_at_1, "mean_reasoning_positions": res.mean_reasoning_positions,
