@@ -75,9 +75,35 @@ FSDP_EXTRA = {"hrpo": dict(gradient_checkpointing=True)}
 RESUMED = ("grpo",)  # runs that are also trained as 1 step + resume from its checkpoint (multi-process resume)
 
 
+def run_coconut(out: Path, world: int) -> dict:
+    """Coconut curriculum SFT, gated (every stage passes after 2 gate evaluations), with a linear probe head and
+    uniform_prob draws: 16 problems, a global batch of 8 = 4 micro-batches of 2, split over the processes;
+    a checkpoint after every step that does not end a stage (written by the main process); per-step losses and
+    the final weights."""
+    from latentrl.sft.coconut import CoconutConfig, train_coconut
+
+    data = make_examples("chain_sum", 16, seed=0, length=3)
+    cfg = CoconutConfig(max_latent_stage=2, start_stage=1, stage_advance="converged", final_stage=3,
+                        gate_threshold=0.0, gate_patience=2, gate_eval_steps=1, per_device_train_batch_size=2,
+                        gradient_accumulation_steps=GLOBAL_MICRO_BATCHES // world, learning_rate=1e-2,
+                        uniform_prob=0.3, probe_head_tokens=[[-2]], logging_steps=1, eval_strategy="no",
+                        output_dir=str(out / "coconut"), save_steps=1, disable_tqdm=True, seed=0)
+    model = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32)
+    hist = train_coconut(cfg, model, data, gate_examples=data[:4])
+    from accelerate.state import PartialState
+
+    state = PartialState()
+    return {"metrics": [{k: r[k] for k in ("step", "loss", "token_accuracy", "probe_head_loss")} for r in hist.train],
+            "stage_log": hist.stage_log,
+            "params": torch.cat([p.detach().flatten() for p in model.model.parameters()]),
+            "rank": state.process_index, "world": state.num_processes}
+
+
 def run(name: str, out: Path, world: int, parallelism: str = "ddp") -> dict:
     """max_steps (2 unless the run says) in one go (and for RESUMED runs, 1 step + resume); losses, rewards, final weights. The 1-step run's
     checkpoint stays in OUT/<run>/resumed/checkpoint-1."""
+    if name == "coconut":
+        return run_coconut(out, world)
     words = task_vocabulary("chain_sum")
     data = make_examples("chain_sum", 16, seed=0, length=3)
     t = GRPOTrainer(config(out / name / "full", world, name, parallelism),

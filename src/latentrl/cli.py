@@ -139,12 +139,18 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
              if cfg.eval_dataset else [])
     model = load_model(cfg.model_name_or_path, add_latent_tokens=True)
     train_coconut(cfg, model, train, evals)
-    if not cfg.output_dir and cfg.overwrite_output_dir:
-        from latentrl.run_dir import replace_run
+    from accelerate.state import PartialState
 
-        replace_run(out)
-    model.save_pretrained(out)
-    print(f"done: Coconut model in {out}")
+    from latentrl.rl.distributed import end_process_group
+
+    if PartialState().is_main_process:  # a launch of several processes saves once
+        if not cfg.output_dir and cfg.overwrite_output_dir:
+            from latentrl.run_dir import replace_run
+
+            replace_run(out)
+        model.save_pretrained(out)
+        print(f"done: Coconut model in {out}")
+    end_process_group()
     return 0
 
 

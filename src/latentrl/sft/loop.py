@@ -151,16 +151,17 @@ class RunMetrics:
 
     Opening it replaces an earlier run when overwrite_output_dir is set (the caller checked the folder with
     `check_new_run` before any work); `resume_step`: a resumed run, whose sinks keep what was logged up to that
-    step and drop the rest; `close()` flushes the sinks.
+    step and drop the rest; `write`: False on every process but the main one of a launch, whose records go to the
+    history only; `close()` flushes the sinks.
     """
 
-    def __init__(self, cfg: MetricsOutputConfig, resume_step: int | None = None):
+    def __init__(self, cfg: MetricsOutputConfig, resume_step: int | None = None, write: bool = True):
         from latentrl.logger import MetricsLogger
         from latentrl.run_dir import replace_run
 
-        if cfg.output_dir and cfg.overwrite_output_dir and resume_step is None:
+        if write and cfg.output_dir and cfg.overwrite_output_dir and resume_step is None:
             replace_run(cfg.output_dir)
-        sinks = [s for s in cfg.report_to if s != "none"] if cfg.output_dir else []
+        sinks = [s for s in cfg.report_to if s != "none"] if cfg.output_dir and write else []
         self.logger = (MetricsLogger(cfg.output_dir, sinks, run_config=config_to_dict(cfg), resume_step=resume_step)
                        if sinks else None)
 
@@ -181,22 +182,25 @@ class Checkpoints:
     (`resume_from_checkpoint`: latest or a folder) loads the checkpoint's weights into `model` at once and keeps
     its trainer state in `state` (`step` and whatever the loop saved), so the loop can find its place. The loop
     then calls `restore` once its optimizer exists (AdamW, LR schedule and RNG states come back), and `save` after
-    each step (written every `save_steps` steps, atomically, the newest `save_total_limit` kept). Apply LoRA to
-    `model` before opening it: a LoRA run's checkpoints hold the adapter.
+    each step (written every `save_steps` steps, atomically, the newest `save_total_limit` kept; by the main
+    process of a launch, `dp`, while the others wait). Apply LoRA to `model` before opening it: a LoRA run's
+    checkpoints hold the adapter.
     """
 
-    def __init__(self, cfg: MetricsOutputConfig, model: Any):
+    def __init__(self, cfg: MetricsOutputConfig, model: Any, dp: Any = None):
         from latentrl.checkpoint import load_checkpoint
         from latentrl.run_dir import check_new_run, resume_checkpoint
 
-        self.cfg, self.model = cfg, model
+        self.cfg, self.model, self.dp = cfg, model, dp
         self.path = resume_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else None
         self.state: dict[str, Any] | None = None
         if self.path is None:
             check_new_run(cfg.output_dir, overwrite=cfg.overwrite_output_dir, resumable=bool(cfg.save_steps))
-            return
-        self.state = load_checkpoint(self.path, optimizer=None, restore_rng=False)
-        model.load_weights(self.path)
+        else:
+            self.state = load_checkpoint(self.path, optimizer=None, restore_rng=False)
+            model.load_weights(self.path)
+        if dp is not None:
+            dp.barrier()  # every process has looked at the folder before the main one writes into it
 
     @property
     def resume_step(self) -> int | None:
@@ -216,5 +220,8 @@ class Checkpoints:
 
         if not self.cfg.save_steps or step % self.cfg.save_steps:
             return
-        save_checkpoint(self.cfg.output_dir, step, save_model=self.model.save_pretrained, optimizer=optimizer,
-                        scheduler=scheduler, extra_state=extra, total_limit=self.cfg.save_total_limit)
+        if self.dp is None or self.dp.is_main:
+            save_checkpoint(self.cfg.output_dir, step, save_model=self.model.save_pretrained, optimizer=optimizer,
+                            scheduler=scheduler, extra_state=extra, total_limit=self.cfg.save_total_limit)
+        if self.dp is not None:
+            self.dp.barrier()

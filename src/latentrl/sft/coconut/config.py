@@ -131,10 +131,11 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
     max_steps: int | None = cfg_field(
         None, "Stop after this many optimizer steps in total (a time box); null: run every epoch.", min=0
     )
-    mixed_precision: str = cfg_field(
-        "no",
-        "Autocast of the teacher-forced multi-pass forward (training steps and gate evaluations): no, or bf16 (CPU "
-        "and GPU; weights and optimizer stay fp32). Evaluation decodes in the weights' dtype.",
+    mixed_precision: str | None = cfg_field(
+        None,
+        "Autocast of the teacher-forced multi-pass forward (training steps and gate evaluations; accelerate): no, or "
+        "bf16 (CPU and GPU; weights and optimizer stay fp32); null = what `accelerate launch` configured, else no. "
+        "Evaluation decodes in the weights' dtype. fp16 needs a loss scaler this loop does not have.",
         choices=("no", "bf16"),
     )
     lora: LoraConfig = cfg_field(

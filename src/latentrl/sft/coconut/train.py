@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentrl.config import ConfigError
 from latentrl.data.schema import Example
 from latentrl.model import LatentModel
+from latentrl.rl.distributed import DataParallel, make_accelerator, split_evenly
 from latentrl.sft.coconut.config import IGNORE_INDEX, CoconutConfig, stage_of_epoch
 from latentrl.sft.coconut.data import (
     CoconutSample,
@@ -79,7 +81,12 @@ def train_coconut(
     cfg = config
     if cfg.lora.enabled and not model.is_peft:
         model.apply_lora(cfg.lora)  # before any weights are loaded: a LoRA run's checkpoints hold its adapter
-    checkpoints = Checkpoints(cfg, model)  # checks the run folder; a resumed run's weights are loaded here
+    dp = DataParallel(make_accelerator(cfg.mixed_precision))  # one process, or every process of a launch
+    if dp.accelerator.mixed_precision == "fp16":
+        raise ConfigError("Coconut SFT has no fp16 loss scaler: launch with bf16 or no mixed precision (the launcher "
+                          "set fp16)")
+    model.to(dp.accelerator.device)
+    checkpoints = Checkpoints(cfg, model, dp)  # checks the run folder; a resumed run's weights are loaded here
     converged = cfg.stage_advance == "converged"
     t_start = time.perf_counter()
     tok = model.tokenizer
@@ -98,7 +105,7 @@ def train_coconut(
 
     torch.manual_seed(cfg.seed)
     order_gen = torch.Generator().manual_seed(cfg.seed)
-    step_size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    step_size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * dp.world_size  # the global batch
     steps_per_epoch = math.ceil(len(train_tok) / step_size)
     if converged:
         stages = list(range(cfg.start_stage, cfg.last_stage + 1))
@@ -110,8 +117,8 @@ def train_coconut(
         total_steps = min(total_steps, cfg.max_steps)
 
 
-    def autocast() -> torch.autocast:
-        return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
+    def autocast() -> Any:
+        return dp.accelerator.autocast()
 
     history = CoconutHistory()
     state = {"step": 0, "train_time": 0.0}
@@ -119,7 +126,8 @@ def train_coconut(
     if resume is not None:
         history = CoconutHistory(**resume["history"])
         state = {"step": resume["step"], "train_time": resume["train_time"]}
-    metrics = RunMetrics(cfg, resume_step=checkpoints.resume_step)
+    metrics = RunMetrics(cfg, resume_step=checkpoints.resume_step, write=dp.is_main)
+    dp.barrier()  # the main process has replaced an earlier run (overwrite_output_dir) before anyone goes on
     log = metrics.log
 
     def do_eval(step: int, stage: int, epoch: int) -> dict[str, Any] | None:
@@ -139,6 +147,7 @@ def train_coconut(
         probe_heads = nn.Linear(model.hidden_size, cfg.num_probe_heads * model.vocab_size).to(model.device)
     params = [p for p in model.parameters() if p.requires_grad]
     head_params = list(probe_heads.parameters()) if probe_heads is not None else []
+    dp.broadcast_parameters([*model.parameters(), *head_params])  # identical replicas, whatever each process loaded
     window: dict[str, float] = {"loss": 0.0, "token_accuracy": 0.0, "thought_norm": 0.0, "forwards": 0.0, "n": 0,
                                 "probe_loss": 0.0, "probe_accuracy": 0.0, "probe_n": 0.0,
                                 "probe_head_loss": 0.0, "probe_head_accuracy": 0.0, "probe_head_n": 0.0}
@@ -167,37 +176,39 @@ def train_coconut(
     def train_step(samples: list[CoconutSample], idx: list[int], stage: int, epoch: int) -> None:
         nonlocal window
         t0 = time.perf_counter()
+        # the step's micro-batches, every one collated on every process (the loss normaliser is the whole step's
+        # token count); process k trains on the k-th contiguous run of them, then the gradients are summed
         micro = [idx[m : m + cfg.per_device_train_batch_size] for m in range(0, len(idx), cfg.per_device_train_batch_size)]
         batches = [collate_coconut([samples[i] for i in mb], pad_id) for mb in micro]
         n_tokens = float(sum(int((b.labels[:, 1:] != IGNORE_INDEX).sum()) for b in batches))
+        first, last = split_evenly(len(batches), dp.world_size)[dp.rank]
         optimizer.zero_grad(set_to_none=True)
-        loss_total, acc_total, norm_total, fwd_total = 0.0, 0.0, 0.0, 0
-        for b in batches:
+        sums = {"loss": 0.0, "token_accuracy": 0.0, "thought_norm": 0.0, "forwards": 0.0}
+        for b in batches[first:last]:
             with autocast():
-                out = coconut_forward(model, b, bptt=cfg.bptt, normalizer=n_tokens,
+                out = coconut_forward(model, b.to(model.device), bptt=cfg.bptt, normalizer=n_tokens,
                                       probe_weight=cfg.probe_weight if (cfg.probe_tokens or probe_heads) else 0.0,
                                       probe_heads=probe_heads)
             out.loss.backward()
-            if not math.isnan(out.probe_head_loss):
-                window["probe_head_loss"] += out.probe_head_loss / len(batches)
-                window["probe_head_accuracy"] += out.probe_head_accuracy / len(batches)
-                window["probe_head_n"] += 1 / len(batches)
-            if not math.isnan(out.probe_loss):
-                window["probe_loss"] += out.probe_loss / len(batches)
-                window["probe_accuracy"] += out.probe_accuracy / len(batches)
-                window["probe_n"] += 1 / len(batches)
-            loss_total += float(out.loss.detach())
-            acc_total += out.token_accuracy * out.num_tokens / n_tokens
-            norm_total += out.thought_norm / len(batches)
-            fwd_total += out.num_forwards
+            for name, value, acc in (("probe_head", out.probe_head_loss, out.probe_head_accuracy),
+                                     ("probe", out.probe_loss, out.probe_accuracy)):
+                if not math.isnan(value):
+                    sums[f"{name}_loss"] = sums.get(f"{name}_loss", 0.0) + value / len(batches)
+                    sums[f"{name}_accuracy"] = sums.get(f"{name}_accuracy", 0.0) + acc / len(batches)
+                    sums[f"{name}_n"] = sums.get(f"{name}_n", 0.0) + 1 / len(batches)
+            sums["loss"] += float(out.loss.detach())
+            sums["token_accuracy"] += out.token_accuracy * out.num_tokens / n_tokens
+            sums["thought_norm"] += out.thought_norm / len(batches)
+            sums["forwards"] += out.num_forwards
+        sums = dp.sum_floats(sums)
+        dp.sum_gradients(params + head_params)
         # the probe heads are clipped with the model; without clipping the logged norm is the model's alone, as before
         grad_norm, lr = optimizer_step(optimizer, params + head_params if cfg.max_grad_norm > 0 else params,
                                        cfg.max_grad_norm)
         state["step"] += 1
         step = state["step"]
         state["train_time"] += time.perf_counter() - t0
-        for key, val in (("loss", loss_total), ("token_accuracy", acc_total), ("thought_norm", norm_total),
-                         ("forwards", fwd_total)):
+        for key, val in sums.items():
             window[key] += val
         window["n"] += 1
         if step % cfg.logging_steps == 0 or step == total_steps:
