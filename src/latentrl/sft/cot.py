@@ -36,6 +36,7 @@ from latentrl.sft.loop import (
     make_adamw,
     make_scheduler,
     optimizer_step,
+    step_loop_state,
 )
 
 __all__ = [
@@ -238,9 +239,7 @@ def train_sft(
     window = MetricWindow()
     train_time, start = 0.0, 0
     if checkpoints.state is not None:
-        saved = checkpoints.restore(optimizer, scheduler)
-        order.load_state_dict(saved["order"])
-        window.load_state_dict(saved["window"])
+        saved = checkpoints.restore_step_loop(optimizer, scheduler, order, window)
         history = SFTHistory(train=saved["train"], eval=saved["eval"])
         train_time, start = saved["train_time"], saved["step"]
     metrics = RunMetrics(cfg, resume_step=checkpoints.resume_step)
@@ -279,9 +278,8 @@ def train_sft(
             if cfg.eval_steps and step % cfg.eval_steps == 0 and step != cfg.max_steps:
                 do_eval(step)
                 model.train()
-            checkpoints.save(step, optimizer, scheduler, extra={
-                "order": order.state_dict(), "window": window.state_dict(), "train_time": train_time,
-                "train": history.train, "eval": history.eval})
+            checkpoints.save(step, optimizer, scheduler,
+                             step_loop_state(order, window, train_time, train=history.train, eval=history.eval))
             bar.update(1)
         history.steps = cfg.max_steps
         history.train_wall_s = train_time

@@ -18,6 +18,7 @@ from latentrl.config import config_to_dict
 from latentrl.sft.config import MetricsOutputConfig, SFTTrainingConfig, StepScheduleConfig
 
 __all__ = [
+    "step_loop_state",
     "Checkpoints",
     "EpochOrder",
     "MetricWindow",
@@ -213,6 +214,15 @@ class Checkpoints:
 
         return load_checkpoint(self.path, optimizer=optimizer, scheduler=scheduler)
 
+    def restore_step_loop(self, optimizer: torch.optim.Optimizer, scheduler: Any, order: EpochOrder,
+                          window: MetricWindow) -> dict[str, Any]:
+        """`restore`, plus the data order and metric window of a step loop (CoT and superposition SFT) saved by
+        `save(..., extra=step_loop_state(...))`; returns the trainer state for the loop's own entries."""
+        saved = self.restore(optimizer, scheduler)
+        order.load_state_dict(saved["order"])
+        window.load_state_dict(saved["window"])
+        return saved
+
     def save(self, step: int, optimizer: torch.optim.Optimizer, scheduler: Any = None,
              extra: Mapping[str, Any] | None = None) -> None:
         """Write checkpoint-{step} when `step` is a multiple of save_steps; `extra` is the loop's own state."""
@@ -225,3 +235,9 @@ class Checkpoints:
                             scheduler=scheduler, extra_state=extra, total_limit=self.cfg.save_total_limit)
         if self.dp is not None:
             self.dp.barrier()
+
+
+def step_loop_state(order: EpochOrder, window: MetricWindow, train_time: float, **loop: Any) -> dict[str, Any]:
+    """What a step loop saves with its checkpoint: data order, metric window, training time and its own `loop`
+    entries (history lists, gate streak); `Checkpoints.restore_step_loop` reads it back."""
+    return {"order": order.state_dict(), "window": window.state_dict(), "train_time": train_time, **loop}

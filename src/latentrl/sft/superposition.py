@@ -56,6 +56,7 @@ from latentrl.sft.loop import (
     make_adamw,
     make_scheduler,
     optimizer_step,
+    step_loop_state,
 )
 
 __all__ = [
@@ -321,9 +322,7 @@ def train_superposition_sft(
     window = MetricWindow()
     train_time, start = 0.0, 0
     if checkpoints.state is not None:
-        saved = checkpoints.restore(optimizer, scheduler)
-        order.load_state_dict(saved["order"])
-        window.load_state_dict(saved["window"])
+        saved = checkpoints.restore_step_loop(optimizer, scheduler, order, window)
         gate.streak = saved["gate_streak"]
         history = SFTHistory(train=saved["train"], gate=saved["gate"], steps=saved["step"])
         train_time, start = saved["train_time"], saved["step"]
@@ -358,9 +357,8 @@ def train_superposition_sft(
                 if d.advance:
                     reason = d.reason
                     break
-            checkpoints.save(step, optimizer, scheduler, extra={
-                "order": order.state_dict(), "window": window.state_dict(), "gate_streak": gate.streak,
-                "train_time": train_time, "train": history.train, "gate": history.gate})
+            checkpoints.save(step, optimizer, scheduler, step_loop_state(
+                order, window, train_time, gate_streak=gate.streak, train=history.train, gate=history.gate))
         metrics.log(history.steps, {"stage/steps": history.steps, "stage/reason": reason,
                                     "stage/gate_metric": cfg.gate_metric if converged else None,
                                     "stage/gate_value": history.gate[-1][f"gate/{cfg.gate_metric}"]
