@@ -93,3 +93,25 @@ def test_coconut_sft_and_inspect_check_data_and_method_before_loading_the_model(
     monkeypatch.setenv("LATENTRL_DEBUG", "1")
     with pytest.raises(ValueError, match="unknown method 'hrpoo'"):  # the traceback, on request
         main(["inspect", "--model", "icot_mult_4x4-cot", "--method", "hrpoo", "--prompts", "1 2 ||"])
+
+
+def test_an_error_raised_inside_a_library_keeps_its_traceback(monkeypatch, capsys):
+    """Bad input is one line (a message latentrl wrote for the user); an error raised inside torch (here a shape
+    mismatch standing in for a bug in a command) is not disguised as one: it propagates with its traceback."""
+    import torch
+
+    def buggy(ns):
+        return int(torch.zeros(2) @ torch.zeros(3))  # RuntimeError from inside torch
+
+    def bad_input(ns):
+        from latentrl.methods import get_method
+
+        return get_method("hrpoo")  # a ValueError raised by latentrl's own code
+
+    monkeypatch.setitem(latentrl.cli.COMMANDS, "plot", (buggy, "plot"))
+    with pytest.raises(RuntimeError, match="inconsistent tensor size"):
+        main(["plot", "runs/x"])
+    monkeypatch.setitem(latentrl.cli.COMMANDS, "plot", (bad_input, "plot"))
+    assert main(["plot", "runs/x"]) == 2
+    err = capsys.readouterr().err
+    assert "error: unknown method 'hrpoo'" in err and "Traceback" not in err

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from latentrl.config import (
@@ -455,12 +457,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[ns.command][0](ns)
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
-        if os.environ.get("LATENTRL_DEBUG"):
-            raise
+        if os.environ.get("LATENTRL_DEBUG") or not _raised_by_latentrl(e):
+            raise  # an error from inside torch / transformers is a bug to report with its traceback, not bad input
         print(f"latentrl {ns.command}: error: {e}", file=sys.stderr)
         if not isinstance(e, (ConfigError, FileNotFoundError)):  # may be a bug rather than bad input: say how to see
             print(f"(traceback: LATENTRL_DEBUG=1 latentrl {ns.command} ...)", file=sys.stderr)
         return 2
+
+
+def _raised_by_latentrl(e: BaseException) -> bool:
+    """Whether `e` was raised by latentrl's own code (a message written for the user: bad options, data, files),
+    or is a file the user named that is missing; an error raised inside a library is shown with its traceback."""
+    if isinstance(e, (ConfigError, FileNotFoundError)):
+        return True
+    frames = traceback.extract_tb(e.__traceback__)
+    package = str(Path(__file__).resolve().parent)
+    return bool(frames) and str(Path(frames[-1].filename).resolve()).startswith(package)
 
 
 ARG_BUILDERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {

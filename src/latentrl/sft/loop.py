@@ -18,7 +18,6 @@ from latentrl.config import config_to_dict
 from latentrl.sft.config import MetricsOutputConfig, SFTTrainingConfig, StepScheduleConfig
 
 __all__ = [
-    "step_loop_state",
     "Checkpoints",
     "EpochOrder",
     "MetricWindow",
@@ -28,6 +27,7 @@ __all__ = [
     "make_adamw",
     "make_scheduler",
     "optimizer_step",
+    "step_loop_state",
 ]
 
 
