@@ -116,10 +116,6 @@ def train_coconut(
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
 
-
-    def autocast() -> Any:
-        return dp.accelerator.autocast()
-
     history = CoconutHistory()
     state = {"step": 0, "train_time": 0.0}
     resume = checkpoints.state  # where a resumed run picks up (None: a new run)
@@ -185,7 +181,7 @@ def train_coconut(
         optimizer.zero_grad(set_to_none=True)
         sums = {"loss": 0.0, "token_accuracy": 0.0, "thought_norm": 0.0, "forwards": 0.0}
         for b in batches[first:last]:
-            with autocast():
+            with dp.accelerator.autocast():
                 out = coconut_forward(model, b.to(model.device), bptt=cfg.bptt, normalizer=n_tokens,
                                       probe_weight=cfg.probe_weight if (cfg.probe_tokens or probe_heads) else 0.0,
                                       probe_heads=probe_heads)
@@ -329,7 +325,7 @@ def train_coconut(
                         train_step(samples, steps[b], stage, epoch)
                         taken = state["step"] - stage_start
                         if taken % cfg.gate_eval_steps == 0 or gate.out_of_steps(taken):
-                            with autocast():
+                            with dp.accelerator.autocast():
                                 gm = coconut_gate_metrics(model, gate_tok, stage, cfg, latent_ids, pad_id)
                             d = gate.update(taken, gm[cfg.gate_metric])
                             log(state["step"], {**{f"gate/{k}": v for k, v in gm.items()}, "gate/passed": d.passed,
