@@ -1,7 +1,10 @@
 """Thought operators: one file per way of forming a latent step. `build_thought_operator` is the registry.
 
-Every module in this package is imported on first use, so a new operator file that decorates its class with
-`@register_thought_operator` joins the registry without editing this file.
+This package holds the operators several methods or an SFT init share (`hidden_state`, `soft_mixture`,
+`gumbel_topk`); an operator only one method uses lives in that method's folder (`methods/hrpo/operator.py`,
+`methods/lepo/operator.py`, DLR's in `methods/dlr/`) and registers the same way. Every module in this package is
+imported on first use, so a new operator file that decorates its class with `@register_thought_operator` joins the
+registry without editing this file.
 """
 
 from __future__ import annotations
