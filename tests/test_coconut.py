@@ -469,7 +469,7 @@ def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_weights():
 
 def test_resume_needs_an_output_dir_and_a_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="save_steps=2 needs an output_dir"):
-        cfg(save_steps=2)
+        train_coconut(cfg(save_steps=2), model(), tiny_train_data(4))
     with pytest.raises(ConfigError, match="set only one of them"):
         cfg(output_dir=str(tmp_path), resume_from_checkpoint="latest", overwrite_output_dir=True)
     with pytest.raises(FileNotFoundError, match="no intact checkpoint"):

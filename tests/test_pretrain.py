@@ -84,6 +84,41 @@ def test_pretrain_is_reproducible(tmp_path):
     assert runs[0] == runs[1]
 
 
+def test_pretrain_resume_continues_an_interrupted_run(tmp_path, monkeypatch):
+    """Killed during the CoT model's step 3 (checkpoints every step): --resume continues it from checkpoint-2 to
+    the weights of an uninterrupted run, then trains the no-CoT model; a second --resume keeps both as they are."""
+    import latentrl.sft.cot as cot
+
+    torch.set_num_threads(1)
+
+    def config(out):
+        return load_config(PretrainConfig, None, [f"output_dir={out}", "real_eval=null", "task=chain_sum",
+                                                  "difficulty={length: 3}", "cot.save_steps=1", *TINY])
+
+    whole = pretrain(config(tmp_path / "whole"))
+    calls, real_step = [], cot.optimizer_step
+
+    def crash_in_step_3(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(cot, "optimizer_step", crash_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config(tmp_path / "cut"))
+    monkeypatch.setattr(cot, "optimizer_step", real_step)
+    with pytest.raises(ConfigError, match="already holds a run"):  # without --resume the folder is refused
+        pretrain(config(tmp_path / "cut"))
+    resumed = pretrain(config(tmp_path / "cut"), resume=True)
+    for folder in ("chain_sum-cot", "chain_sum-nocot"):
+        assert (tmp_path / "cut" / folder / "model.safetensors").read_bytes() == (
+            tmp_path / "whole" / folder / "model.safetensors").read_bytes(), folder
+    assert resumed["models"]["cot"]["final_train_loss"] == whole["models"]["cot"]["final_train_loss"]
+    again = pretrain(config(tmp_path / "cut"), resume=True)  # nothing left to train: both models kept
+    assert again["models"]["no_cot"]["eval_generated"] == resumed["models"]["no_cot"]["eval_generated"]
+
+
 def test_config_sections_and_errors():
     cfg = load_config(PretrainConfig, None, ["no_cot.max_steps=5", "task=chain_sum"])
     # a section built from overrides gets the class defaults (mode 'cot'); pretrain forces the right mode

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import shlex
@@ -304,21 +305,31 @@ def plot_comparison(run_dirs: dict[str, Path], out_png: Path, title: str) -> Pat
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def pretrain(config: PretrainConfig, *, command: str | None = None) -> dict[str, Any]:
-    """Train and evaluate the base models of `config`; returns (and writes) the results dict."""
-    from latentrl.checkpoint import atomic_write_json
+def pretrain(config: PretrainConfig, *, command: str | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train and evaluate the base models of `config`; returns (and writes) the results dict.
+
+    `resume` continues an interrupted run in `output_dir`: a model already finished (its results.json written) is
+    kept as it is, one with a checkpoint (`cot.save_steps` / `no_cot.save_steps`) continues from its newest intact
+    one exactly, and one not started yet starts."""
+    from latentrl.checkpoint import atomic_write_json, latest_checkpoint
     from latentrl.data import load_icot, make_examples, train_eval_split
     from latentrl.logger import plot_metrics
-    from latentrl.run_dir import check_new_run, replace_run
+    from latentrl.run_dir import check_new_run, model_checkpoint_problem, replace_run
 
     cfg = config
     t_start = time.perf_counter()
+    if resume and cfg.overwrite_output_dir:
+        raise ConfigError("--resume continues the run in output_dir; overwrite_output_dir=true would delete it first: "
+                          "set only one of them")
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.output_dir)
     model_dirs = [Path(cfg.sft_config(mode).output_dir) for mode in cfg.modes]
-    for folder in (out, *model_dirs):
-        check_new_run(folder, overwrite=cfg.overwrite_output_dir, resumable=False)
+    finished = {d for d in model_dirs if resume and (d / RESULTS_FILE).is_file()}
+    resumable = {d for d in model_dirs
+                 if resume and d not in finished and latest_checkpoint(d, problem=model_checkpoint_problem)}
+    for folder in ([] if resume else [out]) + [d for d in model_dirs if d not in finished | resumable]:
+        check_new_run(folder, overwrite=cfg.overwrite_output_dir, resumable=not resume)
 
     real_path = _resolve_real_eval(cfg)
     real = load_icot(real_path)[: cfg.real_eval_max_examples] if real_path is not None else []
@@ -358,6 +369,14 @@ def pretrain(config: PretrainConfig, *, command: str | None = None) -> dict[str,
             continue
         sft_cfg = cfg.sft_config(mode)
         run_dir = Path(sft_cfg.output_dir)
+        if run_dir in finished:  # trained and evaluated before the interruption
+            kept = json.loads((run_dir / RESULTS_FILE).read_text())
+            results["models"][mode] = {k: v for k, v in kept.items() if k not in ("task", "difficulty", "seed",
+                                                                                  "real_eval_file")}
+            run_dirs[mode] = run_dir
+            continue
+        if run_dir in resumable:
+            sft_cfg = dataclasses.replace(sft_cfg, resume_from_checkpoint="latest")
         model = build_base_model(cfg)
         budget = sft_cfg.max_new_positions or _budget(model, list(train[:2000]) + list(held_out) + list(real), mode)
         budget_extra = {name: _budget(model, exs, mode) for name, exs in extra.items()}
@@ -443,6 +462,8 @@ def add_pretrain_args(parser: argparse.ArgumentParser) -> None:
     """The options of `latentrl pretrain` (shared by the CLI and `python -m latentrl.pretrain`)."""
     parser.add_argument("--config", help="YAML config file (configs/pretrain_*.yaml)")
     parser.add_argument("--real-eval", help="real evaluation file in iCoT text format (sets real_eval)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in output_dir (finished models kept, checkpoints resumed)")
     parser.add_argument("--help-config", action="store_true", help="list every option with its default and help")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, dotted for sections (cot.max_steps=600)")
 
@@ -457,7 +478,8 @@ def pretrain_command(ns: argparse.Namespace) -> int:
         overrides.append(f"real_eval={ns.real_eval}")
     cfg = load_config(PretrainConfig, ns.config, overrides)
     argv = (["--config", ns.config] if ns.config else []) + (["--real-eval", ns.real_eval] if ns.real_eval else [])
-    results = pretrain(cfg, command="latentrl pretrain " + shlex.join(argv + list(ns.overrides)))
+    results = pretrain(cfg, command="latentrl pretrain " + shlex.join(argv + list(ns.overrides)),
+                       resume=getattr(ns, "resume", False))
     print(_summary(results))
     print(f"models, metrics and plots in {cfg.output_dir}")
     return 0

@@ -131,9 +131,6 @@ class MetricsOutputConfig(SFTTrainingConfig):
             raise ConfigError(f"report_to={self.report_to}: 'none' cannot be combined with other sinks")
         if "wandb" in self.report_to and not module_available("wandb"):
             raise ConfigError(WANDB_MISSING)
-        for key in ("save_steps", "resume_from_checkpoint"):
-            if getattr(self, key) and not self.output_dir:
-                raise ConfigError(f"{key}={getattr(self, key)} needs an output_dir (the checkpoints live there)")
         if self.resume_from_checkpoint and self.overwrite_output_dir:
             raise ConfigError("resume_from_checkpoint continues the run in output_dir; overwrite_output_dir=true "
                               "would delete it first: set only one of them")

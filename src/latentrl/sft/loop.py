@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentrl.config import config_to_dict
+from latentrl.config import ConfigError, config_to_dict
 from latentrl.sft.config import MetricsOutputConfig, SFTTrainingConfig, StepScheduleConfig
 
 __all__ = [
@@ -193,6 +193,9 @@ class Checkpoints:
         from latentrl.run_dir import check_new_run, resume_checkpoint
 
         self.cfg, self.model, self.dp = cfg, model, dp
+        for key in ("save_steps", "resume_from_checkpoint"):  # checked here: a caller may set output_dir late
+            if getattr(cfg, key) and not cfg.output_dir:
+                raise ConfigError(f"{key}={getattr(cfg, key)} needs an output_dir (the checkpoints live there)")
         self.path = resume_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else None
         self.state: dict[str, Any] | None = None
         if self.path is None:
