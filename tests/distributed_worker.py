@@ -78,8 +78,7 @@ RESUMED = ("grpo",)  # runs that are also trained as 1 step + resume from its ch
 def run_coconut(out: Path, world: int) -> dict:
     """Coconut curriculum SFT, gated (every stage passes after 2 gate evaluations), with a linear probe head and
     uniform_prob draws: 16 problems, a global batch of 8 = 4 micro-batches of 2, split over the processes;
-    a checkpoint after every step that does not end a stage (written by the main process); per-step losses and
-    the final weights."""
+    a checkpoint after every step (written by the main process); per-step losses and the final weights."""
     from latentrl.sft.coconut import CoconutConfig, train_coconut
 
     data = make_examples("chain_sum", 16, seed=0, length=3)

@@ -23,8 +23,8 @@ from latentrl.assets import model_path
 from latentrl.bench import suite_tasks
 from latentrl.config import GRPOConfig, load_config
 from latentrl.data.schema import as_rows
-from latentrl.methods.dlr.chain import CoconutFrame
 from latentrl.methods import get_method
+from latentrl.methods.dlr.chain import CoconutFrame
 from latentrl.model import LatentModel
 
 

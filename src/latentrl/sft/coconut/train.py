@@ -240,10 +240,17 @@ def train_coconut(
             probe_heads.load_state_dict(saved["probe_heads"])
         order_gen.set_state(saved["epoch_order_state"])
 
+    saved_at = -1
+
     def save(stage: int, epoch: int, batch: int, stage_start: int) -> None:
-        """A resumable checkpoint after this step (every save_steps): `batch` batches of pass `epoch` done."""
-        if not cfg.save_steps or state["step"] % cfg.save_steps:
+        """A resumable checkpoint (every save_steps steps): `batch` batches of pass `epoch` done. Called after each
+        step but a pass's last, and at the start of each pass (batch 0: after the previous stage's record and
+        evaluation, the next stage's fresh optimizer and gate), so a step that ends a pass or a stage is saved
+        once, with everything logged after it."""
+        nonlocal saved_at
+        if not cfg.save_steps or state["step"] == 0 or state["step"] % cfg.save_steps or state["step"] == saved_at:
             return
+        saved_at = state["step"]
         extra: dict[str, Any] = {
             "stage": stage, "epoch": epoch, "batch": batch, "stage_start": stage_start,
             "gate_streak": gate.streak if gate is not None else 0, "train_time": state["train_time"],
@@ -281,11 +288,13 @@ def train_coconut(
                         new_optimizer()
                     samples, steps = epoch_batches(stage, epoch)
                     done = 0
+                    save(stage, epoch, 0, 0)
                 for b in range(done, len(steps)):
                     if out_of_budget():
                         break
                     train_step(samples, steps[b], stage, epoch)
-                    save(stage, epoch, b + 1, 0)
+                    if b + 1 < len(steps):
+                        save(stage, epoch, b + 1, 0)
                 last_epoch_of_stage = epoch == epochs[-1] or stage_of_epoch(cfg, epoch + 1) != stage
                 if not out_of_budget() and (cfg.eval_strategy == "epoch"
                                             or (cfg.eval_strategy == "stage" and last_epoch_of_stage)):
@@ -319,6 +328,7 @@ def train_coconut(
                             new_optimizer()
                         samples, steps = epoch_batches(stage, epoch)
                         done = 0
+                        save(stage, epoch, 0, stage_start)
                     for b in range(done, len(steps)):
                         if out_of_budget():
                             break
@@ -335,7 +345,8 @@ def train_coconut(
                             if d.advance:
                                 decision = d
                                 break
-                        save(stage, epoch, b + 1, stage_start)
+                        if b + 1 < len(steps):
+                            save(stage, epoch, b + 1, stage_start)
                     epoch += 1
                 taken = state["step"] - stage_start
                 reason = decision.reason if decision is not None else "max_steps_total"
