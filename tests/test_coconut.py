@@ -387,10 +387,10 @@ def flat_weights(lm) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in lm.model.parameters()])
 
 
-# 8 examples in batches of 2 = 4 steps per pass. fixed: epochs 2..6 (20 steps), stopped after 11, resumed from step
-# 10 = in the middle of epoch 4; converged: 3 stages that each pass their gate after 6 steps (3 evaluations,
-# patience 3), resumed from step 10 = in stage 2 with a streak of 2, at the end of a pass over the data; both with
-# uniform_prob draws and a linear probe head
+# 8 examples in batches of 2 = 4 steps per pass; each run is killed during step `stop` + 1. fixed: epochs 2..6 (20
+# steps), resumed from step 10 = in the middle of epoch 4; converged: 3 stages that each pass their gate after 6
+# steps (3 evaluations, patience 3), resumed from step 10 = in stage 2 with a streak of 2, at the start of a pass
+# over the data; both with uniform_prob draws and a linear probe head
 RESUME_CASES = {
     "fixed": dict(epochs_per_stage=2, num_epochs=7, stop=11, save_steps=5),
     "converged": dict(stage_advance="converged", final_stage=3, gate_threshold=0.0, gate_patience=3,
@@ -407,7 +407,8 @@ RESUME_CASES = {
 
 
 @pytest.mark.parametrize("mode", sorted(RESUME_CASES))
-def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, mode):
+def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, mode, monkeypatch):
+    import latentrl.sft.coconut.train as coconut_train
     from latentrl.checkpoint import list_checkpoints
     from latentrl.logger import read_metrics
 
@@ -423,10 +424,20 @@ def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, mode):
 
     whole = model()
     hist_a = train_coconut(cfg(output_dir=str(tmp_path / "a"), **opts), whole, data, **gate)
-    # the same run stopped after `stop` steps (a crash after its last checkpoint), then resumed into a model
-    # built from another seed: everything it trains with must come from the checkpoint
-    train_coconut(cfg(output_dir=str(tmp_path / "b"), save_steps=save_steps, max_steps=stop, **opts), model(), data,
-                  **gate)
+    # the same run killed during step stop + 1, then resumed into a model built from another seed: everything it
+    # trains with must come from the checkpoint
+    calls, real_step = [], coconut_train.optimizer_step
+
+    def crash(*args, **kw):
+        calls.append(1)
+        if len(calls) == stop + 1:
+            raise KeyboardInterrupt
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(coconut_train, "optimizer_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_coconut(cfg(output_dir=str(tmp_path / "b"), save_steps=save_steps, **opts), model(), data, **gate)
+    monkeypatch.setattr(coconut_train, "optimizer_step", real_step)
     saved = [int(p.name.split("-")[1]) for p in list_checkpoints(tmp_path / "b")]
     assert saved == [save_steps * (stop // save_steps - 1), save_steps * (stop // save_steps)]  # save_total_limit 2
     resumed = model(seed=0 if "lora" in case else 1)
@@ -444,6 +455,23 @@ def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, mode):
         return [{k: v for k, v in r.items() if "wall" not in k} for r in read_metrics(tmp_path / run)]
 
     assert lines("b") == lines("a")
+
+
+def test_a_time_boxed_run_leaves_a_checkpoint_to_continue_from(tmp_path):
+    """max_steps stops the run in the middle of a pass, off the save_steps grid: its last step is saved anyway, and
+    continuing it with no time box gives the uninterrupted run's weights."""
+    from latentrl.checkpoint import list_checkpoints
+
+    data = tiny_train_data(8)
+    opts = dict(max_latent_stage=2, start_stage=1, per_device_train_batch_size=2, eval_strategy="no",
+                epochs_per_stage=2, num_epochs=5, learning_rate=1e-3, save_steps=5)
+    whole = model()
+    train_coconut(cfg(output_dir=str(tmp_path / "a"), **opts), whole, data)
+    train_coconut(cfg(output_dir=str(tmp_path / "b"), max_steps=7, **opts), model(), data)
+    assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["checkpoint-5", "checkpoint-7"]
+    resumed = model(seed=1)
+    train_coconut(cfg(output_dir=str(tmp_path / "b"), resume_from_checkpoint="latest", **opts), resumed, data)
+    assert torch.equal(flat_weights(resumed), flat_weights(whole))
 
 
 def test_lora_trains_the_adapter_and_the_latent_rows_only(tmp_path):

@@ -227,11 +227,12 @@ class Checkpoints:
         return saved
 
     def save(self, step: int, optimizer: torch.optim.Optimizer, scheduler: Any = None,
-             extra: Mapping[str, Any] | None = None) -> None:
-        """Write checkpoint-{step} when `step` is a multiple of save_steps; `extra` is the loop's own state."""
+             extra: Mapping[str, Any] | None = None, force: bool = False) -> None:
+        """Write checkpoint-{step} when `step` is a multiple of save_steps (or `force`, with save_steps set);
+        `extra` is the loop's own state."""
         from latentrl.checkpoint import save_checkpoint
 
-        if not self.cfg.save_steps or step % self.cfg.save_steps:
+        if not self.cfg.save_steps or (step % self.cfg.save_steps and not force):
             return
         if self.dp is None or self.dp.is_main:
             save_checkpoint(self.cfg.output_dir, step, save_model=self.model.save_pretrained, optimizer=optimizer,

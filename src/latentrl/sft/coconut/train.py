@@ -242,13 +242,15 @@ def train_coconut(
 
     saved_at = -1
 
-    def save(stage: int, epoch: int, batch: int, stage_start: int) -> None:
-        """A resumable checkpoint (every save_steps steps): `batch` batches of pass `epoch` done. Called after each
-        step but a pass's last, and at the start of each pass (batch 0: after the previous stage's record and
-        evaluation, the next stage's fresh optimizer and gate), so a step that ends a pass or a stage is saved
-        once, with everything logged after it."""
+    def save(stage: int, epoch: int, batch: int, stage_start: int, force: bool = False) -> None:
+        """A resumable checkpoint (every save_steps steps; `force`: now): `batch` batches of pass `epoch` done.
+        Called after each step but a pass's last, and at the start of each pass (batch 0: after the previous
+        stage's record and evaluation, the next stage's fresh optimizer and gate), so a step that ends a pass or a
+        stage is saved once, with everything logged after it; and forced when `max_steps` stops the run, so a
+        time-boxed run can be continued with a larger budget."""
         nonlocal saved_at
-        if not cfg.save_steps or state["step"] == 0 or state["step"] % cfg.save_steps or state["step"] == saved_at:
+        if (not cfg.save_steps or state["step"] in (0, saved_at)
+                or (state["step"] % cfg.save_steps and not force)):
             return
         saved_at = state["step"]
         extra: dict[str, Any] = {
@@ -258,7 +260,7 @@ def train_coconut(
         }
         if probe_heads is not None:
             extra["probe_heads"] = probe_heads.state_dict()
-        checkpoints.save(state["step"], optimizer, extra=extra)
+        checkpoints.save(state["step"], optimizer, extra=extra, force=force)
 
     def resumed_pass(stage: int, epoch: int) -> tuple[list[CoconutSample], list[list[int]], int]:
         """The checkpoint's pass over the data, redrawn in the same order, and how many of its batches are done."""
@@ -289,12 +291,16 @@ def train_coconut(
                     samples, steps = epoch_batches(stage, epoch)
                     done = 0
                     save(stage, epoch, 0, 0)
+                trained = done
                 for b in range(done, len(steps)):
                     if out_of_budget():
                         break
                     train_step(samples, steps[b], stage, epoch)
-                    if b + 1 < len(steps):
-                        save(stage, epoch, b + 1, 0)
+                    trained = b + 1
+                    if trained < len(steps):
+                        save(stage, epoch, trained, 0)
+                if out_of_budget():
+                    save(stage, epoch, trained, 0, force=True)
                 last_epoch_of_stage = epoch == epochs[-1] or stage_of_epoch(cfg, epoch + 1) != stage
                 if not out_of_budget() and (cfg.eval_strategy == "epoch"
                                             or (cfg.eval_strategy == "stage" and last_epoch_of_stage)):
@@ -329,10 +335,12 @@ def train_coconut(
                         samples, steps = epoch_batches(stage, epoch)
                         done = 0
                         save(stage, epoch, 0, stage_start)
+                    trained = done
                     for b in range(done, len(steps)):
                         if out_of_budget():
                             break
                         train_step(samples, steps[b], stage, epoch)
+                        trained = b + 1
                         taken = state["step"] - stage_start
                         if taken % cfg.gate_eval_steps == 0 or gate.out_of_steps(taken):
                             with dp.accelerator.autocast():
@@ -345,8 +353,10 @@ def train_coconut(
                             if d.advance:
                                 decision = d
                                 break
-                        if b + 1 < len(steps):
-                            save(stage, epoch, b + 1, stage_start)
+                        if trained < len(steps):
+                            save(stage, epoch, trained, stage_start)
+                    if out_of_budget() and decision is None:
+                        save(stage, epoch, trained, stage_start, force=True)
                     epoch += 1
                 taken = state["step"] - stage_start
                 reason = decision.reason if decision is not None else "max_steps_total"
