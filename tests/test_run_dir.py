@@ -324,3 +324,58 @@ def test_cli_resume_checks_the_run_first_and_says_where_it_starts(tmp_path, caps
     assert cli_train(run, f"model_name_or_path={init}", "max_steps=2", "--resume") == 0
     assert f"resuming from {run / 'checkpoint-1'} (step 1 of 2)" in capsys.readouterr().err
     assert [r["step"] for r in read_metrics(run)] == [1, 2]
+
+
+# ------------------------------------------------------------------------------------------ one process per run
+
+
+def test_a_run_folder_in_use_is_refused_by_every_trainer(old_run, tmp_path):
+    """While one process trains into a folder (holds its lock), a resume or another run there is refused before
+    anything is written; the lock file goes when the run ends, and a folder it created for a run that wrote
+    nothing goes too."""
+    from latentrl.run_dir import LOCK_FILE, run_lock
+    from latentrl.sft.cot import CoTSFTConfig, train_sft
+    from latentrl.testing import tiny_latent_model
+
+    out, _ = old_run
+    before = snapshot(out)
+    with run_lock(out):
+        assert (out / LOCK_FILE).read_text().startswith("pid ")
+        with pytest.raises(ConfigError, match=r"in use by a run that is still going \(pid \d+"):
+            trainer(out).train(resume_from_checkpoint=True)
+        with pytest.raises(ConfigError, match="in use"):
+            with run_lock(out):
+                pass
+        with pytest.raises(ConfigError, match="in use"):
+            train_sft(CoTSFTConfig(output_dir=str(out), max_steps=1, disable_tqdm=True),
+                      tiny_latent_model("qwen2"), examples())
+    assert snapshot(out) == before  # the lock file is gone, nothing else changed
+    trainer(out).train(resume_from_checkpoint=True)  # free again
+    fresh = tmp_path / "never_written"
+    with run_lock(fresh):
+        assert fresh.is_dir()
+    assert not fresh.exists()
+
+
+def test_a_killed_run_does_not_block_its_resume(tmp_path):
+    """The lock dies with its process (SIGKILL included): the stale lock file does not refuse the resume."""
+    import subprocess
+    import sys
+
+    from latentrl.run_dir import LOCK_FILE, run_lock
+
+    out = tmp_path / "run"
+    code = ("import sys, time; from latentrl.run_dir import run_lock\n"
+            f"with run_lock({str(out)!r}):\n    print('locked', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match="in use"):
+            with run_lock(out):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (out / LOCK_FILE).exists()  # left behind by the killed process
+    with run_lock(out):
+        pass

@@ -7,7 +7,9 @@ they load the model), and refuses a folder that already holds a run (its metrics
 checkpoints or saved model) unless the run is resumed or ``overwrite_output_dir`` is set (Hugging Face's name).
 With ``overwrite_output_dir`` the old run is replaced by :func:`replace_run` in one rename — by the RL trainer only
 once its first step has succeeded, by the SFT trainers when training starts — so the folder never holds a mixture
-of both. A folder holding only other files (a YAML kept beside the run) is not a run.
+of both. A folder holding only other files (a YAML kept beside the run) is not a run. While a run trains, its
+process holds the folder's lock (:func:`run_lock`), so a second process — a ``--resume`` started while the first
+still runs — is refused instead of mixing its checkpoints and logs with the first one's.
 
 :func:`resume_checkpoint` picks the checkpoint a resume starts from: the newest intact one (damaged newer ones
 are skipped with a warning naming the file), and :func:`check_same_run` checks it was written by the same method
@@ -16,17 +18,26 @@ from the same model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
+import socket
+from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not guarded against a concurrent second process
+    fcntl = None
 
 from latentrl.checkpoint import TRAINER_STATE_FILE, checkpoint_problem, latest_checkpoint, list_checkpoints
 from latentrl.config import ConfigError
 
-__all__ = ["RUN_FILES", "check_new_run", "check_run_folder", "check_same_run", "replace_run", "resume_checkpoint",
+__all__ = ["LOCK_FILE", "RUN_FILES", "check_new_run", "check_run_folder", "check_same_run", "replace_run",
+           "resume_checkpoint", "run_lock",
            "run_entries"]
 
 #: names a latentrl run writes into its output_dir (besides checkpoint-N / step-N folders)
@@ -67,6 +78,50 @@ def check_new_run(output_dir: str | Path | None, *, overwrite: bool = False, res
     resume = "continue it with --resume (resume_from_checkpoint=latest), " if resumable else ""
     raise ConfigError(f"{key} {str(output_dir)!r} already holds a run ({shown}); a new run would mix with it or "
                       f"overwrite it: {resume}choose another {key}, or set overwrite_output_dir=true to replace it")
+
+
+#: the lock a training process holds in its output_dir (`run_lock`); not a run entry, removed when the run ends
+LOCK_FILE = ".latentrl.lock"
+
+
+@contextlib.contextmanager
+def run_lock(output_dir: str | Path | None, enabled: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on `output_dir` while a run trains into it, so that a second process (a `--resume`
+    started while the first still runs, or a second new run) is refused at once instead of mixing checkpoints and
+    logs. An advisory `flock` on `output_dir/.latentrl.lock`: the kernel releases it when the process dies, even by
+    SIGKILL, so a killed run never blocks its own resume. The file is deleted when the run ends, and a folder this
+    call created is removed again when the run wrote nothing into it. `enabled`: False on the processes of a launch
+    that do not write (only the main one locks)."""
+    if not enabled or output_dir is None or fcntl is None:
+        yield
+        return
+    folder = Path(output_dir)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"output_dir {str(folder)!r} is in use by a run that is still going ({holder}); wait for "
+                          "it to end or stop it before resuming or starting another run there") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: the run wrote nothing
 
 
 def replace_run(output_dir: str | Path) -> None:

@@ -44,6 +44,7 @@ mpirun).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -54,6 +55,7 @@ from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType, broadcast, gather_object
 
 from latentrl.config import ConfigError
+from latentrl.run_dir import run_lock
 from latentrl.sampling import generator_for
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -177,6 +179,17 @@ class DataParallel:
             return flag
         t = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
         return bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
+
+    def lock_run_folder(self, stack: contextlib.ExitStack, output_dir: str | os.PathLike | None) -> None:
+        """Hold `run_lock(output_dir)` on the main process for the life of `stack`. When another run holds the
+        folder, every process raises (the main one's message), so no process is left waiting at a collective."""
+        error: ConfigError | None = None
+        try:
+            stack.enter_context(run_lock(output_dir, enabled=self.is_main))
+        except ConfigError as e:
+            error = e
+        if self.any_true(error is not None):
+            raise error or ConfigError(f"output_dir {str(output_dir)!r} is in use by another run")
 
     @torch.no_grad()
     def sum_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:

@@ -574,9 +574,15 @@ class GRPOTrainer:
         """Run `self.max_steps` optimizer steps (`max_steps`, or `num_train_epochs` passes over the prompts); resume
         from a checkpoint (`True` = the latest in output_dir).
 
-        A new run refuses an output_dir holding an earlier run (`overwrite_output_dir` replaces it); nothing is
-        written into output_dir (run_config.json, metrics, TensorBoard, checkpoints) before the first step has
-        succeeded, so a run that fails at once leaves an earlier run untouched."""
+        A new run refuses an output_dir holding an earlier run (`overwrite_output_dir` replaces it), and any run
+        refuses one another process is training into (`run_lock`); nothing is written into output_dir
+        (run_config.json, metrics, TensorBoard, checkpoints) before the first step has succeeded, so a run that
+        fails at once leaves an earlier run untouched."""
+        with contextlib.ExitStack() as stack:
+            self.dp.lock_run_folder(stack, self.output_dir)
+            return self._train(resume_from_checkpoint)
+
+    def _train(self, resume_from_checkpoint: str | bool | None) -> list[dict[str, float]]:
         a = self.args
         resume = resume_from_checkpoint if resume_from_checkpoint is not None else a.resume_from_checkpoint
         start_step = 0

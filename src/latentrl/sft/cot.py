@@ -289,5 +289,6 @@ def train_sft(
         bar.close()
         model.eval()
         metrics.close()
+        checkpoints.close()
     history.wall_s = time.perf_counter() - t_start
     return history

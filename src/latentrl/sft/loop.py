@@ -7,6 +7,7 @@ pieces that were written out once per loop, so the loops build the same optimize
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from latentrl.config import ConfigError, config_to_dict
+from latentrl.run_dir import run_lock
 from latentrl.sft.config import MetricsOutputConfig, SFTTrainingConfig, StepScheduleConfig
 
 __all__ = [
@@ -184,8 +186,8 @@ class Checkpoints:
     its trainer state in `state` (`step` and whatever the loop saved), so the loop can find its place. The loop
     then calls `restore` once its optimizer exists (AdamW, LR schedule and RNG states come back), and `save` after
     each step (written every `save_steps` steps, atomically, the newest `save_total_limit` kept; by the main
-    process of a launch, `dp`, while the others wait). Apply LoRA to `model` before opening it: a LoRA run's
-    checkpoints hold the adapter.
+    process of a launch, `dp`, while the others wait). It holds the run folder's lock (`run_lock`) until `close`.
+    Apply LoRA to `model` before opening it: a LoRA run's checkpoints hold the adapter.
     """
 
     def __init__(self, cfg: MetricsOutputConfig, model: Any, dp: Any = None):
@@ -196,15 +198,29 @@ class Checkpoints:
         for key in ("save_steps", "resume_from_checkpoint"):  # checked here: a caller may set output_dir late
             if getattr(cfg, key) and not cfg.output_dir:
                 raise ConfigError(f"{key}={getattr(cfg, key)} needs an output_dir (the checkpoints live there)")
-        self.path = resume_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else None
-        self.state: dict[str, Any] | None = None
-        if self.path is None:
-            check_new_run(cfg.output_dir, overwrite=cfg.overwrite_output_dir, resumable=bool(cfg.save_steps))
-        else:
-            self.state = load_checkpoint(self.path, optimizer=None, restore_rng=False)
-            model.load_weights(self.path)
+        self._stack = contextlib.ExitStack()  # the run folder's lock (`close` releases it)
         if dp is not None:
-            dp.barrier()  # every process has looked at the folder before the main one writes into it
+            dp.lock_run_folder(self._stack, cfg.output_dir)
+        else:
+            self._stack.enter_context(run_lock(cfg.output_dir))
+        try:
+            self.path = (resume_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint
+                         else None)
+            self.state: dict[str, Any] | None = None
+            if self.path is None:
+                check_new_run(cfg.output_dir, overwrite=cfg.overwrite_output_dir, resumable=bool(cfg.save_steps))
+            else:
+                self.state = load_checkpoint(self.path, optimizer=None, restore_rng=False)
+                model.load_weights(self.path)
+            if dp is not None:
+                dp.barrier()  # every process has looked at the folder before the main one writes into it
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder (the loop calls it when training ends, however it ends)."""
+        self._stack.close()
 
     @property
     def resume_step(self) -> int | None:

@@ -372,6 +372,7 @@ def train_superposition_sft(
         bar.close()
         model.eval()
         metrics.close()
+        checkpoints.close()
     history.wall_s = time.perf_counter() - t_start
     return history
 
