@@ -30,3 +30,30 @@ def prompts(tiny):
 
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def killed_in_step(monkeypatch):
+    """`with killed_in_step(module, n): train(...)`: the training loop in `module` dies (KeyboardInterrupt) inside
+    its optimizer step n, after the step's forward and backward and before its update, as a process killed there
+    would; the real `optimizer_step` is back once the block ends."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def kill(module, n: int):
+        real, calls = module.optimizer_step, []
+
+        def step(*args, **kw):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*args, **kw)
+
+        monkeypatch.setattr(module, "optimizer_step", step)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                yield
+        finally:
+            monkeypatch.setattr(module, "optimizer_step", real)
+
+    return kill

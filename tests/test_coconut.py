@@ -407,7 +407,7 @@ RESUME_CASES = {
 
 
 @pytest.mark.parametrize("mode", sorted(RESUME_CASES))
-def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, mode, monkeypatch):
+def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, mode, killed_in_step):
     import latentrl.sft.coconut.train as coconut_train
     from latentrl.checkpoint import list_checkpoints
     from latentrl.logger import read_metrics
@@ -426,18 +426,8 @@ def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, mode, m
     hist_a = train_coconut(cfg(output_dir=str(tmp_path / "a"), **opts), whole, data, **gate)
     # the same run killed during step stop + 1, then resumed into a model built from another seed: everything it
     # trains with must come from the checkpoint
-    calls, real_step = [], coconut_train.optimizer_step
-
-    def crash(*args, **kw):
-        calls.append(1)
-        if len(calls) == stop + 1:
-            raise KeyboardInterrupt
-        return real_step(*args, **kw)
-
-    monkeypatch.setattr(coconut_train, "optimizer_step", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_in_step(coconut_train, stop + 1):
         train_coconut(cfg(output_dir=str(tmp_path / "b"), save_steps=save_steps, **opts), model(), data, **gate)
-    monkeypatch.setattr(coconut_train, "optimizer_step", real_step)
     saved = [int(p.name.split("-")[1]) for p in list_checkpoints(tmp_path / "b")]
     assert saved == [save_steps * (stop // save_steps - 1), save_steps * (stop // save_steps)]  # save_total_limit 2
     resumed = model(seed=0 if "lora" in case else 1)

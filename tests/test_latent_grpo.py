@@ -327,7 +327,7 @@ def test_superposition_sft_converged_mode_stops_at_the_gate(threshold, reason, s
         train_superposition_sft(cfg, lm, ex)
 
 
-def test_superposition_sft_resumes_exactly_and_writes_its_metrics(tmp_path, monkeypatch):
+def test_superposition_sft_resumes_exactly_and_writes_its_metrics(tmp_path, killed_in_step):
     """Gated (patience 3, a gate evaluation every 2 steps -> stops at step 6), 6 examples in batches of 4, a linear
     schedule: killed during step 5, resumed from checkpoint-4 (gate streak 2, a pass over the data half done) into a
     model built from another seed; weights, losses, gate decisions and metrics.jsonl equal the uninterrupted run's."""
@@ -342,21 +342,11 @@ def test_superposition_sft_resumes_exactly_and_writes_its_metrics(tmp_path, monk
     hist_a = train_superposition_sft(SuperpositionSFTConfig(output_dir=str(tmp_path / "a"), **opts), whole, ex,
                                      gate_examples=ex[:4])
     assert hist_a.steps == 6
-    calls, real_step = [], sup.optimizer_step
-
-    def crash_at_step_5(*args, **kw):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real_step(*args, **kw)
-
     b = str(tmp_path / "b")
-    monkeypatch.setattr(sup, "optimizer_step", crash_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_in_step(sup, 5):
         train_superposition_sft(SuperpositionSFTConfig(output_dir=b, save_steps=2, **opts),
                                 tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32), ex,
                                 gate_examples=ex[:4])
-    monkeypatch.setattr(sup, "optimizer_step", real_step)
     resumed = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=1, hidden=32)
     hist_b = train_superposition_sft(SuperpositionSFTConfig(output_dir=b, save_steps=2, resume_from_checkpoint="latest",
                                                             **opts), resumed, ex, gate_examples=ex[:4])

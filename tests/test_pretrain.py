@@ -84,7 +84,7 @@ def test_pretrain_is_reproducible(tmp_path):
     assert runs[0] == runs[1]
 
 
-def test_pretrain_resume_continues_an_interrupted_run(tmp_path, monkeypatch):
+def test_pretrain_resume_continues_an_interrupted_run(tmp_path, killed_in_step):
     """Killed during the CoT model's step 3 (checkpoints every step): --resume continues it from checkpoint-2 to
     the weights of an uninterrupted run, then trains the no-CoT model; a second --resume keeps both as they are."""
     import latentrl.sft.cot as cot
@@ -96,18 +96,8 @@ def test_pretrain_resume_continues_an_interrupted_run(tmp_path, monkeypatch):
                                                   "difficulty={length: 3}", "cot.save_steps=1", *TINY])
 
     whole = pretrain(config(tmp_path / "whole"))
-    calls, real_step = [], cot.optimizer_step
-
-    def crash_in_step_3(*args, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_step(*args, **kw)
-
-    monkeypatch.setattr(cot, "optimizer_step", crash_in_step_3)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_in_step(cot, 3):
         pretrain(config(tmp_path / "cut"))
-    monkeypatch.setattr(cot, "optimizer_step", real_step)
     with pytest.raises(ConfigError, match="already holds a run"):  # without --resume the folder is refused
         pretrain(config(tmp_path / "cut"))
     resumed = pretrain(config(tmp_path / "cut"), resume=True)

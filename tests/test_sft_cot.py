@@ -160,7 +160,7 @@ def test_sft_is_deterministic_by_seed():
     assert losses_a != losses_c  # another seed, another data order
 
 
-def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, monkeypatch):
+def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, killed_in_step):
     """10 examples in batches of 4 (batches span passes over the data), a cosine schedule with warmup, logging every
     4 steps (a window open at the checkpoint): killed during step 8, resumed from checkpoint-6 into a model built
     from another seed."""
@@ -174,18 +174,8 @@ def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, monkeyp
     whole = tiny_latent_model("qwen2", seed=0)
     hist_a = train_sft(quiet(output_dir=str(tmp_path / "a"), **opts), whole, data, data[:2])
     b = str(tmp_path / "b")
-    calls, real_step = [], cot.optimizer_step
-
-    def crash_at_step_8(*args, **kw):
-        calls.append(1)
-        if len(calls) == 8:
-            raise KeyboardInterrupt  # the process dies in the middle of step 8
-        return real_step(*args, **kw)
-
-    monkeypatch.setattr(cot, "optimizer_step", crash_at_step_8)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_in_step(cot, 8):
         train_sft(quiet(output_dir=b, save_steps=3, **opts), tiny_latent_model("qwen2", seed=0), data, data[:2])
-    monkeypatch.setattr(cot, "optimizer_step", real_step)
     assert [p.name for p in list_checkpoints(b)] == ["checkpoint-3", "checkpoint-6"]
     resumed = tiny_latent_model("qwen2", seed=1)
     hist_b = train_sft(quiet(output_dir=b, save_steps=3, resume_from_checkpoint="latest", **opts), resumed, data,
