@@ -213,6 +213,26 @@ def test_stage_samples_exact_tokens_and_loss_masks():
     assert coconut_eval_thoughts(c1, 1) == 1
 
 
+def test_thoughts_per_step_gives_each_replaced_step_its_own_count():
+    """thoughts_per_step [1, 3] (c_thought 2 for later steps): stage k has the first k steps' counts summed, the
+    probes map each thought to its own step and index, and equal counts reproduce c_thought exactly."""
+    lm = model()
+    t = tokenize_example(lm.tokenizer, Example("Tom is a cat", ["1 2", "3", "4 5 6"], "7"))
+    per = cfg(c_thought=2, max_latent_stage=3, thoughts_per_step=[1, 3], probe_tokens=[0, -1, 0])
+    assert [build_stage_sample(t, k, per, lm.latent_ids).num_latent for k in range(5)] == [0, 1, 4, 6, 6]
+    assert [per.thought_slot(q) for q in range(6)] == [(0, 0), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1)]
+    assert coconut_eval_thoughts(per, 2) == 4 and coconut_eval_thoughts(per, 9) == 6
+    steps = t.steps
+    assert build_stage_sample(t, 3, per, lm.latent_ids).probe == [steps[0][0], steps[1][0], steps[1][-1],
+                                                                   steps[1][0], steps[2][0], steps[2][-1]]
+    same = cfg(c_thought=2, max_latent_stage=3, thoughts_per_step=[2, 2, 2], probe_tokens=[0, -1])
+    plain = cfg(c_thought=2, max_latent_stage=3, probe_tokens=[0, -1])
+    for k in range(5):
+        assert build_stage_sample(t, k, same, lm.latent_ids) == build_stage_sample(t, k, plain, lm.latent_ids)
+    with pytest.raises(ConfigError, match="thoughts_per_step entries"):
+        cfg(thoughts_per_step=[2, 0])
+
+
 def test_stage_zero_is_the_cot_sft_sequence_and_prompt_hook_tokenizes_to_start():
     lm = model()
     tok = lm.tokenizer

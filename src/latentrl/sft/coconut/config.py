@@ -27,6 +27,12 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
     c_thought: int = cfg_field(
         1, "Continuous thoughts per replaced language step, c (paper: 1 for ProsQA/ProntoQA, 2 for GSM8k-Aug).", min=1
     )
+    thoughts_per_step: list[int] = cfg_field(
+        [],
+        "Thoughts for each replaced step, in order (ours, not in Coconut; e.g. [3, 5, 3, 3] gives the step whose "
+        "running sum is hardest to carry more room); steps past the list get c_thought. Empty: c_thought for every "
+        "step (Coconut).",
+    )
     max_latent_stage: int = cfg_field(
         6,
         "Last stage that still replaces steps one by one; later stages drop every language step (paper: 6 for "
@@ -167,12 +173,15 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
 
     def validate(self) -> None:
         super().validate()
-        if len(self.probe_tokens) > self.c_thought:
-            raise ConfigError(f"probe_tokens has {len(self.probe_tokens)} entries for c_thought={self.c_thought} "
-                              "thoughts per step")
-        if len(self.probe_head_tokens) > self.c_thought:
-            raise ConfigError(f"probe_head_tokens has {len(self.probe_head_tokens)} entries for "
-                              f"c_thought={self.c_thought} thoughts per step")
+        if any(n < 1 for n in self.thoughts_per_step):
+            raise ConfigError(f"thoughts_per_step entries must be >= 1, got {self.thoughts_per_step}")
+        most = max([self.c_thought, *self.thoughts_per_step])  # the most thoughts any step gets
+        if len(self.probe_tokens) > most:
+            raise ConfigError(f"probe_tokens has {len(self.probe_tokens)} entries for at most {most} thoughts per "
+                              "step (c_thought, thoughts_per_step)")
+        if len(self.probe_head_tokens) > most:
+            raise ConfigError(f"probe_head_tokens has {len(self.probe_head_tokens)} entries for at most {most} "
+                              "thoughts per step (c_thought, thoughts_per_step)")
         if self.stage_advance == "converged":
             if self.final_stage is not None and self.final_stage < self.start_stage:
                 raise ConfigError(f"final_stage ({self.final_stage}) is before start_stage ({self.start_stage})")
@@ -185,6 +194,22 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
                 f"start_stage ({self.start_stage}) * epochs_per_stage ({self.epochs_per_stage}) = "
                 f"{self.start_stage * self.epochs_per_stage} leaves no epoch to train: num_epochs is {self.num_epochs}"
             )
+
+    def thoughts_for(self, steps: int) -> int:
+        """Thoughts that replace the first `steps` language steps (sum of their per-step counts)."""
+        return sum(self.step_thoughts(i) for i in range(steps))
+
+    def step_thoughts(self, i: int) -> int:
+        """Thoughts that replace language step i (0-based): thoughts_per_step[i], else c_thought."""
+        return self.thoughts_per_step[i] if i < len(self.thoughts_per_step) else self.c_thought
+
+    def thought_slot(self, q: int) -> tuple[int, int]:
+        """(step i, index j among that step's thoughts) of thought q (0-based) in the thought sequence."""
+        i = 0
+        while q >= self.step_thoughts(i):
+            q -= self.step_thoughts(i)
+            i += 1
+        return i, q
 
     @property
     def num_probe_heads(self) -> int:

@@ -75,7 +75,7 @@ def build_stage_sample(
     0..#steps. A stage k <= max_latent_stage skips the first k steps and puts k*c thoughts in their place (k may
     exceed #steps: then every step is skipped and there are still k*c thoughts, as in the reference code); a stage
     past max_latent_stage skips all steps and uses max_latent_stage*c thoughts (pad_latent_to_max) or
-    min(#steps, max_latent_stage)*c.
+    min(#steps, max_latent_stage)*c. With `thoughts_per_step`, k*c is the sum of the first k steps' counts.
     """
     start_id, latent_id, end_id = _latent_ids(latent_ids)
     if cfg.uniform_prob > 0:
@@ -88,13 +88,13 @@ def build_stage_sample(
         n_latent = cfg.max_latent_stage if cfg.pad_latent_to_max else min(len(tok.steps), cfg.max_latent_stage)
     else:
         n_skip, n_latent = stage, stage
-    n_latent *= cfg.c_thought
+    n_latent = cfg.thoughts_for(n_latent)  # k * c_thought unless thoughts_per_step says otherwise
     head = tok.prompt + [start_id] + [latent_id] * n_latent + [end_id]
     tail = [t for step in tok.steps[n_skip:] for t in step] + tok.answer
     probe = [IGNORE_INDEX] * n_latent
     if cfg.probe_tokens:
         for q in range(n_latent):
-            i, j = divmod(q, cfg.c_thought)
+            i, j = cfg.thought_slot(q)
             if i < len(tok.steps) and j < len(cfg.probe_tokens):
                 step = tok.steps[i]
                 if -len(step) <= cfg.probe_tokens[j] < len(step):
@@ -103,7 +103,7 @@ def build_stage_sample(
     if cfg.probe_head_tokens:
         offsets = [sum(len(ix) for ix in cfg.probe_head_tokens[:j]) for j in range(len(cfg.probe_head_tokens))]
         for q in range(n_latent):
-            i, j = divmod(q, cfg.c_thought)
+            i, j = cfg.thought_slot(q)
             row = [IGNORE_INDEX] * cfg.num_probe_heads
             if i < len(tok.steps) and j < len(cfg.probe_head_tokens):
                 step = tok.steps[i]

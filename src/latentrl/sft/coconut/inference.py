@@ -101,7 +101,7 @@ def coconut_eval_thoughts(cfg: CoconutConfig, stage: int, num_steps: int | None 
     k = min(stage, cfg.max_latent_stage)
     if not cfg.pad_latent_to_max and num_steps is not None:
         k = min(k, num_steps)
-    return k * cfg.c_thought
+    return cfg.thoughts_for(k)
 
 
 def coconut_evaluate(

@@ -52,7 +52,7 @@ class CoconutHistory:
 def _eval_budget(cfg: CoconutConfig, tokenized: Sequence[TokenizedExample]) -> int:
     """Thoughts + end marker + the longest remaining target of any stage (stage 0 = all steps) + 8."""
     longest = max((sum(len(s) for s in t.steps) + len(t.answer) for t in tokenized), default=1)
-    most = max(cfg.max_latent_stage, 0) * cfg.c_thought
+    most = cfg.thoughts_for(max(cfg.max_latent_stage, 0))
     return most + 1 + longest + 8
 
 
