@@ -379,3 +379,21 @@ def test_a_killed_run_does_not_block_its_resume(tmp_path):
     assert (out / LOCK_FILE).exists()  # left behind by the killed process
     with run_lock(out):
         pass
+
+
+def test_a_folder_that_cannot_be_locked_trains_unguarded_with_a_warning(tmp_path, monkeypatch):
+    """Some network file systems refuse flock (ENOLCK): the run goes on, with a warning, and leaves no lock file."""
+    import errno
+
+    import latentrl.run_dir as run_dir
+
+    def no_locks(handle, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(run_dir.fcntl, "flock", no_locks)
+    out = tmp_path / "run"
+    out.mkdir()
+    with pytest.warns(UserWarning, match="not guarded"):
+        with run_dir.run_lock(out):
+            pass
+    assert not (out / run_dir.LOCK_FILE).exists()

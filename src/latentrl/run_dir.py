@@ -25,6 +25,7 @@ import random
 import re
 import shutil
 import socket
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,12 +103,20 @@ def run_lock(output_dir: str | Path | None, enabled: bool = True) -> Iterator[No
     handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole run
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:  # held by another process
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
         raise ConfigError(f"output_dir {str(folder)!r} is in use by a run that is still going ({holder}); wait for "
                           "it to end or stop it before resuming or starting another run there") from None
+    except OSError as e:  # a file system without locks (some network mounts): train unguarded, say so
+        warnings.warn(f"cannot lock {path} ({e}); this run is not guarded against a second process training into "
+                      f"{folder}", stacklevel=3)
+        handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        yield
+        return
     try:
         handle.seek(0)
         handle.truncate()
