@@ -98,11 +98,35 @@ def run_coconut(out: Path, world: int) -> dict:
             "rank": state.process_index, "world": state.num_processes}
 
 
+def run_step_sft(name: str, out: Path, world: int) -> dict:
+    """CoT SFT or superposition SFT: 16 problems, a global batch of 8 (per_device 8 // world), 3 steps, a
+    checkpoint after every step (written by the main process); per-step metrics and the final weights."""
+    from accelerate.state import PartialState
+
+    from latentrl.sft.cot import CoTSFTConfig, train_sft
+    from latentrl.sft.superposition import SuperpositionSFTConfig, train_superposition_sft
+
+    data = make_examples("chain_sum", 16, seed=0, length=3)
+    common = dict(per_device_train_batch_size=8 // world, max_steps=3, learning_rate=1e-2, warmup_steps=0,
+                  logging_steps=1, output_dir=str(out / name), save_steps=1, disable_tqdm=True, seed=0)
+    model = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32)
+    if name == "cot":
+        hist = train_sft(CoTSFTConfig(mode="cot", eval_steps=0, **common), model, data)
+    else:
+        hist = train_superposition_sft(SuperpositionSFTConfig(top_k=2, **common), model, data)
+    state = PartialState()
+    return {"metrics": [{k: v for k, v in r.items() if k not in ("train_wall_s",)} for r in hist.train],
+            "params": torch.cat([p.detach().flatten() for p in model.model.parameters()]),
+            "rank": state.process_index, "world": state.num_processes}
+
+
 def run(name: str, out: Path, world: int, parallelism: str = "ddp") -> dict:
     """max_steps (2 unless the run says) in one go (and for RESUMED runs, 1 step + resume); losses, rewards, final weights. The 1-step run's
     checkpoint stays in OUT/<run>/resumed/checkpoint-1."""
     if name == "coconut":
         return run_coconut(out, world)
+    if name in ("cot", "superposition"):
+        return run_step_sft(name, out, world)
     words = task_vocabulary("chain_sum")
     data = make_examples("chain_sum", 16, seed=0, length=3)
     t = GRPOTrainer(config(out / name / "full", world, name, parallelism),

@@ -67,7 +67,7 @@ def finish(proc: subprocess.Popen, out: Path, runs: tuple[str, ...] = RUNS) -> d
 
 
 #: supervised runs: full replicas only (the SFT loops have no FSDP)
-SFT_RUNS = ("coconut",)
+SFT_RUNS = ("coconut", "cot", "superposition")
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +134,29 @@ def test_two_process_coconut_sft_equals_one_process(runs):
     assert [p.name for p in list_checkpoints(folder)] == ["checkpoint-4", "checkpoint-5"]
     logged = [r for r in read_metrics(folder) if "loss" in r]
     assert [r["step"] for r in logged] == list(range(1, 7))  # once, not once per process
+
+
+@pytest.mark.parametrize("name", ["cot", "superposition"])
+def test_two_process_step_sft_equals_one_process(runs, name):
+    """CoT and superposition SFT over 2 processes (each trains half of the global batch, the losses normalised by
+    the whole batch's counts, the gradients summed) equal one process with the same global batch: same logged
+    metrics and weights; only the main process wrote the checkpoints and metrics.jsonl."""
+    from latentrl.checkpoint import list_checkpoints
+    from latentrl.logger import read_metrics
+
+    ref = runs["single"][name]
+    assert ref["world"] == 1 and len(ref["metrics"]) == 3
+    for k, res in enumerate(runs["ddp"][name]):
+        assert res["world"] == 2 and res["rank"] == k
+        for m_dp, m_ref in zip(res["metrics"], ref["metrics"], strict=True):
+            assert m_dp.keys() == m_ref.keys() and m_dp["step"] == m_ref["step"]
+            for key in m_ref:
+                assert m_dp[key] == pytest.approx(m_ref[key], rel=1e-4, abs=1e-6), key
+        torch.testing.assert_close(res["params"], ref["params"], atol=2e-4, rtol=1e-4)
+    assert torch.equal(runs["ddp"][name][0]["params"], runs["ddp"][name][1]["params"])
+    folder = runs["out"] / "ddp" / name
+    assert [p.name for p in list_checkpoints(folder)] == ["checkpoint-2", "checkpoint-3"]
+    assert [r["step"] for r in read_metrics(folder) if "loss" in r] == [1, 2, 3]  # once, not once per process
 
 
 @pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])

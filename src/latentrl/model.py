@@ -405,6 +405,27 @@ class LatentModel(nn.Module):
         compute_logits: bool = True,
     ) -> tuple[torch.Tensor | None, torch.Tensor, Any]:
         """(logits, last hidden state, cache) for a batch of input embeddings."""
+        out, cache = self._run_backbone(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache)
+        hidden = out.last_hidden_state
+        logits = self.lm_head(hidden) if compute_logits else None
+        return logits, hidden, cache
+
+    def forward_embeds_layers(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> tuple[tuple[torch.Tensor, ...], Any]:
+        """(every layer's hidden states, cache): the decoder's `hidden_states` (the input embeddings first, the last
+        one after the final norm, equal to `forward_embeds`' last hidden state), for losses on inner layers."""
+        out, cache = self._run_backbone(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache,
+                                        output_hidden_states=True)
+        return tuple(out.hidden_states), cache
+
+    def _run_backbone(self, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache,
+                      output_hidden_states: bool = False) -> tuple[Any, Any]:
         backbone = self.backbone()
         cache_kwarg = _cache_kwarg(type(backbone))
         out = backbone(
@@ -412,12 +433,11 @@ class LatentModel(nn.Module):
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
             return_dict=True,
             **{cache_kwarg: past_key_values},
         )
-        hidden = out.last_hidden_state
-        logits = self.lm_head(hidden) if compute_logits else None
-        return logits, hidden, (getattr(out, cache_kwarg) if use_cache else None)
+        return out, (getattr(out, cache_kwarg) if use_cache else None)
 
 
 @functools.cache

@@ -1,10 +1,10 @@
 """The training options every supervised loop shares, each declared once (TRL / HF `TrainingArguments` names).
 
 `SFTTrainingConfig` holds what CoT SFT, Coconut curriculum SFT and superposition SFT all read (optimizer, clipping,
-batch size, seed, logging, eval batching). Two groups on top of it are shared by two of the three loops:
-`StepScheduleConfig` (a fixed number of steps with an LR schedule: CoT and superposition SFT; Coconut counts epochs
-and keeps the rate constant), `MetricsOutputConfig` (metric files and the eval decoding budget: CoT and Coconut) and
-`StageGateConfig` (the convergence gate of `latentrl.sft.gate`: Coconut and superposition SFT).
+batch size, seed, logging, eval batching, mixed precision, LoRA). Groups on top of it: `StepScheduleConfig` (a fixed
+number of steps with an LR schedule: CoT and superposition SFT; Coconut counts epochs and keeps the rate constant),
+`MetricsOutputConfig` (metric files, checkpoints and the eval decoding budget: all three) and `StageGateConfig` (the
+convergence gate of `latentrl.sft.gate`: Coconut and superposition SFT).
 
 A trainer whose default really differs redeclares only the default, with `sft_default`, and says why in a comment;
 `tests/test_sft_config.py` checks that nothing else is declared twice.
@@ -15,7 +15,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from latentrl.config import REPORT_TO, WANDB_MISSING, BaseConfig, ConfigError, cfg_field, module_available
+from latentrl.config import (
+    REPORT_TO,
+    WANDB_MISSING,
+    BaseConfig,
+    ConfigError,
+    LoraConfig,
+    cfg_field,
+    module_available,
+)
 
 __all__ = ["LR_SCHEDULES", "MetricsOutputConfig", "SFTTrainingConfig", "StageGateConfig", "StepScheduleConfig",
            "sft_default"]
@@ -60,6 +68,18 @@ class SFTTrainingConfig(BaseConfig):
     eval_batch_size: int = cfg_field(64, "Prompts per batch when decoding (or teacher-forcing) the eval set.", min=1)
     disable_tqdm: bool | None = cfg_field(
         None, "Hide the progress bar; null = hide it when stderr is not a terminal or $CI is set."
+    )
+    mixed_precision: str | None = cfg_field(
+        None,
+        "Autocast of the training forwards (Coconut: also of its teacher-forced gate evaluations; accelerate): no, "
+        "or bf16 (CPU and GPU; weights and optimizer stay fp32); null = what `accelerate launch` configured, else "
+        "no. Evaluation decodes in the weights' dtype. fp16 needs a loss scaler these loops do not have.",
+        choices=("no", "bf16"),
+    )
+    lora: LoraConfig = cfg_field(
+        default_factory=LoraConfig,
+        help="LoRA adapters instead of full fine-tuning (see the lora.* options): the base weights stay frozen (a "
+        "model with latent tokens trains their rows in full); checkpoints and the saved model hold the adapter.",
     )
 
     def validate(self) -> None:

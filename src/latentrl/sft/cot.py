@@ -32,9 +32,11 @@ from latentrl.sft.loop import (
     EpochOrder,
     MetricWindow,
     RunMetrics,
+    launch,
     lr_lambda,
     make_adamw,
     make_scheduler,
+    my_share,
     optimizer_step,
     step_loop_state,
 )
@@ -182,6 +184,11 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _target_tokens(encoded: Sequence[tuple[Sequence[int], Sequence[int]]]) -> int:
+    """Target tokens of these rows that carry loss (`masked_lm_loss`'s count: every one a position predicts)."""
+    return sum(len(t) - (len(p) == 0) for p, t in encoded)
+
+
 def _default_budget(encoded_sets: Sequence[Sequence[tuple[list[int], list[int]]]]) -> int:
     longest = max((len(t) for enc in encoded_sets for _, t in enc), default=1)
     return longest + 8
@@ -219,7 +226,8 @@ def train_sft(
         raise ValueError("train_sft needs at least one training example")
     t_start = time.perf_counter()
     cfg = config
-    checkpoints = Checkpoints(cfg, model)  # checks the run folder; a resumed run's weights are loaded here
+    dp = launch(cfg, model)  # LoRA, precision, one process or every process of a launch
+    checkpoints = Checkpoints(cfg, model, dp)  # checks the run folder; a resumed run's weights are loaded here
     tok = model.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     encoded = encode_examples(tok, train_examples, cfg.mode, cfg.max_length)
@@ -232,6 +240,7 @@ def train_sft(
     order = EpochOrder(len(encoded), torch.Generator().manual_seed(cfg.seed))
     device = model.device
     params = [p for p in model.parameters() if p.requires_grad]
+    dp.broadcast_parameters(list(model.parameters()))  # identical replicas, whatever each process loaded
     optimizer = make_adamw(params, cfg, exempt_1d_from_decay=True)
     scheduler = make_scheduler(optimizer, cfg)
 
@@ -242,7 +251,8 @@ def train_sft(
         saved = checkpoints.restore_step_loop(optimizer, scheduler, order, window)
         history = SFTHistory(train=saved["train"], eval=saved["eval"])
         train_time, start = saved["train_time"], saved["step"]
-    metrics = RunMetrics(cfg, resume_step=checkpoints.resume_step)
+    metrics = RunMetrics(cfg, resume_step=checkpoints.resume_step, write=dp.is_main)
+    dp.barrier()  # the main process has replaced an earlier run (overwrite_output_dir) before anyone goes on
     log = metrics.log
 
     def do_eval(step: int) -> dict[str, Any] | None:
@@ -260,17 +270,25 @@ def train_sft(
         model.train()
         for step in range(start + 1, cfg.max_steps + 1):
             t0 = time.perf_counter()
-            idx = order.draw(cfg.per_device_train_batch_size)
-            batch = {k: v.to(device) for k, v in build_sft_batch([encoded[i] for i in idx], pad_id).items()}
-            out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-            loss, stats = masked_lm_loss(out.logits, batch["labels"])
+            idx = order.draw(cfg.per_device_train_batch_size * dp.world_size)  # the global batch
+            mine = my_share(dp, idx)
+            batch = {k: v.to(device) for k, v in build_sft_batch([encoded[i] for i in mine], pad_id).items()}
+            with dp.accelerator.autocast():
+                out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  use_cache=False)
+                loss, stats = masked_lm_loss(out.logits, batch["labels"])
+            # the token mean over the global batch: this process's mean weighted by its share of the tokens
+            share = float(stats["num_tokens"]) / _target_tokens([encoded[i] for i in idx])
+            rows = len(mine) / len(idx)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share).backward()
+            dp.sum_gradients(params)
             grad_norm, lr = optimizer_step(optimizer, params, cfg.max_grad_norm, scheduler)
             train_time += time.perf_counter() - t0
 
-            window.add({"loss": float(loss.detach()), "token_accuracy": float(stats["token_accuracy"]),
-                        "sequence_accuracy": float(stats["sequence_accuracy"])})
+            window.add(dp.sum_floats({"loss": float(loss.detach()) * share,
+                                      "token_accuracy": float(stats["token_accuracy"]) * share,
+                                      "sequence_accuracy": float(stats["sequence_accuracy"]) * rows}))
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:
                 record = {**window.pop(), "learning_rate": lr, "grad_norm": grad_norm, "train_wall_s": train_time}
                 log(step, record, history.train)

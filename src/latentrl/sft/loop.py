@@ -1,5 +1,5 @@
-"""The mechanics the supervised training loops share: AdamW, the LR schedule, clipping, the data order, metrics,
-resumable checkpoints.
+"""The mechanics the supervised training loops share: the process group (accelerate, bf16, LoRA), AdamW, the LR
+schedule, clipping, the data order, metrics, resumable checkpoints.
 
 Each loop (CoT SFT, Coconut curriculum SFT, superposition SFT) keeps its own structure; these helpers are the
 pieces that were written out once per loop, so the loops build the same optimizer, schedule and logged numbers.
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from latentrl.config import ConfigError, config_to_dict
+from latentrl.rl.distributed import DataParallel, make_accelerator, split_evenly
 from latentrl.run_dir import run_lock
 from latentrl.sft.config import MetricsOutputConfig, SFTTrainingConfig, StepScheduleConfig
 
@@ -25,12 +26,34 @@ __all__ = [
     "MetricWindow",
     "RunMetrics",
     "clip_gradients",
+    "launch",
     "lr_lambda",
     "make_adamw",
     "make_scheduler",
+    "my_share",
     "optimizer_step",
     "step_loop_state",
 ]
+
+
+def launch(cfg: SFTTrainingConfig, model: Any) -> DataParallel:
+    """The process group a supervised run trains in (one process, or every process of an `accelerate launch`):
+    LoRA applied first (a LoRA run's checkpoints hold its adapter), the accelerator with `mixed_precision`, the model
+    on its device. Every process trains its share of each global batch (`my_share`); gradients are summed."""
+    if cfg.lora.enabled and not model.is_peft:
+        model.apply_lora(cfg.lora)
+    dp = DataParallel(make_accelerator(cfg.mixed_precision))
+    if dp.accelerator.mixed_precision == "fp16":
+        raise ConfigError("the supervised loops have no fp16 loss scaler: launch with bf16 or no mixed precision (the "
+                          "launcher set fp16)")
+    model.to(dp.accelerator.device)
+    return dp
+
+
+def my_share(dp: DataParallel, items: list[Any]) -> list[Any]:
+    """This process's contiguous share of a global batch (all of it in one process)."""
+    first, last = split_evenly(len(items), dp.world_size)[dp.rank]
+    return items[first:last]
 
 
 def make_adamw(params: Iterable[nn.Parameter], cfg: SFTTrainingConfig, *,

@@ -53,8 +53,10 @@ from latentrl.sft.loop import (
     EpochOrder,
     MetricWindow,
     RunMetrics,
+    launch,
     make_adamw,
     make_scheduler,
+    my_share,
     optimizer_step,
     step_loop_state,
 )
@@ -225,10 +227,21 @@ def build_superposition_batch(encoded: Sequence[SuperpositionExample], pad_id: i
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def superposition_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int, int]:
+    """(answer tokens, latent positions, rows) that carry loss in `batch`: the means of `superposition_loss` divide
+    by them, so a batch split over processes is normalised by the whole batch's counts."""
+    labels = batch["labels"][:, 1:] != IGNORE_INDEX
+    return int(labels.sum()), int(batch["latent_mask"][:, 1:].sum()), int(labels.any(-1).sum())
+
+
 def superposition_loss(
-    model: LatentModel, batch: dict[str, torch.Tensor], cfg: SuperpositionSFTConfig
+    model: LatentModel, batch: dict[str, torch.Tensor], cfg: SuperpositionSFTConfig,
+    whole: tuple[int, int, int] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """One teacher-forced forward: CE on the answer tokens + KL(q_j || p) at the latent positions."""
+    """One teacher-forced forward: CE on the answer tokens + KL(q_j || p) at the latent positions.
+
+    With `whole` (the `superposition_counts` of a global batch this one is a share of) both terms and the stats are
+    this share's part of the global means (they sum to them over the shares)."""
     emb = model.embed(batch["input_ids"])
     mix = torch.einsum("btk,btkh->bth", batch["latent_weights"].to(emb.dtype), model.embed(batch["latent_ids"]))
     lat = batch["latent_mask"]
@@ -254,6 +267,12 @@ def superposition_loss(
     else:
         kl = logits.new_zeros(())
         stats["kl"] = 0.0
+    if whole is not None:  # this share's parts of the global means
+        ce_share, kl_share, row_share = (m / max(w, 1) for m, w in zip(superposition_counts(batch), whole))
+        ce, kl = ce * ce_share, kl * kl_share
+        for key in stats:
+            stats[key] *= (row_share if key == "answer_accuracy" else
+                           kl_share if key.startswith(("kl", "latent_")) else ce_share)
     loss = cfg.ce_weight * ce + cfg.kl_weight * kl
     stats["loss"] = float(loss.detach())
     return loss, stats
@@ -300,7 +319,8 @@ def train_superposition_sft(
         raise ValueError("train_superposition_sft needs at least one training example")
     t_start = time.perf_counter()
     cfg = config
-    checkpoints = Checkpoints(cfg, model)  # checks the run folder; a resumed run's weights are loaded here
+    dp = launch(cfg, model)  # LoRA, precision, one process or every process of a launch
+    checkpoints = Checkpoints(cfg, model, dp)  # checks the run folder; a resumed run's weights are loaded here
     tok = model.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     encoded = encode_superposition_examples(tok, train_examples, cfg)
@@ -316,6 +336,7 @@ def train_superposition_sft(
     torch.manual_seed(cfg.seed)
     order = EpochOrder(len(encoded), torch.Generator().manual_seed(cfg.seed))
     params = [p for p in model.parameters() if p.requires_grad]
+    dp.broadcast_parameters(list(model.parameters()))  # identical replicas, whatever each process loaded
     optimizer = make_adamw(params, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     history = SFTHistory()
@@ -326,22 +347,27 @@ def train_superposition_sft(
         gate.streak = saved["gate_streak"]
         history = SFTHistory(train=saved["train"], gate=saved["gate"], steps=saved["step"])
         train_time, start = saved["train_time"], saved["step"]
-    metrics = RunMetrics(cfg, resume_step=checkpoints.resume_step)
+    metrics = RunMetrics(cfg, resume_step=checkpoints.resume_step, write=dp.is_main)
+    dp.barrier()  # the main process has replaced an earlier run (overwrite_output_dir) before anyone goes on
     bar = progress(cfg.max_steps, "sft[superposition]", disable=cfg.disable_tqdm)
     bar.update(start)
     try:
         model.train()
         for step in range(start + 1, cfg.max_steps + 1):
             t0 = time.perf_counter()
-            idx = order.draw(cfg.per_device_train_batch_size)
-            cpu_batch = build_superposition_batch([encoded[i] for i in idx], pad_id)
+            idx = order.draw(cfg.per_device_train_batch_size * dp.world_size)  # the global batch
+            whole = (superposition_counts(build_superposition_batch([encoded[i] for i in idx], pad_id))
+                     if dp.world_size > 1 else None)
+            cpu_batch = build_superposition_batch([encoded[i] for i in my_share(dp, idx)], pad_id)
             batch = {k: v.to(model.device) for k, v in cpu_batch.items()}
-            loss, stats = superposition_loss(model, batch, cfg)
+            with dp.accelerator.autocast():
+                loss, stats = superposition_loss(model, batch, cfg, whole=whole)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            dp.sum_gradients(params)
             grad_norm, lr = optimizer_step(optimizer, params, cfg.max_grad_norm, scheduler)
             train_time += time.perf_counter() - t0
-            window.add(stats)
+            window.add(dp.sum_floats(stats))
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:
                 record = {**window.pop(), "learning_rate": lr, "grad_norm": grad_norm, "train_wall_s": train_time}
                 metrics.log(step, record, history.train)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from latentrl.config import ConfigError, LoraConfig, cfg_field
+from latentrl.config import ConfigError, cfg_field
 from latentrl.sft.config import MetricsOutputConfig, StageGateConfig, sft_default
 from latentrl.sft.gate import STAGE_ADVANCE_CHOICES, StageGate
 
@@ -88,6 +88,20 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
         "step are skipped). For steps whose result has more tokens than there are thoughts, e.g. iCoT's running "
         "sums: [[-8, -7, -6], [-5, -4, -3], [-2, -1]] probes every digit. Weighted by probe_weight.",
     )
+    distill_weight: float = cfg_field(
+        0.0,
+        "Hidden-state distillation (ours for Coconut, after CODI, Shen et al. 2025, arxiv.org/abs/2502.21074; 0 = "
+        "off): weight of the squared difference, per layer and in units of the teacher's standard deviation, "
+        "between the hidden states that predict the language tokens after the thoughts and those of a frozen CoT "
+        "teacher (distill_teacher) predicting the same tokens after the full language chain. A dense target for "
+        "reading the thoughts, where cross-entropy gives one signal per token.",
+        min=0.0,
+    )
+    distill_teacher: str | None = cfg_field(
+        None,
+        "The frozen CoT teacher of distill_weight: a checkpoint path or shipped model name with the model's hidden "
+        "size and depth (usually the CoT model the curriculum started from).",
+    )
     stage_advance: str = cfg_field(
         "fixed",
         "When the curriculum moves to the next stage: fixed = after epochs_per_stage epochs (the authors' schedule; "
@@ -137,19 +151,6 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
     max_steps: int | None = cfg_field(
         None, "Stop after this many optimizer steps in total (a time box); null: run every epoch.", min=0
     )
-    mixed_precision: str | None = cfg_field(
-        None,
-        "Autocast of the teacher-forced multi-pass forward (training steps and gate evaluations; accelerate): no, or "
-        "bf16 (CPU and GPU; weights and optimizer stay fp32); null = what `accelerate launch` configured, else no. "
-        "Evaluation decodes in the weights' dtype. fp16 needs a loss scaler this loop does not have.",
-        choices=("no", "bf16"),
-    )
-    lora: LoraConfig = cfg_field(
-        default_factory=LoraConfig,
-        help="LoRA adapters instead of full fine-tuning (see the lora.* options): the latent tokens' rows train in "
-        "full, the base weights stay frozen; checkpoints and the saved model hold the adapter.",
-    )
-
     # --- model and data (read by callers that load them: `latentrl bench`, scripts) ------------------------------
     model_name_or_path: str | None = cfg_field(
         None, "Checkpoint the caller loads and trains (e.g. a CoT-SFT model for GSM8k); train_coconut takes a model."
@@ -173,6 +174,8 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.distill_weight > 0 and not self.distill_teacher:
+            raise ConfigError("distill_weight > 0 needs distill_teacher (the frozen CoT model to distill from)")
         if any(n < 1 for n in self.thoughts_per_step):
             raise ConfigError(f"thoughts_per_step entries must be >= 1, got {self.thoughts_per_step}")
         most = max([self.c_thought, *self.thoughts_per_step])  # the most thoughts any step gets

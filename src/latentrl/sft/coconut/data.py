@@ -35,6 +35,9 @@ class CoconutSample:
     probe: list[int] = dataclasses.field(default_factory=list)  # per thought: thought-probe target id or -100
     # per thought: the linear probe heads' target ids (-100 = none), cfg.num_probe_heads each; empty when off
     probe_heads: list[list[int]] = dataclasses.field(default_factory=list)
+    tail_len: int = 0  # language tokens after <|end-latent|> (the remaining steps and the answer)
+    # the full language chain `prompt + steps + answer`, for the distillation teacher; empty when off
+    teacher_ids: list[int] = dataclasses.field(default_factory=list)
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -119,6 +122,8 @@ def build_stage_sample(
         stage=stage,
         probe=probe,
         probe_heads=heads,
+        tail_len=len(tail),
+        teacher_ids=tok.prompt + [t for step in tok.steps for t in step] + tok.answer if cfg.distill_weight > 0 else [],
     )
 
 

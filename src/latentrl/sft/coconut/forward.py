@@ -13,6 +13,7 @@ from transformers import DynamicCache
 from latentrl.model import LatentModel
 from latentrl.sft.coconut.config import IGNORE_INDEX
 from latentrl.sft.coconut.data import CoconutSample
+from latentrl.sft.coconut.distill import DistillIndex, distill_index, distill_loss, teacher_states
 
 
 @dataclasses.dataclass
@@ -27,6 +28,7 @@ class CoconutBatch:
     num_latent: torch.Tensor  # (B,) thoughts per row, in columns latent_start .. latent_start + n - 1
     probe_labels: torch.Tensor | None = None  # (B, T): thought-probe target of the output at a thought column
     probe_head_labels: torch.Tensor | None = None  # (B, T, K): the K linear probe heads' targets at a thought column
+    distill: DistillIndex | None = None  # the distillation teacher's rows and the column pairs to align
 
     def to(self, device) -> "CoconutBatch":
         return dataclasses.replace(
@@ -35,6 +37,7 @@ class CoconutBatch:
             num_latent=self.num_latent.to(device),
             probe_labels=self.probe_labels.to(device) if self.probe_labels is not None else None,
             probe_head_labels=self.probe_head_labels.to(device) if self.probe_head_labels is not None else None,
+            distill=self.distill.to(device) if self.distill is not None else None,
         )
 
     @property
@@ -76,7 +79,11 @@ def collate_coconut(samples: Sequence[CoconutSample], pad_id: int) -> CoconutBat
         for i, s in enumerate(samples):
             if s.probe_heads:
                 heads[i, start : start + len(s.probe_heads)] = torch.as_tensor(s.probe_heads)
-    return CoconutBatch(ids, mask, pos, labels, start, num, probe, heads)
+    distill = None
+    if any(s.teacher_ids for s in samples):
+        offsets = [start - s.latent_start for s in samples]
+        distill = distill_index(samples, offsets, pad_id)
+    return CoconutBatch(ids, mask, pos, labels, start, num, probe, heads, distill)
 
 
 @dataclasses.dataclass
@@ -91,6 +98,7 @@ class CoconutOutput:
     probe_accuracy: float = float("nan")
     probe_head_loss: float = float("nan")  # mean linear-probe cross-entropy (nan without probe-head targets)
     probe_head_accuracy: float = float("nan")
+    distill_loss: float = float("nan")  # hidden-state distillation loss (nan without a teacher)
 
 
 def _thought_passes(
@@ -99,13 +107,25 @@ def _thought_passes(
     batch: CoconutBatch,
     *,
     run_tail: bool,
+    layer_chunks: list[tuple[torch.Tensor, ...]] | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor, int]:
     """The KV-cached passes. Returns (hidden chunks covering the columns run, thoughts (B, n_max, H), #forwards).
 
     Thought p of a row (0-based) is the hidden state the model produced at column latent_start + p - 1. Rows with
     fewer thoughts get their token embedding in those columns. With `run_tail` the last pass runs every remaining
-    column (the chunks then cover [0, T)); otherwise it stops once the last thought is formed.
+    column (the chunks then cover [0, T)); otherwise it stops once the last thought is formed. With `layer_chunks`
+    (a list, appended to) every pass also hands out its states after each layer, chunk by chunk like the hidden
+    chunks.
     """
+
+    def run(x, **kw):
+        if layer_chunks is None:
+            _, h, c = model.forward_embeds(x, compute_logits=False, **kw)
+            return h, c
+        layers, c = model.forward_embeds_layers(x, **kw)
+        layer_chunks.append(layers[1:])
+        return layers[-1], c
+
     L0 = batch.latent_start
     n = batch.num_latent
     n_max = int(n.max()) if n.numel() else 0
@@ -114,12 +134,12 @@ def _thought_passes(
     thoughts: list[torch.Tensor] = []
     if n_max == 0:
         if run_tail:
-            _, h, _ = model.forward_embeds(embeds, attention_mask=attn, position_ids=pos, compute_logits=False)
+            h, _ = run(embeds, attention_mask=attn, position_ids=pos)
             chunks.append(h)
         return chunks, embeds.new_zeros((embeds.shape[0], 0, embeds.shape[2])), int(run_tail)
     cache = DynamicCache()
-    _, h, cache = model.forward_embeds(embeds[:, :L0], attention_mask=attn[:, :L0], position_ids=pos[:, :L0],
-                                       past_key_values=cache, use_cache=True, compute_logits=False)
+    h, cache = run(embeds[:, :L0], attention_mask=attn[:, :L0], position_ids=pos[:, :L0], past_key_values=cache,
+                   use_cache=True)
     forwards = 1
     chunks.append(h)
     col = L0
@@ -127,9 +147,8 @@ def _thought_passes(
     pending = torch.where((n > 0)[:, None], h[:, -1].to(embeds.dtype), embeds[:, col])
     thoughts.append(pending)
     for p in range(1, n_max):
-        _, h, cache = model.forward_embeds(pending[:, None], attention_mask=attn[:, : col + 1],
-                                           position_ids=pos[:, col : col + 1], past_key_values=cache,
-                                           use_cache=True, compute_logits=False)
+        h, cache = run(pending[:, None], attention_mask=attn[:, : col + 1], position_ids=pos[:, col : col + 1],
+                       past_key_values=cache, use_cache=True)
         forwards += 1
         chunks.append(h)
         col += 1
@@ -137,8 +156,7 @@ def _thought_passes(
         thoughts.append(pending)
     if run_tail:
         tail = torch.cat([pending[:, None], embeds[:, col + 1 :]], dim=1)
-        _, h, _ = model.forward_embeds(tail, attention_mask=attn, position_ids=pos[:, col:], past_key_values=cache,
-                                       use_cache=True, compute_logits=False)
+        h, _ = run(tail, attention_mask=attn, position_ids=pos[:, col:], past_key_values=cache, use_cache=True)
         forwards += 1
         chunks.append(h)
     return chunks, torch.stack(thoughts, dim=1), forwards
@@ -161,6 +179,8 @@ def coconut_forward(
     return_hidden: bool = False,
     probe_weight: float = 0.0,
     probe_heads: nn.Module | None = None,
+    teacher: LatentModel | None = None,
+    distill_weight: float = 0.0,
 ) -> CoconutOutput:
     """Cross-entropy of a Coconut batch, with thoughts formed by the KV-cached multi-pass forward.
 
@@ -170,13 +190,20 @@ def coconut_forward(
     gradient accumulation can divide by the label count of the whole optimizer step. With `probe_weight` > 0 and
     probe labels in the batch, `probe_weight` x the mean thought-probe cross-entropy (scaled by this batch's share
     of `normalizer`) is added (see `CoconutConfig.probe_tokens`). With `probe_heads` (a Linear from the hidden
-    size to K x vocab) and probe-head labels, the same is done for the linear probe (`probe_head_tokens`).
+    size to K x vocab) and probe-head labels, the same is done for the linear probe (`probe_head_tokens`). With a
+    `teacher` and distillation pairs in the batch, `distill_weight` x the hidden-state distillation loss
+    (`latentrl.sft.coconut.distill`) is added the same way.
     """
     batch = batch.to(model.device)
     embeds = model.embed(batch.input_ids)
+    distill = teacher is not None and batch.distill is not None
+    layers: list[torch.Tensor] = []  # with a teacher: the states after every layer, (B, T, H) each
     if bptt:
-        chunks, thoughts, forwards = _thought_passes(model, embeds, batch, run_tail=True)
+        layer_chunks: list[tuple[torch.Tensor, ...]] | None = [] if distill else None
+        chunks, thoughts, forwards = _thought_passes(model, embeds, batch, run_tail=True, layer_chunks=layer_chunks)
         hidden = torch.cat(chunks, dim=1)
+        if layer_chunks:
+            layers = [torch.cat(per_layer, dim=1) for per_layer in zip(*layer_chunks)]
     else:
         with torch.no_grad():
             _, thoughts, forwards = _thought_passes(model, embeds.detach(), batch, run_tail=False)
@@ -187,8 +214,13 @@ def coconut_forward(
             has = batch.latent_mask[:, batch.latent_start : batch.latent_start + n_max]
             thoughts = torch.where(has[..., None], thoughts.detach().to(live.dtype), live)
         full = _insert_thoughts(embeds, thoughts, batch.latent_start)
-        _, hidden, _ = model.forward_embeds(full, attention_mask=batch.attention_mask,
-                                            position_ids=batch.position_ids, compute_logits=False)
+        if not distill:
+            _, hidden, _ = model.forward_embeds(full, attention_mask=batch.attention_mask,
+                                                position_ids=batch.position_ids, compute_logits=False)
+        else:
+            states, _ = model.forward_embeds_layers(full, attention_mask=batch.attention_mask,
+                                                    position_ids=batch.position_ids)
+            layers, hidden = list(states[1:]), states[-1]
         forwards += 1
     # logits only where a label follows: hidden at t predicts labels[t + 1]
     target = batch.labels[:, 1:]
@@ -225,9 +257,15 @@ def coconut_forward(
                 loss = loss + probe_weight * hce * (count / (normalizer if normalizer is not None else count))
             head_loss = float(hce.detach())
             head_acc = float((hlogits[hsel].argmax(-1) == hgold[hsel]).float().mean())
+    dist = float("nan")
+    if distill:
+        d = distill_loss(layers, batch.distill, teacher_states(teacher, batch.distill))
+        if distill_weight > 0:
+            loss = loss + distill_weight * d * (count / (normalizer if normalizer is not None else count))
+        dist = float(d.detach())
     with torch.no_grad():
         acc = float((logits.argmax(-1) == gold).float().mean())
         lat = batch.latent_mask[:, batch.latent_start : batch.latent_start + thoughts.shape[1]]
         norm = float(thoughts[lat].float().norm(dim=-1).mean()) if bool(lat.any()) else 0.0
     return CoconutOutput(loss, count, acc, forwards, norm, hidden if return_hidden else None, probe_loss, probe_acc,
-                         head_loss, head_acc)
+                         head_loss, head_acc, dist)

@@ -12,10 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentrl.config import ConfigError
 from latentrl.data.schema import Example
 from latentrl.model import LatentModel
-from latentrl.rl.distributed import DataParallel, make_accelerator, split_evenly
 from latentrl.sft.coconut.config import IGNORE_INDEX, CoconutConfig, stage_of_epoch
 from latentrl.sft.coconut.data import (
     CoconutSample,
@@ -27,7 +25,7 @@ from latentrl.sft.coconut.data import (
 )
 from latentrl.sft.coconut.forward import coconut_forward, collate_coconut
 from latentrl.sft.coconut.inference import coconut_evaluate
-from latentrl.sft.loop import Checkpoints, RunMetrics, make_adamw, optimizer_step
+from latentrl.sft.loop import Checkpoints, RunMetrics, launch, make_adamw, my_share, optimizer_step
 
 
 @dataclasses.dataclass
@@ -79,13 +77,7 @@ def train_coconut(
     if not train_examples:
         raise ValueError("train_coconut needs at least one training example")
     cfg = config
-    if cfg.lora.enabled and not model.is_peft:
-        model.apply_lora(cfg.lora)  # before any weights are loaded: a LoRA run's checkpoints hold its adapter
-    dp = DataParallel(make_accelerator(cfg.mixed_precision))  # one process, or every process of a launch
-    if dp.accelerator.mixed_precision == "fp16":
-        raise ConfigError("Coconut SFT has no fp16 loss scaler: launch with bf16 or no mixed precision (the launcher "
-                          "set fp16)")
-    model.to(dp.accelerator.device)
+    dp = launch(cfg, model)  # LoRA, precision, one process or every process of a launch
     checkpoints = Checkpoints(cfg, model, dp)  # checks the run folder; a resumed run's weights are loaded here
     converged = cfg.stage_advance == "converged"
     t_start = time.perf_counter()
@@ -141,6 +133,10 @@ def train_coconut(
     probe_heads: nn.Module | None = None
     if cfg.probe_head_tokens:  # training-only linear probe heads (seeded by cfg.seed above; never saved)
         probe_heads = nn.Linear(model.hidden_size, cfg.num_probe_heads * model.vocab_size).to(model.device)
+    teacher: LatentModel | None = None
+    if cfg.distill_weight > 0:  # the frozen CoT teacher of the hidden-state distillation
+        teacher = LatentModel.from_pretrained(cfg.distill_teacher).to(model.device).eval()
+        teacher.model.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     head_params = list(probe_heads.parameters()) if probe_heads is not None else []
     dp.broadcast_parameters([*model.parameters(), *head_params])  # identical replicas, whatever each process loaded
@@ -177,14 +173,13 @@ def train_coconut(
         micro = [idx[m : m + cfg.per_device_train_batch_size] for m in range(0, len(idx), cfg.per_device_train_batch_size)]
         batches = [collate_coconut([samples[i] for i in mb], pad_id) for mb in micro]
         n_tokens = float(sum(int((b.labels[:, 1:] != IGNORE_INDEX).sum()) for b in batches))
-        first, last = split_evenly(len(batches), dp.world_size)[dp.rank]
         optimizer.zero_grad(set_to_none=True)
         sums = {"loss": 0.0, "token_accuracy": 0.0, "thought_norm": 0.0, "forwards": 0.0}
-        for b in batches[first:last]:
+        for b in my_share(dp, batches):
             with dp.accelerator.autocast():
                 out = coconut_forward(model, b.to(model.device), bptt=cfg.bptt, normalizer=n_tokens,
                                       probe_weight=cfg.probe_weight if (cfg.probe_tokens or probe_heads) else 0.0,
-                                      probe_heads=probe_heads)
+                                      probe_heads=probe_heads, teacher=teacher, distill_weight=cfg.distill_weight)
             out.loss.backward()
             for name, value, acc in (("probe_head", out.probe_head_loss, out.probe_head_accuracy),
                                      ("probe", out.probe_loss, out.probe_accuracy)):
@@ -192,6 +187,9 @@ def train_coconut(
                     sums[f"{name}_loss"] = sums.get(f"{name}_loss", 0.0) + value / len(batches)
                     sums[f"{name}_accuracy"] = sums.get(f"{name}_accuracy", 0.0) + acc / len(batches)
                     sums[f"{name}_n"] = sums.get(f"{name}_n", 0.0) + 1 / len(batches)
+            if not math.isnan(out.distill_loss):
+                sums["distill_loss"] = sums.get("distill_loss", 0.0) + out.distill_loss / len(batches)
+                sums["distill_n"] = sums.get("distill_n", 0.0) + 1 / len(batches)
             sums["loss"] += float(out.loss.detach())
             sums["token_accuracy"] += out.token_accuracy * out.num_tokens / n_tokens
             sums["thought_norm"] += out.thought_norm / len(batches)
@@ -205,7 +203,7 @@ def train_coconut(
         step = state["step"]
         state["train_time"] += time.perf_counter() - t0
         for key, val in sums.items():
-            window[key] += val
+            window[key] = window.get(key, 0.0) + val
         window["n"] += 1
         if step % cfg.logging_steps == 0 or step == total_steps:
             n = window["n"]
@@ -219,6 +217,8 @@ def train_coconut(
             if window["probe_head_n"] > 0:
                 record["probe_head_loss"] = window["probe_head_loss"] / window["probe_head_n"]
                 record["probe_head_accuracy"] = window["probe_head_accuracy"] / window["probe_head_n"]
+            if window.get("distill_n", 0.0) > 0:
+                record["distill_loss"] = window["distill_loss"] / window["distill_n"]
             log(step, record, history.train)
             bar.set_postfix(stage=stage, loss=f"{record['loss']:.3f}")
             window = {k: 0.0 for k in window}
