@@ -268,11 +268,14 @@ def coconut_sft_keys(tmp: str) -> frozenset:
                         logging_steps=1, output_dir=str(out), eval_batch_size=4, disable_tqdm=True)
     data = make_examples("chain_sum", 4, seed=0, length=3)
     train_coconut(cfg, tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0), data, data[:2])
-    # and the gated curriculum with the thought probe (gate/*, stage/*, probe_* records)
+    # and the gated curriculum with the thought probe and distillation (gate/*, stage/*, probe_*, distill_* records)
     gated = Path(tmp) / "coconut_sft_gated"
+    teacher = Path(tmp) / "coconut_teacher"
+    tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=1, add_latent_tokens=False).save_pretrained(teacher)
     cfg = CoconutConfig(max_latent_stage=1, start_stage=1, stage_advance="converged", gate_eval_steps=1,
                         max_steps_per_stage=1, probe_tokens=[-1], per_device_train_batch_size=4, logging_steps=1,
-                        output_dir=str(gated), eval_batch_size=4, disable_tqdm=True)
+                        distill_weight=1.0, distill_teacher=str(teacher), output_dir=str(gated), eval_batch_size=4,
+                        disable_tqdm=True)
     train_coconut(cfg, tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0), data, data[:2])
     return frozenset(k for d in (out, gated) for rec in read_metrics(d) for k in rec)
 

@@ -331,7 +331,7 @@ def test_superposition_sft_resumes_exactly_and_writes_its_metrics(tmp_path, kill
     """Gated (patience 3, a gate evaluation every 2 steps -> stops at step 6), 6 examples in batches of 4, a linear
     schedule: killed during step 5, resumed from checkpoint-4 (gate streak 2, a pass over the data half done) into a
     model built from another seed; weights, losses, gate decisions and metrics.jsonl equal the uninterrupted run's."""
-    import latentrl.sft.superposition as sup
+    import latentrl.sft.loop as step_loop  # the engine whose optimizer step is killed
     from latentrl.logger import read_metrics
 
     ex = make_examples("chain_sum", 6, seed=0, length=2)
@@ -343,7 +343,7 @@ def test_superposition_sft_resumes_exactly_and_writes_its_metrics(tmp_path, kill
                                      gate_examples=ex[:4])
     assert hist_a.steps == 6
     b = str(tmp_path / "b")
-    with killed_in_step(sup, 5):
+    with killed_in_step(step_loop, 5):
         train_superposition_sft(SuperpositionSFTConfig(output_dir=b, save_steps=2, **opts),
                                 tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32), ex,
                                 gate_examples=ex[:4])

@@ -164,7 +164,7 @@ def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, killed_
     """10 examples in batches of 4 (batches span passes over the data), a cosine schedule with warmup, logging every
     4 steps (a window open at the checkpoint): killed during step 8, resumed from checkpoint-6 into a model built
     from another seed."""
-    import latentrl.sft.cot as cot
+    import latentrl.sft.loop as step_loop  # the engine whose optimizer step is killed
     from latentrl.checkpoint import list_checkpoints
 
     torch.set_num_threads(1)
@@ -174,7 +174,7 @@ def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, killed_
     whole = tiny_latent_model("qwen2", seed=0)
     hist_a = train_sft(quiet(output_dir=str(tmp_path / "a"), **opts), whole, data, data[:2])
     b = str(tmp_path / "b")
-    with killed_in_step(cot, 8):
+    with killed_in_step(step_loop, 8):
         train_sft(quiet(output_dir=b, save_steps=3, **opts), tiny_latent_model("qwen2", seed=0), data, data[:2])
     assert [p.name for p in list_checkpoints(b)] == ["checkpoint-3", "checkpoint-6"]
     resumed = tiny_latent_model("qwen2", seed=1)

@@ -27,19 +27,7 @@ from latentrl.config import cfg_field
 from latentrl.data.schema import Example, format_cot, format_no_cot, format_prompt
 from latentrl.model import LatentModel
 from latentrl.sft.config import MetricsOutputConfig, StepScheduleConfig, sft_default
-from latentrl.sft.loop import (
-    Checkpoints,
-    EpochOrder,
-    MetricWindow,
-    RunMetrics,
-    launch,
-    lr_lambda,
-    make_adamw,
-    make_scheduler,
-    my_share,
-    optimizer_step,
-    step_loop_state,
-)
+from latentrl.sft.loop import StepLoop, lr_lambda
 
 __all__ = [
     "IGNORE_INDEX",
@@ -220,14 +208,10 @@ def train_sft(
     `config.output_dir/metrics.jsonl` when an output dir is set, and always into the returned `SFTHistory`.
     `save_steps` writes resumable checkpoints; `resume_from_checkpoint` continues from one exactly.
     """
-    from latentrl.logger import progress
-
     if not train_examples:
         raise ValueError("train_sft needs at least one training example")
     t_start = time.perf_counter()
     cfg = config
-    dp = launch(cfg, model)  # LoRA, precision, one process or every process of a launch
-    checkpoints = Checkpoints(cfg, model, dp)  # checks the run folder; a resumed run's weights are loaded here
     tok = model.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     encoded = encode_examples(tok, train_examples, cfg.mode, cfg.max_length)
@@ -235,78 +219,47 @@ def train_sft(
     budget = cfg.max_new_positions or _default_budget(
         [encoded, encode_examples(tok, eval_examples, cfg.mode)] if eval_examples else [encoded]
     )
+    loop = StepLoop(cfg, model, len(encoded), f"sft[{cfg.mode}]", exempt_1d_from_decay=True)
+    saved = loop.saved
+    history = SFTHistory() if saved is None else SFTHistory(train=saved["train"], eval=saved["eval"])
 
-    torch.manual_seed(cfg.seed)
-    order = EpochOrder(len(encoded), torch.Generator().manual_seed(cfg.seed))
-    device = model.device
-    params = [p for p in model.parameters() if p.requires_grad]
-    dp.broadcast_parameters(list(model.parameters()))  # identical replicas, whatever each process loaded
-    optimizer = make_adamw(params, cfg, exempt_1d_from_decay=True)
-    scheduler = make_scheduler(optimizer, cfg)
-
-    history = SFTHistory()
-    window = MetricWindow()
-    train_time, start = 0.0, 0
-    if checkpoints.state is not None:
-        saved = checkpoints.restore_step_loop(optimizer, scheduler, order, window)
-        history = SFTHistory(train=saved["train"], eval=saved["eval"])
-        train_time, start = saved["train_time"], saved["step"]
-    metrics = RunMetrics(cfg, resume_step=checkpoints.resume_step, write=dp.is_main)
-    dp.barrier()  # the main process has replaced an earlier run (overwrite_output_dir) before anyone goes on
-    log = metrics.log
+    def loss_fn(idx: list[int], mine: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = {k: v.to(model.device) for k, v in build_sft_batch([encoded[i] for i in mine], pad_id).items()}
+        out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        loss, stats = masked_lm_loss(out.logits, batch["labels"])
+        # the token mean over the global batch: this process's mean weighted by its share of the tokens
+        share = float(stats["num_tokens"]) / _target_tokens([encoded[i] for i in idx])
+        rows = len(mine) / len(idx)
+        return loss * share, {"loss": float(loss.detach()) * share,
+                              "token_accuracy": float(stats["token_accuracy"]) * share,
+                              "sequence_accuracy": float(stats["sequence_accuracy"]) * rows}
 
     def do_eval(step: int) -> dict[str, Any] | None:
         if not eval_examples:
             return None
         ev = _run_eval(model, eval_examples, budget, cfg)
-        log(step, {"eval/pass_at_1": ev["pass_at_1"],
-                   "eval/mean_reasoning_positions": ev["mean_reasoning_positions"],
-                   "eval/wall_s": ev["wall_s"]}, history.eval)
+        loop.metrics.log(step, {"eval/pass_at_1": ev["pass_at_1"],
+                                "eval/mean_reasoning_positions": ev["mean_reasoning_positions"],
+                                "eval/wall_s": ev["wall_s"]}, history.eval)
         return ev
 
-    bar = progress(cfg.max_steps, f"sft[{cfg.mode}]", disable=cfg.disable_tqdm)
-    bar.update(start)
     try:
         model.train()
-        for step in range(start + 1, cfg.max_steps + 1):
-            t0 = time.perf_counter()
-            idx = order.draw(cfg.per_device_train_batch_size * dp.world_size)  # the global batch
-            mine = my_share(dp, idx)
-            batch = {k: v.to(device) for k, v in build_sft_batch([encoded[i] for i in mine], pad_id).items()}
-            with dp.accelerator.autocast():
-                out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  use_cache=False)
-                loss, stats = masked_lm_loss(out.logits, batch["labels"])
-            # the token mean over the global batch: this process's mean weighted by its share of the tokens
-            share = float(stats["num_tokens"]) / _target_tokens([encoded[i] for i in idx])
-            rows = len(mine) / len(idx)
-            optimizer.zero_grad(set_to_none=True)
-            (loss * share).backward()
-            dp.sum_gradients(params)
-            grad_norm, lr = optimizer_step(optimizer, params, cfg.max_grad_norm, scheduler)
-            train_time += time.perf_counter() - t0
-
-            window.add(dp.sum_floats({"loss": float(loss.detach()) * share,
-                                      "token_accuracy": float(stats["token_accuracy"]) * share,
-                                      "sequence_accuracy": float(stats["sequence_accuracy"]) * rows}))
+        for step in range(loop.start + 1, cfg.max_steps + 1):
+            grad_norm, lr = loop.train_step(loss_fn)
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-                record = {**window.pop(), "learning_rate": lr, "grad_norm": grad_norm, "train_wall_s": train_time}
-                log(step, record, history.train)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['token_accuracy']:.3f}")
+                record = loop.log_window(step, grad_norm, lr, history.train)
+                loop.bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['token_accuracy']:.3f}")
             if cfg.eval_steps and step % cfg.eval_steps == 0 and step != cfg.max_steps:
                 do_eval(step)
                 model.train()
-            checkpoints.save(step, optimizer, scheduler,
-                             step_loop_state(order, window, train_time, train=history.train, eval=history.eval))
-            bar.update(1)
+            loop.save(step, train=history.train, eval=history.eval)
+            loop.bar.update(1)
         history.steps = cfg.max_steps
-        history.train_wall_s = train_time
-        final = do_eval(cfg.max_steps)
-        history.final_eval = final
+        history.train_wall_s = loop.train_time
+        history.final_eval = do_eval(cfg.max_steps)
     finally:
-        bar.close()
         model.eval()
-        metrics.close()
-        checkpoints.close()
+        loop.close()
     history.wall_s = time.perf_counter() - t_start
     return history

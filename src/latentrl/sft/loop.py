@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ __all__ = [
     "EpochOrder",
     "MetricWindow",
     "RunMetrics",
+    "StepLoop",
     "clip_gradients",
     "launch",
     "lr_lambda",
@@ -284,3 +286,79 @@ def step_loop_state(order: EpochOrder, window: MetricWindow, train_time: float, 
     """What a step loop saves with its checkpoint: data order, metric window, training time and its own `loop`
     entries (history lists, gate streak); `Checkpoints.restore_step_loop` reads it back."""
     return {"order": order.state_dict(), "window": window.state_dict(), "train_time": train_time, **loop}
+
+
+class StepLoop:
+    """The engine of a step loop (CoT SFT, superposition SFT): `max_steps` optimizer steps, each on one global batch
+    of `per_device_train_batch_size x processes` examples drawn by a seeded `EpochOrder`, with AdamW, the LR
+    schedule, clipping, metric windows, resumable checkpoints and the run folder's lock.
+
+    Opening it sets the run up in this order: the process group (`launch`: LoRA, precision, device), the run folder
+    and a resumed run's weights (`Checkpoints`), torch's seed, the data order, identical replicas, AdamW and the
+    schedule, a resumed run's optimizer / order / window (`saved` then holds its trainer state and `start` its
+    step), the metric sinks (main process only). The trainer drives it: `train_step(loss_fn)` per step,
+    `log` / `save` as it likes, and `close()` in a `finally`.
+    """
+
+    def __init__(self, cfg: StepScheduleConfig, model: Any, num_examples: int, name: str, *,
+                 exempt_1d_from_decay: bool = False):
+        from latentrl.logger import progress
+
+        self.cfg, self.model = cfg, model
+        self.dp = launch(cfg, model)
+        self.checkpoints = Checkpoints(cfg, model, self.dp)  # checks the run folder; loads a resumed run's weights
+        try:
+            torch.manual_seed(cfg.seed)
+            self.order = EpochOrder(num_examples, torch.Generator().manual_seed(cfg.seed))
+            self.params = [p for p in model.parameters() if p.requires_grad]
+            self.dp.broadcast_parameters(list(model.parameters()))  # identical replicas, whatever each loaded
+            self.optimizer = make_adamw(self.params, cfg, exempt_1d_from_decay=exempt_1d_from_decay)
+            self.scheduler = make_scheduler(self.optimizer, cfg)
+            self.window = MetricWindow()
+            self.train_time, self.start = 0.0, 0
+            self.saved: dict[str, Any] | None = None
+            if self.checkpoints.state is not None:
+                self.saved = self.checkpoints.restore_step_loop(self.optimizer, self.scheduler, self.order,
+                                                                self.window)
+                self.train_time, self.start = self.saved["train_time"], self.saved["step"]
+            self.metrics = RunMetrics(cfg, resume_step=self.checkpoints.resume_step, write=self.dp.is_main)
+            self.dp.barrier()  # the main process has replaced an earlier run (overwrite_output_dir) before anyone goes on
+        except BaseException:
+            self.checkpoints.close()
+            raise
+        self.bar = progress(cfg.max_steps, name, disable=cfg.disable_tqdm)
+        self.bar.update(self.start)
+
+    def train_step(self, loss_fn: Callable[[list[int], list[int]], tuple[torch.Tensor, dict[str, float]]]
+                   ) -> tuple[float, float]:
+        """One optimizer step. `loss_fn(global_batch, my_share)` (example indices) returns this process's loss and
+        stats, each already its share of the global batch's mean (so they sum to it over the processes); it runs
+        under the run's autocast. Returns (grad norm before clipping, learning rate); the stats go to `window`."""
+        t0 = time.perf_counter()
+        idx = self.order.draw(self.cfg.per_device_train_batch_size * self.dp.world_size)
+        with self.dp.accelerator.autocast():
+            loss, stats = loss_fn(idx, my_share(self.dp, idx))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.dp.sum_gradients(self.params)
+        grad_norm, lr = optimizer_step(self.optimizer, self.params, self.cfg.max_grad_norm, self.scheduler)
+        self.train_time += time.perf_counter() - t0
+        self.window.add(self.dp.sum_floats(stats))
+        return grad_norm, lr
+
+    def log_window(self, step: int, grad_norm: float, lr: float, into: list[dict[str, Any]]) -> dict[str, Any]:
+        """Log the window's means with the step's learning rate, gradient norm and training time."""
+        record = {**self.window.pop(), "learning_rate": lr, "grad_norm": grad_norm, "train_wall_s": self.train_time}
+        self.metrics.log(step, record, into)
+        return record
+
+    def save(self, step: int, **loop: Any) -> None:
+        """A checkpoint after `step` when it is due (`save_steps`), with the loop's own state `loop`."""
+        self.checkpoints.save(step, self.optimizer, self.scheduler,
+                              step_loop_state(self.order, self.window, self.train_time, **loop))
+
+    def close(self) -> None:
+        """Flush the metric sinks, close the progress bar and release the run folder."""
+        self.bar.close()
+        self.metrics.close()
+        self.checkpoints.close()

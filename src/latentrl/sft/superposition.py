@@ -48,18 +48,7 @@ from latentrl.model import LatentModel
 from latentrl.sft.config import MetricsOutputConfig, StageGateConfig, StepScheduleConfig, sft_default
 from latentrl.sft.cot import IGNORE_INDEX, SFTHistory, masked_lm_loss
 from latentrl.sft.gate import STAGE_ADVANCE_CHOICES, StageGate
-from latentrl.sft.loop import (
-    Checkpoints,
-    EpochOrder,
-    MetricWindow,
-    RunMetrics,
-    launch,
-    make_adamw,
-    make_scheduler,
-    my_share,
-    optimizer_step,
-    step_loop_state,
-)
+from latentrl.sft.loop import StepLoop
 
 __all__ = [
     "SuperpositionSFTConfig",
@@ -313,14 +302,10 @@ def train_superposition_sft(
     ended to `history.stage_log`. Every record also goes to `output_dir/metrics.jsonl` when set; `save_steps` writes
     resumable checkpoints and `resume_from_checkpoint` continues from one exactly.
     """
-    from latentrl.logger import progress
-
     if not train_examples:
         raise ValueError("train_superposition_sft needs at least one training example")
     t_start = time.perf_counter()
     cfg = config
-    dp = launch(cfg, model)  # LoRA, precision, one process or every process of a launch
-    checkpoints = Checkpoints(cfg, model, dp)  # checks the run folder; a resumed run's weights are loaded here
     tok = model.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     encoded = encode_superposition_examples(tok, train_examples, cfg)
@@ -332,47 +317,28 @@ def train_superposition_sft(
     gate = StageGate(threshold=cfg.gate_threshold, patience=cfg.gate_patience,
                      higher_is_better=cfg.gate_metric != "loss")
     reason = "max_steps"
-
-    torch.manual_seed(cfg.seed)
-    order = EpochOrder(len(encoded), torch.Generator().manual_seed(cfg.seed))
-    params = [p for p in model.parameters() if p.requires_grad]
-    dp.broadcast_parameters(list(model.parameters()))  # identical replicas, whatever each process loaded
-    optimizer = make_adamw(params, cfg)
-    scheduler = make_scheduler(optimizer, cfg)
+    loop = StepLoop(cfg, model, len(encoded), "sft[superposition]")
     history = SFTHistory()
-    window = MetricWindow()
-    train_time, start = 0.0, 0
-    if checkpoints.state is not None:
-        saved = checkpoints.restore_step_loop(optimizer, scheduler, order, window)
-        gate.streak = saved["gate_streak"]
-        history = SFTHistory(train=saved["train"], gate=saved["gate"], steps=saved["step"])
-        train_time, start = saved["train_time"], saved["step"]
-    metrics = RunMetrics(cfg, resume_step=checkpoints.resume_step, write=dp.is_main)
-    dp.barrier()  # the main process has replaced an earlier run (overwrite_output_dir) before anyone goes on
-    bar = progress(cfg.max_steps, "sft[superposition]", disable=cfg.disable_tqdm)
-    bar.update(start)
+    if loop.saved is not None:
+        gate.streak = loop.saved["gate_streak"]
+        history = SFTHistory(train=loop.saved["train"], gate=loop.saved["gate"], steps=loop.saved["step"])
+    metrics = loop.metrics
+
+    def loss_fn(idx: list[int], mine: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        whole = (superposition_counts(build_superposition_batch([encoded[i] for i in idx], pad_id))
+                 if loop.dp.world_size > 1 else None)
+        batch = {k: v.to(model.device) for k, v in build_superposition_batch([encoded[i] for i in mine],
+                                                                             pad_id).items()}
+        return superposition_loss(model, batch, cfg, whole=whole)
+
     try:
         model.train()
-        for step in range(start + 1, cfg.max_steps + 1):
-            t0 = time.perf_counter()
-            idx = order.draw(cfg.per_device_train_batch_size * dp.world_size)  # the global batch
-            whole = (superposition_counts(build_superposition_batch([encoded[i] for i in idx], pad_id))
-                     if dp.world_size > 1 else None)
-            cpu_batch = build_superposition_batch([encoded[i] for i in my_share(dp, idx)], pad_id)
-            batch = {k: v.to(model.device) for k, v in cpu_batch.items()}
-            with dp.accelerator.autocast():
-                loss, stats = superposition_loss(model, batch, cfg, whole=whole)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            dp.sum_gradients(params)
-            grad_norm, lr = optimizer_step(optimizer, params, cfg.max_grad_norm, scheduler)
-            train_time += time.perf_counter() - t0
-            window.add(dp.sum_floats(stats))
+        for step in range(loop.start + 1, cfg.max_steps + 1):
+            grad_norm, lr = loop.train_step(loss_fn)
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-                record = {**window.pop(), "learning_rate": lr, "grad_norm": grad_norm, "train_wall_s": train_time}
-                metrics.log(step, record, history.train)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", kl=f"{record.get('kl', 0.0):.3f}")
-            bar.update(1)
+                record = loop.log_window(step, grad_norm, lr, history.train)
+                loop.bar.set_postfix(loss=f"{record['loss']:.3f}", kl=f"{record.get('kl', 0.0):.3f}")
+            loop.bar.update(1)
             history.steps = step
             if converged and step % cfg.gate_eval_steps == 0:
                 gm = superposition_gate_metrics(model, gate_enc, cfg, pad_id, gate_source[: cfg.gate_num_examples])
@@ -383,22 +349,19 @@ def train_superposition_sft(
                 if d.advance:
                     reason = d.reason
                     break
-            checkpoints.save(step, optimizer, scheduler, step_loop_state(
-                order, window, train_time, gate_streak=gate.streak, train=history.train, gate=history.gate))
+            loop.save(step, gate_streak=gate.streak, train=history.train, gate=history.gate)
         metrics.log(history.steps, {"stage/steps": history.steps, "stage/reason": reason,
                                     "stage/gate_metric": cfg.gate_metric if converged else None,
                                     "stage/gate_value": history.gate[-1][f"gate/{cfg.gate_metric}"]
                                     if history.gate else None}, history.stage_log)
-        history.train_wall_s = train_time
+        history.train_wall_s = loop.train_time
         if eval_examples:
             history.final_eval = evaluate_superposition(model, eval_examples, cfg)
             metrics.log(history.steps, {k: v for k, v in history.final_eval.items() if k != "samples"},
                         history.eval)
     finally:
-        bar.close()
         model.eval()
-        metrics.close()
-        checkpoints.close()
+        loop.close()
     history.wall_s = time.perf_counter() - t_start
     return history
 
