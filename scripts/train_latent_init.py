@@ -25,7 +25,7 @@ import torch
 from latentrl.assets import model_path
 from latentrl.bench import check_disjoint, suite_tasks
 from latentrl.config import config_to_dict, load_config
-from latentrl.data import load_examples
+from latentrl.data import cut_steps, load_examples
 from latentrl.model import LatentModel
 from latentrl.sft.coconut import (
     CoconutConfig,
@@ -113,6 +113,9 @@ def main() -> None:
     ap.add_argument("--cot-model", default=None, help="CoT checkpoint (default: the recipe's shipped one)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the shipped inits: 1)")
     ap.add_argument("--num-eval", type=int, default=None)
+    ap.add_argument("--split-steps", default=None, metavar="WORD",
+                    help="cut every chain step before each inner WORD (e.g. '(' for iCoT: a multiplication step and "
+                         "an addition step where there was one); the CoT text is unchanged")
     ap.add_argument("overrides", nargs="*", help="CoconutConfig key=value overrides")
     ns = ap.parse_intermixed_args()
     torch.set_num_threads(ns.threads)
@@ -126,6 +129,8 @@ def main() -> None:
     train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed, **task.dataset_kwargs)
     gate = load_examples(task.dataset, split="eval", n=cfg.gate_num_examples, seed=cfg.seed, **task.dataset_kwargs)
     evals = task.eval_examples(ns.num_eval or recipe["num_eval"])
+    if ns.split_steps:
+        train, gate, evals = (cut_steps(x, before=ns.split_steps) for x in (train, gate, evals))
     check_disjoint(task, train, evals)
     check_disjoint(task, gate, evals)
     assert not {e.question for e in train} & {e.question for e in gate}, "gate problems overlap training problems"

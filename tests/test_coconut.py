@@ -524,21 +524,25 @@ def test_resume_needs_an_output_dir_and_a_checkpoint(tmp_path):
         train_coconut(cfg(output_dir=str(tmp_path), resume_from_checkpoint="latest"), model(), tiny_train_data(4))
 
 
-def test_gate_metrics_equal_a_naive_per_row_computation():
+@pytest.mark.parametrize("next_steps", [1, 2])
+def test_gate_metrics_equal_a_naive_per_row_computation(next_steps):
     """next_step_loss / next_step_accuracy against the HF model's own outputs, row by row (stage 1: the first
-    segment is step 2; stage 3 > #steps of row 2: the answer)."""
+    segment is step 2; stage 3 > #steps of row 2: the answer); with gate_next_steps=2 the segment runs on through
+    the following step (or the answer)."""
     from latentrl.sft.coconut import coconut_gate_metrics
 
     lm = model()
     toks = [tokenize_example(lm.tokenizer, ex) for ex in EXAMPLES]
     for stage in (1, 3):
-        c_ = cfg(eval_batch_size=2)
+        c_ = cfg(eval_batch_size=2, gate_next_steps=next_steps)
         got = coconut_gate_metrics(lm, toks, stage, c_, lm.latent_ids, lm.tokenizer.pad_token_id)
         seg_loss, exact = 0.0, 0
         for t in toks:
             s = build_stage_sample(t, stage, c_, lm.latent_ids)
             n_skip = min(stage, len(t.steps))
             seg = t.steps[n_skip] if n_skip < len(t.steps) else t.answer
+            if next_steps == 2 and n_skip < len(t.steps):
+                seg = seg + (t.steps[n_skip + 1] if n_skip + 1 < len(t.steps) else t.answer)
             first = s.labels.index(next(x for x in s.labels if x != IGNORE_INDEX))
             with torch.no_grad():
                 logits, _ = hf_forward(lm, naive_row_inputs(lm, s))

@@ -12,6 +12,7 @@ from latentrl.data import (
     TASKS,
     DataFormatError,
     Example,
+    cut_steps,
     format_cot,
     format_icot_line,
     format_no_cot,
@@ -532,3 +533,16 @@ def test_train_config_reads_public_dataset_formats(tmp_path):
         load_train_data(cfg)
     with pytest.raises(ConfigError, match="dataset_format"):
         config_from_dict(GRPOConfig, {"model_name_or_path": "m", "dataset_format": "gsm9k"})
+
+
+def test_cut_steps_moves_step_boundaries_and_keeps_the_chain_text():
+    """iCoT's "+ partial ( running sum )" steps cut before "(": a multiplication step and an addition step each;
+    the chain's text, question, answer and metadata are unchanged, and a step without the word stays whole."""
+    ex = icot_mult_example(2365, 4347)  # the valid file's first problem, "5 6 3 2 * 7 4 3 4"
+    cut = cut_steps([ex], before="(")[0]
+    assert cut.steps == ["5 5 5 6 1", "+ 0 0 6 4 9 0", "( 5 5 1 1 1 1 )", "+ 0 0 5 9 0 7 0", "( 5 5 6 0 2 8 0 )",
+                         "+ 0 0 0 0 6 4 9 0"]
+    assert format_cot(cut) == format_cot(ex) and (cut.question, cut.answer, cut.meta) == (ex.question, ex.answer, ex.meta)
+    assert cut_steps([ex], before="#")[0].steps == ex.steps
+    assert cut_steps([Example("q", ["( a )"], "1")], before="(")[0].steps == ["( a )"]  # no empty step at the front
+

@@ -1,6 +1,7 @@
 """Data: one `Example` schema, synthetic tasks, and loaders for real files and hub datasets."""
 
 from latentrl.data.loaders import (
+    cut_steps,
     load_examples,
     load_icot,
     load_jsonl,
@@ -31,6 +32,7 @@ from latentrl.data.tasks import (
 )
 
 __all__ = [
+    "cut_steps",
     "TASKS",
     "DataFormatError",
     "Example",

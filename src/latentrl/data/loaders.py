@@ -12,12 +12,13 @@ can be found; missing files raise `FileNotFoundError` with the path.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import errno
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,22 @@ PathLikeStr = str | PathLike[str]
 
 _EQUATION = re.compile(r"<<.*?>>")
 _MULT_TOKENS = frozenset("0123456789") | {"+", "(", ")"}
+
+
+def cut_steps(examples: Sequence[Example], before: str) -> list[Example]:
+    """The examples with every chain step cut before each inner occurrence of the word `before` (e.g. "(" turns an
+    iCoT step "+ partial ( running sum )" into "+ partial" and "( running sum )"). The chain's words stay the same
+    and in order (`" ".join(steps)` is unchanged), so a CoT model sees the same text; only the step boundaries a
+    curriculum works on move."""
+    out = []
+    for ex in examples:
+        steps: list[str] = []
+        for step in ex.steps:
+            words = step.split()
+            cuts = [0] + [i for i, w in enumerate(words) if w == before and i > 0] + [len(words)]
+            steps += [" ".join(words[a:b]) for a, b in zip(cuts, cuts[1:])]
+        out.append(dataclasses.replace(ex, steps=steps))
+    return out
 
 
 def split_icot_steps(reasoning: str) -> list[str]:

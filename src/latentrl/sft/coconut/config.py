@@ -118,6 +118,13 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
         "token-mean cross-entropy of the whole target.",
         choices=GATE_METRICS,
     )
+    gate_next_steps: int = cfg_field(
+        1,
+        "Converged mode: how many segments after the thoughts the next-step gate metrics cover (the next language "
+        "steps; the answer counts as the last). 2 for chains whose every other step can be recomputed from the "
+        "question, where one segment would pass without reading the thoughts.",
+        min=1,
+    )
     min_steps_per_stage: int = cfg_field(0, "Converged mode: never advance on the gate before this many steps.",
                                          min=0)
     max_steps_per_stage: int = cfg_field(

@@ -378,9 +378,11 @@ def train_coconut(
 
 
 def _first_segment(tok: TokenizedExample, stage: int, cfg: CoconutConfig) -> list[int]:
-    """The first target segment after the thoughts at `stage`: the next language step, or the answer (+ eos)."""
+    """The gate's target after the thoughts at `stage`: the next `gate_next_steps` language steps, the answer (+ eos)
+    counting as the last one."""
     n_skip = len(tok.steps) if stage > cfg.max_latent_stage else min(stage, len(tok.steps))
-    return tok.steps[n_skip] if n_skip < len(tok.steps) else tok.answer
+    segments = [*tok.steps[n_skip:], tok.answer][: cfg.gate_next_steps]
+    return [t for seg in segments for t in seg]
 
 
 @torch.no_grad()
@@ -389,8 +391,8 @@ def coconut_gate_metrics(model: LatentModel, tokenized: Sequence[TokenizedExampl
     """Teacher-forced metrics of `tokenized` at `stage` (no uniform_prob mixing), for the curriculum gate.
 
     loss: token-mean cross-entropy of the whole target; next_step_loss: cross-entropy summed over the first target
-    segment after the thoughts, averaged over examples; next_step_accuracy: fraction of examples whose first segment
-    is predicted exactly (argmax at every token). That segment is what a new stage makes the model read off its
+    segment after the thoughts (`gate_next_steps` segments), averaged over examples; next_step_accuracy: fraction of
+    examples whose first segment is predicted exactly (argmax at every token). That segment is what a new stage makes the model read off its
     thoughts, so it is where a plateau shows.
     """
     if not tokenized:
