@@ -729,3 +729,63 @@ def test_thought_probe_targets_and_loss_equal_a_naive_computation():
     torch.testing.assert_close(out.loss, plain.loss + 0.5 * ce / n, atol=1e-5, rtol=1e-5)
     with pytest.raises(ConfigError, match="probe_tokens"):
         cfg(probe_tokens=[-1, -2])
+
+
+# ------------------------------------------------------------------------------------------- the thought projection
+def test_thought_projection_forward_equals_a_naive_recompute_and_survives_save_and_load(tmp_path):
+    """With a thought projection (CODI's MLP + LayerNorm) every thought is proj(last hidden state): the KV-cached
+    multi-pass loss and gradients (the projection's included) equal a naive recompute on the HF model's own outputs
+    that applies the projection by hand; a saved model gets it back, and its generation feeds the projected thought
+    (an operator step equals proj of the hidden state, and a replay rebuilds the same input)."""
+    from latentrl.thoughts.hidden_state import PROJECTION_NAME, ensure_thought_projection
+
+    lm = model()
+    proj = ensure_thought_projection(lm)
+    torch.manual_seed(3)
+    with torch.no_grad():  # not the identity-like init: a projection that changes the thoughts visibly
+        for p in proj.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    samples = batch_samples(lm, c=2)
+    out = coconut_forward(lm, collate_coconut(samples, lm.tokenizer.pad_token_id), bptt=True)
+    out.loss.backward()
+    g_kv = grads(lm)
+    lm.zero_grad(set_to_none=True)
+
+    total, count = 0.0, 0
+    for s in samples:  # naive: full recomputes, the projection applied by hand to each thought
+        ids = torch.tensor([s.input_ids])
+        emb = lm.model.get_input_embeddings()(ids)[0]
+        cols = [emb[i] for i in range(ids.shape[1])]
+        for c in range(s.latent_start, s.latent_start + s.num_latent):
+            _, h = hf_forward(lm, torch.stack(cols[:c])[None])
+            cols[c] = proj.net(h[0, -1])
+        logits, _ = hf_forward(lm, torch.stack(cols)[None])
+        labels = torch.tensor(s.labels[1:])
+        sel = labels != IGNORE_INDEX
+        total = total + F.cross_entropy(logits[0, :-1][sel].float(), labels[sel], reduction="sum")
+        count += int(sel.sum())
+    ref = total / count
+    ref.backward()
+    g_ref = grads(lm)
+    torch.testing.assert_close(out.loss.detach(), ref.detach(), atol=1e-5, rtol=1e-5)
+    assert any(n.startswith("side_modules." + PROJECTION_NAME) for n in g_ref)  # the projection trains
+    for name in g_ref:
+        torch.testing.assert_close(g_kv[name], g_ref[name], atol=1e-5, rtol=1e-4, msg=name)
+
+    lm.save_pretrained(tmp_path / "m")
+    from latentrl.model import LatentModel
+    from latentrl.sft.coconut import coconut_operator
+
+    back = LatentModel.from_pretrained(tmp_path / "m")
+    assert PROJECTION_NAME not in back.side_modules
+    op = coconut_operator(back)  # attaches the saved projection
+    assert PROJECTION_NAME in back.side_modules
+    h = torch.randn(3, back.hidden_size)
+    step = op.step(back, None, h)
+    with torch.no_grad():
+        torch.testing.assert_close(step.embeds, proj.net(h))
+        torch.testing.assert_close(op.rebuild(back, step.token_ids, step.payload), step.embeds)
+    bare = model()  # a model trained without one feeds the raw hidden state, as Coconut
+    torch.testing.assert_close(coconut_operator(bare).step(bare, None, h).embeds, h)
+    with pytest.raises(ConfigError, match="thought_projection needs bptt"):
+        cfg(thought_projection=True, bptt=False)

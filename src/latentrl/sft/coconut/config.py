@@ -88,6 +88,13 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
         "step are skipped). For steps whose result has more tokens than there are thoughts, e.g. iCoT's running "
         "sums: [[-8, -7, -6], [-5, -4, -3], [-2, -1]] probes every digit. Weighted by probe_weight.",
     )
+    thought_projection: bool = cfg_field(
+        False,
+        "Feed each thought back through a learned projection (CODI's: Linear, GELU, Linear, LayerNorm; ours for "
+        "Coconut, not in the paper) instead of the raw last hidden state; trained with the model, saved as its "
+        "side module `thought_projection` and applied by the hidden_state operator wherever the model is used. "
+        "Needs bptt.",
+    )
     distill_weight: float = cfg_field(
         0.0,
         "Hidden-state distillation (ours for Coconut, after CODI, Shen et al. 2025, arxiv.org/abs/2502.21074; 0 = "
@@ -181,6 +188,9 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.thought_projection and not self.bptt:
+            raise ConfigError("thought_projection needs bptt=true (the no-BPTT variant forms its thoughts without "
+                              "gradients, so the projection would never train)")
         if self.distill_weight > 0 and not self.distill_teacher:
             raise ConfigError("distill_weight > 0 needs distill_teacher (the frozen CoT model to distill from)")
         if any(n < 1 for n in self.thoughts_per_step):

@@ -14,6 +14,7 @@ from latentrl.model import LatentModel
 from latentrl.sft.coconut.config import IGNORE_INDEX
 from latentrl.sft.coconut.data import CoconutSample
 from latentrl.sft.coconut.distill import DistillIndex, distill_index, distill_loss, teacher_states
+from latentrl.thoughts.hidden_state import project_thought
 
 
 @dataclasses.dataclass
@@ -111,7 +112,8 @@ def _thought_passes(
 ) -> tuple[list[torch.Tensor], torch.Tensor, int]:
     """The KV-cached passes. Returns (hidden chunks covering the columns run, thoughts (B, n_max, H), #forwards).
 
-    Thought p of a row (0-based) is the hidden state the model produced at column latent_start + p - 1. Rows with
+    Thought p of a row (0-based) is the hidden state the model produced at column latent_start + p - 1 (through
+    the model's thought projection, if it has one: `latentrl.thoughts.hidden_state.project_thought`). Rows with
     fewer thoughts get their token embedding in those columns. With `run_tail` the last pass runs every remaining
     column (the chunks then cover [0, T)); otherwise it stops once the last thought is formed. With `layer_chunks`
     (a list, appended to) every pass also hands out its states after each layer, chunk by chunk like the hidden
@@ -144,7 +146,7 @@ def _thought_passes(
     chunks.append(h)
     col = L0
     # the input of column `col`: a thought for rows that have one there, else the token embedding
-    pending = torch.where((n > 0)[:, None], h[:, -1].to(embeds.dtype), embeds[:, col])
+    pending = torch.where((n > 0)[:, None], project_thought(model, h[:, -1]).to(embeds.dtype), embeds[:, col])
     thoughts.append(pending)
     for p in range(1, n_max):
         h, cache = run(pending[:, None], attention_mask=attn[:, : col + 1], position_ids=pos[:, col : col + 1],
@@ -152,7 +154,7 @@ def _thought_passes(
         forwards += 1
         chunks.append(h)
         col += 1
-        pending = torch.where((n > p)[:, None], h[:, -1].to(embeds.dtype), embeds[:, col])
+        pending = torch.where((n > p)[:, None], project_thought(model, h[:, -1]).to(embeds.dtype), embeds[:, col])
         thoughts.append(pending)
     if run_tail:
         tail = torch.cat([pending[:, None], embeds[:, col + 1 :]], dim=1)

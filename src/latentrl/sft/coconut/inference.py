@@ -31,7 +31,9 @@ def coconut_operator(model: LatentModel):
     from latentrl.thoughts.hidden_state import HiddenStateThought
 
     _, latent_id, _ = _latent_ids(model)
-    return HiddenStateThought(latent_token_id=latent_id)
+    op = HiddenStateThought(latent_token_id=latent_id)
+    op.attach(model)  # a checkpoint trained with a thought projection gets it back
+    return op
 
 
 def coconut_rollout(

@@ -26,6 +26,7 @@ from latentrl.sft.coconut.data import (
 from latentrl.sft.coconut.forward import coconut_forward, collate_coconut
 from latentrl.sft.coconut.inference import coconut_evaluate
 from latentrl.sft.loop import Checkpoints, RunMetrics, launch, make_adamw, my_share, optimizer_step
+from latentrl.thoughts.hidden_state import ensure_thought_projection
 
 
 @dataclasses.dataclass
@@ -78,6 +79,8 @@ def train_coconut(
         raise ValueError("train_coconut needs at least one training example")
     cfg = config
     dp = launch(cfg, model)  # LoRA, precision, one process or every process of a launch
+    if cfg.thought_projection:  # before the checkpoint is loaded and the optimizer built
+        ensure_thought_projection(model)
     checkpoints = Checkpoints(cfg, model, dp)  # checks the run folder; a resumed run's weights are loaded here
     converged = cfg.stage_advance == "converged"
     t_start = time.perf_counter()
