@@ -1,8 +1,9 @@
 """The mechanics the supervised training loops share: the process group (accelerate, bf16, LoRA), AdamW, the LR
 schedule, clipping, the data order, metrics, resumable checkpoints.
 
-Each loop (CoT SFT, Coconut curriculum SFT, superposition SFT) keeps its own structure; these helpers are the
-pieces that were written out once per loop, so the loops build the same optimizer, schedule and logged numbers.
+CoT SFT and superposition SFT run on one engine, `StepLoop`; Coconut curriculum SFT keeps its own loop (stage passes,
+a gate, optimizer resets per stage) built from the same pieces, so every loop builds the same process group,
+optimizer, schedule, checkpoints and logged numbers.
 """
 
 from __future__ import annotations
@@ -297,7 +298,7 @@ class StepLoop:
     and a resumed run's weights (`Checkpoints`), torch's seed, the data order, identical replicas, AdamW and the
     schedule, a resumed run's optimizer / order / window (`saved` then holds its trainer state and `start` its
     step), the metric sinks (main process only). The trainer drives it: `train_step(loss_fn)` per step,
-    `log` / `save` as it likes, and `close()` in a `finally`.
+    `log_window` / `save` as it likes, and `close()` in a `finally`.
     """
 
     def __init__(self, cfg: StepScheduleConfig, model: Any, num_examples: int, name: str, *,
