@@ -55,8 +55,8 @@ def has_saved_thought_projection(model) -> bool:
 
 def project_thought(model, hidden: torch.Tensor) -> torch.Tensor:
     """The input a thought feeds back: the model's projection of `hidden`, or `hidden` itself without one."""
-    proj = model.side_modules[PROJECTION_NAME] if PROJECTION_NAME in model.side_modules else None
-    return hidden if proj is None else proj(hidden)
+    side = getattr(model, "side_modules", None)  # (a bare test double may have none)
+    return side[PROJECTION_NAME](hidden) if side is not None and PROJECTION_NAME in side else hidden
 
 
 @register_thought_operator
