@@ -112,3 +112,19 @@ def test_train_coconut_with_a_teacher_logs_the_distillation_loss(tmp_path):
     history = train_coconut(c_, lm, EXAMPLES * 2)
     logged = [r["distill_loss"] for r in history.train if "distill_loss" in r]
     assert len(logged) == len(history.train) and all(v > 0 for v in logged)
+
+
+def test_a_teacher_with_another_vocabulary_or_shape_is_refused(tmp_path):
+    from latentrl.sft.coconut.distill import load_teacher
+
+    lm = model()
+    tiny_latent_model("qwen2", ["Tom", "is", "a", "bird"], seed=1, add_latent_tokens=False).save_pretrained(
+        tmp_path / "words")
+    with pytest.raises(ConfigError, match="another vocabulary"):
+        load_teacher(str(tmp_path / "words"), lm)
+    teacher_model(layers=3).save_pretrained(tmp_path / "deep")
+    with pytest.raises(ConfigError, match="hidden size and depth"):
+        load_teacher(str(tmp_path / "deep"), lm)
+    teacher_model().save_pretrained(tmp_path / "ok")
+    assert not any(p.requires_grad for p in load_teacher(str(tmp_path / "ok"), lm).model.parameters())
+

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from latentrl.sft.coconut.data import CoconutSample
+
+if TYPE_CHECKING:
+    from latentrl.model import LatentModel
 
 
 @dataclasses.dataclass
@@ -56,6 +60,26 @@ def distill_index(samples: Sequence[CoconutSample], offsets: Sequence[int], pad_
         tcols[i, : s.tail_len] = len(t) - s.tail_len - 1 + j
         valid[i, : s.tail_len] = True
     return DistillIndex(ids, mask, scols, tcols, valid)
+
+
+def load_teacher(path: str, student) -> "LatentModel":
+    """The frozen teacher at `path`, on the student's device; refused unless it reads text with the student's
+    vocabulary (the latent tokens aside) and has its width and depth."""
+    from latentrl.config import ConfigError
+    from latentrl.model import LatentModel, LatentTokens
+
+    teacher = LatentModel.from_pretrained(path).to(student.device).eval()
+    teacher.model.requires_grad_(False)
+    latent = set(LatentTokens().as_list())
+    vocab = [{k: v for k, v in m.tokenizer.get_vocab().items() if k not in latent} for m in (teacher, student)]
+    if vocab[0] != vocab[1]:
+        raise ConfigError(f"distill_teacher {path!r} has another vocabulary than the model ({len(vocab[0])} vs "
+                          f"{len(vocab[1])} tokens, latent tokens aside): the teacher must read the same token ids")
+    shape = [(m.hidden_size, m.model.config.num_hidden_layers) for m in (teacher, student)]
+    if shape[0] != shape[1]:
+        raise ConfigError(f"distill_teacher {path!r} has hidden size and depth {shape[0]}, the model {shape[1]}: "
+                          "distillation pairs layer with layer")
+    return teacher
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from latentrl.sft.coconut.data import (
     stage_samples,
     tokenize_example,
 )
+from latentrl.sft.coconut.distill import load_teacher
 from latentrl.sft.coconut.forward import coconut_forward, collate_coconut
 from latentrl.sft.coconut.inference import coconut_evaluate
 from latentrl.sft.loop import Checkpoints, RunMetrics, launch, make_adamw, my_share, optimizer_step
@@ -81,6 +82,9 @@ def train_coconut(
     dp = launch(cfg, model)  # LoRA, precision, one process or every process of a launch
     if cfg.thought_projection:  # before the checkpoint is loaded and the optimizer built
         ensure_thought_projection(model)
+    teacher: LatentModel | None = None
+    if cfg.distill_weight > 0:  # the frozen CoT teacher of the hidden-state distillation (before the run folder)
+        teacher = load_teacher(cfg.distill_teacher, model)
     checkpoints = Checkpoints(cfg, model, dp)  # checks the run folder; a resumed run's weights are loaded here
     converged = cfg.stage_advance == "converged"
     t_start = time.perf_counter()
@@ -136,10 +140,6 @@ def train_coconut(
     probe_heads: nn.Module | None = None
     if cfg.probe_head_tokens:  # training-only linear probe heads (seeded by cfg.seed above; never saved)
         probe_heads = nn.Linear(model.hidden_size, cfg.num_probe_heads * model.vocab_size).to(model.device)
-    teacher: LatentModel | None = None
-    if cfg.distill_weight > 0:  # the frozen CoT teacher of the hidden-state distillation
-        teacher = LatentModel.from_pretrained(cfg.distill_teacher).to(model.device).eval()
-        teacher.model.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     head_params = list(probe_heads.parameters()) if probe_heads is not None else []
     dp.broadcast_parameters([*model.parameters(), *head_params])  # identical replicas, whatever each process loaded
