@@ -381,9 +381,15 @@ def test_converged_stage_advance_follows_the_gate_and_logs_each_stage(tmp_path, 
     assert [r["stage/reason"] for r in logged if "stage/reason" in r] == [reason] * 3
 
 
-def test_converged_mode_needs_gate_examples_and_checks_its_options():
-    with pytest.raises(ValueError, match="gate examples"):
-        train_coconut(cfg(stage_advance="converged", eval_strategy="no"), model(), tiny_train_data(4))
+def test_converged_mode_needs_gate_examples_and_checks_its_options(tmp_path):
+    out = str(tmp_path / "run")
+    with pytest.raises(ValueError, match="gate examples") as refused:
+        train_coconut(cfg(stage_advance="converged", eval_strategy="no", output_dir=out), model(), tiny_train_data(4))
+    # the refused run never took the folder: the corrected one trains into it at once, even while the error's
+    # traceback (and so the failed call's frame) is still alive, as in a notebook
+    train_coconut(cfg(max_latent_stage=1, epochs_per_stage=1, num_epochs=1, eval_strategy="no", output_dir=out),
+                  model(), tiny_train_data(4))
+    assert refused.traceback
     with pytest.raises(ConfigError, match="final_stage"):
         cfg(stage_advance="converged", start_stage=2, final_stage=1)
     with pytest.raises(ConfigError, match="min_steps_per_stage"):

@@ -85,7 +85,6 @@ def train_coconut(
     teacher: LatentModel | None = None
     if cfg.distill_weight > 0:  # the frozen CoT teacher of the hidden-state distillation (before the run folder)
         teacher = load_teacher(cfg.distill_teacher, model)
-    checkpoints = Checkpoints(cfg, model, dp)  # checks the run folder; a resumed run's weights are loaded here
     converged = cfg.stage_advance == "converged"
     t_start = time.perf_counter()
     tok = model.tokenizer
@@ -101,6 +100,8 @@ def train_coconut(
         raise ValueError("stage_advance=converged needs gate examples (gate_examples or eval_examples) to measure "
                          "when a stage is learned")
     budget = cfg.max_new_positions or _eval_budget(cfg, train_tok + eval_tok)
+    # the run folder is taken only once the inputs are known good (a refused input never leaves it locked)
+    checkpoints = Checkpoints(cfg, model, dp)  # checks the run folder; a resumed run's weights are loaded here
 
     torch.manual_seed(cfg.seed)
     order_gen = torch.Generator().manual_seed(cfg.seed)
