@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
+from latentrl.config import ConfigError
+from latentrl.model import LatentModel, LatentTokens
 from latentrl.sft.coconut.data import CoconutSample
-
-if TYPE_CHECKING:
-    from latentrl.model import LatentModel
 
 
 @dataclasses.dataclass
@@ -62,12 +60,9 @@ def distill_index(samples: Sequence[CoconutSample], offsets: Sequence[int], pad_
     return DistillIndex(ids, mask, scols, tcols, valid)
 
 
-def load_teacher(path: str, student) -> "LatentModel":
+def load_teacher(path: str, student: LatentModel) -> LatentModel:
     """The frozen teacher at `path`, on the student's device; refused unless it reads text with the student's
     vocabulary (the latent tokens aside) and has its width and depth."""
-    from latentrl.config import ConfigError
-    from latentrl.model import LatentModel, LatentTokens
-
     teacher = LatentModel.from_pretrained(path).to(student.device).eval()
     teacher.model.requires_grad_(False)
     latent = set(LatentTokens().as_list())
@@ -83,7 +78,7 @@ def load_teacher(path: str, student) -> "LatentModel":
 
 
 @torch.no_grad()
-def teacher_states(teacher, index: DistillIndex) -> list[torch.Tensor]:
+def teacher_states(teacher: LatentModel, index: DistillIndex) -> list[torch.Tensor]:
     """The frozen teacher's hidden states after each layer (not the embeddings) at its paired columns, (B, P, H)."""
     embeds = teacher.embed(index.teacher_ids)
     layers, _ = teacher.forward_embeds_layers(embeds, attention_mask=index.teacher_mask)

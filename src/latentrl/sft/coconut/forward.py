@@ -203,9 +203,11 @@ def coconut_forward(
     if bptt:
         layer_chunks: list[tuple[torch.Tensor, ...]] | None = [] if distill else None
         chunks, thoughts, forwards = _thought_passes(model, embeds, batch, run_tail=True, layer_chunks=layer_chunks)
-        hidden = torch.cat(chunks, dim=1)
-        if layer_chunks:
+        if layer_chunks:  # the last layer's states are the hidden states: one concatenation, not two
             layers = [torch.cat(per_layer, dim=1) for per_layer in zip(*layer_chunks)]
+            hidden = layers[-1]
+        else:
+            hidden = torch.cat(chunks, dim=1)
     else:
         with torch.no_grad():
             _, thoughts, forwards = _thought_passes(model, embeds.detach(), batch, run_tail=False)

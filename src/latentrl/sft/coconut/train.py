@@ -381,6 +381,12 @@ def train_coconut(
     return history
 
 
+def _teacher_forced(cfg: CoconutConfig) -> CoconutConfig:
+    """The options gate and eval samples are built with: the scheduled stage only (no uniform_prob draws) and no
+    distillation teacher rows (they score the student alone)."""
+    return dataclasses.replace(cfg, uniform_prob=0.0, distill_weight=0.0)
+
+
 def _first_segment(tok: TokenizedExample, stage: int, cfg: CoconutConfig) -> list[int]:
     """The gate's target after the thoughts at `stage`: the next `gate_next_steps` language steps, the answer (+ eos)
     counting as the last one."""
@@ -396,12 +402,12 @@ def coconut_gate_metrics(model: LatentModel, tokenized: Sequence[TokenizedExampl
 
     loss: token-mean cross-entropy of the whole target; next_step_loss: cross-entropy summed over the first target
     segment after the thoughts (`gate_next_steps` segments), averaged over examples; next_step_accuracy: fraction of
-    examples whose first segment is predicted exactly (argmax at every token). That segment is what a new stage makes the model read off its
-    thoughts, so it is where a plateau shows.
+    examples whose first segment is predicted exactly (argmax at every token). That segment is what a new stage
+    makes the model read off its thoughts, so it is where a plateau shows.
     """
     if not tokenized:
         return {"loss": float("nan"), "next_step_loss": float("nan"), "next_step_accuracy": float("nan")}
-    plain = dataclasses.replace(cfg, uniform_prob=0.0)
+    plain = _teacher_forced(cfg)
     was = model.training
     model.eval()
     total, count, seg_loss, seg_exact = 0.0, 0, 0.0, 0.0
@@ -438,7 +444,7 @@ def _eval_loss(model: LatentModel, tokenized: Sequence[TokenizedExample], stage:
     """Token-mean cross-entropy of the eval set at `stage` (no uniform_prob mixing)."""
     if not tokenized:
         return float("nan")
-    plain = dataclasses.replace(cfg, uniform_prob=0.0)
+    plain = _teacher_forced(cfg)
     samples = [build_stage_sample(t, stage, plain, latent_ids) for t in tokenized]
     was = model.training
     model.eval()
