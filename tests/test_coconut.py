@@ -290,11 +290,11 @@ def tiny_train_data(n=8):
 @pytest.mark.parametrize("reset, expected_resets", [("stage", [0, 4, 8]), ("epoch", [0, 2, 4, 6, 8, 10]),
                                                     ("never", [0])])
 def test_stage_schedule_and_optimizer_reset(reset, expected_resets, monkeypatch):
-    import latentrl.sft.coconut.train as coconut
+    import latentrl.sft.loop as engine
 
     made = []
-    real = coconut.make_adamw
-    monkeypatch.setattr(coconut, "make_adamw", lambda p, c: made.append(1) or real(p, c))
+    real = engine.make_adamw
+    monkeypatch.setattr(engine, "make_adamw", lambda p, c, **kw: made.append(1) or real(p, c, **kw))
     lm = model()
     c_ = cfg(max_latent_stage=2, epochs_per_stage=2, num_epochs=8, start_stage=1, reset_optimizer=reset,
              per_device_train_batch_size=4, eval_strategy="no", learning_rate=1e-3, logging_steps=1)
@@ -308,17 +308,17 @@ def test_stage_schedule_and_optimizer_reset(reset, expected_resets, monkeypatch)
 
 
 def test_optimizer_state_is_fresh_after_a_stage_reset(monkeypatch):
-    import latentrl.sft.coconut.train as coconut
+    import latentrl.sft.loop as engine
 
     seen = []
-    real = coconut.make_adamw
+    real = engine.make_adamw
 
-    def spy(p, c):
-        opt = real(p, c)
+    def spy(p, c, **kw):
+        opt = real(p, c, **kw)
         seen.append(opt)
         return opt
 
-    monkeypatch.setattr(coconut, "make_adamw", spy)
+    monkeypatch.setattr(engine, "make_adamw", spy)
     c_ = cfg(max_latent_stage=1, epochs_per_stage=1, num_epochs=2, per_device_train_batch_size=8,
              eval_strategy="no")
     train_coconut(c_, model(), tiny_train_data(8))
@@ -434,7 +434,7 @@ RESUME_CASES = {
 
 @pytest.mark.parametrize("mode", sorted(RESUME_CASES))
 def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, mode, killed_in_step):
-    import latentrl.sft.coconut.train as coconut_train
+    import latentrl.sft.loop as engine
     from latentrl.checkpoint import list_checkpoints
     from latentrl.logger import read_metrics
 
@@ -452,7 +452,7 @@ def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, mode, k
     hist_a = train_coconut(cfg(output_dir=str(tmp_path / "a"), **opts), whole, data, **gate)
     # the same run killed during step stop + 1, then resumed into a model built from another seed: everything it
     # trains with must come from the checkpoint
-    with killed_in_step(coconut_train, stop + 1):
+    with killed_in_step(engine, stop + 1):
         train_coconut(cfg(output_dir=str(tmp_path / "b"), save_steps=save_steps, **opts), model(), data, **gate)
     saved = [int(p.name.split("-")[1]) for p in list_checkpoints(tmp_path / "b")]
     assert saved == [save_steps * (stop // save_steps - 1), save_steps * (stop // save_steps)]  # save_total_limit 2

@@ -1,9 +1,10 @@
-"""The mechanics the supervised training loops share: the process group (accelerate, bf16, LoRA), AdamW, the LR
+"""The engine every supervised training loop runs on: the process group (accelerate, bf16, LoRA), AdamW, the LR
 schedule, clipping, the data order, metrics, resumable checkpoints.
 
-CoT SFT and superposition SFT run on one engine, `StepLoop`; Coconut curriculum SFT keeps its own loop (stage passes,
-a gate, optimizer resets per stage) built from the same pieces, so every loop builds the same process group,
-optimizer, schedule, checkpoints and logged numbers.
+CoT SFT, superposition SFT and Coconut curriculum SFT all train through `StepLoop`: the loop owns the mechanics of
+an optimizer step (micro-batches, autocast, gradient sum over processes, clipping, the metric window, checkpoints);
+each trainer owns only its loss and its schedule of stages (Coconut's passes, gate and optimizer resets are a driver
+around `StepLoop.train_step`, as a curriculum callback would be around `transformers.Trainer`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -142,6 +143,26 @@ class EpochOrder:
             idx += self.perm[self.cursor : self.cursor + take]
             self.cursor += take
         return idx
+
+    # a loop whose batches never span two passes (Coconut: each pass is one stage's data, rebuilt per pass)
+    def start_pass(self) -> None:
+        """Draw the next pass's permutation now; `draw_in_pass` then walks it."""
+        self.perm, self.cursor = torch.randperm(self.n, generator=self.generator).tolist(), 0
+
+    def draw_in_pass(self, batch_size: int) -> list[int]:
+        """The next batch of the current pass (shorter at the pass's end)."""
+        idx = self.perm[self.cursor : self.cursor + batch_size]
+        self.cursor += len(idx)
+        return idx
+
+    @property
+    def pass_done(self) -> bool:
+        """Every batch of the current pass is drawn."""
+        return self.cursor >= len(self.perm)
+
+    def end_pass(self) -> None:
+        """Drop the rest of the current pass (a stage that ended in the middle of one)."""
+        self.cursor = len(self.perm)
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "perm": list(self.perm), "cursor": self.cursor}
@@ -289,74 +310,131 @@ def step_loop_state(order: EpochOrder, window: MetricWindow, train_time: float, 
     return {"order": order.state_dict(), "window": window.state_dict(), "train_time": train_time, **loop}
 
 
-class StepLoop:
-    """The engine of a step loop (CoT SFT, superposition SFT): `max_steps` optimizer steps, each on one global batch
-    of `per_device_train_batch_size x processes` examples drawn by a seeded `EpochOrder`, with AdamW, the LR
-    schedule, clipping, metric windows, resumable checkpoints and the run folder's lock.
+LossAndStats = tuple[torch.Tensor, dict[str, float]]
+LossFn = Callable[[list[int], list[int]], LossAndStats | Iterator[LossAndStats]]
 
-    Opening it sets the run up in this order: the process group (`launch`: LoRA, precision, device), the run folder
-    and a resumed run's weights (`Checkpoints`), torch's seed, the data order, identical replicas, AdamW and the
-    schedule, a resumed run's optimizer / order / window (`saved` then holds its trainer state and `start` its
-    step), the metric sinks (main process only). The trainer drives it: `train_step(loss_fn)` per step,
-    `log_window` / `save` as it likes, and `close()` in a `finally`.
+
+class StepLoop:
+    """The engine of every supervised loop (CoT SFT, superposition SFT, Coconut curriculum SFT): optimizer steps,
+    each on one global batch of `per_device_train_batch_size x processes` examples (drawn by a seeded `EpochOrder`,
+    or given by the trainer), with AdamW, the LR schedule, clipping, metric windows, resumable checkpoints and the
+    run folder's lock.
+
+    Opening it sets the run up in this order: the process group (`launch`: LoRA, precision, device), `prepare(dp)`
+    (modules the run adds to the model before a checkpoint is loaded into it), the run folder and a resumed run's
+    weights (`Checkpoints`), torch's seed, the data order, `extra_modules()` (training-only modules such as
+    Coconut's probe heads: trained, clipped and checkpointed with the model, never saved with it), identical
+    replicas, AdamW and the schedule (a `StepScheduleConfig`; other configs keep the rate constant), a resumed run's
+    optimizer / order / window / extra modules (`saved` then holds its trainer state and `start` its step), the
+    metric sinks (main process only). The trainer drives it: `train_step(loss_fn)` per step, `log_window` / `save`
+    as it likes, `reset_optimizer` where its schedule re-makes AdamW, and `close()` in a `finally`.
     """
 
-    def __init__(self, cfg: StepScheduleConfig, model: Any, num_examples: int, name: str, *,
-                 exempt_1d_from_decay: bool = False):
+    def __init__(self, cfg: MetricsOutputConfig, model: Any, num_examples: int, name: str, *, exempt_1d_from_decay: bool = False,
+                 prepare: Callable[[DataParallel], None] | None = None,
+                 extra_modules: Callable[[], Sequence[nn.Module]] | None = None,
+                 total_steps: Callable[[int], int | None] | None = None):
         from latentrl.logger import progress
 
-        self.cfg, self.model = cfg, model
+        self.cfg, self.model, self.exempt_1d_from_decay = cfg, model, exempt_1d_from_decay
         self.dp = launch(cfg, model)
+        if prepare is not None:
+            prepare(self.dp)
         self.checkpoints = Checkpoints(cfg, model, self.dp)  # checks the run folder; loads a resumed run's weights
         try:
             torch.manual_seed(cfg.seed)
             self.order = EpochOrder(num_examples, torch.Generator().manual_seed(cfg.seed))
+            self.extra_modules = [m.to(self.dp.accelerator.device) for m in (extra_modules() if extra_modules else ())]
             self.params = [p for p in model.parameters() if p.requires_grad]
-            self.dp.broadcast_parameters(list(model.parameters()))  # identical replicas, whatever each loaded
-            self.optimizer = make_adamw(self.params, cfg, exempt_1d_from_decay=exempt_1d_from_decay)
-            self.scheduler = make_scheduler(self.optimizer, cfg)
+            self.extra_params = [p for m in self.extra_modules for p in m.parameters()]
+            # identical replicas, whatever each process loaded
+            self.dp.broadcast_parameters([*model.parameters(), *self.extra_params])
+            self.reset_optimizer()
             self.window = MetricWindow()
             self.train_time, self.start = 0.0, 0
             self.saved: dict[str, Any] | None = None
             if self.checkpoints.state is not None:
                 self.saved = self.checkpoints.restore_step_loop(self.optimizer, self.scheduler, self.order,
                                                                 self.window)
+                for module, state in zip(self.extra_modules, self.saved.get("extra_modules", []), strict=True):
+                    module.load_state_dict(state)
                 self.train_time, self.start = self.saved["train_time"], self.saved["step"]
             self.metrics = RunMetrics(cfg, resume_step=self.checkpoints.resume_step, write=self.dp.is_main)
             self.dp.barrier()  # the main process has replaced an earlier run (overwrite_output_dir) before anyone goes on
         except BaseException:
             self.checkpoints.close()
             raise
-        self.bar = progress(cfg.max_steps, name, disable=cfg.disable_tqdm)
+        total = total_steps(self.dp.world_size) if total_steps is not None else cfg.max_steps
+        self.bar = progress(total, name, disable=cfg.disable_tqdm)
         self.bar.update(self.start)
 
-    def train_step(self, loss_fn: Callable[[list[int], list[int]], tuple[torch.Tensor, dict[str, float]]]
-                   ) -> tuple[float, float]:
-        """One optimizer step. `loss_fn(global_batch, my_share)` (example indices) returns this process's loss and
-        stats, each already its share of the global batch's mean (so they sum to it over the processes); it runs
-        under the run's autocast. Returns (grad norm before clipping, learning rate); the stats go to `window`."""
+    def reset_optimizer(self) -> None:
+        """A fresh AdamW (the extra modules' parameters in a second group) and LR schedule."""
+        self.optimizer = make_adamw(self.params, self.cfg, exempt_1d_from_decay=self.exempt_1d_from_decay)
+        if self.extra_params:
+            self.optimizer.add_param_group({"params": self.extra_params})
+        self.scheduler = (make_scheduler(self.optimizer, self.cfg) if isinstance(self.cfg, StepScheduleConfig)
+                          else None)
+
+    def global_batch_size(self, gradient_accumulation_steps: int = 1) -> int:
+        """Examples per optimizer step over every process."""
+        return self.cfg.per_device_train_batch_size * gradient_accumulation_steps * self.dp.world_size
+
+    def train_step(self, loss_fn: LossFn, idx: list[int] | None = None) -> tuple[float, float]:
+        """One optimizer step on the global batch `idx` (example indices; default: the next batch of the data
+        order). `loss_fn(global_batch, my_share)` returns this process's loss and stats, or yields them per
+        micro-batch (each is backpropagated before the next forward: gradient accumulation); every loss and stat is
+        already its share of the global batch's mean, so they sum to it over micro-batches and processes. The
+        forwards run under the run's autocast. Returns (grad norm before clipping, learning rate); the summed stats
+        go to `window`."""
         t0 = time.perf_counter()
-        idx = self.order.draw(self.cfg.per_device_train_batch_size * self.dp.world_size)
-        with self.dp.accelerator.autocast():
-            loss, stats = loss_fn(idx, my_share(self.dp, idx))
+        if idx is None:
+            idx = self.order.draw(self.global_batch_size())
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.dp.sum_gradients(self.params)
-        grad_norm, lr = optimizer_step(self.optimizer, self.params, self.cfg.max_grad_norm, self.scheduler)
+        totals: dict[str, float] = {}
+        for loss, stats in self._forwards(loss_fn, idx):
+            loss.backward()
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v
+        self.dp.sum_gradients(self.params + self.extra_params)
+        # extra modules are clipped with the model; without clipping the logged norm is the model's alone
+        clipped = self.params + self.extra_params if self.cfg.max_grad_norm > 0 else self.params
+        grad_norm, lr = optimizer_step(self.optimizer, clipped, self.cfg.max_grad_norm, self.scheduler)
         self.train_time += time.perf_counter() - t0
-        self.window.add(self.dp.sum_floats(stats))
+        self.window.add(self.dp.sum_floats(totals))
         return grad_norm, lr
 
-    def log_window(self, step: int, grad_norm: float, lr: float, into: list[dict[str, Any]]) -> dict[str, Any]:
-        """Log the window's means with the step's learning rate, gradient norm and training time."""
-        record = {**self.window.pop(), "learning_rate": lr, "grad_norm": grad_norm, "train_wall_s": self.train_time}
+    def _forwards(self, loss_fn: LossFn, idx: list[int]) -> Iterator[LossAndStats]:
+        """`loss_fn`'s (loss, stats) pairs, each computed under autocast."""
+        autocast = self.dp.accelerator.autocast
+        with autocast():
+            out = loss_fn(idx, my_share(self.dp, idx))
+        if isinstance(out, tuple):
+            yield out
+            return
+        while True:
+            with autocast():
+                item = next(out, None)
+            if item is None:
+                return
+            yield item
+
+    def log_window(self, step: int, grad_norm: float, lr: float, into: list[dict[str, Any]],
+                   shape: Callable[[dict[str, float]], dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Log the window's means (through `shape`, which names them and adds the loop's own entries) with the
+        step's learning rate, gradient norm and training time."""
+        means = self.window.pop()
+        record = {**(shape(means) if shape is not None else means), "learning_rate": lr, "grad_norm": grad_norm,
+                  "train_wall_s": self.train_time}
         self.metrics.log(step, record, into)
         return record
 
-    def save(self, step: int, **loop: Any) -> None:
-        """A checkpoint after `step` when it is due (`save_steps`), with the loop's own state `loop`."""
-        self.checkpoints.save(step, self.optimizer, self.scheduler,
-                              step_loop_state(self.order, self.window, self.train_time, **loop))
+    def save(self, step: int, force: bool = False, **loop: Any) -> None:
+        """A checkpoint after `step` when it is due (`save_steps`; `force`: now, with save_steps set), with the
+        loop's own state `loop`."""
+        state = step_loop_state(self.order, self.window, self.train_time,
+                                extra_modules=[m.state_dict() for m in self.extra_modules], **loop)
+        self.checkpoints.save(step, self.optimizer, self.scheduler, state, force=force)
 
     def close(self) -> None:
         """Flush the metric sinks, close the progress bar and release the run folder."""

@@ -26,7 +26,7 @@ from latentrl.sft.coconut.data import (
 from latentrl.sft.coconut.distill import load_teacher
 from latentrl.sft.coconut.forward import coconut_forward, collate_coconut
 from latentrl.sft.coconut.inference import coconut_evaluate
-from latentrl.sft.loop import Checkpoints, RunMetrics, launch, make_adamw, my_share, optimizer_step
+from latentrl.sft.loop import StepLoop, my_share
 from latentrl.thoughts.hidden_state import ensure_thought_projection
 
 
@@ -73,18 +73,14 @@ def train_coconut(
     one `stage/*` record per finished stage: steps taken, gate metric, reason) go to `output_dir/metrics.jsonl`
     when set, and always into the returned history. `save_steps` writes resumable checkpoints;
     `resume_from_checkpoint` loads one into `model` and continues exactly where it was saved.
-    """
-    from latentrl.logger import progress
 
+    The steps run on the shared engine (`latentrl.sft.loop.StepLoop`: processes, precision, LoRA, AdamW, clipping,
+    checkpoints); this function is the curriculum around it: which stage each pass over the data trains, when the
+    gate ends a stage, when AdamW is re-made, when to evaluate and when a checkpoint may be written.
+    """
     if not train_examples:
         raise ValueError("train_coconut needs at least one training example")
     cfg = config
-    dp = launch(cfg, model)  # LoRA, precision, one process or every process of a launch
-    if cfg.thought_projection:  # before the checkpoint is loaded and the optimizer built
-        ensure_thought_projection(model)
-    teacher: LatentModel | None = None
-    if cfg.distill_weight > 0:  # the frozen CoT teacher of the hidden-state distillation (before the run folder)
-        teacher = load_teacher(cfg.distill_teacher, model)
     converged = cfg.stage_advance == "converged"
     t_start = time.perf_counter()
     tok = model.tokenizer
@@ -100,33 +96,45 @@ def train_coconut(
         raise ValueError("stage_advance=converged needs gate examples (gate_examples or eval_examples) to measure "
                          "when a stage is learned")
     budget = cfg.max_new_positions or _eval_budget(cfg, train_tok + eval_tok)
+    stages = list(range(cfg.start_stage, cfg.last_stage + 1))
+    epochs = list(range(cfg.start_epoch, cfg.num_epochs))
+    teacher: LatentModel | None = None
+
+    def prepare(dp: Any) -> None:
+        """What the run adds to the model before a checkpoint is loaded into it (and the optimizer is built)."""
+        nonlocal teacher
+        if cfg.thought_projection:
+            ensure_thought_projection(model)
+        if cfg.distill_weight > 0:  # the frozen CoT teacher of the hidden-state distillation
+            teacher = load_teacher(cfg.distill_teacher, model)
+
+    def total_steps(world_size: int) -> int:
+        step_size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size
+        total = (len(stages) * cfg.max_steps_per_stage if converged
+                 else len(epochs) * math.ceil(len(train_tok) / step_size))
+        return total if cfg.max_steps is None else min(total, cfg.max_steps)
+
+    def probe_heads() -> list[nn.Module]:
+        """Training-only linear probe heads (seeded by cfg.seed; checkpointed, never saved with the model)."""
+        if not cfg.probe_head_tokens:
+            return []
+        return [nn.Linear(model.hidden_size, cfg.num_probe_heads * model.vocab_size)]
+
     # the run folder is taken only once the inputs are known good (a refused input never leaves it locked)
-    checkpoints = Checkpoints(cfg, model, dp)  # checks the run folder; a resumed run's weights are loaded here
-
-    torch.manual_seed(cfg.seed)
-    order_gen = torch.Generator().manual_seed(cfg.seed)
-    step_size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * dp.world_size  # the global batch
-    steps_per_epoch = math.ceil(len(train_tok) / step_size)
-    if converged:
-        stages = list(range(cfg.start_stage, cfg.last_stage + 1))
-        total_steps = len(stages) * cfg.max_steps_per_stage
-    else:
-        epochs = list(range(cfg.start_epoch, cfg.num_epochs))
-        total_steps = len(epochs) * steps_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-
+    loop = StepLoop(cfg, model, len(train_tok), "coconut" + ("" if cfg.bptt else "[no-bptt]"), prepare=prepare,
+                    extra_modules=probe_heads, total_steps=total_steps)
+    dp, order = loop.dp, loop.order
+    heads = loop.extra_modules[0] if loop.extra_modules else None
+    step_size = loop.global_batch_size(cfg.gradient_accumulation_steps)
+    total = total_steps(dp.world_size)
     history = CoconutHistory()
-    state = {"step": 0, "train_time": 0.0}
-    resume = checkpoints.state  # where a resumed run picks up (None: a new run)
+    step = 0
+    resume = loop.saved  # where a resumed run picks up (None: a new run)
     if resume is not None:
-        history = CoconutHistory(**resume["history"])
-        state = {"step": resume["step"], "train_time": resume["train_time"]}
-    metrics = RunMetrics(cfg, resume_step=checkpoints.resume_step, write=dp.is_main)
-    dp.barrier()  # the main process has replaced an earlier run (overwrite_output_dir) before anyone goes on
-    log = metrics.log
+        history, step = CoconutHistory(**resume["history"]), resume["step"]
+    log = loop.metrics.log
 
-    def do_eval(step: int, stage: int, epoch: int) -> dict[str, Any] | None:
+    def do_eval(stage: int, epoch: int) -> dict[str, Any] | None:
         if not eval_examples:
             return None
         ev = coconut_evaluate(model, eval_examples, cfg, stage, max_new_positions=budget)
@@ -137,141 +145,123 @@ def train_coconut(
         model.train()
         return ev
 
-    optimizer: torch.optim.Optimizer | None = None
-    probe_heads: nn.Module | None = None
-    if cfg.probe_head_tokens:  # training-only linear probe heads (seeded by cfg.seed above; never saved)
-        probe_heads = nn.Linear(model.hidden_size, cfg.num_probe_heads * model.vocab_size).to(model.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    head_params = list(probe_heads.parameters()) if probe_heads is not None else []
-    dp.broadcast_parameters([*model.parameters(), *head_params])  # identical replicas, whatever each process loaded
-    window: dict[str, float] = {"loss": 0.0, "token_accuracy": 0.0, "thought_norm": 0.0, "forwards": 0.0, "n": 0,
-                                "probe_loss": 0.0, "probe_accuracy": 0.0, "probe_n": 0.0,
-                                "probe_head_loss": 0.0, "probe_head_accuracy": 0.0, "probe_head_n": 0.0}
-    if resume is not None:
-        window = dict(resume["window"])
-    gate = cfg.make_gate() if converged else None
-    epoch_order_state = order_gen.get_state()  # the data-order generator at the start of the current pass
-    bar = progress(total_steps, "coconut" + ("" if cfg.bptt else "[no-bptt]"), disable=cfg.disable_tqdm)
-    bar.update(state["step"])
-
     def out_of_budget() -> bool:
-        return cfg.max_steps is not None and state["step"] >= cfg.max_steps
+        return cfg.max_steps is not None and step >= cfg.max_steps
 
-    def epoch_batches(stage: int, epoch: int) -> tuple[list[CoconutSample], list[list[int]]]:
-        nonlocal epoch_order_state
-        epoch_order_state = order_gen.get_state()
+    def pass_samples(stage: int, epoch: int) -> list[CoconutSample]:
+        """Pass `epoch` over the data, every example at `stage` (its uniform_prob draws seeded by the pass)."""
         samples = stage_samples(train_tok, stage, cfg, latent_ids, epoch)
         too_long = [i for i, s in enumerate(samples) if len(s.input_ids) > cfg.max_length]
         if too_long:
             i = too_long[0]
             raise ValueError(f"training example {i} has {len(samples[i].input_ids)} tokens at stage {stage}, more "
                              f"than max_length={cfg.max_length}; raise max_length")
-        perm = torch.randperm(len(samples), generator=order_gen).tolist()
-        return samples, [perm[s0 : s0 + step_size] for s0 in range(0, len(perm), step_size)]
+        return samples
 
-    def train_step(samples: list[CoconutSample], idx: list[int], stage: int, epoch: int) -> None:
-        nonlocal window
-        t0 = time.perf_counter()
-        # the step's micro-batches, every one collated on every process (the loss normaliser is the whole step's
-        # token count); process k trains on the k-th contiguous run of them, then the gradients are summed
+    def new_pass(stage: int, epoch: int) -> list[CoconutSample]:
+        """The pass's samples and its data order; a resumed run's first pass continues where it was saved."""
+        nonlocal resume
+        samples = pass_samples(stage, epoch)
+        if resume is None:
+            order.start_pass()
+        resume = None
+        return samples
+
+    def micro_batches(samples: list[CoconutSample], idx: list[int]):
+        """The step's loss per micro-batch: every micro-batch is collated on every process (the loss normaliser
+        is the whole step's token count); process k trains on the k-th contiguous run of them."""
         micro = [idx[m : m + cfg.per_device_train_batch_size] for m in range(0, len(idx), cfg.per_device_train_batch_size)]
         batches = [collate_coconut([samples[i] for i in mb], pad_id) for mb in micro]
         n_tokens = float(sum(int((b.labels[:, 1:] != IGNORE_INDEX).sum()) for b in batches))
-        optimizer.zero_grad(set_to_none=True)
-        sums = {"loss": 0.0, "token_accuracy": 0.0, "thought_norm": 0.0, "forwards": 0.0}
         for b in my_share(dp, batches):
-            with dp.accelerator.autocast():
-                out = coconut_forward(model, b.to(model.device), bptt=cfg.bptt, normalizer=n_tokens,
-                                      probe_weight=cfg.probe_weight if (cfg.probe_tokens or probe_heads) else 0.0,
-                                      probe_heads=probe_heads, teacher=teacher, distill_weight=cfg.distill_weight)
-            out.loss.backward()
+            out = coconut_forward(model, b.to(model.device), bptt=cfg.bptt, normalizer=n_tokens,
+                                  probe_weight=cfg.probe_weight if (cfg.probe_tokens or heads) else 0.0,
+                                  probe_heads=heads, teacher=teacher, distill_weight=cfg.distill_weight)
+            stats = {"loss": float(out.loss.detach()), "token_accuracy": out.token_accuracy * out.num_tokens / n_tokens,
+                     "thought_norm": out.thought_norm / len(batches), "forwards": float(out.num_forwards)}
             for name, value, acc in (("probe_head", out.probe_head_loss, out.probe_head_accuracy),
-                                     ("probe", out.probe_loss, out.probe_accuracy)):
-                if not math.isnan(value):
-                    sums[f"{name}_loss"] = sums.get(f"{name}_loss", 0.0) + value / len(batches)
-                    sums[f"{name}_accuracy"] = sums.get(f"{name}_accuracy", 0.0) + acc / len(batches)
-                    sums[f"{name}_n"] = sums.get(f"{name}_n", 0.0) + 1 / len(batches)
-            if not math.isnan(out.distill_loss):
-                sums["distill_loss"] = sums.get("distill_loss", 0.0) + out.distill_loss / len(batches)
-                sums["distill_n"] = sums.get("distill_n", 0.0) + 1 / len(batches)
-            sums["loss"] += float(out.loss.detach())
-            sums["token_accuracy"] += out.token_accuracy * out.num_tokens / n_tokens
-            sums["thought_norm"] += out.thought_norm / len(batches)
-            sums["forwards"] += out.num_forwards
-        sums = dp.sum_floats(sums)
-        dp.sum_gradients(params + head_params)
-        # the probe heads are clipped with the model; without clipping the logged norm is the model's alone, as before
-        grad_norm, lr = optimizer_step(optimizer, params + head_params if cfg.max_grad_norm > 0 else params,
-                                       cfg.max_grad_norm)
-        state["step"] += 1
-        step = state["step"]
-        state["train_time"] += time.perf_counter() - t0
-        for key, val in sums.items():
-            window[key] = window.get(key, 0.0) + val
-        window["n"] += 1
-        if step % cfg.logging_steps == 0 or step == total_steps:
-            n = window["n"]
-            record = {"loss": window["loss"] / n, "token_accuracy": window["token_accuracy"] / n,
-                      "latent/norm_mean": window["thought_norm"] / n, "forwards_per_step": window["forwards"] / n,
-                      "stage": stage, "epoch": epoch, "learning_rate": lr,
-                      "grad_norm": grad_norm, "train_wall_s": state["train_time"]}
-            if window["probe_n"] > 0:
-                record["probe_loss"] = window["probe_loss"] / window["probe_n"]
-                record["probe_accuracy"] = window["probe_accuracy"] / window["probe_n"]
-            if window["probe_head_n"] > 0:
-                record["probe_head_loss"] = window["probe_head_loss"] / window["probe_head_n"]
-                record["probe_head_accuracy"] = window["probe_head_accuracy"] / window["probe_head_n"]
-            if window.get("distill_n", 0.0) > 0:
-                record["distill_loss"] = window["distill_loss"] / window["distill_n"]
-            log(step, record, history.train)
-            bar.set_postfix(stage=stage, loss=f"{record['loss']:.3f}")
-            window = {k: 0.0 for k in window}
-            window["n"] = 0
-        bar.update(1)
+                                     ("probe", out.probe_loss, out.probe_accuracy), ("distill", out.distill_loss, None)):
+                if not math.isnan(value):  # means over the micro-batches that have the term (the `_n` weights)
+                    stats[f"{name}_loss"], stats[f"{name}_n"] = value / len(batches), 1 / len(batches)
+                    if acc is not None:
+                        stats[f"{name}_accuracy"] = acc / len(batches)
+            yield out.loss, stats
 
-    def new_optimizer(restore: bool = False) -> None:
-        """A fresh AdamW (logged as a reset), or with `restore` the resumed checkpoint's AdamW, probe heads, RNG
-        states and data order (the generator as it was when the checkpoint's pass over the data began)."""
-        nonlocal optimizer
-        optimizer = make_adamw(params, cfg)
-        if head_params:
-            optimizer.add_param_group({"params": head_params})
-        if not restore:
-            history.optimizer_resets.append(state["step"])
-            return
-        saved = checkpoints.restore(optimizer)
-        if probe_heads is not None:
-            probe_heads.load_state_dict(saved["probe_heads"])
-        order_gen.set_state(saved["epoch_order_state"])
+    def record(stage: int, epoch: int):
+        def shape(m: dict[str, float]) -> dict[str, Any]:
+            r = {"loss": m["loss"], "token_accuracy": m["token_accuracy"], "latent/norm_mean": m["thought_norm"],
+                 "forwards_per_step": m["forwards"], "stage": stage, "epoch": epoch}
+            for name in ("probe", "probe_head", "distill"):
+                if m.get(f"{name}_n", 0.0) > 0:
+                    r[f"{name}_loss"] = m[f"{name}_loss"] / m[f"{name}_n"]
+                    if f"{name}_accuracy" in m:
+                        r[f"{name}_accuracy"] = m[f"{name}_accuracy"] / m[f"{name}_n"]
+            return r
+
+        return shape
+
+    def train_step(samples: list[CoconutSample], stage: int, epoch: int) -> None:
+        nonlocal step
+        grad_norm, lr = loop.train_step(lambda idx, _mine: micro_batches(samples, idx),
+                                        order.draw_in_pass(step_size))
+        step += 1
+        if step % cfg.logging_steps == 0 or step == total:
+            r = loop.log_window(step, grad_norm, lr, history.train, shape=record(stage, epoch))
+            loop.bar.set_postfix(stage=stage, loss=f"{r['loss']:.3f}")
+        loop.bar.update(1)
+
+    def reset_optimizer() -> None:
+        """A fresh AdamW, logged; a new run's first pass takes the engine's first one (a reset at step 0)."""
+        nonlocal fresh
+        if not fresh:
+            loop.reset_optimizer()
+        fresh = False
+        history.optimizer_resets.append(step)
 
     saved_at = -1
 
-    def save(stage: int, epoch: int, batch: int, stage_start: int, force: bool = False) -> None:
-        """A resumable checkpoint (every save_steps steps; `force`: now): `batch` batches of pass `epoch` done.
-        Called after each step but a pass's last, and at the start of each pass (batch 0: after the previous
-        stage's record and evaluation, the next stage's fresh optimizer and gate), so a step that ends a pass or a
-        stage is saved once, with everything logged after it; and forced when `max_steps` stops the run, so a
-        time-boxed run can be continued with a larger budget."""
+    def save(stage: int, epoch: int, stage_start: int, force: bool = False) -> None:
+        """A resumable checkpoint (every save_steps steps; `force`: now). Called after each step but a pass's last,
+        and at the start of each pass (after the previous stage's record and evaluation, the next stage's fresh
+        optimizer and gate), so a step that ends a pass or a stage is saved once, with everything logged after it;
+        and forced when `max_steps` stops the run, so a time-boxed run can be continued with a larger budget."""
         nonlocal saved_at
-        if (not cfg.save_steps or state["step"] in (0, saved_at)
-                or (state["step"] % cfg.save_steps and not force)):
+        if not cfg.save_steps or step in (0, saved_at) or (step % cfg.save_steps and not force):
             return
-        saved_at = state["step"]
-        extra: dict[str, Any] = {
-            "stage": stage, "epoch": epoch, "batch": batch, "stage_start": stage_start,
-            "gate_streak": gate.streak if gate is not None else 0, "train_time": state["train_time"],
-            "window": dict(window), "history": history.to_dict(), "epoch_order_state": epoch_order_state,
-        }
-        if probe_heads is not None:
-            extra["probe_heads"] = probe_heads.state_dict()
-        checkpoints.save(state["step"], optimizer, extra=extra, force=force)
+        saved_at = step
+        loop.save(step, force=force, stage=stage, epoch=epoch, stage_start=stage_start,
+                  gate_streak=gate.streak if gate is not None else 0, history=history.to_dict())
 
-    def resumed_pass(stage: int, epoch: int) -> tuple[list[CoconutSample], list[list[int]], int]:
-        """The checkpoint's pass over the data, redrawn in the same order, and how many of its batches are done."""
-        samples, steps = epoch_batches(stage, epoch)
-        return samples, steps, resume["batch"]
+    def gate_check(stage: int, epoch: int, stage_start: int) -> Any:
+        """After a step of a converged-mode stage: evaluate the gate when due; its decision if the stage ends."""
+        taken = step - stage_start
+        if taken % cfg.gate_eval_steps and not gate.out_of_steps(taken):
+            return None
+        with dp.accelerator.autocast():
+            gm = coconut_gate_metrics(model, gate_tok, stage, cfg, latent_ids, pad_id)
+        d = gate.update(taken, gm[cfg.gate_metric])
+        log(step, {**{f"gate/{k}": v for k, v in gm.items()}, "gate/passed": d.passed, "gate/streak": d.streak,
+                   "stage": stage, "epoch": epoch}, history.gate)
+        model.train()
+        return d if d.advance else None
 
+    def train_pass(samples: list[CoconutSample], stage: int, epoch: int, stage_start: int) -> Any:
+        """The pass's remaining batches; in converged mode the gate may end the stage (returns its decision)."""
+        while not order.pass_done and not out_of_budget():
+            train_step(samples, stage, epoch)
+            decision = gate_check(stage, epoch, stage_start) if converged else None
+            if decision is not None:
+                order.end_pass()
+                return decision
+            if not order.pass_done:
+                save(stage, epoch, stage_start)
+        if out_of_budget():
+            save(stage, epoch, stage_start, force=True)
+        return None
+
+    gate = cfg.make_gate() if converged else None
     last_stage, last_epoch = cfg.start_stage, cfg.start_epoch
+    fresh = resume is None  # the first pass of a new run records the first optimizer as a reset at step 0
     try:
         model.train()
         if not converged:
@@ -282,34 +272,21 @@ def train_coconut(
                     continue  # trained before the checkpoint
                 stage = stage_of_epoch(cfg, epoch)
                 last_stage, last_epoch = stage, epoch
-                if resume is not None:
-                    new_optimizer(restore=True)
-                    samples, steps, done = resumed_pass(stage, epoch)
-                    resume = None
-                else:
+                if resume is None:
                     new_stage = not history.stages or stage != history.stages[-1]
                     history.stages.append(stage)
-                    if (optimizer is None or cfg.reset_optimizer == "epoch"
-                            or (cfg.reset_optimizer == "stage" and new_stage)):
-                        new_optimizer()
-                    samples, steps = epoch_batches(stage, epoch)
-                    done = 0
-                    save(stage, epoch, 0, 0)
-                trained = done
-                for b in range(done, len(steps)):
-                    if out_of_budget():
-                        break
-                    train_step(samples, steps[b], stage, epoch)
-                    trained = b + 1
-                    if trained < len(steps):
-                        save(stage, epoch, trained, 0)
-                if out_of_budget():
-                    save(stage, epoch, trained, 0, force=True)
+                    if fresh or cfg.reset_optimizer == "epoch" or (cfg.reset_optimizer == "stage" and new_stage):
+                        reset_optimizer()
+                    samples = new_pass(stage, epoch)
+                    save(stage, epoch, 0)
+                else:
+                    samples = new_pass(stage, epoch)
+                train_pass(samples, stage, epoch, 0)
                 last_epoch_of_stage = epoch == epochs[-1] or stage_of_epoch(cfg, epoch + 1) != stage
                 if not out_of_budget() and (cfg.eval_strategy == "epoch"
                                             or (cfg.eval_strategy == "stage" and last_epoch_of_stage)):
                     if epoch != epochs[-1]:  # the final evaluation below covers the last epoch
-                        do_eval(state["step"], stage, epoch)
+                        do_eval(stage, epoch)
         else:
             epoch = 0  # passes over the data, counted across stages (seeds the data order / uniform_prob draws)
             for stage in stages:
@@ -319,64 +296,38 @@ def train_coconut(
                     continue  # trained before the checkpoint
                 gate.start_stage()
                 if resume is not None:
-                    new_optimizer(restore=True)
                     gate.streak, stage_start, epoch = resume["gate_streak"], resume["stage_start"], resume["epoch"]
-                elif optimizer is None or cfg.reset_optimizer in ("stage", "epoch"):
-                    new_optimizer()
-                    stage_start = state["step"]
                 else:
-                    stage_start = state["step"]
+                    if fresh or cfg.reset_optimizer in ("stage", "epoch"):
+                        reset_optimizer()
+                    stage_start = step
+
                 last_stage, decision = stage, None
                 while decision is None and not out_of_budget():
                     last_epoch = epoch
-                    if resume is not None:
-                        samples, steps, done = resumed_pass(stage, epoch)
-                        resume = None
-                    else:
+                    if resume is None:
                         history.stages.append(stage)
-                        if optimizer is not None and cfg.reset_optimizer == "epoch" and state["step"] > stage_start:
-                            new_optimizer()
-                        samples, steps = epoch_batches(stage, epoch)
-                        done = 0
-                        save(stage, epoch, 0, stage_start)
-                    trained = done
-                    for b in range(done, len(steps)):
-                        if out_of_budget():
-                            break
-                        train_step(samples, steps[b], stage, epoch)
-                        trained = b + 1
-                        taken = state["step"] - stage_start
-                        if taken % cfg.gate_eval_steps == 0 or gate.out_of_steps(taken):
-                            with dp.accelerator.autocast():
-                                gm = coconut_gate_metrics(model, gate_tok, stage, cfg, latent_ids, pad_id)
-                            d = gate.update(taken, gm[cfg.gate_metric])
-                            log(state["step"], {**{f"gate/{k}": v for k, v in gm.items()}, "gate/passed": d.passed,
-                                                "gate/streak": d.streak, "stage": stage, "epoch": epoch},
-                                history.gate)
-                            model.train()
-                            if d.advance:
-                                decision = d
-                                break
-                        if trained < len(steps):
-                            save(stage, epoch, trained, stage_start)
-                    if out_of_budget() and decision is None:
-                        save(stage, epoch, trained, stage_start, force=True)
+                        if cfg.reset_optimizer == "epoch" and step > stage_start:
+                            reset_optimizer()
+                        samples = new_pass(stage, epoch)
+                        save(stage, epoch, stage_start)
+                    else:
+                        samples = new_pass(stage, epoch)
+                    decision = train_pass(samples, stage, epoch, stage_start)
                     epoch += 1
-                taken = state["step"] - stage_start
                 reason = decision.reason if decision is not None else "max_steps_total"
                 value = decision.value if decision is not None else float("nan")
-                log(state["step"], {"stage/index": stage, "stage/steps": taken, "stage/gate_metric": cfg.gate_metric,
-                                    "stage/gate_value": value, "stage/reason": reason}, history.stage_log)
+                log(step, {"stage/index": stage, "stage/steps": step - stage_start,
+                           "stage/gate_metric": cfg.gate_metric, "stage/gate_value": value, "stage/reason": reason},
+                    history.stage_log)
                 if cfg.eval_strategy in ("stage", "epoch") and stage != stages[-1] and not out_of_budget():
-                    do_eval(state["step"], stage, last_epoch)
-        history.steps = state["step"]
-        history.train_wall_s = state["train_time"]
-        history.final_eval = do_eval(state["step"], last_stage, last_epoch)
+                    do_eval(stage, last_epoch)
+        history.steps = step
+        history.train_wall_s = loop.train_time
+        history.final_eval = do_eval(last_stage, last_epoch)
     finally:
-        bar.close()
         model.eval()
-        metrics.close()
-        checkpoints.close()
+        loop.close()
     history.wall_s = time.perf_counter() - t_start
     return history
 
