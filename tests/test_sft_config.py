@@ -130,6 +130,26 @@ def test_epoch_order_is_a_seeded_permutation_per_pass():
     assert [again.draw(2) for _ in range(5)] == draws
 
 
+def test_pass_aligned_draws_never_span_two_passes_and_follow_the_same_permutations():
+    """Coconut's passes: `start_pass` draws the permutation `draw` would, batches stop at the pass's end (the last
+    one shorter), `end_pass` drops the rest; the state round-trips mid-pass."""
+    order, plain = EpochOrder(5, torch.Generator().manual_seed(0)), EpochOrder(5, torch.Generator().manual_seed(0))
+    order.start_pass()
+    assert [order.draw_in_pass(2) for _ in range(3)] == [plain.draw(2), plain.draw(2), plain.draw(1)]
+    assert order.pass_done
+    order.start_pass()
+    first = order.draw_in_pass(2)
+    saved = order.state_dict()
+    rest = [order.draw_in_pass(2), order.draw_in_pass(2)]
+    again = EpochOrder(5, torch.Generator().manual_seed(7))
+    again.load_state_dict(saved)
+    assert [again.draw_in_pass(2), again.draw_in_pass(2)] == rest and again.pass_done
+    assert sorted(first + rest[0] + rest[1]) == list(range(5))
+    order.load_state_dict(saved)
+    order.end_pass()
+    assert order.pass_done and order.draw_in_pass(2) == []
+
+
 def test_metric_window_means_and_reset():
     w = MetricWindow()
     w.add({"loss": 1.0, "acc": 0.5})
