@@ -6,7 +6,8 @@ From the task's converged CoT model (`<cot_model>-converged`; chain_sum: 100 %),
 (`latentrl.sft.superposition`) with `tokens_per_latent=7`: each `<< a + b = c >>` step of chain_sum becomes one
 latent, the uniform superposition of its 7 token embeddings, so 7 latents replace 49 CoT positions. The model learns
 to predict each next latent's token distribution (KL) and the answer after the last one (CE). Defaults are the
-shipped `chain_sum-superposition` recipe; keys: task (chain_sum | icot_mult_4x4), tokens_per_latent, max_steps,
+shipped `chain_sum-superposition` recipe; keys: task (chain_sum | icot_mult_4x4), tokens_per_latent, chunk_weights
+(count | positional), max_steps,
 learning_rate, num_train, stage_advance (fixed | converged), gate_metric, gate_threshold.
 
 The stage runs a fixed 15,000 steps: the teacher-forced gates do not measure what generation needs here — the
@@ -56,6 +57,7 @@ def main() -> None:
     over = dict(a.split("=", 1) for a in sys.argv[2:])
     cfg = SuperpositionSFTConfig(
         tokens_per_latent=int(over.get("tokens_per_latent", 7)), top_k=10,
+        chunk_weights=over.get("chunk_weights", "count"),
         max_steps=int(over.get("max_steps", 15000)), per_device_train_batch_size=32,
         learning_rate=float(over.get("learning_rate", 3e-4)), stage_advance=over.get("stage_advance", "fixed"),
         gate_metric=over.get("gate_metric", "loss"), gate_threshold=float(over.get("gate_threshold", 0.05)),

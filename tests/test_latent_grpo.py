@@ -1,6 +1,7 @@
 """Latent-GRPO: the one-sided Gumbel top-K operator, its surrogate density, the advantage hooks, the trainer,
 superposition SFT and the presets."""
 
+import itertools
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -283,6 +284,24 @@ def test_chunk_superpositions():
     torch.testing.assert_close(w, torch.tensor([[2 / 3, 1 / 3, 0, 0], [0.5, 0.5, 0, 0]]))
     ids, w = chunk_superpositions([1, 2, 3], tokens_per_latent=3, top_k=2)
     assert ids.tolist() == [[1, 2]] and w.tolist() == [[0.5, 0.5]]
+
+
+def test_positional_chunk_weights_keep_the_order():
+    """Place i of a c-token chunk weighs 2^(c-1-i) / (2^c - 1), summed over repeats; a shorter last chunk uses its
+    own length. Every ordered chunk over a small alphabet gets its own (ids, weights): the order can be read back."""
+    ids, w = chunk_superpositions([5, 6, 5, 7, 8, 9], tokens_per_latent=4, top_k=4, pad_id=0, weighting="positional")
+    assert ids.tolist() == [[5, 6, 7, 0], [8, 9, 0, 0]]
+    torch.testing.assert_close(w, torch.tensor([[10 / 15, 4 / 15, 1 / 15, 0], [2 / 3, 1 / 3, 0, 0]]))
+    seen = {}
+    for chunk in itertools.product(range(3), repeat=4):
+        i, v = chunk_superpositions(list(chunk), 4, 4, pad_id=0, weighting="positional")
+        key = tuple(sorted((int(a), round(float(b) * 15)) for a, b in zip(i[0], v[0]) if b > 0))
+        assert key not in seen, (chunk, seen.get(key))
+        seen[key] = chunk
+    counted = {tuple(sorted(chunk)) for chunk in itertools.product(range(3), repeat=4)}
+    assert len(seen) == 81 and len(counted) < 81  # counts (the default) cannot tell these chunks apart
+    with pytest.raises(ValueError, match="weighting"):
+        chunk_superpositions([1], 1, 1, weighting="rank")
 
 
 def test_superposition_sft_batch_layout_and_learning(tmp_path):

@@ -69,6 +69,14 @@ class SuperpositionSFTConfig(StepScheduleConfig, StageGateConfig, MetricsOutputC
     tokens_per_latent: int = cfg_field(
         2, "Chain-of-thought tokens compressed into one latent superposition (compression factor c).", min=1
     )
+    chunk_weights: str = cfg_field(
+        "count",
+        "Weights of a chunk's tokens in its latent target: count = proportional to how often each occurs (the chunk "
+        "as a bag: the order of its tokens is lost); positional = the i-th of the chunk's c tokens weighs "
+        "2^(c-1-i) / (2^c - 1), summed over repeats, so the ordered chunk can be read back from the weights (binary "
+        "subset sums are unique) — for chains whose digit order matters (icot).",
+        choices=("count", "positional"),
+    )
     top_k: int = cfg_field(
         10, "Tokens kept per latent target (use the RL operator's K; Latent-GRPO: 10). Chunks with more distinct "
         "tokens keep the top_k most frequent (first occurrence breaks ties), renormalised.", min=1
@@ -135,20 +143,25 @@ class SuperpositionExample:
 
 
 def chunk_superpositions(cot_ids: Sequence[int], tokens_per_latent: int, top_k: int,
-                         pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                         pad_id: int = 0, weighting: str = "count") -> tuple[torch.Tensor, torch.Tensor]:
     """(m, top_k) ids and weights of the chunk superpositions of a chain of thought, m = ceil(len / c).
 
-    Latent j superposes the tokens of chunk j with weights proportional to their counts; padding entries have
-    weight 0 (and id `pad_id`).
+    Latent j superposes the tokens of chunk j, heaviest first, with weights proportional to their counts
+    (`weighting="count"`) or to the sum of 2^(c-1-i) over the token's places i in the chunk (`"positional"`: the
+    order survives); padding entries have weight 0 (and id `pad_id`).
     """
     if tokens_per_latent < 1 or top_k < 1:
         raise ValueError("tokens_per_latent and top_k must be >= 1")
+    if weighting not in ("count", "positional"):
+        raise ValueError(f"weighting must be 'count' or 'positional', not {weighting!r}")
     m = math.ceil(len(cot_ids) / tokens_per_latent)
     ids = torch.full((m, top_k), pad_id, dtype=torch.long)
     weights = torch.zeros((m, top_k), dtype=torch.float32)
     for j in range(m):
         chunk = list(cot_ids[j * tokens_per_latent : (j + 1) * tokens_per_latent])
-        counts = Counter(chunk)
+        counts: Counter[int] = Counter()
+        for i, t in enumerate(chunk):
+            counts[t] += 1 if weighting == "count" else 2 ** (len(chunk) - 1 - i)
         order = sorted(counts, key=lambda t: (-counts[t], chunk.index(t)))[:top_k]
         total = sum(counts[t] for t in order)
         for k, t in enumerate(order):
@@ -174,7 +187,7 @@ def encode_superposition_examples(
         cot = tokenizer(" " + " ".join(ex.steps), add_special_tokens=False)["input_ids"] if ex.steps else []
         a = tokenizer(_answer_text(ex, cfg.end_of_thinking), add_special_tokens=False)["input_ids"]
         a = list(a) + [tokenizer.eos_token_id]
-        ids, w = chunk_superpositions(cot, cfg.tokens_per_latent, cfg.top_k, pad)
+        ids, w = chunk_superpositions(cot, cfg.tokens_per_latent, cfg.top_k, pad, weighting=cfg.chunk_weights)
         enc = SuperpositionExample(list(p), ids, w, a)
         if enc.length > cfg.max_length:
             raise ValueError(f"example {i} needs {enc.length} positions (prompt {len(p)} + latents {ids.shape[0]} + "
