@@ -289,13 +289,17 @@ class Checkpoints:
         window.load_state_dict(saved["window"])
         return saved
 
+    def due(self, step: int, force: bool = False) -> bool:
+        """Whether `save(step, ..., force)` writes a checkpoint."""
+        return bool(self.cfg.save_steps) and (step % self.cfg.save_steps == 0 or force)
+
     def save(self, step: int, optimizer: torch.optim.Optimizer, scheduler: Any = None,
              extra: Mapping[str, Any] | None = None, force: bool = False) -> None:
         """Write checkpoint-{step} when `step` is a multiple of save_steps (or `force`, with save_steps set);
         `extra` is the loop's own state."""
         from latentrl.checkpoint import save_checkpoint
 
-        if not self.cfg.save_steps or (step % self.cfg.save_steps and not force):
+        if not self.due(step, force):
             return
         if self.dp is None or self.dp.is_main:
             save_checkpoint(self.cfg.output_dir, step, save_model=self.model.save_pretrained, optimizer=optimizer,
@@ -330,7 +334,8 @@ class StepLoop:
     as it likes, `reset_optimizer` where its schedule re-makes AdamW, and `close()` in a `finally`.
     """
 
-    def __init__(self, cfg: MetricsOutputConfig, model: Any, num_examples: int, name: str, *, exempt_1d_from_decay: bool = False,
+    def __init__(self, cfg: MetricsOutputConfig, model: Any, num_examples: int, name: str, *,
+                 exempt_1d_from_decay: bool = False,
                  prepare: Callable[[DataParallel], None] | None = None,
                  extra_modules: Callable[[], Sequence[nn.Module]] | None = None,
                  total_steps: Callable[[int], int | None] | None = None):
@@ -432,6 +437,8 @@ class StepLoop:
     def save(self, step: int, force: bool = False, **loop: Any) -> None:
         """A checkpoint after `step` when it is due (`save_steps`; `force`: now, with save_steps set), with the
         loop's own state `loop`."""
+        if not self.checkpoints.due(step, force):
+            return
         state = step_loop_state(self.order, self.window, self.train_time,
                                 extra_modules=[m.state_dict() for m in self.extra_modules], **loop)
         self.checkpoints.save(step, self.optimizer, self.scheduler, state, force=force)

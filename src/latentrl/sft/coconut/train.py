@@ -226,7 +226,7 @@ def train_coconut(
         optimizer and gate), so a step that ends a pass or a stage is saved once, with everything logged after it;
         and forced when `max_steps` stops the run, so a time-boxed run can be continued with a larger budget."""
         nonlocal saved_at
-        if not cfg.save_steps or step in (0, saved_at) or (step % cfg.save_steps and not force):
+        if step in (0, saved_at) or not loop.checkpoints.due(step, force):
             return
         saved_at = step
         loop.save(step, force=force, stage=stage, epoch=epoch, stage_start=stage_start,
