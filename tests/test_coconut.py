@@ -473,6 +473,21 @@ def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, mode, k
     assert lines("b") == lines("a")
 
 
+def test_a_checkpoint_from_the_old_coconut_loop_is_a_clear_error(tmp_path):
+    """Checkpoints written before Coconut ran on the shared engine hold no data order: resuming one says so."""
+    from latentrl.checkpoint import EXTRA_STATE_FILE, list_checkpoints
+
+    opts = dict(max_latent_stage=1, epochs_per_stage=1, num_epochs=2, per_device_train_batch_size=2,
+                eval_strategy="no", output_dir=str(tmp_path), save_steps=2)
+    train_coconut(cfg(**opts), model(), tiny_train_data(8))
+    latest = list_checkpoints(tmp_path)[-1]
+    state = torch.load(latest / EXTRA_STATE_FILE, weights_only=True)
+    del state["order"]  # what the old loop saved instead: the generator at the start of the pass, a batch count
+    torch.save({**state, "epoch_order_state": torch.Generator().get_state(), "batch": 1}, latest / EXTRA_STATE_FILE)
+    with pytest.raises(ConfigError, match="older latentrl"):
+        train_coconut(cfg(**opts, resume_from_checkpoint="latest"), model(), tiny_train_data(8))
+
+
 def test_a_time_boxed_run_leaves_a_checkpoint_to_continue_from(tmp_path):
     """max_steps stops the run in the middle of a pass, off the save_steps grid: its last step is saved anyway, and
     continuing it with no time box gives the uninterrupted run's weights."""

@@ -285,6 +285,10 @@ class Checkpoints:
         """`restore`, plus the data order and metric window of a step loop (CoT and superposition SFT) saved by
         `save(..., extra=step_loop_state(...))`; returns the trainer state for the loop's own entries."""
         saved = self.restore(optimizer, scheduler)
+        if "order" not in saved or "window" not in saved:
+            raise ConfigError(f"{self.path} was written by an older latentrl, before the supervised loops shared one "
+                              "engine (it has no data order or metric window to continue from): start a new run "
+                              "(another output_dir, or overwrite_output_dir=true), or resume it with that version")
         order.load_state_dict(saved["order"])
         window.load_state_dict(saved["window"])
         return saved
