@@ -93,12 +93,14 @@ class StepScheduleConfig(SFTTrainingConfig):
     max_steps: int = cfg_field(600, "Number of optimizer steps.", min=0)
     lr_scheduler_type: str = cfg_field(
         "constant_with_warmup",
-        "Learning-rate schedule after warmup (HF names): constant_with_warmup / constant keep the peak rate, so a "
-        "run of N steps is exactly the first N steps of a longer run; cosine and linear decay to 0 at max_steps.",
+        "Learning-rate schedule after warmup (transformers' `get_scheduler`, by name): constant_with_warmup / "
+        "constant keep the peak rate, so a run of N steps is exactly the first N steps of a longer run; cosine and "
+        "linear decay to 0 at max_steps.",
         choices=LR_SCHEDULES,
     )
     warmup_steps: int = cfg_field(
-        50, "Linear warmup from 0 to learning_rate over this many steps (ignored by 'constant').", min=0
+        50, "Linear warmup to learning_rate over this many steps (ignored by 'constant'): step s of it trains at "
+        "(s + 1) / warmup_steps of the rate (HF's schedule one step on: no step at rate 0).", min=0
     )
 
 

@@ -10,7 +10,6 @@ around `StepLoop.train_step`, as a curriculum callback would be around `transfor
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -76,25 +75,16 @@ def make_adamw(params: Iterable[nn.Parameter], cfg: SFTTrainingConfig, *,
     return torch.optim.AdamW(params, weight_decay=cfg.weight_decay, **kw)
 
 
-def lr_lambda(kind: str, warmup_steps: int, max_steps: int):
-    """The multiplier of the peak learning rate at each step (HF schedule semantics)."""
+def lr_lambda(kind: str, warmup_steps: int, max_steps: int) -> Callable[[int], float]:
+    """The multiplier of the peak learning rate at each step: transformers' schedule `kind` (`get_scheduler`), with
+    one difference: warmup step s trains at HF's multiplier of step s + 1, so the first step already learns (HF's
+    first warmup step has rate 0)."""
+    from transformers import get_scheduler
 
-    def f(step: int) -> float:
-        if kind == "constant":
-            return 1.0
-        if warmup_steps > 0 and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if kind == "constant_with_warmup":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-        progress = min(max(progress, 0.0), 1.0)
-        if kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        if kind == "linear":
-            return 1.0 - progress
-        raise ValueError(f"unknown lr_scheduler_type {kind!r}")
-
-    return f
+    unit = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)  # get_scheduler wants an optimizer: a stand-in
+    shape = get_scheduler(kind, unit, num_warmup_steps=warmup_steps, num_training_steps=max_steps).lr_lambdas[0]
+    warm = 0 if kind == "constant" else warmup_steps
+    return lambda step: shape(step + 1) if step < warm else shape(step)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: StepScheduleConfig) -> torch.optim.lr_scheduler.LambdaLR:
