@@ -1,4 +1,5 @@
-"""The Coconut curriculum SFT loop: stages by epoch or by convergence (the stage gate), logging, evaluation."""
+"""The Coconut curriculum around the shared SFT engine (`StepLoop`): stages by epoch or by convergence (the stage
+gate), optimizer resets, logging, evaluation."""
 
 from __future__ import annotations
 
