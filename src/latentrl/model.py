@@ -323,6 +323,11 @@ class LatentModel(nn.Module):
         if side.exists() and len(self.side_modules):
             self.side_modules.load_state_dict(load_file(str(side)))
 
+    def has_saved_side_module(self, name: str) -> bool:
+        """Whether the checkpoint this model was loaded from holds weights of side module `name` (attached or not)."""
+        pending = getattr(self, "_pending_side_state", None) or {}
+        return any(k.startswith(f"{name}.") for k in pending)
+
     def attach_side_module(self, name: str, module: nn.Module) -> nn.Module:
         """Register a method's trainable module (gate, value head); loads saved weights if the checkpoint had them."""
         module = module.to(device=self.device)

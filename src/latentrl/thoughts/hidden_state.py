@@ -47,12 +47,6 @@ def ensure_thought_projection(model) -> ThoughtProjection:
     return model.attach_side_module(PROJECTION_NAME, ThoughtProjection(model.hidden_size, scale))
 
 
-def has_saved_thought_projection(model) -> bool:
-    """Whether the checkpoint `model` was loaded from holds a trained thought projection."""
-    pending = getattr(model, "_pending_side_state", None) or {}
-    return any(k.startswith(PROJECTION_NAME + ".") for k in pending)
-
-
 def project_thought(model, hidden: torch.Tensor) -> torch.Tensor:
     """The input a thought feeds back: the model's projection of `hidden`, or `hidden` itself without one."""
     side = getattr(model, "side_modules", None)  # (a bare test double may have none)
@@ -85,5 +79,5 @@ class HiddenStateThought(ThoughtOperator):
 
     def attach(self, model) -> None:
         """The thought projection, when the checkpoint was trained with one."""
-        if has_saved_thought_projection(model):
+        if model.has_saved_side_module(PROJECTION_NAME):
             ensure_thought_projection(model)

@@ -68,8 +68,7 @@ class DLR(CoconutLatentMethod):
         if args.max_completion_length <= L + 1:
             raise ConfigError(f"max_completion_length ({args.max_completion_length}) must exceed the {L} thoughts "
                               "and <|end-latent|>: the answer is decoded after them")
-        pending = getattr(model, "_pending_side_state", None) or {}
-        if any(k.startswith(PREFIX_ASSISTANT + ".") for k in pending):
+        if model.has_saved_side_module(PREFIX_ASSISTANT):
             raise ConfigError("this checkpoint holds a reading-1 DLR assistant (an MLP prefix): resume or evaluate it "
                               "with method dlr_prefix")
         if CHAIN_ASSISTANT not in model.side_modules:

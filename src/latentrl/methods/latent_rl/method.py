@@ -138,8 +138,7 @@ class LatentRL(CoconutLatentMethod):
     def setup(self, model, args) -> None:
         super().setup(model, args)
         self._resolve(args.latent_rl)
-        pending = getattr(model, "_pending_side_state", None) or {}
-        saved = any(k.startswith(VALUE_HEAD + ".") for k in pending)
+        saved = model.has_saved_side_module(VALUE_HEAD)
         head = attach_value_head(model, self.hidden_dims)
         if saved:
             head.pretrained = True
