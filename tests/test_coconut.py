@@ -434,7 +434,7 @@ RESUME_CASES = {
 
 @pytest.mark.parametrize("mode", sorted(RESUME_CASES))
 def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, mode, killed_in_step):
-    import latentrl.sft.loop as engine
+    import latentrl.optimizer_steps as engine  # the optimizer step that is killed
     from latentrl.checkpoint import list_checkpoints
     from latentrl.logger import read_metrics
 

@@ -350,7 +350,7 @@ def test_superposition_sft_resumes_exactly_and_writes_its_metrics(tmp_path, kill
     """Gated (patience 3, a gate evaluation every 2 steps -> stops at step 6), 6 examples in batches of 4, a linear
     schedule: killed during step 5, resumed from checkpoint-4 (gate streak 2, a pass over the data half done) into a
     model built from another seed; weights, losses, gate decisions and metrics.jsonl equal the uninterrupted run's."""
-    import latentrl.sft.loop as step_loop  # the engine whose optimizer step is killed
+    import latentrl.optimizer_steps as step_loop  # the engine whose optimizer step is killed
     from latentrl.logger import read_metrics
 
     ex = make_examples("chain_sum", 6, seed=0, length=2)

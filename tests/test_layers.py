@@ -17,7 +17,7 @@ LAYERS: dict[str, int] = {
     "latentrl.model": 2, "latentrl.testing": 2, "latentrl.compute": 2,
     "latentrl.sampling": 3, "latentrl.decoding": 3, "latentrl.thoughts": 3, "latentrl.rollout": 3,
     "latentrl.replay": 3,
-    "latentrl.eval": 4, "latentrl.thought_dependence": 4, "latentrl.rl.batch": 4, "latentrl.rl.distributed": 4, "latentrl.rl.fsdp": 4,
+    "latentrl.eval": 4, "latentrl.thought_dependence": 4, "latentrl.optimizer_steps": 4, "latentrl.rl.batch": 4, "latentrl.rl.distributed": 4, "latentrl.rl.fsdp": 4,
     "latentrl.sft": 5, "latentrl.rl.trainer": 5, "latentrl.methods": 5,
     "latentrl.thought_inspection": 5,
     "latentrl.pretrain": 6, "latentrl.inits": 6, "latentrl.bench": 6, "latentrl.demo": 6, "latentrl.cli": 6, "latentrl": 6,

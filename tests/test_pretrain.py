@@ -87,7 +87,7 @@ def test_pretrain_is_reproducible(tmp_path):
 def test_pretrain_resume_continues_an_interrupted_run(tmp_path, killed_in_step):
     """Killed during the CoT model's step 3 (checkpoints every step): --resume continues it from checkpoint-2 to
     the weights of an uninterrupted run, then trains the no-CoT model; a second --resume keeps both as they are."""
-    import latentrl.sft.loop as step_loop  # the engine whose optimizer step is killed
+    import latentrl.optimizer_steps as step_loop  # the engine whose optimizer step is killed
 
     torch.set_num_threads(1)
 

@@ -11,7 +11,7 @@ from latentrl.config import ConfigError, config_from_dict
 from latentrl.sft.coconut import CoconutConfig
 from latentrl.sft.config import MetricsOutputConfig, SFTTrainingConfig, StageGateConfig, StepScheduleConfig
 from latentrl.sft.cot import CoTSFTConfig
-from latentrl.sft.loop import EpochOrder, MetricWindow, clip_gradients, make_adamw
+from latentrl.sft.loop import make_adamw
 from latentrl.sft.superposition import SuperpositionSFTConfig
 
 SHARED = (SFTTrainingConfig, StepScheduleConfig, MetricsOutputConfig, StageGateConfig)
@@ -111,52 +111,6 @@ def test_make_adamw_groups():
     one = make_adamw(model.parameters(), cfg)
     assert len(one.param_groups) == 1 and one.param_groups[0]["weight_decay"] == 0.1
     assert one.param_groups[0]["betas"] == (0.8, 0.999) and one.param_groups[0]["eps"] == 1e-6
-
-
-def test_clip_gradients_reports_the_norm_before_clipping():
-    p = torch.nn.Parameter(torch.zeros(2))
-    p.grad = torch.tensor([3.0, 4.0])
-    assert clip_gradients([p], 0.0) == pytest.approx(5.0) and p.grad.tolist() == [3.0, 4.0]
-    assert clip_gradients([p], 1.0) == pytest.approx(5.0)
-    assert torch.linalg.vector_norm(p.grad).item() == pytest.approx(1.0, rel=1e-5)
-
-
-def test_epoch_order_is_a_seeded_permutation_per_pass():
-    order = EpochOrder(5, torch.Generator().manual_seed(0))
-    draws = [order.draw(2) for _ in range(5)]
-    flat = [i for d in draws for i in d]
-    assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
-    again = EpochOrder(5, torch.Generator().manual_seed(0))
-    assert [again.draw(2) for _ in range(5)] == draws
-
-
-def test_pass_aligned_draws_never_span_two_passes_and_follow_the_same_permutations():
-    """Coconut's passes: `start_pass` draws the permutation `draw` would, batches stop at the pass's end (the last
-    one shorter), `end_pass` drops the rest; the state round-trips mid-pass."""
-    order, plain = EpochOrder(5, torch.Generator().manual_seed(0)), EpochOrder(5, torch.Generator().manual_seed(0))
-    order.start_pass()
-    assert [order.draw_in_pass(2) for _ in range(3)] == [plain.draw(2), plain.draw(2), plain.draw(1)]
-    assert order.pass_done
-    order.start_pass()
-    first = order.draw_in_pass(2)
-    saved = order.state_dict()
-    rest = [order.draw_in_pass(2), order.draw_in_pass(2)]
-    again = EpochOrder(5, torch.Generator().manual_seed(7))
-    again.load_state_dict(saved)
-    assert [again.draw_in_pass(2), again.draw_in_pass(2)] == rest and again.pass_done
-    assert sorted(first + rest[0] + rest[1]) == list(range(5))
-    order.load_state_dict(saved)
-    order.end_pass()
-    assert order.pass_done and order.draw_in_pass(2) == []
-
-
-def test_metric_window_means_and_reset():
-    w = MetricWindow()
-    w.add({"loss": 1.0, "acc": 0.5})
-    w.add({"loss": 3.0, "acc": 1.0})
-    assert w.pop() == {"loss": 2.0, "acc": 0.75}
-    w.add({"loss": 4.0})
-    assert w.pop() == {"loss": 4.0}
 
 
 def test_field_order_starts_with_the_shared_fields():

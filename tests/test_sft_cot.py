@@ -164,7 +164,7 @@ def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, killed_
     """10 examples in batches of 4 (batches span passes over the data), a cosine schedule with warmup, logging every
     4 steps (a window open at the checkpoint): killed during step 8, resumed from checkpoint-6 into a model built
     from another seed."""
-    import latentrl.sft.loop as step_loop  # the engine whose optimizer step is killed
+    import latentrl.optimizer_steps as step_loop  # the engine whose optimizer step is killed
     from latentrl.checkpoint import list_checkpoints
 
     torch.set_num_threads(1)

@@ -1,40 +1,35 @@
 """The engine every supervised training loop runs on: the process group (accelerate, bf16, LoRA), AdamW, the LR
-schedule, clipping, the data order, metrics, resumable checkpoints.
+schedule, the data order, metrics, resumable checkpoints, around the shared optimizer step
+(`latentrl.optimizer_steps`: micro-batches, autocast, gradient sum over processes, clipping, the metric window).
 
-CoT SFT, superposition SFT and Coconut curriculum SFT all train through `StepLoop`: the loop owns the mechanics of
-an optimizer step (micro-batches, autocast, gradient sum over processes, clipping, the metric window, checkpoints);
-each trainer owns only its loss and its schedule of stages (Coconut's passes, gate and optimizer resets are a driver
-around `StepLoop.train_step`, as a curriculum callback would be around `transformers.Trainer`).
+CoT SFT, superposition SFT and Coconut curriculum SFT all train through `StepLoop`; each trainer owns only its loss
+and its schedule of stages (Coconut's passes, gate and optimizer resets are a driver around `StepLoop.train_step`,
+as a curriculum callback would be around `transformers.Trainer`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from latentrl.config import ConfigError, config_to_dict
-from latentrl.rl.distributed import DataParallel, make_accelerator, split_evenly
+from latentrl.optimizer_steps import EpochOrder, LossFn, MetricWindow, OptimizerSteps
+from latentrl.rl.distributed import DataParallel, make_accelerator
 from latentrl.run_dir import run_lock
 from latentrl.sft.config import MetricsOutputConfig, SFTTrainingConfig, StepScheduleConfig
 
 __all__ = [
     "Checkpoints",
-    "EpochOrder",
-    "MetricWindow",
     "RunMetrics",
     "StepLoop",
-    "clip_gradients",
     "launch",
     "lr_lambda",
     "make_adamw",
     "make_scheduler",
-    "my_share",
-    "optimizer_step",
     "step_loop_state",
 ]
 
@@ -51,12 +46,6 @@ def launch(cfg: SFTTrainingConfig, model: Any) -> DataParallel:
                           "launcher set fp16)")
     model.to(dp.accelerator.device)
     return dp
-
-
-def my_share(dp: DataParallel, items: list[Any]) -> list[Any]:
-    """This process's contiguous share of a global batch (all of it in one process)."""
-    first, last = split_evenly(len(items), dp.world_size)[dp.rank]
-    return items[first:last]
 
 
 def make_adamw(params: Iterable[nn.Parameter], cfg: SFTTrainingConfig, *,
@@ -91,99 +80,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: StepScheduleConfig) ->
     """The config's warmup + schedule over max_steps, stepped once per optimizer step."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_scheduler_type, cfg.warmup_steps,
                                                                   cfg.max_steps))
-
-
-def clip_gradients(params: Iterable[nn.Parameter], max_grad_norm: float) -> float:
-    """Clip the global gradient norm of `params` to `max_grad_norm` (0: no clipping); returns the norm before it."""
-    params = list(params)
-    if max_grad_norm > 0:
-        return float(nn.utils.clip_grad_norm_(params, max_grad_norm))
-    return float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter], max_grad_norm: float,
-                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> tuple[float, float]:
-    """Clip the accumulated gradients, step the optimizer (and the schedule, if any).
-
-    Returns the gradient norm before clipping and the learning rate this step used (read before the schedule
-    moves on), the two numbers every loop logs.
-    """
-    grad_norm = clip_gradients(params, max_grad_norm)
-    lr = optimizer.param_groups[0]["lr"]
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
-    return grad_norm, lr
-
-
-class EpochOrder:
-    """Batches of example indices drawn from a fresh seeded permutation per pass; a batch may span two passes."""
-
-    def __init__(self, n: int, generator: torch.Generator):
-        self.n, self.generator = n, generator
-        self.perm: list[int] = []
-        self.cursor = 0
-
-    def draw(self, batch_size: int) -> list[int]:
-        idx: list[int] = []
-        while len(idx) < batch_size:
-            if self.cursor >= len(self.perm):
-                self.perm, self.cursor = torch.randperm(self.n, generator=self.generator).tolist(), 0
-            take = min(batch_size - len(idx), len(self.perm) - self.cursor)
-            idx += self.perm[self.cursor : self.cursor + take]
-            self.cursor += take
-        return idx
-
-    # a loop whose batches never span two passes (Coconut: each pass is one stage's data, rebuilt per pass)
-    def start_pass(self) -> None:
-        """Draw the next pass's permutation now; `draw_in_pass` then walks it."""
-        self.perm, self.cursor = torch.randperm(self.n, generator=self.generator).tolist(), 0
-
-    def draw_in_pass(self, batch_size: int) -> list[int]:
-        """The next batch of the current pass (shorter at the pass's end)."""
-        idx = self.perm[self.cursor : self.cursor + batch_size]
-        self.cursor += len(idx)
-        return idx
-
-    @property
-    def pass_done(self) -> bool:
-        """Every batch of the current pass is drawn."""
-        return self.cursor >= len(self.perm)
-
-    def end_pass(self) -> None:
-        """Drop the rest of the current pass (a stage that ended in the middle of one)."""
-        self.cursor = len(self.perm)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "perm": list(self.perm), "cursor": self.cursor}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self.perm, self.cursor = list(state["perm"]), int(state["cursor"])
-
-
-class MetricWindow:
-    """Sums of per-step metrics since the last logging step; `pop()` returns their means and starts afresh."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.n = 0
-
-    def add(self, values: Mapping[str, float]) -> None:
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.n += 1
-
-    def pop(self) -> dict[str, float]:
-        means = {k: v / self.n for k, v in self.sums.items()}
-        self.sums, self.n = {}, 0
-        return means
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "n": self.n}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.sums, self.n = dict(state["sums"]), int(state["n"])
 
 
 class RunMetrics:
@@ -308,10 +204,6 @@ def step_loop_state(order: EpochOrder, window: MetricWindow, train_time: float, 
     return {"order": order.state_dict(), "window": window.state_dict(), "train_time": train_time, **loop}
 
 
-LossAndStats = tuple[torch.Tensor, dict[str, float]]
-LossFn = Callable[[list[int], list[int]], LossAndStats | Iterator[LossAndStats]]
-
-
 class StepLoop:
     """The engine of every supervised loop (CoT SFT, superposition SFT, Coconut curriculum SFT): optimizer steps,
     each on one global batch of `per_device_train_batch_size x processes` examples (drawn by a seeded `EpochOrder`,
@@ -344,20 +236,20 @@ class StepLoop:
             torch.manual_seed(cfg.seed)
             self.order = EpochOrder(num_examples, torch.Generator().manual_seed(cfg.seed))
             self.extra_modules = [m.to(self.dp.accelerator.device) for m in (extra_modules() if extra_modules else ())]
-            self.params = [p for p in model.parameters() if p.requires_grad]
-            self.extra_params = [p for m in self.extra_modules for p in m.parameters()]
+            params = [p for p in model.parameters() if p.requires_grad]
+            extra_params = [p for m in self.extra_modules for p in m.parameters()]
             # identical replicas, whatever each process loaded
-            self.dp.broadcast_parameters([*model.parameters(), *self.extra_params])
-            self.reset_optimizer()
-            self.window = MetricWindow()
-            self.train_time, self.start = 0.0, 0
+            self.dp.broadcast_parameters([*model.parameters(), *extra_params])
+            optimizer, scheduler = self._make_optimizer(params, extra_params)
+            self.steps = OptimizerSteps(params, optimizer, scheduler, max_grad_norm=cfg.max_grad_norm,
+                                        extra_params=extra_params, dp=self.dp)
+            self.start = 0
             self.saved: dict[str, Any] | None = None
             if self.checkpoints.state is not None:
-                self.saved = self.checkpoints.restore_step_loop(self.optimizer, self.scheduler, self.order,
-                                                                self.window)
+                self.saved = self.checkpoints.restore_step_loop(optimizer, scheduler, self.order, self.steps.window)
                 for module, state in zip(self.extra_modules, self.saved.get("extra_modules", []), strict=True):
                     module.load_state_dict(state)
-                self.train_time, self.start = self.saved["train_time"], self.saved["step"]
+                self.steps.train_time, self.start = self.saved["train_time"], self.saved["step"]
             self.metrics = RunMetrics(cfg, resume_step=self.checkpoints.resume_step, write=self.dp.is_main)
             self.dp.barrier()  # the main process has replaced an earlier run (overwrite_output_dir) before anyone goes on
         except BaseException:
@@ -367,62 +259,42 @@ class StepLoop:
         self.bar = progress(total, name, disable=cfg.disable_tqdm)
         self.bar.update(self.start)
 
-    def reset_optimizer(self) -> None:
+    def _make_optimizer(self, params: list[nn.Parameter], extra_params: list[nn.Parameter]
+                        ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR | None]:
         """A fresh AdamW (the extra modules' parameters in a second group) and LR schedule."""
-        self.optimizer = make_adamw(self.params, self.cfg, exempt_1d_from_decay=self.exempt_1d_from_decay)
-        if self.extra_params:
-            self.optimizer.add_param_group({"params": self.extra_params})
-        self.scheduler = (make_scheduler(self.optimizer, self.cfg) if isinstance(self.cfg, StepScheduleConfig)
-                          else None)
+        optimizer = make_adamw(params, self.cfg, exempt_1d_from_decay=self.exempt_1d_from_decay)
+        if extra_params:
+            optimizer.add_param_group({"params": extra_params})
+        scheduler = make_scheduler(optimizer, self.cfg) if isinstance(self.cfg, StepScheduleConfig) else None
+        return optimizer, scheduler
+
+    def reset_optimizer(self) -> None:
+        """A fresh AdamW and LR schedule (a curriculum that re-makes the optimizer at a stage or pass)."""
+        self.steps.optimizer, self.steps.scheduler = self._make_optimizer(self.steps.params, self.steps.extra_params)
+
+    @property
+    def train_time(self) -> float:
+        """Seconds spent in optimizer steps, over every session of a resumed run."""
+        return self.steps.train_time
 
     def global_batch_size(self, gradient_accumulation_steps: int = 1) -> int:
         """Examples per optimizer step over every process."""
         return self.cfg.per_device_train_batch_size * gradient_accumulation_steps * self.dp.world_size
 
     def train_step(self, loss_fn: LossFn, idx: list[int] | None = None) -> tuple[float, float]:
-        """One optimizer step on the global batch `idx` (example indices; default: the next batch of the data
-        order). `loss_fn(global_batch, my_share)` returns this process's loss and stats, or yields them per
-        micro-batch (each is backpropagated before the next forward: gradient accumulation); every loss and stat is
-        already its share of the global batch's mean, so they sum to it over micro-batches and processes. The
-        forwards run under the run's autocast. Returns (grad norm before clipping, learning rate); the summed stats
-        go to `window`."""
-        t0 = time.perf_counter()
+        """One optimizer step (`OptimizerSteps.step`) on the global batch `idx` (example indices; default: the next
+        batch of the data order). The forwards run under the run's autocast; the summed stats go to the metric
+        window. Returns (grad norm before clipping, learning rate)."""
         if idx is None:
             idx = self.order.draw(self.global_batch_size())
-        self.optimizer.zero_grad(set_to_none=True)
-        totals: dict[str, float] = {}
-        for loss, stats in self._forwards(loss_fn, idx):
-            loss.backward()
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + v
-        self.dp.sum_gradients(self.params + self.extra_params)
-        # extra modules are clipped with the model; without clipping the logged norm is the model's alone
-        clipped = self.params + self.extra_params if self.cfg.max_grad_norm > 0 else self.params
-        grad_norm, lr = optimizer_step(self.optimizer, clipped, self.cfg.max_grad_norm, self.scheduler)
-        self.train_time += time.perf_counter() - t0
-        self.window.add(self.dp.sum_floats(totals))
-        return grad_norm, lr
-
-    def _forwards(self, loss_fn: LossFn, idx: list[int]) -> Iterator[LossAndStats]:
-        """`loss_fn`'s (loss, stats) pairs, each computed under autocast."""
-        autocast = self.dp.accelerator.autocast
-        with autocast():
-            out = loss_fn(idx, my_share(self.dp, idx))
-        if isinstance(out, tuple):
-            yield out
-            return
-        while True:
-            with autocast():
-                item = next(out, None)
-            if item is None:
-                return
-            yield item
+        out = self.steps.step(loss_fn, idx)
+        return out.grad_norm, out.learning_rate
 
     def log_window(self, step: int, grad_norm: float, lr: float, into: list[dict[str, Any]],
                    shape: Callable[[dict[str, float]], dict[str, Any]] | None = None) -> dict[str, Any]:
         """Log the window's means (through `shape`, which names them and adds the loop's own entries) with the
         step's learning rate, gradient norm and training time."""
-        means = self.window.pop()
+        means = self.steps.window.pop()
         record = {**(shape(means) if shape is not None else means), "learning_rate": lr, "grad_norm": grad_norm,
                   "train_wall_s": self.train_time}
         self.metrics.log(step, record, into)
@@ -433,9 +305,9 @@ class StepLoop:
         loop's own state `loop`."""
         if not self.checkpoints.due(step, force):
             return
-        state = step_loop_state(self.order, self.window, self.train_time,
+        state = step_loop_state(self.order, self.steps.window, self.train_time,
                                 extra_modules=[m.state_dict() for m in self.extra_modules], **loop)
-        self.checkpoints.save(step, self.optimizer, self.scheduler, state, force=force)
+        self.checkpoints.save(step, self.steps.optimizer, self.steps.scheduler, state, force=force)
 
     def close(self) -> None:
         """Flush the metric sinks, close the progress bar and release the run folder."""

@@ -30,6 +30,7 @@ from torch import nn
 
 from latentrl.methods.dlr.assistant import gaussian_log_prob
 from latentrl.methods.dlr.losses import anchor_info_nce, filter_high_value, group_info_nce
+from latentrl.optimizer_steps import OptimizerSteps
 from latentrl.rewards import correctness_labels
 from latentrl.rl.advantages import group_advantages
 from latentrl.sampling import normal
@@ -396,18 +397,20 @@ def distill_assistant(assistant: ChainAssistant, frame: CoconutFrame, rows: Sequ
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, learning_rate, total_steps=steps, pct_start=0.05)
     else:  # too short for one-cycle's phases (torch divides by zero at 20 steps): a constant rate
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    fit = OptimizerSteps(params, opt, sched, max_grad_norm=1.0)  # the shared optimizer step, gradients clipped at 1
+
+    def mse(idx: list[int], share: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        i = torch.tensor(share, device=dev)
+        loss = distill_loss(assistant, states[i], mask[i], thoughts[i], noise, gen)
+        return loss, {"mse": loss.item()}
+
     was_training = assistant.training
     assistant.train()
-    for step in range(1, steps + 1):
-        idx = torch.randint(0, ids.shape[0], (min(batch_size, ids.shape[0]),), generator=gen, device=dev)
-        loss = distill_loss(assistant, states[idx], mask[idx], thoughts[idx], noise, gen)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+    for step in range(1, steps + 1):  # batches drawn with replacement
+        idx = torch.randint(0, ids.shape[0], (min(batch_size, ids.shape[0]),), generator=gen, device=dev).tolist()
+        out = fit.step(mse, idx)
         if step == 1 or step % log_every == 0 or step == steps:
-            history.append({"step": float(step), "mse": loss.item()})
+            history.append({"step": float(step), "mse": out.stats["mse"]})
     assistant.train(was_training)
     assistant.distilled.fill_(1.0)
     return history

@@ -36,6 +36,7 @@ from latentrl.methods.base import MethodContext, register_method
 from latentrl.methods.coconut_grpo import CoconutLatentMethod, coconut_components
 from latentrl.methods.latent_rl.config import LatentRLConfig
 from latentrl.model import LatentTokens
+from latentrl.optimizer_steps import EpochOrder, OptimizerSteps
 from latentrl.rewards import correctness_labels
 
 if TYPE_CHECKING:
@@ -330,9 +331,14 @@ def pretrain_value_head(
     X, y = X.detach().float().to(model.device), y.detach().float().to(model.device)
     if X.shape[0] == 0:
         raise ValueError("no latent positions to train the value head on (num_latent_steps is 0?)")
-    opt = torch.optim.AdamW(head.parameters(), lr=learning_rate)
-    gen = torch.Generator().manual_seed(seed)
+    # the shared optimizer step on the head alone (the backbone is frozen here), one seeded permutation per epoch
+    steps = OptimizerSteps(list(head.parameters()), torch.optim.AdamW(head.parameters(), lr=learning_rate))
+    order = EpochOrder(X.shape[0], torch.Generator().manual_seed(seed))
     pw = torch.tensor(pos_weight, device=X.device)
+
+    def bce(idx: list[int], share: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        i = torch.tensor(share, device=X.device)
+        return F.binary_cross_entropy_with_logits(head(X[i]), y[i], pos_weight=pw), {}
 
     def full_bce() -> dict[str, float]:
         with torch.no_grad():
@@ -342,14 +348,9 @@ def pretrain_value_head(
 
     history = [{"epoch": 0, **full_bce()}]
     head.train()
-    for epoch in range(1, epochs + 1):
-        perm = torch.randperm(X.shape[0], generator=gen).to(X.device)
-        for s in range(0, X.shape[0], batch_size):
-            idx = perm[s : s + batch_size]
-            loss = F.binary_cross_entropy_with_logits(head(X[idx]), y[idx], pos_weight=pw)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        history.append({"epoch": epoch, **full_bce()})
+    for _ in range(epochs):
+        for idx in order.passes(batch_size):
+            steps.step(bce, idx)
+        history.append({"epoch": len(history), **full_bce()})
     head.pretrained = True  # a latent_rl trainer will not pre-train it again
     return ValueHeadPretrainResult(history, n_rollouts, int(X.shape[0]), float(y.mean()))

@@ -15,6 +15,7 @@ from torch import nn
 
 from latentrl.data.schema import Example
 from latentrl.model import LatentModel
+from latentrl.optimizer_steps import my_share
 from latentrl.sft.coconut.config import IGNORE_INDEX, CoconutConfig, stage_of_epoch
 from latentrl.sft.coconut.data import (
     CoconutSample,
@@ -27,7 +28,7 @@ from latentrl.sft.coconut.data import (
 from latentrl.sft.coconut.distill import load_teacher
 from latentrl.sft.coconut.forward import coconut_forward, collate_coconut
 from latentrl.sft.coconut.inference import coconut_evaluate
-from latentrl.sft.loop import StepLoop, my_share
+from latentrl.sft.loop import StepLoop
 from latentrl.thoughts.hidden_state import ensure_thought_projection
 
 
