@@ -9,7 +9,14 @@ import copy
 import pytest
 import torch
 
-from latentrl.optimizer_steps import EpochOrder, MetricWindow, OptimizerSteps, clip_gradients, optimizer_step
+from latentrl.optimizer_steps import (
+    EpochOrder,
+    MetricWindow,
+    OptimizerSteps,
+    TrainingDivergedError,
+    clip_gradients,
+    optimizer_step,
+)
 
 
 def test_clip_gradients_reports_the_norm_before_clipping():
@@ -142,4 +149,35 @@ def test_optimizer_step_reads_the_rate_before_the_schedule_moves():
     p.grad = torch.ones(1)
     opt = torch.optim.SGD([p], lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
-    assert optimizer_step(opt, [p], 0.0, sched) == (1.0, 1.0) and opt.param_groups[0]["lr"] == 0.5
+    assert optimizer_step(opt, sched) == 1.0 and opt.param_groups[0]["lr"] == 0.5 and p.item() == 0.0
+
+
+@pytest.mark.parametrize("where", ["loss", "second micro-batch", "gradient"])
+def test_a_non_finite_step_raises_and_updates_nothing(where):
+    """A NaN loss (in any micro-batch) or gradient stops the run before the optimizer moves: weights, AdamW state and
+    the schedule stay as the last good step left them."""
+    net, X, y = _problem(2)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    steps = OptimizerSteps(list(net.parameters()), opt, sched, max_grad_norm=1.0, diverged_hint="try lr 1e-4")
+    steps.step(lambda b, share: (_mse(net, X, y, torch.tensor(share)), {}), [0, 1, 2])
+    before = copy.deepcopy((net.state_dict(), opt.state_dict(), sched.state_dict()))
+
+    def poisoned(b, share):
+        if where == "loss":
+            yield _mse(net, X, y, torch.tensor(share)) * float("nan"), {}
+        elif where == "second micro-batch":
+            yield _mse(net, X, y, torch.tensor(share[:1])), {}
+            yield _mse(net, X, y, torch.tensor(share[1:])) + float("inf"), {}
+        else:  # a finite loss whose gradient is not
+            w = net[0].weight[0, 0]
+            yield torch.sqrt(w - w.detach()) + _mse(net, X, y, torch.tensor(share)), {}  # sqrt'(0) = inf
+
+    what = "gradient norm" if where == "gradient" else "loss"
+    with pytest.raises(TrainingDivergedError, match=rf"non-finite {what} .* in optimizer step 2; .*try lr 1e-4"):
+        steps.step(poisoned, [3, 4, 5])
+    after = (net.state_dict(), opt.state_dict(), sched.state_dict())
+    for a, b in zip(before[0].values(), after[0].values(), strict=True):
+        assert torch.equal(a, b)
+    assert after[1]["state"][0]["step"] == before[1]["state"][0]["step"] and after[2] == before[2]
+    assert all(p.grad is None for p in net.parameters()) and steps.num_steps == 1

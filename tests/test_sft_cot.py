@@ -188,6 +188,32 @@ def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, killed_
     assert logged == [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "a") if "loss" in r]
 
 
+def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoints(tmp_path, monkeypatch):
+    """A NaN loss in step 5 (after checkpoint-4) stops the run with TrainingDivergedError naming the folder; the
+    weights stay those of step 4 and no checkpoint of a poisoned step is written."""
+    import latentrl.optimizer_steps as engine
+    from latentrl import TrainingDivergedError
+    from latentrl.checkpoint import list_checkpoints
+
+    torch.set_num_threads(1)
+    real, calls = engine.OptimizerSteps._forwards, []
+
+    def poisoned(self, loss_fn, idx):
+        calls.append(1)
+        for loss, stats in real(self, loss_fn, idx):
+            yield (loss * float("nan") if len(calls) == 5 else loss), stats
+
+    monkeypatch.setattr(engine.OptimizerSteps, "_forwards", poisoned)
+    out = str(tmp_path / "run")
+    lm = tiny_latent_model("qwen2", seed=0)
+    with pytest.raises(TrainingDivergedError, match=r"non-finite loss \(nan\) in optimizer step 5.*checkpoint"):
+        train_sft(quiet(output_dir=out, save_steps=2, max_steps=8, per_device_train_batch_size=4), lm, tiny_sum_data(8))
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+    saved = tiny_latent_model("qwen2", seed=1)
+    saved.load_weights(list_checkpoints(out)[-1])
+    assert all(torch.equal(a, b) for a, b in zip(lm.model.state_dict().values(), saved.model.state_dict().values()))
+
+
 def test_no_cot_mode_trains_on_the_answer_only():
     torch.set_num_threads(1)
     data = tiny_sum_data(8)

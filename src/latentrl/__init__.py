@@ -25,7 +25,8 @@ from latentrl.methods import Method, get_method
 from latentrl.methods.dlr.prefix_trainer import DLRPrefixTrainer  # registers the trainer of method "dlr_prefix"
 from latentrl.methods.dlr.trainer import DLRTrainer  # registers the trainer of method "dlr"
 from latentrl.model import LatentModel
-from latentrl.rl.trainer import GRPOTrainer, TrainingDivergedError
+from latentrl.optimizer_steps import TrainingDivergedError
+from latentrl.rl.trainer import GRPOTrainer
 from latentrl.thoughts import build_thought_operator
 
 try:

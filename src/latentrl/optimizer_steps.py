@@ -4,13 +4,16 @@ frozen features (Latent RL's value-head pre-training, DLR's assistant distillati
 
 `OptimizerSteps.step(loss_fn, idx)`: zero the gradients, run the loss function's forwards (one, or one per
 micro-batch, each under the run's autocast) and backwards, sum the gradients over processes, clip, step the
-optimizer and its schedule, add the step's stats to a metric window. `EpochOrder` draws the batches. What a loop
+optimizer and its schedule, add the step's stats to a metric window. A non-finite loss (on any process) or gradient
+norm stops the run with `TrainingDivergedError` before the optimizer moves, so the weights and the last checkpoint
+stay as they were. `EpochOrder` draws the batches. What a loop
 adds around it (run folder, checkpoints, process group, metric sinks) lives in `sft/loop.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,12 +24,16 @@ from torch import nn
 
 from latentrl.rl.distributed import DataParallel, split_evenly
 
-__all__ = ["EpochOrder", "LossFn", "MetricWindow", "OptimizerSteps", "StepOutcome", "clip_gradients", "my_share",
-           "optimizer_step"]
+__all__ = ["EpochOrder", "LossFn", "MetricWindow", "OptimizerSteps", "StepOutcome", "TrainingDivergedError",
+           "clip_gradients", "my_share", "optimizer_step"]
 
 LossAndStats = tuple[torch.Tensor, dict[str, float]]
 LossFn = Callable[[list[int], list[int]], LossAndStats | Iterator[LossAndStats]]
 """`loss_fn(global_batch, my_share)`: this process's loss and stats, or a generator of them per micro-batch."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """Raised when the loss or gradients become non-finite; the last checkpoint is left untouched."""
 
 
 def clip_gradients(params: Iterable[nn.Parameter], max_grad_norm: float) -> float:
@@ -37,19 +44,17 @@ def clip_gradients(params: Iterable[nn.Parameter], max_grad_norm: float) -> floa
     return float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter], max_grad_norm: float,
-                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> tuple[float, float]:
-    """Clip the accumulated gradients, step the optimizer (and the schedule, if any).
+def optimizer_step(optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> float:
+    """Step the optimizer (and the schedule, if any) on the gradients as they are (summed and clipped already).
 
-    Returns the gradient norm before clipping and the learning rate this step used (read before the schedule
-    moves on), the two numbers every loop logs.
+    Returns the learning rate this step used, read before the schedule moves on.
     """
-    grad_norm = clip_gradients(params, max_grad_norm)
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
-    return grad_norm, lr
+    return lr
 
 
 def my_share(dp: DataParallel | None, items: list[Any]) -> list[Any]:
@@ -152,17 +157,20 @@ class OptimizerSteps:
 
     `dp`: the process group whose gradients and stats are summed and whose autocast the forwards run under (None:
     one process, no autocast). `optimizer` and `scheduler` may be replaced between steps (an optimizer reset).
-    `train_time` adds up the seconds spent in `step`; `window` holds the stats since the last `window.pop()`.
+    `train_time` adds up the seconds spent in `step`; `window` holds the stats since the last `window.pop()`;
+    `num_steps` counts the steps taken (a resumed loop sets it to its step); `diverged_hint` ends the message of a
+    `TrainingDivergedError` (where the last good checkpoint is, what to change).
     """
 
     def __init__(self, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, *, max_grad_norm: float = 0.0,
-                 extra_params: Sequence[nn.Parameter] = (), dp: DataParallel | None = None):
+                 extra_params: Sequence[nn.Parameter] = (), dp: DataParallel | None = None,
+                 diverged_hint: str = "lower the learning rate"):
         self.params, self.extra_params = list(params), list(extra_params)
         self.optimizer, self.scheduler = optimizer, scheduler
-        self.max_grad_norm, self.dp = max_grad_norm, dp
+        self.max_grad_norm, self.dp, self.diverged_hint = max_grad_norm, dp, diverged_hint
         self.window = MetricWindow()
-        self.train_time = 0.0
+        self.train_time, self.num_steps = 0.0, 0
 
     def step(self, loss_fn: LossFn, idx: list[int]) -> StepOutcome:
         """One optimizer step on the global batch `idx` (example indices). `loss_fn(idx, my_share)` returns this
@@ -172,18 +180,34 @@ class OptimizerSteps:
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
+        bad: float | None = None
         for loss, stats in self._forwards(loss_fn, idx):
+            if not torch.isfinite(loss):
+                bad = loss.item()
+                break
             loss.backward()
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v
+        if self.dp.any_true(bad is not None) if self.dp is not None else bad is not None:  # every process stops
+            self._diverged(f"non-finite loss ({bad if bad is not None else 'on another process'})")
         if self.dp is not None:
             self.dp.sum_gradients(self.params + self.extra_params)
         clipped = self.params + self.extra_params if self.max_grad_norm > 0 else self.params
-        grad_norm, lr = optimizer_step(self.optimizer, clipped, self.max_grad_norm, self.scheduler)
+        grad_norm = clip_gradients(clipped, self.max_grad_norm)
+        if not math.isfinite(grad_norm):  # the same on every process (the gradients are summed)
+            self._diverged(f"non-finite gradient norm ({grad_norm})")
+        lr = optimizer_step(self.optimizer, self.scheduler)
+        self.num_steps += 1
         self.train_time += time.perf_counter() - t0
         stats = self.dp.sum_floats(totals) if self.dp is not None else totals
         self.window.add(stats)
         return StepOutcome(grad_norm, lr, stats)
+
+    def _diverged(self, what: str) -> None:
+        """Drop the step's gradients and raise: the weights, the optimizer and every checkpoint stay as they were."""
+        self.optimizer.zero_grad(set_to_none=True)
+        raise TrainingDivergedError(f"{what} in optimizer step {self.num_steps + 1}; nothing was updated: "
+                                    f"{self.diverged_hint}")
 
     def _forwards(self, loss_fn: LossFn, idx: list[int]) -> Iterator[LossAndStats]:
         """`loss_fn`'s (loss, stats) pairs, each computed under autocast."""

@@ -46,6 +46,7 @@ from latentrl.data.schema import Example, as_rows  # as_rows: re-exported for ca
 from latentrl.logger import MetricsLogger, console_line, progress
 from latentrl.methods import Method, MethodContext, get_method, register_trainer
 from latentrl.model import LatentModel
+from latentrl.optimizer_steps import TrainingDivergedError
 from latentrl.replay import replay
 from latentrl.rewards import compute_rewards, get_reward_funcs, reward_columns
 from latentrl.rl.advantages import zero_std_groups
@@ -57,10 +58,6 @@ from latentrl.rollout import Rollout, SamplingParams, decode_completions, genera
 from latentrl.run_dir import check_new_run, check_same_run, replace_run, resume_checkpoint, run_identity
 
 RewardFunc = Callable[..., list[float | None]]
-
-
-class TrainingDivergedError(RuntimeError):
-    """Raised when the loss or gradients become non-finite; the last checkpoint is left untouched."""
 
 
 @dataclass

@@ -241,8 +241,11 @@ class StepLoop:
             # identical replicas, whatever each process loaded
             self.dp.broadcast_parameters([*model.parameters(), *extra_params])
             optimizer, scheduler = self._make_optimizer(params, extra_params)
+            kept = (f"the last checkpoint in {cfg.output_dir} is intact; " if cfg.output_dir and cfg.save_steps
+                    else "")
             self.steps = OptimizerSteps(params, optimizer, scheduler, max_grad_norm=cfg.max_grad_norm,
-                                        extra_params=extra_params, dp=self.dp)
+                                        extra_params=extra_params, dp=self.dp,
+                                        diverged_hint=f"{kept}lower the learning rate (now {cfg.learning_rate})")
             self.start = 0
             self.saved: dict[str, Any] | None = None
             if self.checkpoints.state is not None:
@@ -250,6 +253,7 @@ class StepLoop:
                 for module, state in zip(self.extra_modules, self.saved.get("extra_modules", []), strict=True):
                     module.load_state_dict(state)
                 self.steps.train_time, self.start = self.saved["train_time"], self.saved["step"]
+                self.steps.num_steps = self.start
             self.metrics = RunMetrics(cfg, resume_step=self.checkpoints.resume_step, write=self.dp.is_main)
             self.dp.barrier()  # the main process has replaced an earlier run (overwrite_output_dir) before anyone goes on
         except BaseException:
