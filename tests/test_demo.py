@@ -66,3 +66,37 @@ def test_cli_latent_flag_refuses_another_method(tmp_path, capsys):
     assert main(["demo", "--latent", "--method", "grpo", "--out", str(tmp_path / "x")]) != 0
     assert "--latent runs coconut_grpo" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_default_demo_runs_both_parts_into_one_folder(tmp_path):
+    """`latentrl demo` without flags: the latent part (chain_sum) and the RL part (iCoT 4x4) in sub-folders, one
+    summary; a second run into the same folder is refused before anything runs."""
+    from latentrl.demo import FULL_DEMO_PARTS, run_full_demo
+
+    out = tmp_path / "run"
+    summary = run_full_demo(steps=1, num_eval=3, out_dir=str(out), overrides=TINY)
+    assert [r["n_eval"] for r in summary["latent"]["rows"]] == [3, 3, 3]
+    assert summary["icot_grpo"]["before"]["n"] == summary["icot_grpo"]["after"]["n"] == 3
+    for part in FULL_DEMO_PARTS:
+        assert (out / part / "demo_results.json").is_file() and (out / part / "curves.png").is_file()
+    saved = json.loads((out / "demo_results.json").read_text())
+    assert saved["latent"]["mode"] == "latent" and saved["icot_grpo"]["method"] == "grpo"
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(ConfigError, match="holds an earlier demo"):
+        run_full_demo(steps=1, num_eval=3, out_dir=str(out), overrides=TINY)
+    assert sorted(p.name for p in out.rglob("*")) == before
+
+
+@pytest.mark.parametrize("argv, runs", [([], "full"), (["--latent"], "latent"), (["--method", "hrpo"], "rl"),
+                                        (["--model", "m"], "rl")])
+def test_cli_demo_flags_choose_the_parts(argv, runs, monkeypatch):
+    import latentrl.demo as demo
+
+    called = []
+    monkeypatch.setattr(demo, "run_full_demo", lambda **kw: called.append(("full", kw)))
+    monkeypatch.setattr(demo, "run_latent_demo", lambda **kw: called.append(("latent", kw)))
+    monkeypatch.setattr(demo, "run_demo", lambda **kw: called.append(("rl", kw)))
+    assert main(["demo", *argv]) == 0
+    assert [c[0] for c in called] == [runs]
+    if runs == "rl":
+        assert called[0][1]["method"] == ("hrpo" if "--method" in argv else "grpo")

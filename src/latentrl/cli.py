@@ -324,13 +324,20 @@ def _add_inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. latent.num_latent_steps=8)")
 
 
-@command("demo", "the embedded default: RL on the shipped small model, before/after table, curves (minutes, CPU); "
-                 "--latent: CoT vs latent reasoning on chain_sum")
+@command("demo", "the embedded default (about a minute on CPU): CoT vs latent reasoning on chain_sum, then RL on the "
+                 "shipped iCoT model; tables and curves. --latent: the first part alone; --method NAME: the second "
+                 "alone, with NAME")
 def cmd_demo(ns: argparse.Namespace) -> int:
     from latentrl.demo import run_demo
 
     small_model_threads()
 
+    if not ns.latent and ns.method is None and ns.model is None:
+        from latentrl.demo import run_full_demo
+
+        run_full_demo(steps=ns.steps if ns.steps is not None else 40, num_eval=ns.num_eval, out_dir=ns.out,
+                      seed=ns.seed, overrides=ns.overrides)
+        return 0
     if ns.latent:
         from latentrl.demo import LATENT_DEMO_METHOD, run_latent_demo
 
@@ -349,18 +356,20 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 def _add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latent", action="store_true",
-                   help="show latent reasoning instead: on held-out chain_sum problems, the shipped CoT model, the "
+                   help="only the latent-reasoning part: on held-out chain_sum problems, the shipped CoT model, the "
                         "shipped latent init chain_sum-coconut and coconut_grpo after --steps RL steps from it "
                         "(Pass@1 ± SE, reasoning positions, thought-swap drop; under a minute on one CPU thread)")
-    p.add_argument("--method", default=None, help="registered method to run (default: grpo)")
+    p.add_argument("--method", default=None,
+                   help="only the RL part, with this registered method, on the shipped iCoT 4x4 model")
     p.add_argument("--steps", type=int, default=None, help="RL optimizer steps (default: 40)")
     p.add_argument("--num-eval", type=int, default=None,
-                   help="evaluation problems: the first N of the real iCoT 4x4 file (default 200); with --latent "
-                        "the first N held-out chain_sum problems (default 500)")
-    p.add_argument("--out", default=None, help="run folder (default: runs/demo-<method>-<time>, runs/demo-latent-<time>)")
+                   help="evaluation problems: the first N of the real iCoT 4x4 file (default 200) and the first N "
+                        "held-out chain_sum problems (default 500)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/demo-<time>, runs/demo-<method>-<time>, "
+                                               "runs/demo-latent-<time>)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default=None, help="start from this checkpoint instead of the shipped CoT model "
-                                                 "(with --latent: instead of the shipped latent init)")
+    p.add_argument("--model", default=None, help="run the RL part alone from this checkpoint instead of the shipped "
+                                                 "CoT model (with --latent: instead of the shipped latent init)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
 
 
