@@ -30,7 +30,8 @@ from latentrl.eval import evaluate
 from latentrl.methods import METHODS, Method, MethodContext, get_method, register_method
 from latentrl.methods.dlr import DLRConfig
 from latentrl.methods.dlr.prefix_trainer import DLRPrefixTrainer
-from latentrl.rl.trainer import GRPOTrainer, TrainingDivergedError
+from latentrl.optimizer_steps import TrainingDivergedError
+from latentrl.rl.trainer import GRPOTrainer
 from latentrl.testing import char_sum_reward, tiny_chain_sum_model, word_count_reward
 
 

@@ -124,6 +124,7 @@ def test_micro_batches_accumulate_to_the_whole_batch_gradient():
     a = OptimizerSteps(list(net.parameters()), torch.optim.SGD(net.parameters(), lr=0.1)).step(whole, idx)
     b = OptimizerSteps(list(twin.parameters()), torch.optim.SGD(twin.parameters(), lr=0.1)).step(micro, idx)
     assert b.stats["loss"] == pytest.approx(a.stats["loss"]) and b.grad_norm == pytest.approx(a.grad_norm, rel=1e-5)
+    assert b.loss == pytest.approx(a.loss) == pytest.approx(a.stats["loss"])
     for p, q in zip(net.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
 
@@ -159,7 +160,8 @@ def test_a_non_finite_step_raises_and_updates_nothing(where):
     net, X, y = _problem(2)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
-    steps = OptimizerSteps(list(net.parameters()), opt, sched, max_grad_norm=1.0, diverged_hint="try lr 1e-4")
+    steps = OptimizerSteps(list(net.parameters()), opt, sched, max_grad_norm=1.0,
+                           diverged_hint=lambda n: f"in optimizer step {n}; try lr 1e-4")
     steps.step(lambda b, share: (_mse(net, X, y, torch.tensor(share)), {}), [0, 1, 2])
     before = copy.deepcopy((net.state_dict(), opt.state_dict(), sched.state_dict()))
 
@@ -181,3 +183,16 @@ def test_a_non_finite_step_raises_and_updates_nothing(where):
         assert torch.equal(a, b)
     assert after[1]["state"][0]["step"] == before[1]["state"][0]["step"] and after[2] == before[2]
     assert all(p.grad is None for p in net.parameters()) and steps.num_steps == 1
+
+
+def test_a_loss_without_gradient_is_counted_not_backpropagated():
+    """A micro-batch with nothing to train (e.g. every advantage zero) adds its loss value and stats and no
+    gradient."""
+    w = torch.nn.Parameter(torch.ones(1))
+
+    def pieces(b, share):
+        yield (2.0 * w).sum(), {"n": 1.0}
+        yield torch.tensor(0.5), {"n": 1.0}  # requires no grad
+
+    out = OptimizerSteps([w], torch.optim.SGD([w], lr=1.0)).step(pieces, [0, 1])
+    assert out.loss == 2.5 and out.stats == {"n": 2.0} and out.grad_norm == 2.0 and w.item() == -1.0

@@ -11,8 +11,9 @@ import torch
 from latentrl.config import GRPOConfig, LatentConfig
 from latentrl.data import make_examples
 from latentrl.model import LatentModel
+from latentrl.optimizer_steps import TrainingDivergedError
 from latentrl.rewards import RewardFunctionError
-from latentrl.rl.trainer import GRPOTrainer, TrainingDivergedError
+from latentrl.rl.trainer import GRPOTrainer
 from latentrl.testing import tiny_chain_sum_model, word_count_reward
 
 

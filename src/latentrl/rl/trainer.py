@@ -4,6 +4,7 @@
     prepare:  old / reference log-probs, per-position advantages, this process's slice (no grad)
     update:   [num_iterations ×] loss pieces (here: micro-batches: replay ─▶ policy loss + KL + method objective),
               each backpropagated ─▶ gradient sum over processes ─▶ clip ─▶ optimizer step
+              (`latentrl.optimizer_steps.OptimizerSteps`, the step every trainer of the library takes)
     log:      step metrics, FLOPs (`latentrl.compute`), metrics.jsonl / TensorBoard, checkpoints
 
 The method is built once (`Method.build`: operator, schedule, side modules, before the optimizer) and its hooks
@@ -46,7 +47,7 @@ from latentrl.data.schema import Example, as_rows  # as_rows: re-exported for ca
 from latentrl.logger import MetricsLogger, console_line, progress
 from latentrl.methods import Method, MethodContext, get_method, register_trainer
 from latentrl.model import LatentModel
-from latentrl.optimizer_steps import TrainingDivergedError
+from latentrl.optimizer_steps import OptimizerSteps
 from latentrl.replay import replay
 from latentrl.rewards import compute_rewards, get_reward_funcs, reward_columns
 from latentrl.rl.advantages import zero_std_groups
@@ -493,52 +494,41 @@ class GRPOTrainer:
         return loss, {k: float(v) * w for k, v in m.items()}
 
     def update(self, prepared: Any) -> dict[str, float]:
-        """`num_iterations` optimizer steps on the prepared batch: every loss piece backpropagated (under autocast;
-        under FSDP as the root unit's forward), a non-finite loss on any process stops every process, gradients
-        summed over processes, clipped, stepped; then the LR schedule and the step counter."""
+        """`num_iterations` optimizer steps on the prepared batch, each the shared `OptimizerSteps.step`: every loss
+        piece backpropagated (under autocast; under FSDP as the root unit's forward), a non-finite loss on any
+        process stops every process, gradients summed over processes (FSDP: reduce-scattered by FSDP), clipped,
+        stepped; then the LR schedule and the step counter."""
         self.model.train()
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        max_norm = self.args.max_grad_norm if self.args.max_grad_norm > 0 else float("inf")  # 0: no clipping
+        steps = OptimizerSteps(
+            [p for g in self.optimizer.param_groups for p in g["params"]], self.optimizer,
+            max_grad_norm=self.args.max_grad_norm, dp=self.dp, slices=self.update_slices_batch,
+            sum_gradients=self.update_slices_batch and self.fsdp is None, backward=self.accelerator.backward,
+            clip=self._clip_gradients, require_finite_grad_norm=self.accelerator.scaler is None,  # fp16: skips
+            diverged_hint=lambda _: f"at step {self.global_step + 1}; the last checkpoint in {self.output_dir} is "
+                                    "intact — lower the learning rate or check the rewards")
+
+        def pieces(idx: list[int], share: list[int]) -> Iterator[tuple[torch.Tensor, dict[str, float]]]:
+            for piece in self.loss_pieces(prepared):
+                yield self.fsdp.forward(self.model, piece) if self.fsdp is not None else piece()
+
         sums: dict[str, float] = {}
         iters = self.args.num_iterations
         for _ in range(iters):
-            self.optimizer.zero_grad(set_to_none=True)
-            total, bad = 0.0, None
-            for piece in self.loss_pieces(prepared):
-                def run(piece: LossPiece = piece) -> tuple[torch.Tensor, dict[str, float]]:
-                    with self.accelerator.autocast():
-                        return piece()
-                loss, m = self.fsdp.forward(self.model, run) if self.fsdp is not None else run()
-                if not torch.isfinite(loss):
-                    bad = loss.item()
-                    break
-                if loss.requires_grad:
-                    self.accelerator.backward(loss)  # fp16: scaled
-                total += loss.item()
-                for k, v in m.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) / iters
-            if self.dp.any_true(bad is not None):
-                raise TrainingDivergedError(
-                    f"non-finite loss ({bad if bad is not None else 'on another process'}) at step "
-                    f"{self.global_step + 1}; the last checkpoint in {self.output_dir} is intact — lower the learning "
-                    "rate or check the rewards")
-            if self.fsdp is not None:  # FSDP already summed the gradients into each process's shards
-                grad_norm = self.fsdp.clip_grad_norm_(params, max_norm)
-            else:
-                if self.update_slices_batch:
-                    self.dp.sum_gradients(params)
-                grad_norm = self.accelerator.clip_grad_norm_(params, max_norm)
-            if not torch.isfinite(grad_norm) and self.accelerator.scaler is None:  # fp16: the scaler skips the step
-                raise TrainingDivergedError(f"non-finite gradient norm at step {self.global_step + 1}; the last "
-                                            f"checkpoint in {self.output_dir} is intact")
-            self.optimizer.step()
+            out = steps.step(pieces, [])
+            for k, v in out.stats.items():
+                sums[k] = sums.get(k, 0.0) + v / iters
         self.scheduler.step()
         self.global_step += 1
-        if self.update_slices_batch:  # metrics of every process's slice, as one batch
-            sums = self.dp.sum_floats({**sums, "loss": total})
-            total = sums.pop("loss")
-        return {**sums, "loss": total, "grad_norm": float(grad_norm),
+        return {**sums, "loss": out.loss, "grad_norm": out.grad_norm,
                 "learning_rate": self.scheduler.get_last_lr()[0]}
+
+    def _clip_gradients(self, params: list[nn.Parameter], max_grad_norm: float) -> float:
+        """Clip to `max_grad_norm` (0: no clipping) the launcher's way (fp16: unscaled first; FSDP: on the shards);
+        returns the norm before clipping."""
+        max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
+        if self.fsdp is not None:
+            return float(self.fsdp.clip_grad_norm_(params, max_norm))
+        return float(self.accelerator.clip_grad_norm_(params, max_norm))
 
     def compute_metrics(self) -> dict[str, float]:
         """FLOPs of this step's policy-size passes, summed over processes (`latentrl.compute`: 2 x weights x

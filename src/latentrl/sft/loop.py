@@ -243,9 +243,10 @@ class StepLoop:
             optimizer, scheduler = self._make_optimizer(params, extra_params)
             kept = (f"the last checkpoint in {cfg.output_dir} is intact; " if cfg.output_dir and cfg.save_steps
                     else "")
-            self.steps = OptimizerSteps(params, optimizer, scheduler, max_grad_norm=cfg.max_grad_norm,
-                                        extra_params=extra_params, dp=self.dp,
-                                        diverged_hint=f"{kept}lower the learning rate (now {cfg.learning_rate})")
+            self.steps = OptimizerSteps(
+                params, optimizer, scheduler, max_grad_norm=cfg.max_grad_norm, extra_params=extra_params, dp=self.dp,
+                diverged_hint=lambda n: f"in optimizer step {n}; nothing was updated: {kept}lower the learning rate "
+                                        f"(now {cfg.learning_rate})")
             self.start = 0
             self.saved: dict[str, Any] | None = None
             if self.checkpoints.state is not None:
