@@ -65,6 +65,24 @@ RECIPES: dict[str, dict] = {
             "eval_strategy=no", "eval_batch_size=250", "logging_steps=16", "max_length=256", "seed=0",
         ],
     },
+    # the same problems with a chain of independent steps: the 4 partial products alone (no running sums; CoT
+    # `chain=partials`, ~29 chain positions), c = 3 thoughts per partial product: 12 thoughts + <|end-latent|> = 13
+    # reasoning positions. No step needs an earlier one, so the gate covers the rest of the chain *and* the answer
+    # (gate_next_steps=4): the answer is where the thoughts must be read (the running sum is added up there)
+    "icot_mult_4x4_partials": {
+        "task": "icot_mult_4x4",
+        "dataset_kwargs": {"chain": "partials"},
+        "cot_model": "icot_mult_4x4_partials-cot",
+        "num_eval": 1000,
+        "overrides": [
+            "c_thought=3", "max_latent_stage=4", "start_stage=1", "stage_advance=converged", "final_stage=4",
+            "gate_metric=next_step_accuracy", "gate_next_steps=4", "gate_threshold=0.8", "gate_patience=2",
+            "gate_eval_steps=16", "gate_num_examples=256", "max_steps_per_stage=3000", "num_train_examples=20000",
+            "per_device_train_batch_size=32", "learning_rate=1e-3", "reset_optimizer=stage", "max_grad_norm=1.0",
+            "probe_head_tokens=[[-5,-4],[-3,-2],[-1]]",
+            "eval_strategy=no", "eval_batch_size=250", "logging_steps=16", "max_length=256", "seed=0",
+        ],
+    },
 }
 
 
@@ -120,14 +138,15 @@ def main() -> None:
     ns = ap.parse_intermixed_args()
     torch.set_num_threads(ns.threads)
     recipe = RECIPES[ns.task]
-    task = suite_tasks()[ns.task]
+    task = suite_tasks()[recipe.get("task", ns.task)]
+    data_kwargs = {**task.dataset_kwargs, **recipe.get("dataset_kwargs", {})}
     out = Path(ns.out or REPO / "runs" / "latent_init" / ns.task)
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(CoconutConfig, None, [*recipe["overrides"], f"output_dir={out}", "disable_tqdm=true",
                                             *ns.overrides])
     cot = ns.cot_model or str(model_path(recipe["cot_model"]))
-    train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed, **task.dataset_kwargs)
-    gate = load_examples(task.dataset, split="eval", n=cfg.gate_num_examples, seed=cfg.seed, **task.dataset_kwargs)
+    train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed, **data_kwargs)
+    gate = load_examples(task.dataset, split="eval", n=cfg.gate_num_examples, seed=cfg.seed, **data_kwargs)
     evals = task.eval_examples(ns.num_eval or recipe["num_eval"])
     if ns.split_steps:
         train, gate, evals = (cut_steps(x, before=ns.split_steps) for x in (train, gate, evals))

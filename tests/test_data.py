@@ -104,6 +104,21 @@ def test_icot_mult_digits_knob_and_products():
             assert len(ex.steps) == len(str(b))
 
 
+
+def test_icot_mult_partials_chain_keeps_the_partial_products_and_the_answer():
+    """chain=partials: the same problems and answers, each step the partial product alone (the steps sum to the
+    answer); an unknown chain is a clear error."""
+    ex = icot_mult_example(2365, 4347, chain="partials")
+    assert ex.steps == ["5 5 5 6 1", "+ 0 0 6 4 9 0", "+ 0 0 5 9 0 7 0", "+ 0 0 0 0 6 4 9 0"]
+    assert ex.answer == icot_mult_example(2365, 4347).answer
+    plain = make_examples("icot_mult", 10, seed=3)
+    for p, q in zip(make_examples("icot_mult", 10, seed=3, chain="partials"), plain, strict=True):
+        assert (p.question, p.answer) == (q.question, q.answer)
+        values = [int("".join(reversed(s.lstrip("+ ").split()))) for s in p.steps]
+        assert sum(values) == int("".join(reversed(p.answer.split())))
+    with pytest.raises(ValueError, match="chain must be one of icot, partials"):
+        make_examples("icot_mult", 1, chain="sums")
+
 # --- loaders on the real files -----------------------------------------------------------------------------------
 
 

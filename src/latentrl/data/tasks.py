@@ -125,10 +125,18 @@ def _little_endian(value: int, width: int) -> str:
     return " ".join(reversed(str(value).zfill(width)))
 
 
-def icot_mult_example(a: int, b: int) -> Example:
-    """The iCoT multiplication example for `a * b`; digit counts are those of `a` and `b`."""
+ICOT_CHAINS = ("icot", "partials")
+"""The chains `icot_mult` can write: iCoT's (partial products with running sums), or the partial products alone
+(`+ PP` per multiplier digit, no running sum: steps that do not depend on one another, the answer adds them up)."""
+
+
+def icot_mult_example(a: int, b: int, chain: str = "icot") -> Example:
+    """The iCoT multiplication example for `a * b`; digit counts are those of `a` and `b`. `chain="partials"`
+    drops the running sums from the steps (the answer is unchanged)."""
     if a <= 0 or b <= 0:
         raise ValueError(f"icot_mult factors must be positive, got {a} and {b}")
+    if chain not in ICOT_CHAINS:
+        raise ValueError(f"icot_mult chain must be one of {ICOT_CHAINS}, got {chain!r}")
     width_a, width_b = len(str(a)), len(str(b))
     b_digits = [int(d) for d in reversed(str(b))]
     steps: list[str] = []
@@ -139,7 +147,7 @@ def icot_mult_example(a: int, b: int) -> Example:
         text = _little_endian(partial, width_a + 1 + i)
         if i == 0:
             steps.append(text)
-        elif i < width_b - 1:
+        elif i < width_b - 1 and chain == "icot":
             steps.append(f"+ {text} ( {_little_endian(total, width_a + 1 + i)} )")
         else:
             steps.append(f"+ {text}")
@@ -156,18 +164,20 @@ def icot_mult_factors(question: str) -> tuple[int, int]:
     return int("".join(reversed(digits_a))), int("".join(reversed(digits_b)))
 
 
-def _check_icot_mult(digits: int, digits_b: int | None) -> None:
+def _check_icot_mult(digits: int, digits_b: int | None, chain: str) -> None:
     _check_int("icot_mult", "digits", digits, 1, 30)
     if digits_b is not None:
         _check_int("icot_mult", "digits_b", digits_b, 1, 30)
+    if chain not in ICOT_CHAINS:
+        raise ValueError(f"task 'icot_mult': knob chain must be one of {', '.join(ICOT_CHAINS)}, got {chain!r}")
 
 
-def _gen_icot_mult(rng: random.Random, digits: int, digits_b: int | None) -> Example:
+def _gen_icot_mult(rng: random.Random, digits: int, digits_b: int | None, chain: str) -> Example:
     """Factors uniform over numbers with exactly `digits` (and `digits_b`) digits, as in the iCoT files."""
     width_b = digits if digits_b is None else digits_b
     a = rng.randint(10 ** (digits - 1), 10**digits - 1)
     b = rng.randint(10 ** (width_b - 1), 10**width_b - 1)
-    return icot_mult_example(a, b)
+    return icot_mult_example(a, b, chain)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -276,8 +286,9 @@ def _gen_prosqa_like(rng: random.Random, nodes: int, path_length: int) -> Exampl
 TASKS: dict[str, TaskSpec] = {
     "icot_mult": TaskSpec(
         "icot_mult",
-        "multi-digit multiplication in iCoT's exact little-endian format; knobs: digits, digits_b",
-        {"digits": 4, "digits_b": None},
+        "multi-digit multiplication in iCoT's exact little-endian format; knobs: digits, digits_b, chain (icot: "
+        "iCoT's steps with running sums; partials: the partial products alone)",
+        {"digits": 4, "digits_b": None, "chain": "icot"},
         _check_icot_mult,
         _gen_icot_mult,
     ),
