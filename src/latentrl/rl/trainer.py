@@ -514,7 +514,7 @@ class GRPOTrainer:
         sums: dict[str, float] = {}
         iters = self.args.num_iterations
         for _ in range(iters):
-            out = steps.step(pieces, [])
+            out = steps.step(pieces, [])  # the batch is prepared already: no example indices to draw
             for k, v in out.stats.items():
                 sums[k] = sums.get(k, 0.0) + v / iters
         self.scheduler.step()

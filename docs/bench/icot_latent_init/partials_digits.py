@@ -1,0 +1,37 @@
+"""Where a partial-products CoT model (`icot_mult` with `chain=partials`) goes wrong: greedy decode of the real iCoT
+4x4 validation file, then the fraction of problems whose chain (the 4 partial products) is exactly right and the
+accuracy of each answer digit (least significant first).
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/icot_latent_init/partials_digits.py MODEL_DIR [N]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from latentrl.bench import suite_tasks
+from latentrl.data.tasks import icot_mult_example, icot_mult_factors
+from latentrl.eval import evaluate
+from latentrl.model import LatentModel
+
+
+def main() -> None:
+    model_dir, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+    lm = LatentModel.from_pretrained(model_dir)
+    evals = suite_tasks()["icot_mult_4x4"].eval_examples(n)
+    res = evaluate(lm, evals, max_new_positions=64, num_samples_to_keep=n)
+    chain_ok, digit_ok = 0, [0] * 8
+    for sample, ex in zip(res.samples, evals, strict=True):
+        ref = icot_mult_example(*icot_mult_factors(ex.question), chain="partials")
+        chain, _, answer = sample["completion"].partition("####")
+        chain_ok += chain.split() == " ".join(ref.steps).split()
+        got, want = answer.split(), ref.answer.split()
+        for i, w in enumerate(want):
+            digit_ok[i] += i < len(got) and got[i] == w
+    print(json.dumps({"model": model_dir, "n": res.n, "pass_at_1": res.pass_at_1, "chain_exact": chain_ok / res.n,
+                      "answer_digit_accuracy_lsb_first": [round(d / res.n, 3) for d in digit_ok]}))
+
+
+if __name__ == "__main__":
+    main()
