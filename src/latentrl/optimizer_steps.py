@@ -235,7 +235,7 @@ class OptimizerSteps:
         """`loss_fn`'s (loss, stats) pairs, each computed under autocast."""
         autocast = self.dp.accelerator.autocast if self.dp is not None else contextlib.nullcontext
         with autocast():
-            out = loss_fn(idx, my_share(self.dp, idx))
+            out = loss_fn(idx, my_share(self.dp if self.slices else None, idx))  # whole batch: all of it
         if isinstance(out, tuple):
             yield out
             return
