@@ -25,7 +25,6 @@ def run_full_demo(steps: int = 40, num_eval: int | None = None, out_dir: str | N
     """Both demos into one run folder (`latent/`, `icot-grpo/`), then a summary table of every row: what latent
     reasoning buys (chain_sum: the same accuracy from a chain ~6x shorter, thoughts that matter) next to what RL
     does to the CoT model on the real iCoT file. `num_eval`: problems per part (default: each part's own)."""
-    from rich.console import Console
     from rich.table import Table
 
     from latentrl.bench import percent_se
@@ -42,8 +41,7 @@ def run_full_demo(steps: int = 40, num_eval: int | None = None, out_dir: str | N
                   seed=seed, overrides=overrides)
     wall = time.perf_counter() - t0
 
-    console = Console()
-    console = Console(width=max(console.width, 104))
+    console = _wide_console()
     table = Table(title="latentrl demo: every row (% ± one standard error)")
     for col in ("task", "model", "n", "Pass@1", "positions", "swap drop"):
         table.add_column(col, justify="right")
@@ -139,7 +137,6 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
     latent rows also get the thought-dependence check (Pass@1 with thoughts swapped between problems / zeroed).
     Writes `demo_results.json`, `curves.png` (the RL run's metrics), `accuracy_vs_length.png` and TensorBoard logs
     into the run folder."""
-    from rich.console import Console
     from rich.table import Table
 
     from latentrl.assets import available_models, model_path, resolve_model
@@ -154,8 +151,7 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
     from latentrl.thought_dependence import trainer_thought_dependence
 
     t_start = time.perf_counter()
-    console = Console()
-    console = Console(width=max(console.width, 104))  # the 7-column table, unwrapped in logs and narrow terminals
+    console = _wide_console()
     method = get_method(LATENT_DEMO_METHOD)
     task = suite_tasks()[LATENT_DEMO_TASK]
     run_dir = Path(out_dir or f"runs/demo-latent-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -245,6 +241,13 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
                "train_wall_s": train_s, "wall_s": wall, "run_dir": str(run_dir)}
     atomic_write_json(run_dir / "demo_results.json", summary)
     return summary
+
+
+def _wide_console():
+    """A rich console at least 104 columns wide: the demo's tables, unwrapped in logs and narrow terminals."""
+    from rich.console import Console
+
+    return Console(width=max(Console().width, 104))
 
 
 def paired_difference(a: dict, b: dict) -> dict:

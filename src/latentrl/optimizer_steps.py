@@ -103,7 +103,7 @@ class EpochOrder:
         """Drop the rest of the current pass (a stage that ended in the middle of one)."""
         self.cursor = len(self.perm)
 
-    def passes(self, batch_size: int) -> Iterator[list[int]]:
+    def one_pass(self, batch_size: int) -> Iterator[list[int]]:
         """The batches of one fresh pass, in order (the last one shorter)."""
         self.start_pass()
         while not self.pass_done:

@@ -399,15 +399,15 @@ def distill_assistant(assistant: ChainAssistant, frame: CoconutFrame, rows: Sequ
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     fit = OptimizerSteps(params, opt, sched, max_grad_norm=1.0)  # the shared optimizer step, gradients clipped at 1
 
-    def mse(idx: list[int], share: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        i = torch.tensor(share, device=dev)
-        loss = distill_loss(assistant, states[i], mask[i], thoughts[i], noise, gen)
+    def mse(idx: torch.Tensor, share: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = distill_loss(assistant, states[share], mask[share], thoughts[share], noise, gen)
         return loss, {"mse": loss.item()}
 
     was_training = assistant.training
     assistant.train()
     for step in range(1, steps + 1):  # batches drawn with replacement
-        idx = torch.randint(0, ids.shape[0], (min(batch_size, ids.shape[0]),), generator=gen, device=dev).tolist()
+        # kept on the device (one process: the share is the batch itself), no host round trip
+        idx = torch.randint(0, ids.shape[0], (min(batch_size, ids.shape[0]),), generator=gen, device=dev)
         out = fit.step(mse, idx)
         if step == 1 or step % log_every == 0 or step == steps:
             history.append({"step": float(step), "mse": out.stats["mse"]})

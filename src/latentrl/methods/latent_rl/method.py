@@ -349,7 +349,7 @@ def pretrain_value_head(
     history = [{"epoch": 0, **full_bce()}]
     head.train()
     for _ in range(epochs):
-        for idx in order.passes(batch_size):
+        for idx in order.one_pass(batch_size):
             steps.step(bce, idx)
         history.append({"epoch": len(history), **full_bce()})
     head.pretrained = True  # a latent_rl trainer will not pre-train it again
