@@ -193,3 +193,13 @@ def test_shipped_cot_beats_no_cot_and_leaves_headroom():
         split = "eval_real" if "eval_real" in cot else "eval_generated"
         assert cot[split]["pass_at_1"] - nocot[split]["pass_at_1"] >= 0.30, task
         assert 0.30 <= cot[split]["pass_at_1"] <= 0.80, task  # room for RL to show an improvement
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("pretrain_*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_pretrain_config_loads_and_builds_its_data(path):
+    """The shipped `latentrl pretrain` configs are valid and name a task whose generator takes their difficulty."""
+    cfg = load_config(PretrainConfig, path)
+    assert cfg.modes and cfg.output_dir.startswith("runs/")
+    ex = make_examples(cfg.task, 2, cfg.seed, **cfg.difficulty)
+    assert len(ex) == 2 and all(e.steps for e in ex)
