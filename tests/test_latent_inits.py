@@ -59,3 +59,32 @@ def test_shipped_superposition_init_reasons_through_its_latents(tmp_path):
     assert info["tokens_per_latent"] == 7 and info["pass_at_1"] >= 0.8
     assert dep.pass_own >= 0.7  # 87 % on 500 problems; 40 here
     assert dep.mean_latent_positions <= 49 / 5 and dep.drop_swap >= 0.5
+
+
+def _latent_init_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_latent_init.py"
+    spec = importlib.util.spec_from_file_location("train_latent_init", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_latent_init_recipe_names_a_cot_model_it_can_get(tmp_path, monkeypatch):
+    """A recipe starts from a shipped CoT model, or from a folder a shipped pretrain config writes; when that folder
+    is missing the script stops before writing anything and names the command that trains it."""
+    import yaml
+
+    script = _latent_init_script()
+    root = Path(script.__file__).resolve().parents[1]
+    for name, recipe in script.RECIPES.items():
+        if recipe["cot_model"] in available_models():
+            continue
+        config = root / recipe["cot_command"].split("--config ")[1].split()[0]
+        written = yaml.safe_load(config.read_text())["output_dir"]
+        assert recipe["cot_model"].startswith(written + "/"), name  # the command writes the folder the recipe reads
+        monkeypatch.setattr(script, "REPO", tmp_path)  # a checkout where it was never trained
+        with pytest.raises(SystemExit, match="latentrl pretrain --config configs/"):
+            script.recipe_cot_model(recipe)
+        assert list(tmp_path.iterdir()) == []
