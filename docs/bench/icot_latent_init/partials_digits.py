@@ -1,8 +1,11 @@
 """Where a partial-products CoT model (`icot_mult` with `chain=partials`) goes wrong: greedy decode of the real iCoT
 4x4 validation file, then the fraction of problems whose chain (the 4 partial products) is exactly right and the
-accuracy of each answer digit (least significant first).
+accuracy of each answer digit (least significant first). With THOUGHTS > 0 the model is a Coconut latent init
+(`scripts/train_latent_init.py icot_mult_4x4_partials`): it gets THOUGHTS continuous thoughts and `<|end-latent|>`
+after the question, and "chain exact" scores the partial products it still writes in words (the last
+4 - THOUGHTS / 3 of them).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/icot_latent_init/partials_digits.py MODEL_DIR [N]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/icot_latent_init/partials_digits.py MODEL_DIR [N [THOUGHTS]]
 """
 
 from __future__ import annotations
@@ -14,22 +17,30 @@ from latentrl.bench import suite_tasks
 from latentrl.data.tasks import icot_mult_example, icot_mult_factors
 from latentrl.eval import evaluate
 from latentrl.model import LatentModel
+from latentrl.sft.coconut import coconut_operator, coconut_prompt_text, coconut_schedule
 
 
 def main() -> None:
-    model_dir, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+    model_dir = sys.argv[1]
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+    thoughts = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     lm = LatentModel.from_pretrained(model_dir)
     evals = suite_tasks()["icot_mult_4x4"].eval_examples(n)
-    res = evaluate(lm, evals, max_new_positions=64, num_samples_to_keep=n)
+    latent = {}
+    if thoughts:
+        start = lm.latent_tokens.start
+        latent = {"operator": coconut_operator(lm), "schedule": coconut_schedule(lm, thoughts),
+                  "prompt_text": lambda row: coconut_prompt_text(row, start)}
+    res = evaluate(lm, evals, max_new_positions=64, num_samples_to_keep=n, batch_size=250, **latent)
     chain_ok, digit_ok = 0, [0] * 8
     for sample, ex in zip(res.samples, evals, strict=True):
         ref = icot_mult_example(*icot_mult_factors(ex.question), chain="partials")
         chain, _, answer = sample["completion"].partition("####")
-        chain_ok += chain.split() == " ".join(ref.steps).split()
+        chain_ok += chain.split() == " ".join(ref.steps[thoughts // 3:]).split()
         got, want = answer.split(), ref.answer.split()
         for i, w in enumerate(want):
             digit_ok[i] += i < len(got) and got[i] == w
-    print(json.dumps({"model": model_dir, "n": res.n, "pass_at_1": res.pass_at_1, "chain_exact": chain_ok / res.n,
+    print(json.dumps({"model": model_dir, "thoughts": thoughts, "n": res.n, "pass_at_1": res.pass_at_1, "chain_exact": chain_ok / res.n,
                       "answer_digit_accuracy_lsb_first": [round(d / res.n, 3) for d in digit_ok]}))
 
 
