@@ -68,7 +68,10 @@ RECIPES: dict[str, dict] = {
     # the same problems with a chain of independent steps: the 4 partial products alone (no running sums; CoT
     # `chain=partials`, ~29 chain positions), c = 3 thoughts per partial product: 12 thoughts + <|end-latent|> = 13
     # reasoning positions. No step needs an earlier one, so the gate covers the rest of the chain *and* the answer
-    # (gate_next_steps=4): the answer is where the thoughts must be read (the running sum is added up there)
+    # (gate_next_steps=4): the answer is where the thoughts must be read (the running sum is added up there).
+    # Measured (docs/bench/icot_latent_init, runs Z1, ZZ): stage 1 converges after ~7,300 steps, stages 2-4 climb at
+    # the same pace and had not converged at 5,000; the cap leaves room for ~7,000 each (about 3 h on one CPU core,
+    # not yet run end to end; a GPU job)
     "icot_mult_4x4_partials": {
         "task": "icot_mult_4x4",
         "dataset_kwargs": {"chain": "partials"},
@@ -79,7 +82,7 @@ RECIPES: dict[str, dict] = {
         "overrides": [
             "c_thought=3", "max_latent_stage=4", "start_stage=1", "stage_advance=converged", "final_stage=4",
             "gate_metric=next_step_accuracy", "gate_next_steps=4", "gate_threshold=0.8", "gate_patience=2",
-            "gate_eval_steps=16", "gate_num_examples=256", "max_steps_per_stage=3000", "num_train_examples=20000",
+            "gate_eval_steps=64", "gate_num_examples=256", "max_steps_per_stage=8000", "num_train_examples=20000",
             "per_device_train_batch_size=32", "learning_rate=1e-3", "reset_optimizer=stage", "max_grad_norm=1.0",
             "probe_head_tokens=[[-5,-4],[-3,-2],[-1]]",
             "eval_strategy=no", "eval_batch_size=250", "logging_steps=16", "max_length=256", "seed=0",
