@@ -65,7 +65,7 @@ def test_metric_window_means_and_reset():
     assert w.pop() == {"loss": 4.0}
 
 
-def test_passes_walk_one_fresh_permutation_in_order():
+def test_one_pass_walks_one_fresh_permutation_in_order():
     order, plain = EpochOrder(5, torch.Generator().manual_seed(3)), EpochOrder(5, torch.Generator().manual_seed(3))
     assert list(order.one_pass(2)) == [plain.draw(2), plain.draw(2), plain.draw(1)]
     assert list(order.one_pass(5)) == [plain.draw(5)]
