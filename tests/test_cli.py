@@ -43,7 +43,14 @@ def test_cpu_configs_name_shipped_models_and_missing_models_are_one_line_errors(
     rc = main(["train", "--config", "configs/cpu/grpo.yaml", "model_name_or_path=/nonexistent/model", "max_steps=1",
                f"output_dir={tmp_path / 'run'}"])  # not the default runs/latentrl, which may hold a run here
     err = capsys.readouterr().err
-    assert rc == 2 and "not a local model folder" in err and "icot_mult_4x4-cot" in err and "Traceback" not in err
+    assert rc == 2 and "'/nonexistent/model' does not exist" in err and "Traceback" not in err
+    assert err.count("icot_mult_4x4-cot,") == 1  # the shipped models, listed once
+
+
+def test_eval_with_k_0_says_it_samples_no_pass_at_k(capsys):
+    rc = main(["eval", "--model", "chain_sum-cot", "--data", "chain_sum", "--num", "4", "--k", "0"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "no Pass@k (--k 0)" in err and "Pass@0" not in err
 
 
 def test_every_cpu_preset_starts_from_a_shipped_model_or_names_the_command_that_builds_it():

@@ -59,6 +59,8 @@ def load_model(name_or_path: str, **kwargs: Any):
 
     try:
         return LatentModel.from_pretrained(resolve_model(name_or_path), **kwargs)
+    except FileNotFoundError as e:  # a missing local path: its message already lists the shipped models
+        raise ConfigError(f"model_name_or_path: {e}") from e
     except OSError as e:
         raise ConfigError(
             f"model_name_or_path={name_or_path!r} is not a local model folder, not a shipped model "
@@ -186,7 +188,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     data = available[: ns.num]
     temperature = cfg.temperature if ns.temperature is None else ns.temperature
     print(f"latentrl eval: method {cfg.method}, settings from {settings}; {len(data)} problems of {ns.data} "
-          f"(--num {ns.num}); Pass@{ns.k} sampled at temperature {temperature:g}", file=sys.stderr)
+          f"(--num {ns.num}); " + (f"Pass@{ns.k} sampled at temperature {temperature:g}" if ns.k >= 1 else "no Pass@k (--k 0)"),
+          file=sys.stderr)
     # The method's parts (side modules with their saved weights, thought operator, schedule, prompt format) are
     # built exactly as training built them; no trainer, optimizer or accelerator is needed to score.
     from latentrl.eval import evaluate
