@@ -752,6 +752,21 @@ def test_thought_probe_targets_and_loss_equal_a_naive_computation():
         cfg(probe_tokens=[-1, -2])
 
 
+def test_probe_head_step_shift_moves_each_steps_probe_indices():
+    """probe_head_step_shift[i] is added to every probe_head_tokens index of step i (missing entries: 0); indices
+    that fall outside the step after the shift are skipped (IGNORE_INDEX), as unshifted ones are."""
+    lm = model()
+    toks = [tokenize_example(lm.tokenizer, ex) for ex in EXAMPLES]
+    t = toks[2]  # three steps of two tokens each
+    s0, s1, s2 = t.steps
+    assert [len(x) for x in t.steps] == [2, 2, 2]
+    plain = build_stage_sample(t, 9, cfg(c_thought=1, probe_head_tokens=[[0, 1]]), lm.latent_ids)
+    shifted = build_stage_sample(t, 9, cfg(c_thought=1, probe_head_tokens=[[0, 1]], probe_head_step_shift=[1, -50]),
+                                 lm.latent_ids)
+    assert plain.probe_heads == [[s0[0], s0[1]], [s1[0], s1[1]], [s2[0], s2[1]]]
+    assert shifted.probe_heads == [[s0[1], IGNORE_INDEX], [IGNORE_INDEX, IGNORE_INDEX], [s2[0], s2[1]]]
+
+
 # ------------------------------------------------------------------------------------------- the thought projection
 def test_thought_projection_forward_equals_a_naive_recompute_and_survives_save_and_load(tmp_path):
     """With a thought projection (CODI's MLP + LayerNorm) every thought is proj(last hidden state): the KV-cached

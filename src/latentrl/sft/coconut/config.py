@@ -88,6 +88,15 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
         "step are skipped). For steps whose result has more tokens than there are thoughts, e.g. iCoT's running "
         "sums: [[-8, -7, -6], [-5, -4, -3], [-2, -1]] probes every digit. Weighted by probe_weight.",
     )
+    probe_head_step_shift: list[int] = cfg_field(
+        [],
+        "Per-step shift of the probe_head_tokens indices (our addition; entry i is added to every index for step i, "
+        "missing entries are 0). With the same heads shared by every step, this decides what a head's subspace "
+        "means: e.g. icot_mult's partial-products chain writes step j >= 1 as `+` then its digits shifted to their "
+        "answer columns and step 0 without the `+`, so probe_head_tokens=[[1,2,3],[4,5,6],[7,8]] with "
+        "probe_head_step_shift=[-1] makes head c read answer column c of every product (column-aligned thoughts: "
+        "one attention read over the products can then gather a column).",
+    )
     thought_projection: bool = cfg_field(
         False,
         "Feed each thought back through a learned projection (CODI's: Linear, GELU, Linear, LayerNorm; ours for "

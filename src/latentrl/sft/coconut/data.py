@@ -110,7 +110,9 @@ def build_stage_sample(
             row = [IGNORE_INDEX] * cfg.num_probe_heads
             if i < len(tok.steps) and j < len(cfg.probe_head_tokens):
                 step = tok.steps[i]
+                shift = cfg.probe_head_step_shift[i] if i < len(cfg.probe_head_step_shift) else 0
                 for k, ix in enumerate(cfg.probe_head_tokens[j]):
+                    ix += shift
                     if -len(step) <= ix < len(step):
                         row[offsets[j] + k] = step[ix]
             heads.append(row)
