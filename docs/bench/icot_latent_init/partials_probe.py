@@ -5,7 +5,11 @@ of each latent partial product and for each answer digit, a multinomial logistic
 standardised thought vectors) is fitted on N_FIT generated problems and scored on N_TEST others:
 
 * `own`: product j's digits from its own 3 thoughts (the positions that replaced it in the curriculum);
-* `all`: from every thought at once (what an answer position could read if attention were free).
+* `all`: from every thought at once (what an answer position could read if attention were free);
+* `column`: answer column c's digit of every latent product (p_j digit c - j) from that product's own 3 thoughts,
+  with ONE probe per column shared by the products (fitted on all of them pooled, scored per product): high when
+  the thoughts store each digit in a subspace named by its answer column, so that a single attention read (one
+  value projection over the product groups) can gather a column.
 
 High probe accuracy with the model's answer digit at chance means the information is in the thoughts and the model
 does not read or combine it; low probe accuracy means the thoughts do not hold it. Problems are generated
@@ -96,6 +100,18 @@ def main() -> None:
             own = h[:, j * C_THOUGHT:(j + 1) * C_THOUGHT].flatten(1)
             result["own"][name] = round(probe_accuracy(own[fit], col[fit], own[test], col[test]), 3)
         result["all"][name] = round(probe_accuracy(flat[fit], col[fit], flat[test], col[test]), 3)
+    groups = thoughts // C_THOUGHT
+    own_h = [h[:, j * C_THOUGHT:(j + 1) * C_THOUGHT].flatten(1) for j in range(groups)]
+    result["column"] = {}
+    for c in range(8):
+        members = [j for j in range(groups) if 0 <= c - j <= 4]
+        if len(members) < 2:
+            continue
+        xf = torch.cat([own_h[j][fit] for j in members])
+        yf = torch.cat([y[f"p{j}d{c - j}"][fit] for j in members])
+        for j in members:
+            acc = probe_accuracy(xf, yf, own_h[j][test], y[f"p{j}d{c - j}"][test])
+            result["column"][f"c{c}p{j}"] = round(acc, 3)
     majority = {k: round(float((v[test] == v[fit].mode().values).float().mean()), 3) for k, v in y.items()}
     print(json.dumps({"model": model_dir, "thoughts": thoughts, "n_fit": n_fit, "n_test": n_test,
                       "probe_accuracy": result, "majority_class": majority}))
