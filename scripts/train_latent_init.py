@@ -142,6 +142,17 @@ def recipe_cot_model(recipe: dict) -> str:
     return str(path)
 
 
+def task_knobs(pairs: list[str]) -> dict[str, int | str]:
+    """`--task-knob KEY=VALUE` pairs as data knobs (integers where the value is one)."""
+    knobs: dict[str, int | str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            sys.exit(f"error: --task-knob takes KEY=VALUE, got {pair!r}")
+        knobs[key] = int(value) if value.lstrip("-").isdigit() else value
+    return knobs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("task", choices=sorted(RECIPES))
@@ -152,12 +163,15 @@ def main() -> None:
     ap.add_argument("--split-steps", default=None, metavar="WORD",
                     help="cut every chain step before each inner WORD (e.g. '(' for iCoT: a multiplication step and "
                          "an addition step where there was one); the CoT text is unchanged")
+    ap.add_argument("--task-knob", action="append", default=[], metavar="KEY=VALUE",
+                    help="set a knob of the recipe's synthetic task for the training and gate problems (repeatable; "
+                         "e.g. chain=columns for icot_mult); the held-out evaluation set is unchanged")
     ap.add_argument("overrides", nargs="*", help="CoconutConfig key=value overrides")
     ns = ap.parse_intermixed_args()
     torch.set_num_threads(ns.threads)
     recipe = RECIPES[ns.task]
     task = suite_tasks()[recipe.get("task", ns.task)]
-    data_kwargs = {**task.dataset_kwargs, **recipe.get("dataset_kwargs", {})}
+    data_kwargs = {**task.dataset_kwargs, **recipe.get("dataset_kwargs", {}), **task_knobs(ns.task_knob)}
     cot = ns.cot_model or recipe_cot_model(recipe)
     out = Path(ns.out or REPO / "runs" / "latent_init" / ns.task)
     out.mkdir(parents=True, exist_ok=True)

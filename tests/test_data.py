@@ -116,8 +116,22 @@ def test_icot_mult_partials_chain_keeps_the_partial_products_and_the_answer():
         assert (p.question, p.answer) == (q.question, q.answer)
         values = [int("".join(reversed(s.lstrip("+ ").split()))) for s in p.steps]
         assert sum(values) == int("".join(reversed(p.answer.split())))
-    with pytest.raises(ValueError, match="chain must be one of icot, partials"):
+    with pytest.raises(ValueError, match="chain must be one of icot, partials, columns"):
         make_examples("icot_mult", 1, chain="sums")
+
+
+def test_icot_mult_columns_chain_ends_with_the_answers_column_sums():
+    """chain=columns: the partial products, then `= S_0 ... S_7`, each column's digits added without carries (two
+    digits each, least significant first); the sums carried out give the answer."""
+    ex = icot_mult_example(2365, 4347, chain="columns")
+    assert ex.steps[:4] == icot_mult_example(2365, 4347, chain="partials").steps
+    # 16555, 9460, 7095, 9460 shifted: column sums 5, 5, 5+6+5, 6+4+9+0, 1+9+0+6, 0+7+4, 0+9, 0
+    assert ex.steps[4] == "= 5 0 5 0 6 1 9 1 6 1 1 1 9 0 0 0"
+    assert ex.answer == icot_mult_example(2365, 4347).answer
+    for p in make_examples("icot_mult", 20, seed=4, chain="columns", digits=3, digits_b=5):
+        digits = p.steps[-1].split()[1:]
+        sums = [int(digits[i]) + 10 * int(digits[i + 1]) for i in range(0, len(digits), 2)]
+        assert len(sums) == 8 and sum(v * 10**k for k, v in enumerate(sums)) == int("".join(reversed(p.answer.split())))
 
 # --- loaders on the real files -----------------------------------------------------------------------------------
 

@@ -88,3 +88,12 @@ def test_every_latent_init_recipe_names_a_cot_model_it_can_get(tmp_path, monkeyp
         with pytest.raises(SystemExit, match="latentrl pretrain --config configs/"):
             script.recipe_cot_model(recipe)
         assert list(tmp_path.iterdir()) == []
+
+
+def test_task_knobs_parse_key_value_pairs_and_refuse_anything_else():
+    """`--task-knob chain=columns --task-knob digits=3`: integers where the value is one; a pair without `=` stops
+    the script with a one-line error."""
+    script = _latent_init_script()
+    assert script.task_knobs(["chain=columns", "digits=3"]) == {"chain": "columns", "digits": 3}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        script.task_knobs(["columns"])

@@ -125,14 +125,19 @@ def _little_endian(value: int, width: int) -> str:
     return " ".join(reversed(str(value).zfill(width)))
 
 
-ICOT_CHAINS = ("icot", "partials")
-"""The chains `icot_mult` can write: iCoT's (partial products with running sums), or the partial products alone
-(`+ PP` per multiplier digit, no running sum: steps that do not depend on one another, the answer adds them up)."""
+ICOT_CHAINS = ("icot", "partials", "columns")
+"""The chains `icot_mult` can write: iCoT's (partial products with running sums); the partial products alone
+(`partials`: `+ PP` per multiplier digit, no running sum: steps that do not depend on one another, the answer adds
+them up); or the partial products then the answer's column sums (`columns`: a last step `= S_0 S_1 ...`, S_k the
+digits of column k added without carries, each written as a fixed number of digits, least significant first, so the
+answer is S with the carries done). The column sums are the one place the chain states a sum's size, not only
+its last digit: a digit (a sum mod 10) is uncorrelated with any proper subset of its addends, its tens digit is not."""
 
 
 def icot_mult_example(a: int, b: int, chain: str = "icot") -> Example:
     """The iCoT multiplication example for `a * b`; digit counts are those of `a` and `b`. `chain="partials"`
-    drops the running sums from the steps (the answer is unchanged)."""
+    drops the running sums from the steps; `chain="columns"` drops them and adds the column-sums step (see
+    `ICOT_CHAINS`). The answer is the same in every chain."""
     if a <= 0 or b <= 0:
         raise ValueError(f"icot_mult factors must be positive, got {a} and {b}")
     if chain not in ICOT_CHAINS:
@@ -151,6 +156,12 @@ def icot_mult_example(a: int, b: int, chain: str = "icot") -> Example:
             steps.append(f"+ {text} ( {_little_endian(total, width_a + 1 + i)} )")
         else:
             steps.append(f"+ {text}")
+    if chain == "columns":
+        partials = [a * digit for digit in b_digits]
+        sums = [sum(int(_little_endian(p, width_a + 1).split()[k - j]) for j, p in enumerate(partials)
+                    if 0 <= k - j <= width_a) for k in range(width_a + width_b)]
+        width_s = len(str(9 * width_b))
+        steps.append("= " + " ".join(_little_endian(v, width_s) for v in sums))
     question = f"{_little_endian(a, width_a)} * {_little_endian(b, width_b)}"
     return Example(question, steps, _little_endian(total, width_a + width_b), {"task": "icot_mult", "a": a, "b": b})
 
@@ -287,7 +298,8 @@ TASKS: dict[str, TaskSpec] = {
     "icot_mult": TaskSpec(
         "icot_mult",
         "multi-digit multiplication in iCoT's exact little-endian format; knobs: digits, digits_b, chain (icot: "
-        "iCoT's steps with running sums; partials: the partial products alone)",
+        "iCoT's steps with running sums; partials: the partial products alone; columns: the partial products, then "
+        "the answer's column sums)",
         {"digits": 4, "digits_b": None, "chain": "icot"},
         _check_icot_mult,
         _gen_icot_mult,
