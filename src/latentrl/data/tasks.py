@@ -158,8 +158,8 @@ def icot_mult_example(a: int, b: int, chain: str = "icot") -> Example:
             steps.append(f"+ {text}")
     if chain == "columns":
         partials = [a * digit for digit in b_digits]
-        sums = [sum(int(_little_endian(p, width_a + 1).split()[k - j]) for j, p in enumerate(partials)
-                    if 0 <= k - j <= width_a) for k in range(width_a + width_b)]
+        sums = [sum(p // 10 ** (k - j) % 10 for j, p in enumerate(partials) if 0 <= k - j <= width_a)
+                for k in range(width_a + width_b)]
         width_s = len(str(9 * width_b))
         steps.append("= " + " ".join(_little_endian(v, width_s) for v in sums))
     question = f"{_little_endian(a, width_a)} * {_little_endian(b, width_b)}"
