@@ -3,9 +3,10 @@
 accuracy of each answer digit (least significant first). With THOUGHTS > 0 the model is a Coconut latent init
 (`scripts/train_latent_init.py icot_mult_4x4_partials`): it gets THOUGHTS continuous thoughts and `<|end-latent|>`
 after the question, and "chain exact" scores the partial products it still writes in words (the last
-4 - THOUGHTS / 3 of them).
+4 - THOUGHTS / 3 of them). CHAIN=columns scores a model trained on `chain=columns` the same way, and, when the
+model writes the column-sums step (12 thoughts), the accuracy of each column sum's units and tens digit.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/icot_latent_init/partials_digits.py MODEL_DIR [N [THOUGHTS]]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/icot_latent_init/partials_digits.py MODEL_DIR [N [THOUGHTS [CHAIN]]]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def main() -> None:
     model_dir = sys.argv[1]
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
     thoughts = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    chain_name = sys.argv[4] if len(sys.argv) > 4 else "partials"
     lm = LatentModel.from_pretrained(model_dir)
     evals = suite_tasks()["icot_mult_4x4"].eval_examples(n)
     latent = {}
@@ -32,16 +34,24 @@ def main() -> None:
         latent = {"operator": coconut_operator(lm), "schedule": coconut_schedule(lm, thoughts),
                   "prompt_text": lambda row: coconut_prompt_text(row, start)}
     res = evaluate(lm, evals, max_new_positions=64, num_samples_to_keep=n, batch_size=250, **latent)
-    chain_ok, digit_ok = 0, [0] * 8
+    chain_ok, digit_ok, sums_ok = 0, [0] * 8, [[0, 0] for _ in range(8)]
     for sample, ex in zip(res.samples, evals, strict=True):
-        ref = icot_mult_example(*icot_mult_factors(ex.question), chain="partials")
+        ref = icot_mult_example(*icot_mult_factors(ex.question), chain=chain_name)
         chain, _, answer = sample["completion"].partition("####")
-        chain_ok += chain.split() == " ".join(ref.steps[thoughts // 3:]).split()
+        latent_steps = min(thoughts // 3, 4) + (chain_name == "columns" and thoughts > 12)  # the sums' 2 thoughts
+        chain_ok += chain.split() == " ".join(ref.steps[latent_steps:]).split()
+        if chain_name == "columns" and thoughts == 12:  # the model writes `= u0 t0 u1 t1 ...`
+            got_s, want_s = chain.split()[1:], ref.steps[-1].split()[1:]
+            for i, w in enumerate(want_s):
+                sums_ok[i // 2][i % 2] += i < len(got_s) and got_s[i] == w
         got, want = answer.split(), ref.answer.split()
         for i, w in enumerate(want):
             digit_ok[i] += i < len(got) and got[i] == w
-    print(json.dumps({"model": model_dir, "thoughts": thoughts, "n": res.n, "pass_at_1": res.pass_at_1, "chain_exact": chain_ok / res.n,
-                      "answer_digit_accuracy_lsb_first": [round(d / res.n, 3) for d in digit_ok]}))
+    out = {"model": model_dir, "thoughts": thoughts, "chain": chain_name, "n": res.n, "pass_at_1": res.pass_at_1,
+           "chain_exact": chain_ok / res.n, "answer_digit_accuracy_lsb_first": [round(d / res.n, 3) for d in digit_ok]}
+    if chain_name == "columns" and thoughts == 12:
+        out["column_sum_units_tens_accuracy"] = [[round(u / res.n, 3), round(t / res.n, 3)] for u, t in sums_ok]
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
