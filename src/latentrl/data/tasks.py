@@ -145,9 +145,11 @@ def icot_mult_example(a: int, b: int, chain: str = "icot") -> Example:
     width_a, width_b = len(str(a)), len(str(b))
     b_digits = [int(d) for d in reversed(str(b))]
     steps: list[str] = []
+    partials: list[int] = []  # shifted to their answer columns
     total = 0
     for i, digit in enumerate(b_digits):
         partial = a * digit * 10**i
+        partials.append(partial)
         total += partial
         text = _little_endian(partial, width_a + 1 + i)
         if i == 0:
@@ -157,9 +159,7 @@ def icot_mult_example(a: int, b: int, chain: str = "icot") -> Example:
         else:
             steps.append(f"+ {text}")
     if chain == "columns":
-        partials = [a * digit for digit in b_digits]
-        sums = [sum(p // 10 ** (k - j) % 10 for j, p in enumerate(partials) if 0 <= k - j <= width_a)
-                for k in range(width_a + width_b)]
+        sums = [sum(p // 10**k % 10 for p in partials) for k in range(width_a + width_b)]
         width_s = len(str(9 * width_b))
         steps.append("= " + " ".join(_little_endian(v, width_s) for v in sums))
     question = f"{_little_endian(a, width_a)} * {_little_endian(b, width_b)}"
