@@ -177,9 +177,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(CoconutConfig, None, [*recipe["overrides"], f"output_dir={out}", "disable_tqdm=true",
                                             *ns.overrides])
-    train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed, **data_kwargs)
-    gate = load_examples(task.dataset, split="eval", n=cfg.gate_num_examples, seed=cfg.seed, **data_kwargs)
     evals = task.eval_examples(ns.num_eval or recipe["num_eval"])
+    # a large num_train_examples would draw some held-out questions by chance: the train stream skips them
+    train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed,
+                          exclude=[e.question for e in evals], **data_kwargs)
+    gate = load_examples(task.dataset, split="eval", n=cfg.gate_num_examples, seed=cfg.seed, **data_kwargs)
     if ns.split_steps:
         train, gate, evals = (cut_steps(x, before=ns.split_steps) for x in (train, gate, evals))
     check_disjoint(task, train, evals)

@@ -478,6 +478,13 @@ def test_load_examples_synthetic_splits():
     assert not {ex.question for ex in default_train} & {ex.question for ex in default_eval}
     with pytest.raises(ValueError, match="n_train"):
         load_examples("chain_sum", "train", n_eval=10)
+    # exclude= keeps other held-out questions (a real validation file's) out of the train split, and only there
+    banned = {ex.question for ex in train[:40]}
+    kept = load_examples("chain_sum", "train", exclude=banned, **kw)
+    assert len(kept) == 300 and not banned & {ex.question for ex in kept}
+    assert [ex for ex in train if ex.question not in banned] == kept[: 300 - sum(ex.question in banned for ex in train)]
+    with pytest.raises(ValueError, match="train' split only"):
+        load_examples("chain_sum", "eval", exclude=banned, **kw)
 
 
 def test_load_examples_n_and_seed_work_for_files_too():

@@ -289,7 +289,8 @@ def load_examples(source: PathLikeStr, split: str | None = None, **kw: Any) -> l
     - Task name (`icot_mult`, `chain_sum`, `prosqa_like`): `n=` examples from `seed=` (default 0) with difficulty
       knobs as keywords. The eval split (`split="eval"`, or validation/valid/test) is the first `n_eval=` (or `n=`)
       draws of the seed; the train split (`split="train"`) is `n_train=` (or `n=`) further draws whose questions
-      are not among the first `n_eval` (default 500), so train and eval never share a question.
+      are not among the first `n_eval` (default 500), so train and eval never share a question; `exclude=`
+      (questions, e.g. a real validation file's) keeps those out of the train split too.
     - File: `.txt` iCoT lines, `.json` Coconut list, `.jsonl`/`.parquet`/`.csv` rows with `question_field`,
       `answer_field`, `steps_field` (defaults question/answer/steps). A directory with `split` given is searched
       for `{split}.{txt,json,jsonl,parquet,csv}`, else handed to `datasets.load_dataset`.
@@ -362,8 +363,11 @@ def _load_synthetic(
     n_train: int | None = None,
     n_eval: int | None = None,
     seed: int = 0,
+    exclude: Iterable[str] | None = None,
     **knobs: Any,
 ) -> list[Example]:
+    if exclude is not None and split != "train":
+        raise ValueError(f"load_examples({task!r}): exclude= applies to the 'train' split only, not {split!r}")
     if split is None:
         if n is None:
             raise ValueError(f"load_examples({task!r}) needs n= (number of examples)")
@@ -373,7 +377,7 @@ def _load_synthetic(
         if count is None:
             raise ValueError(f"load_examples({task!r}, 'train') needs n_train= (or n=)")
         n_excluded = DEFAULT_N_EVAL if n_eval is None else n_eval
-        return train_eval_split(task, count, n_excluded, seed, **knobs)[0]
+        return train_eval_split(task, count, n_excluded, seed, exclude=exclude or (), **knobs)[0]
     if split in _EVAL_SPLITS:
         count = n_eval if n_eval is not None else n
         if count is None:
