@@ -4,7 +4,7 @@ accuracy of each answer digit (least significant first). With THOUGHTS > 0 the m
 (`scripts/train_latent_init.py icot_mult_4x4_partials`): it gets THOUGHTS continuous thoughts and `<|end-latent|>`
 after the question, and "chain exact" scores the partial products it still writes in words (the last
 4 - THOUGHTS / 3 of them). CHAIN=columns scores a model trained on `chain=columns` the same way, and, when the
-model writes the column-sums step (12 thoughts), the accuracy of each column sum's units and tens digit.
+model writes the column-sums step (up to 12 thoughts), the accuracy of each column sum's units and tens digit.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/icot_latent_init/partials_digits.py MODEL_DIR [N [THOUGHTS [CHAIN]]]
 """
@@ -40,8 +40,8 @@ def main() -> None:
         chain, _, answer = sample["completion"].partition("####")
         latent_steps = min(thoughts // 3, 4) + (chain_name == "columns" and thoughts > 12)  # the sums' 2 thoughts
         chain_ok += chain.split() == " ".join(ref.steps[latent_steps:]).split()
-        if chain_name == "columns" and thoughts == 12:  # the model writes `= u0 t0 u1 t1 ...`
-            got_s, want_s = chain.split()[1:], ref.steps[-1].split()[1:]
+        if chain_name == "columns" and thoughts <= 12:  # the model writes `... = u0 t0 u1 t1 ...`
+            got_s, want_s = chain.split("=")[-1].split() if "=" in chain else [], ref.steps[-1].split()[1:]
             for i, w in enumerate(want_s):
                 sums_ok[i // 2][i % 2] += i < len(got_s) and got_s[i] == w
         got, want = answer.split(), ref.answer.split()
@@ -49,7 +49,7 @@ def main() -> None:
             digit_ok[i] += i < len(got) and got[i] == w
     out = {"model": model_dir, "thoughts": thoughts, "chain": chain_name, "n": res.n, "pass_at_1": res.pass_at_1,
            "chain_exact": chain_ok / res.n, "answer_digit_accuracy_lsb_first": [round(d / res.n, 3) for d in digit_ok]}
-    if chain_name == "columns" and thoughts == 12:
+    if chain_name == "columns" and thoughts <= 12:
         out["column_sum_units_tens_accuracy"] = [[round(u / res.n, 3), round(t / res.n, 3)] for u, t in sums_ok]
     print(json.dumps(out))
 
