@@ -71,7 +71,9 @@ RECIPES: dict[str, dict] = {
     # (gate_next_steps=4): the answer is where the thoughts must be read (the running sum is added up there).
     # Measured (docs/bench/icot_latent_init, runs Z1, ZZ): stage 1 converges after ~7,300 steps, stages 2-4 climb at
     # the same pace and had not converged at 5,000; the cap leaves room for ~7,000 each (about 3 h on one CPU core,
-    # not yet run end to end; a GPU job)
+    # not yet run end to end; a GPU job). A million training problems, not 20,000: at 8,000 steps a stage 20,000
+    # are seen ~13 times a stage, and a long stage 4 fitted them instead of the rule (runs ZT, ZU: gate loss rising
+    # while the training loss fell; with a million, the two agree). Loading them takes ~5 min on one core.
     "icot_mult_4x4_partials": {
         "task": "icot_mult_4x4",
         "dataset_kwargs": {"chain": "partials"},
@@ -82,7 +84,7 @@ RECIPES: dict[str, dict] = {
         "overrides": [
             "c_thought=3", "max_latent_stage=4", "start_stage=1", "stage_advance=converged", "final_stage=4",
             "gate_metric=next_step_accuracy", "gate_next_steps=4", "gate_threshold=0.8", "gate_patience=2",
-            "gate_eval_steps=64", "gate_num_examples=256", "max_steps_per_stage=8000", "num_train_examples=20000",
+            "gate_eval_steps=64", "gate_num_examples=256", "max_steps_per_stage=8000", "num_train_examples=1000000",
             "per_device_train_batch_size=32", "learning_rate=1e-3", "reset_optimizer=stage", "max_grad_norm=1.0",
             "probe_head_tokens=[[-5,-4],[-3,-2],[-1]]",
             "eval_strategy=no", "eval_batch_size=250", "logging_steps=16", "max_length=256", "seed=0",

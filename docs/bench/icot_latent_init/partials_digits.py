@@ -5,8 +5,10 @@ accuracy of each answer digit (least significant first). With THOUGHTS > 0 the m
 after the question, and "chain exact" scores the partial products it still writes in words (the last
 4 - THOUGHTS / 3 of them). CHAIN=columns scores a model trained on `chain=columns` the same way, and, when the
 model writes the column-sums step (up to 12 thoughts), the accuracy of each column sum's units and tens digit.
+A fifth argument `swap` adds the thought-dependence check (`latentrl.thought_dependence`: Pass@1 with thoughts
+swapped between problems and zeroed) on the same problems.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/icot_latent_init/partials_digits.py MODEL_DIR [N [THOUGHTS [CHAIN]]]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/icot_latent_init/partials_digits.py MODEL_DIR [N [THOUGHTS [CHAIN [swap]]]]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main() -> None:
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
     thoughts = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     chain_name = sys.argv[4] if len(sys.argv) > 4 else "partials"
+    swap = len(sys.argv) > 5 and sys.argv[5] == "swap"
     lm = LatentModel.from_pretrained(model_dir)
     evals = suite_tasks()["icot_mult_4x4"].eval_examples(n)
     latent = {}
@@ -51,6 +54,12 @@ def main() -> None:
            "chain_exact": chain_ok / res.n, "answer_digit_accuracy_lsb_first": [round(d / res.n, 3) for d in digit_ok]}
     if chain_name == "columns" and thoughts <= 12:
         out["column_sum_units_tens_accuracy"] = [[round(u / res.n, 3), round(t / res.n, 3)] for u, t in sums_ok]
+    if swap and thoughts:
+        from latentrl.thought_dependence import thought_dependence
+
+        dep = thought_dependence(lm, evals, max_new_positions=64, batch_size=250, **latent)
+        out["thought_dependence"] = dep.to_dict()
+    out["mean_reasoning_positions"] = res.mean_reasoning_positions
     print(json.dumps(out))
 
 
