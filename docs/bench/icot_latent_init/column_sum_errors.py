@@ -20,15 +20,15 @@ import torch
 
 from latentrl.bench import suite_tasks
 from latentrl.data.tasks import icot_mult_example, icot_mult_factors
-from latentrl.eval import evaluate
 from latentrl.model import LatentModel
-from latentrl.sft.coconut import coconut_operator, coconut_prompt_text, coconut_schedule
+from latentrl.sft.coconut.inference import coconut_generate
 
 
 def fit(x: list[list[float]], y: list[float]) -> tuple[list[float], float, float]:
-    """Least-squares coefficients of y on x, the residual's standard deviation and y's."""
+    """Least-squares coefficients of y on x, the residual's standard deviation and y's. The features of the error
+    fit are collinear (a column sum is its units + 10 x its tens), so the minimum-norm solution (SVD) is taken."""
     xt, yt = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
-    coef = torch.linalg.lstsq(xt, yt[:, None]).solution[:, 0]
+    coef = torch.linalg.lstsq(xt, yt[:, None], driver="gelsd").solution[:, 0]
     return coef.tolist(), float((yt - xt @ coef).std()), float(yt.std())
 
 
@@ -38,15 +38,12 @@ def main() -> None:
     columns = [int(k) for k in sys.argv[3:]] or [3]
     lm = LatentModel.from_pretrained(model_dir)
     evals = suite_tasks()["icot_mult_4x4"].eval_examples(n)
-    start = lm.latent_tokens.start
-    res = evaluate(lm, evals, max_new_positions=64, num_samples_to_keep=n, batch_size=250,
-                   operator=coconut_operator(lm), schedule=coconut_schedule(lm, 12),
-                   prompt_text=lambda row: coconut_prompt_text(row, start))
+    completions = coconut_generate(lm, evals, 12, max_new_positions=64, batch_size=250)  # greedy
     names = ([f"units(S_{k})" for k in range(8)] + [f"tens(S_{k})" for k in range(8)]
              + [f"carry_into_{k}" for k in range(8)] + [f"a{i}" for i in range(4)] + [f"b{i}" for i in range(4)])
     for col in columns:
         x_add, y_val, x_err, y_err = [], [], [], []
-        for sample, ex in zip(res.samples, evals, strict=True):
+        for completion, ex in zip(completions, evals, strict=True):
             a, b = icot_mult_factors(ex.question)
             ref = icot_mult_example(a, b, chain="columns")
             products = [[int(d) for d in step.split() if d != "+"] for step in ref.steps[:4]]
@@ -55,7 +52,7 @@ def main() -> None:
             carries = [0]
             for k in range(7):
                 carries.append((sums[k] + carries[-1]) // 10)
-            written = sample["completion"].partition("####")[0].split()[1:]  # `= u0 t0 u1 t1 ...`
+            written = completion.partition("####")[0].split()[1:]  # `= u0 t0 u1 t1 ...`
             try:
                 value = int(written[2 * col]) + 10 * int(written[2 * col + 1])
             except (IndexError, ValueError):
