@@ -8,6 +8,9 @@ written as two digits:
    carries of the true product, and the factors' digits. Coefficients above 0.08 in size are printed; the
    residual's spread against the error's says how much of the error these features explain.
 
+It also prints the histogram of the error (written - true): a model that misreads one addend errs by at most 9, one
+that only knows the sum's size spreads its errors evenly around 0.
+
     OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/icot_latent_init/column_sum_errors.py MODEL_DIR [N [K ...]]
 """
 
@@ -67,6 +70,7 @@ def main() -> None:
         print(json.dumps({
             "model": model_dir, "column": col, "n_written": len(y_val),
             "exact": round(sum(e == 0 for e in y_err) / len(y_err), 3),
+            "error_histogram": {e: y_err.count(e) for e in sorted(set(y_err))},
             "value_on_addends": {"coef_p0_p1_p2_p3": [round(c, 3) for c in coef[:4]], "const": round(coef[4], 3),
                                  "residual_std": round(resid, 2), "value_std": round(spread, 2)},
             "error_on_features": {"large_coefs": {nm: round(c, 2) for nm, c in zip(names, err_coef) if abs(c) > 0.08},
