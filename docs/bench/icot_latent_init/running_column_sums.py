@@ -5,7 +5,7 @@ and scored on others. High accuracy at the last group means the sum S_c is alrea
 the sums step only has to copy it; accuracy near the majority class means the sums step must add the addends
 itself. Problems are `load_examples("icot_mult", "eval", seed=7)`, unused by training.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/icot_latent_init/running_column_sums.py MODEL_DIR [N_FIT [N_TEST [C ...]]]
+    OMP_NUM_THREADS=1 PYTHONPATH=src:docs/bench/icot_latent_init python docs/bench/icot_latent_init/running_column_sums.py MODEL_DIR [N_FIT [N_TEST [C ...]]]
 """
 
 from __future__ import annotations
