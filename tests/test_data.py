@@ -116,7 +116,7 @@ def test_icot_mult_partials_chain_keeps_the_partial_products_and_the_answer():
         assert (p.question, p.answer) == (q.question, q.answer)
         values = [int("".join(reversed(s.lstrip("+ ").split()))) for s in p.steps]
         assert sum(values) == int("".join(reversed(p.answer.split())))
-    with pytest.raises(ValueError, match="chain must be one of icot, partials, columns"):
+    with pytest.raises(ValueError, match="chain must be one of icot, partials, columns, columns_tens_first"):
         make_examples("icot_mult", 1, chain="sums")
 
 
@@ -132,6 +132,18 @@ def test_icot_mult_columns_chain_ends_with_the_answers_column_sums():
         digits = p.steps[-1].split()[1:]
         sums = [int(digits[i]) + 10 * int(digits[i + 1]) for i in range(0, len(digits), 2)]
         assert len(sums) == 8 and sum(v * 10**k for k, v in enumerate(sums)) == int("".join(reversed(p.answer.split())))
+
+
+def test_icot_mult_columns_tens_first_writes_each_sum_most_significant_digit_first():
+    """chain=columns_tens_first: the same sums as chain=columns, each written tens digit first."""
+    ex = icot_mult_example(2365, 4347, chain="columns_tens_first")
+    assert ex.steps[:4] == icot_mult_example(2365, 4347, chain="partials").steps
+    assert ex.steps[4] == "= 0 5 0 5 1 6 1 9 1 6 1 1 0 9 0 0"
+    assert ex.answer == icot_mult_example(2365, 4347).answer
+    for p, q in zip(make_examples("icot_mult", 20, seed=4, chain="columns_tens_first"),
+                    make_examples("icot_mult", 20, seed=4, chain="columns"), strict=True):
+        tf, lsb = p.steps[-1].split()[1:], q.steps[-1].split()[1:]
+        assert tf == [d for i in range(0, len(lsb), 2) for d in (lsb[i + 1], lsb[i])]
 
 # --- loaders on the real files -----------------------------------------------------------------------------------
 

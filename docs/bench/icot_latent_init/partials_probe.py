@@ -61,12 +61,12 @@ def targets(examples) -> dict[str, torch.Tensor]:
 
 
 def probe_accuracy(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                   steps: int = 300, weight_decay: float = 1e-3) -> float:
-    """Held-out accuracy of a 10-way logistic probe (full-batch L-BFGS on standardised features)."""
+                   steps: int = 300, weight_decay: float = 1e-3, classes: int = 10) -> float:
+    """Held-out accuracy of a logistic probe over `classes` classes (full-batch L-BFGS on standardised features)."""
     mu, sd = x_fit.mean(0), x_fit.std(0).clamp_min(1e-6)
     xf, xt = (x_fit - mu) / sd, (x_test - mu) / sd
     torch.manual_seed(0)
-    lin = torch.nn.Linear(xf.shape[1], 10)
+    lin = torch.nn.Linear(xf.shape[1], classes)
     opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():

@@ -14,33 +14,13 @@ import json
 import sys
 
 import torch
+from partials_probe import probe_accuracy, thoughts_of  # same folder
 
 from latentrl.data import load_examples
 from latentrl.data.tasks import icot_mult_example, icot_mult_factors
 from latentrl.model import LatentModel
-from partials_probe import thoughts_of  # same folder
 
 GROUP = 3  # thoughts per partial product
-
-
-def probe_accuracy(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                   classes: int, steps: int = 300, weight_decay: float = 1e-3) -> float:
-    """Held-out accuracy of a logistic probe with `classes` classes (L-BFGS on standardised features)."""
-    mu, sd = x_fit.mean(0), x_fit.std(0).clamp_min(1e-6)
-    xf, xt = (x_fit - mu) / sd, (x_test - mu) / sd
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(xf.shape[1], classes)
-    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(lin(xf), y_fit) + weight_decay * lin.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return float((lin(xt).argmax(-1) == y_test).float().mean())
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import json
 import sys
 
 import torch
+from partials_probe import probe_accuracy  # same folder
 
 from latentrl.data import load_examples
 from latentrl.data.tasks import icot_mult_example, icot_mult_factors
@@ -23,7 +24,6 @@ from latentrl.model import LatentModel
 from latentrl.sft.coconut import CoconutConfig
 from latentrl.sft.coconut.data import build_stage_sample, tokenize_example
 from latentrl.sft.coconut.forward import _insert_thoughts, _thought_passes, collate_coconut
-from running_column_sums import probe_accuracy  # same folder
 
 GROUP, PRODUCTS = 3, 4
 

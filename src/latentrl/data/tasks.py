@@ -125,13 +125,15 @@ def _little_endian(value: int, width: int) -> str:
     return " ".join(reversed(str(value).zfill(width)))
 
 
-ICOT_CHAINS = ("icot", "partials", "columns")
+ICOT_CHAINS = ("icot", "partials", "columns", "columns_tens_first")
 """The chains `icot_mult` can write: iCoT's (partial products with running sums); the partial products alone
 (`partials`: `+ PP` per multiplier digit, no running sum: steps that do not depend on one another, the answer adds
 them up); or the partial products then the answer's column sums (`columns`: a last step `= S_0 S_1 ...`, S_k the
 digits of column k added without carries, each written as a fixed number of digits, least significant first, so the
 answer is S with the carries done). The column sums are the one place the chain states a sum's size, not only
-its last digit: a digit (a sum mod 10) is uncorrelated with any proper subset of its addends, its tens digit is not."""
+its last digit: a digit (a sum mod 10) is uncorrelated with any proper subset of its addends, its tens digit is not.
+`columns_tens_first` writes each column sum's digits most significant first, so the digit that every addend moves
+(the size) comes before the one that only all of them together decide (docs/bench/icot_latent_init, "Why S_3")."""
 
 
 def icot_mult_example(a: int, b: int, chain: str = "icot") -> Example:
@@ -158,10 +160,11 @@ def icot_mult_example(a: int, b: int, chain: str = "icot") -> Example:
             steps.append(f"+ {text} ( {_little_endian(total, width_a + 1 + i)} )")
         else:
             steps.append(f"+ {text}")
-    if chain == "columns":
+    if chain in ("columns", "columns_tens_first"):
         sums = [sum(p // 10**k % 10 for p in partials) for k in range(width_a + width_b)]
         width_s = len(str(9 * width_b))
-        steps.append("= " + " ".join(_little_endian(v, width_s) for v in sums))
+        write = _little_endian if chain == "columns" else lambda v, w: " ".join(str(v).zfill(w))
+        steps.append("= " + " ".join(write(v, width_s) for v in sums))
     question = f"{_little_endian(a, width_a)} * {_little_endian(b, width_b)}"
     return Example(question, steps, _little_endian(total, width_a + width_b), {"task": "icot_mult", "a": a, "b": b})
 
@@ -299,7 +302,7 @@ TASKS: dict[str, TaskSpec] = {
         "icot_mult",
         "multi-digit multiplication in iCoT's exact little-endian format; knobs: digits, digits_b, chain (icot: "
         "iCoT's steps with running sums; partials: the partial products alone; columns: the partial products, then "
-        "the answer's column sums)",
+        "the answer's column sums; columns_tens_first: the same with each sum's tens digit first)",
         {"digits": 4, "digits_b": None, "chain": "icot"},
         _check_icot_mult,
         _gen_icot_mult,
