@@ -69,13 +69,17 @@ def test_cli_latent_flag_refuses_another_method(tmp_path, capsys):
 
 
 def test_the_default_demo_runs_both_parts_into_one_folder(tmp_path):
-    """`latentrl demo` without flags: the latent part (chain_sum) and the RL part (iCoT 4x4) in sub-folders, one
-    summary; a second run into the same folder is refused before anything runs."""
+    """`latentrl demo` without flags: the latent parts (chain_sum, iCoT 4x4) and the RL part (iCoT 4x4) in
+    sub-folders, one summary; a second run into the same folder is refused before anything runs."""
     from latentrl.demo import FULL_DEMO_PARTS, run_full_demo
 
     out = tmp_path / "run"
     summary = run_full_demo(steps=1, num_eval=3, out_dir=str(out), overrides=TINY)
     assert [r["n_eval"] for r in summary["latent"]["rows"]] == [3, 3, 3]
+    icot = summary["latent_icot"]
+    assert icot["task"] == "icot_mult_4x4" and [r["n_eval"] for r in icot["rows"]] == [3, 3, 3]
+    assert "icot_mult_4x4-coconut" in icot["rows"][1]["method"]
+    assert [r["mean_reasoning_positions"] for r in icot["rows"][1:]] == [15, 15]  # 14 thoughts + <|end-latent|>
     assert summary["icot_grpo"]["before"]["n"] == summary["icot_grpo"]["after"]["n"] == 3
     for part in FULL_DEMO_PARTS:
         assert (out / part / "demo_results.json").is_file() and (out / part / "curves.png").is_file()
@@ -88,7 +92,7 @@ def test_the_default_demo_runs_both_parts_into_one_folder(tmp_path):
 
 
 @pytest.mark.parametrize("argv, runs", [([], "full"), (["--latent"], "latent"), (["--method", "hrpo"], "rl"),
-                                        (["--model", "m"], "rl")])
+                                        (["--model", "m"], "rl"), (["--latent", "--task", "icot_mult_4x4"], "latent")])
 def test_cli_demo_flags_choose_the_parts(argv, runs, monkeypatch):
     import latentrl.demo as demo
 
@@ -98,5 +102,7 @@ def test_cli_demo_flags_choose_the_parts(argv, runs, monkeypatch):
     monkeypatch.setattr(demo, "run_demo", lambda **kw: called.append(("rl", kw)))
     assert main(["demo", *argv]) == 0
     assert [c[0] for c in called] == [runs]
+    if runs == "latent":
+        assert called[0][1]["task_name"] == ("icot_mult_4x4" if "--task" in argv else "chain_sum")
     if runs == "rl":
         assert called[0][1]["method"] == ("hrpo" if "--method" in argv else "grpo")

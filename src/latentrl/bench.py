@@ -88,11 +88,18 @@ def suite_tasks() -> dict[str, SuiteTask]:
 
     chain_steps = 7  # 8 operands -> 7 `<< x + y = z >>` steps, one Coconut stage / thought each
     coconut_chain = [f"latent.num_latent_steps={chain_steps}", f"latent.max_latent_steps={chain_steps}"]
+    icot_thoughts = 14  # icot_mult_4x4-coconut: 4 partial products x 3 thoughts + the column sums as 2
+    icot_chain = [f"latent.num_latent_steps={icot_thoughts}", f"latent.max_latent_steps={icot_thoughts}"]
     return {
         "icot_mult_4x4": SuiteTask(
             name="icot_mult_4x4", dataset="icot_mult", eval_source=str(real_data_file("icot_mult_4x4/valid.txt")),
             cot_model="icot_mult_4x4-cot", nocot_model="icot_mult_4x4-nocot", max_completion_length=64,
             dataset_kwargs={"digits": 4},
+            method_overrides={"coconut_grpo": icot_chain, "latent_rl": icot_chain,
+                              "dlr": [f"dlr.num_latent_steps={icot_thoughts}"]},
+            # the gated Coconut init on the column-sums chain (78.8 % of the real valid file at 14 thoughts,
+            # docs/bench/icot_latent_init), used when shipped
+            shipped_inits={"coconut_sft": "icot_mult_4x4-coconut"},
         ),
         # CoT = 7 steps of 7 tokens (49 reasoning positions) + `#### d` + eos; 60 as in the pretraining evaluation
         "chain_sum": SuiteTask(

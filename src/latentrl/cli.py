@@ -327,7 +327,7 @@ def _add_inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. latent.num_latent_steps=8)")
 
 
-@command("demo", "the embedded default (about a minute on CPU): CoT vs latent reasoning on chain_sum, then RL on the "
+@command("demo", "the embedded default (a few minutes on CPU): CoT vs latent reasoning on chain_sum and iCoT 4x4, then RL on the "
                  "shipped iCoT model; tables and curves. --latent: the first part alone; --method NAME: the second "
                  "alone, with NAME")
 def cmd_demo(ns: argparse.Namespace) -> int:
@@ -349,7 +349,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
                               f"{ns.method} is for the default demo")
         run_latent_demo(steps=ns.steps if ns.steps is not None else 40,
                         num_eval=ns.num_eval if ns.num_eval is not None else 500, out_dir=ns.out, seed=ns.seed,
-                        overrides=ns.overrides, model=ns.model)
+                        overrides=ns.overrides, model=ns.model, task_name=ns.task)
         return 0
     run_demo(method=ns.method or "grpo", steps=ns.steps if ns.steps is not None else 40,
              num_eval=ns.num_eval if ns.num_eval is not None else 200, out_dir=ns.out, seed=ns.seed,
@@ -359,15 +359,18 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 def _add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latent", action="store_true",
-                   help="only the latent-reasoning part: on held-out chain_sum problems, the shipped CoT model, the "
-                        "shipped latent init chain_sum-coconut and coconut_grpo after --steps RL steps from it "
-                        "(Pass@1 ± SE, reasoning positions, thought-swap drop; under a minute on one CPU thread)")
+                   help="only the latent-reasoning part on one task (--task): on its held-out problems, the shipped "
+                        "CoT model, the shipped latent init (chain_sum-coconut, icot_mult_4x4-coconut) and "
+                        "coconut_grpo after --steps RL steps from it (Pass@1 ± SE, reasoning positions, thought-swap "
+                        "drop; under a minute on one CPU thread)")
+    p.add_argument("--task", default="chain_sum", choices=["chain_sum", "icot_mult_4x4"],
+                   help="with --latent: the suite task (default chain_sum; icot_mult_4x4: the real valid file)")
     p.add_argument("--method", default=None,
                    help="only the RL part, with this registered method, on the shipped iCoT 4x4 model")
     p.add_argument("--steps", type=int, default=None, help="RL optimizer steps (default: 40)")
     p.add_argument("--num-eval", type=int, default=None,
                    help="evaluation problems: the first N of the real iCoT 4x4 file (default 200) and the first N "
-                        "held-out chain_sum problems (default 500)")
+                        "problems of each latent part (default 500)")
     p.add_argument("--out", default=None, help="run folder (default: runs/demo-<time>, runs/demo-<method>-<time>, "
                                                "runs/demo-latent-<time>)")
     p.add_argument("--seed", type=int, default=0)

@@ -1,10 +1,11 @@
 """`latentrl demo`: the embedded default, end to end on CPU in about a minute (`run_full_demo`), in two parts,
 each with its table and plots in its own sub-folder of the run folder, then one summary table:
 
-1. latent reasoning (`run_latent_demo`, also `latentrl demo --latent` alone): on the same held-out chain_sum
-   problems, the shipped CoT model, the shipped latent init `chain_sum-coconut` (every step of the chain a Coconut
-   thought) and that init after a short coconut_grpo run, each with Pass@1 ± its standard error, mean reasoning
-   positions and, for the latent rows, the thought-swap drop (`latentrl.thought_dependence`);
+1. latent reasoning (`run_latent_demo`, also `latentrl demo --latent [--task T]` alone), once per task with a shipped
+   latent init (chain_sum: `chain_sum-coconut`, every step of the chain a Coconut thought; iCoT 4×4:
+   `icot_mult_4x4-coconut`, 14 thoughts, on the real validation file): on the same problems, the shipped CoT model,
+   the shipped latent init and that init after a short coconut_grpo run, each with Pass@1 ± its standard error,
+   mean reasoning positions and, for the latent rows, the thought-swap drop (`latentrl.thought_dependence`);
 2. RL on a real validation file (`run_demo`, also `latentrl demo --method NAME` alone): the shipped CoT-SFT
    checkpoint evaluated on the real iCoT 4×4 validation file, RL-trained with a method preset, evaluated again.
 """
@@ -17,14 +18,15 @@ from pathlib import Path
 from latentrl.config import ConfigError, GRPOConfig, load_config
 
 #: the sub-folders of the full demo's run folder
-FULL_DEMO_PARTS = ("latent", "icot-grpo")
+FULL_DEMO_PARTS = ("latent", "latent-icot", "icot-grpo")
 
 
 def run_full_demo(steps: int = 40, num_eval: int | None = None, out_dir: str | None = None, seed: int = 0,
                   overrides: list[str] = ()) -> dict:
-    """Both demos into one run folder (`latent/`, `icot-grpo/`), then a summary table of every row: what latent
-    reasoning buys (chain_sum: the same accuracy from a chain ~6x shorter, thoughts that matter) next to what RL
-    does to the CoT model on the real iCoT file. `num_eval`: problems per part (default: each part's own)."""
+    """Both demos into one run folder (`latent/` chain_sum, `latent-icot/` iCoT 4×4, `icot-grpo/`), then a summary
+    table of every row: what latent reasoning buys (the same or better accuracy from a chain 3-6x shorter, thoughts
+    that matter) next to what RL does to the CoT model on the real iCoT file. `num_eval`: problems per part
+    (default: each part's own)."""
     from rich.table import Table
 
     from latentrl.bench import percent_se
@@ -35,9 +37,10 @@ def run_full_demo(steps: int = 40, num_eval: int | None = None, out_dir: str | N
     taken = [run_dir / part for part in FULL_DEMO_PARTS if (run_dir / part).exists()]
     if taken and not any(o.replace(" ", "") == "overwrite_output_dir=true" for o in overrides):
         raise ConfigError(f"{taken[0]} holds an earlier demo: choose another --out (or overwrite_output_dir=true)")
-    latent = run_latent_demo(steps=steps, num_eval=num_eval or 500, out_dir=str(run_dir / FULL_DEMO_PARTS[0]),
-                             seed=seed, overrides=overrides)
-    rl = run_demo(method="grpo", steps=steps, num_eval=num_eval or 200, out_dir=str(run_dir / FULL_DEMO_PARTS[1]),
+    latents = [run_latent_demo(steps=steps, num_eval=num_eval or 500, out_dir=str(run_dir / part), seed=seed,
+                               overrides=overrides, task_name=task_name)
+               for part, task_name in zip(FULL_DEMO_PARTS[:2], LATENT_DEMO_TASKS, strict=True)]
+    rl = run_demo(method="grpo", steps=steps, num_eval=num_eval or 200, out_dir=str(run_dir / FULL_DEMO_PARTS[2]),
                   seed=seed, overrides=overrides)
     wall = time.perf_counter() - t0
 
@@ -45,20 +48,22 @@ def run_full_demo(steps: int = 40, num_eval: int | None = None, out_dir: str | N
     table = Table(title="latentrl demo: every row (% ± one standard error)")
     for col in ("task", "model", "n", "Pass@1", "positions", "swap drop"):
         table.add_column(col, justify="right")
-    for label, r in zip(("CoT SFT", "latent init", f"coconut_grpo {steps} st."), latent["rows"]):
-        dep = r["thought_dependence"]
-        table.add_row(latent["task"], label, str(r["n_eval"]), percent_se(r["pass_at_1"], r["n_eval"]),
-                      f"{r['mean_reasoning_positions']:.1f}",
-                      f"{100 * dep['drop_swap']:.1f} ± {100 * dep['drop_swap_se']:.1f}" if dep else "—")
+    for latent in latents:
+        for label, r in zip(("CoT SFT", "latent init", f"coconut_grpo {steps} st."), latent["rows"]):
+            dep = r["thought_dependence"]
+            table.add_row(latent["task_label"], label, str(r["n_eval"]), percent_se(r["pass_at_1"], r["n_eval"]),
+                          f"{r['mean_reasoning_positions']:.1f}",
+                          f"{100 * dep['drop_swap']:.1f} ± {100 * dep['drop_swap_se']:.1f}" if dep else "—")
     for label, r in (("CoT SFT", rl["before"]), (f"grpo {steps} st.", rl["after"])):
         table.add_row("icot 4x4 (real valid)", label, str(r["n"]), percent_se(r["pass_at_1"], r["n"]),
                       f"{r['mean_reasoning_positions']:.1f}", "—")
     console.print(table)
     console.print(f"positions = reasoning positions before the answer; swap drop = Pass@1 points lost when each "
-                  f"problem's thoughts are replaced by another problem's\nparts: {run_dir / FULL_DEMO_PARTS[0]} "
-                  f"(latent reasoning), {run_dir / FULL_DEMO_PARTS[1]} (RL on the real iCoT 4x4 file); wall time "
-                  f"{wall:.0f} s")
-    summary = {"latent": latent, "icot_grpo": rl, "wall_s": wall, "run_dir": str(run_dir)}
+                  f"problem's thoughts are replaced by another problem's\nparts: {run_dir / FULL_DEMO_PARTS[0]}, "
+                  f"{run_dir / FULL_DEMO_PARTS[1]} (latent reasoning), {run_dir / FULL_DEMO_PARTS[2]} (RL on the "
+                  f"real iCoT 4x4 file); wall time {wall:.0f} s")
+    summary = {"latent": latents[0], "latent_icot": latents[1], "icot_grpo": rl, "wall_s": wall,
+               "run_dir": str(run_dir)}
     atomic_write_json(run_dir / "demo_results.json", summary)
     return summary
 
@@ -122,15 +127,18 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
     return summary
 
 
-#: the latent demo's RL method, the suite task it runs on and that task's shipped latent init (`SuiteTask.shipped_inits`)
+#: the latent demo's RL method and the suite tasks it runs on (each from its shipped latent init,
+#: `SuiteTask.shipped_inits`); the first is `latentrl demo --latent`'s default
 LATENT_DEMO_METHOD = "coconut_grpo"
-LATENT_DEMO_TASK = "chain_sum"
+LATENT_DEMO_TASKS = ("chain_sum", "icot_mult_4x4")
+LATENT_DEMO_TASK_LABELS = {"chain_sum": "chain_sum (held out)", "icot_mult_4x4": "icot 4x4 (real valid)"}
 
 
 def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = None, seed: int = 0, k: int = 4,
-                    overrides: list[str] = (), model: str | None = None) -> dict:
-    """CoT vs latent reasoning on the same held-out chain_sum problems: the shipped CoT model, the shipped latent
-    init, and coconut_grpo after `steps` RL steps from that init (the bench's preset and task overrides).
+                    overrides: list[str] = (), model: str | None = None, task_name: str = LATENT_DEMO_TASKS[0]) -> dict:
+    """CoT vs latent reasoning on the same held-out problems of suite task `task_name`: the shipped CoT model, the
+    shipped latent init, and coconut_grpo after `steps` RL steps from that init (the bench's preset and task
+    overrides).
 
     Every row: greedy Pass@1 with its binomial standard error over `num_eval` problems, Pass@k sampled at the RL
     preset's temperature (the same for every row), mean reasoning positions (latent + token positions before `####`);
@@ -153,13 +161,16 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
     t_start = time.perf_counter()
     console = _wide_console()
     method = get_method(LATENT_DEMO_METHOD)
-    task = suite_tasks()[LATENT_DEMO_TASK]
+    tasks = suite_tasks()
+    if task_name not in tasks:
+        raise ConfigError(f"unknown suite task {task_name!r} for the latent demo; known: {', '.join(tasks)}")
+    task = tasks[task_name]
     run_dir = Path(out_dir or f"runs/demo-latent-{time.strftime('%Y%m%d-%H%M%S')}")
     shipped = task.shipped_inits.get(method.init)
     if model is None and (shipped is None or shipped not in available_models()):
         raise FileNotFoundError(f"{task.name} has no shipped {method.init} checkpoint (shipped_inits "
                                 f"{task.shipped_inits}); the latent demo starts from the shipped latent init "
-                                "(`python scripts/train_latent_init.py chain_sum` trains it) or from --model")
+                                f"(`python scripts/train_latent_init.py` trains one) or from --model")
     init = Path(resolve_model(model)) if model else model_path(shipped)
     cfg = load_config(GRPOConfig, preset_path(LATENT_DEMO_METHOD), [
         f"model_name_or_path={init}", f"output_dir={run_dir}", f"max_steps={steps}", f"seed={seed}",
@@ -234,7 +245,7 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
     plot_accuracy_vs_length(rows, acc_png)
     console.print(f"curves: {png}\naccuracy vs reasoning positions: {acc_png}\n"
                   f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}\nwall time: {wall:.0f} s")
-    summary = {"mode": "latent", "task": task.name, "method": LATENT_DEMO_METHOD, "steps": steps, "seed": seed,
+    summary = {"mode": "latent", "task": task.name, "task_label": LATENT_DEMO_TASK_LABELS.get(task.name, task.name), "method": LATENT_DEMO_METHOD, "steps": steps, "seed": seed,
                "k": k, "pass_at_k_temperature": T, "init": str(init), "cot_model": str(cot),
                "rows": [{kk: v for kk, v in r.items() if kk != "samples"} for r in rows], "paired_pass_at_1": paired,
                "samples": {r["method"]: r["samples"][:3] for r in rows},
