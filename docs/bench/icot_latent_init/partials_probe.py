@@ -80,16 +80,21 @@ def probe_accuracy(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tenso
         return float((lin(xt).argmax(-1) == y_test).float().mean())
 
 
+def probe_data(model_dir: str, thoughts: int, n_fit: int, n_test: int):
+    """The generated probe problems (seed 7, unused by training), their thoughts (N, THOUGHTS, H) from the model's
+    greedy rollout, and the fit / test slices."""
+    torch.set_num_threads(1)
+    model = LatentModel.from_pretrained(model_dir)
+    examples = load_examples("icot_mult", "eval", n=n_fit + n_test, seed=7, digits=4, chain="partials")
+    return examples, thoughts_of(model, examples, thoughts), slice(0, n_fit), slice(n_fit, n_fit + n_test)
+
+
 def main() -> None:
     model_dir, thoughts = sys.argv[1], int(sys.argv[2])
     n_fit = int(sys.argv[3]) if len(sys.argv) > 3 else 4000
     n_test = int(sys.argv[4]) if len(sys.argv) > 4 else 1000
-    torch.set_num_threads(1)
-    model = LatentModel.from_pretrained(model_dir)
-    examples = load_examples("icot_mult", "eval", n=n_fit + n_test, seed=7, digits=4, chain="partials")
-    h = thoughts_of(model, examples, thoughts)
+    examples, h, fit, test = probe_data(model_dir, thoughts, n_fit, n_test)
     y = targets(examples)
-    fit, test = slice(0, n_fit), slice(n_fit, n_fit + n_test)
     flat = h.flatten(1)
     result: dict[str, dict[str, float]] = {"own": {}, "all": {}}
     for name, col in y.items():

@@ -18,11 +18,9 @@ import json
 import sys
 
 import torch
-from partials_probe import probe_accuracy, thoughts_of
+from partials_probe import probe_accuracy, probe_data
 
-from latentrl.data import load_examples
 from latentrl.data.tasks import icot_mult_factors
-from latentrl.model import LatentModel
 
 THOUGHTS = 14
 
@@ -42,12 +40,8 @@ def main() -> None:
     model_dir = sys.argv[1]
     n_fit = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
     n_test = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
-    torch.set_num_threads(1)
-    model = LatentModel.from_pretrained(model_dir)
-    examples = load_examples("icot_mult", "eval", n=n_fit + n_test, seed=7, digits=4, chain="partials")
-    h = thoughts_of(model, examples, THOUGHTS)
+    examples, h, fit, test = probe_data(model_dir, THOUGHTS, n_fit, n_test)
     sums = column_sums(examples)
-    fit, test = slice(0, n_fit), slice(n_fit, n_fit + n_test)
     features = {"t13": h[:, 13], "t12_13": h[:, 12:14].flatten(1), "all": h.flatten(1)}
     result: dict[str, float] = {}
     majority: dict[str, float] = {}
