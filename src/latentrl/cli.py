@@ -327,9 +327,9 @@ def _add_inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. latent.num_latent_steps=8)")
 
 
-@command("demo", "the embedded default (a few minutes on CPU): CoT vs latent reasoning on chain_sum and iCoT 4x4, then RL on the "
-                 "shipped iCoT model; tables and curves. --latent: the first part alone; --method NAME: the second "
-                 "alone, with NAME")
+@command("demo", "the embedded default (about a minute on CPU): CoT vs latent reasoning on chain_sum and iCoT 4x4, "
+                 "then RL on the shipped iCoT model; tables and curves. --latent [--task T]: one latent part alone; "
+                 "--method NAME: the RL part alone, with NAME")
 def cmd_demo(ns: argparse.Namespace) -> int:
     from latentrl.demo import run_demo
 
@@ -363,7 +363,9 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
                         "CoT model, the shipped latent init (chain_sum-coconut, icot_mult_4x4-coconut) and "
                         "coconut_grpo after --steps RL steps from it (Pass@1 ± SE, reasoning positions, thought-swap "
                         "drop; under a minute on one CPU thread)")
-    p.add_argument("--task", default="chain_sum", choices=["chain_sum", "icot_mult_4x4"],
+    from latentrl.demo import LATENT_DEMO_TASKS
+
+    p.add_argument("--task", default=LATENT_DEMO_TASKS[0], choices=LATENT_DEMO_TASKS,
                    help="with --latent: the suite task (default chain_sum; icot_mult_4x4: the real valid file)")
     p.add_argument("--method", default=None,
                    help="only the RL part, with this registered method, on the shipped iCoT 4x4 model")

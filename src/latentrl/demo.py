@@ -1,5 +1,5 @@
-"""`latentrl demo`: the embedded default, end to end on CPU in about a minute (`run_full_demo`), in two parts,
-each with its table and plots in its own sub-folder of the run folder, then one summary table:
+"""`latentrl demo`: the embedded default, end to end on CPU in about a minute (`run_full_demo`), in three parts
+(two latent, one RL), each with its table and plots in its own sub-folder of the run folder, then one summary table:
 
 1. latent reasoning (`run_latent_demo`, also `latentrl demo --latent [--task T]` alone), once per task with a shipped
    latent init (chain_sum: `chain_sum-coconut`, every step of the chain a Coconut thought; iCoT 4×4:
@@ -170,7 +170,7 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
     if model is None and (shipped is None or shipped not in available_models()):
         raise FileNotFoundError(f"{task.name} has no shipped {method.init} checkpoint (shipped_inits "
                                 f"{task.shipped_inits}); the latent demo starts from the shipped latent init "
-                                f"(`python scripts/train_latent_init.py` trains one) or from --model")
+                                "(`python scripts/train_latent_init.py` trains one) or from --model")
     init = Path(resolve_model(model)) if model else model_path(shipped)
     cfg = load_config(GRPOConfig, preset_path(LATENT_DEMO_METHOD), [
         f"model_name_or_path={init}", f"output_dir={run_dir}", f"max_steps={steps}", f"seed={seed}",
@@ -245,8 +245,8 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
     plot_accuracy_vs_length(rows, acc_png)
     console.print(f"curves: {png}\naccuracy vs reasoning positions: {acc_png}\n"
                   f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}\nwall time: {wall:.0f} s")
-    summary = {"mode": "latent", "task": task.name, "task_label": LATENT_DEMO_TASK_LABELS.get(task.name, task.name), "method": LATENT_DEMO_METHOD, "steps": steps, "seed": seed,
-               "k": k, "pass_at_k_temperature": T, "init": str(init), "cot_model": str(cot),
+    summary = {"mode": "latent", "task": task.name, "task_label": LATENT_DEMO_TASK_LABELS.get(task.name, task.name),
+               "method": LATENT_DEMO_METHOD, "steps": steps, "seed": seed, "k": k, "pass_at_k_temperature": T, "init": str(init), "cot_model": str(cot),
                "rows": [{kk: v for kk, v in r.items() if kk != "samples"} for r in rows], "paired_pass_at_1": paired,
                "samples": {r["method"]: r["samples"][:3] for r in rows},
                "train_wall_s": train_s, "wall_s": wall, "run_dir": str(run_dir)}
