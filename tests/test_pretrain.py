@@ -156,9 +156,10 @@ PRETRAINED = [n for n in SHIPPED if (model_path(n) / "results.json").is_file()]
 def test_the_default_models_are_shipped():
     assert "icot_mult_4x4-cot" in SHIPPED and "icot_mult_4x4-nocot" in SHIPPED
     assert model_path().name == "icot_mult_4x4-cot"
-    for name in SHIPPED:  # each a small checkpoint: ~2.1 MB for 0.53M fp32 parameters
+    for name in SHIPPED:  # each a small checkpoint: ~2.1 MB for 0.53M fp32 parameters (2 layers), ~4.5 MB for
+        # the 4-layer icot latent init with its training curve
         size = sum(f.stat().st_size for f in model_path(name).rglob("*") if f.is_file())
-        assert size < 4 * 2**20, (name, size)
+        assert size < 5 * 2**20, (name, size)
     assert len(SHIPPED) <= 10  # the wheel stays a few tens of MB: ship a new model only when a benchmark needs it
     for name in SHIPPED:  # every shipped folder says how it was made
         assert (model_path(name) / "results.json").is_file() or (model_path(name) / "latent_init.json").is_file()
