@@ -86,7 +86,9 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
         "step is trained, through auxiliary linear heads (one per listed index; training only, never saved), to "
         "predict each of the step's tokens at the indices probe_head_tokens[j] (Python indexing; indices outside a "
         "step are skipped). For steps whose result has more tokens than there are thoughts, e.g. iCoT's running "
-        "sums: [[-8, -7, -6], [-5, -4, -3], [-2, -1]] probes every digit. Weighted by probe_weight.",
+        "sums: [[-8, -7, -6], [-5, -4, -3], [-2, -1]] probes every digit. Weighted by probe_weight. The last thought's "
+        "output is never fed back (`<|end-latent|>` follows): put what later positions must read on earlier thoughts "
+        "(docs/bench/icot_latent_init, runs TP-TR).",
     )
     probe_head_step_shift: list[int] = cfg_field(
         [],
