@@ -115,3 +115,21 @@ def test_a_shipped_latent_init_replaces_the_built_one(chain_sum, tmp_path):
     if "chain_sum-superposition" in available_models():
         assert build_init("superposition_sft", chain_sum, tmp_path, quick=False) == model_path("chain_sum-superposition")
     assert not (tmp_path / "inits").exists()  # nothing was built
+
+
+def test_icot_rl_presets_think_as_many_thoughts_as_the_shipped_init():
+    """coconut_grpo / latent_rl / dlr on icot read the thought count from the shipped init's latent_init.json."""
+    import json
+
+    from latentrl.assets import available_models, model_path
+    from latentrl.bench import shipped_num_thoughts, suite_tasks
+
+    assert shipped_num_thoughts("no-such-model", default=5) == 5
+    if "icot_mult_4x4-coconut" not in available_models():
+        pytest.skip("icot_mult_4x4-coconut not shipped")
+    n = json.loads((model_path("icot_mult_4x4-coconut") / "latent_init.json").read_text())["num_thoughts"]
+    icot = suite_tasks()["icot_mult_4x4"]
+    for method in ("coconut_grpo", "latent_rl"):
+        rl = load_config(GRPOConfig, preset_path(method), icot.method_overrides[method])
+        assert rl.latent.num_latent_steps == rl.latent.max_latent_steps == n
+    assert icot.method_overrides["dlr"] == [f"dlr.num_latent_steps={n}"]
