@@ -8,7 +8,9 @@ latent, the uniform superposition of its 7 token embeddings, so 7 latents replac
 to predict each next latent's token distribution (KL) and the answer after the last one (CE). Defaults are the
 shipped `chain_sum-superposition` recipe; keys: task (chain_sum | icot_mult_4x4), tokens_per_latent, chunk_weights
 (count | positional), max_steps,
-learning_rate, num_train, stage_advance (fixed | converged), gate_metric, gate_threshold.
+learning_rate, num_train, stage_advance (fixed | converged), gate_metric, gate_threshold, threads (1); cot_model (a shipped model
+name or a folder; default the task's converged CoT model) and chain (icot_mult's chain knob for the training and gate
+problems, e.g. `chain=partials` with a CoT model trained on that chain; the scored file is the task's own).
 
 The stage runs a fixed 15,000 steps: the teacher-forced gates do not measure what generation needs here — the
 teacher-forced answer accuracy passes at 300 steps (the answer digit is in the last target latent) and the loss
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from latentrl.assets import model_path
+from latentrl.assets import resolve_model
 from latentrl.bench import check_disjoint, suite_tasks
 from latentrl.config import GRPOConfig, config_to_dict, load_config
 from latentrl.data import load_examples
@@ -53,8 +55,8 @@ def main() -> None:
     if (out / "model").exists():
         raise SystemExit(f"{out / 'model'} exists: choose a new OUT (nothing is overwritten)")
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
     over = dict(a.split("=", 1) for a in sys.argv[2:])
+    torch.set_num_threads(int(over.get("threads", 1)))
     cfg = SuperpositionSFTConfig(
         tokens_per_latent=int(over.get("tokens_per_latent", 7)), top_k=10,
         chunk_weights=over.get("chunk_weights", "count"),
@@ -64,14 +66,14 @@ def main() -> None:
         gate_patience=2, gate_eval_steps=100, gate_num_examples=256, logging_steps=50, disable_tqdm=True, seed=0,
     )
     task = suite_tasks()[over.get("task", "chain_sum")]
-    train = load_examples(task.dataset, split="train", n=int(over.get("num_train", 8000)), seed=0,
-                          **task.dataset_kwargs)
-    gate = load_examples(task.dataset, split="eval", n=256, seed=0, **task.dataset_kwargs)
+    data_kwargs = {**task.dataset_kwargs, **({"chain": over["chain"]} if "chain" in over else {})}
+    train = load_examples(task.dataset, split="train", n=int(over.get("num_train", 8000)), seed=0, **data_kwargs)
+    gate = load_examples(task.dataset, split="eval", n=256, seed=0, **data_kwargs)
     test = task.eval_examples(NUM_EVAL)
     check_disjoint(task, train, test)
     check_disjoint(task, gate, test)
-    cot = f"{task.cot_model}-converged"
-    model = LatentModel.from_pretrained(str(model_path(cot)))
+    cot = over.get("cot_model", f"{task.cot_model}-converged")
+    model = LatentModel.from_pretrained(resolve_model(cot))
     t0 = time.perf_counter()
     hist = train_superposition_sft(cfg, model, train, gate_examples=gate)
     train_s = time.perf_counter() - t0
