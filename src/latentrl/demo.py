@@ -246,7 +246,8 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
     console.print(f"curves: {png}\naccuracy vs reasoning positions: {acc_png}\n"
                   f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}\nwall time: {wall:.0f} s")
     summary = {"mode": "latent", "task": task.name, "task_label": LATENT_DEMO_TASK_LABELS.get(task.name, task.name),
-               "method": LATENT_DEMO_METHOD, "steps": steps, "seed": seed, "k": k, "pass_at_k_temperature": T, "init": str(init), "cot_model": str(cot),
+               "method": LATENT_DEMO_METHOD, "steps": steps, "seed": seed, "k": k, "pass_at_k_temperature": T,
+               "init": str(init), "cot_model": str(cot),
                "rows": [{kk: v for kk, v in r.items() if kk != "samples"} for r in rows], "paired_pass_at_1": paired,
                "samples": {r["method"]: r["samples"][:3] for r in rows},
                "train_wall_s": train_s, "wall_s": wall, "run_dir": str(run_dir)}
