@@ -1,9 +1,10 @@
-"""Latent-GRPO from the shipped superposition init (issue #16 item 4): the bench's `run_method("latent_grpo")` on
-chain_sum (its `superposition_sft` init is the shipped `chain_sum-superposition`; the preset's 40 steps, seed 0), then
-the init and the RL checkpoint scored greedily on the same first 500 held-out problems with the method's own
-operator, and their paired difference.
+"""Latent-GRPO from a shipped superposition init (issue #16 item 4): the bench's `run_method("latent_grpo")` on a
+suite task (its `superposition_sft` init is the task's shipped one, e.g. `chain_sum-superposition`; the preset's 40
+steps, seed 0), then the init and the RL checkpoint scored greedily on the same first 500 held-out problems with the
+method's own operator, and their paired difference.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/chain_sum/superposition_init/rl_from_init.py OUT_DIR [key=value ...]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/chain_sum/superposition_init/rl_from_init.py OUT_DIR \
+        [task=chain_sum|icot_mult_4x4] [key=value ...]
 
 (key=value: overrides of the latent_grpo preset, e.g. latent.noise_scale=0.1)
 """
@@ -34,19 +35,21 @@ def greedy_correct(path: Path, cfg: GRPOConfig, evals) -> list[float]:
 
 
 def main() -> None:
-    out, overrides = Path(sys.argv[1]), sys.argv[2:]
+    out, args = Path(sys.argv[1]), sys.argv[2:]
+    task_name = next((a.split("=", 1)[1] for a in args if a.startswith("task=")), "chain_sum")
+    overrides = [a for a in args if not a.startswith("task=")]
     torch.set_num_threads(1)
-    task = bench.suite_tasks()["chain_sum"]
+    task = bench.suite_tasks()[task_name]
     row = bench.run_method("latent_grpo", task, out, quick=False, seed=0, k=4, num_eval=N, overrides=overrides)
     run_dir = Path(row["run_dir"])
     cfg = load_config(GRPOConfig, run_dir / "run_config.json")
     ckpt = max(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     evals = task.eval_examples(N)
-    init = greedy_correct(model_path("chain_sum-superposition"), cfg, evals)
+    init = greedy_correct(model_path(task.shipped_inits["superposition_sft"]), cfg, evals)
     rl = greedy_correct(ckpt, cfg, evals)
     d = [a - b for a, b in zip(rl, init)]
     m = sum(d) / len(d)
-    res = {"overrides": overrides, "row": {k: v for k, v in row.items() if k != "samples"}, "checkpoint": str(ckpt),
+    res = {"task": task.name, "overrides": overrides, "row": {k: v for k, v in row.items() if k != "samples"}, "checkpoint": str(ckpt),
            "init_pass_at_1": sum(init) / N, "rl_pass_at_1": sum(rl) / N, "rl_minus_init": m,
            "rl_minus_init_se": math.sqrt(sum((x - m) ** 2 for x in d) / (N - 1) / N)}
     (out / "rl_from_init.json").write_text(json.dumps(res, indent=1))
