@@ -40,16 +40,20 @@ def main() -> None:
     overrides = [a for a in args if not a.startswith("task=")]
     torch.set_num_threads(1)
     task = bench.suite_tasks()[task_name]
+    init_name = task.shipped_inits.get("superposition_sft")
+    if init_name is None:  # checked before the RL run, not after it
+        raise SystemExit(f"{task.name} has no shipped superposition init (its suite task's shipped_inits)")
     row = bench.run_method("latent_grpo", task, out, quick=False, seed=0, k=4, num_eval=N, overrides=overrides)
     run_dir = Path(row["run_dir"])
     cfg = load_config(GRPOConfig, run_dir / "run_config.json")
     ckpt = max(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     evals = task.eval_examples(N)
-    init = greedy_correct(model_path(task.shipped_inits["superposition_sft"]), cfg, evals)
+    init = greedy_correct(model_path(init_name), cfg, evals)
     rl = greedy_correct(ckpt, cfg, evals)
     d = [a - b for a, b in zip(rl, init)]
     m = sum(d) / len(d)
-    res = {"task": task.name, "overrides": overrides, "row": {k: v for k, v in row.items() if k != "samples"}, "checkpoint": str(ckpt),
+    res = {"task": task.name, "overrides": overrides, "row": {k: v for k, v in row.items() if k != "samples"},
+           "checkpoint": str(ckpt),
            "init_pass_at_1": sum(init) / N, "rl_pass_at_1": sum(rl) / N, "rl_minus_init": m,
            "rl_minus_init_se": math.sqrt(sum((x - m) ** 2 for x in d) / (N - 1) / N)}
     (out / "rl_from_init.json").write_text(json.dumps(res, indent=1))
