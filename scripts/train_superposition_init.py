@@ -7,8 +7,9 @@ From the task's converged CoT model (`<cot_model>-converged`; chain_sum: 100 %),
 latent, the uniform superposition of its 7 token embeddings, so 7 latents replace 49 CoT positions. The model learns
 to predict each next latent's token distribution (KL) and the answer after the last one (CE). Defaults are the
 shipped `chain_sum-superposition` recipe; keys: task (chain_sum | icot_mult_4x4), tokens_per_latent, chunk_weights
-(count | positional), max_steps,
-learning_rate, num_train, stage_advance (fixed | converged), gate_metric, gate_threshold, threads (1); cot_model (a shipped model
+(count | positional), self_feed (0; the fraction of latent inputs that are the model's own), max_steps,
+learning_rate, num_train, stage_advance (fixed | converged), gate_metric, gate_threshold, gate_eval_steps (100),
+save_steps (1000), resume (latest: continue OUT/train after an interruption), threads (1); cot_model (a shipped model
 name or a folder; default the task's converged CoT model) and chain (icot_mult's chain knob for the training and gate
 problems, e.g. `chain=partials` with a CoT model trained on that chain; the scored file is the task's own).
 
@@ -21,7 +22,7 @@ instead (greedy Pass@1 on 256 gate problems every 100 steps), with max_steps the
 Scored as `latentrl bench` scores a latent_grpo row (the `gumbel_topk` operator of configs/cpu/latent_grpo.yaml in
 eval mode, the suite's first 500 held-out problems: Pass@1 greedy, Pass@4 sampled, reasoning positions) plus the
 thought-dependence check. Writes OUT/model (with latent_init.json and metrics.jsonl: what a shipped init carries),
-OUT/history.json and OUT/result.json.
+OUT/history.json and OUT/result.json; OUT/train holds the live metrics.jsonl and resumable checkpoints.
 """
 
 from __future__ import annotations
@@ -61,9 +62,13 @@ def main() -> None:
         tokens_per_latent=int(over.get("tokens_per_latent", 7)), top_k=10,
         chunk_weights=over.get("chunk_weights", "count"),
         max_steps=int(over.get("max_steps", 15000)), per_device_train_batch_size=32,
-        learning_rate=float(over.get("learning_rate", 3e-4)), stage_advance=over.get("stage_advance", "fixed"),
+        learning_rate=float(over.get("learning_rate", 3e-4)), self_feed=float(over.get("self_feed", 0.0)),
+        stage_advance=over.get("stage_advance", "fixed"),
         gate_metric=over.get("gate_metric", "loss"), gate_threshold=float(over.get("gate_threshold", 0.05)),
-        gate_patience=2, gate_eval_steps=100, gate_num_examples=256, logging_steps=50, disable_tqdm=True, seed=0,
+        gate_patience=2, gate_eval_steps=int(over.get("gate_eval_steps", 100)), gate_num_examples=256,
+        logging_steps=50, disable_tqdm=True, seed=0,
+        output_dir=str(out / "train"), report_to=["jsonl"], save_steps=int(over.get("save_steps", 1000)),
+        resume_from_checkpoint=over.get("resume"),
     )
     task = suite_tasks()[over.get("task", "chain_sum")]
     data_kwargs = {**task.dataset_kwargs, **({"chain": over["chain"]} if "chain" in over else {})}

@@ -346,8 +346,9 @@ def test_superposition_sft_converged_mode_stops_at_the_gate(threshold, reason, s
         train_superposition_sft(cfg, lm, ex)
 
 
-def test_superposition_sft_resumes_exactly_and_writes_its_metrics(tmp_path, killed_in_step):
-    """Gated (patience 3, a gate evaluation every 2 steps -> stops at step 6), 6 examples in batches of 4, a linear
+@pytest.mark.parametrize("self_feed", [0.0, 0.5])
+def test_superposition_sft_resumes_exactly_and_writes_its_metrics(tmp_path, killed_in_step, self_feed):
+    """(With self-feed its draws too.) Gated (patience 3, a gate evaluation every 2 steps -> stops at step 6), 6 examples in batches of 4, a linear
     schedule: killed during step 5, resumed from checkpoint-4 (gate streak 2, a pass over the data half done) into a
     model built from another seed; weights, losses, gate decisions and metrics.jsonl equal the uninterrupted run's."""
     import latentrl.optimizer_steps as step_loop  # the engine whose optimizer step is killed
@@ -356,7 +357,7 @@ def test_superposition_sft_resumes_exactly_and_writes_its_metrics(tmp_path, kill
     ex = make_examples("chain_sum", 6, seed=0, length=2)
     opts = dict(max_steps=12, per_device_train_batch_size=4, learning_rate=1e-2, warmup_steps=2, top_k=5,
                 disable_tqdm=True, lr_scheduler_type="linear", logging_steps=3, stage_advance="converged",
-                gate_threshold=0.0, gate_patience=3, gate_eval_steps=2)
+                gate_threshold=0.0, gate_patience=3, gate_eval_steps=2, self_feed=self_feed)
     whole = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32)
     hist_a = train_superposition_sft(SuperpositionSFTConfig(output_dir=str(tmp_path / "a"), **opts), whole, ex,
                                      gate_examples=ex[:4])
@@ -375,6 +376,48 @@ def test_superposition_sft_resumes_exactly_and_writes_its_metrics(tmp_path, kill
     assert [r["gate/streak"] for r in hist_b.gate] == [r["gate/streak"] for r in hist_a.gate] == [1, 2, 3]
     strip = [{k: v for k, v in r.items() if "wall" not in k} for r in read_metrics(tmp_path / "a")]
     assert [{k: v for k, v in r.items() if "wall" not in k} for r in read_metrics(b)] == strip
+
+
+def test_self_feed_reads_the_superpositions_the_model_writes():
+    """self_feed: the latent inputs it substitutes equal, computed here on the HF model's own logits, the
+    renormalised top-K softmax of the previous position's prediction times the embedding matrix (what gumbel_topk
+    feeds back in generation); self_feed=1 trains on exactly those inputs, 0 or no generator is teacher forcing."""
+    from latentrl.sft.superposition import self_fed_latents
+
+    lm = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32)
+    ex = make_examples("chain_sum", 4, seed=0, length=2)
+    cfg = SuperpositionSFTConfig(top_k=5, self_feed=1.0)
+    b = build_superposition_batch(encode_superposition_examples(lm.tokenizer, ex, cfg), lm.tokenizer.pad_token_id)
+    E = lm.model.get_input_embeddings().weight
+    gold = E[b["input_ids"]].clone()
+    gold[b["latent_mask"]] = torch.einsum("nk,nkh->nh", b["latent_weights"][b["latent_mask"]],
+                                          E[b["latent_ids"][b["latent_mask"]]])
+    mask = b["attention_mask"]
+    with torch.no_grad():
+        logits = lm.model(inputs_embeds=gold, attention_mask=mask,
+                          position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).logits
+    top = logits.float().log_softmax(-1).topk(5, dim=-1)
+    ref = torch.einsum("btk,btkh->bth", top.values.softmax(-1), E[top.indices])  # position t's prediction
+    want = gold.clone()
+    want[:, 1:][b["latent_mask"][:, 1:]] = ref[:, :-1][b["latent_mask"][:, 1:]]
+    own = self_fed_latents(lm, gold, b, 5)
+    lat = b["latent_mask"]
+    torch.testing.assert_close(own[lat], want[lat], rtol=1e-5, atol=1e-6)
+    assert own[~lat].abs().max() == 0
+    fed, _ = superposition_loss(lm, b, cfg, generator=torch.Generator().manual_seed(0))
+    lm_logits = lm.model(inputs_embeds=want, attention_mask=mask,
+                         position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).logits
+    ref_cfg = SuperpositionSFTConfig(top_k=5)
+    teacher, _ = superposition_loss(lm, b, ref_cfg)
+    assert torch.equal(superposition_loss(lm, b, cfg)[0], teacher)  # no generator (gate / eval): teacher forcing
+    assert not torch.allclose(fed, teacher)
+    # the self-fed loss is the same CE + KL on the logits of the run that reads `want`
+    ce = torch.nn.functional.cross_entropy(lm_logits[:, :-1].flatten(0, 1), b["labels"][:, 1:].flatten())
+    t = lat[:, 1:]
+    lp = lm_logits[:, :-1][t].log_softmax(-1)
+    q, qi = b["latent_weights"][:, 1:][t], b["latent_ids"][:, 1:][t]
+    kl = (q * (q.clamp_min(1e-12).log() - lp.gather(-1, qi))).sum(-1).mean()
+    torch.testing.assert_close(fed, ce + kl, rtol=1e-5, atol=1e-6)
 
 
 def test_superposition_gate_on_generated_accuracy_scores_the_models_own_latents():

@@ -88,6 +88,15 @@ class SuperpositionSFTConfig(StepScheduleConfig, StageGateConfig, MetricsOutputC
     )
     ce_weight: float = cfg_field(1.0, "Weight of the cross-entropy on end-of-thinking + answer + eos.", min=0.0)
     kl_weight: float = cfg_field(1.0, "Weight of KL(q_j || p_theta) at the latent positions.", min=0.0)
+    self_feed: float = cfg_field(
+        0.0,
+        "Fraction of latent inputs replaced, while training, by the model's own prediction for that position "
+        "(parallel scheduled sampling, Duckworth et al. 2019, arXiv 1906.04331): a first no-grad teacher-forced "
+        "forward gives at each latent position the deterministic top-K superposition the gumbel_topk operator "
+        "feeds back in generation, and the trained forward reads it there instead of the target. Teaches the "
+        "model to read the superpositions it writes itself; 0 = pure teacher forcing (Latent-SFT).",
+        min=0.0, max=1.0,
+    )
     # A short stage on top of a CoT model: fewer steps and warmup than CoT SFT from scratch, at a rate between
     # Coconut's fine-tuning rate and CoT pretraining's.
     max_steps: int = sft_default("max_steps", 300)
@@ -236,18 +245,43 @@ def superposition_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int, int]
     return int(labels.sum()), int(batch["latent_mask"][:, 1:].sum()), int(labels.any(-1).sum())
 
 
+@torch.no_grad()
+def self_fed_latents(model: LatentModel, emb: torch.Tensor, batch: dict[str, torch.Tensor], top_k: int
+                     ) -> torch.Tensor:
+    """(B, T, H): at each latent position t, the superposition the model itself writes there after the teacher-
+    forced prefix — `gumbel_topk`'s deterministic step on the logits at t - 1, the input generation feeds back —
+    and zeros elsewhere. One no-grad forward."""
+    from latentrl.config import LatentConfig
+    from latentrl.thoughts import build_thought_operator
+
+    op = build_thought_operator("gumbel_topk", config=LatentConfig(top_k=top_k))
+    op.set_eval_mode(True)
+    mask = batch["attention_mask"]
+    logits, _, _ = model.forward_embeds(emb, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0))
+    target = batch["latent_mask"][:, 1:]
+    out = torch.zeros_like(emb)
+    out[:, 1:][target] = op.step(model, logits[:, :-1][target], None).embeds.to(emb.dtype)
+    return out
+
+
 def superposition_loss(
     model: LatentModel, batch: dict[str, torch.Tensor], cfg: SuperpositionSFTConfig,
-    whole: tuple[int, int, int] | None = None,
+    whole: tuple[int, int, int] | None = None, generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One teacher-forced forward: CE on the answer tokens + KL(q_j || p) at the latent positions.
 
-    With `whole` (the `superposition_counts` of a global batch this one is a share of) both terms and the stats are
-    this share's part of the global means (they sum to them over the shares)."""
+    With `cfg.self_feed > 0` and `generator` (training) that fraction of the latent inputs, drawn with `generator`,
+    are the model's own predictions (`self_fed_latents`) instead of the targets; the targets of the KL stay the
+    same. With `whole` (the `superposition_counts` of a global batch this one is a share of) both terms and the
+    stats are this share's part of the global means (they sum to them over the shares)."""
     emb = model.embed(batch["input_ids"])
     mix = torch.einsum("btk,btkh->bth", batch["latent_weights"].to(emb.dtype), model.embed(batch["latent_ids"]))
     lat = batch["latent_mask"]
     emb = torch.where(lat[..., None], mix, emb)
+    if cfg.self_feed > 0 and generator is not None:
+        own = self_fed_latents(model, emb.detach(), batch, cfg.top_k)
+        draw = torch.rand(lat.shape, generator=generator).to(lat.device) < cfg.self_feed
+        emb = torch.where((lat & draw)[..., None], own, emb)
     mask = batch["attention_mask"]
     position = (mask.cumsum(-1) - 1).clamp_min(0)
     logits, _, _ = model.forward_embeds(emb, attention_mask=mask, position_ids=position)
@@ -342,11 +376,16 @@ def train_superposition_sft(
                  if loop.dp.world_size > 1 else None)
         batch = {k: v.to(model.device) for k, v in build_superposition_batch([encoded[i] for i in mine],
                                                                              pad_id).items()}
-        return superposition_loss(model, batch, cfg, whole=whole)
+        # self-feed draws depend on (seed, step, rows) only: a resumed run draws what the uninterrupted one did
+        gen = torch.Generator().manual_seed(hash((cfg.seed, current_step[0], *mine)) % 2**63)
+        return superposition_loss(model, batch, cfg, whole=whole, generator=gen)
+
+    current_step = [loop.start]
 
     try:
         model.train()
         for step in range(loop.start + 1, cfg.max_steps + 1):
+            current_step[0] = step
             grad_norm, lr = loop.train_step(loss_fn)
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:
                 record = loop.log_window(step, grad_norm, lr, history.train)
