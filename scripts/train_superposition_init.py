@@ -9,7 +9,8 @@ to predict each next latent's token distribution (KL) and the answer after the l
 shipped `chain_sum-superposition` recipe; keys: task (chain_sum | icot_mult_4x4), tokens_per_latent, chunk_weights
 (count | positional), self_feed (0; the fraction of latent inputs that are the model's own), max_steps,
 learning_rate, num_train, stage_advance (fixed | converged), gate_metric, gate_threshold, gate_eval_steps (100),
-save_steps (1000), resume (latest: continue OUT/train after an interruption), threads (1); cot_model (a shipped model
+save_steps (1000), resume (latest: continue OUT/train after an interruption, or a finished run to a larger
+max_steps, its model and results kept in OUT/at_step_<N>/), threads (1); cot_model (a shipped model
 name or a folder; default the task's converged CoT model) and chain (icot_mult's chain knob for the training and gate
 problems, e.g. `chain=partials` with a CoT model trained on that chain; the scored file is the task's own).
 
@@ -49,14 +50,30 @@ REPO = Path(__file__).resolve().parents[1]
 NUM_EVAL = 500
 
 
+def keep_finished_run(out: Path) -> None:
+    """Move a finished run's model and results into OUT/at_step_<N>/ before a resumed run writes new ones."""
+    steps = json.loads((out / "result.json").read_text())["steps"] if (out / "result.json").exists() else "unknown"
+    dest = out / f"at_step_{steps}"
+    if dest.exists():
+        raise SystemExit(f"{dest} exists: move it away first (nothing is overwritten)")
+    dest.mkdir()
+    for name in ("model", "result.json", "history.json"):
+        if (out / name).exists():
+            (out / name).rename(dest / name)
+    print(f"the finished run's model and results moved to {dest}", flush=True)
+
+
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
         raise SystemExit(__doc__)
     out = Path(sys.argv[1])
-    if (out / "model").exists():
-        raise SystemExit(f"{out / 'model'} exists: choose a new OUT (nothing is overwritten)")
-    out.mkdir(parents=True, exist_ok=True)
     over = dict(a.split("=", 1) for a in sys.argv[2:])
+    if (out / "model").exists():
+        if "resume" not in over:
+            raise SystemExit(f"{out / 'model'} exists: choose a new OUT, or continue it with resume=latest and a "
+                             "larger max_steps (nothing is overwritten)")
+        keep_finished_run(out)
+    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(over.get("threads", 1)))
     cfg = SuperpositionSFTConfig(
         tokens_per_latent=int(over.get("tokens_per_latent", 7)), top_k=10,

@@ -39,28 +39,35 @@ def test_shipped_latent_init_reasons_through_its_thoughts(name, task, min_pass, 
     assert dep.drop_swap >= min_drop and dep.mean_latent_positions == info["num_thoughts"]
 
 
-def test_shipped_superposition_init_reasons_through_its_latents(tmp_path):
-    """chain_sum-superposition (scripts/train_superposition_init.py): Latent-GRPO's starting point, scored with the
-    latent_grpo method's own operator (noise-free top-K superpositions) as the bench scores it."""
+@pytest.mark.parametrize("name, task, n, tokens_per_latent, min_pass, max_positions", [
+    # 87 % on 500 held-out problems at 7 latents (CoT: 49)
+    ("chain_sum-superposition", "chain_sum", N, 7, 0.7, 49 / 5),
+    # 12.2 ± 1.5 % on 500 real valid problems at 23 latents (CoT: 46; no-CoT 0 %); 100 problems here
+    ("icot_mult_4x4-superposition", "icot_mult_4x4", 100, 2, 0.04, 46 / 2),
+])
+def test_shipped_superposition_init_reasons_through_its_latents(tmp_path, name, task, n, tokens_per_latent, min_pass,
+                                                                 max_positions):
+    """The superposition inits (scripts/train_superposition_init.py): Latent-GRPO's starting points, scored with the
+    latent_grpo method's own operator (noise-free top-K superpositions) as the bench scores them; swapping the
+    latents between problems must take (nearly) every correct answer away."""
     from latentrl.config import GRPOConfig, load_config
     from latentrl.methods import get_method
     from latentrl.thought_dependence import method_thought_dependence
 
-    name = "chain_sum-superposition"
     if name not in available_models():
         pytest.skip(f"{name} not shipped")
     path = model_path(name)
     info = json.loads((path / "latent_init.json").read_text())
-    task = suite_tasks()["chain_sum"]
+    suite = suite_tasks()[task]
     cfg = load_config(GRPOConfig, Path(__file__).resolve().parents[1] / "configs/cpu/latent_grpo.yaml",
-                      [f"model_name_or_path={path}", "dataset=chain_sum",
-                       f"max_completion_length={task.max_completion_length}", "report_to=[none]",
+                      [f"model_name_or_path={path}", f"dataset={suite.dataset}",
+                       f"max_completion_length={suite.max_completion_length}", "report_to=[none]",
                        f"output_dir={tmp_path}"])
     model = LatentModel.from_pretrained(path)
-    dep = method_thought_dependence(model, get_method("latent_grpo").build(model, cfg), cfg, task.eval_examples(N))
-    assert info["tokens_per_latent"] == 7 and info["pass_at_1"] >= 0.8
-    assert dep.pass_own >= 0.7  # 87 % on 500 problems; 40 here
-    assert dep.mean_latent_positions <= 49 / 5 and dep.drop_swap >= 0.5
+    dep = method_thought_dependence(model, get_method("latent_grpo").build(model, cfg), cfg, suite.eval_examples(n))
+    assert info["tokens_per_latent"] == tokens_per_latent and info["pass_at_1"] >= min_pass + 0.05
+    assert dep.pass_own >= min_pass
+    assert dep.mean_latent_positions <= max_positions and dep.drop_swap >= 0.8 * dep.pass_own
 
 
 def _latent_init_script():

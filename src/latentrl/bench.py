@@ -109,8 +109,9 @@ def suite_tasks() -> dict[str, SuiteTask]:
             method_overrides={"coconut_grpo": icot_chain, "latent_rl": icot_chain,
                               "dlr": [f"dlr.num_latent_steps={icot_thoughts}"]},
             # the gated Coconut init on the column-sums chain (92.9 % of the real valid file at 14 thoughts,
-            # docs/bench/icot_latent_init), used when shipped
-            shipped_inits={"coconut_sft": "icot_mult_4x4-coconut"},
+            # docs/bench/icot_latent_init) and the superposition init (2 CoT tokens per latent, 23 latents, 12.2 %,
+            # docs/bench/chain_sum/superposition_init), used when shipped
+            shipped_inits={"coconut_sft": "icot_mult_4x4-coconut", "superposition_sft": "icot_mult_4x4-superposition"},
         ),
         # CoT = 7 steps of 7 tokens (49 reasoning positions) + `#### d` + eos; 60 as in the pretraining evaluation
         "chain_sum": SuiteTask(

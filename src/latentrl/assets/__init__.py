@@ -3,8 +3,8 @@
 Each folder under `models/` is a `save_pretrained` folder (model, word tokenizer, Coconut latent tokens) with the
 `training_args.json` and `results.json` of the `latentrl pretrain` run that produced it (the exact command is in
 both). `<task>-cot` is the chain-of-thought SFT model (the RL starting point), `<task>-nocot` the no-CoT baseline;
-`<task>-coconut` (and `chain_sum-superposition`) are latent inits, with the command and result of the run that
-trained them in `latent_init.json` (scripts/train_latent_init.py).
+`<task>-coconut` and `<task>-superposition` are latent inits, with the command and result of the run that
+trained them in `latent_init.json` (scripts/train_latent_init.py, scripts/train_superposition_init.py).
 
     from latentrl.assets import model_path
     model = LatentModel.from_pretrained(model_path("icot_mult_4x4-cot"))
