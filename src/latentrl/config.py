@@ -1093,7 +1093,8 @@ class GRPOConfig(BaseConfig):
     dynamic_sampling: bool = cfg_field(
         False,
         "Drop groups whose rewards are all equal and refill the batch with new prompts (DAPO dynamic sampling; "
-        "TRL lacks it).",
+        "TRL lacks it). The logged reward, reward_std and frac_reward_zero_std describe the first round's batch; "
+        "dynamic_sampling/kept_groups counts the informative groups trained on (0: a zero-advantage step).",
     )
     max_resample_rounds: int = cfg_field(
         4, "With dynamic_sampling: extra generation rounds tried before training on a partial batch.", min=0
