@@ -1,0 +1,34 @@
+"""Paired greedy Pass@1 difference of two superposition inits on the same first 500 held-out problems of a task,
+scored with latent_grpo's operator as the bench scores it.
+
+    PYTHONPATH=src python docs/bench/chain_sum/superposition_init/paired.py TASK MODEL_A MODEL_B
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from latentrl.bench import suite_tasks
+from latentrl.config import GRPOConfig, load_config
+from latentrl.eval import evaluate
+from latentrl.methods import get_method
+from latentrl.model import LatentModel
+
+REPO = Path(__file__).resolve().parents[4]
+task = suite_tasks()[sys.argv[1]]
+evals = task.eval_examples(500)
+correct = []
+for path in sys.argv[2:4]:
+    cfg = load_config(GRPOConfig, REPO / "configs/cpu/latent_grpo.yaml",
+                      [f"model_name_or_path={path}", f"dataset={task.dataset}", "report_to=[none]",
+                       f"max_completion_length={task.max_completion_length}", "output_dir=/tmp/paired"])
+    model = LatentModel.from_pretrained(path)
+    res = evaluate(model, evals, k=1, num_samples_to_keep=len(evals),
+                   **get_method("latent_grpo").build(model, cfg).eval_kwargs(cfg))
+    correct.append([float(s["correct"]) for s in res.samples])
+d = [b - a for a, b in zip(*correct)]
+m, n = sum(d) / len(d), len(d)
+print(json.dumps({"a": sys.argv[2], "b": sys.argv[3], "n": n, "pass_a": sum(correct[0]) / n,
+                  "pass_b": sum(correct[1]) / n, "b_minus_a": m,
+                  "se": math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1) / n)}))
