@@ -348,9 +348,10 @@ def test_superposition_sft_converged_mode_stops_at_the_gate(threshold, reason, s
 
 @pytest.mark.parametrize("self_feed", [0.0, 0.5])
 def test_superposition_sft_resumes_exactly_and_writes_its_metrics(tmp_path, killed_in_step, self_feed):
-    """(With self-feed its draws too.) Gated (patience 3, a gate evaluation every 2 steps -> stops at step 6), 6 examples in batches of 4, a linear
+    """Gated (patience 3, a gate evaluation every 2 steps -> stops at step 6), 6 examples in batches of 4, a linear
     schedule: killed during step 5, resumed from checkpoint-4 (gate streak 2, a pass over the data half done) into a
-    model built from another seed; weights, losses, gate decisions and metrics.jsonl equal the uninterrupted run's."""
+    model built from another seed; weights, losses, gate decisions and metrics.jsonl equal the uninterrupted run's
+    (with self_feed, its draws too)."""
     import latentrl.optimizer_steps as step_loop  # the engine whose optimizer step is killed
     from latentrl.logger import read_metrics
 

@@ -251,11 +251,7 @@ def self_fed_latents(model: LatentModel, emb: torch.Tensor, batch: dict[str, tor
     """(B, T, H): at each latent position t, the superposition the model itself writes there after the teacher-
     forced prefix — `gumbel_topk`'s deterministic step on the logits at t - 1, the input generation feeds back —
     and zeros elsewhere. One no-grad forward."""
-    from latentrl.config import LatentConfig
-    from latentrl.thoughts import build_thought_operator
-
-    op = build_thought_operator("gumbel_topk", config=LatentConfig(top_k=top_k))
-    op.set_eval_mode(True)
+    op = deterministic_topk_operator(top_k)
     mask = batch["attention_mask"]
     logits, _, _ = model.forward_embeds(emb, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0))
     target = batch["latent_mask"][:, 1:]
@@ -319,20 +315,27 @@ def superposition_loss(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def deterministic_topk_operator(top_k: int):
+    """`gumbel_topk` with the noise off: the top-K superposition of the model's own prediction, what Latent-GRPO's
+    rollouts feed back without noise (evaluation, and `self_feed`'s inputs)."""
+    from latentrl.config import LatentConfig
+    from latentrl.thoughts import build_thought_operator
+
+    op = build_thought_operator("gumbel_topk", config=LatentConfig(top_k=top_k))
+    op.set_eval_mode(True)
+    return op
+
+
 def latent_eval_setup(model: LatentModel, cfg: SuperpositionSFTConfig):
     """The deterministic top-K superposition operator and end-of-thinking schedule used to evaluate (and RL-train)
     the result: what Latent-GRPO's rollouts do with the noise off."""
-    from latentrl.config import LatentConfig
     from latentrl.rollout import ThinkingSchedule
-    from latentrl.thoughts import build_thought_operator
 
     end_text = cfg.end_of_thinking or "####"
     end = model.tokenizer(end_text, add_special_tokens=False)["input_ids"]
     if not end:
         raise ValueError(f"end-of-thinking text {end_text!r} tokenizes to nothing")
-    op = build_thought_operator("gumbel_topk", config=LatentConfig(top_k=cfg.top_k))
-    op.set_eval_mode(True)
-    return op, ThinkingSchedule(end_token_id=end[0], max_latent_steps=cfg.max_latent_steps)
+    return deterministic_topk_operator(cfg.top_k), ThinkingSchedule(end_token_id=end[0], max_latent_steps=cfg.max_latent_steps)
 
 
 def train_superposition_sft(

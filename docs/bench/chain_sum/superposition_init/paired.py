@@ -9,11 +9,10 @@ import math
 import sys
 from pathlib import Path
 
+from rl_from_init import greedy_correct  # this folder's script: greedy Pass@1 per problem, latent_grpo's operator
+
 from latentrl.bench import suite_tasks
 from latentrl.config import GRPOConfig, load_config
-from latentrl.eval import evaluate
-from latentrl.methods import get_method
-from latentrl.model import LatentModel
 
 REPO = Path(__file__).resolve().parents[4]
 task = suite_tasks()[sys.argv[1]]
@@ -23,10 +22,7 @@ for path in sys.argv[2:4]:
     cfg = load_config(GRPOConfig, REPO / "configs/cpu/latent_grpo.yaml",
                       [f"model_name_or_path={path}", f"dataset={task.dataset}", "report_to=[none]",
                        f"max_completion_length={task.max_completion_length}", "output_dir=/tmp/paired"])
-    model = LatentModel.from_pretrained(path)
-    res = evaluate(model, evals, k=1, num_samples_to_keep=len(evals),
-                   **get_method("latent_grpo").build(model, cfg).eval_kwargs(cfg))
-    correct.append([float(s["correct"]) for s in res.samples])
+    correct.append(greedy_correct(Path(path), cfg, evals))
 d = [b - a for a, b in zip(*correct)]
 m, n = sum(d) / len(d), len(d)
 print(json.dumps({"a": sys.argv[2], "b": sys.argv[3], "n": n, "pass_a": sum(correct[0]) / n,
