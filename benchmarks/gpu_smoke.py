@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +130,8 @@ def main(argv=None) -> dict:
         for m in methods:
             try:
                 res = smoke_one(m, args, Path(tmp) / m)
-            except Exception as exc:  # report every method, then fail
+            except Exception as exc:  # report every method (where it broke on stderr), then fail
+                traceback.print_exc(limit=-4)
                 res = {"method": m, "ok": False, "problems": [f"{type(exc).__name__}: {exc}"]}
             results.append(res)
             status = "ok " if res["ok"] else "FAIL"

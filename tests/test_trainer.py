@@ -165,3 +165,28 @@ def test_a_line_per_logged_step_on_the_console(tmp_path, capsys):
     GRPOTrainer(config(tmp_path / "quiet", max_steps=2, log_to_console=False), tiny_chain_sum_model(), examples(),
                 reward_funcs=[word_count_reward]).train()
     assert "step " not in capsys.readouterr().err
+
+
+def test_step_batch_lives_on_the_model_device(tmp_path, monkeypatch):
+    """Rewards are scored on the CPU; the step batch must carry them to the model's device with the rollout, or
+    the advantages meet GPU log-probs in the policy loss (what the first H100 run found). Without a GPU, the
+    model's device is reported as `meta`: a CPU tensor left in the batch then stays visibly on the CPU."""
+    import latentrl.rl.trainer as trainer_module
+
+    t = GRPOTrainer(config(tmp_path), tiny_chain_sum_model(), examples(), reward_funcs=[word_count_reward])
+    rows = t.rows[:2]
+    scored = t._generate_chunk([r for r in rows for _ in range(t.G)], torch.Generator().manual_seed(0))
+    seen = {}
+
+    def advantages(ctx, batch):
+        seen.update(rewards=batch.rewards.device, per_func=batch.per_func_rewards.device,
+                    logprobs=batch.rollout.logprobs.device)
+        return torch.zeros_like(batch.rewards)
+
+    monkeypatch.setattr(t, "_generate_chunk", lambda rows, generator: scored)
+    monkeypatch.setattr(trainer_module, "chunk_generator", lambda *a: None)
+    monkeypatch.setattr(t.method, "compute_advantages", advantages)
+    monkeypatch.setattr(LatentModel, "device", property(lambda self: torch.device("meta")))
+    batch = t.generate_and_score(rows)
+    assert seen == {"rewards": torch.device("meta"), "per_func": torch.device("meta"), "logprobs": torch.device("meta")}
+    assert batch.advantages.device == torch.device("meta")

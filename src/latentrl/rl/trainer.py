@@ -282,10 +282,11 @@ class GRPOTrainer:
         parts = self.dp.gather_objects(mine)
         pad_id = self.model.tokenizer.pad_token_id
         rollout = parts[0][0] if len(parts) == 1 else Rollout.concat([p[0] for p in parts], pad_id)
-        rollout = rollout.to(self.model.device)
+        device = self.model.device  # rewards are scored on the CPU; advantages meet log-probs on the model's device
+        rollout = rollout.to(device)
         completions = [c for p in parts for c in p[1]]
-        per_func = torch.cat([p[2] for p in parts])
-        rewards = torch.cat([p[3] for p in parts])
+        per_func = torch.cat([p[2] for p in parts]).to(device)
+        rewards = torch.cat([p[3] for p in parts]).to(device)
         batch = StepBatch(rollout, rows, completions, rewards, torch.zeros_like(rewards), per_func_rewards=per_func)
         batch.advantages = self.method.compute_advantages(self.ctx, batch)
         return batch
