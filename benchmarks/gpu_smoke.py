@@ -1,13 +1,16 @@
 """One training step of every registered method on a tiny random Qwen2, on a CUDA device by default.
 
-No GPU has run this code before; this script is the first thing to run on one. For each method of
-`latentrl.methods.METHODS` it builds the method's CPU preset (configs/cpu/<method>.yaml) shrunk to a tiny model
+The first thing to run on a GPU (the first one, an H100 on 2026-12-05, found rewards left on the CPU).
+For each method of `latentrl.methods.METHODS` it builds the method's CPU preset (configs/cpu/<method>.yaml) shrunk to a tiny model
 and batch, then
 
 1. draws one batch of rollouts and replays it: the replayed log-probs must equal the rollout's own (max abs
    difference <= --tol at policy positions), i.e. sampling, operators and replay agree on the device;
 2. runs one optimizer step (`trainer.train()` with max_steps=1) and checks the loss is finite and that every
    parameter and side module stayed on the device.
+
+Then a few optimizer steps of each SFT trainer (CoT, the Coconut curriculum over two latent stages, superposition
+SFT with self_feed) and the thought-swap check (`--sft`; 'none' skips them): finite losses, weights on the device.
 
 Every random draw then runs on the device with a device generator (a CPU generator meeting CUDA tensors raises),
 so a pass also means the sampling path is device-clean. Prints one line per method and, last, one JSON object.
@@ -30,6 +33,7 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SFT_STAGES = ("sft_cot", "sft_coconut", "sft_superposition", "thought_dependence")  # run after the methods
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu; cuda fails when no GPU is visible")
     p.add_argument("--methods", default=None, help="comma-separated subset of the registered methods (default: all)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no", help="accelerate autocast (default no)")
+    p.add_argument("--sft", default=",".join(SFT_STAGES),
+                   help=f"comma-separated SFT / eval stages to run after the methods (default: all of "
+                        f"{','.join(SFT_STAGES)}); 'none' skips them")
     p.add_argument("--tol", type=float, default=None,
                    help="max |replay - rollout| log-prob difference (default 1e-3 in float32: room for CUDA kernels that "
                         "differ between a one-position decode and a whole-sequence replay; 5e-2 under bf16/fp16)")
@@ -111,6 +118,60 @@ def smoke_one(method: str, args: argparse.Namespace, out: Path) -> dict:
     return res
 
 
+def smoke_sft(stage: str, args: argparse.Namespace, out: Path) -> dict:
+    """A few steps of one SFT trainer (or the swap test) on a tiny Qwen2: finite losses, weights on the device."""
+    import torch
+
+    from latentrl.data import make_examples, task_vocabulary
+    from latentrl.testing import tiny_latent_model
+
+    t0 = time.perf_counter()
+    lm = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=args.seed, hidden=32)
+    data = make_examples("chain_sum", 8, seed=args.seed, length=2)
+    common = dict(per_device_train_batch_size=4, learning_rate=1e-3, disable_tqdm=True, seed=args.seed,
+                  output_dir=str(out),
+                  mixed_precision="bf16" if args.mixed_precision == "bf16" else "no")  # SFT has no fp16 scaler
+    res: dict = {"method": stage}
+    if stage == "sft_cot":
+        from latentrl.sft.cot import CoTSFTConfig, train_sft
+
+        hist = train_sft(CoTSFTConfig(max_steps=3, eval_steps=0, logging_steps=1, **common), lm, data, data[:4])
+        losses, res["pass_at_1"] = [r["loss"] for r in hist.train if "loss" in r], hist.final_eval["pass_at_1"]
+    elif stage == "sft_coconut":
+        from latentrl.sft.coconut.config import CoconutConfig
+        from latentrl.sft.coconut.train import train_coconut
+
+        hist = train_coconut(CoconutConfig(max_latent_stage=2, epochs_per_stage=1, num_epochs=3, logging_steps=1,
+                                           **common), lm, data, data[:4])
+        losses, res["pass_at_1"] = [r["loss"] for r in hist.train if "loss" in r], hist.final_eval["pass_at_1"]
+    elif stage == "sft_superposition":
+        from latentrl.sft.superposition import SuperpositionSFTConfig, train_superposition_sft
+
+        hist = train_superposition_sft(SuperpositionSFTConfig(max_steps=3, top_k=5, self_feed=0.5, logging_steps=1,
+                                                              **common), lm, data, data[:4])
+        losses, res["pass_at_1"] = [r["loss"] for r in hist.train if "loss" in r], hist.final_eval["pass_at_1"]
+    elif stage == "thought_dependence":
+        from latentrl.rollout import ThinkingSchedule
+        from latentrl.sft.superposition import deterministic_topk_operator
+        from latentrl.thought_dependence import thought_dependence
+
+        lm.to(torch.device(args.device))
+        dep = thought_dependence(lm, data, operator=deterministic_topk_operator(5),
+                                 schedule=ThinkingSchedule(num_latent_steps=3), max_new_positions=8, seed=args.seed)
+        losses, res["pass_at_1"] = [0.0], dep.pass_own  # no training: only the three greedy passes must run
+    else:
+        raise ValueError(f"unknown SFT smoke stage {stage!r}; known: {SFT_STAGES}")
+    devices = {p.device.type for p in lm.parameters()}
+    res.update(losses=losses, devices=sorted(devices), seconds=round(time.perf_counter() - t0, 2))
+    problems = []
+    if not losses or not all(math.isfinite(float(x)) for x in losses):
+        problems.append(f"no finite loss logged: {losses}")
+    if devices != {torch.device(args.device).type}:
+        problems.append(f"weights on {sorted(devices)}, expected {args.device}")
+    res["ok"], res["problems"] = not problems, problems
+    return res
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.device == "cpu":
@@ -140,6 +201,18 @@ def main(argv=None) -> dict:
                 f"{res['positions']} positions ({res['latent_positions']} latent)  {res['seconds']} s"
                 + (f"  gpu peak {res['gpu_peak_mb']} MB" if "gpu_peak_mb" in res else ""))
             print(f"{status} {m:<16} {detail}", flush=True)
+        stages = [] if args.sft.strip() == "none" else [x.strip() for x in args.sft.split(",") if x.strip()]
+        for st in stages:
+            try:
+                res = smoke_sft(st, args, Path(tmp) / st)
+            except Exception as exc:
+                traceback.print_exc(limit=-4)
+                res = {"method": st, "ok": False, "problems": [f"{type(exc).__name__}: {exc}"]}
+            results.append(res)
+            detail = "; ".join(res["problems"]) if not res["ok"] else (
+                f"loss {res['losses'][-1]:.4g}  Pass@1 {res['pass_at_1']:.2f}  weights on {res['devices']}  "
+                f"{res['seconds']} s")
+            print(f"{'ok ' if res['ok'] else 'FAIL'} {st:<18} {detail}", flush=True)
     out = {"device": args.device, "torch": torch.__version__, "mixed_precision": args.mixed_precision,
            "all_ok": all(r["ok"] for r in results), "results": results}
     if torch.cuda.is_available() and args.device.startswith("cuda"):
