@@ -1,8 +1,8 @@
 """One training step of every registered method on a tiny random Qwen2, on a CUDA device by default.
 
 The first thing to run on a GPU (the first one, an H100 on 2026-12-05, found rewards left on the CPU).
-For each method of `latentrl.methods.METHODS` it builds the method's CPU preset (configs/cpu/<method>.yaml) shrunk to a tiny model
-and batch, then
+For each method of `latentrl.methods.METHODS` it builds the method's CPU preset (configs/cpu/<method>.yaml) shrunk
+to a tiny model and batch, then
 
 1. draws one batch of rollouts and replays it: the replayed log-probs must equal the rollout's own (max abs
    difference <= --tol at policy positions), i.e. sampling, operators and replay agree on the device;
@@ -136,20 +136,17 @@ def smoke_sft(stage: str, args: argparse.Namespace, out: Path) -> dict:
         from latentrl.sft.cot import CoTSFTConfig, train_sft
 
         hist = train_sft(CoTSFTConfig(max_steps=3, eval_steps=0, logging_steps=1, **common), lm, data, data[:4])
-        losses, res["pass_at_1"] = [r["loss"] for r in hist.train if "loss" in r], hist.final_eval["pass_at_1"]
     elif stage == "sft_coconut":
         from latentrl.sft.coconut.config import CoconutConfig
         from latentrl.sft.coconut.train import train_coconut
 
         hist = train_coconut(CoconutConfig(max_latent_stage=2, epochs_per_stage=1, num_epochs=3, logging_steps=1,
                                            **common), lm, data, data[:4])
-        losses, res["pass_at_1"] = [r["loss"] for r in hist.train if "loss" in r], hist.final_eval["pass_at_1"]
     elif stage == "sft_superposition":
         from latentrl.sft.superposition import SuperpositionSFTConfig, train_superposition_sft
 
         hist = train_superposition_sft(SuperpositionSFTConfig(max_steps=3, top_k=5, self_feed=0.5, logging_steps=1,
                                                               **common), lm, data, data[:4])
-        losses, res["pass_at_1"] = [r["loss"] for r in hist.train if "loss" in r], hist.final_eval["pass_at_1"]
     elif stage == "thought_dependence":
         from latentrl.rollout import ThinkingSchedule
         from latentrl.sft.superposition import deterministic_topk_operator
@@ -158,9 +155,12 @@ def smoke_sft(stage: str, args: argparse.Namespace, out: Path) -> dict:
         lm.to(torch.device(args.device))
         dep = thought_dependence(lm, data, operator=deterministic_topk_operator(5),
                                  schedule=ThinkingSchedule(num_latent_steps=3), max_new_positions=8, seed=args.seed)
-        losses, res["pass_at_1"] = [0.0], dep.pass_own  # no training: only the three greedy passes must run
+        hist = None  # no training: only the three greedy passes must run
+        losses, res["pass_at_1"] = [0.0], dep.pass_own
     else:
         raise ValueError(f"unknown SFT smoke stage {stage!r}; known: {SFT_STAGES}")
+    if hist is not None:
+        losses, res["pass_at_1"] = [r["loss"] for r in hist.train if "loss" in r], hist.final_eval["pass_at_1"]
     devices = {p.device.type for p in lm.parameters()}
     res.update(losses=losses, devices=sorted(devices), seconds=round(time.perf_counter() - t0, 2))
     problems = []
