@@ -172,6 +172,16 @@ def smoke_sft(stage: str, args: argparse.Namespace, out: Path) -> dict:
     return res
 
 
+def guarded(smoke, name: str, args: argparse.Namespace, out: Path) -> dict:
+    """`smoke(name, args, out)`'s result row, or a failed row naming the exception (its traceback on stderr):
+    every stage is reported, then the script fails."""
+    try:
+        return smoke(name, args, out)
+    except Exception as exc:
+        traceback.print_exc(limit=-4)
+        return {"method": name, "ok": False, "problems": [f"{type(exc).__name__}: {exc}"]}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.device == "cpu":
@@ -186,14 +196,13 @@ def main(argv=None) -> dict:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")
+    stages = [] if args.sft.strip() == "none" else [x.strip() for x in args.sft.split(",") if x.strip()]
+    if any(st not in SFT_STAGES for st in stages):
+        raise SystemExit(f"unknown --sft stage(s) {[st for st in stages if st not in SFT_STAGES]}; known: {SFT_STAGES}")
     results = []
     with tempfile.TemporaryDirectory(prefix="gpu_smoke_") as tmp:
         for m in methods:
-            try:
-                res = smoke_one(m, args, Path(tmp) / m)
-            except Exception as exc:  # report every method (where it broke on stderr), then fail
-                traceback.print_exc(limit=-4)
-                res = {"method": m, "ok": False, "problems": [f"{type(exc).__name__}: {exc}"]}
+            res = guarded(smoke_one, m, args, Path(tmp) / m)
             results.append(res)
             status = "ok " if res["ok"] else "FAIL"
             detail = "; ".join(res["problems"]) if not res["ok"] else (
@@ -201,13 +210,8 @@ def main(argv=None) -> dict:
                 f"{res['positions']} positions ({res['latent_positions']} latent)  {res['seconds']} s"
                 + (f"  gpu peak {res['gpu_peak_mb']} MB" if "gpu_peak_mb" in res else ""))
             print(f"{status} {m:<16} {detail}", flush=True)
-        stages = [] if args.sft.strip() == "none" else [x.strip() for x in args.sft.split(",") if x.strip()]
         for st in stages:
-            try:
-                res = smoke_sft(st, args, Path(tmp) / st)
-            except Exception as exc:
-                traceback.print_exc(limit=-4)
-                res = {"method": st, "ok": False, "problems": [f"{type(exc).__name__}: {exc}"]}
+            res = guarded(smoke_sft, st, args, Path(tmp) / st)
             results.append(res)
             detail = "; ".join(res["problems"]) if not res["ok"] else (
                 f"loss {res['losses'][-1]:.4g}  Pass@1 {res['pass_at_1']:.2f}  weights on {res['devices']}  "
