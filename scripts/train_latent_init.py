@@ -26,6 +26,7 @@ from latentrl.assets import available_models, model_path
 from latentrl.bench import check_disjoint, suite_tasks
 from latentrl.config import config_to_dict, load_config
 from latentrl.data import cut_steps, load_examples
+from latentrl.data.provenance import TrainDraw, read_train_draws
 from latentrl.model import LatentModel
 from latentrl.sft.coconut import (
     CoconutConfig,
@@ -223,6 +224,9 @@ def main() -> None:
         "mean_reasoning_positions": ev["mean_reasoning_positions"], "thought_dependence": dep.to_dict(),
         "stages": stage_log, "steps": steps, "train_wall_s": round(train_wall, 1),
         "wall_s": round(wall, 1), "threads": ns.threads, "config": config_to_dict(cfg), "samples": ev["samples"],
+        # the base's draws and this one's (`latentrl.data.provenance`: RL prompts stay off them)
+        "train_data": [d.to_dict() for d in read_train_draws(cot)]
+        + [TrainDraw.of_train_split(task.dataset, cfg.num_train_examples, cfg.seed, **data_kwargs).to_dict()],
     }
     (out / "result.json").write_text(json.dumps(result, indent=1))
     # what a shipped copy of the folder says about itself (tests/test_latent_inits.py reads num_thoughts)

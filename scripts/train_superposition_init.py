@@ -40,6 +40,7 @@ from latentrl.assets import resolve_model
 from latentrl.bench import check_disjoint, suite_tasks
 from latentrl.config import GRPOConfig, config_to_dict, load_config
 from latentrl.data import load_examples
+from latentrl.data.provenance import TrainDraw, read_train_draws
 from latentrl.eval import evaluate
 from latentrl.methods import get_method
 from latentrl.model import LatentModel
@@ -120,7 +121,10 @@ def main() -> None:
               "steps": hist.train[-1]["step"] if hist.train else 0, "stages": hist.stage_log,
               "tokens_per_latent": cfg.tokens_per_latent, "pass_at_1": p, "pass_at_1_se": math.sqrt(p * (1 - p) / n),
               "n_eval": n, **{k: v for k, v in res.to_dict().items() if k not in ("samples", "pass_at_1", "n")},
-              "thought_dependence": dep.to_dict() if dep is not None else None}
+              "thought_dependence": dep.to_dict() if dep is not None else None,
+              # the base's draws and this one's (`latentrl.data.provenance`: RL prompts stay off them)
+              "train_data": [d.to_dict() for d in read_train_draws(resolve_model(cot))]
+              + [TrainDraw.of_train_split(task.dataset, len(train), 0, **data_kwargs).to_dict()]}
     (out / "result.json").write_text(json.dumps({**result, "samples": res.samples}, indent=1))
     (out / "model" / "latent_init.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result), flush=True)

@@ -12,6 +12,7 @@ from latentrl.assets import available_models, model_path
 from latentrl.config import ConfigError, load_config
 from latentrl.data import format_icot_line, load_icot, make_examples
 from latentrl.data.paths import PACKAGED_DATA, find_shared_data
+from latentrl.data.provenance import TrainDraw, read_train_draws
 from latentrl.eval import evaluate
 from latentrl.model import LatentModel
 from latentrl.pretrain import (
@@ -59,6 +60,8 @@ def test_pretrain_minuscule_run_gives_loadable_checkpoints(tmp_path):
         assert entry["eval_real_slice"]["n"] == min(3, n_real)
         args = json.loads((d / "training_args.json").read_text())
         assert args["sft_config"]["mode"] == mode and args["command"] == results["command"]
+        pc = args["pretrain_config"]  # the draw it trained on, for the bench to keep RL prompts off it
+        assert read_train_draws(d) == [TrainDraw(pc["task"], 64, 6, pc["seed"], pc["difficulty"])]
         lm = LatentModel.from_pretrained(d)
         assert lm.latent_ids is not None
         ids = lm.tokenizer.convert_tokens_to_ids(["<|start-latent|>", "<|latent|>", "<|end-latent|>"])

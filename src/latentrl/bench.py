@@ -191,7 +191,6 @@ def preset_path(method: str) -> Path:
 def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, seed: int, k: int,
                num_eval: int, overrides: list[str] = ()) -> dict[str, Any]:
     """RL-train one method on one task (its preset, then the task's and the caller's overrides) and evaluate it."""
-    from latentrl.data import load_examples
     from latentrl.eval import evaluate
     from latentrl.methods import get_method
     from latentrl.model import LatentModel
@@ -207,7 +206,7 @@ def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, see
     cfg = load_config(GRPOConfig, preset_path(method_name),
                       [*extra, *task.method_overrides.get(method_name, ()), *overrides])
     model = LatentModel.from_pretrained(init_path, add_latent_tokens=True)
-    train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=seed, **task.dataset_kwargs)
+    train, n_seen = rl_prompts(task, init_path, cfg.num_train_examples, seed)
     evals = task.eval_examples(num_eval)
     check_disjoint(task, train, evals)
     t0 = time.perf_counter()
@@ -220,7 +219,19 @@ def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, see
     from latentrl.thought_dependence import trainer_thought_dependence
 
     dep = trainer_thought_dependence(trainer, evals)  # None without latent positions
-    return row(method_name, task.name, res, train_wall, method.init, run_dir, dep)
+    return {**row(method_name, task.name, res, train_wall, method.init, run_dir, dep),
+            "rl_prompts_excluded": n_seen}
+
+
+def rl_prompts(task: SuiteTask, init_path: str | Path, n: int, seed: int) -> tuple[list[Example], int]:
+    """`n` RL prompts from the task's train stream, none of them a problem the starting checkpoint trained on (its
+    recorded `train_data`: a latent init that saw its problems hundreds of times scores far higher on them, so RL on
+    them rewards memory, docs/bench/rl_prompts). Returns the prompts and how many questions were excluded."""
+    from latentrl.data import load_examples
+    from latentrl.data.provenance import training_questions
+
+    seen = training_questions(init_path, task.dataset)
+    return load_examples(task.dataset, split="train", n=n, seed=seed, exclude=seen, **task.dataset_kwargs), len(seen)
 
 
 def check_disjoint(task: SuiteTask, train: list[Example], evals: list[Example]) -> None:

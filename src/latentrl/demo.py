@@ -74,7 +74,7 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
     from rich.table import Table
 
     from latentrl.assets import model_path
-    from latentrl.bench import preset_path, suite_tasks
+    from latentrl.bench import preset_path, rl_prompts, suite_tasks
     from latentrl.data import load_examples
     from latentrl.logger import plot_metrics
     from latentrl.methods import get_method
@@ -93,7 +93,7 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
     console.print(f"[bold]latentrl demo[/bold]: {method} on {task.name} from {init.name}; run folder {run_dir}")
     lm = LatentModel.from_pretrained(init, add_latent_tokens=True)
     evalset = load_examples(task.eval_source)[:num_eval]
-    train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=seed, **task.dataset_kwargs)
+    train, _ = rl_prompts(task, init, cfg.num_train_examples, seed)  # none the starting model trained on
     cfg.eval_steps = max(1, steps // 4)
     trainer = get_method(method).trainer_class(cfg, lm, train, eval_dataset=evalset)
 
@@ -148,9 +148,16 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
     from rich.table import Table
 
     from latentrl.assets import available_models, model_path, resolve_model
-    from latentrl.bench import check_disjoint, percent_se, plot_accuracy_vs_length, preset_path, row, suite_tasks
+    from latentrl.bench import (
+        check_disjoint,
+        percent_se,
+        plot_accuracy_vs_length,
+        preset_path,
+        rl_prompts,
+        row,
+        suite_tasks,
+    )
     from latentrl.checkpoint import atomic_write_json
-    from latentrl.data import load_examples
     from latentrl.eval import evaluate
     from latentrl.logger import plot_metrics
     from latentrl.methods import get_method
@@ -183,7 +190,7 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
                   f"{LATENT_DEMO_METHOD} after {steps} RL steps from it, on {num_eval} held-out {task.name} "
                   f"problems; run folder {run_dir}")
     evals = task.eval_examples(num_eval)
-    train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=seed, **task.dataset_kwargs)
+    train, _ = rl_prompts(task, init, cfg.num_train_examples, seed)  # none the latent init trained on
     check_disjoint(task, train, evals)
     T = cfg.temperature  # Pass@k of every row sampled at the RL preset's temperature
 

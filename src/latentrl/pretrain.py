@@ -313,6 +313,7 @@ def pretrain(config: PretrainConfig, *, command: str | None = None, resume: bool
     one exactly, and one not started yet starts."""
     from latentrl.checkpoint import atomic_write_json, latest_checkpoint
     from latentrl.data import load_icot, make_examples, train_eval_split
+    from latentrl.data.provenance import TrainDraw
     from latentrl.logger import plot_metrics
     from latentrl.run_dir import check_new_run, model_checkpoint_problem, replace_run
 
@@ -416,8 +417,10 @@ def pretrain(config: PretrainConfig, *, command: str | None = None, resume: bool
             "command": command,
         }
         atomic_write_json(run_dir / TRAINING_ARGS_FILE, args)
+        draw = TrainDraw(cfg.task, cfg.num_train_examples, cfg.num_eval_examples, cfg.seed, dict(cfg.difficulty))
         atomic_write_json(run_dir / RESULTS_FILE, {"task": cfg.task, "difficulty": dict(cfg.difficulty), "seed": cfg.seed,
-                                                  "real_eval_file": results["real_eval_file"], **entry})
+                                                  "real_eval_file": results["real_eval_file"], **entry,
+                                                  "train_data": [draw.to_dict()]})
         keys = ["loss", "token_accuracy", "eval/pass_at_1", "eval/mean_reasoning_positions"]
         plot_metrics(run_dir / "metrics.jsonl", run_dir / CURVES_FILE, keys,
                      title=f"{cfg.run_name} {mode} SFT", smoothing=0.0, missing="skip")

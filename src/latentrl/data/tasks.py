@@ -86,7 +86,7 @@ def train_eval_split(
     eval_set = [spec.generate(rng, **knobs) for _ in range(n_eval)]
     banned = {ex.question for ex in eval_set} | set(exclude)
     train: list[Example] = []
-    max_draws = 20 * n_train + 10_000
+    max_draws = 20 * n_train + 10_000 + len(banned)  # banned questions drawn first (same stream) are skipped
     draws = 0
     while len(train) < n_train:
         if draws >= max_draws:

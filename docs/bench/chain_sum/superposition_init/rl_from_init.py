@@ -1,12 +1,12 @@
-"""Latent-GRPO from a shipped superposition init (issue #16 item 4): the bench's `run_method("latent_grpo")` on a
-suite task (its `superposition_sft` init is the task's shipped one, e.g. `chain_sum-superposition`; the preset's 40
-steps, seed 0), then the init and the RL checkpoint scored greedily on the same first 500 held-out problems with the
-method's own operator, and their paired difference.
+"""An RL method from its shipped latent init (issue #16 item 4): the bench's `run_method(method)` on a suite task
+(its init is the task's shipped one, e.g. `chain_sum-superposition` for latent_grpo; the preset's steps, seed 0), then
+the init and the RL checkpoint scored greedily on the same first 500 held-out problems with the method's own
+operator, and their paired difference.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/chain_sum/superposition_init/rl_from_init.py OUT_DIR \
-        [task=chain_sum|icot_mult_4x4] [key=value ...]
+        [task=chain_sum|icot_mult_4x4] [method=latent_grpo|coconut_grpo|latent_rl] [key=value ...]
 
-(key=value: overrides of the latent_grpo preset, e.g. latent.noise_scale=0.1)
+(key=value: overrides of the method's preset, e.g. latent.noise_scale=0.1)
 """
 from __future__ import annotations
 
@@ -27,32 +27,33 @@ from latentrl.model import LatentModel
 N = 500
 
 
-def greedy_correct(path: Path, cfg: GRPOConfig, evals) -> list[float]:
+def greedy_correct(method: str, path: Path, cfg: GRPOConfig, evals) -> list[float]:
     model = LatentModel.from_pretrained(path)
     res = evaluate(model, evals, k=1, num_samples_to_keep=len(evals),
-                   **get_method("latent_grpo").build(model, cfg).eval_kwargs(cfg))
+                   **get_method(method).build(model, cfg).eval_kwargs(cfg))
     return [float(s["correct"]) for s in res.samples]
 
 
 def main() -> None:
     out, args = Path(sys.argv[1]), sys.argv[2:]
     task_name = next((a.split("=", 1)[1] for a in args if a.startswith("task=")), "chain_sum")
-    overrides = [a for a in args if not a.startswith("task=")]
+    method = next((a.split("=", 1)[1] for a in args if a.startswith("method=")), "latent_grpo")
+    overrides = [a for a in args if not a.startswith(("task=", "method="))]
     torch.set_num_threads(1)
     task = bench.suite_tasks()[task_name]
-    init_name = task.shipped_inits.get("superposition_sft")
+    init_name = task.shipped_inits.get(get_method(method).init)
     if init_name is None:  # checked before the RL run, not after it
-        raise SystemExit(f"{task.name} has no shipped superposition init (its suite task's shipped_inits)")
-    row = bench.run_method("latent_grpo", task, out, quick=False, seed=0, k=4, num_eval=N, overrides=overrides)
+        raise SystemExit(f"{task.name} has no shipped {get_method(method).init} init (its suite task's shipped_inits)")
+    row = bench.run_method(method, task, out, quick=False, seed=0, k=4, num_eval=N, overrides=overrides)
     run_dir = Path(row["run_dir"])
     cfg = load_config(GRPOConfig, run_dir / "run_config.json")
     ckpt = max(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     evals = task.eval_examples(N)
-    init = greedy_correct(model_path(init_name), cfg, evals)
-    rl = greedy_correct(ckpt, cfg, evals)
+    init = greedy_correct(method, model_path(init_name), cfg, evals)
+    rl = greedy_correct(method, ckpt, cfg, evals)
     d = [a - b for a, b in zip(rl, init)]
     m = sum(d) / len(d)
-    res = {"task": task.name, "overrides": overrides, "row": {k: v for k, v in row.items() if k != "samples"},
+    res = {"task": task.name, "method": method, "overrides": overrides, "row": {k: v for k, v in row.items() if k != "samples"},
            "checkpoint": str(ckpt),
            "init_pass_at_1": sum(init) / N, "rl_pass_at_1": sum(rl) / N, "rl_minus_init": m,
            "rl_minus_init_se": math.sqrt(sum((x - m) ** 2 for x in d) / (N - 1) / N)}

@@ -1,0 +1,84 @@
+"""Training-data provenance (`latentrl.data.provenance`) and the bench's RL prompts that stay off it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from latentrl.assets import available_models, model_path
+from latentrl.bench import rl_prompts, suite_tasks
+from latentrl.data import load_examples, train_eval_split
+from latentrl.data.provenance import TrainDraw, read_train_draws, training_questions
+
+CS = {"length": 8, "modulus": 10, "ops": "+"}
+
+
+def write_meta(folder, draws, name="latent_init.json"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps({"command": "x", "train_data": draws}))
+    return folder
+
+
+def test_a_train_split_draw_regenerates_the_loaded_questions():
+    draw = TrainDraw.of_train_split("chain_sum", 300, 3, **CS)
+    loaded = load_examples("chain_sum", split="train", n=300, seed=3, **CS)
+    assert draw.questions() == {ex.question for ex in loaded}
+    assert TrainDraw.from_dict(draw.to_dict()) == draw
+
+
+def test_read_train_draws_from_either_metadata_file(tmp_path):
+    assert read_train_draws(tmp_path) == []  # a folder that records nothing (e.g. a hub model)
+    a = {"dataset": "chain_sum", "n_train": 50, "n_eval": 10, "seed": 0, "knobs": CS}
+    b = {"dataset": "icot_mult", "n_train": 40, "n_eval": 0, "seed": 1, "knobs": {"digits": 2}}
+    write_meta(tmp_path / "pre", [a], name="results.json")
+    assert read_train_draws(tmp_path / "pre") == [TrainDraw("chain_sum", 50, 10, 0, CS)]
+    write_meta(tmp_path / "init", [a, b])
+    both = training_questions(tmp_path / "init")
+    cs, _ = train_eval_split("chain_sum", 50, 10, 0, **CS)
+    mult, _ = train_eval_split("icot_mult", 40, 0, 1, digits=2)
+    assert both == {ex.question for ex in cs + mult}
+    assert training_questions(tmp_path / "init", "chain_sum") == {ex.question for ex in cs}
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"dataset": "chain_sum", "n_train": 5, "seed": 0}, "missing ['n_eval']"),
+    ({"dataset": "chain_sum", "n_train": 5, "n_eval": 0, "seed": 0, "size": 3}, "unknown ['size']"),
+])
+def test_a_malformed_draw_is_a_clear_error(tmp_path, bad, words):
+    write_meta(tmp_path, [bad])
+    with pytest.raises(ValueError, match=r"latent_init.json: train_data\[0\]") as e:
+        read_train_draws(tmp_path)
+    assert words in str(e.value)
+    (tmp_path / "latent_init.json").write_text(json.dumps({"train_data": {"dataset": "chain_sum"}}))
+    with pytest.raises(ValueError, match="must be a list"):
+        read_train_draws(tmp_path)
+
+
+def test_rl_prompts_skip_what_the_starting_checkpoint_trained_on(tmp_path):
+    """The first 3,000 problems of the RL stream itself are the init's: the prompts come after them."""
+    task = suite_tasks()["chain_sum"]
+    plain, n0 = rl_prompts(task, tmp_path / "hub_model", 500, 0)
+    assert n0 == 0 and plain == load_examples("chain_sum", split="train", n=500, seed=0, **CS)
+    init = write_meta(tmp_path / "init", [TrainDraw.of_train_split("chain_sum", 3000, 0, **CS).to_dict()])
+    seen = training_questions(init)
+    prompts, n = rl_prompts(task, init, 500, 0)
+    assert n == len(seen) and len(prompts) == 500
+    assert not {ex.question for ex in prompts} & seen
+    assert {ex.question for ex in plain} <= seen  # without the record every prompt would have been a seen one
+
+
+def test_every_shipped_model_records_its_training_draws():
+    tasks = {t.dataset for t in suite_tasks().values()}
+    for name in available_models():
+        draws = read_train_draws(model_path(name))
+        assert draws and all(d.dataset in tasks and d.n_train > 0 for d in draws), name
+
+
+@pytest.mark.parametrize("task_name, init", [("chain_sum", "chain_sum-superposition"),
+                                             ("icot_mult_4x4", "icot_mult_4x4-superposition")])
+def test_bench_rl_prompts_are_new_to_the_shipped_latent_init(task_name, init):
+    task = suite_tasks()[task_name]
+    prompts, n = rl_prompts(task, model_path(init), 200, 0)
+    seen = training_questions(model_path(init), task.dataset)
+    assert n == len(seen) > 8000 and not {ex.question for ex in prompts} & seen
