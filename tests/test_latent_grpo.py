@@ -69,6 +69,57 @@ def test_surrogate_is_the_mean_gumbel_log_density_of_the_implied_noise():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("one_sided, scale", [(True, 0.5), (False, 1.0)])
+def test_likelihood_integrates_to_the_gumbel_max_and_plackett_luce_probabilities(one_sided, scale):
+    """`gumbel_logprob=likelihood` is a density of the stored (ids, scores): integrated over the scores it gives the
+    probability of the chosen ids, which for Gumbel noise on lp / s is softmax(lp / s) for K = 1 (Gumbel-max) and
+    p_i p_j / (1 - p_i) for an ordered top-2 (Plackett-Luce). Clamps far out (no mass there), no nucleus cut."""
+    logits = torch.tensor([[1.0, 0.2, -0.5, 0.6]])
+    p = (logits.log_softmax(-1) / scale).softmax(-1)[0]
+    kw = dict(top_p=1.0, one_sided_noise=one_sided, noise_clamp_min=-6.0, noise_clamp_max=40.0, noise_scale=scale,
+              gumbel_logprob="likelihood")
+    lp = logits.log_softmax(-1)[0]
+    shift = -6.0 if one_sided else 0.0
+    x = torch.linspace(-5.5, 25.0, 3001)  # the Gumbel draw behind the first chosen score
+    dx = float(x[1] - x[0])
+    op1 = op_for(top_k=1, **kw)
+    for i in range(4):
+        scores = lp[i] + scale * (x - shift)
+        dens = op1.log_prob(logits.expand(len(x), 4), None,
+                            {"ids": torch.full((len(x), 1), i), "scores": scores[:, None]}).exp()
+        torch.testing.assert_close(float(torch.trapezoid(dens, dx=scale * dx)), float(p[i]), atol=2e-4, rtol=0)
+    op2 = op_for(top_k=2, **kw)
+    xs = torch.linspace(-5.5, 20.0, 701)
+    d = float(xs[1] - xs[0])
+    for i, j in [(0, 3), (2, 1)]:
+        g1 = (lp[i] + scale * (xs - shift))[:, None].expand(-1, len(xs))
+        g2 = (lp[j] + scale * (xs - shift))[None, :].expand(len(xs), -1)
+        ok = g2 < g1  # an ordered pair: the second score below the first
+        scores = torch.stack([g1[ok], g2[ok]], -1)
+        dens = op2.log_prob(logits.expand(len(scores), 4), None,
+                            {"ids": torch.tensor([i, j]).expand(len(scores), 2), "scores": scores}).exp()
+        want = float(p[i] * p[j] / (1 - p[i]))
+        torch.testing.assert_close(float(dens.sum()) * (scale * d) ** 2, want, atol=3e-3, rtol=0)
+
+
+def test_likelihood_mode_replays_to_its_rollout_and_is_refused_when_unknown():
+    lm = tiny_latent_model("qwen2", WORDS, seed=0)
+    ids, mask = make_prompts(lm)
+    op = op_for(top_k=5, noise_scale=0.3, gumbel_logprob="likelihood")
+    assert op.logprob == "likelihood"
+    end = lm.tokenizer("####", add_special_tokens=False)["input_ids"][0]
+    r = generate_rollout(lm, ids, mask, SamplingParams(max_new_positions=9, temperature=0.8), op,
+                         ThinkingSchedule(end_token_id=end, max_latent_steps=5), gen(1))
+    assert r.latent_mask.any()
+    out = replay(lm, op, r, temperature=0.8)
+    m = r.completion_mask
+    torch.testing.assert_close(out.logprobs[m], r.logprobs[m], atol=1e-4, rtol=1e-4)
+    authors = replay(lm, op_for(top_k=5, noise_scale=0.3), r, temperature=0.8)
+    assert not torch.allclose(authors.logprobs[r.latent_mask], out.logprobs[r.latent_mask])
+    with pytest.raises(Exception, match="gumbel_logprob"):
+        load_config(GRPOConfig, None, ["model_name_or_path=m", "latent.gumbel_logprob=exact"])
+
+
 @pytest.mark.parametrize("one_sided", [True, False])
 def test_rollout_selection_is_topk_of_perturbed_nucleus_and_noise_is_one_sided(one_sided):
     op = op_for(top_k=3, top_p=0.5, one_sided_noise=one_sided)

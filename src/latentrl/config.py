@@ -793,6 +793,16 @@ class LatentConfig(BaseConfig):
     noise_scale: float = cfg_field(
         1.0, "Multiplier of the (clamped, shifted) Gumbel noise of gumbel_topk (Latent-GRPO noise_scale: 1.0).", min=0.0
     )
+    gumbel_logprob: str = cfg_field(
+        "authors",
+        "What gumbel_topk scores a latent step with in the policy loss. authors: the Latent-GRPO code's surrogate, the "
+        "mean standard-Gumbel log-density of the K chosen entries' shifted, scaled noise (not a likelihood); "
+        "likelihood: the exact log-likelihood of the stored top-K scores under the clamped, shifted, scaled noise "
+        "(each chosen entry's noise density, plus for every other nucleus entry the log-probability that its score "
+        "stayed below the K-th; an entry drawn at a clamp bound has no density and adds nothing). Ours, not a paper's: "
+        "docs/methods/latent_grpo.md.",
+        choices=("authors", "likelihood"),
+    )
 
     def validate(self) -> None:
         if self.noise_clamp_min >= self.noise_clamp_max:

@@ -29,6 +29,17 @@ token ("exploration-optimization alignment"). Not implemented from the authors' 
 "flip" of the gradient at entries with A <= 0 and ε < 0; it never fires on-policy with one-sided noise (ε >= 0 at
 the first update) — see docs/methods/latent_grpo.md.
 
+`logprob="likelihood"` (`latent.gumbel_logprob`; ours, not the paper's) scores a step with the exact log-likelihood
+of what was stored instead. With x = G / s + c_min (one-sided; G / s two-sided) the Gumbel draw behind a score,
+x_k for the chosen entries and x_j = (g_K - lp_θ[j]) / s + c_min for the others (g_K the K-th score):
+
+    log p = Σ_k [log φ(x_k) - log s]  +  Σ_{j in the nucleus, not chosen, x_j < c_max} -exp(-x_j)
+
+(φ the Gumbel(0, 1) density, exp(-exp(-x)) its CDF: the top-K of independent entries). A chosen entry whose draw
+was clamped (x_k on a bound, within 1e-4) is a point mass whose position moves with θ: it adds nothing. Its
+gradient w.r.t. lp_θ[i_k] is (1 - exp(-x_k)) / s, negative for a draw below the Gumbel mode, and each competitor
+that stayed below adds -exp(-x_j) / s: the policy gradient of the sampling distribution, unlike the surrogate's.
+
 The id recorded at a latent position is, by default, the *unperturbed* top-1 (`record="unperturbed"`); the authors
 record the perturbed top-1 (`record="perturbed"`). It only matters for displaying latent positions: the end-of-
 thinking rule of the rollout engine looks at the unperturbed top-1 itself, and the replay never reads the id.
@@ -52,6 +63,7 @@ log-normaliser) and one max pass over the vocabulary, whatever the shape of the 
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -74,6 +86,7 @@ if TYPE_CHECKING:
 __all__ = ["GumbelTopKThought", "gumbel_log_density"]
 
 RECORD_CHOICES = ("unperturbed", "perturbed")
+LOGPROB_CHOICES = ("authors", "likelihood")
 
 
 def gumbel_log_density(x: torch.Tensor) -> torch.Tensor:
@@ -164,9 +177,11 @@ class GumbelTopKThought(ThoughtOperator):
         eval_noise: bool | None = None,
         record: str = "unperturbed",
         detach_embeddings: bool = False,
+        logprob: str | None = None,
     ):
         """Values come from `config` (a `LatentConfig`: top_k, top_p, latent_temperature, gumbel_tau,
-        one_sided_noise, noise_clamp_min/max, eval_noise; `noise_scale` if the config has it) unless given here."""
+        one_sided_noise, noise_clamp_min/max, eval_noise; `noise_scale` and `gumbel_logprob` if the config has them)
+        unless given here."""
         super().__init__()
         cfg = _init_common(self, "gumbel_topk", config, top_k=top_k, top_p=top_p, temperature=temperature,
                            tau=tau, eval_noise=eval_noise)
@@ -178,6 +193,9 @@ class GumbelTopKThought(ThoughtOperator):
             raise ValueError(f"gumbel_topk needs clamp_min < clamp_max, got {self.clamp_min}, {self.clamp_max}")
         if self.noise_scale < 0:
             raise ValueError(f"gumbel_topk noise_scale must be >= 0, got {self.noise_scale}")
+        self.logprob = str(_pick(logprob, getattr(cfg, "gumbel_logprob", "authors")))
+        if self.logprob not in LOGPROB_CHOICES:
+            raise ValueError(f"gumbel_topk logprob must be one of {LOGPROB_CHOICES}, got {self.logprob!r}")
         _init_record(self, "gumbel_topk", record, RECORD_CHOICES, detach_embeddings)
 
     # ------------------------------------------------------------------ interface
@@ -270,10 +288,30 @@ class GumbelTopKThought(ThoughtOperator):
         return self._finish(model, token, payload, x, lse)
 
     def _finish(self, model, token: torch.Tensor, payload: Payload, x: torch.Tensor, lse: torch.Tensor) -> ThoughtStep:
-        """The step from its payload; the surrogate reuses x and lse (the same bits `log_prob` recomputes)."""
-        eps = payload["scores"].float() - (x.gather(-1, payload["ids"]) - lse)
+        """The step from its payload; its log-prob reuses x and lse (the same bits `log_prob` recomputes)."""
         return ThoughtStep(embeds=self.rebuild(model, token, payload), token_ids=token, payload=payload,
-                           logprob=gumbel_log_density(eps).mean(-1))
+                           logprob=self._score(x, lse, payload))
+
+    def _score(self, x: torch.Tensor, lse: torch.Tensor, payload: Payload) -> torch.Tensor:
+        """(N,) the step's log-prob from the tempered logits x and their logsumexp: the authors' surrogate, or the
+        likelihood (module docstring)."""
+        chosen_lp = x.gather(-1, payload["ids"]) - lse
+        if self.logprob == "authors" or self.noise_scale == 0:
+            return gumbel_log_density(payload["scores"].float() - chosen_lp).mean(-1)
+        s, a, b = self.noise_scale, self.clamp_min, self.clamp_max
+        shift = a if self.one_sided else 0.0
+        scores = payload["scores"].float()
+        draw = (scores - chosen_lp) / s + shift  # the Gumbel draw behind each chosen score
+        tol = 1e-4 * max(1.0, b - a)
+        free = (draw > a + tol) & (draw < b - tol)
+        chosen = torch.where(free, gumbel_log_density(draw) - math.log(s), torch.zeros_like(draw))
+        lp = x - lse
+        others = (scores.min(-1, keepdim=True).values - lp) / s + shift  # each entry's draw to reach the K-th
+        srt, order = lp.detach().sort(-1, descending=True)
+        nucleus = torch.zeros_like(srt, dtype=torch.bool).scatter(-1, order, self._prefix_nucleus(srt, scores.shape[-1]))
+        rest = nucleus & (others < b) & ~torch.zeros_like(nucleus).scatter(-1, payload["ids"], True)
+        below = torch.where(rest, -torch.exp(-others.clamp_min(a)), torch.zeros_like(others))
+        return chosen.sum(-1) + below.sum(-1)
 
     def perturbed_topk_pooled(self, logits: torch.Tensor, generator) -> tuple[Payload, torch.Tensor]:
         """`step`'s path at large vocabularies (public for the tests, which shrink `pool_block`/`pool_blocks` to
@@ -419,11 +457,14 @@ class GumbelTopKThought(ThoughtOperator):
         return torch.einsum("nk,nkh->nh", self.weights(payload).to(emb.dtype), emb)
 
     def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
-        eps = payload["scores"].float() - token_logprobs(logits, payload["ids"], self.temperature)
-        return gumbel_log_density(eps).mean(-1)
+        if self.logprob == "authors":
+            eps = payload["scores"].float() - token_logprobs(logits, payload["ids"], self.temperature)
+            return gumbel_log_density(eps).mean(-1)
+        x = tempered(logits, self.temperature)
+        return self._score(x, logsumexp_rows(x), payload)
 
     def extra_repr(self) -> str:
         return (f"top_k={self.top_k}, top_p={self.top_p}, T={self.temperature}, tau={self.tau}, "
                 f"one_sided={self.one_sided}, clamp=[{self.clamp_min}, {self.clamp_max}], "
-                f"noise_scale={self.noise_scale}, record={self.record}")
+                f"noise_scale={self.noise_scale}, record={self.record}, logprob={self.logprob}")
 

@@ -4,7 +4,7 @@ the init and the RL checkpoint scored greedily on the same first 500 held-out pr
 operator, and their paired difference.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/chain_sum/superposition_init/rl_from_init.py OUT_DIR \
-        [task=chain_sum|icot_mult_4x4] [method=latent_grpo|coconut_grpo|latent_rl] [key=value ...]
+        [task=chain_sum|icot_mult_4x4] [method=latent_grpo|coconut_grpo|latent_rl|grpo|...] [key=value ...]
 
 (key=value: overrides of the method's preset, e.g. latent.noise_scale=0.1)
 """
@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from latentrl import bench
-from latentrl.assets import model_path
 from latentrl.config import GRPOConfig, load_config
 from latentrl.eval import evaluate
 from latentrl.methods import get_method
@@ -41,15 +40,13 @@ def main() -> None:
     overrides = [a for a in args if not a.startswith(("task=", "method="))]
     torch.set_num_threads(1)
     task = bench.suite_tasks()[task_name]
-    init_name = task.shipped_inits.get(get_method(method).init)
-    if init_name is None:  # checked before the RL run, not after it
-        raise SystemExit(f"{task.name} has no shipped {get_method(method).init} init (its suite task's shipped_inits)")
+    init_path = bench.build_init(get_method(method).init, task, out, quick=False)  # the shipped one if any
     row = bench.run_method(method, task, out, quick=False, seed=0, k=4, num_eval=N, overrides=overrides)
     run_dir = Path(row["run_dir"])
     cfg = load_config(GRPOConfig, run_dir / "run_config.json")
     ckpt = max(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     evals = task.eval_examples(N)
-    init = greedy_correct(method, model_path(init_name), cfg, evals)
+    init = greedy_correct(method, init_path, cfg, evals)
     rl = greedy_correct(method, ckpt, cfg, evals)
     d = [a - b for a, b in zip(rl, init)]
     m = sum(d) / len(d)
