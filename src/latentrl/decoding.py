@@ -128,11 +128,11 @@ class _LeanLayer:
 
     Same math as the HF Llama-family layer: pre-norm attention with rotary q/k (optional per-head q/k norms, as
     Qwen3) and a gated MLP. Norm, activation and every wrapped projection are the model's own modules; plain
-    q/k/v linears are fused into one matmul, and plain bias-free o/down projections add the residual inside the
-    matmul (`addmm`). The keys/values go straight into preallocated buffers.
+    q/k/v linears are fused into one matmul, so are plain bias-free gate/up linears, and plain bias-free o/down
+    projections add the residual inside the matmul (`addmm`). The keys/values go straight into preallocated buffers.
     """
 
-    def __init__(self, layer: nn.Module, fuse_qkv: bool):
+    def __init__(self, layer: nn.Module, fuse_qkv: bool, fuse_gate_up: bool = False):
         attn, mlp = layer.self_attn, layer.mlp
         self.in_norm, self.post_norm = _norm_fn(layer.input_layernorm), _norm_fn(layer.post_attention_layernorm)
         self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
@@ -149,6 +149,10 @@ class _LeanLayer:
                                            for p in projs])
         self.o_proj, self.o_weight = attn.o_proj, _residual_weight(attn.o_proj)
         self.gate_proj, self.up_proj, self.act = mlp.gate_proj, mlp.up_proj, mlp.act_fn
+        self.gate_up_weight = None
+        if fuse_gate_up:
+            self.gate_up_weight = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t()
+            self.n_inter = mlp.gate_proj.out_features
         self.down_proj, self.down_weight = mlp.down_proj, _residual_weight(mlp.down_proj)
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int, mask: torch.Tensor) -> torch.Tensor:
@@ -181,7 +185,11 @@ class _LeanLayer:
         o = o.reshape(B, nq * D)
         x = torch.addmm(x, o, self.o_weight) if self.o_weight is not None else x + self.o_proj(o)
         y = self.post_norm(x)
-        h = self.act(self.gate_proj(y)) * self.up_proj(y)
+        if self.gate_up_weight is not None:
+            gu = torch.mm(y, self.gate_up_weight)
+            h = self.act(gu[:, : self.n_inter]) * gu[:, self.n_inter :]
+        else:
+            h = self.act(self.gate_proj(y)) * self.up_proj(y)
         return torch.addmm(x, h, self.down_weight) if self.down_weight is not None else x + self.down_proj(h)
 
 
@@ -205,7 +213,8 @@ def _norm_fn(norm: nn.Module):
 class StaticCacheStepper(DecoderStepper):
     """The fast path for Llama-family decoder stacks (Llama, Qwen2, Qwen3, Mistral), see the module docstring."""
 
-    #: fuse q/k/v weights into one matmul only while the copy is small (it helps where dispatch overhead rules)
+    #: fuse q/k/v (and, separately, gate/up) weights into one matmul only while the copy, made once per rollout, is
+    #: small (it helps where dispatch overhead rules)
     FUSE_QKV_MAX_BYTES = 256 * 2**20
 
     def __init__(self, model: LatentModel, prompt_mask: torch.Tensor, max_new: int):
@@ -215,7 +224,10 @@ class StaticCacheStepper(DecoderStepper):
         plain = all(_plain_linear(getattr(l.self_attn, n)) for l in layers for n in ("q_proj", "k_proj", "v_proj"))
         qkv_bytes = sum(getattr(l.self_attn, n).weight.nbytes for l in layers for n in ("q_proj", "k_proj", "v_proj"))
         fuse = plain and qkv_bytes <= self.FUSE_QKV_MAX_BYTES
-        self.layers = [_LeanLayer(l, fuse) for l in layers]
+        mlps = [getattr(l.mlp, n) for l in layers for n in ("gate_proj", "up_proj")]
+        fuse_mlp = (all(_plain_linear(m) and m.bias is None for m in mlps)
+                    and sum(m.weight.nbytes for m in mlps) <= self.FUSE_QKV_MAX_BYTES)
+        self.layers = [_LeanLayer(l, fuse, fuse_mlp) for l in layers]
         self.norm = _norm_fn(backbone.norm)
         self.rotary = backbone.rotary_emb
 
