@@ -2,6 +2,7 @@
 superposition SFT and the presets."""
 
 import itertools
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -100,6 +101,33 @@ def test_likelihood_integrates_to_the_gumbel_max_and_plackett_luce_probabilities
                             {"ids": torch.tensor([i, j]).expand(len(scores), 2), "scores": scores}).exp()
         want = float(p[i] * p[j] / (1 - p[i]))
         torch.testing.assert_close(float(dens.sum()) * (scale * d) ** 2, want, atol=3e-3, rtol=0)
+
+
+@pytest.mark.parametrize("one_sided", [True, False])
+def test_likelihood_equals_a_full_vocabulary_reference_on_sampled_steps(one_sided):
+    """The operator restricts the competitors to a sorted candidate prefix; the reference sums over every entry of
+    the nucleus-or-top-K mask (written here independently), on steps the operator itself sampled."""
+    torch.manual_seed(0)
+    s, a, b, k = 0.5, -1.5, 3.0, 4
+    op = op_for(top_k=k, top_p=0.9, noise_scale=s, one_sided_noise=one_sided, gumbel_logprob="likelihood")
+    logits = torch.randn(64, 50) * 1.5
+    step = op.step(EmbedOnly(50), logits, None, generator=gen(2))
+    ids, scores = step.payload["ids"], step.payload["scores"]
+    lp = logits.log_softmax(-1)
+    shift = a if one_sided else 0.0
+    want = torch.zeros(64)
+    mask = nucleus_or_topk(logits, 0.9, k)
+    for r in range(64):
+        for i, g in zip(ids[r].tolist(), scores[r].tolist()):
+            x = (g - float(lp[r, i])) / s + shift
+            if a + 1e-4 < x < b - 1e-4:
+                want[r] += -x - math.exp(-x) - math.log(s)
+        for j in range(50):
+            xj = (float(scores[r].min()) - float(lp[r, j])) / s + shift
+            if mask[r, j] and j not in ids[r].tolist() and xj < b:
+                want[r] += -math.exp(-xj)
+    torch.testing.assert_close(step.logprob, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(op.log_prob(logits, None, step.payload), want, atol=1e-4, rtol=1e-4)
 
 
 def test_likelihood_mode_replays_to_its_rollout_and_is_refused_when_unknown():

@@ -305,11 +305,14 @@ class GumbelTopKThought(ThoughtOperator):
         tol = 1e-4 * max(1.0, b - a)
         free = (draw > a + tol) & (draw < b - tol)
         chosen = torch.where(free, gumbel_log_density(draw) - math.log(s), torch.zeros_like(draw))
-        lp = x - lse
+        # the competitors: only entries within the noise width of the K-th log-prob can have x_j < c_max (the K-th
+        # score is at least the K-th log-prob + the noise minimum), so the sorted candidate prefix holds them all
+        k = scores.shape[-1]
+        width = (b - a) * s
+        m = int((x.detach() >= topk_rows(x.detach(), k)[0][..., -1:] - width).sum(-1, dtype=torch.int32).max())
+        lp, ids, nucleus = self._sorted_candidates(x, lse, k, m)
         others = (scores.min(-1, keepdim=True).values - lp) / s + shift  # each entry's draw to reach the K-th
-        srt, order = lp.detach().sort(-1, descending=True)
-        nucleus = torch.zeros_like(srt, dtype=torch.bool).scatter(-1, order, self._prefix_nucleus(srt, scores.shape[-1]))
-        rest = nucleus & (others < b) & ~torch.zeros_like(nucleus).scatter(-1, payload["ids"], True)
+        rest = nucleus & (others < b) & ~(ids[..., None] == payload["ids"][:, None, :]).any(-1)
         below = torch.where(rest, -torch.exp(-others.clamp_min(a)), torch.zeros_like(others))
         return chosen.sum(-1) + below.sum(-1)
 
