@@ -53,6 +53,9 @@ def test_a_malformed_draw_is_a_clear_error(tmp_path, bad, words):
     (tmp_path / "latent_init.json").write_text(json.dumps({"train_data": {"dataset": "chain_sum"}}))
     with pytest.raises(ValueError, match="must be a list"):
         read_train_draws(tmp_path)
+    (tmp_path / "latent_init.json").write_text("{truncated")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        read_train_draws(tmp_path)
 
 
 def test_rl_prompts_skip_what_the_starting_checkpoint_trained_on(tmp_path):

@@ -231,7 +231,8 @@ def rl_prompts(task: SuiteTask, init_path: str | Path, n: int, seed: int) -> tup
     from latentrl.data.provenance import training_questions
 
     seen = training_questions(init_path, task.dataset)
-    return load_examples(task.dataset, split="train", n=n, seed=seed, exclude=seen, **task.dataset_kwargs), len(seen)
+    kw = {"exclude": seen} if seen else {}
+    return load_examples(task.dataset, split="train", n=n, seed=seed, **kw, **task.dataset_kwargs), len(seen)
 
 
 def check_disjoint(task: SuiteTask, train: list[Example], evals: list[Example]) -> None:

@@ -67,7 +67,10 @@ def read_train_draws(checkpoint: str | Path) -> list[TrainDraw]:
     for name in METADATA_FILES:
         meta = Path(checkpoint) / name
         if meta.is_file():
-            entries = json.loads(meta.read_text()).get(TRAIN_DATA_KEY) or []
+            try:
+                entries = json.loads(meta.read_text()).get(TRAIN_DATA_KEY) or []
+            except (json.JSONDecodeError, AttributeError) as e:
+                raise ValueError(f"{meta}: not a JSON object ({e}); cannot read which problems it was trained on") from e
             if not isinstance(entries, list):
                 raise ValueError(f"{meta}: {TRAIN_DATA_KEY} must be a list of train draws, got {type(entries).__name__}")
             return [TrainDraw.from_dict(e, f"{meta}: {TRAIN_DATA_KEY}[{i}]") for i, e in enumerate(entries)]
