@@ -4,7 +4,7 @@ the init and the RL checkpoint scored greedily on the same first 500 held-out pr
 operator, and their paired difference.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/chain_sum/superposition_init/rl_from_init.py OUT_DIR \
-        [task=chain_sum|icot_mult_4x4] [method=latent_grpo|coconut_grpo|latent_rl|grpo|...] [key=value ...]
+        [task=chain_sum|icot_mult_4x4] [method=latent_grpo|coconut_grpo|latent_rl|grpo|...] [seed=0] [key=value ...]
 
 (key=value: overrides of the method's preset, e.g. latent.noise_scale=0.1)
 """
@@ -37,11 +37,12 @@ def main() -> None:
     out, args = Path(sys.argv[1]), sys.argv[2:]
     task_name = next((a.split("=", 1)[1] for a in args if a.startswith("task=")), "chain_sum")
     method = next((a.split("=", 1)[1] for a in args if a.startswith("method=")), "latent_grpo")
-    overrides = [a for a in args if not a.startswith(("task=", "method="))]
+    seed = int(next((a.split("=", 1)[1] for a in args if a.startswith("seed=")), 0))  # RL run and prompt draw
+    overrides = [a for a in args if not a.startswith(("task=", "method=", "seed="))]
     torch.set_num_threads(1)
     task = bench.suite_tasks()[task_name]
     init_path = bench.build_init(get_method(method).init, task, out, quick=False)  # the shipped one if any
-    row = bench.run_method(method, task, out, quick=False, seed=0, k=4, num_eval=N, overrides=overrides)
+    row = bench.run_method(method, task, out, quick=False, seed=seed, k=4, num_eval=N, overrides=overrides)
     run_dir = Path(row["run_dir"])
     cfg = load_config(GRPOConfig, run_dir / "run_config.json")
     ckpt = max(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -50,7 +51,7 @@ def main() -> None:
     rl = greedy_correct(method, ckpt, cfg, evals)
     d = [a - b for a, b in zip(rl, init)]
     m = sum(d) / len(d)
-    res = {"task": task.name, "method": method, "overrides": overrides, "row": {k: v for k, v in row.items() if k != "samples"},
+    res = {"task": task.name, "method": method, "seed": seed, "overrides": overrides, "row": {k: v for k, v in row.items() if k != "samples"},
            "checkpoint": str(ckpt),
            "init_pass_at_1": sum(init) / N, "rl_pass_at_1": sum(rl) / N, "rl_minus_init": m,
            "rl_minus_init_se": math.sqrt(sum((x - m) ** 2 for x in d) / (N - 1) / N)}
