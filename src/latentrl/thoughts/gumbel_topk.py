@@ -232,11 +232,15 @@ class GumbelTopKThought(ThoughtOperator):
         deterministic mode)."""
         x = tempered(logits, self.temperature)
         values, ids = topk_rows(x, min(self.top_k, x.shape[-1]))
-        width = (self.clamp_max - self.clamp_min) * self.noise_scale
         if self.deterministic:
             return x, values, ids, values.shape[-1]
-        m = int((x >= values[..., -1:] - width).sum(-1, dtype=torch.int32).max())  # int32: a bool sum is 20x slower
-        return x, values, ids, m
+        return x, values, ids, self._num_candidates(x, values[..., -1:])
+
+    def _num_candidates(self, x: torch.Tensor, kth: torch.Tensor) -> int:
+        """The most entries in a row within the noise width of the row's K-th value `kth` (B, 1): every entry that
+        can reach the perturbed top-K, or stay below its K-th score with a clamped draw, is among them."""
+        width = (self.clamp_max - self.clamp_min) * self.noise_scale
+        return int((x >= kth - width).sum(-1, dtype=torch.int32).max())  # int32: a bool sum is 20x slower
 
     def candidates(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(lp, ids, keep), each (B, M): the M highest log-probs in descending order, their ids, and whether each
@@ -308,9 +312,8 @@ class GumbelTopKThought(ThoughtOperator):
         # the competitors: only entries within the noise width of the K-th log-prob can have x_j < c_max (the K-th
         # score is at least the K-th log-prob + the noise minimum), so the sorted candidate prefix holds them all
         k = scores.shape[-1]
-        width = (b - a) * s
-        m = int((x.detach() >= topk_rows(x.detach(), k)[0][..., -1:] - width).sum(-1, dtype=torch.int32).max())
-        lp, ids, nucleus = self._sorted_candidates(x, lse, k, m)
+        xd = x.detach()
+        lp, ids, nucleus = self._sorted_candidates(x, lse, k, self._num_candidates(xd, topk_rows(xd, k)[0][..., -1:]))
         others = (scores.min(-1, keepdim=True).values - lp) / s + shift  # each entry's draw to reach the K-th
         rest = nucleus & (others < b) & ~(ids[..., None] == payload["ids"][:, None, :]).any(-1)
         below = torch.where(rest, -torch.exp(-others.clamp_min(a)), torch.zeros_like(others))
