@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from latentrl.data import load_examples, train_eval_split
 from latentrl.data.provenance import TrainDraw, read_train_draws, training_questions
 
 CS = {"length": 8, "modulus": 10, "ops": "+"}
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def write_meta(folder, draws, name="latent_init.json"):
@@ -85,3 +87,31 @@ def test_bench_rl_prompts_are_new_to_the_shipped_latent_init(task_name, init):
     prompts, n = rl_prompts(task, model_path(init), 200, 0)
     seen = training_questions(model_path(init), task.dataset)
     assert n == len(seen) > 8000 and not {ex.question for ex in prompts} & seen
+
+
+def test_latentrl_train_draws_no_prompt_the_starting_model_trained_on(tmp_path, capsys):
+    """`latentrl train` with a built-in task leaves out the starting model's recorded draws (and says so), keeps
+    them with `exclude_init_train_data=false`, and ignores the record for data files."""
+    from latentrl.cli import load_train_data
+    from latentrl.config import ConfigError, GRPOConfig, config_from_dict
+
+    recorded, _ = train_eval_split("chain_sum", 150, 500, 0)  # the first 150 of the default train draw
+    seen = {ex.question for ex in recorded}
+    init = write_meta(tmp_path / "init", [TrainDraw.of_train_split("chain_sum", 150, 0).to_dict()])
+
+    def draw(**over):
+        cfg = config_from_dict(GRPOConfig, {"model_name_or_path": str(init), "dataset": "chain_sum",
+                                            "num_train_examples": 300, **over})
+        return load_train_data(cfg)
+
+    kept = draw()
+    assert len(kept) == 300 and not {ex.question for ex in kept} & seen
+    assert "leaving out the 150 problems" in capsys.readouterr().out
+    plain = draw(exclude_init_train_data=False)
+    assert plain == load_examples("chain_sum", split="train", n=300, seed=0) and seen <= {ex.question for ex in plain}
+    assert [e.answer for e in draw(dataset=str(FIXTURES / "math500_small.jsonl"), num_train_examples=2)] == \
+        ["14", "\\frac{3}{4}"]
+    (init / "latent_init.json").write_text(json.dumps({"train_data": [{"dataset": "chain_sum"}]}))
+    with pytest.raises(ConfigError, match="exclude_init_train_data: .*latent_init.json"):
+        draw()
+    assert draw(exclude_init_train_data=False) == plain

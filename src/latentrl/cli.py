@@ -77,10 +77,35 @@ def data_options(cfg: GRPOConfig) -> dict[str, Any]:
 
 
 def load_train_data(cfg: GRPOConfig):
-    """The training rows: `Example`s, or TRL prompt rows kept as dicts (`load_rows`)."""
+    """The training rows: `Example`s, or TRL prompt rows kept as dicts (`load_rows`). A built-in task's draw skips
+    the problems the starting model records having trained on (`exclude_init_train_data`)."""
     from latentrl.data import load_rows
 
-    return load_rows(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed, **data_options(cfg))
+    options = data_options(cfg)
+    seen = init_training_questions(cfg)
+    if seen:
+        options["exclude"] = seen
+        print(f"training prompts: leaving out the {len(seen):,} problems {cfg.model_name_or_path} was trained on "
+              "(exclude_init_train_data=false keeps them)")
+    return load_rows(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed, **options)
+
+
+def init_training_questions(cfg: GRPOConfig) -> frozenset[str]:
+    """The questions of the starting model's recorded training draws, when `dataset` is a built-in task (the only
+    kind of data a draw can overlap) and `exclude_init_train_data` is on; empty otherwise."""
+    from latentrl.assets import resolve_model
+    from latentrl.data.provenance import training_questions
+    from latentrl.data.tasks import TASKS
+
+    if not cfg.exclude_init_train_data or cfg.dataset not in TASKS or not cfg.model_name_or_path:
+        return frozenset()
+    path = Path(resolve_model(cfg.model_name_or_path)).expanduser()
+    if not path.is_dir():  # a hub id: no local record to read
+        return frozenset()
+    try:
+        return training_questions(path)
+    except ValueError as e:  # a malformed record: say which file, before the model loads
+        raise ConfigError(f"exclude_init_train_data: {e}") from e
 
 
 @command("train", "RL-train a model with a method preset: latentrl train --config FILE [key=value ...]")

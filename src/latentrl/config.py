@@ -971,6 +971,13 @@ class GRPOConfig(BaseConfig):
     )
     num_train_examples: int = cfg_field(2000, "Number of training prompts to draw/load.", min=1)
     num_eval_examples: int = cfg_field(200, "Number of evaluation prompts.", min=0)
+    exclude_init_train_data: bool = cfg_field(
+        True,
+        "When `dataset` is a built-in task: draw no training prompt the starting model records having trained on "
+        "(`train_data` in its latent_init.json / results.json, written by `latentrl pretrain` and the init "
+        "scripts), so that RL does not reward problems the init memorised (docs/bench/rl_prompts). No effect for "
+        "files, hub datasets, or a model without such a record; false: the plain seeded draw.",
+    )
 
     # --- optimisation (HF TrainingArguments names) --------------------------------------------------------------
     learning_rate: float = cfg_field(
