@@ -306,17 +306,20 @@ def generate_rollout(
                 if n_after:
                     forced_pos = forced_pos.masked_fill(ended, 0)
                 latent_active = latent_active & ~ended
-        # a row stops at a stop id among its discrete positions (and, for `emits_tokens`, its latent ones)
-        stop = torch.isin(ids, stop_ids)
-        if lat is not None and not emits_tokens:
-            stop = stop & ~lat
-        if forced is not None:
-            stop = stop & ~forced
-        finished = finished | stop
+        # a row stops at a stop id among its discrete positions (and, for `emits_tokens`, its latent ones); a step
+        # where every row thought has none (and ran the fast path: no row had stopped), so nothing to check
+        all_latent = lat is all_rows and not emits_tokens
+        if not all_latent:
+            stop = torch.isin(ids, stop_ids)
+            if lat is not None and not emits_tokens:
+                stop = stop & ~lat
+            if forced is not None:
+                stop = stop & ~forced
+            finished = finished | stop
         if t == C - 1:
             C_used = C
             break
-        if (t + 1) % check_every == 0 and bool(finished.all()):
+        if not all_latent and (t + 1) % check_every == 0 and bool(finished.all()):
             # the first step after which every row had finished (earlier than t when checks are sparse)
             done_after = torch.stack(hist_finished[1:] + [finished], dim=1).all(0)
             C_used = int(done_after.nonzero()[0]) + 1

@@ -164,7 +164,7 @@ def top_k_nucleus(logits: torch.Tensor, top_k: int, top_p: float | None, tempera
     the top-p nucleus found among them (`filter_logits`' rule, on the k survivors only), and their ids. What a
     top-k sampler or mixture needs, with no (B, V) output."""
     values, ids = topk_rows(logits, min(top_k, logits.shape[-1]))  # sorted descending
-    f = values.float() / temperature
+    f = tempered(values, temperature)
     if top_p is not None and top_p < 1.0:
         f = f.masked_fill(_outside_nucleus(f, top_p, 1), float("-inf"))
     return f, ids
@@ -179,7 +179,7 @@ def logsumexp_rows(x: torch.Tensor, row_max: torch.Tensor | None = None) -> torc
     if torch.is_grad_enabled() and x.requires_grad:
         return torch.logsumexp(x, dim=-1, keepdim=True)
     m = x.amax(-1, keepdim=True) if row_max is None else row_max
-    m = torch.where(m.isfinite(), m, torch.zeros_like(m))  # all -inf (or a +inf) row: no inf - inf
+    m = m.nan_to_num(0.0, 0.0, 0.0)  # all -inf (or a +inf / nan) row: no inf - inf; one op, not three
     return m + torch.sub(x, m).exp_().sum(-1, keepdim=True).log_()
 
 

@@ -49,6 +49,7 @@ from latentrl.sft.config import MetricsOutputConfig, StageGateConfig, StepSchedu
 from latentrl.sft.cot import IGNORE_INDEX, SFTHistory, masked_lm_loss
 from latentrl.sft.gate import STAGE_ADVANCE_CHOICES, StageGate
 from latentrl.sft.loop import StepLoop
+from latentrl.thoughts.base import mix_embeddings
 
 __all__ = [
     "SuperpositionSFTConfig",
@@ -271,7 +272,7 @@ def superposition_loss(
     same. With `whole` (the `superposition_counts` of a global batch this one is a share of) both terms and the
     stats are this share's part of the global means (they sum to them over the shares)."""
     emb = model.embed(batch["input_ids"])
-    mix = torch.einsum("btk,btkh->bth", batch["latent_weights"].to(emb.dtype), model.embed(batch["latent_ids"]))
+    mix = mix_embeddings(model, batch["latent_ids"], batch["latent_weights"]).to(emb.dtype)
     lat = batch["latent_mask"]
     emb = torch.where(lat[..., None], mix, emb)
     if cfg.self_feed > 0 and generator is not None:

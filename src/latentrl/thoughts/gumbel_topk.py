@@ -78,7 +78,7 @@ from latentrl.sampling import (
     topk_rows,
 )
 from latentrl.thoughts import register_thought_operator
-from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
+from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep, mix_embeddings
 
 if TYPE_CHECKING:
     from latentrl.config import LatentConfig
@@ -212,10 +212,11 @@ class GumbelTopKThought(ThoughtOperator):
         return self._shape_noise(gumbel_noise(shape, generator, device))
 
     def _shape_noise(self, g: torch.Tensor) -> torch.Tensor:
-        g = g.clamp(self.clamp_min, self.clamp_max)
+        """In place on a fresh noise tensor `g` (a latent step's ops are few and small: each one counts)."""
+        g = g.clamp_(self.clamp_min, self.clamp_max)
         if self.one_sided:
-            g = g - self.clamp_min
-        return g * self.noise_scale
+            g = g.sub_(self.clamp_min)
+        return g if self.noise_scale == 1.0 else g.mul_(self.noise_scale)
 
     def noise_max(self, device) -> torch.Tensor:
         """The largest value `noise` can return, computed with the same float32 operations (so a score lp + G is
@@ -457,10 +458,7 @@ class GumbelTopKThought(ThoughtOperator):
         return payload["ids"], self.weights(payload).float()
 
     def rebuild(self, model, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
-        emb = model.embed(payload["ids"])  # (N, K, H)
-        if self.detach_embeddings:
-            emb = emb.detach()
-        return torch.einsum("nk,nkh->nh", self.weights(payload).to(emb.dtype), emb)
+        return mix_embeddings(model, payload["ids"], self.weights(payload), self.detach_embeddings)
 
     def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
         if self.logprob == "authors":

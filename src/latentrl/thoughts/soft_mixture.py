@@ -10,7 +10,7 @@ import torch
 
 from latentrl.sampling import topk_rows
 from latentrl.thoughts import register_thought_operator
-from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
+from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep, mix_embeddings
 
 
 @register_thought_operator
@@ -39,6 +39,4 @@ class SoftMixtureThought(ThoughtOperator):
         return ThoughtStep(self.rebuild(model, ids[:, 0], payload), ids[:, 0], payload, None)
 
     def rebuild(self, model, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
-        emb = model.embed(payload["ids"])  # (N, k, H)
-        # (N, 1, k) @ (N, k, H): the einsum "nk,nkh->nh" as one bmm (einsum adds ~10 view/permute dispatches)
-        return torch.bmm(payload["weights"].to(emb.dtype).unsqueeze(1), emb).squeeze(1)
+        return mix_embeddings(model, payload["ids"], payload["weights"])

@@ -39,7 +39,7 @@ import torch
 
 from latentrl.sampling import check_generator, gumbel_noise, log_normalizer, top_k_nucleus
 from latentrl.thoughts import register_thought_operator
-from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
+from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep, mix_embeddings
 from latentrl.thoughts.gumbel_topk import _init_common, _init_record
 
 if TYPE_CHECKING:
@@ -122,10 +122,7 @@ class GumbelSoftmaxThought(ThoughtOperator):
         )
 
     def rebuild(self, model, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
-        emb = model.embed(payload["ids"])  # (N, K, H)
-        if self.detach_embeddings:
-            emb = emb.detach()
-        return torch.einsum("nk,nkh->nh", payload["weights"].to(emb.dtype), emb)
+        return mix_embeddings(model, payload["ids"], payload["weights"], self.detach_embeddings)
 
     def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
         return soft_cross_entropy_logprob(logits, payload["ids"], payload["weights"], self.temperature)
