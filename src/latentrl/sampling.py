@@ -28,8 +28,8 @@ import torch
 
 __all__ = [
     "GeneratorDeviceError", "check_generator", "filter_logits", "generator_for", "generator_on", "gumbel_noise",
-    "log_normalizer", "logsumexp_rows", "normal", "sample_categorical", "sample_tokens", "tempered", "token_logprobs",
-    "top_k_nucleus", "topk_rows", "uniform",
+    "log_normalizer", "logsumexp_rows", "normal", "sample_categorical", "sample_categorical_with_total",
+    "sample_tokens", "tempered", "token_logprobs", "top_k_nucleus", "topk_rows", "uniform",
 ]
 
 
@@ -227,20 +227,29 @@ def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None 
     Two-level inverse CDF: a block of BLOCK entries is drawn from the block sums, then an entry inside it from
     its cumulative weights (P(i) = W_b / W * w_i / W_b = w_i / W); two uniforms per row, no (B, N) output.
     `block` is the block size (default BLOCK; tests use small ones to reach the two-level path at small N)."""
+    return sample_categorical_with_total(weights, generator, block)[0]
+
+
+def sample_categorical_with_total(weights: torch.Tensor, generator: torch.Generator | None = None,
+                                  block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample_categorical`'s draw and the (B, 1) float32 row totals of `weights` it summed on the way (a
+    log-normaliser without another pass over a 152k-entry row)."""
     B, N = weights.shape
     check_generator(generator, weights.device)
     block = block or BLOCK
     if N <= 2 * block:
-        return _searchsorted_draw(weights.float().cumsum(-1), generator)
+        cdf = weights.float().cumsum(-1)
+        return _searchsorted_draw(cdf, generator), cdf[:, -1:]
     nb = N // block
     sums = weights[:, : nb * block].reshape(B, nb, block).sum(-1, dtype=torch.float32)
     if N > nb * block:
         sums = torch.cat([sums, weights[:, nb * block:].sum(-1, keepdim=True, dtype=torch.float32)], dim=-1)
-    chosen = _searchsorted_draw(sums.cumsum(-1), generator)  # (B,)
+    cdf = sums.cumsum(-1)
+    chosen = _searchsorted_draw(cdf, generator)  # (B,)
     idx = chosen[:, None] * block + torch.arange(block, device=weights.device)
     inside = idx < N
     w = weights.gather(-1, idx.clamp_max(N - 1)).float().masked_fill_(~inside, 0.0)
-    return idx.gather(-1, _searchsorted_draw(w.cumsum(-1), generator)[:, None]).squeeze(-1)
+    return idx.gather(-1, _searchsorted_draw(w.cumsum(-1), generator)[:, None]).squeeze(-1), cdf[:, -1:]
 
 
 def _nucleus_size(sorted_cdf: torch.Tensor, top_p: float, min_keep: int = 1) -> torch.Tensor:
@@ -285,9 +294,10 @@ def sample_tokens(
     if not use_k and not use_p:
         x = logits.float()
         m = x.amax(-1, keepdim=True)
-        e = torch.sub(x, m).div_(temperature).exp_()  # exp((x - m) / T): the one (B, V) float32 buffer
-        ids = sample_categorical(e, generator)
-        lse = m / temperature + e.sum(-1, keepdim=True).log()
+        e = torch.sub(x, m)  # exp((x - m) / T): the one (B, V) float32 buffer
+        e = (e if temperature == 1.0 else e.div_(temperature)).exp_()
+        ids, total = sample_categorical_with_total(e, generator)  # the draw's cumulative sums give the total
+        lse = (m if temperature == 1.0 else m / temperature) + total.log()
         logp = x.gather(-1, ids[:, None]) / temperature - lse
         return ids, logp.squeeze(-1)
     if use_k:

@@ -43,7 +43,14 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from latentrl.sampling import check_generator, filter_logits, sample_categorical, token_logprobs, top_k_nucleus
+from latentrl.sampling import (
+    check_generator,
+    filter_logits,
+    sample_categorical,
+    sample_categorical_with_total,
+    token_logprobs,
+    top_k_nucleus,
+)
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep
 
@@ -233,9 +240,13 @@ class HRPOGateThought(ThoughtOperator):
             if self.temperature != 1.0:
                 e.div_(self.temperature)
             e.exp_()
-            ids = self._draw(e, generator)
+            if self.deterministic:
+                ids, total = e.argmax(-1), None
+            else:  # the draw's cumulative sums give the row totals: no second pass over e
+                ids, total = sample_categorical_with_total(e, generator)
             if self.logprob_temperature == self.temperature:  # log p(x) from the same pass
-                total = e.sum(-1, keepdim=True)
+                if total is None:
+                    total = e.sum(-1, keepdim=True)
                 logp = (x.gather(-1, ids[:, None]) - m).squeeze(-1) / self.temperature - total.log().squeeze(-1)
             else:
                 logp = token_logprobs(logits, ids, self.logprob_temperature)
