@@ -112,6 +112,47 @@ def test_latentrl_train_draws_no_prompt_the_starting_model_trained_on(tmp_path, 
     assert [e.answer for e in draw(dataset=str(FIXTURES / "math500_small.jsonl"), num_train_examples=2)] == \
         ["14", "\\frac{3}{4}"]
     (init / "latent_init.json").write_text(json.dumps({"train_data": [{"dataset": "chain_sum"}]}))
-    with pytest.raises(ConfigError, match="exclude_init_train_data: .*latent_init.json"):
+    with pytest.raises(ConfigError, match="starting model's training record: .*latent_init.json"):
         draw()
-    assert draw(exclude_init_train_data=False) == plain
+
+
+def test_a_draw_that_skipped_others_regenerates_what_was_loaded(tmp_path):
+    """`excluded`: a draw made off other draws' questions (RL prompts off the init's) regenerates exactly the loaded
+    questions, round-trips through JSON, and nests."""
+    from latentrl.data.provenance import write_train_draws
+
+    a = TrainDraw.of_train_split("chain_sum", 80, 0)
+    b = TrainDraw.of_train_split("chain_sum", 120, 0, excluded=(a,))
+    c = TrainDraw.of_train_split("chain_sum", 60, 0, excluded=(a, b))
+    loaded_b = load_examples("chain_sum", split="train", n=120, seed=0, exclude=a.questions())
+    assert b.questions() == {ex.question for ex in loaded_b} and not b.questions() & a.questions()
+    assert not c.questions() & (a.questions() | b.questions()) and len(c.questions()) == 60
+    write_train_draws(tmp_path, [a, c])
+    assert read_train_draws(tmp_path) == [a, c]
+    (tmp_path / "train_data.json").write_text(json.dumps({"train_data": [{**a.to_dict(), "excluded": {"dataset": "chain_sum"}}]}))
+    with pytest.raises(ValueError, match=r"train_data\[0\]: excluded must be a list"):
+        read_train_draws(tmp_path)
+
+
+def test_rl_checkpoints_carry_the_record_so_a_continued_run_stays_off_the_init_data(tmp_path):
+    """`latentrl train` from a model that records its draws writes them, and its own prompt draw, into every
+    checkpoint (`train_data.json`); a second run started from that checkpoint leaves out both."""
+    from latentrl.cli import load_train_data, main
+    from latentrl.config import GRPOConfig, config_from_dict
+    from latentrl.testing import tiny_chain_sum_model
+
+    init = tmp_path / "init"
+    tiny_chain_sum_model().save_pretrained(init)
+    first = TrainDraw.of_train_split("chain_sum", 40, 0)
+    write_meta(init, [first.to_dict()])
+    out = tmp_path / "rl"
+    assert main(["train", f"model_name_or_path={init}", "dataset=chain_sum", "num_train_examples=30",
+                 f"output_dir={out}", "max_steps=1", "num_generations=2", "per_device_train_batch_size=2",
+                 "max_completion_length=4", "report_to=[none]", "log_to_console=false"]) == 0
+    ckpt = out / "checkpoint-1"
+    rl_draw = TrainDraw.of_train_split("chain_sum", 30, 0, excluded=(first,))
+    assert read_train_draws(ckpt) == [first, rl_draw]
+    cfg = config_from_dict(GRPOConfig, {"model_name_or_path": str(ckpt), "dataset": "chain_sum",
+                                        "num_train_examples": 50})
+    again = {ex.question for ex in load_train_data(cfg)}
+    assert len(again) == 50 and not again & (first.questions() | rl_draw.questions())

@@ -79,33 +79,45 @@ def data_options(cfg: GRPOConfig) -> dict[str, Any]:
 def load_train_data(cfg: GRPOConfig):
     """The training rows: `Example`s, or TRL prompt rows kept as dicts (`load_rows`). A built-in task's draw skips
     the problems the starting model records having trained on (`exclude_init_train_data`)."""
+    return load_train_data_and_record(cfg)[0]
+
+
+def load_train_data_and_record(cfg: GRPOConfig):
+    """(training rows, the provenance record the run's checkpoints carry: the starting model's recorded draws and,
+    for a built-in task, this run's prompt draw with the draws it skipped)."""
     from latentrl.data import load_rows
+    from latentrl.data.provenance import TrainDraw
+    from latentrl.data.tasks import TASKS
 
     options = data_options(cfg)
-    seen = init_training_questions(cfg)
+    init_draws = starting_model_draws(cfg)
+    skipped = tuple(init_draws) if cfg.exclude_init_train_data and cfg.dataset in TASKS else ()
+    seen = frozenset().union(*(d.questions() for d in skipped))
     if seen:
         options["exclude"] = seen
         print(f"training prompts: leaving out the {len(seen):,} problems {cfg.model_name_or_path} was trained on "
               "(exclude_init_train_data=false keeps them)")
-    return load_rows(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed, **options)
+    rows = load_rows(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed, **options)
+    own = [TrainDraw.of_train_split(cfg.dataset, cfg.num_train_examples, cfg.seed, excluded=skipped)] \
+        if cfg.dataset in TASKS else []
+    return rows, init_draws + own
 
 
-def init_training_questions(cfg: GRPOConfig) -> frozenset[str]:
-    """The questions of the starting model's recorded training draws, when `dataset` is a built-in task (the only
-    kind of data a draw can overlap) and `exclude_init_train_data` is on; empty otherwise."""
+def starting_model_draws(cfg: GRPOConfig) -> list:
+    """The training draws the starting model records (`latentrl.data.provenance`); [] for a hub id or a model
+    without a record. A malformed record is a ConfigError naming its file, raised before the model loads."""
     from latentrl.assets import resolve_model
-    from latentrl.data.provenance import training_questions
-    from latentrl.data.tasks import TASKS
+    from latentrl.data.provenance import read_train_draws
 
-    if not cfg.exclude_init_train_data or cfg.dataset not in TASKS or not cfg.model_name_or_path:
-        return frozenset()
+    if not cfg.model_name_or_path:
+        return []
     path = Path(resolve_model(cfg.model_name_or_path)).expanduser()
     if not path.is_dir():  # a hub id: no local record to read
-        return frozenset()
+        return []
     try:
-        return training_questions(path)
-    except ValueError as e:  # a malformed record: say which file, before the model loads
-        raise ConfigError(f"exclude_init_train_data: {e}") from e
+        return read_train_draws(path)
+    except ValueError as e:
+        raise ConfigError(f"the starting model's training record: {e}") from e
 
 
 @command("train", "RL-train a model with a method preset: latentrl train --config FILE [key=value ...]")
@@ -127,12 +139,13 @@ def cmd_train(ns: argparse.Namespace) -> int:
     check_run_folder(cfg)
     method = get_method(cfg.method)
     get_reward_funcs(cfg.reward_funcs)
-    train = load_train_data(cfg)
+    train, record = load_train_data_and_record(cfg)
     evals = None
     if cfg.eval_dataset:
         evals = load_rows(cfg.eval_dataset, split="eval", n=cfg.num_eval_examples, seed=cfg.seed, **data_options(cfg))
     model = build_model_for(cfg)
     trainer = method.trainer_class(cfg, model, train, eval_dataset=evals)
+    trainer.train_data = record  # written into every checkpoint, so RL continued from one stays off the same data
     trainer.train()
     if trainer.dp.is_main:
         print(f"done: {trainer.global_step} steps; checkpoints and logs in {cfg.output_dir}")

@@ -5,6 +5,10 @@ RL prompts drawn from that same set reward memorised chains, not reasoning. Trai
 synthetic draw they trained on as a `TrainDraw` (the arguments of `train_eval_split`) in the checkpoint's metadata
 file, under `train_data` (a list: a checkpoint trained in phases, e.g. CoT pretraining then latent SFT, lists every
 phase's draw). `training_questions(path)` regenerates them; `latentrl bench` excludes them from its RL prompts.
+
+`latentrl train` writes the same record into every checkpoint it saves (`train_data.json`): the starting model's
+draws plus its own prompt draw, which names the draws it skipped (`excluded`), so RL continued from an RL checkpoint
+still stays off the problems the original init trained on.
 """
 from __future__ import annotations
 
@@ -17,8 +21,10 @@ from typing import Any
 from latentrl.data.loaders import DEFAULT_N_EVAL
 from latentrl.data.tasks import train_eval_split
 
-METADATA_FILES = ("latent_init.json", "results.json")  # scripts/train_*_init.py; `latentrl pretrain`
+TRAIN_DATA_FILE = "train_data.json"  # written by `latentrl train` into each checkpoint
+METADATA_FILES = ("latent_init.json", "results.json", TRAIN_DATA_FILE)  # init scripts; `latentrl pretrain`; train
 TRAIN_DATA_KEY = "train_data"
+_FIELDS = ("dataset", "n_train", "n_eval", "seed", "knobs", "excluded")
 
 
 @dataclass(frozen=True)
@@ -30,35 +36,52 @@ class TrainDraw:
     n_eval: int
     seed: int
     knobs: dict[str, Any] = field(default_factory=dict)
+    excluded: tuple[TrainDraw, ...] = ()
+    """Draws whose questions this one skipped (`train_eval_split(..., exclude=...)`), e.g. RL prompts drawn off the
+    starting model's training problems."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = {k: v for k, v in asdict(self).items() if k != "excluded"}
+        return {**d, "excluded": [e.to_dict() for e in self.excluded]} if self.excluded else d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "train_data") -> TrainDraw:
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: a train draw must be a JSON object, got {type(d).__name__}")
         missing = sorted({"dataset", "n_train", "n_eval", "seed"} - set(d))
-        unknown = sorted(set(d) - {"dataset", "n_train", "n_eval", "seed", "knobs"})
+        unknown = sorted(set(d) - set(_FIELDS))
         if missing or unknown:
-            raise ValueError(f"{where}: a train draw needs dataset, n_train, n_eval, seed (and optional knobs); "
-                             f"missing {missing}, unknown {unknown}")
-        return cls(d["dataset"], int(d["n_train"]), int(d["n_eval"]), int(d["seed"]), dict(d.get("knobs") or {}))
+            raise ValueError(f"{where}: a train draw needs dataset, n_train, n_eval, seed (and optional knobs, "
+                             f"excluded); missing {missing}, unknown {unknown}")
+        excluded = d.get("excluded", [])
+        if not isinstance(excluded, list):
+            raise ValueError(f"{where}: excluded must be a list of train draws, got {type(excluded).__name__}")
+        return cls(d["dataset"], int(d["n_train"]), int(d["n_eval"]), int(d["seed"]), dict(d.get("knobs") or {}),
+                   tuple(cls.from_dict(e, f"{where}.excluded[{i}]") for i, e in enumerate(excluded)))
 
     @classmethod
-    def of_train_split(cls, dataset: str, n: int, seed: int, **knobs: Any) -> TrainDraw:
-        """The draw `load_examples(dataset, split="train", n=n, seed=seed, **knobs)` makes."""
-        return cls(dataset, n, DEFAULT_N_EVAL, seed, knobs)
+    def of_train_split(cls, dataset: str, n: int, seed: int, excluded: tuple[TrainDraw, ...] = (),
+                       **knobs: Any) -> TrainDraw:
+        """The draw `load_examples(dataset, split="train", n=n, seed=seed, exclude=<excluded's questions>, **knobs)`
+        makes."""
+        return cls(dataset, n, DEFAULT_N_EVAL, seed, knobs, tuple(excluded))
+
+    def key(self) -> tuple:
+        """A hashable form (the knobs dict sorted), for caching."""
+        return (self.dataset, self.n_train, self.n_eval, self.seed, tuple(sorted(self.knobs.items())),
+                tuple(e.key() for e in self.excluded))
 
     def questions(self) -> frozenset[str]:
-        return _draw_questions(self.dataset, self.n_train, self.n_eval, self.seed,
-                               tuple(sorted(self.knobs.items())))
+        return _draw_questions(self.key())
 
 
 @functools.lru_cache(maxsize=8)
-def _draw_questions(dataset: str, n_train: int, n_eval: int, seed: int,
-                    knobs: tuple[tuple[str, Any], ...]) -> frozenset[str]:
+def _draw_questions(key: tuple) -> frozenset[str]:
     """Regenerated from the seed (1,000,000 icot draws take ~10 s, so cached). A draw that skipped a few banned
     questions (a real validation file's) regenerates a few tail questions fewer; none that it did not train on."""
-    train, _ = train_eval_split(dataset, n_train, n_eval, seed, **dict(knobs))
+    dataset, n_train, n_eval, seed, knobs, excluded = key
+    banned = frozenset().union(*(_draw_questions(e) for e in excluded))
+    train, _ = train_eval_split(dataset, n_train, n_eval, seed, exclude=banned, **dict(knobs))
     return frozenset(ex.question for ex in train)
 
 
@@ -81,3 +104,10 @@ def training_questions(checkpoint: str | Path, dataset: str | None = None) -> fr
     """Every question of the checkpoint's recorded draws (only those of `dataset` when given)."""
     draws = [d for d in read_train_draws(checkpoint) if dataset is None or d.dataset == dataset]
     return frozenset().union(*(d.questions() for d in draws))
+
+
+def write_train_draws(folder: str | Path, draws: list[TrainDraw]) -> Path:
+    """Record `draws` in `folder/train_data.json` (what `read_train_draws` reads back)."""
+    path = Path(folder) / TRAIN_DATA_FILE
+    path.write_text(json.dumps({TRAIN_DATA_KEY: [d.to_dict() for d in draws]}, indent=1) + "\n")
+    return path

@@ -43,6 +43,7 @@ from transformers import get_scheduler
 from latentrl.checkpoint import load_checkpoint, save_checkpoint
 from latentrl.compute import forward_flops, matmul_params
 from latentrl.config import DEFAULT_MAX_STEPS, ConfigError, GRPOConfig, config_to_dict
+from latentrl.data.provenance import TrainDraw, write_train_draws
 from latentrl.data.schema import Example, as_rows  # as_rows: re-exported for callers of the old path
 from latentrl.logger import MetricsLogger, console_line, progress
 from latentrl.methods import Method, MethodContext, get_method, register_trainer
@@ -138,6 +139,9 @@ class GRPOTrainer:
                               f"{cls.__module__}.{cls.__name__}(cfg, model, data) (or get_method(name).trainer_class), "
                               f"not {type(self).__name__}")
         self.rows = as_rows(train_dataset)
+        self.train_data: list[TrainDraw] = []
+        """Synthetic draws this run descends from and trains on (`latentrl.data.provenance`), written into each
+        checkpoint as `train_data.json` when not empty; `latentrl train` fills it in."""
         funcs = list(reward_funcs) if reward_funcs is not None else list(args.reward_funcs)
         named = get_reward_funcs([f for f in funcs if isinstance(f, str)])
         it = iter(named)
@@ -648,6 +652,12 @@ class GRPOTrainer:
             state = self.fsdp.full_model_state(self.model)
             optimizer = self.fsdp.optimizer_state(self.model, self.optimizer.optimizer)
             save_model = lambda p: self.model.save_pretrained(p, full_state_dict=state)  # noqa: E731
+        if self.train_data:
+            save_weights, draws = save_model, list(self.train_data)
+
+            def save_model(p: Path) -> None:
+                save_weights(p)
+                write_train_draws(p, draws)
         if self.dp.is_main:
             path = save_checkpoint(
                 self.output_dir, self.global_step, save_model=save_model, optimizer=optimizer,
