@@ -477,6 +477,38 @@ def test_train_eval_split_is_disjoint_and_matches_make_examples():
         train_eval_split("chain_sum", 10, 1000, seed=0, length=2)  # only 100 questions exist
 
 
+@pytest.mark.parametrize("task, knobs", [
+    ("icot_mult", {"digits": 4, "chain": "columns_tens_first"}), ("icot_mult", {"digits": 3, "digits_b": 2}),
+    ("chain_sum", {}), ("chain_sum", {"ops": "+-*", "modulus": 13, "length": 3}), ("prosqa_like", {}),
+])
+def test_questions_only_split_equals_the_full_splits_questions(task, knobs):
+    """`train_eval_questions` (no chains built; what provenance regenerates) draws the same stream as
+    `train_eval_split`, banned and excluded questions included."""
+    from latentrl.data.tasks import train_eval_questions
+
+    exclude = [ex.question for ex in make_examples(task, 40, seed=7, **knobs)]
+    train, evals = train_eval_split(task, 1500, 60, 5, exclude=exclude, **knobs)
+    assert train_eval_questions(task, 1500, 60, 5, exclude=exclude, **knobs) == \
+        ([ex.question for ex in train], [ex.question for ex in evals])
+
+
+@pytest.mark.parametrize("task, knobs", [("icot_mult", {"digits": 2}), ("chain_sum", {"length": 4})])
+def test_a_split_skipping_many_excluded_draws_equals_the_plain_one(monkeypatch, task, knobs):
+    """With more excluded questions than train examples, `train_eval_split` writes each draw's question first and
+    builds only the kept examples; the result equals the plain path's (the spec without a question writer), eval
+    draws that are excluded questions included."""
+    import dataclasses
+
+    from latentrl.data import tasks
+
+    stream = [ex.question for ex in make_examples(task, 400, 0, **knobs)]
+    exclude = set(stream[:5] + stream[30:350])  # eval questions and most of the train stream's start
+    fast = train_eval_split(task, 100, 20, 0, exclude=exclude, **knobs)
+    monkeypatch.setitem(tasks.TASKS, task, dataclasses.replace(tasks.TASKS[task], question=None))
+    assert train_eval_split(task, 100, 20, 0, exclude=exclude, **knobs) == fast
+    assert not {ex.question for ex in fast[0]} & exclude and fast[1] == make_examples(task, 20, 0, **knobs)
+
+
 def test_load_examples_synthetic_splits():
     kw = {"n_train": 300, "n_eval": 50, "seed": 4, "length": 4}
     train = load_examples("chain_sum", "train", **kw)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from latentrl.data.loaders import DEFAULT_N_EVAL
-from latentrl.data.tasks import train_eval_split
+from latentrl.data.tasks import train_eval_questions
 
 TRAIN_DATA_FILE = "train_data.json"  # written by `latentrl train` into each checkpoint
 METADATA_FILES = ("latent_init.json", "results.json", TRAIN_DATA_FILE)  # init scripts; `latentrl pretrain`; train
@@ -81,8 +81,8 @@ def _draw_questions(key: tuple) -> frozenset[str]:
     questions (a real validation file's) regenerates a few tail questions fewer; none that it did not train on."""
     dataset, n_train, n_eval, seed, knobs, excluded = key
     banned = frozenset().union(*(_draw_questions(e) for e in excluded))
-    train, _ = train_eval_split(dataset, n_train, n_eval, seed, exclude=banned, **dict(knobs))
-    return frozenset(ex.question for ex in train)
+    train, _ = train_eval_questions(dataset, n_train, n_eval, seed, exclude=banned, **dict(knobs))
+    return frozenset(train)
 
 
 def read_train_draws(checkpoint: str | Path) -> list[TrainDraw]:
