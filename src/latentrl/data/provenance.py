@@ -77,7 +77,7 @@ class TrainDraw:
 
 @functools.lru_cache(maxsize=8)
 def _draw_questions(key: tuple) -> frozenset[str]:
-    """Regenerated from the seed (1,000,000 icot draws take ~10 s, so cached). A draw that skipped a few banned
+    """Regenerated from the seed, questions only (1,000,000 icot draws: ~3 s; cached). A draw that skipped a few banned
     questions (a real validation file's) regenerates a few tail questions fewer; none that it did not train on."""
     dataset, n_train, n_eval, seed, knobs, excluded = key
     banned = frozenset().union(*(_draw_questions(e) for e in excluded))
