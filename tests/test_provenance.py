@@ -129,7 +129,8 @@ def test_a_draw_that_skipped_others_regenerates_what_was_loaded(tmp_path):
     assert not c.questions() & (a.questions() | b.questions()) and len(c.questions()) == 60
     write_train_draws(tmp_path, [a, c])
     assert read_train_draws(tmp_path) == [a, c]
-    (tmp_path / "train_data.json").write_text(json.dumps({"train_data": [{**a.to_dict(), "excluded": {"dataset": "chain_sum"}}]}))
+    bad = {**a.to_dict(), "excluded": {"dataset": "chain_sum"}}
+    (tmp_path / "train_data.json").write_text(json.dumps({"train_data": [bad]}))
     with pytest.raises(ValueError, match=r"train_data\[0\]: excluded must be a list"):
         read_train_draws(tmp_path)
 

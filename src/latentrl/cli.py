@@ -12,7 +12,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from latentrl.config import (
     ConfigError,
@@ -23,6 +23,9 @@ from latentrl.config import (
     upgrade_saved_config,
     validate_config,
 )
+
+if TYPE_CHECKING:
+    from latentrl.data.provenance import TrainDraw
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {}
 
@@ -82,7 +85,7 @@ def load_train_data(cfg: GRPOConfig):
     return load_train_data_and_record(cfg)[0]
 
 
-def load_train_data_and_record(cfg: GRPOConfig):
+def load_train_data_and_record(cfg: GRPOConfig) -> tuple[list, list[TrainDraw]]:
     """(training rows, the provenance record the run's checkpoints carry: the starting model's recorded draws and,
     for a built-in task, this run's prompt draw with the draws it skipped)."""
     from latentrl.data import load_rows
@@ -103,7 +106,7 @@ def load_train_data_and_record(cfg: GRPOConfig):
     return rows, init_draws + own
 
 
-def starting_model_draws(cfg: GRPOConfig) -> list:
+def starting_model_draws(cfg: GRPOConfig) -> list[TrainDraw]:
     """The training draws the starting model records (`latentrl.data.provenance`); [] for a hub id or a model
     without a record. A malformed record is a ConfigError naming its file, raised before the model loads."""
     from latentrl.assets import resolve_model
