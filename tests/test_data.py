@@ -495,8 +495,8 @@ def test_questions_only_split_equals_the_full_splits_questions(task, knobs):
 @pytest.mark.parametrize("task, knobs", [("icot_mult", {"digits": 2}), ("chain_sum", {"length": 4})])
 def test_a_split_skipping_many_excluded_draws_equals_the_plain_one(monkeypatch, task, knobs):
     """With more excluded questions than train examples, `train_eval_split` writes each draw's question first and
-    builds only the kept examples; the result equals the plain path's (the spec without a question writer), eval
-    draws that are excluded questions included."""
+    builds only the kept examples; the result equals the plain path's (the spec without `draw`), eval draws that are
+    excluded questions included."""
     import dataclasses
 
     from latentrl.data import tasks
@@ -504,7 +504,7 @@ def test_a_split_skipping_many_excluded_draws_equals_the_plain_one(monkeypatch, 
     stream = [ex.question for ex in make_examples(task, 400, 0, **knobs)]
     exclude = set(stream[:5] + stream[30:350])  # eval questions and most of the train stream's start
     fast = train_eval_split(task, 100, 20, 0, exclude=exclude, **knobs)
-    monkeypatch.setitem(tasks.TASKS, task, dataclasses.replace(tasks.TASKS[task], question=None))
+    monkeypatch.setitem(tasks.TASKS, task, dataclasses.replace(tasks.TASKS[task], draw=None))
     assert train_eval_split(task, 100, 20, 0, exclude=exclude, **knobs) == fast
     assert not {ex.question for ex in fast[0]} & exclude and fast[1] == make_examples(task, 20, 0, **knobs)
 

@@ -35,12 +35,15 @@ class TaskSpec:
     check: Callable[..., None]  # (**knobs) -> None; raises ValueError on a bad value
     generate: Callable[..., Example]  # (rng, **knobs) -> Example
     vocabulary: tuple[str, ...] = ()
-    question: Callable[..., str] | None = None
-    """(rng, **knobs) -> the question `generate` would write, drawing the same numbers from `rng`; a cheap path for
-    what only needs the questions (which problems a checkpoint trained on). None: `generate(...).question`."""
+    draw: Callable[..., tuple[str, Any]] | None = None
+    """(rng, **knobs) -> (question, choices): one problem's random choices (drawing from `rng` exactly what `generate`
+    draws) and its question, without the chain; `build(choices, **knobs)` is then `generate`'s example. Optional: a
+    cheap path for what needs only the questions, or only some of the examples (which problems a checkpoint trained
+    on; a stream that skips most of its draws)."""
+    build: Callable[..., Example] | None = None
 
     def question_of(self, rng: random.Random, **knobs: Any) -> str:
-        return self.question(rng, **knobs) if self.question is not None else self.generate(rng, **knobs).question
+        return self.draw(rng, **knobs)[0] if self.draw is not None else self.generate(rng, **knobs).question
 
 
 def _spec(name: str) -> TaskSpec:
@@ -87,15 +90,12 @@ def train_eval_split(
     spec = _spec(task)
     knobs = _knobs(spec, difficulty)
     exclude = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
-    if spec.question is not None and len(exclude) > n_train:
+    if spec.draw is not None and len(exclude) > n_train:
         # most draws may be excluded ones (RL prompts off an init's million training problems): write each draw's
-        # question first and build the example only when it is kept, replaying the draw from the saved rng state
+        # question first and build the chain only for the draws kept
         def draw(rng: random.Random) -> Example | None:
-            state = rng.getstate()
-            if spec.question_of(rng, **knobs) in exclude:
-                return None
-            rng.setstate(state)
-            return spec.generate(rng, **knobs)
+            question, choices = spec.draw(rng, **knobs)
+            return None if question in exclude else spec.build(choices, **knobs)
     else:
         def draw(rng: random.Random) -> Example | None:
             return spec.generate(rng, **knobs)
@@ -237,9 +237,13 @@ def _gen_icot_mult(rng: random.Random, digits: int, digits_b: int | None, chain:
     return icot_mult_example(*_icot_factors(rng, digits, digits_b), chain)
 
 
-def _icot_mult_question(rng: random.Random, digits: int, digits_b: int | None, chain: str) -> str:
+def _draw_icot_mult(rng: random.Random, digits: int, digits_b: int | None, chain: str) -> tuple[str, tuple[int, int]]:
     a, b = _icot_factors(rng, digits, digits_b)
-    return f"{_little_endian(a, len(str(a)))} * {_little_endian(b, len(str(b)))}"
+    return f"{_little_endian(a, len(str(a)))} * {_little_endian(b, len(str(b)))}", (a, b)
+
+
+def _build_icot_mult(factors: tuple[int, int], digits: int, digits_b: int | None, chain: str) -> Example:
+    return icot_mult_example(*factors, chain)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -266,23 +270,27 @@ def _check_chain_sum(length: int, modulus: int, ops: str) -> None:
                          f"got {ops!r}")
 
 
-def _chain_sum_draw(rng: random.Random, length: int, modulus: int, ops: str) -> tuple[list[int], list[str], str]:
-    """(operands, operators, question) of one chain."""
+def _chain_sum_question(operands: list[int], operators: list[str], ops: str) -> str:
+    if ops == "+":
+        return " ".join(map(str, operands))
+    return " ".join([str(operands[0])] + [f"{op} {x}" for op, x in zip(operators, operands[1:])])
+
+
+def _draw_chain_sum(rng: random.Random, length: int, modulus: int, ops: str
+                    ) -> tuple[str, tuple[list[int], list[str]]]:
+    """(question, (operands, operators)) of one chain."""
     operands = [rng.randrange(min(modulus, 10)) for _ in range(length)]
     operators = [rng.choice(ops) for _ in range(length - 1)]
-    if ops == "+":
-        question = " ".join(map(str, operands))
-    else:
-        question = " ".join([str(operands[0])] + [f"{op} {x}" for op, x in zip(operators, operands[1:])])
-    return operands, operators, question
-
-
-def _chain_sum_question(rng: random.Random, length: int, modulus: int, ops: str) -> str:
-    return _chain_sum_draw(rng, length, modulus, ops)[2]
+    return _chain_sum_question(operands, operators, ops), (operands, operators)
 
 
 def _gen_chain_sum(rng: random.Random, length: int, modulus: int, ops: str) -> Example:
-    operands, operators, question = _chain_sum_draw(rng, length, modulus, ops)
+    return _build_chain_sum(_draw_chain_sum(rng, length, modulus, ops)[1], length, modulus, ops)
+
+
+def _build_chain_sum(choices: tuple[list[int], list[str]], length: int, modulus: int, ops: str) -> Example:
+    operands, operators = choices
+    question = _chain_sum_question(operands, operators, ops)
     value = operands[0]
     steps = []
     for op, x in zip(operators, operands[1:]):
@@ -364,7 +372,8 @@ TASKS: dict[str, TaskSpec] = {
         {"digits": 4, "digits_b": None, "chain": "icot"},
         _check_icot_mult,
         _gen_icot_mult,
-        question=_icot_mult_question,
+        draw=_draw_icot_mult,
+        build=_build_icot_mult,
     ),
     "chain_sum": TaskSpec(
         "chain_sum",
@@ -372,7 +381,8 @@ TASKS: dict[str, TaskSpec] = {
         {"length": 8, "modulus": 10, "ops": "+"},
         _check_chain_sum,
         _gen_chain_sum,
-        question=_chain_sum_question,
+        draw=_draw_chain_sum,
+        build=_build_chain_sum,
     ),
     "prosqa_like": TaskSpec(
         "prosqa_like",
