@@ -163,6 +163,18 @@ def test_inverse_cdf_draw_equals_multinomial_in_distribution(block):
     assert chi_square_p(c, wrong) < 1e-6
 
 
+@pytest.mark.parametrize("block", [None, 8])
+def test_the_draw_returns_the_row_totals_it_summed(block):
+    """`sample_categorical_with_total`: the same draw as `sample_categorical` (same generator state) and each row's
+    total weight (what HRPO and `sample_tokens` take their log-normaliser from, instead of another pass)."""
+    w = torch.rand(5, 61, generator=gen(5)) ** 3
+    w[1, 40:] = 0.0
+    ids, total = sampling.sample_categorical_with_total(w, gen(6), block=block)
+    assert torch.equal(ids, sample_categorical(w, gen(6), block=block))
+    assert total.shape == (5, 1) and total.dtype == torch.float32
+    torch.testing.assert_close(total, w.sum(-1, keepdim=True), rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("top_k,top_p", [(None, None), (7, None), (None, 0.8), (12, 0.7)])
 def test_sample_tokens_equals_multinomial_over_the_filtered_softmax(monkeypatch, top_k, top_p):
     monkeypatch.setattr(sampling, "BLOCK", 16)  # reach the two-level draw at V = 90

@@ -12,8 +12,8 @@ how many processes share the work.
 
 Cost at real vocabularies (V = 151,936): `torch.multinomial` draws one exponential per vocabulary entry and the
 textbook Gumbel-softmax one Gumbel (two logs) per entry. Here a token is drawn by a two-level inverse CDF over
-softmax(logits / T), which also gives its log-prob (`sample_categorical`: block sums, then one block's cumulative
-sum; a few uniforms per row), and Gumbel noise is drawn only for the entries that can matter (the
+exp(logits / T), which the log-normaliser needs anyway (`sample_categorical`: block sums, then one block's
+cumulative sum; a few uniforms per row), and Gumbel noise is drawn only for the entries that can matter (the
 survivors of a top-k filter; Latent-GRPO's candidates for its perturbed top-K). Both are equal in distribution to the reference
 (multinomial over the filtered softmax; Gumbel noise on every entry): `tests/test_sampling.py` checks this with
 chi-square tests on many seeded draws. Two exact helpers avoid torch's slower full-vocabulary kernels on a CPU:
@@ -28,8 +28,8 @@ import torch
 
 __all__ = [
     "GeneratorDeviceError", "check_generator", "filter_logits", "generator_for", "generator_on", "gumbel_noise",
-    "log_normalizer", "logsumexp_rows", "normal", "sample_categorical", "sample_tokens", "tempered", "token_logprobs",
-    "top_k_nucleus", "topk_rows", "uniform",
+    "log_normalizer", "logsumexp_rows", "normal", "sample_categorical", "sample_categorical_with_total",
+    "sample_tokens", "tempered", "token_logprobs", "top_k_nucleus", "topk_rows", "uniform",
 ]
 
 
@@ -227,20 +227,29 @@ def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None 
     Two-level inverse CDF: a block of BLOCK entries is drawn from the block sums, then an entry inside it from
     its cumulative weights (P(i) = W_b / W * w_i / W_b = w_i / W); two uniforms per row, no (B, N) output.
     `block` is the block size (default BLOCK; tests use small ones to reach the two-level path at small N)."""
+    return sample_categorical_with_total(weights, generator, block)[0]
+
+
+def sample_categorical_with_total(weights: torch.Tensor, generator: torch.Generator | None = None,
+                                  block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample_categorical`'s draw and the (B, 1) float32 row totals of `weights` it summed on the way (a
+    log-normaliser without another pass over a 152k-entry row)."""
     B, N = weights.shape
     check_generator(generator, weights.device)
     block = block or BLOCK
     if N <= 2 * block:
-        return _searchsorted_draw(weights.float().cumsum(-1), generator)
+        cdf = weights.float().cumsum(-1)
+        return _searchsorted_draw(cdf, generator), cdf[:, -1:]
     nb = N // block
     sums = weights[:, : nb * block].reshape(B, nb, block).sum(-1, dtype=torch.float32)
     if N > nb * block:
         sums = torch.cat([sums, weights[:, nb * block:].sum(-1, keepdim=True, dtype=torch.float32)], dim=-1)
-    chosen = _searchsorted_draw(sums.cumsum(-1), generator)  # (B,)
+    cdf = sums.cumsum(-1)
+    chosen = _searchsorted_draw(cdf, generator)  # (B,)
     idx = chosen[:, None] * block + torch.arange(block, device=weights.device)
     inside = idx < N
     w = weights.gather(-1, idx.clamp_max(N - 1)).float().masked_fill_(~inside, 0.0)
-    return idx.gather(-1, _searchsorted_draw(w.cumsum(-1), generator)[:, None]).squeeze(-1)
+    return idx.gather(-1, _searchsorted_draw(w.cumsum(-1), generator)[:, None]).squeeze(-1), cdf[:, -1:]
 
 
 def _nucleus_size(sorted_cdf: torch.Tensor, top_p: float, min_keep: int = 1) -> torch.Tensor:
@@ -271,8 +280,9 @@ def sample_tokens(
     """Sample one token per row. Returns (ids (B,), log-probs (B,) under log_softmax(logits / T)).
 
     temperature == 0 means greedy; its log-prob is then taken at T = 1. Same distribution as the reference
-    `torch.multinomial(filter_logits(logits / T, top_k, top_p).softmax(-1), 1)`, cheaper: without filters the
-    softmax serves both the draw and the log-prob; with top-k only the k survivors are looked at; top-p alone sorts the vocabulary (as HF does) and draws inside the sorted nucleus.
+    `torch.multinomial(filter_logits(logits / T, top_k, top_p).softmax(-1), 1)`, cheaper: without filters one pass
+    of exp and a cumulative sum serve both the draw and the log-normaliser; with top-k only the k survivors are
+    looked at; top-p alone sorts the vocabulary (as HF does) and draws inside the sorted nucleus.
     """
     check_generator(generator, logits.device)
     if temperature <= 0:
@@ -282,11 +292,14 @@ def sample_tokens(
     use_k = top_k is not None and 0 < top_k < V
     use_p = top_p is not None and top_p < 1.0
     if not use_k and not use_p:
-        # softmax's fused kernel (max, exp and sum in two vectorised passes) beats amax, subtract and exp as three
-        # ops: 7.6 vs 12.7 ms for 32 x 151,936 on a CPU core; log p of the drawn token is its log-prob
-        p = tempered(logits, temperature).softmax(-1)
-        ids = sample_categorical(p, generator)
-        return ids, p.gather(-1, ids[:, None]).squeeze(-1).log()
+        x = logits.float()
+        m = x.amax(-1, keepdim=True)
+        e = torch.sub(x, m)  # exp((x - m) / T): the one (B, V) float32 buffer
+        e = (e if temperature == 1.0 else e.div_(temperature)).exp_()
+        ids, total = sample_categorical_with_total(e, generator)  # the draw's cumulative sums give the total
+        lse = (m if temperature == 1.0 else m / temperature) + total.log()
+        logp = x.gather(-1, ids[:, None]) / temperature - lse
+        return ids, logp.squeeze(-1)
     if use_k:
         values, cand = topk_rows(logits, top_k)  # sorted descending
     else:

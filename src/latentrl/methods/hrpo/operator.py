@@ -29,8 +29,8 @@ Ablation modes of the same operator (the paper's Sec. 3.1 comparison, registered
 itself (the projection without the gate and without the sampled token). The token is sampled and scored the same
 way in every mode, so the policy gradient is unchanged; only the next input differs.
 
-Cost (`step`): x is drawn by `sampling.sample_categorical` (inverse CDF) from p = softmax(logits / tau), which also
-gives h and, when the scoring temperature equals tau, the log-prob; with a top-k filter p has at most k non-zero
+Cost (`step`): x is drawn by `sampling.sample_categorical` (inverse CDF) from exp(logits / tau), the same pass that
+gives p and, when the scoring temperature equals tau, the log-prob; with a top-k filter p has at most k non-zero
 entries and h = Σ_k p_k E[i_k] / ||p|| over those rows of E only (exact). Without filters p is dense and E^T p is
 the full matmul. `sampling_probs` + `projected_state` are the full-vocabulary reference forms.
 """
@@ -47,7 +47,7 @@ from latentrl.sampling import (
     check_generator,
     filter_logits,
     sample_categorical,
-    tempered,
+    sample_categorical_with_total,
     token_logprobs,
     top_k_nucleus,
 )
@@ -234,14 +234,23 @@ class HRPOGateThought(ThoughtOperator):
             state = None if raw else projected_state(model, probs)
             logp = token_logprobs(logits, ids, self.logprob_temperature)
         else:
-            # p in softmax's fused kernel (as `sample_tokens`): it gives the draw, the log-prob and h
-            p = tempered(logits, self.temperature).softmax(-1)
-            ids = self._draw(p, generator)
-            if self.logprob_temperature == self.temperature:
-                logp = p.gather(-1, ids[:, None]).squeeze(-1).log()
+            x = logits.float()
+            m = x.amax(-1, keepdim=True)
+            e = torch.sub(x, m)  # the one (B, V) buffer: exp((x - m) / tau) = p times a per-row constant
+            if self.temperature != 1.0:
+                e.div_(self.temperature)
+            e.exp_()
+            if self.deterministic:
+                ids, total = e.argmax(-1), None
+            else:  # the draw's cumulative sums give the row totals: no second pass over e
+                ids, total = sample_categorical_with_total(e, generator)
+            if self.logprob_temperature == self.temperature:  # log p(x) from the same pass
+                if total is None:
+                    total = e.sum(-1, keepdim=True)
+                logp = (x.gather(-1, ids[:, None]) - m).squeeze(-1) / self.temperature - total.log().squeeze(-1)
             else:
                 logp = token_logprobs(logits, ids, self.logprob_temperature)
-            state = None if raw else projected_state(model, p)
+            state = None if raw else projected_state(model, e)  # h is scale-free: no normalising pass over e
         state = hidden.detach() if raw else state
         payload = {"hidden": state.to(model.embedding_matrix.dtype)}
         embeds = self.rebuild(model, ids, payload)  # exactly what the replay will rebuild
