@@ -175,6 +175,46 @@ def test_the_draw_returns_the_row_totals_it_summed(block):
     torch.testing.assert_close(total, w.sum(-1, keepdim=True), rtol=1e-6, atol=0)
 
 
+def test_the_exp_floor_leaves_no_denormals_and_keeps_values():
+    """At large vocabularies `exp_weights_` and `logsumexp_rows` raise exponents to `EXP_FLOOR` (denormal floats
+    slow a CPU down several times): weights are exp(z) to float32 precision above e^-79, exactly 0 below 2·e^floor
+    (a -inf logit keeps weight 0), never denormal; the log-normaliser equals torch.logsumexp, an all -inf row's
+    included, and a nan row stays nan."""
+    V = sampling.FLOOR_MIN_ENTRIES + 3
+    z = torch.linspace(-120.0, 0.0, V).expand(3, V).clone()
+    z[1, 5] = float("-inf")
+    w = sampling.exp_weights_(z.clone())
+    assert not ((w > 0) & (w < torch.finfo(torch.float32).tiny)).any()
+    big = z > -79.0
+    torch.testing.assert_close(w[big], z[big].exp(), rtol=2e-6, atol=0)
+    assert (w[z < sampling.EXP_FLOOR + 0.69] == 0).all() and w[1, 5] == 0
+    x = torch.randn(4, V, generator=gen(7)) * 30
+    x[1, ::3] = float("-inf")
+    x[2] = float("-inf")
+    x[3, 7] = float("nan")
+    lse = sampling.logsumexp_rows(x)
+    torch.testing.assert_close(lse[:2], torch.logsumexp(x[:2], -1, keepdim=True), rtol=0, atol=2e-6)
+    assert lse[2, 0] == float("-inf") and lse[3].isnan().all()
+
+
+def test_sample_tokens_at_a_large_vocabulary_with_a_peaked_row(monkeypatch):
+    """The floored path (V >= FLOOR_MIN_ENTRIES) on a peaked row: the draws follow the softmax (chi-square), no entry
+    below the floor or at -inf is ever drawn, and the log-probs are log_softmax's."""
+    monkeypatch.setattr(sampling, "BLOCK", 256)  # the two-level draw at this V
+    V = sampling.FLOOR_MIN_ENTRIES + 100
+    logits = torch.full((1, V), -200.0)
+    top = torch.tensor([3, 700, 2048, V - 1])
+    logits[0, top] = torch.tensor([2.0, 1.0, 0.5, 0.0])
+    logits[0, 0] = float("-inf")
+    rows = logits.expand(N_DRAWS // 4, V)
+    ids, logp = sample_tokens(rows, 1.0, generator=gen(8))
+    assert torch.isin(ids, top).all()
+    probs = logits[0, top].softmax(-1)
+    counts = torch.stack([(ids == i).sum() for i in top])
+    assert chi_square_p(counts, probs) > P_MIN
+    torch.testing.assert_close(logp, logits.log_softmax(-1)[0, ids], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("top_k,top_p", [(None, None), (7, None), (None, 0.8), (12, 0.7)])
 def test_sample_tokens_equals_multinomial_over_the_filtered_softmax(monkeypatch, top_k, top_p):
     monkeypatch.setattr(sampling, "BLOCK", 16)  # reach the two-level draw at V = 90

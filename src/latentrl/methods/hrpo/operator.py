@@ -45,6 +45,7 @@ from torch import nn
 
 from latentrl.sampling import (
     check_generator,
+    exp_weights_,
     filter_logits,
     sample_categorical,
     sample_categorical_with_total,
@@ -239,7 +240,7 @@ class HRPOGateThought(ThoughtOperator):
             e = torch.sub(x, m)  # the one (B, V) buffer: exp((x - m) / tau) = p times a per-row constant
             if self.temperature != 1.0:
                 e.div_(self.temperature)
-            e.exp_()
+            exp_weights_(e)  # no denormal floats at large vocabularies (`sampling.EXP_FLOOR`)
             if self.deterministic:
                 ids, total = e.argmax(-1), None
             else:  # the draw's cumulative sums give the row totals: no second pass over e
