@@ -538,3 +538,23 @@ def test_method_defaults_are_valid_config_overrides():
     method = get_method("latent_grpo")
     cfg = load_config(GRPOConfig, None, ["model_name_or_path=m", *(f"{k}={v}" for k, v in method.defaults.items())])
     assert cfg.latent.operator == "gumbel_topk" and cfg.dual_clip == 3.0 and cfg.dynamic_sampling
+
+
+def test_prefix_nucleus_equals_the_reference_nucleus_size():
+    """`GumbelTopKThought._prefix_nucleus` (one cumsum and one comparison) gives exactly the mask of the reference
+    rule `sampling._nucleus_size` on the candidate prefix's cumulative mass (the whole distribution's mass, 1,
+    appended), on random rows of many shapes and sharpnesses, for k = 1 and 10."""
+    from latentrl.sampling import _nucleus_size
+
+    op = GumbelTopKThought(top_k=10, top_p=0.95)
+    for seed in range(60):
+        g = gen(seed)
+        V = int(torch.randint(12, 600, (1,), generator=g))
+        x = torch.randn(6, V, generator=g) * float(torch.rand(1, generator=g) * 8)
+        lp = torch.sort(x.log_softmax(-1), descending=True).values
+        lp = lp[:, : int(torch.randint(11, V + 1, (1,), generator=g))]  # a candidate prefix
+        for k in (1, 10):
+            cdf = lp.exp().cumsum(-1)
+            cdf = torch.cat([cdf, cdf.new_ones(cdf.shape[0], 1)], dim=-1)
+            ref = torch.arange(lp.shape[-1]) < _nucleus_size(cdf, op.top_p, k)
+            assert torch.equal(op._prefix_nucleus(lp, k), ref)
