@@ -202,6 +202,26 @@ def test_eval_mode_takes_the_argmax_token():
     assert torch.equal(step.token_ids, logits.argmax(-1))
 
 
+def test_the_floored_path_scores_and_projects_like_the_reference(monkeypatch):
+    """HRPO's unfiltered step with the exponent floor on (`sampling.EXP_FLOOR`, lowered here to this vocabulary) on
+    rows so peaked that most weights fall under it: its log-prob is the replay's (`log_prob`), its projected state
+    the full-vocabulary reference `projected_state(softmax(logits / tau))`."""
+    from latentrl import sampling as sampling_module
+
+    monkeypatch.setattr(sampling_module, "FLOOR_MIN_ENTRIES", 8)
+    lm = tiny()
+    op = build_thought_operator("hrpo_gate", temperature=0.5)
+    ensure_gate(lm)
+    logits = torch.randn(16, lm.vocab_size, generator=gen(2)) * 40
+    logits[:, 0] = float("-inf")
+    assert ((logits - logits.amax(-1, keepdim=True)) / 0.5 < sampling_module.EXP_FLOOR).float().mean() > 0.3
+    step = op.step(lm, logits, torch.zeros(16, lm.hidden_size), generator=gen(3))
+    assert not (step.token_ids == 0).any()
+    torch.testing.assert_close(step.logprob, op.log_prob(logits, step.token_ids, {}), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(step.payload["hidden"].float(), projected_state(lm, op.sampling_probs(logits)),
+                               atol=1e-6, rtol=1e-5)
+
+
 def test_top_k_filters_what_is_sampled_and_projected():
     lm = tiny()
     op = build_thought_operator("hrpo_gate", top_k=2)
