@@ -157,3 +157,16 @@ def test_rl_checkpoints_carry_the_record_so_a_continued_run_stays_off_the_init_d
                                         "num_train_examples": 50})
     again = {ex.question for ex in load_train_data(cfg)}
     assert len(again) == 50 and not again & (first.questions() | rl_draw.questions())
+
+
+@pytest.mark.parametrize("task_name, init", [("chain_sum", "chain_sum-coconut")])
+def test_the_bench_records_what_its_rl_runs_train_on(task_name, init):
+    """`bench.rl_prompts_record`, what the bench's and the demo's RL checkpoints carry: the init's draws, then a
+    draw that regenerates exactly the RL prompts `rl_prompts` gives."""
+    from latentrl.bench import rl_prompts_record
+
+    task = suite_tasks()[task_name]
+    prompts, _ = rl_prompts(task, model_path(init), 200, 0)
+    record = rl_prompts_record(task, model_path(init), 200, 0)
+    assert record[:-1] == read_train_draws(model_path(init))
+    assert record[-1].questions() == {ex.question for ex in prompts}

@@ -211,6 +211,7 @@ def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, see
     check_disjoint(task, train, evals)
     t0 = time.perf_counter()
     trainer = method.trainer_class(cfg, model, train)
+    trainer.train_data = rl_prompts_record(task, init_path, cfg.num_train_examples, seed)
     trainer.train()
     train_wall = time.perf_counter() - t0
     res = evaluate(model, evals, operator=trainer.operator,
@@ -233,6 +234,17 @@ def rl_prompts(task: SuiteTask, init_path: str | Path, n: int, seed: int) -> tup
     seen = training_questions(init_path, task.dataset)
     kw = {"exclude": seen} if seen else {}
     return load_examples(task.dataset, split="train", n=n, seed=seed, **kw, **task.dataset_kwargs), len(seen)
+
+
+def rl_prompts_record(task: SuiteTask, init_path: str | Path, n: int, seed: int) -> list:
+    """What an RL run on `rl_prompts(task, init_path, n, seed)` trained on, for its checkpoints (`train_data.json`,
+    as `latentrl train` writes): the init's recorded draws and the prompt draw, which skipped the init's draws of
+    the task's dataset."""
+    from latentrl.data.provenance import TrainDraw, read_train_draws
+
+    init = read_train_draws(init_path)
+    skipped = tuple(d for d in init if d.dataset == task.dataset)
+    return [*init, TrainDraw.of_train_split(task.dataset, n, seed, excluded=skipped, **task.dataset_kwargs)]
 
 
 def check_disjoint(task: SuiteTask, train: list[Example], evals: list[Example]) -> None:

@@ -74,7 +74,7 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
     from rich.table import Table
 
     from latentrl.assets import model_path
-    from latentrl.bench import preset_path, rl_prompts, suite_tasks
+    from latentrl.bench import preset_path, rl_prompts, rl_prompts_record, suite_tasks
     from latentrl.data import load_examples
     from latentrl.logger import plot_metrics
     from latentrl.methods import get_method
@@ -96,6 +96,7 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
     train, _ = rl_prompts(task, init, cfg.num_train_examples, seed)  # none the starting model trained on
     cfg.eval_steps = max(1, steps // 4)
     trainer = get_method(method).trainer_class(cfg, lm, train, eval_dataset=evalset)
+    trainer.train_data = rl_prompts_record(task, init, cfg.num_train_examples, seed)
 
     def score():
         return trainer.evaluate(k=4)
@@ -154,6 +155,7 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
         plot_accuracy_vs_length,
         preset_path,
         rl_prompts,
+        rl_prompts_record,
         row,
         suite_tasks,
     )
@@ -204,6 +206,7 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
     lm = LatentModel.from_pretrained(init, add_latent_tokens=True)
     cfg.eval_steps = max(1, steps // 4)
     trainer = method.trainer_class(cfg, lm, train, eval_dataset=evals)
+    trainer.train_data = rl_prompts_record(task, init, cfg.num_train_examples, seed)
 
     def score(label: str, train_s: float) -> dict:
         with trainer.gathered(trainer.model):  # what trainer.evaluate does, keeping every problem's score
