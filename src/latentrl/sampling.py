@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "EXP_FLOOR", "GeneratorDeviceError", "check_generator", "exp_weights_", "filter_logits", "generator_for",
+    "EXP_FLOOR", "GeneratorDeviceError", "check_generator", "draw_unfiltered", "exp_weights_", "filter_logits",
+    "generator_for",
     "generator_on", "gumbel_noise", "log_normalizer", "logsumexp_rows", "normal", "sample_categorical",
     "sample_categorical_with_total", "sample_tokens", "tempered", "token_logprobs", "top_k_nucleus", "topk_rows",
     "uniform",
@@ -299,6 +300,23 @@ def _sample_sorted(values: torch.Tensor, top_p: float | None, generator: torch.G
     return _searchsorted_draw(cdf, generator)
 
 
+def draw_unfiltered(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None,
+                    greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, log-probs under log_softmax(logits / T), weights) of one draw per row from the unfiltered softmax
+    (`greedy`: its argmax). The weights e = exp((x - max) / T) are p times a per-row constant, the one (B, V) float32
+    buffer; the draw's cumulative sums give the log-normaliser, so no second pass over e. HRPO projects e too."""
+    x = logits.float()
+    m = x.amax(-1, keepdim=True)
+    e = torch.sub(x, m)
+    e = exp_weights_(e if temperature == 1.0 else e.div_(temperature))  # no denormals (`EXP_FLOOR`)
+    if greedy:
+        ids, total = e.argmax(-1), e.sum(-1, keepdim=True)
+    else:
+        ids, total = sample_categorical_with_total(e, generator)
+    logp = (x.gather(-1, ids[:, None]) - m).squeeze(-1) / temperature - total.log().squeeze(-1)
+    return ids, logp, e
+
+
 def sample_tokens(
     logits: torch.Tensor,
     temperature: float,
@@ -321,14 +339,8 @@ def sample_tokens(
     use_k = top_k is not None and 0 < top_k < V
     use_p = top_p is not None and top_p < 1.0
     if not use_k and not use_p:
-        x = logits.float()
-        m = x.amax(-1, keepdim=True)
-        e = torch.sub(x, m)  # exp((x - m) / T): the one (B, V) float32 buffer
-        e = exp_weights_(e if temperature == 1.0 else e.div_(temperature))
-        ids, total = sample_categorical_with_total(e, generator)  # the draw's cumulative sums give the total
-        lse = (m if temperature == 1.0 else m / temperature) + total.log()
-        logp = x.gather(-1, ids[:, None]) / temperature - lse
-        return ids, logp.squeeze(-1)
+        ids, logp, _ = draw_unfiltered(logits, temperature, generator)
+        return ids, logp
     if use_k:
         values, cand = topk_rows(logits, top_k)  # sorted descending
     else:

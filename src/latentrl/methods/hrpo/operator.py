@@ -45,10 +45,9 @@ from torch import nn
 
 from latentrl.sampling import (
     check_generator,
-    exp_weights_,
+    draw_unfiltered,
     filter_logits,
     sample_categorical,
-    sample_categorical_with_total,
     token_logprobs,
     top_k_nucleus,
 )
@@ -235,21 +234,9 @@ class HRPOGateThought(ThoughtOperator):
             state = None if raw else projected_state(model, probs)
             logp = token_logprobs(logits, ids, self.logprob_temperature)
         else:
-            x = logits.float()
-            m = x.amax(-1, keepdim=True)
-            e = torch.sub(x, m)  # the one (B, V) buffer: exp((x - m) / tau) = p times a per-row constant
-            if self.temperature != 1.0:
-                e.div_(self.temperature)
-            exp_weights_(e)  # no denormal floats at large vocabularies (`sampling.EXP_FLOOR`)
-            if self.deterministic:
-                ids, total = e.argmax(-1), None
-            else:  # the draw's cumulative sums give the row totals: no second pass over e
-                ids, total = sample_categorical_with_total(e, generator)
-            if self.logprob_temperature == self.temperature:  # log p(x) from the same pass
-                if total is None:
-                    total = e.sum(-1, keepdim=True)
-                logp = (x.gather(-1, ids[:, None]) - m).squeeze(-1) / self.temperature - total.log().squeeze(-1)
-            else:
+            # e = p times a per-row constant; log p(x) from the same pass when the scoring temperature is tau
+            ids, logp, e = draw_unfiltered(logits, self.temperature, generator, greedy=self.deterministic)
+            if self.logprob_temperature != self.temperature:
                 logp = token_logprobs(logits, ids, self.logprob_temperature)
             state = None if raw else projected_state(model, e)  # h is scale-free: no normalising pass over e
         state = hidden.detach() if raw else state
