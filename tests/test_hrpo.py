@@ -72,6 +72,33 @@ def test_gate_math_matches_a_hand_computation():
     torch.testing.assert_close(out[0], torch.tensor(want), rtol=1e-6, atol=1e-7)
 
 
+def test_the_kept_decay_rate_follows_every_change_of_lambda_and_c():
+    """Outside autograd `decay_rate` is kept between calls: it must follow an optimizer step, a load, an in-place
+    change of c and a dtype move, and with autograd on it is recomputed so the gradient reaches Lambda."""
+    gate = HRPOGate(3, c=8.0)
+    e = torch.randn(2, 3)
+
+    def fresh(x: torch.Tensor) -> torch.Tensor:  # the gate's formula written out
+        return torch.exp(-gate.c * torch.nn.functional.softplus(gate.Lambda) * torch.sigmoid(gate.gate_r(x)))
+    with torch.no_grad():
+        first = gate.decay(e)
+        assert torch.equal(first, fresh(e)) and gate.decay_rate() is gate.decay_rate()
+    gate.Lambda.grad = torch.ones(3)
+    torch.optim.SGD([gate.Lambda], lr=0.5).step()  # in place
+    with torch.no_grad():
+        assert not torch.equal(gate.decay(e), first) and torch.equal(gate.decay(e), fresh(e))
+        gate.load_state_dict({**gate.state_dict(), "c": torch.tensor(2.0)})
+        assert torch.equal(gate.decay(e), fresh(e))
+        gate.c.fill_(5.0)
+        assert torch.equal(gate.decay(e), fresh(e))
+        gate.double()
+        assert gate.decay_rate().dtype == torch.float64
+        assert torch.equal(gate.decay(e.double()), fresh(e.double()))
+    gate.Lambda.grad = None
+    gate.decay(e.double()).sum().backward()
+    assert gate.Lambda.grad is not None and gate.Lambda.grad.abs().sum() > 0
+
+
 def test_projected_state_is_normalised_probability_mix_of_embeddings():
     lm = tiny()
     logits = torch.randn(3, lm.vocab_size)

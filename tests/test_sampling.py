@@ -278,22 +278,26 @@ def _latent_grpo_reference(op: GumbelTopKThought, logits: torch.Tensor, g: torch
     return torch.topk(masked + noise * op.noise_scale, k, dim=-1).indices
 
 
-@pytest.mark.parametrize("sort_limit", [10**9, 0], ids=["sorted", "unsorted"])
+@pytest.mark.parametrize("limits", [(10**9, 0), (0, 0), (0, 10**9)], ids=["sorted", "unsorted", "whole_row"])
 @pytest.mark.parametrize("one_sided", [True, False])
-def test_latent_grpo_candidate_noise_equals_full_vocabulary_noise_in_distribution(one_sided, sort_limit):
-    """Both of `step`'s paths: noise on the sorted candidates only, and (sort_limit=0) the sort-free path that
-    tests nucleus membership of the 2K best perturbed entries only."""
+def test_latent_grpo_candidate_noise_equals_full_vocabulary_noise_in_distribution(one_sided, limits):
+    """Each of `step`'s paths below the pooled one: noise on the sorted candidates only, the sort-free path that
+    tests nucleus membership of the 2K best perturbed entries only (sort_limit=0), and the small-vocabulary path
+    that sorts whole rows (sort_all_limit above V)."""
     op = GumbelTopKThought(top_k=3, top_p=0.95, one_sided=one_sided, record="perturbed")
-    op.sort_limit = sort_limit
+    op.sort_limit, op.sort_all_limit = limits
     V = 200
     logits = torch.randn(1, V, generator=gen(12)) * 2.5
     _, cand, keep = op.candidates(logits)
     assert cand.shape[-1] < V  # the pruning is active in this test
     row = logits.expand(N_DRAWS, V)
-    fast = op.step(_EmbedModel(V), row, None, generator=gen(13)).payload["ids"]
+    step = op.step(_EmbedModel(V), row, None, generator=gen(13))
+    fast = step.payload["ids"]
     ref = _latent_grpo_reference(op, row, gen(14))
     for j in range(3):  # the first, second and third perturbed picks
         assert two_sample_p(counts_of(fast[:, j], V), counts_of(ref[:, j], V)) > P_MIN
+    # the recorded surrogate is the one the replay recomputes from the same logits
+    torch.testing.assert_close(step.logprob, op.log_prob(row, step.token_ids, step.payload), atol=1e-5, rtol=1e-5)
     # power: the same test separates a reference at another noise scale
     op2 = GumbelTopKThought(top_k=3, top_p=0.95, one_sided=one_sided, noise_scale=0.7)
     other = _latent_grpo_reference(op2, row, gen(15))
@@ -522,3 +526,18 @@ def test_latent_grpo_sort_free_membership_equals_the_sorted_nucleus(top_p):
         assert torch.equal(best, logits.argmax(-1))
         assert ref.gather(-1, payload["ids"]).all()  # every pick is a nucleus member
         assert (payload["scores"][:, :-1] >= payload["scores"][:, 1:]).all()
+
+
+@pytest.mark.parametrize("one_sided", [True, False])
+def test_latent_grpo_noise_without_log_guards_equals_the_guarded_gumbel(monkeypatch, one_sided):
+    """`GumbelTopKThought.noise` skips `gumbel_noise`'s guards against log(0) when the clamp covers them: the same
+    values for every uniform draw, the extremes (U = 0 and the largest float below 1) included."""
+    import latentrl.thoughts.gumbel_topk as gt
+
+    u = torch.rand(8, 512, generator=gen(60))
+    u[0, :3] = torch.tensor([0.0, 2.0 ** -24, torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)).item()])
+    monkeypatch.setattr(gt, "uniform", lambda shape, generator, device: u.clone())
+    for scale in (1.0, 0.3):
+        op = GumbelTopKThought(one_sided=one_sided, noise_scale=scale)
+        ref = u.clone().clamp_min_(1e-20).log_().neg_().clamp_min_(1e-20).log_().neg_()  # gumbel_noise's form
+        assert torch.equal(op.noise(u.shape, None, "cpu"), op._shape_noise(ref))

@@ -233,11 +233,21 @@ def generate_rollout(
     can_fast = use_latent and schedule.end_token_id is None
     may_think = use_latent  # the span never restarts: once no row thinks, stop counting
     check_every = _sync_interval(device)
+    # When every row starts thinking and only step counts common to all rows can end the span, the number of steps
+    # in which every row thinks is known now: those steps skip the count (a host sync), the per-row counters and
+    # the end checks, which catch up at the last of them.
+    uniform_left, uniform_done = 0, 0
+    if can_fast and not delims and not isinstance(schedule.num_latent_steps, torch.Tensor) and bool(latent_active.all()):
+        bounds = [b for b in (schedule.num_latent_steps, schedule.max_latent_steps) if b is not None]
+        uniform_left = min(bounds) if bounds else C
 
     C_used = 0
     for t in range(C):
-        thinking = int(latent_active.sum()) if may_think else 0
-        may_think = thinking > 0
+        if uniform_left:
+            thinking = B
+        else:
+            thinking = int(latent_active.sum()) if may_think else 0
+            may_think = thinking > 0
         lat = forced = None
         step_payload: Payload | None = None
         if can_fast and thinking == B:
@@ -247,7 +257,12 @@ def generate_rollout(
             lat, step_payload = all_rows, step.payload
             ids, embeds = step.token_ids, step.embeds.to(last_hidden.dtype)
             lp = step.logprob.float() if step.logprob is not None else zero_lp
-            latent_count += 1
+            if uniform_left:
+                uniform_left, uniform_done = uniform_left - 1, uniform_done + 1
+                if not uniform_left:  # the last such step: the counters catch up, the end checks below run
+                    latent_count += uniform_done
+            else:
+                latent_count += 1
         else:
             last_logits = model.lm_head(last_hidden).float()
             # 1. discrete candidates: sampled tokens, forced tokens where the schedule forces them
@@ -290,7 +305,7 @@ def generate_rollout(
         # 4. schedule transitions for the next position
         if forced is not None:
             forced_pos = forced_pos + forced.long()
-        if thinking:
+        if thinking and not uniform_left:
             ended = None
             if n_latent is not None:
                 ended = latent_active & (latent_count >= n_latent)

@@ -75,6 +75,7 @@ from latentrl.sampling import (
     tempered,
     token_logprobs,
     topk_rows,
+    uniform,
 )
 from latentrl.thoughts import register_thought_operator
 from latentrl.thoughts.base import Payload, PayloadSpec, ThoughtOperator, ThoughtStep, mix_embeddings
@@ -155,6 +156,8 @@ class GumbelTopKThought(ThoughtOperator):
     stochastic = True
     #: above this many candidates in a row, `step` takes the sort-free path (`perturbed_topk_unsorted`)
     sort_limit: int = 4096
+    #: at most this many vocabulary entries, `step` sorts whole rows instead (`_step_whole_row`; fewer ops)
+    sort_all_limit: int = 128
     #: the pooled path (`perturbed_topk_pooled`, vocabularies above 2 * pool_blocks * pool_block entries): entries
     #: per strided block, and blocks pooled per row (~pool_blocks entries end up noised; 1024 keeps the fallback
     #: below ~1 in 1600 rows on a flat 152k-entry distribution with K = 30)
@@ -208,6 +211,9 @@ class GumbelTopKThought(ThoughtOperator):
 
     def noise(self, shape, generator: torch.Generator | None, device) -> torch.Tensor:
         """The noise added to the log-probs: clamped Gumbel, shifted to >= 0 when one-sided, times noise_scale."""
+        if self.clamp_min > -3.5:  # the clamp covers what gumbel_noise's guards against log(0) do (U < 1e-20
+            # gives a draw below -3.8): skip them, the same values
+            return self._shape_noise(uniform(shape, generator, device).log_().neg_().log_().neg_())
         return self._shape_noise(gumbel_noise(shape, generator, device))
 
     def _shape_noise(self, g: torch.Tensor) -> torch.Tensor:
@@ -275,6 +281,8 @@ class GumbelTopKThought(ThoughtOperator):
             if self.record == "perturbed":
                 token = payload["ids"][:, 0]
             return self._finish(model, token, payload, x, lse)
+        if not self.deterministic and V <= self.sort_all_limit and self.logprob == "authors":
+            return self._step_whole_row(model, logits, generator)
         x, top_values, top_ids, m = self._tempered(logits)
         lse = logsumexp_rows(x)
         k = top_values.shape[-1]
@@ -290,6 +298,30 @@ class GumbelTopKThought(ThoughtOperator):
             payload = self._perturbed_topk_unsorted(x, lse, top_values[..., -1:], self.noise(x.shape, generator, x.device))
         token = top_ids[:, 0] if self.record == "unperturbed" else payload["ids"][:, 0]
         return self._finish(model, token, payload, x, lse)
+
+    def _step_whole_row(self, model, logits: torch.Tensor, generator) -> ThoughtStep:
+        """`step` at small vocabularies (V <= `sort_all_limit`): one sort of each whole row gives the unperturbed
+        top-1, the log-normaliser (the last entry of the cumulative sum the nucleus needs anyway) and the nucleus;
+        every entry gets noise. The same distribution as the candidate prefix (entries past it never reach the
+        perturbed top-K), in about half the ops: at V = 64 the candidates are most of the row anyway."""
+        x = tempered(logits, self.temperature)
+        values, order = x.sort(-1, descending=True)
+        row_max = values[:, :1].nan_to_num(0.0, 0.0, 0.0)  # as logsumexp_rows: an infinite max gives no inf - inf
+        cum = torch.sub(values, row_max).exp_().cumsum_(-1)
+        total = cum[:, -1:]
+        lp = values - (row_max + total.log())
+        scores = lp + self.noise(lp.shape, generator, lp.device)
+        k = min(self.top_k, x.shape[-1])
+        if self.top_p < 1.0 and x.shape[-1] > k:  # outside the nucleus (the first k always stay): the mass
+            # before the entry reaches top_p
+            scores[:, k:].masked_fill_(cum[:, k - 1:-1] >= total * self.top_p, float("-inf"))
+        top = torch.topk(scores, k, dim=-1)
+        payload = {"ids": order.gather(-1, top.indices), "scores": top.values}
+        token = order[:, 0] if self.record == "unperturbed" else payload["ids"][:, 0]
+        neg_eps = lp.gather(-1, top.indices) - top.values  # -ε, exactly: gumbel_log_density(ε) = -ε - exp(-ε)
+        logprob = neg_eps.sub(neg_eps.exp()).mean(-1)
+        return ThoughtStep(embeds=self.rebuild(model, token, payload), token_ids=token, payload=payload,
+                           logprob=logprob)
 
     def _finish(self, model, token: torch.Tensor, payload: Payload, x: torch.Tensor, lse: torch.Tensor) -> ThoughtStep:
         """The step from its payload; its log-prob reuses x and lse (the same bits `log_prob` recomputes)."""
@@ -451,7 +483,8 @@ class GumbelTopKThought(ThoughtOperator):
 
     def weights(self, payload: Payload) -> torch.Tensor:
         """(N, K) mixture weights softmax(g / τ_g) from the stored scores."""
-        return (payload["scores"].float() / self.tau).softmax(-1)
+        scores = payload["scores"].float()
+        return (scores if self.tau == 1.0 else scores / self.tau).softmax(-1)
 
     def mixed_tokens(self, payload: Payload) -> tuple[torch.Tensor, torch.Tensor]:
         return payload["ids"], self.weights(payload).float()

@@ -101,7 +101,18 @@ class HRPOGate(nn.Module):
     def decay(self, token_embeds: torch.Tensor) -> torch.Tensor:
         """a = exp(-c softplus(Lambda) r(e^)), same shape as `token_embeds`, in the gate's dtype."""
         r = torch.sigmoid(self.gate_r(token_embeds.to(self.Lambda.dtype)))
-        return torch.exp(-self.c * nn.functional.softplus(self.Lambda) * r)
+        return torch.exp(self.decay_rate() * r)
+
+    def decay_rate(self) -> torch.Tensor:
+        """-c softplus(Lambda) (H,). Outside autograd it is kept until Lambda or c change (a rollout reads it at every
+        hybrid step; an optimizer step or a load bumps the parameters' version counters)."""
+        if torch.is_grad_enabled():
+            return -self.c * nn.functional.softplus(self.Lambda)
+        key = (self.Lambda._version, self.c._version, self.Lambda.data_ptr(), self.c.data_ptr())
+        if getattr(self, "_rate_key", None) != key:
+            self._rate = -self.c * nn.functional.softplus(self.Lambda)
+            self._rate_key = key
+        return self._rate
 
     def forward(self, token_embeds: torch.Tensor, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(hybrid input, a) in the gate's dtype (float32 unless cast): a * e^ + sqrt(1 - a^2 + 1e-8) * (i * h)."""
