@@ -53,7 +53,9 @@ that K-th lp + the noise minimum). `step` therefore draws noise only for the can
 vocabulary, which also carries the nucleus — and gives the same distribution as noise on every entry (checked in
 `tests/test_sampling.py`). On a peaked (trained) model the candidates are a handful; on a flat one they can be the whole
 vocabulary, and above `sort_limit` candidates `step` switches to a sort-free path (`perturbed_topk_unsorted`: noise on
-every entry, nucleus membership tested only for the 2K best perturbed entries), the same distribution again.
+every entry, nucleus membership tested only for the 2K best perturbed entries), the same distribution again. At
+small vocabularies (V <= `sort_all_limit`) `step` sorts whole rows and noises every entry instead (`_step_whole_row`:
+fewer ops when most entries are candidates anyway; the same distribution).
 At large vocabularies (V > 2 * pool_blocks * pool_block, e.g. 152k) `step` instead draws noise for a pool of ~1000
 entries per row above a block-maximum threshold and proves, row by row, that no entry outside it can reach the
 perturbed top-K (`perturbed_topk_pooled`); rows it cannot decide (rare) fall back to the sort-free path with the
