@@ -158,22 +158,19 @@ def test_delimiter_spellings_of_a_bpe_tokenizer():
 @pytest.mark.parametrize("n, cap, C", [(3, None, 9), (4, 2, 9), (None, 3, 9), (6, None, 4)])
 def test_a_span_of_one_length_for_every_row_equals_the_per_row_counters(tiny, prompts, name, n, cap, C):
     """An int `num_latent_steps` (or only `max_latent_steps`) lets the engine count the all-thinking steps on the
-    host; the same schedule given per row as a tensor takes the per-row counters: the same rollout, bit for bit."""
+    host; the same schedule given per row as a tensor (or, for the cap alone, with a delimiter that never occurs)
+    takes the per-row counters: the same rollout, bit for bit."""
     ids, mask = prompts
     op = build_thought_operator(name)
     op.attach(tiny)
-    after = [tiny.latent_ids.end]
-    per_row = torch.full((ids.shape[0],), n) if n is not None else None
-    got, want = (generate_rollout(tiny, ids, mask, SamplingParams(max_new_positions=C, temperature=0.9, stop_token_ids=[-1]), op,
-                                  ThinkingSchedule(num_latent_steps=k, max_latent_steps=cap, after_latent_ids=after),
-                                  gen(7))
-                 for k in (n, per_row))
-    if n is None:  # only the cap: the host count against the same rule written as a delimiter that never occurs
-        want = generate_rollout(tiny, ids, mask, SamplingParams(max_new_positions=C, temperature=0.9, stop_token_ids=[-1]), op,
-                                ThinkingSchedule(max_latent_steps=cap, after_latent_ids=after, delimiter_ids=[-5]),
+
+    def roll(**schedule) -> Rollout:
+        return generate_rollout(tiny, ids, mask, SamplingParams(max_new_positions=C, temperature=0.9, stop_token_ids=[-1]),
+                                op, ThinkingSchedule(max_latent_steps=cap, after_latent_ids=[tiny.latent_ids.end], **schedule),
                                 gen(7))
-    expect = min(b for b in (n, cap, C) if b is not None)
-    assert (got.latent_mask.sum(-1) == expect).all()
+    got = roll(num_latent_steps=n)
+    want = roll(num_latent_steps=torch.full((ids.shape[0],), n)) if n is not None else roll(delimiter_ids=[-5])
+    assert (got.latent_mask.sum(-1) == min(b for b in (n, cap, C) if b is not None)).all()
     for field in ("completion_ids", "completion_mask", "latent_mask", "forced_mask", "logprobs", "truncated"):
         assert torch.equal(getattr(got, field), getattr(want, field)), field
     for key in got.payload:

@@ -532,12 +532,14 @@ def test_latent_grpo_sort_free_membership_equals_the_sorted_nucleus(top_p):
 def test_latent_grpo_noise_without_log_guards_equals_the_guarded_gumbel(monkeypatch, one_sided):
     """`GumbelTopKThought.noise` skips `gumbel_noise`'s guards against log(0) when the clamp covers them: the same
     values for every uniform draw, the extremes (U = 0 and the largest float below 1) included."""
+    import latentrl.sampling as sampling
     import latentrl.thoughts.gumbel_topk as gt
 
     u = torch.rand(8, 512, generator=gen(60))
     u[0, :3] = torch.tensor([0.0, 2.0 ** -24, torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)).item()])
-    monkeypatch.setattr(gt, "uniform", lambda shape, generator, device: u.clone())
+    for module in (gt, sampling):  # the operator's draw and gumbel_noise's read the same uniforms
+        monkeypatch.setattr(module, "uniform", lambda shape, generator, device, dtype=torch.float32: u.clone())
     for scale in (1.0, 0.3):
         op = GumbelTopKThought(one_sided=one_sided, noise_scale=scale)
-        ref = u.clone().clamp_min_(1e-20).log_().neg_().clamp_min_(1e-20).log_().neg_()  # gumbel_noise's form
-        assert torch.equal(op.noise(u.shape, None, "cpu"), op._shape_noise(ref))
+        ref = op._shape_noise(sampling.gumbel_noise(u.shape, None, "cpu"))
+        assert torch.equal(op.noise(u.shape, None, "cpu"), ref)
