@@ -31,10 +31,9 @@ import torch.nn.functional as F
 
 __all__ = [
     "EXP_FLOOR", "GeneratorDeviceError", "check_generator", "draw_unfiltered", "exp_weights_", "filter_logits",
-    "generator_for",
-    "generator_on", "gumbel_noise", "log_normalizer", "logsumexp_rows", "normal", "sample_categorical",
-    "sample_categorical_with_total", "sample_tokens", "tempered", "token_logprobs", "top_k_nucleus", "topk_rows",
-    "uniform",
+    "generator_for", "generator_on", "gumbel_noise", "log_normalizer", "logsumexp_rows", "normal",
+    "sample_categorical", "sample_categorical_with_total", "sample_tokens", "tempered", "token_logprobs",
+    "top_k_nucleus", "topk_rows", "uniform",
 ]
 
 
