@@ -63,12 +63,14 @@ def test_a_malformed_draw_is_a_clear_error(tmp_path, bad, words):
 def test_rl_prompts_skip_what_the_starting_checkpoint_trained_on(tmp_path):
     """The first 3,000 problems of the RL stream itself are the init's: the prompts come after them."""
     task = suite_tasks()["chain_sum"]
-    plain, n0 = rl_prompts(task, tmp_path / "hub_model", 500, 0)
-    assert n0 == 0 and plain == load_examples("chain_sum", split="train", n=500, seed=0, **CS)
+    first = rl_prompts(task, tmp_path / "hub_model", 500, 0)
+    plain = first.examples
+    assert first.n_excluded == 0 and plain == load_examples("chain_sum", split="train", n=500, seed=0, **CS)
     init = write_meta(tmp_path / "init", [TrainDraw.of_train_split("chain_sum", 3000, 0, **CS).to_dict()])
     seen = training_questions(init)
-    prompts, n = rl_prompts(task, init, 500, 0)
-    assert n == len(seen) and len(prompts) == 500
+    drawn = rl_prompts(task, init, 500, 0)
+    prompts = drawn.examples
+    assert drawn.n_excluded == len(seen) and len(prompts) == 500
     assert not {ex.question for ex in prompts} & seen
     assert {ex.question for ex in plain} <= seen  # without the record every prompt would have been a seen one
 
@@ -84,9 +86,9 @@ def test_every_shipped_model_records_its_training_draws():
                                              ("icot_mult_4x4", "icot_mult_4x4-superposition")])
 def test_bench_rl_prompts_are_new_to_the_shipped_latent_init(task_name, init):
     task = suite_tasks()[task_name]
-    prompts, n = rl_prompts(task, model_path(init), 200, 0)
+    drawn = rl_prompts(task, model_path(init), 200, 0)
     seen = training_questions(model_path(init), task.dataset)
-    assert n == len(seen) > 8000 and not {ex.question for ex in prompts} & seen
+    assert drawn.n_excluded == len(seen) > 8000 and not {ex.question for ex in drawn.examples} & seen
 
 
 def test_latentrl_train_draws_no_prompt_the_starting_model_trained_on(tmp_path, capsys):
@@ -161,12 +163,9 @@ def test_rl_checkpoints_carry_the_record_so_a_continued_run_stays_off_the_init_d
 
 @pytest.mark.parametrize("task_name, init", [("chain_sum", "chain_sum-coconut")])
 def test_the_bench_records_what_its_rl_runs_train_on(task_name, init):
-    """`bench.rl_prompts_record`, what the bench's and the demo's RL checkpoints carry: the init's draws, then a
+    """`rl_prompts(...).record`, what the bench's and the demo's RL checkpoints carry: the init's draws, then a
     draw that regenerates exactly the RL prompts `rl_prompts` gives."""
-    from latentrl.bench import rl_prompts_record
-
     task = suite_tasks()[task_name]
-    prompts, _ = rl_prompts(task, model_path(init), 200, 0)
-    record = rl_prompts_record(task, model_path(init), 200, 0)
-    assert record[:-1] == read_train_draws(model_path(init))
-    assert record[-1].questions() == {ex.question for ex in prompts}
+    drawn = rl_prompts(task, model_path(init), 200, 0)
+    assert drawn.record[:-1] == read_train_draws(model_path(init))
+    assert drawn.record[-1].questions() == {ex.question for ex in drawn.examples}

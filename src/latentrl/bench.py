@@ -19,6 +19,7 @@ from typing import Any
 
 from latentrl.checkpoint import atomic_write_json, atomic_write_text
 from latentrl.config import GRPOConfig, load_config
+from latentrl.data.provenance import TrainDraw, read_train_draws, training_questions
 from latentrl.data.schema import Example
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -206,12 +207,13 @@ def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, see
     cfg = load_config(GRPOConfig, preset_path(method_name),
                       [*extra, *task.method_overrides.get(method_name, ()), *overrides])
     model = LatentModel.from_pretrained(init_path, add_latent_tokens=True)
-    train, n_seen = rl_prompts(task, init_path, cfg.num_train_examples, seed)
+    prompts = rl_prompts(task, init_path, cfg.num_train_examples, seed)
+    train = prompts.examples
     evals = task.eval_examples(num_eval)
     check_disjoint(task, train, evals)
     t0 = time.perf_counter()
     trainer = method.trainer_class(cfg, model, train)
-    trainer.train_data = rl_prompts_record(task, init_path, cfg.num_train_examples, seed)
+    trainer.train_data = prompts.record
     trainer.train()
     train_wall = time.perf_counter() - t0
     res = evaluate(model, evals, operator=trainer.operator,
@@ -221,30 +223,34 @@ def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, see
 
     dep = trainer_thought_dependence(trainer, evals)  # None without latent positions
     return {**row(method_name, task.name, res, train_wall, method.init, run_dir, dep),
-            "rl_prompts_excluded": n_seen}
+            "rl_prompts_excluded": prompts.n_excluded}
 
 
-def rl_prompts(task: SuiteTask, init_path: str | Path, n: int, seed: int) -> tuple[list[Example], int]:
+@dataclass
+class RLPrompts:
+    """An RL run's prompts off the starting checkpoint's training problems, and what to record about them."""
+
+    examples: list[Example]
+    #: how many questions the starting checkpoint's recorded draws held (all left out of `examples`)
+    n_excluded: int
+    #: what the run trained on, for its checkpoints' `train_data.json` (as `latentrl train` writes): the init's
+    #: recorded draws, then the prompt draw, which names the init's draws of this dataset as skipped
+    record: list[TrainDraw]
+
+
+def rl_prompts(task: SuiteTask, init_path: str | Path, n: int, seed: int) -> RLPrompts:
     """`n` RL prompts from the task's train stream, none of them a problem the starting checkpoint trained on (its
     recorded `train_data`: a latent init that saw its problems hundreds of times scores far higher on them, so RL on
-    them rewards memory, docs/bench/rl_prompts). Returns the prompts and how many questions were excluded."""
+    them rewards memory, docs/bench/rl_prompts)."""
     from latentrl.data import load_examples
-    from latentrl.data.provenance import training_questions
 
     seen = training_questions(init_path, task.dataset)
     kw = {"exclude": seen} if seen else {}
-    return load_examples(task.dataset, split="train", n=n, seed=seed, **kw, **task.dataset_kwargs), len(seen)
-
-
-def rl_prompts_record(task: SuiteTask, init_path: str | Path, n: int, seed: int) -> list:
-    """What an RL run on `rl_prompts(task, init_path, n, seed)` trained on, for its checkpoints (`train_data.json`,
-    as `latentrl train` writes): the init's recorded draws and the prompt draw, which skipped the init's draws of
-    the task's dataset."""
-    from latentrl.data.provenance import TrainDraw, read_train_draws
-
+    examples = load_examples(task.dataset, split="train", n=n, seed=seed, **kw, **task.dataset_kwargs)
     init = read_train_draws(init_path)
     skipped = tuple(d for d in init if d.dataset == task.dataset)
-    return [*init, TrainDraw.of_train_split(task.dataset, n, seed, excluded=skipped, **task.dataset_kwargs)]
+    record = [*init, TrainDraw.of_train_split(task.dataset, n, seed, excluded=skipped, **task.dataset_kwargs)]
+    return RLPrompts(examples, len(seen), record)
 
 
 def check_disjoint(task: SuiteTask, train: list[Example], evals: list[Example]) -> None:

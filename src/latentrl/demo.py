@@ -74,7 +74,7 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
     from rich.table import Table
 
     from latentrl.assets import model_path
-    from latentrl.bench import preset_path, rl_prompts, rl_prompts_record, suite_tasks
+    from latentrl.bench import preset_path, rl_prompts, suite_tasks
     from latentrl.data import load_examples
     from latentrl.logger import plot_metrics
     from latentrl.methods import get_method
@@ -93,10 +93,11 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
     console.print(f"[bold]latentrl demo[/bold]: {method} on {task.name} from {init.name}; run folder {run_dir}")
     lm = LatentModel.from_pretrained(init, add_latent_tokens=True)
     evalset = load_examples(task.eval_source)[:num_eval]
-    train, _ = rl_prompts(task, init, cfg.num_train_examples, seed)  # none the starting model trained on
+    prompts = rl_prompts(task, init, cfg.num_train_examples, seed)  # none the starting model trained on
+    train = prompts.examples
     cfg.eval_steps = max(1, steps // 4)
     trainer = get_method(method).trainer_class(cfg, lm, train, eval_dataset=evalset)
-    trainer.train_data = rl_prompts_record(task, init, cfg.num_train_examples, seed)
+    trainer.train_data = prompts.record
 
     def score():
         return trainer.evaluate(k=4)
@@ -155,7 +156,6 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
         plot_accuracy_vs_length,
         preset_path,
         rl_prompts,
-        rl_prompts_record,
         row,
         suite_tasks,
     )
@@ -192,7 +192,8 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
                   f"{LATENT_DEMO_METHOD} after {steps} RL steps from it, on {num_eval} held-out {task.name} "
                   f"problems; run folder {run_dir}")
     evals = task.eval_examples(num_eval)
-    train, _ = rl_prompts(task, init, cfg.num_train_examples, seed)  # none the latent init trained on
+    prompts = rl_prompts(task, init, cfg.num_train_examples, seed)  # none the latent init trained on
+    train = prompts.examples
     check_disjoint(task, train, evals)
     T = cfg.temperature  # Pass@k of every row sampled at the RL preset's temperature
 
@@ -206,7 +207,7 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
     lm = LatentModel.from_pretrained(init, add_latent_tokens=True)
     cfg.eval_steps = max(1, steps // 4)
     trainer = method.trainer_class(cfg, lm, train, eval_dataset=evals)
-    trainer.train_data = rl_prompts_record(task, init, cfg.num_train_examples, seed)
+    trainer.train_data = prompts.record
 
     def score(label: str, train_s: float) -> dict:
         with trainer.gathered(trainer.model):  # what trainer.evaluate does, keeping every problem's score
