@@ -383,6 +383,26 @@ def test_positional_chunk_weights_keep_the_order():
         chunk_superpositions([1], 1, 1, weighting="rank")
 
 
+def test_superposition_encoding_in_blocks_equals_one_example_at_a_time(monkeypatch):
+    """The batched tokenizer calls (blocks of `ENCODE_BLOCK` examples, here 3 over 8) give every example exactly
+    what tokenizing it alone gives; a tensor chain chunks as its list does."""
+    import latentrl.sft.superposition as sp
+
+    lm = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32)
+    ex = make_examples("chain_sum", 8, seed=1, length=3)
+    cfg = SuperpositionSFTConfig(tokens_per_latent=3, top_k=5, chunk_weights="positional", disable_tqdm=True)
+    monkeypatch.setattr(sp, "ENCODE_BLOCK", 3)
+    enc = encode_superposition_examples(lm.tokenizer, ex, cfg)
+    tok = lm.tokenizer
+    for e, x in zip(enc, ex, strict=True):
+        cot = tok(" " + " ".join(x.steps), add_special_tokens=False)["input_ids"]
+        ids, w = chunk_superpositions(torch.tensor(cot), 3, 5, tok.pad_token_id, weighting="positional")
+        assert e.prompt == tok(sp.format_prompt(x), add_special_tokens=False)["input_ids"]
+        assert e.answer == tok(sp._answer_text(x, cfg.end_of_thinking), add_special_tokens=False)["input_ids"] + [
+            tok.eos_token_id]
+        assert torch.equal(e.latent_ids, ids) and torch.equal(e.latent_weights, w)
+
+
 def test_superposition_sft_batch_layout_and_learning(tmp_path):
     lm = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32)
     ex = make_examples("chain_sum", 8, seed=0, length=2)

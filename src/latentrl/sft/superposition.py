@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -164,20 +163,22 @@ def chunk_superpositions(cot_ids: Sequence[int], tokens_per_latent: int, top_k: 
         raise ValueError("tokens_per_latent and top_k must be >= 1")
     if weighting not in ("count", "positional"):
         raise ValueError(f"weighting must be 'count' or 'positional', not {weighting!r}")
+    cot_ids = [int(t) for t in cot_ids]  # ints as dict keys (a tensor's elements hash by identity)
     m = math.ceil(len(cot_ids) / tokens_per_latent)
-    ids = torch.full((m, top_k), pad_id, dtype=torch.long)
-    weights = torch.zeros((m, top_k), dtype=torch.float32)
+    ids, weights = [], []  # plain lists, one tensor each at the end (a million examples pass through here)
     for j in range(m):
-        chunk = list(cot_ids[j * tokens_per_latent : (j + 1) * tokens_per_latent])
-        counts: Counter[int] = Counter()
+        chunk = cot_ids[j * tokens_per_latent : (j + 1) * tokens_per_latent]
+        counts: dict[int, int] = {}  # in order of first appearance
         for i, t in enumerate(chunk):
-            counts[t] += 1 if weighting == "count" else 2 ** (len(chunk) - 1 - i)
-        order = sorted(counts, key=lambda t: (-counts[t], chunk.index(t)))[:top_k]
+            counts[t] = counts.get(t, 0) + (1 if weighting == "count" else 1 << (len(chunk) - 1 - i))
+        # heaviest first; the sort is stable, so ties keep the order of first appearance
+        order = sorted(counts, key=counts.__getitem__, reverse=True)[:top_k]
         total = sum(counts[t] for t in order)
-        for k, t in enumerate(order):
-            ids[j, k] = t
-            weights[j, k] = counts[t] / total
-    return ids, weights
+        pad = top_k - len(order)
+        ids.append(order + [pad_id] * pad)
+        weights.append([counts[t] / total for t in order] + [0.0] * pad)
+    return (torch.tensor(ids, dtype=torch.long).reshape(m, top_k),
+            torch.tensor(weights, dtype=torch.float32).reshape(m, top_k))
 
 
 def _answer_text(ex: Example, end_of_thinking: str | None) -> str:
@@ -192,21 +193,32 @@ def encode_superposition_examples(
         raise ValueError("superposition SFT needs a tokenizer with an eos token")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = []
-    for i, ex in enumerate(examples):
-        p = tokenizer(format_prompt(ex), add_special_tokens=False)["input_ids"]
-        cot = tokenizer(" " + " ".join(ex.steps), add_special_tokens=False)["input_ids"] if ex.steps else []
-        a = tokenizer(_answer_text(ex, cfg.end_of_thinking), add_special_tokens=False)["input_ids"]
-        a = list(a) + [tokenizer.eos_token_id]
-        ids, w = chunk_superpositions(cot, cfg.tokens_per_latent, cfg.top_k, pad, weighting=cfg.chunk_weights)
-        enc = SuperpositionExample(list(p), ids, w, a)
-        if enc.length > cfg.max_length:
-            raise ValueError(f"example {i} needs {enc.length} positions (prompt {len(p)} + latents {ids.shape[0]} + "
-                             f"answer {len(a)}), more than max_length={cfg.max_length}")
-        unk = tokenizer.unk_token_id
-        if unk is not None and (unk in p or unk in cot or unk in a):
-            raise ValueError(f"example {i} has words the tokenizer does not know: {ex.question!r}")
-        out.append(enc)
+    for start in range(0, len(examples), ENCODE_BLOCK):  # one batched tokenizer call per text kind and block
+        block = examples[start : start + ENCODE_BLOCK]
+        prompts = _token_ids(tokenizer, [format_prompt(ex) for ex in block])
+        cots = _token_ids(tokenizer, [" " + " ".join(ex.steps) if ex.steps else "" for ex in block])
+        answers = _token_ids(tokenizer, [_answer_text(ex, cfg.end_of_thinking) for ex in block])
+        for i, (ex, p, cot, a) in enumerate(zip(block, prompts, cots, answers), start=start):
+            a = a + [tokenizer.eos_token_id]
+            ids, w = chunk_superpositions(cot, cfg.tokens_per_latent, cfg.top_k, pad, weighting=cfg.chunk_weights)
+            enc = SuperpositionExample(p, ids, w, a)
+            if enc.length > cfg.max_length:
+                raise ValueError(f"example {i} needs {enc.length} positions (prompt {len(p)} + latents "
+                                 f"{ids.shape[0]} + answer {len(a)}), more than max_length={cfg.max_length}")
+            unk = tokenizer.unk_token_id
+            if unk is not None and (unk in p or unk in cot or unk in a):
+                raise ValueError(f"example {i} has words the tokenizer does not know: {ex.question!r}")
+            out.append(enc)
     return out
+
+
+ENCODE_BLOCK = 4096
+"""Examples per batched tokenizer call in `encode_superposition_examples`."""
+
+
+def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text (no special tokens); an empty text gives []."""
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def build_superposition_batch(encoded: Sequence[SuperpositionExample], pad_id: int) -> dict[str, torch.Tensor]:
