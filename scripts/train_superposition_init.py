@@ -24,6 +24,9 @@ Scored as `latentrl bench` scores a latent_grpo row (the `gumbel_topk` operator 
 eval mode, the suite's first 500 held-out problems: Pass@1 greedy, Pass@4 sampled, reasoning positions) plus the
 thought-dependence check. Writes OUT/model (with latent_init.json and metrics.jsonl: what a shipped init carries),
 OUT/history.json and OUT/result.json; OUT/train holds the live metrics.jsonl and resumable checkpoints.
+
+`score=MODEL` (a checkpoint folder, e.g. OUT/train/checkpoint-60000 of a run still training) skips training and
+scores that model the same way into OUT/scored/<MODEL's folder name>.json (never overwritten); `task` as for the run.
 """
 
 from __future__ import annotations
@@ -64,11 +67,50 @@ def keep_finished_run(out: Path) -> None:
     print(f"the finished run's model and results moved to {dest}", flush=True)
 
 
+def score(model_dir: Path, task, run_dir: Path, test: list):
+    """(evaluation, thought dependence) of `model_dir` as the bench scores a latent_grpo row: its CPU preset's
+    operator, schedule and prompt, greedy Pass@1 and Pass@4 on `test`, latents swapped / zeroed."""
+    run = load_config(GRPOConfig, REPO / "configs/cpu/latent_grpo.yaml",
+                      [f"model_name_or_path={model_dir}", f"dataset={task.dataset}",
+                       f"max_completion_length={task.max_completion_length}", "report_to=[none]",
+                       f"output_dir={run_dir}", "beta=0"])
+    lm = LatentModel.from_pretrained(str(model_dir))
+    parts = get_method("latent_grpo").build(lm, run)
+    return evaluate(lm, test, k=4, **parts.eval_kwargs(run)), method_thought_dependence(lm, parts, run, test)
+
+
+def scored_fields(res, dep) -> dict:
+    """The result fields of a score (Pass@1 with its standard error, the rest of the evaluation, the swap check)."""
+    p, n = res.pass_at_1, res.n
+    return {"pass_at_1": p, "pass_at_1_se": math.sqrt(p * (1 - p) / n), "n_eval": n,
+            **{k: v for k, v in res.to_dict().items() if k not in ("samples", "pass_at_1", "n")},
+            "thought_dependence": dep.to_dict() if dep is not None else None}
+
+
+def score_only(out: Path, model_dir: Path, task) -> None:
+    """`score=MODEL`: score one model (a checkpoint of a run in progress) without training."""
+    dest = out / "scored" / f"{model_dir.name}.json"
+    if dest.exists():
+        raise SystemExit(f"{dest} exists (nothing is overwritten)")
+    if not (model_dir / "config.json").exists():
+        raise SystemExit(f"{model_dir} is not a model folder (no config.json)")
+    test = task.eval_examples(NUM_EVAL)
+    res, dep = score(model_dir, task, out / "eval_run", test)
+    result = {"command": "PYTHONPATH=src python scripts/train_superposition_init.py " + " ".join(sys.argv[1:]),
+              "model": str(model_dir), "task": task.name, **scored_fields(res, dep)}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps({**result, "samples": res.samples}, indent=1))
+    print(json.dumps(result), flush=True)
+
+
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
         raise SystemExit(__doc__)
     out = Path(sys.argv[1])
     over = dict(a.split("=", 1) for a in sys.argv[2:])
+    if "score" in over:
+        torch.set_num_threads(int(over.get("threads", 1)))
+        return score_only(out, Path(over["score"]), suite_tasks()[over.get("task", "chain_sum")])
     if (out / "model").exists():
         if "resume" not in over:
             raise SystemExit(f"{out / 'model'} exists: choose a new OUT, or continue it with resume=latest and a "
@@ -108,22 +150,11 @@ def main() -> None:
     with open(out / "model" / "metrics.jsonl", "w") as f:
         for rec in hist.train:
             f.write(json.dumps(rec) + "\n")
-    # score as the bench scores latent_grpo (its CPU preset's operator / schedule / prompt)
-    run = load_config(GRPOConfig, REPO / "configs/cpu/latent_grpo.yaml",
-                      [f"model_name_or_path={out / 'model'}", f"dataset={task.dataset}",
-                       f"max_completion_length={task.max_completion_length}", "report_to=[none]",
-                       f"output_dir={out / 'eval_run'}", "beta=0"])
-    lm = LatentModel.from_pretrained(str(out / "model"))
-    parts = get_method("latent_grpo").build(lm, run)
-    res = evaluate(lm, test, k=4, **parts.eval_kwargs(run))
-    dep = method_thought_dependence(lm, parts, run, test)
-    p, n = res.pass_at_1, res.n
+    res, dep = score(out / "model", task, out / "eval_run", test)
     result = {"command": "PYTHONPATH=src python scripts/train_superposition_init.py " + " ".join(sys.argv[1:]),
               "task": task.name, "cot_model": cot, "train_s": round(train_s, 1),
               "steps": hist.train[-1]["step"] if hist.train else 0, "stages": hist.stage_log,
-              "tokens_per_latent": cfg.tokens_per_latent, "pass_at_1": p, "pass_at_1_se": math.sqrt(p * (1 - p) / n),
-              "n_eval": n, **{k: v for k, v in res.to_dict().items() if k not in ("samples", "pass_at_1", "n")},
-              "thought_dependence": dep.to_dict() if dep is not None else None,
+              "tokens_per_latent": cfg.tokens_per_latent, **scored_fields(res, dep),
               # the base's draws and this one's (`latentrl.data.provenance`: RL prompts stay off them)
               "train_data": [d.to_dict() for d in read_train_draws(resolve_model(cot))]
               + [TrainDraw.of_train_split(task.dataset, len(train), 0, **data_kwargs).to_dict()]}
