@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from latentrl.assets import model_path
-from latentrl.bench import REPO_ROOT, check_disjoint, load_config, preset_path, run_bench, suite_tasks, write_results
+from latentrl.bench import CONFIGS, check_disjoint, load_config, preset_path, run_bench, suite_tasks, write_results
 from latentrl.config import GRPOConfig
 from latentrl.data import Example, load_examples, train_eval_split
 from latentrl.data.schema import format_cot
@@ -36,7 +36,7 @@ def test_chain_sum_resolves_to_its_shipped_models_and_generated_eval(chain_sum):
 def test_chain_sum_eval_is_disjoint_from_every_training_split(chain_sum):
     """Recomputed from the pretraining YAML itself: the shipped models' training questions, the RL presets' train
     split (seeds 0 and 1) and the Coconut init's train split never contain an evaluation question."""
-    pre = yaml.safe_load((REPO_ROOT / "configs/pretrain_chain_sum.yaml").read_text())
+    pre = yaml.safe_load((CONFIGS / "pretrain_chain_sum.yaml").read_text())
     assert pre["task"] == chain_sum.dataset and pre["difficulty"] == chain_sum.dataset_kwargs
     pretrain, _ = train_eval_split(pre["task"], pre["num_train_examples"], pre["num_eval_examples"], pre["seed"],
                                    **pre["difficulty"])

@@ -77,3 +77,33 @@ def test_install_and_ci_scripts_use_the_lock_and_the_cpu_torch_pin():
     assert "bash scripts/install.sh" in ci and "python -m pytest -n 2 tests" in ci
     refresh = (REPO / "scripts" / "refresh_lock.sh").read_text()
     assert "pip freeze" in refresh and "pytest" in refresh
+
+
+def test_the_package_carries_every_shipped_config():
+    """`latentrl demo` / `bench` read their presets from the package (`latentrl.config.SHIPPED_CONFIGS`), so a
+    non-editable install must carry them: every file there matches pyproject's package-data."""
+    from latentrl.config import SHIPPED_CONFIGS
+
+    package = REPO / "src" / "latentrl"
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["latentrl"]
+    carried = {p for g in globs for p in package.glob(g) if p.is_file()}
+    configs = {p for p in SHIPPED_CONFIGS.rglob("*") if p.is_file()}
+    assert SHIPPED_CONFIGS.resolve().parent == package.resolve() and len(configs) > 20
+    assert configs <= carried, sorted(str(p) for p in configs - carried)[:5]
+    assert (REPO / "configs").resolve() == SHIPPED_CONFIGS.resolve()  # the documented configs/... paths
+
+
+def test_documented_config_paths_work_outside_the_repository(tmp_path, monkeypatch):
+    """`--config configs/cpu/grpo.yaml` from any folder finds the shipped preset; a file of that name in the
+    working folder wins; other missing paths are still a clear error."""
+    import pytest
+
+    from latentrl.config import ConfigError, GRPOConfig, load_config
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config(GRPOConfig, "configs/cpu/hrpo.yaml").method == "hrpo"
+    (tmp_path / "configs" / "cpu").mkdir(parents=True)
+    (tmp_path / "configs" / "cpu" / "hrpo.yaml").write_text("method: lepo\nmodel_name_or_path: m\n")
+    assert load_config(GRPOConfig, "configs/cpu/hrpo.yaml").method == "lepo"
+    with pytest.raises(ConfigError, match="Config file not found"):
+        load_config(GRPOConfig, "configs/cpu/nope.yaml")

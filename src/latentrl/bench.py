@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from latentrl.checkpoint import atomic_write_json, atomic_write_text
-from latentrl.config import GRPOConfig, load_config
+from latentrl.config import SHIPPED_CONFIGS, GRPOConfig, load_config
 from latentrl.data.provenance import TrainDraw, read_train_draws, training_questions
 from latentrl.data.schema import Example
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CPU_PRESETS = REPO_ROOT / "configs" / "cpu"
+CONFIGS = SHIPPED_CONFIGS
+CPU_PRESETS = CONFIGS / "cpu"
 
 
 @dataclass
@@ -43,7 +43,7 @@ class SuiteTask:
     dataset_kwargs: dict[str, Any]
     eval_source: str | None = None  # real evaluation file; None: generated (eval_seed)
     eval_seed: int | None = None
-    pretrain_config: str | None = None  # the shipped models' `latentrl pretrain` YAML, relative to the repo root
+    pretrain_config: str | None = None  # the shipped models' `latentrl pretrain` YAML, relative to CONFIGS
     #: task-specific `key=value` overrides of a method's CPU preset (e.g. Coconut's thought count = #steps)
     method_overrides: dict[str, list[str]] = field(default_factory=dict)
     #: task-specific overrides of a starting-checkpoint builder's preset (e.g. `coconut_sft`'s stages)
@@ -55,7 +55,7 @@ class SuiteTask:
         """Questions the shipped models were trained on (empty when there is no `pretrain_config`)."""
         if self.pretrain_config is None:
             return frozenset()
-        return _pretrain_questions(str(REPO_ROOT / self.pretrain_config), self.dataset)
+        return _pretrain_questions(str(CONFIGS / self.pretrain_config), self.dataset)
 
     def eval_examples(self, n: int) -> list[Example]:
         """The first `n` evaluation problems: the real file's, or generated ones outside the pretraining data."""
@@ -118,7 +118,7 @@ def suite_tasks() -> dict[str, SuiteTask]:
         "chain_sum": SuiteTask(
             name="chain_sum", dataset="chain_sum", cot_model="chain_sum-cot", nocot_model="chain_sum-nocot",
             max_completion_length=60, dataset_kwargs={"length": 8, "modulus": 10, "ops": "+"},
-            eval_seed=CHAIN_SUM_EVAL_SEED, pretrain_config="configs/pretrain_chain_sum.yaml",
+            eval_seed=CHAIN_SUM_EVAL_SEED, pretrain_config="pretrain_chain_sum.yaml",
             method_overrides={"coconut_grpo": coconut_chain, "latent_rl": coconut_chain,
                               "dlr": [f"dlr.num_latent_steps={chain_steps}"]},
             # stages 1..7 replace one more step each (epochs 1..7), then 2 epochs with all 7 steps as thoughts;

@@ -510,6 +510,19 @@ def _fill_missing(data: dict[str, Any], defaults: typing.Mapping[str, Any]) -> N
             node.setdefault(leaf, copy.deepcopy(value))
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+"""The configs that ship in the package (the repository's `configs/` links here)."""
+
+
+def shipped_config(path: str | Path) -> Path:
+    """`path`, or the shipped copy of a documented `configs/...` path when there is no such file here (a `pip
+    install`ed package outside the repository: `--config configs/cpu/grpo.yaml` still finds its preset)."""
+    p = Path(path)
+    if not p.is_file() and p.parts[:1] == ("configs",) and (SHIPPED_CONFIGS.joinpath(*p.parts[1:])).is_file():
+        return SHIPPED_CONFIGS.joinpath(*p.parts[1:])
+    return p
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
     """Load ``cls`` from an optional YAML file plus ``key=value`` overrides (dotted keys for nested sections).
 
@@ -520,7 +533,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
         raise TypeError("overrides must be a sequence of 'key=value' strings, not a single string")
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
+        p = shipped_config(path)
         if not p.is_file():
             raise ConfigError(f"Config file not found: {p}")
         try:

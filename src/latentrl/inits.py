@@ -15,13 +15,13 @@ from typing import Any
 
 from latentrl.assets import model_path
 from latentrl.checkpoint import atomic_write_json
-from latentrl.config import config_to_dict, load_config
+from latentrl.config import SHIPPED_CONFIGS, config_to_dict, load_config
 from latentrl.data import load_examples
 from latentrl.model import LatentModel
 
 __all__ = ["COCONUT_SFT_PRESET", "build_coconut_init", "build_superposition_init", "cached_checkpoint"]
 
-COCONUT_SFT_PRESET = Path(__file__).resolve().parents[2] / "configs" / "cpu" / "coconut_sft.yaml"
+COCONUT_SFT_PRESET = SHIPPED_CONFIGS / "cpu" / "coconut_sft.yaml"
 COCONUT_QUICK_STEPS = 20
 SUPERPOSITION_TRAIN_EXAMPLES = 2000
 SUPERPOSITION_STEPS, SUPERPOSITION_QUICK_STEPS = 300, 60
