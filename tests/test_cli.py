@@ -117,3 +117,35 @@ def test_eval_warns_when_the_budget_cuts_completions(capsys, tmp_path):
                      "--out", str(tmp_path / "scratch")]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["truncated"] == 1.0
+
+
+def test_a_coconut_init_runs_with_the_thoughts_it_was_trained_for(capsys, tmp_path):
+    """`latent_init.json`'s thought count sets the Coconut family's span keys unless the command line sets them:
+    the shipped chain_sum-coconut scores its ~93 % at its 7 thoughts (at the preset's 4 or 6 it drops to ~10 %)."""
+    import json
+
+    from latentrl.cli import with_recorded_thoughts
+    from latentrl.config import GRPOConfig, load_config
+
+    (tmp_path / "latent_init.json").write_text(json.dumps({"num_thoughts": 5}))
+    base = [f"model_name_or_path={tmp_path}"]
+
+    def cfg(method: str, cli: list[str] = ()):
+        over = [*base, f"method={method}", *cli]
+        return with_recorded_thoughts(load_config(GRPOConfig, None, over), None, over, cli)
+
+    c = cfg("coconut_grpo")
+    assert c.latent.num_latent_steps == c.latent.max_latent_steps == 5
+    assert "trained with 5 thoughts" in capsys.readouterr().err
+    c = cfg("latent_rl", ["latent.max_latent_steps=9"])  # the command line wins, key by key
+    assert (c.latent.num_latent_steps, c.latent.max_latent_steps) == (5, 9)
+    assert cfg("dlr").dlr.num_latent_steps == 5
+    assert cfg("grpo").latent.num_latent_steps == load_config(GRPOConfig, None, [*base]).latent.num_latent_steps
+    (tmp_path / "latent_init.json").unlink()  # nothing recorded: the config as it was
+    assert cfg("coconut_grpo").latent.num_latent_steps == load_config(
+        GRPOConfig, None, [*base, "method=coconut_grpo"]).latent.num_latent_steps
+    capsys.readouterr()
+    rc = main(["eval", "--model", "chain_sum-coconut", "--data", "chain_sum", "--method", "coconut_grpo", "--num",
+               "40", "--k", "0", "--no-thought-check"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and out["mean_latent_positions"] == 7.0 and out["pass_at_1"] >= 0.8

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latentrl.assets import recorded_num_thoughts
 from latentrl.checkpoint import atomic_write_json, atomic_write_text
 from latentrl.config import SHIPPED_CONFIGS, GRPOConfig, load_config
 from latentrl.data.provenance import TrainDraw, read_train_draws, training_questions
@@ -84,23 +85,13 @@ def _pretrain_questions(config_path: str, dataset: str) -> frozenset[str]:
     return frozenset(ex.question for ex in train)
 
 
-def shipped_num_thoughts(name: str, default: int) -> int:
-    """The thought count a shipped latent init was trained with (its `latent_init.json`), `default` if not shipped."""
-    from latentrl.assets import available_models, model_path
-
-    if name not in available_models():
-        return default
-    info = json.loads((model_path(name) / "latent_init.json").read_text())
-    return int(info.get("num_thoughts", default))
-
-
 def suite_tasks() -> dict[str, SuiteTask]:
     from latentrl.data.paths import real_data_file
 
     chain_steps = 7  # 8 operands -> 7 `<< x + y = z >>` steps, one Coconut stage / thought each
     coconut_chain = [f"latent.num_latent_steps={chain_steps}", f"latent.max_latent_steps={chain_steps}"]
     # icot_mult_4x4-coconut: 4 partial products x 3 thoughts + the column sums as 2 (read from the shipped init)
-    icot_thoughts = shipped_num_thoughts("icot_mult_4x4-coconut", default=14)
+    icot_thoughts = recorded_num_thoughts("icot_mult_4x4-coconut") or 14
     icot_chain = [f"latent.num_latent_steps={icot_thoughts}", f"latent.max_latent_steps={icot_thoughts}"]
     return {
         "icot_mult_4x4": SuiteTask(

@@ -123,6 +123,25 @@ def starting_model_draws(cfg: GRPOConfig) -> list[TrainDraw]:
         raise ConfigError(f"the starting model's training record: {e}") from e
 
 
+def with_recorded_thoughts(cfg: GRPOConfig, config_file: str | None, overrides: Sequence[str],
+                           cli_overrides: Sequence[str]) -> GRPOConfig:
+    """`cfg` again with the starting model's recorded thought count (`latent_init.json`) on the method's
+    `thought_count_keys` that `cli_overrides` leaves unset: a shipped Coconut init runs with the thoughts it was
+    trained for, not the preset's. Says so on stderr; `cfg` unchanged when nothing is recorded."""
+    from latentrl.assets import recorded_num_thoughts
+    from latentrl.methods import get_method
+
+    keys = get_method(cfg.method).thought_count_keys
+    n = recorded_num_thoughts(cfg.model_name_or_path) if keys else None
+    given = {o.split("=", 1)[0].strip() for o in cli_overrides}
+    extra = [f"{k}={n}" for k in keys if k not in given] if n is not None else []
+    if not extra:
+        return cfg
+    print(f"{cfg.model_name_or_path} was trained with {n} thoughts (its latent_init.json): {' '.join(extra)} "
+          "(a key=value on the command line wins)", file=sys.stderr)
+    return load_config(GRPOConfig, config_file, [*overrides, *extra])
+
+
 @command("train", "RL-train a model with a method preset: latentrl train --config FILE [key=value ...]")
 def cmd_train(ns: argparse.Namespace) -> int:
     from latentrl.data import load_rows
@@ -133,6 +152,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
         print(config_help(GRPOConfig))
         return 0
     cfg = load_config(GRPOConfig, ns.config, ns.overrides)
+    cfg = with_recorded_thoughts(cfg, ns.config, ns.overrides, ns.overrides)
     if ns.resume:
         cfg.resume_from_checkpoint = "latest"
     from latentrl.run_dir import check_run_folder
@@ -223,8 +243,10 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         cfg = config_from_dict(GRPOConfig, data, overrides)
         settings = run_config
     else:
-        cfg = load_config(GRPOConfig, ns.config, overrides)
-        settings = ns.config or "defaults (plain GRPO; no run_config.json beside the checkpoint)"
+        cfg = with_recorded_thoughts(load_config(GRPOConfig, ns.config, overrides), ns.config, overrides,
+                                     ns.overrides)
+        settings = ns.config or (f"the {cfg.method} defaults (no run_config.json beside the checkpoint)" if ns.method
+                                 else "defaults (plain GRPO; no run_config.json beside the checkpoint)")
     available = load_examples(ns.data, split="eval", n=ns.num, seed=cfg.seed)
     data = available[: ns.num]
     temperature = cfg.temperature if ns.temperature is None else ns.temperature
@@ -328,7 +350,8 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
         cfg = config_from_dict(GRPOConfig, data, overrides)
         print(f"settings of the run: {run_config}")
     else:
-        cfg = load_config(GRPOConfig, ns.config, overrides)
+        cfg = with_recorded_thoughts(load_config(GRPOConfig, ns.config, overrides), ns.config, overrides,
+                                     ns.overrides)
     if ns.prompts:
         prompts = list(ns.prompts)
     elif ns.dataset:

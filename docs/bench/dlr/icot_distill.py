@@ -25,8 +25,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chain_sum_dlr import Encoded, accuracy, chains_of, se  # noqa: E402  (the chain_sum script's helpers)
 
-from latentrl.assets import model_path  # noqa: E402
-from latentrl.bench import check_disjoint, shipped_num_thoughts, suite_tasks  # noqa: E402
+from latentrl.assets import (
+    model_path,  # noqa: E402
+    recorded_num_thoughts,  # noqa: E402
+)
+from latentrl.bench import check_disjoint, suite_tasks  # noqa: E402
 from latentrl.data import load_examples  # noqa: E402
 from latentrl.data.schema import as_rows  # noqa: E402
 from latentrl.methods.dlr.chain import ChainAssistant, CoconutFrame, distill_loss  # noqa: E402
@@ -63,7 +66,7 @@ def main() -> None:
     model = LatentModel.from_pretrained(str(model_path("icot_mult_4x4-coconut")))
     model.model.requires_grad_(False)
     model.eval()
-    num_thoughts = shipped_num_thoughts("icot_mult_4x4-coconut", default=14)
+    num_thoughts = recorded_num_thoughts("icot_mult_4x4-coconut") or 14
     frame = CoconutFrame(model, num_thoughts=num_thoughts, max_new_positions=24)
     train = load_examples(task.dataset, split="train", n=ns.num_train, seed=ns.seed, **task.dataset_kwargs)
     val = task.eval_examples(ns.num_val)

@@ -12,10 +12,11 @@ trained them in `latent_init.json` (scripts/train_latent_init.py, scripts/train_
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-__all__ = ["MODELS_DIR", "DEFAULT_MODEL", "available_models", "model_path", "resolve_model"]
+__all__ = ["MODELS_DIR", "DEFAULT_MODEL", "available_models", "model_path", "recorded_num_thoughts", "resolve_model"]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = "icot_mult_4x4-cot"
@@ -50,3 +51,20 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
     if Path(text).expanduser().exists() or text not in available_models():
         return text
     return str(model_path(text))
+
+
+LATENT_INIT_FILE = "latent_init.json"
+
+
+def recorded_num_thoughts(name_or_path: str | os.PathLike[str]) -> int | None:
+    """The thought count a Coconut latent init was trained with (`num_thoughts` in its `latent_init.json`, written
+    by scripts/train_latent_init.py), or None when the folder records none. A Coconut model asked for another
+    count reads thoughts it never learned (chain_sum-coconut: 93 % at its 7, 9.5 % at 6)."""
+    path = Path(resolve_model(name_or_path)).expanduser() / LATENT_INIT_FILE
+    if not path.is_file():
+        return None
+    try:
+        n = json.loads(path.read_text()).get("num_thoughts")
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"{path} is not a JSON object with a thought count: {e}") from e
+    return int(n) if n is not None else None

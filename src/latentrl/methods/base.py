@@ -124,6 +124,9 @@ class Method:
     needs_hidden: ClassVar[bool] = False
     #: include latent positions' recorded tokens in the completion text the rewards see (LEPO's authors do)
     decode_latent_tokens: ClassVar[bool] = False
+    #: config keys (dotted) that take the starting model's recorded thought count (`latent_init.json`,
+    #: `latentrl.assets.recorded_num_thoughts`) unless given on the command line: the Coconut family's span length
+    thought_count_keys: ClassVar[tuple[str, ...]] = ()
 
     @property
     def trainer_class(self) -> type:

@@ -55,6 +55,7 @@ class CoconutLatentMethod(Method):
     """Shared pieces: hidden-state thoughts, fixed count, forced `<|end-latent|>`, `<|start-latent|>` prompts."""
 
     init = "coconut_sft"
+    thought_count_keys: ClassVar[tuple[str, ...]] = ("latent.num_latent_steps", "latent.max_latent_steps")
     _start_token = LatentTokens.start  # replaced by the model's own name in `setup`
 
     def setup(self, model, args) -> None:

@@ -40,6 +40,7 @@ class DLR(CoconutLatentMethod):
     description = ("DeepLatent Reasoning (our reading of arXiv 2601.17275): a small causal-transformer assistant "
                    "writes the thoughts of a frozen Coconut model; K chains, reward filter, PG + InfoNCE + NLL")
     init = "coconut_sft"
+    thought_count_keys: ClassVar[tuple[str, ...]] = ("dlr.num_latent_steps",)  # the frozen main model's thoughts
     defaults: ClassVar[dict[str, Any]] = {
         "reward_funcs": ["correctness"], "beta": 0.0, "learning_rate": 1e-4,
         "weight_decay": 0.0, "dlr.assistant_hidden_size": 96, "dlr.init_std": 0.1, "dlr.min_std": 0.001,
