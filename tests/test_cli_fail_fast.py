@@ -115,3 +115,35 @@ def test_an_error_raised_inside_a_library_keeps_its_traceback(monkeypatch, capsy
     assert main(["plot", "runs/x"]) == 2
     err = capsys.readouterr().err
     assert "error: unknown method 'hrpoo'" in err and "Traceback" not in err
+
+
+def test_ctrl_c_and_unwritable_output_paths_are_one_line_messages(monkeypatch, capsys, tmp_path):
+    """Ctrl-C ends with exit code 130 and, for training commands, says how to continue; an output path that is an
+    existing file is one line, before any model loads."""
+    def interrupted(ns):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(latentrl.cli.COMMANDS, "train", (interrupted, "train"))
+    assert main(["train", "--config", "configs/cpu/grpo.yaml"]) == 130
+    assert "interrupted; the checkpoints it wrote are kept" in capsys.readouterr().err
+    monkeypatch.setitem(latentrl.cli.COMMANDS, "plot", (interrupted, "plot"))
+    assert main(["plot", "runs/x"]) == 130
+    assert "--resume" not in capsys.readouterr().err
+    monkeypatch.undo()
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    assert main(["bench", "--quick", "--methods", "grpo", "--tasks", "chain_sum", "--out", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and str(taken) in err and "Traceback" not in err and taken.read_text() == "mine"
+
+
+def test_a_damaged_model_folder_is_a_one_line_error(capsys, tmp_path):
+    from latentrl.testing import tiny_latent_model
+
+    folder = tmp_path / "ckpt"
+    tiny_latent_model("qwen2", ["1", "2", "+", "="], seed=0, hidden=16).save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["eval", "--model", str(folder), "--data", "chain_sum", "--num", "2", "--k", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "could not load the model folder" in err and "damaged or incomplete" in err and "Traceback" not in err

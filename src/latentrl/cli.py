@@ -537,6 +537,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     try:
         return COMMANDS[ns.command][0](ns)
+    except KeyboardInterrupt:
+        resumable = ns.command in ("train", "pretrain", "coconut-sft")
+        print(f"\nlatentrl {ns.command}: interrupted" + ("; the checkpoints it wrote are kept: the same command "
+                                                      "with --resume continues from the last" if resumable else ""), file=sys.stderr)
+        return 130
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        if os.environ.get("LATENTRL_DEBUG"):
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"latentrl {ns.command}: error: {e.strerror or e}{where} (output paths must be folders you can write)",
+              file=sys.stderr)
+        return 2
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
         if os.environ.get("LATENTRL_DEBUG") or not _raised_by_latentrl(e):
             raise  # an error from inside torch / transformers is a bug to report with its traceback, not bad input

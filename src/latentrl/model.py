@@ -107,15 +107,20 @@ class LatentModel(nn.Module):
             model_kwargs["torch_dtype"] = torch_dtype
         try:
             model = AutoModelForCausalLM.from_pretrained(name_or_path, **model_kwargs)
-        except OSError as err:  # a hub id that cannot be reached or does not exist: say what was tried
-            if path.exists():
+            if tokenizer is None or isinstance(tokenizer, str):
+                tokenizer = load_tokenizer(tokenizer or name_or_path)
+        except Exception as err:
+            if path.exists():  # a local folder that will not load: truncated weights, a broken JSON file, ...
+                first = (str(err).splitlines() or [""])[0]
+                raise ValueError(f"could not load the model folder {str(path)!r} ({type(err).__name__}: {first}); "
+                                 "it may be damaged or incomplete") from err
+            if not isinstance(err, OSError):
                 raise
+            # a hub id that cannot be reached or does not exist: say what was tried
             raise FileNotFoundError(
                 f"model {str(name_or_path)!r} is not a local folder, not a shipped model ({', '.join(available_models())}) "
                 f"and could not be loaded from the Hugging Face hub: {str(err).splitlines()[0]}"
             ) from err
-        if tokenizer is None or isinstance(tokenizer, str):
-            tokenizer = load_tokenizer(tokenizer or name_or_path)
         lm = cls(model, tokenizer)
         meta = path / LATENT_META_FILE
         if meta.exists():
