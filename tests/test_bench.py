@@ -78,9 +78,33 @@ def test_overlapping_eval_is_refused(chain_sum):
         check_disjoint(chain_sum, [ex], [ex])
 
 
-def test_unknown_suite_task_is_a_clear_error(tmp_path):
+def test_unknown_suite_task_or_method_is_a_clear_error_that_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="unknown suite task.*chain_sum"):
-        run_bench(tmp_path, quick=True, methods=["grpo"], tasks=["nope"])
+        run_bench(tmp_path / "b", quick=True, methods=["grpo"], tasks=["nope"])
+    with pytest.raises(ValueError, match="unknown method 'grpoo'"):
+        run_bench(tmp_path / "b", quick=True, methods=["grpoo"], tasks=["chain_sum"])
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_second_bench_run_into_the_same_folder_adds_its_rows(tmp_path, monkeypatch):
+    """Same settings: the earlier run's other rows (and samples) stay, a re-run row replaces its own; other
+    settings are refused and leave the folder as it was."""
+    import latentrl.bench as bench
+
+    acc = {"grpo": 0.5, "hrpo": 0.6}
+    monkeypatch.setattr(bench, "eval_checkpoint", lambda label, path, task, **kw: _row(label, task.name, 0.1, 9.0))
+    monkeypatch.setattr(bench, "run_method", lambda name, task, out, **kw: _row(name, task.name, acc[name], 9.0))
+    run_bench(tmp_path, quick=True, methods=["grpo"], tasks=["chain_sum"])
+    acc["grpo"] = 0.55
+    rows = run_bench(tmp_path, quick=True, methods=["hrpo", "grpo"], tasks=["chain_sum"])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["method"], r["pass_at_1"]) for r in saved] == [(r["method"], r["pass_at_1"]) for r in rows] == [
+        ("nocot_sft", 0.1), ("cot_sft", 0.1), ("grpo", 0.55), ("hrpo", 0.6)]
+    assert len(json.loads((tmp_path / "samples.json").read_text())) == 4
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match="other settings"):
+        run_bench(tmp_path, quick=True, methods=["grpo"], tasks=["chain_sum"], seed=1)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
 def _row(method: str, task: str, acc: float, positions: float) -> dict:

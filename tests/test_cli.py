@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from latentrl.cli import main
 from latentrl.data import make_examples, task_vocabulary
 from latentrl.data.schema import format_icot_line
@@ -149,3 +151,16 @@ def test_a_coconut_init_runs_with_the_thoughts_it_was_trained_for(capsys, tmp_pa
                "40", "--k", "0", "--no-thought-check"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0 and out["mean_latent_positions"] == 7.0 and out["pass_at_1"] >= 0.8
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--model", "chain_sum-cot", "--data", "chain_sum", "--k", "-1"],
+    ["eval", "--model", "chain_sum-cot", "--data", "chain_sum", "--num", "0"],
+    ["plot", "runs/x", "--smoothing", "5"],
+    ["inspect", "--model", "chain_sum-coconut", "--method", "coconut_grpo", "--max-positions", "0"],
+    ["bench", "--quick", "--num-eval", "0"],
+])
+def test_out_of_range_counts_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "must be" in capsys.readouterr().err

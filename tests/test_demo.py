@@ -58,8 +58,9 @@ def test_latent_demo_refuses_an_existing_run_folder(latent_demo):
     from latentrl.demo import run_latent_demo
 
     out, _ = latent_demo
-    with pytest.raises(ConfigError, match="already holds a run"):
+    with pytest.raises(ConfigError, match="already holds a run") as err:
         run_latent_demo(steps=1, num_eval=2, out_dir=str(out), overrides=TINY)
+    assert "choose another --out" in str(err.value) and "--resume" not in str(err.value)  # demo cannot resume
 
 
 def test_cli_latent_flag_refuses_another_method(tmp_path, capsys):
@@ -106,3 +107,20 @@ def test_cli_demo_flags_choose_the_parts(argv, runs, monkeypatch):
         assert called[0][1]["task_name"] == ("icot_mult_4x4" if "--task" in argv else "chain_sum")
     if runs == "rl":
         assert called[0][1]["method"] == ("hrpo" if "--method" in argv else "grpo")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--num-eval", "-5"], "argument --num-eval: must be >= 1, got -5"),
+    (["--steps", "0"], "argument --steps: must be >= 1, got 0"),
+    (["--task", "icot_mult_4x4"], "use it with --latent"),
+    (["--method", "grpoo"], "unknown method 'grpoo'"),
+])
+def test_cli_demo_bad_options_are_one_line_errors(argv, says, tmp_path, capsys, monkeypatch):
+    import latentrl.demo as demo
+
+    monkeypatch.setattr(demo, "run_full_demo", lambda **kw: pytest.fail("the full demo ran"))
+    try:
+        rc = main(["demo", *argv, "--out", str(tmp_path / "d")])
+    except SystemExit as e:  # argparse's usage error
+        rc = e.code
+    assert rc == 2 and says in capsys.readouterr().err and not (tmp_path / "d").exists()

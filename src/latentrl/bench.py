@@ -344,25 +344,58 @@ def plot_accuracy_vs_length(rows: list[dict[str, Any]], out_png: Path) -> None:
 
 def run_bench(out: Path, *, quick: bool, methods: list[str] | None, tasks: list[str] | None, seed: int = 0,
               k: int = 4, num_eval: int | None = None) -> list[dict[str, Any]]:
+    """Every method (default: all registered) on every suite task (default: all) into `out`. A folder that holds
+    an earlier bench run with the same settings keeps that run's other rows (a method or task re-run replaces its
+    own); one with other settings is refused, so results of two budgets never share a table."""
     from latentrl.assets import model_path
-    from latentrl.methods import METHODS
+    from latentrl.methods import METHODS, get_method
 
-    out.mkdir(parents=True, exist_ok=True)
     num_eval = num_eval or (100 if quick else 1000)
     all_tasks = suite_tasks()
-    rows: list[dict[str, Any]] = []
     unknown = sorted(set(tasks or ()) - set(all_tasks))
     if unknown:
         raise ValueError(f"unknown suite task(s) {', '.join(unknown)}; known: {', '.join(all_tasks)}")
+    for name in methods or ():
+        get_method(name)  # an unknown method fails before anything runs or is written
+    settings = {"quick": quick, "seed": seed, "k": k, "num_eval": num_eval}
+    rows = {(r["method"], r["task"]): r for r in earlier_rows(out, settings)}
+    if rows:
+        print(f"bench: {out} holds {len(rows)} rows of an earlier run with the same settings; rows re-run here "
+              "replace theirs, the others stay", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / SETTINGS_FILE, settings)
+
+    def add(row_: dict[str, Any]) -> None:
+        rows[(row_["method"], row_["task"])] = row_
+        write_results(out, list(rows.values()))  # keep partial results if a later method fails
+
     for tname in tasks or list(all_tasks):
         task = all_tasks[tname]
-        rows.append(eval_checkpoint("nocot_sft", model_path(task.nocot_model), task, k=k, seed=seed, num_eval=num_eval))
-        rows.append(eval_checkpoint("cot_sft", model_path(task.cot_model), task, k=k, seed=seed, num_eval=num_eval))
+        add(eval_checkpoint("nocot_sft", model_path(task.nocot_model), task, k=k, seed=seed, num_eval=num_eval))
+        add(eval_checkpoint("cot_sft", model_path(task.cot_model), task, k=k, seed=seed, num_eval=num_eval))
         for name in methods or sorted(METHODS):
-            rows.append(run_method(name, task, out, quick=quick, seed=seed, k=k, num_eval=num_eval))
-            write_results(out, rows)  # keep partial results if a later method fails
-    write_results(out, rows)
-    return rows
+            add(run_method(name, task, out, quick=quick, seed=seed, k=k, num_eval=num_eval))
+    return list(rows.values())
+
+
+SETTINGS_FILE = "bench_settings.json"
+"""What a bench folder's rows were run with (quick, seed, k, num_eval): rows of other settings never mix."""
+
+
+def earlier_rows(out: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows (with their samples) of an earlier bench run in `out` with these `settings`; [] for a new folder.
+    Refuses a folder whose results were run with other (or unrecorded) settings."""
+    if not (out / "results.json").is_file():
+        return []
+    saved = json.loads((out / SETTINGS_FILE).read_text()) if (out / SETTINGS_FILE).is_file() else None
+    if saved != settings:
+        raise ValueError(f"{out} holds bench results run with other settings ({saved or 'not recorded'}; this run: "
+                         f"{settings}): choose another --out, or the same settings to add rows to it")
+    rows = json.loads((out / "results.json").read_text())
+    samples_file = out / "samples.json"
+    samples = {(s["method"], s["task"]): s["samples"] for s in json.loads(samples_file.read_text())} \
+        if samples_file.is_file() else {}
+    return [{**r, "samples": samples.get((r["method"], r["task"]), [])} for r in rows]
 
 
 def write_results(out: Path, rows: list[dict[str, Any]]) -> None:

@@ -271,6 +271,30 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     return 0
 
 
+def at_least(lo: int) -> Callable[[str], int]:
+    """An argparse `type`: an integer >= `lo` (a bad value is argparse's one-line usage error, exit code 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+        return value
+    return parse
+
+
+def unit_fraction(text: str) -> float:
+    """An argparse `type`: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value:g}")
+    return value
+
+
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder (save_pretrained), shipped model name or hub id")
     p.add_argument("--data", required=True, help="task name, data file (.txt iCoT lines, .json, .jsonl, ...) or hub id")
@@ -278,11 +302,11 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="the run's YAML (method and latent settings); default: run_config.json beside the checkpoint, "
                         "else plain GRPO")
     p.add_argument("--method", default=None, help="registered method (overrides the config's)")
-    p.add_argument("--num", type=int, default=200, help="evaluation problems: the first NUM of --data (default 200)")
-    p.add_argument("--k", type=int, default=4, help="k of Pass@k; 0 skips sampling")
+    p.add_argument("--num", type=at_least(1), default=200, help="evaluation problems: the first NUM of --data (default 200)")
+    p.add_argument("--k", type=at_least(0), default=4, help="k of Pass@k; 0 skips sampling")
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature of Pass@k (default: the run's `temperature`, e.g. HRPO 0.5)")
-    p.add_argument("--max-new", type=int, default=64,
+    p.add_argument("--max-new", type=at_least(1), default=64,
                    help="max completion positions (a completion cut at this budget is warned about)")
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)  # ignored: evaluation builds no trainer (old scripts)
     p.add_argument("--no-thought-check", dest="thought_check", action="store_false",
@@ -380,14 +404,14 @@ def _add_inspect_args(p: argparse.ArgumentParser) -> None:
                    help="prompt texts as the dataset writes them (key=value overrides go before --prompts)")
     p.add_argument("--dataset", "--data", dest="dataset", default=None,
                    help="take prompts from this task name / data file instead (its eval split)")
-    p.add_argument("--num", type=int, default=3, help="prompts taken from --dataset (default 3)")
-    p.add_argument("--top-k", type=int, default=5, help="tokens shown per position and view (default 5)")
+    p.add_argument("--num", type=at_least(1), default=3, help="prompts taken from --dataset (default 3)")
+    p.add_argument("--top-k", type=at_least(1), default=5, help="tokens shown per position and view (default 5)")
     p.add_argument("--out", default=None, help="write the heatmap image here (.png)")
-    p.add_argument("--max-positions", type=int, default=None, help="plot only the first N latent positions")
+    p.add_argument("--max-positions", type=at_least(1), default=None, help="plot only the first N latent positions")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (with --temperature > 0)")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="0 (default): greedy, operator noise off; > 0: sample with noise on")
-    p.add_argument("--max-new", type=int, default=None, help="max completion positions (default: the config's)")
+    p.add_argument("--max-new", type=at_least(1), default=None, help="max completion positions (default: the config's)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. latent.num_latent_steps=8)")
 
 
@@ -399,6 +423,9 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
     small_model_threads()
 
+    if ns.task is not None and not ns.latent:
+        raise ConfigError("--task chooses the task of the latent part: use it with --latent (the RL part runs on the "
+                          "real iCoT 4x4 file)")
     if not ns.latent and ns.method is None and ns.model is None:
         from latentrl.demo import run_full_demo
 
@@ -406,14 +433,14 @@ def cmd_demo(ns: argparse.Namespace) -> int:
                       seed=ns.seed, overrides=ns.overrides)
         return 0
     if ns.latent:
-        from latentrl.demo import LATENT_DEMO_METHOD, run_latent_demo
+        from latentrl.demo import LATENT_DEMO_METHOD, LATENT_DEMO_TASKS, run_latent_demo
 
         if ns.method not in (None, LATENT_DEMO_METHOD):
             raise ConfigError(f"--latent runs {LATENT_DEMO_METHOD} from the shipped latent init; --method "
                               f"{ns.method} is for the default demo")
         run_latent_demo(steps=ns.steps if ns.steps is not None else 40,
                         num_eval=ns.num_eval if ns.num_eval is not None else 500, out_dir=ns.out, seed=ns.seed,
-                        overrides=ns.overrides, model=ns.model, task_name=ns.task)
+                        overrides=ns.overrides, model=ns.model, task_name=ns.task or LATENT_DEMO_TASKS[0])
         return 0
     run_demo(method=ns.method or "grpo", steps=ns.steps if ns.steps is not None else 40,
              num_eval=ns.num_eval if ns.num_eval is not None else 200, out_dir=ns.out, seed=ns.seed,
@@ -429,12 +456,12 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
                         "drop; under a minute on one CPU thread)")
     from latentrl.demo import LATENT_DEMO_TASKS
 
-    p.add_argument("--task", default=LATENT_DEMO_TASKS[0], choices=LATENT_DEMO_TASKS,
+    p.add_argument("--task", default=None, choices=LATENT_DEMO_TASKS,
                    help="with --latent: the suite task (default chain_sum; icot_mult_4x4: the real valid file)")
     p.add_argument("--method", default=None,
                    help="only the RL part, with this registered method, on the shipped iCoT 4x4 model")
-    p.add_argument("--steps", type=int, default=None, help="RL optimizer steps (default: 40)")
-    p.add_argument("--num-eval", type=int, default=None,
+    p.add_argument("--steps", type=at_least(1), default=None, help="RL optimizer steps (default: 40)")
+    p.add_argument("--num-eval", type=at_least(1), default=None,
                    help="evaluation problems: the first N of the real iCoT 4x4 file (default 200) and the first N "
                         "problems of each latent part (default 500)")
     p.add_argument("--out", default=None, help="run folder (default: runs/demo-<time>, runs/demo-<method>-<time>, "
@@ -489,7 +516,7 @@ def _add_plot_args(p: argparse.ArgumentParser) -> None:
                         f"error (default: those of {', '.join(DEFAULT_PLOT_KEYS)} that were logged)")
     p.add_argument("--out", default=None, help="PNG path (default: RUN/metrics.png)")
     p.add_argument("--title", default=None)
-    p.add_argument("--smoothing", type=float, default=None, help="EMA factor 0..1 (default: 0.6 above 30 points)")
+    p.add_argument("--smoothing", type=unit_fraction, default=None, help="EMA factor 0..1 (default: 0.6 above 30 points)")
 
 
 @command("pretrain", "Train a small base model from scratch, with and without CoT: latentrl pretrain --config FILE")
@@ -511,8 +538,8 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=None, help="comma-separated subset of registered methods")
     p.add_argument("--tasks", default=None, help="comma-separated subset of suite tasks")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--k", type=int, default=4, help="k of Pass@k")
-    p.add_argument("--num-eval", type=int, default=None, help="evaluation problems (default 100 quick / 1000 full)")
+    p.add_argument("--k", type=at_least(1), default=4, help="k of Pass@k")
+    p.add_argument("--num-eval", type=at_least(1), default=None, help="evaluation problems (default 100 quick / 1000 full)")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:

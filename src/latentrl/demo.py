@@ -79,17 +79,18 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
     from latentrl.logger import plot_metrics
     from latentrl.methods import get_method
     from latentrl.model import LatentModel
-    from latentrl.run_dir import check_run_folder
+    from latentrl.run_dir import check_new_run
 
     console = Console()
     task = suite_tasks()["icot_mult_4x4"]
     run_dir = Path(out_dir or f"runs/demo-{method}-{time.strftime('%Y%m%d-%H%M%S')}")
     init = Path(model) if model else model_path(task.cot_model)
+    get_method(method)  # an unknown method names the registered ones
     cfg = load_config(GRPOConfig, preset_path(method), [
         f"model_name_or_path={init}", f"output_dir={run_dir}", f"max_steps={steps}", f"seed={seed}",
         f"method={method}", f"max_completion_length={task.max_completion_length}", "save_steps=0", *overrides,
     ])
-    check_run_folder(cfg)  # an --out holding an earlier run is refused before the model loads
+    check_new_run(cfg.output_dir, overwrite=cfg.overwrite_output_dir, resumable=False, key="--out")  # before loading
     console.print(f"[bold]latentrl demo[/bold]: {method} on {task.name} from {init.name}; run folder {run_dir}")
     lm = LatentModel.from_pretrained(init, add_latent_tokens=True)
     evalset = load_examples(task.eval_source)[:num_eval]
@@ -164,7 +165,7 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
     from latentrl.logger import plot_metrics
     from latentrl.methods import get_method
     from latentrl.model import LatentModel
-    from latentrl.run_dir import check_run_folder
+    from latentrl.run_dir import check_new_run
     from latentrl.thought_dependence import trainer_thought_dependence
 
     t_start = time.perf_counter()
@@ -186,7 +187,7 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
         f"method={LATENT_DEMO_METHOD}", f"max_completion_length={task.max_completion_length}", "save_steps=0",
         "dataset=" + task.dataset, *task.method_overrides.get(LATENT_DEMO_METHOD, ()), *overrides,
     ])
-    check_run_folder(cfg)  # an --out holding an earlier run is refused before the models load
+    check_new_run(cfg.output_dir, overwrite=cfg.overwrite_output_dir, resumable=False, key="--out")  # before loading
     cot = model_path(task.cot_model)
     console.print(f"[bold]latentrl demo --latent[/bold]: {task.cot_model} (CoT) vs {init.name} (latent init) vs "
                   f"{LATENT_DEMO_METHOD} after {steps} RL steps from it, on {num_eval} held-out {task.name} "
