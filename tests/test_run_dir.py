@@ -397,3 +397,24 @@ def test_a_folder_that_cannot_be_locked_trains_unguarded_with_a_warning(tmp_path
         with run_dir.run_lock(out):
             pass
     assert not (out / run_dir.LOCK_FILE).exists()
+
+
+def test_cli_resume_continues_with_the_runs_own_settings(tmp_path, capsys):
+    """The YAML and the overrides of the first command are not needed again: a resume reads the run's
+    run_config.json (here learning_rate=1e-5, not the preset's), changes only what its command line sets
+    (max_steps), and refuses to change what the restored optimizer state fixes."""
+    init = tmp_path / "init"
+    tiny_chain_sum_model().save_pretrained(init)
+    run = tmp_path / "cli"
+    assert cli_train(run, f"model_name_or_path={init}", "learning_rate=1e-5") == 0
+    capsys.readouterr()
+    assert main(["train", "--config", str(ROOT / "configs/cpu/grpo.yaml"), f"output_dir={run}", "max_steps=2",
+                 "--resume"]) == 0
+    assert f"the run's settings from {run / 'run_config.json'}, with output_dir" in capsys.readouterr().err
+    saved = json.loads((run / "run_config.json").read_text())
+    assert saved["learning_rate"] == 1e-5 and saved["max_steps"] == 2 and saved["num_generations"] == 4
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
+    before = snapshot(run)
+    assert cli_train(run, "max_steps=3", "learning_rate=5e-5", "--resume") == 2
+    assert "--resume cannot change learning_rate 1e-05 -> 5e-05" in capsys.readouterr().err
+    assert snapshot(run) == before

@@ -142,6 +142,38 @@ def with_recorded_thoughts(cfg: GRPOConfig, config_file: str | None, overrides: 
     return load_config(GRPOConfig, config_file, [*overrides, *extra])
 
 
+#: settings the optimizer and LR-schedule state restored from a checkpoint fix (torch restores each parameter
+#: group's lr, betas, eps and weight decay, and the schedule its base rates): a resume cannot change them
+FIXED_ON_RESUME = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler_type",
+                   "warmup_ratio")
+
+
+def resumed_run_config(cfg: GRPOConfig, cli_overrides: Sequence[str]) -> GRPOConfig:
+    """On --resume the run's own settings (`run_config.json` in its output_dir) are the base, changed only by the
+    command line's key=value overrides (e.g. a larger max_steps): the YAML names the folder, and a value it holds
+    that the run overrode at its start does not come back. Refuses to change what the restored state fixes."""
+    import json
+    from pathlib import Path
+
+    from latentrl.config import config_from_dict
+    from latentrl.logger import RUN_CONFIG_FILE
+
+    saved_file = Path(cfg.output_dir) / RUN_CONFIG_FILE if cfg.output_dir else None
+    if saved_file is None or not saved_file.is_file():
+        return cfg  # nothing recorded: the resume checks (check_run_folder) say what is missing
+    data = {**upgrade_saved_config(json.loads(saved_file.read_text())), "output_dir": cfg.output_dir}
+    saved, resumed = config_from_dict(GRPOConfig, data, []), config_from_dict(GRPOConfig, data, cli_overrides)
+    changed = [f"{k} {getattr(saved, k)} -> {getattr(resumed, k)}" for k in FIXED_ON_RESUME
+               if getattr(saved, k) != getattr(resumed, k)]
+    if changed:
+        raise ConfigError(f"--resume cannot change {', '.join(changed)}: the optimizer and schedule state restored "
+                          "from the checkpoint fix them. Resume without it, or start a new run from the checkpoint's "
+                          "weights (model_name_or_path=RUN/checkpoint-N, another output_dir)")
+    print(f"--resume: the run's settings from {saved_file}" + (f", with {' '.join(cli_overrides)}" if cli_overrides
+                                                               else ""), file=sys.stderr)
+    return resumed
+
+
 @command("train", "RL-train a model with a method preset: latentrl train --config FILE [key=value ...]")
 def cmd_train(ns: argparse.Namespace) -> int:
     from latentrl.data import load_rows
@@ -152,9 +184,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
         print(config_help(GRPOConfig))
         return 0
     cfg = load_config(GRPOConfig, ns.config, ns.overrides)
-    cfg = with_recorded_thoughts(cfg, ns.config, ns.overrides, ns.overrides)
     if ns.resume:
+        cfg = resumed_run_config(cfg, ns.overrides)
         cfg.resume_from_checkpoint = "latest"
+    else:
+        cfg = with_recorded_thoughts(cfg, ns.config, ns.overrides, ns.overrides)
     from latentrl.run_dir import check_run_folder
 
     # everything a typo can break is checked before the model loads (which can take minutes): a clash with an
