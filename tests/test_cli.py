@@ -164,3 +164,19 @@ def test_out_of_range_counts_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and "must be" in capsys.readouterr().err
+
+
+def test_eval_takes_a_suite_task_and_bench_names_the_task_of_a_dataset(capsys, tmp_path, monkeypatch):
+    """`--data icot_mult_4x4` scores the bench's held-out problems of that task (the real valid file); `bench
+    --tasks icot_mult` (the dataset's name) says which suite task that is."""
+    import latentrl.eval
+    from latentrl.bench import suite_tasks
+
+    seen, evaluate = [], latentrl.eval.evaluate
+    monkeypatch.setattr(latentrl.eval, "evaluate", lambda model, data, **kw: seen.append(data) or evaluate(
+        model, data, **kw))
+    assert main(["eval", "--model", "icot_mult_4x4-cot", "--data", "icot_mult_4x4", "--num", "3", "--k", "0"]) == 0
+    assert seen[0] == suite_tasks()["icot_mult_4x4"].eval_examples(3)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 3
+    assert main(["bench", "--quick", "--tasks", "icot_mult", "--out", str(tmp_path / "b")]) == 2
+    assert "dataset 'icot_mult' is suite task 'icot_mult_4x4'" in capsys.readouterr().err

@@ -354,7 +354,9 @@ def run_bench(out: Path, *, quick: bool, methods: list[str] | None, tasks: list[
     all_tasks = suite_tasks()
     unknown = sorted(set(tasks or ()) - set(all_tasks))
     if unknown:
-        raise ValueError(f"unknown suite task(s) {', '.join(unknown)}; known: {', '.join(all_tasks)}")
+        datasets = {t.dataset: name for name, t in all_tasks.items()}
+        hint = "".join(f" (dataset {u!r} is suite task {datasets[u]!r})" for u in unknown if u in datasets)
+        raise ValueError(f"unknown suite task(s) {', '.join(unknown)}; known: {', '.join(all_tasks)}{hint}")
     for name in methods or ():
         get_method(name)  # an unknown method fails before anything runs or is written
     settings = {"quick": quick, "seed": seed, "k": k, "num_eval": num_eval}

@@ -281,8 +281,13 @@ def cmd_eval(ns: argparse.Namespace) -> int:
                                      ns.overrides)
         settings = ns.config or (f"the {cfg.method} defaults (no run_config.json beside the checkpoint)" if ns.method
                                  else "defaults (plain GRPO; no run_config.json beside the checkpoint)")
-    available = load_examples(ns.data, split="eval", n=ns.num, seed=cfg.seed)
-    data = available[: ns.num]
+    from latentrl.bench import suite_tasks
+
+    suite = suite_tasks()
+    if ns.data in suite:  # a suite task: the bench's held-out problems (icot_mult_4x4: the real valid file)
+        data = suite[ns.data].eval_examples(ns.num)
+    else:
+        data = load_examples(ns.data, split="eval", n=ns.num, seed=cfg.seed)[: ns.num]
     temperature = cfg.temperature if ns.temperature is None else ns.temperature
     print(f"latentrl eval: method {cfg.method}, settings from {settings}; {len(data)} problems of {ns.data} "
           f"(--num {ns.num}); " + (f"Pass@{ns.k} sampled at temperature {temperature:g}" if ns.k >= 1 else "no Pass@k (--k 0)"),
@@ -331,7 +336,8 @@ def unit_fraction(text: str) -> float:
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder (save_pretrained), shipped model name or hub id")
-    p.add_argument("--data", required=True, help="task name, data file (.txt iCoT lines, .json, .jsonl, ...) or hub id")
+    p.add_argument("--data", required=True, help="suite task (icot_mult_4x4, chain_sum: the bench's held-out problems), "
+                                                 "task name, data file (.txt iCoT lines, .json, .jsonl, ...) or hub id")
     p.add_argument("--config", default=None,
                    help="the run's YAML (method and latent settings); default: run_config.json beside the checkpoint, "
                         "else plain GRPO")
