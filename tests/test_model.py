@@ -57,6 +57,9 @@ def test_shipped_names_load_and_missing_local_paths_never_reach_the_hub(monkeypa
     for missing in ["runs/mine/checkpoint-40", "./mine", "../mine", "~/no/such/model", "model.safetensors"]:
         with pytest.raises(FileNotFoundError, match="does not exist.*shipped model name"):
             LatentModel.from_pretrained(missing)
+    (tmp_path / "runs").mkdir()  # `runs/coconut` has a hub id's shape, but `runs/` is a local folder: a path
+    with pytest.raises(FileNotFoundError, match="runs/ is a local folder, so this is taken as a path"):
+        LatentModel.from_pretrained("runs/coconut")
 
 
 def test_an_unreachable_hub_id_is_one_clear_error(monkeypatch):

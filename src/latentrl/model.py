@@ -471,10 +471,14 @@ def resolve_model_source(name_or_path: str | os.PathLike) -> str:
         return str(Path(text).expanduser())
     if text in available_models():
         return resolve_model(text)
-    if text.startswith((".", "/", "~")) or "\\" in text or not _HUB_ID.match(text) or text.endswith((".json", ".safetensors", ".bin")):
+    local_parent = "/" in text and Path(text.split("/")[0]).is_dir()  # `runs/coconut` with a local `runs/`
+    if (text.startswith((".", "/", "~")) or "\\" in text or not _HUB_ID.match(text) or local_parent
+            or text.endswith((".json", ".safetensors", ".bin"))):
         raise FileNotFoundError(
             f"model path {text!r} does not exist (relative to {os.getcwd()}), and it is not a shipped model name "
-            f"({', '.join(available_models())})"
+            f"({', '.join(available_models())})" + (f"; {text.split('/')[0]}/ is a local folder, so this is taken as a "
+                                                    "path, not a hub id: train that model first (a preset's comment "
+                                                    "names the command that writes it)" if local_parent else "")
         )
     return text
 
