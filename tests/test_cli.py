@@ -180,3 +180,12 @@ def test_eval_takes_a_suite_task_and_bench_names_the_task_of_a_dataset(capsys, t
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 3
     assert main(["bench", "--quick", "--tasks", "icot_mult", "--out", str(tmp_path / "b")]) == 2
     assert "dataset 'icot_mult' is suite task 'icot_mult_4x4'" in capsys.readouterr().err
+
+
+def test_eval_reports_the_standard_error_of_its_accuracies(capsys):
+    import math
+
+    assert main(["eval", "--model", "chain_sum-cot", "--data", "chain_sum", "--num", "8", "--k", "2"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("pass_at_1", "pass_at_k"):
+        assert out[f"{key}_se"] == pytest.approx(math.sqrt(out[key] * (1 - out[key]) / 8))

@@ -310,3 +310,16 @@ def test_a_registered_policy_loss_becomes_a_choice():
         assert cfg.policy_loss == "test_only_loss"
     finally:
         POLICY_LOSSES.pop("test_only_loss")
+
+
+def test_the_method_help_names_every_registered_method():
+    """config.py cannot import the registry (a lower layer), so its help lists the names: kept in step here."""
+    import dataclasses
+
+    from latentrl.config import GRPOConfig
+    from latentrl.methods import METHODS
+
+    text = next(f for f in dataclasses.fields(GRPOConfig) if f.name == "method").metadata["help"]
+    import re
+
+    assert set(METHODS) <= set(re.findall(r"\w+", text)), text

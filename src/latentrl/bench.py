@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -282,7 +281,9 @@ QUICK_STEPS = 20
 # ---------------------------------------------------------------------------------------- reporting
 def percent_se(p: float, n: int) -> str:
     """`p` as a percentage with its binomial standard error, e.g. `47.0 ± 1.6`."""
-    return f"{100 * p:.1f} ± {100 * math.sqrt(max(p * (1 - p), 0.0) / max(n, 1)):.1f}"
+    from latentrl.eval import binomial_se
+
+    return f"{100 * p:.1f} ± {100 * binomial_se(p, n):.1f}"
 
 
 def results_markdown(rows: list[dict[str, Any]]) -> str:

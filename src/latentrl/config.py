@@ -950,7 +950,8 @@ class GRPOConfig(BaseConfig):
     )
     method: str = cfg_field(
         "grpo",
-        "Method preset: grpo, coconut_grpo, latent_rl, hrpo, latent_grpo, lepo, dlr (see docs / methods.md).",
+        "Method preset: grpo, coconut_grpo, latent_rl, hrpo (hrpo_no_gate, hrpo_raw_hidden: its ablations), "
+        "latent_grpo, lepo, dlr, dlr_prefix (docs/methods/<name>.md).",
     )
     seed: int = cfg_field(0, "Random seed for python, numpy and torch (sampling, data order, initialisation).")
     resume_from_checkpoint: str | None = cfg_field(

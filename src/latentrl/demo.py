@@ -1,4 +1,4 @@
-"""`latentrl demo`: the embedded default, end to end on CPU in about a minute (`run_full_demo`), in three parts
+"""`latentrl demo`: the embedded default, end to end on CPU in about a minute and a half (`run_full_demo`), in three parts
 (two latent, one RL), each with its table and plots in its own sub-folder of the run folder, then one summary table:
 
 1. latent reasoning (`run_latent_demo`, also `latentrl demo --latent [--task T]` alone), once per task with a shipped
@@ -111,7 +111,7 @@ def run_demo(method: str = "grpo", steps: int = 40, num_eval: int = 200, out_dir
     after = score()
 
     table = Table(title=f"latentrl demo — {method} on {task.name} (n={after.n}, real validation file)")
-    for col in ("", "Pass@1", f"Pass@{after.k}", "reasoning positions", "train s"):
+    for col in ("", "Pass@1", f"Pass@{after.k} (T={after.temperature:g})", "reasoning positions", "train s"):
         table.add_column(col, justify="right")
     for label, r, t in (("before (CoT SFT)", before, 0.0), (f"after {steps} {method} steps", after, train_s)):
         table.add_row(label, f"{100 * r.pass_at_1:.1f}%", f"{100 * (r.pass_at_k or 0):.1f}%",

@@ -7,6 +7,7 @@ methods are compared on the same axis.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -45,8 +46,22 @@ class EvalResult:
     """Fraction of greedy completions cut at `max_new_positions` before they stopped (scored as written)."""
     samples: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def pass_at_1_se(self) -> float:
+        """Binomial standard error of Pass@1 over the n problems."""
+        return binomial_se(self.pass_at_1, self.n)
+
+    @property
+    def pass_at_k_se(self) -> float | None:
+        return None if self.pass_at_k is None else binomial_se(self.pass_at_k, self.n)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "pass_at_1_se": self.pass_at_1_se, "pass_at_k_se": self.pass_at_k_se}
+
+
+def binomial_se(p: float, n: int) -> float:
+    """sqrt(p (1 - p) / n): the standard error of an accuracy over n independent problems."""
+    return math.sqrt(max(p * (1.0 - p), 0.0) / max(n, 1))
 
 
 def reasoning_positions(rollout: Rollout, delimiter_ids: Sequence[int] | Sequence[Sequence[int]] | None) -> torch.Tensor:
