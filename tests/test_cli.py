@@ -189,3 +189,15 @@ def test_eval_reports_the_standard_error_of_its_accuracies(capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("pass_at_1", "pass_at_k"):
         assert out[f"{key}_se"] == pytest.approx(math.sqrt(out[key] * (1 - out[key]) / 8))
+
+
+def test_coconut_sft_logs_beside_the_model_it_writes(tmp_path, monkeypatch, capsys):
+    """Without output_dir the model goes to runs/coconut, and so do its metrics and run config."""
+    from latentrl.bench import CONFIGS
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["coconut-sft", "--config", str(CONFIGS / "cpu" / "coconut_sft.yaml"), "num_epochs=1",
+                 "num_train_examples=32", "max_latent_stage=1", "num_eval_examples=4"]) == 0
+    out = tmp_path / "runs" / "coconut"
+    assert "done: Coconut model in runs/coconut" in capsys.readouterr().out
+    assert all((out / f).is_file() for f in ("config.json", "metrics.jsonl", "run_config.json"))

@@ -228,7 +228,7 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
         raise ConfigError("coconut-sft needs model_name_or_path and dataset (in the YAML or as key=value)")
     from latentrl.run_dir import check_new_run, resume_checkpoint
 
-    out = cfg.output_dir or "runs/coconut"
+    out = cfg.output_dir = cfg.output_dir or "runs/coconut"  # metrics and checkpoints beside the model
     if cfg.resume_from_checkpoint:  # fail before loading anything when there is nothing intact to resume
         resume_checkpoint(out, cfg.resume_from_checkpoint)
     else:
@@ -243,10 +243,6 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
     from latentrl.rl.distributed import end_process_group
 
     if PartialState().is_main_process:  # a launch of several processes saves once
-        if not cfg.output_dir and cfg.overwrite_output_dir:
-            from latentrl.run_dir import replace_run
-
-            replace_run(out)
         model.save_pretrained(out)
         print(f"done: Coconut model in {out}")
     end_process_group()
