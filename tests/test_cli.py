@@ -196,7 +196,7 @@ def test_coconut_sft_logs_beside_the_model_it_writes(tmp_path, monkeypatch, caps
     from latentrl.bench import CONFIGS
 
     monkeypatch.chdir(tmp_path)
-    assert main(["coconut-sft", "--config", str(CONFIGS / "cpu" / "coconut_sft.yaml"), "num_epochs=1",
+    assert main(["coconut-sft", "--config", str(CONFIGS / "cpu" / "coconut_sft.yaml"), "num_epochs=2",
                  "num_train_examples=32", "max_latent_stage=1", "num_eval_examples=4"]) == 0
     out = tmp_path / "runs" / "coconut"
     assert "done: Coconut model in runs/coconut" in capsys.readouterr().out
