@@ -207,3 +207,23 @@ def test_every_pretrain_config_loads_and_builds_its_data(path):
     assert cfg.modes and cfg.output_dir.startswith("runs/")
     ex = make_examples(cfg.task, 2, cfg.seed, **cfg.difficulty)
     assert len(ex) == 2 and all(e.steps for e in ex)
+
+
+def test_pretrain_resume_trains_a_finished_model_on_to_a_larger_max_steps(tmp_path, capsys):
+    """A finished CoT model asked for more steps on --resume continues from its last checkpoint (its first results
+    kept beside it); without a checkpoint to continue from it is a clear error, not a silent no-op."""
+    torch.set_num_threads(1)
+
+    def config(out, *extra):
+        return load_config(PretrainConfig, None, [f"output_dir={out}", "modes=cot", "real_eval=null", "task=chain_sum",
+                                                  "difficulty={length: 3}", *TINY, *extra])
+
+    first = pretrain(config(tmp_path / "a", "cot.save_steps=1"))
+    steps = first["models"]["cot"]["steps"]
+    more = pretrain(config(tmp_path / "a", "cot.save_steps=1", f"cot.max_steps={steps + 2}"), resume=True)
+    assert more["models"]["cot"]["steps"] == steps + 2
+    kept = json.loads((tmp_path / "a" / "chain_sum-cot" / f"results_at_step_{steps}.json").read_text())
+    assert kept["steps"] == steps and f"finished at {steps} steps: continuing" in capsys.readouterr().err
+    pretrain(config(tmp_path / "b", "cot.save_steps=0"))
+    with pytest.raises(ConfigError, match="kept no checkpoint to continue from"):
+        pretrain(config(tmp_path / "b", "cot.save_steps=0", f"cot.max_steps={steps + 2}"), resume=True)

@@ -305,6 +305,26 @@ def plot_comparison(run_dirs: dict[str, Path], out_png: Path, title: str) -> Pat
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _continue_finished(run_dir: Path, max_steps: int) -> bool:
+    """Whether a model that finished (results.json written) is to train on to a larger `max_steps` on --resume: its
+    results move to results_at_step_<N>.json and it resumes from its newest checkpoint. A ConfigError when it kept
+    no checkpoint to continue from."""
+    from latentrl.checkpoint import latest_checkpoint
+    from latentrl.run_dir import model_checkpoint_problem
+
+    done = int(json.loads((run_dir / RESULTS_FILE).read_text()).get("steps") or 0)
+    if max_steps <= 0 or done >= max_steps:
+        return False
+    if latest_checkpoint(run_dir, problem=model_checkpoint_problem) is None:
+        raise ConfigError(f"{run_dir} finished at {done} steps and kept no checkpoint to continue from (save_steps was "
+                          f"0): max_steps={max_steps} needs a new run (another output_dir)")
+    kept = run_dir / f"results_at_step_{done}.json"
+    (run_dir / RESULTS_FILE).rename(kept)
+    print(f"{run_dir} finished at {done} steps: continuing to {max_steps} (its results kept in {kept.name})",
+          file=sys.stderr)
+    return True
+
+
 def pretrain(config: PretrainConfig, *, command: str | None = None, resume: bool = False) -> dict[str, Any]:
     """Train and evaluate the base models of `config`; returns (and writes) the results dict.
 
@@ -327,6 +347,9 @@ def pretrain(config: PretrainConfig, *, command: str | None = None, resume: bool
     out = Path(cfg.output_dir)
     model_dirs = [Path(cfg.sft_config(mode).output_dir) for mode in cfg.modes]
     finished = {d for d in model_dirs if resume and (d / RESULTS_FILE).is_file()}
+    for mode, d in zip(cfg.modes, model_dirs, strict=True):  # a finished model asked for more steps continues
+        if d in finished and _continue_finished(d, cfg.sft_config(mode).max_steps):
+            finished.discard(d)
     resumable = {d for d in model_dirs
                  if resume and d not in finished and latest_checkpoint(d, problem=model_checkpoint_problem)}
     for folder in ([] if resume else [out]) + [d for d in model_dirs if d not in finished | resumable]:
