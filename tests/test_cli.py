@@ -114,9 +114,10 @@ def test_eval_warns_when_the_budget_cuts_completions(capsys, tmp_path):
     import pytest
 
     ckpt, data = _hrpo_run(tmp_path)
-    with pytest.warns(UserWarning, match="reached max_new_positions=2"):
+    with pytest.warns(UserWarning, match="reached max_new_positions=2") as caught:
         assert main(["eval", "--model", str(ckpt), "--data", str(data), "--num", "4", "--k", "0", "--max-new", "2",
                      "--out", str(tmp_path / "scratch")]) == 0
+    assert caught[0].filename.endswith("latentrl/cli.py")  # attributed to evaluate's caller, not torch's wrapper
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["truncated"] == 1.0
 

@@ -151,8 +151,9 @@ def evaluate(
     n = len(rows)
     if cut:
         warnings.warn(f"{cut} of {n} greedy completions reached max_new_positions={max_new_positions} without "
-                      "stopping and were scored as cut; raise the budget (--max-new / max_completion_length) if the "
-                      "task's chains are longer", stacklevel=2)
+                      "stopping and were scored as cut; raise the budget (`max_new_positions`; `latentrl eval "
+                      "--max-new`, a run's `max_completion_length`) if the task's chains are longer",
+                      stacklevel=3)  # the caller of evaluate, past torch.no_grad's wrapper
     return EvalResult(
         pass_at_1=sum(c > 0 for c in correct) / n,
         pass_at_k=pass_k,
