@@ -10,6 +10,7 @@ as a curriculum callback would be around `transformers.Trainer`).
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -303,6 +304,10 @@ class StepLoop:
         record = {**(shape(means) if shape is not None else means), "learning_rate": lr, "grad_norm": grad_norm,
                   "train_wall_s": self.train_time}
         self.metrics.log(step, record, into)
+        if self.bar.disable and self.dp.is_main:  # no bar (a batch job, disable_tqdm): one line per logged step
+            from latentrl.logger import console_line
+
+            print(console_line(step, self.bar.total, record), file=sys.stderr, flush=True)
         return record
 
     def save(self, step: int, force: bool = False, **loop: Any) -> None:
