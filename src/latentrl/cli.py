@@ -552,7 +552,7 @@ def _add_plot_args(p: argparse.ArgumentParser) -> None:
                         f"error (default: those of {', '.join(DEFAULT_PLOT_KEYS)} that were logged)")
     p.add_argument("--out", default=None, help="PNG path (default: RUN/metrics.png)")
     p.add_argument("--title", default=None)
-    p.add_argument("--smoothing", type=unit_fraction, default=None, help="EMA factor 0..1 (default: 0.6 above 30 points)")
+    p.add_argument("--smoothing", type=unit_fraction, default=None, help="EMA factor in [0, 1) (default: 0.6 above 30 points)")
 
 
 @command("pretrain", "Train a small base model from scratch, with and without CoT: latentrl pretrain --config FILE")
