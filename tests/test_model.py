@@ -60,6 +60,12 @@ def test_shipped_names_load_and_missing_local_paths_never_reach_the_hub(monkeypa
     (tmp_path / "runs").mkdir()  # `runs/coconut` has a hub id's shape, but `runs/` is a local folder: a path
     with pytest.raises(FileNotFoundError, match="runs/ is a local folder, so this is taken as a path"):
         LatentModel.from_pretrained("runs/coconut")
+    with pytest.raises(FileNotFoundError, match="does not exist") as err:
+        LatentModel.from_pretrained("/no/such/model")
+    assert "is a local folder" not in str(err.value)
+    for typo in ("chain_sum_cot", "chain-sum-cot"):  # a shipped name misspelt: named, not sent to the hub
+        with pytest.raises(FileNotFoundError, match="did you mean 'chain_sum-cot'"):
+            LatentModel.from_pretrained(typo)
 
 
 def test_an_unreachable_hub_id_is_one_clear_error(monkeypatch):

@@ -14,6 +14,7 @@ such a folder loads the recorded base model and puts the adapter back; `merge_an
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import json
@@ -471,15 +472,20 @@ def resolve_model_source(name_or_path: str | os.PathLike) -> str:
         return str(Path(text).expanduser())
     if text in available_models():
         return resolve_model(text)
-    local_parent = "/" in text and Path(text.split("/")[0]).is_dir()  # `runs/coconut` with a local `runs/`
+    first = text.split("/")[0]
+    local_parent = "/" in text and first not in ("", ".", "..", "~") and Path(first).is_dir()  # `runs/x`, local runs/
     if (text.startswith((".", "/", "~")) or "\\" in text or not _HUB_ID.match(text) or local_parent
             or text.endswith((".json", ".safetensors", ".bin"))):
         raise FileNotFoundError(
             f"model path {text!r} does not exist (relative to {os.getcwd()}), and it is not a shipped model name "
-            f"({', '.join(available_models())})" + (f"; {text.split('/')[0]}/ is a local folder, so this is taken as a "
-                                                    "path, not a hub id: train that model first (a preset's comment "
-                                                    "names the command that writes it)" if local_parent else "")
+            f"({', '.join(available_models())})" + (f"; {first}/ is a local folder, so this is taken as a path, not a "
+                                                    "hub id: train that model first (a preset's comment names the "
+                                                    "command that writes it)" if local_parent else "")
         )
+    close = difflib.get_close_matches(text, available_models(), n=1, cutoff=0.8) if "/" not in text else []
+    if close:  # `chain_sum_cot` for `chain_sum-cot`: a typo, not a hub id (the hub would retry for ~50 s)
+        raise FileNotFoundError(f"model {text!r} is not a local folder or a shipped model; did you mean {close[0]!r}? "
+                                "(a hub id with this spelling: pass it as org/name)")
     return text
 
 
