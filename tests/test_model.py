@@ -37,6 +37,28 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     assert back.tokenizer("1 2 ||")["input_ids"] == tiny.tokenizer("1 2 ||")["input_ids"]
 
 
+def test_a_loaded_side_module_survives_a_save_before_it_is_attached(tiny, tmp_path):
+    """Loading a checkpoint only to export it (no method attached its gate / value head) keeps the trained side
+    modules in the new folder; an attached module's current weights win over the loaded ones."""
+    from safetensors.torch import load_file
+
+    from latentrl.model import SIDE_MODULES_FILE
+
+    tiny.attach_side_module("probe", nn.Linear(tiny.hidden_size, 2))
+    tiny.attach_side_module("head", nn.Linear(tiny.hidden_size, 1))
+    tiny.save_pretrained(tmp_path / "ckpt")
+    LatentModel.from_pretrained(tmp_path / "ckpt").save_pretrained(tmp_path / "export")
+    saved, exported = (load_file(str(tmp_path / d / SIDE_MODULES_FILE)) for d in ("ckpt", "export"))
+    assert saved.keys() == exported.keys() and all(torch.equal(saved[k], exported[k]) for k in saved)
+    back = LatentModel.from_pretrained(tmp_path / "ckpt")
+    head = back.attach_side_module("head", nn.Linear(back.hidden_size, 1))
+    with torch.no_grad():
+        head.weight.add_(1.0)
+    back.save_pretrained(tmp_path / "again")
+    again = load_file(str(tmp_path / "again" / SIDE_MODULES_FILE))
+    assert torch.equal(again["head.weight"], head.weight) and torch.equal(again["probe.weight"], saved["probe.weight"])
+
+
 def test_missing_or_bad_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         LatentModel.from_pretrained(str(tmp_path / "nope"))

@@ -296,6 +296,11 @@ class LatentModel(nn.Module):
         self.tokenizer.save_pretrained(out)
         if self.latent_tokens is not None:
             (out / LATENT_META_FILE).write_text(json.dumps(self.latent_tokens.__dict__))
+        # saved side modules this model loaded but no method attached yet (a checkpoint loaded only to export or
+        # merge it) travel on, so that a save never drops a trained gate, value head or assistant
+        attached = set(self.side_modules.keys())
+        pending = getattr(self, "_pending_side_state", None) or {}
+        side_state = {**{k: v for k, v in pending.items() if k.split(".", 1)[0] not in attached}, **side_state}
         if side_state:
             state = {k: v.detach().contiguous().cpu() for k, v in side_state.items()}
             save_file(state, str(out / SIDE_MODULES_FILE))
