@@ -190,3 +190,35 @@ def test_step_batch_lives_on_the_model_device(tmp_path, monkeypatch):
     batch = t.generate_and_score(rows)
     assert seen == {"rewards": torch.device("meta"), "per_func": torch.device("meta"), "logprobs": torch.device("meta")}
     assert batch.advantages.device == torch.device("meta")
+
+
+def test_plausible_python_mistakes_are_clear_errors(tmp_path):
+    """The model as a folder (TRL takes an id) loads; a bare HF model, text rows, an empty prompt and no reward
+    functions are errors that say what to pass."""
+    folder = tmp_path / "m"
+    tiny_chain_sum_model().save_pretrained(folder)
+    t = GRPOTrainer(config(tmp_path / "a"), str(folder), examples(), reward_funcs=[word_count_reward])
+    assert isinstance(t.model, LatentModel)
+    with pytest.raises(TypeError, match=r"needs a LatentModel, got .*LatentModel\(model, tokenizer\)"):
+        GRPOTrainer(config(tmp_path / "b"), tiny_chain_sum_model().model, examples(), reward_funcs=[word_count_reward])
+    with pytest.raises(ValueError, match="the training dataset: row 0 is a str .*not a dict row with a 'prompt'"):
+        GRPOTrainer(config(tmp_path / "c"), folder, ["2 + 3 =", "1 + 1 ="], reward_funcs=[word_count_reward])
+    with pytest.raises(ValueError, match="row 1 has an empty prompt"):
+        GRPOTrainer(config(tmp_path / "d"), folder, [{"prompt": "1 2"}, {"prompt": " "}],
+                    reward_funcs=[word_count_reward])
+    with pytest.raises(ValueError, match="no reward functions"):
+        GRPOTrainer(config(tmp_path / "e"), folder, examples(), reward_funcs=[])
+
+
+def test_the_method_argument_is_the_method_the_run_records(tmp_path):
+    """GRPOTrainer(method="hrpo") with a grpo config warns that no presets apply, and records hrpo in
+    run_config.json (which `latentrl eval` reads) as in the checkpoint."""
+    import json
+
+    cfg = config(tmp_path, report_to=["jsonl"], save_steps=1,
+                 latent=LatentConfig(operator="hrpo_gate", answer_delimiter="####"))
+    with pytest.warns(UserWarning, match="method='hrpo' with a config for 'grpo'"):
+        t = GRPOTrainer(cfg, tiny_chain_sum_model(), examples(), reward_funcs=[word_count_reward], method="hrpo")
+    t.train()
+    assert json.loads((tmp_path / "run_config.json").read_text())["method"] == "hrpo" == t.args.method
+    assert cfg.method == "grpo"  # the caller's config is not changed

@@ -102,7 +102,7 @@ def evaluate(
     """Greedy Pass@1 (operator noise off) and, if k > 0, Pass@k from k completions sampled at `temperature` (noise
     on). Completions cut at `max_new_positions` are counted in `truncated` and warned about: a budget below the
     task's chain length scores right answers as wrong."""
-    rows = as_rows(data)
+    rows = as_rows(data, "the evaluation data")
     if decode_latent is None:
         decode_latent = operator is not None and operator.emits_tokens
     tok = model.tokenizer

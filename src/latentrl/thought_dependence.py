@@ -137,7 +137,7 @@ def thought_dependence(
     decode_latent: bool | None = None,
 ) -> ThoughtDependence:
     """Greedy Pass@1 with own, swapped (a seeded derangement within each batch) and zeroed latent inputs."""
-    rows = as_rows(data)
+    rows = as_rows(data, "the evaluation data")
     if len(rows) < 2:
         raise ValueError("the thought-dependence check needs at least 2 problems (thoughts are swapped between them)")
     if not schedule.has_latent():

@@ -8,7 +8,7 @@ the prompt ends with `||`, the chain of thought follows, and the final answer co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any
@@ -64,16 +64,22 @@ def to_record(ex: Example) -> dict[str, Any]:
     }
 
 
-def as_rows(data: Sequence[Example | dict[str, Any]]) -> list[dict[str, Any]]:
-    """Accept `Example`s or TRL-style dict rows (with a `prompt` column)."""
+def as_rows(data: Sequence[Example | dict[str, Any]], what: str = "dataset") -> list[dict[str, Any]]:
+    """Accept `Example`s or TRL-style dict rows (with a non-empty `prompt` column); `what` names the data in errors
+    (e.g. "the evaluation data")."""
     rows = []
     for i, item in enumerate(data):
+        if not isinstance(item, (Example, Mapping)):
+            raise ValueError(f"{what}: row {i} is a {type(item).__name__} ({item!r:.60}), not a dict row with a "
+                             "'prompt' column (TRL's format, e.g. {'prompt': '2 + 3 =', 'answer': '5'}) or an Example")
         row = to_record(item) if isinstance(item, Example) else dict(item)
         if "prompt" not in row:
-            raise ValueError(f"dataset row {i} has no 'prompt' column (columns: {sorted(row)})")
+            raise ValueError(f"{what}: row {i} has no 'prompt' column (columns: {sorted(row)})")
+        if isinstance(row["prompt"], str) and not row["prompt"].strip() or row["prompt"] in (None, [], ()):
+            raise ValueError(f"{what}: row {i} has an empty prompt")
         rows.append(row)
     if not rows:
-        raise ValueError("the training dataset is empty")
+        raise ValueError(f"{what} is empty")
     return rows
 
 

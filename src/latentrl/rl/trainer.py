@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import math
+import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,31 +121,49 @@ class GRPOTrainer:
     def __init__(
         self,
         args: GRPOConfig,
-        model: LatentModel,
+        model: LatentModel | str | os.PathLike,
         train_dataset: Sequence[Example | dict[str, Any]],
         reward_funcs: Sequence[RewardFunc | str] | None = None,
         method: Method | str | None = None,
         ref_model: LatentModel | None = None,
         eval_dataset: Sequence[Example | dict[str, Any]] | None = None,
     ):
+        if isinstance(model, (str, os.PathLike)):  # TRL takes a model id too
+            model = LatentModel.from_pretrained(model)
+        elif not isinstance(model, LatentModel):
+            raise TypeError(f"GRPOTrainer needs a LatentModel, got {type(model).__name__}: wrap a Hugging Face model "
+                            "with LatentModel(model, tokenizer), or pass a folder / model id")
+        method_obj = get_method(method or args.method) if not isinstance(method, Method) else method
+        if method_obj.name != args.method:  # the run records the method it ran, for resume and `latentrl eval`
+            warnings.warn(f"method={method_obj.name!r} with a config for {args.method!r}: the run uses "
+                          f"{method_obj.name}'s hooks with this config's values, not its presets "
+                          f"(GRPOConfig.for_method({method_obj.name!r}, ...) sets them)", stacklevel=2)
+            args = dataclasses.replace(args, method=method_obj.name)
+        if args.eval_dataset and eval_dataset is None:
+            warnings.warn(f"eval_dataset={args.eval_dataset!r} is set in the config but no eval_dataset was passed: "
+                          "from Python, pass the rows (GRPOTrainer(..., eval_dataset=rows)); `latentrl train` loads "
+                          "them from the config", stacklevel=2)
         self.args = args
-        self.eval_rows = as_rows(eval_dataset) if eval_dataset else None
+        self.eval_rows = as_rows(eval_dataset, "the evaluation dataset") if eval_dataset else None
         if self.eval_rows and any("answer" not in r for r in self.eval_rows):
             bad = next(r for r in self.eval_rows if "answer" not in r)
             raise ConfigError(f"evaluation rows need an 'answer' column (evaluation scores the answer after '####' "
                               f"against it); a row has only {sorted(bad)}")
         self.model = model
-        self.method = get_method(method or args.method) if not isinstance(method, Method) else method
+        self.method = method_obj
         if not isinstance(self, self.method.trainer_class):
             cls = self.method.trainer_class
             raise ConfigError(f"method {self.method.name!r} has its own update: build its trainer with "
                               f"{cls.__module__}.{cls.__name__}(cfg, model, data) (or get_method(name).trainer_class), "
                               f"not {type(self).__name__}")
-        self.rows = as_rows(train_dataset)
+        self.rows = as_rows(train_dataset, "the training dataset")
         self.train_data: list[TrainDraw] = []
         """Synthetic draws this run descends from and trains on (`latentrl.data.provenance`), written into each
         checkpoint as `train_data.json` when not empty; `latentrl train` fills it in."""
         funcs = list(reward_funcs) if reward_funcs is not None else list(args.reward_funcs)
+        if not funcs:
+            raise ConfigError("no reward functions: pass reward_funcs=[...] (callables or registered names) or set "
+                              "the config's reward_funcs")
         named = get_reward_funcs([f for f in funcs if isinstance(f, str)])
         it = iter(named)
         self.reward_funcs = [next(it) if isinstance(f, str) else f for f in funcs]
@@ -636,7 +657,7 @@ class GRPOTrainer:
         Özeren 0.7, GRPO 1.0), so a method is scored at the temperature it trains with."""
         from latentrl.eval import evaluate
 
-        data = as_rows(rows) if rows is not None else self.eval_rows
+        data = as_rows(rows, "the evaluation data") if rows is not None else self.eval_rows
         if not data:
             raise ValueError("no evaluation data: pass eval_dataset to the trainer or rows to evaluate()")
         with self.gathered(self.model):
