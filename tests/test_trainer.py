@@ -222,3 +222,22 @@ def test_the_method_argument_is_the_method_the_run_records(tmp_path):
     t.train()
     assert json.loads((tmp_path / "run_config.json").read_text())["method"] == "hrpo" == t.args.method
     assert cfg.method == "grpo"  # the caller's config is not changed
+
+
+def test_python_api_warns_when_a_coconut_init_runs_with_another_thought_count():
+    """From Python the config is the caller's; a Coconut init that records its thought count warns when the
+    method's span keys say another (the command line sets them from the record instead)."""
+    import warnings
+
+    from latentrl.methods import get_method
+
+    lm = LatentModel.from_pretrained("chain_sum-coconut")
+    assert lm.trained_num_thoughts == 7
+    cfg = GRPOConfig.for_method("coconut_grpo", model_name_or_path="chain_sum-coconut")
+    with pytest.warns(UserWarning, match=r"trained with 7 thoughts .* latent.num_latent_steps=\d"):
+        get_method("coconut_grpo").build(lm, cfg)
+    cfg = GRPOConfig.for_method("coconut_grpo", model_name_or_path="chain_sum-coconut",
+                                latent={"num_latent_steps": 7, "max_latent_steps": 7})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        get_method("coconut_grpo").build(LatentModel.from_pretrained("chain_sum-coconut"), cfg)

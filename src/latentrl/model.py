@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from latentrl.assets import available_models, resolve_model
+from latentrl.assets import available_models, recorded_num_thoughts, resolve_model
 from latentrl.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
@@ -82,6 +82,9 @@ class LatentModel(nn.Module):
         self.side_modules = nn.ModuleDict()
         self.latent_tokens: LatentTokens | None = None
         self.latent_ids: LatentIds | None = None
+        #: the thought count the checkpoint was trained with, when its folder records one (`latent_init.json`;
+        #: `latentrl.assets.recorded_num_thoughts`): the Coconut family's methods warn when run with another
+        self.trained_num_thoughts: int | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -132,6 +135,8 @@ class LatentModel(nn.Module):
         side = path / SIDE_MODULES_FILE
         if side.exists():
             lm._pending_side_state = load_file(str(side))
+        if path.is_dir():
+            lm.trained_num_thoughts = recorded_num_thoughts(path)
         return lm
 
     @classmethod
