@@ -73,3 +73,26 @@ def test_missing_chat_template_and_stray_system_prompt_are_clear_errors(tmp_path
         config(tmp_path, prompt_format="chatml")
     with pytest.raises(ConfigError, match="prompt_format"):
         prompt_formatter(chat_model().tokenizer, "chatml")
+
+
+def test_evaluate_and_the_swap_check_render_chat_message_prompts_as_training_does():
+    """`evaluate` (and `thought_dependence`) take the trainer's conversational rows: the messages go through the
+    chat template, so the model sees the same text as when it trained on them."""
+    import latentrl.eval as ev
+    from latentrl.rewards import RewardFunctionError
+
+    lm = chat_model()
+    rows = [{"prompt": [{"role": "user", "content": "1 + 2"}], "answer": "3"},
+            {"prompt": [{"role": "user", "content": "2 + 2"}], "answer": "4"}]
+    seen = []
+    res = ev.evaluate(lm, rows, max_new_positions=3,
+                      reward_func=lambda prompts, completions, **kw: seen.extend(prompts) or [0.0] * len(completions))
+    assert res.n == 2 and seen == [r["prompt"] for r in rows]
+    rendered = prompt_formatter(lm.tokenizer, "raw")(rows[0])
+    assert rendered == "user : 1 + 2 || assistant : "
+    with pytest.raises(RewardFunctionError, match="returned 5 rewards for 2 completions"):
+        ev.evaluate(lm, rows, max_new_positions=3, reward_func=lambda prompts, completions, **kw: [1.0] * 5)
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        ev.evaluate(lm, rows, k=-1)
+    with pytest.raises(ValueError, match="the evaluation data is empty"):
+        ev.evaluate(lm, [])

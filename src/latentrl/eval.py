@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
+from latentrl.chat import prompt_formatter
 from latentrl.data.schema import as_rows
 from latentrl.model import LatentModel
-from latentrl.rewards import correctness_reward, reward_columns
+from latentrl.rewards import checked_rewards, correctness_reward, reward_columns
 from latentrl.rollout import (
     Rollout,
     SamplingParams,
@@ -96,13 +97,17 @@ def evaluate(
     delimiter: str = "####",
     seed: int = 0,
     num_samples_to_keep: int = 3,
-    prompt_text: Callable[[dict[str, Any]], str] = lambda row: row["prompt"],
+    prompt_text: Callable[[dict[str, Any]], str] | None = None,
     decode_latent: bool | None = None,
 ) -> EvalResult:
     """Greedy Pass@1 (operator noise off) and, if k > 0, Pass@k from k completions sampled at `temperature` (noise
     on). Completions cut at `max_new_positions` are counted in `truncated` and warned about: a budget below the
     task's chain length scores right answers as wrong."""
     rows = as_rows(data, "the evaluation data")
+    if k < 0:
+        raise ValueError(f"k must be >= 0 (0: no Pass@k), got {k}")
+    if prompt_text is None:  # the prompt as written; chat-message prompts through the chat template, as in training
+        prompt_text = prompt_formatter(model.tokenizer, "raw")
     if decode_latent is None:
         decode_latent = operator is not None and operator.emits_tokens
     tok = model.tokenizer
@@ -119,8 +124,8 @@ def evaluate(
                              tok.pad_token_id, device=model.device)
         ro = generate_rollout(model, ids, mask, sampling, operator, schedule, gen)
         texts = decode_completions(model, ro, skip_latent=not decode_latent)
-        scores = reward_func([r["prompt"] for r in batch_rows], texts, **reward_columns(batch_rows))
-        return ro, texts, [float(s or 0.0) for s in scores]
+        scores = checked_rewards(reward_func, [r["prompt"] for r in batch_rows], texts, reward_columns(batch_rows))
+        return ro, texts, [0.0 if math.isnan(s) else s for s in scores]  # None (NaN here) scores as wrong
 
     correct, positions, latents, samples, cut = [], [], [], [], 0
     greedy = SamplingParams(max_new_positions=max_new_positions, temperature=0.0)

@@ -160,10 +160,42 @@ def reward_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
     return {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
 
 
+def checked_rewards(func: Callable[..., Any], prompts: Sequence[Any], completions: Sequence[str],
+                    columns: Mapping[str, list[Any]]) -> list[float]:
+    """`func`'s rewards for the completions as floats, NaN where it returned None; a RewardFunctionError naming
+    `func` when it raises or returns anything but one finite number (or None) per completion."""
+    name, n = reward_func_name(func), len(completions)
+    try:
+        out = func(prompts=list(prompts), completions=list(completions), **columns)
+    except Exception as e:
+        raise RewardFunctionError(f"reward function {name!r} raised {type(e).__name__}: {e}") from e
+    if isinstance(out, torch.Tensor):
+        out = out.tolist()
+    if isinstance(out, (str, bytes)) or not isinstance(out, Sequence):
+        raise RewardFunctionError(
+            f"reward function {name!r} must return a list of {n} floats or None, got {type(out).__name__}"
+        )
+    if len(out) != n:
+        raise RewardFunctionError(f"reward function {name!r} returned {len(out)} rewards for {n} completions")
+    rewards = []
+    for i, value in enumerate(out):
+        try:
+            reward = _as_reward(value)
+        except TypeError as e:
+            raise RewardFunctionError(f"reward function {name!r} returned a bad reward at index {i}: {e}") from e
+        if value is not None and not math.isfinite(reward):  # NaN stands for None only when None was returned
+            raise RewardFunctionError(
+                f"reward function {name!r} returned {reward} at row {i} of the batch (prompt {_excerpt(prompts[i])}, "
+                f"completion {_excerpt(completions[i])}); rewards must be finite numbers, or None where the "
+                "function does not apply")
+        rewards.append(reward)
+    return rewards
+
+
 def binary_correctness(func: Callable[..., list[float | None]], prompts: Sequence[Any], completions: Sequence[str],
                        **columns: list[Any]) -> list[float]:
     """1.0 where `func`'s reward is > 0, else 0.0 (None counts as wrong): a correctness label from any reward."""
-    return [float((s or 0.0) > 0) for s in func(list(prompts), list(completions), **columns)]
+    return [float(s > 0) for s in checked_rewards(func, prompts, completions, columns)]  # NaN > 0 is False
 
 
 def correctness_labels(func: Callable[..., list[float | None]], rows: Sequence[Mapping[str, Any]],
@@ -400,29 +432,7 @@ def compute_rewards(
 
     per_func = torch.empty(n, n_funcs, dtype=torch.float32)
     for j, func in enumerate(funcs):
-        name = reward_func_name(func)
-        try:
-            out = func(prompts=prompts, completions=completions, **columns)
-        except Exception as e:
-            raise RewardFunctionError(f"reward function {name!r} raised {type(e).__name__}: {e}") from e
-        if isinstance(out, torch.Tensor):
-            out = out.tolist()
-        if isinstance(out, (str, bytes)) or not isinstance(out, Sequence):
-            raise RewardFunctionError(
-                f"reward function {name!r} must return a list of {n} floats or None, got {type(out).__name__}"
-            )
-        if len(out) != n:
-            raise RewardFunctionError(f"reward function {name!r} returned {len(out)} rewards for {n} completions")
-        for i, value in enumerate(out):
-            try:
-                per_func[i, j] = reward = _as_reward(value)
-            except TypeError as e:
-                raise RewardFunctionError(f"reward function {name!r} returned a bad reward at index {i}: {e}") from e
-            if value is not None and not math.isfinite(reward):  # NaN stands for None only when None was returned
-                raise RewardFunctionError(
-                    f"reward function {name!r} returned {reward} at row {i} of the batch (prompt {_excerpt(prompts[i])}, "
-                    f"completion {_excerpt(completions[i])}); rewards must be finite numbers, or None where the "
-                    "function does not apply")
+        per_func[:, j] = torch.tensor(checked_rewards(func, prompts, completions, columns), dtype=torch.float32)
 
     none_rows = torch.isnan(per_func).all(dim=1).nonzero().flatten().tolist()
     if none_rows:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from latentrl.chat import prompt_formatter
 from latentrl.data.schema import as_rows
 from latentrl.model import LatentModel
 from latentrl.rewards import binary_correctness, correctness_reward, reward_columns
@@ -132,7 +133,7 @@ def thought_dependence(
     max_new_positions: int = 64,
     batch_size: int = 64,
     seed: int = 0,
-    prompt_text: Callable[[dict[str, Any]], str] = lambda row: row["prompt"],
+    prompt_text: Callable[[dict[str, Any]], str] | None = None,
     reward_func: Callable[..., list[float | None]] = correctness_reward,
     decode_latent: bool | None = None,
 ) -> ThoughtDependence:
@@ -144,6 +145,8 @@ def thought_dependence(
         raise ValueError("the schedule has no latent positions: there are no thoughts to swap")
     if decode_latent is None:
         decode_latent = operator.emits_tokens
+    if prompt_text is None:  # as `evaluate`: chat-message prompts through the chat template
+        prompt_text = prompt_formatter(model.tokenizer, "raw")
     tok = model.tokenizer
     gen = torch.Generator().manual_seed(seed)
     sampling = SamplingParams(max_new_positions=max_new_positions, temperature=0.0)
