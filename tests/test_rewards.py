@@ -271,3 +271,47 @@ def test_a_wrong_answer_followed_by_the_right_one_is_wrong():
     from latentrl.rewards import correctness_reward
 
     assert correctness_reward(["p"] * 3, ["#### 3 #### 5", "#### 5 #### 3", "#### 5"], answer=["5"] * 3) == [0.0, 1.0, 1.0]
+
+
+def test_reward_metric_names_are_distinct():
+    from latentrl.rewards import reward_metric_names
+
+    def accuracy(prompts, completions, **kw):
+        return [1.0] * len(completions)
+
+    funcs = [lambda p, c, **k: c, lambda p, c, **k: c, accuracy, functools.partial(accuracy)]
+    assert reward_metric_names(funcs) == ["<lambda>", "<lambda>_2", "accuracy", "accuracy_2"]
+
+
+def test_trls_extra_reward_arguments_reach_the_functions_that_take_them(tmp_path):
+    """`completion_ids` and `trainer_state` (TRL passes both) reach a function that names them or takes
+    **kwargs; a function without them is called as before."""
+    from latentrl.config import GRPOConfig
+    from latentrl.data import make_examples
+    from latentrl.data.schema import as_rows
+    from latentrl.rl.trainer import GRPOTrainer
+    from latentrl.testing import tiny_chain_sum_model
+
+    seen = {}
+
+    def named(prompts, completions, completion_ids, trainer_state, **kw):
+        seen["ids"], seen["state"] = completion_ids, trainer_state
+        return [0.0] * len(completions)
+
+    def through_kwargs(prompts, completions, **kw):
+        seen["kw"] = sorted(kw)
+        return [1.0] * len(completions)
+
+    def plain(prompts, completions, answer):
+        return [0.5] * len(completions)
+
+    cfg = GRPOConfig(model_name_or_path="tiny", output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4,
+                     num_generations=2, max_completion_length=5, save_steps=0, report_to=["none"])
+    rows = [{"prompt": r["prompt"], "answer": r["answer"]}
+            for r in as_rows(make_examples("chain_sum", 8, seed=0, length=3))]
+    t = GRPOTrainer(cfg, tiny_chain_sum_model(), rows, reward_funcs=[named, through_kwargs, plain])
+    t.train()
+    assert len(seen["ids"]) == 4 and all(isinstance(i, int) for row in seen["ids"] for i in row)
+    assert all(1 <= len(row) <= 5 for row in seen["ids"])
+    assert (seen["state"].global_step, seen["state"].max_steps) == (0, 1)
+    assert seen["kw"] == ["answer", "completion_ids", "trainer_state"]

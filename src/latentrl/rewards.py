@@ -161,12 +161,15 @@ def reward_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
 
 
 def checked_rewards(func: Callable[..., Any], prompts: Sequence[Any], completions: Sequence[str],
-                    columns: Mapping[str, list[Any]]) -> list[float]:
+                    columns: Mapping[str, list[Any]], extra: Mapping[str, Any] | None = None) -> list[float]:
     """`func`'s rewards for the completions as floats, NaN where it returned None; a RewardFunctionError naming
-    `func` when it raises or returns anything but one finite number (or None) per completion."""
+    `func` when it raises or returns anything but one finite number (or None) per completion. `extra`: TRL's
+    further keyword arguments (`completion_ids`, `trainer_state`), passed to a function that takes them by name or
+    through **kwargs (so a function written without them still works)."""
     name, n = reward_func_name(func), len(completions)
+    more = {k: v for k, v in (extra or {}).items() if _accepts(func, k)}
     try:
-        out = func(prompts=list(prompts), completions=list(completions), **columns)
+        out = func(prompts=list(prompts), completions=list(completions), **columns, **more)
     except Exception as e:
         raise RewardFunctionError(f"reward function {name!r} raised {type(e).__name__}: {e}") from e
     if isinstance(out, torch.Tensor):
@@ -387,6 +390,26 @@ def reward_func_name(func: Callable[..., Any]) -> str:
     return name or type(func).__name__
 
 
+def _accepts(func: Callable[..., Any], name: str) -> bool:
+    """Whether `func` takes a keyword argument `name` (by name or through **kwargs)."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: pass only what every reward takes
+        return False
+    return any(p.kind is p.VAR_KEYWORD or (p.name == name and p.kind is not p.POSITIONAL_ONLY) for p in params)
+
+
+def reward_metric_names(funcs: Sequence[Callable[..., Any]]) -> list[str]:
+    """One distinct name per reward function for its `rewards/<name>/mean` metric: `reward_func_name`, with
+    `_2`, `_3`, ... on repeats (two lambdas must not share, and overwrite, one metric)."""
+    names, seen = [], {}
+    for f in funcs:
+        base = reward_func_name(f)
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+    return names
+
+
 def _as_reward(value: Any) -> float:
     """A returned value as a float (None -> NaN, as TRL does); raises TypeError for anything else."""
     if value is None:
@@ -410,6 +433,7 @@ def compute_rewards(
     completions: list[Any],
     columns: Mapping[str, list[Any]] | None = None,
     weights: Sequence[float] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Score a batch: `(per_func (N, F) float32, NaN where a function returned None; total (N,))`.
 
@@ -432,7 +456,7 @@ def compute_rewards(
 
     per_func = torch.empty(n, n_funcs, dtype=torch.float32)
     for j, func in enumerate(funcs):
-        per_func[:, j] = torch.tensor(checked_rewards(func, prompts, completions, columns), dtype=torch.float32)
+        per_func[:, j] = torch.tensor(checked_rewards(func, prompts, completions, columns, extra), dtype=torch.float32)
 
     none_rows = torch.isnan(per_func).all(dim=1).nonzero().flatten().tolist()
     if none_rows:

@@ -53,7 +53,7 @@ from latentrl.methods import Method, MethodContext, get_method, register_trainer
 from latentrl.model import LatentModel
 from latentrl.optimizer_steps import OptimizerSteps
 from latentrl.replay import replay
-from latentrl.rewards import compute_rewards, get_reward_funcs, reward_columns
+from latentrl.rewards import compute_rewards, get_reward_funcs, reward_columns, reward_metric_names
 from latentrl.rl.advantages import zero_std_groups
 from latentrl.rl.batch import StepBatch
 from latentrl.rl.distributed import DataParallel, chunk_generator, chunk_ranges, make_accelerator
@@ -112,6 +112,15 @@ def disable_dropout(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
+
+
+@dataclass(frozen=True)
+class RewardState:
+    """What a reward function's `trainer_state` argument carries (TRL passes its TrainerState): the step being
+    rolled out for and the run's length, e.g. for a reward curriculum."""
+
+    global_step: int
+    max_steps: int
 
 
 @register_trainer("grpo")
@@ -327,8 +336,12 @@ class GRPOTrainer:
         completions = decode_completions(self.model, rollout,
                                          skip_latent=not self.method.decodes_latent_tokens(self.operator))
         columns = reward_columns(rows)
+        ids = rollout.completion_ids.tolist()
+        extra = {"completion_ids": [row[:n] for row, n in zip(ids, rollout.lengths.tolist(), strict=True)],
+                 "trainer_state": RewardState(self.global_step, self.max_steps)}  # TRL's extra reward arguments
         per_func, rewards = compute_rewards(self.reward_funcs, [r["prompt"] for r in rows],
-                                            reward_completions(rows, completions), columns, self.args.reward_weights)
+                                            reward_completions(rows, completions), columns, self.args.reward_weights,
+                                            extra)
         if self.dp.world_size > 1:
             rollout, per_func, rewards = rollout.to("cpu"), per_func.cpu(), rewards.cpu()
         return rollout, completions, per_func, rewards
@@ -381,8 +394,8 @@ class GRPOTrainer:
             "completions/clipped_ratio": ro.truncated.float().mean().item(),
             "completions/mean_latent": ro.num_latent.float().mean().item(),
         }
-        for j, f in enumerate(self.reward_funcs):
-            m[f"rewards/{getattr(f, '__name__', f'func{j}')}/mean"] = batch.per_func_rewards[:, j].nanmean().item()
+        for name, j in zip(reward_metric_names(self.reward_funcs), range(len(self.reward_funcs)), strict=True):
+            m[f"rewards/{name}/mean"] = batch.per_func_rewards[:, j].nanmean().item()
         return m
 
     # ------------------------------------------------------------------ loss
