@@ -2,9 +2,10 @@
 
 The public entry points, importable from the top level:
 
-    from latentrl import LatentModel, GRPOConfig, GRPOTrainer, load_examples
-    model = LatentModel.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")       # or a local folder
-    trainer = GRPOTrainer(GRPOConfig(method="hrpo", output_dir="runs/x"), model, load_examples("train.jsonl"))
+    from latentrl import LatentModel, GRPOConfig, GRPOTrainer, load_rows
+    model = LatentModel.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")       # or a local folder / shipped name
+    cfg = GRPOConfig.for_method("hrpo", model_name_or_path="Qwen/Qwen2.5-0.5B-Instruct", output_dir="runs/x")
+    trainer = GRPOTrainer(cfg, model, load_rows("train.jsonl"))           # TRL rows: prompt, answer, ...
     trainer.train()
 
 Where things live: a latent step is formed by a thought operator (the shared ones in `latentrl.thoughts`, one per
