@@ -96,3 +96,12 @@ def test_evaluate_and_the_swap_check_render_chat_message_prompts_as_training_doe
         ev.evaluate(lm, rows, k=-1)
     with pytest.raises(ValueError, match="the evaluation data is empty"):
         ev.evaluate(lm, [])
+
+
+def test_chat_messages_without_a_template_name_the_fix_that_applies():
+    """prompt_format does not apply to message prompts, so the error does not suggest prompt_format=raw."""
+    lm = chat_model(template=None)
+    fmt = prompt_formatter(lm.tokenizer, "raw")
+    with pytest.raises(ConfigError, match="chat messages needs a tokenizer with a chat template") as err:
+        fmt({"prompt": [{"role": "user", "content": "1 + 2"}]})
+    assert "prompt_format=raw" not in str(err.value)

@@ -323,3 +323,16 @@ def test_the_method_help_names_every_registered_method():
     import re
 
     assert set(METHODS) <= set(re.findall(r"\w+", text)), text
+
+
+def test_unknown_methods_and_whole_sections_are_refused_by_the_config():
+    from latentrl.config import ConfigError, GRPOConfig, LatentConfig
+
+    with pytest.raises(ConfigError, match=r"unknown method 'hrp0' \(did you mean 'hrpo'\?\)"):
+        GRPOConfig.for_method("hrp0", model_name_or_path="m")
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        GRPOConfig(model_name_or_path="m", method="nope")
+    with pytest.raises(ConfigError, match="pass latent as a dict"):
+        GRPOConfig.for_method("lepo", model_name_or_path="m", latent=LatentConfig(operator="gumbel_softmax"))
+    lepo = GRPOConfig.for_method("lepo", model_name_or_path="m", latent={"num_latent_steps": 3})
+    assert lepo.latent.num_latent_steps == 3 and lepo.latent.operator == "gumbel_softmax"  # the preset kept

@@ -86,7 +86,7 @@ def test_reward_function_by_dotted_path_gets_the_dataset_columns(workdir, capsys
     calls = sys.modules["my_rewards"].CALLS
     assert len(calls) == 2  # one rollout batch per step
     assert set(calls[0]["prompts"]) <= {r["prompt"] for r in STRING_ROWS}
-    assert calls[0]["columns"] == ["solution"] and all(isinstance(c, str) for c in calls[0]["completions"])
+    assert calls[0]["columns"] == ["completion_ids", "solution", "trainer_state"] and all(isinstance(c, str) for c in calls[0]["completions"])
     records = read_metrics(workdir / "run")
     assert [r["step"] for r in records] == [1, 2]
     assert "rewards/length_reward/mean" in records[0] and "rewards/format_reward/mean" in records[0]
@@ -147,7 +147,7 @@ def test_conversational_prompts_use_the_chat_template_and_rewards_get_trl_shaped
     call = sys.modules["my_rewards"].CALLS[-1]
     assert all(isinstance(p, list) and p[-1]["role"] == "user" for p in call["prompts"])  # the messages, as TRL
     assert all(isinstance(c, list) and len(c) == 1 and c[0]["role"] == "assistant" for c in call["completions"])
-    assert call["columns"] == ["solution"]
+    assert call["columns"] == ["completion_ids", "solution", "trainer_state"]  # as TRL passes them
 
 
 def test_cli_trains_on_a_chat_prompt_file(workdir, capsys):

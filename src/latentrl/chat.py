@@ -20,10 +20,15 @@ __all__ = ["PROMPT_FORMATS", "chat_prompt", "check_chat_template", "messages_pro
 PROMPT_FORMATS = ("raw", "chat")
 
 
-def check_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
-    """Raise a ConfigError if `tokenizer` has no chat template (base models usually have none)."""
+def check_chat_template(tokenizer: PreTrainedTokenizerBase, conversational: bool = False) -> None:
+    """Raise a ConfigError if `tokenizer` has no chat template (base models usually have none). `conversational`:
+    the prompt is a list of messages, which only a template can render (prompt_format does not apply to it)."""
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        if conversational:
+            raise ConfigError(f"a prompt given as chat messages needs a tokenizer with a chat template, but {name!r} "
+                              "has none (a base model?): give the prompts as text, use an instruct model, or set "
+                              "tokenizer.chat_template")
         raise ConfigError(f"prompt_format=chat needs a tokenizer with a chat template, but {name!r} has none "
                           "(a base model?): use prompt_format=raw, an instruct model, or set tokenizer.chat_template")
 
@@ -41,7 +46,7 @@ def messages_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str,
     """A conversational prompt (TRL's format: a list of role/content messages) rendered by the chat template, with the
     assistant turn opened, or continued when the conversation ends with an assistant message (TRL's
     `maybe_apply_chat_template`). `system_prompt` is put first unless the conversation has a system message."""
-    check_chat_template(tokenizer)
+    check_chat_template(tokenizer, conversational=True)
     messages = list(messages)
     if system_prompt is not None and not any(m.get("role") == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": system_prompt})

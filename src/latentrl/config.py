@@ -1235,7 +1235,13 @@ class GRPOConfig(BaseConfig):
 
     @classmethod
     def for_method(cls, method: str, **values: Any) -> "GRPOConfig":
-        """A config for `method` with its preset values, then `values` (nested sections as dicts)."""
+        """A config for `method` with its preset values, then `values` (nested sections as dicts: a section given as
+        an instance, e.g. a LatentConfig, would replace the method's presets for it whole, so it is refused)."""
+        whole = [k for k, v in values.items() if dataclasses.is_dataclass(v) and not isinstance(v, type)]
+        if whole:
+            raise ConfigError(f"for_method({method!r}, ...): pass {', '.join(whole)} as a dict of the keys to set "
+                              f"(e.g. {whole[0]}={{'operator': ...}}): an instance would replace {method}'s presets "
+                              "for that section whole")
         return config_from_dict(cls, {"method": method, **values})
 
     @property
@@ -1244,6 +1250,10 @@ class GRPOConfig(BaseConfig):
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
 
     def validate(self) -> None:
+        if METHOD_PRESETS and self.method not in METHOD_PRESETS:  # the registry registers every method's presets
+            close = difflib.get_close_matches(self.method, list(METHOD_PRESETS), n=1)
+            raise ConfigError(f"unknown method {self.method!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + f"; allowed: {sorted(METHOD_PRESETS)}")
         world = _launcher_world_size()
         if self.generation_batch_size * world % self.num_generations != 0:
             procs = f" * {world} processes" if world > 1 else ""
