@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import functools
 import math
 import os
@@ -147,7 +146,8 @@ class GRPOTrainer:
             warnings.warn(f"method={method_obj.name!r} with a config for {args.method!r}: the run uses "
                           f"{method_obj.name}'s hooks with this config's values, not its presets "
                           f"(GRPOConfig.for_method({method_obj.name!r}, ...) sets them)", stacklevel=2)
-            args = dataclasses.replace(args, method=method_obj.name)
+            args = copy.copy(args)  # the caller's config stays as it was; a custom Method needs no registration
+            args.method = method_obj.name
         if args.eval_dataset and eval_dataset is None:
             warnings.warn(f"eval_dataset={args.eval_dataset!r} is set in the config but no eval_dataset was passed: "
                           "from Python, pass the rows (GRPOTrainer(..., eval_dataset=rows)); `latentrl train` loads "
