@@ -32,7 +32,6 @@ scores that model the same way into OUT/scored/<MODEL's folder name>.json (never
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -81,9 +80,8 @@ def score(model_dir: Path, task, run_dir: Path, test: list):
 
 def scored_fields(res, dep) -> dict:
     """The result fields of a score (Pass@1 with its standard error, the rest of the evaluation, the swap check)."""
-    p, n = res.pass_at_1, res.n
-    return {"pass_at_1": p, "pass_at_1_se": math.sqrt(p * (1 - p) / n), "n_eval": n,
-            **{k: v for k, v in res.to_dict().items() if k not in ("samples", "pass_at_1", "n")},
+    return {"pass_at_1": res.pass_at_1, "pass_at_1_se": res.pass_at_1_se, "n_eval": res.n,
+            **{k: v for k, v in res.to_dict().items() if k not in ("samples", "pass_at_1", "pass_at_1_se", "n")},
             "thought_dependence": dep.to_dict() if dep is not None else None}
 
 

@@ -138,10 +138,17 @@ def test_a_coconut_init_runs_with_the_thoughts_it_was_trained_for(capsys, tmp_pa
         return with_recorded_thoughts(load_config(GRPOConfig, None, over), None, over, cli)
 
     c = cfg("coconut_grpo")
-    assert c.latent.num_latent_steps == c.latent.max_latent_steps == 5
+    assert c.latent.num_latent_steps == 5 and (c.latent.max_latent_steps or 5) >= 5
     assert "trained with 5 thoughts" in capsys.readouterr().err
     c = cfg("latent_rl", ["latent.max_latent_steps=9"])  # the command line wins, key by key
     assert (c.latent.num_latent_steps, c.latent.max_latent_steps) == (5, 9)
+    for given in (["--latent.num-latent-steps=3"], ["latent={num_latent_steps: 3}"]):  # spelt as overrides apply
+        assert cfg("coconut_grpo", given).latent.num_latent_steps == 3
+    from latentrl.bench import preset_path  # the CPU preset caps the span at 4: the cap rises with the count
+    over = [*base]
+    c = with_recorded_thoughts(load_config(GRPOConfig, preset_path("coconut_grpo"), over), str(
+        preset_path("coconut_grpo")), over, over)
+    assert (c.latent.num_latent_steps, c.latent.max_latent_steps) == (5, 5)
     assert cfg("dlr").dlr.num_latent_steps == 5
     assert cfg("grpo").latent.num_latent_steps == load_config(GRPOConfig, None, [*base]).latent.num_latent_steps
     (tmp_path / "latent_init.json").unlink()  # nothing recorded: the config as it was

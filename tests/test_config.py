@@ -334,5 +334,8 @@ def test_unknown_methods_and_whole_sections_are_refused_by_the_config():
         GRPOConfig(model_name_or_path="m", method="nope")
     with pytest.raises(ConfigError, match="pass latent as a dict"):
         GRPOConfig.for_method("lepo", model_name_or_path="m", latent=LatentConfig(operator="gumbel_softmax"))
+    from latentrl.config import LoraConfig
+
+    assert GRPOConfig.for_method("grpo", model_name_or_path="m", lora=LoraConfig(enabled=True)).lora.enabled  # no preset
     lepo = GRPOConfig.for_method("lepo", model_name_or_path="m", latent={"num_latent_steps": 3})
     assert lepo.latent.num_latent_steps == 3 and lepo.latent.operator == "gumbel_softmax"  # the preset kept

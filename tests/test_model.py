@@ -59,6 +59,36 @@ def test_a_loaded_side_module_survives_a_save_before_it_is_attached(tiny, tmp_pa
     assert torch.equal(again["head.weight"], head.weight) and torch.equal(again["probe.weight"], saved["probe.weight"])
 
 
+def test_resuming_into_a_model_with_other_side_modules_keeps_both(tiny, tmp_path):
+    """A checkpoint that carries another method's module (a value-head run started from a gated checkpoint) loads
+    into a model with only its own attached; the other travels on to the next save."""
+    from safetensors.torch import load_file
+
+    from latentrl.model import SIDE_MODULES_FILE
+
+    tiny.attach_side_module("gate", nn.Linear(tiny.hidden_size, 2))
+    tiny.attach_side_module("head", nn.Linear(tiny.hidden_size, 1))
+    tiny.save_pretrained(tmp_path / "ckpt")
+    fresh = LatentModel.from_pretrained(tmp_path / "ckpt")
+    fresh._pending_side_state = None  # as a model built from scratch, then resumed
+    head = fresh.attach_side_module("head", nn.Linear(fresh.hidden_size, 1))
+    fresh.load_weights(tmp_path / "ckpt")
+    assert torch.equal(head.weight, tiny.side_modules["head"].weight)
+    fresh.save_pretrained(tmp_path / "next")
+    assert torch.equal(load_file(str(tmp_path / "next" / SIDE_MODULES_FILE))["gate.weight"],
+                       tiny.side_modules["gate"].weight)
+
+
+def test_only_file_damage_is_called_damage(tmp_path, monkeypatch):
+    """A local folder that fails to load for another reason (a missing optional package) keeps its own error."""
+    def needs_flash(*a, **k):
+        raise ImportError("FlashAttention2 has been toggled on, but it cannot be used")
+
+    monkeypatch.setattr("latentrl.model.AutoModelForCausalLM.from_pretrained", needs_flash)
+    with pytest.raises(ImportError, match="FlashAttention2"):
+        LatentModel.from_pretrained("chain_sum-cot")
+
+
 def test_missing_or_bad_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         LatentModel.from_pretrained(str(tmp_path / "nope"))

@@ -227,3 +227,6 @@ def test_pretrain_resume_trains_a_finished_model_on_to_a_larger_max_steps(tmp_pa
     pretrain(config(tmp_path / "b", "cot.save_steps=0"))
     with pytest.raises(ConfigError, match="kept no checkpoint to continue from"):
         pretrain(config(tmp_path / "b", "cot.save_steps=0", f"cot.max_steps={steps + 2}"), resume=True)
+    pretrain(config(tmp_path / "c", f"cot.save_steps={steps - 1}"))  # the newest checkpoint is a step short
+    with pytest.raises(ConfigError, match=f"finished at {steps} steps but its newest checkpoint is checkpoint-"):
+        pretrain(config(tmp_path / "c", f"cot.save_steps={steps - 1}", f"cot.max_steps={steps + 2}"), resume=True)

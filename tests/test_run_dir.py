@@ -417,4 +417,6 @@ def test_cli_resume_continues_with_the_runs_own_settings(tmp_path, capsys):
     before = snapshot(run)
     assert cli_train(run, "max_steps=3", "learning_rate=5e-5", "--resume") == 2
     assert "--resume cannot change learning_rate 1e-05 -> 5e-05" in capsys.readouterr().err
+    assert cli_train(run, "max_steps=3", "learning_rate=5e-5", "resume_from_checkpoint=latest") == 2  # either spelling
+    assert "--resume cannot change learning_rate" in capsys.readouterr().err
     assert snapshot(run) == before

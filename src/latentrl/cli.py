@@ -19,7 +19,9 @@ from latentrl.config import (
     GRPOConfig,
     config_from_dict,
     config_help,
+    dotted_get,
     load_config,
+    override_key,
     upgrade_saved_config,
     validate_config,
 )
@@ -123,6 +125,14 @@ def starting_model_draws(cfg: GRPOConfig) -> list[TrainDraw]:
         raise ConfigError(f"the starting model's training record: {e}") from e
 
 
+def saved_run_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """A run's `run_config.json` as config data (older runs' keys upgraded), for `config_from_dict`."""
+    import json
+    from pathlib import Path
+
+    return upgrade_saved_config(json.loads(Path(path).read_text()))
+
+
 def with_recorded_thoughts(cfg: GRPOConfig, config_file: str | None, overrides: Sequence[str],
                            cli_overrides: Sequence[str]) -> GRPOConfig:
     """`cfg` again with the starting model's recorded thought count (`latent_init.json`) on the method's
@@ -131,10 +141,18 @@ def with_recorded_thoughts(cfg: GRPOConfig, config_file: str | None, overrides: 
     from latentrl.assets import recorded_num_thoughts
     from latentrl.methods import get_method
 
-    keys = get_method(cfg.method).thought_count_keys
-    n = recorded_num_thoughts(cfg.model_name_or_path) if keys else None
-    given = {o.split("=", 1)[0].strip() for o in cli_overrides}
-    extra = [f"{k}={n}" for k in keys if k not in given] if n is not None else []
+    method = get_method(cfg.method)
+    n = recorded_num_thoughts(cfg.model_name_or_path) if method.thought_count_keys else None
+    if n is None:
+        return cfg
+    given = [override_key(o) for o in cli_overrides]
+
+    def unset(key: str) -> bool:  # neither the key nor a section above it on the command line
+        return not any(key == g or key.startswith(g + ".") for g in given)
+
+    extra = [f"{k}={n}" for k in method.thought_count_keys if unset(k)]
+    extra += [f"{k}={n}" for k in method.thought_count_bounds
+              if unset(k) and extra and (dotted_get(cfg, k) or n) < n]  # a cap below the count rises with it
     if not extra:
         return cfg
     print(f"{cfg.model_name_or_path} was trained with {n} thoughts (its latent_init.json): {' '.join(extra)} "
@@ -142,17 +160,16 @@ def with_recorded_thoughts(cfg: GRPOConfig, config_file: str | None, overrides: 
     return load_config(GRPOConfig, config_file, [*overrides, *extra])
 
 
-#: settings the optimizer and LR-schedule state restored from a checkpoint fix (torch restores each parameter
-#: group's lr, betas, eps and weight decay, and the schedule its base rates): a resume cannot change them
-FIXED_ON_RESUME = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler_type",
-                   "warmup_ratio")
+#: settings the optimizer state restored from a checkpoint fixes (torch restores each parameter group's lr, betas,
+#: eps and weight decay; the LR schedule scales those restored rates): a resume cannot change them
+FIXED_ON_RESUME = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
+                   "hrpo.gate_learning_rate", "hrpo.lambda_learning_rate", "dlr.assistant_learning_rate")
 
 
 def resumed_run_config(cfg: GRPOConfig, cli_overrides: Sequence[str]) -> GRPOConfig:
     """On --resume the run's own settings (`run_config.json` in its output_dir) are the base, changed only by the
     command line's key=value overrides (e.g. a larger max_steps): the YAML names the folder, and a value it holds
     that the run overrode at its start does not come back. Refuses to change what the restored state fixes."""
-    import json
     from pathlib import Path
 
     from latentrl.config import config_from_dict
@@ -161,13 +178,14 @@ def resumed_run_config(cfg: GRPOConfig, cli_overrides: Sequence[str]) -> GRPOCon
     saved_file = Path(cfg.output_dir) / RUN_CONFIG_FILE if cfg.output_dir else None
     if saved_file is None or not saved_file.is_file():
         return cfg  # nothing recorded: the resume checks (check_run_folder) say what is missing
-    data = {**upgrade_saved_config(json.loads(saved_file.read_text())), "output_dir": cfg.output_dir}
+    data = {**saved_run_settings(saved_file), "output_dir": cfg.output_dir}
     saved, resumed = config_from_dict(GRPOConfig, data, []), config_from_dict(GRPOConfig, data, cli_overrides)
-    changed = [f"{k} {getattr(saved, k)} -> {getattr(resumed, k)}" for k in FIXED_ON_RESUME
-               if getattr(saved, k) != getattr(resumed, k)]
+    fixed = [k for k in FIXED_ON_RESUME if hasattr(saved, k.split(".")[0])]  # method sections that are mounted
+    changed = [f"{k} {dotted_get(saved, k)} -> {dotted_get(resumed, k)}" for k in fixed
+               if dotted_get(saved, k) != dotted_get(resumed, k)]
     if changed:
-        raise ConfigError(f"--resume cannot change {', '.join(changed)}: the optimizer and schedule state restored "
-                          "from the checkpoint fix them. Resume without it, or start a new run from the checkpoint's "
+        raise ConfigError(f"--resume cannot change {', '.join(changed)}: the optimizer state restored from the "
+                          "checkpoint fixes it. Resume without it, or start a new run from the checkpoint's "
                           "weights (model_name_or_path=RUN/checkpoint-N, another output_dir)")
     print(f"--resume: the run's settings from {saved_file}" + (f", with {' '.join(cli_overrides)}" if cli_overrides
                                                                else ""), file=sys.stderr)
@@ -185,8 +203,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
         return 0
     cfg = load_config(GRPOConfig, ns.config, ns.overrides)
     if ns.resume:
-        cfg = resumed_run_config(cfg, ns.overrides)
         cfg.resume_from_checkpoint = "latest"
+    if cfg.resume_from_checkpoint:  # --resume or resume_from_checkpoint=...: the run's own settings
+        resume = cfg.resume_from_checkpoint
+        cfg = resumed_run_config(cfg, ns.overrides)
+        cfg.resume_from_checkpoint = resume
     else:
         cfg = with_recorded_thoughts(cfg, ns.config, ns.overrides, ns.overrides)
     from latentrl.run_dir import check_run_folder
@@ -252,7 +273,6 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
 @command("eval", "Pass@1 / Pass@k / reasoning positions of a checkpoint: latentrl eval --model PATH --data SOURCE")
 def cmd_eval(ns: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from latentrl.data import load_examples
     from latentrl.methods import get_method
@@ -268,8 +288,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
     run_config = None if ns.config else run_config_near(resolve_model(ns.model))
     if run_config:
-        data = {k: v for k, v in upgrade_saved_config(json.loads(Path(run_config).read_text())).items()
-                if k != "output_dir"}
+        data = {k: v for k, v in saved_run_settings(run_config).items() if k != "output_dir"}
         cfg = config_from_dict(GRPOConfig, data, overrides)
         settings = run_config
     else:
@@ -381,9 +400,7 @@ def run_config_near(checkpoint: str) -> str | None:
 @command("inspect", "nearest tokens, norm and mixing weights of every latent thought: latentrl inspect --model PATH "
                     "--method M --prompts TEXT ...")
 def cmd_inspect(ns: argparse.Namespace) -> int:
-    import json
     import re
-    from pathlib import Path
 
     from latentrl.config import config_from_dict
     from latentrl.data import load_examples
@@ -405,8 +422,7 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
     if misplaced:
         raise ConfigError(f"{misplaced[0]!r} looks like a key=value override: put overrides before --prompts")
     if run_config:
-        data = {k: v for k, v in upgrade_saved_config(json.loads(Path(run_config).read_text())).items()
-                if k != "output_dir"}
+        data = {k: v for k, v in saved_run_settings(run_config).items() if k != "output_dir"}
         cfg = config_from_dict(GRPOConfig, data, overrides)
         print(f"settings of the run: {run_config}")
     else:
@@ -609,8 +625,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("LATENTRL_DEBUG"):
             raise
         where = f": {e.filename}" if e.filename else ""
-        print(f"latentrl {ns.command}: error: {e.strerror or e}{where} (output paths must be folders you can write)",
-              file=sys.stderr)
+        hint = " (a file where a folder must go?)" if isinstance(e, (FileExistsError, NotADirectoryError)) else ""
+        print(f"latentrl {ns.command}: error: {e.strerror or e}{where}{hint}", file=sys.stderr)
         return 2
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
         if os.environ.get("LATENTRL_DEBUG") or not _raised_by_latentrl(e):

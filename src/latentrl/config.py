@@ -559,13 +559,25 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
         raise
 
 
+def override_key(override: str) -> str:
+    """The dotted key a `key=value` override sets, normalised as it is applied (`--latent.top-k=5`: latent.top_k)."""
+    return override.split("=", 1)[0].strip().lstrip("-").replace("-", "_")
+
+
+def dotted_get(obj: Any, key: str) -> Any:
+    """The value at a dotted key of a config (`latent.num_latent_steps`)."""
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def _apply_override(cls: type, data: dict[str, Any], override: str) -> None:
     if not isinstance(override, str) or "=" not in override:
         raise ConfigError(
             f"Override {override!r} is not of the form key=value (e.g. learning_rate=1e-5 or latent.top_k=10)"
         )
-    raw_key, raw = override.split("=", 1)
-    key = raw_key.strip().lstrip("-").replace("-", "_")
+    raw = override.split("=", 1)[1]
+    key = override_key(override)
     if not key:
         raise ConfigError(f"Override {override!r} has an empty key")
     parts = key.split(".")
@@ -1237,7 +1249,9 @@ class GRPOConfig(BaseConfig):
     def for_method(cls, method: str, **values: Any) -> "GRPOConfig":
         """A config for `method` with its preset values, then `values` (nested sections as dicts: a section given as
         an instance, e.g. a LatentConfig, would replace the method's presets for it whole, so it is refused)."""
-        whole = [k for k, v in values.items() if dataclasses.is_dataclass(v) and not isinstance(v, type)]
+        preset = METHOD_PRESETS.get(method, {})
+        whole = [k for k, v in values.items() if dataclasses.is_dataclass(v) and not isinstance(v, type)
+                 and any(p == k or p.startswith(k + ".") for p in preset)]
         if whole:
             raise ConfigError(f"for_method({method!r}, ...): pass {', '.join(whole)} as a dict of the keys to set "
                               f"(e.g. {whole[0]}={{'operator': ...}}): an instance would replace {method}'s presets "

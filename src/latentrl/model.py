@@ -114,11 +114,11 @@ class LatentModel(nn.Module):
             if tokenizer is None or isinstance(tokenizer, str):
                 tokenizer = load_tokenizer(tokenizer or name_or_path)
         except Exception as err:
-            if path.exists():  # a local folder that will not load: truncated weights, a broken JSON file, ...
+            if path.exists() and _is_file_damage(err):  # truncated weights, a broken JSON file, ...
                 first = (str(err).splitlines() or [""])[0]
                 raise ValueError(f"could not load the model folder {str(path)!r} ({type(err).__name__}: {first}); "
                                  "it may be damaged or incomplete") from err
-            if not isinstance(err, OSError):
+            if path.exists() or not isinstance(err, OSError):
                 raise
             # a hub id that cannot be reached or does not exist: say what was tried
             raise FileNotFoundError(
@@ -336,8 +336,14 @@ class LatentModel(nn.Module):
             fresh = AutoModelForCausalLM.from_pretrained(path, dtype=self.model.dtype)
             self.model.load_state_dict(fresh.state_dict())
         side = Path(path) / SIDE_MODULES_FILE
-        if side.exists() and len(self.side_modules):
-            self.side_modules.load_state_dict(load_file(str(side)))
+        if side.exists():
+            state = load_file(str(side))
+            attached = set(self.side_modules.keys())
+            mine = {k: v for k, v in state.items() if k.split(".", 1)[0] in attached}
+            if attached:
+                self.side_modules.load_state_dict(mine)
+            # modules of another method the checkpoint carried on (`save_pretrained`) travel on, unattached
+            self._pending_side_state = {k: v for k, v in state.items() if k not in mine} or None
 
     def has_saved_side_module(self, name: str) -> bool:
         """Whether the checkpoint this model was loaded from holds weights of side module `name` (attached or not)."""
@@ -469,6 +475,14 @@ def _cache_kwarg(backbone_cls: type) -> str:
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def _is_file_damage(err: BaseException) -> bool:
+    """Whether loading a local folder failed on its files (unreadable, truncated, unparsable), not on something
+    else (a missing optional package, memory, a dtype): only then is the folder called damaged."""
+    if isinstance(err, (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError)):
+        return True
+    return type(err).__name__ in ("SafetensorError", "HeaderTooLarge", "DecodeError")
 
 
 def resolve_model_source(name_or_path: str | os.PathLike) -> str:

@@ -315,9 +315,13 @@ def _continue_finished(run_dir: Path, max_steps: int) -> bool:
     done = int(json.loads((run_dir / RESULTS_FILE).read_text()).get("steps") or 0)
     if max_steps <= 0 or done >= max_steps:
         return False
-    if latest_checkpoint(run_dir, problem=model_checkpoint_problem) is None:
+    last = latest_checkpoint(run_dir, problem=model_checkpoint_problem)
+    if last is None:
         raise ConfigError(f"{run_dir} finished at {done} steps and kept no checkpoint to continue from (save_steps was "
                           f"0): max_steps={max_steps} needs a new run (another output_dir)")
+    if last.name != f"checkpoint-{done}":  # continuing from an earlier one would redo steps and replace the model
+        raise ConfigError(f"{run_dir} finished at {done} steps but its newest checkpoint is {last.name} (save_steps "
+                          f"does not divide {done}): max_steps={max_steps} needs a new run (another output_dir)")
     kept = run_dir / f"results_at_step_{done}.json"
     (run_dir / RESULTS_FILE).rename(kept)
     print(f"{run_dir} finished at {done} steps: continuing to {max_steps} (its results kept in {kept.name})",

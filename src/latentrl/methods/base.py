@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from latentrl.chat import prompt_formatter
-from latentrl.config import register_method_preset
+from latentrl.config import dotted_get, register_method_preset
 from latentrl.replay import replay
 from latentrl.rollout import ThinkingSchedule
 from latentrl.thoughts import ThoughtOperator, build_thought_operator
@@ -128,6 +128,8 @@ class Method:
     #: config keys (dotted) that take the starting model's recorded thought count (`latent_init.json`,
     #: `latentrl.assets.recorded_num_thoughts`) unless given on the command line: the Coconut family's span length
     thought_count_keys: ClassVar[tuple[str, ...]] = ()
+    #: config keys (dotted) that must be at least that count (a span cap the config validates against)
+    thought_count_bounds: ClassVar[tuple[str, ...]] = ()
 
     @property
     def trainer_class(self) -> type:
@@ -171,9 +173,7 @@ class Method:
         if n is None:
             return
         for key in self.thought_count_keys:
-            value: Any = args
-            for part in key.split("."):
-                value = getattr(value, part)
+            value = dotted_get(args, key)
             if value is not None and value != n:
                 warnings.warn(f"the model was trained with {n} thoughts (its latent_init.json) but {key}={value}: "
                               f"set {key}={n} unless the other count is intended", stacklevel=3)

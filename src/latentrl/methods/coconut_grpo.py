@@ -55,7 +55,8 @@ class CoconutLatentMethod(Method):
     """Shared pieces: hidden-state thoughts, fixed count, forced `<|end-latent|>`, `<|start-latent|>` prompts."""
 
     init = "coconut_sft"
-    thought_count_keys: ClassVar[tuple[str, ...]] = ("latent.num_latent_steps", "latent.max_latent_steps")
+    thought_count_keys: ClassVar[tuple[str, ...]] = ("latent.num_latent_steps",)
+    thought_count_bounds: ClassVar[tuple[str, ...]] = ("latent.max_latent_steps",)  # unused by Coconut, validated
     _start_token = LatentTokens.start  # replaced by the model's own name in `setup`
 
     def setup(self, model, args) -> None:

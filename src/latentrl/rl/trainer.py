@@ -120,6 +120,7 @@ class RewardState:
 
     global_step: int
     max_steps: int
+    epoch: float  # passes over the training prompts so far
 
 
 @register_trainer("grpo")
@@ -338,7 +339,8 @@ class GRPOTrainer:
         columns = reward_columns(rows)
         ids = rollout.completion_ids.tolist()
         extra = {"completion_ids": [row[:n] for row, n in zip(ids, rollout.lengths.tolist(), strict=True)],
-                 "trainer_state": RewardState(self.global_step, self.max_steps)}  # TRL's extra reward arguments
+                 "trainer_state": RewardState(self.global_step, self.max_steps,  # TRL's extra reward arguments
+                                              self.global_step * self.prompts_per_step / len(self.rows))}
         per_func, rewards = compute_rewards(self.reward_funcs, [r["prompt"] for r in rows],
                                             reward_completions(rows, completions), columns, self.args.reward_weights,
                                             extra)

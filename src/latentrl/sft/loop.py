@@ -304,7 +304,7 @@ class StepLoop:
         record = {**(shape(means) if shape is not None else means), "learning_rate": lr, "grad_norm": grad_norm,
                   "train_wall_s": self.train_time}
         self.metrics.log(step, record, into)
-        if self.bar.disable and self.dp.is_main:  # no bar (a batch job, disable_tqdm): one line per logged step
+        if getattr(self.cfg, "disable_tqdm", None) is None and self.bar.disable and self.dp.is_main:  # batch: lines
             from latentrl.logger import console_line
 
             print(console_line(step, self.bar.total, record), file=sys.stderr, flush=True)
