@@ -10,6 +10,7 @@ for models trained on MATH-style text.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import math
@@ -391,7 +392,19 @@ def reward_func_name(func: Callable[..., Any]) -> str:
 
 
 def _accepts(func: Callable[..., Any], name: str) -> bool:
-    """Whether `func` takes a keyword argument `name` (by name or through **kwargs)."""
+    """Whether `func` takes a keyword argument `name` (by name or through **kwargs); cached, as it runs per batch."""
+    try:
+        return _accepts_cached(func, name)
+    except TypeError:  # an unhashable callable object
+        return _takes_keyword(func, name)
+
+
+@functools.lru_cache(maxsize=256)
+def _accepts_cached(func: Callable[..., Any], name: str) -> bool:
+    return _takes_keyword(func, name)
+
+
+def _takes_keyword(func: Callable[..., Any], name: str) -> bool:
     try:
         params = inspect.signature(func).parameters.values()
     except (TypeError, ValueError):  # a builtin without a signature: pass only what every reward takes
