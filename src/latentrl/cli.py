@@ -125,6 +125,12 @@ def starting_model_draws(cfg: GRPOConfig) -> list[TrainDraw]:
         raise ConfigError(f"the starting model's training record: {e}") from e
 
 
+def launch_rank() -> int:
+    """This process's rank in a `torchrun` / `accelerate launch` group (0 alone): messages printed before the
+    process group exists come from rank 0 only."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def saved_run_settings(path: str | os.PathLike) -> dict[str, Any]:
     """A run's `run_config.json` as config data (older runs' keys upgraded), for `config_from_dict`."""
     import json
@@ -155,8 +161,9 @@ def with_recorded_thoughts(cfg: GRPOConfig, config_file: str | None, overrides: 
               if unset(k) and extra and (dotted_get(cfg, k) or n) < n]  # a cap below the count rises with it
     if not extra:
         return cfg
-    print(f"{cfg.model_name_or_path} was trained with {n} thoughts (its latent_init.json): {' '.join(extra)} "
-          "(a key=value on the command line wins)", file=sys.stderr)
+    if launch_rank() == 0:
+        print(f"{cfg.model_name_or_path} was trained with {n} thoughts (its latent_init.json): {' '.join(extra)} "
+              "(a key=value on the command line wins)", file=sys.stderr)
     return load_config(GRPOConfig, config_file, [*overrides, *extra])
 
 
@@ -187,8 +194,9 @@ def resumed_run_config(cfg: GRPOConfig, cli_overrides: Sequence[str]) -> GRPOCon
         raise ConfigError(f"--resume cannot change {', '.join(changed)}: the optimizer state restored from the "
                           "checkpoint fixes it. Resume without it, or start a new run from the checkpoint's "
                           "weights (model_name_or_path=RUN/checkpoint-N, another output_dir)")
-    print(f"--resume: the run's settings from {saved_file}" + (f", with {' '.join(cli_overrides)}" if cli_overrides
-                                                               else ""), file=sys.stderr)
+    if launch_rank() == 0:
+        print(f"--resume: the run's settings from {saved_file}" + (f", with {' '.join(cli_overrides)}"
+                                                                   if cli_overrides else ""), file=sys.stderr)
     return resumed
 
 

@@ -103,8 +103,15 @@ class LatentModel(nn.Module):
         name_or_path = resolve_model_source(name_or_path)
         path = Path(name_or_path)
         if path.is_dir() and not (path / "config.json").exists() and (path / ADAPTER_CONFIG_FILE).exists():
-            return cls._from_adapter(path, tokenizer=tokenizer, add_latent_tokens=add_latent_tokens,
-                                     latent_init_token=latent_init_token, torch_dtype=torch_dtype, **model_kwargs)
+            try:
+                return cls._from_adapter(path, tokenizer=tokenizer, add_latent_tokens=add_latent_tokens,
+                                         latent_init_token=latent_init_token, torch_dtype=torch_dtype, **model_kwargs)
+            except Exception as err:  # a truncated adapter or a broken JSON file in it (an OSError may be the base's)
+                if not _is_file_damage(err) or isinstance(err, OSError):
+                    raise
+                first = (str(err).splitlines() or [""])[0]
+                raise ValueError(f"could not load the LoRA folder {str(path)!r} ({type(err).__name__}: {first}); it "
+                                 "may be damaged or incomplete") from err
         if path.exists() and path.is_dir() and not (path / "config.json").exists():
             raise FileNotFoundError(f"{str(path)!r} is not a Hugging Face model folder: no config.json in it")
         if torch_dtype is not None:
