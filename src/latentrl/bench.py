@@ -396,9 +396,11 @@ def earlier_rows(out: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
                          f"{settings}): choose another --out, or the same settings to add rows to it")
     rows = json.loads((out / "results.json").read_text())
     samples_file = out / "samples.json"
-    samples = {(s["method"], s["task"]): s["samples"] for s in json.loads(samples_file.read_text())} \
-        if samples_file.is_file() else {}
-    return [{**r, "samples": samples.get((r["method"], r["task"]), [])} for r in rows]
+    kept = json.loads(samples_file.read_text()) if samples_file.is_file() else []
+    if [s["method"] for s in kept] == [r["method"] for r in rows]:  # written together, row by row (older files
+        return [{**r, "samples": s["samples"]} for r, s in zip(rows, kept)]  # name no task)
+    samples = {(s["method"], s.get("task")): s["samples"] for s in kept}
+    return [{**r, "samples": samples.get((r["method"], r.get("task")), [])} for r in rows]
 
 
 def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
