@@ -475,7 +475,7 @@ def _add_inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. latent.num_latent_steps=8)")
 
 
-@command("demo", "the embedded default (about 1.5 minutes on CPU): CoT vs latent reasoning on chain_sum and iCoT 4x4, "
+@command("demo", "the embedded default (about two minutes on CPU): CoT vs latent reasoning on chain_sum and iCoT 4x4, "
                  "then RL on the shipped iCoT model; tables and curves. --latent [--task T]: one latent part alone; "
                  "--method NAME: the RL part alone, with NAME")
 def cmd_demo(ns: argparse.Namespace) -> int:

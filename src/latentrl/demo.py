@@ -1,4 +1,4 @@
-"""`latentrl demo`: the embedded default, end to end on CPU in about a minute and a half (`run_full_demo`), in three parts
+"""`latentrl demo`: the embedded default, end to end on CPU in about two minutes (`run_full_demo`), in three parts
 (two latent, one RL), each with its table and plots in its own sub-folder of the run folder, then one summary table:
 
 1. latent reasoning (`run_latent_demo`, also `latentrl demo --latent [--task T]` alone), once per task with a shipped
