@@ -109,9 +109,7 @@ class LatentModel(nn.Module):
             except Exception as err:  # a truncated adapter or a broken JSON file in it (an OSError may be the base's)
                 if not _is_file_damage(err) or isinstance(err, OSError):
                     raise
-                first = (str(err).splitlines() or [""])[0]
-                raise ValueError(f"could not load the LoRA folder {str(path)!r} ({type(err).__name__}: {first}); it "
-                                 "may be damaged or incomplete") from err
+                raise _damaged("LoRA folder", path, err) from err
         if path.exists() and path.is_dir() and not (path / "config.json").exists():
             raise FileNotFoundError(f"{str(path)!r} is not a Hugging Face model folder: no config.json in it")
         if torch_dtype is not None:
@@ -122,9 +120,7 @@ class LatentModel(nn.Module):
                 tokenizer = load_tokenizer(tokenizer or name_or_path)
         except Exception as err:
             if path.exists() and _is_file_damage(err):  # truncated weights, a broken JSON file, ...
-                first = (str(err).splitlines() or [""])[0]
-                raise ValueError(f"could not load the model folder {str(path)!r} ({type(err).__name__}: {first}); "
-                                 "it may be damaged or incomplete") from err
+                raise _damaged("model folder", path, err) from err
             if path.exists() or not isinstance(err, OSError):
                 raise
             # a hub id that cannot be reached or does not exist: say what was tried
@@ -490,6 +486,13 @@ def _is_file_damage(err: BaseException) -> bool:
     if isinstance(err, (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError)):
         return True
     return type(err).__name__ in ("SafetensorError", "HeaderTooLarge", "DecodeError")
+
+
+def _damaged(kind: str, path: Path, err: BaseException) -> ValueError:
+    """The one-line error for a local folder whose files would not load."""
+    first = (str(err).splitlines() or [""])[0]
+    return ValueError(f"could not load the {kind} {str(path)!r} ({type(err).__name__}: {first}); it may be damaged "
+                      "or incomplete")
 
 
 def resolve_model_source(name_or_path: str | os.PathLike) -> str:

@@ -168,7 +168,7 @@ def checked_rewards(func: Callable[..., Any], prompts: Sequence[Any], completion
     further keyword arguments (`completion_ids`, `trainer_state`), passed to a function that takes them by name or
     through **kwargs (so a function written without them still works)."""
     name, n = reward_func_name(func), len(completions)
-    more = {k: v for k, v in (extra or {}).items() if _accepts(func, k)}
+    more = {k: v for k, v in (extra or {}).items() if accepts_keyword(func, k)}
     try:
         out = func(prompts=list(prompts), completions=list(completions), **columns, **more)
     except Exception as e:
@@ -391,7 +391,7 @@ def reward_func_name(func: Callable[..., Any]) -> str:
     return name or type(func).__name__
 
 
-def _accepts(func: Callable[..., Any], name: str) -> bool:
+def accepts_keyword(func: Callable[..., Any], name: str) -> bool:
     """Whether `func` takes a keyword argument `name` (by name or through **kwargs); cached, as it runs per batch."""
     try:
         return _accepts_cached(func, name)

@@ -52,7 +52,7 @@ from latentrl.methods import Method, MethodContext, get_method, register_trainer
 from latentrl.model import LatentModel
 from latentrl.optimizer_steps import OptimizerSteps
 from latentrl.replay import replay
-from latentrl.rewards import compute_rewards, get_reward_funcs, reward_columns, reward_metric_names
+from latentrl.rewards import accepts_keyword, compute_rewards, get_reward_funcs, reward_columns, reward_metric_names
 from latentrl.rl.advantages import zero_std_groups
 from latentrl.rl.batch import StepBatch
 from latentrl.rl.distributed import DataParallel, chunk_generator, chunk_ranges, make_accelerator
@@ -337,16 +337,26 @@ class GRPOTrainer:
         completions = decode_completions(self.model, rollout,
                                          skip_latent=not self.method.decodes_latent_tokens(self.operator))
         columns = reward_columns(rows)
-        ids = rollout.completion_ids.tolist()
-        extra = {"completion_ids": [row[:n] for row, n in zip(ids, rollout.lengths.tolist(), strict=True)],
-                 "trainer_state": RewardState(self.global_step, self.max_steps,  # TRL's extra reward arguments
-                                              self.global_step * self.prompts_per_step / len(self.rows))}
+        extra = self._extra_reward_arguments(rollout)
         per_func, rewards = compute_rewards(self.reward_funcs, [r["prompt"] for r in rows],
                                             reward_completions(rows, completions), columns, self.args.reward_weights,
                                             extra)
         if self.dp.world_size > 1:
             rollout, per_func, rewards = rollout.to("cpu"), per_func.cpu(), rewards.cpu()
         return rollout, completions, per_func, rewards
+
+    def _extra_reward_arguments(self, rollout: Rollout) -> dict[str, Any]:
+        """TRL's further reward arguments (`completion_ids`, `trainer_state`), built only when a reward function
+        takes them (the ids leave the device for it)."""
+        wanted = {k for k in ("completion_ids", "trainer_state") if any(accepts_keyword(f, k) for f in self.reward_funcs)}
+        extra: dict[str, Any] = {}
+        if "completion_ids" in wanted:
+            ids, lengths = rollout.completion_ids.tolist(), rollout.lengths.tolist()
+            extra["completion_ids"] = [row[:n] for row, n in zip(ids, lengths, strict=True)]
+        if "trainer_state" in wanted:
+            extra["trainer_state"] = RewardState(self.global_step, self.max_steps,
+                                                 self.global_step * self.prompts_per_step / len(self.rows))
+        return extra
 
     def _collect_step_batch(self) -> tuple[StepBatch, dict[str, float]]:
         """One step's batch; with dynamic sampling, zero-std groups are dropped and refilled (DAPO)."""
