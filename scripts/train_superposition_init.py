@@ -6,8 +6,8 @@ From the task's converged CoT model (`<cot_model>-converged`; chain_sum: 100 %),
 (`latentrl.sft.superposition`) with `tokens_per_latent=7`: each `<< a + b = c >>` step of chain_sum becomes one
 latent, the uniform superposition of its 7 token embeddings, so 7 latents replace 49 CoT positions. The model learns
 to predict each next latent's token distribution (KL) and the answer after the last one (CE). Defaults are the
-shipped `chain_sum-superposition` recipe; keys: task (chain_sum | icot_mult_4x4), tokens_per_latent, chunk_weights
-(count | positional), self_feed (0; the fraction of latent inputs that are the model's own), max_steps,
+shipped `chain_sum-superposition` recipe; keys: task (chain_sum | icot_mult_4x4), tokens_per_latent, chunk_sizes
+(comma-separated lengths of the first chunks, e.g. 3,3,3,3,3,3,3,3,3,3,4,4,4,4), chunk_weights (count | positional), self_feed (0; the fraction of latent inputs that are the model's own), max_steps,
 learning_rate, num_train, stage_advance (fixed | converged), gate_metric, gate_threshold, gate_eval_steps (100),
 save_steps (1000), resume (latest: continue OUT/train after an interruption, or a finished run to a larger
 max_steps, its model and results kept in OUT/at_step_<N>/), threads (1); cot_model (a shipped model
@@ -119,6 +119,7 @@ def main() -> None:
     cfg = SuperpositionSFTConfig(
         tokens_per_latent=int(over.get("tokens_per_latent", 7)), top_k=10,
         chunk_weights=over.get("chunk_weights", "count"),
+        chunk_sizes=[int(n) for n in over.get("chunk_sizes", "").split(",") if n.strip()],
         max_steps=int(over.get("max_steps", 15000)), per_device_train_batch_size=32,
         learning_rate=float(over.get("learning_rate", 3e-4)), self_feed=float(over.get("self_feed", 0.0)),
         stage_advance=over.get("stage_advance", "fixed"),
@@ -152,7 +153,7 @@ def main() -> None:
     result = {"command": "PYTHONPATH=src python scripts/train_superposition_init.py " + " ".join(sys.argv[1:]),
               "task": task.name, "cot_model": cot, "train_s": round(train_s, 1),
               "steps": hist.train[-1]["step"] if hist.train else 0, "stages": hist.stage_log,
-              "tokens_per_latent": cfg.tokens_per_latent, **scored_fields(res, dep),
+              "tokens_per_latent": cfg.tokens_per_latent, "chunk_sizes": cfg.chunk_sizes, **scored_fields(res, dep),
               # the base's draws and this one's (`latentrl.data.provenance`: RL prompts stay off them)
               "train_data": [d.to_dict() for d in read_train_draws(resolve_model(cot))]
               + [TrainDraw.of_train_split(task.dataset, len(train), 0, **data_kwargs).to_dict()]}

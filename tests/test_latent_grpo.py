@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from latentrl.config import GRPOConfig, LatentConfig, load_config
+from latentrl.config import ConfigError, GRPOConfig, LatentConfig, load_config
 from latentrl.data import make_examples, task_vocabulary
+from latentrl.data.tasks import icot_mult_example
 from latentrl.methods import get_method
 from latentrl.replay import replay
 from latentrl.rl.batch import StepBatch
@@ -19,6 +20,7 @@ from latentrl.rollout import Rollout, SamplingParams, ThinkingSchedule, generate
 from latentrl.sft.superposition import (
     SuperpositionSFTConfig,
     build_superposition_batch,
+    chunk_bounds,
     chunk_superpositions,
     encode_superposition_examples,
     superposition_loss,
@@ -381,6 +383,28 @@ def test_positional_chunk_weights_keep_the_order():
     assert len(seen) == 81 and len(counted) < 81  # counts (the default) cannot tell these chunks apart
     with pytest.raises(ValueError, match="weighting"):
         chunk_superpositions([1], 1, 1, weighting="rank")
+
+
+def test_chunk_sizes_set_the_first_chunks_then_tokens_per_latent():
+    """`chunk_sizes` cuts the chain's first chunks to the given lengths (cut short at its end), the rest in chunks of
+    tokens_per_latent; positional weights use each chunk's own length. The icot 4x4 layout that keeps two column
+    sums per latent: 14 latents for the 46-token columns_tens_first chain, each sum's digits in one latent."""
+    assert chunk_bounds(7, 2, [3, 1]) == [(0, 3), (3, 4), (4, 6), (6, 7)]
+    assert chunk_bounds(2, 2, [3, 1]) == [(0, 2)]
+    ids, w = chunk_superpositions([5, 6, 7, 8, 9, 4], tokens_per_latent=2, top_k=4, pad_id=0, weighting="positional",
+                                  chunk_sizes=[1, 3])
+    assert ids.tolist() == [[5, 0, 0, 0], [6, 7, 8, 0], [9, 4, 0, 0]]
+    torch.testing.assert_close(w, torch.tensor([[1.0, 0, 0, 0], [4 / 7, 2 / 7, 1 / 7, 0], [2 / 3, 1 / 3, 0, 0]]))
+    layout = [3] * 10 + [4] * 4
+    bounds = chunk_bounds(46, 3, layout)
+    assert len(bounds) == 14 and bounds[-4:] == [(30, 34), (34, 38), (38, 42), (42, 46)]
+    steps = icot_mult_example(2365, 4347, chain="columns_tens_first").steps
+    cot = " ".join(steps).split()
+    assert len(cot) == 46 and cot[29] == "="  # the column sums S_0..S_7 are tokens 30-45, two digits each
+    with pytest.raises(ConfigError, match="chunk_sizes"):
+        SuperpositionSFTConfig(chunk_sizes=[3, 0])
+    with pytest.raises(ConfigError, match="chunk_sizes"):
+        SuperpositionSFTConfig(chunk_sizes=[11], top_k=10)
 
 
 def test_superposition_encoding_in_blocks_equals_one_example_at_a_time(monkeypatch):

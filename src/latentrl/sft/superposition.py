@@ -54,6 +54,7 @@ __all__ = [
     "SuperpositionSFTConfig",
     "SuperpositionExample",
     "build_superposition_batch",
+    "chunk_bounds",
     "chunk_superpositions",
     "encode_superposition_examples",
     "superposition_gate_metrics",
@@ -68,6 +69,13 @@ class SuperpositionSFTConfig(StepScheduleConfig, StageGateConfig, MetricsOutputC
 
     tokens_per_latent: int = cfg_field(
         2, "Chain-of-thought tokens compressed into one latent superposition (compression factor c).", min=1
+    )
+    chunk_sizes: list[int] = cfg_field(
+        [],
+        "Lengths of the chain's first chunks, in order; the rest is cut into tokens_per_latent-token chunks. [] = "
+        "every chunk tokens_per_latent long. For chains whose steps have unequal lengths, so that a step's digits "
+        "share one latent: icot 4x4 columns_tens_first with [3,3,3,3,3,3,3,3,3,3,4,4,4,4] keeps two whole column "
+        "sums in each of its last four latents (14 latents for 46 tokens).",
     )
     chunk_weights: str = cfg_field(
         "count",
@@ -128,6 +136,9 @@ class SuperpositionSFTConfig(StepScheduleConfig, StageGateConfig, MetricsOutputC
         if self.tokens_per_latent > self.top_k:
             raise ConfigError(f"tokens_per_latent ({self.tokens_per_latent}) must be <= top_k ({self.top_k}): a "
                               "latent target must fit in the operator's top-K")
+        if any(not isinstance(n, int) or not 1 <= n <= self.top_k for n in self.chunk_sizes):
+            raise ConfigError(f"chunk_sizes entries must be whole numbers from 1 to top_k ({self.top_k}), got "
+                              f"{self.chunk_sizes}")
         if self.ce_weight == 0 and self.kl_weight == 0:
             raise ConfigError("ce_weight and kl_weight cannot both be 0")
 
@@ -151,23 +162,39 @@ class SuperpositionExample:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def chunk_bounds(length: int, tokens_per_latent: int, chunk_sizes: Sequence[int] = ()) -> list[tuple[int, int]]:
+    """(start, end) of each chunk of a `length`-token chain: the `chunk_sizes` first (cut short at the chain's end),
+    then `tokens_per_latent` tokens each; the last chunk may be shorter."""
+    bounds, start = [], 0
+    for size in chunk_sizes:
+        if start >= length:
+            break
+        bounds.append((start, min(start + size, length)))
+        start += size
+    while start < length:
+        bounds.append((start, min(start + tokens_per_latent, length)))
+        start += tokens_per_latent
+    return bounds
+
+
 def chunk_superpositions(cot_ids: Sequence[int], tokens_per_latent: int, top_k: int,
-                         pad_id: int = 0, weighting: str = "count") -> tuple[torch.Tensor, torch.Tensor]:
-    """(m, top_k) ids and weights of the chunk superpositions of a chain of thought, m = ceil(len / c).
+                         pad_id: int = 0, weighting: str = "count", chunk_sizes: Sequence[int] = ()
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m, top_k) ids and weights of the chunk superpositions of a chain of thought (chunks: `chunk_bounds`; m =
+    ceil(len / c) without `chunk_sizes`).
 
     Latent j superposes the tokens of chunk j, heaviest first, with weights proportional to their counts
-    (`weighting="count"`) or to the sum of 2^(c-1-i) over the token's places i in the chunk (`"positional"`: the
-    order survives); padding entries have weight 0 (and id `pad_id`).
+    (`weighting="count"`) or to the sum of 2^(c-1-i) over the token's places i in the chunk of c tokens
+    (`"positional"`: the order survives); padding entries have weight 0 (and id `pad_id`).
     """
-    if tokens_per_latent < 1 or top_k < 1:
-        raise ValueError("tokens_per_latent and top_k must be >= 1")
+    if tokens_per_latent < 1 or top_k < 1 or any(n < 1 for n in chunk_sizes):
+        raise ValueError("tokens_per_latent, top_k and chunk_sizes must be >= 1")
     if weighting not in ("count", "positional"):
         raise ValueError(f"weighting must be 'count' or 'positional', not {weighting!r}")
     cot_ids = [int(t) for t in cot_ids]  # ints as dict keys (a tensor's elements hash by identity)
-    m = math.ceil(len(cot_ids) / tokens_per_latent)
     ids, weights = [], []  # plain lists, one tensor each at the end (a million examples pass through here)
-    for j in range(m):
-        chunk = cot_ids[j * tokens_per_latent : (j + 1) * tokens_per_latent]
+    for start, end in chunk_bounds(len(cot_ids), tokens_per_latent, chunk_sizes):
+        chunk = cot_ids[start:end]
         counts: dict[int, int] = {}  # in order of first appearance
         for i, t in enumerate(chunk):
             counts[t] = counts.get(t, 0) + (1 if weighting == "count" else 1 << (len(chunk) - 1 - i))
@@ -177,8 +204,8 @@ def chunk_superpositions(cot_ids: Sequence[int], tokens_per_latent: int, top_k: 
         pad = top_k - len(order)
         ids.append(order + [pad_id] * pad)
         weights.append([counts[t] / total for t in order] + [0.0] * pad)
-    return (torch.tensor(ids, dtype=torch.long).reshape(m, top_k),
-            torch.tensor(weights, dtype=torch.float32).reshape(m, top_k))
+    return (torch.tensor(ids, dtype=torch.long).reshape(len(ids), top_k),
+            torch.tensor(weights, dtype=torch.float32).reshape(len(ids), top_k))
 
 
 def _answer_text(ex: Example, end_of_thinking: str | None) -> str:
@@ -200,7 +227,8 @@ def encode_superposition_examples(
         answers = _token_ids(tokenizer, [_answer_text(ex, cfg.end_of_thinking) for ex in block])
         for i, (ex, p, cot, a) in enumerate(zip(block, prompts, cots, answers), start=start):
             a = a + [tokenizer.eos_token_id]
-            ids, w = chunk_superpositions(cot, cfg.tokens_per_latent, cfg.top_k, pad, weighting=cfg.chunk_weights)
+            ids, w = chunk_superpositions(cot, cfg.tokens_per_latent, cfg.top_k, pad, weighting=cfg.chunk_weights,
+                                          chunk_sizes=cfg.chunk_sizes)
             enc = SuperpositionExample(p, ids, w, a)
             if enc.length > cfg.max_length:
                 raise ValueError(f"example {i} needs {enc.length} positions (prompt {len(p)} + latents "
