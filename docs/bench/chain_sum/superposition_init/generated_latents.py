@@ -2,6 +2,9 @@
 the chunk of the gold chain it was trained to write there, on the first N problems of the real iCoT 4x4 file.
 
     PYTHONPATH=src python docs/bench/chain_sum/superposition_init/generated_latents.py MODEL TOKENS_PER_LATENT [N]
+        [CHUNK_SIZES]
+
+CHUNK_SIZES: the run's `chunk_sizes`, comma-separated (e.g. 3,3,3,3,3,3,3,3,3,3,4,4,4,4).
 
 A latent is "right" when its heaviest tokens, in weight order, are the chunk's tokens in the order a positional
 superposition encodes (`chunk_superpositions(..., weighting="positional")`). Prints, per latent index, the fraction
@@ -27,6 +30,7 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[4]
 model_dir, tpl = sys.argv[1], int(sys.argv[2])
 n = int(sys.argv[3]) if len(sys.argv) > 3 else 500
+sizes = [int(c) for c in sys.argv[4].split(",")] if len(sys.argv) > 4 else []
 task = suite_tasks()["icot_mult_4x4"]
 examples = task.eval_examples(n)
 run = load_config(GRPOConfig, REPO / "configs/cpu/latent_grpo.yaml",
@@ -40,7 +44,7 @@ gold = []  # (m, c) ordered ids of each chunk of the chain the model trained on 
 for ex in examples:
     steps = icot_mult_example(*icot_mult_factors(ex.question), chain="columns_tens_first").steps
     ids, w = chunk_superpositions(tok(" " + " ".join(steps), add_special_tokens=False)["input_ids"], tpl, 10,
-                                  tok.pad_token_id, weighting="positional")
+                                  tok.pad_token_id, weighting="positional", chunk_sizes=sizes)
     gold.append([row[: int((wt > 0).sum())].tolist() for row, wt in zip(ids, w)])
 right = torch.zeros(len(examples), max(len(g) for g in gold), dtype=torch.bool)
 with torch.no_grad():
@@ -56,7 +60,7 @@ with torch.no_grad():
             for j, g in enumerate(gold[s + b]):
                 right[s + b, j] = j < len(pos) and written[pos[j], : len(g)].tolist() == g
 first_wrong = [int((~r).float().argmax()) if not bool(r.all()) else None for r in right]
-print(f"{model_dir} (tokens_per_latent={tpl}, n={len(examples)}; real iCoT 4x4 valid file)")
+print(f"{model_dir} (tokens_per_latent={tpl}, chunk_sizes={sizes or 'none'}, n={len(examples)}; real iCoT 4x4 valid file)")
 print("latent  right   first wrong here")
 for j in range(right.shape[1]):
     here = sum(f == j for f in first_wrong) / len(examples)
