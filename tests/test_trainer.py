@@ -241,3 +241,23 @@ def test_python_api_warns_when_a_coconut_init_runs_with_another_thought_count():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         get_method("coconut_grpo").build(LatentModel.from_pretrained("chain_sum-coconut"), cfg)
+
+
+def test_a_lora_adapter_of_a_coconut_init_answers_with_its_base_thought_count(tmp_path):
+    """A LoRA folder saved from a shipped Coconut init records no thought count itself: the count is its base's,
+    both for the CLI (`recorded_num_thoughts`) and for the loaded model (`trained_num_thoughts`)."""
+    from latentrl.assets import recorded_num_thoughts
+    from latentrl.config import LoraConfig
+
+    lm = LatentModel.from_pretrained("chain_sum-coconut")
+    lm.apply_lora(LoraConfig(enabled=True, r=4, target_modules=["q_proj"]))
+    lm.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "adapter" / "latent_init.json").exists()
+    assert recorded_num_thoughts(tmp_path / "adapter") == 7
+    assert LatentModel.from_pretrained(tmp_path / "adapter").trained_num_thoughts == 7
+    # a plain adapter of a model with no record: None, not an error
+    plain = LatentModel.from_pretrained("chain_sum-cot")
+    plain.apply_lora(LoraConfig(enabled=True, r=4, target_modules=["q_proj"]))
+    plain.save_pretrained(tmp_path / "plain")
+    assert recorded_num_thoughts(tmp_path / "plain") is None

@@ -174,6 +174,7 @@ class LatentModel(nn.Module):
         side = path / SIDE_MODULES_FILE
         if side.exists():
             lm._pending_side_state = load_file(str(side))
+        lm.trained_num_thoughts = recorded_num_thoughts(path)  # the adapter's own record, else its base's
         return lm
 
     # ------------------------------------------------------------------ LoRA

@@ -59,12 +59,29 @@ LATENT_INIT_FILE = "latent_init.json"
 def recorded_num_thoughts(name_or_path: str | os.PathLike[str]) -> int | None:
     """The thought count a Coconut latent init was trained with (`num_thoughts` in its `latent_init.json`, written
     by scripts/train_latent_init.py), or None when the folder records none. A Coconut model asked for another
-    count reads thoughts it never learned (chain_sum-coconut: 93 % at its 7, 9.5 % at 6)."""
-    path = Path(resolve_model(name_or_path)).expanduser() / LATENT_INIT_FILE
+    count reads thoughts it never learned (chain_sum-coconut: 93 % at its 7, 9.5 % at 6). A LoRA adapter folder
+    without its own record answers for the base model its `adapter_config.json` names."""
+    folder = Path(resolve_model(name_or_path)).expanduser()
+    path = folder / LATENT_INIT_FILE
     if not path.is_file():
-        return None
+        base = _adapter_base(folder)
+        return recorded_num_thoughts(base) if base is not None else None
     try:
         n = json.loads(path.read_text()).get("num_thoughts")
     except (ValueError, AttributeError) as e:
         raise ValueError(f"{path} is not a JSON object with a thought count: {e}") from e
     return int(n) if n is not None else None
+
+
+def _adapter_base(folder: Path) -> str | None:
+    """The base model a LoRA folder's `adapter_config.json` names (None: no adapter, no base, or the folder itself)."""
+    config = folder / "adapter_config.json"
+    if (folder / "config.json").is_file() or not config.is_file():
+        return None
+    try:
+        base = json.loads(config.read_text()).get("base_model_name_or_path")
+    except (ValueError, AttributeError):
+        return None  # a damaged adapter is reported when the model loads, not here
+    if not base or Path(resolve_model(base)).expanduser().resolve() == folder.resolve():
+        return None
+    return base
