@@ -34,7 +34,6 @@ superpositions — the wrong input space for `gumbel_topk`, which is why Latent-
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
