@@ -401,6 +401,14 @@ def test_chunk_sizes_set_the_first_chunks_then_tokens_per_latent():
     steps = icot_mult_example(2365, 4347, chain="columns_tens_first").steps
     cot = " ".join(steps).split()
     assert len(cot) == 46 and cot[29] == "="  # the column sums S_0..S_7 are tokens 30-45, two digits each
+    lm = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32)
+    ex = make_examples("chain_sum", 2, seed=1, length=3)
+    cfg = SuperpositionSFTConfig(tokens_per_latent=3, top_k=5, chunk_sizes=[2, 5], chunk_weights="positional")
+    for e, x in zip(encode_superposition_examples(lm.tokenizer, ex, cfg), ex, strict=True):
+        cot = lm.tokenizer(" " + " ".join(x.steps), add_special_tokens=False)["input_ids"]
+        ids, w = chunk_superpositions(cot, 3, 5, lm.tokenizer.pad_token_id, "positional", chunk_sizes=[2, 5])
+        assert e.latent_ids.shape[0] == 2 + (len(cot) - 7 + 2) // 3 and torch.equal(e.latent_ids, ids)
+        assert torch.equal(e.latent_weights, w)
     with pytest.raises(ConfigError, match="chunk_sizes"):
         SuperpositionSFTConfig(chunk_sizes=[3, 0])
     with pytest.raises(ConfigError, match="chunk_sizes"):
