@@ -40,6 +40,7 @@ import torch
 
 from latentrl.assets import resolve_model
 from latentrl.bench import check_disjoint, suite_tasks
+from latentrl.checkpoint import latest_checkpoint
 from latentrl.config import GRPOConfig, config_to_dict, load_config
 from latentrl.data import load_examples
 from latentrl.data.provenance import TrainDraw, read_train_draws
@@ -139,7 +140,14 @@ def main() -> None:
     check_disjoint(task, train, test)
     check_disjoint(task, gate, test)
     cot = over.get("cot_model", f"{task.cot_model}-converged")
-    model = LatentModel.from_pretrained(resolve_model(cot))
+    ckpt = latest_checkpoint(out / "train") if cfg.resume_from_checkpoint else None
+    if ckpt is not None and not Path(resolve_model(cot)).exists():
+        # the resume replaces every weight: a starting model removed since (e.g. another run's rotated checkpoint)
+        # is not needed, the checkpoint has the architecture
+        print(f"cot_model {cot} is gone; resuming from {ckpt} (its weights replace the starting model's anyway)")
+        model = LatentModel.from_pretrained(ckpt)
+    else:
+        model = LatentModel.from_pretrained(resolve_model(cot))
     t0 = time.perf_counter()
     hist = train_superposition_sft(cfg, model, train, gate_examples=gate)
     train_s = time.perf_counter() - t0
