@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from latentrl.assets import available_models, recorded_num_thoughts, resolve_model
+from latentrl.assets import ADAPTER_CONFIG_FILE, available_models, recorded_num_thoughts, resolve_model
 from latentrl.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ SIDE_MODULES_FILE = "latentrl_side_modules.safetensors"
 LATENT_META_FILE = "latentrl_latent_tokens.json"
 #: with LoRA: the frozen base model's embedding rows of the latent tokens (input, and output if untied)
 BASE_LATENT_ROWS_FILE = "latentrl_base_latent_rows.safetensors"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
 @dataclass(frozen=True)

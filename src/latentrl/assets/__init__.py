@@ -54,6 +54,8 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
 
 
 LATENT_INIT_FILE = "latent_init.json"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+"""peft's file in a LoRA folder (`LatentModel.save_pretrained` of an adapted model); it names the base model."""
 
 
 def recorded_num_thoughts(name_or_path: str | os.PathLike[str]) -> int | None:
@@ -75,7 +77,7 @@ def recorded_num_thoughts(name_or_path: str | os.PathLike[str]) -> int | None:
 
 def _adapter_base(folder: Path) -> str | None:
     """The base model a LoRA folder's `adapter_config.json` names (None: no adapter, no base, or the folder itself)."""
-    config = folder / "adapter_config.json"
+    config = folder / ADAPTER_CONFIG_FILE
     if (folder / "config.json").is_file() or not config.is_file():
         return None
     try:
