@@ -232,6 +232,7 @@ def main() -> None:
     # what a shipped copy of the folder says about itself (tests/test_latent_inits.py reads num_thoughts)
     (out / "latent_init.json").write_text(json.dumps({
         "command": "PYTHONPATH=src python scripts/train_latent_init.py " + " ".join(sys.argv[1:]),
+        "scored_with": {"method": "coconut_grpo"},  # `latentrl eval` reads its thoughts with this method
         **{k: v for k, v in result.items() if k != "samples"}}, indent=1))
     plot_curve(read_metrics(out), out / "curve.png", f"{ns.task}: gated Coconut curriculum from {Path(cot).name}")
     print(json.dumps({k: v for k, v in result.items() if k not in ("config", "samples")}, indent=1))

@@ -67,15 +67,19 @@ def keep_finished_run(out: Path) -> None:
     print(f"the finished run's model and results moved to {dest}", flush=True)
 
 
+#: how the model is scored, recorded in its latent_init.json (`latentrl eval` on the folder uses it)
+SCORED_WITH = {"method": "latent_grpo", "config": "configs/cpu/latent_grpo.yaml"}
+
+
 def score(model_dir: Path, task, run_dir: Path, test: list):
     """(evaluation, thought dependence) of `model_dir` as the bench scores a latent_grpo row: its CPU preset's
     operator, schedule and prompt, greedy Pass@1 and Pass@4 on `test`, latents swapped / zeroed."""
-    run = load_config(GRPOConfig, REPO / "configs/cpu/latent_grpo.yaml",
+    run = load_config(GRPOConfig, REPO / SCORED_WITH["config"],
                       [f"model_name_or_path={model_dir}", f"dataset={task.dataset}",
                        f"max_completion_length={task.max_completion_length}", "report_to=[none]",
                        f"output_dir={run_dir}", "beta=0"])
     lm = LatentModel.from_pretrained(str(model_dir))
-    parts = get_method("latent_grpo").build(lm, run)
+    parts = get_method(SCORED_WITH["method"]).build(lm, run)
     return evaluate(lm, test, k=4, **parts.eval_kwargs(run)), method_thought_dependence(lm, parts, run, test)
 
 
@@ -159,7 +163,7 @@ def main() -> None:
             f.write(json.dumps(rec) + "\n")
     res, dep = score(out / "model", task, out / "eval_run", test)
     result = {"command": "PYTHONPATH=src python scripts/train_superposition_init.py " + " ".join(sys.argv[1:]),
-              "task": task.name, "cot_model": cot, "train_s": round(train_s, 1),
+              "task": task.name, "scored_with": SCORED_WITH, "cot_model": cot, "train_s": round(train_s, 1),
               "steps": hist.train[-1]["step"] if hist.train else 0, "stages": hist.stage_log,
               "tokens_per_latent": cfg.tokens_per_latent, "chunk_sizes": cfg.chunk_sizes, **scored_fields(res, dep),
               # the base's draws and this one's (`latentrl.data.provenance`: RL prompts stay off them)

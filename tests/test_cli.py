@@ -161,6 +161,36 @@ def test_a_coconut_init_runs_with_the_thoughts_it_was_trained_for(capsys, tmp_pa
     assert rc == 0 and out["mean_latent_positions"] == 7.0 and out["pass_at_1"] >= 0.8
 
 
+def test_eval_reads_a_latent_init_the_way_it_records(capsys, tmp_path):
+    """Without --method / --config, `latentrl eval` scores a latent init with the method (and preset) its
+    latent_init.json names in `scored_with`, not as a plain token model (chain_sum-coconut as plain GRPO: 0 %);
+    --method, a `method=` override or --config still win, and a malformed record is a clear error."""
+    import json
+
+    from latentrl.assets import recorded_scoring
+
+    rc = main(["eval", "--model", "chain_sum-coconut", "--data", "chain_sum", "--num", "40", "--k", "0",
+               "--no-thought-check"])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out.strip().splitlines()[-1])
+    assert rc == 0 and out["method"] == "coconut_grpo" and out["pass_at_1"] >= 0.8 and out["mean_latent_positions"] == 7
+    assert "scored_with (method coconut_grpo" in captured.err
+    main(["eval", "--model", "chain_sum-coconut", "--data", "chain_sum", "--num", "4", "--k", "0", "--max-new", "4",
+          "--no-thought-check", "method=grpo"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["method"] == "grpo"
+
+    assert recorded_scoring(tmp_path) == {}  # no latent_init.json
+    (tmp_path / "latent_init.json").write_text(json.dumps({"scored_with": {"method": "latent_grpo", "config": "c.yaml"}}))
+    assert recorded_scoring(tmp_path) == {"method": "latent_grpo", "config": "c.yaml"}
+    for bad in ({"scored_with": {"metod": "x"}}, {"scored_with": "latent_grpo"}):
+        (tmp_path / "latent_init.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="scored_with must be an object"):
+            recorded_scoring(tmp_path)
+    (tmp_path / "latent_init.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must hold a JSON object"):
+        recorded_scoring(tmp_path)
+
+
 @pytest.mark.parametrize("argv", [
     ["eval", "--model", "chain_sum-cot", "--data", "chain_sum", "--k", "-1"],
     ["eval", "--model", "chain_sum-cot", "--data", "chain_sum", "--num", "0"],

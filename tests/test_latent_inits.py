@@ -70,6 +70,20 @@ def test_shipped_superposition_init_reasons_through_its_latents(tmp_path, name, 
     assert dep.mean_latent_positions <= max_positions and dep.drop_swap >= 0.8 * dep.pass_own
 
 
+def test_every_shipped_latent_init_records_how_it_is_scored():
+    """`latentrl eval` reads a latent init with the method (and preset) in its latent_init.json's `scored_with`."""
+    from latentrl.assets import recorded_scoring
+    from latentrl.config import shipped_config
+    from latentrl.methods import get_method
+
+    inits = [n for n in available_models() if (model_path(n) / "latent_init.json").is_file()]
+    assert len(inits) >= 4
+    for name in inits:
+        scoring = recorded_scoring(name)
+        get_method(scoring["method"])  # registered
+        assert "config" not in scoring or shipped_config(scoring["config"]).is_file(), name
+
+
 def _latent_init_script():
     import importlib.util
 

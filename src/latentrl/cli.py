@@ -286,8 +286,9 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     from latentrl.methods import get_method
 
     small_model_threads()
-    overrides = [f"model_name_or_path={ns.model}", f"max_completion_length={ns.max_new}", "report_to=[none]",
-                 "output_dir=runs/eval", *ns.overrides]
+    fixed = [f"model_name_or_path={ns.model}", f"max_completion_length={ns.max_new}", "report_to=[none]",
+             "output_dir=runs/eval"]
+    overrides = [*fixed, *ns.overrides]
     if ns.method:
         overrides.append(f"method={ns.method}")
     # The checkpoint is scored the way it was trained: its run's settings (method, operator, temperature) come from
@@ -300,10 +301,23 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         cfg = config_from_dict(GRPOConfig, data, overrides)
         settings = run_config
     else:
-        cfg = with_recorded_thoughts(load_config(GRPOConfig, ns.config, overrides), ns.config, overrides,
+        config_file, recorded = ns.config, {}
+        if not (ns.config or ns.method or any(override_key(o) == "method" for o in ns.overrides)):
+            # a latent init says which method reads its latents (and with which preset): not plain GRPO
+            from latentrl.assets import recorded_scoring
+
+            recorded = recorded_scoring(ns.model)
+            config_file = recorded.get("config")
+            if "method" in recorded:
+                overrides = [*fixed, f"method={recorded['method']}", *ns.overrides]  # the command line's win
+        cfg = with_recorded_thoughts(load_config(GRPOConfig, config_file, overrides), config_file, overrides,
                                      ns.overrides)
-        settings = ns.config or (f"the {cfg.method} defaults (no run_config.json beside the checkpoint)" if ns.method
-                                 else "defaults (plain GRPO; no run_config.json beside the checkpoint)")
+        if recorded:
+            settings = ("its latent_init.json's scored_with (" + ", ".join(f"{k} {v}" for k, v in recorded.items())
+                        + "; no run_config.json beside the checkpoint)")
+        else:
+            settings = ns.config or (f"the {cfg.method} defaults (no run_config.json beside the checkpoint)"
+                                     if ns.method else "defaults (plain GRPO; no run_config.json beside the checkpoint)")
     from latentrl.bench import suite_tasks
 
     suite = suite_tasks()
@@ -363,6 +377,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
                                                  "task name, data file (.txt iCoT lines, .json, .jsonl, ...) or hub id")
     p.add_argument("--config", default=None,
                    help="the run's YAML (method and latent settings); default: run_config.json beside the checkpoint, "
+                        "else the method (and preset) a latent init records in its latent_init.json (scored_with), "
                         "else plain GRPO")
     p.add_argument("--method", default=None, help="registered method (overrides the config's)")
     p.add_argument("--num", type=at_least(1), default=200, help="evaluation problems: the first NUM of --data (default 200)")

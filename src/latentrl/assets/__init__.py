@@ -16,7 +16,8 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["MODELS_DIR", "DEFAULT_MODEL", "available_models", "model_path", "recorded_num_thoughts", "resolve_model"]
+__all__ = ["MODELS_DIR", "DEFAULT_MODEL", "available_models", "model_path", "recorded_num_thoughts", "recorded_scoring",
+           "resolve_model"]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = "icot_mult_4x4-cot"
@@ -63,16 +64,36 @@ def recorded_num_thoughts(name_or_path: str | os.PathLike[str]) -> int | None:
     by scripts/train_latent_init.py), or None when the folder records none. A Coconut model asked for another
     count reads thoughts it never learned (chain_sum-coconut: 93 % at its 7, 9.5 % at 6). A LoRA adapter folder
     without its own record answers for the base model its `adapter_config.json` names."""
+    n = _latent_init_record(name_or_path).get("num_thoughts")
+    return int(n) if n is not None else None
+
+
+def recorded_scoring(name_or_path: str | os.PathLike[str]) -> dict[str, str]:
+    """How a latent init is scored (`scored_with` in its `latent_init.json`): the registered `method` whose operator
+    reads its latents and, where that method's defaults are not the init's settings, the `config` preset (e.g.
+    `configs/cpu/latent_grpo.yaml`); {} when the folder records none. Without it a latent init would be evaluated
+    as a plain token model, which it is not (chain_sum-coconut: 0 % instead of 93 %)."""
+    record = _latent_init_record(name_or_path).get("scored_with") or {}
+    if not isinstance(record, dict) or set(record) - {"method", "config"}:
+        raise ValueError(f"{name_or_path}: {LATENT_INIT_FILE}'s scored_with must be an object with 'method' and/or "
+                         f"'config', got {record!r}")
+    return {k: str(v) for k, v in record.items()}
+
+
+def _latent_init_record(name_or_path: str | os.PathLike[str]) -> dict:
+    """The folder's `latent_init.json` (a LoRA adapter's: its base's), {} when it has none."""
     folder = Path(resolve_model(name_or_path)).expanduser()
     path = folder / LATENT_INIT_FILE
     if not path.is_file():
         base = _adapter_base(folder)
-        return recorded_num_thoughts(base) if base is not None else None
+        return _latent_init_record(base) if base is not None else {}
     try:
-        n = json.loads(path.read_text()).get("num_thoughts")
-    except (ValueError, AttributeError) as e:
-        raise ValueError(f"{path} is not a JSON object with a thought count: {e}") from e
-    return int(n) if n is not None else None
+        record = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(record).__name__}")
+    return record
 
 
 def _adapter_base(folder: Path) -> str | None:
