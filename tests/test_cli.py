@@ -190,6 +190,13 @@ def test_eval_reads_a_latent_init_the_way_it_records(capsys, tmp_path):
     with pytest.raises(ValueError, match="must hold a JSON object"):
         recorded_scoring(tmp_path)
 
+    # inspect reads the same record; a model that records no method still needs --method
+    assert main(["inspect", "--model", "chain_sum-coconut", "--dataset", "chain_sum", "--num", "1",
+                 "--max-positions", "8"]) == 0
+    assert capsys.readouterr().out.startswith("coconut_grpo (operator hidden_state)")
+    assert main(["inspect", "--model", "chain_sum-cot", "--dataset", "chain_sum", "--num", "1"]) == 2
+    assert "needs the method that produced the checkpoint" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("argv", [
     ["eval", "--model", "chain_sum-cot", "--data", "chain_sum", "--k", "-1"],

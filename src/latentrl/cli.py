@@ -167,6 +167,18 @@ def with_recorded_thoughts(cfg: GRPOConfig, config_file: str | None, overrides: 
     return load_config(GRPOConfig, config_file, [*overrides, *extra])
 
 
+def recorded_scoring_unless_named(model: str, config: str | None, method: str | None,
+                                  cli_overrides: Sequence[str]) -> dict[str, str]:
+    """The method (and preset) a latent init records for reading its latents (`latentrl.assets.recorded_scoring`),
+    when the command line names neither a method nor a config; {} otherwise. Without it eval and inspect would read
+    a latent init as a plain token model."""
+    if config or method or any(override_key(o) == "method" for o in cli_overrides):
+        return {}
+    from latentrl.assets import recorded_scoring
+
+    return recorded_scoring(model)
+
+
 #: settings the optimizer state restored from a checkpoint fixes (torch restores each parameter group's lr, betas,
 #: eps and weight decay; the LR schedule scales those restored rates): a resume cannot change them
 FIXED_ON_RESUME = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
@@ -301,15 +313,10 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         cfg = config_from_dict(GRPOConfig, data, overrides)
         settings = run_config
     else:
-        config_file, recorded = ns.config, {}
-        if not (ns.config or ns.method or any(override_key(o) == "method" for o in ns.overrides)):
-            # a latent init says which method reads its latents (and with which preset): not plain GRPO
-            from latentrl.assets import recorded_scoring
-
-            recorded = recorded_scoring(ns.model)
-            config_file = recorded.get("config")
-            if "method" in recorded:
-                overrides = [*fixed, f"method={recorded['method']}", *ns.overrides]  # the command line's win
+        recorded = recorded_scoring_unless_named(ns.model, ns.config, ns.method, ns.overrides)
+        config_file = ns.config or recorded.get("config")
+        if "method" in recorded:
+            overrides = [*fixed, f"method={recorded['method']}", *ns.overrides]  # the command line's win
         cfg = with_recorded_thoughts(load_config(GRPOConfig, config_file, overrides), config_file, overrides,
                                      ns.overrides)
         if recorded:
@@ -438,7 +445,10 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
     if ns.max_new:
         overrides.append(f"max_completion_length={ns.max_new}")
     run_config = None if ns.config else run_config_near(path)
-    if not ns.method and not ns.config and not run_config:
+    recorded = {} if run_config else recorded_scoring_unless_named(path, ns.config, ns.method, ns.overrides)
+    if "method" in recorded:  # a latent init names the method that reads its latents
+        overrides.insert(2, f"method={recorded['method']}")  # before the command line's key=values
+    if not ns.method and not ns.config and not run_config and "method" not in recorded:
         raise ConfigError("latentrl inspect needs the method that produced the checkpoint: --method NAME (or "
                           "--config RUN.yaml)")
     misplaced = [p for p in ns.prompts or [] if re.match(r"^[A-Za-z_][\w.-]*=", p)]
@@ -449,7 +459,8 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
         cfg = config_from_dict(GRPOConfig, data, overrides)
         print(f"settings of the run: {run_config}")
     else:
-        cfg = with_recorded_thoughts(load_config(GRPOConfig, ns.config, overrides), ns.config, overrides,
+        config_file = ns.config or recorded.get("config")
+        cfg = with_recorded_thoughts(load_config(GRPOConfig, config_file, overrides), config_file, overrides,
                                      ns.overrides)
     if ns.prompts:
         prompts = list(ns.prompts)
