@@ -196,6 +196,11 @@ def test_eval_reads_a_latent_init_the_way_it_records(capsys, tmp_path):
     assert capsys.readouterr().out.startswith("coconut_grpo (operator hidden_state)")
     assert main(["inspect", "--model", "chain_sum-cot", "--dataset", "chain_sum", "--num", "1"]) == 2
     assert "needs the method that produced the checkpoint" in capsys.readouterr().err
+    # train names no method by default: on a latent init that would be plain GRPO on a token model
+    assert main(["train", "model_name_or_path=chain_sum-coconut", "dataset=chain_sum",
+                 f"output_dir={tmp_path / 'run'}"]) == 2
+    assert "is a latent init read by method 'coconut_grpo'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("argv", [

@@ -229,6 +229,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
         cfg = resumed_run_config(cfg, ns.overrides)
         cfg.resume_from_checkpoint = resume
     else:
+        recorded = recorded_scoring_unless_named(cfg.model_name_or_path, ns.config, None, ns.overrides)
+        if recorded.get("method", cfg.method) != cfg.method:  # the default method would read it as a token model
+            raise ConfigError(f"model_name_or_path={cfg.model_name_or_path} is a latent init read by method "
+                              f"{recorded['method']!r} (its latent_init.json's scored_with): name the method, e.g. "
+                              f"method={recorded['method']} (or method={cfg.method} to train it as a token model)")
         cfg = with_recorded_thoughts(cfg, ns.config, ns.overrides, ns.overrides)
     from latentrl.run_dir import check_run_folder
 
