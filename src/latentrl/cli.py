@@ -444,15 +444,15 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
 
     small_model_threads()
     path = resolve_model_path(ns.model)
-    overrides = [f"model_name_or_path={path}", "report_to=[none]", *ns.overrides]
+    run_config = None if ns.config else run_config_near(path)
+    recorded = {} if run_config else recorded_scoring_unless_named(path, ns.config, ns.method, ns.overrides)
+    # a latent init names the method that reads its latents; the command line's key=values come after it and win
+    named = [f"method={recorded['method']}"] if "method" in recorded else []
+    overrides = [f"model_name_or_path={path}", "report_to=[none]", *named, *ns.overrides]
     if ns.method:
         overrides.append(f"method={ns.method}")
     if ns.max_new:
         overrides.append(f"max_completion_length={ns.max_new}")
-    run_config = None if ns.config else run_config_near(path)
-    recorded = {} if run_config else recorded_scoring_unless_named(path, ns.config, ns.method, ns.overrides)
-    if "method" in recorded:  # a latent init names the method that reads its latents
-        overrides.insert(2, f"method={recorded['method']}")  # before the command line's key=values
     if not ns.method and not ns.config and not run_config and "method" not in recorded:
         raise ConfigError("latentrl inspect needs the method that produced the checkpoint: --method NAME (or "
                           "--config RUN.yaml)")
