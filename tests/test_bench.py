@@ -113,6 +113,24 @@ def _row(method: str, task: str, acc: float, positions: float) -> dict:
             "samples": [{"prompt": "p", "completion": "c", "answer": "a", "correct": 0.0}]}
 
 
+def test_the_latent_inits_get_their_own_row_before_rl(tmp_path, monkeypatch):
+    """A method that starts from a latent init brings that init's row (scored with its reader's operator, thought
+    check included) into the table, so every RL row is read against its start; token-only methods bring none."""
+    import latentrl.bench as bench
+
+    monkeypatch.setattr(bench, "eval_checkpoint", lambda label, path, task, **kw: _row(label, task.name, 0.1, 9.0))
+    monkeypatch.setattr(bench, "run_method", lambda name, task, out, **kw: _row(name, task.name, 0.5, 9.0))
+    rows = run_bench(tmp_path, quick=True, methods=["coconut_grpo", "latent_rl"], tasks=["chain_sum"], k=0,
+                     num_eval=40)
+    init = {r["method"]: r for r in rows}["coconut_sft"]  # chain_sum-coconut: 93 % on 1,000 held-out problems
+    assert init["init"] == "shipped checkpoint" and init["mean_latent_positions"] == 7.0
+    assert init["pass_at_1"] >= 0.8 and init["thought_dependence"]["drop_swap"] >= 0.5
+    assert [r["method"] for r in rows] == ["nocot_sft", "cot_sft", "coconut_sft", "coconut_grpo", "latent_rl"]
+    assert "coconut_sft" in (tmp_path / "results.md").read_text()
+    rows = run_bench(tmp_path / "tokens", quick=True, methods=["grpo"], tasks=["chain_sum"], k=0, num_eval=40)
+    assert [r["method"] for r in rows] == ["nocot_sft", "cot_sft", "grpo"]
+
+
 def test_write_results_keeps_tasks_apart(tmp_path):
     """Two tasks: the table and samples name the task of every row, the plot gets one panel per task."""
 

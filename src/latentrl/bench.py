@@ -263,6 +263,36 @@ def eval_checkpoint(label: str, path: Path, task: SuiteTask, *, k: int, seed: in
     return row(label, task.name, res, 0.0, "shipped checkpoint", path)
 
 
+#: the method whose operator reads a latent starting checkpoint, for that checkpoint's own row (before any RL)
+INIT_READERS = {"coconut_sft": "coconut_grpo", "superposition_sft": "latent_grpo"}
+
+
+def eval_init(init_name: str, task: SuiteTask, out: Path, *, quick: bool, seed: int, k: int,
+              num_eval: int) -> dict[str, Any]:
+    """A latent starting checkpoint scored as the RL rows that start from it are (its reader's preset, operator,
+    schedule and thought check), before any RL step: the row those RL rows are measured against."""
+    from latentrl.eval import evaluate
+    from latentrl.methods import get_method
+    from latentrl.model import LatentModel
+    from latentrl.thought_dependence import method_thought_dependence
+
+    reader = INIT_READERS[init_name]
+    path = build_init(init_name, task, out, quick)
+    cfg = load_config(GRPOConfig, preset_path(reader),
+                      [f"model_name_or_path={path}", f"output_dir={out / 'runs' / f'{init_name}-{task.name}'}",
+                       f"seed={seed}", f"method={reader}", f"max_completion_length={task.max_completion_length}",
+                       "report_to=[none]", *task.method_overrides.get(reader, ())])
+    model = LatentModel.from_pretrained(path, add_latent_tokens=True)
+    parts = get_method(reader).build(model, cfg)
+    evals = task.eval_examples(num_eval)
+    res = evaluate(model, evals, k=k, temperature=cfg.temperature, **parts.eval_kwargs(cfg))
+    dep = method_thought_dependence(model, parts, cfg, evals)
+    from latentrl.assets import MODELS_DIR
+
+    where = "shipped checkpoint" if Path(path).parent == MODELS_DIR else "built"
+    return row(init_name, task.name, res, 0.0, where, path, dep)
+
+
 def row(method: str, task: str, res, train_wall: float, init: str, where: Path, dep=None) -> dict[str, Any]:
     """One results row; `dep` is the thought-dependence check (`latentrl.thought_dependence`) of a latent run."""
     return {
@@ -376,6 +406,9 @@ def run_bench(out: Path, *, quick: bool, methods: list[str] | None, tasks: list[
         task = all_tasks[tname]
         add(eval_checkpoint("nocot_sft", model_path(task.nocot_model), task, k=k, seed=seed, num_eval=num_eval))
         add(eval_checkpoint("cot_sft", model_path(task.cot_model), task, k=k, seed=seed, num_eval=num_eval))
+        starts = {get_method(name).init for name in methods or METHODS}
+        for init_name in sorted(starts & set(INIT_READERS)):  # the latent inits, before RL
+            add(eval_init(init_name, task, out, quick=quick, seed=seed, k=k, num_eval=num_eval))
         for name in methods or sorted(METHODS):
             add(run_method(name, task, out, quick=quick, seed=seed, k=k, num_eval=num_eval))
     return list(rows.values())
