@@ -400,7 +400,7 @@ def run_bench(out: Path, *, quick: bool, methods: list[str] | None, tasks: list[
 
     def add(row_: dict[str, Any]) -> None:
         rows[(row_["method"], row_["task"])] = row_
-        write_results(out, list(rows.values()))  # keep partial results if a later method fails
+        write_results(out, table_order(list(rows.values())))  # keep partial results if a later method fails
 
     for tname in tasks or list(all_tasks):
         task = all_tasks[tname]
@@ -411,7 +411,21 @@ def run_bench(out: Path, *, quick: bool, methods: list[str] | None, tasks: list[
             add(eval_init(init_name, task, out, quick=quick, seed=seed, k=k, num_eval=num_eval))
         for name in methods or sorted(METHODS):
             add(run_method(name, task, out, quick=quick, seed=seed, k=k, num_eval=num_eval))
-    return list(rows.values())
+    return table_order(list(rows.values()))
+
+
+def table_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows task by task (in the order the tasks first appear): the baselines, then the latent inits, then the
+    methods by name, so an RL row sits below the start it is read against whatever order they were run in."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    baselines = ("nocot_sft", "cot_sft")
+
+    def key(r: dict[str, Any]) -> tuple:
+        m = r["method"]
+        group = 0 if m in baselines else 1 if m in INIT_READERS else 2
+        return tasks.index(r["task"]), group, baselines.index(m) if group == 0 else m
+
+    return sorted(rows, key=key)
 
 
 SETTINGS_FILE = "bench_settings.json"
