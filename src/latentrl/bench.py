@@ -271,6 +271,7 @@ def eval_init(init_name: str, task: SuiteTask, out: Path, *, quick: bool, seed: 
               num_eval: int) -> dict[str, Any]:
     """A latent starting checkpoint scored as the RL rows that start from it are (its reader's preset, operator,
     schedule and thought check), before any RL step: the row those RL rows are measured against."""
+    from latentrl.assets import MODELS_DIR
     from latentrl.eval import evaluate
     from latentrl.methods import get_method
     from latentrl.model import LatentModel
@@ -287,8 +288,6 @@ def eval_init(init_name: str, task: SuiteTask, out: Path, *, quick: bool, seed: 
     evals = task.eval_examples(num_eval)
     res = evaluate(model, evals, k=k, temperature=cfg.temperature, **parts.eval_kwargs(cfg))
     dep = method_thought_dependence(model, parts, cfg, evals)
-    from latentrl.assets import MODELS_DIR
-
     where = "shipped checkpoint" if Path(path).parent == MODELS_DIR else "built"
     return row(init_name, task.name, res, 0.0, where, path, dep)
 
