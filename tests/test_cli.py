@@ -178,6 +178,18 @@ def test_eval_reads_a_latent_init_the_way_it_records(capsys, tmp_path):
     main(["eval", "--model", "chain_sum-coconut", "--data", "chain_sum", "--num", "4", "--k", "0", "--max-new", "4",
           "--no-thought-check", "method=grpo"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["method"] == "grpo"
+    # naming the recorded method keeps the recorded preset (the paper's defaults are not the init's settings)
+    assert main(["eval", "--model", "icot_mult_4x4-superposition", "--data", "icot_mult_4x4", "--num", "20", "--k",
+                 "0", "--method", "latent_grpo", "--no-thought-check"]) == 0
+    captured = capsys.readouterr()
+    assert "scored_with (config configs/cpu/latent_grpo.yaml" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["pass_at_1"] >= 0.4
+    from latentrl.cli import recorded_scoring_unless_named as unless
+
+    sup = "icot_mult_4x4-superposition"
+    assert unless(sup, None, None, []) == {"method": "latent_grpo", "config": "configs/cpu/latent_grpo.yaml"}
+    assert unless(sup, None, None, ["method=latent_grpo"]) == {"config": "configs/cpu/latent_grpo.yaml"}
+    assert unless(sup, None, "grpo", []) == {} and unless(sup, "mine.yaml", None, []) == {}
 
     assert recorded_scoring(tmp_path) == {}  # no latent_init.json
     (tmp_path / "latent_init.json").write_text(json.dumps({"scored_with": {"method": "latent_grpo", "config": "c.yaml"}}))

@@ -169,14 +169,20 @@ def with_recorded_thoughts(cfg: GRPOConfig, config_file: str | None, overrides: 
 
 def recorded_scoring_unless_named(model: str, config: str | None, method: str | None,
                                   cli_overrides: Sequence[str]) -> dict[str, str]:
-    """The method (and preset) a latent init records for reading its latents (`latentrl.assets.recorded_scoring`),
-    when the command line names neither a method nor a config; {} otherwise. Without it eval and inspect would read
-    a latent init as a plain token model."""
-    if config or method or any(override_key(o) == "method" for o in cli_overrides):
+    """The method (and preset) a latent init records for reading its latents (`latentrl.assets.recorded_scoring`)
+    when the command line names no config: all of it when no method is named either, only its preset when the named
+    method is the recorded one; {} otherwise. Without it eval and inspect would read a latent init as a plain token
+    model, or with the paper's defaults instead of the settings it was trained for."""
+    if config:
         return {}
+    named = method or next((o.split("=", 1)[1].strip() for o in reversed(cli_overrides)
+                            if override_key(o) == "method"), None)
     from latentrl.assets import recorded_scoring
 
-    return recorded_scoring(model)
+    recorded = recorded_scoring(model)
+    if named is None:
+        return recorded
+    return {"config": recorded["config"]} if recorded.get("method") == named and "config" in recorded else {}
 
 
 #: settings the optimizer state restored from a checkpoint fixes (torch restores each parameter group's lr, betas,
