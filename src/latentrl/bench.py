@@ -300,7 +300,7 @@ def row(method: str, task: str, res, train_wall: float, init: str, where: Path, 
         "mean_reasoning_positions": res.mean_reasoning_positions, "mean_latent_positions": res.mean_latent_positions,
         "train_wall_s": round(train_wall, 1), "eval_wall_s": round(res.wall_s, 1), "n_eval": res.n, "init": init,
         "pass_at_k_temperature": res.temperature, "truncated": res.truncated,
-        "run_dir": str(where), "samples": res.samples,
+        "sampled_pass_at_1": res.sampled_pass_at_1, "run_dir": str(where), "samples": res.samples,
     }
 
 

@@ -301,7 +301,7 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
     return 0
 
 
-@command("eval", "Pass@1 / Pass@k / reasoning positions of a checkpoint: latentrl eval --model PATH --data SOURCE")
+@command("eval", "Pass@1 / Pass@k / sampled Pass@1 / reasoning positions of a checkpoint: latentrl eval --model PATH --data SOURCE")
 def cmd_eval(ns: argparse.Namespace) -> int:
     import json
 
@@ -399,7 +399,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
                         "else plain GRPO")
     p.add_argument("--method", default=None, help="registered method (overrides the config's)")
     p.add_argument("--num", type=at_least(1), default=200, help="evaluation problems: the first NUM of --data (default 200)")
-    p.add_argument("--k", type=at_least(0), default=4, help="k of Pass@k; 0 skips sampling")
+    p.add_argument("--k", type=at_least(0), default=4, help="k of Pass@k (and of the sampled Pass@1); 0 skips sampling")
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature of Pass@k (default: the run's `temperature`, e.g. HRPO 0.5)")
     p.add_argument("--max-new", type=at_least(1), default=64,

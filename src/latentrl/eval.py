@@ -1,4 +1,4 @@
-"""Evaluation: Pass@1 (greedy), Pass@k (sampled), reasoning positions per answer, wall time.
+"""Evaluation: Pass@1 (greedy), Pass@k and sampled Pass@1 (from k samples), reasoning positions per answer, wall time.
 
 Works on any model the library loads, with or without a thought operator. Reasoning positions are the completion
 positions before the answer delimiter (`####`): latent thoughts and reasoning tokens alike, so CoT and latent
@@ -46,6 +46,12 @@ class EvalResult:
     truncated: float = 0.0
     """Fraction of greedy completions cut at `max_new_positions` before they stopped (scored as written)."""
     samples: list[dict[str, Any]] = field(default_factory=list)
+    sampled_pass_at_1: float | None = None
+    """Mean over problems of the fraction of the k sampled completions that are right (noise on, at `temperature`):
+    Pass@1 of the distribution RL trains on. Far below the greedy Pass@1, it says the rollouts are not the policy
+    that is scored (e.g. Latent-GRPO at its paper's noise scale, docs/bench/rl_prompts)."""
+    sampled_pass_at_1_se: float | None = None
+    """Standard error of `sampled_pass_at_1` over the n problems (of the per-problem fractions)."""
 
     @property
     def pass_at_1_se(self) -> float:
@@ -140,16 +146,22 @@ def evaluate(
             if len(samples) < num_samples_to_keep:
                 samples.append({"prompt": r["prompt"], "completion": t, "answer": r.get("answer"), "correct": sc})
 
-    pass_k = None
+    pass_k = sampled_1 = sampled_1_se = None
     if k > 0:
         sampled = SamplingParams(max_new_positions=max_new_positions, temperature=temperature)
-        hits = []
+        hits, fractions = [], []
         per_batch = max(1, batch_size // k)
         for s in range(0, len(rows), per_batch):
             part = rows[s : s + per_batch]
             _, _, scores = run([r for r in part for _ in range(k)], sampled, deterministic=False)
-            hits += [max(scores[i * k : (i + 1) * k]) > 0 for i in range(len(part))]
+            for i in range(len(part)):
+                right = [sc > 0 for sc in scores[i * k : (i + 1) * k]]
+                hits.append(any(right))
+                fractions.append(sum(right) / k)
         pass_k = sum(hits) / len(hits)
+        sampled_1 = sum(fractions) / len(fractions)
+        sampled_1_se = (math.sqrt(sum((f - sampled_1) ** 2 for f in fractions) / (len(fractions) - 1) / len(fractions))
+                        if len(fractions) > 1 else 0.0)
     if operator is not None:
         operator.set_eval_mode(False)
     model.train(was_training)
@@ -170,4 +182,6 @@ def evaluate(
         temperature=temperature,
         truncated=cut / n,
         samples=samples,
+        sampled_pass_at_1=sampled_1,
+        sampled_pass_at_1_se=sampled_1_se,
     )

@@ -1,0 +1,40 @@
+"""`latentrl.eval.evaluate`'s sampled figures against a hand-built case: Pass@k and the sampled Pass@1 (the mean
+fraction of right samples per problem) with its standard error."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+
+from latentrl.eval import evaluate
+from latentrl.testing import tiny_latent_model
+
+
+def test_sampled_pass_at_1_is_the_mean_fraction_of_right_samples_per_problem():
+    """Problem j ("q j") has exactly j of its k = 4 samples marked right by the reward (the first j it sees in a
+    call), whatever the model writes: sampled Pass@1 = mean(j / 4) = 0.375 over j = 0..3, its SE the standard
+    error of those four fractions, Pass@4 = 3 / 4 (problem 0 never right)."""
+    lm = tiny_latent_model(words=["q", "0", "1", "2", "3"])
+    rows = [{"prompt": f"q {j}", "answer": "x"} for j in range(4)]
+
+    def first_j_right(prompts, completions, **kwargs):
+        seen: Counter[str] = Counter()
+        out = []
+        for p in prompts:
+            seen[p] += 1
+            out.append(1.0 if seen[p] <= int(p.split()[-1]) else 0.0)
+        return out
+
+    res = evaluate(lm, rows, k=4, max_new_positions=3, reward_func=first_j_right, batch_size=8)
+    fractions = [j / 4 for j in range(4)]
+    mean = sum(fractions) / 4
+    se = math.sqrt(sum((f - mean) ** 2 for f in fractions) / 3 / 4)
+    assert res.pass_at_k == pytest.approx(0.75)
+    assert res.sampled_pass_at_1 == pytest.approx(0.375) and res.sampled_pass_at_1_se == pytest.approx(se)
+    assert res.to_dict()["sampled_pass_at_1"] == pytest.approx(0.375)
+    # greedy Pass@1: one call over the 4 prompts, each seen once, so problems 1-3 are right
+    assert res.pass_at_1 == pytest.approx(0.75)
+    none = evaluate(lm, rows, k=0, max_new_positions=3, reward_func=first_j_right)
+    assert none.pass_at_k is None and none.sampled_pass_at_1 is None and none.sampled_pass_at_1_se is None
