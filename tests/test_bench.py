@@ -136,9 +136,11 @@ def test_write_results_keeps_tasks_apart(tmp_path):
 
     rows = [_row("cot_sft", "chain_sum", 0.7, 49.0), _row("grpo", "chain_sum", 0.75, 49.0),
             _row("cot_sft", "icot_mult_4x4", 0.4, 46.0), _row("grpo", "icot_mult_4x4", 0.5, 46.0)]
+    rows[1].update(pass_at_k=0.9, pass_at_k_temperature=0.5, sampled_pass_at_1=0.625)
     write_results(tmp_path, rows)
     table = (tmp_path / "results.md").read_text()
-    assert "| grpo | icot_mult_4x4 | cot_sft | 100 | 50.0 ± 5.0 | — |" in table  # binomial SE: sqrt(.25/100)
+    assert "| grpo | icot_mult_4x4 | cot_sft | 100 | 50.0 ± 5.0 | — | — |" in table  # binomial SE: sqrt(.25/100)
+    assert "| grpo | chain_sum | cot_sft | 100 | 75.0 ± 4.3 | 90.0 ± 3.0 (4, 0.5) | 62.5 | 49.0 |" in table
     assert [(r["method"], r["task"]) for r in json.loads((tmp_path / "samples.json").read_text())] == \
         [(r["method"], r["task"]) for r in rows]
     assert all("samples" not in r for r in json.loads((tmp_path / "results.json").read_text()))

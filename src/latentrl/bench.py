@@ -316,17 +316,20 @@ def percent_se(p: float, n: int) -> str:
 
 
 def results_markdown(rows: list[dict[str, Any]]) -> str:
-    """The results table; accuracies in % with their binomial standard error over the row's n problems."""
-    head = ("| method | task | init | n | Pass@1 ± SE | Pass@k ± SE (k, T) | reasoning positions | latent positions "
-            "| train s | swap / zero drop |\n")
-    head += "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    """The results table; accuracies in % with their binomial standard error over the row's n problems. Sampled
+    Pass@1 (the mean fraction of the k samples right: the accuracy of what RL trains on) is "—" for rows recorded
+    before it was measured."""
+    head = ("| method | task | init | n | Pass@1 ± SE | Pass@k ± SE (k, T) | sampled Pass@1 | reasoning positions "
+            "| latent positions | train s | swap / zero drop |\n")
+    head += "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     lines = []
     for r in rows:
         n = r["n_eval"]
         pk = "—"
         if r["pass_at_k"] is not None:
             pk = f"{percent_se(r['pass_at_k'], n)} ({r['k']}, {r.get('pass_at_k_temperature', 1.0):g})"
-        lines.append(f"| {r['method']} | {r['task']} | {r['init']} | {n} | {percent_se(r['pass_at_1'], n)} | {pk} | "
+        s1 = f"{100 * r['sampled_pass_at_1']:.1f}" if r.get("sampled_pass_at_1") is not None else "—"
+        lines.append(f"| {r['method']} | {r['task']} | {r['init']} | {n} | {percent_se(r['pass_at_1'], n)} | {pk} | {s1} | "
                      f"{r['mean_reasoning_positions']:.1f} | {r['mean_latent_positions']:.1f} | {r['train_wall_s']:.0f} | "
                      f"{_drops(r.get('thought_dependence'))} |")
     return head + "\n".join(lines) + "\n"
