@@ -71,6 +71,15 @@ def binomial_se(p: float, n: int) -> float:
     return math.sqrt(max(p * (1.0 - p), 0.0) / max(n, 1))
 
 
+def mean_se(values: Sequence[float]) -> float:
+    """The standard error of the mean of per-problem values (sample std / sqrt(n)); NaN for fewer than 2."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    m = sum(values) / n
+    return math.sqrt(sum((x - m) ** 2 for x in values) / (n - 1) / n)
+
+
 def reasoning_positions(rollout: Rollout, delimiter_ids: Sequence[int] | Sequence[Sequence[int]] | None) -> torch.Tensor:
     """(B,) positions before the first occurrence of the delimiter, or of any of several spellings of it (all
     generated positions if it never appears)."""
@@ -160,8 +169,7 @@ def evaluate(
                 fractions.append(sum(right) / k)
         pass_k = sum(hits) / len(hits)
         sampled_1 = sum(fractions) / len(fractions)
-        sampled_1_se = (math.sqrt(sum((f - sampled_1) ** 2 for f in fractions) / (len(fractions) - 1) / len(fractions))
-                        if len(fractions) > 1 else 0.0)
+        sampled_1_se = mean_se(fractions) if len(fractions) > 1 else 0.0
     if operator is not None:
         operator.set_eval_mode(False)
     model.train(was_training)

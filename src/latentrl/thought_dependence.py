@@ -21,7 +21,6 @@ Hybrid operators (HRPO) are swapped as a whole: their latent input is the mixed 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 
 from latentrl.chat import prompt_formatter
 from latentrl.data.schema import as_rows
+from latentrl.eval import mean_se
 from latentrl.model import LatentModel
 from latentrl.rewards import binary_correctness, correctness_reward, reward_columns
 from latentrl.rollout import SamplingParams, ThinkingSchedule, decode_completions, generate_rollout, left_pad
@@ -115,12 +115,7 @@ class ThoughtIntervention(ThoughtOperator):
 
 
 def _se_paired(a: Sequence[float], b: Sequence[float]) -> float:
-    d = [x - y for x, y in zip(a, b)]
-    n = len(d)
-    if n < 2:
-        return float("nan")
-    m = sum(d) / n
-    return math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1) / n)
+    return mean_se([x - y for x, y in zip(a, b)])
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ import torch
 from latentrl import bench
 from latentrl.config import GRPOConfig, load_config
 from latentrl.data.schema import as_rows
+from latentrl.eval import mean_se
 from latentrl.methods import get_method
 from latentrl.model import LatentModel
 from latentrl.rewards import checked_rewards, correctness_reward, reward_columns
@@ -59,9 +60,9 @@ def per_problem(path: str | Path, cfg: GRPOConfig, rows: list[dict], samples: in
 
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of b - a over the problems and its standard error."""
     d = [y - x for x, y in zip(a, b, strict=True)]
-    m = sum(d) / len(d)
-    return m, math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
+    return sum(d) / len(d), mean_se(d)
 
 
 def main() -> None:
