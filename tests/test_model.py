@@ -125,5 +125,11 @@ def test_an_unreachable_hub_id_is_one_clear_error(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nmore lines")
 
     monkeypatch.setattr("latentrl.model.AutoModelForCausalLM.from_pretrained", offline)
-    with pytest.raises(FileNotFoundError, match=r"not a local folder, not a shipped model .*couldn't connect"):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(FileNotFoundError, match=r"not a local folder, not a shipped model .*couldn't connect"
+                                                r".*HF_HUB_OFFLINE=1 skips the hub's connection retries"):
         LatentModel.from_pretrained("someorg/somemodel")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # already offline: no hint to set it
+    with pytest.raises(FileNotFoundError) as err:
+        LatentModel.from_pretrained("someorg/somemodel")
+    assert "HF_HUB_OFFLINE" not in str(err.value)

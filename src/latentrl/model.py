@@ -126,6 +126,8 @@ class LatentModel(nn.Module):
             raise FileNotFoundError(
                 f"model {str(name_or_path)!r} is not a local folder, not a shipped model ({', '.join(available_models())}) "
                 f"and could not be loaded from the Hugging Face hub: {str(err).splitlines()[0]}"
+                + ("" if os.environ.get("HF_HUB_OFFLINE") else
+                   " (on a machine without internet, HF_HUB_OFFLINE=1 skips the hub's connection retries)")
             ) from err
         lm = cls(model, tokenizer)
         meta = path / LATENT_META_FILE
