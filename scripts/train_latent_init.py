@@ -92,6 +92,32 @@ RECIPES: dict[str, dict] = {
             "eval_strategy=no", "eval_batch_size=250", "logging_steps=16", "max_length=256", "seed=0",
         ],
     },
+    # the route of the shipped `icot_mult_4x4-coconut` in one command, from the start: the column-sums chain written
+    # tens digit first (`chain=columns_tens_first`: the 4 partial products, then the 8 column sums, each sum's tens
+    # digit before its units digit), stages 1-4 the partial products as 3 thoughts each, stage 5 the column sums as
+    # 2 thoughts: 14 thoughts + <|end-latent|> = 15 reasoning positions (CoT 46). The linear thought probe reads each
+    # product's digits from its thoughts and, at stage 5, S_3's tens digit from the first sums thought and its units
+    # from the second (`probe_head_step_shift`; the layout that freed answer digit 3 in run TR). The shipped model
+    # came from a lineage of eleven runs (docs/bench/icot_latent_init, "Runs TP, TQ, TR"); this recipe starts each
+    # stage from the previous one instead. `--cot-model docs/bench/icot_latent_init/base_ctf4L` is a copy of the
+    # model `cot_command` trains (98.7 % on the real valid file).
+    "icot_mult_4x4_columns": {
+        "task": "icot_mult_4x4",
+        "dataset_kwargs": {"chain": "columns_tens_first"},
+        "cot_model": "runs/pretrain_icot_mult_4x4_ctf_4L/icot_mult_4x4_ctf_4L-cot",
+        "cot_command": "latentrl pretrain --config configs/pretrain_icot_mult_4x4_ctf_4L.yaml",
+        "num_eval": 1000,
+        "overrides": [
+            "c_thought=3", "thoughts_per_step=[3,3,3,3,2]", "max_latent_stage=5", "start_stage=1",
+            "stage_advance=converged", "final_stage=5", "gate_metric=next_step_accuracy", "gate_next_steps=4",
+            "gate_threshold=0.8", "gate_patience=2", "gate_eval_steps=64", "gate_num_examples=256",
+            "max_steps_per_stage=12000", "num_train_examples=1000000", "per_device_train_batch_size=32",
+            "learning_rate=3e-4", "reset_optimizer=stage", "max_grad_norm=1.0",
+            "probe_head_tokens=[[1,2,3],[4,5,6],[7,8]]", "probe_head_step_shift=[-1,0,0,0,4]",
+            "eval_strategy=no", "eval_batch_size=250", "logging_steps=16", "max_length=256", "save_steps=500",
+            "save_total_limit=6", "seed=0",
+        ],
+    },
 }
 
 
