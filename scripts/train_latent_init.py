@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from latentrl.bench import check_disjoint, suite_tasks
 from latentrl.config import config_to_dict, load_config
 from latentrl.data import cut_steps, load_examples
 from latentrl.data.provenance import TrainDraw, read_train_draws
+from latentrl.eval import binomial_se
 from latentrl.model import LatentModel
 from latentrl.sft.coconut import (
     CoconutConfig,
@@ -121,10 +121,6 @@ RECIPES: dict[str, dict] = {
         ],
     },
 }
-
-
-def pass_se(p: float, n: int) -> float:
-    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
 
 
 def plot_curve(metrics: list[dict], out_png: Path, title: str) -> None:
@@ -248,7 +244,7 @@ def main() -> None:
     n = ev["n"]
     result = {
         "task": ns.task, "cot_model": cot, "final_stage": stage, "num_thoughts": n_thoughts,
-        "pass_at_1": ev["pass_at_1"], "pass_at_1_se": pass_se(ev["pass_at_1"], n), "n_eval": n,
+        "pass_at_1": ev["pass_at_1"], "pass_at_1_se": binomial_se(ev["pass_at_1"], n), "n_eval": n,
         "mean_reasoning_positions": ev["mean_reasoning_positions"], "thought_dependence": dep.to_dict(),
         "stages": stage_log, "steps": steps, "train_wall_s": round(train_wall, 1),
         "wall_s": round(wall, 1), "threads": ns.threads, "config": config_to_dict(cfg), "samples": ev["samples"],

@@ -1,5 +1,5 @@
 """`latentrl.eval.evaluate`'s sampled figures against a hand-built case: Pass@k and the sampled Pass@1 (the mean
-fraction of right samples per problem) with its standard error."""
+fraction of right samples per problem) with its standard error, and the per-problem values behind them."""
 
 from __future__ import annotations
 
@@ -36,5 +36,9 @@ def test_sampled_pass_at_1_is_the_mean_fraction_of_right_samples_per_problem():
     assert res.to_dict()["sampled_pass_at_1"] == pytest.approx(0.375)
     # greedy Pass@1: one call over the 4 prompts, each seen once, so problems 1-3 are right
     assert res.pass_at_1 == pytest.approx(0.75)
+    # the per-problem values behind both figures, in data order (kept out of the results dict)
+    assert res.correct == [0.0, 1.0, 1.0, 1.0] and res.sampled_correct == pytest.approx(fractions)
+    assert "correct" not in res.to_dict() and "sampled_correct" not in res.to_dict()
     none = evaluate(lm, rows, k=0, max_new_positions=3, reward_func=first_j_right)
     assert none.pass_at_k is None and none.sampled_pass_at_1 is None and none.sampled_pass_at_1_se is None
+    assert none.correct == [0.0, 1.0, 1.0, 1.0] and none.sampled_correct is None

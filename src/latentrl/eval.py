@@ -52,6 +52,11 @@ class EvalResult:
     that is scored (e.g. Latent-GRPO at its paper's noise scale, docs/bench/rl_prompts)."""
     sampled_pass_at_1_se: float | None = None
     """Standard error of `sampled_pass_at_1` over the n problems (of the per-problem fractions)."""
+    correct: list[float] = field(default_factory=list, repr=False)
+    """Per problem, in data order: 1.0 if the greedy completion is right, else 0.0 (for paired comparisons of two
+    models on the same problems; `to_dict` leaves it out)."""
+    sampled_correct: list[float] | None = field(default=None, repr=False)
+    """Per problem (k > 0): the fraction of its k sampled completions that are right (`to_dict` leaves it out)."""
 
     @property
     def pass_at_1_se(self) -> float:
@@ -63,7 +68,9 @@ class EvalResult:
         return None if self.pass_at_k is None else binomial_se(self.pass_at_k, self.n)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "pass_at_1_se": self.pass_at_1_se, "pass_at_k_se": self.pass_at_k_se}
+        """The aggregates and kept samples (not the per-problem lists), with the standard errors."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("correct", "sampled_correct")}
+        return {**out, "pass_at_1_se": self.pass_at_1_se, "pass_at_k_se": self.pass_at_k_se}
 
 
 def binomial_se(p: float, n: int) -> float:
@@ -156,6 +163,7 @@ def evaluate(
                 samples.append({"prompt": r["prompt"], "completion": t, "answer": r.get("answer"), "correct": sc})
 
     pass_k = sampled_1 = sampled_1_se = None
+    fractions: list[float] | None = None
     if k > 0:
         sampled = SamplingParams(max_new_positions=max_new_positions, temperature=temperature)
         hits, fractions = [], []
@@ -179,8 +187,9 @@ def evaluate(
                       "stopping and were scored as cut; raise the budget (`max_new_positions`; `latentrl eval "
                       "--max-new`, a run's `max_completion_length`) if the task's chains are longer",
                       stacklevel=3)  # the caller of evaluate, past torch.no_grad's wrapper
+    greedy_right = [float(c > 0) for c in correct]
     return EvalResult(
-        pass_at_1=sum(c > 0 for c in correct) / n,
+        pass_at_1=sum(greedy_right) / n,
         pass_at_k=pass_k,
         k=k,
         mean_reasoning_positions=sum(positions) / n,
@@ -192,4 +201,6 @@ def evaluate(
         samples=samples,
         sampled_pass_at_1=sampled_1,
         sampled_pass_at_1_se=sampled_1_se,
+        correct=greedy_right,
+        sampled_correct=fractions,
     )

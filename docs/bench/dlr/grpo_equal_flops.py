@@ -123,9 +123,8 @@ def main() -> None:
 
     def score(rows) -> torch.Tensor:
         with trainer.gathered(trainer.model):
-            res = lr_eval.evaluate(trainer.model, rows, num_samples_to_keep=len(rows),
-                                   **trainer.parts.eval_kwargs(trainer.args))
-        return torch.tensor([float(s["correct"] > 0) for s in res.samples])
+            res = lr_eval.evaluate(trainer.model, rows, **trainer.parts.eval_kwargs(trainer.args))
+        return torch.tensor(res.correct)
 
     def state() -> dict:
         return copy.deepcopy({k: v.detach().clone() for k, v in trainer.model.model.state_dict().items()})

@@ -13,7 +13,6 @@ the init is the run's `model_name_or_path`. Prints one JSON object.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -22,41 +21,18 @@ import torch
 from latentrl import bench
 from latentrl.config import GRPOConfig, load_config
 from latentrl.data.schema import as_rows
-from latentrl.eval import mean_se
+from latentrl.eval import evaluate, mean_se
 from latentrl.methods import get_method
 from latentrl.model import LatentModel
-from latentrl.rewards import checked_rewards, correctness_reward, reward_columns
-from latentrl.rollout import SamplingParams, decode_completions, generate_rollout, left_pad
 
 
-@torch.no_grad()
 def per_problem(path: str | Path, cfg: GRPOConfig, rows: list[dict], samples: int) -> tuple[list[float], list[float]]:
-    """(greedy correctness, mean sampled correctness) per problem."""
-    model = LatentModel.from_pretrained(path).eval()
+    """(greedy correctness, mean sampled correctness) per problem: `latentrl.eval.evaluate` with k = `samples` at
+    the run's temperature (batch 256: 256 // samples problems per sampled batch)."""
+    model = LatentModel.from_pretrained(path)
     kw = get_method(cfg.method).build(model, cfg).eval_kwargs(cfg)
-    op, tok = kw["operator"], model.tokenizer
-    gen = torch.Generator().manual_seed(cfg.seed)
-
-    def score(batch: list[dict], temperature: float, deterministic: bool) -> list[float]:
-        op.set_eval_mode(deterministic)
-        ids, mask = left_pad([tok(kw["prompt_text"](r), add_special_tokens=False)["input_ids"] for r in batch],
-                             tok.pad_token_id)
-        ro = generate_rollout(model, ids, mask, SamplingParams(max_new_positions=kw["max_new_positions"],
-                                                               temperature=temperature), op, kw["schedule"], gen)
-        texts = decode_completions(model, ro, skip_latent=not kw["decode_latent"])
-        out = checked_rewards(correctness_reward, [r["prompt"] for r in batch], texts, reward_columns(batch))
-        return [0.0 if math.isnan(s) else float(s > 0) for s in out]
-
-    greedy, sampled = [], []
-    for s in range(0, len(rows), 64):
-        greedy += score(rows[s : s + 64], 0.0, True)
-    per = max(1, 256 // samples)
-    for s in range(0, len(rows), per):
-        part = rows[s : s + per]
-        hits = score([r for r in part for _ in range(samples)], cfg.temperature, False)
-        sampled += [sum(hits[i * samples : (i + 1) * samples]) / samples for i in range(len(part))]
-    op.set_eval_mode(False)
-    return greedy, sampled
+    res = evaluate(model, rows, k=samples, temperature=cfg.temperature, batch_size=256, **kw)
+    return res.correct, res.sampled_correct
 
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:

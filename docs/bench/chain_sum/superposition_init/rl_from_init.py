@@ -11,7 +11,6 @@ operator, and their paired difference.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 from latentrl import bench
 from latentrl.config import GRPOConfig, load_config
-from latentrl.eval import evaluate
+from latentrl.eval import evaluate, mean_se
 from latentrl.methods import get_method
 from latentrl.model import LatentModel
 
@@ -28,9 +27,7 @@ N = 500
 
 def greedy_correct(method: str, path: Path, cfg: GRPOConfig, evals) -> list[float]:
     model = LatentModel.from_pretrained(path)
-    res = evaluate(model, evals, k=1, num_samples_to_keep=len(evals),
-                   **get_method(method).build(model, cfg).eval_kwargs(cfg))
-    return [float(s["correct"]) for s in res.samples]
+    return evaluate(model, evals, **get_method(method).build(model, cfg).eval_kwargs(cfg)).correct
 
 
 def main() -> None:
@@ -54,7 +51,7 @@ def main() -> None:
     res = {"task": task.name, "method": method, "seed": seed, "overrides": overrides, "row": {k: v for k, v in row.items() if k != "samples"},
            "checkpoint": str(ckpt),
            "init_pass_at_1": sum(init) / N, "rl_pass_at_1": sum(rl) / N, "rl_minus_init": m,
-           "rl_minus_init_se": math.sqrt(sum((x - m) ** 2 for x in d) / (N - 1) / N)}
+           "rl_minus_init_se": mean_se(d)}
     (out / "rl_from_init.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res), flush=True)
 
