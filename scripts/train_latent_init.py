@@ -8,13 +8,16 @@ seed-0 "eval" split (disjoint from those training problems); the final numbers a
 evaluation set (`latentrl.bench.suite_tasks()[task].eval_examples`: a real file, or generated problems outside
 every training split), checked disjoint from both. Writes into --out: the model (save_pretrained),
 `metrics.jsonl` (training, gate/* and stage/* records), `result.json` (final Pass@1 with its standard error,
-reasoning positions, the thought-dependence check) and `curve.png`.
+reasoning positions, the thought-dependence check) and `curve.png`. A time box (`timeout 30m python ...`, `kill PID`
+or Ctrl-C) stops training, saves the model as it is and scores it at its stage; `resume_from_checkpoint=latest`
+continues the same --out folder from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -181,6 +184,17 @@ def task_knobs(pairs: list[str]) -> dict[str, int | str]:
     return knobs
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def time_box_signals() -> None:
+    """Make SIGTERM (`kill`, `timeout`) and SIGINT interrupt training the way Ctrl-C does, so that a time-boxed run
+    still saves and scores its model: a job started with `nohup ... &` from a script ignores SIGINT otherwise."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("task", choices=sorted(RECIPES))
@@ -197,6 +211,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="CoconutConfig key=value overrides")
     ns = ap.parse_intermixed_args()
     torch.set_num_threads(ns.threads)
+    time_box_signals()
     recipe = RECIPES[ns.task]
     task = suite_tasks()[recipe.get("task", ns.task)]
     data_kwargs = {**task.dataset_kwargs, **recipe.get("dataset_kwargs", {}), **task_knobs(ns.task_knob)}
@@ -223,7 +238,7 @@ def main() -> None:
         history = train_coconut(cfg, model, train, eval_examples=[], gate_examples=gate)
         stage_log, steps, train_wall = history.stage_log, history.steps, history.train_wall_s
         stage = stage_log[-1]["stage/index"]
-    except KeyboardInterrupt:  # a time box (kill -INT): keep the model as it is and score it at its current stage
+    except KeyboardInterrupt:  # a time box (kill, timeout, Ctrl-C): keep the model as it is and score it at its stage
         records = read_metrics(out)
         last = [r for r in records if "train_wall_s" in r][-1]
         stage_log = [r for r in records if "stage/index" in r] + [{"stage/index": last["stage"],
