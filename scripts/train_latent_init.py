@@ -104,8 +104,8 @@ RECIPES: dict[str, dict] = {
     # came from a lineage of eleven runs (docs/bench/icot_latent_init, "Runs TP, TQ, TR"); this recipe starts each
     # stage from the previous one instead. `--cot-model docs/bench/icot_latent_init/base_ctf4L` is a copy of the
     # model `cot_command` trains (98.7 % on the real valid file). First run (docs/bench/icot_latent_init, "Run CF"):
-    # stages 1-3 in ~6,000 s on two threads (66.6 / 67.4 / 64.8 % at 45 / 41 / 36 positions, swap drop = Pass@1),
-    # stopped in stage 4 at 32.3 % (30 positions, still climbing); the whole route is ~3.5 h on 2 CPU cores.
+    # 66.6 / 67.4 / 64.8 / 59.9 / 7.9 % at 45 / 41 / 36 / 30 / 15 positions after stages 1-5 (swap drop = Pass@1;
+    # stages 2-5 end at the cap, stage 5 with answer digit 5 at chance), 3 h of training on 2 CPU cores.
     "icot_mult_4x4_columns": {
         "task": "icot_mult_4x4",
         "dataset_kwargs": {"chain": "columns_tens_first"},
