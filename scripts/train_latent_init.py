@@ -197,6 +197,19 @@ def time_box_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def score(model: LatentModel, evals: list, cfg: CoconutConfig, stage: int, max_new: int) -> tuple[dict, object]:
+    """Pass@1 at the model's stage on the held-out problems, and the thought-swap check on the same problems."""
+    from latentrl.thought_dependence import thought_dependence
+
+    ev = coconut_evaluate(model, evals, cfg, stage, max_new_positions=max_new)
+    start = model.latent_tokens.start
+    dep = thought_dependence(model, evals, operator=coconut_operator(model),
+                             schedule=coconut_schedule(model, ev["num_thoughts"][0]), max_new_positions=max_new,
+                             batch_size=cfg.eval_batch_size, prompt_text=lambda row: coconut_prompt_text(row, start),
+                             seed=cfg.seed)
+    return ev, dep
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("task", choices=sorted(RECIPES))
@@ -241,23 +254,21 @@ def main() -> None:
         stage_log, steps, train_wall = history.stage_log, history.steps, history.train_wall_s
         stage = stage_log[-1]["stage/index"]
     except KeyboardInterrupt:  # a time box (kill, timeout, Ctrl-C): keep the model as it is and score it at its stage
-        records = read_metrics(out)
-        last = [r for r in records if "train_wall_s" in r][-1]
+        records = read_metrics(out) if (out / "metrics.jsonl").is_file() else []
+        # before the first logged step: the model is still the one it started from, at the first stage
+        last = ([r for r in records if "train_wall_s" in r] or [{"stage": cfg.start_stage, "step": 0,
+                                                                 "train_wall_s": time.perf_counter() - t0}])[-1]
         stage_log = [r for r in records if "stage/index" in r] + [{"stage/index": last["stage"],
                                                                      "stage/reason": "interrupted"}]
         stage, steps, train_wall = last["stage"], last["step"], last["train_wall_s"]
         print(f"interrupted at step {steps}, stage {stage}", flush=True)
     wall = time.perf_counter() - t0
     model.save_pretrained(out)
-
-    from latentrl.thought_dependence import thought_dependence
-
-    ev = coconut_evaluate(model, evals, cfg, stage, max_new_positions=task.max_completion_length)
+    try:
+        ev, dep = score(model, evals, cfg, stage, task.max_completion_length)
+    except KeyboardInterrupt:  # a second signal while scoring: the weights are on disk, say so instead of a traceback
+        sys.exit(f"interrupted while scoring: the model (stage {stage}, step {steps}) is saved in {out}, not scored")
     n_thoughts = ev["num_thoughts"][0]
-    start = model.latent_tokens.start
-    dep = thought_dependence(model, evals, operator=coconut_operator(model), schedule=coconut_schedule(model, n_thoughts),
-                             max_new_positions=task.max_completion_length, batch_size=cfg.eval_batch_size,
-                             prompt_text=lambda row: coconut_prompt_text(row, start), seed=cfg.seed)
     n = ev["n"]
     result = {
         "task": ns.task, "cot_model": cot, "final_stage": stage, "num_thoughts": n_thoughts,
@@ -275,7 +286,9 @@ def main() -> None:
         "command": "PYTHONPATH=src python scripts/train_latent_init.py " + " ".join(sys.argv[1:]),
         "scored_with": {"method": "coconut_grpo"},  # `latentrl eval` reads its thoughts with this method
         **{k: v for k, v in result.items() if k != "samples"}}, indent=1))
-    plot_curve(read_metrics(out), out / "curve.png", f"{ns.task}: gated Coconut curriculum from {Path(cot).name}")
+    if (out / "metrics.jsonl").is_file():
+        plot_curve(read_metrics(out), out / "curve.png",
+                   f"{ns.task}: gated Coconut curriculum from {Path(cot).name}")
     print(json.dumps({k: v for k, v in result.items() if k not in ("config", "samples")}, indent=1))
 
 

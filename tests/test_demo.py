@@ -124,3 +124,18 @@ def test_cli_demo_bad_options_are_one_line_errors(argv, says, tmp_path, capsys, 
     except SystemExit as e:  # argparse's usage error
         rc = e.code
     assert rc == 2 and says in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_paired_difference_against_a_hand_computed_case():
+    from latentrl.demo import paired_difference
+
+    def row(scores):
+        return {"samples": [{"prompt": f"q{i}", "correct": s} for i, s in enumerate(scores)]}
+
+    # differences 1, 0, 0, -1, 1: mean 0.2, sample variance (0.64 + 0.04 + 0.04 + 1.44 + 0.64) / 4 = 0.7
+    got = paired_difference(row([1.0, 1.0, 0.0, 0.0, 1.0]), row([0.0, 1.0, 0.0, 1.0, 0.0]))
+    assert got["n"] == 5 and got["diff"] == pytest.approx(0.2)
+    assert got["se"] == pytest.approx((0.7 / 5) ** 0.5)
+    with pytest.raises(ValueError, match="same problems"):
+        paired_difference(row([1.0, 0.0]), {"samples": [{"prompt": "other", "correct": 1.0}, {"prompt": "q1",
+                                                                                             "correct": 0.0}]})

@@ -277,16 +277,13 @@ def _wide_console():
 def paired_difference(a: dict, b: dict) -> dict:
     """Greedy Pass@1 of row `a` minus row `b` over the same problems (both rows keep every problem's score in
     `samples`), with the paired standard error of the mean difference."""
-    import math
+    from latentrl.eval import mean_se
 
     xa, xb = [float(x["correct"] > 0) for x in a["samples"]], [float(x["correct"] > 0) for x in b["samples"]]
     if len(xa) != len(xb) or [x["prompt"] for x in a["samples"]] != [x["prompt"] for x in b["samples"]]:
         raise ValueError("paired difference needs both rows scored on the same problems, every score kept")
     d = [p - q for p, q in zip(xa, xb)]
-    n = len(d)
-    mean = sum(d) / n
-    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else float("nan")
-    return {"diff": mean, "se": se, "n": n}
+    return {"diff": sum(d) / len(d), "se": mean_se(d), "n": len(d)}
 
 
 def _pts(p: dict) -> str:

@@ -8,7 +8,6 @@ real valid file), paired differences with their standard errors, and the init's 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 
 from latentrl.assets import model_path
 from latentrl.bench import suite_tasks
-from latentrl.eval import evaluate
+from latentrl.eval import evaluate, mean_se
 from latentrl.model import LatentModel
 from latentrl.rewards import correctness_reward
 from latentrl.sft.coconut import coconut_generate, coconut_operator, coconut_prompt_text, coconut_schedule
@@ -47,9 +46,7 @@ def main() -> None:
         ck = rl_dir / f"{method}-{task.name}" / "checkpoint-40"
         got = per_problem(ck, evals, thoughts, max_new)
         d = [g - b for g, b in zip(got, base)]
-        m = sum(d) / len(d)
-        se = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
-        out[method] = {"pass_at_1": sum(got) / len(got), "diff_vs_init": m, "diff_se": se}
+        out[method] = {"pass_at_1": sum(got) / len(got), "diff_vs_init": sum(d) / len(d), "diff_se": mean_se(d)}
     print(json.dumps(out, indent=1))
 
 

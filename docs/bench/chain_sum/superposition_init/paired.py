@@ -5,7 +5,6 @@ scored with latent_grpo's operator as the bench scores it.
 """
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from rl_from_init import greedy_correct  # this folder's script: greedy Pass@1 p
 
 from latentrl.bench import suite_tasks
 from latentrl.config import GRPOConfig, load_config
+from latentrl.eval import mean_se
 
 REPO = Path(__file__).resolve().parents[4]
 task = suite_tasks()[sys.argv[1]]
@@ -27,4 +27,4 @@ d = [b - a for a, b in zip(*correct)]
 m, n = sum(d) / len(d), len(d)
 print(json.dumps({"a": sys.argv[2], "b": sys.argv[3], "n": n, "pass_a": sum(correct[0]) / n,
                   "pass_b": sum(correct[1]) / n, "b_minus_a": m,
-                  "se": math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1) / n)}))
+                  "se": mean_se(d)}))
