@@ -106,8 +106,8 @@ RECIPES: dict[str, dict] = {
     # model `cot_command` trains (98.7 % on the real valid file). First run (docs/bench/icot_latent_init, "Run CF"):
     # 66.6 / 67.4 / 64.8 / 59.9 / 7.9 % at 45 / 41 / 36 / 30 / 15 positions after stages 1-5 (swap drop = Pass@1;
     # stages 2-5 end at the cap, stage 5 with answer digit 5 at chance), 3 h of training on 2 CPU cores. Stage 5
-    # again from that model with "probe_head_step_shift=[-1,0,0,0,8]" (the probe on S_5): 77.2 %, then 81.9 %
-    # after 4,000 more steps (runs CF5, CF6), swap drop = Pass@1.
+    # again from that model with "probe_head_step_shift=[-1,0,0,0,8]" (the probe on S_5): 77.2 %, then 81.9 % and
+    # 89.5 % after 4,000 and 8,000 more steps (runs CF5-CF7; CF8's 4,000 more: 84.3 %), swap drop = Pass@1.
     "icot_mult_4x4_columns": {
         "task": "icot_mult_4x4",
         "dataset_kwargs": {"chain": "columns_tens_first"},
