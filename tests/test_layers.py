@@ -16,7 +16,7 @@ LAYERS: dict[str, int] = {
     "latentrl.config": 1, "latentrl.logger": 1, "latentrl.run_dir": 1, "latentrl.chat": 1,
     "latentrl.model": 2, "latentrl.testing": 2, "latentrl.compute": 2,
     "latentrl.sampling": 3, "latentrl.decoding": 3, "latentrl.thoughts": 3, "latentrl.rollout": 3,
-    "latentrl.replay": 3,
+    "latentrl.head_logprobs": 3, "latentrl.replay": 3,
     "latentrl.eval": 4, "latentrl.thought_dependence": 4, "latentrl.optimizer_steps": 4, "latentrl.rl.batch": 4, "latentrl.rl.distributed": 4, "latentrl.rl.fsdp": 4,
     "latentrl.sft": 5, "latentrl.rl.trainer": 5, "latentrl.methods": 5,
     "latentrl.thought_inspection": 5,

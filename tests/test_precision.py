@@ -65,9 +65,14 @@ def test_dtype_option_loads_the_model_in_that_dtype(tmp_path):
         assert build_model_for(cfg).model.dtype == want
 
 
-def test_large_vocab_replay_materialises_one_chunk_of_logits_at_a_time():
+@pytest.mark.parametrize("path", ["buffers", "autograd"])
+def test_large_vocab_replay_materialises_one_chunk_of_logits_at_a_time(path, monkeypatch):
     """V = 50k: no autograd-saved tensor is V wide (chunks are recomputed in the backward), every LM-head call is
-    at most one chunk of rows, and the gradients equal those of a single-chunk replay."""
+    at most one chunk of rows, and the gradients equal those of a single-chunk replay. Token positions go through
+    `head_token_logprobs` (two reused chunk x V buffers, no module call) unless the head needs the autograd path;
+    latent positions always call the head (the operator reads their logits)."""
+    if path == "autograd":
+        monkeypatch.setattr("latentrl.replay.fused_head_weight", lambda head, h: None)
     V, chunk = 50_000, 8
     lm = tiny_latent_model("qwen2", ["Tom", "is", "a", "cat"], seed=0, hidden=32)
     lm.model.resize_token_embeddings(V, mean_resizing=False)
@@ -100,10 +105,14 @@ def test_large_vocab_replay_materialises_one_chunk_of_logits_at_a_time():
 
     loss_c, g_c, rows_c = grads(chunk)
     assert saved_v_wide == []  # nothing V wide is kept for the backward
-    n_chunks = math.ceil(B * C / chunk)
-    assert len(rows_c) == 2 * n_chunks and max(rows_c) <= chunk  # forward + one recompute per chunk
+    # rows the head module scores: latent positions, and the token positions on the autograd path
+    n_lat = int(r.latent_mask.sum())
+    groups = [n_lat] + ([B * C - n_lat] if path == "autograd" else [])
+    n_chunks = sum(math.ceil(n / chunk) for n in groups)
+    # each chunk's forward, and its recompute in the backward where its log-probs depend on the logits
+    assert n_chunks <= len(rows_c) <= 2 * n_chunks and max(rows_c) <= chunk
     loss_1, g_1, rows_1 = grads(10**9)
-    assert rows_1 == [B * C, B * C]
+    assert set(rows_1) == set(groups)
     hook.remove()
     torch.testing.assert_close(loss_c, loss_1)
     for a, b in zip(g_c, g_1):

@@ -93,3 +93,60 @@ def test_default_logits_chunk_stays_under_the_cpu_mmap_ceiling():
     assert default_logits_chunk(151936) * 151936 * 4 <= CPU_CHUNK_BYTES < 32 << 20
     assert default_logits_chunk(151936, "cuda") == 1024  # the CUDA caching allocator reuses blocks of any size
     assert default_logits_chunk(10**9) == 1
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_head_token_logprobs_equal_log_softmax_and_its_gradients(temperature):
+    """The buffer-reusing LM-head scorer against the autograd reference written directly: log_softmax(h W^T / T)
+    at the ids, its entropy, and the gradients in h and W, over several chunks with a ragged last one."""
+    from latentrl.head_logprobs import head_token_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(23, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (3 * torch.randn(300, 16, generator=g, dtype=torch.float64)).requires_grad_()
+    ids = torch.randint(0, 300, (23,), generator=g)
+    weights = torch.rand(23, generator=g, dtype=torch.float64)  # a loss that weighs every row differently
+    logp = (h @ w.t() / temperature).log_softmax(-1)
+    ref_lp = logp.gather(-1, ids[:, None]).squeeze(-1)
+    ref_ent = -(logp.exp() * logp).sum(-1)
+    ref_gh, ref_gw = torch.autograd.grad((ref_lp * weights).sum(), (h, w))
+    lp, ent = head_token_logprobs(h, w, ids, temperature, chunk=5, entropy=True)
+    gh, gw = torch.autograd.grad((lp * weights).sum(), (h, w))
+    torch.testing.assert_close(lp, ref_lp)
+    torch.testing.assert_close(ent, ref_ent.detach())
+    assert not ent.requires_grad
+    torch.testing.assert_close(gh, ref_gh)
+    torch.testing.assert_close(gw, ref_gw)
+    with torch.no_grad():  # the reference replay's case: no autograd, same values
+        torch.testing.assert_close(head_token_logprobs(h, w, ids, temperature, chunk=7)[0], ref_lp.detach())
+
+
+@pytest.mark.parametrize("name", [None, "soft_mixture", "gumbel_topk"])
+def test_replay_buffer_path_equals_the_autograd_path(tiny, prompts, name, monkeypatch):
+    """replay() scores token positions with `head_token_logprobs` where the head allows it; forcing the autograd
+    path instead gives the same log-probs, entropies and parameter gradients, latent positions included."""
+    import latentrl.replay as replay_module
+
+    ids, mask = prompts
+    op = build_thought_operator(name, **OPERATOR_KWARGS.get(name, {})) if name else None
+    if op is not None:
+        op.attach(tiny)
+    r = generate_rollout(tiny, ids, mask, SamplingParams(max_new_positions=9, temperature=0.8), op,
+                         schedule_for(name, tiny) if op else None, gen(2))
+    params = [p for p in tiny.model.parameters() if p.requires_grad]
+    assert replay_module.fused_head_weight(tiny.model.get_output_embeddings(), torch.zeros(1, 1)) is not None
+
+    def run():
+        out = replay(tiny, op, r, temperature=0.8, logits_chunk_size=7)
+        grads = torch.autograd.grad((out.logprobs * r.completion_mask).sum(), params, allow_unused=True)
+        return out, grads
+
+    a, ga = run()
+    monkeypatch.setattr(replay_module, "fused_head_weight", lambda head, h: None)
+    b, gb = run()
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a.entropy, b.entropy, atol=1e-5, rtol=1e-4)
+    for x, y in zip(ga, gb):
+        assert (x is None) == (y is None)
+        if x is not None:
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)

@@ -15,6 +15,7 @@ import torch.utils.checkpoint
 from transformers import DynamicCache
 
 from latentrl.decoding import shared_prompt_rows
+from latentrl.head_logprobs import fused_head_weight, head_token_logprobs
 from latentrl.model import LatentModel
 from latentrl.rollout import Rollout
 from latentrl.thoughts.base import ThoughtOperator
@@ -23,7 +24,7 @@ from latentrl.thoughts.base import ThoughtOperator
 @dataclass
 class ReplayOutput:
     logprobs: torch.Tensor  # (B, C) per completion position
-    entropy: torch.Tensor | None  # (B, C) entropy of the token distribution at the loss temperature
+    entropy: torch.Tensor | None  # (B, C) entropy of the token distribution at the loss temperature (0 at latent positions)
     hidden: torch.Tensor | None  # (B, C, H) last hidden state output at each completion position (value heads)
 
 
@@ -105,37 +106,56 @@ def replay(
         )
         h = torch.cat([prompt_hidden[inverse, P - 1 :], comp_hidden[:, : C - 1]], dim=1)
     temp = temperature if temperature > 0 else 1.0
-
     flat_h = h.reshape(B * C, -1)
     ids = rollout.completion_ids.reshape(-1)
     lat = rollout.latent_mask.reshape(-1)
-    payload = {k: v.reshape(B * C, *v.shape[2:]) for k, v in rollout.payload.items()}
-
-    def score(h_chunk: torch.Tensor, sl: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits = model.lm_head(h_chunk).float()
-        logp = (logits / temp).log_softmax(-1)
-        lp = logp.gather(-1, ids[sl, None]).squeeze(-1)
-        if operator is not None and bool(lat[sl].any()):
-            sub = lat[sl]
-            op_lp = operator.log_prob(logits[sub], ids[sl][sub], {k: v[sl][sub] for k, v in payload.items()})
-            lp = lp.masked_scatter(sub, op_lp.float())
-        ent = -(logp.exp() * logp).sum(-1) if compute_entropy else None
-        return lp, ent
-
-    # With gradients, each chunk is checkpointed: autograd keeps only the chunk's hidden states and recomputes its
-    # logits in the backward pass, one chunk at a time, so no B×C×V tensor is ever alive (tests/test_replay.py).
-    checkpointed = torch.is_grad_enabled() and flat_h.requires_grad
-    lp_parts, ent_parts = [], []
     chunk = max(1, logits_chunk_size or default_logits_chunk(model.vocab_size, flat_h.device))
-    for start in range(0, B * C, chunk):
-        sl = slice(start, start + chunk)
-        if checkpointed:
-            lp, ent = torch.utils.checkpoint.checkpoint(score, flat_h[sl], sl, use_reentrant=False)
-        else:
-            lp, ent = score(flat_h[sl], sl)
-        lp_parts.append(lp)
-        if compute_entropy:
-            ent_parts.append(ent)
-    logprobs = torch.cat(lp_parts).view(B, C) if lp_parts else h.new_zeros((B, C), dtype=torch.float32)
-    entropy = (torch.cat(ent_parts).view(B, C) if ent_parts else torch.zeros_like(logprobs)) if compute_entropy else None
+    # token positions: log_softmax(logits / T) at the stored id; latent positions: the operator's log-prob
+    tok = ~lat if operator is not None and bool(lat.any()) else None  # None: every position is a token
+    h_tok, ids_tok = (flat_h, ids) if tok is None else (flat_h[tok], ids[tok])
+    weight = fused_head_weight(model.model.get_output_embeddings(), h_tok)
+    if weight is not None:  # reused (chunk x V) buffers, flat memory at any length (latentrl.head_logprobs)
+        lp, ent = head_token_logprobs(h_tok, weight, ids_tok, temp, chunk, compute_entropy)
+    else:
+        def token_scores(h_chunk: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+            logp = (model.lm_head(h_chunk).float() / temp).log_softmax(-1)
+            ent = None
+            if compute_entropy:  # a metric: outside autograd, or a checkpointed chunk's recompute would keep its
+                with torch.no_grad():  # (chunk x V) tensors until the whole backward ends (never unpacked)
+                    ent = -(logp.exp() * logp).sum(-1)
+            return logp.gather(-1, ids_tok[rows, None]).squeeze(-1), ent
+
+        lp, ent = _in_chunks(token_scores, h_tok, chunk)
+    if tok is not None:
+        payload = {k: v.reshape(B * C, *v.shape[2:])[lat] for k, v in rollout.payload.items()}
+        ids_lat = ids[lat]
+
+        def latent_scores(h_chunk: torch.Tensor, rows: slice) -> tuple[torch.Tensor, None]:
+            logits = model.lm_head(h_chunk).float()
+            return operator.log_prob(logits, ids_lat[rows], {k: v[rows] for k, v in payload.items()}).float(), None
+
+        op_lp, _ = _in_chunks(latent_scores, flat_h[lat], chunk)
+        lp = lp.new_zeros(B * C).masked_scatter(tok, lp).masked_scatter(lat, op_lp)
+        ent = ent.new_zeros(B * C).masked_scatter(tok, ent) if ent is not None else None
+    logprobs = lp.view(B, C)
+    entropy = ent.view(B, C) if ent is not None else None
     return ReplayOutput(logprobs=logprobs, entropy=entropy, hidden=comp_hidden if return_hidden else None)
+
+
+def _in_chunks(score, h: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`score(h[rows], rows)` -> (values, optional metric) over `chunk` rows at a time, concatenated. With gradients
+    each chunk is checkpointed: autograd keeps only the chunk's hidden states and recomputes its logits in the
+    backward pass, one chunk at a time, so no (rows x V) tensor is ever alive (tests/test_replay.py)."""
+    checkpointed = torch.is_grad_enabled() and h.requires_grad
+    parts, metrics = [], []
+    for start in range(0, h.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        if checkpointed:
+            out, metric = torch.utils.checkpoint.checkpoint(score, h[rows], rows, use_reentrant=False)
+        else:
+            out, metric = score(h[rows], rows)
+        parts.append(out)
+        if metric is not None:
+            metrics.append(metric)
+    values = torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
+    return values, (torch.cat(metrics) if metrics else None)

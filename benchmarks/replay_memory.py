@@ -1,0 +1,113 @@
+"""Replay's update at a real vocabulary: the token log-probs in reused buffers (`latentrl.head_logprobs`) vs the
+autograd path (checkpointed log-softmax per chunk), side by side: seconds, user and system CPU time, and the peak
+resident memory of each path, each shape and path in a fresh process.
+
+    python benchmarks/replay_memory.py                          # V = 151,936; 32 x 64 and 64 x 64 completions
+    python benchmarks/replay_memory.py --vocab-size 64 --shapes 32x64
+
+Why: written with autograd ops, every logits chunk (41 positions at V = 151,936, `replay.default_logits_chunk`)
+allocates fresh (chunk x V) temporaries, and glibc does not reuse them: the small tensors each chunk leaves alive
+split the freed blocks, so the process grows by about one chunk's logits per chunk, forward and backward (a
+malloc_trim(0) after the loop gives it all back, so it is freed memory held by the allocator, not live tensors).
+The buffer path writes every (chunk x V) intermediate into two buffers allocated once per call. An update is
+`replay(..., compute_entropy=True)` (as the trainer calls it) with gradients, then backward of the summed
+log-probs; one warm-up update, then the fastest of `--repeats`; peak = the resident high-water mark over the timed
+updates (reset after the warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PATHS = ("buffers", "autograd")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--vocab-size", type=int, default=151936)
+    p.add_argument("--shapes", nargs="+", default=["32x64", "64x64"], help="BATCHxCOMPLETION shapes (default 32x64 64x64)")
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=2, help="timed updates per path and shape; the fastest is reported")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--worker", nargs=3, metavar=("PATH", "BATCH", "COMPLETION"), help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def worker(a: argparse.Namespace) -> dict:
+    """One path at one shape, in this (fresh) process."""
+    import torch
+
+    import latentrl.replay as replay_module
+    from latentrl.rollout import SamplingParams, generate_rollout
+    from latentrl.testing import tiny_latent_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from rollout_speed import peak_rss_mb, reset_peak_rss
+
+    path, batch, completion = a.worker[0], int(a.worker[1]), int(a.worker[2])
+    torch.set_num_threads(a.threads)
+    if path == "autograd":
+        replay_module.fused_head_weight = lambda head, h: None
+    lm = tiny_latent_model("qwen2", [f"w{i}" for i in range(max(0, a.vocab_size - 40))], seed=0, hidden=a.hidden)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, lm.vocab_size, (batch, a.prompt_len), generator=g)
+    with torch.no_grad():
+        ro = generate_rollout(lm, ids, torch.ones_like(ids, dtype=torch.bool),
+                              SamplingParams(max_new_positions=completion, stop_token_ids=[-1]), None, None, g)
+    lm.model.train()
+
+    def update() -> None:
+        out = replay_module.replay(lm, None, ro, compute_entropy=True)
+        (out.logprobs * ro.completion_mask).sum().backward()
+        lm.zero_grad(set_to_none=True)
+
+    update()
+    reset_peak_rss()
+    best = None
+    for _ in range(a.repeats):
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        update()
+        wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+        run = {"wall_s": wall, "user_s": r1.ru_utime - r0.ru_utime, "sys_s": r1.ru_stime - r0.ru_stime}
+        best = run if best is None or wall < best["wall_s"] else best
+    return {"path": path, "batch": batch, "completion": completion, **best, "peak_mb": peak_rss_mb()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parse_args(argv)
+    if a.worker:
+        print(json.dumps(worker(a)))
+        return {}
+    base = [f"--vocab-size={a.vocab_size}", f"--prompt-len={a.prompt_len}", f"--hidden={a.hidden}",
+            f"--repeats={a.repeats}", f"--threads={a.threads}"]
+    rows = []
+    print(f"replay (entropy on) + backward, V={a.vocab_size}, {a.threads} thread(s); each row a fresh process")
+    print(f"{'shape':>8} {'path':>9} {'s/update':>9} {'user s':>7} {'sys s':>6} {'peak MB':>8} {'speed':>7} {'memory':>7}")
+    for shape in a.shapes:
+        batch, completion = (int(x) for x in shape.split("x"))
+        got = {}
+        for path in PATHS:
+            out = subprocess.run([sys.executable, __file__, *base, "--worker", path, str(batch), str(completion)],
+                                 capture_output=True, text=True, check=True)
+            got[path] = json.loads(out.stdout.strip().splitlines()[-1])
+        for path in PATHS:
+            r = got[path]
+            speed = got["autograd"]["wall_s"] / r["wall_s"]
+            memory = got["autograd"]["peak_mb"] / r["peak_mb"]
+            print(f"{shape:>8} {path:>9} {r['wall_s']:>9.2f} {r['user_s']:>7.2f} {r['sys_s']:>6.2f} "
+                  f"{r['peak_mb']:>8.0f} {speed:>6.2f}x {memory:>6.2f}x")
+            rows.append(r)
+    out = {"vocab_size": a.vocab_size, "threads": a.threads, "rows": rows}
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

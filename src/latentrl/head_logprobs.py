@@ -1,0 +1,115 @@
+"""Token log-probs of the LM head, chunk by chunk in two reused (chunk x V) buffers, with their gradient.
+
+Why: at a real vocabulary (V = 151,936) the replay's logits are scored a few dozen positions at a time. Written with
+autograd ops, every chunk allocates fresh (chunk x V) temporaries (logits, scaled logits, log-softmax, and again in
+the checkpointed backward), and glibc's heap cannot give that memory back between chunks: the small tensors a chunk
+leaves alive split each freed block, so the next chunk's temporaries take new memory and the process grows by about
+one chunk's logits per chunk (docs/benchmarks.md, "Replay memory"). Here the forward and the backward write every
+(chunk x V) intermediate into the same two buffers, allocated once per call, so memory stays flat whatever the
+number of positions.
+
+    lp_i = log_softmax(h_i W^T / T)[id_i],       d lp_i / d h_i = (onehot(id_i) - p_i) W / T,
+    d lp_i / d W = (onehot(id_i) - p_i)^T h_i / T,  with p_i = softmax(h_i W^T / T) recomputed in the backward.
+
+The entropy of each row's distribution is returned as a metric, outside autograd. Exponents are floored at
+`sampling.EXP_FLOOR` (no denormal floats; weights under e^-79 of the row's largest change nothing in float32).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from latentrl.sampling import EXP_FLOOR
+
+__all__ = ["fused_head_weight", "head_token_logprobs"]
+
+
+def fused_head_weight(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor | None:
+    """The (V, H) weight when `head_token_logprobs` computes exactly what `head(hidden)` + log-softmax would: a plain
+    bias-free float32 `nn.Linear` on the CPU, float32 inputs, no autocast. None otherwise (LoRA or quantised heads,
+    bf16, CUDA, where the autograd path runs)."""
+    if type(head) is not nn.Linear or head.bias is not None:
+        return None
+    w = head.weight
+    if w.dtype != torch.float32 or hidden.dtype != torch.float32 or w.device.type != "cpu":
+        return None
+    if hidden.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return None
+    return w
+
+
+def _scores(z: torch.Tensor, h: torch.Tensor, wt: torch.Tensor, temperature: float) -> torch.Tensor:
+    """h W^T / T written into the buffer z."""
+    torch.mm(h, wt, out=z)
+    return z if temperature == 1.0 else z.div_(temperature)
+
+
+class _HeadTokenLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, ids, temperature, chunk, want_entropy):  # noqa: D102
+        N = hidden.shape[0]
+        c = max(1, min(chunk, N))
+        buf, tmp = hidden.new_empty((c, weight.shape[0])), hidden.new_empty((c, weight.shape[0]))
+        lp, lse = hidden.new_empty(N), hidden.new_empty((N, 1))
+        ent = hidden.new_empty(N) if want_entropy else None
+        wt = weight.t()
+        for s in range(0, N, c):
+            e = min(s + c, N)
+            z, w = _scores(buf[: e - s], hidden[s:e], wt, temperature), tmp[: e - s]
+            m = z.amax(-1, keepdim=True)
+            z.sub_(m)
+            total = torch.clamp(z, min=EXP_FLOOR, out=w).exp_().sum(-1, keepdim=True)
+            log_total = total.log()
+            z.sub_(log_total)  # z = log-softmax
+            lse[s:e] = m + log_total
+            lp[s:e] = z.gather(-1, ids[s:e, None]).squeeze(-1)
+            if want_entropy:  # -sum p log p, p = w / total
+                ent[s:e] = -(w.div_(total).mul_(z)).sum(-1)
+        ctx.save_for_backward(hidden, weight, ids, lse)
+        ctx.temperature, ctx.chunk = temperature, c
+        if ent is not None:
+            ctx.mark_non_differentiable(ent)
+        return lp, ent
+
+    @staticmethod
+    def backward(ctx, grad_lp, _grad_ent):  # noqa: D102
+        hidden, weight, ids, lse = ctx.saved_tensors
+        T, c, N = ctx.temperature, ctx.chunk, hidden.shape[0]
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        buf, wt = hidden.new_empty((c, weight.shape[0])), weight.t()
+        for s in range(0, N, c):
+            e = min(s + c, N)
+            g = grad_lp[s:e, None]
+            z = _scores(buf[: e - s], hidden[s:e], wt, T)
+            p = z.sub_(lse[s:e]).clamp_(min=EXP_FLOOR).exp_()
+            d = p.mul_(-g).scatter_add_(-1, ids[s:e, None], g)  # g (onehot - p), d lp / d (logits / T)
+            if T != 1.0:
+                d.div_(T)
+            if need_h:
+                torch.mm(d, weight, out=grad_h[s:e])
+            if need_w:
+                grad_w.addmm_(d.t(), hidden[s:e])
+        return grad_h, grad_w, None, None, None, None
+
+
+def head_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
+                        chunk: int = 1024, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N,) log_softmax(hidden @ weight.T / T) at `ids`, and (N,) entropies when `entropy` (no gradient), for
+    hidden (N, H), weight (V, H), ids (N,); differentiable in hidden and weight. `chunk` rows per pass."""
+    if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
+        with torch.no_grad():
+            return _HeadTokenLogprobs.forward(_NoCtx(), hidden, weight, ids, temperature, chunk, entropy)
+    return _HeadTokenLogprobs.apply(hidden, weight, ids, temperature, chunk, entropy)
+
+
+class _NoCtx:
+    """Stands in for autograd's ctx when no gradient is needed (nothing is kept)."""
+
+    def save_for_backward(self, *tensors: torch.Tensor) -> None:
+        pass
+
+    def mark_non_differentiable(self, *tensors: torch.Tensor) -> None:
+        pass
