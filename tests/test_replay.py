@@ -150,3 +150,22 @@ def test_replay_buffer_path_equals_the_autograd_path(tiny, prompts, name, monkey
         assert (x is None) == (y is None)
         if x is not None:
             torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("path", ["buffers", "autograd"])
+def test_an_all_latent_rollout_replays_with_a_zero_token_entropy(tiny, prompts, path, monkeypatch):
+    """Every completion position latent: no token position to score, and the entropy metric is still a (B, C)
+    tensor (zeros) on both scoring paths, so the trainer's metrics need no special case."""
+    import latentrl.replay as replay_module
+
+    if path == "autograd":
+        monkeypatch.setattr(replay_module, "fused_head_weight", lambda head, h: None)
+    ids, mask = prompts
+    op = build_thought_operator("soft_mixture", top_k=5)
+    r = generate_rollout(tiny, ids, mask, SamplingParams(max_new_positions=4, stop_token_ids=[-1]), op,
+                         ThinkingSchedule(num_latent_steps=4), gen())
+    assert r.latent_mask[:, :-1].all()
+    out = replay(tiny, op, r)
+    m = r.completion_mask
+    torch.testing.assert_close(out.logprobs[m], r.logprobs[m], atol=1e-5, rtol=1e-4)
+    assert out.entropy.shape == r.completion_ids.shape and not out.entropy[r.latent_mask].any()

@@ -126,6 +126,8 @@ def replay(
             return logp.gather(-1, ids_tok[rows, None]).squeeze(-1), ent
 
         lp, ent = _in_chunks(token_scores, h_tok, chunk)
+        if compute_entropy and ent is None:  # no token position at all
+            ent = lp.new_zeros(lp.shape)
     if tok is not None:
         payload = {k: v.reshape(B * C, *v.shape[2:])[lat] for k, v in rollout.payload.items()}
         ids_lat = ids[lat]
