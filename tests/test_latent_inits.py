@@ -149,24 +149,18 @@ for sig in (signal.SIGTERM, signal.SIGINT):
 
 @pytest.mark.skipif("chain_sum-cot-converged" not in available_models(), reason="CoT model not shipped")
 @pytest.mark.parametrize("when", ["before the first logged step", "while scoring"])
-def test_an_interrupted_latent_init_run_keeps_its_model_and_says_what_it_did(tmp_path, monkeypatch, capsys, when):
+def test_an_interrupted_latent_init_run_keeps_its_model_and_says_what_it_did(tmp_path, monkeypatch, when):
     """An interrupt in training saves the model and scores it at its stage, even before anything was logged; a
     second one while scoring ends with a one-line message naming the saved folder, not a traceback."""
     import json
     import sys
 
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("SIGTERM")
+
     script = _latent_init_script()
     out = tmp_path / "run"
-    if when == "while scoring":
-        def interrupted_score(*args, **kwargs):
-            raise KeyboardInterrupt("SIGTERM")
-
-        monkeypatch.setattr(script, "score", interrupted_score)
-    else:
-        def interrupted_training(*args, **kwargs):
-            raise KeyboardInterrupt("SIGTERM")
-
-        monkeypatch.setattr(script, "train_coconut", interrupted_training)
+    monkeypatch.setattr(script, "score" if when == "while scoring" else "train_coconut", interrupted)
     monkeypatch.setattr(script, "time_box_signals", lambda: None)  # this process's handlers stay as they are
     monkeypatch.setattr(sys, "argv", ["train_latent_init.py", "chain_sum", "--out", str(out), "--num-eval", "4",
                                       "num_train_examples=32", "gate_num_examples=4", "max_steps_per_stage=1",

@@ -99,17 +99,4 @@ def head_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.T
                         chunk: int = 1024, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(N,) log_softmax(hidden @ weight.T / T) at `ids`, and (N,) entropies when `entropy` (no gradient), for
     hidden (N, H), weight (V, H), ids (N,); differentiable in hidden and weight. `chunk` rows per pass."""
-    if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
-        with torch.no_grad():
-            return _HeadTokenLogprobs.forward(_NoCtx(), hidden, weight, ids, temperature, chunk, entropy)
     return _HeadTokenLogprobs.apply(hidden, weight, ids, temperature, chunk, entropy)
-
-
-class _NoCtx:
-    """Stands in for autograd's ctx when no gradient is needed (nothing is kept)."""
-
-    def save_for_backward(self, *tensors: torch.Tensor) -> None:
-        pass
-
-    def mark_non_differentiable(self, *tensors: torch.Tensor) -> None:
-        pass
