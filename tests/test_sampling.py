@@ -176,18 +176,27 @@ def test_the_draw_returns_the_row_totals_it_summed(block):
 
 
 def test_the_exp_floor_leaves_no_denormals_and_keeps_values():
-    """At large vocabularies `exp_weights_` and `logsumexp_rows` raise exponents to `EXP_FLOOR` (denormal floats
-    slow a CPU down several times): weights are exp(z) to float32 precision above e^-79, exactly 0 below 2·e^floor
-    (a -inf logit keeps weight 0), never denormal; the log-normaliser equals torch.logsumexp, an all -inf row's
-    included, and a nan row stays nan."""
+    """At large vocabularies `exp_weights_` (exp2 of the scaled exponent) and `logsumexp_rows` zero the exponents at or
+    below `EXP_FLOOR` (denormal floats slow a CPU down several times): weights are exp(z / T) within the stated
+    relative error |z / T| · 2^-23 + 2e-7 above the floor (float64 reference), exactly 0 at or below it (a -inf
+    logit keeps weight 0), never denormal; the log-normaliser equals torch.logsumexp, an all -inf row's included,
+    and a nan row stays nan. Short rows are `torch.exp` itself, bit for bit."""
     V = sampling.FLOOR_MIN_ENTRIES + 3
     z = torch.linspace(-120.0, 0.0, V).expand(3, V).clone()
     z[1, 5] = float("-inf")
-    w = sampling.exp_weights_(z.clone())
-    assert not ((w > 0) & (w < torch.finfo(torch.float32).tiny)).any()
-    big = z > -79.0
-    torch.testing.assert_close(w[big], z[big].exp(), rtol=2e-6, atol=0)
-    assert (w[z < sampling.EXP_FLOOR + 0.69] == 0).all() and w[1, 5] == 0
+    for T in (1.0, 0.7):
+        w = sampling.exp_weights_(z.clone(), T)
+        assert not ((w > 0) & (w < torch.finfo(torch.float32).tiny)).any()
+        big = z / T > sampling.EXP_FLOOR + 1e-4
+        exact = (z[big].double() / T).exp()
+        bound = (z[big].double() / T).abs() * 2.0**-23 + 2e-7
+        assert (((w[big].double() - exact) / exact).abs() <= bound).all()
+        assert (w[z / T < sampling.EXP_FLOOR - 1e-4] == 0).all() and w[1, 5] == 0
+    out = torch.empty_like(z)
+    assert sampling.exp_weights_(z, 0.7, out=out) is out and torch.equal(out, sampling.exp_weights_(z.clone(), 0.7))
+    short = torch.randn(2, 64, generator=gen(6)) * 5
+    assert torch.equal(sampling.exp_weights_(short.clone()), short.exp())
+    assert torch.equal(sampling.exp_weights_(short.clone(), 0.7), (short / 0.7).exp())
     x = torch.randn(4, V, generator=gen(7)) * 30
     x[1, ::3] = float("-inf")
     x[2] = float("-inf")

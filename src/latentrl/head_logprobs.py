@@ -11,8 +11,8 @@ number of positions.
     lp_i = log_softmax(h_i W^T / T)[id_i],       d lp_i / d h_i = (onehot(id_i) - p_i) W / T,
     d lp_i / d W = (onehot(id_i) - p_i)^T h_i / T,  with p_i = softmax(h_i W^T / T) recomputed in the backward.
 
-The entropy of each row's distribution is returned as a metric, outside autograd. Exponents are floored at
-`sampling.EXP_FLOOR` (no denormal floats; weights under e^-79 of the row's largest change nothing in float32).
+The entropy of each row's distribution is returned as a metric, outside autograd. Exponentials are
+`sampling.exp_weights_`'s (at large vocabularies exp2, floored at `sampling.EXP_FLOOR`: no denormal floats).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from latentrl.sampling import EXP_FLOOR
+from latentrl.sampling import exp_weights_
 
 __all__ = ["fused_head_weight", "head_token_logprobs"]
 
@@ -59,7 +59,7 @@ class _HeadTokenLogprobs(torch.autograd.Function):
             z, w = _scores(buf[: e - s], hidden[s:e], wt, temperature), tmp[: e - s]
             m = z.amax(-1, keepdim=True)
             z.sub_(m)
-            total = torch.clamp(z, min=EXP_FLOOR, out=w).exp_().sum(-1, keepdim=True)
+            total = exp_weights_(z, out=w).sum(-1, keepdim=True)
             log_total = total.log()
             z.sub_(log_total)  # z = log-softmax
             lse[s:e] = m + log_total
@@ -84,7 +84,7 @@ class _HeadTokenLogprobs(torch.autograd.Function):
             e = min(s + c, N)
             g = grad_lp[s:e, None]
             z = _scores(buf[: e - s], hidden[s:e], wt, T)
-            p = z.sub_(lse[s:e]).clamp_(min=EXP_FLOOR).exp_()
+            p = exp_weights_(z.sub_(lse[s:e]))
             d = p.mul_(-g).scatter_add_(-1, ids[s:e, None], g)  # g (onehot - p), d lp / d (logits / T)
             if T != 1.0:
                 d.div_(T)
