@@ -99,7 +99,7 @@ def suite_tasks() -> dict[str, SuiteTask]:
             dataset_kwargs={"digits": 4},
             method_overrides={"coconut_grpo": icot_chain, "latent_rl": icot_chain,
                               "dlr": [f"dlr.num_latent_steps={icot_thoughts}"]},
-            # the gated Coconut init on the column-sums chain (92.9 % of the real valid file at 14 thoughts,
+            # the gated Coconut init on the column-sums chain (99.4 % of the real valid file at 14 thoughts,
             # docs/bench/icot_latent_init) and the superposition init (2 CoT tokens per latent, 23 latents, 38.6 %,
             # docs/bench/chain_sum/superposition_init), used when shipped
             shipped_inits={"coconut_sft": "icot_mult_4x4-coconut", "superposition_sft": "icot_mult_4x4-superposition"},
