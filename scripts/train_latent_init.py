@@ -95,19 +95,21 @@ RECIPES: dict[str, dict] = {
             "eval_strategy=no", "eval_batch_size=250", "logging_steps=16", "max_length=256", "seed=0",
         ],
     },
-    # the route of the shipped `icot_mult_4x4-coconut` in one command, from the start: the column-sums chain written
+    # the route of `icot_mult_4x4-coconut` (shipped), from the start: the column-sums chain written
     # tens digit first (`chain=columns_tens_first`: the 4 partial products, then the 8 column sums, each sum's tens
     # digit before its units digit), stages 1-4 the partial products as 3 thoughts each, stage 5 the column sums as
     # 2 thoughts: 14 thoughts + <|end-latent|> = 15 reasoning positions (CoT 46). The linear thought probe reads each
     # product's digits from its thoughts and, at stage 5, S_3's tens digit from the first sums thought and its units
-    # from the second (`probe_head_step_shift`; the layout that freed answer digit 3 in run TR). The shipped model
-    # came from a lineage of eleven runs (docs/bench/icot_latent_init, "Runs TP, TQ, TR"); this recipe starts each
-    # stage from the previous one instead. `--cot-model docs/bench/icot_latent_init/base_ctf4L` is a copy of the
+    # from the second (`probe_head_step_shift`; the layout that freed answer digit 3 in run TR). The model shipped
+    # until 2026-12-07 came from a lineage of eleven runs (docs/bench/icot_latent_init, "Runs TP, TQ, TR"); this
+    # recipe starts each stage from the previous one instead. `--cot-model docs/bench/icot_latent_init/base_ctf4L` is a copy of the
     # model `cot_command` trains (98.7 % on the real valid file). First run (docs/bench/icot_latent_init, "Run CF"):
     # 66.6 / 67.4 / 64.8 / 59.9 / 7.9 % at 45 / 41 / 36 / 30 / 15 positions after stages 1-5 (swap drop = Pass@1;
     # stages 2-5 end at the cap, stage 5 with answer digit 5 at chance), 3 h of training on 2 CPU cores. Stage 5
     # again from that model with "probe_head_step_shift=[-1,0,0,0,8]" (the probe on S_5): 77.2 %, then 81.9 % and
-    # 89.5 % after 4,000 and 8,000 more steps (runs CF5-CF7; CF8's 4,000 more: 84.3 %), swap drop = Pass@1.
+    # 89.5 % after 4,000 and 8,000 more steps (runs CF5-CF7; CF8's 4,000 more: 84.3 %), swap drop = Pass@1; 4,000
+    # more from CF7 at learning_rate=1e-4 (run CF9): 99.4 %, the model shipped as `icot_mult_4x4-coconut` since
+    # 2026-12-07 (the route's commands: docs/bench/icot_latent_init, "Run CF" to "Run CF9").
     "icot_mult_4x4_columns": {
         "task": "icot_mult_4x4",
         "dataset_kwargs": {"chain": "columns_tens_first"},
