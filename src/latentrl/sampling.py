@@ -16,9 +16,9 @@ exp(logits / T), which the log-normaliser needs anyway (`sample_categorical`: bl
 cumulative sum; a few uniforms per row), and Gumbel noise is drawn only for the entries that can matter (the
 survivors of a top-k filter; Latent-GRPO's candidates for its perturbed top-K). Both are equal in distribution to the reference
 (multinomial over the filtered softmax; Gumbel noise on every entry): `tests/test_sampling.py` checks this with
-chi-square tests on many seeded draws. Two exact helpers avoid torch's slower full-vocabulary kernels on a CPU:
-`topk_rows` (top-k from strided block maxima: ~2 ms instead of ~6-10 ms for 32 x 152k) and `logsumexp_rows` (one
-exp pass).
+chi-square tests on many seeded draws. Two helpers avoid torch's slower full-vocabulary kernels on a CPU: `topk_rows`
+(exact top-k from strided block maxima: ~2 ms instead of ~6-10 ms for 32 x 152k) and `logsumexp_rows` (one exp pass,
+exp2 at large vocabularies: `exp_weights_`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "EXP_FLOOR", "FLOOR_MIN_ENTRIES", "GeneratorDeviceError", "check_generator", "draw_unfiltered", "exp_weights_", "filter_logits",
-    "generator_for", "generator_on", "gumbel_noise", "log_normalizer", "logsumexp_rows", "normal",
+    "EXP_FLOOR", "FLOOR_MIN_ENTRIES", "GeneratorDeviceError", "check_generator", "draw_unfiltered", "exp_weights_",
+    "filter_logits", "generator_for", "generator_on", "gumbel_noise", "log_normalizer", "logsumexp_rows", "normal",
     "sample_categorical", "sample_categorical_with_total", "sample_tokens", "tempered", "token_logprobs",
     "top_k_nucleus", "topk_rows", "uniform",
 ]
