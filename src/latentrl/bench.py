@@ -100,7 +100,7 @@ def suite_tasks() -> dict[str, SuiteTask]:
             method_overrides={"coconut_grpo": icot_chain, "latent_rl": icot_chain,
                               "dlr": [f"dlr.num_latent_steps={icot_thoughts}"]},
             # the gated Coconut init on the column-sums chain (99.4 % of the real valid file at 14 thoughts,
-            # docs/bench/icot_latent_init) and the superposition init (2 CoT tokens per latent, 23 latents, 38.6 %,
+            # docs/bench/icot_latent_init) and the superposition init (column sums kept whole, 14 latents, 88.9 %,
             # docs/bench/chain_sum/superposition_init), used when shipped
             shipped_inits={"coconut_sft": "icot_mult_4x4-coconut", "superposition_sft": "icot_mult_4x4-superposition"},
         ),
