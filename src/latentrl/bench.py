@@ -115,7 +115,7 @@ def suite_tasks() -> dict[str, SuiteTask]:
             # batches of 64 keep the 9 epochs at ~290 steps (a CPU-time choice, docs/bench/chain_sum)
             init_overrides={"coconut_sft": [f"max_latent_stage={chain_steps}", f"num_epochs={chain_steps + 3}",
                                             "per_device_train_batch_size=64"]},
-            # the gated Coconut init (93 % at 7 thoughts, docs/bench/chain_sum/latent_init) and the superposition
+            # the gated Coconut init (100 % at 7 thoughts, docs/bench/chain_sum/latent_init) and the superposition
             # init (one latent per step, docs/bench/chain_sum/superposition_init), used when shipped
             shipped_inits={"coconut_sft": "chain_sum-coconut", "superposition_sft": "chain_sum-superposition"},
         ),
