@@ -118,7 +118,7 @@ def test_distillation_and_dlr_update_train_the_assistant_only(main, rows):
                        init_std=0.1, thought_scale=scale)
     opt = torch.optim.Adam(a.parameters(), lr=3e-3)
     first = None
-    for _ in range(40):
+    for _ in range(80):  # the shipped init's thoughts: 1.33 -> 0.24 in 80 steps (0.69 at 40)
         loss = distill_loss(a, S, mask, own, noise=0.0)
         first = first if first is not None else loss.item()
         opt.zero_grad()
