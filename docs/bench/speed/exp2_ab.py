@@ -8,27 +8,17 @@ projected state (`draw_unfiltered` + E^T e / ||e||, E 151,936 x 128), and `head_
 on 64 positions (the replay's token path). REV's `sampling.py` and `head_logprobs.py` are read with `git show`.
 """
 
-import importlib.util
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from latentrl import head_logprobs as new_head
-from latentrl import sampling as new
+sys.path.insert(0, str(Path(__file__).parent))
+from sampler_ab import load  # noqa: E402
 
-
-def load(rev: str, name: str):
-    text = subprocess.run(["git", "show", f"{rev}:src/latentrl/{name}.py"], capture_output=True, text=True,
-                          check=True).stdout
-    path = f"/tmp/{name}_{rev}.py"
-    with open(path, "w") as f:
-        f.write(text)
-    spec = importlib.util.spec_from_file_location(f"{name}_{rev}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from latentrl import head_logprobs as new_head  # noqa: E402
+from latentrl import sampling as new  # noqa: E402
 
 
 def main(rev: str) -> None:

@@ -17,13 +17,14 @@ sys.path.insert(0, "src")
 from latentrl import sampling as new  # noqa: E402
 
 
-def load(rev: str):
-    text = subprocess.run(["git", "show", f"{rev}:src/latentrl/sampling.py"], capture_output=True, text=True,
+def load(rev: str, name: str = "sampling"):
+    """REV's `src/latentrl/<name>.py` as a module (its `latentrl` imports resolve to the working tree)."""
+    text = subprocess.run(["git", "show", f"{rev}:src/latentrl/{name}.py"], capture_output=True, text=True,
                           check=True).stdout
-    path = f"/tmp/sampling_{rev}.py"
+    path = f"/tmp/{name}_{rev}.py"
     with open(path, "w") as f:
         f.write(text)
-    spec = importlib.util.spec_from_file_location(f"sampling_{rev}", path)
+    spec = importlib.util.spec_from_file_location(f"{name}_{rev}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
