@@ -102,8 +102,8 @@ RECIPES: dict[str, dict] = {
     # product's digits from its thoughts and, at stage 5, S_3's tens digit from the first sums thought and its units
     # from the second (`probe_head_step_shift`; the layout that freed answer digit 3 in run TR). The model shipped
     # until 2026-12-07 came from a lineage of eleven runs (docs/bench/icot_latent_init, "Runs TP, TQ, TR"); this
-    # recipe starts each stage from the previous one instead. `--cot-model docs/bench/icot_latent_init/base_ctf4L` is a copy of the
-    # model `cot_command` trains (98.7 % on the real valid file). First run (docs/bench/icot_latent_init, "Run CF"):
+    # recipe starts each stage from the previous one instead. `--cot-model docs/bench/icot_latent_init/base_ctf4L`
+    # is a copy of the model `cot_command` trains (98.7 % on the real valid file). First run (docs/bench/icot_latent_init, "Run CF"):
     # 66.6 / 67.4 / 64.8 / 59.9 / 7.9 % at 45 / 41 / 36 / 30 / 15 positions after stages 1-5 (swap drop = Pass@1;
     # stages 2-5 end at the cap, stage 5 with answer digit 5 at chance), 3 h of training on 2 CPU cores. Stage 5
     # again from that model with "probe_head_step_shift=[-1,0,0,0,8]" (the probe on S_5): 77.2 %, then 81.9 % and
