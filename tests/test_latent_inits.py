@@ -176,3 +176,31 @@ def test_an_interrupted_latent_init_run_keeps_its_model_and_says_what_it_did(tmp
         assert result["final_stage"] == 1 and result["steps"] == 0 and result["n_eval"] == 4
         assert result["stages"] == [{"stage/index": 1, "stage/reason": "interrupted"}]
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+
+
+def test_a_latent_init_run_finishes_with_lower_rate_steps_at_its_final_stage(tmp_path, monkeypatch):
+    """`--finish-steps N --finish-lr LR`: after the curriculum's final stage, N more steps of that stage at LR (its
+    own folder, the gate unable to end them), counted in the result and marked in its stage log."""
+    import json
+    import sys
+
+    from latentrl.logger import read_metrics
+
+    script = _latent_init_script()
+    out = tmp_path / "run"
+    monkeypatch.setattr(script, "time_box_signals", lambda: None)
+    monkeypatch.setattr(sys, "argv", ["train_latent_init.py", "chain_sum", "--out", str(out), "--num-eval", "4",
+                                      "--finish-steps", "3", "--finish-lr", "1e-4", "num_train_examples=32",
+                                      "gate_num_examples=4", "max_steps_per_stage=1", "gate_eval_steps=1",
+                                      "logging_steps=1", "eval_batch_size=4"])
+    script.main()
+    result = json.loads((out / "result.json").read_text())
+    assert result["finish"] == {"steps": 3, "learning_rate": 1e-4} and result["final_stage"] == 7
+    main_stages = [r for r in result["stages"] if not r.get("finish")]
+    finish_stages = [r for r in result["stages"] if r.get("finish")]
+    assert len(main_stages) == 7 and len(finish_stages) == 1 and finish_stages[0]["stage/index"] == 7
+    assert finish_stages[0]["stage/steps"] == 3 and finish_stages[0]["stage/reason"] == "max_steps"
+    assert result["steps"] == 7 + 3
+    rates = {r["learning_rate"] for r in read_metrics(out / "finish") if "learning_rate" in r}
+    assert rates == {1e-4}
+    assert {r["learning_rate"] for r in read_metrics(out) if "learning_rate" in r} == {1e-3}
