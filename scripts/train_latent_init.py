@@ -10,14 +10,15 @@ every training split), checked disjoint from both. Writes into --out: the model 
 `metrics.jsonl` (training, gate/* and stage/* records), `result.json` (final Pass@1 with its standard error,
 reasoning positions, the thought-dependence check) and `curve.png`. `--finish-steps N` (a recipe's `finish`, e.g.
 chain_sum's 500) ends the run with N more steps of the final stage at a lower rate (`--finish-lr`; their metrics in
-`--out`/finish): every shipped init was left short by its constant rate (docs/methods/coconut.md). A time box (`timeout 30m python ...`, `kill PID`
-or Ctrl-C) stops training, saves the model as it is and scores it at its stage; `resume_from_checkpoint=latest`
-continues the same --out folder from its last checkpoint.
+`--out`/finish): every shipped init was left short by its constant rate (docs/methods/coconut.md). A time box
+(`timeout 30m python ...`, `kill PID` or Ctrl-C) stops training, saves the model as it is and scores it at its
+stage; `resume_from_checkpoint=latest` continues the same --out folder from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -107,9 +108,10 @@ RECIPES: dict[str, dict] = {
     # from the second (`probe_head_step_shift`; the layout that freed answer digit 3 in run TR). The model shipped
     # until 2026-12-07 came from a lineage of eleven runs (docs/bench/icot_latent_init, "Runs TP, TQ, TR"); this
     # recipe starts each stage from the previous one instead. `--cot-model docs/bench/icot_latent_init/base_ctf4L`
-    # is a copy of the model `cot_command` trains (98.7 % on the real valid file). First run (docs/bench/icot_latent_init, "Run CF"):
-    # 66.6 / 67.4 / 64.8 / 59.9 / 7.9 % at 45 / 41 / 36 / 30 / 15 positions after stages 1-5 (swap drop = Pass@1;
-    # stages 2-5 end at the cap, stage 5 with answer digit 5 at chance), 3 h of training on 2 CPU cores. Stage 5
+    # is a copy of the model `cot_command` trains (98.7 % on the real valid file). First run
+    # (docs/bench/icot_latent_init, "Run CF"): 66.6 / 67.4 / 64.8 / 59.9 / 7.9 % at 45 / 41 / 36 / 30 / 15 positions
+    # after stages 1-5 (swap drop = Pass@1; stages 2-5 end at the cap, stage 5 with answer digit 5 at chance), 3 h of
+    # training on 2 CPU cores. Stage 5
     # again from that model with "probe_head_step_shift=[-1,0,0,0,8]" (the probe on S_5): 77.2 %, then 81.9 % and
     # 89.5 % after 4,000 and 8,000 more steps (runs CF5-CF7; CF8's 4,000 more: 84.3 %), swap drop = Pass@1; 4,000
     # more from CF7 at learning_rate=1e-4 (run CF9): 99.4 %, the model shipped as `icot_mult_4x4-coconut` since
@@ -203,15 +205,13 @@ def time_box_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def finishing_config(cfg: CoconutConfig, recipe: dict, overrides: list[str], out: Path, finish: dict
-                     ) -> CoconutConfig:
+def finishing_config(cfg: CoconutConfig, out: Path, finish: dict) -> CoconutConfig:
     """The finishing phase: the run's config at its final stage only, `finish["steps"]` steps at
     `finish["learning_rate"]` (default a third of the run's), the gate unable to end it, written to `out`."""
-    lr = finish.get("learning_rate") or cfg.learning_rate / 3
-    return load_config(CoconutConfig, None, [
-        *recipe["overrides"], *overrides, f"output_dir={out}", "disable_tqdm=true", f"start_stage={cfg.final_stage}",
-        f"max_steps_per_stage={int(finish['steps'])}", f"gate_patience={int(finish['steps']) + 1}",
-        f"learning_rate={lr}", "resume_from_checkpoint=null"])
+    steps = int(finish["steps"])
+    return dataclasses.replace(
+        cfg, output_dir=str(out), start_stage=cfg.final_stage, max_steps_per_stage=steps, gate_patience=steps + 1,
+        learning_rate=finish.get("learning_rate") or cfg.learning_rate / 3, resume_from_checkpoint=None)
 
 
 def score(model: LatentModel, evals: list, cfg: CoconutConfig, stage: int, max_new: int) -> tuple[dict, object]:
@@ -243,7 +243,7 @@ def main() -> None:
     ap.add_argument("--finish-steps", type=int, default=None,
                     help="after the curriculum reaches its final stage, this many more steps of that stage at "
                          "--finish-lr (a fresh AdamW; the gate cannot end them). Default: the recipe's `finish` "
-                         "(chain_sum: 500), else 0. Every shipped init gained 7-24 points from such a phase.")
+                         "(chain_sum: 500), else 0. Every shipped init gained 5-24 points from such a phase.")
     ap.add_argument("--finish-lr", type=float, default=None,
                     help="learning rate of the finishing steps (default: the recipe's, else a third of the run's)")
     ap.add_argument("overrides", nargs="*", help="CoconutConfig key=value overrides")
@@ -274,15 +274,16 @@ def main() -> None:
 
     finish = {**recipe.get("finish", {}), **{k: v for k, v in (("steps", ns.finish_steps),
                                                                ("learning_rate", ns.finish_lr)) if v is not None}}
+    finished = None  # the finishing phase's settings once it has run
     try:
         history = train_coconut(cfg, model, train, eval_examples=[], gate_examples=gate)
         stage_log, steps, train_wall = history.stage_log, history.steps, history.train_wall_s
         stage = stage_log[-1]["stage/index"]
         if finish.get("steps", 0) > 0 and stage == cfg.final_stage:
-            fcfg = finishing_config(cfg, recipe, ns.overrides, out / "finish", finish)
-            fin = train_coconut(fcfg, model, train, eval_examples=[], gate_examples=gate)
+            fin = train_coconut(finishing_config(cfg, out / "finish", finish), model, train, eval_examples=[],
+                                gate_examples=gate)
             stage_log = stage_log + [{**r, "finish": True} for r in fin.stage_log]
-            steps, train_wall = steps + fin.steps, train_wall + fin.train_wall_s
+            steps, train_wall, finished = steps + fin.steps, train_wall + fin.train_wall_s, finish
     except KeyboardInterrupt:  # a time box (kill, timeout, Ctrl-C): keep the model as it is and score it at its stage
         records = read_metrics(out) if (out / "metrics.jsonl").is_file() else []
         # before the first logged step: the model is still the one it started from, at the first stage
@@ -306,7 +307,7 @@ def main() -> None:
         "mean_reasoning_positions": ev["mean_reasoning_positions"], "thought_dependence": dep.to_dict(),
         "stages": stage_log, "steps": steps, "train_wall_s": round(train_wall, 1),
         "wall_s": round(wall, 1), "threads": ns.threads, "config": config_to_dict(cfg), "samples": ev["samples"],
-        "finish": finish or None,
+        "finish": finished,
         # the base's draws and this one's (`latentrl.data.provenance`: RL prompts stay off them)
         "train_data": [d.to_dict() for d in read_train_draws(cot)]
         + [TrainDraw.of_train_split(task.dataset, cfg.num_train_examples, cfg.seed, **data_kwargs).to_dict()],

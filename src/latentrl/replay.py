@@ -24,7 +24,7 @@ from latentrl.thoughts.base import ThoughtOperator
 @dataclass
 class ReplayOutput:
     logprobs: torch.Tensor  # (B, C) per completion position
-    entropy: torch.Tensor | None  # (B, C) entropy of the token distribution at the loss temperature (0 at latent positions)
+    entropy: torch.Tensor | None  # (B, C) entropy of the token distribution at the loss temperature, 0 at latent rows
     hidden: torch.Tensor | None  # (B, C, H) last hidden state output at each completion position (value heads)
 
 
