@@ -7,18 +7,24 @@ From the task's converged CoT model (`<cot_model>-converged`; chain_sum: 100 %),
 latent, the uniform superposition of its 7 token embeddings, so 7 latents replace 49 CoT positions. The model learns
 to predict each next latent's token distribution (KL) and the answer after the last one (CE). Defaults are the
 shipped `chain_sum-superposition` recipe; keys: task (chain_sum | icot_mult_4x4), tokens_per_latent, chunk_sizes
-(comma-separated lengths of the first chunks, e.g. 3,3,3,3,3,3,3,3,3,3,4,4,4,4), chunk_weights (count | positional), self_feed (0; the fraction of latent inputs that are the model's own), max_steps,
-learning_rate, num_train, stage_advance (fixed | converged), gate_metric, gate_threshold, gate_eval_steps (100),
-save_steps (1000), resume (latest: continue OUT/train after an interruption, or a finished run to a larger
-max_steps, its model and results kept in OUT/at_step_<N>/), threads (1); cot_model (a shipped model
-name or a folder; default the task's converged CoT model) and chain (icot_mult's chain knob for the training and gate
-problems, e.g. `chain=partials` with a CoT model trained on that chain; the scored file is the task's own).
+(comma-separated lengths of the first chunks, e.g. 3,3,3,3,3,3,3,3,3,3,4,4,4,4), chunk_weights (count | positional),
+self_feed (0; the fraction of latent inputs that are the model's own), max_steps, learning_rate, finish_steps (1000),
+finish_lr, num_train, num_eval (500), stage_advance (fixed | converged), gate_metric, gate_threshold, gate_eval_steps
+(100), save_steps (1000), resume (latest: continue OUT/train after an interruption, or a finished run to a larger
+max_steps, its model and results kept in OUT/at_step_<N>/), threads (1); cot_model (a shipped model name or a folder;
+default the task's converged CoT model) and chain (icot_mult's chain knob for the training and gate problems, e.g.
+`chain=partials` with a CoT model trained on that chain; the scored file is the task's own).
 
 The stage runs a fixed 15,000 steps: the teacher-forced gates do not measure what generation needs here — the
 teacher-forced answer accuracy passes at 300 steps (the answer digit is in the last target latent) and the loss
 reaches 0.028 by 700, both at chance when the model writes its own latents (docs/bench/chain_sum/superposition_init).
 `stage_advance=converged gate_metric=generated_accuracy gate_threshold=0.85` gates on the model's own latents
 instead (greedy Pass@1 on 256 gate problems every 100 steps), with max_steps the cap.
+
+Then `finish_steps` (1000) more steps at `finish_lr` (a third of learning_rate): a fresh AdamW, no gate, metrics and
+checkpoints in OUT/finish (`resume=latest` continues them too). The constant rate leaves every init short of what it
+reaches (chain_sum: 87.0 % after the 15,000 steps, 96.2 % after the finish; docs/methods/coconut.md, "Finish at a
+lower learning rate"). `finish_steps=0` skips it: the commands recorded before 2026-12-07 ran without it.
 
 Scored as `latentrl bench` scores a latent_grpo row (the `gumbel_topk` operator of configs/cpu/latent_grpo.yaml in
 eval mode, the suite's first 500 held-out problems: Pass@1 greedy, Pass@4 sampled, reasoning positions) plus the
@@ -31,6 +37,7 @@ scores that model the same way into OUT/scored/<MODEL's folder name>.json (never
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -55,13 +62,14 @@ NUM_EVAL = 500
 
 
 def keep_finished_run(out: Path) -> None:
-    """Move a finished run's model and results into OUT/at_step_<N>/ before a resumed run writes new ones."""
+    """Move a finished run's model, results and finishing phase into OUT/at_step_<N>/ before a resumed run writes
+    new ones (the resumed run continues OUT/train, then finishes afresh)."""
     steps = json.loads((out / "result.json").read_text())["steps"] if (out / "result.json").exists() else "unknown"
     dest = out / f"at_step_{steps}"
     if dest.exists():
         raise SystemExit(f"{dest} exists: move it away first (nothing is overwritten)")
     dest.mkdir()
-    for name in ("model", "result.json", "history.json"):
+    for name in ("model", "result.json", "history.json", "finish"):
         if (out / name).exists():
             (out / name).rename(dest / name)
     print(f"the finished run's model and results moved to {dest}", flush=True)
@@ -69,6 +77,14 @@ def keep_finished_run(out: Path) -> None:
 
 #: how the model is scored, recorded in its latent_init.json (`latentrl eval` on the folder uses it)
 SCORED_WITH = {"method": "latent_grpo", "config": "configs/cpu/latent_grpo.yaml"}
+
+
+def finishing_config(cfg: SuperpositionSFTConfig, out: Path, finish: dict) -> SuperpositionSFTConfig:
+    """The finishing phase: the run's config for `finish["steps"]` fixed steps at `finish["learning_rate"]`,
+    written to `out`; a resumed run continues the phase from its latest checkpoint there, if it had one."""
+    resume = "latest" if cfg.resume_from_checkpoint and latest_checkpoint(out) is not None else None
+    return dataclasses.replace(cfg, output_dir=str(out), max_steps=finish["steps"], stage_advance="fixed",
+                               learning_rate=finish["learning_rate"], resume_from_checkpoint=resume)
 
 
 def score(model_dir: Path, task, run_dir: Path, test: list):
@@ -134,9 +150,11 @@ def main() -> None:
         output_dir=str(out / "train"), report_to=["jsonl"], save_steps=int(over.get("save_steps", 1000)),
         resume_from_checkpoint=over.get("resume"),
     )
+    finish = {"steps": int(over.get("finish_steps", 1000)),
+              "learning_rate": float(over.get("finish_lr", cfg.learning_rate / 3))}
     task = suite_tasks()[over.get("task", "chain_sum")]
     data_kwargs = {**task.dataset_kwargs, **({"chain": over["chain"]} if "chain" in over else {})}
-    test = task.eval_examples(NUM_EVAL)
+    test = task.eval_examples(int(over.get("num_eval", NUM_EVAL)))
     # the scored problems stay out of the draw (a million icot draws hit a few of the real valid file's)
     train = load_examples(task.dataset, split="train", n=int(over.get("num_train", 8000)), seed=0,
                           exclude=[e.question for e in test], **data_kwargs)
@@ -155,16 +173,24 @@ def main() -> None:
     t0 = time.perf_counter()
     hist = train_superposition_sft(cfg, model, train, gate_examples=gate)
     train_s = time.perf_counter() - t0
+    finished = None  # the finishing phase's settings once it has run
+    if finish["steps"] > 0:
+        fin = train_superposition_sft(finishing_config(cfg, out / "finish", finish), model, train)
+        # the finish's own records count from 1 in OUT/finish; in the model's curve they continue the run's steps
+        hist.train += [{**r, "step": r["step"] + hist.steps, "finish": True} for r in fin.train]
+        hist.stage_log += [{**r, "finish": True} for r in fin.stage_log]
+        train_s, finished = time.perf_counter() - t0, finish
     model.save_pretrained(out / "model")
     (out / "history.json").write_text(json.dumps({"config": config_to_dict(cfg), "train": hist.train,
-                                                   "gate": hist.gate, "stages": hist.stage_log}, indent=1))
+                                                   "gate": hist.gate, "stages": hist.stage_log,
+                                                   "finish": finished}, indent=1))
     with open(out / "model" / "metrics.jsonl", "w") as f:
         for rec in hist.train:
             f.write(json.dumps(rec) + "\n")
     res, dep = score(out / "model", task, out / "eval_run", test)
     result = {"command": "PYTHONPATH=src python scripts/train_superposition_init.py " + " ".join(sys.argv[1:]),
               "task": task.name, "scored_with": SCORED_WITH, "cot_model": cot, "train_s": round(train_s, 1),
-              "steps": hist.train[-1]["step"] if hist.train else 0, "stages": hist.stage_log,
+              "steps": sum(r["stage/steps"] for r in hist.stage_log), "stages": hist.stage_log, "finish": finished,
               "tokens_per_latent": cfg.tokens_per_latent, "chunk_sizes": cfg.chunk_sizes, **scored_fields(res, dep),
               # the base's draws and this one's (`latentrl.data.provenance`: RL prompts stay off them)
               "train_data": [d.to_dict() for d in read_train_draws(resolve_model(cot))]

@@ -85,11 +85,11 @@ def test_every_shipped_latent_init_records_how_it_is_scored():
         assert "config" not in scoring or shipped_config(scoring["config"]).is_file(), name
 
 
-def _latent_init_script():
+def _latent_init_script(name: str = "train_latent_init"):
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_latent_init.py"
-    spec = importlib.util.spec_from_file_location("train_latent_init", path)
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -204,3 +204,36 @@ def test_a_latent_init_run_finishes_with_lower_rate_steps_at_its_final_stage(tmp
     rates = {r["learning_rate"] for r in read_metrics(out / "finish") if "learning_rate" in r}
     assert rates == {1e-4}
     assert {r["learning_rate"] for r in read_metrics(out) if "learning_rate" in r} == {1e-3}
+
+
+def test_a_superposition_init_run_finishes_with_lower_rate_steps(tmp_path, monkeypatch):
+    """scripts/train_superposition_init.py: after max_steps, `finish_steps` more at `finish_lr` in OUT/finish, counted
+    in the result, their records continuing the run's steps in the model's curve; a resumed run keeps the finished
+    one's finish folder apart."""
+    import json
+    import sys
+
+    from latentrl.logger import read_metrics
+
+    script = _latent_init_script("train_superposition_init")
+    out = tmp_path / "run"
+    args = ["train_superposition_init.py", str(out), "max_steps=3", "finish_steps=2", "finish_lr=1e-4",
+            "num_train=32", "num_eval=4", "learning_rate=3e-4", "save_steps=1"]
+    monkeypatch.setattr(sys, "argv", args)
+    script.main()
+    result = json.loads((out / "result.json").read_text())
+    assert result["finish"] == {"steps": 2, "learning_rate": 1e-4} and result["steps"] == 3 + 2
+    assert [(r["stage/steps"], r.get("finish", False)) for r in result["stages"]] == [(3, False), (2, True)]
+    def last_rate(run_dir):
+        return [r["learning_rate"] for r in read_metrics(run_dir) if "learning_rate" in r][-1]
+
+    # both warm up over 20 steps: step s trains at s / 20 of the phase's rate
+    assert last_rate(out / "finish") == pytest.approx(2 / 20 * 1e-4)
+    assert last_rate(out / "train") == pytest.approx(3 / 20 * 3e-4)
+    curve = [json.loads(line) for line in (out / "model" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("finish", False)) for r in curve if "loss" in r] == [(3, False), (5, True)]
+    assert result["n_eval"] == 4 and result["thought_dependence"] is not None
+    monkeypatch.setattr(sys, "argv", args[:2] + ["max_steps=4", "resume=latest"] + args[3:])
+    script.main()  # the first run's model, results and finish move to OUT/at_step_5; the resumed run finishes afresh
+    assert (out / "at_step_5" / "finish").is_dir() and (out / "at_step_5" / "model").is_dir()
+    assert json.loads((out / "result.json").read_text())["steps"] == 4 + 2
