@@ -23,7 +23,7 @@ instead (greedy Pass@1 on 256 gate problems every 100 steps), with max_steps the
 
 Then `finish_steps` (1000) more steps at `finish_lr` (a third of learning_rate): a fresh AdamW, no gate, metrics and
 checkpoints in OUT/finish (`resume=latest` continues them too). The constant rate leaves every init short of what it
-reaches (chain_sum: 87.0 % after the 15,000 steps, 96.2 % after the finish; docs/methods/coconut.md, "Finish at a
+reaches (chain_sum: 87.0 % after the 15,000 steps, 96.0 % after the finish; docs/methods/coconut.md, "Finish at a
 lower learning rate"). `finish_steps=0` skips it: the commands recorded before 2026-12-07 ran without it.
 
 Scored as `latentrl bench` scores a latent_grpo row (the `gumbel_topk` operator of configs/cpu/latent_grpo.yaml in
@@ -122,41 +122,73 @@ def score_only(out: Path, model_dir: Path, task) -> None:
     print(json.dumps(result), flush=True)
 
 
+KEYS = ("task", "tokens_per_latent", "chunk_sizes", "chunk_weights", "self_feed", "max_steps", "learning_rate",
+        "finish_steps", "finish_lr", "num_train", "num_eval", "stage_advance", "gate_metric", "gate_threshold",
+        "gate_eval_steps", "save_steps", "resume", "threads", "cot_model", "chain", "score")
+
+
+def parse_keys(args: list[str]) -> dict[str, str]:
+    """key=value arguments, every key one of KEYS: a typo is an error, not a setting silently left at its default."""
+    over = {}
+    for a in args:
+        key, eq, value = a.partition("=")
+        if not eq or key not in KEYS:
+            raise SystemExit(f"{a!r}: expected key=value with key one of {', '.join(KEYS)}")
+        over[key] = value
+    return over
+
+
+def number(over: dict[str, str], key: str, default: float, kind: type = int) -> float:
+    """`over[key]` (or `default`) as a number of `kind`, with a clear error for anything else."""
+    try:
+        return kind(over.get(key, default))
+    except ValueError:
+        raise SystemExit(f"{key}={over[key]!r}: expected {'an integer' if kind is int else 'a number'}") from None
+
+
+def suite_task(over: dict[str, str]):
+    """The suite task named by `task` (default chain_sum), with a clear error for any other name."""
+    tasks = suite_tasks()
+    if over.get("task", "chain_sum") not in tasks:
+        raise SystemExit(f"task={over['task']!r}: expected one of {', '.join(tasks)}")
+    return tasks[over.get("task", "chain_sum")]
+
+
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
         raise SystemExit(__doc__)
     out = Path(sys.argv[1])
-    over = dict(a.split("=", 1) for a in sys.argv[2:])
+    over = parse_keys(sys.argv[2:])
     if "score" in over:
-        torch.set_num_threads(int(over.get("threads", 1)))
-        return score_only(out, Path(over["score"]), suite_tasks()[over.get("task", "chain_sum")])
+        torch.set_num_threads(number(over, "threads", 1))
+        return score_only(out, Path(over["score"]), suite_task(over))
     if (out / "model").exists():
         if "resume" not in over:
             raise SystemExit(f"{out / 'model'} exists: choose a new OUT, or continue it with resume=latest and a "
                              "larger max_steps (nothing is overwritten)")
         keep_finished_run(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(int(over.get("threads", 1)))
+    torch.set_num_threads(number(over, "threads", 1))
     cfg = SuperpositionSFTConfig(
-        tokens_per_latent=int(over.get("tokens_per_latent", 7)), top_k=10,
+        tokens_per_latent=number(over, "tokens_per_latent", 7), top_k=10,
         chunk_weights=over.get("chunk_weights", "count"),
         chunk_sizes=[int(n) for n in over.get("chunk_sizes", "").split(",") if n.strip()],
-        max_steps=int(over.get("max_steps", 15000)), per_device_train_batch_size=32,
-        learning_rate=float(over.get("learning_rate", 3e-4)), self_feed=float(over.get("self_feed", 0.0)),
+        max_steps=number(over, "max_steps", 15000), per_device_train_batch_size=32,
+        learning_rate=number(over, "learning_rate", 3e-4, float), self_feed=number(over, "self_feed", 0.0, float),
         stage_advance=over.get("stage_advance", "fixed"),
-        gate_metric=over.get("gate_metric", "loss"), gate_threshold=float(over.get("gate_threshold", 0.05)),
-        gate_patience=2, gate_eval_steps=int(over.get("gate_eval_steps", 100)), gate_num_examples=256,
+        gate_metric=over.get("gate_metric", "loss"), gate_threshold=number(over, "gate_threshold", 0.05, float),
+        gate_patience=2, gate_eval_steps=number(over, "gate_eval_steps", 100), gate_num_examples=256,
         logging_steps=50, disable_tqdm=True, seed=0,
-        output_dir=str(out / "train"), report_to=["jsonl"], save_steps=int(over.get("save_steps", 1000)),
+        output_dir=str(out / "train"), report_to=["jsonl"], save_steps=number(over, "save_steps", 1000),
         resume_from_checkpoint=over.get("resume"),
     )
-    finish = {"steps": int(over.get("finish_steps", 1000)),
-              "learning_rate": float(over.get("finish_lr", cfg.learning_rate / 3))}
-    task = suite_tasks()[over.get("task", "chain_sum")]
+    finish = {"steps": number(over, "finish_steps", 1000),
+              "learning_rate": number(over, "finish_lr", cfg.learning_rate / 3, float)}
+    task = suite_task(over)
     data_kwargs = {**task.dataset_kwargs, **({"chain": over["chain"]} if "chain" in over else {})}
-    test = task.eval_examples(int(over.get("num_eval", NUM_EVAL)))
+    test = task.eval_examples(number(over, "num_eval", NUM_EVAL))
     # the scored problems stay out of the draw (a million icot draws hit a few of the real valid file's)
-    train = load_examples(task.dataset, split="train", n=int(over.get("num_train", 8000)), seed=0,
+    train = load_examples(task.dataset, split="train", n=number(over, "num_train", 8000), seed=0,
                           exclude=[e.question for e in test], **data_kwargs)
     gate = load_examples(task.dataset, split="eval", n=256, seed=0, **data_kwargs)
     check_disjoint(task, train, test)

@@ -237,3 +237,20 @@ def test_a_superposition_init_run_finishes_with_lower_rate_steps(tmp_path, monke
     script.main()  # the first run's model, results and finish move to OUT/at_step_5; the resumed run finishes afresh
     assert (out / "at_step_5" / "finish").is_dir() and (out / "at_step_5" / "model").is_dir()
     assert json.loads((out / "result.json").read_text())["steps"] == 4 + 2
+
+
+@pytest.mark.parametrize("arg, message", [("finsh_steps=0", "expected key=value with key one of"),
+                                          ("max_steps", "expected key=value"),
+                                          ("max_steps=1e3", "max_steps='1e3': expected an integer"),
+                                          ("finish_lr=fast", "expected a number"),
+                                          ("task=gsm8k", "task='gsm8k': expected one of")])
+def test_the_superposition_init_script_refuses_bad_keys_clearly(tmp_path, monkeypatch, arg, message):
+    """A typo in a key, a missing value, a non-number or an unknown task stops the script before it trains, naming
+    the argument (not a traceback, and not a setting silently left at its default)."""
+    import sys
+
+    script = _latent_init_script("train_superposition_init")
+    monkeypatch.setattr(sys, "argv", ["train_superposition_init.py", str(tmp_path / "run"), arg])
+    with pytest.raises(SystemExit, match=message):
+        script.main()
+    assert not (tmp_path / "run" / "model").exists()
