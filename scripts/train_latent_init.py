@@ -29,7 +29,7 @@ import torch
 
 from latentrl.assets import available_models, model_path
 from latentrl.bench import check_disjoint, suite_tasks
-from latentrl.config import config_to_dict, load_config
+from latentrl.config import ConfigError, config_to_dict, load_config
 from latentrl.data import cut_steps, load_examples
 from latentrl.data.provenance import TrainDraw, read_train_draws
 from latentrl.eval import binomial_se
@@ -255,9 +255,12 @@ def main() -> None:
     data_kwargs = {**task.dataset_kwargs, **recipe.get("dataset_kwargs", {}), **task_knobs(ns.task_knob)}
     cot = ns.cot_model or recipe_cot_model(recipe)
     out = Path(ns.out or REPO / "runs" / "latent_init" / ns.task)
+    try:
+        cfg = load_config(CoconutConfig, None, [*recipe["overrides"], f"output_dir={out}", "disable_tqdm=true",
+                                                *ns.overrides])
+    except ConfigError as e:  # a bad override: the message names the key and what it takes
+        raise SystemExit(f"error: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(CoconutConfig, None, [*recipe["overrides"], f"output_dir={out}", "disable_tqdm=true",
-                                            *ns.overrides])
     evals = task.eval_examples(ns.num_eval or recipe["num_eval"])
     # a large num_train_examples would draw some held-out questions by chance: the train stream skips them
     train = load_examples(task.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed,

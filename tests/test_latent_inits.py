@@ -254,3 +254,16 @@ def test_the_superposition_init_script_refuses_bad_keys_clearly(tmp_path, monkey
     with pytest.raises(SystemExit, match=message):
         script.main()
     assert not (tmp_path / "run" / "model").exists()
+
+
+def test_the_latent_init_script_refuses_a_bad_override_clearly(tmp_path, monkeypatch):
+    """A CoconutConfig override with an unknown key or a bad value stops the run before anything is written."""
+    import sys
+
+    script = _latent_init_script()
+    monkeypatch.setattr(script, "time_box_signals", lambda: None)
+    for arg, message in [("bogus_key=1", "Unknown config key 'bogus_key'"), ("learning_rate=fast", "expected a number")]:
+        monkeypatch.setattr(sys, "argv", ["train_latent_init.py", "chain_sum", "--out", str(tmp_path / "run"), arg])
+        with pytest.raises(SystemExit, match=message):
+            script.main()
+        assert not (tmp_path / "run").exists()
