@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/dlr/registered/paired_vs_main.py \
         --runs OUT0/runs/dlr-chain_sum OUT1/runs/dlr-chain_sum ... --out docs/bench/dlr/registered/paired.json
+        [--task icot_mult_4x4]
 
 For each run written by `latentrl bench --methods dlr --tasks chain_sum --seed S --out OUTS`: loads its final
 checkpoint, checks that the main model's weights are bit-identical to the shipped `chain_sum-coconut`, and scores the
@@ -46,10 +47,12 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--num-test", type=int, default=1000)
+    ap.add_argument("--task", default="chain_sum", choices=("chain_sum", "icot_mult_4x4"),
+                    help="the suite task; its shipped Coconut init is the frozen main model")
     ns = ap.parse_args()
     torch.set_num_threads(1)
-    rows = as_rows(suite_tasks()["chain_sum"].eval_examples(ns.num_test))
-    shipped = weights_hash(LatentModel.from_pretrained(str(model_path("chain_sum-coconut"))))
+    rows = as_rows(suite_tasks()[ns.task].eval_examples(ns.num_test))
+    shipped = weights_hash(LatentModel.from_pretrained(str(model_path(f"{ns.task}-coconut"))))
     out = {}
     for run in map(Path, ns.runs):
         ckpt = max(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
