@@ -204,14 +204,14 @@ def main() -> None:
         model = LatentModel.from_pretrained(resolve_model(cot))
     t0 = time.perf_counter()
     hist = train_superposition_sft(cfg, model, train, gate_examples=gate)
-    train_s = time.perf_counter() - t0
     finished = None  # the finishing phase's settings once it has run
     if finish["steps"] > 0:
         fin = train_superposition_sft(finishing_config(cfg, out / "finish", finish), model, train)
         # the finish's own records count from 1 in OUT/finish; in the model's curve they continue the run's steps
         hist.train += [{**r, "step": r["step"] + hist.steps, "finish": True} for r in fin.train]
         hist.stage_log += [{**r, "finish": True} for r in fin.stage_log]
-        train_s, finished = time.perf_counter() - t0, finish
+        finished = finish
+    train_s = time.perf_counter() - t0
     model.save_pretrained(out / "model")
     (out / "history.json").write_text(json.dumps({"config": config_to_dict(cfg), "train": hist.train,
                                                    "gate": hist.gate, "stages": hist.stage_log,

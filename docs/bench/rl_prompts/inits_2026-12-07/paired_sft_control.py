@@ -16,17 +16,11 @@ import torch
 from latentrl import bench
 from latentrl.assets import resolve_model
 from latentrl.config import GRPOConfig, load_config
-from latentrl.eval import evaluate, mean_se
-from latentrl.methods import get_method
-from latentrl.model import LatentModel
+from latentrl.eval import mean_se
 
-N = 500
 REPO = Path(__file__).resolve().parents[4]
-
-
-def greedy_correct(path: str, cfg: GRPOConfig, evals) -> list[float]:
-    model = LatentModel.from_pretrained(resolve_model(path))
-    return evaluate(model, evals, **get_method("latent_grpo").build(model, cfg).eval_kwargs(cfg)).correct
+sys.path.insert(0, str(REPO / "docs/bench/chain_sum/superposition_init"))
+from rl_from_init import N, greedy_correct  # noqa: E402  (scored exactly as the RL rows are)
 
 
 def main() -> None:
@@ -37,9 +31,9 @@ def main() -> None:
                       [f"dataset={task.dataset}", f"max_completion_length={task.max_completion_length}",
                        "report_to=[none]", "beta=0"])
     evals = task.eval_examples(N)
-    before = greedy_correct(init, cfg, evals)
+    before = greedy_correct("latent_grpo", Path(resolve_model(init)), cfg, evals)
     for m in models:
-        after = greedy_correct(m, cfg, evals)
+        after = greedy_correct("latent_grpo", Path(resolve_model(m)), cfg, evals)
         d = [a - b for a, b in zip(after, before)]
         print(json.dumps({"task": task_name, "init": init, "model": m, "init_pass_at_1": sum(before) / N,
                           "pass_at_1": sum(after) / N, "minus_init": sum(d) / N, "minus_init_se": mean_se(d)}),
