@@ -141,6 +141,33 @@ def test_replayed_logprobs_equal_rollout_logprobs_with_delimiter_schedule(arch):
     torch.testing.assert_close(out.logprobs[m], r.logprobs[m], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_rollouts_with_the_fused_head_step_replay_to_their_logprobs(monkeypatch, arch):
+    """The fast path's fused step (`fused_step`, on here at this small vocabulary): the rollout's log-probs and
+    inputs are what the replay recomputes on the model's full logits, and the same seed gives the same rollout as
+    the unfused step."""
+    from latentrl import sampling as sampling_module
+    from latentrl.methods.hrpo import fused_step
+
+    lm = tiny(arch)
+    op = build_thought_operator("hrpo_gate", temperature=0.7)
+    ensure_gate(lm)
+    ids, mask = make_prompts(lm)
+    schedule = ThinkingSchedule(delimiter_ids=NEVER)
+    monkeypatch.setattr(sampling_module, "BLOCK", 4)  # the two-level draw in both, so both take the same uniforms
+    plain = generate_rollout(lm, ids, mask, sampling(8, 0.7), op, schedule, gen(4))
+    monkeypatch.setattr(fused_step, "MIN_VOCAB", 4)
+    monkeypatch.setattr(fused_step, "CHUNK_BYTES", 8 * lm.hidden_size * 4)  # 8 rows
+    assert fused_step.fusable_head(lm, ids.device) is not None
+    r = generate_rollout(lm, ids, mask, sampling(8, 0.7), op, schedule, gen(4))
+    assert r.latent_mask.all()
+    assert torch.equal(r.completion_ids, plain.completion_ids)
+    m = r.completion_mask
+    torch.testing.assert_close(r.logprobs[m], plain.logprobs[m], atol=1e-5, rtol=1e-5)
+    out = replay(lm, op, r, temperature=0.7)
+    torch.testing.assert_close(out.logprobs[m], r.logprobs[m], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
 def test_thinking_span_ends_exactly_after_the_delimiter_ids_per_row(arch):
     lm = tiny(arch)

@@ -410,6 +410,87 @@ def test_hrpo_draw_and_projection_equal_the_full_vocabulary_reference(monkeypatc
     assert chi_square_p(c, filter_logits(logits[:1] / 0.7, top_k, top_p).softmax(-1)[0]) < 1e-6
 
 
+def _fused_setup(monkeypatch, bias: bool):
+    """A 150-entry head (float32 nn.Linear) and embedding, walked in chunks of 32 rows with blocks of 8 (a partial
+    last chunk and a partial last block), and logits whose row max lies in different chunks."""
+    from latentrl.methods.hrpo import fused_step
+
+    monkeypatch.setattr(sampling, "BLOCK", 8)
+    monkeypatch.setattr(fused_step, "CHUNK_BYTES", 32 * 8 * 4)  # 32 rows
+    V, H = 150, 8
+    head = torch.nn.Linear(H, V, bias=bias)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(V, H, generator=gen(30)))
+        if bias:
+            head.bias.copy_(torch.randn(V, generator=gen(31)))
+    E = torch.randn(V, H, generator=gen(32))
+    hidden = torch.randn(12, H, generator=gen(33)) * 1.5
+    return fused_step, head, E, hidden
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("tau", [1.0, 0.6])
+def test_hrpo_fused_head_step_equals_the_reference_step(monkeypatch, bias, tau):
+    """The chunked pass (online max, rescaled sums) against the plain forms on the head's own logits: the log-prob
+    `token_logprobs` (at tau and at another scoring temperature), the state E^T p / ||p|| of p = softmax(logits / tau); draws equal in distribution
+    to the softmax (and, with the same generator, the same ids as the unfused two-level draw)."""
+    fused_step, head, E, hidden = _fused_setup(monkeypatch, bias)
+    with torch.no_grad():
+        logits = head(hidden)
+        assert len(set((logits.argmax(-1) // 32).tolist())) >= 3  # the running max moves between chunks
+        ids, logp, state = fused_step.fused_head_step(head, E, hidden, tau, gen(34))
+        torch.testing.assert_close(logp, token_logprobs(logits, ids, tau), atol=1e-5, rtol=1e-5)
+        at_one = fused_step.fused_head_step(head, E, hidden, tau, gen(34), logprob_temperature=1.0)[1]
+        torch.testing.assert_close(at_one, token_logprobs(logits, ids, 1.0), atol=1e-5, rtol=1e-5)
+        p = (logits / tau).softmax(-1)
+        torch.testing.assert_close(state, p @ E / p.norm(dim=-1, keepdim=True), atol=1e-5, rtol=1e-5)
+        plain_ids, _, _ = sampling.draw_unfiltered(logits, tau, gen(34))
+        assert torch.equal(ids, plain_ids)
+        greedy = fused_step.fused_head_step(head, E, hidden, tau, None, greedy=True)[0]
+        assert torch.equal(greedy, logits.argmax(-1))
+
+        row = hidden[:1].expand(N_DRAWS, -1)
+        c = counts_of(fused_step.fused_head_step(head, E, row, tau, gen(35))[0], 150)
+    assert chi_square_p(c, p[0]) > P_MIN
+    assert chi_square_p(c, (logits[0] / (tau * 1.15)).softmax(-1)) < 1e-6  # power
+
+
+def test_hrpo_uses_the_fused_step_only_where_it_applies(monkeypatch):
+    """`step_from_hidden` fuses the head at large vocabularies on a CPU with a plain float32 head, and otherwise (a
+    filter, the raw-hidden ablation, a small vocabulary) runs the LM head and `step`; both give the same step."""
+    from latentrl.methods.hrpo import fused_step
+    from latentrl.testing import tiny_latent_model
+
+    lm = tiny_latent_model("qwen2", ["Tom", "is", "a", "cat"])
+    ensure_gate(lm)
+    hidden = torch.randn(5, lm.hidden_size, generator=gen(36))
+    calls = []
+    real = fused_step.fused_head_step
+    monkeypatch.setattr(fused_step, "fused_head_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("latentrl.methods.hrpo.operator.fused_head_step", fused_step.fused_head_step)
+    op = HRPOGateThought(temperature=0.7, logprob_temperature=1.0)
+    assert fused_step.fusable_head(lm, hidden.device) is None  # V below MIN_VOCAB: unfused
+    with torch.no_grad():
+        op.step_from_hidden(lm, hidden, generator=gen(37))
+    assert not calls
+    monkeypatch.setattr(fused_step, "MIN_VOCAB", 4)
+    monkeypatch.setattr(fused_step, "CHUNK_BYTES", 8 * lm.hidden_size * 4)  # 8 rows
+    monkeypatch.setattr(sampling, "BLOCK", 4)
+    with torch.no_grad():
+        fused = op.step_from_hidden(lm, hidden, generator=gen(37))
+        assert calls
+        plain = op.step(lm, lm.lm_head(hidden).float(), hidden, generator=gen(37))
+    assert torch.equal(fused.token_ids, plain.token_ids)
+    torch.testing.assert_close(fused.logprob, plain.logprob, atol=1e-5, rtol=1e-5)  # scored at 1.0, sampled at 0.7
+    torch.testing.assert_close(fused.payload["hidden"], plain.payload["hidden"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.embeds, plain.embeds, atol=1e-5, rtol=1e-5)
+    calls.clear()
+    with torch.no_grad():
+        for other in (HRPOGateThought(top_k=3), HRPOGateThought(mode="raw_hidden")):
+            other.step_from_hidden(lm, hidden, generator=gen(38))
+    assert not calls
+
+
 # ---------------------------------------------------------------------------------------------------- devices
 _RANDOM_FUNCS = [(torch, "rand"), (torch, "randn"), (torch, "randint"), (torch, "multinomial"), (torch, "randperm"),
                  (torch, "bernoulli"), (torch, "normal"), (torch.Tensor, "exponential_"), (torch.Tensor, "uniform_"),

@@ -229,7 +229,8 @@ def generate_rollout(
     if use_latent and operator.needs_prompt_states:
         operator.begin_rollout(model, stepper.prompt_hidden, prompt_mask)
     # Fast path: while every row is thinking and nothing can end the span from the logits, a step needs no token
-    # sampling, and operators that ignore logits (Coconut's hidden state) need no LM head either.
+    # sampling; the operator forms it from the hidden states (`step_from_hidden`), so operators that ignore logits
+    # (Coconut's hidden state) skip the LM head and HRPO fuses it into its own pass over the vocabulary.
     can_fast = use_latent and schedule.end_token_id is None
     may_think = use_latent  # the span never restarts: once no row thinks, stop counting
     check_every = _sync_interval(device)
@@ -252,8 +253,7 @@ def generate_rollout(
         step_payload: Payload | None = None
         if can_fast and thinking == B:
             # every row thinks: the operator alone forms the position
-            last_logits = model.lm_head(last_hidden).float() if operator.needs_logits else None
-            step = operator.step(model, last_logits, last_hidden, generator=generator)
+            step = operator.step_from_hidden(model, last_hidden, generator=generator)
             lat, step_payload = all_rows, step.payload
             ids, embeds = step.token_ids, step.embeds.to(last_hidden.dtype)
             lp = step.logprob.float() if step.logprob is not None else zero_lp

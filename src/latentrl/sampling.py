@@ -24,16 +24,17 @@ exp2 at large vocabularies: `exp_weights_`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "EXP_FLOOR", "FLOOR_MIN_ENTRIES", "GeneratorDeviceError", "check_generator", "draw_unfiltered", "exp_weights_",
-    "filter_logits", "generator_for", "generator_on", "gumbel_noise", "log_normalizer", "logsumexp_rows", "normal",
-    "sample_categorical", "sample_categorical_with_total", "sample_tokens", "tempered", "token_logprobs",
-    "top_k_nucleus", "topk_rows", "uniform",
+    "EXP_FLOOR", "FLOOR_MIN_ENTRIES", "GeneratorDeviceError", "check_generator", "draw_in_blocks", "draw_unfiltered",
+    "exp_weights_", "filter_logits", "generator_for", "generator_on", "gumbel_noise", "log_normalizer",
+    "logsumexp_rows", "normal", "sample_categorical", "sample_categorical_with_total", "sample_tokens", "tempered",
+    "token_logprobs", "top_k_nucleus", "topk_rows", "uniform",
 ]
 
 
@@ -279,11 +280,19 @@ def sample_categorical_with_total(weights: torch.Tensor, generator: torch.Genera
     if N > nb * block:
         sums = torch.cat([sums, weights[:, nb * block:].sum(-1, keepdim=True, dtype=torch.float32)], dim=-1)
     cdf = sums.cumsum(-1)
-    chosen = _searchsorted_draw(cdf, generator)  # (B,)
-    idx = chosen[:, None] * block + torch.arange(block, device=weights.device)
-    inside = idx < N
-    w = weights.gather(-1, idx.clamp_max(N - 1)).float().masked_fill_(~inside, 0.0)
-    return idx.gather(-1, _searchsorted_draw(w.cumsum(-1), generator)[:, None]).squeeze(-1), cdf[:, -1:]
+    return draw_in_blocks(cdf, lambda idx: weights.gather(-1, idx), N, generator, block), cdf[:, -1:]
+
+
+def draw_in_blocks(block_cdf: torch.Tensor, weights_at: Callable[[torch.Tensor], torch.Tensor], n: int,
+                   generator: torch.Generator | None, block: int) -> torch.Tensor:
+    """(B,) the second level of the two-level draw: a block from the cumulative block sums `block_cdf` (B, nb), then
+    an entry inside it from its weights, `weights_at(idx)` for the (B, block) entry indices idx (clamped to n - 1;
+    indices past n get weight 0). Uniforms: one for the block, then one inside it."""
+    chosen = _searchsorted_draw(block_cdf, generator)  # (B,)
+    idx = chosen[:, None] * block + torch.arange(block, device=block_cdf.device)
+    inside = idx < n
+    w = weights_at(idx.clamp_max(n - 1)).float().masked_fill_(~inside, 0.0)
+    return idx.gather(-1, _searchsorted_draw(w.cumsum(-1), generator)[:, None]).squeeze(-1)
 
 
 def _nucleus_size(sorted_cdf: torch.Tensor, top_p: float, min_keep: int = 1) -> torch.Tensor:

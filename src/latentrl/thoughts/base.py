@@ -85,6 +85,19 @@ class ThoughtOperator(nn.Module):
     ) -> ThoughtStep:
         raise NotImplementedError
 
+    def step_from_hidden(
+        self,
+        model: "LatentModel",
+        hidden: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> ThoughtStep:
+        """`step` from the last hidden states alone, when every row of a rollout is thinking: the engine's fast path.
+        By default the LM head's logits (only if `needs_logits`), then `step`; an operator may fuse the LM head into
+        its own work instead (HRPO at large vocabularies on a CPU)."""
+        logits = model.lm_head(hidden).float() if self.needs_logits else None
+        return self.step(model, logits, hidden, generator=generator)
+
     def begin_rollout(self, model: "LatentModel", prompt_hidden: torch.Tensor, prompt_mask: torch.Tensor) -> None:
         """Called once per rollout, after the prefill, when `needs_prompt_states`: (B, P, H) last-layer states of
         the (left-padded) prompts and their (B, P) mask."""

@@ -32,7 +32,9 @@ way in every mode, so the policy gradient is unchanged; only the next input diff
 Cost (`step`): x is drawn by `sampling.sample_categorical` (inverse CDF) from exp(logits / tau), the same pass that
 gives p and, when the scoring temperature equals tau, the log-prob; with a top-k filter p has at most k non-zero
 entries and h = Σ_k p_k E[i_k] / ||p|| over those rows of E only (exact). Without filters p is dense and E^T p is
-the full matmul. `sampling_probs` + `projected_state` are the full-vocabulary reference forms.
+the full matmul. `sampling_probs` + `projected_state` are the full-vocabulary reference forms. When every row of a
+rollout is thinking, the engine calls `step_from_hidden`, which on a CPU at large vocabularies fuses the LM head, the
+draw and E^T p into one pass over the vocabulary (`fused_step.py`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
+from latentrl.methods.hrpo.fused_step import fusable_head, fused_head_step
 from latentrl.sampling import (
     check_generator,
     draw_unfiltered,
@@ -254,6 +257,20 @@ class HRPOGateThought(ThoughtOperator):
         payload = {"hidden": state.to(model.embedding_matrix.dtype)}
         embeds = self.rebuild(model, ids, payload)  # exactly what the replay will rebuild
         return ThoughtStep(embeds, ids, payload, logp)
+
+    def step_from_hidden(self, model, hidden, *, generator=None) -> ThoughtStep:
+        """The unfiltered step with the LM head fused in (`fused_step`) where that applies (CPU, plain float32 head,
+        large vocabulary, a projection to form); otherwise the LM head, then `step`."""
+        head = None
+        if self.mode != "raw_hidden" and self.top_k is None and self.top_p is None:
+            head = fusable_head(model, hidden.device)
+        if head is None:
+            return super().step_from_hidden(model, hidden, generator=generator)
+        check_generator(generator, hidden.device)
+        ids, logp, state = fused_head_step(head, model.embedding_matrix, hidden, self.temperature, generator,
+                                           greedy=self.deterministic, logprob_temperature=self.logprob_temperature)
+        payload = {"hidden": state.to(model.embedding_matrix.dtype)}
+        return ThoughtStep(self.rebuild(model, ids, payload), ids, payload, logp)
 
     def rebuild(self, model, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
         if self.mode != "gate":
