@@ -25,10 +25,11 @@ On a GPU the unfused step is used: there the full matmuls are cheap and a Python
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from latentrl import sampling
-from latentrl.sampling import draw_in_blocks, exp_weights_, token_logprobs
+from latentrl.sampling import EXP_FLOOR, LOG2E, draw_in_blocks, token_logprobs
 
 CHUNK_BYTES = 2 * 1024 * 1024
 """Bytes of W per chunk (and as many of E): the chunk's rows of both stay in a CPU core's cache between the two
@@ -57,56 +58,62 @@ def fused_head_step(head: nn.Linear, E: torch.Tensor, hidden: torch.Tensor, temp
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids (B,), log-probs (B,) under log_softmax(logits / logprob_temperature) (default: tau), projected state
     E^T p / ||p|| (B, H) float32) from the last hidden states (B, H), for p = softmax(logits / tau). `greedy`: the
-    argmax instead of a draw. Constants, like the rollout's other records (gradients come from replaying them)."""
+    argmax instead of a draw (of the scaled logits: a tie made by rounding goes to the lower id). Constants, like the rollout's other records (gradients come from replaying them)."""
     W, bias = head.weight, head.bias
     B, V, T = hidden.shape[0], W.shape[0], float(temperature)
     block = sampling.BLOCK
     chunk = max(1, CHUNK_BYTES // (W.shape[1] * W.element_size() * block)) * block
-    h = hidden.to(W.dtype)
+    # logits in base-2 units of the tempered softmax, y = (W h + b) log2(e) / tau, from the scaled h: p = 2^(y - max)
+    # needs no scaling pass (the exp2 trick of `sampling.exp_weights_`)
+    c = LOG2E / T
+    h = hidden.to(W.dtype) * c
+    b = None if bias is None else bias * c
+    floor = EXP_FLOOR * LOG2E
     work = torch.empty(B, min(chunk, V), dtype=torch.float32, device=h.device)
     mix = torch.zeros(B, E.shape[1], dtype=torch.float32, device=h.device)
     sq = torch.zeros(B, 1, dtype=torch.float32, device=h.device)
-    m = None  # running row max (B, 1)
-    logits, block_sums, maxes = [], [], []  # per chunk: its logits (B, n), block sums, the max they were taken at
+    m = None  # running row max of y (B, 1)
+    ys, block_sums, maxes = [], [], []  # per chunk: its y (B, n), its block sums, the max they were taken against
     for s in range(0, V, chunk):
         n = min(chunk, V - s)
         # a fresh contiguous (B, n) output: faster than writing into a strided slice of a (B, V) tensor
-        lg = torch.matmul(h, W[s:s + n].T) if bias is None else torch.addmm(bias[s:s + n], h, W[s:s + n].T)
-        chunk_max = lg.amax(-1, keepdim=True)
+        y = torch.matmul(h, W[s:s + n].T) if b is None else torch.addmm(b[s:s + n], h, W[s:s + n].T)
+        chunk_max = y.amax(-1, keepdim=True)
         if m is None:
             m = chunk_max
         else:
             new = torch.maximum(m, chunk_max)
-            scale = torch.exp((m - new) / T)
+            scale = torch.exp2(m - new)
             mix.mul_(scale)
             sq.mul_(scale * scale)
             m = new
-        e = exp_weights_(torch.sub(lg, m, out=work[:, :n]), T)
+        e = F.threshold_(torch.sub(y, m, out=work[:, :n]), floor, float("-inf")).exp2_()
         mix.addmm_(e, E[s:s + n])
-        sq.add_(torch.linalg.vecdot(e, e)[:, None])
+        sq.add_(e.norm(dim=-1, keepdim=True).square_())  # norm: one pass, no (B, n) product
         full = n - n % block
         sums = e[:, :full].reshape(B, -1, block).sum(-1)
         if full < n:
             sums = torch.cat([sums, e[:, full:].sum(-1, keepdim=True)], dim=-1)
-        logits.append(lg)
+        ys.append(y)
         block_sums.append(sums)
         maxes.append(m)
-    cdf = torch.cat([bs * torch.exp((mk - m) / T) for bs, mk in zip(block_sums, maxes)], dim=-1).cumsum_(-1)
+    cdf = torch.cat([bs * torch.exp2(mk - m) for bs, mk in zip(block_sums, maxes)], dim=-1).cumsum_(-1)
 
-    def logits_at(idx: torch.Tensor) -> torch.Tensor:
-        """(B, K) logits at entry indices idx that lie, per row, inside one chunk (a block, or one id)."""
+    def y_at(idx: torch.Tensor) -> torch.Tensor:
+        """(B, K) y at entry indices idx that lie, per row, inside one chunk (a block, or one id)."""
         first = idx[:, 0]
         offsets = idx - first[:, None]
-        return torch.stack([logits[c][r, o + offsets[r]]
-                            for r, (c, o) in enumerate(zip((first // chunk).tolist(), (first % chunk).tolist()))])
+        return torch.stack([ys[k][r, o + offsets[r]]
+                            for r, (k, o) in enumerate(zip((first // chunk).tolist(), (first % chunk).tolist()))])
 
     if greedy:
-        best = torch.stack([lg.amax(-1) for lg in logits], -1).argmax(-1, keepdim=True)  # first chunk holding the max
-        ids = torch.stack([lg.argmax(-1) for lg in logits], -1).gather(-1, best).squeeze(-1) + best.squeeze(-1) * chunk
+        best = torch.stack([y.amax(-1) for y in ys], -1).argmax(-1, keepdim=True)  # the first chunk holding the max
+        ids = torch.stack([y.argmax(-1) for y in ys], -1).gather(-1, best).squeeze(-1) + best.squeeze(-1) * chunk
     else:
-        ids = draw_in_blocks(cdf, lambda idx: exp_weights_(logits_at(idx).sub_(m), T), V, generator, block)
+        ids = draw_in_blocks(cdf, lambda idx: y_at(idx).sub_(m).exp2_(), V, generator, block)
     if logprob_temperature is not None and logprob_temperature != temperature:
-        logp = token_logprobs(torch.cat(logits, -1), ids, logprob_temperature)
+        # log_softmax(logits / t) = log_softmax(y / (t c))
+        logp = token_logprobs(torch.cat(ys, -1), ids, logprob_temperature * c)
     else:
-        logp = (logits_at(ids[:, None]) - m).squeeze(-1) / T - cdf[:, -1].log()
+        logp = (y_at(ids[:, None]).squeeze(-1) - m.squeeze(-1) - cdf[:, -1].log2()) / LOG2E
     return ids, logp, mix / sq.sqrt().clamp_min(1e-30)
