@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentrl import sampling
+import latentrl.sampling as sampling
 from latentrl.sampling import EXP_FLOOR, LOG2E, draw_in_blocks, token_logprobs
 
 CHUNK_BYTES = 2 * 1024 * 1024
