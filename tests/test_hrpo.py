@@ -145,7 +145,7 @@ def test_replayed_logprobs_equal_rollout_logprobs_with_delimiter_schedule(arch):
 def test_rollouts_with_the_fused_head_step_replay_to_their_logprobs(monkeypatch, arch):
     """The fast path's fused step (`fused_step`, on here at this small vocabulary): the rollout's log-probs and
     inputs are what the replay recomputes on the model's full logits, and the same seed gives the same rollout as
-    the unfused step."""
+    the unfused step. The tiny Qwen2 ties its LM head to the embedding, the tiny Llama does not."""
     from latentrl import sampling as sampling_module
     from latentrl.methods.hrpo import fused_step
 
