@@ -432,8 +432,9 @@ def _fused_setup(monkeypatch, bias: bool):
 @pytest.mark.parametrize("tau", [1.0, 0.6])
 def test_hrpo_fused_head_step_equals_the_reference_step(monkeypatch, bias, tau):
     """The chunked pass (online max, rescaled sums) against the plain forms on the head's own logits: the log-prob
-    `token_logprobs` (at tau and at another scoring temperature), the state E^T p / ||p|| of p = softmax(logits / tau); draws equal in distribution
-    to the softmax (and, with the same generator, the same ids as the unfused two-level draw)."""
+    `token_logprobs` (at tau and at another scoring temperature), the state E^T p / ||p|| of p = softmax(logits /
+    tau); draws equal in distribution to the softmax (and, with the same generator, the same ids as the unfused
+    two-level draw); greedy = argmax."""
     fused_step, head, E, hidden = _fused_setup(monkeypatch, bias)
     with torch.no_grad():
         logits = head(hidden)

@@ -6,12 +6,12 @@ vocabulary-sized matmuls (the LM head and p @ E) each stream their V x H matrix 
 pass (max, exp, sums, norm) streams the (B, V) logits again. At V = 151,936 on a CPU core these dominate the step.
 
 Here the vocabulary is walked in chunks of rows (`CHUNK_BYTES` of W each). For each chunk: its logits, the running
-row max, the weights exp((l - max) / tau) into a chunk-sized buffer that stays in cache, and their contributions to
-the mixture E^T e, to sum(e^2) and to the `sampling.BLOCK`-entry block sums of the two-level draw. Whenever the
-running max rises, what was accumulated is rescaled by exp((old - new) / tau) (the online softmax of
-FlashAttention). The chunk's rows of W and E are read once and used while still in cache (once in all when the head
-is tied to the embedding). The full (B, V) logits are never assembled: the draw reads the chosen block's logits
-from its chunk.
+row max, the weights exp((l - max) / tau) (as exp2 of logits pre-scaled by log2(e) / tau, with `sampling`'s
+exponent floor) into a chunk-sized buffer that stays in cache, and their contributions to the mixture E^T e, to
+sum(e^2) and to the `sampling.BLOCK`-entry block sums of the two-level draw. Whenever the running max rises, what
+was accumulated is rescaled by exp((old - new) / tau) (the online softmax of FlashAttention). The chunk's rows of W
+and E are read once and used while still in cache (once in all when the head is tied to the embedding). The full
+(B, V) logits are never assembled: the draw reads the chosen block's logits from its chunk.
 
 The result is the unfused step's up to float rounding: the same log-prob (to ~1e-6), the same projected state (to
 ~1e-6 relative), the same draw in distribution (it takes the same two uniforms per row as `draw_unfiltered`, so with
@@ -58,7 +58,8 @@ def fused_head_step(head: nn.Linear, E: torch.Tensor, hidden: torch.Tensor, temp
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids (B,), log-probs (B,) under log_softmax(logits / logprob_temperature) (default: tau), projected state
     E^T p / ||p|| (B, H) float32) from the last hidden states (B, H), for p = softmax(logits / tau). `greedy`: the
-    argmax instead of a draw (of the scaled logits: a tie made by rounding goes to the lower id). Constants, like the rollout's other records (gradients come from replaying them)."""
+    argmax instead of a draw (of the scaled logits: a tie made by rounding goes to the lower id). Constants, like
+    the rollout's other records (gradients come from replaying them)."""
     W, bias = head.weight, head.bias
     B, V, T = hidden.shape[0], W.shape[0], float(temperature)
     block = sampling.BLOCK
