@@ -8,6 +8,10 @@ plain step (same ids from the same generator, log-probs to ~4e-6, h to ~2e-5 rel
 ~32 ms of a ~43 ms step either way and the element-wise passes are compute-bound (exp, max, sums), not
 memory-bound, so the walk saves ~0-3 ms: in the rollout (`hrpo_gate` at --logit-scale 15) 46.2 ms a step fused
 vs 45.0 unfused, one process. Run: OMP_NUM_THREADS=1 PYTHONPATH=src python docs/bench/speed/hrpo_fused_walk.py
+
+Later (2026-12-07): this script's "plain" runs on synthetic h and W; on the benchmark's own model the library's plain
+step costs more than its parts, and the fused step now in the library (`latentrl/methods/hrpo/fused_step.py`) is
+1.2-1.4x faster (docs/benchmarks.md, "HRPO's LM head fused into its step").
 """
 import math
 import time
