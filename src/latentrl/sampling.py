@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "EXP_FLOOR", "FLOOR_MIN_ENTRIES", "GeneratorDeviceError", "check_generator", "draw_in_blocks", "draw_unfiltered",
-    "exp_weights_", "filter_logits", "generator_for", "generator_on", "gumbel_noise", "log_normalizer",
-    "logsumexp_rows", "normal", "sample_categorical", "sample_categorical_with_total", "sample_tokens", "tempered",
-    "token_logprobs", "top_k_nucleus", "topk_rows", "uniform",
+    "EXP_FLOOR", "FLOOR_MIN_ENTRIES", "GeneratorDeviceError", "block_sums", "check_generator", "draw_in_blocks",
+    "draw_unfiltered", "exp_weights_", "filter_logits", "generator_for", "generator_on", "gumbel_noise",
+    "log_normalizer", "logsumexp_rows", "normal", "sample_categorical", "sample_categorical_with_total",
+    "sample_tokens", "tempered", "token_logprobs", "top_k_nucleus", "topk_rows", "uniform",
 ]
 
 
@@ -269,18 +269,25 @@ def sample_categorical_with_total(weights: torch.Tensor, generator: torch.Genera
                                   block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`sample_categorical`'s draw and the (B, 1) float32 row totals of `weights` it summed on the way (a
     log-normaliser without another pass over a 152k-entry row)."""
-    B, N = weights.shape
+    N = weights.shape[-1]
     check_generator(generator, weights.device)
     block = block or BLOCK
     if N <= 2 * block:
         cdf = weights.float().cumsum(-1)
         return _searchsorted_draw(cdf, generator), cdf[:, -1:]
-    nb = N // block
-    sums = weights[:, : nb * block].reshape(B, nb, block).sum(-1, dtype=torch.float32)
-    if N > nb * block:
-        sums = torch.cat([sums, weights[:, nb * block:].sum(-1, keepdim=True, dtype=torch.float32)], dim=-1)
-    cdf = sums.cumsum(-1)
+    cdf = block_sums(weights, block).cumsum(-1)
     return draw_in_blocks(cdf, lambda idx: weights.gather(-1, idx), N, generator, block), cdf[:, -1:]
+
+
+def block_sums(weights: torch.Tensor, block: int) -> torch.Tensor:
+    """(B, ceil(N / block)) float32 sums of consecutive `block`-entry slices of each row of `weights` (B, N), the
+    last one partial when block does not divide N: the first level of the two-level draw."""
+    B, N = weights.shape
+    full = N - N % block
+    sums = weights[:, :full].reshape(B, full // block, block).sum(-1, dtype=torch.float32)
+    if full < N:
+        sums = torch.cat([sums, weights[:, full:].sum(-1, keepdim=True, dtype=torch.float32)], dim=-1)
+    return sums
 
 
 def draw_in_blocks(block_cdf: torch.Tensor, weights_at: Callable[[torch.Tensor], torch.Tensor], n: int,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import latentrl.sampling as sampling
-from latentrl.sampling import EXP_FLOOR, LOG2E, draw_in_blocks, token_logprobs
+from latentrl.sampling import EXP_FLOOR, LOG2E, block_sums, draw_in_blocks, token_logprobs
 
 CHUNK_BYTES = 2 * 1024 * 1024
 """Bytes of W per chunk (and as many of E): the chunk's rows of both stay in a CPU core's cache between the two
@@ -74,7 +74,7 @@ def fused_head_step(head: nn.Linear, E: torch.Tensor, hidden: torch.Tensor, temp
     mix = torch.zeros(B, E.shape[1], dtype=torch.float32, device=h.device)
     sq = torch.zeros(B, 1, dtype=torch.float32, device=h.device)
     m = None  # running row max of y (B, 1)
-    ys, block_sums, maxes = [], [], []  # per chunk: its y (B, n), its block sums, the max they were taken against
+    ys, chunk_sums, maxes = [], [], []  # per chunk: its y (B, n), its block sums, the max they were taken against
     for s in range(0, V, chunk):
         n = min(chunk, V - s)
         # a fresh contiguous (B, n) output: faster than writing into a strided slice of a (B, V) tensor
@@ -91,14 +91,10 @@ def fused_head_step(head: nn.Linear, E: torch.Tensor, hidden: torch.Tensor, temp
         e = F.threshold_(torch.sub(y, m, out=work[:, :n]), floor, float("-inf")).exp2_()
         mix.addmm_(e, E[s:s + n])
         sq.add_(e.norm(dim=-1, keepdim=True).square_())  # norm: one pass, no (B, n) product
-        full = n - n % block
-        sums = e[:, :full].reshape(B, -1, block).sum(-1)
-        if full < n:
-            sums = torch.cat([sums, e[:, full:].sum(-1, keepdim=True)], dim=-1)
         ys.append(y)
-        block_sums.append(sums)
+        chunk_sums.append(block_sums(e, block))
         maxes.append(m)
-    cdf = torch.cat([bs * torch.exp2(mk - m) for bs, mk in zip(block_sums, maxes)], dim=-1).cumsum_(-1)
+    cdf = torch.cat([bs * torch.exp2(mk - m) for bs, mk in zip(chunk_sums, maxes)], dim=-1).cumsum_(-1)
 
     def y_at(idx: torch.Tensor) -> torch.Tensor:
         """(B, K) y at entry indices idx that lie, per row, inside one chunk (a block, or one id)."""
