@@ -12,7 +12,9 @@ reasoning positions, the thought-dependence check) and `curve.png`. `--finish-st
 chain_sum's 500) ends the run with N more steps of the final stage at a lower rate (`--finish-lr`; their metrics in
 `--out`/finish): every shipped init was left short by its constant rate (docs/methods/coconut.md). A time box
 (`timeout 30m python ...`, `kill PID` or Ctrl-C) stops training, saves the model as it is and scores it at its
-stage; `resume_from_checkpoint=latest` continues the same --out folder from its last checkpoint.
+stage; `resume_from_checkpoint=latest` continues the same --out folder from its last checkpoint (once the
+curriculum has ended, from its saved end in --out/curriculum into the finishing phase's last checkpoint), so a
+recipe longer than one sitting is still one command, run again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 
 from latentrl.assets import available_models, model_path
 from latentrl.bench import check_disjoint, suite_tasks
+from latentrl.checkpoint import list_checkpoints
 from latentrl.config import ConfigError, config_to_dict, load_config
 from latentrl.data import cut_steps, load_examples
 from latentrl.data.provenance import TrainDraw, read_train_draws
@@ -207,11 +210,32 @@ def time_box_signals() -> None:
 
 def finishing_config(cfg: CoconutConfig, out: Path, finish: dict) -> CoconutConfig:
     """The finishing phase: the run's config at its final stage only, `finish["steps"]` steps at
-    `finish["learning_rate"]` (default a third of the run's), the gate unable to end it, written to `out`."""
+    `finish["learning_rate"]` (default a third of the run's), the gate unable to end it, written to `out`. A resumed
+    run (`resume_from_checkpoint`) continues the phase from its last checkpoint in `out`, or starts it again when it
+    left none (the steps before its first checkpoint are lost either way)."""
     steps = int(finish["steps"])
+    resume = bool(cfg.resume_from_checkpoint) and bool(list_checkpoints(out))
     return dataclasses.replace(
         cfg, output_dir=str(out), start_stage=cfg.final_stage, max_steps_per_stage=steps, gate_patience=steps + 1,
-        learning_rate=finish.get("learning_rate") or cfg.learning_rate / 3, resume_from_checkpoint=None)
+        learning_rate=finish.get("learning_rate") or cfg.learning_rate / 3,
+        resume_from_checkpoint="latest" if resume else None,
+        overwrite_output_dir=bool(cfg.resume_from_checkpoint) and not resume)
+
+
+CURRICULUM = "curriculum"
+"""Subfolder of --out holding the curriculum's final model and `record.json` (its stage log, steps and wall), written
+when the curriculum ends: a resumed run that finds it goes straight on to the finishing phase."""
+
+
+def save_curriculum(model: LatentModel, out: Path, record: dict) -> None:
+    model.save_pretrained(out / CURRICULUM)
+    (out / CURRICULUM / "record.json").write_text(json.dumps(record, indent=1))  # last: it marks the folder whole
+
+
+def saved_curriculum(out: Path) -> dict | None:
+    """The record of a curriculum that ended in an earlier run into `out` (None: it has not ended)."""
+    path = out / CURRICULUM / "record.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def score(model: LatentModel, evals: list, cfg: CoconutConfig, stage: int, max_new: int) -> tuple[dict, object]:
@@ -271,18 +295,26 @@ def main() -> None:
     check_disjoint(task, train, evals)
     check_disjoint(task, gate, evals)
     assert not {e.question for e in train} & {e.question for e in gate}, "gate problems overlap training problems"
-    model = LatentModel.from_pretrained(cot, add_latent_tokens=True)
+    finish = {**recipe.get("finish", {}), **{k: v for k, v in (("steps", ns.finish_steps),
+                                                               ("learning_rate", ns.finish_lr)) if v is not None}}
+    ended = saved_curriculum(out) if cfg.resume_from_checkpoint else None
+    model = LatentModel.from_pretrained(out / CURRICULUM if ended else cot, add_latent_tokens=True)
     t0 = time.perf_counter()
     from latentrl.logger import read_metrics
 
-    finish = {**recipe.get("finish", {}), **{k: v for k, v in (("steps", ns.finish_steps),
-                                                               ("learning_rate", ns.finish_lr)) if v is not None}}
     finished = None  # the finishing phase's settings once it has run
     try:
-        history = train_coconut(cfg, model, train, eval_examples=[], gate_examples=gate)
-        stage_log, steps, train_wall = history.stage_log, history.steps, history.train_wall_s
+        if ended:  # a resumed run whose curriculum had ended: on to the finishing phase
+            print(f"the curriculum ended in an earlier run (step {ended['steps']}); resuming from "
+                  f"{out / CURRICULUM}", flush=True)
+            stage_log, steps, train_wall = ended["stage_log"], ended["steps"], ended["train_wall_s"]
+        else:
+            history = train_coconut(cfg, model, train, eval_examples=[], gate_examples=gate)
+            stage_log, steps, train_wall = history.stage_log, history.steps, history.train_wall_s
         stage = stage_log[-1]["stage/index"]
         if finish.get("steps", 0) > 0 and stage == cfg.final_stage:
+            if not ended:
+                save_curriculum(model, out, {"stage_log": stage_log, "steps": steps, "train_wall_s": train_wall})
             fin = train_coconut(finishing_config(cfg, out / "finish", finish), model, train, eval_examples=[],
                                 gate_examples=gate)
             stage_log = stage_log + [{**r, "finish": True} for r in fin.stage_log]

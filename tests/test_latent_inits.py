@@ -206,6 +206,52 @@ def test_a_latent_init_run_finishes_with_lower_rate_steps_at_its_final_stage(tmp
     assert {r["learning_rate"] for r in read_metrics(out) if "learning_rate" in r} == {1e-3}
 
 
+def test_a_resumed_latent_init_run_goes_on_with_its_finishing_phase(tmp_path, monkeypatch):
+    """A run stopped in its finishing phase, resumed with resume_from_checkpoint=latest, does not train the
+    curriculum again: it takes the curriculum's saved end and continues the finishing steps from their last
+    checkpoint, so the result counts each step once."""
+    import dataclasses
+    import json
+    import sys
+
+    from latentrl.logger import read_metrics
+
+    script = _latent_init_script()
+    out = tmp_path / "run"
+    args = ["train_latent_init.py", "chain_sum", "--out", str(out), "--num-eval", "4", "--finish-steps", "4",
+            "num_train_examples=32", "gate_num_examples=4", "max_steps_per_stage=1", "gate_eval_steps=1",
+            "logging_steps=1", "eval_batch_size=4", "save_steps=100"]
+    monkeypatch.setattr(script, "time_box_signals", lambda: None)
+    train = script.train_coconut
+    calls = []
+
+    def stopped_in_the_finish(cfg, *a, **kw):  # the finish's budget ends after 2 steps (a forced checkpoint), then a kill
+        calls.append(cfg)
+        finishing = cfg.output_dir.endswith("finish")
+        history = train(dataclasses.replace(cfg, max_steps=2) if finishing else cfg, *a, **kw)
+        if finishing:
+            raise KeyboardInterrupt("SIGTERM")
+        return history
+
+    monkeypatch.setattr(script, "train_coconut", stopped_in_the_finish)
+    monkeypatch.setattr(sys, "argv", args)
+    script.main()
+    assert [c.output_dir.endswith("finish") for c in calls] == [False, True]
+    assert [p.name for p in (out / "finish").iterdir() if p.name.startswith("checkpoint-")] == ["checkpoint-2"]
+
+    calls.clear()
+    monkeypatch.setattr(script, "train_coconut", lambda cfg, *a, **kw: calls.append(cfg) or train(cfg, *a, **kw))
+    monkeypatch.setattr(sys, "argv", [*args, "resume_from_checkpoint=latest"])
+    script.main()
+    assert len(calls) == 1 and calls[0].output_dir == str(out / "finish")  # the curriculum did not run again
+    assert calls[0].resume_from_checkpoint == "latest"
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == 7 + 4 and result["finish"]["steps"] == 4
+    assert [r["stage/index"] for r in result["stages"]] == [1, 2, 3, 4, 5, 6, 7, 7]
+    assert sorted(r["step"] for r in read_metrics(out / "finish") if "loss" in r) == [1, 2, 3, 4]
+    assert sorted(r["step"] for r in read_metrics(out) if "loss" in r) == list(range(1, 8))
+
+
 def test_a_superposition_init_run_finishes_with_lower_rate_steps(tmp_path, monkeypatch):
     """scripts/train_superposition_init.py: after max_steps, `finish_steps` more at `finish_lr` in OUT/finish, counted
     in the result, their records continuing the run's steps in the model's curve; a resumed run keeps the finished
