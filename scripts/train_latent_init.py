@@ -118,7 +118,13 @@ RECIPES: dict[str, dict] = {
     # again from that model with "probe_head_step_shift=[-1,0,0,0,8]" (the probe on S_5): 77.2 %, then 81.9 % and
     # 89.5 % after 4,000 and 8,000 more steps (runs CF5-CF7; CF8's 4,000 more: 84.3 %), swap drop = Pass@1; 4,000
     # more from CF7 at learning_rate=1e-4 (run CF9): 99.4 %, the model shipped as `icot_mult_4x4-coconut` since
-    # 2026-12-07 (the route's commands: docs/bench/icot_latent_init, "Run CF" to "Run CF9").
+    # 2026-12-07 (the route's commands: docs/bench/icot_latent_init, "Run CF" to "Run CF9"). 4,000 steps at 1e-4
+    # straight from CF5's model (run CF5F) give 98.5 %: CF6-CF8 are not needed. So the recipe is now that route in one
+    # command: the probe on S_5 from the start of stage 5 (CF5 began after CF's 12,000 stage-5 steps with the probe
+    # on S_3: whether starting on S_5 does as well is what the one-command run tests), a longer cap there, and
+    # CF5F's finish. As one command it
+    # has not yet run end to end (started 2026-12-07 as runs/li_icot_onecmd; it runs ~4 h: run it again with
+    # resume_from_checkpoint=latest to continue across sittings).
     "icot_mult_4x4_columns": {
         "task": "icot_mult_4x4",
         "dataset_kwargs": {"chain": "columns_tens_first"},
@@ -131,10 +137,12 @@ RECIPES: dict[str, dict] = {
             "gate_threshold=0.8", "gate_patience=2", "gate_eval_steps=64", "gate_num_examples=256",
             "max_steps_per_stage=12000", "num_train_examples=1000000", "per_device_train_batch_size=32",
             "learning_rate=3e-4", "reset_optimizer=stage", "max_grad_norm=1.0",
-            "probe_head_tokens=[[1,2,3],[4,5,6],[7,8]]", "probe_head_step_shift=[-1,0,0,0,4]",
+            "probe_head_tokens=[[1,2,3],[4,5,6],[7,8]]", "probe_head_step_shift=[-1,0,0,0,8]",
+            "final_stage_max_steps=40000",
             "eval_strategy=no", "eval_batch_size=250", "logging_steps=16", "max_length=256", "save_steps=500",
             "save_total_limit=6", "seed=0",
         ],
+        "finish": {"steps": 4000, "learning_rate": 1e-4},
     },
 }
 
@@ -216,7 +224,8 @@ def finishing_config(cfg: CoconutConfig, out: Path, finish: dict) -> CoconutConf
     steps = int(finish["steps"])
     resume = bool(cfg.resume_from_checkpoint) and bool(list_checkpoints(out))
     return dataclasses.replace(
-        cfg, output_dir=str(out), start_stage=cfg.final_stage, max_steps_per_stage=steps, gate_patience=steps + 1,
+        cfg, output_dir=str(out), start_stage=cfg.final_stage, max_steps_per_stage=steps, final_stage_max_steps=None,
+        gate_patience=steps + 1,
         learning_rate=finish.get("learning_rate") or cfg.learning_rate / 3,
         resume_from_checkpoint="latest" if resume else None,
         overwrite_output_dir=bool(cfg.resume_from_checkpoint) and not resume)

@@ -381,6 +381,19 @@ def test_converged_stage_advance_follows_the_gate_and_logs_each_stage(tmp_path, 
     assert [r["stage/reason"] for r in logged if "stage/reason" in r] == [reason] * 3
 
 
+def test_the_final_stage_takes_its_own_step_cap(tmp_path):
+    """final_stage_max_steps caps the last stage only (a gate that never passes: every stage runs to its cap)."""
+    c_ = cfg(max_latent_stage=2, start_stage=1, stage_advance="converged", final_stage=3, gate_threshold=1.5,
+             gate_eval_steps=1, max_steps_per_stage=2, final_stage_max_steps=5, per_device_train_batch_size=4,
+             eval_strategy="no", output_dir=str(tmp_path), logging_steps=1)
+    hist = train_coconut(c_, model(), tiny_train_data(8), gate_examples=tiny_train_data(8)[:4])
+    assert [(r["stage/index"], r["stage/steps"], r["stage/reason"]) for r in hist.stage_log] == [
+        (1, 2, "max_steps"), (2, 2, "max_steps"), (3, 5, "max_steps")]
+    assert [c_.stage_max_steps(s) for s in (1, 2, 3)] == [2, 2, 5]
+    with pytest.raises(ConfigError, match="min_steps_per_stage .* exceeds final_stage_max_steps"):
+        cfg(stage_advance="converged", min_steps_per_stage=10, max_steps_per_stage=20, final_stage_max_steps=5)
+
+
 def test_converged_mode_needs_gate_examples_and_checks_its_options(tmp_path):
     out = str(tmp_path / "run")
     with pytest.raises(ValueError, match="gate examples") as refused:

@@ -149,6 +149,11 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
         600, "Converged mode: advance after this many steps in a stage even if the gate never passed (logged as "
         "reason max_steps).", min=1
     )
+    final_stage_max_steps: int | None = cfg_field(
+        None, "Converged mode: the step cap of the final stage instead of max_steps_per_stage (null = the same). The "
+        "last stage, where every step is a thought, can be the slowest to pass its gate (icot 4x4: ~10,700 steps "
+        "after stages capped at 12,000); a longer cap there leaves the earlier stages as they were.", min=1
+    )
     final_stage: int | None = cfg_field(
         None,
         "Converged mode: the last stage trained (training ends when it passes its gate or its step cap); null = "
@@ -216,9 +221,10 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
         if self.stage_advance == "converged":
             if self.final_stage is not None and self.final_stage < self.start_stage:
                 raise ConfigError(f"final_stage ({self.final_stage}) is before start_stage ({self.start_stage})")
-            if self.min_steps_per_stage > self.max_steps_per_stage:
-                raise ConfigError(f"min_steps_per_stage ({self.min_steps_per_stage}) exceeds max_steps_per_stage "
-                                  f"({self.max_steps_per_stage})")
+            for key in ("max_steps_per_stage", "final_stage_max_steps"):
+                if (getattr(self, key) or self.min_steps_per_stage) < self.min_steps_per_stage:
+                    raise ConfigError(f"min_steps_per_stage ({self.min_steps_per_stage}) exceeds {key} "
+                                      f"({getattr(self, key)})")
             return
         if self.start_stage * self.epochs_per_stage >= self.num_epochs:
             raise ConfigError(
@@ -256,8 +262,14 @@ class CoconutConfig(MetricsOutputConfig, StageGateConfig):
         """Converged mode's final stage (final_stage, else max_latent_stage + 1)."""
         return self.final_stage if self.final_stage is not None else self.max_latent_stage + 1
 
+    def stage_max_steps(self, stage: int) -> int:
+        """Converged mode's step cap of `stage` (final_stage_max_steps for the last stage, when set)."""
+        if stage == self.last_stage and self.final_stage_max_steps is not None:
+            return self.final_stage_max_steps
+        return self.max_steps_per_stage
+
     def make_gate(self) -> StageGate:
-        """The converged-mode gate these options describe."""
+        """The converged-mode gate these options describe (its cap set per stage from `stage_max_steps`)."""
         return StageGate(threshold=self.gate_threshold, patience=self.gate_patience,
                          max_steps=self.max_steps_per_stage, min_steps=self.min_steps_per_stage,
                          higher_is_better=self.gate_metric == "next_step_accuracy")

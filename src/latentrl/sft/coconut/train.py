@@ -112,7 +112,7 @@ def train_coconut(
 
     def total_steps(world_size: int) -> int:
         step_size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size
-        total = (len(stages) * cfg.max_steps_per_stage if converged
+        total = (sum(cfg.stage_max_steps(s) for s in stages) if converged
                  else len(epochs) * math.ceil(len(train_tok) / step_size))
         return total if cfg.max_steps is None else min(total, cfg.max_steps)
 
@@ -297,6 +297,7 @@ def train_coconut(
                 if resume is not None and stage < resume["stage"]:
                     continue  # trained before the checkpoint
                 gate.start_stage()
+                gate.max_steps = cfg.stage_max_steps(stage)
                 if resume is not None:
                     gate.streak, stage_start, epoch = resume["gate_streak"], resume["stage_start"], resume["epoch"]
                 else:
