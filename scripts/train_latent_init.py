@@ -122,9 +122,8 @@ RECIPES: dict[str, dict] = {
     # straight from CF5's model (run CF5F) give 98.5 %: CF6-CF8 are not needed. So the recipe is now that route in one
     # command: the probe on S_5 from the start of stage 5 (CF5 began after CF's 12,000 stage-5 steps with the probe
     # on S_3: whether starting on S_5 does as well is what the one-command run tests), a longer cap there, and
-    # CF5F's finish. As one command it
-    # has not yet run end to end (started 2026-12-07 as runs/li_icot_onecmd; it runs ~4 h: run it again with
-    # resume_from_checkpoint=latest to continue across sittings).
+    # CF5F's finish. As one command it has not yet run end to end (started 2026-12-07 as runs/li_icot_onecmd; it
+    # runs ~4 h: run it again with resume_from_checkpoint=latest to continue across sittings).
     "icot_mult_4x4_columns": {
         "task": "icot_mult_4x4",
         "dataset_kwargs": {"chain": "columns_tens_first"},
