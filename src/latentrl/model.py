@@ -32,6 +32,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from latentrl.assets import ADAPTER_CONFIG_FILE, available_models, recorded_num_thoughts, resolve_model
+from latentrl.packed_head import PackedHead
 from latentrl.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
@@ -426,6 +427,35 @@ class LatentModel(nn.Module):
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.get_output_embeddings()(hidden)
+
+    @property
+    def packed_head(self) -> PackedHead:
+        """The LM head's weight prepacked for oneDNN (`latentrl.packed_head`; packed on first use, one per model)."""
+        packed = self.__dict__.get("_packed_head")
+        if packed is None:
+            packed = self.__dict__["_packed_head"] = PackedHead()
+        return packed
+
+    def decode_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`lm_head(hidden)` for decoding without autograd: from the prepacked head where it applies (a CPU float32
+        head at large vocabularies: about half the time, the same values; `latentrl.packed_head`)."""
+        head = self.model.get_output_embeddings()
+        packed = self.packed_head
+        return packed(head, hidden) if packed.applies(head, hidden) else head(hidden)
+
+    def drop_packed_head(self) -> None:
+        """Free the packed head (the trainer does after its rollouts: the update changes the weights anyway, and its
+        own peak memory should not hold the copy)."""
+        packed = self.__dict__.get("_packed_head")
+        if packed is not None:
+            packed.drop()
+
+    def check_packed_head(self) -> None:
+        """Drop the packed head if the weight's values changed since it was packed: the rollout engine calls it once
+        per rollout (a change through `.data` keeps the version counter the packed copy is keyed on)."""
+        packed = self.__dict__.get("_packed_head")
+        if packed is not None:
+            packed.check(self.model.get_output_embeddings())
 
     def forward_embeds(
         self,

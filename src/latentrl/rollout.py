@@ -224,6 +224,7 @@ def generate_rollout(
     zero_lp = torch.zeros(B, dtype=torch.float32, device=device)
 
     # ---- prefill
+    model.check_packed_head()  # the head's weight may have changed since the last rollout (then it is repacked)
     stepper = make_stepper(model, prompt_mask, C, decoder)
     last_hidden = stepper.prefill(model.embed(prompt_ids), shared_prompt_rows(prompt_ids, prompt_mask))
     if use_latent and operator.needs_prompt_states:
@@ -264,7 +265,7 @@ def generate_rollout(
             else:
                 latent_count += 1
         else:
-            last_logits = model.lm_head(last_hidden).float()
+            last_logits = model.decode_logits(last_hidden).float()
             # 1. discrete candidates: sampled tokens, forced tokens where the schedule forces them
             ids, lp = sample_tokens(last_logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
             if n_after:

@@ -519,6 +519,7 @@ class GRPOTrainer:
             with self.accelerator.autocast():
                 batch, metrics = self._collect_step_batch()
             metrics.update(self.method.rollout_metrics(self.ctx, batch))
+        self.model.drop_packed_head()  # the rollouts' packed LM head: stale after the update, and memory during it
         return batch, metrics
 
     def prepare(self, batch: StepBatch) -> Any:

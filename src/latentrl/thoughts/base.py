@@ -95,7 +95,7 @@ class ThoughtOperator(nn.Module):
         """`step` from the last hidden states alone, when every row of a rollout is thinking: the engine's fast path.
         By default the LM head's logits (only if `needs_logits`), then `step`; an operator may fuse the LM head into
         its own work instead (HRPO at large vocabularies on a CPU)."""
-        logits = model.lm_head(hidden).float() if self.needs_logits else None
+        logits = model.decode_logits(hidden).float() if self.needs_logits else None
         return self.step(model, logits, hidden, generator=generator)
 
     def begin_rollout(self, model: "LatentModel", prompt_hidden: torch.Tensor, prompt_mask: torch.Tensor) -> None:

@@ -5,7 +5,7 @@ a draw x ~ p with its log-prob, and the projection E^T p / ||p||. Done one after
 vocabulary-sized matmuls (the LM head and p @ E) each stream their V x H matrix from memory, and every element-wise
 pass (max, exp, sums, norm) streams the (B, V) logits again. At V = 151,936 on a CPU core these dominate the step.
 
-Here the vocabulary is walked in chunks of rows (`CHUNK_BYTES` of W each). For each chunk: its logits, the running
+Here the vocabulary is walked in chunks of rows (`packed_head.CHUNK_BYTES` of W each). For each chunk: its logits, the running
 row max, the weights exp((l - max) / tau) (as exp2 of logits pre-scaled by log2(e) / tau, with `sampling`'s
 exponent floor) into a chunk-sized buffer that stays in cache, and their contributions to the mixture E^T e, to
 sum(e^2) and to the `sampling.BLOCK`-entry block sums of the two-level draw. Whenever the running max rises, what
@@ -19,6 +19,9 @@ the same generator it nearly always picks the same ids). The exponent floor (`sa
 the running max, so a few weights below e^-80 of the final max may count where the unfused pass zeroes them
 (a change of < V * 2e-35 in total probability). `tests/test_sampling.py` and `tests/test_hrpo.py` check all of it.
 
+Each chunk's logits come from the model's prepacked head (`latentrl.packed_head`, whose chunks these are) where
+that applies, about twice as fast as `torch.mm` on the plain weight and with the same values; else from the weight.
+
 On a GPU the unfused step is used: there the full matmuls are cheap and a Python loop over chunks is not.
 """
 
@@ -29,12 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import latentrl.sampling as sampling
+from latentrl import packed_head
+from latentrl.packed_head import PackedHead
 from latentrl.sampling import EXP_FLOOR, LOG2E, block_sums, draw_in_blocks, token_logprobs
 
-CHUNK_BYTES = 2 * 1024 * 1024
-"""Bytes of W per chunk (and as many of E): the chunk's rows of both stay in a CPU core's cache between the two
-matmuls. 2 MiB is 4,096 rows at H = 128, the fastest of 2,048-16,384 rows on this project's CPU
-(`docs/bench/speed/hrpo_fused_chunks.py`). Chunks are whole `sampling.BLOCK`s, at least one."""
 MIN_VOCAB = 32768
 """Vocabularies smaller than this take the unfused step (nothing to gain from chunking a few chunks)."""
 
@@ -54,16 +55,18 @@ def fusable_head(model, logits_device: torch.device) -> nn.Linear | None:
 
 @torch.no_grad()
 def fused_head_step(head: nn.Linear, E: torch.Tensor, hidden: torch.Tensor, temperature: float,
-                    generator: torch.Generator | None, greedy: bool = False, logprob_temperature: float | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    generator: torch.Generator | None, greedy: bool = False, logprob_temperature: float | None = None,
+                    packed: PackedHead | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids (B,), log-probs (B,) under log_softmax(logits / logprob_temperature) (default: tau), projected state
     E^T p / ||p|| (B, H) float32) from the last hidden states (B, H), for p = softmax(logits / tau). `greedy`: the
-    argmax instead of a draw (of the scaled logits: a tie made by rounding goes to the lower id). Constants, like
-    the rollout's other records (gradients come from replaying them)."""
+    argmax instead of a draw (of the scaled logits: a tie made by rounding goes to the lower id). `packed`: the
+    head's weight prepacked (`latentrl.packed_head`; its chunks are this walk's). Constants, like the rollout's other
+    records (gradients come from replaying them)."""
     W, bias = head.weight, head.bias
     B, V, T = hidden.shape[0], W.shape[0], float(temperature)
     block = sampling.BLOCK
-    chunk = max(1, CHUNK_BYTES // (W.shape[1] * W.element_size() * block)) * block
+    chunks = packed.chunks(head, B) if packed is not None else None
+    chunk = packed.rows if packed is not None else packed_head.chunk_rows(W.shape[1], W.element_size())
     # logits in base-2 units of the tempered softmax, y = (W h + b) log2(e) / tau, from the scaled h: p = 2^(y - max)
     # needs no scaling pass (the exp2 trick of `sampling.exp_weights_`)
     c = LOG2E / T
@@ -78,7 +81,10 @@ def fused_head_step(head: nn.Linear, E: torch.Tensor, hidden: torch.Tensor, temp
     for s in range(0, V, chunk):
         n = min(chunk, V - s)
         # a fresh contiguous (B, n) output: faster than writing into a strided slice of a (B, V) tensor
-        y = torch.matmul(h, W[s:s + n].T) if b is None else torch.addmm(b[s:s + n], h, W[s:s + n].T)
+        if chunks is not None:
+            y = packed.chunk_logits(chunks[s // chunk], h, None if b is None else b[s:s + n])
+        else:
+            y = torch.matmul(h, W[s:s + n].T) if b is None else torch.addmm(b[s:s + n], h, W[s:s + n].T)
         chunk_max = y.amax(-1, keepdim=True)
         if m is None:
             m = chunk_max

@@ -267,8 +267,10 @@ class HRPOGateThought(ThoughtOperator):
         if head is None:
             return super().step_from_hidden(model, hidden, generator=generator)
         check_generator(generator, hidden.device)
+        packed = model.packed_head if model.packed_head.applies(head, hidden) else None
         ids, logp, state = fused_head_step(head, model.embedding_matrix, hidden, self.temperature, generator,
-                                           greedy=self.deterministic, logprob_temperature=self.logprob_temperature)
+                                           greedy=self.deterministic, logprob_temperature=self.logprob_temperature,
+                                           packed=packed)
         payload = {"hidden": state.to(model.embedding_matrix.dtype)}
         return ThoughtStep(self.rebuild(model, ids, payload), ids, payload, logp)
 
