@@ -591,6 +591,9 @@ def final_json(args: argparse.Namespace, rows: dict, loadavg: list[float]) -> di
 
 
 def main(argv=None) -> dict | None:
+    from latentrl.cpu_allocator import tune_glibc_malloc
+
+    tune_glibc_malloc()  # for `generate` and ours alike, in this process and in every mode's subprocess
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.mode:

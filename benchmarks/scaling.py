@@ -144,6 +144,9 @@ def flag_superlinear(rows: list[dict], ratio: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from latentrl.cpu_allocator import tune_glibc_malloc
+
+    tune_glibc_malloc()  # every worker (ours and `generate`) gets it
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.worker:

@@ -515,6 +515,9 @@ def run_check(args: argparse.Namespace, folder: Path, tok, rows, out_dir: Path) 
 
 
 def main(argv=None) -> dict[str, Any]:
+    from latentrl.cpu_allocator import tune_glibc_malloc
+
+    tune_glibc_malloc()  # TRL's trainer and ours run in this one process: both get it
     args = parse_args(argv)
     use_device(args.device)
     import torch

@@ -653,7 +653,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text, description=help_text)
         ARG_BUILDERS.get(name, _add_train_args)(p)
     ns = parser.parse_args(argv)
+    from latentrl.cpu_allocator import tune_glibc_malloc
     from latentrl.logger import batch_console
+
+    tune_glibc_malloc()  # large CPU temporaries from the heap, not a fresh mmap each step (latentrl.cpu_allocator)
 
     if batch_console():  # no TTY (nohup, CI, a cluster log): no per-file weight-loading bars, our log lines only
         from transformers.utils import logging as hf_logging
