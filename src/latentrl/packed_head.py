@@ -60,7 +60,6 @@ class PackedHead:
     def __init__(self) -> None:
         self._key: tuple | None = None
         self._packed: list[torch.Tensor] = []  # one whole-weight tensor, or the chunks
-        self._whole = False
         self._sum: float | None = None
         self.rows = 0  # rows per chunk (the last may be shorter)
         self.broken = not _ops_available()
@@ -92,17 +91,21 @@ class PackedHead:
             if float(head.weight.detach().sum()) != self._sum:
                 self.drop()
 
+    @staticmethod
+    def _key_of(w: torch.Tensor, rows: int) -> tuple:
+        return w.data_ptr(), w._version, tuple(w.shape), w.stride(), rows
+
     def _pack(self, head: nn.Linear, whole: bool, batch_hint: int) -> list[torch.Tensor]:
         w = head.weight
         rows = w.shape[0] if whole else chunk_rows(w.shape[1], w.element_size())
-        key = (w.data_ptr(), w._version, tuple(w.shape), w.stride(), rows)
+        key = self._key_of(w, rows)
         if key != self._key:
             self.drop()  # free the old copy before packing the new one
             with torch.no_grad():
                 self._packed = [torch.ops.mkldnn._reorder_linear_weight(w[s:s + rows].contiguous(), batch_hint)
                                 for s in range(0, w.shape[0], rows)]
                 self._sum = float(w.sum())
-            self._key, self._whole, self.rows = key, whole, rows
+            self._key, self.rows = key, rows
         return self._packed
 
     def chunks(self, head: nn.Linear, batch_hint: int) -> list[torch.Tensor]:
@@ -117,8 +120,7 @@ class PackedHead:
         """head(x) for x (..., H) from the packed copy; call only where `applies(head, x)`."""
         flat = x.reshape(-1, x.shape[-1]).contiguous()
         w = head.weight
-        chunked = bool(self._packed) and not self._whole and self._key is not None and self._key[:2] == (
-            w.data_ptr(), w._version) and self.rows == chunk_rows(w.shape[1], w.element_size())
+        chunked = self._key == self._key_of(w, chunk_rows(w.shape[1], w.element_size()))  # HRPO's copy serves too
         packed = self._packed if chunked else self._pack(head, whole=True, batch_hint=flat.shape[0])
         b, n = head.bias, self.rows
         outs = [self.chunk_logits(c, flat, None if b is None else b[k * n:(k + 1) * n]) for k, c in enumerate(packed)]
