@@ -8,10 +8,10 @@ pass (max, exp, sums, norm) streams the (B, V) logits again. At V = 151,936 on a
 Here the vocabulary is walked in chunks of rows (`packed_head.CHUNK_BYTES` of W each). For each chunk: its logits,
 the running row max, the weights exp((l - max) / tau) (as exp2 of logits pre-scaled by log2(e) / tau, with
 `sampling`'s exponent floor) into a chunk-sized buffer that stays in cache, and their contributions to the mixture
-E^T e, to sum(e^2) and to the `sampling.BLOCK`-entry block sums of the two-level draw. Whenever the running max rises, what
-was accumulated is rescaled by exp((old - new) / tau) (the online softmax of FlashAttention). The chunk's rows of W
-and E are read once and used while still in cache (once in all when the head is tied to the embedding). The full
-(B, V) logits are never assembled: the draw reads the chosen block's logits from its chunk.
+E^T e, to sum(e^2) and to the `sampling.BLOCK`-entry block sums of the two-level draw. Whenever the running max
+rises, what was accumulated is rescaled by exp((old - new) / tau) (the online softmax of FlashAttention). The chunk's
+rows of W and E are read once and used while still in cache (once in all when the head is tied to the embedding).
+The full (B, V) logits are never assembled: the draw reads the chosen block's logits from its chunk.
 
 The result is the unfused step's up to float rounding: the same log-prob (to ~1e-6), the same projected state (to
 ~1e-6 relative), the same draw in distribution (it takes the same two uniforms per row as `draw_unfiltered`, so with
