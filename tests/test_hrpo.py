@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentrl import packed_head
 from latentrl.config import ConfigError, GRPOConfig, LatentConfig, config_from_dict, load_config
 from latentrl.data import make_examples, task_vocabulary
 from latentrl.methods import get_method
@@ -158,7 +157,7 @@ def test_rollouts_with_the_fused_head_step_replay_to_their_logprobs(monkeypatch,
     monkeypatch.setattr(sampling_module, "BLOCK", 4)  # the two-level draw in both, so both take the same uniforms
     plain = generate_rollout(lm, ids, mask, sampling(8, 0.7), op, schedule, gen(4))
     monkeypatch.setattr(fused_step, "MIN_VOCAB", 4)
-    monkeypatch.setattr(packed_head, "CHUNK_BYTES", 8 * lm.hidden_size * 4)  # 8 rows
+    monkeypatch.setattr(fused_step, "CHUNK_BYTES", 8 * lm.hidden_size * 4)  # 8 rows
     assert fused_step.fusable_head(lm, ids.device) is not None
     r = generate_rollout(lm, ids, mask, sampling(8, 0.7), op, schedule, gen(4))
     assert r.latent_mask.all()

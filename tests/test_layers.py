@@ -13,8 +13,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: dict[str, int] = {
     "latentrl.assets": 0, "latentrl.checkpoint": 0, "latentrl.tokenizer": 0, "latentrl.rewards": 0,
     "latentrl.data": 0, "latentrl.rl.losses": 0, "latentrl.rl.advantages": 0,  # pure functions on tensors
+    "latentrl.cpu_allocator": 0,
     "latentrl.config": 1, "latentrl.logger": 1, "latentrl.run_dir": 1, "latentrl.chat": 1,
-    "latentrl.model": 2, "latentrl.testing": 2, "latentrl.compute": 2,
+    "latentrl.model": 2, "latentrl.testing": 2, "latentrl.compute": 2, "latentrl.packed_head": 2,
     "latentrl.sampling": 3, "latentrl.decoding": 3, "latentrl.thoughts": 3, "latentrl.rollout": 3,
     "latentrl.head_logprobs": 3, "latentrl.replay": 3,
     "latentrl.eval": 4, "latentrl.thought_dependence": 4, "latentrl.optimizer_steps": 4, "latentrl.rl.batch": 4, "latentrl.rl.distributed": 4, "latentrl.rl.fsdp": 4,

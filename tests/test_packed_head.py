@@ -19,10 +19,12 @@ pytestmark = pytest.mark.skipif(not packed_head._ops_available(), reason="this P
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Heads of any size are packed, in chunks of 8 rows (blocks of 4): several chunks and a partial last one."""
+    """Heads of any size are packed (HRPO's fused step walks chunks of 8 rows in blocks of 4 at H = 16)."""
+    from latentrl.methods.hrpo import fused_step
+
     monkeypatch.setattr(packed_head, "MIN_VOCAB", 4)
     monkeypatch.setattr(sampling, "BLOCK", 4)
-    monkeypatch.setattr(packed_head, "CHUNK_BYTES", 8 * 16 * 4)
+    monkeypatch.setattr(fused_step, "CHUNK_BYTES", 8 * 16 * 4)
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -39,7 +41,7 @@ def test_packed_logits_equal_the_heads_own(small_chunks, bias, rows):
         torch.testing.assert_close(packed(head, x), head(x), atol=1e-6, rtol=1e-6)
         assert packed.rows == 150 and len(packed._packed) == 1  # the whole weight, one copy
         torch.testing.assert_close(packed(head, x3), head(x3), atol=1e-6, rtol=1e-6)
-        assert len(packed.chunks(head, rows)) == 19 and packed.rows == 8  # 18 chunks of 8 rows and one of 6
+        assert len(packed.chunks(head, 8, rows)) == 19 and packed.rows == 8  # 18 chunks of 8 rows and one of 6
         torch.testing.assert_close(packed(head, x), head(x), atol=1e-6, rtol=1e-6)
         assert len(packed._packed) == 19  # the chunks serve the whole logits too: still one copy
         torch.testing.assert_close(packed(head, x3), head(x3), atol=1e-6, rtol=1e-6)
@@ -109,7 +111,7 @@ def test_rollouts_with_the_packed_head_equal_those_without_and_replay_to_their_l
     schedule = ThinkingSchedule(delimiter_ids=[10**6]) if mode else None
     params = SamplingParams(max_new_positions=8, temperature=0.7)
     monkeypatch.setattr(sampling, "BLOCK", 4)
-    monkeypatch.setattr(packed_head, "CHUNK_BYTES", 8 * lm.hidden_size * 4)
+    monkeypatch.setattr(fused_step, "CHUNK_BYTES", 8 * lm.hidden_size * 4)
     monkeypatch.setattr(packed_head, "ENABLED", False)
     plain = generate_rollout(lm, ids, mask, params, op, schedule, gen(4))
     monkeypatch.setattr(packed_head, "ENABLED", True)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from latentrl import packed_head, sampling
+from latentrl import sampling
 from latentrl.methods.hrpo.operator import HRPOGateThought, ensure_gate, projected_state
 from latentrl.methods.lepo.operator import GumbelSoftmaxThought
 from latentrl.sampling import (
@@ -416,7 +416,7 @@ def _fused_setup(monkeypatch, bias: bool):
     from latentrl.methods.hrpo import fused_step
 
     monkeypatch.setattr(sampling, "BLOCK", 8)
-    monkeypatch.setattr(packed_head, "CHUNK_BYTES", 32 * 8 * 4)  # 32 rows
+    monkeypatch.setattr(fused_step, "CHUNK_BYTES", 32 * 8 * 4)  # 32 rows
     V, H = 150, 8
     head = torch.nn.Linear(H, V, bias=bias)
     with torch.no_grad():
@@ -475,7 +475,7 @@ def test_hrpo_uses_the_fused_step_only_where_it_applies(monkeypatch):
         op.step_from_hidden(lm, hidden, generator=gen(37))
     assert not calls
     monkeypatch.setattr(fused_step, "MIN_VOCAB", 4)
-    monkeypatch.setattr(packed_head, "CHUNK_BYTES", 8 * lm.hidden_size * 4)  # 8 rows
+    monkeypatch.setattr(fused_step, "CHUNK_BYTES", 8 * lm.hidden_size * 4)  # 8 rows
     monkeypatch.setattr(sampling, "BLOCK", 4)
     with torch.no_grad():
         fused = op.step_from_hidden(lm, hidden, generator=gen(37))

@@ -8,8 +8,8 @@ against 26 ms; `docs/bench/speed/packed_head_matmul.py`). The result is the same
 bits at H = 128 for 7 rows or more, not always at H = 896 or for one row, so a seeded rollout's draw at a bin's
 edge may differ from `torch.mm`'s.
 
-`PackedHead` keeps that reordered copy of a head's weight, whole or in chunks of rows (whole `sampling.BLOCK`s of
-about `CHUNK_BYTES`, which HRPO's fused step reads chunk by chunk), one copy at a time. It repacks when the weight
+`PackedHead` keeps that reordered copy of a head's weight, whole or in chunks of rows (the chunks HRPO's fused step
+walks, `methods/hrpo/fused_step.py`), one copy at a time. It repacks when the weight
 changes (its storage or in-place version; the rollout engine also compares the weight's sum once per rollout),
 and the RL trainer frees it after its rollouts, so the update's peak memory never holds it. It costs one more copy
 of the weight while rollouts run (V x H floats: 78 MB at H = 128, 545 MB at Qwen2.5-0.5B's H = 896) and, in
@@ -26,20 +26,9 @@ import os
 import torch
 from torch import nn
 
-import latentrl.sampling as sampling
-
 ENABLED = os.environ.get("LATENTRL_PACKED_HEAD", "1") != "0"
 MIN_VOCAB = 32768
 """Heads with fewer rows use `torch.mm` as they are (a small head is not the step's cost)."""
-CHUNK_BYTES = 2 * 1024 * 1024
-"""Bytes of weight per packed chunk: 4,096 rows at H = 128 (the fastest of 1,024-16,384 in the fused HRPO step and
-no slower than one whole-head product here), 1,024 at H = 896. Chunks are whole `sampling.BLOCK`s, at least one."""
-
-
-def chunk_rows(hidden_size: int, element_size: int = 4) -> int:
-    """Rows per chunk for a head of this width: `CHUNK_BYTES` of weight, rounded down to whole `sampling.BLOCK`s."""
-    block = sampling.BLOCK
-    return max(1, CHUNK_BYTES // (hidden_size * element_size * block)) * block
 
 
 def _ops_available() -> bool:
@@ -51,9 +40,9 @@ def _ops_available() -> bool:
 class PackedHead:
     """A head's weight reordered for oneDNN, whole or in chunks of rows; see the module docstring.
 
-    One packed copy at a time: `__call__` (whole logits) packs the whole weight unless the chunks are there already
-    (then it joins the chunks' outputs), `chunks` (HRPO's fused walk) packs chunks. The copy is keyed on the weight's
-    storage, shape, in-place version and chunking; `check(head)`, which the rollout engine calls once per rollout,
+    One packed copy at a time: `__call__` (whole logits) packs the whole weight unless chunks of the same weight are
+    there already (then it joins the chunks' outputs), `chunks` (HRPO's fused walk) packs chunks. The copy is keyed on
+    the weight's storage, shape, in-place version and chunking; `check(head)`, which the rollout engine calls once per rollout,
     also drops it when the weight's sum has changed (a change through `.data`, as a broadcast between
     processes makes, keeps the version counter)."""
 
@@ -92,13 +81,12 @@ class PackedHead:
                 self.drop()
 
     @staticmethod
-    def _key_of(w: torch.Tensor, rows: int) -> tuple:
-        return w.data_ptr(), w._version, tuple(w.shape), w.stride(), rows
+    def _weight_key(w: torch.Tensor) -> tuple:
+        return w.data_ptr(), w._version, tuple(w.shape), w.stride()
 
-    def _pack(self, head: nn.Linear, whole: bool, batch_hint: int) -> list[torch.Tensor]:
+    def _pack(self, head: nn.Linear, rows: int, batch_hint: int) -> list[torch.Tensor]:
         w = head.weight
-        rows = w.shape[0] if whole else chunk_rows(w.shape[1], w.element_size())
-        key = self._key_of(w, rows)
+        key = (self._weight_key(w), rows)
         if key != self._key:
             self.drop()  # free the old copy before packing the new one
             with torch.no_grad():
@@ -108,9 +96,9 @@ class PackedHead:
             self._key, self.rows = key, rows
         return self._packed
 
-    def chunks(self, head: nn.Linear, batch_hint: int) -> list[torch.Tensor]:
-        """The head's weight as packed chunks of `self.rows` rows (`chunk_rows`), packed now if it is not."""
-        return self._pack(head, whole=False, batch_hint=batch_hint)
+    def chunks(self, head: nn.Linear, rows: int, batch_hint: int) -> list[torch.Tensor]:
+        """The head's weight as packed chunks of `rows` rows (the last may be shorter), packed now if it is not."""
+        return self._pack(head, rows, batch_hint)
 
     def chunk_logits(self, chunk: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, H) times one packed chunk's rows (transposed), plus `bias` (that chunk's entries): (B, rows)."""
@@ -120,8 +108,8 @@ class PackedHead:
         """head(x) for x (..., H) from the packed copy; call only where `applies(head, x)`."""
         flat = x.reshape(-1, x.shape[-1]).contiguous()
         w = head.weight
-        chunked = self._key == self._key_of(w, chunk_rows(w.shape[1], w.element_size()))  # HRPO's copy serves too
-        packed = self._packed if chunked else self._pack(head, whole=True, batch_hint=flat.shape[0])
+        current = self._key is not None and self._key[0] == self._weight_key(w)  # whole, or HRPO's chunks: either serves
+        packed = self._packed if current else self._pack(head, w.shape[0], batch_hint=flat.shape[0])
         b, n = head.bias, self.rows
         outs = [self.chunk_logits(c, flat, None if b is None else b[k * n:(k + 1) * n]) for k, c in enumerate(packed)]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)

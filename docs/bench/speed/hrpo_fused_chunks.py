@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from latentrl import packed_head
 from latentrl.methods.hrpo import fused_step
 from latentrl.thoughts import build_thought_operator
 
@@ -28,7 +27,7 @@ lm, ids, mask = rs.build(args)
 op = build_thought_operator("hrpo_gate")
 op.attach(lm)
 CHUNKS = (0, 1024, 2048, 4096, 8192, 16384)  # rows; 0: unfused (the LM head, then `step`)
-DEFAULT_BYTES = packed_head.CHUNK_BYTES
+DEFAULT_BYTES = fused_step.CHUNK_BYTES
 times: dict[int, list[float]] = {c: [] for c in CHUNKS}
 with torch.no_grad():
     out = lm.model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
@@ -37,7 +36,7 @@ with torch.no_grad():
     for _ in range(5):
         for c in CHUNKS:
             fused_step.MIN_VOCAB = 10**9 if c == 0 else 32768
-            packed_head.CHUNK_BYTES = (c or 4096) * lm.hidden_size * 4
+            fused_step.CHUNK_BYTES = (c or 4096) * lm.hidden_size * 4
             for _ in range(2):
                 op.step_from_hidden(lm, hidden, generator=g)
             t = time.perf_counter()

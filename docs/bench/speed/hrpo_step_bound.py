@@ -16,7 +16,6 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from latentrl.methods.hrpo import fused_step as fs
-from latentrl.packed_head import chunk_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
 import rollout_speed as rs  # noqa: E402
@@ -31,7 +30,7 @@ with torch.no_grad():
     hidden = lm.model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True).hidden_states[-1][:, -1]
     hidden = hidden.contiguous()
     B = hidden.shape[0]
-    n = chunk_rows(H)
+    n = fs.chunk_rows(H)
     g = torch.Generator().manual_seed(0)
     for _ in range(3):
         fs.fused_head_step(head, E, hidden, 1.0, g)

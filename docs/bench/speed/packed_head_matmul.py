@@ -11,7 +11,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from latentrl.packed_head import PackedHead, chunk_rows
+from latentrl.methods.hrpo.fused_step import chunk_rows
+from latentrl.packed_head import PackedHead
 
 torch.set_num_threads(1)
 V = 151936
@@ -26,7 +27,7 @@ def measure(H: int) -> None:
         t = time.perf_counter()
         whole(head, h)
         pack_ms = (time.perf_counter() - t) * 1e3
-        chunks = chunked.chunks(head, 32)
+        chunks = chunked.chunks(head, chunk_rows(H), 32)
         same = {m: torch.equal(whole(head, x), F.linear(x, head.weight)) for m in (1, 7, 32, 64)
                 for x in [torch.randn(m, H)]}
         fns = {"torch.mm (nn.Linear)": lambda: F.linear(h, head.weight),

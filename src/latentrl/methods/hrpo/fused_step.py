@@ -5,7 +5,7 @@ a draw x ~ p with its log-prob, and the projection E^T p / ||p||. Done one after
 vocabulary-sized matmuls (the LM head and p @ E) each stream their V x H matrix from memory, and every element-wise
 pass (max, exp, sums, norm) streams the (B, V) logits again. At V = 151,936 on a CPU core these dominate the step.
 
-Here the vocabulary is walked in chunks of rows (`packed_head.CHUNK_BYTES` of W each). For each chunk: its logits,
+Here the vocabulary is walked in chunks of rows (`CHUNK_BYTES` of W each). For each chunk: its logits,
 the running row max, the weights exp((l - max) / tau) (as exp2 of logits pre-scaled by log2(e) / tau, with
 `sampling`'s exponent floor) into a chunk-sized buffer that stays in cache, and their contributions to the mixture
 E^T e, to sum(e^2) and to the `sampling.BLOCK`-entry block sums of the two-level draw. Whenever the running max
@@ -32,12 +32,21 @@ import torch.nn.functional as F
 from torch import nn
 
 import latentrl.sampling as sampling
-from latentrl import packed_head
 from latentrl.packed_head import PackedHead
 from latentrl.sampling import EXP_FLOOR, LOG2E, block_sums, draw_in_blocks, token_logprobs
 
+CHUNK_BYTES = 2 * 1024 * 1024
+"""Bytes of W per chunk (and as many of E): the chunk's rows of both stay in a CPU core's cache between the two
+matmuls. 2 MiB is 4,096 rows at H = 128, the fastest of 2,048-16,384 rows on this project's CPU
+(`docs/bench/speed/hrpo_fused_chunks.py`), and 1,024 at H = 896. Chunks are whole `sampling.BLOCK`s, at least one."""
 MIN_VOCAB = 32768
 """Vocabularies smaller than this take the unfused step (nothing to gain from chunking a few chunks)."""
+
+
+def chunk_rows(hidden_size: int, element_size: int = 4) -> int:
+    """Rows per chunk for a head of this width: `CHUNK_BYTES` of weight, rounded down to whole `sampling.BLOCK`s."""
+    block = sampling.BLOCK
+    return max(1, CHUNK_BYTES // (hidden_size * element_size * block)) * block
 
 
 def fusable_head(model, logits_device: torch.device) -> nn.Linear | None:
@@ -65,8 +74,8 @@ def fused_head_step(head: nn.Linear, E: torch.Tensor, hidden: torch.Tensor, temp
     W, bias = head.weight, head.bias
     B, V, T = hidden.shape[0], W.shape[0], float(temperature)
     block = sampling.BLOCK
-    chunks = packed.chunks(head, B) if packed is not None else None
-    chunk = packed.rows if packed is not None else packed_head.chunk_rows(W.shape[1], W.element_size())
+    chunk = chunk_rows(W.shape[1], W.element_size())
+    chunks = packed.chunks(head, chunk, B) if packed is not None else None
     # logits in base-2 units of the tempered softmax, y = (W h + b) log2(e) / tau, from the scaled h: p = 2^(y - max)
     # needs no scaling pass (the exp2 trick of `sampling.exp_weights_`)
     c = LOG2E / T
