@@ -206,6 +206,21 @@ def test_a_latent_init_run_finishes_with_lower_rate_steps_at_its_final_stage(tmp
     assert {r["learning_rate"] for r in read_metrics(out) if "learning_rate" in r} == {1e-3}
 
 
+def test_the_finishing_phase_runs_its_own_steps_whatever_the_final_stage_cap(tmp_path):
+    """The icot recipe gives its last stage a longer cap (final_stage_max_steps): the finish still takes exactly its
+    own steps, at its rate, from the final stage, with a gate that cannot end it."""
+    from latentrl.config import load_config
+    from latentrl.sft.coconut import CoconutConfig
+
+    script = _latent_init_script()
+    recipe = script.RECIPES["icot_mult_4x4_columns"]
+    cfg = load_config(CoconutConfig, None, [*recipe["overrides"], f"output_dir={tmp_path}"])
+    assert cfg.stage_max_steps(cfg.final_stage) == 40000 and cfg.stage_max_steps(1) == 12000
+    fin = script.finishing_config(cfg, tmp_path / "finish", recipe["finish"])
+    assert fin.start_stage == fin.final_stage == 5 and fin.stage_max_steps(5) == 4000
+    assert fin.learning_rate == 1e-4 and fin.gate_patience > 4000 and fin.resume_from_checkpoint is None
+
+
 def test_a_resumed_latent_init_run_goes_on_with_its_finishing_phase(tmp_path, monkeypatch):
     """A run stopped in its finishing phase, resumed with resume_from_checkpoint=latest, does not train the
     curriculum again: it takes the curriculum's saved end and continues the finishing steps from their last
