@@ -446,16 +446,12 @@ class LatentModel(nn.Module):
     def drop_packed_head(self) -> None:
         """Free the packed head (the trainer does after its rollouts: the update changes the weights anyway, and its
         own peak memory should not hold the copy)."""
-        packed = self.__dict__.get("_packed_head")
-        if packed is not None:
-            packed.drop()
+        self.packed_head.drop()
 
     def check_packed_head(self) -> None:
         """Drop the packed head if the weight's values changed since it was packed: the rollout engine calls it once
         per rollout (a change through `.data` keeps the version counter the packed copy is keyed on)."""
-        packed = self.__dict__.get("_packed_head")
-        if packed is not None:
-            packed.check(self.model.get_output_embeddings())
+        self.packed_head.check(self.model.get_output_embeddings())
 
     def forward_embeds(
         self,

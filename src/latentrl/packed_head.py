@@ -42,8 +42,8 @@ class PackedHead:
 
     One packed copy at a time: `__call__` (whole logits) packs the whole weight unless chunks of the same weight are
     there already (then it joins the chunks' outputs), `chunks` (HRPO's fused walk) packs chunks. The copy is keyed on
-    the weight's storage, shape, in-place version and chunking; `check(head)`, which the rollout engine calls once per rollout,
-    also drops it when the weight's sum has changed (a change through `.data`, as a broadcast between
+    the weight's storage, shape, in-place version and chunking; `check(head)`, which the rollout engine calls once
+    per rollout, also drops it when the weight's sum has changed (a change through `.data`, as a broadcast between
     processes makes, keeps the version counter)."""
 
     def __init__(self) -> None:
@@ -84,7 +84,8 @@ class PackedHead:
     def _weight_key(w: torch.Tensor) -> tuple:
         return w.data_ptr(), w._version, tuple(w.shape), w.stride()
 
-    def _pack(self, head: nn.Linear, rows: int, batch_hint: int) -> list[torch.Tensor]:
+    def chunks(self, head: nn.Linear, rows: int, batch_hint: int) -> list[torch.Tensor]:
+        """The head's weight as packed chunks of `rows` rows (the last may be shorter), packed now if it is not."""
         w = head.weight
         key = (self._weight_key(w), rows)
         if key != self._key:
@@ -96,10 +97,6 @@ class PackedHead:
             self._key, self.rows = key, rows
         return self._packed
 
-    def chunks(self, head: nn.Linear, rows: int, batch_hint: int) -> list[torch.Tensor]:
-        """The head's weight as packed chunks of `rows` rows (the last may be shorter), packed now if it is not."""
-        return self._pack(head, rows, batch_hint)
-
     def chunk_logits(self, chunk: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, H) times one packed chunk's rows (transposed), plus `bias` (that chunk's entries): (B, rows)."""
         return torch.ops.mkldnn._linear_pointwise(x, chunk, bias, "none", [], "")
@@ -109,7 +106,7 @@ class PackedHead:
         flat = x.reshape(-1, x.shape[-1]).contiguous()
         w = head.weight
         current = self._key is not None and self._key[0] == self._weight_key(w)  # whole, or HRPO's chunks: either serves
-        packed = self._packed if current else self._pack(head, w.shape[0], batch_hint=flat.shape[0])
+        packed = self._packed if current else self.chunks(head, w.shape[0], batch_hint=flat.shape[0])
         b, n = head.bias, self.rows
         outs = [self.chunk_logits(c, flat, None if b is None else b[k * n:(k + 1) * n]) for k, c in enumerate(packed)]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
