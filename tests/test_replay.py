@@ -169,3 +169,30 @@ def test_an_all_latent_rollout_replays_with_a_zero_token_entropy(tiny, prompts, 
     m = r.completion_mask
     torch.testing.assert_close(out.logprobs[m], r.logprobs[m], atol=1e-5, rtol=1e-4)
     assert out.entropy.shape == r.completion_ids.shape and not out.entropy[r.latent_mask].any()
+
+
+@pytest.mark.parametrize("name", ["soft_mixture", "hidden_state", "gumbel_topk"])
+def test_replay_runs_the_head_at_latent_positions_only_for_stochastic_operators(tiny, prompts, name):
+    """A deterministic operator's latent positions carry no log-prob: the replay gives them 0 and never computes
+    their (rows x V) logits (at V = 151,936 that was an LM-head forward per latent position, and the heap growth of
+    soft_mixture's update at batch 128). A stochastic operator scores them through the head."""
+    ids, mask = prompts
+    op = build_thought_operator(name, **OPERATOR_KWARGS.get(name, {}))
+    op.attach(tiny)
+    r = generate_rollout(tiny, ids, mask, SamplingParams(max_new_positions=8, temperature=0.8), op,
+                         schedule_for(name, tiny), gen(3))
+    head_rows = []
+    hook = tiny.model.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: head_rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+    try:
+        out = replay(tiny, op, r, temperature=0.8)
+    finally:
+        hook.remove()
+    m = r.completion_mask
+    torch.testing.assert_close(out.logprobs[m], r.logprobs[m], atol=1e-5, rtol=1e-4)
+    n_latent = int(r.latent_mask.sum())
+    assert n_latent > 0
+    # token positions go through the buffer path (`head_token_logprobs`, the weight itself), not the module
+    assert sum(head_rows) == (n_latent if op.stochastic else 0)
+    if not op.stochastic:
+        assert not out.logprobs[r.latent_mask].any()

@@ -129,14 +129,17 @@ def replay(
         if compute_entropy and ent is None:  # no token position at all
             ent = lp.new_zeros(lp.shape)
     if tok is not None:
-        payload = {k: v.reshape(B * C, *v.shape[2:])[lat] for k, v in rollout.payload.items()}
-        ids_lat = ids[lat]
+        if operator.stochastic:
+            payload = {k: v.reshape(B * C, *v.shape[2:])[lat] for k, v in rollout.payload.items()}
+            ids_lat = ids[lat]
 
-        def latent_scores(h_chunk: torch.Tensor, rows: slice) -> tuple[torch.Tensor, None]:
-            logits = model.lm_head(h_chunk).float()
-            return operator.log_prob(logits, ids_lat[rows], {k: v[rows] for k, v in payload.items()}).float(), None
+            def latent_scores(h_chunk: torch.Tensor, rows: slice) -> tuple[torch.Tensor, None]:
+                logits = model.lm_head(h_chunk).float()
+                return operator.log_prob(logits, ids_lat[rows], {k: v[rows] for k, v in payload.items()}).float(), None
 
-        op_lp, _ = _in_chunks(latent_scores, flat_h[lat], chunk)
+            op_lp, _ = _in_chunks(latent_scores, flat_h[lat], chunk)
+        else:  # deterministic latents carry no log-prob (`ThoughtOperator.log_prob`): no LM head at their positions
+            op_lp = lp.new_zeros(int(lat.sum()))
         lp = lp.new_zeros(B * C).masked_scatter(tok, lp).masked_scatter(lat, op_lp)
         ent = ent.new_zeros(B * C).masked_scatter(tok, ent) if ent is not None else None
     logprobs = lp.view(B, C)

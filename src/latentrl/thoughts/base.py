@@ -10,7 +10,7 @@ previous position's output and what its log-prob is. An operator therefore has t
 * `log_prob` — the per-position log-prob (or method surrogate) of a stored step under the current logits.
 
 Deterministic operators (Coconut hidden states, soft mixtures) set `stochastic = False`: their positions carry no
-log-prob and are left out of the policy loss.
+log-prob (the replay gives them 0 without computing their logits) and are left out of the policy loss.
 """
 
 from __future__ import annotations
