@@ -23,7 +23,9 @@ more (1 warmup + 1 run) in a FRESH subprocess, so modes do not contaminate each 
 process's peak resident memory while decoding (the kernel's high-water mark is reset after the model is built, then
 read from VmHWM; this is ``ru_maxrss`` restricted to the decode phase, and falls back to plain ``ru_maxrss`` where
 /proc is missing).  The table also shows ``rss0`` (resident before the first decode: imports + model), the decode
-increase ``+decode`` and the whole-process ``ru_maxrss`` (model build included).
+increase ``+decode`` and the whole-process ``ru_maxrss`` (model build included). ``--memory-rounds N`` runs N such
+processes per mode (modes alternating) and reports the highest peak (``*_peak_mb``) and the median
+(``peak_mb_median``): one process's peak varies by up to ~100 MB at V = 151,936 from run to run.
 ``--timing subprocess`` times each mode inside its own memory subprocess instead.
 
 The last line printed is one JSON object (see benchmarks/README.md).  Examples::
@@ -71,6 +73,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="interleaved (default): time all modes round-robin in one process on one model (robust to background "
                         "load; memory still measured per mode in fresh subprocesses); subprocess: time each mode "
                         "inside its own memory subprocess")
+    p.add_argument("--memory-rounds", type=int, default=1,
+                   help="with --timing interleaved: fresh memory subprocesses per mode (modes alternate round by round; "
+                        "default 1). One process's decode peak varies by up to ~100 MB at V = 151,936 from run to run "
+                        "(glibc's heap layout differs with the address-space randomisation); the table then shows the "
+                        "highest and the median peak, the JSON every sample")
     p.add_argument("--rounds", type=int, default=1,
                    help="with --timing subprocess: passes over all modes (fresh subprocesses each), median over all "
                         "(default 1)")
@@ -108,6 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     resolve_shape(args)
     if args.profile and not args.mode:
         p.error("--profile needs --mode MODE")
+    if args.memory_rounds < 1 or args.rounds < 1:
+        p.error("--memory-rounds and --rounds must be >= 1")
     return args
 
 
@@ -506,6 +515,8 @@ def summarize(args: argparse.Namespace, times: dict[str, list[tuple[float, float
             "cpu_ms_per_step": 1e3 * cpu / args.new,
             "rss_before_mb": max(p["rss_before_mb"] for p in parts),
             "peak_mb": max(p["peak_mb"] for p in parts),
+            "peak_mb_median": statistics.median(p["peak_mb"] for p in parts),
+            "peak_mb_samples": [p["peak_mb"] for p in parts],
             "maxrss_mb": max(p["maxrss_mb"] for p in parts),
             "gpu_peak_mb": max((p.get("gpu_peak_mb", 0.0) for p in parts), default=0.0),
             "threads": parts[0]["threads"],
@@ -525,9 +536,12 @@ def print_table(args: argparse.Namespace, rows: dict, loadavg: list[float]) -> N
     unit = {"generate": "tok/s", "discrete": "tok/s", **{m: "pos/s" for m in LATENT_MODES}}
     gpu = any(r["gpu_peak_mb"] for r in rows.values())
     cpu_cols = not gpu
+    samples = max(len(r["peak_mb_samples"]) for r in rows.values())
+    med_col = samples > 1  # several memory processes per mode: the median peak beside the highest
     head = (f"{'mode':<15}{'median s':>9}{'min s':>8}{'max s':>8}{'ms/step':>9}{'per s':>9}{'':>6}{'vs gen':>8}"
             + (f"{'cpu ms/st':>10}{'cpu vs gen':>11}" if cpu_cols else "")
-            + f"{'rss0 MB':>9}{'peak MB':>9}{'+decode':>9}{'maxrss':>8}" + (f"{'gpu MB':>9}" if gpu else ""))
+            + f"{'rss0 MB':>9}{'peak MB':>9}" + (f"{'med of ' + str(samples):>11}" if med_col else "")
+            + f"{'+decode':>9}{'maxrss':>8}" + (f"{'gpu MB':>9}" if gpu else ""))
     print(head)
     print("-" * len(head))
     for mode, r in rows.items():
@@ -536,7 +550,8 @@ def print_table(args: argparse.Namespace, rows: dict, loadavg: list[float]) -> N
         print(f"{mode:<15}{r['median_s']:>9.3f}{r['min_s']:>8.3f}{r['max_s']:>8.3f}{r['ms_per_step']:>9.2f}"
               f"{r['per_s']:>9.0f}{unit[mode]:>6}{ratio:>8}"
               + (f"{r['cpu_ms_per_step']:>10.2f}{cratio:>11}" if cpu_cols else "")
-              + f"{r['rss_before_mb']:>9.0f}{r['peak_mb']:>9.0f}{r['peak_mb'] - r['rss_before_mb']:>9.0f}"
+              + f"{r['rss_before_mb']:>9.0f}{r['peak_mb']:>9.0f}" + (f"{r['peak_mb_median']:>11.0f}" if med_col else "")
+              + f"{r['peak_mb'] - r['rss_before_mb']:>9.0f}"
               f"{r['maxrss_mb']:>8.0f}" + (f"{r['gpu_peak_mb']:>9.0f}" if gpu else ""))
 
 
@@ -571,6 +586,8 @@ def final_json(args: argparse.Namespace, rows: dict, loadavg: list[float]) -> di
         "hrpo_gate_peak_mb": get("hrpo_gate", "peak_mb"),
         "maxrss_mb": {m: r["maxrss_mb"] for m, r in rows.items()},
         "decode_rss_mb": {m: round(r["peak_mb"] - r["rss_before_mb"], 1) for m, r in rows.items()},
+        "peak_mb_median": {m: round(r["peak_mb_median"], 1) for m, r in rows.items()},
+        "peak_mb_samples": {m: r["peak_mb_samples"] for m, r in rows.items()},
     }
     if str(args.device).startswith("cuda"):
         for mode, key in (("generate", "generate"), ("discrete", "discrete"), ("soft_mixture", "latent"),
@@ -615,9 +632,10 @@ def main(argv=None) -> dict | None:
                 mem[mode].append(res)
                 times[mode] += [tuple(x) for x in res["times_s"]]
     else:
-        for mode in modes:  # peak memory: one warmup + one run, each mode in a fresh process
-            print(f"[memory] {mode} ...", file=sys.stderr, flush=True)
-            mem[mode].append(run_subprocess(args, mode, warmup=1, repeats=1))
+        for r in range(args.memory_rounds):  # peak memory: one warmup + one run, each mode in a fresh process
+            for mode in modes:
+                print(f"[memory {r + 1}/{args.memory_rounds}] {mode} ...", file=sys.stderr, flush=True)
+                mem[mode].append(run_subprocess(args, mode, warmup=1, repeats=1))
         print(f"[timing] {', '.join(modes)} interleaved ...", file=sys.stderr, flush=True)
         times = time_interleaved(args, modes)
     rows = summarize(args, times, mem)
