@@ -134,7 +134,7 @@ def replay(
             ids_lat = ids[lat]
 
             def latent_scores(h_chunk: torch.Tensor, rows: slice) -> tuple[torch.Tensor, None]:
-                logits = model.lm_head(h_chunk).float()
+                logits = model.lm_head(h_chunk).float() if operator.needs_logits else None
                 return operator.log_prob(logits, ids_lat[rows], {k: v[rows] for k, v in payload.items()}).float(), None
 
             op_lp, _ = _in_chunks(latent_scores, flat_h[lat], chunk)

@@ -66,7 +66,8 @@ class ThoughtOperator(nn.Module):
     #: the ids recorded at latent positions are real sampled tokens (HRPO): they belong in the completion text and
     #: a stop token among them ends the row
     emits_tokens: ClassVar[bool] = False
-    #: `step` reads the logits; False lets the engine skip the LM head while every row is thinking
+    #: `step` and `log_prob` read the logits; False lets the engine skip the LM head while every row is thinking,
+    #: and the replay at latent positions (both then pass None)
     needs_logits: ClassVar[bool] = True
     #: the engine calls `begin_rollout` with every prompt position's last-layer state after the prefill (DLR's
     #: assistant reads the whole prompt, not just its last state)

@@ -31,6 +31,7 @@ __all__ = ["AssistantThoughtOperator"]
 class AssistantThoughtOperator(ThoughtOperator):
     name = "dlr_assistant"
     stochastic = True
+    needs_logits = False  # the step and its log-density read the prompt state and the assistant, not the logits
 
     def __init__(self, assistant: LatentAssistant):
         super().__init__()
