@@ -339,3 +339,25 @@ def test_presets_load(path):
     assert cfg.reward_funcs[-1] == "format" and len(cfg.reward_weights) == 2
     assert cfg.latent.operator == "none"
     assert cfg.max_completion_length > DLRConfig().num_latent_steps
+
+
+def test_replay_scores_the_chain_without_the_lm_head(tmp_path):
+    """The assistant's thoughts are scored by their Gaussian density (`needs_logits = False`): the replay equals the
+    rollout's log-probs and never runs the LM head at the latent positions."""
+    from latentrl.replay import replay
+
+    t = trainer(tmp_path)
+    lm, op = t.model, t.operator
+    ids, mask = left_pad([lm.tokenizer(t_)["input_ids"] for t_ in ("1 2 3 ||", "5 ||")], lm.tokenizer.pad_token_id)
+    ro = generate_rollout(lm, ids, mask, SamplingParams(max_new_positions=6), op, ThinkingSchedule(num_latent_steps=3),
+                          torch.Generator().manual_seed(0))
+    assert ro.latent_mask[:, :3].all()
+    rows = []
+    hook = lm.model.get_output_embeddings().register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
+    try:
+        out = replay(lm, op, ro)
+    finally:
+        hook.remove()
+    m = ro.completion_mask
+    torch.testing.assert_close(out.logprobs[m], ro.logprobs[m], atol=1e-5, rtol=1e-4)
+    assert rows == []
