@@ -54,10 +54,10 @@ def fusable_head(model, logits_device: torch.device) -> nn.Linear | None:
     MIN_VOCAB entries, with a float32 input embedding of the same shape; else None (peft wrappers, other dtypes,
     GPUs, small vocabularies take the unfused step)."""
     head = model.model.get_output_embeddings()
-    if type(head) is not nn.Linear or logits_device.type != "cpu":
-        return None
+    if type(head) is not nn.Linear or logits_device.type != "cpu" or head.weight.shape[0] < MIN_VOCAB:
+        return None  # (checked before the input embedding is looked up: a small vocabulary asks at every step)
     W, E = head.weight, model.embedding_matrix
-    if W.shape[0] < MIN_VOCAB or W.shape != E.shape or W.dtype != torch.float32 or E.dtype != torch.float32:
+    if W.shape != E.shape or W.dtype != torch.float32 or E.dtype != torch.float32:
         return None
     return head
 
