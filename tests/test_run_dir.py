@@ -420,3 +420,19 @@ def test_cli_resume_continues_with_the_runs_own_settings(tmp_path, capsys):
     assert cli_train(run, "max_steps=3", "learning_rate=5e-5", "resume_from_checkpoint=latest") == 2  # either spelling
     assert "--resume cannot change learning_rate" in capsys.readouterr().err
     assert snapshot(run) == before
+
+
+def test_an_output_dir_that_cannot_be_a_folder_is_a_clear_error(tmp_path):
+    """A file in the way, or a parent that refuses new folders, is a ConfigError naming output_dir (not a bare
+    OSError traceback), and nothing is created."""
+    from latentrl.run_dir import run_lock
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="exists and is not a folder"):
+        with run_lock(blocker):
+            pass
+    with pytest.raises(ConfigError, match="cannot be created"):
+        with run_lock(blocker / "run"):  # a file as the parent folder
+            pass
+    assert blocker.read_text() == "x"

@@ -98,7 +98,12 @@ def run_lock(output_dir: str | Path | None, enabled: bool = True) -> Iterator[No
         return
     folder = Path(output_dir)
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"output_dir {str(folder)!r} exists and is not a folder") from None
+    except OSError as e:
+        raise ConfigError(f"output_dir {str(folder)!r} cannot be created: {e.strerror or e}") from None
     path = folder / LOCK_FILE
     handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole run
     try:
