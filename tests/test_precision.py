@@ -65,19 +65,21 @@ def test_dtype_option_loads_the_model_in_that_dtype(tmp_path):
         assert build_model_for(cfg).model.dtype == want
 
 
+@pytest.mark.parametrize("name", ["gumbel_topk", "soft_mixture"])
 @pytest.mark.parametrize("path", ["buffers", "autograd"])
-def test_large_vocab_replay_materialises_one_chunk_of_logits_at_a_time(path, monkeypatch):
+def test_large_vocab_replay_materialises_one_chunk_of_logits_at_a_time(path, name, monkeypatch):
     """V = 50k: no autograd-saved tensor is V wide (chunks are recomputed in the backward), every LM-head call is
     at most one chunk of rows, and the gradients equal those of a single-chunk replay. Token positions go through
     `head_token_logprobs` (two reused chunk x V buffers, no module call) unless the head needs the autograd path;
-    latent positions always call the head (the operator reads their logits)."""
+    a stochastic operator's latent positions call the head (its log-prob reads their logits), a deterministic
+    one's never (they carry no log-prob)."""
     if path == "autograd":
         monkeypatch.setattr("latentrl.replay.fused_head_weight", lambda head, h: None)
     V, chunk = 50_000, 8
     lm = tiny_latent_model("qwen2", ["Tom", "is", "a", "cat"], seed=0, hidden=32)
     lm.model.resize_token_embeddings(V, mean_resizing=False)
     ids, mask = make_prompts(lm)
-    op = build_thought_operator("soft_mixture", top_k=5)
+    op = build_thought_operator(name, top_k=5)
     sched = ThinkingSchedule(num_latent_steps=torch.tensor([1, 3, 4]), after_latent_ids=[lm.latent_ids.end])
     r = generate_rollout(lm, ids, mask, SamplingParams(max_new_positions=12), op, sched, gen())
     B, C = r.completion_ids.shape
@@ -105,12 +107,13 @@ def test_large_vocab_replay_materialises_one_chunk_of_logits_at_a_time(path, mon
 
     loss_c, g_c, rows_c = grads(chunk)
     assert saved_v_wide == []  # nothing V wide is kept for the backward
-    # rows the head module scores: latent positions, and the token positions on the autograd path
+    # rows the head module scores: a stochastic operator's latent positions, and the token positions on the
+    # autograd path
     n_lat = int(r.latent_mask.sum())
-    groups = [n_lat] + ([B * C - n_lat] if path == "autograd" else [])
+    groups = ([n_lat] if op.stochastic else []) + ([B * C - n_lat] if path == "autograd" else [])
     n_chunks = sum(math.ceil(n / chunk) for n in groups)
     # each chunk's forward, and its recompute in the backward where its log-probs depend on the logits
-    assert n_chunks <= len(rows_c) <= 2 * n_chunks and max(rows_c) <= chunk
+    assert n_chunks <= len(rows_c) <= 2 * n_chunks and all(n <= chunk for n in rows_c)
     loss_1, g_1, rows_1 = grads(10**9)
     assert set(rows_1) == set(groups)
     hook.remove()
