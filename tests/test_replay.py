@@ -121,7 +121,7 @@ def test_head_token_logprobs_equal_log_softmax_and_its_gradients(temperature):
         torch.testing.assert_close(head_token_logprobs(h, w, ids, temperature, chunk=7)[0], ref_lp.detach())
 
 
-@pytest.mark.parametrize("name", [None, "soft_mixture", "gumbel_topk"])
+@pytest.mark.parametrize("name", [None, "soft_mixture", "gumbel_topk", "hrpo_gate"])
 def test_replay_buffer_path_equals_the_autograd_path(tiny, prompts, name, monkeypatch):
     """replay() scores token positions with `head_token_logprobs` where the head allows it; forcing the autograd
     path instead gives the same log-probs, entropies and parameter gradients, latent positions included."""
@@ -171,11 +171,12 @@ def test_an_all_latent_rollout_replays_with_a_zero_token_entropy(tiny, prompts, 
     assert out.entropy.shape == r.completion_ids.shape and not out.entropy[r.latent_mask].any()
 
 
-@pytest.mark.parametrize("name", ["soft_mixture", "hidden_state", "gumbel_topk"])
+@pytest.mark.parametrize("name", ["soft_mixture", "hidden_state", "gumbel_topk", "hrpo_gate"])
 def test_replay_runs_the_head_at_latent_positions_only_for_stochastic_operators(tiny, prompts, name):
     """A deterministic operator's latent positions carry no log-prob: the replay gives them 0 and never computes
     their (rows x V) logits (at V = 151,936 that was an LM-head forward per latent position, and the heap growth of
-    soft_mixture's update at batch 128). A stochastic operator scores them through the head."""
+    soft_mixture's update at batch 128). A stochastic operator scores them through the head module, unless they are
+    plain sampled tokens (HRPO: `token_logprob_temperature`), which go through the token buffers instead."""
     ids, mask = prompts
     op = build_thought_operator(name, **OPERATOR_KWARGS.get(name, {}))
     op.attach(tiny)
@@ -193,6 +194,7 @@ def test_replay_runs_the_head_at_latent_positions_only_for_stochastic_operators(
     n_latent = int(r.latent_mask.sum())
     assert n_latent > 0
     # token positions go through the buffer path (`head_token_logprobs`, the weight itself), not the module
-    assert sum(head_rows) == (n_latent if op.stochastic else 0)
+    through_module = op.stochastic and op.token_logprob_temperature() is None
+    assert sum(head_rows) == (n_latent if through_module else 0)
     if not op.stochastic:
         assert not out.logprobs[r.latent_mask].any()

@@ -129,7 +129,12 @@ def replay(
         if compute_entropy and ent is None:  # no token position at all
             ent = lp.new_zeros(lp.shape)
     if tok is not None:
-        if operator.stochastic:
+        lat_temp = operator.token_logprob_temperature() if operator.stochastic else None
+        lat_weight = fused_head_weight(model.model.get_output_embeddings(), flat_h) if lat_temp is not None else None
+        if lat_weight is not None:  # sampled tokens at latent positions (HRPO): scored as tokens, in the buffers
+            op_lp, _ = head_token_logprobs(flat_h[lat], lat_weight, ids[lat], lat_temp if lat_temp > 0 else 1.0,
+                                           chunk, False)
+        elif operator.stochastic:
             payload = {k: v.reshape(B * C, *v.shape[2:])[lat] for k, v in rollout.payload.items()}
             ids_lat = ids[lat]
 

@@ -107,6 +107,12 @@ class ThoughtOperator(nn.Module):
         """(N, H) input embeddings for N stored latent positions (flattened), differentiable in current params."""
         raise NotImplementedError
 
+    def token_logprob_temperature(self) -> float | None:
+        """T when `log_prob` is exactly log_softmax(logits / T) at the recorded token id (HRPO's sampled tokens): the
+        replay then scores those positions as it scores tokens (`head_token_logprobs`: two reused chunk x V buffers,
+        no autograd logits). None (the default): the replay hands the logits to `log_prob`."""
+        return None
+
     def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
         """(N,) log-prob or surrogate of N stored latent steps given the logits that produced them."""
         if not self.stochastic:

@@ -281,5 +281,8 @@ class HRPOGateThought(ThoughtOperator):
         mixed, _ = self.gate(model)(emb, payload["hidden"])
         return mixed.to(emb.dtype)
 
+    def token_logprob_temperature(self) -> float:
+        return self.logprob_temperature
+
     def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
         return token_logprobs(logits, token_ids, self.logprob_temperature)
