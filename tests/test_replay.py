@@ -121,7 +121,35 @@ def test_head_token_logprobs_equal_log_softmax_and_its_gradients(temperature):
         torch.testing.assert_close(head_token_logprobs(h, w, ids, temperature, chunk=7)[0], ref_lp.detach())
 
 
-@pytest.mark.parametrize("name", [None, "soft_mixture", "gumbel_topk", "hrpo_gate"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_head_token_logprobs_weighted_sum_equals_log_softmax_and_its_gradients(temperature):
+    """With (N, K) ids and token weights (LEPO's soft cross-entropy): sum_k w_k log_softmax(h W^T / T)[ids_k] and
+    its gradients in h and W, against the autograd reference; the weights need not sum to one; weights that
+    require a gradient are refused (they get none)."""
+    from latentrl.head_logprobs import head_token_logprobs
+
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(19, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (3 * torch.randn(300, 16, generator=g, dtype=torch.float64)).requires_grad_()
+    ids = torch.stack([torch.randperm(300, generator=g)[:4] for _ in range(19)])
+    tw = torch.rand(19, 4, generator=g, dtype=torch.float64)
+    row_w = torch.rand(19, generator=g, dtype=torch.float64)
+    logp = (h @ w.t() / temperature).log_softmax(-1)
+    ref = (logp.gather(-1, ids) * tw).sum(-1)
+    ref_gh, ref_gw = torch.autograd.grad((ref * row_w).sum(), (h, w))
+    lp, ent = head_token_logprobs(h, w, ids, temperature, chunk=5, token_weights=tw)
+    assert ent is None
+    gh, gw = torch.autograd.grad((lp * row_w).sum(), (h, w))
+    torch.testing.assert_close(lp, ref)
+    torch.testing.assert_close(gh, ref_gh)
+    torch.testing.assert_close(gw, ref_gw)
+    with pytest.raises(ValueError, match="no gradient"):
+        head_token_logprobs(h, w, ids, temperature, token_weights=tw.clone().requires_grad_())
+    with pytest.raises(ValueError, match="must match"):
+        head_token_logprobs(h, w, ids[:, 0], temperature, token_weights=tw)
+
+
+@pytest.mark.parametrize("name", [None, "soft_mixture", "gumbel_topk", "hrpo_gate", "gumbel_softmax"])
 def test_replay_buffer_path_equals_the_autograd_path(tiny, prompts, name, monkeypatch):
     """replay() scores token positions with `head_token_logprobs` where the head allows it; forcing the autograd
     path instead gives the same log-probs, entropies and parameter gradients, latent positions included."""
@@ -171,12 +199,13 @@ def test_an_all_latent_rollout_replays_with_a_zero_token_entropy(tiny, prompts, 
     assert out.entropy.shape == r.completion_ids.shape and not out.entropy[r.latent_mask].any()
 
 
-@pytest.mark.parametrize("name", ["soft_mixture", "hidden_state", "gumbel_topk", "hrpo_gate"])
+@pytest.mark.parametrize("name", ["soft_mixture", "hidden_state", "gumbel_topk", "hrpo_gate", "gumbel_softmax"])
 def test_replay_runs_the_head_at_latent_positions_only_for_stochastic_operators(tiny, prompts, name):
     """A deterministic operator's latent positions carry no log-prob: the replay gives them 0 and never computes
     their (rows x V) logits (at V = 151,936 that was an LM-head forward per latent position, and the heap growth of
-    soft_mixture's update at batch 128). A stochastic operator scores them through the head module, unless they are
-    plain sampled tokens (HRPO: `token_logprob_temperature`), which go through the token buffers instead."""
+    soft_mixture's update at batch 128). A stochastic operator scores them through the head module, unless their
+    log-prob is a (weighted sum of) token log-prob(s) (HRPO, LEPO: `token_logprob_terms`), which go through the
+    token buffers instead."""
     ids, mask = prompts
     op = build_thought_operator(name, **OPERATOR_KWARGS.get(name, {}))
     op.attach(tiny)
@@ -194,7 +223,7 @@ def test_replay_runs_the_head_at_latent_positions_only_for_stochastic_operators(
     n_latent = int(r.latent_mask.sum())
     assert n_latent > 0
     # token positions go through the buffer path (`head_token_logprobs`, the weight itself), not the module
-    through_module = op.stochastic and op.token_logprob_temperature() is None
+    through_module = name == "gumbel_topk"  # Latent-GRPO's Gumbel density reads the logits otherwise
     assert sum(head_rows) == (n_latent if through_module else 0)
     if not op.stochastic:
         assert not out.logprobs[r.latent_mask].any()

@@ -47,7 +47,7 @@ def _scores(z: torch.Tensor, h: torch.Tensor, wt: torch.Tensor, temperature: flo
 
 class _HeadTokenLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, ids, temperature, chunk, want_entropy):  # noqa: D102
+    def forward(ctx, hidden, weight, ids, token_weights, temperature, chunk, want_entropy):  # noqa: D102
         N = hidden.shape[0]
         c = max(1, min(chunk, N))
         buf, tmp = hidden.new_empty((c, weight.shape[0])), hidden.new_empty((c, weight.shape[0]))
@@ -63,10 +63,13 @@ class _HeadTokenLogprobs(torch.autograd.Function):
             log_total = total.log()
             z.sub_(log_total)  # z = log-softmax
             lse[s:e] = m + log_total
-            lp[s:e] = z.gather(-1, ids[s:e, None]).squeeze(-1)
+            if token_weights is None:
+                lp[s:e] = z.gather(-1, ids[s:e, None]).squeeze(-1)
+            else:  # sum_k w_k log p(ids_k)
+                lp[s:e] = (z.gather(-1, ids[s:e]) * token_weights[s:e]).sum(-1)
             if want_entropy:  # -sum p log p, p = w / total
                 ent[s:e] = -(w.div_(total).mul_(z)).sum(-1)
-        ctx.save_for_backward(hidden, weight, ids, lse)
+        ctx.save_for_backward(hidden, weight, ids, token_weights, lse)
         ctx.temperature, ctx.chunk = temperature, c
         if ent is not None:
             ctx.mark_non_differentiable(ent)
@@ -74,7 +77,7 @@ class _HeadTokenLogprobs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_lp, _grad_ent):  # noqa: D102
-        hidden, weight, ids, lse = ctx.saved_tensors
+        hidden, weight, ids, token_weights, lse = ctx.saved_tensors
         T, c, N = ctx.temperature, ctx.chunk, hidden.shape[0]
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -85,18 +88,32 @@ class _HeadTokenLogprobs(torch.autograd.Function):
             g = grad_lp[s:e, None]
             z = _scores(buf[: e - s], hidden[s:e], wt, T)
             p = exp_weights_(z.sub_(lse[s:e]))
-            d = p.mul_(-g).scatter_add_(-1, ids[s:e, None], g)  # g (onehot - p), d lp / d (logits / T)
+            if token_weights is None:
+                d = p.mul_(-g).scatter_add_(-1, ids[s:e, None], g)  # g (onehot - p), d lp / d (logits / T)
+            else:  # g (sum_k w_k onehot_k - (sum_k w_k) p)
+                tw = token_weights[s:e]
+                d = p.mul_(-g * tw.sum(-1, keepdim=True)).scatter_add_(-1, ids[s:e], g * tw)
             if T != 1.0:
                 d.div_(T)
             if need_h:
                 torch.mm(d, weight, out=grad_h[s:e])
             if need_w:
                 grad_w.addmm_(d.t(), hidden[s:e])
-        return grad_h, grad_w, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None
 
 
 def head_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
-                        chunk: int = 1024, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        chunk: int = 1024, entropy: bool = False, token_weights: torch.Tensor | None = None,
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(N,) log_softmax(hidden @ weight.T / T) at `ids`, and (N,) entropies when `entropy` (no gradient), for
-    hidden (N, H), weight (V, H), ids (N,); differentiable in hidden and weight. `chunk` rows per pass."""
-    return _HeadTokenLogprobs.apply(hidden, weight, ids, temperature, chunk, entropy)
+    hidden (N, H), weight (V, H), ids (N,); differentiable in hidden and weight. `chunk` rows per pass.
+
+    With `token_weights` (N, K) and ids (N, K): the weighted sum sum_k w_k log_softmax(...)[ids_k] per row (LEPO's
+    soft cross-entropy); the weights are constants (no gradient)."""
+    if token_weights is not None:
+        if token_weights.requires_grad:
+            raise ValueError("head_token_logprobs: token_weights get no gradient here; pass them detached")
+        if ids.dim() != 2 or token_weights.shape != ids.shape:
+            raise ValueError(f"token_weights {tuple(token_weights.shape)} must match ids (N, K), got {tuple(ids.shape)}")
+        token_weights = token_weights.to(hidden.dtype)
+    return _HeadTokenLogprobs.apply(hidden, weight, ids, token_weights, temperature, chunk, entropy)

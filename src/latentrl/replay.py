@@ -128,23 +128,23 @@ def replay(
         lp, ent = _in_chunks(token_scores, h_tok, chunk)
         if compute_entropy and ent is None:  # no token position at all
             ent = lp.new_zeros(lp.shape)
-    if tok is not None:
-        lat_temp = operator.token_logprob_temperature() if operator.stochastic else None
-        lat_weight = fused_head_weight(model.model.get_output_embeddings(), flat_h) if lat_temp is not None else None
-        if lat_weight is not None:  # sampled tokens at latent positions (HRPO): scored as tokens, in the buffers
-            op_lp, _ = head_token_logprobs(flat_h[lat], lat_weight, ids[lat], lat_temp if lat_temp > 0 else 1.0,
-                                           chunk, False)
-        elif operator.stochastic:
-            payload = {k: v.reshape(B * C, *v.shape[2:])[lat] for k, v in rollout.payload.items()}
-            ids_lat = ids[lat]
-
+    if tok is not None and operator.stochastic:
+        payload = {k: v.reshape(B * C, *v.shape[2:])[lat] for k, v in rollout.payload.items()}
+        ids_lat = ids[lat]
+        terms = operator.token_logprob_terms(ids_lat, payload)
+        lat_weight = fused_head_weight(model.model.get_output_embeddings(), flat_h) if terms is not None else None
+        if lat_weight is not None:  # token log-probs at latent positions (HRPO, LEPO): scored in the buffers
+            t_lat, t_ids, t_weights = terms
+            op_lp, _ = head_token_logprobs(flat_h[lat], lat_weight, t_ids, t_lat, chunk, False, t_weights)
+        else:
             def latent_scores(h_chunk: torch.Tensor, rows: slice) -> tuple[torch.Tensor, None]:
                 logits = model.lm_head(h_chunk).float() if operator.needs_logits else None
                 return operator.log_prob(logits, ids_lat[rows], {k: v[rows] for k, v in payload.items()}).float(), None
 
             op_lp, _ = _in_chunks(latent_scores, flat_h[lat], chunk)
-        else:  # deterministic latents carry no log-prob (`ThoughtOperator.log_prob`): no LM head at their positions
-            op_lp = lp.new_zeros(int(lat.sum()))
+    elif tok is not None:  # deterministic latents carry no log-prob (`ThoughtOperator.log_prob`): no LM head there
+        op_lp = lp.new_zeros(int(lat.sum()))
+    if tok is not None:
         lp = lp.new_zeros(B * C).masked_scatter(tok, lp).masked_scatter(lat, op_lp)
         ent = ent.new_zeros(B * C).masked_scatter(tok, ent) if ent is not None else None
     logprobs = lp.view(B, C)

@@ -107,8 +107,10 @@ class ThoughtOperator(nn.Module):
         """(N, H) input embeddings for N stored latent positions (flattened), differentiable in current params."""
         raise NotImplementedError
 
-    def token_logprob_temperature(self) -> float | None:
-        """T when `log_prob` is exactly log_softmax(logits / T) at the recorded token id (HRPO's sampled tokens): the
+    def token_logprob_terms(self, token_ids: torch.Tensor, payload: Payload
+                            ) -> tuple[float, torch.Tensor, torch.Tensor | None] | None:
+        """(T, ids, weights) when `log_prob` of N stored steps is exactly sum_k weights_k log_softmax(logits / T)[ids_k]:
+        ids (N,) and weights None for one sampled token (HRPO), ids and weights (N, K) for a weighted sum (LEPO). The
         replay then scores those positions as it scores tokens (`head_token_logprobs`: two reused chunk x V buffers,
         no autograd logits). None (the default): the replay hands the logits to `log_prob`."""
         return None

@@ -124,6 +124,10 @@ class GumbelSoftmaxThought(ThoughtOperator):
     def rebuild(self, model, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
         return mix_embeddings(model, payload["ids"], payload["weights"], self.detach_embeddings)
 
+    def token_logprob_terms(self, token_ids: torch.Tensor, payload: Payload
+                            ) -> tuple[float, torch.Tensor, torch.Tensor]:
+        return self.temperature, payload["ids"], payload["weights"].float()  # `soft_cross_entropy_logprob`'s terms
+
     def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
         return soft_cross_entropy_logprob(logits, payload["ids"], payload["weights"], self.temperature)
 
