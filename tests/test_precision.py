@@ -79,7 +79,9 @@ def test_large_vocab_replay_materialises_one_chunk_of_logits_at_a_time(path, nam
     lm = tiny_latent_model("qwen2", ["Tom", "is", "a", "cat"], seed=0, hidden=32)
     lm.model.resize_token_embeddings(V, mean_resizing=False)
     ids, mask = make_prompts(lm)
-    op = build_thought_operator(name, top_k=5)
+    # Latent-GRPO's likelihood reads the whole row's logits (its authors' surrogate would take the token buffers)
+    extra = {"logprob": "likelihood", "noise_scale": 0.1} if name == "gumbel_topk" else {}
+    op = build_thought_operator(name, top_k=5, **extra)
     sched = ThinkingSchedule(num_latent_steps=torch.tensor([1, 3, 4]), after_latent_ids=[lm.latent_ids.end])
     r = generate_rollout(lm, ids, mask, SamplingParams(max_new_positions=12), op, sched, gen())
     B, C = r.completion_ids.shape

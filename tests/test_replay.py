@@ -122,10 +122,10 @@ def test_head_token_logprobs_equal_log_softmax_and_its_gradients(temperature):
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_head_token_logprobs_weighted_sum_equals_log_softmax_and_its_gradients(temperature):
-    """With (N, K) ids and token weights (LEPO's soft cross-entropy): sum_k w_k log_softmax(h W^T / T)[ids_k] and
-    its gradients in h and W, against the autograd reference; the weights need not sum to one; weights that
-    require a gradient are refused (they get none)."""
+def test_head_token_logprobs_at_k_ids_per_row_equal_log_softmax_and_its_gradients(temperature):
+    """With (N, K) ids (LEPO's top-k, Latent-GRPO's chosen K): the (N, K) log_softmax(h W^T / T) at the ids, and
+    the gradients in h and W of any function of them (here a weighted sum and a non-linear one), against the
+    autograd reference; ids of another shape are refused."""
     from latentrl.head_logprobs import head_token_logprobs
 
     g = torch.Generator().manual_seed(1)
@@ -133,20 +133,17 @@ def test_head_token_logprobs_weighted_sum_equals_log_softmax_and_its_gradients(t
     w = (3 * torch.randn(300, 16, generator=g, dtype=torch.float64)).requires_grad_()
     ids = torch.stack([torch.randperm(300, generator=g)[:4] for _ in range(19)])
     tw = torch.rand(19, 4, generator=g, dtype=torch.float64)
-    row_w = torch.rand(19, generator=g, dtype=torch.float64)
-    logp = (h @ w.t() / temperature).log_softmax(-1)
-    ref = (logp.gather(-1, ids) * tw).sum(-1)
-    ref_gh, ref_gw = torch.autograd.grad((ref * row_w).sum(), (h, w))
-    lp, ent = head_token_logprobs(h, w, ids, temperature, chunk=5, token_weights=tw)
-    assert ent is None
-    gh, gw = torch.autograd.grad((lp * row_w).sum(), (h, w))
+    ref = (h @ w.t() / temperature).log_softmax(-1).gather(-1, ids)
+    lp, ent = head_token_logprobs(h, w, ids, temperature, chunk=5)
+    assert ent is None and lp.shape == (19, 4)
     torch.testing.assert_close(lp, ref)
-    torch.testing.assert_close(gh, ref_gh)
-    torch.testing.assert_close(gw, ref_gw)
-    with pytest.raises(ValueError, match="no gradient"):
-        head_token_logprobs(h, w, ids, temperature, token_weights=tw.clone().requires_grad_())
-    with pytest.raises(ValueError, match="must match"):
-        head_token_logprobs(h, w, ids[:, 0], temperature, token_weights=tw)
+    for f in (lambda x: (tw * x).sum(), lambda x: (x.exp() * tw).sum() + x.pow(2).sum()):
+        ref_g = torch.autograd.grad(f(ref), (h, w), retain_graph=True)
+        got_g = torch.autograd.grad(f(lp), (h, w), retain_graph=True)
+        for a, b in zip(got_g, ref_g):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="ids must be"):
+        head_token_logprobs(h, w, ids[None], temperature)
 
 
 @pytest.mark.parametrize("name", [None, "soft_mixture", "gumbel_topk", "hrpo_gate", "gumbel_softmax"])
@@ -199,15 +196,19 @@ def test_an_all_latent_rollout_replays_with_a_zero_token_entropy(tiny, prompts, 
     assert out.entropy.shape == r.completion_ids.shape and not out.entropy[r.latent_mask].any()
 
 
-@pytest.mark.parametrize("name", ["soft_mixture", "hidden_state", "gumbel_topk", "hrpo_gate", "gumbel_softmax"])
+@pytest.mark.parametrize("name", ["soft_mixture", "hidden_state", "gumbel_topk", "gumbel_topk-likelihood", "hrpo_gate",
+                                  "gumbel_softmax"])
 def test_replay_runs_the_head_at_latent_positions_only_for_stochastic_operators(tiny, prompts, name):
     """A deterministic operator's latent positions carry no log-prob: the replay gives them 0 and never computes
     their (rows x V) logits (at V = 151,936 that was an LM-head forward per latent position, and the heap growth of
-    soft_mixture's update at batch 128). A stochastic operator scores them through the head module, unless their
-    log-prob is a (weighted sum of) token log-prob(s) (HRPO, LEPO: `token_logprob_terms`), which go through the
-    token buffers instead."""
+    soft_mixture's update at batch 128). A stochastic operator scores them through the head module, unless its
+    log-prob reads the logits only through token log-probs (HRPO, LEPO, Latent-GRPO's authors' surrogate:
+    `token_logprob_terms`), which go through the token buffers instead."""
     ids, mask = prompts
-    op = build_thought_operator(name, **OPERATOR_KWARGS.get(name, {}))
+    likelihood = name.endswith("-likelihood")
+    name = name.removesuffix("-likelihood")
+    kwargs = {"logprob": "likelihood", "noise_scale": 0.1} if likelihood else OPERATOR_KWARGS.get(name, {})
+    op = build_thought_operator(name, **kwargs)
     op.attach(tiny)
     r = generate_rollout(tiny, ids, mask, SamplingParams(max_new_positions=8, temperature=0.8), op,
                          schedule_for(name, tiny), gen(3))
@@ -223,7 +224,7 @@ def test_replay_runs_the_head_at_latent_positions_only_for_stochastic_operators(
     n_latent = int(r.latent_mask.sum())
     assert n_latent > 0
     # token positions go through the buffer path (`head_token_logprobs`, the weight itself), not the module
-    through_module = name == "gumbel_topk"  # Latent-GRPO's Gumbel density reads the logits otherwise
+    through_module = likelihood  # Latent-GRPO's likelihood reads the sorted candidates of the whole row
     assert sum(head_rows) == (n_latent if through_module else 0)
     if not op.stochastic:
         assert not out.logprobs[r.latent_mask].any()

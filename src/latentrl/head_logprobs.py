@@ -47,11 +47,11 @@ def _scores(z: torch.Tensor, h: torch.Tensor, wt: torch.Tensor, temperature: flo
 
 class _HeadTokenLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, ids, token_weights, temperature, chunk, want_entropy):  # noqa: D102
+    def forward(ctx, hidden, weight, ids, temperature, chunk, want_entropy):  # noqa: D102
         N = hidden.shape[0]
         c = max(1, min(chunk, N))
         buf, tmp = hidden.new_empty((c, weight.shape[0])), hidden.new_empty((c, weight.shape[0]))
-        lp, lse = hidden.new_empty(N), hidden.new_empty((N, 1))
+        lp, lse = hidden.new_empty(ids.shape), hidden.new_empty((N, 1))
         ent = hidden.new_empty(N) if want_entropy else None
         wt = weight.t()
         for s in range(0, N, c):
@@ -63,13 +63,13 @@ class _HeadTokenLogprobs(torch.autograd.Function):
             log_total = total.log()
             z.sub_(log_total)  # z = log-softmax
             lse[s:e] = m + log_total
-            if token_weights is None:
+            if ids.dim() == 1:
                 lp[s:e] = z.gather(-1, ids[s:e, None]).squeeze(-1)
-            else:  # sum_k w_k log p(ids_k)
-                lp[s:e] = (z.gather(-1, ids[s:e]) * token_weights[s:e]).sum(-1)
+            else:  # (N, K): the log-prob of each of K ids
+                lp[s:e] = z.gather(-1, ids[s:e])
             if want_entropy:  # -sum p log p, p = w / total
                 ent[s:e] = -(w.div_(total).mul_(z)).sum(-1)
-        ctx.save_for_backward(hidden, weight, ids, token_weights, lse)
+        ctx.save_for_backward(hidden, weight, ids, lse)
         ctx.temperature, ctx.chunk = temperature, c
         if ent is not None:
             ctx.mark_non_differentiable(ent)
@@ -77,7 +77,7 @@ class _HeadTokenLogprobs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_lp, _grad_ent):  # noqa: D102
-        hidden, weight, ids, token_weights, lse = ctx.saved_tensors
+        hidden, weight, ids, lse = ctx.saved_tensors
         T, c, N = ctx.temperature, ctx.chunk, hidden.shape[0]
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -85,35 +85,26 @@ class _HeadTokenLogprobs(torch.autograd.Function):
         buf, wt = hidden.new_empty((c, weight.shape[0])), weight.t()
         for s in range(0, N, c):
             e = min(s + c, N)
-            g = grad_lp[s:e, None]
+            g = grad_lp[s:e, None] if ids.dim() == 1 else grad_lp[s:e]  # (rows, 1) or (rows, K)
+            idx = ids[s:e, None] if ids.dim() == 1 else ids[s:e]
             z = _scores(buf[: e - s], hidden[s:e], wt, T)
             p = exp_weights_(z.sub_(lse[s:e]))
-            if token_weights is None:
-                d = p.mul_(-g).scatter_add_(-1, ids[s:e, None], g)  # g (onehot - p), d lp / d (logits / T)
-            else:  # g (sum_k w_k onehot_k - (sum_k w_k) p)
-                tw = token_weights[s:e]
-                d = p.mul_(-g * tw.sum(-1, keepdim=True)).scatter_add_(-1, ids[s:e], g * tw)
+            # sum_k g_k (onehot(id_k) - p): d lp / d (logits / T) times the upstream gradient
+            d = p.mul_(-g.sum(-1, keepdim=True)).scatter_add_(-1, idx, g)
             if T != 1.0:
                 d.div_(T)
             if need_h:
                 torch.mm(d, weight, out=grad_h[s:e])
             if need_w:
                 grad_w.addmm_(d.t(), hidden[s:e])
-        return grad_h, grad_w, None, None, None, None, None
+        return grad_h, grad_w, None, None, None, None
 
 
 def head_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
-                        chunk: int = 1024, entropy: bool = False, token_weights: torch.Tensor | None = None,
-                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(N,) log_softmax(hidden @ weight.T / T) at `ids`, and (N,) entropies when `entropy` (no gradient), for
-    hidden (N, H), weight (V, H), ids (N,); differentiable in hidden and weight. `chunk` rows per pass.
-
-    With `token_weights` (N, K) and ids (N, K): the weighted sum sum_k w_k log_softmax(...)[ids_k] per row (LEPO's
-    soft cross-entropy); the weights are constants (no gradient)."""
-    if token_weights is not None:
-        if token_weights.requires_grad:
-            raise ValueError("head_token_logprobs: token_weights get no gradient here; pass them detached")
-        if ids.dim() != 2 or token_weights.shape != ids.shape:
-            raise ValueError(f"token_weights {tuple(token_weights.shape)} must match ids (N, K), got {tuple(ids.shape)}")
-        token_weights = token_weights.to(hidden.dtype)
-    return _HeadTokenLogprobs.apply(hidden, weight, ids, token_weights, temperature, chunk, entropy)
+                        chunk: int = 1024, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log_softmax(hidden @ weight.T / T) at `ids`, and (N,) entropies when `entropy` (no gradient), for hidden
+    (N, H), weight (V, H) and ids (N,) -> (N,) or ids (N, K) -> (N, K) (K ids per row: LEPO's top-k, Latent-GRPO's
+    chosen K); differentiable in hidden and weight. `chunk` rows per pass."""
+    if ids.dim() not in (1, 2) or ids.shape[0] != hidden.shape[0]:
+        raise ValueError(f"ids must be (N,) or (N, K) for hidden (N, H) = {tuple(hidden.shape)}, got {tuple(ids.shape)}")
+    return _HeadTokenLogprobs.apply(hidden, weight, ids, temperature, chunk, entropy)

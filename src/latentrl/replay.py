@@ -133,9 +133,10 @@ def replay(
         ids_lat = ids[lat]
         terms = operator.token_logprob_terms(ids_lat, payload)
         lat_weight = fused_head_weight(model.model.get_output_embeddings(), flat_h) if terms is not None else None
-        if lat_weight is not None:  # token log-probs at latent positions (HRPO, LEPO): scored in the buffers
-            t_lat, t_ids, t_weights = terms
-            op_lp, _ = head_token_logprobs(flat_h[lat], lat_weight, t_ids, t_lat, chunk, False, t_weights)
+        if lat_weight is not None:  # token log-probs at latent positions (HRPO, LEPO, ...): scored in the buffers
+            t_lat, t_ids, reduce = terms
+            op_lp, _ = head_token_logprobs(flat_h[lat], lat_weight, t_ids, t_lat, chunk, False)
+            op_lp = op_lp if reduce is None else reduce(op_lp).float()
         else:
             def latent_scores(h_chunk: torch.Tensor, rows: slice) -> tuple[torch.Tensor, None]:
                 logits = model.lm_head(h_chunk).float() if operator.needs_logits else None

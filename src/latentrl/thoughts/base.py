@@ -15,6 +15,7 @@ log-prob (the replay gives them 0 without computing their logits) and are left o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -108,11 +109,13 @@ class ThoughtOperator(nn.Module):
         raise NotImplementedError
 
     def token_logprob_terms(self, token_ids: torch.Tensor, payload: Payload
-                            ) -> tuple[float, torch.Tensor, torch.Tensor | None] | None:
-        """(T, ids, weights) when `log_prob` of N stored steps is exactly sum_k weights_k log_softmax(logits / T)[ids_k]:
-        ids (N,) and weights None for one sampled token (HRPO), ids and weights (N, K) for a weighted sum (LEPO). The
-        replay then scores those positions as it scores tokens (`head_token_logprobs`: two reused chunk x V buffers,
-        no autograd logits). None (the default): the replay hands the logits to `log_prob`."""
+                            ) -> tuple[float, torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | None] | None:
+        """(T, ids, reduce) when `log_prob` of N stored steps reads the logits only through log_softmax(logits / T) at
+        `ids`, (N,) or (N, K): it equals reduce(those log-probs), an (N, K) -> (N,) function (None: the (N,)
+        log-probs themselves). HRPO: its sampled ids; LEPO: its top-k ids and their weighted sum; Latent-GRPO's
+        authors' surrogate: its chosen K and the Gumbel density. The replay then computes those log-probs as it scores
+        tokens (`head_token_logprobs`: two reused chunk x V buffers, no autograd logits) and applies `reduce` to the
+        small (N, K) result. None (the default): the replay hands the logits to `log_prob`."""
         return None
 
     def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:

@@ -494,6 +494,12 @@ class GumbelTopKThought(ThoughtOperator):
     def rebuild(self, model, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
         return mix_embeddings(model, payload["ids"], self.weights(payload), self.detach_embeddings)
 
+    def token_logprob_terms(self, token_ids: torch.Tensor, payload: Payload):
+        if self.logprob != "authors" and self.noise_scale != 0:
+            return None  # the likelihood also reads the sorted candidates of the whole row
+        scores = payload["scores"].float()  # the authors' surrogate: the Gumbel density of each chosen score's noise
+        return self.temperature, payload["ids"], lambda lp: gumbel_log_density(scores - lp).mean(-1)
+
     def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
         if self.logprob == "authors":
             eps = payload["scores"].float() - token_logprobs(logits, payload["ids"], self.temperature)

@@ -124,9 +124,9 @@ class GumbelSoftmaxThought(ThoughtOperator):
     def rebuild(self, model, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
         return mix_embeddings(model, payload["ids"], payload["weights"], self.detach_embeddings)
 
-    def token_logprob_terms(self, token_ids: torch.Tensor, payload: Payload
-                            ) -> tuple[float, torch.Tensor, torch.Tensor]:
-        return self.temperature, payload["ids"], payload["weights"].float()  # `soft_cross_entropy_logprob`'s terms
+    def token_logprob_terms(self, token_ids: torch.Tensor, payload: Payload):
+        weights = payload["weights"].float()  # `soft_cross_entropy_logprob`: sum_k w_k log pi(i_k)
+        return self.temperature, payload["ids"], lambda lp: (weights * lp).sum(-1)
 
     def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
         return soft_cross_entropy_logprob(logits, payload["ids"], payload["weights"], self.temperature)
