@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
+from latentrl.sampling import token_logprobs
+
 if TYPE_CHECKING:
     from latentrl.model import LatentModel
 
@@ -119,10 +121,17 @@ class ThoughtOperator(nn.Module):
         return None
 
     def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
-        """(N,) log-prob or surrogate of N stored latent steps given the logits that produced them."""
+        """(N,) log-prob or surrogate of N stored latent steps given the logits that produced them. By default: 0 for
+        a deterministic operator, else `reduce(log_softmax(logits / T)[ids])` from `token_logprob_terms` (the same
+        formula the replay's buffer path computes); operators without such terms override it."""
         if not self.stochastic:
             return torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
-        raise NotImplementedError
+        terms = self.token_logprob_terms(token_ids, payload)
+        if terms is None:
+            raise NotImplementedError(f"{type(self).__name__} has no token_logprob_terms: it must define log_prob")
+        temperature, ids, reduce = terms
+        lp = token_logprobs(logits, ids, temperature)
+        return lp if reduce is None else reduce(lp)
 
     def attach(self, model: "LatentModel") -> None:
         """Create the side modules this operator reads (HRPO's gate) on `model`, loading saved weights if the

@@ -75,7 +75,6 @@ from latentrl.sampling import (
     gumbel_noise,
     logsumexp_rows,
     tempered,
-    token_logprobs,
     topk_rows,
     uniform,
 )
@@ -501,9 +500,8 @@ class GumbelTopKThought(ThoughtOperator):
         return self.temperature, payload["ids"], lambda lp: gumbel_log_density(scores - lp).mean(-1)
 
     def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
-        if self.logprob == "authors":
-            eps = payload["scores"].float() - token_logprobs(logits, payload["ids"], self.temperature)
-            return gumbel_log_density(eps).mean(-1)
+        if self.logprob == "authors":  # the surrogate of `token_logprob_terms`
+            return super().log_prob(logits, token_ids, payload)
         x = tempered(logits, self.temperature)
         return self._score(x, logsumexp_rows(x), payload)
 

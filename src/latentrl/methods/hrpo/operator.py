@@ -283,7 +283,4 @@ class HRPOGateThought(ThoughtOperator):
 
     def token_logprob_terms(self, token_ids: torch.Tensor, payload: Payload) -> tuple[float, torch.Tensor, None]:
         t = self.logprob_temperature
-        return (t if t > 0 else 1.0), token_ids, None  # `token_logprobs` scores T <= 0 at T = 1
-
-    def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
-        return token_logprobs(logits, token_ids, self.logprob_temperature)
+        return (t if t > 0 else 1.0), token_ids, None  # `token_logprobs` scores T <= 0 at T = 1; `log_prob` from these

@@ -125,11 +125,9 @@ class GumbelSoftmaxThought(ThoughtOperator):
         return mix_embeddings(model, payload["ids"], payload["weights"], self.detach_embeddings)
 
     def token_logprob_terms(self, token_ids: torch.Tensor, payload: Payload):
-        weights = payload["weights"].float()  # `soft_cross_entropy_logprob`: sum_k w_k log pi(i_k)
+        """`log_prob` is `soft_cross_entropy_logprob`: sum_k w_k log pi(i_k) over the stored top-k."""
+        weights = payload["weights"].float()
         return self.temperature, payload["ids"], lambda lp: (weights * lp).sum(-1)
-
-    def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
-        return soft_cross_entropy_logprob(logits, payload["ids"], payload["weights"], self.temperature)
 
     def extra_repr(self) -> str:
         return f"top_k={self.top_k}, top_p={self.top_p}, T={self.temperature}, tau={self.tau}, record={self.record}"
