@@ -132,6 +132,43 @@ def test_likelihood_equals_a_full_vocabulary_reference_on_sampled_steps(one_side
     torch.testing.assert_close(op.log_prob(logits, None, step.payload), want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("one_sided, top_p, spread", [(True, 0.9, 1.5), (False, 0.9, 1.5), (True, 1.0, 1.5),
+                                                      (True, 0.9, 6.0)])
+@pytest.mark.parametrize("path", ["sorted", "whole rows"])
+def test_likelihood_gradient_equals_autograd_of_a_full_vocabulary_reference(one_sided, top_p, spread, path):
+    """`log_prob` in likelihood mode (its gradient from `row_logprob_fn`) against autograd through the likelihood
+    written here with differentiable ops over every entry of the nucleus-or-top-K mask, on steps the operator
+    sampled: values and the gradient in the logits, under a loss that weighs rows differently. Both ways of finding
+    the competitors: their sorted prefix, and passes over whole rows (`competitor_sort_limit` 0; spread 6.0: peaked
+    rows, where the nucleus ends among the competitors and `_nucleus_members` sorts those rows)."""
+    torch.manual_seed(3)
+    s, a, b, k = 0.5, -1.5, 3.0, 4
+    op = op_for(top_k=k, top_p=top_p, noise_scale=s, one_sided_noise=one_sided, gumbel_logprob="likelihood")
+    if path == "whole rows":
+        op.competitor_sort_limit = 0
+    logits = torch.randn(64, 50) * spread
+    step = op.step(EmbedOnly(50), logits, None, generator=gen(4))
+    ids, scores = step.payload["ids"], step.payload["scores"]
+    x = logits.clone().requires_grad_()
+    lp = x.log_softmax(-1)
+    shift = a if one_sided else 0.0
+    draw = (scores - lp.gather(-1, ids)) / s + shift
+    free = (draw > a + 4.5e-4) & (draw < b - 4.5e-4)
+    chosen = torch.where(free, -draw - torch.exp(-draw) - math.log(s), torch.zeros(())).sum(-1)
+    xj = (scores.min(-1, keepdim=True).values - lp) / s + shift
+    rest = nucleus_or_topk(logits, top_p, k) & (xj < b).detach()
+    rest.scatter_(-1, ids, False)
+    want = chosen + torch.where(rest, -torch.exp(-xj.clamp_min(a)), torch.zeros(())).sum(-1)
+    weights = torch.rand(64)
+    (want_g,) = torch.autograd.grad((want * weights).sum(), x)
+    y = logits.clone().requires_grad_()
+    got = op.log_prob(y, None, step.payload)
+    (got_g,) = torch.autograd.grad((got * weights).sum(), y)
+    torch.testing.assert_close(got, want.detach(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got_g, want_g, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(step.logprob, want.detach(), atol=1e-4, rtol=1e-4)
+
+
 def test_likelihood_mode_replays_to_its_rollout_and_is_refused_when_unknown():
     lm = tiny_latent_model("qwen2", WORDS, seed=0)
     ids, mask = make_prompts(lm)

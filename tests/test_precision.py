@@ -71,15 +71,15 @@ def test_large_vocab_replay_materialises_one_chunk_of_logits_at_a_time(path, nam
     """V = 50k: no autograd-saved tensor is V wide (chunks are recomputed in the backward), every LM-head call is
     at most one chunk of rows, and the gradients equal those of a single-chunk replay. Token positions go through
     `head_token_logprobs` (two reused chunk x V buffers, no module call) unless the head needs the autograd path;
-    a stochastic operator's latent positions call the head (its log-prob reads their logits), a deterministic
-    one's never (they carry no log-prob)."""
+    so do Latent-GRPO's likelihood's latent positions (`head_row_logprobs`), which on the autograd path call the
+    head chunk by chunk (its log-prob reads their whole rows); a deterministic operator's never (no log-prob)."""
     if path == "autograd":
         monkeypatch.setattr("latentrl.replay.fused_head_weight", lambda head, h: None)
     V, chunk = 50_000, 8
     lm = tiny_latent_model("qwen2", ["Tom", "is", "a", "cat"], seed=0, hidden=32)
     lm.model.resize_token_embeddings(V, mean_resizing=False)
     ids, mask = make_prompts(lm)
-    # Latent-GRPO's likelihood reads the whole row's logits (its authors' surrogate would take the token buffers)
+    # Latent-GRPO's likelihood reads whole rows of log-probs (a row function; the authors' surrogate: token terms)
     extra = {"logprob": "likelihood", "noise_scale": 0.1} if name == "gumbel_topk" else {}
     op = build_thought_operator(name, top_k=5, **extra)
     sched = ThinkingSchedule(num_latent_steps=torch.tensor([1, 3, 4]), after_latent_ids=[lm.latent_ids.end])
@@ -109,10 +109,10 @@ def test_large_vocab_replay_materialises_one_chunk_of_logits_at_a_time(path, nam
 
     loss_c, g_c, rows_c = grads(chunk)
     assert saved_v_wide == []  # nothing V wide is kept for the backward
-    # rows the head module scores: a stochastic operator's latent positions, and the token positions on the
-    # autograd path
+    # rows the head module scores: on the autograd path only, a stochastic operator's latent positions and the
+    # token positions
     n_lat = int(r.latent_mask.sum())
-    groups = ([n_lat] if op.stochastic else []) + ([B * C - n_lat] if path == "autograd" else [])
+    groups = ([n_lat] if op.stochastic and path == "autograd" else []) + ([B * C - n_lat] if path == "autograd" else [])
     n_chunks = sum(math.ceil(n / chunk) for n in groups)
     # each chunk's forward, and its recompute in the backward where its log-probs depend on the logits
     assert n_chunks <= len(rows_c) <= 2 * n_chunks and all(n <= chunk for n in rows_c)

@@ -146,14 +146,53 @@ def test_head_token_logprobs_at_k_ids_per_row_equal_log_softmax_and_its_gradient
         head_token_logprobs(h, w, ids[None], temperature)
 
 
-@pytest.mark.parametrize("name", [None, "soft_mixture", "gumbel_topk", "hrpo_gate", "gumbel_softmax"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_head_row_logprobs_equal_a_function_of_log_softmax_and_its_gradients(temperature):
+    """The buffer-reusing row scorer (`head_row_logprobs`) and `row_logprob` against autograd through the function
+    written directly on log_softmax(h W^T / T): values, and gradients in h and W under a loss that weighs every
+    row differently, over several chunks with a ragged last one."""
+    from latentrl.head_logprobs import head_row_logprobs, row_logprob
+
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(23, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (3 * torch.randn(300, 16, generator=g, dtype=torch.float64)).requires_grad_()
+    a = torch.rand(23, 300, generator=g, dtype=torch.float64)  # f(lp) = sum_j a_j exp(lp_j / 2) - lp_0^2
+    weights = torch.rand(23, generator=g, dtype=torch.float64)
+
+    def f(lp, rows=slice(None)):
+        return (a[rows] * (lp / 2).exp()).sum(-1) - lp[:, 0] ** 2
+
+    def fn(lp, coef, rows):  # the same f, with its gradient in each entry written into coef
+        torch.mul(a[rows], (lp / 2).exp() / 2, out=coef)
+        coef[:, 0] -= 2 * lp[:, 0]
+        return f(lp, rows)
+
+    logp = (h @ w.t() / temperature).log_softmax(-1)
+    ref = f(logp)
+    ref_g = torch.autograd.grad((ref * weights).sum(), (h, w))
+    got = head_row_logprobs(h, w, fn, temperature, chunk=5)
+    torch.testing.assert_close(got, ref)
+    for x, y in zip(torch.autograd.grad((got * weights).sum(), (h, w)), ref_g):
+        torch.testing.assert_close(x, y)
+    on_lp = row_logprob((h @ w.t() / temperature).log_softmax(-1), fn)
+    torch.testing.assert_close(on_lp, ref)
+    for x, y in zip(torch.autograd.grad((on_lp * weights).sum(), (h, w)), ref_g):
+        torch.testing.assert_close(x, y)
+
+
+@pytest.mark.parametrize("name", [None, "soft_mixture", "gumbel_topk", "gumbel_topk-likelihood", "hrpo_gate",
+                                  "gumbel_softmax"])
 def test_replay_buffer_path_equals_the_autograd_path(tiny, prompts, name, monkeypatch):
-    """replay() scores token positions with `head_token_logprobs` where the head allows it; forcing the autograd
+    """replay() scores token positions with `head_token_logprobs` where the head allows it, and latent positions
+    with `head_token_logprobs` / `head_row_logprobs` where the operator gives their form; forcing the autograd
     path instead gives the same log-probs, entropies and parameter gradients, latent positions included."""
     import latentrl.replay as replay_module
 
     ids, mask = prompts
-    op = build_thought_operator(name, **OPERATOR_KWARGS.get(name, {})) if name else None
+    likelihood = name is not None and name.endswith("-likelihood")
+    name = name.removesuffix("-likelihood") if name else None
+    kwargs = {"logprob": "likelihood", "noise_scale": 0.3} if likelihood else OPERATOR_KWARGS.get(name, {})
+    op = build_thought_operator(name, **kwargs) if name else None
     if op is not None:
         op.attach(tiny)
     r = generate_rollout(tiny, ids, mask, SamplingParams(max_new_positions=9, temperature=0.8), op,
@@ -203,7 +242,8 @@ def test_replay_runs_the_head_at_latent_positions_only_for_stochastic_operators(
     their (rows x V) logits (at V = 151,936 that was an LM-head forward per latent position, and the heap growth of
     soft_mixture's update at batch 128). A stochastic operator scores them through the head module, unless its
     log-prob reads the logits only through token log-probs (HRPO, LEPO, Latent-GRPO's authors' surrogate:
-    `token_logprob_terms`), which go through the token buffers instead."""
+    `token_logprob_terms`) or through a function of the row's log-probs (Latent-GRPO's likelihood: `row_logprob_fn`),
+    which go through the head's buffers instead."""
     ids, mask = prompts
     likelihood = name.endswith("-likelihood")
     name = name.removesuffix("-likelihood")
@@ -223,8 +263,8 @@ def test_replay_runs_the_head_at_latent_positions_only_for_stochastic_operators(
     torch.testing.assert_close(out.logprobs[m], r.logprobs[m], atol=1e-5, rtol=1e-4)
     n_latent = int(r.latent_mask.sum())
     assert n_latent > 0
-    # token positions go through the buffer path (`head_token_logprobs`, the weight itself), not the module
-    through_module = likelihood  # Latent-GRPO's likelihood reads the sorted candidates of the whole row
-    assert sum(head_rows) == (n_latent if through_module else 0)
+    # token positions go through the buffer path (`head_token_logprobs`, the weight itself), not the module; so do
+    # Latent-GRPO's likelihood's latent positions (`head_row_logprobs`: a function of the whole row)
+    assert sum(head_rows) == 0
     if not op.stochastic:
         assert not out.logprobs[r.latent_mask].any()

@@ -13,16 +13,28 @@ number of positions.
 
 The entropy of each row's distribution is returned as a metric, outside autograd. Exponentials are
 `sampling.exp_weights_`'s (at large vocabularies exp2, floored at `sampling.EXP_FLOOR`: no denormal floats).
+
+`head_row_logprobs` does the same for a log-prob that reads a whole row of log-probs, not a few entries of it
+(Latent-GRPO's exact likelihood sums over every competitor of the chosen K): a `RowLogprobFn` gives the row's value
+and its gradient in each log-prob entry, and the chain rule through the log-softmax is applied here,
+d f / d z = c - p * sum(c) with c = d f / d lp. `row_logprob` is the same function on given log-probs, under autograd.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from latentrl.sampling import exp_weights_
 
-__all__ = ["fused_head_weight", "head_token_logprobs"]
+__all__ = ["RowLogprobFn", "fused_head_weight", "head_row_logprobs", "head_token_logprobs", "row_logprob"]
+
+RowLogprobFn = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
+"""fn(lp, coef, rows) -> (n,) values for rows `rows` of a batch, from lp (n, V) = log_softmax(logits / T) of those
+rows (read only, no autograd). It writes d value / d lp into coef (n, V) (treating the entries of lp as independent:
+the log-softmax's own Jacobian is applied by the caller) and must give the same result when called again."""
 
 
 def fused_head_weight(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor | None:
@@ -45,6 +57,20 @@ def _scores(z: torch.Tensor, h: torch.Tensor, wt: torch.Tensor, temperature: flo
     return z if temperature == 1.0 else z.div_(temperature)
 
 
+def _log_softmax_(z: torch.Tensor, h: torch.Tensor, wt: torch.Tensor, temperature: float, w: torch.Tensor,
+                  lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log_softmax(h W^T / T) written into the buffer z, the exp weights exp(logits / T - max) into the buffer w and
+    the logsumexp into lse (rows, 1). Returns (z, the rows' sums of w)."""
+    _scores(z, h, wt, temperature)
+    m = z.amax(-1, keepdim=True)
+    z.sub_(m)
+    total = exp_weights_(z, out=w).sum(-1, keepdim=True)
+    log_total = total.log()
+    z.sub_(log_total)
+    lse.copy_(m + log_total)
+    return z, total
+
+
 class _HeadTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, ids, temperature, chunk, want_entropy):  # noqa: D102
@@ -56,13 +82,8 @@ class _HeadTokenLogprobs(torch.autograd.Function):
         wt = weight.t()
         for s in range(0, N, c):
             e = min(s + c, N)
-            z, w = _scores(buf[: e - s], hidden[s:e], wt, temperature), tmp[: e - s]
-            m = z.amax(-1, keepdim=True)
-            z.sub_(m)
-            total = exp_weights_(z, out=w).sum(-1, keepdim=True)
-            log_total = total.log()
-            z.sub_(log_total)  # z = log-softmax
-            lse[s:e] = m + log_total
+            w = tmp[: e - s]
+            z, total = _log_softmax_(buf[: e - s], hidden[s:e], wt, temperature, w, lse[s:e])
             if ids.dim() == 1:
                 lp[s:e] = z.gather(-1, ids[s:e, None]).squeeze(-1)
             else:  # (N, K): the log-prob of each of K ids
@@ -108,3 +129,71 @@ def head_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.T
     if ids.dim() not in (1, 2) or ids.shape[0] != hidden.shape[0]:
         raise ValueError(f"ids must be (N,) or (N, K) for hidden (N, H) = {tuple(hidden.shape)}, got {tuple(ids.shape)}")
     return _HeadTokenLogprobs.apply(hidden, weight, ids, temperature, chunk, entropy)
+
+
+class _RowLogprob(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lp, fn):  # noqa: D102
+        coef = torch.empty_like(lp)
+        with torch.no_grad():
+            value = fn(lp.detach(), coef, slice(0, lp.shape[0]))
+        ctx.save_for_backward(coef)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        (coef,) = ctx.saved_tensors
+        return coef * grad[:, None], None
+
+
+def row_logprob(lp: torch.Tensor, fn: RowLogprobFn) -> torch.Tensor:
+    """(N,) values of `fn` on log-probs lp (N, V), differentiable in lp through fn's own gradient."""
+    return _RowLogprob.apply(lp, fn)
+
+
+class _HeadRowLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, fn, temperature, chunk):  # noqa: D102
+        N = hidden.shape[0]
+        c = max(1, min(chunk, N))
+        buf, tmp = hidden.new_empty((c, weight.shape[0])), hidden.new_empty((c, weight.shape[0]))
+        value, lse = hidden.new_empty(N), hidden.new_empty((N, 1))
+        wt = weight.t()
+        for s in range(0, N, c):
+            e = min(s + c, N)
+            z, _ = _log_softmax_(buf[: e - s], hidden[s:e], wt, temperature, tmp[: e - s], lse[s:e])
+            value[s:e] = fn(z, tmp[: e - s], slice(s, e))
+        ctx.save_for_backward(hidden, weight, lse)
+        ctx.fn, ctx.temperature, ctx.chunk = fn, temperature, c
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        hidden, weight, lse = ctx.saved_tensors
+        T, c, N, fn = ctx.temperature, ctx.chunk, hidden.shape[0], ctx.fn
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        buf, coef, wt = hidden.new_empty((c, weight.shape[0])), hidden.new_empty((c, weight.shape[0])), weight.t()
+        for s in range(0, N, c):
+            e = min(s + c, N)
+            lp = _scores(buf[: e - s], hidden[s:e], wt, T).sub_(lse[s:e])
+            d = coef[: e - s]
+            fn(lp, d, slice(s, e))
+            d.mul_(grad[s:e, None])
+            p = exp_weights_(lp)  # in place: lp is not needed any more
+            d.sub_(p.mul_(d.sum(-1, keepdim=True)))  # c - p * sum(c): through the log-softmax
+            if T != 1.0:
+                d.div_(T)
+            if need_h:
+                torch.mm(d, weight, out=grad_h[s:e])
+            if need_w:
+                grad_w.addmm_(d.t(), hidden[s:e])
+        return grad_h, grad_w, None, None, None
+
+
+def head_row_logprobs(hidden: torch.Tensor, weight: torch.Tensor, fn: RowLogprobFn, temperature: float = 1.0,
+                      chunk: int = 1024) -> torch.Tensor:
+    """(N,) values fn(log_softmax(hidden @ weight.T / T)) for hidden (N, H), weight (V, H), `chunk` rows per pass in
+    reused (chunk x V) buffers (fn's own temporaries aside); differentiable in hidden and weight."""
+    return _HeadRowLogprobs.apply(hidden, weight, fn, temperature, chunk)

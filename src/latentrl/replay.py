@@ -15,7 +15,7 @@ import torch.utils.checkpoint
 from transformers import DynamicCache
 
 from latentrl.decoding import shared_prompt_rows
-from latentrl.head_logprobs import fused_head_weight, head_token_logprobs
+from latentrl.head_logprobs import fused_head_weight, head_row_logprobs, head_token_logprobs
 from latentrl.model import LatentModel
 from latentrl.rollout import Rollout
 from latentrl.thoughts.base import ThoughtOperator
@@ -132,11 +132,16 @@ def replay(
         payload = {k: v.reshape(B * C, *v.shape[2:])[lat] for k, v in rollout.payload.items()}
         ids_lat = ids[lat]
         terms = operator.token_logprob_terms(ids_lat, payload)
-        lat_weight = fused_head_weight(model.model.get_output_embeddings(), flat_h) if terms is not None else None
-        if lat_weight is not None:  # token log-probs at latent positions (HRPO, LEPO, ...): scored in the buffers
+        row = operator.row_logprob_fn(ids_lat, payload) if terms is None else None
+        lat_weight = (fused_head_weight(model.model.get_output_embeddings(), flat_h)
+                      if terms is not None or row is not None else None)
+        if lat_weight is not None and terms is not None:  # token log-probs at latent positions (HRPO, LEPO, ...)
             t_lat, t_ids, reduce = terms
             op_lp, _ = head_token_logprobs(flat_h[lat], lat_weight, t_ids, t_lat, chunk, False)
             op_lp = op_lp if reduce is None else reduce(op_lp).float()
+        elif lat_weight is not None:  # a function of the whole row of log-probs (Latent-GRPO's likelihood)
+            t_lat, fn = row
+            op_lp = head_row_logprobs(flat_h[lat], lat_weight, fn, t_lat, chunk)
         else:
             def latent_scores(h_chunk: torch.Tensor, rows: slice) -> tuple[torch.Tensor, None]:
                 logits = model.lm_head(h_chunk).float() if operator.needs_logits else None

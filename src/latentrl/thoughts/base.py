@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from latentrl.sampling import token_logprobs
+from latentrl.head_logprobs import RowLogprobFn, row_logprob
+from latentrl.sampling import logsumexp_rows, tempered, token_logprobs
 
 if TYPE_CHECKING:
     from latentrl.model import LatentModel
@@ -120,18 +121,33 @@ class ThoughtOperator(nn.Module):
         small (N, K) result. None (the default): the replay hands the logits to `log_prob`."""
         return None
 
+    def row_logprob_fn(self, token_ids: torch.Tensor, payload: Payload) -> tuple[float, RowLogprobFn] | None:
+        """(T, fn) when `log_prob` of N stored steps reads a whole row of log_softmax(logits / T), not just a few
+        entries (Latent-GRPO's exact likelihood: every competitor of the chosen K): fn(lp, coef, rows) gives the
+        value of rows `rows` and its gradient in each entry (`latentrl.head_logprobs.RowLogprobFn`). The replay then
+        runs fn chunk by chunk in the LM head's buffers (`head_row_logprobs`: no autograd logits), and `log_prob` on
+        the whole log-softmax. Consulted only when `token_logprob_terms` is None; None (the default): no such form."""
+        return None
+
     def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
         """(N,) log-prob or surrogate of N stored latent steps given the logits that produced them. By default: 0 for
-        a deterministic operator, else `reduce(log_softmax(logits / T)[ids])` from `token_logprob_terms` (the same
-        formula the replay's buffer path computes); operators without such terms override it."""
+        a deterministic operator, else `reduce(log_softmax(logits / T)[ids])` from `token_logprob_terms`, or
+        fn(log_softmax(logits / T)) from `row_logprob_fn` (the same formulas the replay's buffer paths compute);
+        operators with neither override it."""
         if not self.stochastic:
             return torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
         terms = self.token_logprob_terms(token_ids, payload)
-        if terms is None:
-            raise NotImplementedError(f"{type(self).__name__} has no token_logprob_terms: it must define log_prob")
-        temperature, ids, reduce = terms
-        lp = token_logprobs(logits, ids, temperature)
-        return lp if reduce is None else reduce(lp)
+        if terms is not None:
+            temperature, ids, reduce = terms
+            lp = token_logprobs(logits, ids, temperature)
+            return lp if reduce is None else reduce(lp)
+        row = self.row_logprob_fn(token_ids, payload)
+        if row is None:
+            raise NotImplementedError(f"{type(self).__name__} has neither token_logprob_terms nor row_logprob_fn: "
+                                      "it must define log_prob")
+        temperature, fn = row
+        x = tempered(logits, temperature)
+        return row_logprob(x - logsumexp_rows(x), fn)
 
     def attach(self, model: "LatentModel") -> None:
         """Create the side modules this operator reads (HRPO's gate) on `model`, loading saved weights if the

@@ -140,7 +140,7 @@ def _init_record(op: ThoughtOperator, name: str, record: str, choices: tuple[str
 def _pack(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """((B, M) column indices of the True entries of each row of `mask`, left-aligned and padded with 0; (B, M)
     whether each is real), M = the largest count in a row."""
-    counts = mask.sum(-1, dtype=torch.int64)
+    counts = mask.sum(-1, dtype=torch.int32).long()  # a bool sum into int64 is ~10x slower
     width = int(counts.max()) if counts.numel() else 0
     r, c = mask.nonzero(as_tuple=True)
     pos = torch.arange(r.numel(), device=mask.device) - (counts.cumsum(0) - counts)[r]
@@ -164,6 +164,9 @@ class GumbelTopKThought(ThoughtOperator):
     #: below ~1 in 1600 rows on a flat 152k-entry distribution with K = 30)
     pool_block: int = 16
     pool_blocks: int = 1024
+    #: the exact likelihood (`logprob="likelihood"`) sorts a row's competitors when they are at most this many, and
+    #: works on whole rows otherwise (`_likelihood_rows`)
+    competitor_sort_limit: int = 2048
 
     def __init__(
         self,
@@ -330,27 +333,89 @@ class GumbelTopKThought(ThoughtOperator):
                            logprob=self._score(x, lse, payload))
 
     def _score(self, x: torch.Tensor, lse: torch.Tensor, payload: Payload) -> torch.Tensor:
-        """(N,) the step's log-prob from the tempered logits x and their logsumexp: the authors' surrogate, or the
-        likelihood (module docstring)."""
-        chosen_lp = x.gather(-1, payload["ids"]) - lse
+        """(N,) the step's log-prob from the tempered logits x and their logsumexp (no autograd: the rollout): the
+        authors' surrogate, or the likelihood (module docstring)."""
         if self.logprob == "authors" or self.noise_scale == 0:
+            chosen_lp = x.gather(-1, payload["ids"]) - lse
             return gumbel_log_density(payload["scores"].float() - chosen_lp).mean(-1)
+        return self._likelihood_rows(x, None, payload["ids"], payload["scores"], lse)
+
+    def _likelihood_rows(self, lp: torch.Tensor, coef: torch.Tensor | None, ids: torch.Tensor, scores: torch.Tensor,
+                         lse: torch.Tensor | None = None) -> torch.Tensor:
+        """(n,) the exact likelihood of stored steps (ids, scores) (module docstring) from their log-probs lp (n, V),
+        outside autograd; d likelihood / d lp goes into coef (n, V) (a `RowLogprobFn`), unless coef is None. With
+        `lse` (n, 1) (the rollout), lp holds the tempered logits instead and lp - lse the log-probs, never formed.
+
+        The competitors are the entries whose draw to reach the K-th score g_K stays below c_max, i.e. whose lp is
+        above about g_K - (c_max - shift) s: a prefix of the sorted row. Up to `competitor_sort_limit` of them in
+        every row, the prefix is taken with `topk_rows` and everything else is done on it; beyond (a flat
+        distribution, a wide noise), with elementwise passes over the whole row (`_dense_competitors`)."""
         s, a, b = self.noise_scale, self.clamp_min, self.clamp_max
         shift = a if self.one_sided else 0.0
-        scores = payload["scores"].float()
+        scores = scores.float()
+        chosen_lp = lp.gather(-1, ids) if lse is None else lp.gather(-1, ids) - lse
         draw = (scores - chosen_lp) / s + shift  # the Gumbel draw behind each chosen score
         tol = 1e-4 * max(1.0, b - a)
-        free = (draw > a + tol) & (draw < b - tol)
-        chosen = torch.where(free, gumbel_log_density(draw) - math.log(s), torch.zeros_like(draw))
-        # the competitors: only entries within the noise width of the K-th log-prob can have x_j < c_max (the K-th
-        # score is at least the K-th log-prob + the noise minimum), so the sorted candidate prefix holds them all
-        k = scores.shape[-1]
-        xd = x.detach()
-        lp, ids, nucleus = self._sorted_candidates(x, lse, k, self._num_candidates(xd, topk_rows(xd, k)[0][..., -1:]))
-        others = (scores.min(-1, keepdim=True).values - lp) / s + shift  # each entry's draw to reach the K-th
-        rest = nucleus & (others < b) & ~(ids[..., None] == payload["ids"][:, None, :]).any(-1)
-        below = torch.where(rest, -torch.exp(-others.clamp_min(a)), torch.zeros_like(others))
-        return chosen.sum(-1) + below.sum(-1)
+        free = (draw > a + tol) & (draw < b - tol)  # a clamped draw is a point mass that moves with θ: no term
+        value = torch.where(free, gumbel_log_density(draw) - math.log(s), 0.0).sum(-1)
+        chosen_coef = torch.where(free, (1 - torch.exp(-draw)) / s, 0.0)
+        g_k = scores.min(-1, keepdim=True).values
+        # every entry with x_j < c_max lies above this bound (a margin for float rounding; x_j decides below)
+        bound = g_k - (b - shift) * s - 1e-3 * s
+        count = (lp > (bound if lse is None else bound + lse)).sum(-1, dtype=torch.int32)
+        m = int(count.max()) if count.numel() else 0
+        if m > self.competitor_sort_limit:
+            value = value + self._dense_competitors(lp if lse is None else lp - lse, coef, ids, g_k)
+        else:
+            if coef is not None:
+                coef.zero_()
+            if m:
+                lp_m, order = topk_rows(lp, m)  # the prefix, sorted descending
+                if lse is not None:
+                    lp_m = lp_m - lse
+                x = (g_k - lp_m) / s + shift  # each entry's draw needed to reach the K-th score
+                member = (torch.arange(m, device=lp.device) < count[:, None]) & (x < b)
+                if self.top_p < 1.0:
+                    member &= self._prefix_nucleus(lp_m, ids.shape[-1])
+                member &= ~(order[..., None] == ids[:, None, :]).any(-1)  # the chosen are no competitors
+                e = torch.exp(-x.clamp_min(a)) * member
+                value = value - e.sum(-1)
+                if coef is not None:
+                    coef.scatter_(-1, order, e.mul_(x >= a).mul_(-1.0 / s))  # d(-exp(-x_j)) / d lp_j
+        if coef is not None:
+            coef.scatter_add_(-1, ids, chosen_coef)
+        return value
+
+    def _dense_competitors(self, lp: torch.Tensor, coef: torch.Tensor | None, ids: torch.Tensor, g_k: torch.Tensor
+                           ) -> torch.Tensor:
+        """The competitors' part of `_likelihood_rows` with passes over whole rows (many competitors): returns their
+        (n,) sum of -exp(-x_j) and writes its gradient in lp into coef (every entry; a scratch tensor if None)."""
+        s, a, b = self.noise_scale, self.clamp_min, self.clamp_max
+        shift = a if self.one_sided else 0.0
+        x = torch.sub(g_k, lp, out=torch.empty_like(lp) if coef is None else coef).div_(s).add_(shift)
+        member = x < b  # a prefix of each sorted row
+        if self.top_p < 1.0:
+            self._nucleus_members(lp, member, ids.shape[-1])
+        member.scatter_(-1, ids, False)
+        unclamped = x >= a
+        e = x.clamp_min_(a).neg_().exp_().mul_(member)  # exp(-max(x_j, c_min)) for the competitors
+        total = e.sum(-1)
+        e.mul_(unclamped).mul_(-1.0 / s)
+        return -total
+
+    def _nucleus_members(self, lp: torch.Tensor, member: torch.Tensor, k: int) -> None:
+        """In place: keep in `member` (n, V), a prefix of each descending-sorted row of lp, only its entries in the
+        nucleus (the first K always; each further entry while the mass before it is below top_p). The whole prefix
+        is in when the mass before its smallest entry is below top_p; the other rows sort their prefix."""
+        count = member.sum(-1, dtype=torch.int32)
+        mass = lp.exp().mul_(member).sum(-1)
+        smallest = torch.where(member, lp, float("inf")).amin(-1).exp()
+        rows = ((mass - smallest >= self.top_p) & (count > k)).nonzero().squeeze(-1)
+        if rows.numel():
+            m = int(count[rows].max())
+            values, order = topk_rows(lp[rows], m)  # sorted descending
+            keep = self._prefix_nucleus(values, k) & (torch.arange(m, device=lp.device) < count[rows, None])
+            member[rows] = torch.zeros_like(member[rows]).scatter_(-1, order, keep)
 
     def perturbed_topk_pooled(self, logits: torch.Tensor, generator) -> tuple[Payload, torch.Tensor]:
         """`step`'s path at large vocabularies (public for the tests, which shrink `pool_block`/`pool_blocks` to
@@ -495,15 +560,15 @@ class GumbelTopKThought(ThoughtOperator):
 
     def token_logprob_terms(self, token_ids: torch.Tensor, payload: Payload):
         if self.logprob != "authors" and self.noise_scale != 0:
-            return None  # the likelihood also reads the sorted candidates of the whole row
+            return None  # the likelihood reads the whole row: `row_logprob_fn`
         scores = payload["scores"].float()  # the authors' surrogate: the Gumbel density of each chosen score's noise
         return self.temperature, payload["ids"], lambda lp: gumbel_log_density(scores - lp).mean(-1)
 
-    def log_prob(self, logits: torch.Tensor, token_ids: torch.Tensor, payload: Payload) -> torch.Tensor:
-        if self.logprob == "authors":  # the surrogate of `token_logprob_terms`
-            return super().log_prob(logits, token_ids, payload)
-        x = tempered(logits, self.temperature)
-        return self._score(x, logsumexp_rows(x), payload)
+    def row_logprob_fn(self, token_ids: torch.Tensor, payload: Payload):
+        if self.logprob == "authors" or self.noise_scale == 0:
+            return None
+        ids, scores = payload["ids"], payload["scores"]
+        return self.temperature, lambda lp, coef, rows: self._likelihood_rows(lp, coef, ids[rows], scores[rows])
 
     def extra_repr(self) -> str:
         return (f"top_k={self.top_k}, top_p={self.top_p}, T={self.temperature}, tau={self.tau}, "
