@@ -91,6 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decoder", choices=("auto", "fast", "generic"), default="auto",
                    help="generate_rollout's decode path: auto (default: the fast path where supported), fast, generic")
     p.add_argument("--soft-top-k", type=int, default=10, help="top_k of the soft_mixture operator (default 10)")
+    add_gumbel_args(p)
     p.add_argument("--seed", type=int, default=0, help="model weights and prompts (default 0)")
     p.add_argument("--logit-scale", type=float, default=1.0,
                    help="multiply the LM head's weights by this (default 1: the random model's nearly flat "
@@ -120,6 +121,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def add_gumbel_args(p: argparse.ArgumentParser) -> None:
+    """Latent-GRPO's operator settings (mode gumbel_topk); scaling.py takes them too."""
+    p.add_argument("--gumbel-logprob", choices=("authors", "likelihood"), default="authors",
+                   help="gumbel_topk's log-prob: the authors' surrogate (default) or the exact likelihood")
+    p.add_argument("--gumbel-noise-scale", type=float, default=1.0, help="gumbel_topk's noise scale (default 1.0)")
+
+
 def resolve_shape(args: argparse.Namespace) -> None:
     model_presets.resolve_shape(args, min_positions=args.prompt_len + args.new + 8)
     if args.threads is None and not str(args.device).startswith("cuda"):
@@ -129,7 +137,7 @@ def resolve_shape(args: argparse.Namespace) -> None:
 def config_dict(args: argparse.Namespace) -> dict:
     keys = ("preset", "arch", "hidden", "layers", "heads", "kv_heads", "intermediate", "vocab_size", "batch",
             "prompt_len", "new", "repeats", "warmup", "timing", "rounds", "threads", "device", "dtype", "attn", "decoder",
-            "soft_top_k",
+            "soft_top_k", "gumbel_logprob", "gumbel_noise_scale",
             "seed", "logit_scale")
     return {k: getattr(args, k) for k in keys}
 
@@ -200,6 +208,8 @@ def make_runner(args: argparse.Namespace, mode: str, lm, ids, mask):
         operator, schedule = None, None
     else:
         kw = {"top_k": args.soft_top_k} if mode == "soft_mixture" else {}
+        if mode == "gumbel_topk":
+            kw = {"logprob": args.gumbel_logprob, "noise_scale": args.gumbel_noise_scale}
         operator = build_thought_operator(mode, **kw)
         schedule = ThinkingSchedule(num_latent_steps=N)
         operator.attach(lm)  # side modules (HRPO's gate) exist before any rollout

@@ -17,6 +17,8 @@ flagged as growing faster than linearly.
 
     python benchmarks/scaling.py                           # tiny Qwen2, V=64, discrete and soft_mixture
     python benchmarks/scaling.py --vocab-size 151936 --batches 8 32 128 --lengths 64 128 256
+    python benchmarks/scaling.py --vocab-size 151936 --modes gumbel_topk --gumbel-logprob likelihood \
+        --gumbel-noise-scale 0.1 --batches 32 128 --lengths 64      # Latent-GRPO's exact likelihood
 The last line printed is one JSON object with every row.
 """
 
@@ -31,6 +33,7 @@ import time
 from pathlib import Path
 
 import model_presets
+import rollout_speed
 from model_presets import add_shape_args
 
 HERE = Path(__file__).resolve().parent
@@ -54,27 +57,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="also write the JSON rows here")
+    rollout_speed.add_gumbel_args(p)
     p.add_argument("--worker", nargs=3, metavar=("MODE", "BATCH", "NEW"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def _rollout_args(args: argparse.Namespace, batch: int, new: int) -> argparse.Namespace:
     """The namespace `rollout_speed.build` / `make_runner` expect, for one shape."""
-    import rollout_speed
-
     ns = rollout_speed.parse_args([])
     for key in model_presets.SHAPE_KEYS + ("preset",):
         if getattr(args, key, None) is not None:
             setattr(ns, key, getattr(args, key))
     ns.batch, ns.new, ns.prompt_len = batch, new, args.prompt_len
     ns.threads, ns.device, ns.dtype, ns.seed = args.threads, args.device, args.dtype, args.seed
+    ns.gumbel_logprob, ns.gumbel_noise_scale = args.gumbel_logprob, args.gumbel_noise_scale
     rollout_speed.resolve_shape(ns)
     return ns
 
 
 def worker(args: argparse.Namespace) -> dict:
     """Time one shape in this process; returns its row."""
-    import rollout_speed
     import torch
 
     from latentrl.replay import replay
