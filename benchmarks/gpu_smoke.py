@@ -4,6 +4,9 @@ The first thing to run on a GPU (the first one, an H100 on 2026-12-05, found rew
 For each method of `latentrl.methods.METHODS` it builds the method's CPU preset (configs/cpu/<method>.yaml) shrunk
 to a tiny model and batch, then
 
+Then the same for each of `VARIANTS` (a method with settings its preset does not use: Latent-GRPO's exact
+likelihood). For each method:
+
 1. draws one batch of rollouts and replays it: the replayed log-probs must equal the rollout's own (max abs
    difference <= --tol at policy positions), i.e. sampling, operators and replay agree on the device;
 2. runs one optimizer step (`trainer.train()` with max_steps=1) and checks the loss is finite and that every
@@ -34,12 +37,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SFT_STAGES = ("sft_cot", "sft_coconut", "sft_superposition", "thought_dependence")  # run after the methods
+#: settings of a method whose code paths its preset does not take, smoked as "<method>:<name>" after the methods
+VARIANTS = {"latent_grpo:likelihood": ("latent_grpo", {"latent": {"gumbel_logprob": "likelihood", "noise_scale": 0.1}})}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="One training step of every latentrl method on a tiny Qwen2 (CUDA smoke).")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu; cuda fails when no GPU is visible")
-    p.add_argument("--methods", default=None, help="comma-separated subset of the registered methods (default: all)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated subset of the registered methods and of " + ",".join(VARIANTS)
+                        + " (default: all of them)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no", help="accelerate autocast (default no)")
     p.add_argument("--sft", default=",".join(SFT_STAGES),
                    help=f"comma-separated SFT / eval stages to run after the methods (default: all of "
@@ -55,9 +62,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def smoke_config(method: str, out: Path, seed: int, mixed_precision: str):
-    """The method's CPU preset, shrunk: 2 prompts x 2 generations, 10 positions, one step, nothing saved."""
+    """The method's CPU preset, shrunk: 2 prompts x 2 generations, 10 positions, one step, nothing saved; a
+    `VARIANTS` name adds its settings."""
     from latentrl.config import GRPOConfig, load_config
 
+    method, variant = VARIANTS.get(method, (method, {}))
     kw = dict(output_dir=str(out), model_name_or_path="tiny", max_steps=1, save_steps=0, report_to=["none"],
               per_device_train_batch_size=4, gradient_accumulation_steps=1, num_generations=2,
               max_completion_length=10, learning_rate=1e-3, reward_weights=None, dynamic_sampling=False, seed=seed,
@@ -71,7 +80,7 @@ def smoke_config(method: str, out: Path, seed: int, mixed_precision: str):
         kw["dlr"] = {"num_latent_steps": 3, "assistant_hidden_size": 16, "assistant_heads": 2, "assistant_ffn": 32,
                      "distill_steps": 2, "distill_examples": 4, "distill_batch_size": 4}
     cfg = load_config(GRPOConfig, ROOT / "configs" / "cpu" / f"{method}.yaml").to_dict()
-    for k, v in kw.items():
+    for k, v in [*kw.items(), *variant.items()]:
         cfg[k] = {**(cfg.get(k) or {}), **v} if isinstance(v, dict) else v
     return GRPOConfig(**cfg)
 
@@ -86,7 +95,8 @@ def smoke_one(method: str, args: argparse.Namespace, out: Path) -> dict:
 
     t0 = time.perf_counter()
     lm = tiny_chain_sum_model(seed=args.seed)
-    trainer = get_method(method).trainer_class(smoke_config(method, out, args.seed, args.mixed_precision), lm,
+    trainer = get_method(VARIANTS.get(method, (method,))[0]).trainer_class(
+        smoke_config(method, out, args.seed, args.mixed_precision), lm,
                                                make_examples("chain_sum", 8, seed=args.seed, length=3),
                                                reward_funcs=[char_sum_reward])
     device = trainer.model.device
@@ -192,10 +202,11 @@ def main(argv=None) -> dict:
         raise SystemExit("gpu_smoke: --device cuda but torch sees no GPU (use --device cpu for the CPU run)")
     from latentrl.methods import METHODS
 
-    methods = sorted(METHODS) if not args.methods else [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    methods = ([*sorted(METHODS), *VARIANTS] if not args.methods
+               else [m.strip() for m in args.methods.split(",") if m.strip()])
+    unknown = [m for m in methods if m not in METHODS and m not in VARIANTS]
     if unknown:
-        raise SystemExit(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")
+        raise SystemExit(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}, variants: {list(VARIANTS)}")
     stages = [] if args.sft.strip() == "none" else [x.strip() for x in args.sft.split(",") if x.strip()]
     if any(st not in SFT_STAGES for st in stages):
         raise SystemExit(f"unknown --sft stage(s) {[st for st in stages if st not in SFT_STAGES]}; known: {SFT_STAGES}")
@@ -209,7 +220,7 @@ def main(argv=None) -> dict:
                 f"loss {res['loss']:.4g}  replay diff {res['replay_max_abs_diff']:.1e}  "
                 f"{res['positions']} positions ({res['latent_positions']} latent)  {res['seconds']} s"
                 + (f"  gpu peak {res['gpu_peak_mb']} MB" if "gpu_peak_mb" in res else ""))
-            print(f"{status} {m:<16} {detail}", flush=True)
+            print(f"{status} {m:<22} {detail}", flush=True)
         for st in stages:
             res = guarded(smoke_sft, st, args, Path(tmp) / st)
             results.append(res)

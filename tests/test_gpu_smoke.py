@@ -1,5 +1,6 @@
 """benchmarks/gpu_smoke.py, the script meant for the first GPU run, runs clean on the CPU: every registered method
-does one rollout that replays to its own log-probs and one finite optimizer step; then a few steps of each SFT
+does one rollout that replays to its own log-probs and one finite optimizer step (so does Latent-GRPO with its exact
+likelihood, a `VARIANTS` entry); then a few steps of each SFT
 trainer (CoT, Coconut, superposition) and the thought-swap check."""
 
 import json
@@ -9,6 +10,9 @@ import sys
 from pathlib import Path
 
 from latentrl.methods import METHODS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from gpu_smoke import VARIANTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,10 +25,11 @@ def test_gpu_smoke_script_runs_every_method_on_cpu():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 0 and out["all_ok"], proc.stdout[-4000:] + proc.stderr[-4000:]
     stages = ["sft_cot", "sft_coconut", "sft_superposition", "thought_dependence"]
-    assert [r["method"] for r in out["results"]] == sorted(METHODS) + stages
-    for r in out["results"][len(METHODS):]:  # SFT trainers and the swap test: a few finite steps, weights in place
+    methods = sorted(METHODS) + list(VARIANTS)
+    assert [r["method"] for r in out["results"]] == methods + stages
+    for r in out["results"][len(methods):]:  # SFT trainers and the swap test: a few finite steps, weights in place
         assert r["devices"] == ["cpu"] and r["losses"] and 0.0 <= r["pass_at_1"] <= 1.0, r
-    for r in out["results"][: len(METHODS)]:
+    for r in out["results"][: len(methods)]:
         assert r["device"] == "cpu" and r["params_off_device"] == []
         assert r["replay_max_abs_diff"] <= 1e-5, r  # float32 on the CPU: replay equals the rollout
         assert r["positions"] > 0
