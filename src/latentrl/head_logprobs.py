@@ -71,6 +71,27 @@ def _log_softmax_(z: torch.Tensor, h: torch.Tensor, wt: torch.Tensor, temperatur
     return z, total
 
 
+def _backward_through_head(ctx, hidden: torch.Tensor, weight: torch.Tensor, lse: torch.Tensor, logit_grad
+                           ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(grad_h, grad_w) chunk by chunk, from `logit_grad(lp, s, e)`: the loss's gradient in the tempered logits of rows
+    s:e given their log-softmax lp (a reused buffer it may overwrite and return)."""
+    T, c, N = ctx.temperature, ctx.chunk, hidden.shape[0]
+    need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_h = torch.empty_like(hidden) if need_h else None
+    grad_w = torch.zeros_like(weight) if need_w else None
+    buf, wt = hidden.new_empty((c, weight.shape[0])), weight.t()
+    for s in range(0, N, c):
+        e = min(s + c, N)
+        d = logit_grad(_scores(buf[: e - s], hidden[s:e], wt, T).sub_(lse[s:e]), s, e)
+        if T != 1.0:
+            d.div_(T)
+        if need_h:
+            torch.mm(d, weight, out=grad_h[s:e])
+        if need_w:
+            grad_w.addmm_(d.t(), hidden[s:e])
+    return grad_h, grad_w
+
+
 class _HeadTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, ids, temperature, chunk, want_entropy):  # noqa: D102
@@ -99,26 +120,14 @@ class _HeadTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_lp, _grad_ent):  # noqa: D102
         hidden, weight, ids, lse = ctx.saved_tensors
-        T, c, N = ctx.temperature, ctx.chunk, hidden.shape[0]
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        buf, wt = hidden.new_empty((c, weight.shape[0])), weight.t()
-        for s in range(0, N, c):
-            e = min(s + c, N)
+
+        def logit_grad(lp: torch.Tensor, s: int, e: int) -> torch.Tensor:
             g = grad_lp[s:e, None] if ids.dim() == 1 else grad_lp[s:e]  # (rows, 1) or (rows, K)
             idx = ids[s:e, None] if ids.dim() == 1 else ids[s:e]
-            z = _scores(buf[: e - s], hidden[s:e], wt, T)
-            p = exp_weights_(z.sub_(lse[s:e]))
             # sum_k g_k (onehot(id_k) - p): d lp / d (logits / T) times the upstream gradient
-            d = p.mul_(-g.sum(-1, keepdim=True)).scatter_add_(-1, idx, g)
-            if T != 1.0:
-                d.div_(T)
-            if need_h:
-                torch.mm(d, weight, out=grad_h[s:e])
-            if need_w:
-                grad_w.addmm_(d.t(), hidden[s:e])
-        return grad_h, grad_w, None, None, None, None
+            return exp_weights_(lp).mul_(-g.sum(-1, keepdim=True)).scatter_add_(-1, idx, g)
+
+        return (*_backward_through_head(ctx, hidden, weight, lse, logit_grad), None, None, None, None)
 
 
 def head_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
@@ -170,26 +179,15 @@ class _HeadRowLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         hidden, weight, lse = ctx.saved_tensors
-        T, c, N, fn = ctx.temperature, ctx.chunk, hidden.shape[0], ctx.fn
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        buf, coef, wt = hidden.new_empty((c, weight.shape[0])), hidden.new_empty((c, weight.shape[0])), weight.t()
-        for s in range(0, N, c):
-            e = min(s + c, N)
-            lp = _scores(buf[: e - s], hidden[s:e], wt, T).sub_(lse[s:e])
+        coef = hidden.new_empty((ctx.chunk, weight.shape[0]))
+
+        def logit_grad(lp: torch.Tensor, s: int, e: int) -> torch.Tensor:
             d = coef[: e - s]
-            fn(lp, d, slice(s, e))
+            ctx.fn(lp, d, slice(s, e))  # d value / d lp
             d.mul_(grad[s:e, None])
-            p = exp_weights_(lp)  # in place: lp is not needed any more
-            d.sub_(p.mul_(d.sum(-1, keepdim=True)))  # c - p * sum(c): through the log-softmax
-            if T != 1.0:
-                d.div_(T)
-            if need_h:
-                torch.mm(d, weight, out=grad_h[s:e])
-            if need_w:
-                grad_w.addmm_(d.t(), hidden[s:e])
-        return grad_h, grad_w, None, None, None
+            return d.sub_(exp_weights_(lp).mul_(d.sum(-1, keepdim=True)))  # c - p * sum(c): through the log-softmax
+
+        return (*_backward_through_head(ctx, hidden, weight, lse, logit_grad), None, None, None)
 
 
 def head_row_logprobs(hidden: torch.Tensor, weight: torch.Tensor, fn: RowLogprobFn, temperature: float = 1.0,
