@@ -360,8 +360,9 @@ class GumbelTopKThought(ThoughtOperator):
         value = torch.where(free, gumbel_log_density(draw) - math.log(s), 0.0).sum(-1)
         chosen_coef = torch.where(free, (1 - torch.exp(-draw)) / s, 0.0)
         g_k = scores.min(-1, keepdim=True).values
-        # every entry with x_j < c_max lies above this bound (a margin for float rounding; x_j decides below)
-        bound = g_k - (b - shift) * s - 1e-3 * s
+        # every entry with x_j < c_max lies above this bound (a margin for float rounding, lse's included: entries
+        # counted in excess are dropped by x_j < c_max below)
+        bound = g_k - (b - shift) * s - 1e-3 * max(s, 1.0)
         count = (lp > (bound if lse is None else bound + lse)).sum(-1, dtype=torch.int32)
         m = int(count.max()) if count.numel() else 0
         if m > self.competitor_sort_limit:
