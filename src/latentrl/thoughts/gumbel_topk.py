@@ -332,10 +332,16 @@ class GumbelTopKThought(ThoughtOperator):
         return ThoughtStep(embeds=self.rebuild(model, token, payload), token_ids=token, payload=payload,
                            logprob=self._score(x, lse, payload))
 
+    @property
+    def scores_surrogate(self) -> bool:
+        """Whether a step is scored with the authors' surrogate: `logprob="authors"`, or noise scale 0 (no noise
+        density to take a likelihood of); else with the exact likelihood."""
+        return self.logprob == "authors" or self.noise_scale == 0
+
     def _score(self, x: torch.Tensor, lse: torch.Tensor, payload: Payload) -> torch.Tensor:
         """(N,) the step's log-prob from the tempered logits x and their logsumexp (no autograd: the rollout): the
         authors' surrogate, or the likelihood (module docstring)."""
-        if self.logprob == "authors" or self.noise_scale == 0:
+        if self.scores_surrogate:
             chosen_lp = x.gather(-1, payload["ids"]) - lse
             return gumbel_log_density(payload["scores"].float() - chosen_lp).mean(-1)
         return self._likelihood_rows(x, None, payload["ids"], payload["scores"], lse)
@@ -560,13 +566,13 @@ class GumbelTopKThought(ThoughtOperator):
         return mix_embeddings(model, payload["ids"], self.weights(payload), self.detach_embeddings)
 
     def token_logprob_terms(self, token_ids: torch.Tensor, payload: Payload):
-        if self.logprob != "authors" and self.noise_scale != 0:
+        if not self.scores_surrogate:
             return None  # the likelihood reads the whole row: `row_logprob_fn`
         scores = payload["scores"].float()  # the authors' surrogate: the Gumbel density of each chosen score's noise
         return self.temperature, payload["ids"], lambda lp: gumbel_log_density(scores - lp).mean(-1)
 
     def row_logprob_fn(self, token_ids: torch.Tensor, payload: Payload):
-        if self.logprob == "authors" or self.noise_scale == 0:
+        if self.scores_surrogate:
             return None
         ids, scores = payload["ids"], payload["scores"]
         return self.temperature, lambda lp, coef, rows: self._likelihood_rows(lp, coef, ids[rows], scores[rows])
