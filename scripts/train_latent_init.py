@@ -8,13 +8,15 @@ seed-0 "eval" split (disjoint from those training problems); the final numbers a
 evaluation set (`latentrl.bench.suite_tasks()[task].eval_examples`: a real file, or generated problems outside
 every training split), checked disjoint from both. Writes into --out: the model (save_pretrained),
 `metrics.jsonl` (training, gate/* and stage/* records), `result.json` (final Pass@1 with its standard error,
-reasoning positions, the thought-dependence check) and `curve.png`. `--finish-steps N` (a recipe's `finish`, e.g.
-chain_sum's 500) ends the run with N more steps of the final stage at a lower rate (`--finish-lr`; their metrics in
-`--out`/finish): every shipped init was left short by its constant rate (docs/methods/coconut.md). A time box
-(`timeout 30m python ...`, `kill PID` or Ctrl-C) stops training, saves the model as it is and scores it at its
-stage; `resume_from_checkpoint=latest` continues the same --out folder from its last checkpoint (once the
-curriculum has ended, from its saved end in --out/curriculum into the finishing phase's last checkpoint), so a
-recipe longer than one sitting is still one command, run again.
+reasoning positions, the thought-dependence check) and `curve.png`. A recipe's `phases` run after the curriculum, each
+in `--out`/NAME from a fresh AdamW at the final stage with some settings changed (the icot recipe's `probe_s5`: the
+thought probe moved, ended by the gate). `--finish-steps N` (a recipe's `finish`, e.g. chain_sum's 500) ends the run
+with N more steps of the final stage at a lower rate (`--finish-lr`; their metrics in `--out`/finish): every shipped
+init was left short by its constant rate (docs/methods/coconut.md). A time box (`timeout 30m python ...`, `kill PID`
+or Ctrl-C) stops training, saves the model as it is and scores it at its stage; `resume_from_checkpoint=latest`
+continues the same --out folder from its last checkpoint (after the curriculum or a phase has ended, from its saved
+end, in --out/curriculum or --out/NAME/end, into the next phase's last checkpoint), so a recipe longer than one
+sitting is still one command, run again.
 """
 
 from __future__ import annotations
@@ -119,11 +121,14 @@ RECIPES: dict[str, dict] = {
     # 89.5 % after 4,000 and 8,000 more steps (runs CF5-CF7; CF8's 4,000 more: 84.3 %), swap drop = Pass@1; 4,000
     # more from CF7 at learning_rate=1e-4 (run CF9): 99.4 %, the model shipped as `icot_mult_4x4-coconut` since
     # 2026-12-07 (the route's commands: docs/bench/icot_latent_init, "Run CF" to "Run CF9"). 4,000 steps at 1e-4
-    # straight from CF5's model (run CF5F) give 98.5 %: CF6-CF8 are not needed. So the recipe is now that route in one
-    # command: the probe on S_5 from the start of stage 5 (CF5 began after CF's 12,000 stage-5 steps with the probe
-    # on S_3: whether starting on S_5 does as well is what the one-command run tests), a longer cap there, and
-    # CF5F's finish. As one command it has not yet run end to end (started 2026-12-07 as runs/li_icot_onecmd; it
-    # runs ~4 h: run it again with resume_from_checkpoint=latest to continue across sittings).
+    # straight from CF5's model (run CF5F) give 98.5 %: CF6-CF8 are not needed. So the recipe is that measured route,
+    # CF -> CF5 -> CF5F, in one command: the curriculum as CF ran it (stage 5's 12,000 steps with the probe on S_3),
+    # then CF5 as the phase `probe_s5` (a fresh AdamW and probe heads, the probe on S_5, up to 40,000 steps, ended by
+    # the gate: CF5's passed at 10,688), then CF5F's finish. A variant with the probe on S_5 from the start of stage 5
+    # (one run, 2026-12-07) still sat at gate ~0.08 after 23,000 stage-5 steps, 5,000 past where this route broke
+    # its wall, when its checkpoints were lost with the machine; so the recipe keeps the order that was measured.
+    # As one command it has not run end to end (~4.5 h on 2 CPU cores; run it again with
+    # resume_from_checkpoint=latest to continue across sittings).
     "icot_mult_4x4_columns": {
         "task": "icot_mult_4x4",
         "dataset_kwargs": {"chain": "columns_tens_first"},
@@ -136,11 +141,12 @@ RECIPES: dict[str, dict] = {
             "gate_threshold=0.8", "gate_patience=2", "gate_eval_steps=64", "gate_num_examples=256",
             "max_steps_per_stage=12000", "num_train_examples=1000000", "per_device_train_batch_size=32",
             "learning_rate=3e-4", "reset_optimizer=stage", "max_grad_norm=1.0",
-            "probe_head_tokens=[[1,2,3],[4,5,6],[7,8]]", "probe_head_step_shift=[-1,0,0,0,8]",
-            "final_stage_max_steps=40000",
+            "probe_head_tokens=[[1,2,3],[4,5,6],[7,8]]", "probe_head_step_shift=[-1,0,0,0,4]",
             "eval_strategy=no", "eval_batch_size=250", "logging_steps=16", "max_length=256", "save_steps=500",
             "save_total_limit=6", "seed=0",
         ],
+        "phases": [{"name": "probe_s5", "steps": 40000, "gate": True,
+                    "overrides": {"probe_head_step_shift": [-1, 0, 0, 0, 8]}}],
         "finish": {"steps": 4000, "learning_rate": 1e-4},
     },
 }
@@ -215,35 +221,58 @@ def time_box_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def finishing_config(cfg: CoconutConfig, out: Path, finish: dict) -> CoconutConfig:
-    """The finishing phase: the run's config at its final stage only, `finish["steps"]` steps at
-    `finish["learning_rate"]` (default a third of the run's), the gate unable to end it, written to `out`. A resumed
-    run (`resume_from_checkpoint`) continues the phase from its last checkpoint in `out`, or starts it again when it
-    left none (the steps before its first checkpoint are lost either way)."""
-    steps = int(finish["steps"])
+def finishing_phase(finish: dict, cfg: CoconutConfig) -> dict | None:
+    """The recipe's `finish` (with the command line's --finish-* over it) as the last phase: `steps` at
+    `learning_rate` (default a third of the run's), the gate unable to end it. None when it has no steps."""
+    if int(finish.get("steps", 0)) <= 0:
+        return None
+    return {"name": "finish", "steps": int(finish["steps"]),
+            "learning_rate": finish.get("learning_rate") or cfg.learning_rate / 3, "gate": False}
+
+
+def carried_overrides(phases: list[dict], k: int) -> dict:
+    """The CoconutConfig fields phase k runs with changed: each phase's `overrides` carry on into the phases after it
+    (the icot recipe's finish keeps the probe where `probe_s5` moved it)."""
+    return {key: value for ph in phases[: k + 1] for key, value in ph.get("overrides", {}).items()}
+
+
+def phase_config(cfg: CoconutConfig, out: Path, phase: dict, overrides: dict | None = None) -> CoconutConfig:
+    """A phase after the curriculum: the run's config at its final stage only, `phase["steps"]` steps from a fresh
+    AdamW (and fresh probe heads) at `phase["learning_rate"]` (default the run's), with the CoconutConfig fields in
+    `overrides` (`carried_overrides`; default the phase's own) changed, written to `out`. With `"gate": true` the gate may end the phase as it ends a stage
+    (e.g. the icot recipe's stage 5 with the probe moved); otherwise it runs all its steps. A resumed run
+    (`resume_from_checkpoint`) continues the phase from its last checkpoint in `out`, or starts it again when it left
+    none (the steps before its first checkpoint are lost either way)."""
+    steps = int(phase["steps"])
     resume = bool(cfg.resume_from_checkpoint) and bool(list_checkpoints(out))
     return dataclasses.replace(
-        cfg, output_dir=str(out), start_stage=cfg.final_stage, max_steps_per_stage=steps, final_stage_max_steps=None,
-        gate_patience=steps + 1,
-        learning_rate=finish.get("learning_rate") or cfg.learning_rate / 3,
+        cfg, **(phase.get("overrides", {}) if overrides is None else overrides), output_dir=str(out), start_stage=cfg.final_stage,
+        max_steps_per_stage=steps, final_stage_max_steps=None,
+        gate_patience=cfg.gate_patience if phase.get("gate") else steps + 1,
+        learning_rate=phase.get("learning_rate") or cfg.learning_rate,
         resume_from_checkpoint="latest" if resume else None,
         overwrite_output_dir=bool(cfg.resume_from_checkpoint) and not resume)
 
 
 CURRICULUM = "curriculum"
 """Subfolder of --out holding the curriculum's final model and `record.json` (its stage log, steps and wall), written
-when the curriculum ends: a resumed run that finds it goes straight on to the finishing phase."""
+when the curriculum ends; each later phase keeps its end in `<phase>/end` the same way. A resumed run goes on after
+the last of these it finds."""
 
 
-def save_curriculum(model: LatentModel, out: Path, record: dict) -> None:
-    model.save_pretrained(out / CURRICULUM)
-    (out / CURRICULUM / "record.json").write_text(json.dumps(record, indent=1))  # last: it marks the folder whole
+def save_end(model: LatentModel, folder: Path, record: dict) -> None:
+    model.save_pretrained(folder)
+    (folder / "record.json").write_text(json.dumps(record, indent=1))  # last: it marks the folder whole
 
 
-def saved_curriculum(out: Path) -> dict | None:
-    """The record of a curriculum that ended in an earlier run into `out` (None: it has not ended)."""
-    path = out / CURRICULUM / "record.json"
+def saved_end(folder: Path) -> dict | None:
+    """The record of a curriculum or phase that ended in an earlier run into `folder` (None: it has not ended)."""
+    path = folder / "record.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def phase_end(out: Path, name: str) -> Path:
+    return out / CURRICULUM if name == CURRICULUM else out / name / "end"
 
 
 def score(model: LatentModel, evals: list, cfg: CoconutConfig, stage: int, max_new: int) -> tuple[dict, object]:
@@ -305,37 +334,58 @@ def main() -> None:
     assert not {e.question for e in train} & {e.question for e in gate}, "gate problems overlap training problems"
     finish = {**recipe.get("finish", {}), **{k: v for k, v in (("steps", ns.finish_steps),
                                                                ("learning_rate", ns.finish_lr)) if v is not None}}
-    ended = saved_curriculum(out) if cfg.resume_from_checkpoint else None
-    model = LatentModel.from_pretrained(out / CURRICULUM if ended else cot, add_latent_tokens=True)
+    phases = [*recipe.get("phases", []), *filter(None, [finishing_phase(finish, cfg)])]
+    legs = [CURRICULUM, *(ph["name"] for ph in phases)]
+    # a resumed run goes on after the last leg (the curriculum, then each phase) that ended in an earlier run
+    done = max((i for i, name in enumerate(legs) if cfg.resume_from_checkpoint
+                and saved_end(phase_end(out, name))), default=-1)
+    ended = saved_end(phase_end(out, legs[done])) if done >= 0 else None
+    model = LatentModel.from_pretrained(phase_end(out, legs[done]) if ended else cot, add_latent_tokens=True)
     t0 = time.perf_counter()
     from latentrl.logger import read_metrics
 
-    finished = None  # the finishing phase's settings once it has run
+    ran: list[dict] = []  # the phases that ran to their end, in this run or an earlier one
+    # what the legs before the current one did, and where the current one logs (for an interrupted run's account)
+    stage_log, steps, train_wall, leg_dir = [], 0, 0.0, out
     try:
-        if ended:  # a resumed run whose curriculum had ended: on to the finishing phase
-            print(f"the curriculum ended in an earlier run (step {ended['steps']}); resuming from "
-                  f"{out / CURRICULUM}", flush=True)
+        if ended:
+            print(f"{legs[done]} ended in an earlier run (step {ended['steps']}); resuming from "
+                  f"{phase_end(out, legs[done])}", flush=True)
             stage_log, steps, train_wall = ended["stage_log"], ended["steps"], ended["train_wall_s"]
+            ran = phases[:done]
         else:
             history = train_coconut(cfg, model, train, eval_examples=[], gate_examples=gate)
             stage_log, steps, train_wall = history.stage_log, history.steps, history.train_wall_s
         stage = stage_log[-1]["stage/index"]
-        if finish.get("steps", 0) > 0 and stage == cfg.final_stage:
-            if not ended:
-                save_curriculum(model, out, {"stage_log": stage_log, "steps": steps, "train_wall_s": train_wall})
-            fin = train_coconut(finishing_config(cfg, out / "finish", finish), model, train, eval_examples=[],
-                                gate_examples=gate)
-            stage_log = stage_log + [{**r, "finish": True} for r in fin.stage_log]
-            steps, train_wall, finished = steps + fin.steps, train_wall + fin.train_wall_s, finish
+        if stage == cfg.final_stage:  # the phases go on from a curriculum that reached its final stage
+            if phases and not ended:
+                save_end(model, phase_end(out, CURRICULUM),
+                         {"stage_log": stage_log, "steps": steps, "train_wall_s": train_wall})
+            for k, phase in enumerate(phases):
+                if k < done:
+                    continue
+                leg_dir = out / phase["name"]
+                ph = train_coconut(phase_config(cfg, leg_dir, phase, carried_overrides(phases, k)), model, train,
+                                   eval_examples=[], gate_examples=gate)
+                mark = {"phase": phase["name"], **({"finish": True} if phase["name"] == "finish" else {})}
+                stage_log = stage_log + [{**r, **mark} for r in ph.stage_log]
+                steps, train_wall = steps + ph.steps, train_wall + ph.train_wall_s
+                save_end(model, phase_end(out, phase["name"]),
+                         {"stage_log": stage_log, "steps": steps, "train_wall_s": train_wall})
+                ran.append(phase)
     except KeyboardInterrupt:  # a time box (kill, timeout, Ctrl-C): keep the model as it is and score it at its stage
-        records = read_metrics(out) if (out / "metrics.jsonl").is_file() else []
-        # before the first logged step: the model is still the one it started from, at the first stage
-        last = ([r for r in records if "train_wall_s" in r] or [{"stage": cfg.start_stage, "step": 0,
-                                                                 "train_wall_s": time.perf_counter() - t0}])[-1]
-        stage_log = [r for r in records if "stage/index" in r] + [{"stage/index": last["stage"],
-                                                                     "stage/reason": "interrupted"}]
-        stage, steps, train_wall = last["stage"], last["step"], last["train_wall_s"]
-        print(f"interrupted at step {steps}, stage {stage}", flush=True)
+        records = read_metrics(leg_dir) if (leg_dir / "metrics.jsonl").is_file() else []
+        # before the leg's first logged step: the model is still the one it started from, at the leg's first stage
+        first = cfg.start_stage if leg_dir == out else cfg.final_stage
+        last = ([r for r in records if "train_wall_s" in r]
+                or [{"stage": first, "step": 0, "train_wall_s": 0.0 if leg_dir != out else time.perf_counter() - t0}])[-1]
+        mark = {} if leg_dir == out else {"phase": leg_dir.name}
+        stage_log = ([] if leg_dir == out else stage_log) + [{**r, **mark} for r in records if "stage/index" in r] \
+            + [{"stage/index": last["stage"], "stage/reason": "interrupted", **mark}]
+        stage = last["stage"]
+        steps, train_wall = (0, 0.0) if leg_dir == out else (steps, train_wall)
+        steps, train_wall = steps + last["step"], train_wall + last["train_wall_s"]
+        print(f"interrupted at step {steps}, stage {stage}" + (f" ({leg_dir.name})" if mark else ""), flush=True)
     wall = time.perf_counter() - t0
     model.save_pretrained(out)
     try:
@@ -350,7 +400,9 @@ def main() -> None:
         "mean_reasoning_positions": ev["mean_reasoning_positions"], "thought_dependence": dep.to_dict(),
         "stages": stage_log, "steps": steps, "train_wall_s": round(train_wall, 1),
         "wall_s": round(wall, 1), "threads": ns.threads, "config": config_to_dict(cfg), "samples": ev["samples"],
-        "finish": finished,
+        "phases": ran,
+        "finish": next(({"steps": ph["steps"], "learning_rate": ph["learning_rate"]} for ph in ran
+                        if ph["name"] == "finish"), None),
         # the base's draws and this one's (`latentrl.data.provenance`: RL prompts stay off them)
         "train_data": [d.to_dict() for d in read_train_draws(cot)]
         + [TrainDraw.of_train_split(task.dataset, cfg.num_train_examples, cfg.seed, **data_kwargs).to_dict()],

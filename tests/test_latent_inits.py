@@ -14,6 +14,8 @@ from latentrl.model import LatentModel
 from latentrl.sft.coconut import coconut_operator, coconut_prompt_text, coconut_schedule
 from latentrl.thought_dependence import thought_dependence
 
+REPO = Path(__file__).resolve().parents[1]
+
 N = 40  # problems: seconds on one CPU core
 
 
@@ -206,19 +208,86 @@ def test_a_latent_init_run_finishes_with_lower_rate_steps_at_its_final_stage(tmp
     assert {r["learning_rate"] for r in read_metrics(out) if "learning_rate" in r} == {1e-3}
 
 
-def test_the_finishing_phase_runs_its_own_steps_whatever_the_final_stage_cap(tmp_path):
-    """The icot recipe gives its last stage a longer cap (final_stage_max_steps): the finish still takes exactly its
-    own steps, at its rate, from the final stage, with a gate that cannot end it."""
-    from latentrl.config import load_config
+def test_the_icot_recipe_runs_the_measured_route_cf_cf5_cf5f_in_one_command(tmp_path):
+    """`icot_mult_4x4_columns` is the route measured to 98.5 % as three commands (runs CF, CF5, CF5F): its curriculum,
+    its gated `probe_s5` phase and its finish have those runs' recorded configs, field for field, except the fields
+    that only say how often to evaluate and save (and the folders)."""
+    import json
+
+    from latentrl.config import config_to_dict, load_config
     from latentrl.sft.coconut import CoconutConfig
 
     script = _latent_init_script()
     recipe = script.RECIPES["icot_mult_4x4_columns"]
-    cfg = load_config(CoconutConfig, None, [*recipe["overrides"], f"output_dir={tmp_path}"])
-    assert cfg.stage_max_steps(cfg.final_stage) == 40000 and cfg.stage_max_steps(1) == 12000
-    fin = script.finishing_config(cfg, tmp_path / "finish", recipe["finish"])
-    assert fin.start_stage == fin.final_stage == 5 and fin.stage_max_steps(5) == 4000
-    assert fin.learning_rate == 1e-4 and fin.gate_patience > 4000 and fin.resume_from_checkpoint is None
+    cfg = load_config(CoconutConfig, None, [*recipe["overrides"], f"output_dir={tmp_path}", "disable_tqdm=true"])
+    phases = [*recipe["phases"], script.finishing_phase(recipe["finish"], cfg)]
+    legs = {"CF": cfg, **{name: script.phase_config(cfg, tmp_path / ph["name"], ph, script.carried_overrides(phases, k))
+                          for k, (name, ph) in enumerate(zip(("CF5", "CF5F"), phases))}}
+    bench = REPO / "docs" / "bench" / "icot_latent_init"
+    bookkeeping = {"output_dir", "resume_from_checkpoint", "gate_eval_steps", "save_steps", "overwrite_output_dir"}
+    for name, leg in legs.items():
+        ran = json.loads((bench / f"run_{name}_config.json").read_text())
+        ours = config_to_dict(leg)
+        diff = {k for k in set(ran) | set(ours) if ran.get(k) != ours.get(k)} - bookkeeping
+        if name == "CF5F":  # CF5F's gate could not end its 4,000 steps (patience 1,000 evaluations); nor can ours
+            assert ours["gate_patience"] * 64 > 4000 and ran["gate_patience"] * 250 > 4000
+            diff -= {"gate_patience"}
+        assert not diff, (name, {k: (ran.get(k), ours.get(k)) for k in diff})
+    assert legs["CF5"].gate_patience == cfg.gate_patience and legs["CF5"].stage_max_steps(5) == 40000
+    assert legs["CF5F"].learning_rate == 1e-4 and legs["CF5F"].stage_max_steps(5) == 4000
+
+
+def test_a_latent_init_run_goes_through_its_phases_and_a_resumed_one_skips_those_that_ended(tmp_path, monkeypatch):
+    """A recipe's `phases` run after the curriculum, each in its own folder from a fresh optimizer, with their
+    overrides carried into the later phases and the finish last; a gated phase ends when its gate passes. Resumed
+    after a phase ended, the run starts from that phase's saved end and trains none of it again."""
+    import json
+    import sys
+
+    script = _latent_init_script()
+    out = tmp_path / "run"
+    recipe = {**script.RECIPES["chain_sum"],
+              "phases": [{"name": "more", "steps": 3, "gate": True, "overrides": {"probe_weight": 0.5}},
+                         {"name": "plain", "steps": 2, "learning_rate": 2e-4}]}
+    monkeypatch.setitem(script.RECIPES, "chain_sum", recipe)
+    monkeypatch.setattr(script, "time_box_signals", lambda: None)
+    args = ["train_latent_init.py", "chain_sum", "--out", str(out), "--num-eval", "4", "--finish-steps", "2",
+            "num_train_examples=32", "gate_num_examples=4", "max_steps_per_stage=1", "gate_eval_steps=1",
+            "logging_steps=1", "eval_batch_size=4", "gate_threshold=0.0", "gate_patience=1"]
+    train = script.train_coconut
+    calls = []
+
+    def stopped_in_plain(cfg, *a, **kw):  # the run is killed at the start of phase `plain`
+        calls.append(cfg)
+        if cfg.output_dir.endswith("plain"):
+            raise KeyboardInterrupt("SIGTERM")
+        return train(cfg, *a, **kw)
+
+    monkeypatch.setattr(script, "train_coconut", stopped_in_plain)
+    monkeypatch.setattr(sys, "argv", args)
+    script.main()
+    assert [Path(c.output_dir).name for c in calls] == ["run", "more", "plain"]
+    more = calls[1]
+    assert more.start_stage == more.final_stage == 7 and more.learning_rate == 1e-3 and more.probe_weight == 0.5
+    assert more.gate_patience == 1  # the gate (threshold 0: it passes at its first evaluation) ends the phase
+    assert calls[2].probe_weight == 0.5 and calls[2].learning_rate == 2e-4 and calls[2].gate_patience > 2
+    first = json.loads((out / "result.json").read_text())
+    assert first["stages"][-1] == {"stage/index": 7, "stage/reason": "interrupted", "phase": "plain"}
+    assert [r.get("phase") for r in first["stages"]] == [None] * 7 + ["more", "plain"]
+    assert first["stages"][7]["stage/reason"] == "converged" and first["stages"][7]["stage/steps"] == 1
+    assert [p["name"] for p in first["phases"]] == ["more"] and first["finish"] is None
+    assert (out / "curriculum" / "record.json").is_file() and (out / "more" / "end" / "record.json").is_file()
+
+    calls.clear()
+    monkeypatch.setattr(script, "train_coconut", lambda cfg, *a, **kw: calls.append(cfg) or train(cfg, *a, **kw))
+    monkeypatch.setattr(sys, "argv", [*args, "resume_from_checkpoint=latest"])
+    script.main()
+    assert [Path(c.output_dir).name for c in calls] == ["plain", "finish"]  # neither the curriculum nor `more` again
+    assert calls[1].probe_weight == 0.5 and calls[1].learning_rate == 3e-4  # chain_sum's finish
+    result = json.loads((out / "result.json").read_text())
+    assert [p["name"] for p in result["phases"]] == ["more", "plain", "finish"]
+    assert result["steps"] == 7 + 1 + 2 + 2 and result["finish"] == {"steps": 2, "learning_rate": 3e-4}
+    assert [r.get("phase") for r in result["stages"]] == [None] * 7 + ["more", "plain", "finish"]
 
 
 def test_a_resumed_latent_init_run_goes_on_with_its_finishing_phase(tmp_path, monkeypatch):
