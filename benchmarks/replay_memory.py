@@ -53,8 +53,10 @@ def worker(a: argparse.Namespace) -> dict:
 
     path, batch, completion = a.worker[0], int(a.worker[1]), int(a.worker[2])
     torch.set_num_threads(a.threads)
-    if path == "autograd":
-        replay_module.fused_head_weight = lambda head, h: None
+    if path == "autograd":  # the token scores take the autograd path where no fused weight is found
+        import latentrl.head_logprobs as head_logprobs
+
+        head_logprobs.fused_head_weight = replay_module.fused_head_weight = lambda head, h: None
     lm = tiny_latent_model("qwen2", [f"w{i}" for i in range(max(0, a.vocab_size - 40))], seed=0, hidden=a.hidden)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, lm.vocab_size, (batch, a.prompt_len), generator=g)

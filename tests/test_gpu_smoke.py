@@ -31,5 +31,9 @@ def test_gpu_smoke_script_runs_every_method_on_cpu():
         assert r["devices"] == ["cpu"] and r["losses"] and 0.0 <= r["pass_at_1"] <= 1.0, r
     for r in out["results"][: len(methods)]:
         assert r["device"] == "cpu" and r["params_off_device"] == []
-        assert r["replay_max_abs_diff"] <= 1e-5, r  # float32 on the CPU: replay equals the rollout
+        # float32 on the CPU: replay equals the rollout up to rounding. Latent-GRPO's exact likelihood is a log of
+        # sums over a few hundred competitors, computed from the logits in the rollout and from the log-softmax in
+        # the replay: 1.05e-5 on one CPU (2026-12-07), a few ulp of its magnitude
+        tol = 5e-5 if r["method"].endswith(":likelihood") else 1e-5
+        assert r["replay_max_abs_diff"] <= tol, r
         assert r["positions"] > 0

@@ -490,6 +490,43 @@ def test_superposition_sft_batch_layout_and_learning(tmp_path):
     assert loss1 < 0.7 * loss0 and stats["kl"] >= 0 and hist.steps == 25
 
 
+@pytest.mark.parametrize("path", ["buffers", "autograd"])
+def test_superposition_loss_equals_a_reference_on_the_hf_models_own_logits(path, monkeypatch):
+    """The superposition SFT loss scores the LM head a chunk of positions at a time (no (B, T, V) logits); it equals
+    CE + KL written on the HF model's own full logits, in value, stats and every parameter's gradient."""
+    import torch.nn.functional as F
+
+    from latentrl.thoughts.base import mix_embeddings
+
+    if path == "autograd":
+        monkeypatch.setattr("latentrl.head_logprobs.fused_head_weight", lambda head, h: None)
+    lm = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32)
+    ex = make_examples("chain_sum", 6, seed=1, length=3)
+    cfg = SuperpositionSFTConfig(top_k=5, kl_weight=0.7, disable_tqdm=True)
+    b = build_superposition_batch(encode_superposition_examples(lm.tokenizer, ex, cfg), lm.tokenizer.pad_token_id)
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    loss, stats = superposition_loss(lm, b, cfg)
+    grads = torch.autograd.grad(loss, params)
+
+    lat, mask = b["latent_mask"], b["attention_mask"]
+    emb = torch.where(lat[..., None], mix_embeddings(lm, b["latent_ids"], b["latent_weights"]),
+                      lm.model.get_input_embeddings()(b["input_ids"]))
+    logits = lm.model(inputs_embeds=emb, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).logits
+    labels = b["labels"][:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    logp = logits[:, :-1][lat[:, 1:]].log_softmax(-1)
+    q, qi = b["latent_weights"][:, 1:][lat[:, 1:]], b["latent_ids"][:, 1:][lat[:, 1:]]
+    kl = (q * (q.clamp_min(1e-12).log() - logp.gather(-1, qi))).sum(-1).mean()
+    ref = cfg.ce_weight * ce + cfg.kl_weight * kl
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert stats["ce"] == pytest.approx(ce.item(), rel=1e-5) and stats["kl"] == pytest.approx(kl.item(), rel=1e-5)
+    assert stats["latent_top1_accuracy"] == pytest.approx(float((logp.argmax(-1) == qi[:, 0]).float().mean()))
+    mass = logp.exp().gather(-1, qi).masked_fill(q == 0, 0.0).sum(-1).mean()
+    assert stats["latent_target_mass"] == pytest.approx(mass.item(), rel=1e-5)
+    for a, r in zip(grads, torch.autograd.grad(ref, params)):
+        torch.testing.assert_close(a, r, atol=1e-6, rtol=1e-4)
+
+
 @pytest.mark.parametrize("threshold, reason, steps", [(0.0, "converged", 4), (1.5, "max_steps", 12)])
 def test_superposition_sft_converged_mode_stops_at_the_gate(threshold, reason, steps):
     """Threshold 0 passes every gate evaluation (patience 2, every 2 steps -> stop at step 4); 1.5 never does."""

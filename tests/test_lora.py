@@ -104,6 +104,7 @@ def test_lora_trains_only_adapters_and_side_modules_and_resumes_exactly(tmp_path
     if t.args.beta > 0:  # reference log-probs: adapter disabled == the untouched base model, exactly
         # the same scoring code for both (a wrapped head takes the autograd path, a plain one the buffer path)
         monkeypatch.setattr("latentrl.replay.fused_head_weight", lambda head, h: None)
+        monkeypatch.setattr("latentrl.head_logprobs.fused_head_weight", lambda head, h: None)
         batch = t.generate_and_score(t.rows[:2])
         with t.reference_context():
             ref = t.method.reference_logprobs(t.ctx, batch)

@@ -75,6 +75,7 @@ def test_large_vocab_replay_materialises_one_chunk_of_logits_at_a_time(path, nam
     head chunk by chunk (its log-prob reads their whole rows); a deterministic operator's never (no log-prob)."""
     if path == "autograd":
         monkeypatch.setattr("latentrl.replay.fused_head_weight", lambda head, h: None)
+        monkeypatch.setattr("latentrl.head_logprobs.fused_head_weight", lambda head, h: None)
     V, chunk = 50_000, 8
     lm = tiny_latent_model("qwen2", ["Tom", "is", "a", "cat"], seed=0, hidden=32)
     lm.model.resize_token_embeddings(V, mean_resizing=False)
@@ -134,3 +135,51 @@ def test_large_vocab_replay_materialises_one_chunk_of_logits_at_a_time(path, nam
 def test_fp16_on_cpu_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="fp16.*GPU"):
         trainer(tmp_path, mixed_precision="fp16")
+
+
+@pytest.mark.parametrize("kind", ["cot", "coconut"])
+@pytest.mark.parametrize("path", ["buffers", "autograd"])
+def test_large_vocab_sft_losses_never_form_the_batch_logits(kind, path, monkeypatch):
+    """V = 50k: a CoT SFT step and a Coconut forward keep nothing V wide for the backward, and the LM-head module is
+    never run on the batch: not at all on the buffer path (`head_token_logprobs`), a chunk of positions at a time on
+    the autograd path. (The logits of B x T positions are gigabytes at a real vocabulary.)"""
+    from latentrl.head_logprobs import default_logits_chunk
+    from latentrl.sft.coconut import CoconutConfig
+    from latentrl.sft.coconut.data import build_stage_sample, tokenize_example
+    from latentrl.sft.coconut.forward import coconut_forward, collate_coconut
+    from latentrl.sft.cot import CoTSFTConfig, build_sft_batch, encode_examples, train_sft
+
+    if path == "autograd":
+        monkeypatch.setattr("latentrl.head_logprobs.fused_head_weight", lambda head, h: None)
+    V = 50_000
+    chunk = default_logits_chunk(V)
+    lm = tiny_latent_model("qwen2", task_vocabulary("chain_sum"), seed=0, hidden=32)
+    lm.model.resize_token_embeddings(V, mean_resizing=False)
+    data = make_examples("chain_sum", 8, 0, length=3)
+    rows: list[int] = []
+    lm.model.get_output_embeddings().register_forward_hook(lambda m, i, out: rows.append(out.reshape(-1, V).shape[0]))
+    saved_v_wide: list[tuple[int, ...]] = []
+
+    def pack(t):
+        if t.dim() >= 1 and t.shape[-1] == V:
+            saved_v_wide.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        if kind == "cot":
+            cfg = CoTSFTConfig(max_steps=1, per_device_train_batch_size=8, eval_steps=0, disable_tqdm=True)
+            batch = build_sft_batch(encode_examples(lm.tokenizer, data, "cot"), lm.tokenizer.pad_token_id)
+            positions = int((batch["labels"][:, 1:] != -100).sum())  # the positions a label follows
+            assert positions < batch["labels"].numel() and positions > chunk
+            train_sft(cfg, lm, data)
+        else:
+            c = CoconutConfig(max_latent_stage=3, c_thought=1, disable_tqdm=True)
+            toks = [tokenize_example(lm.tokenizer, ex) for ex in data]
+            b = collate_coconut([build_stage_sample(t, 1, c, lm.latent_ids) for t in toks], lm.tokenizer.pad_token_id)
+            positions = int((b.labels[:, 1:] != -100).sum())
+            coconut_forward(lm, b, bptt=True).loss.backward()
+    assert saved_v_wide == []
+    if path == "buffers":
+        assert rows == []
+    else:
+        assert rows and all(n <= chunk for n in rows) and sum(rows) == 2 * positions  # forward + recompute

@@ -207,6 +207,7 @@ def test_replay_buffer_path_equals_the_autograd_path(tiny, prompts, name, monkey
 
     a, ga = run()
     monkeypatch.setattr(replay_module, "fused_head_weight", lambda head, h: None)
+    monkeypatch.setattr("latentrl.head_logprobs.fused_head_weight", lambda head, h: None)
     b, gb = run()
     torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(a.entropy, b.entropy, atol=1e-5, rtol=1e-4)
@@ -224,6 +225,7 @@ def test_an_all_latent_rollout_replays_with_a_zero_token_entropy(tiny, prompts, 
 
     if path == "autograd":
         monkeypatch.setattr(replay_module, "fused_head_weight", lambda head, h: None)
+        monkeypatch.setattr("latentrl.head_logprobs.fused_head_weight", lambda head, h: None)
     ids, mask = prompts
     op = build_thought_operator("soft_mixture", top_k=5)
     r = generate_rollout(tiny, ids, mask, SamplingParams(max_new_positions=4, stop_token_ids=[-1]), op,

@@ -226,3 +226,48 @@ def test_no_cot_mode_trains_on_the_answer_only():
         assert tok.decode(t, skip_special_tokens=True).split() == ["####", *ex.answer.split()]
     # the no-CoT eval budget is the short target, not a CoT-sized one
     assert hist.final_eval["mean_reasoning_positions"] <= max(len(t) for _, t in enc) + 8
+
+
+@pytest.mark.parametrize("path", ["buffers", "autograd"])
+def test_the_loss_from_hidden_states_equals_the_logits_loss_and_hf_loss(path, monkeypatch):
+    """`masked_lm_loss_from_hidden` (what CoT SFT trains with: the LM head a few positions at a time) gives
+    `masked_lm_loss` on the full logits and HF's own `labels=` loss, the same gradient in every parameter, and the
+    same accuracy stats; on both scoring paths (a plain float32 head's reused buffers; any other head's autograd)."""
+    from latentrl.sft.cot import masked_lm_loss_from_hidden
+
+    if path == "autograd":
+        monkeypatch.setattr("latentrl.head_logprobs.fused_head_weight", lambda head, h: None)
+    lm = tiny_latent_model("qwen2", seed=1)
+    tok = lm.tokenizer
+    batch = build_sft_batch(encode_examples(tok, EXAMPLES, "cot"), tok.pad_token_id)
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    hf = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    ref_loss, ref_stats = masked_lm_loss(hf.logits, batch["labels"])
+    ref_grads = torch.autograd.grad(hf.loss, params)
+    _, hidden, _ = lm.forward_embeds(lm.embed(batch["input_ids"]), attention_mask=batch["attention_mask"],
+                                     compute_logits=False)
+    loss, stats = masked_lm_loss_from_hidden(lm.model.get_output_embeddings(), hidden, batch["labels"], chunk=3)
+    grads = torch.autograd.grad(loss, params)
+    assert loss.item() == pytest.approx(hf.loss.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
+    for key in ("num_tokens", "token_accuracy", "sequence_accuracy"):
+        assert stats[key].item() == pytest.approx(ref_stats[key].item(), abs=1e-7), key
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_token_accuracy_from_hidden_counts_the_argmax_like_the_logits_version():
+    """A hand-built head whose argmax is the label at some positions and not at others: the stats from hidden states
+    equal those from the logits (`logprobs >= max_logprob` reads the argmax exactly on the buffer path)."""
+    from latentrl.sft.cot import masked_lm_loss_from_hidden
+
+    head = torch.nn.Linear(3, 5, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(5, 3) * 4.0)  # hidden e_k -> logit 4 at id k (k < 3), 0 elsewhere
+    hidden = torch.eye(3)[[0, 1, 2, 0]][None]  # (1, 4, 3): argmax ids 0, 1, 2, (0)
+    labels = torch.tensor([[-100, 0, 2, 2]])  # position 0 predicts 0 (right), 1 predicts 2 (wrong), 2 predicts 2
+    loss, stats = masked_lm_loss_from_hidden(head, hidden, labels)
+    ref_loss, ref_stats = masked_lm_loss(head(hidden), labels)
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    assert stats["token_accuracy"].item() == pytest.approx(2 / 3) == ref_stats["token_accuracy"].item()
+    assert stats["sequence_accuracy"].item() == 0.0 == ref_stats["sequence_accuracy"].item()

@@ -23,13 +23,16 @@ d f / d z = c - p * sum(c) with c = d f / d lp. `row_logprob` is the same functi
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from latentrl.sampling import exp_weights_
 
-__all__ = ["RowLogprobFn", "fused_head_weight", "head_row_logprobs", "head_token_logprobs", "row_logprob"]
+__all__ = ["CPU_CHUNK_BYTES", "HeadScores", "RowLogprobFn", "default_logits_chunk", "fused_head_weight", "head_row_logprobs",
+           "head_token_logprobs", "in_chunks", "lm_head_token_logprobs", "row_logprob"]
 
 RowLogprobFn = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
 """fn(lp, coef, rows) -> (n,) values for rows `rows` of a batch, from lp (n, V) = log_softmax(logits / T) of those
@@ -94,12 +97,13 @@ def _backward_through_head(ctx, hidden: torch.Tensor, weight: torch.Tensor, lse:
 
 class _HeadTokenLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, ids, temperature, chunk, want_entropy):  # noqa: D102
+    def forward(ctx, hidden, weight, ids, temperature, chunk, want_entropy, want_max=False):  # noqa: D102
         N = hidden.shape[0]
         c = max(1, min(chunk, N))
         buf, tmp = hidden.new_empty((c, weight.shape[0])), hidden.new_empty((c, weight.shape[0]))
         lp, lse = hidden.new_empty(ids.shape), hidden.new_empty((N, 1))
         ent = hidden.new_empty(N) if want_entropy else None
+        top = hidden.new_empty(N) if want_max else None
         wt = weight.t()
         for s in range(0, N, c):
             e = min(s + c, N)
@@ -109,16 +113,17 @@ class _HeadTokenLogprobs(torch.autograd.Function):
                 lp[s:e] = z.gather(-1, ids[s:e, None]).squeeze(-1)
             else:  # (N, K): the log-prob of each of K ids
                 lp[s:e] = z.gather(-1, ids[s:e])
+            if want_max:  # the largest entry of z is (max - max) - log total: exactly -log total
+                top[s:e] = total.log().neg_().squeeze(-1)
             if want_entropy:  # -sum p log p, p = w / total
                 ent[s:e] = -(w.div_(total).mul_(z)).sum(-1)
         ctx.save_for_backward(hidden, weight, ids, lse)
         ctx.temperature, ctx.chunk = temperature, c
-        if ent is not None:
-            ctx.mark_non_differentiable(ent)
-        return lp, ent
+        ctx.mark_non_differentiable(*(t for t in (ent, top) if t is not None))
+        return lp, ent, top
 
     @staticmethod
-    def backward(ctx, grad_lp, _grad_ent):  # noqa: D102
+    def backward(ctx, grad_lp, _grad_ent, _grad_top):  # noqa: D102
         hidden, weight, ids, lse = ctx.saved_tensors
 
         def logit_grad(lp: torch.Tensor, s: int, e: int) -> torch.Tensor:
@@ -127,7 +132,7 @@ class _HeadTokenLogprobs(torch.autograd.Function):
             # sum_k g_k (onehot(id_k) - p): d lp / d (logits / T) times the upstream gradient
             return exp_weights_(lp).mul_(-g.sum(-1, keepdim=True)).scatter_add_(-1, idx, g)
 
-        return (*_backward_through_head(ctx, hidden, weight, lse, logit_grad), None, None, None, None)
+        return (*_backward_through_head(ctx, hidden, weight, lse, logit_grad), None, None, None, None, None)
 
 
 def head_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
@@ -137,7 +142,81 @@ def head_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.T
     chosen K); differentiable in hidden and weight. `chunk` rows per pass."""
     if ids.dim() not in (1, 2) or ids.shape[0] != hidden.shape[0]:
         raise ValueError(f"ids must be (N,) or (N, K) for hidden (N, H) = {tuple(hidden.shape)}, got {tuple(ids.shape)}")
-    return _HeadTokenLogprobs.apply(hidden, weight, ids, temperature, chunk, entropy)
+    lp, ent, _ = _HeadTokenLogprobs.apply(hidden, weight, ids, temperature, chunk, entropy)
+    return lp, ent
+
+
+class HeadScores(NamedTuple):
+    """What `lm_head_token_logprobs` returns for N rows."""
+
+    logprobs: torch.Tensor
+    """(N,) log_softmax(logits / T) at each row's id, differentiable."""
+    entropy: torch.Tensor | None
+    """(N,) entropy of each row's distribution (no gradient), when asked for."""
+    max_logprob: torch.Tensor | None
+    """(N,) the row's largest log-prob (no gradient), when asked for: the id is the argmax where logprobs equals it."""
+
+
+def lm_head_token_logprobs(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
+                           chunk: int | None = None, entropy: bool = False, max_logprob: bool = False) -> HeadScores:
+    """log_softmax(head(hidden) / T) at `ids` (N,) or (N, K) for hidden (N, H), never holding more than `chunk` rows of logits
+    (default `default_logits_chunk`): the replay's token scores and the SFT losses at any vocabulary. A plain float32
+    CPU head runs in reused buffers (`head_token_logprobs`); any other head (LoRA, quantised, bf16, CUDA) runs
+    through `head` itself under autograd, each chunk checkpointed."""
+    if ids.dim() not in (1, 2) or ids.shape[0] != hidden.shape[0]:
+        raise ValueError(f"ids must be (N,) or (N, K) for hidden (N, H) = {tuple(hidden.shape)}, got {tuple(ids.shape)}")
+    vocab = getattr(head, "out_features", None) or getattr(getattr(head, "weight", None), "shape", (1,))[0]
+    c = max(1, chunk or default_logits_chunk(vocab, hidden.device))
+    weight = fused_head_weight(head, hidden)
+    if weight is not None:
+        return HeadScores(*_HeadTokenLogprobs.apply(hidden, weight, ids, temperature, c, entropy, max_logprob))
+
+    def scores(h_chunk: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logp = (head(h_chunk).float() / temperature).log_softmax(-1)
+        stats = None
+        if entropy or max_logprob:  # metrics: outside autograd, or a checkpointed chunk's recompute would keep its
+            with torch.no_grad():  # (chunk x V) tensors until the whole backward ends (never unpacked)
+                stats = torch.stack([-(logp.exp() * logp).sum(-1) if entropy else logp[:, 0],
+                                     logp.amax(-1) if max_logprob else logp[:, 0]], -1)
+        return (logp.gather(-1, ids[rows, None]).squeeze(-1) if ids.dim() == 1 else logp.gather(-1, ids[rows])), stats
+
+    lp, stats = in_chunks(scores, hidden, c)
+    if stats is None and (entropy or max_logprob):  # no row at all
+        stats = lp.new_zeros(0, 2)
+    return HeadScores(lp, stats[:, 0] if entropy else None, stats[:, 1] if max_logprob else None)
+
+
+CPU_CHUNK_BYTES = 24 << 20
+"""On the CPU, a float32 logits chunk is kept under glibc's 32 MB mmap ceiling: larger temporaries are mapped and
+page-faulted afresh for every chunk. At V = 151,936, replay + backward of 1024 positions took 8.5 s with 1024- (and
+256-) position chunks, about half of it system time, and 4.8 s with 48-position chunks, no system time
+(benchmarks/replay_chunks.py, docs/bench/speed/replay_chunks_v151936.txt)."""
+
+
+def default_logits_chunk(vocab_size: int, device: torch.device | str = "cpu") -> int:
+    """Positions per logits chunk: 1024; on the CPU fewer, so that a float32 chunk stays under CPU_CHUNK_BYTES."""
+    if torch.device(device).type != "cpu":
+        return 1024
+    return max(1, min(1024, CPU_CHUNK_BYTES // (4 * max(1, vocab_size))))
+
+
+def in_chunks(score, h: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`score(h[rows], rows)` -> (values, optional metric) over `chunk` rows at a time, concatenated. With gradients
+    each chunk is checkpointed: autograd keeps only the chunk's hidden states and recomputes its logits in the
+    backward pass, one chunk at a time, so no (rows x V) tensor is ever alive (tests/test_replay.py)."""
+    checkpointed = torch.is_grad_enabled() and h.requires_grad
+    parts, metrics = [], []
+    for start in range(0, h.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        if checkpointed:
+            out, metric = torch.utils.checkpoint.checkpoint(score, h[rows], rows, use_reentrant=False)
+        else:
+            out, metric = score(h[rows], rows)
+        parts.append(out)
+        if metric is not None:
+            metrics.append(metric)
+    values = torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
+    return values, (torch.cat(metrics) if metrics else None)
 
 
 class _RowLogprob(torch.autograd.Function):

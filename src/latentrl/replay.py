@@ -11,11 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.utils.checkpoint
 from transformers import DynamicCache
 
 from latentrl.decoding import shared_prompt_rows
-from latentrl.head_logprobs import fused_head_weight, head_row_logprobs, head_token_logprobs
+from latentrl.head_logprobs import (  # noqa: F401  (CPU_CHUNK_BYTES, default_logits_chunk: imported from here too)
+    CPU_CHUNK_BYTES,
+    default_logits_chunk,
+    fused_head_weight,
+    head_row_logprobs,
+    head_token_logprobs,
+    in_chunks,
+    lm_head_token_logprobs,
+)
 from latentrl.model import LatentModel
 from latentrl.rollout import Rollout
 from latentrl.thoughts.base import ThoughtOperator
@@ -38,20 +45,6 @@ def completion_embeds(model: LatentModel, operator: ThoughtOperator | None, roll
         )
         embeds = embeds.masked_scatter(lat[..., None], rebuilt.to(embeds.dtype))
     return embeds
-
-
-CPU_CHUNK_BYTES = 24 << 20
-"""On the CPU, a float32 logits chunk is kept under glibc's 32 MB mmap ceiling: larger temporaries are mapped and
-page-faulted afresh for every chunk. At V = 151,936, replay + backward of 1024 positions took 8.5 s with 1024- (and
-256-) position chunks, about half of it system time, and 4.8 s with 48-position chunks, no system time
-(benchmarks/replay_chunks.py, docs/bench/speed/replay_chunks_v151936.txt)."""
-
-
-def default_logits_chunk(vocab_size: int, device: torch.device | str = "cpu") -> int:
-    """Positions per logits chunk: 1024; on the CPU fewer, so that a float32 chunk stays under CPU_CHUNK_BYTES."""
-    if torch.device(device).type != "cpu":
-        return 1024
-    return max(1, min(1024, CPU_CHUNK_BYTES // (4 * max(1, vocab_size))))
 
 
 def replay(
@@ -113,21 +106,9 @@ def replay(
     # token positions: log_softmax(logits / T) at the stored id; latent positions: the operator's log-prob
     tok = ~lat if operator is not None and bool(lat.any()) else None  # None: every position is a token
     h_tok, ids_tok = (flat_h, ids) if tok is None else (flat_h[tok], ids[tok])
-    weight = fused_head_weight(model.model.get_output_embeddings(), h_tok)
-    if weight is not None:  # reused (chunk x V) buffers, flat memory at any length (latentrl.head_logprobs)
-        lp, ent = head_token_logprobs(h_tok, weight, ids_tok, temp, chunk, compute_entropy)
-    else:
-        def token_scores(h_chunk: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
-            logp = (model.lm_head(h_chunk).float() / temp).log_softmax(-1)
-            ent = None
-            if compute_entropy:  # a metric: outside autograd, or a checkpointed chunk's recompute would keep its
-                with torch.no_grad():  # (chunk x V) tensors until the whole backward ends (never unpacked)
-                    ent = -(logp.exp() * logp).sum(-1)
-            return logp.gather(-1, ids_tok[rows, None]).squeeze(-1), ent
-
-        lp, ent = _in_chunks(token_scores, h_tok, chunk)
-        if compute_entropy and ent is None:  # no token position at all
-            ent = lp.new_zeros(lp.shape)
+    # reused (chunk x V) buffers for a plain head, checkpointed chunks otherwise: flat memory at any length
+    lp, ent, _ = lm_head_token_logprobs(model.model.get_output_embeddings(), h_tok, ids_tok, temp, chunk,
+                                        compute_entropy)
     if tok is not None and operator.stochastic:
         payload = {k: v.reshape(B * C, *v.shape[2:])[lat] for k, v in rollout.payload.items()}
         ids_lat = ids[lat]
@@ -147,7 +128,7 @@ def replay(
                 logits = model.lm_head(h_chunk).float() if operator.needs_logits else None
                 return operator.log_prob(logits, ids_lat[rows], {k: v[rows] for k, v in payload.items()}).float(), None
 
-            op_lp, _ = _in_chunks(latent_scores, flat_h[lat], chunk)
+            op_lp, _ = in_chunks(latent_scores, flat_h[lat], chunk)
     elif tok is not None:  # deterministic latents carry no log-prob (`ThoughtOperator.log_prob`): no LM head there
         op_lp = lp.new_zeros(int(lat.sum()))
     if tok is not None:
@@ -156,22 +137,3 @@ def replay(
     logprobs = lp.view(B, C)
     entropy = ent.view(B, C) if ent is not None else None
     return ReplayOutput(logprobs=logprobs, entropy=entropy, hidden=comp_hidden if return_hidden else None)
-
-
-def _in_chunks(score, h: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`score(h[rows], rows)` -> (values, optional metric) over `chunk` rows at a time, concatenated. With gradients
-    each chunk is checkpointed: autograd keeps only the chunk's hidden states and recomputes its logits in the
-    backward pass, one chunk at a time, so no (rows x V) tensor is ever alive (tests/test_replay.py)."""
-    checkpointed = torch.is_grad_enabled() and h.requires_grad
-    parts, metrics = [], []
-    for start in range(0, h.shape[0], chunk):
-        rows = slice(start, start + chunk)
-        if checkpointed:
-            out, metric = torch.utils.checkpoint.checkpoint(score, h[rows], rows, use_reentrant=False)
-        else:
-            out, metric = score(h[rows], rows)
-        parts.append(out)
-        if metric is not None:
-            metrics.append(metric)
-    values = torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
-    return values, (torch.cat(metrics) if metrics else None)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from latentrl.config import cfg_field
 from latentrl.data.schema import Example, format_cot, format_no_cot, format_prompt
+from latentrl.head_logprobs import lm_head_token_logprobs
 from latentrl.model import LatentModel
 from latentrl.sft.config import MetricsOutputConfig, StepScheduleConfig, sft_default
 from latentrl.sft.loop import StepLoop, lr_lambda
@@ -37,6 +38,7 @@ __all__ = [
     "encode_examples",
     "lr_lambda",
     "masked_lm_loss",
+    "masked_lm_loss_from_hidden",
     "sft_target",
     "train_sft",
 ]
@@ -167,6 +169,31 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return loss, stats
 
 
+def masked_lm_loss_from_hidden(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
+                               chunk: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`masked_lm_loss(head(hidden), labels)` without the (B, T, V) logits: the LM head runs only at positions
+    followed by a label, `chunk` of them at a time (`lm_head_token_logprobs`; at V = 151,936 a batch's logits alone
+    would be gigabytes). Same loss, gradient and stats (a token counts as right where its log-prob is the row's
+    largest: on a tie between the label and another id this counts it right, where argmax may pick the other)."""
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE_INDEX
+    n = mask.sum()
+    if int(n) == 0:
+        raise ValueError("no target tokens in the batch (all labels are -100)")
+    scores = lm_head_token_logprobs(head, hidden[:, :-1][mask], shift_labels[mask], chunk=chunk, max_logprob=True)
+    loss = -scores.logprobs.sum() / n
+    with torch.no_grad():
+        right = torch.zeros_like(mask).masked_scatter_(mask, scores.logprobs >= scores.max_logprob)
+        rows = mask.any(-1)
+        seq_ok = (right | ~mask).all(-1) & rows
+        stats = {
+            "num_tokens": n.detach(),
+            "token_accuracy": right.sum().float() / n,
+            "sequence_accuracy": seq_ok.sum().float() / rows.sum().clamp_min(1),
+        }
+    return loss, stats
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,8 +252,9 @@ def train_sft(
 
     def loss_fn(idx: list[int], mine: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = {k: v.to(model.device) for k, v in build_sft_batch([encoded[i] for i in mine], pad_id).items()}
-        out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        loss, stats = masked_lm_loss(out.logits, batch["labels"])
+        _, hidden, _ = model.forward_embeds(model.embed(batch["input_ids"]), attention_mask=batch["attention_mask"],
+                                            compute_logits=False)
+        loss, stats = masked_lm_loss_from_hidden(model.model.get_output_embeddings(), hidden, batch["labels"])
         # the token mean over the global batch: this process's mean weighted by its share of the tokens
         share = float(stats["num_tokens"]) / _target_tokens([encoded[i] for i in idx])
         rows = len(mine) / len(idx)

@@ -42,9 +42,10 @@ import torch
 
 from latentrl.config import ConfigError, cfg_field
 from latentrl.data.schema import Example, format_no_cot, format_prompt
+from latentrl.head_logprobs import lm_head_token_logprobs
 from latentrl.model import LatentModel
 from latentrl.sft.config import MetricsOutputConfig, StageGateConfig, StepScheduleConfig, sft_default
-from latentrl.sft.cot import IGNORE_INDEX, SFTHistory, masked_lm_loss
+from latentrl.sft.cot import IGNORE_INDEX, SFTHistory, masked_lm_loss_from_hidden
 from latentrl.sft.gate import STAGE_ADVANCE_CHOICES, StageGate
 from latentrl.sft.loop import StepLoop
 from latentrl.thoughts.base import mix_embeddings
@@ -293,10 +294,12 @@ def self_fed_latents(model: LatentModel, emb: torch.Tensor, batch: dict[str, tor
     and zeros elsewhere. One no-grad forward."""
     op = deterministic_topk_operator(top_k)
     mask = batch["attention_mask"]
-    logits, _, _ = model.forward_embeds(emb, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0))
+    _, hidden, _ = model.forward_embeds(emb, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+                                        compute_logits=False)
     target = batch["latent_mask"][:, 1:]
     out = torch.zeros_like(emb)
-    out[:, 1:][target] = op.step(model, logits[:, :-1][target], None).embeds.to(emb.dtype)
+    logits = model.lm_head(hidden[:, :-1][target])  # the latent positions' rows only
+    out[:, 1:][target] = op.step(model, logits, None).embeds.to(emb.dtype)
     return out
 
 
@@ -320,24 +323,25 @@ def superposition_loss(
         emb = torch.where((lat & draw)[..., None], own, emb)
     mask = batch["attention_mask"]
     position = (mask.cumsum(-1) - 1).clamp_min(0)
-    logits, _, _ = model.forward_embeds(emb, attention_mask=mask, position_ids=position)
-    ce, ce_stats = masked_lm_loss(logits, batch["labels"])
+    _, hidden, _ = model.forward_embeds(emb, attention_mask=mask, position_ids=position, compute_logits=False)
+    head = model.model.get_output_embeddings()  # run a chunk of positions at a time: no (B, T, V) logits
+    ce, ce_stats = masked_lm_loss_from_hidden(head, hidden, batch["labels"])
 
     # logits at t-1 predict latent t
     target = lat[:, 1:]
     stats = {"ce": float(ce.detach()), "token_accuracy": float(ce_stats["token_accuracy"]),
              "answer_accuracy": float(ce_stats["sequence_accuracy"])}
     if bool(target.any()):
-        logp = logits[:, :-1][target].float().log_softmax(-1)  # (N, V)
         q = batch["latent_weights"][:, 1:][target].float()  # (N, K)
         qi = batch["latent_ids"][:, 1:][target]
-        kl = (q * (q.clamp_min(1e-12).log() - logp.gather(-1, qi))).sum(-1).mean()
+        scores = lm_head_token_logprobs(head, hidden[:, :-1][target], qi, max_logprob=True)
+        kl = (q * (q.clamp_min(1e-12).log() - scores.logprobs)).sum(-1).mean()
         with torch.no_grad():
-            top1 = (logp.argmax(-1) == qi[:, 0]).float().mean()
-            mass = logp.exp().gather(-1, qi).masked_fill(q == 0, 0.0).sum(-1).mean()
+            top1 = (scores.logprobs[:, 0] >= scores.max_logprob).float().mean()
+            mass = scores.logprobs.exp().masked_fill(q == 0, 0.0).sum(-1).mean()
         stats.update({"kl": float(kl.detach()), "latent_top1_accuracy": float(top1), "latent_target_mass": float(mass)})
     else:
-        kl = logits.new_zeros(())
+        kl = hidden.new_zeros((), dtype=torch.float32)
         stats["kl"] = 0.0
     if whole is not None:  # this share's parts of the global means
         ce_share, kl_share, row_share = (m / max(w, 1) for m, w in zip(superposition_counts(batch), whole))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
+from latentrl.head_logprobs import lm_head_token_logprobs
 from latentrl.model import LatentModel
 from latentrl.sft.coconut.config import IGNORE_INDEX
 from latentrl.sft.coconut.data import CoconutSample
@@ -232,9 +233,10 @@ def coconut_forward(
     count = int(sel.sum())
     if count == 0:
         raise ValueError("no target tokens in the batch (all labels are -100)")
-    logits = model.lm_head(hidden[:, :-1][sel]).float()
     gold = target[sel]
-    loss_sum = F.cross_entropy(logits, gold, reduction="sum")
+    # the head runs a chunk of positions at a time (no (count x V) logits: gigabytes at V = 151,936)
+    scores = lm_head_token_logprobs(model.model.get_output_embeddings(), hidden[:, :-1][sel], gold, max_logprob=True)
+    loss_sum = -scores.logprobs.sum()
     loss = loss_sum / (normalizer if normalizer is not None else count)
     probe_loss = probe_acc = float("nan")
     if batch.probe_labels is not None:
@@ -268,7 +270,7 @@ def coconut_forward(
             loss = loss + distill_weight * d * (count / (normalizer if normalizer is not None else count))
         dist = float(d.detach())
     with torch.no_grad():
-        acc = float((logits.argmax(-1) == gold).float().mean())
+        acc = float((scores.logprobs >= scores.max_logprob).float().mean())
         lat = batch.latent_mask[:, batch.latent_start : batch.latent_start + thoughts.shape[1]]
         norm = float(thoughts[lat].float().norm(dim=-1).mean()) if bool(lat.any()) else 0.0
     return CoconutOutput(loss, count, acc, forwards, norm, hidden if return_hidden else None, probe_loss, probe_acc,

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from latentrl.data.schema import Example
+from latentrl.head_logprobs import lm_head_token_logprobs
 from latentrl.model import LatentModel
 from latentrl.optimizer_steps import my_share
 from latentrl.sft.coconut.config import IGNORE_INDEX, CoconutConfig, stage_of_epoch
@@ -379,11 +379,12 @@ def coconut_gate_metrics(model: LatentModel, tokenized: Sequence[TokenizedExampl
                                                                                      if x != IGNORE_INDEX))
                 seg[i, first : first + len(_first_segment(t, stage, cfg))] = True
             sel = seg[:, 1:].to(out.hidden.device)
-            logits = model.lm_head(out.hidden[:, :-1][sel]).float()
-            gold = b.labels[:, 1:].to(logits.device)[sel]
-            rows = torch.arange(len(part), device=logits.device)[:, None].expand_as(sel)[sel]
-            ce = F.cross_entropy(logits, gold, reduction="none")
-            wrong = (logits.argmax(-1) != gold).float()
+            gold = b.labels[:, 1:].to(sel.device)[sel]
+            rows = torch.arange(len(part), device=sel.device)[:, None].expand_as(sel)[sel]
+            scores = lm_head_token_logprobs(model.model.get_output_embeddings(), out.hidden[:, :-1][sel], gold,
+                                            max_logprob=True)
+            ce = -scores.logprobs
+            wrong = (scores.logprobs < scores.max_logprob).float()
             seg_loss += float(torch.zeros(len(part), device=ce.device).index_add_(0, rows, ce).sum())
             seg_exact += float((torch.zeros(len(part), device=ce.device).index_add_(0, rows, wrong) == 0).sum())
     finally:
