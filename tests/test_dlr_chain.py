@@ -101,8 +101,21 @@ def test_answer_nll_matches_the_rollouts_greedy_tokens(main, rows):
     assert nll.shape == (6,) and bool((nll >= 0).all())
     # greedy tokens are each position's argmax, so their NLL is at most log(vocab) and usually small
     assert float(nll.detach().mean()) < 1.0
+    # the same NLL written on the HF model's own logits of [prompt, chain, <|end-latent|>, answer]
+    L, P = chain.shape[1], ids.shape[1]
+    ans, amask = ro.completion_ids[:, L + 1 :], ro.completion_mask[:, L + 1 :]
+    emb_of = main.model.get_input_embeddings()
+    end = torch.full((ids.shape[0], 1), frame.end_id, dtype=torch.long)
+    full_mask = torch.cat([mask.long(), torch.ones(ids.shape[0], L + 1, dtype=torch.long), amask.long()], 1)
+    logits = main.model(inputs_embeds=torch.cat([emb_of(ids), chain, emb_of(end), emb_of(ans)], 1),
+                        attention_mask=full_mask, position_ids=(full_mask.cumsum(-1) - 1).clamp_min(0)).logits
+    logp = logits[:, P + L : P + L + ans.shape[1]].log_softmax(-1).gather(-1, ans[..., None]).squeeze(-1)
+    ref = -(logp * amask).sum(-1) / amask.sum(-1).clamp_min(1)
+    torch.testing.assert_close(nll, ref, atol=1e-5, rtol=1e-5)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), chain)
     nll.sum().backward()
     assert chain.grad is not None and chain.grad.abs().sum() > 0
+    torch.testing.assert_close(chain.grad, ref_grad, atol=1e-6, rtol=1e-4)
     assert all(p.grad is None for p in main.model.parameters())
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentrl.head_logprobs import lm_head_token_logprobs
 from latentrl.methods.dlr.assistant import gaussian_log_prob
 from latentrl.methods.dlr.losses import anchor_info_nce, filter_high_value, group_info_nce
 from latentrl.optimizer_steps import OptimizerSteps
@@ -336,7 +337,8 @@ class CoconutFrame:
         self.main_tokens += emb.shape[0] * emb.shape[1]
         P = ids.shape[1]
         h = hidden[:, P + L : P + L + ans.shape[1]]  # position of <|end-latent|> predicts the first answer token
-        logp = model.lm_head(h).float().log_softmax(-1).gather(-1, ans[..., None]).squeeze(-1)
+        logp = lm_head_token_logprobs(model.model.get_output_embeddings(), h.reshape(-1, h.shape[-1]),
+                                      ans.reshape(-1)).logprobs.view(ans.shape)  # a chunk of rows at a time
         tok = amask.float()
         return -(logp * tok).sum(-1) / tok.sum(-1).clamp_min(1)
 

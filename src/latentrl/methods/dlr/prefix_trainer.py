@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from latentrl.head_logprobs import lm_head_token_logprobs
 from latentrl.methods import register_trainer
 from latentrl.methods.dlr.assistant import ASSISTANT, gaussian_entropy, gaussian_log_prob
 from latentrl.methods.dlr.frozen_main import FrozenMainTrainer
@@ -154,9 +155,9 @@ class DLRPrefixTrainer(FrozenMainTrainer):
         self.ctx.compute_tokens["forward"] += B * (P + C)
         self.ctx.compute_tokens["backward"] += B * (P + C)  # activation gradients only: ~1 forward
         h = hidden[:, P + L - 1 : P + C - 1]  # predicts completion positions L .. C-1
-        logp = model.lm_head(h).float().log_softmax(-1)
         tgt = ro.completion_ids[:, L:]
-        lp = logp.gather(-1, tgt[..., None]).squeeze(-1)
+        lp = lm_head_token_logprobs(model.model.get_output_embeddings(), h.reshape(-1, h.shape[-1]),
+                                    tgt.reshape(-1)).logprobs.view(tgt.shape)  # a chunk of rows at a time
         tok = (ro.completion_mask[:, L:] & ~ro.latent_mask[:, L:]).float()
         per_row = -(lp * tok).sum(-1) / tok.sum(-1).clamp_min(1)
         return per_row.mean()
