@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fresh_process import fastest, in_fresh_process  # noqa: E402
 
 PATHS = ("buffers", "autograd")
 
@@ -48,9 +48,6 @@ def worker(a: argparse.Namespace) -> dict:
     from latentrl.rollout import SamplingParams, generate_rollout
     from latentrl.testing import tiny_latent_model
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from rollout_speed import peak_rss_mb, reset_peak_rss
-
     path, batch, completion = a.worker[0], int(a.worker[1]), int(a.worker[2])
     torch.set_num_threads(a.threads)
     if path == "autograd":  # the token scores take the autograd path where no fused weight is found
@@ -70,16 +67,7 @@ def worker(a: argparse.Namespace) -> dict:
         (out.logprobs * ro.completion_mask).sum().backward()
         lm.zero_grad(set_to_none=True)
 
-    update()
-    reset_peak_rss()
-    best = None
-    for _ in range(a.repeats):
-        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        update()
-        wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
-        run = {"wall_s": wall, "user_s": r1.ru_utime - r0.ru_utime, "sys_s": r1.ru_stime - r0.ru_stime}
-        best = run if best is None or wall < best["wall_s"] else best
-    return {"path": path, "batch": batch, "completion": completion, **best, "peak_mb": peak_rss_mb()}
+    return {"path": path, "batch": batch, "completion": completion, **fastest(update, a.repeats)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -96,9 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch, completion = (int(x) for x in shape.split("x"))
         got = {}
         for path in PATHS:
-            out = subprocess.run([sys.executable, __file__, *base, "--worker", path, str(batch), str(completion)],
-                                 capture_output=True, text=True, check=True)
-            got[path] = json.loads(out.stdout.strip().splitlines()[-1])
+            got[path] = in_fresh_process(__file__, [*base, "--worker", path, str(batch), str(completion)])
         for path in PATHS:
             r = got[path]
             speed = got["autograd"]["wall_s"] / r["wall_s"]

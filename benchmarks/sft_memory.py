@@ -1,6 +1,6 @@
 """SFT losses at a real vocabulary: the LM head run a chunk of positions at a time on the hidden states
 (`sft.cot.masked_lm_loss_from_hidden`, what CoT SFT, Coconut and superposition SFT train with since 2026-12-07) vs
-the full (B, T, V) logits (`masked_lm_loss(model(...).logits, labels)`, what they did before, as HF's and TRL's SFT
+the full (B, T, V) logits and a cross-entropy over every position (what CoT SFT did before, as HF's and TRL's SFT
 do), side by side: seconds per step, user and system CPU time and the peak resident memory, each shape and path in a
 fresh process.
 
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fresh_process import fastest, in_fresh_process  # noqa: E402
 
 PATHS = ("chunked", "logits")
 
@@ -41,12 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def worker(a: argparse.Namespace) -> dict:
     """One path at one shape, in this (fresh) process."""
     import torch
+    import torch.nn.functional as F
 
-    from latentrl.sft.cot import masked_lm_loss, masked_lm_loss_from_hidden
+    from latentrl.sft.cot import masked_lm_loss_from_hidden
     from latentrl.testing import tiny_latent_model
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from rollout_speed import peak_rss_mb, reset_peak_rss
 
     path, batch, seq = a.worker[0], int(a.worker[1]), int(a.worker[2])
     torch.set_num_threads(a.threads)
@@ -59,9 +57,12 @@ def worker(a: argparse.Namespace) -> dict:
     lm.model.train()
 
     def step() -> float:
-        if path == "logits":
-            logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            loss, _ = masked_lm_loss(logits, labels)
+        if path == "logits":  # what CoT SFT did before 2026-12-07: HF's logits, CE over every position
+            logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+            n = (labels[:, 1:] != -100).sum()
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum") / n
+            with torch.no_grad():  # its token-accuracy stat: an argmax over every position's logits
+                (logits.argmax(-1) == labels[:, 1:]).sum()
         else:
             _, hidden, _ = lm.forward_embeds(lm.embed(ids), attention_mask=mask, compute_logits=False)
             loss, _ = masked_lm_loss_from_hidden(lm.model.get_output_embeddings(), hidden, labels)
@@ -69,16 +70,9 @@ def worker(a: argparse.Namespace) -> dict:
         lm.zero_grad(set_to_none=True)
         return float(loss)
 
-    loss = step()
-    reset_peak_rss()
-    best = None
-    for _ in range(a.repeats):
-        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        step()
-        wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
-        run = {"wall_s": wall, "user_s": r1.ru_utime - r0.ru_utime, "sys_s": r1.ru_stime - r0.ru_stime}
-        best = run if best is None or wall < best["wall_s"] else best
-    return {"path": path, "batch": batch, "seq": seq, "loss": loss, **best, "peak_mb": peak_rss_mb()}
+    losses: list[float] = []
+    timed = fastest(lambda: losses.append(step()), a.repeats)
+    return {"path": path, "batch": batch, "seq": seq, "loss": losses[0], **timed}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -97,9 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch, seq = (int(x) for x in shape.split("x"))
         got = {}
         for path in PATHS:
-            out = subprocess.run([sys.executable, __file__, *base, "--worker", path, str(batch), str(seq)],
-                                 capture_output=True, text=True, check=True)
-            got[path] = json.loads(out.stdout.strip().splitlines()[-1])
+            got[path] = in_fresh_process(__file__, [*base, "--worker", path, str(batch), str(seq)])
         for path in PATHS:
             r = got[path]
             speed = got["logits"]["wall_s"] / r["wall_s"]

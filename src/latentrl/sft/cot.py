@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from latentrl.config import cfg_field
 from latentrl.data.schema import Example, format_cot, format_no_cot, format_prompt
@@ -147,26 +146,9 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     detached stats: `num_tokens`, `token_accuracy` (argmax == label over target tokens) and `sequence_accuracy`
     (every target token of a row right under teacher forcing).
     """
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE_INDEX
-    n = mask.sum()
-    if int(n) == 0:
-        raise ValueError("no target tokens in the batch (all labels are -100)")
-    loss = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    ) / n
-    with torch.no_grad():
-        right = (shift_logits.argmax(-1) == shift_labels) & mask
-        rows = mask.any(-1)
-        seq_ok = (right | ~mask).all(-1) & rows
-        stats = {
-            "num_tokens": n.detach(),
-            "token_accuracy": right.sum().float() / n,
-            "sequence_accuracy": seq_ok.sum().float() / rows.sum().clamp_min(1),
-        }
-    return loss, stats
+    gold, mask = _targets(labels)
+    logp = logits[:, :-1][mask].float().log_softmax(-1)
+    return _loss_and_stats(logp.gather(-1, gold[:, None]).squeeze(-1), logp.argmax(-1) == gold, mask)
 
 
 def masked_lm_loss_from_hidden(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
@@ -175,23 +157,33 @@ def masked_lm_loss_from_hidden(head: torch.nn.Module, hidden: torch.Tensor, labe
     followed by a label, `chunk` of them at a time (`lm_head_token_logprobs`; at V = 151,936 a batch's logits alone
     would be gigabytes). Same loss, gradient and stats (a token counts as right where its log-prob is the row's
     largest: on a tie between the label and another id this counts it right, where argmax may pick the other)."""
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE_INDEX
-    n = mask.sum()
-    if int(n) == 0:
+    gold, mask = _targets(labels)
+    scores = lm_head_token_logprobs(head, hidden[:, :-1][mask], gold, chunk=chunk, max_logprob=True)
+    return _loss_and_stats(scores.logprobs, scores.logprobs >= scores.max_logprob, mask)
+
+
+def _targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the target ids, (B, T - 1) mask of the positions they follow): position j predicts labels[:, j + 1]."""
+    mask = labels[:, 1:] != IGNORE_INDEX
+    if not bool(mask.any()):
         raise ValueError("no target tokens in the batch (all labels are -100)")
-    scores = lm_head_token_logprobs(head, hidden[:, :-1][mask], shift_labels[mask], chunk=chunk, max_logprob=True)
-    loss = -scores.logprobs.sum() / n
+    return labels[:, 1:][mask], mask
+
+
+def _loss_and_stats(logprobs: torch.Tensor, right: torch.Tensor, mask: torch.Tensor
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The mean NLL of the target tokens' log-probs, and the stats of `masked_lm_loss` from which of them are right."""
+    n = mask.sum()
     with torch.no_grad():
-        right = torch.zeros_like(mask).masked_scatter_(mask, scores.logprobs >= scores.max_logprob)
+        hit = torch.zeros_like(mask).masked_scatter_(mask, right)
         rows = mask.any(-1)
-        seq_ok = (right | ~mask).all(-1) & rows
+        seq_ok = (hit | ~mask).all(-1) & rows
         stats = {
             "num_tokens": n.detach(),
-            "token_accuracy": right.sum().float() / n,
+            "token_accuracy": hit.sum().float() / n,
             "sequence_accuracy": seq_ok.sum().float() / rows.sum().clamp_min(1),
         }
-    return loss, stats
+    return -logprobs.sum() / n, stats
 
 
 # ---------------------------------------------------------------------------------------------------------------
