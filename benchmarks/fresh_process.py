@@ -35,3 +35,24 @@ def in_fresh_process(script: str, args: list[str]) -> dict:
     """Run `script args` in a new interpreter; its last stdout line is the JSON result."""
     out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare_paths(script: str, base: list[str], shapes: list[str], paths: tuple[str, ...], baseline: str,
+                  extra: tuple[str, ...] = ()) -> list[dict]:
+    """Each path at each `AxB` shape in a fresh process (`script [base] --worker PATH A B`), printed side by side with
+    its speed and memory ratios against `baseline` (baseline / path), plus the result keys in `extra`; returns the
+    worker results in order."""
+    rows = []
+    print(f"{'shape':>8} {'path':>9} " + "".join(f"{k:>8} " for k in extra)
+          + f"{'s/step':>8} {'user s':>7} {'sys s':>6} {'peak MB':>8} {'speed':>7} {'memory':>7}")
+    for shape in shapes:
+        a, b = shape.split("x")
+        got = {path: in_fresh_process(script, [*base, "--worker", path, a, b]) for path in paths}
+        for path in paths:
+            r = got[path]
+            speed, memory = got[baseline]["wall_s"] / r["wall_s"], got[baseline]["peak_mb"] / r["peak_mb"]
+            print(f"{shape:>8} {path:>9} " + "".join(f"{r[k]:>8.4f} " for k in extra)
+                  + f"{r['wall_s']:>8.2f} {r['user_s']:>7.2f} {r['sys_s']:>6.2f} {r['peak_mb']:>8.0f} "
+                  f"{speed:>6.2f}x {memory:>6.2f}x")
+            rows.append(r)
+    return rows

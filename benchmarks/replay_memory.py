@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fresh_process import fastest, in_fresh_process  # noqa: E402
+from fresh_process import compare_paths, fastest  # noqa: E402
 
 PATHS = ("buffers", "autograd")
 
@@ -77,21 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     base = [f"--vocab-size={a.vocab_size}", f"--prompt-len={a.prompt_len}", f"--hidden={a.hidden}",
             f"--repeats={a.repeats}", f"--threads={a.threads}"]
-    rows = []
     print(f"replay (entropy on) + backward, V={a.vocab_size}, {a.threads} thread(s); each row a fresh process")
-    print(f"{'shape':>8} {'path':>9} {'s/update':>9} {'user s':>7} {'sys s':>6} {'peak MB':>8} {'speed':>7} {'memory':>7}")
-    for shape in a.shapes:
-        batch, completion = (int(x) for x in shape.split("x"))
-        got = {}
-        for path in PATHS:
-            got[path] = in_fresh_process(__file__, [*base, "--worker", path, str(batch), str(completion)])
-        for path in PATHS:
-            r = got[path]
-            speed = got["autograd"]["wall_s"] / r["wall_s"]
-            memory = got["autograd"]["peak_mb"] / r["peak_mb"]
-            print(f"{shape:>8} {path:>9} {r['wall_s']:>9.2f} {r['user_s']:>7.2f} {r['sys_s']:>6.2f} "
-                  f"{r['peak_mb']:>8.0f} {speed:>6.2f}x {memory:>6.2f}x")
-            rows.append(r)
+    rows = compare_paths(__file__, base, a.shapes, PATHS, baseline="autograd")
     out = {"vocab_size": a.vocab_size, "threads": a.threads, "rows": rows}
     print(json.dumps(out))
     return out

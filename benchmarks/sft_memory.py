@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fresh_process import fastest, in_fresh_process  # noqa: E402
+from fresh_process import compare_paths, fastest  # noqa: E402
 
 PATHS = ("chunked", "logits")
 
@@ -82,23 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     base = [f"--vocab-size={a.vocab_size}", f"--target-frac={a.target_frac}", f"--hidden={a.hidden}",
             f"--repeats={a.repeats}", f"--threads={a.threads}"]
-    rows = []
     print(f"CoT SFT loss + backward, V={a.vocab_size}, {a.threads} thread(s); each row a fresh process; "
           "ratios: logits / chunked")
-    print(f"{'shape':>8} {'path':>8} {'loss':>8} {'s/step':>7} {'user s':>7} {'sys s':>6} {'peak MB':>8} "
-          f"{'speed':>7} {'memory':>7}")
-    for shape in a.shapes:
-        batch, seq = (int(x) for x in shape.split("x"))
-        got = {}
-        for path in PATHS:
-            got[path] = in_fresh_process(__file__, [*base, "--worker", path, str(batch), str(seq)])
-        for path in PATHS:
-            r = got[path]
-            speed = got["logits"]["wall_s"] / r["wall_s"]
-            memory = got["logits"]["peak_mb"] / r["peak_mb"]
-            print(f"{shape:>8} {path:>8} {r['loss']:>8.4f} {r['wall_s']:>7.2f} {r['user_s']:>7.2f} {r['sys_s']:>6.2f} "
-                  f"{r['peak_mb']:>8.0f} {speed:>6.2f}x {memory:>6.2f}x")
-            rows.append(r)
+    rows = compare_paths(__file__, base, a.shapes, PATHS, baseline="logits", extra=("loss",))
     out = {"vocab_size": a.vocab_size, "threads": a.threads, "rows": rows}
     print(json.dumps(out))
     return out
