@@ -133,3 +133,40 @@ def test_an_unreachable_hub_id_is_one_clear_error(monkeypatch):
     with pytest.raises(FileNotFoundError) as err:
         LatentModel.from_pretrained("someorg/somemodel")
     assert "HF_HUB_OFFLINE" not in str(err.value)
+
+
+@pytest.mark.parametrize("family, field, value", [("gemma2", "final_logit_softcapping", 30.0),
+                                                  ("cohere", "logit_scale", 0.0625),
+                                                  ("granite", "logits_scaling", 4.0)])
+def test_a_model_that_transforms_its_logits_after_the_head_is_refused_clearly(family, field, value, tmp_path):
+    """Gemma's soft-capping, Cohere's and Granite's logit scales happen in the model's forward after the LM head;
+    the library scores lm_head(hidden), so it would silently use other log-probs. Wrapping such a model (or loading
+    its folder, before the weights) names the field; with the field neutral the head's logits are the model's own."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from latentrl.tokenizer import build_word_tokenizer
+
+    tok = build_word_tokenizer(["a", "b"])
+    cfg = AutoConfig.for_model(family, vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=8, **{field: value})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(50.0)  # logits far from 0: every transform moves them visibly
+    with pytest.raises(ValueError, match=field):
+        LatentModel(model, tok)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match=field):
+        LatentModel.from_pretrained(tmp_path / "m")
+    ids = torch.tensor([[tok.bos_token_id or 0, 4, 5]])
+    with torch.no_grad():
+        theirs = model(input_ids=ids).logits
+        neutral = {"final_logit_softcapping": None}.get(field, 1.0)
+        setattr(model.config, field, neutral)
+        if hasattr(model, "logit_scale"):  # Cohere keeps its own copy of the scale
+            model.logit_scale = neutral
+        lm = LatentModel(model, tok)
+        _, hidden, _ = lm.forward_embeds(lm.embed(ids), compute_logits=False)
+        assert not torch.allclose(lm.lm_head(hidden), theirs, atol=1e-3)  # what the refusal prevents
+        torch.testing.assert_close(lm.lm_head(hidden), model(input_ids=ids).logits)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from latentrl.assets import ADAPTER_CONFIG_FILE, available_models, recorded_num_thoughts, resolve_model
 from latentrl.packed_head import PackedHead
@@ -63,6 +63,30 @@ class LatentIds:
     end: int
 
 
+LOGIT_TRANSFORMS: dict[str, float | None] = {
+    "final_logit_softcapping": None,  # Gemma 2, 3, 4: logits = c * tanh(logits / c)
+    "logit_scale": 1.0,  # Cohere: logits * s
+    "logits_scaling": 1.0,  # Granite: logits / s
+    "output_multiplier": 1.0,
+}
+"""Config fields with which a causal LM's forward transforms its logits after the LM head, and their neutral values."""
+
+
+def check_plain_logits(config: Any) -> None:
+    """Refuse a model whose logits are not its LM head's output: the library scores and samples from `lm_head(hidden)`
+    (rollout, replay, SFT losses, in reused buffers at large vocabularies), so a transform applied after the head
+    in the model's own forward would be silently dropped everywhere."""
+    for cfg in (config, getattr(config, "text_config", None)):
+        for name, neutral in LOGIT_TRANSFORMS.items():
+            value = getattr(cfg, name, neutral) if cfg is not None else neutral
+            if value is not None and value != neutral:
+                raise ValueError(
+                    f"{type(config).__name__} has {name}={value}: this model transforms its logits after the LM head, "
+                    f"which latentrl does not (it scores lm_head(hidden) directly), so every log-prob would differ "
+                    f"from the model's own. Set config.{name} = {neutral!r} before wrapping it to train without the "
+                    f"transform (a different distribution from the released model's), or use another model.")
+
+
 class LatentModel(nn.Module):
     """A causal LM ready for latent reasoning.
 
@@ -73,6 +97,7 @@ class LatentModel(nn.Module):
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
         super().__init__()
+        check_plain_logits(model.config)
         self.model = model
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
@@ -114,6 +139,13 @@ class LatentModel(nn.Module):
             raise FileNotFoundError(f"{str(path)!r} is not a Hugging Face model folder: no config.json in it")
         if torch_dtype is not None:
             model_kwargs["torch_dtype"] = torch_dtype
+        if (path / "config.json").is_file():  # refuse before loading the weights, not after
+            try:
+                config = AutoConfig.from_pretrained(name_or_path)
+            except Exception:  # a damaged config.json: the load below says so
+                config = None
+            if config is not None:
+                check_plain_logits(config)
         try:
             model = AutoModelForCausalLM.from_pretrained(name_or_path, **model_kwargs)
             if tokenizer is None or isinstance(tokenizer, str):
