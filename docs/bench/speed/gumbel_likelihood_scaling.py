@@ -1,10 +1,12 @@
 """One shape of `benchmarks/scaling.py` for Latent-GRPO's operator with a chosen log-prob and noise scale.
 
-    PYTHONPATH=src python docs/bench/speed/gumbel_likelihood_scaling.py likelihood 0.1 32
+    PYTHONPATH=src python docs/bench/speed/gumbel_likelihood_scaling.py likelihood 0.1 32 [SORT_LIMIT]
 
 scaling.py's worker (rollout of `new` latent positions, then the update: replay with gradients and backward) at
 V = 151,936, batch as given, 64 positions, with `gumbel_topk` built as `logprob=<arg 1>`, `noise_scale=<arg 2>`.
-Run it from a worktree of another commit (PYTHONPATH=<worktree>/src) for a before / after comparison.
+Run it from a worktree of another commit (PYTHONPATH=<worktree>/src) for a before / after comparison. SORT_LIMIT
+(optional) sets `GumbelTopKThought.competitor_sort_limit`: 0 sends every row of the exact likelihood down the
+whole-row path (`_dense_competitors`) instead of the sorted prefix.
 """
 import json
 import sys
@@ -14,6 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
 import latentrl.thoughts as thoughts  # noqa: E402
 
 logprob, scale, batch = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+if len(sys.argv) > 4:
+    from latentrl.thoughts.gumbel_topk import GumbelTopKThought
+
+    GumbelTopKThought.competitor_sort_limit = int(sys.argv[4])
 build = thoughts.build_thought_operator
 
 
@@ -28,4 +34,4 @@ import scaling  # noqa: E402
 
 args = scaling.parse_args(["--vocab-size", "151936", "--repeats", "1", "--worker", "gumbel_topk", batch, "64"])
 row = scaling.worker(args)
-print(logprob, scale, json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}))
+print(logprob, scale, *sys.argv[4:5], json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}))
