@@ -239,15 +239,16 @@ def carried_overrides(phases: list[dict], k: int) -> dict:
 def phase_config(cfg: CoconutConfig, out: Path, phase: dict, overrides: dict | None = None) -> CoconutConfig:
     """A phase after the curriculum: the run's config at its final stage only, `phase["steps"]` steps from a fresh
     AdamW (and fresh probe heads) at `phase["learning_rate"]` (default the run's), with the CoconutConfig fields in
-    `overrides` (`carried_overrides`; default the phase's own) changed, written to `out`. With `"gate": true` the gate may end the phase as it ends a stage
-    (e.g. the icot recipe's stage 5 with the probe moved); otherwise it runs all its steps. A resumed run
+    `overrides` (`carried_overrides`; default the phase's own) changed, written to `out`. With `"gate": true` the
+    gate may end the phase as it ends a stage (e.g. the icot recipe's stage 5 with the probe moved); otherwise it runs
+    all its steps. A resumed run
     (`resume_from_checkpoint`) continues the phase from its last checkpoint in `out`, or starts it again when it left
     none (the steps before its first checkpoint are lost either way)."""
     steps = int(phase["steps"])
     resume = bool(cfg.resume_from_checkpoint) and bool(list_checkpoints(out))
     return dataclasses.replace(
-        cfg, **(phase.get("overrides", {}) if overrides is None else overrides), output_dir=str(out), start_stage=cfg.final_stage,
-        max_steps_per_stage=steps, final_stage_max_steps=None,
+        cfg, **(phase.get("overrides", {}) if overrides is None else overrides), output_dir=str(out),
+        start_stage=cfg.final_stage, max_steps_per_stage=steps, final_stage_max_steps=None,
         gate_patience=cfg.gate_patience if phase.get("gate") else steps + 1,
         learning_rate=phase.get("learning_rate") or cfg.learning_rate,
         resume_from_checkpoint="latest" if resume else None,
@@ -377,8 +378,8 @@ def main() -> None:
         records = read_metrics(leg_dir) if (leg_dir / "metrics.jsonl").is_file() else []
         # before the leg's first logged step: the model is still the one it started from, at the leg's first stage
         first = cfg.start_stage if leg_dir == out else cfg.final_stage
-        last = ([r for r in records if "train_wall_s" in r]
-                or [{"stage": first, "step": 0, "train_wall_s": 0.0 if leg_dir != out else time.perf_counter() - t0}])[-1]
+        wall0 = time.perf_counter() - t0 if leg_dir == out else 0.0
+        last = ([r for r in records if "train_wall_s" in r] or [{"stage": first, "step": 0, "train_wall_s": wall0}])[-1]
         mark = {} if leg_dir == out else {"phase": leg_dir.name}
         stage_log = ([] if leg_dir == out else stage_log) + [{**r, **mark} for r in records if "stage/index" in r] \
             + [{"stage/index": last["stage"], "stage/reason": "interrupted", **mark}]

@@ -31,8 +31,8 @@ from torch import nn
 
 from latentrl.sampling import exp_weights_
 
-__all__ = ["CPU_CHUNK_BYTES", "HeadScores", "RowLogprobFn", "default_logits_chunk", "fused_head_weight", "head_row_logprobs",
-           "head_token_logprobs", "in_chunks", "lm_head_token_logprobs", "row_logprob"]
+__all__ = ["CPU_CHUNK_BYTES", "HeadScores", "RowLogprobFn", "default_logits_chunk", "fused_head_weight",
+           "head_row_logprobs", "head_token_logprobs", "in_chunks", "lm_head_token_logprobs", "row_logprob"]
 
 RowLogprobFn = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
 """fn(lp, coef, rows) -> (n,) values for rows `rows` of a batch, from lp (n, V) = log_softmax(logits / T) of those
@@ -159,10 +159,10 @@ class HeadScores(NamedTuple):
 
 def lm_head_token_logprobs(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
                            chunk: int | None = None, entropy: bool = False, max_logprob: bool = False) -> HeadScores:
-    """log_softmax(head(hidden) / T) at `ids` (N,) or (N, K) for hidden (N, H), never holding more than `chunk` rows of logits
-    (default `default_logits_chunk`): the replay's token scores and the SFT losses at any vocabulary. A plain float32
-    CPU head runs in reused buffers (`head_token_logprobs`); any other head (LoRA, quantised, bf16, CUDA) runs
-    through `head` itself under autograd, each chunk checkpointed."""
+    """log_softmax(head(hidden) / T) at `ids` (N,) or (N, K) for hidden (N, H), never holding more than `chunk` rows
+    of logits (default `default_logits_chunk`): the replay's token scores and the SFT losses at any vocabulary. A
+    plain float32 CPU head runs in reused buffers (`head_token_logprobs`); any other head (LoRA, quantised, bf16,
+    CUDA) runs through `head` itself under autograd, each chunk checkpointed."""
     if ids.dim() not in (1, 2) or ids.shape[0] != hidden.shape[0]:
         raise ValueError(f"ids must be (N,) or (N, K) for hidden (N, H) = {tuple(hidden.shape)}, got {tuple(ids.shape)}")
     vocab = getattr(head, "out_features", None) or getattr(getattr(head, "weight", None), "shape", (1,))[0]
