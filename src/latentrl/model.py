@@ -141,7 +141,8 @@ class LatentModel(nn.Module):
             model_kwargs["torch_dtype"] = torch_dtype
         if (path / "config.json").is_file():  # refuse before loading the weights, not after
             try:
-                config = AutoConfig.from_pretrained(name_or_path)
+                config = AutoConfig.from_pretrained(name_or_path,
+                                                    trust_remote_code=model_kwargs.get("trust_remote_code", False))
             except Exception:  # a damaged config.json: the load below says so
                 config = None
             if config is not None:
