@@ -65,7 +65,7 @@ def worker(a: argparse.Namespace) -> dict:
                 (logits.argmax(-1) == labels[:, 1:]).sum()
         else:
             _, hidden, _ = lm.forward_embeds(lm.embed(ids), attention_mask=mask, compute_logits=False)
-            loss, _ = masked_lm_loss_from_hidden(lm.model.get_output_embeddings(), hidden, labels)
+            loss, _ = masked_lm_loss_from_hidden(lm.output_head, hidden, labels)
         loss.backward()
         lm.zero_grad(set_to_none=True)
         return float(loss)

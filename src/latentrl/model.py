@@ -438,7 +438,7 @@ class LatentModel(nn.Module):
 
     @property
     def vocab_size(self) -> int:
-        return _unwrap(self.model.get_output_embeddings()).weight.shape[0]
+        return _unwrap(self.output_head).weight.shape[0]
 
     @property
     def embedding_matrix(self) -> torch.Tensor:
@@ -458,8 +458,13 @@ class LatentModel(nn.Module):
             m = m.get_base_model()
         return getattr(m, m.base_model_prefix)
 
+    @property
+    def output_head(self) -> nn.Module:
+        """The LM head module (through PEFT wrappers): what the chunked scorers of `latentrl.head_logprobs` take."""
+        return self.model.get_output_embeddings()
+
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.get_output_embeddings()(hidden)
+        return self.output_head(hidden)
 
     @property
     def packed_head(self) -> PackedHead:
@@ -472,7 +477,7 @@ class LatentModel(nn.Module):
     def decode_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """`lm_head(hidden)` for decoding without autograd: from the prepacked head where it applies (a CPU float32
         head at large vocabularies: about half the time, the same values; `latentrl.packed_head`)."""
-        head = self.model.get_output_embeddings()
+        head = self.output_head
         packed = self.packed_head
         return packed(head, hidden) if packed.applies(head, hidden) else head(hidden)
 
@@ -484,7 +489,7 @@ class LatentModel(nn.Module):
     def check_packed_head(self) -> None:
         """Drop the packed head if the weight's values changed since it was packed: the rollout engine calls it once
         per rollout (a change through `.data` keeps the version counter the packed copy is keyed on)."""
-        self.packed_head.check(self.model.get_output_embeddings())
+        self.packed_head.check(self.output_head)
 
     def forward_embeds(
         self,

@@ -107,14 +107,14 @@ def replay(
     tok = ~lat if operator is not None and bool(lat.any()) else None  # None: every position is a token
     h_tok, ids_tok = (flat_h, ids) if tok is None else (flat_h[tok], ids[tok])
     # reused (chunk x V) buffers for a plain head, checkpointed chunks otherwise: flat memory at any length
-    lp, ent, _ = lm_head_token_logprobs(model.model.get_output_embeddings(), h_tok, ids_tok, temp, chunk,
+    lp, ent, _ = lm_head_token_logprobs(model.output_head, h_tok, ids_tok, temp, chunk,
                                         compute_entropy)
     if tok is not None and operator.stochastic:
         payload = {k: v.reshape(B * C, *v.shape[2:])[lat] for k, v in rollout.payload.items()}
         ids_lat = ids[lat]
         terms = operator.token_logprob_terms(ids_lat, payload)
         row = operator.row_logprob_fn(ids_lat, payload) if terms is None else None
-        lat_weight = (fused_head_weight(model.model.get_output_embeddings(), flat_h)
+        lat_weight = (fused_head_weight(model.output_head, flat_h)
                       if terms is not None or row is not None else None)
         if lat_weight is not None and terms is not None:  # token log-probs at latent positions (HRPO, LEPO, ...)
             t_lat, t_ids, reduce = terms

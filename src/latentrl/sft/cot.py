@@ -246,7 +246,7 @@ def train_sft(
         batch = {k: v.to(model.device) for k, v in build_sft_batch([encoded[i] for i in mine], pad_id).items()}
         _, hidden, _ = model.forward_embeds(model.embed(batch["input_ids"]), attention_mask=batch["attention_mask"],
                                             compute_logits=False)
-        loss, stats = masked_lm_loss_from_hidden(model.model.get_output_embeddings(), hidden, batch["labels"])
+        loss, stats = masked_lm_loss_from_hidden(model.output_head, hidden, batch["labels"])
         # the token mean over the global batch: this process's mean weighted by its share of the tokens
         share = float(stats["num_tokens"]) / _target_tokens([encoded[i] for i in idx])
         rows = len(mine) / len(idx)

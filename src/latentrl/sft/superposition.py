@@ -324,7 +324,7 @@ def superposition_loss(
     mask = batch["attention_mask"]
     position = (mask.cumsum(-1) - 1).clamp_min(0)
     _, hidden, _ = model.forward_embeds(emb, attention_mask=mask, position_ids=position, compute_logits=False)
-    head = model.model.get_output_embeddings()  # run a chunk of positions at a time: no (B, T, V) logits
+    head = model.output_head  # run a chunk of positions at a time: no (B, T, V) logits
     ce, ce_stats = masked_lm_loss_from_hidden(head, hidden, batch["labels"])
 
     # logits at t-1 predict latent t

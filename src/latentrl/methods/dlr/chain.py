@@ -337,7 +337,7 @@ class CoconutFrame:
         self.main_tokens += emb.shape[0] * emb.shape[1]
         P = ids.shape[1]
         h = hidden[:, P + L : P + L + ans.shape[1]]  # position of <|end-latent|> predicts the first answer token
-        logp = lm_head_token_logprobs(model.model.get_output_embeddings(), h.reshape(-1, h.shape[-1]),
+        logp = lm_head_token_logprobs(model.output_head, h.reshape(-1, h.shape[-1]),
                                       ans.reshape(-1)).logprobs.view(ans.shape)  # a chunk of rows at a time
         tok = amask.float()
         return -(logp * tok).sum(-1) / tok.sum(-1).clamp_min(1)

@@ -156,7 +156,7 @@ class DLRPrefixTrainer(FrozenMainTrainer):
         self.ctx.compute_tokens["backward"] += B * (P + C)  # activation gradients only: ~1 forward
         h = hidden[:, P + L - 1 : P + C - 1]  # predicts completion positions L .. C-1
         tgt = ro.completion_ids[:, L:]
-        lp = lm_head_token_logprobs(model.model.get_output_embeddings(), h.reshape(-1, h.shape[-1]),
+        lp = lm_head_token_logprobs(model.output_head, h.reshape(-1, h.shape[-1]),
                                     tgt.reshape(-1)).logprobs.view(tgt.shape)  # a chunk of rows at a time
         tok = (ro.completion_mask[:, L:] & ~ro.latent_mask[:, L:]).float()
         per_row = -(lp * tok).sum(-1) / tok.sum(-1).clamp_min(1)

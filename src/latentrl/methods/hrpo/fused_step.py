@@ -53,7 +53,7 @@ def fusable_head(model, logits_device: torch.device) -> nn.Linear | None:
     """The model's LM head when the fused step can replace it: a plain float32 `nn.Linear` on the CPU over at least
     MIN_VOCAB entries, with a float32 input embedding of the same shape; else None (peft wrappers, other dtypes,
     GPUs, small vocabularies take the unfused step)."""
-    head = model.model.get_output_embeddings()
+    head = model.output_head
     if type(head) is not nn.Linear or logits_device.type != "cpu" or head.weight.shape[0] < MIN_VOCAB:
         return None  # (checked before the input embedding is looked up: a small vocabulary asks at every step)
     W, E = head.weight, model.embedding_matrix

@@ -235,7 +235,7 @@ def coconut_forward(
         raise ValueError("no target tokens in the batch (all labels are -100)")
     gold = target[sel]
     # the head runs a chunk of positions at a time (no (count x V) logits: gigabytes at V = 151,936)
-    scores = lm_head_token_logprobs(model.model.get_output_embeddings(), hidden[:, :-1][sel], gold, max_logprob=True)
+    scores = lm_head_token_logprobs(model.output_head, hidden[:, :-1][sel], gold, max_logprob=True)
     loss_sum = -scores.logprobs.sum()
     loss = loss_sum / (normalizer if normalizer is not None else count)
     probe_loss = probe_acc = float("nan")

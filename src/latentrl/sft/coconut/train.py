@@ -381,7 +381,7 @@ def coconut_gate_metrics(model: LatentModel, tokenized: Sequence[TokenizedExampl
             sel = seg[:, 1:].to(out.hidden.device)
             gold = b.labels[:, 1:].to(sel.device)[sel]
             rows = torch.arange(len(part), device=sel.device)[:, None].expand_as(sel)[sel]
-            scores = lm_head_token_logprobs(model.model.get_output_embeddings(), out.hidden[:, :-1][sel], gold,
+            scores = lm_head_token_logprobs(model.output_head, out.hidden[:, :-1][sel], gold,
                                             max_logprob=True)
             ce = -scores.logprobs
             wrong = (scores.logprobs < scores.max_logprob).float()
