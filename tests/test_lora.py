@@ -142,6 +142,9 @@ def test_adapter_checkpoint_reloads_standalone_and_merges_for_export(tmp_path, a
     loaded = LatentModel.from_pretrained(ckpt)  # the recorded base model + the adapter
     assert loaded.is_peft and loaded.latent_ids == trained.latent_ids
     assert torch.equal(logits(loaded, ids), logits(trained, ids))
+    with torch.no_grad():  # the head module the chunked scorers take is the one the model applies, through peft
+        out = loaded.model(input_ids=ids, output_hidden_states=True)
+        torch.testing.assert_close(loaded.output_head(out.hidden_states[-1]), out.logits)
     base = LatentModel.from_pretrained(tmp_path / "base")
     with loaded.adapter_disabled():
         assert torch.equal(logits(loaded, ids), logits(base, ids))
