@@ -1,6 +1,9 @@
-"""Run R1's gate curve (the recipe as one command) beside CF → CF5's (the route as measured), one point per 512 steps.
+"""Run R1's gate curve (the recipe as one command) beside CF → CF5 → CF5F's (the route as three commands), one point
+per 512 steps.
 
-    python docs/bench/icot_latent_init/r1_vs_cf_gate.py [R1_FOLDER]   # default: the committed route_resume/
+    python docs/bench/icot_latent_init/r1_vs_cf_gate.py [R1_FOLDER]   # default: the committed run_R1_*_metrics.jsonl
+
+R1_FOLDER: a run's --out (its metrics.jsonl, curriculum/record.json, probe_s5/ and finish/ metrics).
 """
 
 import json
@@ -29,21 +32,31 @@ def smooth(points: list[tuple[int, float]], window: int = 512) -> tuple[list[int
 
 
 def main() -> None:
-    r1 = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "route_resume"
-    r1_curriculum = gates(r1 / "metrics.jsonl")
-    r1_end = json.loads((r1 / "curriculum" / "record.json").read_text())["steps"]
-    cf = gates(HERE / "run_CF_metrics.jsonl")
-    cf_end = max(s for s, _ in cf)
-    series = {
-        "R1 (one command)": r1_curriculum + gates(r1 / "probe_s5" / "metrics.jsonl", r1_end),
-        "CF → CF5 (three commands)": cf + gates(HERE / "run_CF5_metrics.jsonl", cf_end),
-    }
+    if len(sys.argv) > 1:
+        r1 = Path(sys.argv[1])
+        legs = [r1 / "metrics.jsonl", r1 / "probe_s5" / "metrics.jsonl", r1 / "finish" / "metrics.jsonl"]
+    else:
+        legs = [HERE / f"run_R1{leg}_metrics.jsonl" for leg in ("", "_probe_s5", "_finish")]
+    cf_legs = [HERE / f"run_{run}_metrics.jsonl" for run in ("CF", "CF5", "CF5F")]
+    ends: dict[str, list[int]] = {}
+    series: dict[str, list[tuple[int, float]]] = {}
+    for label, paths in (("R1 (one command)", legs), ("CF → CF5 → CF5F (three commands)", cf_legs)):
+        points: list[tuple[int, float]] = []
+        offset, ends[label] = 0, []
+        for path in paths:  # each leg's steps count from 0: laid end to end
+            if path.is_file():
+                leg = gates(path, offset)
+                points += leg
+                offset = max(s for s, _ in leg)
+                ends[label].append(offset)
+        series[label] = points
     fig, ax = plt.subplots(figsize=(10, 4))
     for label, points in series.items():
         ax.plot(*smooth(points), label=label, lw=1.2)
-    ax.axvline(r1_end, color="C0", ls=":", lw=0.8)
-    ax.axvline(cf_end, color="C1", ls=":", lw=0.8)
-    ax.set_xlabel("training step (dotted: the curriculum's end, the probe_s5 phase after it)")
+    for color, leg_ends in zip(("C0", "C1"), ends.values()):
+        for end in leg_ends[:-1]:
+            ax.axvline(end, color=color, ls=":", lw=0.8)
+    ax.set_xlabel("training step (dotted: the end of the curriculum, then of the probe_s5 phase / CF5)")
     ax.set_ylabel("gate: next-step accuracy")
     ax.set_title("icot 4×4, icot_mult_4x4_columns: R1 vs the measured route (mean per 512 steps)")
     ax.legend()
