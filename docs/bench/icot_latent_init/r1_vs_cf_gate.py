@@ -3,7 +3,7 @@ per 512 steps.
 
     python docs/bench/icot_latent_init/r1_vs_cf_gate.py [R1_FOLDER]   # default: the committed run_R1_*_metrics.jsonl
 
-R1_FOLDER: a run's --out (its metrics.jsonl, curriculum/record.json, probe_s5/ and finish/ metrics).
+R1_FOLDER: a run's --out (its metrics.jsonl, probe_s5/metrics.jsonl and finish/metrics.jsonl).
 """
 
 import json
