@@ -96,6 +96,22 @@ def test_seeded_rollouts_are_reproducible(tiny, prompts):
     assert torch.equal(a.completion_ids, b.completion_ids)
 
 
+def test_a_rollout_decoded_in_inference_mode_trains_like_ordinary_tensors(tiny, prompts):
+    """The decode runs under inference_mode; what it returns must be ordinary tensors, because the update saves
+    some of them (a hidden-state thought's payload is an input of the replay) for backward."""
+    ids, mask = prompts
+    op = build_thought_operator("hidden_state")
+    r = generate_rollout(tiny, ids, mask, SamplingParams(max_new_positions=6, stop_token_ids=[-1]), op,
+                         ThinkingSchedule(num_latent_steps=2), gen())
+    tensors = [r.prompt_ids, r.completion_ids, r.completion_mask, r.latent_mask, r.forced_mask, r.logprobs,
+               r.truncated, *r.payload.values()]
+    assert not any(t.is_inference() for t in tensors)
+    out = replay(tiny, op, r, return_hidden=True)
+    (out.logprobs.sum() + (out.hidden * r.payload["hidden"].sum(-1, keepdim=True)).sum()).backward()
+    assert any(p.grad is not None for p in tiny.parameters())
+    tiny.zero_grad(set_to_none=True)
+
+
 def test_concat_and_select_round_trip(tiny, prompts):
     ids, mask = prompts
     op = build_thought_operator("soft_mixture", top_k=3)

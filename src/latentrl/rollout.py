@@ -11,7 +11,7 @@ to the model as input embedding e_j; its log-prob comes from the logits of the p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -111,9 +111,13 @@ class Rollout:
         kw = {f.name: getattr(self, f.name)[index] for f in fields(self) if f.name != "payload"}
         return Rollout(**kw, payload={k: v[index] for k, v in self.payload.items()})
 
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Rollout":
+        """The same rollout with `fn` applied to every tensor, the payload's included."""
+        kw = {f.name: fn(getattr(self, f.name)) for f in fields(self) if f.name != "payload"}
+        return Rollout(**kw, payload={k: fn(v) for k, v in self.payload.items()})
+
     def to(self, device: torch.device | str) -> "Rollout":
-        kw = {f.name: getattr(self, f.name).to(device) for f in fields(self) if f.name != "payload"}
-        return Rollout(**kw, payload={k: v.to(device) for k, v in self.payload.items()})
+        return self.map(lambda t: t.to(device))
 
     @staticmethod
     def concat(parts: Sequence["Rollout"], pad_id: int) -> "Rollout":
@@ -158,7 +162,6 @@ def _sync_interval(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 8
 
 
-@torch.no_grad()
 def generate_rollout(
     model: LatentModel,
     prompt_ids: torch.Tensor,
@@ -179,7 +182,19 @@ def generate_rollout(
     `generator`: every draw runs on the model's device; a generator on another device (e.g. a CPU
     `torch.Generator()` for a CUDA model) is replaced once by a device generator seeded from it
     (`sampling.generator_on`), so no step copies logits to the host.
+
+    The decode runs under `torch.inference_mode()` (cheaper than `no_grad` for the many small views of a step: 7 %
+    of the rollout at `benchmarks/trainer_vs_trl.py`'s shape); the returned tensors are ordinary ones (copies), since
+    the update saves some of them for backward.
     """
+    with torch.inference_mode():
+        rollout = _decode(model, prompt_ids, prompt_mask, sampling, operator, schedule, generator, decoder)
+    return rollout.map(torch.Tensor.clone)
+
+
+def _decode(model: LatentModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingParams,
+            operator: ThoughtOperator | None, schedule: ThinkingSchedule | None,
+            generator: torch.Generator | None, decoder: DecoderChoice) -> Rollout:
     device = model.device
     generator = generator_on(generator, device)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device).bool()
