@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from latentrl.checkpoint import latest_checkpoint, list_checkpoints
 from latentrl.cli import main
 from latentrl.config import ConfigError, GRPOConfig
 from latentrl.data import make_examples
@@ -295,6 +296,58 @@ def test_resume_with_another_starting_model_is_refused(old_run):
     out, _ = old_run
     with pytest.raises(ConfigError, match=r"started from model_name_or_path='tiny', this run names 'other'"):
         trainer(out, model_name_or_path="other", resume_from_checkpoint="latest").train()
+
+
+def test_a_checkpoint_of_another_run_folder_is_refused_and_both_runs_stay_as_they_were(old_run, tmp_path):
+    out, _ = old_run
+    other = tmp_path / "other"
+    trainer(other, max_steps=3).train()
+    before, before_other = snapshot(out), snapshot(other)
+    with pytest.raises(ValueError, match=r"checkpoint of the run in .*run, not of this run's output_dir .*other.*"
+                                         r"set output_dir=.*run.*model_name_or_path=.*checkpoint-1"):
+        trainer(other, max_steps=4, resume_from_checkpoint=str(out / "checkpoint-1")).train()
+    assert snapshot(out) == before and snapshot(other) == before_other
+
+
+def test_resuming_an_older_checkpoint_sets_the_newer_line_aside_instead_of_mixing_it_in(tmp_path):
+    """The helper's case: a run at step 4 resumed from checkpoint-2 to step 3 once kept checkpoint-4 of the old
+    line as the folder's "latest" (and pruning dropped the resumed one). Now the newer checkpoints and the metrics so
+    far move to superseded-after-checkpoint-2/, and the folder holds one line: checkpoints 1-3, metrics 1-3."""
+    out = tmp_path / "run"
+    trainer(out, max_steps=4).train()
+    old = snapshot(out)
+    with pytest.warns(UserWarning, match=r"resuming from checkpoint-2.*checkpoint-3, checkpoint-4 and a copy of "
+                                         r"metrics.jsonl moved to .*superseded-after-checkpoint-2"):
+        trainer(out, max_steps=3, resume_from_checkpoint=str(out / "checkpoint-2")).train()
+    aside = out / "superseded-after-checkpoint-2"
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert [m["step"] for m in read_metrics(out) if "loss" in m] == [1, 2, 3]
+    for name, data in old.items():  # every file of the old line is still there, byte for byte
+        kept = aside / name if name.startswith(("checkpoint-3/", "checkpoint-4/", "metrics.jsonl")) else out / name
+        if not name.startswith(("checkpoint-3/", "metrics.jsonl", "run_config.json")):
+            assert kept.read_bytes() == data, name
+    assert (aside / "metrics.jsonl").read_bytes() == old["metrics.jsonl"]
+    assert latest_checkpoint(out).name == "checkpoint-3"
+    with pytest.raises(ConfigError, match="already holds a run"):  # the set-aside line is part of the run
+        trainer(out, max_steps=1).train()
+
+
+def test_the_sft_loop_sets_newer_checkpoints_aside_too(tmp_path):
+    from latentrl.sft.coconut import CoconutConfig, train_coconut
+
+    def run(**kw):
+        cfg = CoconutConfig(max_latent_stage=1, stage_advance="fixed", epochs_per_stage=1, num_epochs=2,
+                            per_device_train_batch_size=4, output_dir=str(tmp_path / "c"), save_steps=1, save_total_limit=None,
+                            disable_tqdm=True, eval_strategy="no", seed=0, **kw)
+        train_coconut(cfg, tiny_chain_sum_model(), examples(8))
+
+    run()
+    steps = [p.name for p in list_checkpoints(tmp_path / "c")]
+    assert len(steps) >= 3
+    with pytest.warns(UserWarning, match=f"resuming from {steps[0]}.*moved to .*superseded-after-{steps[0]}"):
+        run(resume_from_checkpoint=str(tmp_path / "c" / steps[0]))
+    assert sorted(p.name for p in (tmp_path / "c" / f"superseded-after-{steps[0]}").iterdir()) == sorted(
+        steps[1:] + ["metrics.jsonl"])
 
 
 def test_an_optimizer_that_does_not_fit_is_explained(old_run):

@@ -36,17 +36,17 @@ except ImportError:  # Windows: no advisory locks; runs are not guarded against 
 
 from latentrl.checkpoint import TRAINER_STATE_FILE, checkpoint_problem, latest_checkpoint, list_checkpoints
 from latentrl.config import ConfigError
+from latentrl.logger import METRICS_FILE
 
 __all__ = ["LOCK_FILE", "RUN_FILES", "check_new_run", "check_run_folder", "check_same_run", "replace_run",
-           "resume_checkpoint", "run_lock",
-           "run_entries"]
+           "resume_checkpoint", "run_lock", "run_entries", "set_aside_newer_checkpoints"]
 
 #: names a latentrl run writes into its output_dir (besides checkpoint-N / step-N folders)
 RUN_FILES = frozenset({
     "metrics.jsonl", "run_config.json", "tb", "results.json", "training_args.json", "curves.png",
     "demo_results.json", "config.json", "model.safetensors", "adapter_config.json", "adapter_model.safetensors",
 })
-_RUN_ENTRY = re.compile(r"^(checkpoint-\d+|step-\d+|\.tmp-checkpoint-.*)$")
+_RUN_ENTRY = re.compile(r"^(checkpoint-\d+|step-\d+|\.tmp-checkpoint-.*|superseded-after-checkpoint-.*)$")
 #: a model folder saved with `LatentModel.save_pretrained`: a config and one of its weight files (HF / peft names)
 MODEL_FILES = {
     "config.json": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -199,7 +199,39 @@ def resume_checkpoint(output_dir: str | Path, resume: str | bool) -> Path:
         intact = [p for p in list_checkpoints(path.parent) if p != path and model_checkpoint_problem(p) is None]
         hint = f"; the newest intact checkpoint there is {intact[-1]}" if intact else ""
         raise ValueError(f"cannot resume from {path}: {problem}{hint}")
+    if path.resolve().parent != Path(output_dir).resolve():
+        raise ValueError(f"cannot resume from {path}: it is a checkpoint of the run in {path.parent}, not of this "
+                         f"run's output_dir {output_dir} (resuming would mix the two runs' logs and checkpoints); "
+                         f"to continue that run set output_dir={path.parent}, to start a new run from its weights set "
+                         f"model_name_or_path={path} without resume_from_checkpoint")
     return path
+
+
+def set_aside_newer_checkpoints(output_dir: str | Path, checkpoint: str | Path) -> Path | None:
+    """A resume from an older checkpoint than the run folder's newest branches the run there. So that the folder
+    holds one line of training and nothing is lost, the newer checkpoints move, with a copy of the metrics logged so
+    far (the resumed run replaces those after its step), into `superseded-after-<checkpoint>[-k]/` in the folder,
+    with a warning naming it. Returns that folder (None: nothing newer). Call it on the main process, under the
+    run's lock."""
+    out, ckpt = Path(output_dir), Path(checkpoint).resolve()
+    listed = list_checkpoints(out)  # oldest first
+    at = [p.resolve() for p in listed]
+    if ckpt not in at or ckpt == at[-1]:
+        return None
+    newer = listed[at.index(ckpt) + 1:]
+    dest, k = out / f"superseded-after-{ckpt.name}", 1
+    while dest.exists():
+        k += 1
+        dest = out / f"superseded-after-{ckpt.name}-{k}"
+    dest.mkdir()
+    for name in (METRICS_FILE,):
+        if (out / name).is_file():
+            shutil.copy2(out / name, dest / name)
+    for p in newer:
+        os.replace(p, dest / p.name)
+    warnings.warn(f"resuming from {ckpt.name}, older than the run's newest checkpoint: {', '.join(p.name for p in newer)} "
+                  f"and a copy of {METRICS_FILE} moved to {dest}", stacklevel=2)
+    return dest
 
 
 def _model_id(name_or_path: str | None) -> str | None:

@@ -59,7 +59,14 @@ from latentrl.rl.distributed import DataParallel, chunk_generator, chunk_ranges,
 from latentrl.rl.fsdp import ShardedPolicy
 from latentrl.rl.losses import aggregate_loss, kl_penalty, masked_mean, mixed_policy_loss
 from latentrl.rollout import Rollout, SamplingParams, decode_completions, generate_rollout, left_pad
-from latentrl.run_dir import check_new_run, check_same_run, replace_run, resume_checkpoint, run_identity
+from latentrl.run_dir import (
+    check_new_run,
+    check_same_run,
+    replace_run,
+    resume_checkpoint,
+    run_identity,
+    set_aside_newer_checkpoints,
+)
 
 RewardFunc = Callable[..., list[float | None]]
 
@@ -628,6 +635,8 @@ class GRPOTrainer:
         if resume:
             path = resume_checkpoint(self.output_dir, resume)
             check_same_run(path, self.method.name, a.model_name_or_path)
+            if self.dp.is_main:
+                set_aside_newer_checkpoints(self.output_dir, path)
             start_step = self._load(path)
             if self.dp.is_main:
                 print(f"resuming from {path} (step {start_step} of {self.max_steps})", file=sys.stderr, flush=True)

@@ -126,7 +126,7 @@ class Checkpoints:
 
     def __init__(self, cfg: MetricsOutputConfig, model: Any, dp: Any = None):
         from latentrl.checkpoint import load_checkpoint
-        from latentrl.run_dir import check_new_run, resume_checkpoint
+        from latentrl.run_dir import check_new_run, resume_checkpoint, set_aside_newer_checkpoints
 
         self.cfg, self.model, self.dp = cfg, model, dp
         for key in ("save_steps", "resume_from_checkpoint"):  # checked here: a caller may set output_dir late
@@ -146,6 +146,8 @@ class Checkpoints:
             else:
                 self.state = load_checkpoint(self.path, optimizer=None, restore_rng=False)
                 model.load_weights(self.path)
+                if dp is None or dp.is_main:
+                    set_aside_newer_checkpoints(cfg.output_dir, self.path)
             if dp is not None:
                 dp.barrier()  # every process has looked at the folder before the main one writes into it
         except BaseException:
