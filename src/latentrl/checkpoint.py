@@ -27,6 +27,7 @@ import re
 import shutil
 import tempfile
 import warnings
+import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,15 @@ def _file_manifest(root: Path) -> dict[str, int]:
     return {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _crc32(path: Path) -> int:
+    """CRC-32 of a file's bytes (read in 4 MiB pieces): catches damage that leaves the size unchanged."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
 def _safetensors_problem(path: Path) -> str | None:
     """Why a ``.safetensors`` file is unusable (header unreadable, data shorter than the header says), or None.
     Reads only the header, so it costs nothing next to loading the weights."""
@@ -251,9 +261,10 @@ def _safetensors_problem(path: Path) -> str | None:
 def checkpoint_problem(path: str | Path) -> str | None:
     """Why checkpoint ``path`` cannot be resumed from, naming the file and the cause; None when it is intact.
 
-    Checks the completion marker, every file the marker lists (present, with the size it was saved with), and for
-    checkpoints saved before the marker listed files, that ``trainer_state.json`` parses and that every
-    ``.safetensors`` file holds the data its header announces.
+    Checks the completion marker, every file the marker lists (present, with the size and, for checkpoints saved
+    since 2026-12-08, the CRC-32 it was saved with: this reads every file once), and for checkpoints saved before
+    the marker listed files, that ``trainer_state.json`` parses and that every ``.safetensors`` file holds the data
+    its header announces.
     """
     path = Path(path)
     if not path.is_dir():
@@ -262,7 +273,8 @@ def checkpoint_problem(path: str | Path) -> str | None:
     if not marker.is_file():
         return f"no {COMPLETE_MARKER} marker (its save was interrupted)"
     try:
-        files = json.loads(marker.read_text(encoding="utf-8")).get("files")
+        marker_data = json.loads(marker.read_text(encoding="utf-8"))
+        files = marker_data.get("files")
     except (ValueError, AttributeError, UnicodeDecodeError):
         return f"its {COMPLETE_MARKER} marker is unreadable"
     if isinstance(files, dict):
@@ -274,6 +286,10 @@ def checkpoint_problem(path: str | Path) -> str | None:
             if actual != size:
                 cut = "truncated" if actual < size else "changed"
                 return f"{name} is {cut} ({actual} bytes, saved with {size})"
+        crcs = marker_data.get("crc32")
+        for name, crc in (crcs.items() if isinstance(crcs, dict) else ()):
+            if _crc32(path / name) != crc:
+                return f"{name} is corrupt (its bytes changed since it was saved: CRC-32 mismatch)"
         return None
     try:
         json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
@@ -358,7 +374,8 @@ def save_checkpoint(
         torch.save(get_rng_state(generators), tmp / RNG_STATE_FILE)
         state = {"step": step, **json_part}
         (tmp / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        marker = {"step": step, "files": _file_manifest(tmp)}
+        files = _file_manifest(tmp)
+        marker = {"step": step, "files": files, "crc32": {name: _crc32(tmp / name) for name in files}}
         (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
         _fsync_tree(tmp)
         if final.exists():  # re-saving the same step (e.g. after a resume): move the old copy out of the way first
