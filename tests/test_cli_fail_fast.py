@@ -42,6 +42,28 @@ def test_default_keys_draw_only_what_was_logged(run, capsys):
     assert "panels: reward, completions/mean_length" in out and "not logged: eval/pass_at_1, kl" in out
 
 
+def test_plot_out_names_an_image_and_prints_the_file_it_wrote(run, tmp_path, capsys):
+    before = (run / "metrics.jsonl").read_bytes()
+    with pytest.raises(SystemExit) as exit_:  # not a figure: argparse refuses it, the file is untouched
+        main(["plot", str(run), "--out", str(run / "metrics.jsonl")])
+    assert exit_.value.code == 2
+    assert "is not an image file name: end it in .png" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_bytes() == before
+    assert main(["plot", str(run), "--out", str(tmp_path / "curves")]) == 0  # no suffix: .png, and it says so
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'curves.png'}  (panels:")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("command", [["eval", "--model", "chain_sum-cot", "--data", "chain_sum"],
+                                     ["inspect", "--model", "chain_sum-cot", "--method", "grpo", "--prompts", "x"]])
+@pytest.mark.parametrize("value", ["nan", "-1", "inf", "hot"])
+def test_a_temperature_that_is_not_a_finite_number_at_least_0_is_refused(command, value, capsys, no_model_loading):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command[:-2], "--temperature", value, *command[-2:]])
+    assert exit_.value.code == 2
+    assert "argument --temperature:" in capsys.readouterr().err
+
+
 def test_plot_panels_expands_globs_to_plottable_keys_only(run):
     from latentrl.logger import plot_panels
 

@@ -482,6 +482,23 @@ def test_cli_resume_continues_with_the_runs_own_settings(tmp_path, capsys):
     assert snapshot(run) == before
 
 
+@pytest.mark.parametrize("content, cause", [("{bad", "cannot read the run's settings"),
+                                             ("[1]", "does not hold a run's settings")])
+def test_a_damaged_run_config_is_a_clear_error_for_resume_and_eval(tmp_path, capsys, content, cause):
+    init = tmp_path / "init"
+    tiny_chain_sum_model().save_pretrained(init)
+    run = tmp_path / "cli"
+    assert cli_train(run, f"model_name_or_path={init}") == 0
+    (run / "run_config.json").write_text(content)
+    capsys.readouterr()
+    assert cli_train(run, "max_steps=2", "--resume") == 2
+    err = capsys.readouterr().err
+    assert cause in err and "run_config.json" in err and "Traceback" not in err
+    assert main(["eval", "--model", str(run / "checkpoint-1"), "--data", "chain_sum", "--num", "2"]) == 2
+    err = capsys.readouterr().err
+    assert cause in err and "Traceback" not in err
+
+
 def test_an_output_dir_that_cannot_be_a_folder_is_a_clear_error(tmp_path):
     """A file in the way, or a parent that refuses new folders, is a ConfigError naming output_dir (not a bare
     OSError traceback), and nothing is created."""

@@ -7,6 +7,7 @@ instead of a traceback; `LATENTRL_DEBUG=1` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import traceback
@@ -136,7 +137,15 @@ def saved_run_settings(path: str | os.PathLike) -> dict[str, Any]:
     import json
     from pathlib import Path
 
-    return upgrade_saved_config(json.loads(Path(path).read_text()))
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"cannot read the run's settings in {path} ({e}); restore the file, or move it away to "
+                          "use the settings of the command line (--config FILE key=value ...)") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} does not hold a run's settings (a JSON object), it holds a "
+                          f"{type(data).__name__}; restore the file")
+    return upgrade_saved_config(data)
 
 
 def with_recorded_thoughts(cfg: GRPOConfig, config_file: str | None, overrides: Sequence[str],
@@ -378,6 +387,33 @@ def at_least(lo: int) -> Callable[[str], int]:
     return parse
 
 
+def temperature(text: str) -> float:
+    """An argparse `type`: a finite number >= 0 (0: greedy)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0.0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0: greedy), got {text}")
+    return value
+
+
+#: the file types matplotlib writes (`FigureCanvasBase.get_supported_filetypes()`), without importing it to parse
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".eps", ".ps", ".pgf")
+
+
+def image_path(text: str) -> Path:
+    """An argparse `type`: where a figure goes; no suffix gets ".png" (the path printed is the one written), a
+    suffix matplotlib cannot write is refused before anything runs."""
+    path = Path(text)
+    if not path.suffix:
+        return path.with_name(path.name + ".png")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an image file name: end it in .png (or "
+                                         f"{', '.join(IMAGE_SUFFIXES[1:])})")
+    return path
+
+
 def unit_fraction(text: str) -> float:
     """An argparse `type`: a number in [0, 1)."""
     try:
@@ -400,7 +436,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default=None, help="registered method (overrides the config's)")
     p.add_argument("--num", type=at_least(1), default=200, help="evaluation problems: the first NUM of --data (default 200)")
     p.add_argument("--k", type=at_least(0), default=4, help="k of Pass@k (and of the sampled Pass@1); 0 skips sampling")
-    p.add_argument("--temperature", type=float, default=None,
+    p.add_argument("--temperature", type=temperature, default=None,
                    help="sampling temperature of Pass@k (default: the run's `temperature`, e.g. HRPO 0.5)")
     p.add_argument("--max-new", type=at_least(1), default=64,
                    help="max completion positions (a completion cut at this budget is warned about)")
@@ -503,10 +539,10 @@ def _add_inspect_args(p: argparse.ArgumentParser) -> None:
                    help="take prompts from this task name / data file instead (its eval split)")
     p.add_argument("--num", type=at_least(1), default=3, help="prompts taken from --dataset (default 3)")
     p.add_argument("--top-k", type=at_least(1), default=5, help="tokens shown per position and view (default 5)")
-    p.add_argument("--out", default=None, help="write the heatmap image here (.png)")
+    p.add_argument("--out", type=image_path, default=None, help="write the heatmap image here (.png)")
     p.add_argument("--max-positions", type=at_least(1), default=None, help="plot only the first N latent positions")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (with --temperature > 0)")
-    p.add_argument("--temperature", type=float, default=0.0,
+    p.add_argument("--temperature", type=temperature, default=0.0,
                    help="0 (default): greedy, operator noise off; > 0: sample with noise on")
     p.add_argument("--max-new", type=at_least(1), default=None, help="max completion positions (default: the config's)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. latent.num_latent_steps=8)")
@@ -611,7 +647,7 @@ def _add_plot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys", nargs="+", default=None,
                    help="metric names, globs allowed ('clip_ratio/*'); one panel each; a name never logged is an "
                         f"error (default: those of {', '.join(DEFAULT_PLOT_KEYS)} that were logged)")
-    p.add_argument("--out", default=None, help="PNG path (default: RUN/metrics.png)")
+    p.add_argument("--out", type=image_path, default=None, help="PNG path (default: RUN/metrics.png)")
     p.add_argument("--title", default=None)
     p.add_argument("--smoothing", type=unit_fraction, default=None, help="EMA factor in [0, 1) (default: 0.6 above 30 points)")
 
