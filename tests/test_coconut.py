@@ -488,7 +488,7 @@ def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path, mode, k
 
 def test_a_checkpoint_from_the_old_coconut_loop_is_a_clear_error(tmp_path):
     """Checkpoints written before Coconut ran on the shared engine hold no data order: resuming one says so."""
-    from latentrl.checkpoint import EXTRA_STATE_FILE, list_checkpoints
+    from latentrl.checkpoint import COMPLETE_MARKER, EXTRA_STATE_FILE, list_checkpoints
 
     opts = dict(max_latent_stage=1, epochs_per_stage=1, num_epochs=2, per_device_train_batch_size=2,
                 eval_strategy="no", output_dir=str(tmp_path), save_steps=2)
@@ -497,6 +497,10 @@ def test_a_checkpoint_from_the_old_coconut_loop_is_a_clear_error(tmp_path):
     state = torch.load(latest / EXTRA_STATE_FILE, weights_only=True)
     del state["order"]  # what the old loop saved instead: the generator at the start of the pass, a batch count
     torch.save({**state, "epoch_order_state": torch.Generator().get_state(), "batch": 1}, latest / EXTRA_STATE_FILE)
+    marker = json.loads((latest / COMPLETE_MARKER).read_text())  # as that loop wrote it: sizes, no checksums
+    marker["files"][EXTRA_STATE_FILE] = (latest / EXTRA_STATE_FILE).stat().st_size
+    del marker["crc32"]
+    (latest / COMPLETE_MARKER).write_text(json.dumps(marker))
     with pytest.raises(ConfigError, match="older latentrl"):
         train_coconut(cfg(**opts, resume_from_checkpoint="latest"), model(), tiny_train_data(8))
 

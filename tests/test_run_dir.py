@@ -131,6 +131,15 @@ def test_overwrite_output_dir_replaces_the_whole_old_run(old_run):
     assert [r_["step"] for r_ in read_metrics(out)] == [1, 2]
 
 
+def test_overwrite_output_dir_refuses_to_delete_its_own_starting_model(old_run):
+    out, _ = old_run
+    before = snapshot(out)
+    t = trainer(out, max_steps=1, overwrite_output_dir=True, model_name_or_path=str(out / "checkpoint-2"))
+    with pytest.raises(ConfigError, match=r"overwrite_output_dir=true would delete the starting model .*checkpoint-2"):
+        t.train()
+    assert snapshot(out) == before
+
+
 def test_overwrite_output_dir_in_the_working_directory(old_run, monkeypatch):
     out, _ = old_run
     (out / "notes.txt").write_text("mine")
@@ -355,6 +364,42 @@ def test_the_sft_loop_sets_newer_checkpoints_aside_too(tmp_path):
         run(resume_from_checkpoint=str(tmp_path / "c" / steps[0]))
     assert sorted(p.name for p in (tmp_path / "c" / f"superseded-after-{steps[0]}").iterdir()) == sorted(
         steps[1:] + ["metrics.jsonl"])
+
+
+def test_a_supervised_resume_checks_it_is_the_same_run(old_run, tmp_path):
+    """The SFT loop records its trainer and starting model in each checkpoint and refuses another's, as the RL
+    trainers do (a Coconut run on icot resumed with a chain_sum model once trained on without a word)."""
+    from latentrl.sft.coconut import CoconutConfig, train_coconut
+
+    def run(out, **kw):
+        cfg = CoconutConfig(max_latent_stage=1, stage_advance="fixed", epochs_per_stage=1, num_epochs=1,
+                            per_device_train_batch_size=4, output_dir=str(out), save_steps=1, disable_tqdm=True,
+                            eval_strategy="no", seed=0, **kw)
+        train_coconut(cfg, tiny_chain_sum_model(), examples(8))
+
+    run(tmp_path / "c", model_name_or_path="tiny")
+    state = json.loads((latest_checkpoint(tmp_path / "c") / "trainer_state.json").read_text())
+    assert state["method"] == "coconut" and state["model_name_or_path"] == "tiny"
+    before = snapshot(tmp_path / "c")
+    with pytest.raises(ConfigError, match=r"started from model_name_or_path='tiny', this run names 'other'"):
+        run(tmp_path / "c", model_name_or_path="other", resume_from_checkpoint="latest")
+    assert snapshot(tmp_path / "c") == before
+    out, _ = old_run  # a GRPO run's folder
+    with pytest.raises(ConfigError, match=r"written by the 'grpo' trainer, this run is 'coconut'; resume it with "
+                                          r"that trainer"):
+        run(out, resume_from_checkpoint="latest")
+
+
+def test_resume_from_checkpoint_true_and_false_read_as_hf_trainer_means_them(old_run, capsys):
+    out, _ = old_run
+    with pytest.raises(ValueError, match=r"resume_from_checkpoint='false' names no checkpoint: leave it unset"):
+        trainer(out, resume_from_checkpoint="false").train()
+    t = trainer(out, resume_from_checkpoint="true", max_steps=2)  # "true": the newest checkpoint, as `True`
+    t.train()
+    err = capsys.readouterr().err
+    assert f"resuming from {out / 'checkpoint-2'} (step 2 of 2)" in err
+    assert "nothing to train: the checkpoint is at step 2 and max_steps is 2; raise max_steps" in err
+    assert t.global_step == 2
 
 
 def test_an_optimizer_that_does_not_fit_is_explained(old_run):

@@ -287,11 +287,12 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
         validate_config(cfg)
     if not cfg.model_name_or_path or not cfg.dataset:
         raise ConfigError("coconut-sft needs model_name_or_path and dataset (in the YAML or as key=value)")
-    from latentrl.run_dir import check_new_run, resume_checkpoint
+    from latentrl.run_dir import check_new_run, check_same_run, resume_checkpoint
 
     out = cfg.output_dir = cfg.output_dir or "runs/coconut"  # metrics and checkpoints beside the model
     if cfg.resume_from_checkpoint:  # fail before loading anything when there is nothing intact to resume
-        resume_checkpoint(out, cfg.resume_from_checkpoint)
+        check_same_run(resume_checkpoint(out, cfg.resume_from_checkpoint), "coconut", cfg.model_name_or_path,
+                       trainer=True)
     else:
         check_new_run(out, overwrite=cfg.overwrite_output_dir, resumable=bool(cfg.save_steps))  # the model goes there
     train = load_examples(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed)

@@ -64,13 +64,21 @@ def run_entries(output_dir: str | Path) -> list[str]:
 
 
 def check_new_run(output_dir: str | Path | None, *, overwrite: bool = False, resumable: bool = True,
-                  key: str = "output_dir") -> None:
+                  key: str = "output_dir", model_name_or_path: str | None = None) -> None:
     """Refuse to start a new run in a folder holding an earlier run, unless `overwrite` (then see `replace_run`).
 
     Writes nothing, so callers run it before loading models or data to fail in seconds. `resumable`: whether the
-    command can resume (its message then says how); `key`: the option that names the folder.
+    command can resume (its message then says how); `key`: the option that names the folder. With `overwrite`, a
+    starting model (`model_name_or_path`) inside the folder is refused: replacing the run would delete it.
     """
-    if output_dir is None or overwrite:
+    if output_dir is None:
+        return
+    if overwrite:
+        start = Path(model_name_or_path) if model_name_or_path else None
+        if start is not None and start.exists() and Path(output_dir).resolve() in start.resolve().parents:
+            raise ConfigError(f"overwrite_output_dir=true would delete the starting model {model_name_or_path} "
+                              f"with the earlier run in {output_dir}: copy it out of {key} first, or choose another "
+                              f"{key}")
         return
     found = run_entries(output_dir)
     if not found:
@@ -184,9 +192,15 @@ def model_checkpoint_problem(path: Path) -> str | None:
 
 
 def resume_checkpoint(output_dir: str | Path, resume: str | bool) -> Path:
-    """The checkpoint a resume starts from: `resume` is True / 'latest' (the newest intact checkpoint in
+    """The checkpoint a resume starts from: `resume` is True / 'latest' / 'true' (the newest intact checkpoint in
     `output_dir`; damaged newer ones are skipped with a warning naming the file and the cause) or a path, which
     must be intact (else a `ValueError` naming the file and the cause, and the newest intact one if any)."""
+    word = resume.strip().lower() if isinstance(resume, str) else None
+    if word in ("true", "yes"):  # HF Trainer's `resume_from_checkpoint=True`, as a YAML or key=value string
+        resume = "latest"
+    elif word in ("false", "no", ""):
+        raise ValueError(f"resume_from_checkpoint={resume!r} names no checkpoint: leave it unset (null) to start a "
+                         "new run, or set it to latest or a checkpoint folder")
     if resume is True or resume == "latest":
         path = latest_checkpoint(output_dir, problem=model_checkpoint_problem)
         if path is None:
@@ -247,12 +261,14 @@ def run_identity(method: str, model_name_or_path: str | None) -> dict[str, str |
     return {"method": method, "model_name_or_path": _model_id(model_name_or_path)}
 
 
-def check_same_run(checkpoint: str | Path, method: str, model_name_or_path: str | None) -> None:
+def check_same_run(checkpoint: str | Path, method: str, model_name_or_path: str | None, *,
+                   trainer: bool = False) -> None:
     """Refuse to resume `checkpoint` with another method or another starting model than the run that wrote it.
 
     Reads the checkpoint's trainer_state.json (the run's run_config.json for checkpoints that predate it). Another
     method would load a different optimizer layout; another `model_name_or_path` would resume weights onto a model
-    the run did not start from — both fail later with unrelated errors, or not at all.
+    the run did not start from — both fail later with unrelated errors, or not at all. `trainer`: `method` names
+    a supervised loop (`latentrl.sft.loop.StepLoop`'s name), and the message says so.
     """
     checkpoint = Path(checkpoint)
     try:
@@ -267,6 +283,10 @@ def check_same_run(checkpoint: str | Path, method: str, model_name_or_path: str 
             return
         saved = run_identity(cfg.get("method"), cfg.get("model_name_or_path"))
     if saved.get("method") not in (None, method):
+        if trainer:  # a supervised loop: `method` names the trainer (coconut, sft[cot], ...), not a config key
+            raise ConfigError(f"cannot resume {checkpoint}: it was written by the {saved['method']!r} trainer, this "
+                              f"run is {method!r}; resume it with that trainer or start a new run in another "
+                              "output_dir")
         raise ConfigError(f"cannot resume {checkpoint}: it was trained with method {saved['method']!r}, this run's "
                           f"method is {method!r}; resume with method={saved['method']} (the run's own config is in "
                           f"{checkpoint.parent / 'run_config.json'}) or start a new run in another output_dir")
@@ -287,4 +307,4 @@ def check_run_folder(cfg) -> None:
         check_same_run(path, cfg.method, cfg.model_name_or_path)
         cfg.resume_from_checkpoint = str(path)
     else:
-        check_new_run(cfg.output_dir, overwrite=cfg.overwrite_output_dir)
+        check_new_run(cfg.output_dir, overwrite=cfg.overwrite_output_dir, model_name_or_path=cfg.model_name_or_path)

@@ -640,8 +640,12 @@ class GRPOTrainer:
             start_step = self._load(path)
             if self.dp.is_main:
                 print(f"resuming from {path} (step {start_step} of {self.max_steps})", file=sys.stderr, flush=True)
+                if start_step >= self.max_steps:
+                    print(f"nothing to train: the checkpoint is at step {start_step} and max_steps is "
+                          f"{self.max_steps}; raise max_steps (e.g. max_steps={start_step + self.max_steps}) to go on",
+                          file=sys.stderr, flush=True)
         elif not self._wrote_run:  # a second train() of this trainer continues the run it wrote itself
-            check_new_run(self.output_dir, overwrite=a.overwrite_output_dir)
+            check_new_run(self.output_dir, overwrite=a.overwrite_output_dir, model_name_or_path=a.model_name_or_path)
         # only the main process writes logs and checkpoints; every process keeps the same history
         main = self.dp.is_main
         logger: MetricsLogger | None = None

@@ -20,7 +20,7 @@ from torch import nn
 from latentrl.config import ConfigError, config_to_dict
 from latentrl.optimizer_steps import EpochOrder, LossFn, MetricWindow, OptimizerSteps
 from latentrl.rl.distributed import DataParallel, make_accelerator
-from latentrl.run_dir import run_lock
+from latentrl.run_dir import run_identity, run_lock
 from latentrl.sft.config import MetricsOutputConfig, SFTTrainingConfig, StepScheduleConfig
 
 __all__ = [
@@ -124,11 +124,13 @@ class Checkpoints:
     Apply LoRA to `model` before opening it: a LoRA run's checkpoints hold the adapter.
     """
 
-    def __init__(self, cfg: MetricsOutputConfig, model: Any, dp: Any = None):
+    def __init__(self, cfg: MetricsOutputConfig, model: Any, dp: Any = None, name: str | None = None):
         from latentrl.checkpoint import load_checkpoint
-        from latentrl.run_dir import check_new_run, resume_checkpoint, set_aside_newer_checkpoints
+        from latentrl.run_dir import check_new_run, check_same_run, resume_checkpoint, set_aside_newer_checkpoints
 
         self.cfg, self.model, self.dp = cfg, model, dp
+        #: what the checkpoints record as their run (`run_dir.run_identity`): the trainer's name, the starting model
+        self.identity = run_identity(name, getattr(cfg, "model_name_or_path", None)) if name is not None else {}
         for key in ("save_steps", "resume_from_checkpoint"):  # checked here: a caller may set output_dir late
             if getattr(cfg, key) and not cfg.output_dir:
                 raise ConfigError(f"{key}={getattr(cfg, key)} needs an output_dir (the checkpoints live there)")
@@ -144,6 +146,8 @@ class Checkpoints:
             if self.path is None:
                 check_new_run(cfg.output_dir, overwrite=cfg.overwrite_output_dir, resumable=bool(cfg.save_steps))
             else:
+                if name is not None:  # another trainer's or another starting model's checkpoint is refused
+                    check_same_run(self.path, name, getattr(cfg, "model_name_or_path", None), trainer=True)
                 self.state = load_checkpoint(self.path, optimizer=None, restore_rng=False)
                 model.load_weights(self.path)
                 if dp is None or dp.is_main:
@@ -196,7 +200,8 @@ class Checkpoints:
             return
         if self.dp is None or self.dp.is_main:
             save_checkpoint(self.cfg.output_dir, step, save_model=self.model.save_pretrained, optimizer=optimizer,
-                            scheduler=scheduler, extra_state=extra, total_limit=self.cfg.save_total_limit)
+                            scheduler=scheduler, extra_state={**(extra or {}), **self.identity},
+                            total_limit=self.cfg.save_total_limit)
         if self.dp is not None:
             self.dp.barrier()
 
@@ -234,7 +239,8 @@ class StepLoop:
         self.dp = launch(cfg, model)
         if prepare is not None:
             prepare(self.dp)
-        self.checkpoints = Checkpoints(cfg, model, self.dp)  # checks the run folder; loads a resumed run's weights
+        # checks the run folder; loads a resumed run's weights (the same trainer's, whatever its no-BPTT flag)
+        self.checkpoints = Checkpoints(cfg, model, self.dp, name=name.replace("[no-bptt]", ""))
         try:
             torch.manual_seed(cfg.seed)
             self.order = EpochOrder(num_examples, torch.Generator().manual_seed(cfg.seed))
