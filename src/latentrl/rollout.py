@@ -183,7 +183,7 @@ def generate_rollout(
     `torch.Generator()` for a CUDA model) is replaced once by a device generator seeded from it
     (`sampling.generator_on`), so no step copies logits to the host.
 
-    The decode runs under `torch.inference_mode()` (cheaper than `no_grad` for the many small views of a step: 7 %
+    The decode runs under `torch.inference_mode()` (cheaper than `no_grad` for the many small views of a step: 3-16 %
     of the rollout at `benchmarks/trainer_vs_trl.py`'s shape); the returned tensors are ordinary ones (copies), since
     the update saves some of them for backward.
     """
