@@ -231,13 +231,22 @@ def _file_manifest(root: Path) -> dict[str, int]:
     return {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+#: CRC-32s already computed, by (path, size, mtime): a resume checks the same checkpoint several times (the CLI's
+#: early check, the trainer's, `load_checkpoint`'s) and a checkpoint may hold gigabytes
+_CRC_CACHE: dict[tuple[str, int, int], int] = {}
+
+
 def _crc32(path: Path) -> int:
     """CRC-32 of a file's bytes (read in 4 MiB pieces): catches damage that leaves the size unchanged."""
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            crc = zlib.crc32(chunk, crc)
-    return crc
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _CRC_CACHE:
+        crc = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                crc = zlib.crc32(chunk, crc)
+        _CRC_CACHE[key] = crc
+    return _CRC_CACHE[key]
 
 
 def _safetensors_problem(path: Path) -> str | None:
