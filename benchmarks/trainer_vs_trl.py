@@ -211,6 +211,20 @@ def build_ours(args: argparse.Namespace, folder: Path, tok, rows, out_dir: Path)
     return trainer
 
 
+def ours_alone(argv: list[str] | None = None, num_rows: int = 64):
+    """Our trainer at this benchmark's shape (`argv`: its options; default, the default shape), built in a temporary
+    folder with one torch thread, for the experiment scripts under docs/bench/trainer_vs_trl/."""
+    import torch
+    import transformers
+
+    args = parse_args(argv or [])
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()
+    tmp = Path(tempfile.mkdtemp())
+    tok = save_tiny_model(args, tmp / "model")
+    return build_ours(args, tmp / "model", tok, make_rows(args, num_rows), tmp / "out")
+
+
 def build_trl(args: argparse.Namespace, folder: Path, tok, rows, out_dir: Path, max_steps: int, callbacks=()):
     from datasets import Dataset
     from trl import GRPOConfig as TRLConfig

@@ -11,12 +11,9 @@ each over the rounds after two warm-ups, and their ratios.
 """
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
-import transformers
 
 sys.path.insert(0, "benchmarks")
 import trainer_vs_trl as tv  # noqa: E402
@@ -34,12 +31,7 @@ def under_no_grad(model, prompt_ids, prompt_mask, sampling, operator=None, sched
 
 
 def main() -> None:
-    args = tv.parse_args([])
-    torch.set_num_threads(1)
-    transformers.logging.set_verbosity_error()
-    tmp = Path(tempfile.mkdtemp())
-    tok = tv.save_tiny_model(args, tmp / "model")
-    trainer = tv.build_ours(args, tmp / "model", tok, tv.make_rows(args, 64), tmp / "out")
+    trainer = tv.ours_alone()
     times: dict[str, list[tuple[float, float]]] = {"no_grad": [], "inference_mode": []}
     for r in range(ROUNDS):
         for name, fn in (("no_grad", under_no_grad), ("inference_mode", generate_rollout)):
