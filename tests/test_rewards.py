@@ -127,6 +127,22 @@ def test_math_verify_reward():
     assert math_verify_reward([""], [" #### Tom is a lempus ."], answer=["Tom is a lempus."]) == [1.0]
 
 
+@pytest.mark.parametrize("gold, written, right", [
+    ("1", "x^2 + 1", False),  # math_verify's default extraction would take the last number, 1
+    ("2", "\\sqrt{2} + 2", False),
+    ("5", "3, 5", False),
+    ("x^2+1", "x^2 + 1", True),  # and would find no formula where these are one
+    ("(3, 5)", "(3,5)", True),
+    ("18.90", "\\$18.90", True),
+    ("1000", "\\boxed{1,000}", True),
+    ("0.5", "\\frac{1}{2}", True),
+    ("10", "10 dollars", True),  # prose keeps the default extraction
+    ("True", "True", True),
+])
+def test_math_verify_reward_reads_an_extracted_answer_as_one_formula(gold, written, right):
+    assert math_verify_reward([""], [f"#### {written}"], [gold]) == [float(right)]
+
+
 def test_math_verify_reward_works_off_the_main_thread():
     result = []
     thread = threading.Thread(

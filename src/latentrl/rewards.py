@@ -242,15 +242,27 @@ def hrpo_reward(
     return out
 
 
+#: a LaTeX command (`\\sqrt`, `\\frac`, ...) and a word of two or more letters: an extracted answer with a word
+#: outside LaTeX commands is prose ("10 dollars", "True"), which math mode would read as a product of symbols
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+_WORD = re.compile(r"[A-Za-z]{2,}")
+
+
 def _math_parse(text: str) -> list[Any]:
-    """`math_verify.parse` that never raises. Bare LaTeX (with `\\`, `^`, `_` or `{`) is retried inside `$...$`;
-    plain words are not, as math mode would read "True" as a product of symbols. The parser's signal-based
-    timeout only works in the main thread, so other threads parse without one."""
+    """`math_verify.parse` of an already extracted answer, never raising. A formula (no word outside LaTeX commands)
+    is parsed in math mode, `$...$`: math_verify's default extraction would take the last number of `x^2 + 1`
+    (1) or `(3, 5)` (5) and nothing of `\\$18.90`. Prose, or a formula math mode cannot read, gets the default
+    extraction, then (bare LaTeX with `\\`, `^`, `_` or `{`) math mode. The parser's signal-based timeout only works
+    in the main thread, so other threads parse without one."""
     from math_verify import parse
 
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
     try:
-        parsed = parse(text, parsing_timeout=timeout)
+        # (an escaped dollar, `\\$18.90`, is a currency sign, not a math-mode delimiter)
+        formula = "$" not in text.replace("\\$", "") and not _WORD.search(_LATEX_COMMAND.sub(" ", text))
+        parsed = parse(f"${text}$", parsing_timeout=timeout) if formula else []
+        if not parsed:
+            parsed = parse(text, parsing_timeout=timeout)
         if not parsed and "$" not in text and any(ch in text for ch in "\\^_{"):
             parsed = parse(f"${text}$", parsing_timeout=timeout)
         return list(parsed)
