@@ -169,3 +169,35 @@ def test_a_damaged_model_folder_is_a_one_line_error(capsys, tmp_path):
     assert main(["eval", "--model", str(folder), "--data", "chain_sum", "--num", "2", "--k", "0"]) == 2
     err = capsys.readouterr().err
     assert "could not load the model folder" in err and "damaged or incomplete" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("drop_layer", r"do not fit its config.json: \d+ of the model's tensors are not in them \(model.layers.1"),
+    ("wider_config", r"do not fit its config.json"),
+    ("no_tokenizer", r"no tokenizer in .*tokenizer.json"),
+])
+def test_a_model_folder_whose_parts_do_not_belong_together_is_refused(damage, message, tmp_path):
+    """Weights missing from a folder would be initialised at random (transformers only logs it) and scored; a folder
+    without tokenizer files once loaded a 1-token tokenizer and failed far away."""
+    import json as json_
+
+    from safetensors.torch import load_file, save_file
+
+    from latentrl.model import LatentModel
+    from latentrl.testing import tiny_latent_model
+
+    folder = tmp_path / "ckpt"
+    tiny_latent_model("qwen2", ["1", "2", "+", "="], seed=0, hidden=16).save_pretrained(folder)
+    if damage == "drop_layer":
+        state = load_file(str(folder / "model.safetensors"))
+        save_file({k: v for k, v in state.items() if "layers.1." not in k}, str(folder / "model.safetensors"),
+                  metadata={"format": "pt"})
+    elif damage == "wider_config":
+        config = json_.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json_.dumps({**config, "intermediate_size": 2 * config["intermediate_size"]}))
+    else:
+        for f in folder.iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens", "vocab")):
+                f.unlink()
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        LatentModel.from_pretrained(folder)

@@ -354,6 +354,51 @@ def test_hub_ids_go_to_datasets_and_failures_list_tasks(monkeypatch):
     assert calls == [("someone/tiny-gsm", "main", "test"), ("no_such_task_or_dataset_xyz", None, "train")]
 
 
+@pytest.mark.parametrize("name, text", [("a.txt", "3 5 * 1 2||1 2 #### 5 6\n"),
+                                        ("a.jsonl", '{"question": "3 5 * 1 2", "answer": "5 6"}\n'),
+                                        ("a.json", '[{"question": "3 5 * 1 2", "answer": "5 6"}]\n')])
+def test_a_byte_order_mark_is_dropped_and_other_encodings_name_the_line(tmp_path, name, text):
+    (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert load_examples(str(tmp_path / name))[0].question == "3 5 * 1 2"  # not "\ufeff3 5 * 1 2"
+    (tmp_path / name).write_bytes(text.encode() + "4 é\n".encode("latin-1"))
+    with pytest.raises(DataFormatError, match=rf"{name}, line 2: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"):
+        load_examples(str(tmp_path / name))
+
+
+def _dataset_folder(root, rows_by_config):
+    """A local dataset folder in the hub layout: one config per key, its `test` split in CONFIG/test.jsonl."""
+    lines = ["---", "configs:"]
+    for config, rows in rows_by_config.items():
+        (root / config).mkdir(parents=True)
+        (root / config / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        lines += [f"- config_name: {config}", "  data_files:", "  - split: test", f"    path: {config}/test.jsonl"]
+    (root / "README.md").write_text("\n".join([*lines, "---", ""]))
+    return root
+
+
+def test_two_local_dataset_folders_of_one_name_are_read_each_from_its_own_files(tmp_path):
+    """datasets' cache keys a local folder by its name and relative paths: the second folder once came back with
+    the first one's rows. Local sources are read afresh."""
+    pytest.importorskip("datasets")
+    first = _dataset_folder(tmp_path / "a" / "ds", {"main": [{"question": "1 1", "answer": "2"}],
+                                                    "other": [{"question": "2 2", "answer": "4"}]})
+    second = _dataset_folder(tmp_path / "b" / "ds", {"main": [{"question": "3 3", "answer": "6"}] * 2,
+                                                     "other": [{"question": "4 4", "answer": "8"}] * 3})
+    assert [e.question for e in load_examples(str(first), "eval", config_name="other")] == ["2 2"]
+    assert [e.question for e in load_examples(str(second), "eval", config_name="other")] == ["4 4"] * 3
+    assert [e.question for e in load_examples(str(second), "eval", config_name="main")] == ["3 3"] * 2
+
+
+def test_eval_passes_dataset_config_to_the_loader(tmp_path, capsys):
+    from latentrl.cli import main
+
+    folder = _dataset_folder(tmp_path / "gsm", {"main": [{"question": "1 1", "answer": "2"}],
+                                                "other": [{"question": "2 2", "answer": "4"}] * 3})
+    assert main(["eval", "--model", "chain_sum-cot", "--data", str(folder), "--num", "5", "--k", "0",
+                 "--no-thought-check", "dataset_config=other"]) == 0
+    assert f"3 problems of {folder}" in capsys.readouterr().err
+
+
 # --- synthetic tasks ---------------------------------------------------------------------------------------------
 
 

@@ -352,7 +352,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if ns.data in suite:  # a suite task: the bench's held-out problems (icot_mult_4x4: the real valid file)
         data = suite[ns.data].eval_examples(ns.num)
     else:
-        data = load_examples(ns.data, split="eval", n=ns.num, seed=cfg.seed)[: ns.num]
+        data = load_examples(ns.data, split="eval", n=ns.num, seed=cfg.seed, **data_options(cfg))[: ns.num]
     temperature = cfg.temperature if ns.temperature is None else ns.temperature
     print(f"latentrl eval: method {cfg.method}, settings from {settings}; {len(data)} problems of {ns.data} "
           f"(--num {ns.num}); " + (f"Pass@{ns.k} sampled at temperature {temperature:g}" if ns.k >= 1 else "no Pass@k (--k 0)"),
@@ -513,7 +513,7 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
     if ns.prompts:
         prompts = list(ns.prompts)
     elif ns.dataset:
-        prompts = load_examples(ns.dataset, split="eval", n=ns.num, seed=cfg.seed)[: ns.num]
+        prompts = load_examples(ns.dataset, split="eval", n=ns.num, seed=cfg.seed, **data_options(cfg))[: ns.num]
     else:
         raise ConfigError("latentrl inspect needs prompts: --prompts TEXT [TEXT ...] or --dataset SOURCE --num N")
     get_method(cfg.method)  # an unknown method fails before the model loads

@@ -147,13 +147,19 @@ class LatentModel(nn.Module):
                 config = None
             if config is not None:
                 check_plain_logits(config)
+        if path.is_dir() and tokenizer is None and not any((path / f).exists() for f in TOKENIZER_FILES):
+            raise FileNotFoundError(f"no tokenizer in {str(path)!r} (none of {', '.join(TOKENIZER_FILES)}): save it "
+                                    "beside the model (tokenizer.save_pretrained), or pass tokenizer=NAME_OR_PATH")
         try:
-            model = AutoModelForCausalLM.from_pretrained(name_or_path, **model_kwargs)
+            model, info = AutoModelForCausalLM.from_pretrained(name_or_path, output_loading_info=True, **model_kwargs)
             if tokenizer is None or isinstance(tokenizer, str):
                 tokenizer = load_tokenizer(tokenizer or name_or_path)
         except Exception as err:
             if path.exists() and _is_file_damage(err):  # truncated weights, a broken JSON file, ...
                 raise _damaged("model folder", path, err) from err
+            if path.exists() and "mismatched" in str(err).lower():  # a tensor's shape differs from config.json's
+                raise ValueError(f"the weights in {str(path)!r} do not fit its config.json "
+                                 f"({str(err).splitlines()[0]}); check that they belong together") from err
             if path.exists() or not isinstance(err, OSError):
                 raise
             # a hub id that cannot be reached or does not exist: say what was tried
@@ -163,6 +169,13 @@ class LatentModel(nn.Module):
                 + ("" if os.environ.get("HF_HUB_OFFLINE") else
                    " (on a machine without internet, HF_HUB_OFFLINE=1 skips the hub's connection retries)")
             ) from err
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:  # transformers would initialise them at random and only log it
+            raise ValueError(f"the weights of {str(name_or_path)!r} do not fit its config.json: {len(missing)} of the "
+                             f"model's tensors are not in them ({', '.join(missing[:3])}"
+                             f"{', ...' if len(missing) > 3 else ''}) and would be random; check that config.json "
+                             "and the weights belong together (a partial checkpoint on purpose: load it with "
+                             "transformers and wrap it, LatentModel(model, tokenizer))")
         lm = cls(model, tokenizer)
         meta = path / LATENT_META_FILE
         if meta.exists():
@@ -552,6 +565,10 @@ def _is_file_damage(err: BaseException) -> bool:
     if isinstance(err, (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError)):
         return True
     return type(err).__name__ in ("SafetensorError", "HeaderTooLarge", "DecodeError")
+
+
+#: files one of which a saved tokenizer writes (HF fast / slow / SentencePiece / BPE)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
 
 
 def _damaged(kind: str, path: Path, err: BaseException) -> ValueError:

@@ -29,6 +29,14 @@ from latentrl.data.tasks import TASKS, make_examples, train_eval_split
 
 PathLikeStr = str | PathLike[str]
 
+def _fresh_if_local(source: str | Path) -> dict[str, Any]:
+    """`load_dataset` options that read a local source again rather than from datasets' cache: the cache is keyed
+    by the folder's name and its files' relative paths, so a second local folder of the same name and layout (or
+    the same folder edited) was answered with the first one's rows, without a word (and then its recorded split
+    sizes would refuse the fresh read)."""
+    return {"download_mode": "force_redownload", "verification_mode": "no_checks"} if Path(source).exists() else {}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # iCoT text format
 # ---------------------------------------------------------------------------------------------------------------
@@ -102,12 +110,23 @@ def load_icot(path: PathLikeStr) -> list[Example]:
     """All examples of an iCoT-format text file (GSM8k-Aug, iCoT multiplication); blank lines are skipped."""
     file = _existing_file(path)
     examples = []
-    with file.open(encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.rstrip("\r\n")
-            if line.strip():
-                examples.append(parse_icot_line(line, file, lineno))
+    for lineno, raw in enumerate(_read_text(file).splitlines(), 1):
+        line = raw.rstrip("\r\n")
+        if line.strip():
+            examples.append(parse_icot_line(line, file, lineno))
     return examples
+
+
+def _read_text(file: Path) -> str:
+    """A data file's text: UTF-8, a byte-order mark dropped (it would join the first question's first word); other
+    encodings are a `DataFormatError` naming the line."""
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataFormatError(file, f"not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8",
+                              line=line) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -209,7 +228,7 @@ def _rows_to_examples(rows: Iterable[Mapping[str, Any]], path: PathLikeStr, **fi
 
 def _load_json_list(path: PathLikeStr, **fields: Any) -> list[Example]:
     file = _existing_file(path)
-    text = file.read_text(encoding="utf-8")
+    text = _read_text(file)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -252,7 +271,7 @@ def _parse_jsonl(file: Path, text: str, **fields: Any) -> list[Example]:
 def load_jsonl(path: PathLikeStr, **fields: Any) -> list[Example]:
     """JSON lines, one object per line. Parsed here rather than by `datasets` so errors name the exact line."""
     file = _existing_file(path)
-    return _parse_jsonl(file, file.read_text(encoding="utf-8"), **fields)
+    return _parse_jsonl(file, _read_text(file), **fields)
 
 
 def load_table(path: PathLikeStr, **fields: Any) -> list[Example]:
@@ -262,7 +281,7 @@ def load_table(path: PathLikeStr, **fields: Any) -> list[Example]:
     file = _existing_file(path)
     builder = {".parquet": "parquet", ".csv": "csv"}[file.suffix.lower()]
     try:
-        table = datasets.load_dataset(builder, data_files=str(file), split="train")
+        table = datasets.load_dataset(builder, data_files=str(file), split="train", **_fresh_if_local(file))
     except Exception as e:  # datasets wraps parser errors in several exception types
         raise DataFormatError(file, f"datasets could not read it as {builder}: {e}") from e
     return _rows_to_examples(table, file, **fields)
@@ -419,7 +438,7 @@ def _load_with_datasets(source: str, split: str | None, config_name: str | None 
     table, error = None, None
     for name in split_names(split or "train"):
         try:
-            table = datasets.load_dataset(source, config_name, split=name)
+            table = datasets.load_dataset(source, config_name, split=name, **_fresh_if_local(source))
             break
         except Exception as e:  # datasets: `Unknown split "eval". Should be one of ['train', 'test'].`
             error = e
