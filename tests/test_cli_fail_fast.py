@@ -175,6 +175,7 @@ def test_a_damaged_model_folder_is_a_one_line_error(capsys, tmp_path):
     ("drop_layer", r"do not fit its config.json: \d+ of the model's tensors are not in them \(model.layers.1"),
     ("wider_config", r"do not fit its config.json"),
     ("no_tokenizer", r"no tokenizer in .*tokenizer.json"),
+    ("unknown_type", r"could not load the model in .*model type `nonsense_arch`"),
 ])
 def test_a_model_folder_whose_parts_do_not_belong_together_is_refused(damage, message, tmp_path):
     """Weights missing from a folder would be initialised at random (transformers only logs it) and scored; a folder
@@ -192,12 +193,26 @@ def test_a_model_folder_whose_parts_do_not_belong_together_is_refused(damage, me
         state = load_file(str(folder / "model.safetensors"))
         save_file({k: v for k, v in state.items() if "layers.1." not in k}, str(folder / "model.safetensors"),
                   metadata={"format": "pt"})
-    elif damage == "wider_config":
+    elif damage in ("wider_config", "unknown_type"):
         config = json_.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json_.dumps({**config, "intermediate_size": 2 * config["intermediate_size"]}))
+        change = {"intermediate_size": 2 * config["intermediate_size"]} if damage == "wider_config" else {
+            "model_type": "nonsense_arch"}
+        (folder / "config.json").write_text(json_.dumps({**config, **change}))
     else:
         for f in folder.iterdir():
             if f.name.startswith(("tokenizer", "special_tokens", "vocab")):
                 f.unlink()
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         LatentModel.from_pretrained(folder)
+
+
+def test_train_says_when_the_data_holds_fewer_rows_than_num_train_examples(tmp_path, capsys):
+    from latentrl.cli import load_train_data_and_record
+    from latentrl.config import GRPOConfig
+
+    data = tmp_path / "two.jsonl"
+    data.write_text('{"question": "1 1", "answer": "2"}\n{"question": "2 2", "answer": "4"}\n')
+    rows, _ = load_train_data_and_record(GRPOConfig(model_name_or_path="chain_sum-cot", dataset=str(data),
+                                                    num_train_examples=200, output_dir=str(tmp_path / "run")))
+    assert len(rows) == 2
+    assert f"training prompts: 2 rows of {data} (num_train_examples=200; the data has no more)" in capsys.readouterr().err

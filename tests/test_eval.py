@@ -42,3 +42,23 @@ def test_sampled_pass_at_1_is_the_mean_fraction_of_right_samples_per_problem():
     none = evaluate(lm, rows, k=0, max_new_positions=3, reward_func=first_j_right)
     assert none.pass_at_k is None and none.sampled_pass_at_1 is None and none.sampled_pass_at_1_se is None
     assert none.correct == [0.0, 1.0, 1.0, 1.0] and none.sampled_correct is None
+
+
+def test_prompts_the_model_cannot_read_as_written_are_warned_about():
+    """Data of another task (words the tokenizer maps to its unknown token) and prompts that with the budget run
+    past max_position_embeddings are scored, with a warning naming why the score may mean little."""
+    import warnings
+
+    from latentrl.model import LatentModel
+
+    model = LatentModel.from_pretrained("chain_sum-cot")
+    limit = model.model.config.max_position_embeddings
+    with pytest.warns(UserWarning, match=r"1 of 2 prompts hold words the model's tokenizer does not know .*grass"):
+        evaluate(model, [{"prompt": "1 + 2 =", "answer": "3"}, {"prompt": "John cuts his grass", "answer": "2"}],
+                 k=0, max_new_positions=4)
+    long = " ".join(["1 + 2"] * (limit // 3))
+    with pytest.warns(UserWarning, match=rf"plus max_new_positions=8 passes the model's max_position_embeddings={limit}"):
+        evaluate(model, [{"prompt": long, "answer": "3"}], k=0, max_new_positions=8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*(does not know|max_position_embeddings).*")
+        evaluate(model, [{"prompt": "1 + 2 =", "answer": "3"}], k=0, max_new_positions=4)

@@ -104,6 +104,9 @@ def load_train_data_and_record(cfg: GRPOConfig) -> tuple[list, list[TrainDraw]]:
         print(f"training prompts: leaving out the {len(seen):,} problems {cfg.model_name_or_path} was trained on "
               "(exclude_init_train_data=false keeps them)")
     rows = load_rows(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed, **options)
+    if len(rows) < cfg.num_train_examples and launch_rank() == 0:  # a file or hub split shorter than asked for
+        print(f"training prompts: {len(rows):,} rows of {cfg.dataset} (num_train_examples={cfg.num_train_examples:,}"
+              "; the data has no more)", file=sys.stderr)
     own = [TrainDraw.of_train_split(cfg.dataset, cfg.num_train_examples, cfg.seed, excluded=skipped)] \
         if cfg.dataset in TASKS else []
     return rows, init_draws + own

@@ -105,6 +105,26 @@ def reasoning_positions(rollout: Rollout, delimiter_ids: Sequence[int] | Sequenc
 
 
 @torch.no_grad()
+def warn_about_prompts(model: LatentModel, prompts: Sequence[str], max_new_positions: int) -> None:
+    """Warn where a score would mean little: prompts with words the tokenizer does not know (the model reads its
+    unknown token there: data of another task than the model's), and prompts that with the completion budget run
+    past the model's `max_position_embeddings`."""
+    tok = model.tokenizer
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    unk = tok.unk_token_id
+    unknown = [i for i, x in enumerate(ids) if unk is not None and unk in x]
+    if unknown:
+        warnings.warn(f"{len(unknown)} of {len(ids)} prompts hold words the model's tokenizer does not know (read as "
+                      f"{tok.unk_token}), e.g. {prompts[unknown[0]][:80]!r}: is this the task the model was trained "
+                      "on?", stacklevel=3)
+    limit = getattr(getattr(model.model, "config", None), "max_position_embeddings", None)
+    longest = max(map(len, ids), default=0)
+    if isinstance(limit, int) and longest + max_new_positions > limit:
+        warnings.warn(f"the longest prompt ({longest} tokens) plus max_new_positions={max_new_positions} passes the "
+                      f"model's max_position_embeddings={limit}: positions past it are outside what it was trained "
+                      "for", stacklevel=3)
+
+
 def evaluate(
     model: LatentModel,
     data: Sequence[Any],
@@ -133,6 +153,8 @@ def evaluate(
     if decode_latent is None:
         decode_latent = operator is not None and operator.emits_tokens
     tok = model.tokenizer
+    texts_of = {id(r): prompt_text(r) for r in rows}  # each prompt formatted once (the sampled rows repeat them)
+    warn_about_prompts(model, list(texts_of.values()), max_new_positions)
     delim = delimiter_spellings(model.tokenizer, delimiter) if delimiter else None
     gen = torch.Generator().manual_seed(seed)
     was_training = model.training
@@ -142,7 +164,7 @@ def evaluate(
     def run(batch_rows: list[dict[str, Any]], sampling: SamplingParams, deterministic: bool):
         if operator is not None:
             operator.set_eval_mode(deterministic)
-        ids, mask = left_pad([tok(prompt_text(r), add_special_tokens=False)["input_ids"] for r in batch_rows],
+        ids, mask = left_pad([tok(texts_of[id(r)], add_special_tokens=False)["input_ids"] for r in batch_rows],
                              tok.pad_token_id, device=model.device)
         ro = generate_rollout(model, ids, mask, sampling, operator, schedule, gen)
         texts = decode_completions(model, ro, skip_latent=not decode_latent)

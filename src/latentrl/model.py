@@ -157,6 +157,9 @@ class LatentModel(nn.Module):
         except Exception as err:
             if path.exists() and _is_file_damage(err):  # truncated weights, a broken JSON file, ...
                 raise _damaged("model folder", path, err) from err
+            if path.exists() and any(m in str(err) for m in ("does not recognize this architecture",
+                                                              "Unrecognized configuration class")):
+                raise ValueError(f"could not load the model in {str(path)!r}: {str(err).splitlines()[0]}") from err
             if path.exists() and "mismatched" in str(err).lower():  # a tensor's shape differs from config.json's
                 raise ValueError(f"the weights in {str(path)!r} do not fit its config.json "
                                  f"({str(err).splitlines()[0]}); check that they belong together") from err
