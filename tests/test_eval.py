@@ -62,3 +62,30 @@ def test_prompts_the_model_cannot_read_as_written_are_warned_about():
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*(does not know|max_position_embeddings).*")
         evaluate(model, [{"prompt": "1 + 2 =", "answer": "3"}], k=0, max_new_positions=4)
+
+
+def test_a_delimiter_recorded_at_a_latent_position_does_not_end_the_reasoning():
+    """A soft operator records its top-1 token at a latent position; that id is not written text. Hand-built:
+    ids [5, D, 7, D, 9] with positions 0-2 latent: the reasoning is 3 positions (the first written D at 3), not 1."""
+    import torch
+
+    from latentrl.eval import reasoning_positions
+    from latentrl.rollout import Rollout
+
+    D = 4
+    ids = torch.tensor([[5, D, 7, D, 9]])
+    lat = torch.tensor([[True, True, True, False, False]])
+    ro = Rollout(prompt_ids=torch.zeros(1, 1, dtype=torch.long), prompt_mask=torch.ones(1, 1, dtype=torch.bool),
+                 completion_ids=ids, completion_mask=torch.ones(1, 5, dtype=torch.bool), latent_mask=lat,
+                 forced_mask=torch.zeros(1, 5, dtype=torch.bool), logprobs=torch.zeros(1, 5),
+                 truncated=torch.zeros(1, dtype=torch.bool))
+    assert reasoning_positions(ro, [D]).tolist() == [3]
+    assert reasoning_positions(ro, [D], decoded_latent=True).tolist() == [1]  # decoded ids are the completion's text
+
+
+def test_one_problem_has_no_standard_error_of_its_sampled_pass_and_batch_size_is_checked():
+    model = tiny_latent_model("qwen2", ["1", "2", "+", "="], seed=0, hidden=16)
+    res = evaluate(model, [{"prompt": "1 + 1 =", "answer": "2"}], k=2, max_new_positions=3)
+    assert res.sampled_pass_at_1 is not None and res.sampled_pass_at_1_se is None  # not 0.0: nothing to estimate
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got -1"):
+        evaluate(model, [{"prompt": "1 + 1 =", "answer": "2"}], k=0, batch_size=-1)

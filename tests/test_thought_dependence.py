@@ -103,3 +103,23 @@ def test_derangement_has_no_fixed_point_and_errors_are_clear():
         thought_dependence(hand_built_model(), ROWS, operator=HiddenStateThought(), schedule=ThinkingSchedule())
     with pytest.raises(ValueError, match="swap needs"):
         ThoughtIntervention(HiddenStateThought(), "swap")
+
+
+def test_the_swap_drop_is_over_rows_that_were_swapped_and_none_swapped_is_an_error():
+    """A row without thoughts, or whose donor had none, keeps its own input: counting it as swapped diluted the drop
+    (a batch where no row thought once reported drop 0, "ignores its thoughts")."""
+    from latentrl.thought_dependence import NoThoughtsToSwap
+
+    steps = torch.tensor([1, 0] * 5)
+    res = thought_dependence(hand_built_model(), ROWS, operator=HiddenStateThought(latent_token_id=0),
+                             schedule=ThinkingSchedule(num_latent_steps=steps), max_new_positions=2,
+                             reward_func=first_token_reward)
+    assert 0 < res.n_swapped < 5 and res.n == 10  # only thinking rows with a thinking donor
+    assert res.pass_swap == 0.0 and res.drop_swap == 1.0 and res.swap_donor_match == 1.0
+    assert res.pass_own == 1.0 and res.mean_latent_positions == 0.5
+    with pytest.raises(NoThoughtsToSwap, match="no row of 10 and its donor both had latent steps"):  # one thinker
+        thought_dependence(hand_built_model(), ROWS, operator=HiddenStateThought(latent_token_id=0),
+                           schedule=ThinkingSchedule(num_latent_steps=torch.tensor([1] + [0] * 9)),
+                           max_new_positions=2, reward_func=first_token_reward)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        check(HiddenStateThought(latent_token_id=0), batch_size=0)

@@ -208,7 +208,8 @@ def run_method(method_name: str, task: SuiteTask, out: Path, *, quick: bool, see
     train_wall = time.perf_counter() - t0
     res = evaluate(model, evals, operator=trainer.operator,
                    schedule=trainer.schedule, max_new_positions=task.max_completion_length, k=k, seed=seed,
-                   prompt_text=trainer.prompt_text, temperature=cfg.temperature)
+                   prompt_text=trainer.prompt_text, temperature=cfg.temperature,
+                   decode_latent=trainer.parts.decode_latent)  # as training and `latentrl eval` score
     from latentrl.thought_dependence import trainer_thought_dependence
 
     dep = trainer_thought_dependence(trainer, evals)  # None without latent positions
@@ -308,6 +309,11 @@ QUICK_STEPS = 20
 
 
 # ---------------------------------------------------------------------------------------- reporting
+def points_se(x: float, se: float | None) -> str:
+    """A difference in percentage points with its standard error ("12.0 ± 1.5"; no SE from a single pair)."""
+    return f"{100 * x:.1f}" + (f" ± {100 * se:.1f}" if se is not None else "")
+
+
 def percent_se(p: float, n: int) -> str:
     """`p` as a percentage with its binomial standard error, e.g. `47.0 ± 1.6`."""
     from latentrl.eval import binomial_se

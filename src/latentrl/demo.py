@@ -29,7 +29,7 @@ def run_full_demo(steps: int = 40, num_eval: int | None = None, out_dir: str | N
     (default: each part's own)."""
     from rich.table import Table
 
-    from latentrl.bench import percent_se
+    from latentrl.bench import percent_se, points_se
     from latentrl.checkpoint import atomic_write_json
 
     t0 = time.perf_counter()
@@ -53,7 +53,7 @@ def run_full_demo(steps: int = 40, num_eval: int | None = None, out_dir: str | N
             dep = r["thought_dependence"]
             table.add_row(latent["task_label"], label, str(r["n_eval"]), percent_se(r["pass_at_1"], r["n_eval"]),
                           f"{r['mean_reasoning_positions']:.1f}",
-                          f"{100 * dep['drop_swap']:.1f} ± {100 * dep['drop_swap_se']:.1f}" if dep else "—")
+                          points_se(dep['drop_swap'], dep['drop_swap_se']) if dep else "—")
     for label, r in (("CoT SFT", rl["before"]), (f"grpo {steps} st.", rl["after"])):
         table.add_row("icot 4x4 (real valid)", label, str(r["n"]), percent_se(r["pass_at_1"], r["n"]),
                       f"{r['mean_reasoning_positions']:.1f}", "—")
@@ -155,6 +155,7 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
         check_disjoint,
         percent_se,
         plot_accuracy_vs_length,
+        points_se,
         preset_path,
         rl_prompts,
         row,
@@ -217,7 +218,7 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
         dep = trainer_thought_dependence(trainer, evals)
         r = row(label, task.name, res, train_s, str(init.name), run_dir, dep)
         console.print(f"{label}: Pass@1 {percent_se(res.pass_at_1, res.n)}%, {res.mean_reasoning_positions:.1f} "
-                      f"reasoning positions" + (f", swap drop {100 * dep.drop_swap:.1f} ± {100 * dep.drop_swap_se:.1f}"
+                      f"reasoning positions" + (f", swap drop {points_se(dep.drop_swap, dep.drop_swap_se)}"
                                                 if dep else ""))
         return r
 
@@ -238,8 +239,8 @@ def run_latent_demo(steps: int = 40, num_eval: int = 500, out_dir: str | None = 
         table.add_row(label, percent_se(r["pass_at_1"], r["n_eval"]),
                       percent_se(r["pass_at_k"], r["n_eval"]) if r["pass_at_k"] is not None else "—",
                       f"{r['mean_reasoning_positions']:.1f}",
-                      f"{100 * dep['drop_swap']:.1f} ± {100 * dep['drop_swap_se']:.1f}" if dep else "—",
-                      f"{100 * dep['drop_zero']:.1f} ± {100 * dep['drop_zero_se']:.1f}" if dep else "—",
+                      points_se(dep['drop_swap'], dep['drop_swap_se']) if dep else "—",
+                      points_se(dep['drop_zero'], dep['drop_zero_se']) if dep else "—",
                       f"{r['train_wall_s']:.0f}")
     console.print(table)
     paired = {"latent_init_minus_cot": paired_difference(rows[1], rows[0]),

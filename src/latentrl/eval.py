@@ -87,11 +87,14 @@ def mean_se(values: Sequence[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in values) / (n - 1) / n)
 
 
-def reasoning_positions(rollout: Rollout, delimiter_ids: Sequence[int] | Sequence[Sequence[int]] | None) -> torch.Tensor:
+def reasoning_positions(rollout: Rollout, delimiter_ids: Sequence[int] | Sequence[Sequence[int]] | None,
+                        decoded_latent: bool = False) -> torch.Tensor:
     """(B,) positions before the first occurrence of the delimiter, or of any of several spellings of it (all
-    generated positions if it never appears)."""
+    generated positions if it never appears). A latent position's recorded id is an operator's top-1 token, not a
+    written one: it counts only where the completions are decoded with their latent ids (`decoded_latent`)."""
     lengths = rollout.lengths.clone()
     ids = rollout.completion_ids
+    starts = rollout.completion_mask if decoded_latent else rollout.completion_mask & ~rollout.latent_mask
     first = lengths
     for seq in delimiter_sequences(delimiter_ids):
         d = torch.as_tensor(seq, device=ids.device)
@@ -99,12 +102,11 @@ def reasoning_positions(rollout: Rollout, delimiter_ids: Sequence[int] | Sequenc
         if C < L:
             continue
         windows = ids.unfold(1, L, 1)  # (B, C-L+1, L)
-        hit = (windows == d).all(-1) & rollout.completion_mask[:, : C - L + 1]
+        hit = (windows == d).all(-1) & starts[:, : C - L + 1]
         first = torch.minimum(first, torch.where(hit.any(-1), hit.float().argmax(-1), lengths))
     return torch.minimum(first, lengths)
 
 
-@torch.no_grad()
 def warn_about_prompts(model: LatentModel, prompts: Sequence[str], max_new_positions: int) -> None:
     """Warn where a score would mean little: prompts with words the tokenizer does not know (the model reads its
     unknown token there: data of another task than the model's), and prompts that with the completion budget run
@@ -125,6 +127,7 @@ def warn_about_prompts(model: LatentModel, prompts: Sequence[str], max_new_posit
                       "for", stacklevel=3)
 
 
+@torch.no_grad()
 def evaluate(
     model: LatentModel,
     data: Sequence[Any],
@@ -148,6 +151,8 @@ def evaluate(
     rows = as_rows(data, "the evaluation data")
     if k < 0:
         raise ValueError(f"k must be >= 0 (0: no Pass@k), got {k}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if prompt_text is None:  # the prompt as written; chat-message prompts through the chat template, as in training
         prompt_text = prompt_formatter(model.tokenizer, "raw")
     if decode_latent is None:
@@ -177,7 +182,7 @@ def evaluate(
         part = rows[s : s + batch_size]
         ro, texts, scores = run(part, greedy, deterministic=True)
         correct += scores
-        positions += reasoning_positions(ro, delim).tolist()
+        positions += reasoning_positions(ro, delim, decode_latent).tolist()
         latents += ro.num_latent.tolist()
         cut += int(ro.truncated.sum())
         for r, t, sc in zip(part, texts, scores):
@@ -199,7 +204,7 @@ def evaluate(
                 fractions.append(sum(right) / k)
         pass_k = sum(hits) / len(hits)
         sampled_1 = sum(fractions) / len(fractions)
-        sampled_1_se = mean_se(fractions) if len(fractions) > 1 else 0.0
+        sampled_1_se = mean_se(fractions) if len(fractions) > 1 else None  # one problem: no spread to estimate
     if operator is not None:
         operator.set_eval_mode(False)
     model.train(was_training)

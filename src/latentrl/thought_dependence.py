@@ -21,6 +21,8 @@ Hybrid operators (HRPO) are swapped as a whole: their latent input is the mixed 
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -48,13 +50,20 @@ class ThoughtDependence:
     drop_swap: float
     drop_zero: float
     swap_donor_match: float  # swapped answer == the donor row's gold answer
-    drop_swap_se: float  # paired standard error of drop_swap
-    drop_zero_se: float
+    drop_swap_se: float | None  # paired standard error of drop_swap (None: one swapped row)
+    drop_zero_se: float | None
     n: int
     mean_latent_positions: float
+    #: rows whose thoughts were swapped: the row and its donor both had latent steps; `pass_swap`, `drop_swap`,
+    #: `drop_swap_se` and `swap_donor_match` are over these rows (all n where every row thinks)
+    n_swapped: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class NoThoughtsToSwap(ValueError):
+    """No row and its donor both had latent steps: the swap test has nothing to measure."""
 
 
 def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -114,8 +123,10 @@ class ThoughtIntervention(ThoughtOperator):
         return ThoughtStep(embeds=embeds, token_ids=step.token_ids, payload=step.payload, logprob=step.logprob)
 
 
-def _se_paired(a: Sequence[float], b: Sequence[float]) -> float:
-    return mean_se([x - y for x, y in zip(a, b)])
+def _se_paired(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """The paired standard error of mean(a) - mean(b); None for a single pair (no spread to estimate)."""
+    se = mean_se([x - y for x, y in zip(a, b, strict=True)])
+    return None if math.isnan(se) else se
 
 
 @torch.no_grad()
@@ -138,6 +149,8 @@ def thought_dependence(
         raise ValueError("the thought-dependence check needs at least 2 problems (thoughts are swapped between them)")
     if not schedule.has_latent():
         raise ValueError("the schedule has no latent positions: there are no thoughts to swap")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if decode_latent is None:
         decode_latent = operator.emits_tokens
     if prompt_text is None:  # as `evaluate`: chat-message prompts through the chat template
@@ -147,7 +160,7 @@ def thought_dependence(
     sampling = SamplingParams(max_new_positions=max_new_positions, temperature=0.0)
     was_training = model.training
     model.eval()
-    own, swap, zero, donor_hit, latents = [], [], [], [], []
+    own, swap, zero, donor_hit, latents, swapped = [], [], [], [], [], []
     try:
         for s in range(0, len(rows), batch_size):
             part = rows[s : s + batch_size]
@@ -174,6 +187,8 @@ def thought_dependence(
             recorded = torch.stack(rec.inputs, dim=1) if rec.inputs else None
             steps = ro.num_latent.cpu()
             perm = derangement(len(part), gen)
+            # a row is swapped only where it thinks and its donor thought: else it keeps (or has no) thoughts
+            valid = [bool(steps[i] > 0 and steps[int(perm[i])] > 0) for i in range(len(part))]
             donor_cols = {c: [v[int(j)] for j in perm] for c, v in cols.items()}
             if recorded is None:
                 s_swap, s_donor = s_own, [0.0] * len(part)
@@ -188,15 +203,23 @@ def thought_dependence(
             zero += s_zero[keep]
             donor_hit += s_donor[keep]
             latents += steps.tolist()[keep]
+            swapped += valid[keep]
     finally:
         operator.set_eval_mode(False)
         model.train(was_training)
     n = len(own)
-    p_own, p_swap, p_zero = sum(own) / n, sum(swap) / n, sum(zero) / n
+    sw = [i for i, v in enumerate(swapped) if v]
+    if not sw:
+        raise NoThoughtsToSwap(f"no row of {n} and its donor both had latent steps (mean latent positions "
+                               f"{sum(latents) / n:g}): the swap test has nothing to swap")
+    own_sw, swap_sw = [own[i] for i in sw], [swap[i] for i in sw]
+    p_own, p_zero = sum(own) / n, sum(zero) / n
+    p_swap = sum(swap_sw) / len(sw)
     return ThoughtDependence(
-        pass_own=p_own, pass_swap=p_swap, pass_zero=p_zero, drop_swap=p_own - p_swap, drop_zero=p_own - p_zero,
-        swap_donor_match=sum(donor_hit) / n, drop_swap_se=_se_paired(own, swap), drop_zero_se=_se_paired(own, zero),
-        n=n, mean_latent_positions=sum(latents) / n,
+        pass_own=p_own, pass_swap=p_swap, pass_zero=p_zero, drop_swap=sum(own_sw) / len(sw) - p_swap,
+        drop_zero=p_own - p_zero, swap_donor_match=sum(donor_hit[i] for i in sw) / len(sw),
+        drop_swap_se=_se_paired(own_sw, swap_sw), drop_zero_se=_se_paired(own, zero), n=n,
+        mean_latent_positions=sum(latents) / n, n_swapped=len(sw),
     )
 
 
@@ -206,7 +229,11 @@ def method_thought_dependence(model: LatentModel, parts: Any, args: Any, data: S
     args)`; how `latentrl eval` and the bench score a method); None when the method has no latent positions."""
     if not parts.has_latent:
         return None
-    return thought_dependence(model, data, **parts.eval_kwargs(args))
+    try:
+        return thought_dependence(model, data, **parts.eval_kwargs(args))
+    except NoThoughtsToSwap as e:  # e.g. a model that learned to end its latent span at once
+        warnings.warn(f"no thought-dependence check: {e}", stacklevel=2)
+        return None
 
 
 def trainer_thought_dependence(trainer: Any, data: Sequence[Any]) -> ThoughtDependence | None:
