@@ -89,3 +89,15 @@ def test_one_problem_has_no_standard_error_of_its_sampled_pass_and_batch_size_is
     assert res.sampled_pass_at_1 is not None and res.sampled_pass_at_1_se is None  # not 0.0: nothing to estimate
     with pytest.raises(ValueError, match="batch_size must be >= 1, got -1"):
         evaluate(model, [{"prompt": "1 + 1 =", "answer": "2"}], k=0, batch_size=-1)
+
+
+def test_a_trainer_warns_about_training_prompts_the_model_cannot_read():
+    from latentrl.config import GRPOConfig
+    from latentrl.model import LatentModel
+    from latentrl.rl.trainer import GRPOTrainer
+
+    cfg = GRPOConfig(model_name_or_path="chain_sum-cot", output_dir="/tmp/unused-warn", max_steps=1, save_steps=0,
+                     report_to=["none"], per_device_train_batch_size=2, num_generations=2)
+    rows = [{"prompt": "John cuts his grass", "answer": "2"}, {"prompt": "1 + 2 =", "answer": "3"}]
+    with pytest.warns(UserWarning, match=r"1 of 2 prompts hold words the model's tokenizer does not know"):
+        GRPOTrainer(cfg, LatentModel.from_pretrained("chain_sum-cot"), rows, reward_funcs=["correctness"])

@@ -87,6 +87,10 @@ LossPiece = Callable[[], tuple[torch.Tensor, dict[str, float]]]
 
 
 
+#: training prompts `warn_about_prompts` looks at when a trainer is built (the first ones: a cheap, early look)
+WARN_SAMPLE = 256
+
+
 def num_warmup_steps(warmup_ratio: float, max_steps: int) -> int:
     """Linear-warmup steps of `warmup_ratio` (HF `TrainingArguments.get_warmup_steps`: rounded up), so a ratio
     written as k / max_steps gives k steps even when the product lands just below k (0.0053 * 1875 = 9.94 -> 10)."""
@@ -213,6 +217,10 @@ class GRPOTrainer:
         self.parts = self.method.build(model, args)
         self.operator, self.schedule = self.parts.operator, self.parts.schedule
         self.prompt_text(self.rows[0])  # a conversational dataset without a chat template fails here, not mid-run
+        # prompts of another task than the model's (unknown words), or too long for its positions: said at once
+        from latentrl.eval import warn_about_prompts
+
+        warn_about_prompts(model, [self.prompt_text(r) for r in self.rows[:WARN_SAMPLE]], args.max_completion_length)
         self._sync_initial_weights()
         if args.beta > 0 and ref_model is None and model.is_peft:
             ref_model = model  # the policy with its adapter disabled (`reference_context`): no second copy
