@@ -842,3 +842,12 @@ def test_thought_projection_forward_equals_a_naive_recompute_and_survives_save_a
     torch.testing.assert_close(coconut_operator(bare).step(bare, None, h).embeds, h)
     with pytest.raises(ConfigError, match="thought_projection needs bptt"):
         cfg(thought_projection=True, bptt=False)
+
+
+def test_training_data_without_reasoning_steps_is_warned_about(tmp_path):
+    from latentrl.data.schema import Example
+
+    rows = [Example(e.question, [], e.answer) for e in tiny_train_data(4)]
+    with pytest.warns(UserWarning, match="none of the 4 training examples has reasoning steps"):
+        train_coconut(cfg(max_latent_stage=1, epochs_per_stage=1, num_epochs=1, per_device_train_batch_size=2,
+                          eval_strategy="no"), model(), rows)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,6 +91,10 @@ def train_coconut(
     _latent_ids(latent_ids)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     train_tok = [tokenize_example(tok, ex) for ex in train_examples]
+    if not any(t.steps for t in train_tok):
+        warnings.warn(f"none of the {len(train_tok)} training examples has reasoning steps: the curriculum has no "
+                      "chain to replace with thoughts, so every stage trains thoughts in front of the bare answer "
+                      "(Coconut starts from chain-of-thought data: question, steps, answer)", stacklevel=2)
     eval_examples = list(eval_examples)
     eval_tok = [tokenize_example(tok, ex) for ex in eval_examples]
     gate_source = list(gate_examples) if gate_examples is not None else eval_examples
