@@ -107,12 +107,14 @@ def reasoning_positions(rollout: Rollout, delimiter_ids: Sequence[int] | Sequenc
     return torch.minimum(first, lengths)
 
 
-def warn_about_prompts(model: LatentModel, prompts: Sequence[str], max_new_positions: int) -> None:
+def warn_about_prompts(model: LatentModel, prompts: Sequence[str], max_new_positions: int,
+                       ids: Sequence[Sequence[int]] | None = None) -> None:
     """Warn where a score would mean little: prompts with words the tokenizer does not know (the model reads its
     unknown token there: data of another task than the model's), and prompts that with the completion budget run
-    past the model's `max_position_embeddings`."""
+    past the model's `max_position_embeddings`. `ids`: the prompts' token ids when the caller has them."""
     tok = model.tokenizer
-    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if ids is None:
+        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     unk = tok.unk_token_id
     unknown = [i for i, x in enumerate(ids) if unk is not None and unk in x]
     if unknown:
@@ -158,8 +160,10 @@ def evaluate(
     if decode_latent is None:
         decode_latent = operator is not None and operator.emits_tokens
     tok = model.tokenizer
-    texts_of = {id(r): prompt_text(r) for r in rows}  # each prompt formatted once (the sampled rows repeat them)
-    warn_about_prompts(model, list(texts_of.values()), max_new_positions)
+    # each prompt formatted and tokenized once (the sampled rows repeat them)
+    texts_of = {id(r): prompt_text(r) for r in rows}
+    ids_of = {key: tok(text, add_special_tokens=False)["input_ids"] for key, text in texts_of.items()}
+    warn_about_prompts(model, list(texts_of.values()), max_new_positions, ids=list(ids_of.values()))
     delim = delimiter_spellings(model.tokenizer, delimiter) if delimiter else None
     gen = torch.Generator().manual_seed(seed)
     was_training = model.training
@@ -169,7 +173,7 @@ def evaluate(
     def run(batch_rows: list[dict[str, Any]], sampling: SamplingParams, deterministic: bool):
         if operator is not None:
             operator.set_eval_mode(deterministic)
-        ids, mask = left_pad([tok(texts_of[id(r)], add_special_tokens=False)["input_ids"] for r in batch_rows],
+        ids, mask = left_pad([ids_of[id(r)] for r in batch_rows],
                              tok.pad_token_id, device=model.device)
         ro = generate_rollout(model, ids, mask, sampling, operator, schedule, gen)
         texts = decode_completions(model, ro, skip_latent=not decode_latent)

@@ -108,8 +108,7 @@ class Rollout:
 
     def select(self, index: torch.Tensor) -> "Rollout":
         """Rows `index` of this batch (used by dynamic sampling and micro-batching)."""
-        kw = {f.name: getattr(self, f.name)[index] for f in fields(self) if f.name != "payload"}
-        return Rollout(**kw, payload={k: v[index] for k, v in self.payload.items()})
+        return self.map(lambda t: t[index])
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Rollout":
         """The same rollout with `fn` applied to every tensor, the payload's included."""

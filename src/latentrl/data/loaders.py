@@ -29,14 +29,6 @@ from latentrl.data.tasks import TASKS, make_examples, train_eval_split
 
 PathLikeStr = str | PathLike[str]
 
-def _fresh_if_local(source: str | Path) -> dict[str, Any]:
-    """`load_dataset` options that read a local source again rather than from datasets' cache: the cache is keyed
-    by the folder's name and its files' relative paths, so a second local folder of the same name and layout (or
-    the same folder edited) was answered with the first one's rows, without a word (and then its recorded split
-    sizes would refuse the fresh read)."""
-    return {"download_mode": "force_redownload", "verification_mode": "no_checks"} if Path(source).exists() else {}
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # iCoT text format
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,6 +107,14 @@ def load_icot(path: PathLikeStr) -> list[Example]:
         if line.strip():
             examples.append(parse_icot_line(line, file, lineno))
     return examples
+
+
+def _fresh_if_local(source: str | Path) -> dict[str, Any]:
+    """`load_dataset` options that read a local source again rather than from datasets' cache: the cache is keyed
+    by the folder's name and its files' relative paths, so a second local folder of the same name and layout (or
+    the same folder edited) was answered with the first one's rows, without a word (and then its recorded split
+    sizes would refuse the fresh read)."""
+    return {"download_mode": "force_redownload", "verification_mode": "no_checks"} if Path(source).exists() else {}
 
 
 def _read_text(file: Path) -> str:
