@@ -4,6 +4,7 @@ import random
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from latentrl.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
+    save_model_into,
 )
 
 
@@ -204,3 +206,38 @@ def test_damaged_newest_checkpoint_is_skipped_with_a_warning_naming_the_file(tmp
     data = (legacy / "model.safetensors").read_bytes()
     (legacy / "model.safetensors").write_bytes(data[:-16])
     assert checkpoint_problem(legacy) == f"model.safetensors is truncated ({len(data) - 16} of {len(data)} bytes)"
+
+
+def test_save_model_into_a_run_folder_moves_whole_files_in_with_the_config_last(tmp_path, monkeypatch):
+    """The final model of a Coconut / pretrain run goes into the folder that holds its metrics and checkpoints: the
+    other files stay, and a crash mid-save leaves no config.json beside half-written weights and no temporary
+    folder."""
+    run = tmp_path / "run"
+    (run / "checkpoint-1").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+
+    def save(path):
+        (path / "model.safetensors").write_bytes(b"w" * 64)
+        (path / "sub").mkdir()
+        (path / "sub" / "adapter.bin").write_bytes(b"a")
+        (path / "config.json").write_text("{}")
+
+    moved = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (moved.append(Path(b).name), real_replace(a, b)))
+    assert save_model_into(run, save) == run
+    assert moved == ["model.safetensors", "adapter.bin", "config.json"]
+    assert (run / "model.safetensors").read_bytes() == b"w" * 64 and (run / "sub" / "adapter.bin").is_file()
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n' and (run / "checkpoint-1").is_dir()
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-1", "config.json", "metrics.jsonl",
+                                                      "model.safetensors", "sub"]
+
+    def crash(path):
+        (path / "config.json").write_text("{}")
+        (path / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    other = tmp_path / "other"
+    with pytest.raises(KeyboardInterrupt):
+        save_model_into(other, crash)
+    assert list(other.iterdir()) == []

@@ -263,3 +263,24 @@ def test_coconut_sft_logs_beside_the_model_it_writes(tmp_path, monkeypatch, caps
     out = tmp_path / "runs" / "coconut"
     assert "done: Coconut model in runs/coconut" in capsys.readouterr().out
     assert all((out / f).is_file() for f in ("config.json", "metrics.jsonl", "run_config.json"))
+
+
+def test_coconut_sft_resume_keeps_the_run_settings_and_refuses_a_new_learning_rate(tmp_path, monkeypatch, capsys):
+    """`coconut-sft --resume` goes on with the run's own settings (its run_config.json), changed only by the command
+    line: an override given at the start and left out on resume is not lost. A new learning rate is refused (the
+    restored AdamW state fixes it), before anything loads."""
+    from latentrl.bench import CONFIGS
+
+    monkeypatch.chdir(tmp_path)
+    start = ["coconut-sft", "--config", str(CONFIGS / "cpu" / "coconut_sft.yaml"), "num_train_examples=32",
+             "num_eval_examples=4", "eval_strategy=no", "save_steps=1", "output_dir=run", "num_epochs=3"]
+    assert main([*start, "max_steps=1", "max_latent_stage=1", "c_thought=2"]) == 0  # time-boxed: a checkpoint
+    capsys.readouterr()
+    assert main([*start, "max_steps=2", "--resume"]) == 0
+    assert "--resume: the run's settings from run/run_config.json, with " in capsys.readouterr().err
+    saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert (saved["max_latent_stage"], saved["c_thought"], saved["max_steps"]) == (1, 2, 2)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 2
+    assert main([*start, "max_steps=3", "learning_rate=3e-4", "--resume"]) == 2
+    assert "--resume cannot change learning_rate 0.001 -> 0.0003" in capsys.readouterr().err

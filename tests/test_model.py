@@ -135,6 +135,32 @@ def test_an_unreachable_hub_id_is_one_clear_error(monkeypatch):
     assert "HF_HUB_OFFLINE" not in str(err.value)
 
 
+def test_an_encoder_that_is_not_a_decoder_is_refused_clearly_and_loads_as_one(tmp_path):
+    """A BERT checkpoint loads as BertLMHeadModel, which attends both ways unless is_decoder: the rollout's KV-cached
+    steps then fail deep in SDPA, and replays would read later tokens. Loading names the problem and the fix; with
+    is_decoder=true the same weights load and run as a causal LM."""
+    import json
+
+    from transformers import BertConfig, BertLMHeadModel
+
+    from latentrl.tokenizer import build_word_tokenizer
+
+    tok = build_word_tokenizer(["a", "b"])
+    torch.manual_seed(0)
+    BertLMHeadModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64)).save_pretrained(tmp_path / "bert")
+    tok.save_pretrained(tmp_path / "bert")
+    with pytest.raises(ValueError, match=r"is not a causal LM.*is_decoder=true"):
+        LatentModel.from_pretrained(tmp_path / "bert")
+    config = tmp_path / "bert" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "is_decoder": True}))
+    lm = LatentModel.from_pretrained(tmp_path / "bert")
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.no_grad():
+        full = lm.model(input_ids=ids).logits
+        torch.testing.assert_close(lm.model(input_ids=ids[:, :2]).logits, full[:, :2])
+
+
 @pytest.mark.parametrize("family, field, value", [("gemma2", "final_logit_softcapping", 30.0),
                                                   ("cohere", "logit_scale", 0.0625),
                                                   ("granite", "logits_scaling", 4.0)])

@@ -46,6 +46,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "save_checkpoint",
+    "save_model_into",
     "set_rng_state",
 ]
 
@@ -128,6 +129,28 @@ def _remove_tree(path: Path) -> None:
     except OSError:
         doomed = path
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+def save_model_into(folder: str | Path, save_model: Callable[[Path], None]) -> Path:
+    """Write a model into ``folder``, which also holds other things (a run's metrics and checkpoints), so it cannot
+    be replaced with one ``os.replace``: ``save_model(path)`` writes into ``folder/.tmp-model-<random>/``, which is
+    fsync'ed and then moved in file by file, ``config.json`` last. A crash leaves whole files only, and no
+    ``config.json`` until every weight file is in place, so a half-saved model is never read as a model."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}model-", dir=folder))
+    try:
+        save_model(tmp)
+        _fsync_tree(tmp)
+        files = sorted((f for f in tmp.rglob("*") if f.is_file()), key=lambda f: (f.name == "config.json", str(f)))
+        for f in files:
+            dest = folder / f.relative_to(tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, dest)
+        _fsync_dir(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def cleanup_tmp_dirs(output_dir: str | Path) -> list[Path]:

@@ -28,6 +28,7 @@ from latentrl.config import (
 )
 
 if TYPE_CHECKING:
+    from latentrl.config import C
     from latentrl.data.provenance import TrainDraw
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {}
@@ -203,10 +204,11 @@ FIXED_ON_RESUME = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", 
                    "hrpo.gate_learning_rate", "hrpo.lambda_learning_rate", "dlr.assistant_learning_rate")
 
 
-def resumed_run_config(cfg: GRPOConfig, cli_overrides: Sequence[str]) -> GRPOConfig:
+def resumed_run_config(cfg: C, cli_overrides: Sequence[str]) -> C:
     """On --resume the run's own settings (`run_config.json` in its output_dir) are the base, changed only by the
     command line's key=value overrides (e.g. a larger max_steps): the YAML names the folder, and a value it holds
-    that the run overrode at its start does not come back. Refuses to change what the restored state fixes."""
+    that the run overrode at its start does not come back. Refuses to change what the restored state fixes. For
+    any trainer config that records its run (`GRPOConfig`, `CoconutConfig`)."""
     from pathlib import Path
 
     from latentrl.config import config_from_dict
@@ -216,7 +218,8 @@ def resumed_run_config(cfg: GRPOConfig, cli_overrides: Sequence[str]) -> GRPOCon
     if saved_file is None or not saved_file.is_file():
         return cfg  # nothing recorded: the resume checks (check_run_folder) say what is missing
     data = {**saved_run_settings(saved_file), "output_dir": cfg.output_dir}
-    saved, resumed = config_from_dict(GRPOConfig, data, []), config_from_dict(GRPOConfig, data, cli_overrides)
+    cls = type(cfg)
+    saved, resumed = config_from_dict(cls, data, []), config_from_dict(cls, data, cli_overrides)
     fixed = [k for k in FIXED_ON_RESUME if hasattr(saved, k.split(".")[0])]  # method sections that are mounted
     changed = [f"{k} {dotted_get(saved, k)} -> {dotted_get(resumed, k)}" for k in fixed
                if dotted_get(saved, k) != dotted_get(resumed, k)]
@@ -285,14 +288,19 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
         print(config_help(CoconutConfig))
         return 0
     cfg = load_config(CoconutConfig, ns.config, ns.overrides)
+    cfg.output_dir = cfg.output_dir or "runs/coconut"  # metrics and checkpoints beside the model
     if ns.resume:
         cfg.resume_from_checkpoint = "latest"
+    if cfg.resume_from_checkpoint:  # --resume or resume_from_checkpoint=...: the run's own settings
+        resume = cfg.resume_from_checkpoint
+        cfg = resumed_run_config(cfg, ns.overrides)
+        cfg.resume_from_checkpoint = resume
         validate_config(cfg)
     if not cfg.model_name_or_path or not cfg.dataset:
         raise ConfigError("coconut-sft needs model_name_or_path and dataset (in the YAML or as key=value)")
     from latentrl.run_dir import check_new_run, check_same_run, resume_checkpoint
 
-    out = cfg.output_dir = cfg.output_dir or "runs/coconut"  # metrics and checkpoints beside the model
+    out = cfg.output_dir
     if cfg.resume_from_checkpoint:  # fail before loading anything when there is nothing intact to resume
         check_same_run(resume_checkpoint(out, cfg.resume_from_checkpoint), "coconut", cfg.model_name_or_path,
                        trainer=True)
@@ -307,8 +315,10 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
 
     from latentrl.rl.distributed import end_process_group
 
+    from latentrl.checkpoint import save_model_into
+
     if PartialState().is_main_process:  # a launch of several processes saves once
-        model.save_pretrained(out)
+        save_model_into(out, model.save_pretrained)  # beside its checkpoints; a crash leaves no half-saved model
         print(f"done: Coconut model in {out}")
     end_process_group()
     return 0

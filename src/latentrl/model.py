@@ -87,6 +87,34 @@ def check_plain_logits(config: Any) -> None:
                     f"transform (a different distribution from the released model's), or use another model.")
 
 
+@torch.no_grad()
+def check_causal(model: nn.Module, name: str) -> None:
+    """Refuse a model whose output at a position depends on later tokens: rollouts, KV caches and every loss here
+    assume a causal LM. An encoder loaded for causal LM without `is_decoder` (e.g. a BERT checkpoint) attends both
+    ways, and would fail deep in attention or score garbage. One forward of three 3-token rows: the last token's
+    effect on the first two positions (exactly 0 in a causal model, in any dtype) against an earlier token's
+    effect on the last position."""
+    if int(getattr(model.get_input_embeddings(), "num_embeddings", 0) or 0) < 3:
+        return
+    ids = torch.tensor([[1, 2, 1], [1, 2, 2], [1, 1, 1]], device=model.get_input_embeddings().weight.device)
+    was = model.training
+    model.eval()
+    try:
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+    except Exception as err:  # e.g. SDPA's shape error when a bidirectional mask meets the causal call
+        raise ValueError(f"{name!r} is not a causal LM latentrl can run (a forward of 3 tokens failed: "
+                         f"{str(err).splitlines()[0]}); for an encoder such as BERT set is_decoder=true in its "
+                         "config.json, or use a decoder-only model") from err
+    finally:
+        model.train(was)
+    later = float((logits[0, :2] - logits[1, :2]).abs().max())
+    earlier = float((logits[0, 2] - logits[2, 2]).abs().max())
+    if later > max(0.25 * earlier, 1e-6 * float(logits.abs().max())):
+        raise ValueError(f"{name!r} is not a causal LM: its output at a position changes with a later token (an "
+                         "encoder such as BERT without is_decoder=true in its config.json); latentrl trains "
+                         "decoder-only models")
+
+
 class LatentModel(nn.Module):
     """A causal LM ready for latent reasoning.
 
@@ -179,6 +207,7 @@ class LatentModel(nn.Module):
                              f"{', ...' if len(missing) > 3 else ''}) and would be random; check that config.json "
                              "and the weights belong together (a partial checkpoint on purpose: load it with "
                              "transformers and wrap it, LatentModel(model, tokenizer))")
+        check_causal(model, str(name_or_path))
         lm = cls(model, tokenizer)
         meta = path / LATENT_META_FILE
         if meta.exists():

@@ -335,7 +335,7 @@ def pretrain(config: PretrainConfig, *, command: str | None = None, resume: bool
     `resume` continues an interrupted run in `output_dir`: a model already finished (its results.json written) is
     kept as it is, one with a checkpoint (`cot.save_steps` / `no_cot.save_steps`) continues from its newest intact
     one exactly, and one not started yet starts."""
-    from latentrl.checkpoint import atomic_write_json, latest_checkpoint
+    from latentrl.checkpoint import atomic_write_json, latest_checkpoint, save_model_into
     from latentrl.data import load_icot, make_examples, train_eval_split
     from latentrl.data.provenance import TrainDraw
     from latentrl.logger import plot_metrics
@@ -437,7 +437,7 @@ def pretrain(config: PretrainConfig, *, command: str | None = None, resume: bool
                                      **_eval(model, exs, budget_extra[name], bs)}
         entry["wall_s"] = round(history.wall_s, 1)
 
-        model.save_pretrained(run_dir)
+        save_model_into(run_dir, model.save_pretrained)
         args = {
             "pretrain_config": config_to_dict(cfg),
             "sft_config": config_to_dict(sft_cfg),
