@@ -313,9 +313,8 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
     train_coconut(cfg, model, train, evals)
     from accelerate.state import PartialState
 
-    from latentrl.rl.distributed import end_process_group
-
     from latentrl.checkpoint import save_model_into
+    from latentrl.rl.distributed import end_process_group
 
     if PartialState().is_main_process:  # a launch of several processes saves once
         save_model_into(out, model.save_pretrained)  # beside its checkpoints; a crash leaves no half-saved model
