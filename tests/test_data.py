@@ -268,8 +268,11 @@ def test_load_prosqa_malformed_names_file_and_item():
 
 
 def test_load_prosqa_rejects_non_list_and_bad_json(tmp_path):
-    not_list = tmp_path / "obj.json"
-    not_list.write_text(json.dumps({"question": "q", "steps": [], "answer": "a"}))
+    one = tmp_path / "obj.json"
+    one.write_text(json.dumps({"question": "q", "steps": [], "answer": "a"}))
+    assert load_prosqa(one) == [Example("q", [], "a")]  # one record, as load_dataset("json") reads it
+    not_list = tmp_path / "text.json"
+    not_list.write_text(json.dumps("q"))
     with pytest.raises(DataFormatError, match="expected a JSON list"):
         load_prosqa(not_list)
     broken = tmp_path / "broken.json"
@@ -325,6 +328,41 @@ def test_load_parquet_and_datasets_directory(tmp_path):
     # a directory without {split}.<ext> goes through datasets.load_dataset, as a hub id would
     assert load_examples(str(tmp_path)) == examples
     assert load_examples(str(tmp_path), split="train") == examples
+
+
+def test_json_files_are_read_by_content_and_saved_datasets_load_like_load_dataset(tmp_path):
+    """As `load_dataset("json")` reads them, whatever the suffix: a JSON array in a .jsonl file, a pretty-printed
+    one, one object in a .json file. A `Dataset.save_to_disk` folder (and a `DatasetDict` one, by split) loads.
+    A folder with no file for the split names what it holds; a CSV that is not UTF-8 says so."""
+    datasets = pytest.importorskip("datasets")
+    rows = [{"question": "q", "answer": "1"}, {"question": "r", "answer": "2"}]
+    want = [Example("q", [], "1"), Example("r", [], "2")]
+    for name, text in [("array.jsonl", json.dumps(rows)), ("pretty.jsonl", json.dumps(rows, indent=2)),
+                       ("lines.json", "".join(json.dumps(r) + "\n" for r in rows))]:
+        (tmp_path / name).write_text(text)
+        assert load_examples(str(tmp_path / name)) == want, name
+    (tmp_path / "object.jsonl").write_text(json.dumps(rows[0], indent=2))
+    assert load_examples(str(tmp_path / "object.jsonl")) == want[:1]
+    (tmp_path / "bad.jsonl").write_text(json.dumps(rows[0]) + '\n{"question": oops}\n')
+    with pytest.raises(DataFormatError, match=r"bad\.jsonl, line 2: invalid JSON"):
+        load_examples(str(tmp_path / "bad.jsonl"))
+
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    assert load_examples(str(tmp_path / "saved")) == want
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:1]),
+                          "test": datasets.Dataset.from_list(rows[1:])}).save_to_disk(str(tmp_path / "saved_dict"))
+    assert load_examples(str(tmp_path / "saved_dict"), split="train") == want[:1]
+    assert load_examples(str(tmp_path / "saved_dict"), split="eval") == want[1:]
+
+    only_valid = tmp_path / "only_valid"
+    only_valid.mkdir()
+    (only_valid / "valid.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(ValueError, match=r"no train file .* \(it holds valid\.jsonl: name the file"):
+        load_examples(str(only_valid), split="train")
+    assert load_examples(str(only_valid), split="eval") == want[:1]
+    (tmp_path / "latin1.csv").write_bytes(b"question,answer\ncaf\xe9?,1\n")
+    with pytest.raises(DataFormatError, match="save the file as UTF-8"):
+        load_examples(str(tmp_path / "latin1.csv"))
 
 
 def test_missing_files_raise_file_not_found(tmp_path):

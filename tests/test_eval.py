@@ -101,3 +101,30 @@ def test_a_trainer_warns_about_training_prompts_the_model_cannot_read():
     rows = [{"prompt": "John cuts his grass", "answer": "2"}, {"prompt": "1 + 2 =", "answer": "3"}]
     with pytest.warns(UserWarning, match=r"1 of 2 prompts hold words the model's tokenizer does not know"):
         GRPOTrainer(cfg, LatentModel.from_pretrained("chain_sum-cot"), rows, reward_funcs=["correctness"])
+
+
+def test_a_run_trained_on_math_verify_is_scored_by_math_verify(tmp_path, capsys):
+    """Eval Pass@1 (the CLI, a trainer's eval metric, the thought-swap check) counts a right answer the way the run's
+    rewards do: with `math_verify` among them, `17` is right for a gold `\\frac{34}{2}`; otherwise exact match."""
+    import json
+
+    from latentrl.bench import suite_tasks
+    from latentrl.cli import main
+    from latentrl.rewards import answer_check, correctness_reward, math_verify_reward
+
+    assert answer_check(["math_verify", "format"]) is math_verify_reward
+    assert answer_check([math_verify_reward]) is math_verify_reward
+    assert answer_check(["hrpo", "format"]) is correctness_reward
+    rows = [{"question": e.question, "answer": f"\\frac{{{2 * int(e.answer)}}}{{2}}"}
+            for e in suite_tasks()["chain_sum"].eval_examples(8)]
+    data = tmp_path / "fractions.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scores = {}
+    for check in ("correctness", "math_verify"):
+        assert main(["eval", "--model", "chain_sum-cot", "--data", str(data), "--num", "8", "--k", "0",
+                     f"reward_funcs=[{check}]"]) == 0
+        captured = capsys.readouterr()
+        out = json.loads(captured.out.strip().splitlines()[-1])
+        assert out["answer_check"] == check and f"answers checked by {check}" in captured.err
+        scores[check] = out["pass_at_1"]
+    assert scores["correctness"] == 0.0 and scores["math_verify"] >= 0.5  # the shipped model: ~75 % on chain_sum

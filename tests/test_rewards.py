@@ -143,6 +143,39 @@ def test_math_verify_reward_reads_an_extracted_answer_as_one_formula(gold, writt
     assert math_verify_reward([""], [f"#### {written}"], [gold]) == [float(right)]
 
 
+MATRIX = "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"
+
+
+@pytest.mark.parametrize("completion, gold, right", [
+    ("#### 7 hours, not 9", "9", False),  # hedged prose: the default extraction would take the last number
+    ("#### 3 or 5", "5", False),
+    ("#### 12 (Note: 15 would be wrong)", "15", False),
+    ("Answer: 3 or 5", "5", False),
+    ("\\boxed{3 \\text{ or } 5}", "5", False),
+    ("#### 2 3", "5", False),  # two numbers, not their sum
+    ("#### 100 200", "300", False),
+    ("\\boxed{\\begin{pmatrix} 5 \\\\ 2 \\end{pmatrix}}", MATRIX, False),  # a matrix is not its last entry
+    ("#### 2", MATRIX, False),
+    ("\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}", MATRIX, True),
+    ("#### 18 dollars", "18", True),  # one number in prose, symbols around one number, units with exponents
+    ("#### 1/2 cup", "\\frac{1}{2}", True),
+    ("\\boxed{10\\text{ cm}^2}", "10", True),
+    ("#### $1,234.00", "1234", True),
+])
+def test_math_verify_reward_does_not_reward_listing_candidates_or_reading_a_matrix_as_a_number(completion, gold,
+                                                                                                right):
+    assert math_verify_reward([""], [completion], answer=[gold]) == [float(right)]
+
+
+def test_a_markdown_heading_is_not_the_answer_mark():
+    """Instruct models write `#### Step 1` headings and `##### Solution`: the box after them is the answer."""
+    assert extract_answer("#### Step 1: Add the numbers\n2+3=5\n#### Step 2\nSo \\boxed{5}") == "5"
+    assert extract_answer("##### Solution\nSo \\boxed{5}") == "5"
+    assert extract_answer("#### Tom is a lempus .") == "Tom is a lempus ."  # a word answer with no box stays
+    assert format_reward([""], ["##### Solution\n#### 5"]) == [1.0]
+    assert hrpo_reward([""], ["##### Solution\n#### 5"], answer=["5"]) == [1.0]
+
+
 def test_math_verify_reward_works_off_the_main_thread():
     result = []
     thread = threading.Thread(

@@ -366,8 +366,12 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     else:
         data = load_examples(ns.data, split="eval", n=ns.num, seed=cfg.seed, **data_options(cfg))[: ns.num]
     temperature = cfg.temperature if ns.temperature is None else ns.temperature
+    from latentrl.rewards import REWARD_FUNCS, answer_check
+
+    check = next(name for name, f in REWARD_FUNCS.items() if f is answer_check(cfg.reward_funcs))
     print(f"latentrl eval: method {cfg.method}, settings from {settings}; {len(data)} problems of {ns.data} "
-          f"(--num {ns.num}); " + (f"Pass@{ns.k} sampled at temperature {temperature:g}" if ns.k >= 1 else "no Pass@k (--k 0)"),
+          f"(--num {ns.num}); " + (f"Pass@{ns.k} sampled at temperature {temperature:g}" if ns.k >= 1 else "no Pass@k (--k 0)")
+          + f"; answers checked by {check} (from the run's reward_funcs; reward_funcs=[...] changes it)",
           file=sys.stderr)
     # The method's parts (side modules with their saved weights, thought operator, schedule, prompt format) are
     # built exactly as training built them; no trainer, optimizer or accelerator is needed to score.
@@ -383,7 +387,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         dep = method_thought_dependence(model, parts, cfg, data)
         if dep is not None:
             out["thought_dependence"] = dep.to_dict()
-    print(json.dumps({"model": ns.model, "data": ns.data, "method": cfg.method, "settings": settings, **out}))
+    print(json.dumps({"model": ns.model, "data": ns.data, "method": cfg.method, "settings": settings,
+                      "answer_check": check, **out}))
     return 0
 
 

@@ -33,6 +33,7 @@ _BOXED = "\\boxed{"
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _DIGIT_SEQUENCE = re.compile(r"\d(?: \d)+")  # iCoT answers: one digit per word
+_MARK = re.compile(r"(?<!#)####(?!#)")  # GSM8K's answer mark, not part of a longer run of `#`
 _ANSWER_LINE = re.compile(r"^[ \t*]*Answer:[ \t]*(.+?)[ \t*]*$", re.IGNORECASE | re.MULTILINE)  # DAPO's prompt
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -52,11 +53,12 @@ def _completion_text(completion: Any) -> str:
 def _marked_answer(text: str) -> str | None:
     """The text after the first `####`, up to the next `####`, an end marker or the end of its line; None if absent
     or empty. The first mark is the model's commitment: with the last one, a wrong answer followed by a right one
-    (`#### 3 #### 5`) would score as right, and listing candidates would be rewarded."""
-    pos = text.find(ANSWER_MARK)
-    if pos < 0:
+    (`#### 3 #### 5`) would score as right, and listing candidates would be rewarded. A run of five or more `#`
+    (a deeper markdown heading) is not the mark."""
+    found = _MARK.search(text)
+    if found is None:
         return None
-    after = text[pos + len(ANSWER_MARK) :].split(ANSWER_MARK, 1)[0]
+    after = text[found.end() :].split(ANSWER_MARK, 1)[0]
     end = _END_MARKERS.search(after)
     if end:
         after = after[: end.start()]
@@ -95,11 +97,17 @@ def _answer_line(text: str) -> str | None:
 
 def extract_answer(text: str | None) -> str | None:
     """The final answer in `text`: after the first `####`, else the last `\\boxed{}`, else the last `Answer:` line
-    (DAPO-Math's format); None if none of them."""
+    (DAPO-Math's format); None if none of them. A `####` that starts a line of words (a markdown heading, `#### Step
+    1: ...`) gives way to a `\\boxed{}` written after it."""
     if text is None:
         return None
     text = _completion_text(text)
-    return _marked_answer(text) or last_boxed(text) or _answer_line(text)
+    marked = _marked_answer(text)
+    if marked is not None and marked[0].isalpha():
+        mark = _MARK.search(text)
+        if _BOXED in text[mark.end() :] and (mark.start() == 0 or text[mark.start() - 1] == "\n"):
+            marked = None  # a heading, not an answer: the box is the answer
+    return marked or last_boxed(text) or _answer_line(text)
 
 
 def normalize_answer(s: str) -> str:
@@ -226,7 +234,7 @@ def format_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> 
     out: list[float | None] = []
     for c in completions:
         text = _completion_text(c)
-        out.append(float(text.count(ANSWER_MARK) == 1 and _marked_answer(text) is not None))
+        out.append(float(len(_MARK.findall(text)) == 1 and _marked_answer(text) is not None))
     return out
 
 
@@ -237,7 +245,7 @@ def hrpo_reward(
     out: list[float | None] = []
     for c, g in zip(completions, answer, strict=True):
         text = _completion_text(c)
-        ok = text.count(ANSWER_MARK) == 1 and answers_match(_marked_answer(text), _gold_text(g))
+        ok = len(_MARK.findall(text)) == 1 and answers_match(_marked_answer(text), _gold_text(g))
         out.append(float(ok))
     return out
 
@@ -246,6 +254,29 @@ def hrpo_reward(
 #: outside LaTeX commands is prose ("10 dollars", "True"), which math mode would read as a product of symbols
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _WORD = re.compile(r"[A-Za-z]{2,}")
+#: a LaTeX environment's name (`\\begin{pmatrix}`): not a word of prose
+_ENVIRONMENT = re.compile(r"\\(?:begin|end)\s*\{[A-Za-z*]*\}")
+#: text set in a formula (`3 \\text{ or } 5`, `10\\text{ cm}`): words
+_TEXT_ARG = re.compile(r"\\(?:text|textbf|textit|mathrm|mbox|operatorname)\s*\{[^{}]*\}")
+_SCRIPT = re.compile(r"[\^_]\s*(?:\{[^{}]*\}|\S)")  # an exponent or a subscript
+_SPACED_NUMBERS = re.compile(rf"\s*{_NUMBER.pattern}(?:\s+{_NUMBER.pattern})+\s*")
+
+
+def _prose_words(text: str) -> bool:
+    """Whether `text` holds a word outside LaTeX commands and environment names (`\\text{...}` counts as words)."""
+    return bool(_WORD.search(_LATEX_COMMAND.sub(" ", _TEXT_ARG.sub(" text ", _ENVIRONMENT.sub(" ", text)))))
+
+
+def _hedged(text: str) -> bool:
+    """A predicted answer in prose that names more than one number (`7 hours, not 9`, `3 or 5`, `12 (15 would be
+    wrong)`): math_verify's default extraction would take the last, so listing candidates would be rewarded.
+    Numbers joined by symbols only (`1/2 cup`, `\\frac{1}{2} cup`, `$1,234.00`) are one; exponents and subscripts
+    (`10\\text{ cm}^2`) are not numbers of their own."""
+    if not _prose_words(text):
+        return False
+    plain = _LATEX_COMMAND.sub(" ", _TEXT_ARG.sub(" text ", _ENVIRONMENT.sub(" ", text)))
+    plain = _SCRIPT.sub(" ", plain)
+    return sum(bool(_NUMBER.search(part)) for part in _WORD.split(plain)) > 1
 
 
 def _math_parse(text: str) -> list[Any]:
@@ -257,9 +288,11 @@ def _math_parse(text: str) -> list[Any]:
     from math_verify import parse
 
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    if _SPACED_NUMBERS.fullmatch(text):
+        return []  # `2 3` is two numbers, not their sum (math mode) or the last (default extraction)
     try:
         # (an escaped dollar, `\\$18.90`, is a currency sign, not a math-mode delimiter)
-        formula = "$" not in text.replace("\\$", "") and not _WORD.search(_LATEX_COMMAND.sub(" ", text))
+        formula = "$" not in text.replace("\\$", "") and not _prose_words(text)
         parsed = parse(f"${text}$", parsing_timeout=timeout) if formula else []
         if not parsed:
             parsed = parse(text, parsing_timeout=timeout)
@@ -280,6 +313,8 @@ def _math_equal(predicted: str | None, gold: str | None) -> bool:
     gold_parsed = _math_parse(gold)
     if not gold_parsed:  # not mathematics (e.g. "Tom is a lempus ."): exact match
         return answers_match(predicted, gold)
+    if _hedged(predicted):
+        return False
     pred_parsed = _math_parse(predicted)
     if not pred_parsed:
         return False
@@ -304,6 +339,14 @@ REWARD_FUNCS: dict[str, RewardFunc] = {
     "hrpo": hrpo_reward,
     "math_verify": math_verify_reward,
 }
+
+
+def answer_check(reward_funcs: Sequence[Any]) -> RewardFunc:
+    """What counts as a right answer when a run is scored (eval Pass@1, the thought-swap check): `math_verify`'s
+    equivalence when the run trains on it (`\\boxed{0.5}` is right for `\\frac{1}{2}`), else `correctness`'s exact
+    match after normalisation. Shaped or custom rewards never decide it: a format bonus is not a right answer."""
+    uses_math = any(f == "math_verify" or f is math_verify_reward for f in reward_funcs)
+    return math_verify_reward if uses_math else correctness_reward
 
 
 class RewardLookupError(ValueError):

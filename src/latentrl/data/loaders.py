@@ -235,6 +235,8 @@ def _load_json_list(path: PathLikeStr, **fields: Any) -> list[Example]:
         if e.msg == "Extra data":  # a JSON-lines file named .json, as `datasets` often writes them
             return _parse_jsonl(file, text, **fields)
         raise DataFormatError(file, f"invalid JSON: {e.msg} (column {e.colno})", line=e.lineno) from e
+    if isinstance(data, dict):
+        data = [data]  # one record, as `load_dataset("json")` reads it
     if not isinstance(data, list):
         raise DataFormatError(file, f"expected a JSON list of objects with question/steps/answer, got "
                                     f"{type(data).__name__}")
@@ -256,6 +258,8 @@ def load_prontoqa(path: PathLikeStr, *, spaced_punctuation: bool = False) -> lis
 
 
 def _parse_jsonl(file: Path, text: str, **fields: Any) -> list[Example]:
+    """JSON lines; a file that is one JSON document instead (a list of rows, or a pretty-printed object) is read as
+    `load_dataset("json")` reads it, whatever its suffix."""
     examples = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -263,9 +267,23 @@ def _parse_jsonl(file: Path, text: str, **fields: Any) -> list[Example]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
+            document = _json_document(text) if not examples else None
+            if document is not None:
+                return _rows_to_examples(document, file, **fields)
             raise DataFormatError(file, f"invalid JSON: {e.msg} (column {e.colno})", line=lineno) from e
+        if isinstance(row, list) and not examples and lineno == len(text.splitlines()):
+            return _rows_to_examples(row, file, **fields)  # a JSON array on one line
         examples.append(_row_to_example(row, file, {"line": lineno}, **fields))
     return examples
+
+
+def _json_document(text: str) -> list[Any] | None:
+    """`text` as one JSON document of rows (a list, or one object as one row); None if it is not one."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return [data] if isinstance(data, dict) else data if isinstance(data, list) else None
 
 
 def load_jsonl(path: PathLikeStr, **fields: Any) -> list[Example]:
@@ -282,8 +300,14 @@ def load_table(path: PathLikeStr, **fields: Any) -> list[Example]:
     builder = {".parquet": "parquet", ".csv": "csv"}[file.suffix.lower()]
     try:
         table = datasets.load_dataset(builder, data_files=str(file), split="train", **_fresh_if_local(file))
-    except Exception as e:  # datasets wraps parser errors in several exception types
-        raise DataFormatError(file, f"datasets could not read it as {builder}: {e}") from e
+    except Exception as e:  # datasets wraps parser errors in several exception types: name the one underneath
+        cause = e
+        while (cause.__cause__ or cause.__context__) is not None:
+            cause = cause.__cause__ or cause.__context__
+        detail = "" if cause is e else f" ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})"
+        utf8 = isinstance(cause, UnicodeDecodeError) or "utf8" in str(cause).lower().replace("-", "")
+        hint = "; save the file as UTF-8" if utf8 else ""
+        raise DataFormatError(file, f"datasets could not read it as {builder}: {e}{detail}{hint}") from e
     return _rows_to_examples(table, file, **fields)
 
 
@@ -351,7 +375,7 @@ def _load(source: PathLikeStr, split: str | None, prompt_rows: bool, **kw: Any) 
         kw["prompt_rows"] = True
     path = Path(source).expanduser()
     if path.is_dir():
-        candidates = [path / f"{name}{suffix}" for name in split_names(split) for suffix in _FILE_SUFFIXES] if split else []
+        candidates = [path / f"{name}{suffix}" for name in split_names(split or "train") for suffix in _FILE_SUFFIXES]
         file = next((c for c in candidates if c.is_file()), None)
         examples = _load_file(file, **kw) if file else _load_with_datasets(str(path), split, config_name, **kw)
     elif path.suffix.lower() in _FILE_SUFFIXES or path.exists():
@@ -435,6 +459,9 @@ def _load_with_datasets(source: str, split: str | None, config_name: str | None 
     import datasets
 
     fields = _field_kw(kw, source)
+    folder = Path(source)
+    if folder.is_dir() and ((folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()):
+        return _rows_to_examples(_saved_to_disk(folder, split), source, **fields)
     table, error = None, None
     for name in split_names(split or "train"):
         try:
@@ -445,11 +472,36 @@ def _load_with_datasets(source: str, split: str | None, config_name: str | None 
             if "unknown split" not in str(e).lower():
                 break
     if table is None:
+        if folder.is_dir():
+            files = ", ".join(sorted(f.name for f in folder.iterdir() if f.suffix.lower() in _FILE_SUFFIXES))
+            holds = f" (it holds {files}: name the file, or the split it is)" if files else ""
+            raise ValueError(
+                f"could not load the folder {source!r} for split {split or 'train'!r}: no "
+                f"{'/'.join(split_names(split or 'train'))} file ({', '.join(_FILE_SUFFIXES)}) in it{holds}, and "
+                f"datasets.load_dataset failed: {type(error).__name__}: {error}") from error
         raise ValueError(
             f"could not load {source!r}: it is not a synthetic task ({', '.join(sorted(TASKS))}), not an existing "
             f"file, and datasets.load_dataset failed: {type(error).__name__}: {error}"
         ) from error
     return _rows_to_examples(table, source, **fields)
+
+
+def _saved_to_disk(folder: Path, split: str | None) -> Any:
+    """A folder written by `Dataset.save_to_disk` (the rows, whatever `split`) or `DatasetDict.save_to_disk` (the
+    split, an evaluation alias trying the others), read with `datasets.load_from_disk`."""
+    import datasets
+
+    try:
+        saved = datasets.load_from_disk(str(folder))
+    except Exception as e:
+        raise ValueError(f"could not read {str(folder)!r}, a folder saved with save_to_disk: "
+                         f"{type(e).__name__}: {e}") from e
+    if not isinstance(saved, datasets.DatasetDict):
+        return saved
+    name = next((n for n in split_names(split or "train") if n in saved), None)
+    if name is None:
+        raise ValueError(f"{str(folder)!r} has no split {split or 'train'!r}; its splits: {', '.join(saved)}")
+    return saved[name]
 
 
 def _existing_file(path: PathLikeStr) -> Path:

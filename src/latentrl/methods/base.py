@@ -18,6 +18,7 @@ import torch
 from latentrl.chat import prompt_formatter
 from latentrl.config import dotted_get, register_method_preset
 from latentrl.replay import replay
+from latentrl.rewards import answer_check
 from latentrl.rollout import ThinkingSchedule
 from latentrl.thoughts import ThoughtOperator, build_thought_operator
 from latentrl.tokenizer import delimiter_spellings, text_ids
@@ -49,9 +50,11 @@ class MethodParts:
 
     def eval_kwargs(self, args: "GRPOConfig") -> dict[str, Any]:
         """Keyword arguments of `latentrl.eval.evaluate` / `thought_dependence` that score with these parts the
-        way the run `args` trains: operator, schedule, prompt format, completion budget, seed."""
+        way the run `args` trains: operator, schedule, prompt format, completion budget, seed, and what counts as a
+        right answer (`latentrl.rewards.answer_check` of its reward functions)."""
         return dict(operator=self.operator, schedule=self.schedule, prompt_text=self.prompt_text,
-                    decode_latent=self.decode_latent, max_new_positions=args.max_completion_length, seed=args.seed)
+                    decode_latent=self.decode_latent, max_new_positions=args.max_completion_length, seed=args.seed,
+                    reward_func=answer_check(args.reward_funcs))
 
 
 @dataclass

@@ -52,7 +52,7 @@ from latentrl.methods import Method, MethodContext, get_method, register_trainer
 from latentrl.model import LatentModel
 from latentrl.optimizer_steps import OptimizerSteps
 from latentrl.replay import replay
-from latentrl.rewards import accepts_keyword, compute_rewards, get_reward_funcs, reward_columns, reward_metric_names
+from latentrl.rewards import accepts_keyword, answer_check, compute_rewards, get_reward_funcs, reward_columns, reward_metric_names
 from latentrl.rl.advantages import zero_std_groups
 from latentrl.rl.batch import StepBatch
 from latentrl.rl.distributed import DataParallel, chunk_generator, chunk_ranges, make_accelerator
@@ -708,7 +708,8 @@ class GRPOTrainer:
         if not data:
             raise ValueError("no evaluation data: pass eval_dataset to the trainer or rows to evaluate()")
         with self.gathered(self.model):
-            return evaluate(self.model, data, k=k, **self.parts.eval_kwargs(self.args),
+            kwargs = {**self.parts.eval_kwargs(self.args), "reward_func": answer_check(self.reward_funcs)}
+            return evaluate(self.model, data, k=k, **kwargs,
                             temperature=self.args.temperature if temperature is None else temperature)
 
     def save(self) -> Path:
