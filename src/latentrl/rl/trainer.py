@@ -52,7 +52,14 @@ from latentrl.methods import Method, MethodContext, get_method, register_trainer
 from latentrl.model import LatentModel
 from latentrl.optimizer_steps import OptimizerSteps
 from latentrl.replay import replay
-from latentrl.rewards import accepts_keyword, answer_check, compute_rewards, get_reward_funcs, reward_columns, reward_metric_names
+from latentrl.rewards import (
+    accepts_keyword,
+    answer_check,
+    compute_rewards,
+    get_reward_funcs,
+    reward_columns,
+    reward_metric_names,
+)
 from latentrl.rl.advantages import zero_std_groups
 from latentrl.rl.batch import StepBatch
 from latentrl.rl.distributed import DataParallel, chunk_generator, chunk_ranges, make_accelerator
