@@ -56,6 +56,19 @@ def test_trainer_feeds_chat_prompts_and_keeps_the_method_suffix_after_the_templa
         t.model.latent_ids.start
 
 
+def test_chat_format_gives_an_examples_bare_question_and_a_trl_prompt_as_written():
+    """The `||` end-of-question marker is the raw format's: under a chat template the user turn holds the question
+    alone (an Example's row), while a TRL row's prompt is kept exactly as its dataset wrote it."""
+    from latentrl.data import to_record
+
+    tok = chat_model().tokenizer
+    fmt = prompt_formatter(tok, "chat")
+    ex = make_examples("chain_sum", 1, seed=0, length=3)[0]
+    assert fmt(to_record(ex)) == f"user : {ex.question} || assistant : "
+    assert fmt({"prompt": "3 4 ||", "answer": "7"}) == "user : 3 4 || || assistant : "
+    assert prompt_formatter(tok, "raw")(to_record(ex)) == f"{ex.question} ||"
+
+
 def test_raw_format_is_the_dataset_prompt(tmp_path):
     ex = make_examples("chain_sum", 4, seed=0, length=3)
     t = GRPOTrainer(config(tmp_path, prompt_format="raw"), chat_model(), ex, reward_funcs=["correctness"])

@@ -128,3 +128,24 @@ def test_a_run_trained_on_math_verify_is_scored_by_math_verify(tmp_path, capsys)
         assert out["answer_check"] == check and f"answers checked by {check}" in captured.err
         scores[check] = out["pass_at_1"]
     assert scores["correctness"] == 0.0 and scores["math_verify"] >= 0.5  # the shipped model: ~75 % on chain_sum
+
+
+def test_eval_reads_trl_prompt_rows_with_an_answer_and_refuses_them_without(tmp_path, capsys):
+    """`latentrl eval --data` takes the rows training takes (TRL's `prompt` column), scored against their `answer`
+    column; rows without one are a one-line error, not a TypeError from the reward function."""
+    import json
+
+    from latentrl.bench import suite_tasks
+    from latentrl.cli import main
+
+    examples = suite_tasks()["chain_sum"].eval_examples(4)
+    rows = [{"prompt": f"{e.question} ||", "answer": e.answer} for e in examples]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["eval", "--model", "chain_sum-cot", "--data", str(tmp_path / "prompts.jsonl"), "--num", "4",
+                 "--k", "0"]) == 0
+    trl = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["eval", "--model", "chain_sum-cot", "--data", "chain_sum", "--num", "4", "--k", "0"]) == 0
+    assert trl["pass_at_1"] == json.loads(capsys.readouterr().out.strip().splitlines()[-1])["pass_at_1"]
+    (tmp_path / "no_answer.jsonl").write_text(json.dumps({"prompt": rows[0]["prompt"]}) + "\n")
+    assert main(["eval", "--model", "chain_sum-cot", "--data", str(tmp_path / "no_answer.jsonl"), "--k", "0"]) == 2
+    assert "row 0 has no 'answer' column (columns: ['prompt'])" in capsys.readouterr().err

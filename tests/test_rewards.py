@@ -167,6 +167,20 @@ def test_math_verify_reward_does_not_reward_listing_candidates_or_reading_a_matr
     assert math_verify_reward([""], [completion], answer=[gold]) == [float(right)]
 
 
+@pytest.mark.parametrize("completion, gold", [
+    ("**Answer:** 5", "5"), ("#### **5**", "5"), ("\\boxed {5}", "5"), ("#### -$5", "-5"),
+    ("\\boxed{1\\,000}", "1000"), ("#### \u22125", "-5"),
+])
+def test_common_answer_forms_of_instruct_models_are_read_by_both_checks(completion, gold):
+    """Markdown bold, a space before the box's brace, a minus before the currency sign, LaTeX's thin-space thousands
+    separator, a Unicode minus: right under `correctness` and `math_verify`, and still wrong against another gold."""
+    assert correctness_reward([""], [completion], answer=[gold]) == [1.0]
+    assert math_verify_reward([""], [completion], answer=[gold]) == [1.0]
+    wrong = "7" if gold != "7" else "8"
+    assert correctness_reward([""], [completion], answer=[wrong]) == [0.0]
+    assert math_verify_reward([""], [completion], answer=[wrong]) == [0.0]
+
+
 def test_a_markdown_heading_is_not_the_answer_mark():
     """Instruct models write `#### Step 1` headings and `##### Solution`: the box after them is the answer."""
     assert extract_answer("#### Step 1: Add the numbers\n2+3=5\n#### Step 2\nSo \\boxed{5}") == "5"

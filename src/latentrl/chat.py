@@ -14,6 +14,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from latentrl.config import ConfigError
+from latentrl.data.schema import PROMPT_END
 
 __all__ = ["PROMPT_FORMATS", "chat_prompt", "check_chat_template", "messages_prompt", "prompt_formatter"]
 
@@ -76,6 +77,9 @@ def prompt_formatter(tokenizer: PreTrainedTokenizerBase, prompt_format: str, sys
         if not isinstance(prompt, str):
             return method_prompt({**row, "prompt": messages_prompt(tokenizer, prompt, system_prompt)})
         if prompt_format == "chat":
+            question = row.get("question")
+            if isinstance(question, str) and prompt == f"{question} {PROMPT_END}":
+                prompt = question  # an Example's row: the template ends the user turn, not the `||` marker
             return method_prompt({**row, "prompt": chat_prompt(tokenizer, prompt, system_prompt)})
         return method_prompt(row)
 

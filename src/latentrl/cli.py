@@ -327,7 +327,7 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
 def cmd_eval(ns: argparse.Namespace) -> int:
     import json
 
-    from latentrl.data import load_examples
+    from latentrl.data import load_rows
     from latentrl.methods import get_method
 
     small_model_threads()
@@ -364,7 +364,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if ns.data in suite:  # a suite task: the bench's held-out problems (icot_mult_4x4: the real valid file)
         data = suite[ns.data].eval_examples(ns.num)
     else:
-        data = load_examples(ns.data, split="eval", n=ns.num, seed=cfg.seed, **data_options(cfg))[: ns.num]
+        data = load_rows(ns.data, split="eval", n=ns.num, seed=cfg.seed, **data_options(cfg))[: ns.num]
     temperature = cfg.temperature if ns.temperature is None else ns.temperature
     from latentrl.rewards import REWARD_FUNCS, answer_check
 

@@ -19,7 +19,7 @@ import torch
 from latentrl.chat import prompt_formatter
 from latentrl.data.schema import as_rows
 from latentrl.model import LatentModel
-from latentrl.rewards import checked_rewards, correctness_reward, reward_columns
+from latentrl.rewards import checked_rewards, correctness_reward, math_verify_reward, reward_columns
 from latentrl.rollout import (
     Rollout,
     SamplingParams,
@@ -151,6 +151,10 @@ def evaluate(
     on). Completions cut at `max_new_positions` are counted in `truncated` and warned about: a budget below the
     task's chain length scores right answers as wrong."""
     rows = as_rows(data, "the evaluation data")
+    unanswered = next((i for i, r in enumerate(rows) if r.get("answer") is None), None)
+    if unanswered is not None and reward_func in (correctness_reward, math_verify_reward):
+        raise ValueError(f"the evaluation data: row {unanswered} has no 'answer' column (columns: "
+                         f"{sorted(rows[unanswered])}), the gold answer Pass@1 is checked against")
     if k < 0:
         raise ValueError(f"k must be >= 0 (0: no Pass@k), got {k}")
     if batch_size < 1:

@@ -34,7 +34,9 @@ _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _DIGIT_SEQUENCE = re.compile(r"\d(?: \d)+")  # iCoT answers: one digit per word
 _MARK = re.compile(r"(?<!#)####(?!#)")  # GSM8K's answer mark, not part of a longer run of `#`
-_ANSWER_LINE = re.compile(r"^[ \t*]*Answer:[ \t]*(.+?)[ \t*]*$", re.IGNORECASE | re.MULTILINE)  # DAPO's prompt
+_ANSWER_LINE = re.compile(r"^[ \t*]*Answer:[ \t*]*(.+?)[ \t*]*$", re.IGNORECASE | re.MULTILINE)  # DAPO's prompt
+_SPACED_BOX = re.compile(r"\\boxed\s+\{")  # `\boxed {5}`
+_THIN_THOUSANDS = re.compile(r"(?<=\d)\\,(?=\d{3}(?!\d))")  # LaTeX's `1\,000`
 
 # ---------------------------------------------------------------------------------------------------------------
 # Extraction and normalisation
@@ -101,7 +103,7 @@ def extract_answer(text: str | None) -> str | None:
     1: ...`) gives way to a `\\boxed{}` written after it."""
     if text is None:
         return None
-    text = _completion_text(text)
+    text = _SPACED_BOX.sub(lambda m: _BOXED, _completion_text(text))
     marked = _marked_answer(text)
     if marked is not None and marked[0].isalpha():
         mark = _MARK.search(text)
@@ -111,23 +113,27 @@ def extract_answer(text: str | None) -> str | None:
 
 
 def normalize_answer(s: str) -> str:
-    """Canonical answer text: collapse whitespace, unwrap `\\boxed{}`/`$...$`, drop a trailing `.` and
-    thousands separators. iCoT digit sequences (`5 5 6 0`) keep their spaces, so they compare digit by digit."""
-    s = " ".join(str(s).split())
+    """Canonical answer text: collapse whitespace, unwrap `\\boxed{}`/`$...$`/markdown bold `**...**`, drop a
+    trailing `.` and thousands separators (`,`, LaTeX's `\\,`), write a Unicode minus `−` as `-`. iCoT digit
+    sequences (`5 5 6 0`) keep their spaces, so they compare digit by digit."""
+    s = " ".join(str(s).replace("\u2212", "-").split())
     while True:
         before = s
         if s.startswith(_BOXED) and _brace_end(s, len(_BOXED) - 1) == len(s):
             s = s[len(_BOXED) : -1].strip()
         if len(s) >= 2 and s[0] == "$" and s[-1] == "$":
             s = s[1:-1].strip()
+        if len(s) >= 4 and s.startswith("**") and s.endswith("**"):
+            s = s[2:-2].strip()
         s = s.rstrip(".").rstrip()
         if s == before:
-            return _THOUSANDS.sub("", s)
+            return _THOUSANDS.sub("", _THIN_THOUSANDS.sub("", s))
 
 
 def _as_number(s: str) -> float | None:
     """`s` as a number when the whole answer is one (leading `$` and trailing `%` allowed), else None."""
     s = s.strip()
+    s = "-" + s[2:] if s.startswith("-$") else s  # `-$5`
     s = s[1:] if s.startswith("$") else s
     s = s[:-1] if s.endswith("%") else s
     if not _NUMBER.fullmatch(s):
@@ -288,6 +294,10 @@ def _math_parse(text: str) -> list[Any]:
     from math_verify import parse
 
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    text = _THIN_THOUSANDS.sub("", text.replace("\u2212", "-")).strip()
+    if len(text) >= 4 and text.startswith("**") and text.endswith("**"):
+        text = text[2:-2].strip()  # markdown bold
+    text = re.sub(r"^-\$(?=\d)", "-", text)  # `-$5`: a currency sign, not a math delimiter
     if _SPACED_NUMBERS.fullmatch(text):
         return []  # `2 3` is two numbers, not their sum (math mode) or the last (default extraction)
     try:
