@@ -149,3 +149,22 @@ def test_eval_reads_trl_prompt_rows_with_an_answer_and_refuses_them_without(tmp_
     (tmp_path / "no_answer.jsonl").write_text(json.dumps({"prompt": rows[0]["prompt"]}) + "\n")
     assert main(["eval", "--model", "chain_sum-cot", "--data", str(tmp_path / "no_answer.jsonl"), "--k", "0"]) == 2
     assert "row 0 has no 'answer' column (columns: ['prompt'])" in capsys.readouterr().err
+
+
+def test_pass_at_k_samples_at_most_batch_size_completions_a_rollout(monkeypatch):
+    """A large k is sampled in rollouts of at most batch_size rows (k = 100000 grew one rollout without bound);
+    k <= batch_size keeps its one rollout per group of problems."""
+    from latentrl import eval as eval_module
+    from latentrl.data import make_examples
+
+    lm = tiny_latent_model("qwen2", ["1", "2", "3", "+", "=", "<<", ">>"], seed=0, hidden=16)
+    rows = make_examples("chain_sum", 3, seed=0, length=2)
+    sizes = []
+    real = eval_module.generate_rollout
+    monkeypatch.setattr(eval_module, "generate_rollout",
+                        lambda model, ids, *a, **kw: sizes.append(ids.shape[0]) or real(model, ids, *a, **kw))
+    res = evaluate(lm, rows, k=10, batch_size=4, max_new_positions=3)
+    assert sizes == [3] + [4, 4, 2] * 3 and res.k == 10 and len(res.sampled_correct) == 3
+    sizes.clear()
+    evaluate(lm, rows, k=2, batch_size=4, max_new_positions=3)
+    assert sizes == [3, 4, 2]  # greedy, then two problems x 2 copies, then one x 2

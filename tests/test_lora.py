@@ -184,6 +184,21 @@ def test_lora_options_reach_peft(tmp_path):
         lora_trainer("grpo", tmp_path, lora={"enabled": True, "target_modules": ["no_such_proj"]})
 
 
+@pytest.mark.parametrize("module", ["lm_head", "embed_tokens"])
+def test_a_whole_embedding_or_head_in_modules_to_save_trains_the_latent_rows_with_it(tmp_path, module):
+    """`modules_to_save=[lm_head]` (the help's example) on a model with latent tokens: peft cannot also put its
+    trainable-token layer on that module (it raised at the first rollout), so the whole matrix trains, latent rows
+    included, and the run goes on."""
+    lm = tiny_chain_sum_model()
+    lm.add_latent_tokens()
+    t = lora_trainer("coconut_grpo", tmp_path, lm=lm, max_steps=1,
+                     lora={"enabled": True, "r": 2, "alpha": 4, "modules_to_save": [module]})
+    names = [n for n, p in t.model.model.named_parameters() if p.requires_grad]
+    assert any(f"{module}.modules_to_save" in n for n in names) and not any("trainable_tokens" in n for n in names)
+    t.train()
+    assert (tmp_path / "checkpoint-1").is_dir()
+
+
 def test_paper_presets():
     hrpo = load_config(GRPOConfig, ROOT / "configs" / "hrpo_qwen2.5-1.5b_gsm8k.yaml")  # the paper trains LoRA
     assert hrpo.lora.enabled and (hrpo.lora.r, hrpo.lora.alpha) == (32, 64.0) and hrpo.prompt_format == "chat"

@@ -524,6 +524,9 @@ def test_cli_resume_continues_with_the_runs_own_settings(tmp_path, capsys):
     assert "--resume cannot change learning_rate 1e-05 -> 5e-05" in capsys.readouterr().err
     assert cli_train(run, "max_steps=3", "learning_rate=5e-5", "resume_from_checkpoint=latest") == 2  # either spelling
     assert "--resume cannot change learning_rate" in capsys.readouterr().err
+    for change in ("lora.enabled=true", "lora.alpha=64"):  # the adapter a LoRA checkpoint holds was built with them
+        assert cli_train(run, "max_steps=3", change, "--resume") == 2
+        assert "the LoRA adapter restored from the checkpoint was built with it" in capsys.readouterr().err
     assert snapshot(run) == before
 
 

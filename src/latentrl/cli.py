@@ -202,6 +202,10 @@ def recorded_scoring_unless_named(model: str, config: str | None, method: str | 
 #: eps and weight decay; the LR schedule scales those restored rates): a resume cannot change them
 FIXED_ON_RESUME = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
                    "hrpo.gate_learning_rate", "hrpo.lambda_learning_rate", "dlr.assistant_learning_rate")
+#: settings the adapter restored from a LoRA checkpoint was built with: another rank, scale, set of modules or
+#: trainable rows would not load (a size mismatch) or would load and silently change the policy (alpha)
+ADAPTER_FIXED_ON_RESUME = ("lora.enabled", "lora.r", "lora.alpha", "lora.target_modules", "lora.modules_to_save",
+                           "lora.train_latent_tokens")
 
 
 def resumed_run_config(cfg: C, cli_overrides: Sequence[str]) -> C:
@@ -220,13 +224,15 @@ def resumed_run_config(cfg: C, cli_overrides: Sequence[str]) -> C:
     data = {**saved_run_settings(saved_file), "output_dir": cfg.output_dir}
     cls = type(cfg)
     saved, resumed = config_from_dict(cls, data, []), config_from_dict(cls, data, cli_overrides)
-    fixed = [k for k in FIXED_ON_RESUME if hasattr(saved, k.split(".")[0])]  # method sections that are mounted
-    changed = [f"{k} {dotted_get(saved, k)} -> {dotted_get(resumed, k)}" for k in fixed
-               if dotted_get(saved, k) != dotted_get(resumed, k)]
-    if changed:
-        raise ConfigError(f"--resume cannot change {', '.join(changed)}: the optimizer state restored from the "
-                          "checkpoint fixes it. Resume without it, or start a new run from the checkpoint's "
-                          "weights (model_name_or_path=RUN/checkpoint-N, another output_dir)")
+    for keys, what in ((FIXED_ON_RESUME, "the optimizer state restored from the checkpoint fixes it"),
+                       (ADAPTER_FIXED_ON_RESUME, "the LoRA adapter restored from the checkpoint was built with it")):
+        fixed = [k for k in keys if hasattr(saved, k.split(".")[0])]  # method sections that are mounted
+        changed = [f"{k} {dotted_get(saved, k)} -> {dotted_get(resumed, k)}" for k in fixed
+                   if dotted_get(saved, k) != dotted_get(resumed, k)]
+        if changed:
+            raise ConfigError(f"--resume cannot change {', '.join(changed)}: {what}. Resume without it, or start a "
+                              "new run from the checkpoint's weights (model_name_or_path=RUN/checkpoint-N, another "
+                              "output_dir)")
     if launch_rank() == 0:
         print(f"--resume: the run's settings from {saved_file}" + (f", with {' '.join(cli_overrides)}"
                                                                    if cli_overrides else ""), file=sys.stderr)

@@ -205,7 +205,10 @@ def evaluate(
         per_batch = max(1, batch_size // k)
         for s in range(0, len(rows), per_batch):
             part = rows[s : s + per_batch]
-            _, _, scores = run([r for r in part for _ in range(k)], sampled, deterministic=False)
+            copies = [r for r in part for _ in range(k)]
+            scores = []  # at most batch_size completions a rollout, however large k is (k <= batch_size: one)
+            for c in range(0, len(copies), batch_size):
+                scores += run(copies[c : c + batch_size], sampled, deterministic=False)[2]
             for i in range(len(part)):
                 right = [sc > 0 for sc in scores[i * k : (i + 1) * k]]
                 hits.append(any(right))

@@ -277,7 +277,11 @@ class LatentModel(nn.Module):
             raise ValueError("the model already has a peft adapter; apply_lora wraps a plain HF model once")
         targets = list(cfg.target_modules)
         tokens = None
-        if cfg.train_latent_tokens and self.latent_ids is not None:
+        whole = {name.rsplit(".", 1)[-1] for name, m in self.model.named_modules()
+                 if m is self.model.get_input_embeddings() or m is self.model.get_output_embeddings()}
+        if set(cfg.modules_to_save) & whole:
+            pass  # the embedding / LM head is trained whole (its latent rows with it); peft cannot do both on it
+        elif cfg.train_latent_tokens and self.latent_ids is not None:
             ids = self.latent_ids
             tokens = sorted({ids.start, ids.latent, ids.end})
         peft_cfg = PeftLoraConfig(
