@@ -160,6 +160,37 @@ def test_adapter_checkpoint_reloads_standalone_and_merges_for_export(tmp_path, a
     torch.testing.assert_close(logits(again, ids), logits(trained, ids), atol=1e-5, rtol=1e-5)
 
 
+def test_an_adapter_records_a_base_it_can_be_loaded_with_from_anywhere(tmp_path, monkeypatch):
+    """peft records the base as typed: a folder relative to where training ran broke the checkpoint elsewhere (or
+    loaded another folder of that name). Saved, a local base is absolute and a shipped base its name; a checkpoint
+    that names a shipped base by another install's path loads this install's; a base that is not here is an error
+    naming the field."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    tiny_chain_sum_model().save_pretrained(tmp_path / "my-model")
+    t = lora_trainer("grpo", tmp_path / "run", LatentModel.from_pretrained("my-model"), max_steps=1)
+    t.train()
+    config = tmp_path / "run" / "checkpoint-1" / "adapter_config.json"
+    assert json.loads(config.read_text())["base_model_name_or_path"] == str((tmp_path / "my-model").resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert LatentModel.from_pretrained(tmp_path / "run" / "checkpoint-1").is_peft
+
+    shipped = LatentModel.from_pretrained("chain_sum-cot")
+    shipped.apply_lora(lora_config("grpo", tmp_path).lora)
+    shipped.save_pretrained(tmp_path / "on_shipped")
+    config = tmp_path / "on_shipped" / "adapter_config.json"
+    assert json.loads(config.read_text())["base_model_name_or_path"] == "chain_sum-cot"
+    other_install = "/opt/other/site-packages/latentrl/assets/models/chain_sum-cot"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": other_install}))
+    assert LatentModel.from_pretrained(tmp_path / "on_shipped").is_peft
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": "./gone"}))
+    with pytest.raises(FileNotFoundError, match=r"needs its base model './gone' \(adapter_config.json's "):
+        LatentModel.from_pretrained(tmp_path / "on_shipped")
+
+
 def test_resuming_across_lora_and_full_fine_tuning_is_a_clear_error(tmp_path):
     lora = lora_trainer("grpo", tmp_path / "lora", max_steps=1)
     lora.train()

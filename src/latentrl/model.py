@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from latentrl.assets import ADAPTER_CONFIG_FILE, available_models, recorded_num_thoughts, resolve_model
+from latentrl.assets import ADAPTER_CONFIG_FILE, MODELS_DIR, available_models, recorded_num_thoughts, resolve_model
 from latentrl.packed_head import PackedHead
 from latentrl.tokenizer import load_tokenizer
 
@@ -229,11 +229,21 @@ class LatentModel(nn.Module):
         """A LoRA folder written by `save_pretrained`: the recorded base model, its latent rows, then the adapter."""
         from peft import PeftConfig, PeftModel
 
-        base = PeftConfig.from_pretrained(str(path)).base_model_name_or_path
-        if not base:
+        recorded = PeftConfig.from_pretrained(str(path)).base_model_name_or_path
+        if not recorded:
             raise FileNotFoundError(
                 f"{str(path)!r} holds a LoRA adapter without a recorded base model (base_model_name_or_path): load "
                 f"the base with LatentModel.from_pretrained(base), call apply_lora(...), then load_weights({str(path)!r})")
+        shipped = Path(recorded).name if Path(recorded).parent.parts[-3:] == MODELS_DIR.parts[-3:] else None
+        if shipped in available_models() and not Path(recorded).exists():
+            recorded = shipped  # a shipped base recorded by another install (checkpoints of older versions)
+        try:
+            base = resolve_model_source(recorded)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"the LoRA checkpoint {str(path)!r} needs its base model {recorded!r} (adapter_config.json's "
+                f"base_model_name_or_path), which is not here ({err}); put the base there, or set that field to "
+                "where it is") from None
         if torch_dtype is not None:
             model_kwargs["torch_dtype"] = torch_dtype
         hf = AutoModelForCausalLM.from_pretrained(base, **model_kwargs)
@@ -379,6 +389,7 @@ class LatentModel(nn.Module):
         if self.is_peft:
             kwargs.setdefault("save_embedding_layers", False)  # the latent rows travel as trainable tokens
             self.model.save_pretrained(out, **kwargs)
+            _record_portable_base(out / ADAPTER_CONFIG_FILE)
             if self.latent_ids is not None:
                 idx = torch.tensor(self._latent_row_ids())
                 rows = {k: layer.weight.detach()[idx.to(layer.weight.device)].contiguous().cpu()
@@ -612,6 +623,21 @@ def _damaged(kind: str, path: Path, err: BaseException) -> ValueError:
     first = (str(err).splitlines() or [""])[0]
     return ValueError(f"could not load the {kind} {str(path)!r} ({type(err).__name__}: {first}); it may be damaged "
                       "or incomplete")
+
+
+def _record_portable_base(adapter_config: Path) -> None:
+    """Make an adapter's recorded base model loadable from anywhere: peft writes the base as the caller typed it
+    (`my-model`, relative to where training ran) or as a shipped model's folder inside this install; a relative
+    folder becomes absolute and a shipped model its name (`chain_sum-cot`). Hub ids stay as they are."""
+    config = json.loads(adapter_config.read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if not base or not Path(base).expanduser().exists():
+        return
+    folder = Path(base).expanduser().resolve()
+    portable = folder.name if folder.parent == MODELS_DIR and folder.name in available_models() else str(folder)
+    if portable != base:
+        adapter_config.write_text(json.dumps({**config, "base_model_name_or_path": portable}, indent=2) + "\n",
+                                  encoding="utf-8")
 
 
 def resolve_model_source(name_or_path: str | os.PathLike) -> str:
