@@ -191,6 +191,40 @@ def test_an_adapter_records_a_base_it_can_be_loaded_with_from_anywhere(tmp_path,
         LatentModel.from_pretrained(tmp_path / "on_shipped")
 
 
+def test_a_new_run_from_a_lora_checkpoint_starts_from_its_merged_weights_and_trains_as_lora_says(tmp_path, capsys):
+    """`model_name_or_path=RUN/checkpoint-N` of a LoRA run (the route the resume errors name): the adapter is merged
+    into its base, the new run's start, and `lora.*` decide how it trains (the adapter used to be kept whatever they
+    said, with the pre-LoRA base as KL reference). A trainer handed an adapter with lora.enabled=false refuses."""
+    from latentrl.cli import main
+    from latentrl.config import ConfigError
+
+    tiny_chain_sum_model().save_pretrained(tmp_path / "base")
+
+    def train(out, *extra):
+        return main(["train", "--config", str(ROOT / "configs/cpu/grpo.yaml"), f"output_dir={out}", "max_steps=1",
+                     "dataset=chain_sum", "num_train_examples=8", "per_device_train_batch_size=8",
+                     "num_generations=4", "max_completion_length=8", "save_steps=1", "report_to=[jsonl]",
+                     "learning_rate=0.05", *extra])
+
+    assert train(tmp_path / "a", f"model_name_or_path={tmp_path / 'base'}", "lora.enabled=true", "lora.r=4") == 0
+    start = tmp_path / "a" / "checkpoint-1"
+    ids = torch.tensor([[3, 4, 5, 6]])
+    merged = logits(LatentModel.from_pretrained(start).merge_and_unload(), ids)
+    capsys.readouterr()
+    assert train(tmp_path / "full", f"model_name_or_path={start}", "lora.enabled=false", "beta=0.1") == 0
+    assert "is a LoRA checkpoint: its adapter is merged into its base" in capsys.readouterr().err
+    full = tmp_path / "full" / "checkpoint-1"
+    assert (full / "config.json").is_file() and not (full / "adapter_config.json").exists()  # every weight trained
+    # with max_steps=1 the preset's warmup makes step 1 a zero-lr step (HF's rule): the checkpoint is the start
+    torch.testing.assert_close(logits(LatentModel.from_pretrained(full), ids), merged)
+    assert train(tmp_path / "r2", f"model_name_or_path={start}", "lora.enabled=true", "lora.r=2") == 0
+    import json
+
+    assert json.loads((tmp_path / "r2" / "checkpoint-1" / "adapter_config.json").read_text())["r"] == 2
+    with pytest.raises(ConfigError, match="carries a LoRA adapter but lora.enabled is false"):
+        lora_trainer("grpo", tmp_path / "api", LatentModel.from_pretrained(start), lora={"enabled": False})
+
+
 def test_resuming_across_lora_and_full_fine_tuning_is_a_clear_error(tmp_path):
     lora = lora_trainer("grpo", tmp_path / "lora", max_steps=1)
     lora.train()

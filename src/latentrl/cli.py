@@ -274,6 +274,12 @@ def cmd_train(ns: argparse.Namespace) -> int:
     if cfg.eval_dataset:
         evals = load_rows(cfg.eval_dataset, split="eval", n=cfg.num_eval_examples, seed=cfg.seed, **data_options(cfg))
     model = build_model_for(cfg)
+    if model.is_peft:  # a LoRA checkpoint: its weights (base + adapter) are where this run starts
+        model.merge_and_unload()
+        if launch_rank() == 0:
+            print(f"model_name_or_path={cfg.model_name_or_path} is a LoRA checkpoint: its adapter is merged into its "
+                  "base, the run's starting weights (and its KL reference); lora.* set how this run trains",
+                  file=sys.stderr)
     trainer = method.trainer_class(cfg, model, train, eval_dataset=evals)
     trainer.train_data = record  # written into every checkpoint, so RL continued from one stays off the same data
     trainer.train()

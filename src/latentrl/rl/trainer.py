@@ -217,6 +217,10 @@ class GRPOTrainer:
         np.random.seed(args.seed)
         if args.lora.enabled and not model.is_peft:
             model.apply_lora(args.lora)
+        elif model.is_peft and not args.lora.enabled:
+            raise ConfigError("the model carries a LoRA adapter but lora.enabled is false: merge it first "
+                              "(model.merge_and_unload(), as `latentrl train` does) to train every weight from it, "
+                              "or set lora.enabled=true to train that adapter on")
         if args.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         disable_dropout(model.model)
