@@ -288,7 +288,8 @@ def test_resume_with_nothing_intact_says_so(old_run):
     for step in (1, 2):
         damage(out / f"checkpoint-{step}", "missing_config")
     with pytest.warns(UserWarning) as caught:
-        with pytest.raises(FileNotFoundError, match="no intact checkpoint in"):
+        with pytest.raises(FileNotFoundError, match="no intact checkpoint in .* start the run again over it with "
+                                                    "overwrite_output_dir=true"):
             trainer(out, resume_from_checkpoint="latest").train()
     assert sorted(str(w.message).split(" is damaged")[0].rsplit("/", 1)[-1] for w in caught) == [
         "checkpoint-1", "checkpoint-2"]
@@ -528,6 +529,9 @@ def test_cli_resume_continues_with_the_runs_own_settings(tmp_path, capsys):
         assert cli_train(run, "max_steps=3", change, "--resume") == 2
         assert "the LoRA adapter restored from the checkpoint was built with it" in capsys.readouterr().err
     assert snapshot(run) == before
+    assert main(["train", "--resume", f"output_dir={run}", "max_steps=3"]) == 0  # no --config: the run's is enough
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+    assert json.loads((run / "run_config.json").read_text())["learning_rate"] == 1e-5
 
 
 @pytest.mark.parametrize("content, cause", [("{bad", "cannot read the run's settings"),

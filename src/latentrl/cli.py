@@ -239,6 +239,21 @@ def resumed_run_config(cfg: C, cli_overrides: Sequence[str]) -> C:
     return resumed
 
 
+def command_config(cls: type[C], ns: argparse.Namespace, default_output_dir: str | None = None) -> C:
+    """The command's config from --config and key=value overrides; with --resume and no --config, the run's own
+    `run_config.json` in `output_dir` is enough (`latentrl train --resume output_dir=RUN`): the YAML's required
+    keys are already recorded there."""
+    from latentrl.logger import RUN_CONFIG_FILE
+
+    if ns.resume and not ns.config:
+        out = next((o.split("=", 1)[1].strip() for o in reversed(ns.overrides) if override_key(o) == "output_dir"),
+                   default_output_dir)
+        saved = Path(out) / RUN_CONFIG_FILE if out else None
+        if saved is not None and saved.is_file():
+            return config_from_dict(cls, {**saved_run_settings(saved), "output_dir": out}, ns.overrides)
+    return load_config(cls, ns.config, ns.overrides)
+
+
 @command("train", "RL-train a model with a method preset: latentrl train --config FILE [key=value ...]")
 def cmd_train(ns: argparse.Namespace) -> int:
     from latentrl.data import load_rows
@@ -248,7 +263,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     if ns.help_config:
         print(config_help(GRPOConfig))
         return 0
-    cfg = load_config(GRPOConfig, ns.config, ns.overrides)
+    cfg = command_config(GRPOConfig, ns)
     if ns.resume:
         cfg.resume_from_checkpoint = "latest"
     if cfg.resume_from_checkpoint:  # --resume or resume_from_checkpoint=...: the run's own settings
@@ -299,7 +314,7 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
     if ns.help_config:
         print(config_help(CoconutConfig))
         return 0
-    cfg = load_config(CoconutConfig, ns.config, ns.overrides)
+    cfg = command_config(CoconutConfig, ns, default_output_dir="runs/coconut")
     cfg.output_dir = cfg.output_dir or "runs/coconut"  # metrics and checkpoints beside the model
     if ns.resume:
         cfg.resume_from_checkpoint = "latest"

@@ -204,8 +204,11 @@ def resume_checkpoint(output_dir: str | Path, resume: str | bool) -> Path:
     if resume is True or resume == "latest":
         path = latest_checkpoint(output_dir, problem=model_checkpoint_problem)
         if path is None:
-            raise FileNotFoundError(f"--resume: no intact checkpoint in {output_dir} (nothing to resume); start a "
-                                    "new run without --resume")
+            held = run_entries(output_dir)
+            again = (f"; it holds what an earlier run wrote before its first checkpoint ({', '.join(held)}): start "
+                     "the run again over it with overwrite_output_dir=true (and without --resume), or in another "
+                     "output_dir" if held else "; start a new run without --resume")
+            raise FileNotFoundError(f"--resume: no intact checkpoint in {output_dir} (nothing to resume){again}")
         return path
     path = Path(resume)
     problem = model_checkpoint_problem(path)
