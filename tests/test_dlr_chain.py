@@ -272,6 +272,14 @@ def test_dlr_method_trains_the_assistant_only_and_resumes_without_distilling_aga
                     rows)
     assert float(t2.assistant.distilled) == 1.0
     assert torch.equal(t2.assistant.head.weight, t.assistant.head.weight)
+    # scoring: a DLR checkpoint holds its assistant; a model without one is refused, not read through a random one
+    get_method("dlr").check_scorable(LatentModel.from_pretrained(str(tmp_path / "checkpoint-2")), "checkpoint-2")
+    from latentrl.config import ConfigError
+
+    for method in ("dlr", "dlr_prefix"):
+        with pytest.raises(ConfigError, match=f"method '{method}' forms its thoughts with its trained .* which "
+                                              "plain does not hold"):
+            get_method(method).check_scorable(_fresh_main(), "plain")
     # the plain trainer refuses the method
     with pytest.raises(Exception, match="DLRTrainer"):
         GRPOTrainer(_dlr_config(tmp_path / "g"), _fresh_main(), rows)

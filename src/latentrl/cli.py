@@ -405,6 +405,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     from latentrl.eval import evaluate
 
     model = build_model_for(cfg)
+    get_method(cfg.method).check_scorable(model, ns.model)
     parts = get_method(cfg.method).build(model, cfg)
     res = evaluate(model, data, k=ns.k, temperature=temperature, **parts.eval_kwargs(cfg))
     out = {k: v for k, v in res.to_dict().items() if k != "samples"}

@@ -131,6 +131,7 @@ def build_method_operator(model: LatentModel, method: "str | Method", config: "G
     m = method if isinstance(method, Method) else get_method(method)
     if config is None:
         config = GRPOConfig(model_name_or_path=str(getattr(model.model, "name_or_path", "") or "model"), method=m.name)
+    m.check_scorable(model, config.model_name_or_path)
     parts = m.build(model, config)
     if not parts.has_latent:
         latent = sorted(n for n in METHODS if n != "grpo")

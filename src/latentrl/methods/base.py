@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from latentrl.chat import prompt_formatter
-from latentrl.config import dotted_get, register_method_preset
+from latentrl.config import ConfigError, dotted_get, register_method_preset
 from latentrl.replay import replay
 from latentrl.rewards import answer_check
 from latentrl.rollout import ThinkingSchedule
@@ -133,6 +133,9 @@ class Method:
     thought_count_keys: ClassVar[tuple[str, ...]] = ()
     #: config keys (dotted) that must be at least that count (a span cap the config validates against)
     thought_count_bounds: ClassVar[tuple[str, ...]] = ()
+    #: side modules whose trained weights form the thoughts (DLR's assistant): scoring a checkpoint that does not
+    #: hold them would read thoughts from a freshly initialised module (`check_scorable`)
+    scored_through: ClassVar[tuple[str, ...]] = ()
 
     @property
     def trainer_class(self) -> type:
@@ -180,6 +183,16 @@ class Method:
             if value is not None and value != n:
                 warnings.warn(f"the model was trained with {n} thoughts (its latent_init.json) but {key}={value}: "
                               f"set {key}={n} unless the other count is intended", stacklevel=3)
+
+    def check_scorable(self, model: "LatentModel", source: str) -> None:
+        """Refuse to evaluate or inspect a checkpoint (`source`) without the trained side modules this method's
+        thoughts come from (`scored_through`): outside training nothing would train them first."""
+        missing = [n for n in self.scored_through if not model.has_saved_side_module(n)]
+        if missing:
+            raise ConfigError(f"method {self.name!r} forms its thoughts with its trained {', '.join(missing)}, which "
+                              f"{source} does not hold (a {self.name} run's checkpoint does): evaluating it this way "
+                              "would read thoughts from a random module; score it with the method it was trained "
+                              "with, or train it with this one first")
 
     def build(self, model: "LatentModel", args: "GRPOConfig") -> MethodParts:
         """Check `args` against the method, attach its side modules to `model` (loading the weights a checkpoint

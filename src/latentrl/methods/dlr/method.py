@@ -37,6 +37,7 @@ CHAIN_ASSISTANT = "dlr_chain_assistant"
 class DLR(CoconutLatentMethod):
     name = "dlr"
     trainer = "dlr"  # latentrl.methods.dlr.trainer.DLRTrainer
+    scored_through = (CHAIN_ASSISTANT,)
     description = ("DeepLatent Reasoning (our reading of arXiv 2601.17275): a small causal-transformer assistant "
                    "writes the thoughts of a frozen Coconut model; K chains, reward filter, PG + InfoNCE + NLL")
     init = "coconut_sft"

@@ -42,6 +42,7 @@ class DLRPrefix(Method):
         """DLR options; set by `setup` from the trainer (`DLRPrefixTrainer.dlr`) when not given."""
 
     trainer = "dlr_prefix"  # latentrl.methods.dlr.prefix_trainer.DLRPrefixTrainer
+    scored_through = (ASSISTANT,)
 
     def setup(self, model, args) -> None:
         self.config = c = self.config or resolve_dlr_config(args)
