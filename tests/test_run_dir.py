@@ -206,6 +206,24 @@ def cli_train(out, *extra):
                  "report_to=[jsonl]", *extra])
 
 
+def test_a_checkpoint_copied_out_of_its_run_folder_is_scored_with_the_runs_settings(tmp_path, capsys):
+    """Each checkpoint holds the run's settings (run_config.json), so `latentrl eval` of a copy made elsewhere
+    ("best/") reads it with the run's method and temperature, not the defaults."""
+    import shutil
+
+    init = tmp_path / "init"
+    tiny_chain_sum_model().save_pretrained(init)
+    run = tmp_path / "run"
+    assert cli_train(run, f"model_name_or_path={init}", "temperature=0.7") == 0
+    assert json.loads((run / "checkpoint-1" / "run_config.json").read_text()) == json.loads(
+        (run / "run_config.json").read_text())
+    shutil.copytree(run / "checkpoint-1", tmp_path / "best")
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tmp_path / "best"), "--data", "chain_sum", "--num", "2", "--k", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["settings"] == str(tmp_path / "best" / "run_config.json") and out["temperature"] == 0.7
+
+
 def test_cli_refuses_an_existing_run_before_loading_the_model(old_run, capsys):
     out, _ = old_run
     before = snapshot(out)
@@ -546,6 +564,7 @@ def test_a_damaged_run_config_is_a_clear_error_for_resume_and_eval(tmp_path, cap
     assert cli_train(run, "max_steps=2", "--resume") == 2
     err = capsys.readouterr().err
     assert cause in err and "run_config.json" in err and "Traceback" not in err
+    (run / "checkpoint-1" / "run_config.json").write_text(content)  # the checkpoint's own copy, which eval reads
     assert main(["eval", "--model", str(run / "checkpoint-1"), "--data", "chain_sum", "--num", "2"]) == 2
     err = capsys.readouterr().err
     assert cause in err and "Traceback" not in err

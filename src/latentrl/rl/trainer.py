@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import json
 import math
 import os
 import random
@@ -47,7 +48,7 @@ from latentrl.compute import forward_flops, matmul_params
 from latentrl.config import DEFAULT_MAX_STEPS, ConfigError, GRPOConfig, config_to_dict
 from latentrl.data.provenance import TrainDraw, write_train_draws
 from latentrl.data.schema import Example, as_rows  # as_rows: re-exported for callers of the old path
-from latentrl.logger import MetricsLogger, console_line, progress
+from latentrl.logger import RUN_CONFIG_FILE, MetricsLogger, console_line, progress
 from latentrl.methods import Method, MethodContext, get_method, register_trainer
 from latentrl.model import LatentModel
 from latentrl.optimizer_steps import OptimizerSteps
@@ -732,12 +733,13 @@ class GRPOTrainer:
             state = self.fsdp.full_model_state(self.model)
             optimizer = self.fsdp.optimizer_state(self.model, self.optimizer.optimizer)
             save_model = lambda p: self.model.save_pretrained(p, full_state_dict=state)  # noqa: E731
-        if self.train_data:
-            save_weights, draws = save_model, list(self.train_data)
+        save_weights, draws, settings = save_model, list(self.train_data or ()), config_to_dict(self.args)
 
-            def save_model(p: Path) -> None:
-                save_weights(p)
+        def save_model(p: Path) -> None:  # a checkpoint copied out of its run folder still scores as trained
+            save_weights(p)
+            if draws:
                 write_train_draws(p, draws)
+            (p / RUN_CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
         if self.dp.is_main:
             path = save_checkpoint(
                 self.output_dir, self.global_step, save_model=save_model, optimizer=optimizer,
