@@ -77,6 +77,7 @@ def test_plot_draws_a_runs_metrics_and_names_a_missing_log(tmp_path, capsys):
                                                + "\n" for s in range(1, 6)))
     assert main(["plot", str(run), "--keys", "reward", "embeds_ratio", "--out", str(tmp_path / "m.png")]) == 0
     assert (tmp_path / "m.png").stat().st_size > 0
+    (tmp_path / "nothing").mkdir()
     assert main(["plot", str(tmp_path / "nothing")]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
 

@@ -42,6 +42,11 @@ def test_default_keys_draw_only_what_was_logged(run, capsys):
     assert "panels: reward, completions/mean_length" in out and "not logged: eval/pass_at_1, kl" in out
 
 
+def test_plot_of_a_path_that_does_not_exist_says_so(tmp_path, capsys):
+    assert main(["plot", str(tmp_path / "nonexist")]) == 2
+    assert "nonexist does not exist" in capsys.readouterr().err
+
+
 def test_plot_out_names_an_image_and_prints_the_file_it_wrote(run, tmp_path, capsys):
     before = (run / "metrics.jsonl").read_bytes()
     with pytest.raises(SystemExit) as exit_:  # not a figure: argparse refuses it, the file is untouched

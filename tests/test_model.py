@@ -95,6 +95,10 @@ def test_missing_or_bad_path_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         LatentModel.from_pretrained(str(tmp_path / "empty"))
+    for step in (2, 10):  # a run folder: its newest checkpoint is named (by step, not by name)
+        (tmp_path / "run" / f"checkpoint-{step}").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"is a run folder, not a model: .*checkpoint-10 \(the newest\)"):
+        LatentModel.from_pretrained(str(tmp_path / "run"))
 
 
 def test_shipped_names_load_and_missing_local_paths_never_reach_the_hub(monkeypatch, tmp_path):

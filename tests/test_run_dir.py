@@ -301,6 +301,27 @@ def test_resume_from_a_named_damaged_checkpoint_names_the_file_and_the_intact_on
         trainer(out, resume_from_checkpoint=str(out / "checkpoint-2")).train()
 
 
+def test_a_resume_under_another_launch_says_the_global_batch_or_precision_changes(tmp_path, monkeypatch):
+    """Each checkpoint records the processes and precision it was trained with (not in the run's settings: the
+    launcher sets them); a resume launched otherwise says so and names the launch that continues the same run."""
+    out = tmp_path / "run"
+    monkeypatch.setattr(GRPOTrainer, "_launch", lambda self: {"num_processes": 2, "mixed_precision": "bf16"})
+    trainer(out, max_steps=1).train()
+    monkeypatch.undo()
+    state = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())
+    assert (state["num_processes"], state["mixed_precision"]) == (2, "bf16")
+    with pytest.warns(UserWarning, match=r"num_processes 2 -> 1, mixed_precision bf16 -> no: the run goes on with "
+                                         r"another global batch and precision .*torchrun --nproc_per_node 2"):
+        trainer(out, max_steps=2, resume_from_checkpoint="latest").train()
+    again = tmp_path / "same"
+    trainer(again, max_steps=1).train()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        trainer(again, max_steps=2, resume_from_checkpoint="latest").train()  # the same launch: not a word
+
+
 def test_resume_with_nothing_intact_says_so(old_run):
     out, _ = old_run
     for step in (1, 2):

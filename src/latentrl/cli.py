@@ -254,9 +254,21 @@ def command_config(cls: type[C], ns: argparse.Namespace, default_output_dir: str
     return load_config(cls, ns.config, ns.overrides)
 
 
+def eval_rows(source: str, n: int, cfg: GRPOConfig) -> list:
+    """The evaluation rows of `source`: a benchmark suite task's held-out problems (the bench's, outside the shipped
+    models' pretraining data; icot_mult_4x4: the real valid file), so that `latentrl train eval_dataset=chain_sum`
+    and `latentrl eval --data chain_sum` score the same problems; else the source's evaluation split."""
+    from latentrl.bench import suite_tasks
+    from latentrl.data import load_rows
+
+    suite = suite_tasks()
+    if source in suite:
+        return suite[source].eval_examples(n)
+    return load_rows(source, split="eval", n=n, seed=cfg.seed, **data_options(cfg))[:n]
+
+
 @command("train", "RL-train a model with a method preset: latentrl train --config FILE [key=value ...]")
 def cmd_train(ns: argparse.Namespace) -> int:
-    from latentrl.data import load_rows
     from latentrl.methods import get_method
     from latentrl.rewards import get_reward_funcs
 
@@ -287,7 +299,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     train, record = load_train_data_and_record(cfg)
     evals = None
     if cfg.eval_dataset:
-        evals = load_rows(cfg.eval_dataset, split="eval", n=cfg.num_eval_examples, seed=cfg.seed, **data_options(cfg))
+        evals = eval_rows(cfg.eval_dataset, cfg.num_eval_examples, cfg)
     model = build_model_for(cfg)
     if model.is_peft:  # a LoRA checkpoint: its weights (base + adapter) are where this run starts
         model.merge_and_unload()
@@ -354,7 +366,6 @@ def cmd_coconut_sft(ns: argparse.Namespace) -> int:
 def cmd_eval(ns: argparse.Namespace) -> int:
     import json
 
-    from latentrl.data import load_rows
     from latentrl.methods import get_method
 
     small_model_threads()
@@ -385,13 +396,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         else:
             settings = ns.config or (f"the {cfg.method} defaults (no run_config.json beside the checkpoint)"
                                      if ns.method else "defaults (plain GRPO; no run_config.json beside the checkpoint)")
-    from latentrl.bench import suite_tasks
-
-    suite = suite_tasks()
-    if ns.data in suite:  # a suite task: the bench's held-out problems (icot_mult_4x4: the real valid file)
-        data = suite[ns.data].eval_examples(ns.num)
-    else:
-        data = load_rows(ns.data, split="eval", n=ns.num, seed=cfg.seed, **data_options(cfg))[: ns.num]
+    data = eval_rows(ns.data, ns.num, cfg)
     temperature = cfg.temperature if ns.temperature is None else ns.temperature
     from latentrl.rewards import REWARD_FUNCS, answer_check
 
@@ -674,6 +679,9 @@ def cmd_plot(ns: argparse.Namespace) -> int:
 
     run = Path(ns.run)
     metrics = run / "metrics.jsonl" if run.is_dir() else run
+    if not run.exists():
+        raise FileNotFoundError(f"{ns.run} does not exist (relative to {Path.cwd()}): name a run folder (its "
+                                "output_dir) or its metrics.jsonl")
     if not metrics.is_file():
         raise FileNotFoundError(f"no metrics.jsonl in {ns.run} (runs log it with report_to: [jsonl])")
     out = Path(ns.out) if ns.out else metrics.parent / "metrics.png"

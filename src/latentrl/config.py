@@ -981,7 +981,8 @@ class GRPOConfig(BaseConfig):
         "dataset_format for the row layouts read)."
     )
     eval_dataset: str | None = cfg_field(
-        None, "Evaluation task name or file path; null: the evaluation split of `dataset`."
+        None, "Evaluation task name or file path. A benchmark suite task (chain_sum, icot_mult_4x4) gives its held-out "
+        "problems, the ones `latentrl eval --data` and `latentrl bench` score. null: no evaluation during training."
     )
     dataset_config: str | None = cfg_field(
         None, "Configuration name of a hub dataset (`main` for openai/gsm8k); ignored for task names and files."

@@ -164,6 +164,11 @@ class LatentModel(nn.Module):
                     raise
                 raise _damaged("LoRA folder", path, err) from err
         if path.exists() and path.is_dir() and not (path / "config.json").exists():
+            checkpoints = sorted((p for p in path.glob("checkpoint-*") if p.name[11:].isdigit()),
+                                 key=lambda p: int(p.name[11:]))
+            if checkpoints:
+                raise FileNotFoundError(f"{str(path)!r} is a run folder, not a model: name one of its checkpoints, "
+                                        f"e.g. {checkpoints[-1]} (the newest)")
             raise FileNotFoundError(f"{str(path)!r} is not a Hugging Face model folder: no config.json in it")
         if torch_dtype is not None:
             model_kwargs["torch_dtype"] = torch_dtype

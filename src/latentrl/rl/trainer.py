@@ -655,6 +655,7 @@ class GRPOTrainer:
         if resume:
             path = resume_checkpoint(self.output_dir, resume)
             check_same_run(path, self.method.name, a.model_name_or_path)
+            self._warn_if_launched_otherwise(path)
             if self.dp.is_main:
                 set_aside_newer_checkpoints(self.output_dir, path)
             start_step = self._load(path)
@@ -745,10 +746,31 @@ class GRPOTrainer:
                 self.output_dir, self.global_step, save_model=save_model, optimizer=optimizer,
                 scheduler=self.scheduler, total_limit=self.args.save_total_limit,
                 extra_state={"data_epoch": self.data_epoch, "data_cursor": self.data_cursor,
-                             **run_identity(self.method.name, self.args.model_name_or_path)},
+                             **run_identity(self.method.name, self.args.model_name_or_path), **self._launch()},
             )
         self.dp.barrier()
         return path
+
+    def _launch(self) -> dict[str, Any]:
+        """How this run is launched where its settings do not say it: processes (the global batch is
+        per_device_train_batch_size x processes) and the precision accelerate took from its launcher or config."""
+        return {"num_processes": self.dp.world_size, "mixed_precision": str(self.accelerator.mixed_precision)}
+
+    def _warn_if_launched_otherwise(self, path: Path) -> None:
+        """A resume under another launch goes on with another global batch or precision: said, not refused (a
+        machine may have fewer devices now), with the launch that continues the same run."""
+        try:
+            saved = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        now = self._launch()
+        changed = [k for k in now if k in saved and saved[k] != now[k]]
+        if changed and self.dp.is_main:
+            what = " and ".join({"num_processes": "global batch", "mixed_precision": "precision"}[k] for k in changed)
+            warnings.warn(f"resuming {path} with {', '.join(f'{k} {saved[k]} -> {now[k]}' for k in changed)}: the "
+                          f"run goes on with another {what} than it was trained with; launch it as it was (torchrun "
+                          f"--nproc_per_node {saved.get('num_processes', 1)}, mixed_precision="
+                          f"{saved.get('mixed_precision')}) to continue the same run", stacklevel=3)
 
     def _load(self, path: Path) -> int:
         if self.fsdp is not None:

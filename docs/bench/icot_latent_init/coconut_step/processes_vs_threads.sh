@@ -1,5 +1,6 @@
 #!/bin/bash
-# One process with two threads vs two processes with one thread each (accelerate launch --cpu, per-device batch 16:
+# One process with two threads vs two processes with one thread each (torchrun; `accelerate launch --cpu` starts
+# one process on a CPU machine, which the first version of this script used by mistake; per-device batch 16:
 # the same global batch of 32), the icot recipe at stage 5 from the CoT base, 240 steps each, three alternated pairs;
 # prints each run's seconds a step over steps 81-240. Run from anywhere: bash processes_vs_threads.sh
 cd "$(dirname "$0")/../../../.."
@@ -15,6 +16,6 @@ for i in 1 2 3; do
   rm -rf /tmp/ab_t$i /tmp/ab_p$i
   OMP_NUM_THREADS=2 PYTHONPATH=src timeout -s INT 120 python scripts/train_latent_init.py $COMMON --threads 2 --out /tmp/ab_t$i > /tmp/ab_t$i.log 2>&1
   rate /tmp/ab_t$i
-  OMP_NUM_THREADS=1 PYTHONPATH=src timeout -s INT 120 accelerate launch --cpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no scripts/train_latent_init.py $COMMON --threads 1 --out /tmp/ab_p$i per_device_train_batch_size=16 > /tmp/ab_p$i.log 2>&1
+  OMP_NUM_THREADS=1 PYTHONPATH=src timeout -s INT 120 torchrun --nproc_per_node 2 scripts/train_latent_init.py $COMMON --threads 1 --out /tmp/ab_p$i per_device_train_batch_size=16 > /tmp/ab_p$i.log 2>&1
   rate /tmp/ab_p$i
 done
