@@ -292,8 +292,8 @@ class LatentModel(nn.Module):
             raise ValueError("the model already has a peft adapter; apply_lora wraps a plain HF model once")
         targets = list(cfg.target_modules)
         tokens = None
-        whole = {name.rsplit(".", 1)[-1] for name, m in self.model.named_modules()
-                 if m is self.model.get_input_embeddings() or m is self.model.get_output_embeddings()}
+        ends = (self.model.get_input_embeddings(), self.model.get_output_embeddings())
+        whole = {name.rsplit(".", 1)[-1] for name, m in self.model.named_modules() if any(m is e for e in ends)}
         if set(cfg.modules_to_save) & whole:
             pass  # the embedding / LM head is trained whole (its latent rows with it); peft cannot do both on it
         elif cfg.train_latent_tokens and self.latent_ids is not None:

@@ -268,9 +268,14 @@ _SCRIPT = re.compile(r"[\^_]\s*(?:\{[^{}]*\}|\S)")  # an exponent or a subscript
 _SPACED_NUMBERS = re.compile(rf"\s*{_NUMBER.pattern}(?:\s+{_NUMBER.pattern})+\s*")
 
 
+def _without_latex(text: str) -> str:
+    """`text` without LaTeX commands and environment names, `\\text{...}` and the like standing as a word."""
+    return _LATEX_COMMAND.sub(" ", _TEXT_ARG.sub(" text ", _ENVIRONMENT.sub(" ", text)))
+
+
 def _prose_words(text: str) -> bool:
     """Whether `text` holds a word outside LaTeX commands and environment names (`\\text{...}` counts as words)."""
-    return bool(_WORD.search(_LATEX_COMMAND.sub(" ", _TEXT_ARG.sub(" text ", _ENVIRONMENT.sub(" ", text)))))
+    return bool(_WORD.search(_without_latex(text)))
 
 
 def _hedged(text: str) -> bool:
@@ -280,8 +285,7 @@ def _hedged(text: str) -> bool:
     (`10\\text{ cm}^2`) are not numbers of their own."""
     if not _prose_words(text):
         return False
-    plain = _LATEX_COMMAND.sub(" ", _TEXT_ARG.sub(" text ", _ENVIRONMENT.sub(" ", text)))
-    plain = _SCRIPT.sub(" ", plain)
+    plain = _SCRIPT.sub(" ", _without_latex(text))
     return sum(bool(_NUMBER.search(part)) for part in _WORD.split(plain)) > 1
 
 
