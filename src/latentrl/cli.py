@@ -102,6 +102,7 @@ def load_train_data_and_record(cfg: GRPOConfig) -> tuple[list, list[TrainDraw]]:
     seen = frozenset().union(*(d.questions() for d in skipped))
     if seen:
         options["exclude"] = seen
+    if seen and launch_rank() == 0:  # said once, not by every process of a launch
         print(f"training prompts: leaving out the {len(seen):,} problems {cfg.model_name_or_path} was trained on "
               "(exclude_init_train_data=false keeps them)")
     rows = load_rows(cfg.dataset, split="train", n=cfg.num_train_examples, seed=cfg.seed, **options)
@@ -756,6 +757,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[ns.command][0](ns)
     except KeyboardInterrupt:
         resumable = ns.command in ("train", "pretrain", "coconut-sft")
+        if launch_rank() != 0:  # every process of a launch gets the interrupt: one says so
+            return 130
         print(f"\nlatentrl {ns.command}: interrupted" + ("; the checkpoints it wrote are kept: the same command "
                                                       "with --resume continues from the last" if resumable else ""), file=sys.stderr)
         return 130
