@@ -655,7 +655,6 @@ class GRPOTrainer:
         if resume:
             path = resume_checkpoint(self.output_dir, resume)
             check_same_run(path, self.method.name, a.model_name_or_path)
-            self._warn_if_launched_otherwise(path)
             if self.dp.is_main:
                 set_aside_newer_checkpoints(self.output_dir, path)
             start_step = self._load(path)
@@ -756,13 +755,10 @@ class GRPOTrainer:
         per_device_train_batch_size x processes) and the precision accelerate took from its launcher or config."""
         return {"num_processes": self.dp.world_size, "mixed_precision": str(self.accelerator.mixed_precision)}
 
-    def _warn_if_launched_otherwise(self, path: Path) -> None:
+    def _warn_if_launched_otherwise(self, path: Path, saved: dict[str, Any]) -> None:
         """A resume under another launch goes on with another global batch or precision: said, not refused (a
-        machine may have fewer devices now), with the launch that continues the same run."""
-        try:
-            saved = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return
+        machine may have fewer devices now), with the launch that continues the same run. `saved`: the
+        checkpoint's trainer state."""
         now = self._launch()
         changed = [k for k in now if k in saved and saved[k] != now[k]]
         if changed and self.dp.is_main:
@@ -770,7 +766,7 @@ class GRPOTrainer:
             warnings.warn(f"resuming {path} with {', '.join(f'{k} {saved[k]} -> {now[k]}' for k in changed)}: the "
                           f"run goes on with another {what} than it was trained with; launch it as it was (torchrun "
                           f"--nproc_per_node {saved.get('num_processes', 1)}, mixed_precision="
-                          f"{saved.get('mixed_precision')}) to continue the same run", stacklevel=3)
+                          f"{saved.get('mixed_precision')}) to continue the same run", stacklevel=4)
 
     def _load(self, path: Path) -> int:
         if self.fsdp is not None:
@@ -780,6 +776,7 @@ class GRPOTrainer:
             self.model.load_weights(path)
             optimizer = self.optimizer
         state = load_checkpoint(path, optimizer=optimizer, scheduler=self.scheduler)
+        self._warn_if_launched_otherwise(path, state)
         self.global_step = int(state["step"])
         self.data_epoch, self.data_cursor = int(state["data_epoch"]), int(state["data_cursor"])
         self._order = self._epoch_order(self.data_epoch)
